@@ -1,0 +1,39 @@
+//! What every module error tells the user besides its message: the process exit code and a
+//! hint saying what to do. The codes follow dkms where dkms has one for the same failure;
+//! the rest are ckms's own (see docs/exit-codes.md).
+
+/// Exit codes shared by all modules, named so that the table lives in one place.
+pub mod code {
+    /// Bad command line or configuration.
+    pub const USAGE: i32 = 2;
+    /// dkms: kernel headers not found. ckms: no profile offers that kernel.
+    pub const UNKNOWN_KERNEL: i32 = 21;
+    /// A profile or image recipe under profiles/ or images/ is broken.
+    pub const BAD_PROFILE: i32 = 22;
+    /// A package mirror could not be reached or answered with an error.
+    pub const MIRROR_UNREACHABLE: i32 = 30;
+    /// A repository index failed its signature or Valid-Until check.
+    pub const BAD_SIGNATURE: i32 = 31;
+    /// Downloaded data did not match the checksum the signed index gives, even after a retry.
+    pub const CHECKSUM_MISMATCH: i32 = 32;
+    /// Packages could not be resolved (missing dependency, unsatisfiable version).
+    pub const UNRESOLVABLE: i32 = 33;
+    /// The local cache or an output file could not be read or written (disk full, permissions).
+    pub const IO: i32 = 34;
+    /// No container engine answered and none could be started.
+    pub const NO_ENGINE: i32 = 40;
+    /// The container engine answered but refused or failed an operation.
+    pub const ENGINE_FAILED: i32 = 41;
+    /// A build inside a container did not finish in its time limit.
+    pub const TIMEOUT: i32 = 42;
+}
+
+/// Implemented by every module's error type.
+pub trait Diagnose: std::error::Error {
+    /// The process exit code for this failure.
+    fn exit_code(&self) -> i32;
+    /// One or two sentences on what the user can do about it.
+    fn hint(&self) -> Option<String> {
+        None
+    }
+}

@@ -1,0 +1,23 @@
+//! ckms: Containerized Kernel Module Support.
+//!
+//! The library behind the `ckms` binary. One module per responsibility:
+//! - [`profile`]: distro knowledge (suites, package sets, kernel naming), read from `profiles/`;
+//! - [`config`]: user settings (mirrors, engine, cache) from files and the environment;
+//! - [`repo`]: the distro's package repository: signed indexes, dependency closure, downloads;
+//! - [`cache`]: the content-addressed store every download and layer goes through;
+//! - [`deb`]: reading `.deb` packages;
+//! - [`kernel`]: which kernels a profile's repository offers;
+//! - [`image`]: assembling builder images (layers, OCI archive) and loading them into an engine;
+//! - [`engine`]: container engines (Docker, Podman) behind one small trait;
+//! - [`report`]: progress and events for people or machines.
+
+pub mod cache;
+pub mod config;
+pub mod deb;
+pub mod engine;
+pub mod error;
+pub mod image;
+pub mod kernel;
+pub mod profile;
+pub mod repo;
+pub mod report;

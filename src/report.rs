@@ -1,0 +1,173 @@
+//! Progress and events. Library code emits [`Event`]s; the binary chooses how they are shown:
+//! progress bars on a terminal, plain lines otherwise, or JSON lines with `--json`.
+
+use serde::Serialize;
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Something the user may want to know (one line).
+    Info { message: String },
+    /// Something went wrong but work goes on (a corrupt cache entry fetched again, ...).
+    Warn { message: String },
+    /// A long task advanced. `task` is a stable key; `total` is known up front when possible.
+    Progress {
+        task: String,
+        done: u64,
+        total: Option<u64>,
+        unit: Unit,
+    },
+    /// A task finished; `message` summarises it.
+    Done { task: String, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    Bytes,
+    Items,
+}
+
+/// Where events go. Implementations must be cheap to call often (progress is emitted per chunk).
+pub trait Reporter: Send + Sync {
+    fn emit(&self, event: Event);
+}
+
+/// Convenience calls on `&dyn Reporter`.
+impl dyn Reporter + '_ {
+    pub fn info(&self, message: impl Into<String>) {
+        self.emit(Event::Info { message: message.into() });
+    }
+    pub fn warn(&self, message: impl Into<String>) {
+        self.emit(Event::Warn { message: message.into() });
+    }
+    pub fn progress(&self, task: &str, done: u64, total: Option<u64>, unit: Unit) {
+        self.emit(Event::Progress { task: task.to_string(), done, total, unit });
+    }
+    pub fn done(&self, task: &str, message: impl Into<String>) {
+        self.emit(Event::Done { task: task.to_string(), message: message.into() });
+    }
+}
+
+/// Drops everything (library callers that do not care).
+pub struct Silent;
+impl Reporter for Silent {
+    fn emit(&self, _: Event) {}
+}
+
+/// Keeps every event, for tests.
+#[derive(Default)]
+pub struct Recorder(pub Mutex<Vec<Event>>);
+impl Reporter for Recorder {
+    fn emit(&self, event: Event) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(event);
+        }
+    }
+}
+
+/// One JSON object per line on stdout.
+pub struct JsonLines;
+impl Reporter for JsonLines {
+    fn emit(&self, event: Event) {
+        if let Ok(line) = serde_json::to_string(&event) {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+        }
+    }
+}
+
+/// For people: indicatif bars on a terminal, otherwise plain lines (progress only at the end).
+pub struct Human {
+    bars: Option<indicatif::MultiProgress>,
+    active: Mutex<HashMap<String, indicatif::ProgressBar>>,
+    quiet: bool,
+}
+
+impl Human {
+    pub fn new(quiet: bool) -> Self {
+        use std::io::IsTerminal;
+        let bars = std::io::stderr()
+            .is_terminal()
+            .then(indicatif::MultiProgress::new);
+        Human { bars, active: Mutex::new(HashMap::new()), quiet }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bars {
+            Some(mp) => {
+                let _ = mp.println(text);
+            }
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn bar(&self, task: &str, total: Option<u64>, unit: Unit) -> Option<indicatif::ProgressBar> {
+        let mp = self.bars.as_ref()?;
+        let mut active = self.active.lock().ok()?;
+        let bar = active.entry(task.to_string()).or_insert_with(|| {
+            let template = match unit {
+                Unit::Bytes => "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                Unit::Items => "{prefix:>12} [{bar:30}] {pos}/{len}",
+            };
+            let style = indicatif::ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> ");
+            let bar = mp.add(indicatif::ProgressBar::new(total.unwrap_or(0)).with_style(style));
+            bar.set_prefix(task.to_string());
+            bar
+        });
+        if let Some(t) = total {
+            bar.set_length(t);
+        }
+        Some(bar.clone())
+    }
+}
+
+impl Reporter for Human {
+    fn emit(&self, event: Event) {
+        match event {
+            Event::Info { message } if !self.quiet => self.line(&message),
+            Event::Info { .. } => {}
+            Event::Warn { message } => self.line(&format!("Warning: {message}")),
+            Event::Progress { task, done, total, unit } => {
+                if let Some(bar) = self.bar(&task, total, unit) {
+                    bar.set_position(done);
+                }
+            }
+            Event::Done { task, message } => {
+                if let Some(bar) = self.active.lock().ok().and_then(|mut a| a.remove(&task)) {
+                    bar.finish_and_clear();
+                }
+                if !self.quiet {
+                    self.line(&format!("{task}: {message}"));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_shape_is_stable() {
+        let e = Event::Progress { task: "download".into(), done: 3, total: Some(9), unit: Unit::Bytes };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"event":"progress","task":"download","done":3,"total":9,"unit":"bytes"}"#
+        );
+    }
+
+    #[test]
+    fn recorder_keeps_events() {
+        let r = Recorder::default();
+        let d: &dyn Reporter = &r;
+        d.info("hello");
+        assert_eq!(r.0.lock().unwrap().len(), 1);
+    }
+}
