@@ -1,1 +1,268 @@
-//! (stub)
+//! User settings: `/etc/ckms/config.toml`, then `$XDG_CONFIG_HOME/ckms/config.toml` (or the
+//! single file named by `CKMS_CONFIG`), then environment variables, each overriding the last.
+//! Mirror URLs come from here or from the host's apt sources, never from the repository.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use thiserror::Error;
+
+use crate::engine::EngineSettings;
+use crate::error::{code, Diagnose};
+use crate::profile::{Catalog, Profile};
+use crate::repo::sources::{host_check_valid_until, read_host_sources, AptSource};
+use crate::repo::{RepoOptions, SuiteSpec};
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("no mirror for '{role}' (needed by suite {suite})")]
+    NoMirror { role: String, suite: String, env: String },
+    #[error(transparent)]
+    Repo(#[from] crate::repo::RepoError),
+}
+
+impl Diagnose for ConfigError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            ConfigError::Repo(e) => e.exit_code(),
+            _ => code::USAGE,
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        match self {
+            ConfigError::Invalid { .. } => Some("fix the file; docs/configuration.md lists every setting".into()),
+            ConfigError::NoMirror { role, env, .. } => Some(format!(
+                "set {env}=http://<mirror>/<path>, or `{role} = \"...\"` under [mirrors] in /etc/ckms/config.toml; \
+                 ckms also takes it from a matching entry in the host's apt sources"
+            )),
+            ConfigError::Repo(e) => e.hint(),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where downloads, indexes and layers are kept.
+    pub cache_dir: Option<PathBuf>,
+    /// How long a fetched repository index is trusted before the mirror is asked again.
+    pub index_max_age_secs: Option<u64>,
+    /// Refuse expired repository indexes. Default: what the host's apt does, else true.
+    pub check_valid_until: Option<bool>,
+    /// The host's apt configuration directory (mirrors, Check-Valid-Until).
+    pub apt_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// Mirror role -> base URL, e.g. `debian = "http://mirror.example/debian"`.
+    #[serde(default)]
+    pub mirrors: BTreeMap<String, String>,
+    /// Environment overrides, captured at load time (kept out of serde).
+    #[serde(skip)]
+    env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// e.g. unix:///run/user/1000/podman/podman.sock or tcp://host:2375
+    pub host: Option<String>,
+    /// When ckms runs as root: the unprivileged user whose rootless Podman runs the builds.
+    pub rootless_user: Option<String>,
+}
+
+const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+impl Config {
+    /// Reads the usual files and the process environment.
+    pub fn load() -> Result<Config> {
+        let env: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("CKMS_")).collect();
+        let files = match env.get("CKMS_CONFIG") {
+            Some(one) => vec![PathBuf::from(one)],
+            None => {
+                let mut f = vec![PathBuf::from("/etc/ckms/config.toml")];
+                let user = std::env::var_os("XDG_CONFIG_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+                f.extend(user.map(|d| d.join("ckms/config.toml")));
+                f
+            }
+        };
+        Self::load_from(&files, env)
+    }
+
+    /// Reads `files` (missing ones are skipped), later ones overriding earlier ones.
+    pub fn load_from(files: &[PathBuf], env: BTreeMap<String, String>) -> Result<Config> {
+        let mut cfg = Config::default();
+        for path in files {
+            let Ok(text) = std::fs::read_to_string(path) else { continue };
+            let next: Config =
+                toml::from_str(&text).map_err(|e| ConfigError::Invalid { path: path.clone(), message: e.to_string() })?;
+            cfg.merge(next);
+        }
+        cfg.env = env;
+        Ok(cfg)
+    }
+
+    fn merge(&mut self, o: Config) {
+        self.cache_dir = o.cache_dir.or(self.cache_dir.take());
+        self.index_max_age_secs = o.index_max_age_secs.or(self.index_max_age_secs);
+        self.check_valid_until = o.check_valid_until.or(self.check_valid_until);
+        self.apt_dir = o.apt_dir.or(self.apt_dir.take());
+        self.engine.host = o.engine.host.or(self.engine.host.take());
+        self.engine.rootless_user = o.engine.rootless_user.or(self.engine.rootless_user.take());
+        self.mirrors.extend(o.mirrors);
+    }
+
+    fn env(&self, key: &str) -> Option<&str> {
+        self.env.get(key).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    pub fn cache_root(&self) -> PathBuf {
+        self.env("CKMS_CACHE_DIR")
+            .map(PathBuf::from)
+            .or_else(|| self.cache_dir.clone())
+            .unwrap_or_else(crate::cache::Cache::default_root)
+    }
+
+    fn apt_dir(&self) -> PathBuf {
+        self.env("CKMS_APT_DIR").map(PathBuf::from).or_else(|| self.apt_dir.clone()).unwrap_or_else(|| PathBuf::from("/etc/apt"))
+    }
+
+    pub fn engine_settings(&self) -> EngineSettings {
+        EngineSettings { host: self.engine.host.clone(), rootless_user: self.engine.rootless_user.clone() }
+    }
+
+    pub fn repo_options(&self, profile: &Profile, refresh: bool) -> RepoOptions {
+        let max_age = self
+            .env("CKMS_INDEX_MAX_AGE")
+            .and_then(|s| s.parse().ok())
+            .or(self.index_max_age_secs)
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_MAX_AGE);
+        let check_valid_until = self
+            .check_valid_until
+            .or_else(|| host_check_valid_until(&self.apt_dir()))
+            .unwrap_or(true);
+        RepoOptions { keyrings: profile.existing_keyrings(), check_valid_until, max_age, refresh }
+    }
+
+    /// The suites a profile reads, each with its mirror URL resolved.
+    pub fn suites(&self, catalog: &Catalog, profile: &Profile) -> Result<Vec<SuiteSpec>> {
+        let host = read_host_sources(&self.apt_dir())?;
+        profile
+            .suites
+            .iter()
+            .map(|s| {
+                let mirror = self.mirror(catalog, &s.mirror, &host).ok_or_else(|| ConfigError::NoMirror {
+                    role: s.mirror.clone(),
+                    suite: s.suite.clone(),
+                    env: env_name(&s.mirror),
+                })?;
+                Ok(SuiteSpec {
+                    mirror,
+                    suite: s.suite.clone(),
+                    components: s.components.clone(),
+                    arch: profile.arch.clone(),
+                })
+            })
+            .collect()
+    }
+
+    fn mirror(&self, catalog: &Catalog, role: &str, host: &[AptSource]) -> Option<String> {
+        let url = self
+            .env(&env_name(role))
+            .map(str::to_string)
+            .or_else(|| self.mirrors.get(role).cloned())
+            .or_else(|| {
+                let pattern = &catalog.mirrors.get(role)?.host_suites;
+                host.iter()
+                    .filter(|s| s.enabled && s.types.iter().any(|t| t == "deb"))
+                    .find(|s| s.suites.iter().any(|suite| pattern.is_match(suite)))
+                    .and_then(|s| s.uris.first().cloned())
+            })?;
+        Some(url.trim_end_matches('/').to_string())
+    }
+}
+
+/// `debian-security` -> `CKMS_MIRROR_DEBIAN_SECURITY`
+pub fn env_name(role: &str) -> String {
+    format!("CKMS_MIRROR_{}", role.to_uppercase().replace('-', "_"))
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn catalog() -> Catalog {
+        Catalog::load(&[]).unwrap()
+    }
+
+    fn host() -> Vec<AptSource> {
+        let src = |uri: &str, suites: &[&str]| AptSource {
+            types: vec!["deb".into()],
+            uris: vec![uri.into()],
+            suites: suites.iter().map(|s| s.to_string()).collect(),
+            components: vec!["main".into()],
+            signed_by: None,
+            enabled: true,
+        };
+        vec![
+            src("http://vendor.example/apt", &["nodistro"]),
+            src("http://mirror.example/debian/", &["bookworm", "bookworm-updates"]),
+            src("http://mirror.example/debian-security", &["bookworm-security"]),
+        ]
+    }
+
+    #[test]
+    fn mirrors_come_from_the_host_by_suite_pattern() {
+        let cfg = Config::default();
+        let c = catalog();
+        assert_eq!(cfg.mirror(&c, "debian", &host()).as_deref(), Some("http://mirror.example/debian"));
+        assert_eq!(cfg.mirror(&c, "debian-security", &host()).as_deref(), Some("http://mirror.example/debian-security"));
+    }
+
+    #[test]
+    fn env_beats_config_beats_host() {
+        let c = catalog();
+        let mut cfg = Config::default();
+        cfg.mirrors.insert("debian".into(), "http://cfg.example/d".into());
+        assert_eq!(cfg.mirror(&c, "debian", &host()).as_deref(), Some("http://cfg.example/d"));
+        cfg.env.insert("CKMS_MIRROR_DEBIAN".into(), "http://env.example/d/".into());
+        assert_eq!(cfg.mirror(&c, "debian", &host()).as_deref(), Some("http://env.example/d"));
+    }
+
+    #[test]
+    fn no_mirror_is_none() {
+        assert_eq!(Config::default().mirror(&catalog(), "debian", &[]), None);
+        assert_eq!(env_name("debian-security"), "CKMS_MIRROR_DEBIAN_SECURITY");
+    }
+
+    #[test]
+    fn later_files_override_earlier_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.toml");
+        let b = dir.path().join("b.toml");
+        std::fs::write(&a, "cache_dir = '/a'\n[mirrors]\ndebian = 'http://a'\n").unwrap();
+        std::fs::write(&b, "[engine]\nhost = 'unix:///b.sock'\n[mirrors]\ndebian = 'http://b'\n").unwrap();
+        let cfg = Config::load_from(&[a, b, dir.path().join("missing.toml")], BTreeMap::new()).unwrap();
+        assert_eq!(cfg.cache_dir.as_deref(), Some(Path::new("/a")));
+        assert_eq!(cfg.engine.host.as_deref(), Some("unix:///b.sock"));
+        assert_eq!(cfg.mirrors["debian"], "http://b");
+    }
+
+    #[test]
+    fn a_typo_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.toml");
+        std::fs::write(&a, "cache_dirr = '/a'\n").unwrap();
+        let err = Config::load_from(&[a], BTreeMap::new()).unwrap_err();
+        assert!(err.to_string().contains("a.toml"), "{err}");
+    }
+}

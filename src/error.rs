@@ -37,3 +37,51 @@ pub trait Diagnose: std::error::Error {
         None
     }
 }
+
+/// Any ckms failure, as the binary and library callers see it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Profile(#[from] crate::profile::ProfileError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Repo(#[from] crate::repo::RepoError),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+    #[error(transparent)]
+    Kernel(#[from] crate::kernel::KernelError),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    #[error("{message}")]
+    Usage { message: String, hint: Option<String> },
+}
+
+impl Error {
+    fn inner(&self) -> Option<&dyn Diagnose> {
+        Some(match self {
+            Error::Profile(e) => e,
+            Error::Config(e) => e,
+            Error::Repo(e) => e,
+            Error::Cache(e) => e,
+            Error::Kernel(e) => e,
+            Error::Image(e) => e,
+            Error::Engine(e) => e,
+            Error::Usage { .. } => return None,
+        })
+    }
+}
+
+impl Diagnose for Error {
+    fn exit_code(&self) -> i32 {
+        self.inner().map_or(code::USAGE, Diagnose::exit_code)
+    }
+    fn hint(&self) -> Option<String> {
+        match self {
+            Error::Usage { hint, .. } => hint.clone(),
+            other => other.inner().and_then(Diagnose::hint),
+        }
+    }
+}

@@ -1,1 +1,195 @@
-//! (stub)
+//! Which kernels a profile's repository offers, like falco's kernel-crawler but from the
+//! distro's own signed index: a kernel release is known when its headers package is there.
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::error::{code, Diagnose};
+use crate::profile::Profile;
+use crate::repo::{Index, Package};
+
+#[derive(Debug, Error)]
+pub enum KernelError {
+    #[error("no profile offers kernel {release} (looked in: {searched})")]
+    Unknown { release: String, searched: String, closest: Vec<String> },
+    #[error("kernel {release}: {source}")]
+    Resolve { release: String, source: crate::repo::RepoError },
+}
+
+impl Diagnose for KernelError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            KernelError::Unknown { .. } => code::UNKNOWN_KERNEL,
+            KernelError::Resolve { source, .. } => source.exit_code(),
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        match self {
+            KernelError::Unknown { closest, .. } if !closest.is_empty() => Some(format!(
+                "closest kernels offered: {}. `ckms kernels` lists them all; a kernel released after the \
+                 cached index shows up after `ckms kernels --refresh`",
+                closest.join(", ")
+            )),
+            KernelError::Unknown { .. } => {
+                Some("`ckms kernels` lists what the profiles offer; try `ckms kernels --refresh`".into())
+            }
+            KernelError::Resolve { source, .. } => source.hint(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Kernel {
+    /// What `uname -r` prints on that kernel.
+    pub release: String,
+    pub profile: String,
+    pub headers_package: String,
+    /// The headers package's version (the kernel build's Debian version).
+    pub version: String,
+    /// The compiler the kernel was built with, e.g. "gcc-12", from the headers' dependencies.
+    pub compiler: Option<String>,
+    pub suite: String,
+}
+
+/// Every kernel the index offers for this profile, oldest first.
+pub fn list(profile: &Profile, index: &Index) -> Vec<Kernel> {
+    let mut out: Vec<Kernel> = index
+        .candidates()
+        .filter_map(|p| Some((profile.kernel_of_headers(&p.name)?, p)))
+        .map(|(release, p)| Kernel {
+            release: release.to_string(),
+            profile: profile.name.clone(),
+            headers_package: p.name.clone(),
+            version: p.version.clone(),
+            compiler: compiler(profile, index, p).map(|v| format!("gcc-{v}")),
+            suite: p.suite.clone(),
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        crate::repo::version::compare(&a.version, &b.version).then_with(|| a.release.cmp(&b.release))
+    });
+    out
+}
+
+/// The kernel with this release in this profile, if offered.
+pub fn find(profile: &Profile, index: &Index, release: &str) -> Option<Kernel> {
+    let headers = index
+        .candidates()
+        .find(|p| profile.kernel_of_headers(&p.name) == Some(release))?;
+    Some(Kernel {
+        release: release.to_string(),
+        profile: profile.name.clone(),
+        headers_package: headers.name.clone(),
+        version: headers.version.clone(),
+        compiler: compiler(profile, index, headers).map(|v| format!("gcc-{v}")),
+        suite: headers.suite.clone(),
+    })
+}
+
+/// The compiler version found in the headers package's dependency closure.
+fn compiler(profile: &Profile, index: &Index, headers: &Package) -> Option<String> {
+    let closure = index.resolve(std::slice::from_ref(&headers.name), &profile.packages.exclude).ok()?;
+    closure.iter().find_map(|p| profile.compiler_of(&p.name).map(str::to_string))
+}
+
+/// Up to `n` releases from `offered` that look most like `wanted`.
+pub fn closest(wanted: &str, offered: &[String], n: usize) -> Vec<String> {
+    let mut scored: Vec<(usize, &String)> = offered.iter().map(|o| (distance(wanted, o), o)).collect();
+    scored.sort();
+    scored.into_iter().take(n).map(|(_, o)| o.clone()).collect()
+}
+
+/// Levenshtein distance over bytes; kernel releases are ASCII.
+fn distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::Catalog;
+
+    const PACKAGES: &str = "\
+Package: linux-headers-6.1.0-56-amd64
+Version: 6.1.192-2
+Architecture: amd64
+Depends: linux-headers-6.1.0-56-common (= 6.1.192-2), linux-compiler-gcc-12-x86
+Filename: pool/l/h56.deb
+Size: 10
+SHA256: 0000000000000000000000000000000000000000000000000000000000000001
+
+Package: linux-headers-6.1.0-56-common
+Version: 6.1.192-2
+Architecture: all
+Filename: pool/l/c56.deb
+Size: 10
+SHA256: 0000000000000000000000000000000000000000000000000000000000000002
+
+Package: linux-compiler-gcc-12-x86
+Version: 6.1.192-2
+Architecture: amd64
+Depends: gcc-12
+Filename: pool/l/cc.deb
+Size: 10
+SHA256: 0000000000000000000000000000000000000000000000000000000000000003
+
+Package: gcc-12
+Version: 12.2.0-14
+Architecture: amd64
+Filename: pool/g/gcc.deb
+Size: 10
+SHA256: 0000000000000000000000000000000000000000000000000000000000000004
+
+Package: linux-headers-6.1.0-50-amd64
+Version: 6.1.158-1
+Architecture: amd64
+Depends: linux-compiler-gcc-12-x86
+Filename: pool/l/h50.deb
+Size: 10
+SHA256: 0000000000000000000000000000000000000000000000000000000000000005
+
+Package: linux-headers-6.12-amd64
+Version: 6.12.117-1
+Architecture: amd64
+Filename: pool/l/meta.deb
+Size: 10
+SHA256: 0000000000000000000000000000000000000000000000000000000000000006
+";
+
+    fn fixture() -> (Profile, Index) {
+        let catalog = Catalog::load(&[]).unwrap();
+        let profile = catalog.profile("debian-bookworm").unwrap().clone();
+        (profile, Index::parse(PACKAGES, "http://mirror.test/debian", "bookworm").unwrap())
+    }
+
+    #[test]
+    fn lists_kernels_with_their_compiler() {
+        let (p, idx) = fixture();
+        let ks = list(&p, &idx);
+        let releases: Vec<_> = ks.iter().map(|k| k.release.as_str()).collect();
+        assert_eq!(releases, ["6.1.0-50-amd64", "6.1.0-56-amd64"]);
+        assert!(ks.iter().all(|k| k.compiler.as_deref() == Some("gcc-12")));
+    }
+
+    #[test]
+    fn finds_one_kernel() {
+        let (p, idx) = fixture();
+        assert_eq!(find(&p, &idx, "6.1.0-56-amd64").unwrap().version, "6.1.192-2");
+        assert!(find(&p, &idx, "6.1.0-57-amd64").is_none());
+    }
+
+    #[test]
+    fn closest_ranks_by_edit_distance() {
+        let offered = vec!["6.1.0-56-amd64".to_string(), "6.12.117+deb13-amd64".to_string(), "6.1.0-50-amd64".to_string()];
+        assert_eq!(closest("6.1.0-57-amd64", &offered, 2), ["6.1.0-56-amd64", "6.1.0-50-amd64"]);
+    }
+}

@@ -11,8 +11,10 @@
 //! - [`engine`]: container engines (Docker, Podman) behind one small trait;
 //! - [`report`]: progress and events for people or machines.
 
+pub mod artifact;
 pub mod cache;
 pub mod config;
+pub mod context;
 pub mod deb;
 pub mod engine;
 pub mod error;

@@ -1,1 +1,372 @@
-//! (stub)
+//! Distro knowledge as data: profiles (`profiles/*.toml`), mirror roles (`profiles/mirrors.toml`)
+//! and image recipes (`images/*.toml`). Code reads these; it never branches on a distro's name.
+//!
+//! Files are looked up in each data directory in turn (`$CKMS_DATA_DIR`, `/etc/ckms`,
+//! `/usr/share/ckms`), then in the copies built into the binary; the first file of a name wins.
+
+use regex::Regex;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+use crate::error::{code, Diagnose};
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
+}
+
+#[derive(Debug, Error)]
+pub enum ProfileError {
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+    #[error("no profile named '{name}' (known: {known})")]
+    Unknown { name: String, known: String },
+    #[error("no image recipe named '{0}'")]
+    UnknownRecipe(String),
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+impl Diagnose for ProfileError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            ProfileError::Unknown { .. } => code::USAGE,
+            _ => code::BAD_PROFILE,
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            ProfileError::Invalid { .. } => "fix the file, or remove it to fall back to the built-in copy".into(),
+            ProfileError::Unknown { .. } => "`ckms profiles` lists the profiles".into(),
+            ProfileError::UnknownRecipe(_) => "image recipes live in images/*.toml".into(),
+            ProfileError::Io { .. } => "check the file's permissions".into(),
+        })
+    }
+}
+
+type Result<T> = std::result::Result<T, ProfileError>;
+
+/// One distro release on one architecture.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    pub description: String,
+    pub arch: String,
+    pub triplet: String,
+    pub keyrings: Vec<PathBuf>,
+    pub suites: Vec<Suite>,
+    pub packages: Packages,
+    pub kernel: KernelRules,
+    pub filesystem: Filesystem,
+    pub install: Install,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Suite {
+    /// A role from `profiles/mirrors.toml`, resolved to a URL at run time.
+    pub mirror: String,
+    pub suite: String,
+    pub components: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Packages {
+    pub base: Vec<String>,
+    #[serde(with = "regexes")]
+    pub exclude: Vec<Regex>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelRules {
+    #[serde(with = "regex_one")]
+    pub headers: Regex,
+    #[serde(with = "regexes")]
+    pub kernel_packages: Vec<Regex>,
+    #[serde(with = "regex_one")]
+    pub compiler: Regex,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filesystem {
+    pub usr_merge: Vec<String>,
+    #[serde(default)]
+    pub symlinks: Vec<Symlink>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Symlink {
+    pub path: String,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Install {
+    pub module_location: String,
+}
+
+impl Profile {
+    /// The kernel release named by a headers package, if it is one.
+    pub fn kernel_of_headers<'a>(&self, package: &'a str) -> Option<&'a str> {
+        self.kernel.headers.captures(package)?.name("kver").map(|m| m.as_str())
+    }
+
+    /// The compiler version (e.g. "12") if `package` is the kernel's compiler package.
+    pub fn compiler_of<'a>(&self, package: &'a str) -> Option<&'a str> {
+        self.kernel.compiler.captures(package)?.name("version").map(|m| m.as_str())
+    }
+
+    pub fn is_kernel_package(&self, package: &str) -> bool {
+        self.kernel.kernel_packages.iter().any(|r| r.is_match(package))
+    }
+
+    /// The first keyring that exists on this host, else all of them (so the error names them).
+    pub fn existing_keyrings(&self) -> Vec<PathBuf> {
+        let found: Vec<_> = self.keyrings.iter().filter(|k| k.exists()).cloned().collect();
+        if found.is_empty() {
+            self.keyrings.clone()
+        } else {
+            found
+        }
+    }
+
+    /// Symlinks with `{triplet}` and `{gcc}` filled in.
+    pub fn symlinks(&self, gcc: &str) -> Vec<Symlink> {
+        self.filesystem
+            .symlinks
+            .iter()
+            .map(|s| Symlink {
+                path: s.path.clone(),
+                target: s.target.replace("{triplet}", &self.triplet).replace("{gcc}", gcc),
+            })
+            .collect()
+    }
+}
+
+/// How a host or configuration source provides a mirror role's URL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorRole {
+    #[serde(with = "regex_one")]
+    pub host_suites: Regex,
+}
+
+/// How to assemble an image (see images/builder.toml).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub name: String,
+    pub repository: String,
+    pub layers: Vec<String>,
+    pub lock_path: String,
+    pub user: User,
+    #[serde(default)]
+    pub dirs: Vec<Dir>,
+    pub config: ImageConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dir {
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    pub env: Vec<String>,
+    pub workdir: String,
+    pub cmd: Vec<String>,
+}
+
+/// Every profile, mirror role and recipe known to this run.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pub profiles: Vec<Profile>,
+    pub mirrors: BTreeMap<String, MirrorRole>,
+    pub recipes: BTreeMap<String, Recipe>,
+}
+
+/// The data directories searched before the built-in copies.
+pub fn data_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("CKMS_DATA_DIR").filter(|d| !d.is_empty()) {
+        dirs.push(PathBuf::from(d));
+    }
+    dirs.push(PathBuf::from("/etc/ckms"));
+    dirs.push(PathBuf::from("/usr/share/ckms"));
+    dirs
+}
+
+impl Catalog {
+    pub fn load(dirs: &[PathBuf]) -> Result<Catalog> {
+        let profile_files = collect(dirs, "profiles", embedded::PROFILES)?;
+        let mut profiles = Vec::new();
+        let mut mirrors = BTreeMap::new();
+        for (stem, (origin, text)) in &profile_files {
+            if stem == "mirrors" {
+                mirrors = parse(origin, text)?;
+            } else {
+                let p: Profile = parse(origin, text)?;
+                if &p.name != stem {
+                    return Err(invalid(origin, format!("name '{}' differs from the file name", p.name)));
+                }
+                profiles.push(p);
+            }
+        }
+        for p in &profiles {
+            if let Some(s) = p.suites.iter().find(|s| !mirrors.contains_key(&s.mirror)) {
+                return Err(invalid(&format!("profile {}", p.name), format!("mirror role '{}' is not in mirrors.toml", s.mirror)));
+            }
+        }
+        let mut recipes = BTreeMap::new();
+        for (stem, (origin, text)) in collect(dirs, "images", embedded::IMAGES)? {
+            let r: Recipe = parse(&origin, &text)?;
+            recipes.insert(stem, r);
+        }
+        Ok(Catalog { profiles, mirrors, recipes })
+    }
+
+    pub fn profile(&self, name: &str) -> Result<&Profile> {
+        self.profiles.iter().find(|p| p.name == name).ok_or_else(|| ProfileError::Unknown {
+            name: name.to_string(),
+            known: self.profiles.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    pub fn recipe(&self, name: &str) -> Result<&Recipe> {
+        self.recipes.get(name).ok_or_else(|| ProfileError::UnknownRecipe(name.to_string()))
+    }
+}
+
+/// stem -> (where it came from, text); the first directory that has a file wins.
+fn collect(dirs: &[PathBuf], sub: &str, builtin: &[(&str, &str)]) -> Result<BTreeMap<String, (String, String)>> {
+    let mut out = BTreeMap::new();
+    for dir in dirs {
+        let dir = dir.join(sub);
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        paths.sort();
+        for path in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "toml")) {
+            let Some(stem) = path.file_stem().and_then(|s| s.to_str()).map(str::to_string) else { continue };
+            if out.contains_key(&stem) {
+                continue;
+            }
+            let text = read(&path)?;
+            out.insert(stem, (path.display().to_string(), text));
+        }
+    }
+    for (stem, text) in builtin {
+        out.entry(stem.to_string()).or_insert_with(|| (format!("built-in {sub}/{stem}.toml"), text.to_string()));
+    }
+    Ok(out)
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| ProfileError::Io { path: path.to_path_buf(), source })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(origin: &str, text: &str) -> Result<T> {
+    toml::from_str(text).map_err(|e| invalid(origin, e.to_string()))
+}
+
+fn invalid(origin: &str, message: String) -> ProfileError {
+    ProfileError::Invalid { file: origin.to_string(), message }
+}
+
+mod regex_one {
+    use regex::Regex;
+    use serde::{Deserialize, Deserializer};
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Regex, D::Error> {
+        let s = String::deserialize(d)?;
+        Regex::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+mod regexes {
+    use regex::Regex;
+    use serde::{Deserialize, Deserializer};
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Regex>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| Regex::new(s).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builtin() -> Catalog {
+        Catalog::load(&[]).unwrap()
+    }
+
+    #[test]
+    fn builtin_profiles_load() {
+        let c = builtin();
+        let names: Vec<_> = c.profiles.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["debian-bookworm", "debian-sid", "debian-trixie"]);
+        assert!(c.recipe("builder").is_ok());
+    }
+
+    #[test]
+    fn kernel_release_from_headers_package() {
+        let c = builtin();
+        let p = c.profile("debian-bookworm").unwrap();
+        assert_eq!(p.kernel_of_headers("linux-headers-6.1.0-56-amd64"), Some("6.1.0-56-amd64"));
+        assert_eq!(p.kernel_of_headers("linux-headers-6.12.117+deb12-rt-amd64"), Some("6.12.117+deb12-rt-amd64"));
+        assert_eq!(p.kernel_of_headers("linux-headers-6.1.0-56-common"), None);
+        assert_eq!(p.kernel_of_headers("linux-headers-6.12-amd64"), None, "a meta package is no kernel");
+        assert_eq!(p.kernel_of_headers("linux-headers-amd64"), None);
+    }
+
+    #[test]
+    fn compiler_and_kernel_packages() {
+        let c = builtin();
+        let p = c.profile("debian-sid").unwrap();
+        assert_eq!(p.compiler_of("gcc-16-for-host"), Some("16"));
+        assert_eq!(p.compiler_of("gcc-12"), Some("12"));
+        assert_eq!(p.compiler_of("gcc-12-base"), None);
+        assert!(p.is_kernel_package("linux-kbuild-6.1"));
+        assert!(!p.is_kernel_package("gcc-12"));
+    }
+
+    #[test]
+    fn symlinks_are_filled_in() {
+        let c = builtin();
+        let links = c.profile("debian-trixie").unwrap().symlinks("14");
+        assert!(links.iter().any(|l| l.path == "/usr/bin/gcc" && l.target == "x86_64-linux-gnu-gcc-14"));
+    }
+
+    #[test]
+    fn a_directory_overrides_the_builtin_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("profiles")).unwrap();
+        std::fs::write(dir.path().join("profiles/debian-sid.toml"), "name = 'debian-sid'\n").unwrap();
+        let err = Catalog::load(&[dir.path().to_path_buf()]).unwrap_err();
+        assert!(err.to_string().contains("profiles/debian-sid.toml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_profile_lists_known_ones() {
+        let err = builtin().profile("fedora").unwrap_err();
+        assert!(err.to_string().contains("debian-bookworm"));
+    }
+}

@@ -1,1 +1,85 @@
-//! (stub; filled by the image work)
+//! Builder images: assembled from distro packages into OCI layers, loaded into an engine.
+//!
+//! [`plan()`] decides which package goes into which layer; [`build`] fetches what is missing,
+//! writes each missing layer once into the cache, and loads the image unless the engine has
+//! it already. [`list`], [`remove`] and [`prune`] manage what ckms loaded.
+
+pub mod archive;
+mod assemble;
+pub mod layer;
+mod plan;
+
+pub use assemble::{build, list, prune, remove, Built, ImageRow};
+pub use plan::{plan, Lock, LockedLayer, LockedPackage, Plan, PlannedLayer};
+
+use thiserror::Error;
+
+use crate::error::{code, Diagnose};
+
+/// Image labels ckms sets; `image ls` and `prune` find ckms's images by them.
+pub mod label {
+    pub const RECIPE: &str = "io.ckms.recipe";
+    pub const PROFILE: &str = "io.ckms.profile";
+    pub const KERNEL: &str = "io.ckms.kernel";
+    pub const COMPILER: &str = "io.ckms.compiler";
+    pub const LOCK: &str = "io.ckms.lock";
+}
+
+#[derive(Debug, Error)]
+pub enum ImageError {
+    #[error("kernel {kernel}: {source}")]
+    Resolve { kernel: String, source: crate::repo::RepoError },
+    #[error("kernel {kernel}: no compiler matching the profile {profile}'s [kernel].compiler among its headers' dependencies")]
+    NoCompiler { kernel: String, profile: String },
+    #[error("image recipe '{recipe}' names an unknown layer '{layer}' (known: base, toolchain, kernel, extra)")]
+    UnknownLayer { recipe: String, layer: String },
+    #[error(transparent)]
+    Repo(#[from] crate::repo::RepoError),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+    #[error(transparent)]
+    Deb(#[from] crate::deb::DebError),
+    #[error(transparent)]
+    Layer(#[from] layer::LayerError),
+    #[error(transparent)]
+    Archive(#[from] archive::ArchiveError),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    #[error("the engine reports image {reference} as {actual}, expected {expected}")]
+    Mismatch { reference: String, expected: String, actual: String },
+    #[error("no ckms image matches '{0}'")]
+    NotFound(String),
+    #[error("building layers: {0}")]
+    Task(String),
+}
+
+impl Diagnose for ImageError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            ImageError::Resolve { source, .. } | ImageError::Repo(source) => source.exit_code(),
+            ImageError::NoCompiler { .. } | ImageError::UnknownLayer { .. } => code::BAD_PROFILE,
+            ImageError::Cache(e) => e.exit_code(),
+            ImageError::Deb(e) => e.exit_code(),
+            ImageError::Layer(e) => e.exit_code(),
+            ImageError::Archive(e) => e.exit_code(),
+            ImageError::Engine(e) => e.exit_code(),
+            ImageError::Mismatch { .. } | ImageError::Task(_) => code::ENGINE_FAILED,
+            ImageError::NotFound(_) => code::USAGE,
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        match self {
+            ImageError::Resolve { source, .. } | ImageError::Repo(source) => source.hint(),
+            ImageError::NoCompiler { .. } => Some("check the profile's [kernel].compiler pattern".into()),
+            ImageError::UnknownLayer { .. } => Some("fix `layers` in the recipe under images/".into()),
+            ImageError::Cache(e) => e.hint(),
+            ImageError::Deb(e) => e.hint(),
+            ImageError::Layer(e) => e.hint(),
+            ImageError::Archive(e) => e.hint(),
+            ImageError::Engine(e) => e.hint(),
+            ImageError::Mismatch { .. } => Some("run `ckms image build --force` to load it again".into()),
+            ImageError::NotFound(_) => Some("`ckms image ls` lists ckms's images".into()),
+            ImageError::Task(_) => None,
+        }
+    }
+}

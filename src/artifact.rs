@@ -1,0 +1,202 @@
+//! What comes back from a build container is untrusted: a hostile Makefile controls it.
+//! Unpacking accepts regular files and directories only, inside the destination, within
+//! size limits; links, devices, absolute paths and `..` are refused, never followed.
+
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use thiserror::Error;
+
+use crate::error::{code, Diagnose};
+
+#[derive(Debug, Error)]
+pub enum ArtifactError {
+    #[error("refused {path:?} from the build container: {why}")]
+    Refused { path: String, why: &'static str },
+    #[error("the build container returned more than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("writing {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("reading the tar stream from the build container: {0}")]
+    Tar(std::io::Error),
+}
+
+impl Diagnose for ArtifactError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            ArtifactError::Io { .. } => code::IO,
+            _ => code::ENGINE_FAILED,
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            ArtifactError::Refused { .. } | ArtifactError::TooLarge { .. } => {
+                "the module's build produced something ckms will not copy to the host; check its Makefile".into()
+            }
+            ArtifactError::Io { .. } => "check free space and permissions of the destination".into(),
+            ArtifactError::Tar(_) => "the engine returned a broken archive; run again with --verbose".into(),
+        })
+    }
+}
+
+/// Unpacks `tar` under `dest`, dropping the first `strip` path components (the engine names
+/// the top directory it archived). Returns the files written, relative to `dest`.
+pub fn unpack(tar: impl Read, dest: &Path, strip: usize, max_bytes: u64) -> Result<Vec<PathBuf>, ArtifactError> {
+    let mut archive = tar::Archive::new(tar);
+    let mut written = Vec::new();
+    let mut total = 0u64;
+    for entry in archive.entries().map_err(ArtifactError::Tar)? {
+        let mut entry = entry.map_err(ArtifactError::Tar)?;
+        let raw = entry.path().map_err(ArtifactError::Tar)?.to_string_lossy().into_owned();
+        let Some(rel) = safe_relative(&raw, strip)? else { continue };
+        let target = dest.join(&rel);
+        let io = |source| ArtifactError::Io { path: target.clone(), source };
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => std::fs::create_dir_all(&target).map_err(io)?,
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                total += entry.size();
+                if total > max_bytes {
+                    return Err(ArtifactError::TooLarge { limit: max_bytes });
+                }
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent).map_err(io)?;
+                }
+                // A link planted earlier at this path must not redirect the write.
+                if std::fs::symlink_metadata(&target).is_ok_and(|m| !m.is_file()) {
+                    return Err(ArtifactError::Refused { path: raw, why: "it would replace something that is not a file" });
+                }
+                let mut out = std::fs::File::create(&target).map_err(io)?;
+                std::io::copy(&mut (&mut entry).take(max_bytes), &mut out).map_err(io)?;
+                written.push(rel);
+            }
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                return Err(ArtifactError::Refused { path: raw, why: "links are not accepted" })
+            }
+            _ => return Err(ArtifactError::Refused { path: raw, why: "only regular files and directories are accepted" }),
+        }
+    }
+    Ok(written)
+}
+
+fn safe_relative(raw: &str, strip: usize) -> Result<Option<PathBuf>, ArtifactError> {
+    let path = Path::new(raw);
+    let mut rel = PathBuf::new();
+    for (i, c) in path.components().enumerate() {
+        match c {
+            Component::Normal(part) if i >= strip => rel.push(part),
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => return Err(ArtifactError::Refused { path: raw.into(), why: "it climbs out with .." }),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(ArtifactError::Refused { path: raw.into(), why: "absolute paths are not accepted" })
+            }
+        }
+    }
+    Ok((!rel.as_os_str().is_empty()).then_some(rel))
+}
+
+/// A tar of `dir`'s contents under `prefix`, owned by `uid:gid`, for uploading sources.
+pub fn pack_dir(dir: &Path, prefix: &str, uid: u64, gid: u64) -> Result<Vec<u8>, ArtifactError> {
+    let io = |source| ArtifactError::Io { path: dir.to_path_buf(), source };
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    b.mode(tar::HeaderMode::Deterministic);
+    let mut stack = vec![(dir.to_path_buf(), PathBuf::from(prefix))];
+    let header = |size: u64, kind: tar::EntryType, mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h
+    };
+    let mut dir_header = header(0, tar::EntryType::Directory, 0o755);
+    b.append_data(&mut dir_header, prefix, std::io::empty()).map_err(io)?;
+    while let Some((src, dst)) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&src).map_err(io)?.filter_map(|e| e.ok()).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let meta = e.metadata().map_err(io)?;
+            let name = dst.join(e.file_name());
+            if meta.is_dir() {
+                let mut h = header(0, tar::EntryType::Directory, 0o755);
+                b.append_data(&mut h, &name, std::io::empty()).map_err(io)?;
+                stack.push((e.path(), name));
+            } else if meta.is_file() {
+                let mode = if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0 { 0o755 } else { 0o644 };
+                let mut h = header(meta.len(), tar::EntryType::Regular, mode);
+                let f = std::fs::File::open(e.path()).map_err(io)?;
+                b.append_data(&mut h, &name, f).map_err(io)?;
+            }
+        }
+    }
+    b.into_inner().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_with(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, data, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            if let Some(l) = link {
+                h.set_link_name(l).unwrap();
+            }
+            // set_path refuses ".." and absolute paths; write the raw name like a hostile tar would.
+            let name = &mut h.as_old_mut().name;
+            name[..path.len()].copy_from_slice(path.as_bytes());
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn files_and_dirs_unpack_with_the_top_stripped() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tar_with(&[("build/", tar::EntryType::Directory, b"", None), ("build/m/a.ko", tar::EntryType::Regular, b"ko", None)]);
+        let files = unpack(&t[..], dir.path(), 1, 1 << 20).unwrap();
+        assert_eq!(files, [PathBuf::from("m/a.ko")]);
+        assert_eq!(std::fs::read(dir.path().join("m/a.ko")).unwrap(), b"ko");
+    }
+
+    #[test]
+    fn hostile_entries_are_refused() {
+        for (path, kind, link) in [
+            ("build/x.ko", tar::EntryType::Symlink, Some("/etc/shadow")),
+            ("build/y.ko", tar::EntryType::Link, Some("/etc/shadow")),
+            ("build/../../etc/z", tar::EntryType::Regular, None),
+            ("/etc/w", tar::EntryType::Regular, None),
+            ("build/dev", tar::EntryType::Char, None),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let t = tar_with(&[(path, kind, b"", link)]);
+            let err = unpack(&t[..], dir.path(), 1, 1 << 20).unwrap_err();
+            assert!(matches!(err, ArtifactError::Refused { .. }), "{path}: {err}");
+        }
+    }
+
+    #[test]
+    fn size_limit_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tar_with(&[("b/big", tar::EntryType::Regular, &[0u8; 4096], None)]);
+        assert!(matches!(unpack(&t[..], dir.path(), 1, 1000), Err(ArtifactError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn pack_dir_round_trips() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::create_dir(src.path().join("sub")).unwrap();
+        std::fs::write(src.path().join("sub/f.c"), b"int x;").unwrap();
+        let t = pack_dir(src.path(), "build", 1000, 1000).unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        unpack(&t[..], dest.path(), 1, 1 << 20).unwrap();
+        assert_eq!(std::fs::read(dest.path().join("sub/f.c")).unwrap(), b"int x;");
+        let mut a = tar::Archive::new(&t[..]);
+        assert!(a.entries().unwrap().all(|e| e.unwrap().header().uid().unwrap() == 1000));
+    }
+}

@@ -1,0 +1,128 @@
+//! Command-line interface: clap definitions, dispatch, and how results and errors are printed.
+//! Everything that does work lives in the library; this only translates.
+
+mod image;
+mod kernels;
+mod system;
+
+use clap::{Parser, Subcommand};
+use std::sync::Arc;
+
+use ckms::config::Config;
+use ckms::context::Context;
+use ckms::error::{Diagnose, Error};
+use ckms::report::{Human, JsonLines, Reporter};
+
+#[derive(Parser)]
+#[command(name = "ckms", version, about = "Containerized Kernel Module Support: dkms-compatible module builds in rootless, sandboxed containers")]
+pub struct Cli {
+    /// Print events and results as JSON lines.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print only warnings and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Where downloads, indexes and layers are cached.
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<std::path::PathBuf>,
+    /// Container engine endpoint (unix:///path.sock or tcp://host:port).
+    #[arg(long, global = true, value_name = "HOST")]
+    engine: Option<String>,
+    /// Ask the mirrors for fresh repository indexes even if the cached ones are recent.
+    #[arg(long, global = true)]
+    refresh: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the kernels the profiles' repositories offer (release, version, compiler).
+    Kernels(kernels::Args),
+    /// Builder images: build, list, remove, prune.
+    #[command(subcommand)]
+    Image(image::Command),
+    /// List the distro profiles.
+    Profiles,
+    /// Check the container engine and settings; print each problem with its fix.
+    Doctor,
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let report: Arc<dyn Reporter> = if cli.json { Arc::new(JsonLines) } else { Arc::new(Human::new(cli.quiet)) };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error! cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(run(cli, report)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error! {e}");
+            if let Some(hint) = e.hint() {
+                eprintln!("{hint}");
+            }
+            e.exit_code()
+        }
+    }
+}
+
+async fn run(cli: Cli, report: Arc<dyn Reporter>) -> Result<i32, Error> {
+    let mut config = Config::load()?;
+    if let Some(dir) = cli.cache_dir {
+        config.cache_dir = Some(dir);
+    }
+    if let Some(host) = cli.engine {
+        config.engine.host = Some(host);
+    }
+    let ctx = Context::new(config, report, cli.refresh)?;
+    let out = Output { json: cli.json };
+    match cli.command {
+        Command::Kernels(args) => kernels::run(&ctx, &out, args).await,
+        Command::Image(cmd) => image::run(&ctx, &out, cmd).await,
+        Command::Profiles => system::profiles(&ctx, &out),
+        Command::Doctor => system::doctor(&ctx, &out).await,
+    }
+}
+
+/// How results reach stdout: a table for people, one JSON object for machines.
+pub struct Output {
+    json: bool,
+}
+
+impl Output {
+    /// Prints `value` as JSON (one line), or `human` otherwise.
+    pub fn result<T: serde::Serialize>(&self, value: &T, human: impl FnOnce() -> String) {
+        if self.json {
+            let doc = serde_json::json!({ "event": "result", "result": value });
+            println!("{doc}");
+        } else {
+            let text = human();
+            if !text.is_empty() {
+                println!("{}", text.trim_end());
+            }
+        }
+    }
+}
+
+/// Left-aligned columns, widths from the content.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        parts.join("  ").trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out += &line(row.iter().map(String::as_str).collect());
+    }
+    out
+}

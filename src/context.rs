@@ -1,0 +1,71 @@
+//! What one ckms invocation works with: settings, profiles, the cache and a reporter, and the
+//! steps every command shares (load a profile's index, find a kernel, connect to an engine).
+
+use std::sync::Arc;
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::engine::{self, Connection};
+use crate::error::Error;
+use crate::kernel::{self, Kernel, KernelError};
+use crate::profile::{Catalog, Profile};
+use crate::repo::{self, Index};
+use crate::report::Reporter;
+
+pub struct Context {
+    pub config: Config,
+    pub catalog: Catalog,
+    pub cache: Cache,
+    pub report: Arc<dyn Reporter>,
+    /// Ask mirrors for fresh indexes even when the cached ones are recent.
+    pub refresh: bool,
+}
+
+impl Context {
+    pub fn new(config: Config, report: Arc<dyn Reporter>, refresh: bool) -> Result<Context, Error> {
+        let catalog = Catalog::load(&crate::profile::data_dirs())?;
+        let cache = Cache::open(config.cache_root())?;
+        Ok(Context { config, catalog, cache, report, refresh })
+    }
+
+    pub fn reporter(&self) -> &dyn Reporter {
+        self.report.as_ref()
+    }
+
+    /// The profiles to consider: the named one, or all.
+    pub fn profiles(&self, name: Option<&str>) -> Result<Vec<&Profile>, Error> {
+        Ok(match name {
+            Some(n) => vec![self.catalog.profile(n)?],
+            None => self.catalog.profiles.iter().collect(),
+        })
+    }
+
+    pub async fn index(&self, profile: &Profile) -> Result<Index, Error> {
+        let suites = self.config.suites(&self.catalog, profile)?;
+        let opts = self.config.repo_options(profile, self.refresh);
+        Ok(repo::load_index(&self.cache, &suites, &opts, self.reporter()).await?)
+    }
+
+    /// Finds the profile offering `release` (only among `profile` when given), with its index.
+    pub async fn find_kernel(&self, release: &str, profile: Option<&str>) -> Result<(&Profile, Index, Kernel), Error> {
+        let mut offered = Vec::new();
+        let candidates = self.profiles(profile)?;
+        for p in &candidates {
+            let index = self.index(p).await?;
+            if let Some(k) = kernel::find(p, &index, release) {
+                return Ok((p, index, k));
+            }
+            offered.extend(kernel::list(p, &index).into_iter().map(|k| k.release));
+        }
+        Err(KernelError::Unknown {
+            release: release.to_string(),
+            searched: candidates.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+            closest: kernel::closest(release, &offered, 3),
+        }
+        .into())
+    }
+
+    pub async fn engine(&self) -> Result<Connection, Error> {
+        Ok(engine::connect(&self.config.engine_settings(), self.reporter()).await?)
+    }
+}

@@ -1,0 +1,395 @@
+//! Turning a [`Plan`] into an image in the engine, with every expensive step cached:
+//! packages by digest, layers by the digest of what goes into them, images by ID.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::BufWriter;
+
+use super::archive::{self, ArchiveLayer, ImageMeta};
+use super::layer::{FsRules, LayerDigest, LayerWriter};
+use super::{label, ImageError, Plan, PlannedLayer};
+use crate::cache::Cache;
+use crate::engine::Engine;
+use crate::profile::{Profile, Recipe};
+use crate::repo::{self, FetchStats};
+use crate::report::Reporter;
+
+type Result<T> = std::result::Result<T, ImageError>;
+
+/// What `build` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Built {
+    /// `<repository>-<profile>:<kernel>-<id12>`: names exactly this content.
+    pub reference: String,
+    pub tags: Vec<String>,
+    pub id: String,
+    pub layers: Vec<(String, LayerDigest)>,
+    pub fetch: FetchStats,
+    /// Layers written this time (the others came from the cache).
+    pub layers_built: usize,
+    /// False when the engine had the image already.
+    pub loaded: bool,
+}
+
+/// Kept in the cache per image ID, so that `prune` knows what an image used.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    lock: super::Lock,
+    layers: Vec<String>,
+}
+
+pub async fn build(
+    cache: &Cache,
+    engine: &dyn Engine,
+    profile: &Profile,
+    recipe: &Recipe,
+    plan: &Plan,
+    force: bool,
+    report: &dyn Reporter,
+) -> Result<Built> {
+    let layers_dir = cache.dir("layers")?;
+    let keys: Vec<String> = plan.layers.iter().map(|l| l.key(&plan.usr_merge)).collect();
+    let mut digests: Vec<Option<LayerDigest>> = keys.iter().map(|k| cached_layer(cache, k)).collect();
+    let lock = plan.lock();
+    let config_layer = config_layer(cache, profile, recipe, plan, &lock)?;
+    let meta = image_meta(recipe, plan, &lock);
+    let (repository, kernel_tag) = names(recipe, plan);
+
+    if !force {
+        if let Some(known) = digests.iter().cloned().collect::<Option<Vec<_>>>() {
+            let (id, tags) = identity(cache, &known, &config_layer, &meta, &repository, &kernel_tag)?;
+            if engine.image_id(&tags[1]).await?.as_deref() == Some(id.as_str()) {
+                return Ok(Built {
+                    reference: tags[1].clone(),
+                    tags,
+                    id,
+                    layers: named(plan, &known),
+                    fetch: FetchStats::default(),
+                    layers_built: 0,
+                    loaded: false,
+                });
+            }
+        }
+    }
+
+    // A cached layer that no longer hashes to its name is dropped and built again.
+    for (slot, layer) in digests.iter_mut().zip(&plan.layers) {
+        if let Some(d) = slot {
+            if !cache.check_blob(hex_of(&d.diff_id))? {
+                report.warn(format!("cached layer {} ({}) was corrupt; building it again", layer.name, d.diff_id));
+                *slot = None;
+            }
+        }
+    }
+
+    let missing: Vec<(usize, &PlannedLayer)> =
+        plan.layers.iter().enumerate().filter(|(i, _)| digests[*i].is_none()).collect();
+    let needed: Vec<repo::Package> = missing.iter().flat_map(|(_, l)| l.packages.iter().cloned()).collect();
+    let fetch = repo::fetch_packages(cache, &needed, report).await?;
+
+    let mut tasks = Vec::new();
+    for (i, layer) in &missing {
+        let (cache, layer, rules) = (cache.clone(), (*layer).clone(), FsRules { usr_merge: plan.usr_merge.clone() });
+        tasks.push((*i, tokio::task::spawn_blocking(move || write_layer(&cache, &layer, rules))));
+    }
+    let layers_built = tasks.len();
+    for (i, task) in tasks {
+        let digest = task.await.map_err(|e| ImageError::Task(e.to_string()))??;
+        save_layer_meta(&layers_dir, &keys[i], &digest)?;
+        report.done(&format!("layer {}", plan.layers[i].name), format!("{} ({} MB)", digest.diff_id, digest.size >> 20));
+        digests[i] = Some(digest);
+    }
+    let known: Vec<LayerDigest> = digests.into_iter().flatten().collect();
+    let (id, tags) = identity(cache, &known, &config_layer, &meta, &repository, &kernel_tag)?;
+
+    let archive_layers = archive_layers(cache, &known, &config_layer);
+    let config = archive::image_config(&archive_layers, &meta)?;
+    let tmp = tempfile::NamedTempFile::new_in(cache.dir("tmp")?).map_err(|e| crate::cache::io_err(cache.root())(e))?;
+    {
+        let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file());
+        archive::write_archive(&mut out, &archive_layers, &config, &tags)?;
+        std::io::Write::flush(&mut out).map_err(|e| crate::cache::io_err(tmp.path())(e))?;
+    }
+    report.info(format!("loading {} into the engine", tags[1]));
+    engine.load_image(tmp.path()).await?;
+    match engine.image_id(&tags[1]).await? {
+        Some(actual) if actual == id => {}
+        actual => {
+            return Err(ImageError::Mismatch {
+                reference: tags[1].clone(),
+                expected: id,
+                actual: actual.unwrap_or_else(|| "absent".into()),
+            })
+        }
+    }
+    let mut layer_ids: Vec<String> = known.iter().map(|d| d.diff_id.clone()).collect();
+    layer_ids.push(config_layer.diff_id.clone());
+    save_record(cache, &id, &Record { lock, layers: layer_ids })?;
+    Ok(Built { reference: tags[1].clone(), tags, id, layers: named(plan, &known), fetch, layers_built, loaded: true })
+}
+
+fn named(plan: &Plan, digests: &[LayerDigest]) -> Vec<(String, LayerDigest)> {
+    plan.layers.iter().map(|l| l.name.clone()).zip(digests.iter().cloned()).collect()
+}
+
+/// `("localhost/ckms/builder-debian-bookworm", "6.1.0-56-amd64")`; a tag may not hold '+'.
+fn names(recipe: &Recipe, plan: &Plan) -> (String, String) {
+    let tag: String = plan
+        .kernel
+        .release
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+        .collect();
+    (format!("{}-{}", recipe.repository, plan.profile), tag)
+}
+
+fn identity(
+    cache: &Cache,
+    layers: &[LayerDigest],
+    config_layer: &LayerDigest,
+    meta: &ImageMeta,
+    repository: &str,
+    kernel_tag: &str,
+) -> Result<(String, Vec<String>)> {
+    let config = archive::image_config(&archive_layers(cache, layers, config_layer), meta)?;
+    let id = archive::image_id(&config)?;
+    let short = id.trim_start_matches("sha256:").get(..12).unwrap_or_default().to_string();
+    Ok((id, vec![format!("{repository}:{kernel_tag}"), format!("{repository}:{kernel_tag}-{short}")]))
+}
+
+fn archive_layers(cache: &Cache, layers: &[LayerDigest], config_layer: &LayerDigest) -> Vec<ArchiveLayer> {
+    layers
+        .iter()
+        .chain(std::iter::once(config_layer))
+        .map(|d| ArchiveLayer { path: cache.blob_path(hex_of(&d.diff_id)), digest: d.clone() })
+        .collect()
+}
+
+fn hex_of(diff_id: &str) -> &str {
+    diff_id.trim_start_matches("sha256:")
+}
+
+fn image_meta(recipe: &Recipe, plan: &Plan, lock: &super::Lock) -> ImageMeta {
+    let lock_digest = crate::cache::sha256_hex(&serde_json::to_vec(lock).unwrap_or_default());
+    let labels = BTreeMap::from([
+        (label::RECIPE.to_string(), recipe.name.clone()),
+        (label::PROFILE.to_string(), plan.profile.clone()),
+        (label::KERNEL.to_string(), plan.kernel.release.clone()),
+        (label::COMPILER.to_string(), format!("gcc-{}", plan.gcc)),
+        (label::LOCK.to_string(), format!("sha256:{lock_digest}")),
+    ]);
+    ImageMeta {
+        user: format!("{}:{}", recipe.user.uid, recipe.user.gid),
+        env: recipe.config.env.clone(),
+        workdir: recipe.config.workdir.clone(),
+        cmd: recipe.config.cmd.clone(),
+        labels,
+        created: created(plan),
+    }
+}
+
+/// The newest index date: the image is as old as the package set it holds, which keeps the
+/// configuration (and so the image ID) the same for the same packages.
+fn created(plan: &Plan) -> String {
+    plan.suites.iter().filter_map(|s| rfc2822_to_rfc3339(&s.date)).max().unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
+}
+
+/// "Sat, 11 Jul 2026 10:16:37 UTC" -> "2026-07-11T10:16:37Z"
+fn rfc2822_to_rfc3339(date: &str) -> Option<String> {
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let mut it = date.split_whitespace().skip(1);
+    let (day, month, year, time) = (it.next()?, it.next()?, it.next()?, it.next()?);
+    let month = MONTHS.iter().position(|m| *m == month)? + 1;
+    let day: u32 = day.parse().ok()?;
+    Some(format!("{year}-{month:02}-{day:02}T{time}Z"))
+}
+
+fn cached_layer(cache: &Cache, key: &str) -> Option<LayerDigest> {
+    let path = cache.root().join("layers").join(format!("{key}.json"));
+    let digest: LayerDigest = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    cache.blob_path(hex_of(&digest.diff_id)).exists().then_some(digest)
+}
+
+fn save_layer_meta(dir: &std::path::Path, key: &str, digest: &LayerDigest) -> Result<()> {
+    let path = dir.join(format!("{key}.json"));
+    write_atomically(&path, &serde_json::to_vec(digest).unwrap_or_default())
+}
+
+fn save_record(cache: &Cache, id: &str, record: &Record) -> Result<()> {
+    let path = cache.dir("images")?.join(format!("{}.json", hex_of(id)));
+    write_atomically(&path, &serde_json::to_vec_pretty(record).unwrap_or_default())
+}
+
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let err = crate::cache::io_err(path);
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| crate::cache::io_err(path)(e))?;
+    std::io::Write::write_all(&mut tmp, bytes).map_err(|e| crate::cache::io_err(path)(e))?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    Ok(())
+}
+
+/// Writes one layer into the cache from its packages (already fetched).
+fn write_layer(cache: &Cache, layer: &PlannedLayer, rules: FsRules) -> Result<LayerDigest> {
+    let skeleton = layer.name == "base";
+    let usr_merge = rules.usr_merge.clone();
+    let mut w = LayerWriter::new(BufWriter::with_capacity(1 << 20, cache.writer()?), rules);
+    if skeleton {
+        write_skeleton(&mut w, &usr_merge)?;
+    }
+    for p in &layer.packages {
+        let deb = File::open(cache.blob_path(&p.sha256)).map_err(|e| crate::cache::io_err(&cache.blob_path(&p.sha256))(e))?;
+        let data = crate::deb::data_tar(std::io::BufReader::with_capacity(1 << 20, deb), &p.name)?;
+        w.add_data_tar(data, &p.name)?;
+    }
+    let (out, digest) = w.finish()?;
+    let blob = out.into_inner().map_err(|e| crate::cache::io_err(cache.root())(e.into_error()))?;
+    let (hex, _) = blob.commit(Some(hex_of(&digest.diff_id)))?;
+    debug_assert_eq!(hex, hex_of(&digest.diff_id));
+    Ok(digest)
+}
+
+/// What a Debian root file system has before any package: the merged-/usr links and the
+/// directories that base-files and the installer would create.
+fn write_skeleton<W: std::io::Write>(w: &mut LayerWriter<W>, usr_merge: &[String]) -> Result<()> {
+    for (dir, mode) in [("usr", 0o755), ("etc", 0o755), ("home", 0o755), ("root", 0o700), ("tmp", 0o1777), ("var", 0o755), ("var/tmp", 0o1777), ("run", 0o755), ("proc", 0o555), ("sys", 0o555), ("dev", 0o755)] {
+        w.add_dir(dir, mode, 0, 0)?;
+    }
+    for d in usr_merge {
+        w.add_dir(&format!("usr/{d}"), 0o755, 0, 0)?;
+        w.add_symlink(d, &format!("usr/{d}"))?;
+    }
+    Ok(())
+}
+
+/// The last, small layer: build user, symlinks, owned directories, lock file.
+fn config_layer(cache: &Cache, profile: &Profile, recipe: &Recipe, plan: &Plan, lock: &super::Lock) -> Result<LayerDigest> {
+    let u = &recipe.user;
+    let mut w = LayerWriter::new(cache.writer()?, FsRules { usr_merge: plan.usr_merge.clone() });
+    let passwd = format!(
+        "root:x:0:0:root:/root:/bin/bash\n{}:x:{}:{}:ckms build user:{}:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        u.name, u.uid, u.gid, u.home
+    );
+    let group = format!("root:x:0:\n{}:x:{}:\nnogroup:x:65534:\n", u.name, u.gid);
+    w.add_file("etc/passwd", passwd.as_bytes(), 0o644, 0, 0)?;
+    w.add_file("etc/group", group.as_bytes(), 0o644, 0, 0)?;
+    let mut owned: BTreeSet<&str> = recipe.dirs.iter().map(|d| d.path.as_str()).collect();
+    owned.insert(&u.home);
+    for dir in owned {
+        // Parents first, root-owned; the directory itself belongs to the build user.
+        let rel = dir.trim_start_matches('/');
+        let mut parent = String::new();
+        for part in rel.split('/').collect::<Vec<_>>().split_last().map(|(_, p)| p.to_vec()).unwrap_or_default() {
+            parent = if parent.is_empty() { part.to_string() } else { format!("{parent}/{part}") };
+            w.add_dir(&parent, 0o755, 0, 0)?;
+        }
+        w.add_dir(rel, 0o755, u64::from(u.uid), u64::from(u.gid))?;
+    }
+    for link in profile.symlinks(&plan.gcc) {
+        w.add_symlink(link.path.trim_start_matches('/'), &link.target)?;
+    }
+    let lock_json = serde_json::to_vec_pretty(lock).unwrap_or_default();
+    w.add_file(recipe.lock_path.trim_start_matches('/'), &lock_json, 0o644, 0, 0)?;
+    let (blob, digest) = w.finish()?;
+    blob.commit(Some(hex_of(&digest.diff_id)))?;
+    Ok(digest)
+}
+
+/// One row of `ckms image ls`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageRow {
+    pub profile: String,
+    pub kernel: String,
+    pub compiler: String,
+    pub reference: String,
+    pub id: String,
+    pub size: u64,
+    pub created: i64,
+}
+
+pub async fn list(engine: &dyn Engine) -> Result<Vec<ImageRow>> {
+    let mut rows: Vec<ImageRow> = engine
+        .list_images(label::RECIPE)
+        .await?
+        .into_iter()
+        .map(|i| {
+            let get = |k: &str| i.labels.get(k).cloned().unwrap_or_default();
+            let reference = i.tags.iter().max_by_key(|t| t.len()).cloned().unwrap_or_default();
+            ImageRow { profile: get(label::PROFILE), kernel: get(label::KERNEL), compiler: get(label::COMPILER), reference, id: i.id, size: i.size, created: i.created }
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.profile, &a.kernel, b.created).cmp(&(&b.profile, &b.kernel, a.created)));
+    Ok(rows)
+}
+
+/// Removes every ckms image whose kernel, tag or ID (prefix) is `what`.
+pub async fn remove(engine: &dyn Engine, what: &str) -> Result<Vec<ImageRow>> {
+    let bare = |id: &str| id.trim_start_matches("sha256:").to_string();
+    let matching: Vec<ImageRow> = list(engine)
+        .await?
+        .into_iter()
+        .filter(|r| r.kernel == what || r.reference == what || r.reference.ends_with(&format!(":{what}")) || (what.len() >= 6 && bare(&r.id).starts_with(&bare(what))))
+        .collect();
+    if matching.is_empty() {
+        return Err(ImageError::NotFound(what.to_string()));
+    }
+    for r in &matching {
+        engine.remove_image(&r.id).await?;
+    }
+    Ok(matching)
+}
+
+/// Removes images superseded by a newer one for the same profile and kernel (all of them with
+/// `all`), then the cached packages and layers that only removed images used.
+pub async fn prune(engine: &dyn Engine, cache: &Cache, all: bool) -> Result<(Vec<ImageRow>, usize)> {
+    let rows = list(engine).await?;
+    let mut seen = BTreeSet::new();
+    let (mut keep, mut drop) = (Vec::new(), Vec::new());
+    for r in rows {
+        // `list` sorts newest first within a (profile, kernel).
+        if !all && seen.insert((r.profile.clone(), r.kernel.clone())) {
+            keep.push(r);
+        } else {
+            drop.push(r);
+        }
+    }
+    for r in &drop {
+        engine.remove_image(&r.id).await?;
+    }
+    let records = |rows: &[ImageRow]| -> BTreeSet<String> {
+        rows.iter()
+            .filter_map(|r| {
+                let path = cache.root().join("images").join(format!("{}.json", hex_of(&r.id)));
+                serde_json::from_slice::<Record>(&std::fs::read(path).ok()?).ok()
+            })
+            .flat_map(|rec| {
+                let debs = rec.lock.layers.into_iter().flat_map(|l| l.packages).map(|p| p.sha256);
+                debs.chain(rec.layers.iter().map(|d| hex_of(d).to_string()).collect::<Vec<_>>()).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let still_used = records(&keep);
+    let mut freed = 0;
+    for blob in records(&drop).difference(&still_used) {
+        if std::fs::remove_file(cache.blob_path(blob)).is_ok() {
+            freed += 1;
+        }
+    }
+    for r in &drop {
+        let _ = std::fs::remove_file(cache.root().join("images").join(format!("{}.json", hex_of(&r.id))));
+    }
+    Ok((drop, freed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_dates_become_rfc3339() {
+        assert_eq!(rfc2822_to_rfc3339("Sat, 11 Jul 2026 10:16:37 UTC").as_deref(), Some("2026-07-11T10:16:37Z"));
+        assert_eq!(rfc2822_to_rfc3339("Fri, 3 Oct 2026 08:08:01 UTC").as_deref(), Some("2026-10-03T08:08:01Z"));
+        assert_eq!(rfc2822_to_rfc3339("garbage"), None);
+    }
+}
