@@ -1,1 +1,127 @@
-//! (stub; filled by the engine work)
+//! Container engines behind one small trait. Docker Engine and Podman (through its
+//! Docker-compatible socket) are both driven by [`DockerApi`], a bollard client with a few
+//! raw JSON requests where bollard's strict models reject what Podman sends.
+//!
+//! - [`discover`]: which endpoint to use, and a private rootless Podman service as last resort;
+//! - [`doctor`]: checks that explain what is missing;
+//! - [`fake`]: a scripted [`Engine`] for other modules' tests.
+
+mod config;
+pub mod discover;
+mod docker;
+pub mod doctor;
+mod error;
+pub mod fake;
+mod raw;
+
+pub use config::{container_config, input_tar, parse_user, EngineCaps};
+pub use discover::{candidates, connect, Connection, Endpoint, EngineSettings};
+pub use docker::DockerApi;
+pub use error::EngineError;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// What ckms needs from a container engine. Implemented by [`DockerApi`] (Docker and Podman)
+/// and [`fake::FakeEngine`].
+#[async_trait::async_trait]
+pub trait Engine: Send + Sync {
+    async fn info(&self) -> Result<EngineInfo, EngineError>;
+    /// The image's id ("sha256:..."), or None if the engine does not have it.
+    async fn image_id(&self, reference: &str) -> Result<Option<String>, EngineError>;
+    /// RootFS.Layers diff ids, bottom first.
+    async fn image_layers(&self, reference: &str) -> Result<Vec<String>, EngineError>;
+    /// Loads a docker-archive tar (manifest.json + layers), streamed from disk.
+    async fn load_image(&self, archive: &Path) -> Result<(), EngineError>;
+    /// Images carrying the label key `label` (any value).
+    async fn list_images(&self, label: &str) -> Result<Vec<ImageSummary>, EngineError>;
+    async fn remove_image(&self, reference: &str) -> Result<(), EngineError>;
+    /// Runs one sandboxed container to completion (or timeout) and cleans up after it.
+    async fn run(&self, spec: &RunSpec) -> Result<RunOutcome, EngineError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum EngineKind {
+    Docker,
+    Podman,
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EngineKind::Docker => "Docker",
+            EngineKind::Podman => "Podman",
+        })
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EngineInfo {
+    pub kind: EngineKind,
+    pub version: String,
+    pub api_version: String,
+    pub rootless: bool,
+    pub endpoint: String,
+    pub storage_driver: Option<String>,
+    pub cgroup_version: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageSummary {
+    pub id: String,
+    pub tags: Vec<String>,
+    pub labels: HashMap<String, String>,
+    pub size: u64,
+    pub created: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub image: String,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    /// Numeric "uid[:gid]", e.g. "1000:1000"; root is refused.
+    pub user: String,
+    pub workdir: String,
+    /// Absolute path of the one writable directory (a fresh volume), e.g. "/build".
+    pub scratch: String,
+    /// A tar extracted into `scratch` before start.
+    pub input: Option<Vec<u8>>,
+    /// Absolute paths (under scratch) copied back after exit, as tar bytes.
+    pub outputs: Vec<String>,
+    pub limits: Limits,
+    /// false = no network at all.
+    pub network: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub memory_bytes: Option<i64>,
+    pub pids: Option<i64>,
+    pub nano_cpus: Option<i64>,
+    pub tmpfs_bytes: i64,
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: None,
+            pids: None,
+            nano_cpus: None,
+            tmpfs_bytes: 64 << 20,
+            timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub exit_code: i64,
+    pub timed_out: bool,
+    /// stdout and stderr, interleaved as the engine recorded them.
+    pub log: Vec<u8>,
+    /// (path, tar bytes) for each requested output that existed.
+    pub outputs: Vec<(String, Vec<u8>)>,
+}

@@ -1,0 +1,293 @@
+//! Pure builders for what `run` sends to the engine, so the sandbox settings are unit-tested
+//! without an engine.
+
+use super::{EngineError, EngineKind, RunSpec};
+use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
+use std::collections::HashMap;
+
+/// What an engine enforces, decided once from its info.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineCaps {
+    pub kind: EngineKind,
+    pub rootless: bool,
+    /// Memory, pids and CPU limits through cgroups. Rootless Podman on cgroup v1 cannot set
+    /// them (it refuses or warns "Resource limits are not supported and ignored"), so they are
+    /// dropped there and RLIMIT_NPROC stands in against fork bombs.
+    pub cgroup_limits: bool,
+}
+
+impl EngineCaps {
+    pub fn new(kind: EngineKind, rootless: bool, cgroup_version: Option<&str>) -> Self {
+        let v1 = !matches!(cgroup_version, Some("2") | Some("v2"));
+        EngineCaps {
+            kind,
+            rootless,
+            cgroup_limits: !(rootless && v1),
+        }
+    }
+}
+
+/// RLIMIT_NPROC when the pids cgroup limit is unavailable and the caller set none.
+pub const DEFAULT_NPROC: i64 = 4096;
+
+/// Label put on every container ckms creates, so leftovers can be found and removed.
+pub const RUN_LABEL: &str = "io.ckms.run";
+
+/// Parses a numeric "uid[:gid]" and refuses root: builds never run as root, even in a user
+/// namespace, and the scratch directory is chowned to these ids.
+pub fn parse_user(user: &str) -> Result<(u32, u32), EngineError> {
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let bad = || {
+        EngineError::BadSpec(format!(
+            "user {user:?} must be numeric \"uid[:gid]\" and not root"
+        ))
+    };
+    let uid: u32 = u.parse().map_err(|_| bad())?;
+    let gid: u32 = match g {
+        Some(g) => g.parse().map_err(|_| bad())?,
+        None => uid,
+    };
+    if uid == 0 || gid == 0 {
+        return Err(bad());
+    }
+    Ok((uid, gid))
+}
+
+/// The container configuration for `spec` on an engine with `caps`.
+pub fn container_config(spec: &RunSpec, caps: &EngineCaps) -> ContainerCreateBody {
+    let l = &spec.limits;
+    let (memory, pids, nano_cpus) = if caps.cgroup_limits {
+        (l.memory_bytes, l.pids, l.nano_cpus)
+    } else {
+        (None, None, None)
+    };
+    // With a pids cgroup the nproc rlimit is left alone: on rootful Docker, uid 1000 in the
+    // container is uid 1000 on the host, whose other processes would count against it.
+    let ulimits = (!caps.cgroup_limits).then(|| {
+        let n = l.pids.unwrap_or(DEFAULT_NPROC);
+        vec![ResourcesUlimits {
+            name: Some("nproc".into()),
+            soft: Some(n),
+            hard: Some(n),
+        }]
+    });
+    let host_config = HostConfig {
+        network_mode: (!spec.network).then(|| "none".to_string()),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        readonly_rootfs: Some(true),
+        tmpfs: Some(HashMap::from([(
+            "/tmp".to_string(),
+            format!("rw,nosuid,nodev,size={},mode=1777", l.tmpfs_bytes),
+        )])),
+        memory,
+        // Equal to memory: no swap on top of the limit.
+        memory_swap: memory,
+        pids_limit: pids,
+        nano_cpus,
+        ulimits,
+        privileged: Some(false),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: Some(spec.cmd.clone()),
+        // The image's entrypoint would run before our command; ckms images have none anyway.
+        entrypoint: Some(vec![]),
+        env: Some(spec.env.clone()),
+        user: Some(spec.user.clone()),
+        working_dir: Some(spec.workdir.clone()),
+        // An anonymous volume: fresh per container, writable despite the read-only rootfs,
+        // and removed with the container (remove v=true).
+        volumes: Some(vec![spec.scratch.clone()]),
+        labels: Some(HashMap::from([(RUN_LABEL.to_string(), "1".to_string())])),
+        network_disabled: (!spec.network).then_some(true),
+        attach_stdin: Some(false),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        tty: Some(false),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+/// The tar uploaded into the scratch volume before start: a "." entry owned by the build user
+/// (engines create the volume root-owned; extracting "." chowns it on both Docker and
+/// Podman), then the caller's input with every entry's owner rewritten to that user so the
+/// build can write next to its sources.
+pub fn input_tar(input: Option<&[u8]>, uid: u32, gid: u32) -> std::io::Result<Vec<u8>> {
+    let mut out = tar::Builder::new(Vec::new());
+    let mut root = tar::Header::new_gnu();
+    root.set_entry_type(tar::EntryType::Directory);
+    root.set_mode(0o755);
+    root.set_uid(uid.into());
+    root.set_gid(gid.into());
+    root.set_size(0);
+    root.set_mtime(0);
+    out.append_data(&mut root, "./", std::io::empty())?;
+    if let Some(input) = input {
+        let mut archive = tar::Archive::new(input);
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let mut header = entry.header().clone();
+            header.set_uid(uid.into());
+            header.set_gid(gid.into());
+            // Long names and link targets come from PAX/GNU extensions, not the header.
+            let path = entry.path()?.into_owned();
+            match entry.link_name()? {
+                Some(target) => {
+                    let target = target.into_owned();
+                    out.append_link(&mut header, &path, &target)?;
+                }
+                None => {
+                    out.append_data(&mut header, &path, &mut entry)?;
+                }
+            }
+        }
+    }
+    out.into_inner()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Limits;
+    use std::time::Duration;
+
+    fn spec() -> RunSpec {
+        RunSpec {
+            image: "localhost/ckms/builder:1".into(),
+            cmd: vec!["make".into()],
+            env: vec!["A=1".into()],
+            user: "1000:1000".into(),
+            workdir: "/build/src".into(),
+            scratch: "/build".into(),
+            input: None,
+            outputs: vec![],
+            limits: Limits {
+                memory_bytes: Some(1 << 30),
+                pids: Some(512),
+                nano_cpus: Some(2_000_000_000),
+                tmpfs_bytes: 1 << 20,
+                timeout: Duration::from_secs(5),
+            },
+            network: false,
+        }
+    }
+
+    const FULL: EngineCaps = EngineCaps {
+        kind: EngineKind::Docker,
+        rootless: false,
+        cgroup_limits: true,
+    };
+
+    #[test]
+    fn sandbox_settings() {
+        let c = container_config(&spec(), &FULL);
+        let h = c.host_config.clone().unwrap();
+        assert_eq!(h.network_mode.as_deref(), Some("none"));
+        assert_eq!(c.network_disabled, Some(true));
+        assert_eq!(h.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(h.security_opt, Some(vec!["no-new-privileges".to_string()]));
+        assert_eq!(h.readonly_rootfs, Some(true));
+        assert_eq!(h.privileged, Some(false));
+        assert_eq!(c.user.as_deref(), Some("1000:1000"));
+        assert_eq!(c.working_dir.as_deref(), Some("/build/src"));
+        assert_eq!(c.volumes, Some(vec!["/build".to_string()]));
+        let tmp = &h.tmpfs.unwrap()["/tmp"];
+        assert!(
+            tmp.contains("size=1048576") && tmp.contains("mode=1777"),
+            "{tmp}"
+        );
+    }
+
+    #[test]
+    fn network_when_asked() {
+        let mut s = spec();
+        s.network = true;
+        let c = container_config(&s, &FULL);
+        assert_eq!(c.host_config.unwrap().network_mode, None);
+        assert_eq!(c.network_disabled, None);
+    }
+
+    #[test]
+    fn limits_present_with_cgroups() {
+        let h = container_config(&spec(), &FULL).host_config.unwrap();
+        assert_eq!(h.memory, Some(1 << 30));
+        assert_eq!(h.memory_swap, Some(1 << 30));
+        assert_eq!(h.pids_limit, Some(512));
+        assert_eq!(h.nano_cpus, Some(2_000_000_000));
+        assert_eq!(h.ulimits, None);
+    }
+
+    #[test]
+    fn limits_dropped_on_rootless_cgroup_v1_with_nproc_fallback() {
+        let caps = EngineCaps::new(EngineKind::Podman, true, Some("1"));
+        assert!(!caps.cgroup_limits);
+        let h = container_config(&spec(), &caps).host_config.unwrap();
+        assert_eq!((h.memory, h.pids_limit, h.nano_cpus), (None, None, None));
+        let u = &h.ulimits.unwrap()[0];
+        assert_eq!(
+            (u.name.as_deref(), u.soft, u.hard),
+            (Some("nproc"), Some(512), Some(512))
+        );
+    }
+
+    #[test]
+    fn caps_from_info() {
+        assert!(EngineCaps::new(EngineKind::Podman, true, Some("2")).cgroup_limits);
+        assert!(EngineCaps::new(EngineKind::Docker, false, Some("1")).cgroup_limits);
+        assert!(!EngineCaps::new(EngineKind::Podman, true, None).cgroup_limits);
+    }
+
+    #[test]
+    fn user_must_be_numeric_and_not_root() {
+        assert_eq!(parse_user("1000:1000").unwrap(), (1000, 1000));
+        assert_eq!(parse_user("1000").unwrap(), (1000, 1000));
+        for bad in ["0", "0:0", "1000:0", "root", "builder:1000", ""] {
+            assert!(parse_user(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn input_tar_chowns_root_and_entries() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        b.append_data(&mut h, "src/a.c", &b"x\n"[..]).unwrap();
+        let mut l = tar::Header::new_gnu();
+        l.set_entry_type(tar::EntryType::Symlink);
+        l.set_size(0);
+        b.append_link(&mut l, "src/link", "a.c").unwrap();
+        let input = b.into_inner().unwrap();
+
+        let out = input_tar(Some(&input), 1000, 1001).unwrap();
+        let mut a = tar::Archive::new(&out[..]);
+        let entries: Vec<_> = a
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                (
+                    e.path().unwrap().display().to_string(),
+                    h.uid().unwrap(),
+                    h.gid().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            vec![
+                ("./".to_string(), 1000, 1001),
+                ("src/a.c".to_string(), 1000, 1001),
+                ("src/link".to_string(), 1000, 1001)
+            ]
+        );
+    }
+}

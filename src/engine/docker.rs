@@ -1,0 +1,552 @@
+//! [`DockerApi`]: the bollard-backed [`Engine`] for both Docker and Podman's compat socket.
+//!
+//! Container calls go through bollard's typed API, but never read container state enums
+//! (Podman 4 reports states such as "stopped" that bollard rejects): `wait_container` gives
+//! the exit code. Image list/inspect and engine info are read as raw JSON (see [`raw`]).
+
+use super::config::{container_config, input_tar, parse_user, EngineCaps, RUN_LABEL};
+use super::{raw, Engine, EngineError, EngineInfo, EngineKind, ImageSummary, RunOutcome, RunSpec};
+use bollard::errors::Error as BollardError;
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder, ImportImageOptionsBuilder,
+    KillContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::{StreamExt, TryStreamExt};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Time for ordinary API calls (create, start, inspect, remove).
+const API_TIMEOUT: Duration = Duration::from_secs(120);
+/// Time for loading one image archive (hundreds of MB; Podman's vfs driver copies every layer).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(3600);
+/// After a kill, how long to wait for the container to be reported as exited.
+const KILL_GRACE: Duration = Duration::from_secs(30);
+
+/// A Docker Engine or Podman endpoint, spoken to with the Docker API.
+#[derive(Debug, Clone)]
+pub struct DockerApi {
+    docker: Docker,
+    info: EngineInfo,
+    caps: EngineCaps,
+}
+
+impl DockerApi {
+    /// Connects to `endpoint` (unix:///path or tcp://host:port), pings it within `timeout`,
+    /// negotiates the API version and reads what kind of engine it is. The error is a short
+    /// reason for the discovery report.
+    pub async fn connect(endpoint: &str, timeout: Duration) -> Result<DockerApi, String> {
+        // bollard's connect_with_host would send tcp:// through TLS when DOCKER_TLS_VERIFY is
+        // set; ckms only speaks plain unix and tcp, so pick the transport itself.
+        let docker = if let Some(path) = endpoint.strip_prefix("unix://") {
+            if !Path::new(path).exists() {
+                return Err("socket not found".into());
+            }
+            Docker::connect_with_unix(
+                endpoint,
+                API_TIMEOUT.as_secs(),
+                bollard::API_DEFAULT_VERSION,
+            )
+        } else if endpoint.starts_with("tcp://") || endpoint.starts_with("http://") {
+            Docker::connect_with_http(
+                endpoint,
+                API_TIMEOUT.as_secs(),
+                bollard::API_DEFAULT_VERSION,
+            )
+        } else {
+            return Err("unsupported scheme (use unix:///path or tcp://host:port)".into());
+        }
+        .map_err(|e| e.to_string())?;
+        let docker = match tokio::time::timeout(timeout, async {
+            docker.ping().await?;
+            docker.negotiate_version().await
+        })
+        .await
+        {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => return Err(short_error(&e)),
+            Err(_) => return Err(format!("no answer within {} ms", timeout.as_millis())),
+        };
+        let info = read_info(endpoint, timeout).await?;
+        let caps = EngineCaps::new(info.kind, info.rootless, info.cgroup_version.as_deref());
+        Ok(DockerApi { docker, info, caps })
+    }
+
+    /// The engine description read when connecting.
+    pub fn info_cached(&self) -> EngineInfo {
+        self.info.clone()
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.info.endpoint
+    }
+
+    /// What this engine enforces (limits are dropped where it cannot).
+    pub fn caps(&self) -> EngineCaps {
+        self.caps
+    }
+
+    /// Containers ckms created that still exist (ids), e.g. after a crash; `ckms doctor` and
+    /// tests use it. Raw JSON: Podman's container states do not fit bollard's enum.
+    pub async fn leftover_containers(&self) -> Result<Vec<(String, String)>, EngineError> {
+        let filters = raw::encode(&format!(r#"{{"label":["{RUN_LABEL}"]}}"#));
+        let v = self
+            .get_json(
+                "list containers",
+                &format!("/containers/json?all=1&filters={filters}"),
+            )
+            .await?;
+        Ok(v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| (str_field(c, "Id"), str_field(c, "Command")))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn get_json(&self, op: &str, path: &str) -> Result<Value, EngineError> {
+        let (status, body) = raw::get(self.endpoint(), path, API_TIMEOUT)
+            .await
+            .map_err(|e| EngineError::api(self.endpoint(), op, e))?;
+        if status >= 300 {
+            return Err(EngineError::api(
+                self.endpoint(),
+                op,
+                raw::error_message(&body),
+            ));
+        }
+        serde_json::from_slice(&body).map_err(|e| EngineError::api(self.endpoint(), op, e))
+    }
+
+    /// Image inspect JSON, None when the engine does not have the image.
+    async fn inspect_image(&self, reference: &str) -> Result<Option<Value>, EngineError> {
+        let op = format!("inspect image {reference}");
+        let (status, body) = raw::get(
+            self.endpoint(),
+            &format!("/images/{reference}/json"),
+            API_TIMEOUT,
+        )
+        .await
+        .map_err(|e| EngineError::api(self.endpoint(), &op, e))?;
+        match status {
+            404 => Ok(None),
+            s if s >= 300 => Err(EngineError::api(
+                self.endpoint(),
+                &op,
+                raw::error_message(&body),
+            )),
+            _ => serde_json::from_slice(&body)
+                .map(Some)
+                .map_err(|e| EngineError::api(self.endpoint(), &op, e)),
+        }
+    }
+
+    fn err(&self, op: String) -> impl FnOnce(BollardError) -> EngineError + '_ {
+        move |e| EngineError::api(self.endpoint(), op, short_error(&e))
+    }
+
+    /// Everything between create and remove; the caller removes the container whatever happens.
+    async fn run_created(
+        &self,
+        id: &str,
+        spec: &RunSpec,
+        uid: u32,
+        gid: u32,
+    ) -> Result<RunOutcome, EngineError> {
+        // Into the volume, not the rootfs: Docker refuses uploads into a read-only rootfs.
+        let tar = input_tar(spec.input.as_deref(), uid, gid)
+            .map_err(|e| EngineError::BadSpec(format!("input is not a valid tar: {e}")))?;
+        let opts = UploadToContainerOptionsBuilder::new()
+            .path(&spec.scratch)
+            .build();
+        self.docker
+            .upload_to_container(id, Some(opts), bollard::body_full(tar.into()))
+            .await
+            .map_err(self.err(format!(
+                "upload input into {} of container {id}",
+                spec.scratch
+            )))?;
+
+        self.docker
+            .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+            .await
+            .map_err(self.err(format!("start container {id} (image {})", spec.image)))?;
+
+        let timeout = spec.limits.timeout;
+        let (exit_code, timed_out) =
+            match tokio::time::timeout(timeout, self.wait(id, timeout)).await {
+                Ok(code) => (code?, false),
+                Err(_) => {
+                    let kill = KillContainerOptionsBuilder::new().signal("KILL").build();
+                    // It may have exited meanwhile; the wait below tells.
+                    let _ = self.docker.kill_container(id, Some(kill)).await;
+                    let code = tokio::time::timeout(KILL_GRACE, self.wait(id, KILL_GRACE)).await;
+                    (code.ok().and_then(Result::ok).unwrap_or(137), true)
+                }
+            };
+
+        let log_opts = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .follow(false)
+            .build();
+        let log: Vec<u8> = self
+            .docker
+            .logs(id, Some(log_opts))
+            .map_ok(|chunk| chunk.into_bytes())
+            .try_fold(Vec::new(), |mut acc, b| async move {
+                acc.extend_from_slice(&b);
+                Ok(acc)
+            })
+            .await
+            .map_err(self.err(format!("read logs of container {id}")))?;
+
+        let mut outputs = Vec::new();
+        for path in &spec.outputs {
+            if let Some(bytes) = self.download(id, path).await? {
+                outputs.push((path.clone(), bytes));
+            }
+        }
+        Ok(RunOutcome {
+            exit_code,
+            timed_out,
+            log,
+            outputs,
+        })
+    }
+
+    /// Waits until the container is not running and returns its exit code.
+    async fn wait(&self, id: &str, timeout: Duration) -> Result<i64, EngineError> {
+        // The wait request's own client timeout must outlast the build (Podman answers only
+        // when the container exits); the caller enforces the real limit.
+        let docker = self.docker.clone().with_timeout(timeout + API_TIMEOUT);
+        let opts = WaitContainerOptionsBuilder::new()
+            .condition("not-running")
+            .build();
+        let mut stream = docker.wait_container(id, Some(opts));
+        match stream.next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            // bollard turns non-zero exit codes into this error.
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(EngineError::api(
+                self.endpoint(),
+                format!("wait for container {id}"),
+                short_error(&e),
+            )),
+            None => Err(EngineError::api(
+                self.endpoint(),
+                format!("wait for container {id}"),
+                "no answer",
+            )),
+        }
+    }
+
+    /// A path from the container as tar bytes; None if it does not exist.
+    async fn download(&self, id: &str, path: &str) -> Result<Option<Vec<u8>>, EngineError> {
+        let opts = DownloadFromContainerOptionsBuilder::new()
+            .path(path)
+            .build();
+        let res = self
+            .docker
+            .download_from_container(id, Some(opts))
+            .try_fold(Vec::new(), |mut acc, b| async move {
+                acc.extend_from_slice(&b);
+                Ok(acc)
+            })
+            .await;
+        match res {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            // Podman 4 answers a missing path with 500 "... no such file or directory".
+            Err(BollardError::DockerResponseServerError { message, .. })
+                if message.contains("no such file or directory") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(EngineError::api(
+                self.endpoint(),
+                format!("copy {path} out of container {id}"),
+                short_error(&e),
+            )),
+        }
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), EngineError> {
+        // v: also remove the anonymous scratch volume.
+        let opts = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        let mut last = None;
+        for _ in 0..2 {
+            match self.docker.remove_container(id, Some(opts.clone())).await {
+                Ok(())
+                | Err(BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(EngineError::api(
+            self.endpoint(),
+            format!("remove container {id} (remove it with `docker rm -fv {id}` or `podman rm -fv {id}`)"),
+            last.map(|e| short_error(&e)).unwrap_or_default(),
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl Engine for DockerApi {
+    /// As read when connecting.
+    async fn info(&self) -> Result<EngineInfo, EngineError> {
+        Ok(self.info.clone())
+    }
+
+    async fn image_id(&self, reference: &str) -> Result<Option<String>, EngineError> {
+        Ok(self
+            .inspect_image(reference)
+            .await?
+            .map(|v| str_field(&v, "Id")))
+    }
+
+    async fn image_layers(&self, reference: &str) -> Result<Vec<String>, EngineError> {
+        let v = self
+            .inspect_image(reference)
+            .await?
+            .ok_or_else(|| EngineError::ImageNotFound {
+                endpoint: self.endpoint().to_string(),
+                reference: reference.to_string(),
+            })?;
+        Ok(v.pointer("/RootFS/Layers")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|l| l.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn load_image(&self, archive: &Path) -> Result<(), EngineError> {
+        let load_err = |message: String| EngineError::Load {
+            endpoint: self.endpoint().to_string(),
+            archive: archive.display().to_string(),
+            message,
+        };
+        let file = tokio::fs::File::open(archive)
+            .await
+            .map_err(|source| EngineError::Io {
+                path: archive.display().to_string(),
+                source,
+            })?;
+        // Streamed in chunks: archives are hundreds of MB.
+        let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
+        let docker = self.docker.clone().with_timeout(LOAD_TIMEOUT);
+        let opts = ImportImageOptionsBuilder::new().quiet(true).build();
+        let mut stream = docker.import_image(opts, bollard::body_try_stream(body), None);
+        let mut loaded = false;
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| load_err(short_error(&e)))?;
+            if let Some(msg) = info.error_detail.and_then(|d| d.message) {
+                return Err(load_err(msg));
+            }
+            loaded |= info
+                .stream
+                .as_deref()
+                .is_some_and(|s| s.contains("Loaded image"));
+        }
+        if !loaded {
+            return Err(load_err(
+                "the engine did not report any image loaded".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn list_images(&self, label: &str) -> Result<Vec<ImageSummary>, EngineError> {
+        let filters = raw::encode(&serde_json::json!({ "label": [label] }).to_string());
+        let v = self
+            .get_json("list images", &format!("/images/json?filters={filters}"))
+            .await?;
+        let images = v.as_array().cloned().unwrap_or_default();
+        Ok(images
+            .iter()
+            .map(|i| ImageSummary {
+                id: str_field(i, "Id"),
+                tags: i
+                    .get("RepoTags")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .filter(|t| *t != "<none>:<none>")
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                labels: i
+                    .get("Labels")
+                    .and_then(|l| serde_json::from_value::<HashMap<String, String>>(l.clone()).ok())
+                    .unwrap_or_default(),
+                size: i.get("Size").and_then(Value::as_u64).unwrap_or(0),
+                created: i.get("Created").and_then(Value::as_i64).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn remove_image(&self, reference: &str) -> Result<(), EngineError> {
+        let op = format!("remove image {reference}");
+        let (status, body) = raw::request(
+            self.endpoint(),
+            http::Method::DELETE,
+            &format!("/images/{reference}"),
+            API_TIMEOUT,
+        )
+        .await
+        .map_err(|e| EngineError::api(self.endpoint(), &op, e))?;
+        match status {
+            404 => Err(EngineError::ImageNotFound {
+                endpoint: self.endpoint().to_string(),
+                reference: reference.to_string(),
+            }),
+            s if s >= 300 => Err(EngineError::api(
+                self.endpoint(),
+                &op,
+                raw::error_message(&body),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    async fn run(&self, spec: &RunSpec) -> Result<RunOutcome, EngineError> {
+        let (uid, gid) = parse_user(&spec.user)?;
+        if !spec.scratch.starts_with('/') || spec.scratch == "/" {
+            return Err(EngineError::BadSpec(format!(
+                "scratch {:?} must be an absolute directory below /",
+                spec.scratch
+            )));
+        }
+        let body = container_config(spec, &self.caps);
+        let name = unique_name();
+        let opts = CreateContainerOptionsBuilder::new().name(&name).build();
+        let id = match self.docker.create_container(Some(opts), body).await {
+            Ok(r) => r.id,
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                return Err(EngineError::ImageNotFound {
+                    endpoint: self.endpoint().to_string(),
+                    reference: spec.image.clone(),
+                })
+            }
+            Err(e) => {
+                return Err(EngineError::api(
+                    self.endpoint(),
+                    format!("create container from image {}", spec.image),
+                    short_error(&e),
+                ))
+            }
+        };
+        let result = self.run_created(&id, spec, uid, gid).await;
+        let removed = self.remove_container(&id).await;
+        // A run error says more than a failed cleanup after it.
+        let outcome = result?;
+        removed?;
+        Ok(outcome)
+    }
+}
+
+/// Reads kind, versions, rootless, storage driver and cgroup version.
+async fn read_info(endpoint: &str, timeout: Duration) -> Result<EngineInfo, String> {
+    let json = |path: &'static str| async move {
+        let (status, body) = raw::get(endpoint, path, timeout).await?;
+        if status >= 300 {
+            return Err(format!("GET {path}: {}", raw::error_message(&body)));
+        }
+        serde_json::from_slice::<Value>(&body).map_err(|e| format!("GET {path}: {e}"))
+    };
+    let version = json("/version").await?;
+    let info = json("/info").await?;
+    let podman = version
+        .get("Components")
+        .and_then(Value::as_array)
+        .is_some_and(|c| c.iter().any(|c| str_field(c, "Name").contains("Podman")));
+    let security: Vec<String> = info
+        .get("SecurityOptions")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut rootless = security.iter().any(|s| s.contains("name=rootless"));
+    if podman && !rootless {
+        // Podman 4's compat /info omits "name=rootless"; the libpod API has the flag.
+        if let Ok(libpod) = json("/v4.0.0/libpod/info").await {
+            rootless = libpod
+                .pointer("/host/security/rootless")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+        }
+    }
+    let opt = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    Ok(EngineInfo {
+        kind: if podman {
+            EngineKind::Podman
+        } else {
+            EngineKind::Docker
+        },
+        version: str_field(&version, "Version"),
+        api_version: str_field(&version, "ApiVersion"),
+        rootless,
+        endpoint: endpoint.to_string(),
+        storage_driver: opt(&info, "Driver"),
+        cgroup_version: opt(&info, "CgroupVersion"),
+    })
+}
+
+fn str_field(v: &Value, k: &str) -> String {
+    v.get(k)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// bollard's messages for server errors, without the status code noise.
+fn short_error(e: &BollardError) -> String {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => format!("{message} (HTTP {status_code})"),
+        other => other.to_string(),
+    }
+}
+
+fn unique_name() -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "ckms-run-{}-{nanos:x}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
