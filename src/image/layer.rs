@@ -695,4 +695,33 @@ mod tests {
         assert_eq!(out, vec![0u8; 1024]);
         assert_eq!(d.size, 1024);
     }
+
+    /// Throughput on real packages, not run by default:
+    /// `CKMS_BENCH_DEBS="/tmp/debs/cpp-12_*.deb /tmp/debs/gcc-12_*.deb" cargo test --release --lib layer_throughput -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn layer_throughput() {
+        let debs =
+            std::env::var("CKMS_BENCH_DEBS").expect("CKMS_BENCH_DEBS: space-separated .deb paths");
+        let out = tempfile::tempfile().unwrap();
+        let start = std::time::Instant::now();
+        let mut w = LayerWriter::new(out, merged());
+        let mut deb_bytes = 0;
+        for path in debs.split_whitespace() {
+            deb_bytes += std::fs::metadata(path).unwrap().len();
+            let data = crate::deb::data_tar(std::fs::File::open(path).unwrap(), path).unwrap();
+            w.add_data_tar(data, path).unwrap();
+        }
+        let (_, d) = w.finish().unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        let mb = |b: u64| b as f64 / 1e6;
+        println!(
+            "layer: {:.1} MB of .deb -> {:.1} MB tar in {secs:.2} s = {:.0} MB/s of layer output ({:.0} MB/s of .deb input), {}",
+            mb(deb_bytes),
+            mb(d.size),
+            mb(d.size) / secs,
+            mb(deb_bytes) / secs,
+            d.diff_id
+        );
+    }
 }
