@@ -364,7 +364,7 @@ pub async fn images(var: &str) {
         .iter()
         .find(|i| i.id == id)
         .unwrap_or_else(|| panic!("{id} not in {listed:?}"));
-    assert_eq!(mine.tags, [tag.clone()]);
+    assert_eq!(mine.tags, std::slice::from_ref(&tag));
     assert!(mine.labels[LABEL].starts_with("removable-"));
     assert!(
         mine.size > 1_000_000 && mine.created == 1_704_067_200,
