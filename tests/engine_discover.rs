@@ -7,8 +7,12 @@ use ckms::error::{code, Diagnose};
 use ckms::report::{Event, Recorder, Silent};
 use std::time::Duration;
 
+/// Tests that read or change the process environment take this.
+static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[tokio::test]
 async fn explicit_dead_endpoint_is_no_engine_without_fallback() {
+    let _env = ENV.lock().unwrap_or_else(|p| p.into_inner());
     std::env::set_var("CKMS_ENGINE_HOST", "unix:///nonexistent/ckms-dead.sock");
     let res = connect(&EngineSettings::default(), &Silent).await;
     std::env::remove_var("CKMS_ENGINE_HOST");
@@ -95,4 +99,51 @@ async fn missing_rootless_user_names_useradd() {
         .hint()
         .unwrap()
         .contains("useradd --create-home ckms-no-such-user"));
+}
+
+#[tokio::test]
+async fn root_finds_the_rootless_users_podman_first() {
+    let _env = ENV.lock().unwrap_or_else(|p| p.into_inner());
+    for v in ["CKMS_ENGINE_HOST", "DOCKER_HOST", "CONTAINER_HOST"] {
+        assert!(
+            std::env::var_os(v).is_none(),
+            "{v} is set; this test checks discovery without it"
+        );
+    }
+    assert_eq!(rustix::process::getuid().as_raw(), 0, "must run as root");
+    let conn = connect(&EngineSettings::default(), &Silent)
+        .await
+        .expect("an engine answers (ci/setup-engines.sh)");
+    assert_eq!(conn.info.kind, EngineKind::Podman);
+    assert!(conn.info.rootless);
+    assert!(
+        conn.info.endpoint.starts_with("unix:///run/user/"),
+        "{}",
+        conn.info.endpoint
+    );
+    assert!(!conn.is_private());
+}
+
+#[tokio::test]
+async fn doctor_reports_engine_and_limits() {
+    let host = std::env::var("CKMS_TEST_PODMAN_HOST").expect("CKMS_TEST_PODMAN_HOST must be set");
+    let checks = ckms::engine::doctor::doctor(&EngineSettings {
+        host: Some(host),
+        rootless_user: None,
+    })
+    .await;
+    let get = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no {name} in {checks:#?}"))
+    };
+    assert!(get("engine").ok, "{checks:#?}");
+    assert!(get("rootless").ok);
+    let limits = get("resource limits");
+    // This host: rootless Podman on cgroup v1.
+    assert!(!limits.ok && limits.fix.is_some(), "{limits:?}");
+    assert!(get("leftover containers")
+        .detail
+        .contains("ckms containers"));
 }
