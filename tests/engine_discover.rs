@@ -8,11 +8,11 @@ use ckms::report::{Event, Recorder, Silent};
 use std::time::Duration;
 
 /// Tests that read or change the process environment take this.
-static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static ENV: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test]
 async fn explicit_dead_endpoint_is_no_engine_without_fallback() {
-    let _env = ENV.lock().unwrap_or_else(|p| p.into_inner());
+    let _env = ENV.lock().await;
     std::env::set_var("CKMS_ENGINE_HOST", "unix:///nonexistent/ckms-dead.sock");
     let res = connect(&EngineSettings::default(), &Silent).await;
     std::env::remove_var("CKMS_ENGINE_HOST");
@@ -103,7 +103,7 @@ async fn missing_rootless_user_names_useradd() {
 
 #[tokio::test]
 async fn root_finds_the_rootless_users_podman_first() {
-    let _env = ENV.lock().unwrap_or_else(|p| p.into_inner());
+    let _env = ENV.lock().await;
     for v in ["CKMS_ENGINE_HOST", "DOCKER_HOST", "CONTAINER_HOST"] {
         assert!(
             std::env::var_os(v).is_none(),
