@@ -3,13 +3,22 @@
 //! pointing at the same blobs), with uncompressed layers so that blob digest = diff_id and no
 //! compression time is spent on a file that is loaded once and thrown away.
 //!
-//! What the engines do with it (checked by hand with Docker 20.10.24 / API 1.41 and
-//! Podman 4.3.1, rootless, on Debian 12; see `docs` in the work report):
-//! - Docker reads only `manifest.json`; the image ID it reports is the SHA-256 of the config
-//!   blob bytes exactly as written, i.e. [`image_id`]. It checks each layer's digest against
-//!   the config's diff_ids.
-//! - Podman tries the OCI layout first, then docker-archive; see [`write_archive`] for how
-//!   tags come out.
+//! What the engines do with it (checked by hand with the busybox image the ignored
+//! `e2e_archive` test builds; Docker 20.10.24 / API 1.41 and rootless Podman 4.3.1):
+//! - Docker reads only `manifest.json`. `docker load` and `POST /images/load` answer
+//!   "Loaded image: ckms-test/busybox:e2e", the tag as given. The image ID it reports is the
+//!   SHA-256 of the config blob bytes exactly as written, i.e. [`image_id`]; it checks each
+//!   layer against the config's diff_ids. Running `/bin/busybox` works through the base
+//!   layer's `bin -> usr/bin` symlink.
+//! - Podman tries an OCI directory, then an OCI archive, then a docker-archive. With one tag
+//!   the OCI-archive step succeeds and names the image from `io.containerd.image.name`,
+//!   normalised to `localhost/ckms-test/busybox:e2e` (short names resolve to it, so
+//!   `podman run ckms-test/busybox:e2e` works). With several tags that step fails ("more than
+//!   one image in oci, choose an image", a debug-level message) and the docker-archive step
+//!   loads all tags, also as `localhost/...`. Either way the ID equals Docker's. Its compat
+//!   `POST /v1.41/images/load` reports several tags on ONE line: "Loaded image: a,b".
+//!   (In this sandbox `podman run` needs `--network none`: slirp4netns cannot open
+//!   /dev/net/tun.)
 //!
 //! Every JSON document is written with its object keys sorted (oci-spec keeps labels and
 //! annotations in `HashMap`s, whose order changes from run to run), so the same inputs give
