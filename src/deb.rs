@@ -169,19 +169,37 @@ fn find_member<R: Read>(
     })
 }
 
+/// A member's decompressor, as an enum rather than a boxed trait object so that it is `Send`
+/// exactly when the input is, which [`data_tar_threaded`] needs.
+enum Decoder<R: Read> {
+    Plain(BufReader<R>),
+    Gz(Box<flate2::bufread::GzDecoder<BufReader<R>>>),
+    Xz(Box<liblzma::bufread::XzDecoder<BufReader<R>>>),
+    Zst(Box<ruzstd::decoding::StreamingDecoder<BufReader<R>, ruzstd::decoding::FrameDecoder>>),
+}
+
+impl<R: Read> Read for Decoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decoder::Plain(r) => r.read(buf),
+            Decoder::Gz(r) => r.read(buf),
+            Decoder::Xz(r) => r.read(buf),
+            Decoder::Zst(r) => r.read(buf),
+        }
+    }
+}
+
 /// Wraps a member's bytes in the decompressor its name calls for.
-fn decompress<R: Read + 'static>(
-    raw: R,
-    member: &str,
-    origin: &str,
-) -> Result<Box<dyn Read>, DebError> {
+fn decompress<R: Read>(raw: R, member: &str, origin: &str) -> Result<Decoder<R>, DebError> {
     let buffered = BufReader::with_capacity(READ_BUF, raw);
     let ext = member.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
     Ok(match ext {
-        "tar" => Box::new(buffered),
-        "gz" => Box::new(flate2::bufread::GzDecoder::new(buffered)),
+        "tar" => Decoder::Plain(buffered),
+        "gz" => Decoder::Gz(Box::new(flate2::bufread::GzDecoder::new(buffered))),
         // Multi-stream: xz allows concatenated streams and some tools write them.
-        "xz" => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(buffered)),
+        "xz" => Decoder::Xz(Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(
+            buffered,
+        ))),
         "zst" => {
             let dec = ruzstd::decoding::StreamingDecoder::new(buffered).map_err(|e| {
                 DebError::BadMember {
@@ -190,7 +208,7 @@ fn decompress<R: Read + 'static>(
                     source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
                 }
             })?;
-            Box::new(dec)
+            Decoder::Zst(Box::new(dec))
         }
         _ => {
             return Err(DebError::UnsupportedCompression {
@@ -207,7 +225,118 @@ fn decompress<R: Read + 'static>(
 pub fn data_tar<R: Read + 'static>(deb: R, origin: &str) -> Result<Box<dyn Read>, DebError> {
     let mut deb = deb;
     let m = find_member(&mut deb, origin, "data.tar")?;
-    decompress(deb.take(m.size), &m.name, origin)
+    Ok(Box::new(decompress(deb.take(m.size), &m.name, origin)?))
+}
+
+/// Chunk size for [`data_tar_threaded`]: big enough that channel traffic is negligible.
+const CHUNK: usize = 1024 * 1024;
+
+/// Like [`data_tar`], but decompression runs on its own thread, up to `ahead` bytes ahead of
+/// the reader. Decompression (xz above all) is most of the cost of building a layer, so this
+/// lets it overlap with tar rewriting, hashing and writing; opening the next package this way
+/// before the current one is consumed also decompresses several packages at once.
+/// Errors (including the decompressor's) arrive through the reader, in order.
+pub fn data_tar_threaded<R: Read + Send + 'static>(
+    deb: R,
+    origin: &str,
+    ahead: usize,
+) -> Result<Box<dyn Read + Send>, DebError> {
+    let mut deb = deb;
+    let m = find_member(&mut deb, origin, "data.tar")?;
+    let mut dec = decompress(deb.take(m.size), &m.name, origin)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>((ahead / CHUNK).max(1));
+    // Used chunks come back for reuse, so a long stream does not allocate per chunk.
+    let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::Builder::new()
+        .name("ckms-deb-decode".into())
+        .spawn(move || loop {
+            let mut buf = recycle_rx.try_recv().unwrap_or_default();
+            buf.resize(CHUNK, 0);
+            let mut filled = 0;
+            let res = loop {
+                match dec.read(&mut buf[filled..]) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        filled += n;
+                        if filled == buf.len() {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            buf.truncate(filled);
+            let done = filled < CHUNK || res.is_err();
+            // A send fails only when the reader was dropped: nobody wants the rest.
+            if filled > 0 && tx.send(Ok(buf)).is_err() {
+                return;
+            }
+            match res {
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+                // An explicit end marker, so that a decoder thread that died (panicked)
+                // reads as an error rather than as a clean, truncated end.
+                Ok(()) if done => {
+                    let _ = tx.send(Ok(Vec::new()));
+                    return;
+                }
+                Ok(()) => {}
+            }
+        })
+        .map_err(|e| DebError::Io {
+            origin: origin.into(),
+            source: e,
+        })?;
+    Ok(Box::new(ChunkReader {
+        rx,
+        recycle: recycle_tx,
+        cur: Vec::new(),
+        pos: 0,
+        eof: false,
+    }))
+}
+
+/// The reading end of [`data_tar_threaded`].
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    recycle: std::sync::mpsc::Sender<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+    eof: bool,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.cur.len() {
+            if self.eof {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(chunk)) if chunk.is_empty() => {
+                    self.eof = true;
+                    return Ok(0);
+                }
+                Ok(Ok(chunk)) => {
+                    let old = std::mem::replace(&mut self.cur, chunk);
+                    let _ = self.recycle.send(old); // the decoder may have finished: fine.
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(io::Error::other(
+                        "the decompression thread stopped unexpectedly",
+                    ))
+                }
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 /// The control file fields (Package, Version, ...) from control.tar.*, in file order.
@@ -454,6 +583,45 @@ pub(crate) mod tests {
             assert_eq!(names, ["./", "./usr/", "./usr/hello"], "{comp:?}");
             assert_eq!(got[2].1, b"hi there\n");
         }
+    }
+
+    #[test]
+    fn threaded_matches_plain() {
+        for comp in [Comp::None, Comp::Gz, Comp::Xz, Comp::Zst] {
+            // Big enough for several chunks, with an incompressible-ish pattern.
+            let big: Vec<u8> = (0..3 * CHUNK as u32 + 777)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect();
+            let entries = [
+                TEntry::Dir("./"),
+                TEntry::File("./big", &big),
+                TEntry::File("./small", b"x"),
+            ];
+            let deb = make_deb(CONTROL, &entries, comp);
+            let mut plain = Vec::new();
+            data_tar(io::Cursor::new(deb.clone()), "t.deb")
+                .unwrap()
+                .read_to_end(&mut plain)
+                .unwrap();
+            let mut threaded = Vec::new();
+            data_tar_threaded(io::Cursor::new(deb), "t.deb", 2 * CHUNK)
+                .unwrap()
+                .read_to_end(&mut threaded)
+                .unwrap();
+            assert!(plain == threaded, "{comp:?}");
+        }
+    }
+
+    #[test]
+    fn threaded_reports_errors() {
+        let mut deb = make_deb(CONTROL, &sample(), Comp::Xz);
+        let n = deb.len();
+        deb[n - 30] ^= 0xff; // corrupt the xz stream's tail
+        let mut out = Vec::new();
+        assert!(data_tar_threaded(io::Cursor::new(deb), "t.deb", CHUNK)
+            .unwrap()
+            .read_to_end(&mut out)
+            .is_err());
     }
 
     #[test]

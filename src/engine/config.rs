@@ -88,13 +88,29 @@ pub fn container_config(spec: &RunSpec, caps: &EngineCaps) -> ContainerCreateBod
         memory_swap: memory,
         pids_limit: pids,
         nano_cpus,
-        ulimits,
+        ulimits: ulimits.clone(),
         privileged: Some(false),
         ..Default::default()
     };
+    let cmd = match &ulimits {
+        // Podman 4's compat API drops HostConfig.Ulimits when rootless (fixed in 5.5), so the
+        // limit is also set by a shell before the build command runs.
+        Some(u) => {
+            let n = u[0].hard.unwrap_or(DEFAULT_NPROC);
+            let mut c = vec![
+                "/bin/sh".to_string(),
+                "-c".to_string(),
+                nproc_wrapper(n),
+                "ckms-run".to_string(),
+            ];
+            c.extend(spec.cmd.iter().cloned());
+            c
+        }
+        None => spec.cmd.clone(),
+    };
     ContainerCreateBody {
         image: Some(spec.image.clone()),
-        cmd: Some(spec.cmd.clone()),
+        cmd: Some(cmd),
         // The image's entrypoint would run before our command; ckms images have none anyway.
         entrypoint: Some(vec![]),
         env: Some(spec.env.clone()),
@@ -114,20 +130,33 @@ pub fn container_config(spec: &RunSpec, caps: &EngineCaps) -> ContainerCreateBod
     }
 }
 
+/// `sh -c` script: lower RLIMIT_NPROC (bash/busybox `-u`, dash `-p`) or refuse to run, then
+/// exec the build command given as arguments.
+fn nproc_wrapper(n: i64) -> String {
+    format!(
+        "ulimit -u {n} 2>/dev/null || ulimit -p {n} 2>/dev/null || \
+         {{ echo 'ckms: cannot limit the number of processes' >&2; exit 125; }}; exec \"$@\""
+    )
+}
+
 /// The tar uploaded into the scratch volume before start: a "." entry owned by the build user
 /// (engines create the volume root-owned; extracting "." chowns it on both Docker and
 /// Podman), then the caller's input with every entry's owner rewritten to that user so the
 /// build can write next to its sources.
 pub fn input_tar(input: Option<&[u8]>, uid: u32, gid: u32) -> std::io::Result<Vec<u8>> {
     let mut out = tar::Builder::new(Vec::new());
+    // Named "/", not "./": Docker skips a "." entry for an existing directory, but applies
+    // the owner of a "/" entry to the destination itself; Podman accepts either.
     let mut root = tar::Header::new_gnu();
+    root.as_old_mut().name[0] = b'/';
     root.set_entry_type(tar::EntryType::Directory);
     root.set_mode(0o755);
     root.set_uid(uid.into());
     root.set_gid(gid.into());
     root.set_size(0);
     root.set_mtime(0);
-    out.append_data(&mut root, "./", std::io::empty())?;
+    root.set_cksum();
+    out.append(&root, std::io::empty())?;
     if let Some(input) = input {
         let mut archive = tar::Archive::new(input);
         for entry in archive.entries()? {
@@ -221,6 +250,10 @@ mod tests {
         assert_eq!(h.pids_limit, Some(512));
         assert_eq!(h.nano_cpus, Some(2_000_000_000));
         assert_eq!(h.ulimits, None);
+        assert_eq!(
+            container_config(&spec(), &FULL).cmd,
+            Some(vec!["make".to_string()])
+        );
     }
 
     #[test]
@@ -284,7 +317,7 @@ mod tests {
         assert_eq!(
             entries,
             vec![
-                ("./".to_string(), 1000, 1001),
+                ("/".to_string(), 1000, 1001),
                 ("src/a.c".to_string(), 1000, 1001),
                 ("src/link".to_string(), 1000, 1001)
             ]

@@ -189,14 +189,36 @@ pub async fn connect(
     if explicit {
         return Err(EngineError::NoEngine { tried, explicit });
     }
+    match start_private(settings, report).await {
+        Err(EngineError::NoEngine { tried: more, .. }) => {
+            tried.extend(more);
+            Err(EngineError::NoEngine { tried, explicit })
+        }
+        other => other,
+    }
+}
+
+/// Starts a private rootless `podman system service` (as `rootless_user` when root) without
+/// probing the usual sockets; it is stopped when the returned [`Connection`] drops.
+pub async fn start_private(
+    settings: &EngineSettings,
+    report: &dyn Reporter,
+) -> Result<Connection, EngineError> {
+    let uid = rustix::process::getuid().as_raw();
     let Some(podman) = find_on_path("podman") else {
-        tried.push(("private podman service".into(), "no podman on PATH".into()));
-        return Err(EngineError::NoEngine { tried, explicit });
+        let tried = vec![("private podman service".into(), "no podman on PATH".into())];
+        return Err(EngineError::NoEngine {
+            tried,
+            explicit: false,
+        });
     };
     let run_as = if uid == 0 {
-        Some(user.ok_or_else(|| EngineError::NoRootlessUser {
-            user: settings.rootless_user().to_string(),
-        })?)
+        let name = settings.rootless_user();
+        Some(
+            lookup_user(name).ok_or_else(|| EngineError::NoRootlessUser {
+                user: name.to_string(),
+            })?,
+        )
     } else {
         None
     };

@@ -17,7 +17,7 @@ pub enum Call {
     LoadImage(PathBuf),
     ListImages(String),
     RemoveImage(String),
-    Run(RunSpec),
+    Run(Box<RunSpec>),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -252,7 +252,7 @@ impl Engine for FakeEngine {
 
     async fn run(&self, spec: &RunSpec) -> Result<RunOutcome, EngineError> {
         let mut s = self.state();
-        s.calls.push(Call::Run(spec.clone()));
+        s.calls.push(Call::Run(Box::new(spec.clone())));
         s.runs.pop_front().unwrap_or_else(|| {
             Ok(RunOutcome {
                 exit_code: 0,

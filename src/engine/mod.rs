@@ -15,7 +15,7 @@ pub mod fake;
 mod raw;
 
 pub use config::{container_config, input_tar, parse_user, EngineCaps};
-pub use discover::{candidates, connect, Connection, Endpoint, EngineSettings};
+pub use discover::{candidates, connect, start_private, Connection, Endpoint, EngineSettings};
 pub use docker::DockerApi;
 pub use error::EngineError;
 

@@ -3,13 +3,22 @@
 //! pointing at the same blobs), with uncompressed layers so that blob digest = diff_id and no
 //! compression time is spent on a file that is loaded once and thrown away.
 //!
-//! What the engines do with it (checked by hand with Docker 20.10.24 / API 1.41 and
-//! Podman 4.3.1, rootless, on Debian 12; see `docs` in the work report):
-//! - Docker reads only `manifest.json`; the image ID it reports is the SHA-256 of the config
-//!   blob bytes exactly as written, i.e. [`image_id`]. It checks each layer's digest against
-//!   the config's diff_ids.
-//! - Podman tries the OCI layout first, then docker-archive; see [`write_archive`] for how
-//!   tags come out.
+//! What the engines do with it (checked by hand with the busybox image the ignored
+//! `e2e_archive` test builds; Docker 20.10.24 / API 1.41 and rootless Podman 4.3.1):
+//! - Docker reads only `manifest.json`. `docker load` and `POST /images/load` answer
+//!   "Loaded image: ckms-test/busybox:e2e", the tag as given. The image ID it reports is the
+//!   SHA-256 of the config blob bytes exactly as written, i.e. [`image_id`]; it checks each
+//!   layer against the config's diff_ids. Running `/bin/busybox` works through the base
+//!   layer's `bin -> usr/bin` symlink.
+//! - Podman tries an OCI directory, then an OCI archive, then a docker-archive. With one tag
+//!   the OCI-archive step succeeds and names the image from `io.containerd.image.name`,
+//!   normalised to `localhost/ckms-test/busybox:e2e` (short names resolve to it, so
+//!   `podman run ckms-test/busybox:e2e` works). With several tags that step fails ("more than
+//!   one image in oci, choose an image", a debug-level message) and the docker-archive step
+//!   loads all tags, also as `localhost/...`. Either way the ID equals Docker's. Its compat
+//!   `POST /v1.41/images/load` reports several tags on ONE line: "Loaded image: a,b".
+//!   (In this sandbox `podman run` needs `--network none`: slirp4netns cannot open
+//!   /dev/net/tun.)
 //!
 //! Every JSON document is written with its object keys sorted (oci-spec keeps labels and
 //! annotations in `HashMap`s, whose order changes from run to run), so the same inputs give
@@ -830,6 +839,93 @@ mod tests {
                 },
             )
             .unwrap();
+        }
+    }
+}
+
+/// Builds a real image archive for loading into engines by hand, not run by default:
+/// `CKMS_E2E_DEB=/tmp/debs/busybox-static_*.deb CKMS_E2E_OUT=/tmp/img.tar cargo test --lib e2e_archive -- --ignored --nocapture`
+#[cfg(test)]
+mod e2e {
+    use super::*;
+    use crate::image::layer::{FsRules, LayerWriter};
+
+    #[test]
+    #[ignore]
+    fn e2e_archive() {
+        let debs = std::env::var("CKMS_E2E_DEB").expect("CKMS_E2E_DEB: space-separated .deb paths");
+        let out = PathBuf::from(std::env::var("CKMS_E2E_OUT").expect("CKMS_E2E_OUT: archive path"));
+        let tags: Vec<String> = std::env::var("CKMS_E2E_TAGS")
+            .unwrap_or_else(|_| "ckms-test/busybox:e2e".into())
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let rules = FsRules {
+            usr_merge: ["bin", "sbin", "lib", "lib64"].map(String::from).to_vec(),
+        };
+
+        let base = dir.path().join("base.tar");
+        let mut w = LayerWriter::new(File::create(&base).unwrap(), rules.clone());
+        for d in [
+            "usr",
+            "usr/bin",
+            "usr/sbin",
+            "usr/lib",
+            "usr/lib64",
+            "etc",
+            "tmp",
+            "build",
+        ] {
+            w.add_dir(d, if d == "tmp" { 0o1777 } else { 0o755 }, 0, 0)
+                .unwrap();
+        }
+        for d in ["bin", "sbin", "lib", "lib64"] {
+            w.add_symlink(d, &format!("usr/{d}")).unwrap();
+        }
+        w.add_file(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nbuild:x:1000:1000::/build:/bin/sh\n",
+            0o644,
+            0,
+            0,
+        )
+        .unwrap();
+        w.add_file("etc/group", b"root:x:0:\nbuild:x:1000:\n", 0o644, 0, 0)
+            .unwrap();
+        let (_, base_digest) = w.finish().unwrap();
+
+        let pkgs = dir.path().join("pkgs.tar");
+        let mut w = LayerWriter::new(File::create(&pkgs).unwrap(), rules);
+        for deb in debs.split_whitespace() {
+            let data = crate::deb::data_tar(File::open(deb).unwrap(), deb).unwrap();
+            w.add_data_tar(data, deb).unwrap();
+        }
+        let (_, pkgs_digest) = w.finish().unwrap();
+
+        let layers = vec![
+            ArchiveLayer {
+                path: base,
+                digest: base_digest,
+            },
+            ArchiveLayer {
+                path: pkgs,
+                digest: pkgs_digest,
+            },
+        ];
+        let meta = ImageMeta {
+            user: "root".into(),
+            env: vec!["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into()],
+            workdir: "/build".into(),
+            cmd: vec!["/bin/sh".into()],
+            labels: [("org.ckms.test".to_string(), "e2e".to_string())].into(),
+            created: "2024-01-01T00:00:00Z".into(),
+        };
+        let config = image_config(&layers, &meta).unwrap();
+        write_archive(File::create(&out).unwrap(), &layers, &config, &tags).unwrap();
+        println!("id {}", image_id(&config).unwrap());
+        for l in &layers {
+            println!("layer {} {}", l.digest.diff_id, l.digest.size);
         }
     }
 }
