@@ -5,6 +5,7 @@
 //! go through index vectors sorted by name (binary search) instead of hash maps keyed by
 //! owned strings, which would cost one allocation per package.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::sync::OnceLock;
 
@@ -218,9 +219,10 @@ struct Para<'a> {
     name: Option<&'a str>,
     version: Option<&'a str>,
     arch: Option<&'a str>,
-    depends: Option<String>,
-    pre_depends: Option<String>,
-    provides: Option<String>,
+    // Borrowed from the text unless a continuation line had to be joined.
+    depends: Option<Cow<'a, str>>,
+    pre_depends: Option<Cow<'a, str>>,
+    provides: Option<Cow<'a, str>>,
     filename: Option<&'a str>,
     size: Option<&'a str>,
     sha256: Option<&'a str>,
@@ -244,9 +246,18 @@ fn parse_chunk(
     let mut pos = 0;
     while pos <= bytes.len() {
         let end = memchr::memchr(b'\n', &bytes[pos..]).map_or(bytes.len(), |o| pos + o);
-        let line = text[pos..end].trim_end_matches('\r');
+        let mut line = &text[pos..end];
+        if line.ends_with('\r') {
+            line = &line[..line.len() - 1];
+        }
         pos = end + 1;
-        if line.trim().is_empty() {
+        // Blank (or whitespace-only) lines end a paragraph; checked cheaply, per line.
+        let blank = match line.as_bytes().first() {
+            None => true,
+            Some(b' ' | b'\t') => line.trim().is_empty(),
+            Some(_) => false,
+        };
+        if blank {
             if started {
                 out.push(finish(std::mem::take(&mut para), mirror, suite)?);
                 started = false;
@@ -270,6 +281,7 @@ fn parse_chunk(
                 Cur::Provides => &mut para.provides,
             };
             if let Some(s) = target {
+                let s = s.to_mut();
                 s.push(' ');
                 s.push_str(line.trim());
             }
@@ -286,28 +298,29 @@ fn parse_chunk(
         };
         let (field, value) = (&line[..colon], line[colon + 1..].trim());
         cur = Cur::Other;
-        // Dispatch on length first: most lines are fields ckms skips.
-        match (field.len(), field) {
-            (7, "Package") => para.name = Some(value),
-            (7, "Version") => para.version = Some(value),
-            (12, "Architecture") => para.arch = Some(value),
-            (7, "Depends") => {
-                para.depends = Some(value.to_string());
+        // Dispatch on length and first letter: most lines are fields ckms skips, and this
+        // spares a string comparison for nearly all of them.
+        match (field.len(), field.as_bytes().first().copied().unwrap_or(0)) {
+            (7, b'P') if field == "Package" => para.name = Some(value),
+            (7, b'V') if field == "Version" => para.version = Some(value),
+            (12, b'A') if field == "Architecture" => para.arch = Some(value),
+            (7, b'D') if field == "Depends" => {
+                para.depends = Some(Cow::Borrowed(value));
                 cur = Cur::Depends;
             }
-            (11, "Pre-Depends") => {
-                para.pre_depends = Some(value.to_string());
+            (11, b'P') if field == "Pre-Depends" => {
+                para.pre_depends = Some(Cow::Borrowed(value));
                 cur = Cur::PreDepends;
             }
-            (8, "Provides") => {
-                para.provides = Some(value.to_string());
+            (8, b'P') if field == "Provides" => {
+                para.provides = Some(Cow::Borrowed(value));
                 cur = Cur::Provides;
             }
-            (8, "Filename") => para.filename = Some(value),
-            (4, "Size") => para.size = Some(value),
-            (6, "SHA256") => para.sha256 = Some(value),
-            (6, "Source") => para.source = Some(value),
-            (9, "Essential") => para.essential = value.eq_ignore_ascii_case("yes"),
+            (8, b'F') if field == "Filename" => para.filename = Some(value),
+            (4, b'S') if field == "Size" => para.size = Some(value),
+            (6, b'S') if field == "SHA256" => para.sha256 = Some(value),
+            (6, b'S') if field == "Source" => para.source = Some(value),
+            (9, b'E') if field == "Essential" => para.essential = value.eq_ignore_ascii_case("yes"),
             _ => {}
         }
     }
@@ -335,7 +348,7 @@ fn finish<'a>(p: Para<'a>, mirror: &str, suite: &str) -> Result<Package, RepoErr
     if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad(format!("package {name}: bad SHA256 {sha256:?}")));
     }
-    let rels = |s: &Option<String>, f: &str| -> Result<Vec<Vec<Relation>>, RepoError> {
+    let rels = |s: &Option<Cow<'a, str>>, f: &str| -> Result<Vec<Vec<Relation>>, RepoError> {
         match s {
             Some(s) => parse_relations(s).map_err(|e| bad(format!("package {name}: {f}: {e}"))),
             None => Ok(Vec::new()),
