@@ -20,8 +20,9 @@ pub struct Index {
     /// Indices into `packages`: sorted by name, then version (highest first). Duplicates
     /// (same name, version and architecture in two suites) are left out.
     order: Vec<u32>,
-    /// (provider package, position in its `provides`), sorted by the provided name.
-    provides: Vec<(u32, u32)>,
+    /// (provider package, position in its `provides`), sorted by the provided name; built on
+    /// first use (sorting ~200k entries costs tens of ms that a warm load should not pay).
+    provides: OnceLock<Vec<(u32, u32)>>,
     suites: Vec<SuiteInfo>,
     /// `candidates()` in name order, computed on first use.
     cands: OnceLock<Vec<u32>>,
@@ -47,40 +48,34 @@ impl Index {
     }
 
     pub(crate) fn build(packages: Vec<Package>, suites: Vec<SuiteInfo>) -> Index {
-        let mut order: Vec<u32> = (0..packages.len() as u32).collect();
-        order.sort_unstable_by(|&a, &b| {
-            let (pa, pb) = (&packages[a as usize], &packages[b as usize]);
-            pa.name
-                .cmp(&pb.name)
-                .then_with(|| version::compare(&pb.version, &pa.version))
-                .then_with(|| pa.architecture.cmp(&pb.architecture))
-                // The earlier suite wins among duplicates: keeps the result deterministic.
-                .then(a.cmp(&b))
+        // Sort (name, index) pairs rather than indices: the comparisons then touch only the
+        // names, not the big Package structs. A stable sort profits from Packages files being
+        // mostly in name order already; the index tie-break makes the result deterministic.
+        let mut keyed: Vec<(&str, u32)> = packages
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.as_str(), i as u32))
+            .collect();
+        keyed.sort_by(|&(na, a), &(nb, b)| {
+            na.cmp(nb).then_with(|| {
+                let (pa, pb) = (&packages[a as usize], &packages[b as usize]);
+                version::compare(&pb.version, &pa.version)
+                    .then_with(|| pa.architecture.cmp(&pb.architecture))
+                    // The earlier suite wins among duplicates.
+                    .then(a.cmp(&b))
+            })
         });
+        let mut order: Vec<u32> = keyed.into_iter().map(|(_, i)| i).collect();
         order.dedup_by(|b, a| {
             let (pa, pb) = (&packages[*a as usize], &packages[*b as usize]);
             pa.name == pb.name
                 && pa.architecture == pb.architecture
                 && version::compare(&pa.version, &pb.version) == Ordering::Equal
         });
-        let mut provides: Vec<(u32, u32)> = order
-            .iter()
-            .flat_map(|&i| (0..packages[i as usize].provides.len() as u32).map(move |j| (i, j)))
-            .collect();
-        provides.sort_unstable_by(|&(a, ja), &(b, jb)| {
-            let na = &packages[a as usize].provides[ja as usize].name;
-            let nb = &packages[b as usize].provides[jb as usize].name;
-            na.cmp(nb)
-                .then_with(|| packages[a as usize].name.cmp(&packages[b as usize].name))
-                .then_with(|| {
-                    version::compare(&packages[b as usize].version, &packages[a as usize].version)
-                })
-                .then((a, ja).cmp(&(b, jb)))
-        });
         Index {
             packages,
             order,
-            provides,
+            provides: OnceLock::new(),
             suites,
             cands: OnceLock::new(),
         }
@@ -122,15 +117,32 @@ impl Index {
     /// Packages whose Provides names `name`, with the matching Provides entry; ordered by
     /// provider name, then version (highest first).
     pub fn providers(&self, name: &str) -> impl Iterator<Item = (&Package, &Relation)> {
+        let provides = self.provides.get_or_init(|| self.provides_index());
         let rel = |&(i, j): &(u32, u32)| {
             let p = &self.packages[i as usize];
             (p, &p.provides[j as usize])
         };
-        let start = self
-            .provides
-            .partition_point(|e| rel(e).1.name.as_str() < name);
-        let end = start + self.provides[start..].partition_point(|e| rel(e).1.name == name);
-        self.provides[start..end].iter().map(rel)
+        let start = provides.partition_point(|e| rel(e).1.name.as_str() < name);
+        let end = start + provides[start..].partition_point(|e| rel(e).1.name == name);
+        provides[start..end].iter().map(rel)
+    }
+
+    fn provides_index(&self) -> Vec<(u32, u32)> {
+        // Generated in `order` (provider name, then highest version first); a stable sort on
+        // the provided name alone keeps that order within each provided name.
+        let mut keyed: Vec<(&str, u32, u32)> = self
+            .order
+            .iter()
+            .flat_map(|&i| {
+                let p = &self.packages[i as usize];
+                p.provides
+                    .iter()
+                    .enumerate()
+                    .map(move |(j, r)| (r.name.as_str(), i, j as u32))
+            })
+            .collect();
+        keyed.sort_by(|a, b| a.0.cmp(b.0));
+        keyed.into_iter().map(|(_, i, j)| (i, j)).collect()
     }
 
     pub fn suites(&self) -> &[SuiteInfo] {
