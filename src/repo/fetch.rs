@@ -657,9 +657,15 @@ mod tests {
         (base, hits)
     }
 
-    fn packages_text() -> String {
+    /// Two packages every suite has, and one of its own (so that suites' Packages differ).
+    fn packages_text(suite: &str) -> String {
         let mut t = String::new();
-        for (name, deps) in [("hello", "libc6 (>= 2.34)"), ("libc6", "")] {
+        let own = format!("only-{suite}");
+        for (name, deps) in [
+            ("hello", "libc6 (>= 2.34)"),
+            ("libc6", ""),
+            (own.as_str(), ""),
+        ] {
             t.push_str(&format!(
                 "Package: {name}\nVersion: 1.0-1\nArchitecture: amd64\n"
             ));
@@ -690,7 +696,7 @@ mod tests {
         extra: &str,
         by_hash: bool,
     ) {
-        let plain = packages_text();
+        let plain = packages_text(suite);
         let packed = xz(plain.as_bytes());
         let release = format!(
             "Suite: {suite}\nDate: Sat, 11 Jul 2026 10:16:37 UTC\n{extra}{}SHA256:\n {} {} main/binary-amd64/Packages\n {} {} main/binary-amd64/Packages.xz\n",
@@ -761,7 +767,7 @@ mod tests {
         let suites = [spec(&base, "s"), spec(&base, "h")];
 
         let ix = load_index(&cache, &suites, &opts, &Silent).await.unwrap();
-        assert_eq!(ix.len(), 2, "same packages in both suites are merged");
+        assert_eq!(ix.len(), 4, "same packages in both suites are merged");
         assert_eq!(ix.suites().len(), 2);
         assert_eq!(ix.suites()[0].date, "Sat, 11 Jul 2026 10:16:37 UTC");
         assert_eq!(
@@ -782,7 +788,7 @@ mod tests {
         opts.refresh = false;
 
         // A corrupt Packages blob is noticed, reported, and fetched again.
-        let sha = sha256_hex(packages_text().as_bytes());
+        let sha = sha256_hex(packages_text("s").as_bytes());
         std::fs::write(cache.blob_path(&sha), b"garbage").unwrap();
         let rec = Recorder::default();
         load_index(&cache, &suites[..1], &opts, &rec).await.unwrap();
