@@ -507,7 +507,7 @@ Package: gcc-12
 Source: gcc-12 (12.2.0-14)
 Version: 12.2.0-14+deb12u1
 Architecture: amd64
-Maintainer: Debian GCC Maintainers <debian-gcc@lists.debian.org>
+Maintainer: GCC Maintainers <gcc@example.invalid>
 Installed-Size: 70
 Pre-Depends: dpkg (>= 1.17)
 Depends: cpp-12 (= 12.2.0-14+deb12u1), gcc-12-base (= 12.2.0-14+deb12u1),
