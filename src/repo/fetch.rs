@@ -600,3 +600,333 @@ async fn attempt(
         Err(e) => Err(Failure::Fatal(e.into())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{code, Diagnose};
+    use crate::repo::release::tests::{gen_key, sign};
+    use crate::report::{Event, Recorder, Silent};
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    type Files = Arc<Mutex<HashMap<String, Vec<u8>>>>;
+
+    /// A minimal HTTP/1.1 server on localhost: serves `files` by path, counts requests.
+    async fn serve(files: Files) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (files, hits) = (files.clone(), h.clone());
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    let line = String::from_utf8_lossy(&req)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let body = files.lock().unwrap().get(&path).cloned();
+                    let resp = match body {
+                        Some(b) => {
+                            let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", b.len())
+                                .into_bytes();
+                            r.extend(b);
+                            r
+                        }
+                        None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+                    };
+                    let _ = sock.write_all(&resp).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        (base, hits)
+    }
+
+    /// Two packages every suite has, and one of its own (so that suites' Packages differ).
+    fn packages_text(suite: &str) -> String {
+        let mut t = String::new();
+        let own = format!("only-{suite}");
+        for (name, deps) in [
+            ("hello", "libc6 (>= 2.34)"),
+            ("libc6", ""),
+            (own.as_str(), ""),
+        ] {
+            t.push_str(&format!(
+                "Package: {name}\nVersion: 1.0-1\nArchitecture: amd64\n"
+            ));
+            if !deps.is_empty() {
+                t.push_str(&format!("Depends: {deps}\n"));
+            }
+            t.push_str(&format!(
+                "Filename: pool/{name}.deb\nSize: 3\nSHA256: {}\n\n",
+                sha256_hex(b"deb")
+            ));
+        }
+        t
+    }
+
+    fn xz(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        liblzma::read::XzEncoder::new(bytes, 1)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    /// Publishes suite `suite` under /debian with a Packages.xz, signed by `key`.
+    fn publish(
+        files: &Files,
+        suite: &str,
+        key: &pgp::composed::SignedSecretKey,
+        extra: &str,
+        by_hash: bool,
+    ) {
+        let plain = packages_text(suite);
+        let packed = xz(plain.as_bytes());
+        let release = format!(
+            "Suite: {suite}\nDate: Sat, 11 Jul 2026 10:16:37 UTC\n{extra}{}SHA256:\n {} {} main/binary-amd64/Packages\n {} {} main/binary-amd64/Packages.xz\n",
+            if by_hash { "Acquire-By-Hash: yes\n" } else { "" },
+            sha256_hex(plain.as_bytes()),
+            plain.len(),
+            sha256_hex(&packed),
+            packed.len()
+        );
+        let mut f = files.lock().unwrap();
+        let dir = format!("/debian/dists/{suite}/main/binary-amd64");
+        if by_hash {
+            f.insert(
+                format!("{dir}/by-hash/SHA256/{}", sha256_hex(&packed)),
+                packed,
+            );
+        } else {
+            f.insert(format!("{dir}/Packages.xz"), packed);
+        }
+        f.insert(
+            format!("/debian/dists/{suite}/InRelease"),
+            sign(&release, key).into_bytes(),
+        );
+    }
+
+    fn spec(base: &str, suite: &str) -> SuiteSpec {
+        SuiteSpec {
+            mirror: format!("{base}/debian/"),
+            suite: suite.into(),
+            components: vec!["main".into()],
+            arch: "amd64".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn load_index_caches_and_verifies() {
+        use pgp::ser::Serialize;
+        let key = gen_key("Archive <a@example.invalid>");
+        let files: Files = Default::default();
+        publish(&files, "s", &key, "", false);
+        publish(&files, "h", &key, "", true);
+        publish(
+            &files,
+            "old",
+            &key,
+            "Valid-Until: Sat, 18 Jul 2020 10:16:37 UTC\n",
+            false,
+        );
+        publish(
+            &files,
+            "forged",
+            &gen_key("Mallory <m@example.invalid>"),
+            "",
+            false,
+        );
+        let (base, hits) = serve(files.clone()).await;
+
+        let dir = tempfile::tempdir().unwrap();
+        let keyring = dir.path().join("k.gpg");
+        std::fs::write(&keyring, key.to_public_key().to_bytes().unwrap()).unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let mut opts = RepoOptions {
+            keyrings: vec![keyring],
+            check_valid_until: true,
+            max_age: Duration::from_secs(3600),
+            refresh: false,
+        };
+        let suites = [spec(&base, "s"), spec(&base, "h")];
+
+        let ix = load_index(&cache, &suites, &opts, &Silent).await.unwrap();
+        assert_eq!(ix.len(), 4, "same packages in both suites are merged");
+        assert_eq!(ix.suites().len(), 2);
+        assert_eq!(ix.suites()[0].date, "Sat, 11 Jul 2026 10:16:37 UTC");
+        assert_eq!(
+            ix.candidate("hello").unwrap().url(),
+            format!("{base}/debian/pool/hello.deb")
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), 4);
+
+        // Warm: no request at all.
+        let ix2 = load_index(&cache, &suites, &opts, &Silent).await.unwrap();
+        assert_eq!(hits.load(Ordering::SeqCst), 4);
+        assert_eq!(ix2.suites(), ix.suites());
+
+        // Refresh: InRelease only; the Packages blob it names is still cached.
+        opts.refresh = true;
+        load_index(&cache, &suites, &opts, &Silent).await.unwrap();
+        assert_eq!(hits.load(Ordering::SeqCst), 6);
+        opts.refresh = false;
+
+        // A corrupt Packages blob is noticed, reported, and fetched again.
+        let sha = sha256_hex(packages_text("s").as_bytes());
+        std::fs::write(cache.blob_path(&sha), b"garbage").unwrap();
+        let rec = Recorder::default();
+        load_index(&cache, &suites[..1], &opts, &rec).await.unwrap();
+        assert_eq!(hits.load(Ordering::SeqCst), 7);
+        assert!(rec
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, Event::Warn { .. })));
+
+        // Expired Valid-Until, unless the check is off.
+        let err = load_index(&cache, &[spec(&base, "old")], &opts, &Silent)
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), code::BAD_SIGNATURE);
+        assert!(err.to_string().contains("old"), "{err}");
+        opts.check_valid_until = false;
+        load_index(&cache, &[spec(&base, "old")], &opts, &Silent)
+            .await
+            .unwrap();
+
+        // Signed by an unknown key.
+        let err = load_index(&cache, &[spec(&base, "forged")], &opts, &Silent)
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), code::BAD_SIGNATURE);
+        assert!(err.to_string().contains("/dists/forged/InRelease"), "{err}");
+
+        // A suite the mirror does not have.
+        let err = load_index(&cache, &[spec(&base, "nope")], &opts, &Silent)
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), code::MIRROR_UNREACHABLE);
+        assert!(err.to_string().contains("404"), "{err}");
+    }
+
+    fn pkg(base: &str, name: &str, body: &[u8]) -> Package {
+        Package {
+            name: name.into(),
+            version: "1".into(),
+            architecture: "amd64".into(),
+            depends: vec![],
+            provides: vec![],
+            filename: format!("pool/{name}.deb"),
+            size: body.len() as u64,
+            sha256: sha256_hex(body),
+            source: None,
+            essential: false,
+            mirror: format!("{base}/debian"),
+            suite: "s".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn fetch_verifies_and_retries() {
+        let files: Files = Default::default();
+        let bodies: Vec<(String, Vec<u8>)> = (0..12)
+            .map(|i| (format!("p{i}"), vec![i as u8; 1000 + i]))
+            .collect();
+        for (n, b) in &bodies {
+            files
+                .lock()
+                .unwrap()
+                .insert(format!("/debian/pool/{n}.deb"), b.clone());
+        }
+        let (base, hits) = serve(files.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let pkgs: Vec<Package> = bodies.iter().map(|(n, b)| pkg(&base, n, b)).collect();
+
+        let rec = Recorder::default();
+        let st = fetch_packages(&cache, &pkgs, &rec).await.unwrap();
+        assert_eq!((st.downloaded, st.cached), (12, 0));
+        assert_eq!(
+            st.downloaded_bytes,
+            pkgs.iter().map(|p| p.size).sum::<u64>()
+        );
+        assert!(pkgs.iter().all(|p| cache.check_blob(&p.sha256).unwrap()));
+        let last = rec.0.lock().unwrap().iter().rev().find_map(|e| match e {
+            Event::Progress { done, total, .. } => Some((*done, *total)),
+            _ => None,
+        });
+        assert_eq!(last, Some((st.downloaded_bytes, Some(st.downloaded_bytes))));
+
+        // Cached and intact: nothing fetched. A corrupt one: warned about and fetched again.
+        std::fs::write(cache.blob_path(&pkgs[3].sha256), b"bad").unwrap();
+        let before = hits.load(Ordering::SeqCst);
+        let rec = Recorder::default();
+        let st = fetch_packages(&cache, &pkgs, &rec).await.unwrap();
+        assert_eq!((st.downloaded, st.cached), (1, 11));
+        assert_eq!(hits.load(Ordering::SeqCst), before + 1);
+        assert!(rec
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, Event::Warn { message } if message.contains("p3"))));
+
+        // Content that does not match: one retry, then CHECKSUM_MISMATCH; nothing enters the cache.
+        let mut wrong = pkg(&base, "p5", b"something else");
+        wrong.name = "liar".into();
+        wrong.size = bodies[5].1.len() as u64;
+        let before = hits.load(Ordering::SeqCst);
+        let err = fetch_packages(&cache, &[wrong.clone()], &Silent)
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), code::CHECKSUM_MISMATCH);
+        assert!(err.to_string().contains("/pool/p5.deb"), "{err}");
+        assert_eq!(hits.load(Ordering::SeqCst), before + 2);
+        assert!(!cache.blob_path(&wrong.sha256).exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+
+        // 404 is not retried.
+        let missing = pkg(&base, "missing", b"x");
+        let err = fetch_packages(&cache, &[missing], &Silent)
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), code::MIRROR_UNREACHABLE);
+        assert!(err.to_string().contains("404"));
+    }
+
+    #[tokio::test]
+    async fn unreachable_mirror_names_the_url() {
+        // Port 1 on localhost: connection refused, no network needed.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let p = pkg("http://127.0.0.1:1", "x", b"x");
+        let err = fetch_packages(&cache, &[p], &Silent).await.unwrap_err();
+        assert_eq!(err.exit_code(), code::MIRROR_UNREACHABLE);
+        assert!(
+            err.to_string()
+                .contains("http://127.0.0.1:1/debian/pool/x.deb"),
+            "{err}"
+        );
+        assert!(err.hint().unwrap().contains("CKMS_MIRROR_"));
+    }
+}

@@ -5,6 +5,7 @@
 //! go through index vectors sorted by name (binary search) instead of hash maps keyed by
 //! owned strings, which would cost one allocation per package.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::sync::OnceLock;
 
@@ -19,8 +20,9 @@ pub struct Index {
     /// Indices into `packages`: sorted by name, then version (highest first). Duplicates
     /// (same name, version and architecture in two suites) are left out.
     order: Vec<u32>,
-    /// (provider package, position in its `provides`), sorted by the provided name.
-    provides: Vec<(u32, u32)>,
+    /// (provider package, position in its `provides`), sorted by the provided name; built on
+    /// first use (sorting ~200k entries costs tens of ms that a warm load should not pay).
+    provides: OnceLock<Vec<(u32, u32)>>,
     suites: Vec<SuiteInfo>,
     /// `candidates()` in name order, computed on first use.
     cands: OnceLock<Vec<u32>>,
@@ -46,40 +48,34 @@ impl Index {
     }
 
     pub(crate) fn build(packages: Vec<Package>, suites: Vec<SuiteInfo>) -> Index {
-        let mut order: Vec<u32> = (0..packages.len() as u32).collect();
-        order.sort_unstable_by(|&a, &b| {
-            let (pa, pb) = (&packages[a as usize], &packages[b as usize]);
-            pa.name
-                .cmp(&pb.name)
-                .then_with(|| version::compare(&pb.version, &pa.version))
-                .then_with(|| pa.architecture.cmp(&pb.architecture))
-                // The earlier suite wins among duplicates: keeps the result deterministic.
-                .then(a.cmp(&b))
+        // Sort (name, index) pairs rather than indices: the comparisons then touch only the
+        // names, not the big Package structs. A stable sort profits from Packages files being
+        // mostly in name order already; the index tie-break makes the result deterministic.
+        let mut keyed: Vec<(&str, u32)> = packages
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.as_str(), i as u32))
+            .collect();
+        keyed.sort_by(|&(na, a), &(nb, b)| {
+            na.cmp(nb).then_with(|| {
+                let (pa, pb) = (&packages[a as usize], &packages[b as usize]);
+                version::compare(&pb.version, &pa.version)
+                    .then_with(|| pa.architecture.cmp(&pb.architecture))
+                    // The earlier suite wins among duplicates.
+                    .then(a.cmp(&b))
+            })
         });
+        let mut order: Vec<u32> = keyed.into_iter().map(|(_, i)| i).collect();
         order.dedup_by(|b, a| {
             let (pa, pb) = (&packages[*a as usize], &packages[*b as usize]);
             pa.name == pb.name
                 && pa.architecture == pb.architecture
                 && version::compare(&pa.version, &pb.version) == Ordering::Equal
         });
-        let mut provides: Vec<(u32, u32)> = order
-            .iter()
-            .flat_map(|&i| (0..packages[i as usize].provides.len() as u32).map(move |j| (i, j)))
-            .collect();
-        provides.sort_unstable_by(|&(a, ja), &(b, jb)| {
-            let na = &packages[a as usize].provides[ja as usize].name;
-            let nb = &packages[b as usize].provides[jb as usize].name;
-            na.cmp(nb)
-                .then_with(|| packages[a as usize].name.cmp(&packages[b as usize].name))
-                .then_with(|| {
-                    version::compare(&packages[b as usize].version, &packages[a as usize].version)
-                })
-                .then((a, ja).cmp(&(b, jb)))
-        });
         Index {
             packages,
             order,
-            provides,
+            provides: OnceLock::new(),
             suites,
             cands: OnceLock::new(),
         }
@@ -121,15 +117,32 @@ impl Index {
     /// Packages whose Provides names `name`, with the matching Provides entry; ordered by
     /// provider name, then version (highest first).
     pub fn providers(&self, name: &str) -> impl Iterator<Item = (&Package, &Relation)> {
+        let provides = self.provides.get_or_init(|| self.provides_index());
         let rel = |&(i, j): &(u32, u32)| {
             let p = &self.packages[i as usize];
             (p, &p.provides[j as usize])
         };
-        let start = self
-            .provides
-            .partition_point(|e| rel(e).1.name.as_str() < name);
-        let end = start + self.provides[start..].partition_point(|e| rel(e).1.name == name);
-        self.provides[start..end].iter().map(rel)
+        let start = provides.partition_point(|e| rel(e).1.name.as_str() < name);
+        let end = start + provides[start..].partition_point(|e| rel(e).1.name == name);
+        provides[start..end].iter().map(rel)
+    }
+
+    fn provides_index(&self) -> Vec<(u32, u32)> {
+        // Generated in `order` (provider name, then highest version first); a stable sort on
+        // the provided name alone keeps that order within each provided name.
+        let mut keyed: Vec<(&str, u32, u32)> = self
+            .order
+            .iter()
+            .flat_map(|&i| {
+                let p = &self.packages[i as usize];
+                p.provides
+                    .iter()
+                    .enumerate()
+                    .map(move |(j, r)| (r.name.as_str(), i, j as u32))
+            })
+            .collect();
+        keyed.sort_by(|a, b| a.0.cmp(b.0));
+        keyed.into_iter().map(|(_, i, j)| (i, j)).collect()
     }
 
     pub fn suites(&self) -> &[SuiteInfo] {
@@ -218,9 +231,10 @@ struct Para<'a> {
     name: Option<&'a str>,
     version: Option<&'a str>,
     arch: Option<&'a str>,
-    depends: Option<String>,
-    pre_depends: Option<String>,
-    provides: Option<String>,
+    // Borrowed from the text unless a continuation line had to be joined.
+    depends: Option<Cow<'a, str>>,
+    pre_depends: Option<Cow<'a, str>>,
+    provides: Option<Cow<'a, str>>,
     filename: Option<&'a str>,
     size: Option<&'a str>,
     sha256: Option<&'a str>,
@@ -244,9 +258,18 @@ fn parse_chunk(
     let mut pos = 0;
     while pos <= bytes.len() {
         let end = memchr::memchr(b'\n', &bytes[pos..]).map_or(bytes.len(), |o| pos + o);
-        let line = text[pos..end].trim_end_matches('\r');
+        let mut line = &text[pos..end];
+        if line.ends_with('\r') {
+            line = &line[..line.len() - 1];
+        }
         pos = end + 1;
-        if line.trim().is_empty() {
+        // Blank (or whitespace-only) lines end a paragraph; checked cheaply, per line.
+        let blank = match line.as_bytes().first() {
+            None => true,
+            Some(b' ' | b'\t') => line.trim().is_empty(),
+            Some(_) => false,
+        };
+        if blank {
             if started {
                 out.push(finish(std::mem::take(&mut para), mirror, suite)?);
                 started = false;
@@ -270,6 +293,7 @@ fn parse_chunk(
                 Cur::Provides => &mut para.provides,
             };
             if let Some(s) = target {
+                let s = s.to_mut();
                 s.push(' ');
                 s.push_str(line.trim());
             }
@@ -286,28 +310,29 @@ fn parse_chunk(
         };
         let (field, value) = (&line[..colon], line[colon + 1..].trim());
         cur = Cur::Other;
-        // Dispatch on length first: most lines are fields ckms skips.
-        match (field.len(), field) {
-            (7, "Package") => para.name = Some(value),
-            (7, "Version") => para.version = Some(value),
-            (12, "Architecture") => para.arch = Some(value),
-            (7, "Depends") => {
-                para.depends = Some(value.to_string());
+        // Dispatch on length and first letter: most lines are fields ckms skips, and this
+        // spares a string comparison for nearly all of them.
+        match (field.len(), field.as_bytes().first().copied().unwrap_or(0)) {
+            (7, b'P') if field == "Package" => para.name = Some(value),
+            (7, b'V') if field == "Version" => para.version = Some(value),
+            (12, b'A') if field == "Architecture" => para.arch = Some(value),
+            (7, b'D') if field == "Depends" => {
+                para.depends = Some(Cow::Borrowed(value));
                 cur = Cur::Depends;
             }
-            (11, "Pre-Depends") => {
-                para.pre_depends = Some(value.to_string());
+            (11, b'P') if field == "Pre-Depends" => {
+                para.pre_depends = Some(Cow::Borrowed(value));
                 cur = Cur::PreDepends;
             }
-            (8, "Provides") => {
-                para.provides = Some(value.to_string());
+            (8, b'P') if field == "Provides" => {
+                para.provides = Some(Cow::Borrowed(value));
                 cur = Cur::Provides;
             }
-            (8, "Filename") => para.filename = Some(value),
-            (4, "Size") => para.size = Some(value),
-            (6, "SHA256") => para.sha256 = Some(value),
-            (6, "Source") => para.source = Some(value),
-            (9, "Essential") => para.essential = value.eq_ignore_ascii_case("yes"),
+            (8, b'F') if field == "Filename" => para.filename = Some(value),
+            (4, b'S') if field == "Size" => para.size = Some(value),
+            (6, b'S') if field == "SHA256" => para.sha256 = Some(value),
+            (6, b'S') if field == "Source" => para.source = Some(value),
+            (9, b'E') if field == "Essential" => para.essential = value.eq_ignore_ascii_case("yes"),
             _ => {}
         }
     }
@@ -335,7 +360,7 @@ fn finish<'a>(p: Para<'a>, mirror: &str, suite: &str) -> Result<Package, RepoErr
     if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad(format!("package {name}: bad SHA256 {sha256:?}")));
     }
-    let rels = |s: &Option<String>, f: &str| -> Result<Vec<Vec<Relation>>, RepoError> {
+    let rels = |s: &Option<Cow<'a, str>>, f: &str| -> Result<Vec<Vec<Relation>>, RepoError> {
         match s {
             Some(s) => parse_relations(s).map_err(|e| bad(format!("package {name}: {f}: {e}"))),
             None => Ok(Vec::new()),
@@ -482,7 +507,7 @@ Package: gcc-12
 Source: gcc-12 (12.2.0-14)
 Version: 12.2.0-14+deb12u1
 Architecture: amd64
-Maintainer: Debian GCC Maintainers <debian-gcc@lists.debian.org>
+Maintainer: GCC Maintainers <gcc@example.invalid>
 Installed-Size: 70
 Pre-Depends: dpkg (>= 1.17)
 Depends: cpp-12 (= 12.2.0-14+deb12u1), gcc-12-base (= 12.2.0-14+deb12u1),

@@ -104,7 +104,7 @@ impl Diagnose for RepoError {
         Some(match self {
             Unreachable { .. } => MIRROR_HINT.to_string(),
             Http { status, .. } if *status == 404 => {
-                "the mirror does not have this file: check the suite and component names, or that the mirror carries this release (older releases move to archive.debian.org-style mirrors); set another mirror in [mirrors] of /etc/ckms/config.toml or CKMS_MIRROR_<ROLE>".into()
+                "the mirror does not have this file: check the suite and component names, or that the mirror carries this release (releases past their end of life move to archive mirrors); set another mirror in [mirrors] of /etc/ckms/config.toml or CKMS_MIRROR_<ROLE>".into()
             }
             Http { .. } => format!("the mirror failed; try again later, or {MIRROR_HINT}"),
             MissingIndex { .. } => {
