@@ -56,14 +56,21 @@ runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 CONF
-  chown "$CKMS_USER:" "$home/.config/containers/containers.conf"
+  # Native rootless overlay (kernel >= 5.13): without this setting Podman 4.3 may fall back to
+  # vfs, which stores every layer as a full copy (GBs per builder image, slow loads).
+  printf '[storage]\ndriver = "overlay"\n' >"$home/.config/containers/storage.conf"
+  chown "$CKMS_USER:" "$home/.config/containers/containers.conf" "$home/.config/containers/storage.conf"
+  if [ -d "$home/.local/share/containers/storage/vfs" ]; then
+    log "switching $CKMS_USER's Podman storage from vfs to overlay (removes its images)"
+    (cd / && runuser -u "$CKMS_USER" -- env XDG_RUNTIME_DIR="$run" HOME="$home" podman system reset -f >/dev/null 2>&1) || true
+  fi
   if curl -fsS --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; then
     log "podman already answers on $sock"; return
   fi
   log "starting rootless podman system service as $CKMS_USER on $sock"
   # setsid -f: the service outlives this script and holds none of its file descriptors.
   (cd / && setsid -f runuser -u "$CKMS_USER" -- env XDG_RUNTIME_DIR="$run" HOME="$home" \
-      podman system service --time=0 "unix://$sock" </dev/null >"$run/podman-service.log" 2>&1)
+      podman system service --time=0 "unix://$sock" </dev/null >>"$run/podman-service.log" 2>&1)
   wait_for_socket "$sock" "rootless podman" || { cat "$run/podman-service.log" >&2; return 1; }
 }
 

@@ -79,6 +79,10 @@ pub fn unpack(tar: impl Read, dest: &Path, strip: usize, max_bytes: u64) -> Resu
 
 fn safe_relative(raw: &str, strip: usize) -> Result<Option<PathBuf>, ArtifactError> {
     let path = Path::new(raw);
+    // Engines name the archived directory itself "/" or "./" at times: nothing to write.
+    if path.components().all(|c| matches!(c, Component::RootDir | Component::CurDir)) {
+        return Ok(None);
+    }
     let mut rel = PathBuf::new();
     for (i, c) in path.components().enumerate() {
         match c {
@@ -93,37 +97,31 @@ fn safe_relative(raw: &str, strip: usize) -> Result<Option<PathBuf>, ArtifactErr
     Ok((!rel.as_os_str().is_empty()).then_some(rel))
 }
 
-/// A tar of `dir`'s contents under `prefix`, owned by `uid:gid`, for uploading sources.
-pub fn pack_dir(dir: &Path, prefix: &str, uid: u64, gid: u64) -> Result<Vec<u8>, ArtifactError> {
+/// A tar of `dir`'s regular files and directories, with paths relative to `dir`. Links and
+/// special files are left out: sources go into a sandbox that must not see the host.
+pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, ArtifactError> {
     let io = |source| ArtifactError::Io { path: dir.to_path_buf(), source };
     let mut b = tar::Builder::new(Vec::new());
-    b.follow_symlinks(false);
-    b.mode(tar::HeaderMode::Deterministic);
-    let mut stack = vec![(dir.to_path_buf(), PathBuf::from(prefix))];
     let header = |size: u64, kind: tar::EntryType, mode: u32| {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
         h.set_size(size);
         h.set_mode(mode);
-        h.set_uid(uid);
-        h.set_gid(gid);
         h
     };
-    let mut dir_header = header(0, tar::EntryType::Directory, 0o755);
-    b.append_data(&mut dir_header, prefix, std::io::empty()).map_err(io)?;
+    let mut stack = vec![(dir.to_path_buf(), PathBuf::new())];
     while let Some((src, dst)) = stack.pop() {
         let mut entries: Vec<_> = std::fs::read_dir(&src).map_err(io)?.filter_map(|e| e.ok()).collect();
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
-            let meta = e.metadata().map_err(io)?;
+            let meta = std::fs::symlink_metadata(e.path()).map_err(io)?;
             let name = dst.join(e.file_name());
             if meta.is_dir() {
-                let mut h = header(0, tar::EntryType::Directory, 0o755);
-                b.append_data(&mut h, &name, std::io::empty()).map_err(io)?;
+                b.append_data(&mut header(0, tar::EntryType::Directory, 0o755), &name, std::io::empty()).map_err(io)?;
                 stack.push((e.path(), name));
             } else if meta.is_file() {
-                let mode = if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0 { 0o755 } else { 0o644 };
-                let mut h = header(meta.len(), tar::EntryType::Regular, mode);
+                let exec = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0;
+                let mut h = header(meta.len(), tar::EntryType::Regular, if exec { 0o755 } else { 0o644 });
                 let f = std::fs::File::open(e.path()).map_err(io)?;
                 b.append_data(&mut h, &name, f).map_err(io)?;
             }
@@ -192,11 +190,11 @@ mod tests {
         let src = tempfile::tempdir().unwrap();
         std::fs::create_dir(src.path().join("sub")).unwrap();
         std::fs::write(src.path().join("sub/f.c"), b"int x;").unwrap();
-        let t = pack_dir(src.path(), "build", 1000, 1000).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", src.path().join("leak")).unwrap();
+        let t = pack_dir(src.path()).unwrap();
         let dest = tempfile::tempdir().unwrap();
-        unpack(&t[..], dest.path(), 1, 1 << 20).unwrap();
+        unpack(&t[..], dest.path(), 0, 1 << 20).unwrap();
         assert_eq!(std::fs::read(dest.path().join("sub/f.c")).unwrap(), b"int x;");
-        let mut a = tar::Archive::new(&t[..]);
-        assert!(a.entries().unwrap().all(|e| e.unwrap().header().uid().unwrap() == 1000));
+        assert!(!dest.path().join("leak").exists(), "links stay behind");
     }
 }

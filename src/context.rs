@@ -69,3 +69,19 @@ impl Context {
         Ok(engine::connect(&self.config.engine_settings(), self.reporter()).await?)
     }
 }
+
+impl Context {
+    /// The builder image for `release`, assembled and loaded unless the engine has it.
+    pub async fn builder_image(
+        &self,
+        engine: &dyn crate::engine::Engine,
+        release: &str,
+        profile: Option<&str>,
+        force: bool,
+    ) -> Result<crate::image::Built, Error> {
+        let (p, index, kernel) = self.find_kernel(release, profile).await?;
+        let recipe = self.catalog.recipe("builder")?;
+        let plan = crate::image::plan(p, recipe, &index, &kernel, &[])?;
+        Ok(crate::image::build(&self.cache, engine, p, recipe, &plan, force, self.reporter()).await?)
+    }
+}

@@ -6,6 +6,8 @@
 pub mod code {
     /// Bad command line or configuration.
     pub const USAGE: i32 = 2;
+    /// dkms: make returned non-zero.
+    pub const BUILD_FAILED: i32 = 10;
     /// dkms: kernel headers not found. ckms: no profile offers that kernel.
     pub const UNKNOWN_KERNEL: i32 = 21;
     /// A profile or image recipe under profiles/ or images/ is broken.

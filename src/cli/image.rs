@@ -1,5 +1,6 @@
 use ckms::context::Context;
 use ckms::error::Error;
+use ckms::engine::Engine;
 use ckms::image;
 
 use super::{table, Output};
@@ -17,6 +18,25 @@ pub enum Command {
         /// Rebuild and reload even if the engine has the image.
         #[arg(long)]
         force: bool,
+    },
+    /// Run a command in a kernel's builder image, sandboxed: non-root, no network, read-only
+    /// root; --src is copied to the image's /build first and /build comes back into --out.
+    Run {
+        #[arg(short = 'k', long = "kernelver")]
+        kernel: String,
+        #[arg(long, short = 'p')]
+        profile: Option<String>,
+        /// Directory uploaded as /build (e.g. a module's sources).
+        #[arg(long, value_name = "DIR")]
+        src: Option<std::path::PathBuf>,
+        /// Where /build is copied back to after the command (default ./ckms-out).
+        #[arg(long, value_name = "DIR", default_value = "ckms-out")]
+        out: std::path::PathBuf,
+        /// Wall-clock limit in seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
     },
     /// List ckms's builder images.
     Ls,
@@ -36,6 +56,9 @@ pub enum Command {
 pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error> {
     match cmd {
         Command::Build { kernels, profile, force } => build(ctx, out, &kernels, profile.as_deref(), force).await,
+        Command::Run { kernel, profile, src, out: dest, timeout, command } => {
+            run_in(ctx, out, &kernel, profile.as_deref(), src.as_deref(), &dest, timeout, command).await
+        }
         Command::Ls => {
             let conn = ctx.engine().await?;
             let rows = image::list(&conn.engine).await?;
@@ -63,15 +86,52 @@ pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error
     }
 }
 
+#[allow(clippy::too_many_arguments)]
+async fn run_in(
+    ctx: &Context,
+    out: &Output,
+    kernel: &str,
+    profile: Option<&str>,
+    src: Option<&std::path::Path>,
+    dest: &std::path::Path,
+    timeout: u64,
+    command: Vec<String>,
+) -> Result<i32, Error> {
+    let conn = ctx.engine().await?;
+    let built = ctx.builder_image(&conn.engine, kernel, profile, false).await?;
+    let input = src.map(ckms::artifact::pack_dir).transpose().map_err(usage)?;
+    let recipe = ctx.catalog.recipe("builder")?;
+    let spec = image::run_spec(recipe, &built.reference, command, input, std::time::Duration::from_secs(timeout));
+    let outcome = conn.engine.run(&spec).await?;
+    let mut files = Vec::new();
+    for (_, tar) in &outcome.outputs {
+        std::fs::create_dir_all(dest).map_err(|e| usage(ckms::artifact::ArtifactError::Io { path: dest.into(), source: e }))?;
+        files.extend(ckms::artifact::unpack(&tar[..], dest, 0, 4 << 30).map_err(usage)?);
+    }
+    let log = String::from_utf8_lossy(&outcome.log).into_owned();
+    let result = serde_json::json!({
+        "image": built.reference, "exit_code": outcome.exit_code, "timed_out": outcome.timed_out,
+        "log": log, "files": files, "out": dest,
+    });
+    out.result(&result, || format!("{log}\n{} file(s) copied back to {}\n", files.len(), dest.display()));
+    Ok(match (outcome.timed_out, outcome.exit_code) {
+        (true, _) => ckms::error::code::TIMEOUT,
+        (false, 0) => 0,
+        // dkms: "make returned non-zero".
+        (false, _) => ckms::error::code::BUILD_FAILED,
+    })
+}
+
+fn usage(e: ckms::artifact::ArtifactError) -> Error {
+    use ckms::error::Diagnose;
+    Error::Usage { hint: e.hint(), message: e.to_string() }
+}
+
 async fn build(ctx: &Context, out: &Output, kernels: &[String], profile: Option<&str>, force: bool) -> Result<i32, Error> {
     let conn = ctx.engine().await?;
     let mut results = Vec::new();
     for release in kernels {
-        let (p, index, kernel) = ctx.find_kernel(release, profile).await?;
-        let recipe = ctx.catalog.recipe("builder")?;
-        let plan = image::plan(p, recipe, &index, &kernel, &[])?;
-        let built = image::build(&ctx.cache, &conn.engine, p, recipe, &plan, force, ctx.reporter()).await?;
-        results.push(built);
+        results.push(ctx.builder_image(&conn.engine, release, profile, force).await?);
     }
     out.result(&results, || {
         results

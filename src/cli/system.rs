@@ -28,7 +28,7 @@ pub fn profiles(ctx: &Context, out: &Output) -> Result<i32, Error> {
 
 /// Exit code 0 when every check passes, 1 otherwise (like `podman system check`).
 pub async fn doctor(ctx: &Context, out: &Output) -> Result<i32, Error> {
-    let checks = engine::doctor(&ctx.config.engine_settings()).await;
+    let checks = engine::doctor::doctor(&ctx.config.engine_settings()).await;
     out.result(&checks, || {
         checks
             .iter()

@@ -180,10 +180,73 @@ pub fn input_tar(input: Option<&[u8]>, uid: u32, gid: u32) -> std::io::Result<Ve
     out.into_inner()
 }
 
+/// Rewrites a tar the engine returned for `requested` so that entry paths are relative to
+/// that directory, whichever engine made it: Docker names entries `<basename>/...`, Podman
+/// names the directory `/` and its entries `/...`. The directory's own entry is dropped.
+pub fn output_tar(raw: &[u8], requested: &str) -> std::io::Result<Vec<u8>> {
+    let base = std::path::Path::new(requested).file_name().map(|b| b.to_os_string()).unwrap_or_default();
+    let mut out = tar::Builder::new(Vec::new());
+    let mut archive = tar::Archive::new(raw);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        let mut parts = path.components().peekable();
+        match parts.peek() {
+            Some(std::path::Component::RootDir) => {
+                parts.next();
+            }
+            Some(std::path::Component::Normal(first)) if *first == base => {
+                parts.next();
+            }
+            _ => {}
+        }
+        let rel: std::path::PathBuf = parts.collect();
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        let mut header = entry.header().clone();
+        match entry.link_name()? {
+            Some(target) => {
+                let target = target.into_owned();
+                out.append_link(&mut header, &rel, &target)?;
+            }
+            None => out.append_data(&mut header, &rel, &mut entry)?,
+        }
+    }
+    out.into_inner()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::Limits;
+
+    fn names(tar: &[u8]) -> Vec<String> {
+        let mut a = tar::Archive::new(tar);
+        a.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect()
+    }
+
+    fn raw_tar(paths: &[&str]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for p in paths {
+            let mut h = tar::Header::new_gnu();
+            let dir = p.ends_with('/');
+            h.set_entry_type(if dir { tar::EntryType::Directory } else { tar::EntryType::Regular });
+            h.set_size(0);
+            h.as_old_mut().name[..p.len()].copy_from_slice(p.as_bytes());
+            h.set_cksum();
+            b.append(&h, std::io::empty()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn outputs_are_rebased_for_both_engines() {
+        let docker = raw_tar(&["build/", "build/m/", "build/m/a.ko"]);
+        let podman = raw_tar(&["/", "/m/", "/m/a.ko"]);
+        assert_eq!(names(&output_tar(&docker, "/build").unwrap()), ["m/", "m/a.ko"]);
+        assert_eq!(names(&output_tar(&podman, "/build").unwrap()), ["m/", "m/a.ko"]);
+    }
     use std::time::Duration;
 
     fn spec() -> RunSpec {

@@ -260,7 +260,9 @@ impl DockerApi {
             })
             .await;
         match res {
-            Ok(bytes) => Ok(Some(bytes)),
+            Ok(bytes) => super::config::output_tar(&bytes, path).map(Some).map_err(|e| {
+                EngineError::api(self.endpoint(), format!("read the archive of {path} from container {id}"), e.to_string())
+            }),
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(None),

@@ -88,7 +88,8 @@ pub struct RunSpec {
     pub scratch: String,
     /// A tar extracted into `scratch` before start.
     pub input: Option<Vec<u8>>,
-    /// Absolute paths (under scratch) copied back after exit, as tar bytes.
+    /// Absolute paths (under scratch) copied back after exit, as tar bytes whose entries are
+    /// relative to the path (see `config::output_tar`).
     pub outputs: Vec<String>,
     pub limits: Limits,
     /// false = no network at all.

@@ -83,3 +83,33 @@ impl Diagnose for ImageError {
         }
     }
 }
+
+/// A sandboxed run in a builder image: the recipe's non-root user, its workdir as the one
+/// writable volume (sources in, results out), no network, bounded resources and time.
+pub fn run_spec(
+    recipe: &crate::profile::Recipe,
+    image: &str,
+    cmd: Vec<String>,
+    input: Option<Vec<u8>>,
+    timeout: std::time::Duration,
+) -> crate::engine::RunSpec {
+    let dir = recipe.config.workdir.clone();
+    crate::engine::RunSpec {
+        image: image.to_string(),
+        cmd,
+        env: recipe.config.env.clone(),
+        user: format!("{}:{}", recipe.user.uid, recipe.user.gid),
+        workdir: dir.clone(),
+        scratch: dir.clone(),
+        input,
+        outputs: vec![dir],
+        limits: crate::engine::Limits {
+            memory_bytes: Some(4 << 30),
+            pids: Some(4096),
+            nano_cpus: None,
+            tmpfs_bytes: 1 << 30,
+            timeout,
+        },
+        network: false,
+    }
+}

@@ -25,7 +25,7 @@ const PARALLEL: usize = 8;
 /// Attempts for network errors and 5xx answers.
 const TRIES: u32 = 3;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct FetchStats {
     pub downloaded_bytes: u64,
     pub downloaded: usize,
