@@ -3,9 +3,8 @@
 use std::{env, fs, path::Path};
 
 fn embed(dir: &str, out: &mut String) {
-    let mut names: Vec<_> = fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let mut names: Vec<_> =
+        fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
     names.retain(|p: &std::path::PathBuf| p.extension().is_some_and(|e| e == "toml"));
     names.sort();
     out.push_str(&format!("pub const {}: &[(&str, &str)] = &[\n", dir.to_uppercase()));

@@ -62,7 +62,10 @@ pub fn unpack(tar: impl Read, dest: &Path, strip: usize, max_bytes: u64) -> Resu
                 }
                 // A link planted earlier at this path must not redirect the write.
                 if std::fs::symlink_metadata(&target).is_ok_and(|m| !m.is_file()) {
-                    return Err(ArtifactError::Refused { path: raw, why: "it would replace something that is not a file" });
+                    return Err(ArtifactError::Refused {
+                        path: raw,
+                        why: "it would replace something that is not a file",
+                    });
                 }
                 let mut out = std::fs::File::create(&target).map_err(io)?;
                 std::io::copy(&mut (&mut entry).take(max_bytes), &mut out).map_err(io)?;
@@ -71,7 +74,12 @@ pub fn unpack(tar: impl Read, dest: &Path, strip: usize, max_bytes: u64) -> Resu
             tar::EntryType::Symlink | tar::EntryType::Link => {
                 return Err(ArtifactError::Refused { path: raw, why: "links are not accepted" })
             }
-            _ => return Err(ArtifactError::Refused { path: raw, why: "only regular files and directories are accepted" }),
+            _ => {
+                return Err(ArtifactError::Refused {
+                    path: raw,
+                    why: "only regular files and directories are accepted",
+                })
+            }
         }
     }
     Ok(written)
@@ -88,7 +96,9 @@ fn safe_relative(raw: &str, strip: usize) -> Result<Option<PathBuf>, ArtifactErr
         match c {
             Component::Normal(part) if i >= strip => rel.push(part),
             Component::Normal(_) | Component::CurDir => {}
-            Component::ParentDir => return Err(ArtifactError::Refused { path: raw.into(), why: "it climbs out with .." }),
+            Component::ParentDir => {
+                return Err(ArtifactError::Refused { path: raw.into(), why: "it climbs out with .." })
+            }
             Component::RootDir | Component::Prefix(_) => {
                 return Err(ArtifactError::Refused { path: raw.into(), why: "absolute paths are not accepted" })
             }
@@ -156,7 +166,10 @@ mod tests {
     #[test]
     fn files_and_dirs_unpack_with_the_top_stripped() {
         let dir = tempfile::tempdir().unwrap();
-        let t = tar_with(&[("build/", tar::EntryType::Directory, b"", None), ("build/m/a.ko", tar::EntryType::Regular, b"ko", None)]);
+        let t = tar_with(&[
+            ("build/", tar::EntryType::Directory, b"", None),
+            ("build/m/a.ko", tar::EntryType::Regular, b"ko", None),
+        ]);
         let files = unpack(&t[..], dir.path(), 1, 1 << 20).unwrap();
         assert_eq!(files, [PathBuf::from("m/a.ko")]);
         assert_eq!(std::fs::read(dir.path().join("m/a.ko")).unwrap(), b"ko");

@@ -15,11 +15,7 @@ pub enum CacheError {
     #[error("cache {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("cache entry {path} should have SHA-256 {expected} but has {actual}")]
-    Digest {
-        path: PathBuf,
-        expected: String,
-        actual: String,
-    },
+    Digest { path: PathBuf, expected: String, actual: String },
 }
 
 impl Diagnose for CacheError {
@@ -45,10 +41,7 @@ impl Diagnose for CacheError {
 pub type Result<T> = std::result::Result<T, CacheError>;
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
-    move |source| CacheError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| CacheError::Io { path: path.to_path_buf(), source }
 }
 
 #[derive(Debug, Clone)]
@@ -116,12 +109,7 @@ impl Cache {
     pub fn writer(&self) -> Result<BlobWriter> {
         let dir = self.root.join("tmp");
         let file = tempfile::NamedTempFile::new_in(&dir).map_err(io_err(&dir))?;
-        Ok(BlobWriter {
-            file,
-            hasher: Sha256::new(),
-            len: 0,
-            cache: self.clone(),
-        })
+        Ok(BlobWriter { file, hasher: Sha256::new(), len: 0, cache: self.clone() })
     }
 
     /// Writes `bytes` as a blob and returns its digest.
@@ -157,17 +145,11 @@ impl BlobWriter {
         let actual = hex::encode(self.hasher.finalize());
         if let Some(expected) = expected {
             if expected != actual {
-                return Err(CacheError::Digest {
-                    path: tmp_path,
-                    expected: expected.into(),
-                    actual,
-                });
+                return Err(CacheError::Digest { path: tmp_path, expected: expected.into(), actual });
             }
         }
         let dest = self.cache.blob_path(&actual);
-        self.file
-            .persist(&dest)
-            .map_err(|e| io_err(&dest)(e.error))?;
+        self.file.persist(&dest).map_err(|e| io_err(&dest)(e.error))?;
         Ok((actual, dest))
     }
 }
@@ -236,11 +218,6 @@ mod tests {
         let err = w.commit(Some("00")).unwrap_err();
         assert!(matches!(err, CacheError::Digest { .. }));
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
-        assert_eq!(
-            fs::read_dir(dir.path().join("blobs/sha256"))
-                .unwrap()
-                .count(),
-            0
-        );
+        assert_eq!(fs::read_dir(dir.path().join("blobs/sha256")).unwrap().count(), 0);
     }
 }

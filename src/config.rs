@@ -100,8 +100,8 @@ impl Config {
         let mut cfg = Config::default();
         for path in files {
             let Ok(text) = std::fs::read_to_string(path) else { continue };
-            let next: Config =
-                toml::from_str(&text).map_err(|e| ConfigError::Invalid { path: path.clone(), message: e.to_string() })?;
+            let next: Config = toml::from_str(&text)
+                .map_err(|e| ConfigError::Invalid { path: path.clone(), message: e.to_string() })?;
             cfg.merge(next);
         }
         cfg.env = env;
@@ -130,7 +130,10 @@ impl Config {
     }
 
     fn apt_dir(&self) -> PathBuf {
-        self.env("CKMS_APT_DIR").map(PathBuf::from).or_else(|| self.apt_dir.clone()).unwrap_or_else(|| PathBuf::from("/etc/apt"))
+        self.env("CKMS_APT_DIR")
+            .map(PathBuf::from)
+            .or_else(|| self.apt_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("/etc/apt"))
     }
 
     pub fn engine_settings(&self) -> EngineSettings {
@@ -144,10 +147,8 @@ impl Config {
             .or(self.index_max_age_secs)
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_MAX_AGE);
-        let check_valid_until = self
-            .check_valid_until
-            .or_else(|| host_check_valid_until(&self.apt_dir()))
-            .unwrap_or(true);
+        let check_valid_until =
+            self.check_valid_until.or_else(|| host_check_valid_until(&self.apt_dir())).unwrap_or(true);
         RepoOptions { keyrings: profile.existing_keyrings(), check_valid_until, max_age, refresh }
     }
 
@@ -174,17 +175,15 @@ impl Config {
     }
 
     fn mirror(&self, catalog: &Catalog, role: &str, host: &[AptSource]) -> Option<String> {
-        let url = self
-            .env(&env_name(role))
-            .map(str::to_string)
-            .or_else(|| self.mirrors.get(role).cloned())
-            .or_else(|| {
+        let url = self.env(&env_name(role)).map(str::to_string).or_else(|| self.mirrors.get(role).cloned()).or_else(
+            || {
                 let pattern = &catalog.mirrors.get(role)?.host_suites;
                 host.iter()
                     .filter(|s| s.enabled && s.types.iter().any(|t| t == "deb"))
                     .find(|s| s.suites.iter().any(|suite| pattern.is_match(suite)))
                     .and_then(|s| s.uris.first().cloned())
-            })?;
+            },
+        )?;
         Some(url.trim_end_matches('/').to_string())
     }
 }
@@ -193,7 +192,6 @@ impl Config {
 pub fn env_name(role: &str) -> String {
     format!("CKMS_MIRROR_{}", role.to_uppercase().replace('-', "_"))
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -225,7 +223,10 @@ mod tests {
         let cfg = Config::default();
         let c = catalog();
         assert_eq!(cfg.mirror(&c, "debian", &host()).as_deref(), Some("http://mirror.example/debian"));
-        assert_eq!(cfg.mirror(&c, "debian-security", &host()).as_deref(), Some("http://mirror.example/debian-security"));
+        assert_eq!(
+            cfg.mirror(&c, "debian-security", &host()).as_deref(),
+            Some("http://mirror.example/debian-security")
+        );
     }
 
     #[test]

@@ -23,18 +23,11 @@ pub enum DebError {
     #[error("{origin}: not a .deb package ({what})")]
     NotDeb { origin: String, what: String },
     #[error("{origin}: the package has no {member} member")]
-    MissingMember {
-        origin: String,
-        member: &'static str,
-    },
+    MissingMember { origin: String, member: &'static str },
     #[error("{origin}: member {member} uses a compression ckms does not read")]
     UnsupportedCompression { origin: String, member: String },
     #[error("{origin}: member {member} is damaged: {source}")]
-    BadMember {
-        origin: String,
-        member: String,
-        source: io::Error,
-    },
+    BadMember { origin: String, member: String, source: io::Error },
 }
 
 impl Diagnose for DebError {
@@ -61,28 +54,18 @@ struct Member {
 /// Reads the `!<arch>\n` magic.
 fn read_magic<R: Read>(deb: &mut R, origin: &str) -> Result<(), DebError> {
     let mut magic = [0u8; 8];
-    deb.read_exact(&mut magic)
-        .map_err(|e| eof_as_not_deb(e, origin, "shorter than an ar header"))?;
+    deb.read_exact(&mut magic).map_err(|e| eof_as_not_deb(e, origin, "shorter than an ar header"))?;
     if &magic != b"!<arch>\n" {
-        return Err(DebError::NotDeb {
-            origin: origin.into(),
-            what: "no ar archive magic".into(),
-        });
+        return Err(DebError::NotDeb { origin: origin.into(), what: "no ar archive magic".into() });
     }
     Ok(())
 }
 
 fn eof_as_not_deb(e: io::Error, origin: &str, what: &str) -> DebError {
     if e.kind() == io::ErrorKind::UnexpectedEof {
-        DebError::NotDeb {
-            origin: origin.into(),
-            what: what.into(),
-        }
+        DebError::NotDeb { origin: origin.into(), what: what.into() }
     } else {
-        DebError::Io {
-            origin: origin.into(),
-            source: e,
-        }
+        DebError::Io { origin: origin.into(), source: e }
     }
 }
 
@@ -94,79 +77,47 @@ fn next_member<R: Read>(deb: &mut R, origin: &str) -> Result<Option<Member>, Deb
     while got < hdr.len() {
         match deb.read(&mut hdr[got..]) {
             Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => {
-                return Err(DebError::NotDeb {
-                    origin: origin.into(),
-                    what: "truncated ar member header".into(),
-                })
-            }
+            Ok(0) => return Err(DebError::NotDeb { origin: origin.into(), what: "truncated ar member header".into() }),
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(DebError::Io {
-                    origin: origin.into(),
-                    source: e,
-                })
-            }
+            Err(e) => return Err(DebError::Io { origin: origin.into(), source: e }),
         }
     }
     if &hdr[58..60] != b"`\n" {
-        return Err(DebError::NotDeb {
-            origin: origin.into(),
-            what: "bad ar member header".into(),
-        });
+        return Err(DebError::NotDeb { origin: origin.into(), what: "bad ar member header".into() });
     }
     let name = String::from_utf8_lossy(&hdr[..16]);
     let name = name.trim_end_matches(' ').trim_end_matches('/').to_string();
     let size = std::str::from_utf8(&hdr[48..58])
         .ok()
         .and_then(|s| s.trim_end().parse::<u64>().ok())
-        .ok_or_else(|| DebError::NotDeb {
-            origin: origin.into(),
-            what: format!("bad size in ar header of {name}"),
-        })?;
+        .ok_or_else(|| DebError::NotDeb { origin: origin.into(), what: format!("bad size in ar header of {name}") })?;
     Ok(Some(Member { name, size }))
 }
 
 /// Skips a member's data and its padding to an even offset.
 fn skip_member<R: Read>(deb: &mut R, m: &Member, origin: &str) -> Result<(), DebError> {
     let want = m.size + (m.size & 1);
-    let got = io::copy(&mut deb.take(want), &mut io::sink()).map_err(|e| DebError::Io {
-        origin: origin.into(),
-        source: e,
-    })?;
+    let got = io::copy(&mut deb.take(want), &mut io::sink())
+        .map_err(|e| DebError::Io { origin: origin.into(), source: e })?;
     // The padding byte may be missing after the last member; anything else is truncation.
     if got < m.size {
-        return Err(DebError::NotDeb {
-            origin: origin.into(),
-            what: format!("member {} is truncated", m.name),
-        });
+        return Err(DebError::NotDeb { origin: origin.into(), what: format!("member {} is truncated", m.name) });
     }
     Ok(())
 }
 
 /// Finds the first member named `<prefix>` or `<prefix>.<ext>` and returns it, leaving `deb`
 /// positioned at its data.
-fn find_member<R: Read>(
-    deb: &mut R,
-    origin: &str,
-    prefix: &'static str,
-) -> Result<Member, DebError> {
+fn find_member<R: Read>(deb: &mut R, origin: &str, prefix: &'static str) -> Result<Member, DebError> {
     read_magic(deb, origin)?;
     while let Some(m) = next_member(deb, origin)? {
-        if m.name == prefix
-            || m.name
-                .strip_prefix(prefix)
-                .is_some_and(|rest| rest.starts_with('.'))
-        {
+        if m.name == prefix || m.name.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('.')) {
             return Ok(m);
         }
         skip_member(deb, &m, origin)?;
     }
-    Err(DebError::MissingMember {
-        origin: origin.into(),
-        member: prefix,
-    })
+    Err(DebError::MissingMember { origin: origin.into(), member: prefix })
 }
 
 /// A member's decompressor, as an enum rather than a boxed trait object so that it is `Send`
@@ -197,25 +148,16 @@ fn decompress<R: Read>(raw: R, member: &str, origin: &str) -> Result<Decoder<R>,
         "tar" => Decoder::Plain(buffered),
         "gz" => Decoder::Gz(Box::new(flate2::bufread::GzDecoder::new(buffered))),
         // Multi-stream: xz allows concatenated streams and some tools write them.
-        "xz" => Decoder::Xz(Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(
-            buffered,
-        ))),
+        "xz" => Decoder::Xz(Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(buffered))),
         "zst" => {
-            let dec = ruzstd::decoding::StreamingDecoder::new(buffered).map_err(|e| {
-                DebError::BadMember {
-                    origin: origin.into(),
-                    member: member.into(),
-                    source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
-                }
+            let dec = ruzstd::decoding::StreamingDecoder::new(buffered).map_err(|e| DebError::BadMember {
+                origin: origin.into(),
+                member: member.into(),
+                source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
             })?;
             Decoder::Zst(Box::new(dec))
         }
-        _ => {
-            return Err(DebError::UnsupportedCompression {
-                origin: origin.into(),
-                member: member.into(),
-            })
-        }
+        _ => return Err(DebError::UnsupportedCompression { origin: origin.into(), member: member.into() }),
     })
 }
 
@@ -286,17 +228,8 @@ pub fn data_tar_threaded<R: Read + Send + 'static>(
                 Ok(()) => {}
             }
         })
-        .map_err(|e| DebError::Io {
-            origin: origin.into(),
-            source: e,
-        })?;
-    Ok(Box::new(ChunkReader {
-        rx,
-        recycle: recycle_tx,
-        cur: Vec::new(),
-        pos: 0,
-        eof: false,
-    }))
+        .map_err(|e| DebError::Io { origin: origin.into(), source: e })?;
+    Ok(Box::new(ChunkReader { rx, recycle: recycle_tx, cur: Vec::new(), pos: 0, eof: false }))
 }
 
 /// The reading end of [`data_tar_threaded`].
@@ -325,11 +258,7 @@ impl Read for ChunkReader {
                     self.pos = 0;
                 }
                 Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    return Err(io::Error::other(
-                        "the decompression thread stopped unexpectedly",
-                    ))
-                }
+                Err(_) => return Err(io::Error::other("the decompression thread stopped unexpectedly")),
             }
         }
         let n = buf.len().min(self.cur.len() - self.pos);
@@ -347,17 +276,8 @@ pub fn control_fields<R: Read>(deb: R, origin: &str) -> Result<Vec<(String, Stri
     // control.tar.* is small (kilobytes), so reading it whole is fine and gives the
     // decompressor the 'static input it wants.
     let mut raw = Vec::with_capacity(usize::try_from(m.size).unwrap_or(0).min(1 << 20));
-    deb.take(m.size)
-        .read_to_end(&mut raw)
-        .map_err(|e| DebError::Io {
-            origin: origin.into(),
-            source: e,
-        })?;
-    let bad = |source: io::Error| DebError::BadMember {
-        origin: origin.into(),
-        member: m.name.clone(),
-        source,
-    };
+    deb.take(m.size).read_to_end(&mut raw).map_err(|e| DebError::Io { origin: origin.into(), source: e })?;
+    let bad = |source: io::Error| DebError::BadMember { origin: origin.into(), member: m.name.clone(), source };
     let tar = decompress(io::Cursor::new(raw), &m.name, origin)?;
     let mut archive = tar::Archive::new(tar);
     for entry in archive.entries().map_err(bad)? {
@@ -370,10 +290,7 @@ pub fn control_fields<R: Read>(deb: R, origin: &str) -> Result<Vec<(String, Stri
             return Ok(parse_fields(&text));
         }
     }
-    Err(DebError::MissingMember {
-        origin: origin.into(),
-        member: "control.tar/control",
-    })
+    Err(DebError::MissingMember { origin: origin.into(), member: "control.tar/control" })
 }
 
 /// Parses one deb822 paragraph.
@@ -428,8 +345,7 @@ pub(crate) mod tests {
             match self {
                 Comp::None => data.to_vec(),
                 Comp::Gz => {
-                    let mut e =
-                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                     e.write_all(data).unwrap();
                     e.finish().unwrap()
                 }
@@ -438,10 +354,7 @@ pub(crate) mod tests {
                     e.write_all(data).unwrap();
                     e.finish().unwrap()
                 }
-                Comp::Zst => ruzstd::encoding::compress_to_vec(
-                    data,
-                    ruzstd::encoding::CompressionLevel::Fastest,
-                ),
+                Comp::Zst => ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest),
             }
         }
     }
@@ -456,13 +369,7 @@ pub(crate) mod tests {
 
     /// Appends with the name stored verbatim (the tar crate would drop a leading "./"), as
     /// dpkg-deb writes it; long names go through the crate's GNU long-name support.
-    fn append_raw(
-        b: &mut tar::Builder<Vec<u8>>,
-        h: &mut tar::Header,
-        path: &str,
-        link: Option<&str>,
-        data: &[u8],
-    ) {
+    fn append_raw(b: &mut tar::Builder<Vec<u8>>, h: &mut tar::Header, path: &str, link: Option<&str>, data: &[u8]) {
         if path.len() < 100 && link.map_or(true, |l| l.len() < 100) {
             h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
             if let Some(l) = link {
@@ -501,11 +408,8 @@ pub(crate) mod tests {
                     append_raw(&mut b, &mut h, p, None, data);
                 }
                 TEntry::Symlink(p, t) | TEntry::Hardlink(p, t) => {
-                    let ty = if matches!(e, TEntry::Symlink(..)) {
-                        tar::EntryType::Symlink
-                    } else {
-                        tar::EntryType::Link
-                    };
+                    let ty =
+                        if matches!(e, TEntry::Symlink(..)) { tar::EntryType::Symlink } else { tar::EntryType::Link };
                     h.set_entry_type(ty);
                     h.set_mode(0o777);
                     h.set_size(0);
@@ -517,15 +421,7 @@ pub(crate) mod tests {
     }
 
     fn ar_member(out: &mut Vec<u8>, name: &str, data: &[u8]) {
-        let hdr = format!(
-            "{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n",
-            name,
-            0,
-            0,
-            0,
-            100644,
-            data.len()
-        );
+        let hdr = format!("{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n", name, 0, 0, 0, 100644, data.len());
         assert_eq!(hdr.len(), 60);
         out.extend_from_slice(hdr.as_bytes());
         out.extend_from_slice(data);
@@ -536,29 +432,19 @@ pub(crate) mod tests {
 
     /// A complete .deb: debian-binary, control.tar.xz with `control`, data.tar with `comp`.
     pub(crate) fn make_deb(control: &str, data: &[TEntry], comp: Comp) -> Vec<u8> {
-        let control_tar = make_tar(&[
-            TEntry::Dir("./"),
-            TEntry::File("./control", control.as_bytes()),
-        ]);
+        let control_tar = make_tar(&[TEntry::Dir("./"), TEntry::File("./control", control.as_bytes())]);
         let mut out = b"!<arch>\n".to_vec();
         ar_member(&mut out, "debian-binary", b"2.0\n");
         ar_member(&mut out, "control.tar.xz", &Comp::Xz.compress(&control_tar));
-        ar_member(
-            &mut out,
-            &format!("data.tar{}", comp.ext()),
-            &comp.compress(&make_tar(data)),
-        );
+        ar_member(&mut out, &format!("data.tar{}", comp.ext()), &comp.compress(&make_tar(data)));
         out
     }
 
-    const CONTROL: &str = "Package: hello\nVersion: 1.0-1\nArchitecture: amd64\nDescription: greets\n a longer text\n .\n more\n";
+    const CONTROL: &str =
+        "Package: hello\nVersion: 1.0-1\nArchitecture: amd64\nDescription: greets\n a longer text\n .\n more\n";
 
     fn sample() -> Vec<TEntry<'static>> {
-        vec![
-            TEntry::Dir("./"),
-            TEntry::Dir("./usr/"),
-            TEntry::File("./usr/hello", b"hi there\n"),
-        ]
+        vec![TEntry::Dir("./"), TEntry::Dir("./usr/"), TEntry::File("./usr/hello", b"hi there\n")]
     }
 
     fn data_paths(deb: Vec<u8>) -> Vec<(String, Vec<u8>)> {
@@ -589,25 +475,13 @@ pub(crate) mod tests {
     fn threaded_matches_plain() {
         for comp in [Comp::None, Comp::Gz, Comp::Xz, Comp::Zst] {
             // Big enough for several chunks, with an incompressible-ish pattern.
-            let big: Vec<u8> = (0..3 * CHUNK as u32 + 777)
-                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-                .collect();
-            let entries = [
-                TEntry::Dir("./"),
-                TEntry::File("./big", &big),
-                TEntry::File("./small", b"x"),
-            ];
+            let big: Vec<u8> = (0..3 * CHUNK as u32 + 777).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+            let entries = [TEntry::Dir("./"), TEntry::File("./big", &big), TEntry::File("./small", b"x")];
             let deb = make_deb(CONTROL, &entries, comp);
             let mut plain = Vec::new();
-            data_tar(io::Cursor::new(deb.clone()), "t.deb")
-                .unwrap()
-                .read_to_end(&mut plain)
-                .unwrap();
+            data_tar(io::Cursor::new(deb.clone()), "t.deb").unwrap().read_to_end(&mut plain).unwrap();
             let mut threaded = Vec::new();
-            data_tar_threaded(io::Cursor::new(deb), "t.deb", 2 * CHUNK)
-                .unwrap()
-                .read_to_end(&mut threaded)
-                .unwrap();
+            data_tar_threaded(io::Cursor::new(deb), "t.deb", 2 * CHUNK).unwrap().read_to_end(&mut threaded).unwrap();
             assert!(plain == threaded, "{comp:?}");
         }
     }
@@ -618,43 +492,23 @@ pub(crate) mod tests {
         let n = deb.len();
         deb[n - 30] ^= 0xff; // corrupt the xz stream's tail
         let mut out = Vec::new();
-        assert!(data_tar_threaded(io::Cursor::new(deb), "t.deb", CHUNK)
-            .unwrap()
-            .read_to_end(&mut out)
-            .is_err());
+        assert!(data_tar_threaded(io::Cursor::new(deb), "t.deb", CHUNK).unwrap().read_to_end(&mut out).is_err());
     }
 
     #[test]
     fn control_fields_parsed_in_order() {
-        let f = control_fields(
-            io::Cursor::new(make_deb(CONTROL, &sample(), Comp::Gz)),
-            "t.deb",
-        )
-        .unwrap();
+        let f = control_fields(io::Cursor::new(make_deb(CONTROL, &sample(), Comp::Gz)), "t.deb").unwrap();
         assert_eq!(f[0], ("Package".into(), "hello".into()));
         assert_eq!(f[1], ("Version".into(), "1.0-1".into()));
-        assert_eq!(
-            f[3],
-            (
-                "Description".into(),
-                "greets\na longer text\n.\nmore".into()
-            )
-        );
+        assert_eq!(f[3], ("Description".into(), "greets\na longer text\n.\nmore".into()));
     }
 
     #[test]
     fn not_a_deb() {
-        let e = data_tar(
-            io::Cursor::new(b"hello world, definitely not ar".to_vec()),
-            "x.deb",
-        )
-        .err()
-        .unwrap();
+        let e = data_tar(io::Cursor::new(b"hello world, definitely not ar".to_vec()), "x.deb").err().unwrap();
         assert!(matches!(e, DebError::NotDeb { .. }), "{e}");
         assert!(e.to_string().contains("x.deb"));
-        let e = data_tar(io::Cursor::new(Vec::new()), "empty.deb")
-            .err()
-            .unwrap();
+        let e = data_tar(io::Cursor::new(Vec::new()), "empty.deb").err().unwrap();
         assert!(matches!(e, DebError::NotDeb { .. }), "{e}");
     }
 
@@ -662,19 +516,8 @@ pub(crate) mod tests {
     fn missing_and_unsupported_members() {
         let mut deb = b"!<arch>\n".to_vec();
         ar_member(&mut deb, "debian-binary", b"2.0\n");
-        let e = data_tar(io::Cursor::new(deb.clone()), "a.deb")
-            .err()
-            .unwrap();
-        assert!(
-            matches!(
-                e,
-                DebError::MissingMember {
-                    member: "data.tar",
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        let e = data_tar(io::Cursor::new(deb.clone()), "a.deb").err().unwrap();
+        assert!(matches!(e, DebError::MissingMember { member: "data.tar", .. }), "{e}");
         ar_member(&mut deb, "data.tar.bz2", b"BZh");
         let e = data_tar(io::Cursor::new(deb), "a.deb").err().unwrap();
         assert!(matches!(e, DebError::UnsupportedCompression { .. }), "{e}");
@@ -690,9 +533,7 @@ pub(crate) mod tests {
         let res: Result<Vec<_>, _> = a.entries().unwrap().collect();
         let failed = match res {
             Err(_) => true,
-            Ok(entries) => entries
-                .into_iter()
-                .any(|mut e| io::copy(&mut e, &mut io::sink()).is_err()),
+            Ok(entries) => entries.into_iter().any(|mut e| io::copy(&mut e, &mut io::sink()).is_err()),
         };
         assert!(failed);
     }

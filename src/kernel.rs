@@ -65,17 +65,13 @@ pub fn list(profile: &Profile, index: &Index) -> Vec<Kernel> {
             suite: p.suite.clone(),
         })
         .collect();
-    out.sort_by(|a, b| {
-        crate::repo::version::compare(&a.version, &b.version).then_with(|| a.release.cmp(&b.release))
-    });
+    out.sort_by(|a, b| crate::repo::version::compare(&a.version, &b.version).then_with(|| a.release.cmp(&b.release)));
     out
 }
 
 /// The kernel with this release in this profile, if offered.
 pub fn find(profile: &Profile, index: &Index, release: &str) -> Option<Kernel> {
-    let headers = index
-        .candidates()
-        .find(|p| profile.kernel_of_headers(&p.name) == Some(release))?;
+    let headers = index.candidates().find(|p| profile.kernel_of_headers(&p.name) == Some(release))?;
     Some(Kernel {
         release: release.to_string(),
         profile: profile.name.clone(),
@@ -189,7 +185,8 @@ SHA256: 0000000000000000000000000000000000000000000000000000000000000006
 
     #[test]
     fn closest_ranks_by_edit_distance() {
-        let offered = vec!["6.1.0-56-amd64".to_string(), "6.12.117+deb13-amd64".to_string(), "6.1.0-50-amd64".to_string()];
+        let offered =
+            vec!["6.1.0-56-amd64".to_string(), "6.12.117+deb13-amd64".to_string(), "6.1.0-50-amd64".to_string()];
         let mut best = closest("6.1.0-57-amd64", &offered, 2);
         best.sort();
         assert_eq!(best, ["6.1.0-50-amd64", "6.1.0-56-amd64"]);

@@ -232,7 +232,10 @@ impl Catalog {
         }
         for p in &profiles {
             if let Some(s) = p.suites.iter().find(|s| !mirrors.contains_key(&s.mirror)) {
-                return Err(invalid(&format!("profile {}", p.name), format!("mirror role '{}' is not in mirrors.toml", s.mirror)));
+                return Err(invalid(
+                    &format!("profile {}", p.name),
+                    format!("mirror role '{}' is not in mirrors.toml", s.mirror),
+                ));
             }
         }
         let mut recipes = BTreeMap::new();
@@ -303,10 +306,7 @@ mod regexes {
     use regex::Regex;
     use serde::{Deserialize, Deserializer};
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Regex>, D::Error> {
-        Vec::<String>::deserialize(d)?
-            .iter()
-            .map(|s| Regex::new(s).map_err(serde::de::Error::custom))
-            .collect()
+        Vec::<String>::deserialize(d)?.iter().map(|s| Regex::new(s).map_err(serde::de::Error::custom)).collect()
     }
 }
 

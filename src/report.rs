@@ -14,12 +14,7 @@ pub enum Event {
     /// Something went wrong but work goes on (a corrupt cache entry fetched again, ...).
     Warn { message: String },
     /// A long task advanced. `task` is a stable key; `total` is known up front when possible.
-    Progress {
-        task: String,
-        done: u64,
-        total: Option<u64>,
-        unit: Unit,
-    },
+    Progress { task: String, done: u64, total: Option<u64>, unit: Unit },
     /// A task finished; `message` summarises it.
     Done { task: String, message: String },
 }
@@ -39,28 +34,16 @@ pub trait Reporter: Send + Sync {
 /// Convenience calls on `&dyn Reporter`.
 impl dyn Reporter + '_ {
     pub fn info(&self, message: impl Into<String>) {
-        self.emit(Event::Info {
-            message: message.into(),
-        });
+        self.emit(Event::Info { message: message.into() });
     }
     pub fn warn(&self, message: impl Into<String>) {
-        self.emit(Event::Warn {
-            message: message.into(),
-        });
+        self.emit(Event::Warn { message: message.into() });
     }
     pub fn progress(&self, task: &str, done: u64, total: Option<u64>, unit: Unit) {
-        self.emit(Event::Progress {
-            task: task.to_string(),
-            done,
-            total,
-            unit,
-        });
+        self.emit(Event::Progress { task: task.to_string(), done, total, unit });
     }
     pub fn done(&self, task: &str, message: impl Into<String>) {
-        self.emit(Event::Done {
-            task: task.to_string(),
-            message: message.into(),
-        });
+        self.emit(Event::Done { task: task.to_string(), message: message.into() });
     }
 }
 
@@ -102,14 +85,8 @@ pub struct Human {
 impl Human {
     pub fn new(quiet: bool) -> Self {
         use std::io::IsTerminal;
-        let bars = std::io::stderr()
-            .is_terminal()
-            .then(indicatif::MultiProgress::new);
-        Human {
-            bars,
-            active: Mutex::new(HashMap::new()),
-            quiet,
-        }
+        let bars = std::io::stderr().is_terminal().then(indicatif::MultiProgress::new);
+        Human { bars, active: Mutex::new(HashMap::new()), quiet }
     }
 
     fn line(&self, text: &str) {
@@ -149,12 +126,7 @@ impl Reporter for Human {
             Event::Info { message } if !self.quiet => self.line(&message),
             Event::Info { .. } => {}
             Event::Warn { message } => self.line(&format!("Warning: {message}")),
-            Event::Progress {
-                task,
-                done,
-                total,
-                unit,
-            } => {
+            Event::Progress { task, done, total, unit } => {
                 if let Some(bar) = self.bar(&task, total, unit) {
                     bar.set_position(done);
                 }
@@ -177,12 +149,7 @@ mod tests {
 
     #[test]
     fn json_shape_is_stable() {
-        let e = Event::Progress {
-            task: "download".into(),
-            done: 3,
-            total: Some(9),
-            unit: Unit::Bytes,
-        };
+        let e = Event::Progress { task: "download".into(), done: 3, total: Some(9), unit: Unit::Bytes };
         assert_eq!(
             serde_json::to_string(&e).unwrap(),
             r#"{"event":"progress","task":"download","done":3,"total":9,"unit":"bytes"}"#

@@ -17,10 +17,7 @@ async fn explicit_dead_endpoint_is_no_engine_without_fallback() {
     let res = connect(&EngineSettings::default(), &Silent).await;
     std::env::remove_var("CKMS_ENGINE_HOST");
     let err = match res {
-        Ok(c) => panic!(
-            "connected to {} although CKMS_ENGINE_HOST was dead",
-            c.info.endpoint
-        ),
+        Ok(c) => panic!("connected to {} although CKMS_ENGINE_HOST was dead", c.info.endpoint),
         Err(e) => e,
     };
     assert_eq!(err.exit_code(), code::NO_ENGINE);
@@ -35,10 +32,7 @@ async fn explicit_dead_endpoint_is_no_engine_without_fallback() {
     assert!(err.hint().unwrap().contains("did not fall back"));
 
     // The same through the setting, which beats the environment.
-    let s = EngineSettings {
-        host: Some("unix:///nonexistent/other.sock".into()),
-        rootless_user: None,
-    };
+    let s = EngineSettings { host: Some("unix:///nonexistent/other.sock".into()), rootless_user: None };
     let err = connect(&s, &Silent).await.err().expect("dead setting");
     assert!(err.to_string().contains("other.sock"), "{err}");
 }
@@ -51,33 +45,17 @@ async fn private_podman_service_starts_and_stops() {
     let rec = Recorder::default();
     let conn = start_private(&EngineSettings::default(), &rec)
         .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "private podman service did not start: {e}\n{}",
-                e.hint().unwrap_or_default()
-            )
-        });
+        .unwrap_or_else(|e| panic!("private podman service did not start: {e}\n{}", e.hint().unwrap_or_default()));
     assert_eq!(conn.info.kind, EngineKind::Podman);
     assert!(conn.info.rootless, "{:?}", conn.info);
     assert!(conn.is_private());
     let sock = conn.info.endpoint.trim_start_matches("unix://").to_string();
     assert!(sock.starts_with("/run/user/"), "{sock}");
-    assert!(
-        rec.0
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|e| matches!(e, Event::Warn { .. })),
-        "limits warning on cgroup v1"
-    );
+    assert!(rec.0.lock().unwrap().iter().any(|e| matches!(e, Event::Warn { .. })), "limits warning on cgroup v1");
     drop(conn);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        !std::path::Path::new(&sock).exists(),
-        "{sock} still exists after drop"
-    );
-    let again =
-        ckms::engine::DockerApi::connect(&format!("unix://{sock}"), Duration::from_secs(1)).await;
+    assert!(!std::path::Path::new(&sock).exists(), "{sock} still exists after drop");
+    let again = ckms::engine::DockerApi::connect(&format!("unix://{sock}"), Duration::from_secs(1)).await;
     assert!(again.is_err(), "service still answers after drop");
 }
 
@@ -86,64 +64,35 @@ async fn missing_rootless_user_names_useradd() {
     if rustix::process::getuid().as_raw() != 0 {
         panic!("must run as root");
     }
-    let s = EngineSettings {
-        host: None,
-        rootless_user: Some("ckms-no-such-user".into()),
-    };
-    let err = start_private(&s, &Silent)
-        .await
-        .err()
-        .expect("no such user");
+    let s = EngineSettings { host: None, rootless_user: Some("ckms-no-such-user".into()) };
+    let err = start_private(&s, &Silent).await.err().expect("no such user");
     assert!(matches!(err, EngineError::NoRootlessUser { .. }), "{err:?}");
-    assert!(err
-        .hint()
-        .unwrap()
-        .contains("useradd --create-home ckms-no-such-user"));
+    assert!(err.hint().unwrap().contains("useradd --create-home ckms-no-such-user"));
 }
 
 #[tokio::test]
 async fn root_finds_the_rootless_users_podman_first() {
     let _env = ENV.lock().await;
     for v in ["CKMS_ENGINE_HOST", "DOCKER_HOST", "CONTAINER_HOST"] {
-        assert!(
-            std::env::var_os(v).is_none(),
-            "{v} is set; this test checks discovery without it"
-        );
+        assert!(std::env::var_os(v).is_none(), "{v} is set; this test checks discovery without it");
     }
     assert_eq!(rustix::process::getuid().as_raw(), 0, "must run as root");
-    let conn = connect(&EngineSettings::default(), &Silent)
-        .await
-        .expect("an engine answers (ci/setup-engines.sh)");
+    let conn = connect(&EngineSettings::default(), &Silent).await.expect("an engine answers (ci/setup-engines.sh)");
     assert_eq!(conn.info.kind, EngineKind::Podman);
     assert!(conn.info.rootless);
-    assert!(
-        conn.info.endpoint.starts_with("unix:///run/user/"),
-        "{}",
-        conn.info.endpoint
-    );
+    assert!(conn.info.endpoint.starts_with("unix:///run/user/"), "{}", conn.info.endpoint);
     assert!(!conn.is_private());
 }
 
 #[tokio::test]
 async fn doctor_reports_engine_and_limits() {
     let host = std::env::var("CKMS_TEST_PODMAN_HOST").expect("CKMS_TEST_PODMAN_HOST must be set");
-    let checks = ckms::engine::doctor::doctor(&EngineSettings {
-        host: Some(host),
-        rootless_user: None,
-    })
-    .await;
-    let get = |name: &str| {
-        checks
-            .iter()
-            .find(|c| c.name == name)
-            .unwrap_or_else(|| panic!("no {name} in {checks:#?}"))
-    };
+    let checks = ckms::engine::doctor::doctor(&EngineSettings { host: Some(host), rootless_user: None }).await;
+    let get = |name: &str| checks.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no {name} in {checks:#?}"));
     assert!(get("engine").ok, "{checks:#?}");
     assert!(get("rootless").ok);
     let limits = get("resource limits");
     // This host: rootless Podman on cgroup v1.
     assert!(!limits.ok && limits.fix.is_some(), "{limits:?}");
-    assert!(get("leftover containers")
-        .detail
-        .contains("ckms containers"));
+    assert!(get("leftover containers").detail.contains("ckms containers"));
 }

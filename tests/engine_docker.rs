@@ -4,8 +4,4 @@
 #[path = "common/engine_suite.rs"]
 mod suite;
 
-engine_tests!(
-    "CKMS_TEST_DOCKER_HOST",
-    ckms::engine::EngineKind::Docker,
-    false
-);
+engine_tests!("CKMS_TEST_DOCKER_HOST", ckms::engine::EngineKind::Docker, false);

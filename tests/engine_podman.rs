@@ -4,8 +4,4 @@
 #[path = "common/engine_suite.rs"]
 mod suite;
 
-engine_tests!(
-    "CKMS_TEST_PODMAN_HOST",
-    ckms::engine::EngineKind::Podman,
-    true
-);
+engine_tests!("CKMS_TEST_PODMAN_HOST", ckms::engine::EngineKind::Podman, true);

@@ -1,6 +1,6 @@
 use ckms::context::Context;
-use ckms::error::Error;
 use ckms::engine::Engine;
+use ckms::error::Error;
 use ckms::image;
 
 use super::{table, Output};
@@ -78,9 +78,7 @@ pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error
             let conn = ctx.engine().await?;
             let (removed, freed) = image::prune(&conn.engine, &ctx.cache, all).await?;
             let result = serde_json::json!({ "removed": removed, "cache_blobs_freed": freed });
-            out.result(&result, || {
-                format!("Removed {} image(s); freed {} cached file(s)\n", removed.len(), freed)
-            });
+            out.result(&result, || format!("Removed {} image(s); freed {} cached file(s)\n", removed.len(), freed));
             Ok(0)
         }
     }
@@ -105,7 +103,8 @@ async fn run_in(
     let outcome = conn.engine.run(&spec).await?;
     let mut files = Vec::new();
     for (_, tar) in &outcome.outputs {
-        std::fs::create_dir_all(dest).map_err(|e| usage(ckms::artifact::ArtifactError::Io { path: dest.into(), source: e }))?;
+        std::fs::create_dir_all(dest)
+            .map_err(|e| usage(ckms::artifact::ArtifactError::Io { path: dest.into(), source: e }))?;
         files.extend(ckms::artifact::unpack(&tar[..], dest, 0, 4 << 30).map_err(usage)?);
     }
     let log = String::from_utf8_lossy(&outcome.log).into_owned();
@@ -127,7 +126,13 @@ fn usage(e: ckms::artifact::ArtifactError) -> Error {
     Error::Usage { hint: e.hint(), message: e.to_string() }
 }
 
-async fn build(ctx: &Context, out: &Output, kernels: &[String], profile: Option<&str>, force: bool) -> Result<i32, Error> {
+async fn build(
+    ctx: &Context,
+    out: &Output,
+    kernels: &[String],
+    profile: Option<&str>,
+    force: bool,
+) -> Result<i32, Error> {
     let conn = ctx.engine().await?;
     let mut results = Vec::new();
     for release in kernels {
@@ -160,7 +165,14 @@ fn listing(rows: &[image::ImageRow]) -> String {
         .iter()
         .map(|r| {
             let id = r.id.trim_start_matches("sha256:").get(..12).unwrap_or_default().to_string();
-            vec![r.profile.clone(), r.kernel.clone(), r.compiler.clone(), id, format!("{:.0} MB", r.size as f64 / 1e6), r.reference.clone()]
+            vec![
+                r.profile.clone(),
+                r.kernel.clone(),
+                r.compiler.clone(),
+                id,
+                format!("{:.0} MB", r.size as f64 / 1e6),
+                r.reference.clone(),
+            ]
         })
         .collect();
     table(&["PROFILE", "KERNEL", "COMPILER", "ID", "SIZE", "REFERENCE"], &rows)

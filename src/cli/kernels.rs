@@ -21,7 +21,13 @@ pub async fn run(ctx: &Context, out: &Output, args: Args) -> Result<i32, Error> 
         let rows: Vec<Vec<String>> = all
             .iter()
             .map(|k| {
-                vec![k.release.clone(), k.version.clone(), k.compiler.clone().unwrap_or_else(|| "?".into()), k.profile.clone(), k.suite.clone()]
+                vec![
+                    k.release.clone(),
+                    k.version.clone(),
+                    k.compiler.clone().unwrap_or_else(|| "?".into()),
+                    k.profile.clone(),
+                    k.suite.clone(),
+                ]
             })
             .collect();
         table(&["RELEASE", "VERSION", "COMPILER", "PROFILE", "SUITE"], &rows)

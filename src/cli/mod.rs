@@ -14,7 +14,11 @@ use ckms::error::{Diagnose, Error};
 use ckms::report::{Human, JsonLines, Reporter};
 
 #[derive(Parser)]
-#[command(name = "ckms", version, about = "Containerized Kernel Module Support: dkms-compatible module builds in rootless, sandboxed containers")]
+#[command(
+    name = "ckms",
+    version,
+    about = "Containerized Kernel Module Support: dkms-compatible module builds in rootless, sandboxed containers"
+)]
 pub struct Cli {
     /// Print events and results as JSON lines.
     #[arg(long, global = true)]

@@ -16,11 +16,18 @@ pub fn profiles(ctx: &Context, out: &Output) -> Result<i32, Error> {
         .catalog
         .profiles
         .iter()
-        .map(|p| Row { name: &p.name, description: &p.description, arch: &p.arch, suites: p.suites.iter().map(|s| s.suite.as_str()).collect() })
+        .map(|p| Row {
+            name: &p.name,
+            description: &p.description,
+            arch: &p.arch,
+            suites: p.suites.iter().map(|s| s.suite.as_str()).collect(),
+        })
         .collect();
     out.result(&rows, || {
-        let cells: Vec<Vec<String>> =
-            rows.iter().map(|r| vec![r.name.to_string(), r.arch.to_string(), r.suites.join(" "), r.description.to_string()]).collect();
+        let cells: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| vec![r.name.to_string(), r.arch.to_string(), r.suites.join(" "), r.description.to_string()])
+            .collect();
         table(&["PROFILE", "ARCH", "SUITES", "DESCRIPTION"], &cells)
     });
     Ok(0)

@@ -19,11 +19,7 @@ pub struct EngineCaps {
 impl EngineCaps {
     pub fn new(kind: EngineKind, rootless: bool, cgroup_version: Option<&str>) -> Self {
         let v1 = !matches!(cgroup_version, Some("2") | Some("v2"));
-        EngineCaps {
-            kind,
-            rootless,
-            cgroup_limits: !(rootless && v1),
-        }
+        EngineCaps { kind, rootless, cgroup_limits: !(rootless && v1) }
     }
 }
 
@@ -40,11 +36,7 @@ pub fn parse_user(user: &str) -> Result<(u32, u32), EngineError> {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    let bad = || {
-        EngineError::BadSpec(format!(
-            "user {user:?} must be numeric \"uid[:gid]\" and not root"
-        ))
-    };
+    let bad = || EngineError::BadSpec(format!("user {user:?} must be numeric \"uid[:gid]\" and not root"));
     let uid: u32 = u.parse().map_err(|_| bad())?;
     let gid: u32 = match g {
         Some(g) => g.parse().map_err(|_| bad())?,
@@ -59,30 +51,20 @@ pub fn parse_user(user: &str) -> Result<(u32, u32), EngineError> {
 /// The container configuration for `spec` on an engine with `caps`.
 pub fn container_config(spec: &RunSpec, caps: &EngineCaps) -> ContainerCreateBody {
     let l = &spec.limits;
-    let (memory, pids, nano_cpus) = if caps.cgroup_limits {
-        (l.memory_bytes, l.pids, l.nano_cpus)
-    } else {
-        (None, None, None)
-    };
+    let (memory, pids, nano_cpus) =
+        if caps.cgroup_limits { (l.memory_bytes, l.pids, l.nano_cpus) } else { (None, None, None) };
     // With a pids cgroup the nproc rlimit is left alone: on rootful Docker, uid 1000 in the
     // container is uid 1000 on the host, whose other processes would count against it.
     let ulimits = (!caps.cgroup_limits).then(|| {
         let n = l.pids.unwrap_or(DEFAULT_NPROC);
-        vec![ResourcesUlimits {
-            name: Some("nproc".into()),
-            soft: Some(n),
-            hard: Some(n),
-        }]
+        vec![ResourcesUlimits { name: Some("nproc".into()), soft: Some(n), hard: Some(n) }]
     });
     let host_config = HostConfig {
         network_mode: (!spec.network).then(|| "none".to_string()),
         cap_drop: Some(vec!["ALL".into()]),
         security_opt: Some(vec!["no-new-privileges".into()]),
         readonly_rootfs: Some(true),
-        tmpfs: Some(HashMap::from([(
-            "/tmp".to_string(),
-            format!("rw,nosuid,nodev,size={},mode=1777", l.tmpfs_bytes),
-        )])),
+        tmpfs: Some(HashMap::from([("/tmp".to_string(), format!("rw,nosuid,nodev,size={},mode=1777", l.tmpfs_bytes))])),
         memory,
         // Equal to memory: no swap on top of the limit.
         memory_swap: memory,
@@ -97,12 +79,7 @@ pub fn container_config(spec: &RunSpec, caps: &EngineCaps) -> ContainerCreateBod
         // limit is also set by a shell before the build command runs.
         Some(u) => {
             let n = u[0].hard.unwrap_or(DEFAULT_NPROC);
-            let mut c = vec![
-                "/bin/sh".to_string(),
-                "-c".to_string(),
-                nproc_wrapper(n),
-                "ckms-run".to_string(),
-            ];
+            let mut c = vec!["/bin/sh".to_string(), "-c".to_string(), nproc_wrapper(n), "ckms-run".to_string()];
             c.extend(spec.cmd.iter().cloned());
             c
         }
@@ -182,7 +159,8 @@ pub fn input_tar(input: Option<&[u8]>, uid: u32, gid: u32) -> std::io::Result<Ve
 
 /// Rewrites a tar the engine returned for `requested` so that entry paths are relative to
 /// that directory, whichever engine made it: Docker names entries `<basename>/...`, Podman
-/// names the directory `/` and its entries `/...`. The directory's own entry is dropped.
+/// names the directory `/` and its entries `/...`. The directory's own entry is dropped; a
+/// requested file comes back as one entry named by its base name.
 pub fn output_tar(raw: &[u8], requested: &str) -> std::io::Result<Vec<u8>> {
     let base = std::path::Path::new(requested).file_name().map(|b| b.to_os_string()).unwrap_or_default();
     let mut out = tar::Builder::new(Vec::new());
@@ -200,9 +178,12 @@ pub fn output_tar(raw: &[u8], requested: &str) -> std::io::Result<Vec<u8>> {
             }
             _ => {}
         }
-        let rel: std::path::PathBuf = parts.collect();
+        let mut rel: std::path::PathBuf = parts.collect();
         if rel.as_os_str().is_empty() {
-            continue;
+            if entry.header().entry_type().is_dir() {
+                continue;
+            }
+            rel = base.clone().into();
         }
         let mut header = entry.header().clone();
         match entry.link_name()? {
@@ -244,8 +225,9 @@ mod tests {
     fn outputs_are_rebased_for_both_engines() {
         let docker = raw_tar(&["build/", "build/m/", "build/m/a.ko"]);
         let podman = raw_tar(&["/", "/m/", "/m/a.ko"]);
-        assert_eq!(names(&output_tar(&docker, "/build").unwrap()), ["m/", "m/a.ko"]);
-        assert_eq!(names(&output_tar(&podman, "/build").unwrap()), ["m/", "m/a.ko"]);
+        assert_eq!(names(&output_tar(&docker, "/build").unwrap()), ["m", "m/a.ko"]);
+        assert_eq!(names(&output_tar(&podman, "/build").unwrap()), ["m", "m/a.ko"]);
+        assert_eq!(names(&output_tar(&raw_tar(&["a.ko"]), "/build/m/a.ko").unwrap()), ["a.ko"]);
     }
     use std::time::Duration;
 
@@ -270,11 +252,7 @@ mod tests {
         }
     }
 
-    const FULL: EngineCaps = EngineCaps {
-        kind: EngineKind::Docker,
-        rootless: false,
-        cgroup_limits: true,
-    };
+    const FULL: EngineCaps = EngineCaps { kind: EngineKind::Docker, rootless: false, cgroup_limits: true };
 
     #[test]
     fn sandbox_settings() {
@@ -290,10 +268,7 @@ mod tests {
         assert_eq!(c.working_dir.as_deref(), Some("/build/src"));
         assert_eq!(c.volumes, Some(vec!["/build".to_string()]));
         let tmp = &h.tmpfs.unwrap()["/tmp"];
-        assert!(
-            tmp.contains("size=1048576") && tmp.contains("mode=1777"),
-            "{tmp}"
-        );
+        assert!(tmp.contains("size=1048576") && tmp.contains("mode=1777"), "{tmp}");
     }
 
     #[test]
@@ -313,10 +288,7 @@ mod tests {
         assert_eq!(h.pids_limit, Some(512));
         assert_eq!(h.nano_cpus, Some(2_000_000_000));
         assert_eq!(h.ulimits, None);
-        assert_eq!(
-            container_config(&spec(), &FULL).cmd,
-            Some(vec!["make".to_string()])
-        );
+        assert_eq!(container_config(&spec(), &FULL).cmd, Some(vec!["make".to_string()]));
     }
 
     #[test]
@@ -326,10 +298,7 @@ mod tests {
         let h = container_config(&spec(), &caps).host_config.unwrap();
         assert_eq!((h.memory, h.pids_limit, h.nano_cpus), (None, None, None));
         let u = &h.ulimits.unwrap()[0];
-        assert_eq!(
-            (u.name.as_deref(), u.soft, u.hard),
-            (Some("nproc"), Some(512), Some(512))
-        );
+        assert_eq!((u.name.as_deref(), u.soft, u.hard), (Some("nproc"), Some(512), Some(512)));
     }
 
     #[test]
@@ -370,11 +339,7 @@ mod tests {
             .map(|e| {
                 let e = e.unwrap();
                 let h = e.header();
-                (
-                    e.path().unwrap().display().to_string(),
-                    h.uid().unwrap(),
-                    h.gid().unwrap(),
-                )
+                (e.path().unwrap().display().to_string(), h.uid().unwrap(), h.gid().unwrap())
             })
             .collect();
         assert_eq!(

@@ -25,9 +25,7 @@ pub struct EngineSettings {
 
 impl EngineSettings {
     pub fn rootless_user(&self) -> &str {
-        self.rootless_user
-            .as_deref()
-            .unwrap_or(DEFAULT_ROOTLESS_USER)
+        self.rootless_user.as_deref().unwrap_or(DEFAULT_ROOTLESS_USER)
     }
 }
 
@@ -71,18 +69,9 @@ pub fn candidates(
         .clone()
         .filter(|h| !h.is_empty())
         .map(|h| (h, Origin::Setting))
-        .or_else(|| {
-            HOST_VARS.iter().find_map(|v| {
-                env(v)
-                    .filter(|h| !h.is_empty())
-                    .map(|h| (h, Origin::Env(v)))
-            })
-        });
+        .or_else(|| HOST_VARS.iter().find_map(|v| env(v).filter(|h| !h.is_empty()).map(|h| (h, Origin::Env(v)))));
     if let Some((host, origin)) = explicit {
-        return vec![Endpoint {
-            host: normalize(&host),
-            origin,
-        }];
+        return vec![Endpoint { host: normalize(&host), origin }];
     }
     let mut out = Vec::new();
     let rootless = if uid == 0 {
@@ -94,19 +83,10 @@ pub fn candidates(
         })
     };
     if let Some(path) = rootless {
-        out.push(Endpoint {
-            host: format!("unix://{path}"),
-            origin: Origin::RootlessPodman,
-        });
+        out.push(Endpoint { host: format!("unix://{path}"), origin: Origin::RootlessPodman });
     }
-    out.push(Endpoint {
-        host: "unix:///run/podman/podman.sock".into(),
-        origin: Origin::SystemPodman,
-    });
-    out.push(Endpoint {
-        host: "unix:///var/run/docker.sock".into(),
-        origin: Origin::Docker,
-    });
+    out.push(Endpoint { host: "unix:///run/podman/podman.sock".into(), origin: Origin::SystemPodman });
+    out.push(Endpoint { host: "unix:///var/run/docker.sock".into(), origin: Origin::Docker });
     out
 }
 
@@ -148,9 +128,7 @@ pub fn lookup_user(name: &str) -> Option<User> {
 /// A `podman` executable on PATH.
 pub fn find_on_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
 }
 
 /// An engine to use, and the private service behind it if ckms started one.
@@ -168,14 +146,9 @@ impl Connection {
 }
 
 /// Finds an engine as described in [`candidates`], else starts a private rootless Podman.
-pub async fn connect(
-    settings: &EngineSettings,
-    report: &dyn Reporter,
-) -> Result<Connection, EngineError> {
+pub async fn connect(settings: &EngineSettings, report: &dyn Reporter) -> Result<Connection, EngineError> {
     let uid = rustix::process::getuid().as_raw();
-    let user = (uid == 0)
-        .then(|| lookup_user(settings.rootless_user()))
-        .flatten();
+    let user = (uid == 0).then(|| lookup_user(settings.rootless_user())).flatten();
     let env = |k: &str| std::env::var(k).ok();
     let cands = candidates(settings, &env, uid, user.as_ref().map(|u| u.uid));
     let explicit = cands.iter().any(|c| c.origin.is_explicit());
@@ -200,44 +173,27 @@ pub async fn connect(
 
 /// Starts a private rootless `podman system service` (as `rootless_user` when root) without
 /// probing the usual sockets; it is stopped when the returned [`Connection`] drops.
-pub async fn start_private(
-    settings: &EngineSettings,
-    report: &dyn Reporter,
-) -> Result<Connection, EngineError> {
+pub async fn start_private(settings: &EngineSettings, report: &dyn Reporter) -> Result<Connection, EngineError> {
     let uid = rustix::process::getuid().as_raw();
     let Some(podman) = find_on_path("podman") else {
         let tried = vec![("private podman service".into(), "no podman on PATH".into())];
-        return Err(EngineError::NoEngine {
-            tried,
-            explicit: false,
-        });
+        return Err(EngineError::NoEngine { tried, explicit: false });
     };
     let run_as = if uid == 0 {
         let name = settings.rootless_user();
-        Some(
-            lookup_user(name).ok_or_else(|| EngineError::NoRootlessUser {
-                user: name.to_string(),
-            })?,
-        )
+        Some(lookup_user(name).ok_or_else(|| EngineError::NoRootlessUser { user: name.to_string() })?)
     } else {
         None
     };
     report.info(format!(
         "no container engine answered; starting a private rootless podman service{}",
-        run_as
-            .as_ref()
-            .map(|u| format!(" as {}", u.name))
-            .unwrap_or_default()
+        run_as.as_ref().map(|u| format!(" as {}", u.name)).unwrap_or_default()
     ));
     let (service, engine) = PrivateService::start(&podman, run_as.as_ref()).await?;
     Ok(connected(engine, Some(service), report))
 }
 
-fn connected(
-    engine: DockerApi,
-    service: Option<PrivateService>,
-    report: &dyn Reporter,
-) -> Connection {
+fn connected(engine: DockerApi, service: Option<PrivateService>, report: &dyn Reporter) -> Connection {
     let info = engine.info_cached();
     report.info(format!(
         "using {} {} ({}) at {}",
@@ -253,11 +209,7 @@ fn connected(
             info.kind, info.endpoint
         ));
     }
-    Connection {
-        engine,
-        info,
-        service,
-    }
+    Connection { engine, info, service }
 }
 
 /// `podman system service` started by ckms; stopped (SIGTERM, then SIGKILL) on drop.
@@ -267,10 +219,7 @@ struct PrivateService {
 }
 
 impl PrivateService {
-    async fn start(
-        podman: &Path,
-        run_as: Option<&User>,
-    ) -> Result<(PrivateService, DockerApi), EngineError> {
+    async fn start(podman: &Path, run_as: Option<&User>) -> Result<(PrivateService, DockerApi), EngineError> {
         let fail = |detail: String| EngineError::ServiceStart { detail };
         // The runtime dir podman keeps its state in: the user's usual one, so a service started
         // later by the user shares state with this one.
@@ -278,9 +227,7 @@ impl PrivateService {
             Some(u) => PathBuf::from(format!("/run/user/{}", u.uid)),
             None => std::env::var_os("XDG_RUNTIME_DIR")
                 .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(format!("/run/user/{}", rustix::process::getuid().as_raw()))
-                }),
+                .unwrap_or_else(|| PathBuf::from(format!("/run/user/{}", rustix::process::getuid().as_raw()))),
         };
         let dir = runtime_dir.join(format!("ckms-{}", std::process::id()));
         let mk = |p: &Path| -> std::io::Result<()> {
@@ -288,23 +235,18 @@ impl PrivateService {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))?;
             if let Some(u) = run_as {
-                rustix::fs::chown(
-                    p,
-                    Some(rustix::fs::Uid::from_raw(u.uid)),
-                    Some(rustix::fs::Gid::from_raw(u.gid)),
-                )?;
+                rustix::fs::chown(p, Some(rustix::fs::Uid::from_raw(u.uid)), Some(rustix::fs::Gid::from_raw(u.gid)))?;
             }
             Ok(())
         };
         if !runtime_dir.exists() {
-            mk(&runtime_dir)
-                .map_err(|e| fail(format!("cannot create {}: {e}", runtime_dir.display())))?;
+            mk(&runtime_dir).map_err(|e| fail(format!("cannot create {}: {e}", runtime_dir.display())))?;
         }
         mk(&dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
         let sock = dir.join("podman.sock");
         let log_path = dir.join("service.log");
-        let log = std::fs::File::create(&log_path)
-            .map_err(|e| fail(format!("cannot create {}: {e}", log_path.display())))?;
+        let log =
+            std::fs::File::create(&log_path).map_err(|e| fail(format!("cannot create {}: {e}", log_path.display())))?;
 
         // setpriv execs podman directly (no intermediate process to forward signals) and
         // --pdeathsig stops the service should ckms die without dropping the Connection.
@@ -313,13 +255,7 @@ impl PrivateService {
             (Some(sp), _) => {
                 let mut c = std::process::Command::new(sp);
                 if let Some(u) = run_as {
-                    c.args([
-                        "--reuid",
-                        &u.uid.to_string(),
-                        "--regid",
-                        &u.gid.to_string(),
-                        "--init-groups",
-                    ]);
+                    c.args(["--reuid", &u.uid.to_string(), "--regid", &u.gid.to_string(), "--init-groups"]);
                 }
                 c.args(["--pdeathsig", "TERM", "--"]).arg(podman);
                 c
@@ -332,9 +268,7 @@ impl PrivateService {
             (None, None) => std::process::Command::new(podman),
         };
         if let Some(u) = run_as {
-            cmd.env("HOME", &u.home)
-                .env("USER", &u.name)
-                .env("LOGNAME", &u.name);
+            cmd.env("HOME", &u.home).env("USER", &u.name).env("LOGNAME", &u.name);
         }
         cmd.env("XDG_RUNTIME_DIR", &runtime_dir)
             .args(["system", "service", "--time=0"])
@@ -343,9 +277,7 @@ impl PrivateService {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(log);
-        let child = cmd
-            .spawn()
-            .map_err(|e| fail(format!("cannot run {}: {e}", podman.display())))?;
+        let child = cmd.spawn().map_err(|e| fail(format!("cannot run {}: {e}", podman.display())))?;
         let mut service = PrivateService { child, dir };
         let endpoint = format!("unix://{}", sock.display());
         let started = Instant::now();
@@ -398,10 +330,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| m.get(k).cloned()
     }
 
@@ -411,78 +340,31 @@ mod tests {
 
     #[test]
     fn setting_beats_environment_and_is_alone() {
-        let s = EngineSettings {
-            host: Some("unix:///a.sock".into()),
-            rootless_user: None,
-        };
-        let c = candidates(
-            &s,
-            &env_of(&[("CKMS_ENGINE_HOST", "unix:///b.sock")]),
-            1000,
-            None,
-        );
-        assert_eq!(
-            c,
-            vec![Endpoint {
-                host: "unix:///a.sock".into(),
-                origin: Origin::Setting
-            }]
-        );
+        let s = EngineSettings { host: Some("unix:///a.sock".into()), rootless_user: None };
+        let c = candidates(&s, &env_of(&[("CKMS_ENGINE_HOST", "unix:///b.sock")]), 1000, None);
+        assert_eq!(c, vec![Endpoint { host: "unix:///a.sock".into(), origin: Origin::Setting }]);
         assert!(c[0].origin.is_explicit());
     }
 
     #[test]
     fn environment_precedence() {
         let s = EngineSettings::default();
-        let all = [
-            ("CKMS_ENGINE_HOST", "unix:///c"),
-            ("DOCKER_HOST", "unix:///d"),
-            ("CONTAINER_HOST", "unix:///p"),
-        ];
+        let all = [("CKMS_ENGINE_HOST", "unix:///c"), ("DOCKER_HOST", "unix:///d"), ("CONTAINER_HOST", "unix:///p")];
         let c = candidates(&s, &env_of(&all), 1000, None);
-        assert_eq!(
-            c,
-            vec![Endpoint {
-                host: "unix:///c".into(),
-                origin: Origin::Env("CKMS_ENGINE_HOST")
-            }]
-        );
+        assert_eq!(c, vec![Endpoint { host: "unix:///c".into(), origin: Origin::Env("CKMS_ENGINE_HOST") }]);
         let c = candidates(&s, &env_of(&all[1..]), 1000, None);
-        assert_eq!(
-            c,
-            vec![Endpoint {
-                host: "unix:///d".into(),
-                origin: Origin::Env("DOCKER_HOST")
-            }]
-        );
+        assert_eq!(c, vec![Endpoint { host: "unix:///d".into(), origin: Origin::Env("DOCKER_HOST") }]);
         let c = candidates(&s, &env_of(&all[2..]), 1000, None);
-        assert_eq!(
-            c,
-            vec![Endpoint {
-                host: "unix:///p".into(),
-                origin: Origin::Env("CONTAINER_HOST")
-            }]
-        );
+        assert_eq!(c, vec![Endpoint { host: "unix:///p".into(), origin: Origin::Env("CONTAINER_HOST") }]);
         // Empty values count as unset.
-        let c = candidates(
-            &s,
-            &env_of(&[("CKMS_ENGINE_HOST", ""), ("DOCKER_HOST", "tcp://h:2375")]),
-            1000,
-            None,
-        );
+        let c = candidates(&s, &env_of(&[("CKMS_ENGINE_HOST", ""), ("DOCKER_HOST", "tcp://h:2375")]), 1000, None);
         assert_eq!(hosts(&c), ["tcp://h:2375"]);
     }
 
     #[test]
     fn bare_paths_become_unix_urls() {
-        let s = EngineSettings {
-            host: Some("/run/x.sock".into()),
-            rootless_user: None,
-        };
-        assert_eq!(
-            hosts(&candidates(&s, &env_of(&[]), 1000, None)),
-            ["unix:///run/x.sock"]
-        );
+        let s = EngineSettings { host: Some("/run/x.sock".into()), rootless_user: None };
+        assert_eq!(hosts(&candidates(&s, &env_of(&[]), 1000, None)), ["unix:///run/x.sock"]);
     }
 
     #[test]
@@ -514,12 +396,7 @@ mod tests {
     #[test]
     fn root_prefers_the_rootless_users_socket() {
         // Root's own XDG_RUNTIME_DIR is ignored: builds must not run in root's engine first.
-        let c = candidates(
-            &EngineSettings::default(),
-            &env_of(&[("XDG_RUNTIME_DIR", "/run/user/0")]),
-            0,
-            Some(1001),
-        );
+        let c = candidates(&EngineSettings::default(), &env_of(&[("XDG_RUNTIME_DIR", "/run/user/0")]), 0, Some(1001));
         assert_eq!(
             hosts(&c),
             [
@@ -533,22 +410,13 @@ mod tests {
     #[test]
     fn root_without_rootless_user_skips_rootless_socket() {
         let c = candidates(&EngineSettings::default(), &env_of(&[]), 0, None);
-        assert_eq!(
-            hosts(&c),
-            [
-                "unix:///run/podman/podman.sock",
-                "unix:///var/run/docker.sock"
-            ]
-        );
+        assert_eq!(hosts(&c), ["unix:///run/podman/podman.sock", "unix:///var/run/docker.sock"]);
     }
 
     #[test]
     fn rootless_user_default() {
         assert_eq!(EngineSettings::default().rootless_user(), "ckms");
-        let s = EngineSettings {
-            host: None,
-            rootless_user: Some("builder".into()),
-        };
+        let s = EngineSettings { host: None, rootless_user: Some("builder".into()) };
         assert_eq!(s.rootless_user(), "builder");
     }
 

@@ -9,8 +9,8 @@ use super::{raw, Engine, EngineError, EngineInfo, EngineKind, ImageSummary, RunO
 use bollard::errors::Error as BollardError;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder, ImportImageOptionsBuilder,
-    KillContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    KillContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::{StreamExt, TryStreamExt};
@@ -46,17 +46,9 @@ impl DockerApi {
             if !Path::new(path).exists() {
                 return Err("socket not found".into());
             }
-            Docker::connect_with_unix(
-                endpoint,
-                API_TIMEOUT.as_secs(),
-                bollard::API_DEFAULT_VERSION,
-            )
+            Docker::connect_with_unix(endpoint, API_TIMEOUT.as_secs(), bollard::API_DEFAULT_VERSION)
         } else if endpoint.starts_with("tcp://") || endpoint.starts_with("http://") {
-            Docker::connect_with_http(
-                endpoint,
-                API_TIMEOUT.as_secs(),
-                bollard::API_DEFAULT_VERSION,
-            )
+            Docker::connect_with_http(endpoint, API_TIMEOUT.as_secs(), bollard::API_DEFAULT_VERSION)
         } else {
             return Err("unsupported scheme (use unix:///path or tcp://host:port)".into());
         }
@@ -94,31 +86,17 @@ impl DockerApi {
     /// tests use it. Raw JSON: Podman's container states do not fit bollard's enum.
     pub async fn leftover_containers(&self) -> Result<Vec<(String, String)>, EngineError> {
         let filters = raw::encode(&format!(r#"{{"label":["{RUN_LABEL}"]}}"#));
-        let v = self
-            .get_json(
-                "list containers",
-                &format!("/containers/json?all=1&filters={filters}"),
-            )
-            .await?;
+        let v = self.get_json("list containers", &format!("/containers/json?all=1&filters={filters}")).await?;
         Ok(v.as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|c| (str_field(c, "Id"), str_field(c, "Command")))
-                    .collect()
-            })
+            .map(|a| a.iter().map(|c| (str_field(c, "Id"), str_field(c, "Command"))).collect())
             .unwrap_or_default())
     }
 
     async fn get_json(&self, op: &str, path: &str) -> Result<Value, EngineError> {
-        let (status, body) = raw::get(self.endpoint(), path, API_TIMEOUT)
-            .await
-            .map_err(|e| EngineError::api(self.endpoint(), op, e))?;
+        let (status, body) =
+            raw::get(self.endpoint(), path, API_TIMEOUT).await.map_err(|e| EngineError::api(self.endpoint(), op, e))?;
         if status >= 300 {
-            return Err(EngineError::api(
-                self.endpoint(),
-                op,
-                raw::error_message(&body),
-            ));
+            return Err(EngineError::api(self.endpoint(), op, raw::error_message(&body)));
         }
         serde_json::from_slice(&body).map_err(|e| EngineError::api(self.endpoint(), op, e))
     }
@@ -126,23 +104,13 @@ impl DockerApi {
     /// Image inspect JSON, None when the engine does not have the image.
     async fn inspect_image(&self, reference: &str) -> Result<Option<Value>, EngineError> {
         let op = format!("inspect image {reference}");
-        let (status, body) = raw::get(
-            self.endpoint(),
-            &format!("/images/{reference}/json"),
-            API_TIMEOUT,
-        )
-        .await
-        .map_err(|e| EngineError::api(self.endpoint(), &op, e))?;
+        let (status, body) = raw::get(self.endpoint(), &format!("/images/{reference}/json"), API_TIMEOUT)
+            .await
+            .map_err(|e| EngineError::api(self.endpoint(), &op, e))?;
         match status {
             404 => Ok(None),
-            s if s >= 300 => Err(EngineError::api(
-                self.endpoint(),
-                &op,
-                raw::error_message(&body),
-            )),
-            _ => serde_json::from_slice(&body)
-                .map(Some)
-                .map_err(|e| EngineError::api(self.endpoint(), &op, e)),
+            s if s >= 300 => Err(EngineError::api(self.endpoint(), &op, raw::error_message(&body))),
+            _ => serde_json::from_slice(&body).map(Some).map_err(|e| EngineError::api(self.endpoint(), &op, e)),
         }
     }
 
@@ -151,26 +119,15 @@ impl DockerApi {
     }
 
     /// Everything between create and remove; the caller removes the container whatever happens.
-    async fn run_created(
-        &self,
-        id: &str,
-        spec: &RunSpec,
-        uid: u32,
-        gid: u32,
-    ) -> Result<RunOutcome, EngineError> {
+    async fn run_created(&self, id: &str, spec: &RunSpec, uid: u32, gid: u32) -> Result<RunOutcome, EngineError> {
         // Into the volume, not the rootfs: Docker refuses uploads into a read-only rootfs.
         let tar = input_tar(spec.input.as_deref(), uid, gid)
             .map_err(|e| EngineError::BadSpec(format!("input is not a valid tar: {e}")))?;
-        let opts = UploadToContainerOptionsBuilder::new()
-            .path(&spec.scratch)
-            .build();
+        let opts = UploadToContainerOptionsBuilder::new().path(&spec.scratch).build();
         self.docker
             .upload_to_container(id, Some(opts), bollard::body_full(tar.into()))
             .await
-            .map_err(self.err(format!(
-                "upload input into {} of container {id}",
-                spec.scratch
-            )))?;
+            .map_err(self.err(format!("upload input into {} of container {id}", spec.scratch)))?;
 
         self.docker
             .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
@@ -178,23 +135,18 @@ impl DockerApi {
             .map_err(self.err(format!("start container {id} (image {})", spec.image)))?;
 
         let timeout = spec.limits.timeout;
-        let (exit_code, timed_out) =
-            match tokio::time::timeout(timeout, self.wait(id, timeout)).await {
-                Ok(code) => (code?, false),
-                Err(_) => {
-                    let kill = KillContainerOptionsBuilder::new().signal("KILL").build();
-                    // It may have exited meanwhile; the wait below tells.
-                    let _ = self.docker.kill_container(id, Some(kill)).await;
-                    let code = tokio::time::timeout(KILL_GRACE, self.wait(id, KILL_GRACE)).await;
-                    (code.ok().and_then(Result::ok).unwrap_or(137), true)
-                }
-            };
+        let (exit_code, timed_out) = match tokio::time::timeout(timeout, self.wait(id, timeout)).await {
+            Ok(code) => (code?, false),
+            Err(_) => {
+                let kill = KillContainerOptionsBuilder::new().signal("KILL").build();
+                // It may have exited meanwhile; the wait below tells.
+                let _ = self.docker.kill_container(id, Some(kill)).await;
+                let code = tokio::time::timeout(KILL_GRACE, self.wait(id, KILL_GRACE)).await;
+                (code.ok().and_then(Result::ok).unwrap_or(137), true)
+            }
+        };
 
-        let log_opts = LogsOptionsBuilder::new()
-            .stdout(true)
-            .stderr(true)
-            .follow(false)
-            .build();
+        let log_opts = LogsOptionsBuilder::new().stdout(true).stderr(true).follow(false).build();
         let log: Vec<u8> = self
             .docker
             .logs(id, Some(log_opts))
@@ -212,12 +164,7 @@ impl DockerApi {
                 outputs.push((path.clone(), bytes));
             }
         }
-        Ok(RunOutcome {
-            exit_code,
-            timed_out,
-            log,
-            outputs,
-        })
+        Ok(RunOutcome { exit_code, timed_out, log, outputs })
     }
 
     /// Waits until the container is not running and returns its exit code.
@@ -225,32 +172,20 @@ impl DockerApi {
         // The wait request's own client timeout must outlast the build (Podman answers only
         // when the container exits); the caller enforces the real limit.
         let docker = self.docker.clone().with_timeout(timeout + API_TIMEOUT);
-        let opts = WaitContainerOptionsBuilder::new()
-            .condition("not-running")
-            .build();
+        let opts = WaitContainerOptionsBuilder::new().condition("not-running").build();
         let mut stream = docker.wait_container(id, Some(opts));
         match stream.next().await {
             Some(Ok(r)) => Ok(r.status_code),
             // bollard turns non-zero exit codes into this error.
             Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
-            Some(Err(e)) => Err(EngineError::api(
-                self.endpoint(),
-                format!("wait for container {id}"),
-                short_error(&e),
-            )),
-            None => Err(EngineError::api(
-                self.endpoint(),
-                format!("wait for container {id}"),
-                "no answer",
-            )),
+            Some(Err(e)) => Err(EngineError::api(self.endpoint(), format!("wait for container {id}"), short_error(&e))),
+            None => Err(EngineError::api(self.endpoint(), format!("wait for container {id}"), "no answer")),
         }
     }
 
     /// A path from the container as tar bytes; None if it does not exist.
     async fn download(&self, id: &str, path: &str) -> Result<Option<Vec<u8>>, EngineError> {
-        let opts = DownloadFromContainerOptionsBuilder::new()
-            .path(path)
-            .build();
+        let opts = DownloadFromContainerOptionsBuilder::new().path(path).build();
         let res = self
             .docker
             .download_from_container(id, Some(opts))
@@ -261,38 +196,32 @@ impl DockerApi {
             .await;
         match res {
             Ok(bytes) => super::config::output_tar(&bytes, path).map(Some).map_err(|e| {
-                EngineError::api(self.endpoint(), format!("read the archive of {path} from container {id}"), e.to_string())
+                EngineError::api(
+                    self.endpoint(),
+                    format!("read the archive of {path} from container {id}"),
+                    e.to_string(),
+                )
             }),
-            Err(BollardError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(None),
+            Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
             // Podman 4 answers a missing path with 500 "... no such file or directory".
             Err(BollardError::DockerResponseServerError { message, .. })
                 if message.contains("no such file or directory") =>
             {
                 Ok(None)
             }
-            Err(e) => Err(EngineError::api(
-                self.endpoint(),
-                format!("copy {path} out of container {id}"),
-                short_error(&e),
-            )),
+            Err(e) => {
+                Err(EngineError::api(self.endpoint(), format!("copy {path} out of container {id}"), short_error(&e)))
+            }
         }
     }
 
     async fn remove_container(&self, id: &str) -> Result<(), EngineError> {
         // v: also remove the anonymous scratch volume.
-        let opts = RemoveContainerOptionsBuilder::new()
-            .force(true)
-            .v(true)
-            .build();
+        let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
         let mut last = None;
         for _ in 0..2 {
             match self.docker.remove_container(id, Some(opts.clone())).await {
-                Ok(())
-                | Err(BollardError::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => return Ok(()),
+                Ok(()) | Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => return Ok(()),
                 Err(e) => last = Some(e),
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -313,27 +242,17 @@ impl Engine for DockerApi {
     }
 
     async fn image_id(&self, reference: &str) -> Result<Option<String>, EngineError> {
-        Ok(self
-            .inspect_image(reference)
-            .await?
-            .map(|v| str_field(&v, "Id")))
+        Ok(self.inspect_image(reference).await?.map(|v| str_field(&v, "Id")))
     }
 
     async fn image_layers(&self, reference: &str) -> Result<Vec<String>, EngineError> {
-        let v = self
-            .inspect_image(reference)
-            .await?
-            .ok_or_else(|| EngineError::ImageNotFound {
-                endpoint: self.endpoint().to_string(),
-                reference: reference.to_string(),
-            })?;
+        let v = self.inspect_image(reference).await?.ok_or_else(|| EngineError::ImageNotFound {
+            endpoint: self.endpoint().to_string(),
+            reference: reference.to_string(),
+        })?;
         Ok(v.pointer("/RootFS/Layers")
             .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|l| l.as_str().map(str::to_string))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|l| l.as_str().map(str::to_string)).collect())
             .unwrap_or_default())
     }
 
@@ -345,10 +264,7 @@ impl Engine for DockerApi {
         };
         let file = tokio::fs::File::open(archive)
             .await
-            .map_err(|source| EngineError::Io {
-                path: archive.display().to_string(),
-                source,
-            })?;
+            .map_err(|source| EngineError::Io { path: archive.display().to_string(), source })?;
         // Streamed in chunks: archives are hundreds of MB.
         let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
         let docker = self.docker.clone().with_timeout(LOAD_TIMEOUT);
@@ -360,24 +276,17 @@ impl Engine for DockerApi {
             if let Some(msg) = info.error_detail.and_then(|d| d.message) {
                 return Err(load_err(msg));
             }
-            loaded |= info
-                .stream
-                .as_deref()
-                .is_some_and(|s| s.contains("Loaded image"));
+            loaded |= info.stream.as_deref().is_some_and(|s| s.contains("Loaded image"));
         }
         if !loaded {
-            return Err(load_err(
-                "the engine did not report any image loaded".into(),
-            ));
+            return Err(load_err("the engine did not report any image loaded".into()));
         }
         Ok(())
     }
 
     async fn list_images(&self, label: &str) -> Result<Vec<ImageSummary>, EngineError> {
         let filters = raw::encode(&serde_json::json!({ "label": [label] }).to_string());
-        let v = self
-            .get_json("list images", &format!("/images/json?filters={filters}"))
-            .await?;
+        let v = self.get_json("list images", &format!("/images/json?filters={filters}")).await?;
         let images = v.as_array().cloned().unwrap_or_default();
         Ok(images
             .iter()
@@ -406,24 +315,16 @@ impl Engine for DockerApi {
 
     async fn remove_image(&self, reference: &str) -> Result<(), EngineError> {
         let op = format!("remove image {reference}");
-        let (status, body) = raw::request(
-            self.endpoint(),
-            http::Method::DELETE,
-            &format!("/images/{reference}"),
-            API_TIMEOUT,
-        )
-        .await
-        .map_err(|e| EngineError::api(self.endpoint(), &op, e))?;
+        let (status, body) =
+            raw::request(self.endpoint(), http::Method::DELETE, &format!("/images/{reference}"), API_TIMEOUT)
+                .await
+                .map_err(|e| EngineError::api(self.endpoint(), &op, e))?;
         match status {
             404 => Err(EngineError::ImageNotFound {
                 endpoint: self.endpoint().to_string(),
                 reference: reference.to_string(),
             }),
-            s if s >= 300 => Err(EngineError::api(
-                self.endpoint(),
-                &op,
-                raw::error_message(&body),
-            )),
+            s if s >= 300 => Err(EngineError::api(self.endpoint(), &op, raw::error_message(&body))),
             _ => Ok(()),
         }
     }
@@ -441,9 +342,7 @@ impl Engine for DockerApi {
         let opts = CreateContainerOptionsBuilder::new().name(&name).build();
         let id = match self.docker.create_container(Some(opts), body).await {
             Ok(r) => r.id,
-            Err(BollardError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {
+            Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => {
                 return Err(EngineError::ImageNotFound {
                     endpoint: self.endpoint().to_string(),
                     reference: spec.image.clone(),
@@ -484,35 +383,18 @@ async fn read_info(endpoint: &str, timeout: Duration) -> Result<EngineInfo, Stri
     let security: Vec<String> = info
         .get("SecurityOptions")
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
         .unwrap_or_default();
     let mut rootless = security.iter().any(|s| s.contains("name=rootless"));
     if podman && !rootless {
         // Podman 4's compat /info omits "name=rootless"; the libpod API has the flag.
         if let Ok(libpod) = json("/v4.0.0/libpod/info").await {
-            rootless = libpod
-                .pointer("/host/security/rootless")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
+            rootless = libpod.pointer("/host/security/rootless").and_then(Value::as_bool).unwrap_or(false);
         }
     }
-    let opt = |v: &Value, k: &str| {
-        v.get(k)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-    };
+    let opt = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
     Ok(EngineInfo {
-        kind: if podman {
-            EngineKind::Podman
-        } else {
-            EngineKind::Docker
-        },
+        kind: if podman { EngineKind::Podman } else { EngineKind::Docker },
         version: str_field(&version, "Version"),
         api_version: str_field(&version, "ApiVersion"),
         rootless,
@@ -523,32 +405,20 @@ async fn read_info(endpoint: &str, timeout: Duration) -> Result<EngineInfo, Stri
 }
 
 fn str_field(v: &Value, k: &str) -> String {
-    v.get(k)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
+    v.get(k).and_then(Value::as_str).unwrap_or_default().to_string()
 }
 
 /// bollard's messages for server errors, without the status code noise.
 fn short_error(e: &BollardError) -> String {
     match e {
-        BollardError::DockerResponseServerError {
-            status_code,
-            message,
-        } => format!("{message} (HTTP {status_code})"),
+        BollardError::DockerResponseServerError { status_code, message } => format!("{message} (HTTP {status_code})"),
         other => other.to_string(),
     }
 }
 
 fn unique_name() -> String {
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "ckms-run-{}-{nanos:x}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("ckms-run-{}-{nanos:x}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
 }

@@ -14,18 +14,8 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(
-        name: impl Into<String>,
-        ok: bool,
-        detail: impl Into<String>,
-        fix: Option<String>,
-    ) -> Self {
-        Check {
-            name: name.into(),
-            ok,
-            detail: detail.into(),
-            fix: if ok { None } else { fix },
-        }
+    fn new(name: impl Into<String>, ok: bool, detail: impl Into<String>, fix: Option<String>) -> Self {
+        Check { name: name.into(), ok, detail: detail.into(), fix: if ok { None } else { fix } }
     }
 }
 
@@ -37,24 +27,14 @@ pub async fn doctor(settings: &EngineSettings) -> Vec<Check> {
     out.push(Check::new(
         "podman installed",
         podman.is_some(),
-        podman
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "no podman on PATH".into()),
+        podman.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "no podman on PATH".into()),
         Some("apt-get install podman uidmap slirp4netns (or use Docker)".into()),
     ));
 
     // Whose rootless engine builds use: ours, or rootless_user's when we are root.
-    let user_name = if uid == 0 {
-        settings.rootless_user().to_string()
-    } else {
-        std::env::var("USER").unwrap_or_default()
-    };
-    let user = if uid == 0 {
-        lookup_user(&user_name)
-    } else {
-        None
-    };
+    let user_name =
+        if uid == 0 { settings.rootless_user().to_string() } else { std::env::var("USER").unwrap_or_default() };
+    let user = if uid == 0 { lookup_user(&user_name) } else { None };
     if uid == 0 {
         out.push(Check::new(
             format!("rootless user {user_name}"),
@@ -69,31 +49,20 @@ pub async fn doctor(settings: &EngineSettings) -> Vec<Check> {
     if podman.is_some() && !user_name.is_empty() {
         for file in ["/etc/subuid", "/etc/subgid"] {
             let has = std::fs::read_to_string(file)
-                .map(|s| {
-                    s.lines()
-                        .any(|l| l.split(':').next() == Some(user_name.as_str()))
-                })
+                .map(|s| s.lines().any(|l| l.split(':').next() == Some(user_name.as_str())))
                 .unwrap_or(false);
             out.push(Check::new(
                 format!("{file} range for {user_name}"),
                 has,
-                if has {
-                    "present".to_string()
-                } else {
-                    "missing: rootless Podman cannot map container uids".into()
-                },
-                Some(format!(
-                    "usermod --add-subuids 200000-265535 --add-subgids 200000-265535 {user_name}"
-                )),
+                if has { "present".to_string() } else { "missing: rootless Podman cannot map container uids".into() },
+                Some(format!("usermod --add-subuids 200000-265535 --add-subgids 200000-265535 {user_name}")),
             ));
         }
         let newuidmap = find_on_path("newuidmap");
         out.push(Check::new(
             "newuidmap installed",
             newuidmap.is_some(),
-            newuidmap
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "missing".into()),
+            newuidmap.map(|p| p.display().to_string()).unwrap_or_else(|| "missing".into()),
             Some("apt-get install uidmap".into()),
         ));
     }
@@ -128,15 +97,8 @@ pub async fn doctor(settings: &EngineSettings) -> Vec<Check> {
         out.push(Check::new(
             format!("{what} {}", c.host),
             ok || !must,
-            if ok {
-                detail
-            } else {
-                format!("not answering: {detail}")
-            },
-            Some(format!(
-                "start that engine, or unset the setting naming {}",
-                c.host
-            )),
+            if ok { detail } else { format!("not answering: {detail}") },
+            Some(format!("start that engine, or unset the setting naming {}", c.host)),
         ));
     }
 
@@ -151,11 +113,7 @@ pub async fn doctor(settings: &EngineSettings) -> Vec<Check> {
                     i.kind,
                     i.version,
                     i.endpoint,
-                    if conn.is_private() {
-                        " (private service started by ckms for this run)"
-                    } else {
-                        ""
-                    }
+                    if conn.is_private() { " (private service started by ckms for this run)" } else { "" }
                 ),
                 None,
             ));
@@ -174,7 +132,10 @@ pub async fn doctor(settings: &EngineSettings) -> Vec<Check> {
                 "resource limits",
                 caps.cgroup_limits,
                 if caps.cgroup_limits {
-                    format!("memory, pids and CPU limits enforced (cgroup v{})", i.cgroup_version.as_deref().unwrap_or("?"))
+                    format!(
+                        "memory, pids and CPU limits enforced (cgroup v{})",
+                        i.cgroup_version.as_deref().unwrap_or("?")
+                    )
                 } else {
                     "rootless on cgroup v1: memory, pids and CPU limits are dropped; only an nproc rlimit guards \
                      against fork bombs"

@@ -19,48 +19,33 @@ pub enum EngineError {
     ServiceStart { detail: String },
     /// The engine answered but refused or failed an operation.
     #[error("{op} failed on {endpoint}: {message}")]
-    Api {
-        endpoint: String,
-        op: String,
-        message: String,
-    },
+    Api { endpoint: String, op: String, message: String },
     #[error("image {reference:?} not found on {endpoint}")]
     ImageNotFound { endpoint: String, reference: String },
     #[error("loading image archive {archive} into {endpoint} failed: {message}")]
-    Load {
-        endpoint: String,
-        archive: String,
-        message: String,
-    },
+    Load { endpoint: String, archive: String, message: String },
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     /// The caller asked for something ckms never does (root user, relative scratch path).
     #[error("refusing to run: {0}")]
     BadSpec(String),
 }
 
 fn format_tried(tried: &[(String, String)]) -> String {
-    tried
-        .iter()
-        .map(|(e, why)| format!("  {e}: {why}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    tried.iter().map(|(e, why)| format!("  {e}: {why}")).collect::<Vec<_>>().join("\n")
 }
 
 impl Diagnose for EngineError {
     fn exit_code(&self) -> i32 {
         match self {
-            EngineError::NoEngine { .. }
-            | EngineError::NoRootlessUser { .. }
-            | EngineError::ServiceStart { .. } => code::NO_ENGINE,
+            EngineError::NoEngine { .. } | EngineError::NoRootlessUser { .. } | EngineError::ServiceStart { .. } => {
+                code::NO_ENGINE
+            }
             EngineError::Io { .. } => code::IO,
             EngineError::BadSpec(_) => code::USAGE,
-            EngineError::Api { .. }
-            | EngineError::ImageNotFound { .. }
-            | EngineError::Load { .. } => code::ENGINE_FAILED,
+            EngineError::Api { .. } | EngineError::ImageNotFound { .. } | EngineError::Load { .. } => {
+                code::ENGINE_FAILED
+            }
         }
     }
 
@@ -71,9 +56,7 @@ impl Diagnose for EngineError {
                 so ckms did not fall back to another one: start that engine, or unset the setting \
                 to let ckms find one."
                 .into(),
-            EngineError::NoEngine {
-                explicit: false, ..
-            } => "Install Podman (`apt-get install \
+            EngineError::NoEngine { explicit: false, .. } => "Install Podman (`apt-get install \
                 podman uidmap slirp4netns`; ckms then starts a private rootless service itself), \
                 or start Docker, or point CKMS_ENGINE_HOST at a running engine's socket \
                 (e.g. unix:///run/user/1000/podman/podman.sock)."
@@ -105,11 +88,7 @@ impl Diagnose for EngineError {
 
 impl EngineError {
     pub(crate) fn api(endpoint: &str, op: impl Into<String>, err: impl std::fmt::Display) -> Self {
-        EngineError::Api {
-            endpoint: endpoint.to_string(),
-            op: op.into(),
-            message: err.to_string(),
-        }
+        EngineError::Api { endpoint: endpoint.to_string(), op: op.into(), message: err.to_string() }
     }
 }
 
@@ -125,26 +104,19 @@ mod tests {
         };
         assert_eq!(e.exit_code(), code::NO_ENGINE);
         assert!(e.hint().unwrap().contains("did not fall back"));
-        assert!(e
-            .to_string()
-            .contains("unix:///nope.sock: socket not found"));
+        assert!(e.to_string().contains("unix:///nope.sock: socket not found"));
     }
 
     #[test]
     fn no_engine_hint_names_the_ways_out() {
-        let e = EngineError::NoEngine {
-            tried: vec![],
-            explicit: false,
-        };
+        let e = EngineError::NoEngine { tried: vec![], explicit: false };
         let h = e.hint().unwrap();
         assert!(h.contains("podman") && h.contains("Docker") && h.contains("CKMS_ENGINE_HOST"));
     }
 
     #[test]
     fn missing_user_hint_has_useradd_and_subids() {
-        let e = EngineError::NoRootlessUser {
-            user: "ckms".into(),
-        };
+        let e = EngineError::NoRootlessUser { user: "ckms".into() };
         assert_eq!(e.exit_code(), code::NO_ENGINE);
         let h = e.hint().unwrap();
         assert!(h.contains("useradd --create-home ckms") && h.contains("--add-subuids"));

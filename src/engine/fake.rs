@@ -98,18 +98,11 @@ impl FakeEngine {
     }
 
     fn find(&self, reference: &str) -> Option<FakeImage> {
-        self.state()
-            .images
-            .iter()
-            .find(|i| i.id == reference || i.tags.iter().any(|t| t == reference))
-            .cloned()
+        self.state().images.iter().find(|i| i.id == reference || i.tags.iter().any(|t| t == reference)).cloned()
     }
 
     fn not_found(reference: &str) -> EngineError {
-        EngineError::ImageNotFound {
-            endpoint: FAKE_ENDPOINT.into(),
-            reference: reference.into(),
-        }
+        EngineError::ImageNotFound { endpoint: FAKE_ENDPOINT.into(), reference: reference.into() }
     }
 }
 
@@ -120,12 +113,7 @@ pub fn read_docker_archive(path: &Path) -> Result<Vec<FakeImage>, String> {
     let mut archive = tar::Archive::new(file);
     for entry in archive.entries().map_err(|e| e.to_string())? {
         let mut entry = entry.map_err(|e| e.to_string())?;
-        let name = entry
-            .path()
-            .map_err(|e| e.to_string())?
-            .to_string_lossy()
-            .trim_start_matches("./")
-            .to_string();
+        let name = entry.path().map_err(|e| e.to_string())?.to_string_lossy().trim_start_matches("./").to_string();
         // Layers are skipped: only the small JSON files matter here.
         if name.ends_with(".json") {
             let mut buf = Vec::new();
@@ -133,20 +121,12 @@ pub fn read_docker_archive(path: &Path) -> Result<Vec<FakeImage>, String> {
             files.insert(name, buf);
         }
     }
-    let manifest = files
-        .get("manifest.json")
-        .ok_or("no manifest.json in archive")?;
-    let manifest: serde_json::Value =
-        serde_json::from_slice(manifest).map_err(|e| e.to_string())?;
+    let manifest = files.get("manifest.json").ok_or("no manifest.json in archive")?;
+    let manifest: serde_json::Value = serde_json::from_slice(manifest).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     for m in manifest.as_array().ok_or("manifest.json is not an array")? {
-        let config_name = m
-            .get("Config")
-            .and_then(|c| c.as_str())
-            .ok_or("manifest entry without Config")?;
-        let config = files
-            .get(config_name)
-            .ok_or_else(|| format!("{config_name} missing from archive"))?;
+        let config_name = m.get("Config").and_then(|c| c.as_str()).ok_or("manifest entry without Config")?;
+        let config = files.get(config_name).ok_or_else(|| format!("{config_name} missing from archive"))?;
         let v: serde_json::Value = serde_json::from_slice(config).map_err(|e| e.to_string())?;
         use sha2::Digest;
         out.push(FakeImage {
@@ -154,20 +134,12 @@ pub fn read_docker_archive(path: &Path) -> Result<Vec<FakeImage>, String> {
             tags: m
                 .get("RepoTags")
                 .and_then(|t| t.as_array())
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|t| t.as_str().map(str::to_string))
-                        .collect()
-                })
+                .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
                 .unwrap_or_default(),
             layers: v
                 .pointer("/rootfs/diff_ids")
                 .and_then(|d| d.as_array())
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|t| t.as_str().map(str::to_string))
-                        .collect()
-                })
+                .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
                 .unwrap_or_default(),
             labels: v
                 .pointer("/config/Labels")
@@ -194,9 +166,7 @@ impl Engine for FakeEngine {
 
     async fn image_layers(&self, reference: &str) -> Result<Vec<String>, EngineError> {
         self.state().calls.push(Call::ImageLayers(reference.into()));
-        self.find(reference)
-            .map(|i| i.layers)
-            .ok_or_else(|| Self::not_found(reference))
+        self.find(reference).map(|i| i.layers).ok_or_else(|| Self::not_found(reference))
     }
 
     async fn load_image(&self, archive: &Path) -> Result<(), EngineError> {
@@ -243,9 +213,7 @@ impl Engine for FakeEngine {
 
     async fn remove_image(&self, reference: &str) -> Result<(), EngineError> {
         self.state().calls.push(Call::RemoveImage(reference.into()));
-        let image = self
-            .find(reference)
-            .ok_or_else(|| Self::not_found(reference))?;
+        let image = self.find(reference).ok_or_else(|| Self::not_found(reference))?;
         self.state().images.retain(|i| i.id != image.id);
         Ok(())
     }
@@ -253,14 +221,9 @@ impl Engine for FakeEngine {
     async fn run(&self, spec: &RunSpec) -> Result<RunOutcome, EngineError> {
         let mut s = self.state();
         s.calls.push(Call::Run(Box::new(spec.clone())));
-        s.runs.pop_front().unwrap_or_else(|| {
-            Ok(RunOutcome {
-                exit_code: 0,
-                timed_out: false,
-                log: Vec::new(),
-                outputs: Vec::new(),
-            })
-        })
+        s.runs
+            .pop_front()
+            .unwrap_or_else(|| Ok(RunOutcome { exit_code: 0, timed_out: false, log: Vec::new(), outputs: Vec::new() }))
     }
 }
 
@@ -269,18 +232,17 @@ mod tests {
     use super::*;
 
     fn archive(dir: &Path) -> PathBuf {
-        let config = br#"{"config":{"Labels":{"io.ckms.image":"x"}},"rootfs":{"type":"layers","diff_ids":["sha256:aa"]}}"#;
+        let config =
+            br#"{"config":{"Labels":{"io.ckms.image":"x"}},"rootfs":{"type":"layers","diff_ids":["sha256:aa"]}}"#;
         use sha2::Digest;
         let hexid = hex::encode(sha2::Sha256::digest(config));
-        let manifest = format!(
-            r#"[{{"Config":"{hexid}.json","RepoTags":["localhost/ckms/t:1"],"Layers":["l/layer.tar"]}}]"#
-        );
+        let manifest =
+            format!(r#"[{{"Config":"{hexid}.json","RepoTags":["localhost/ckms/t:1"],"Layers":["l/layer.tar"]}}]"#);
         let path = dir.join("a.tar");
         let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
-        for (name, data) in [
-            (format!("{hexid}.json"), config.to_vec()),
-            ("manifest.json".into(), manifest.into_bytes()),
-        ] {
+        for (name, data) in
+            [(format!("{hexid}.json"), config.to_vec()), ("manifest.json".into(), manifest.into_bytes())]
+        {
             let mut h = tar::Header::new_gnu();
             h.set_size(data.len() as u64);
             h.set_mode(0o644);
@@ -303,12 +265,7 @@ mod tests {
         f.remove_image(&id).await.unwrap();
         assert_eq!(f.image_id(&id).await.unwrap(), None);
 
-        f.push_run(Ok(RunOutcome {
-            exit_code: 2,
-            timed_out: false,
-            log: b"err".to_vec(),
-            outputs: vec![],
-        }));
+        f.push_run(Ok(RunOutcome { exit_code: 2, timed_out: false, log: b"err".to_vec(), outputs: vec![] }));
         let spec = RunSpec {
             image: id,
             cmd: vec!["make".into()],
@@ -323,13 +280,7 @@ mod tests {
         };
         assert_eq!(f.run(&spec).await.unwrap().exit_code, 2);
         assert_eq!(f.run(&spec).await.unwrap().exit_code, 0);
-        assert_eq!(
-            f.calls()
-                .iter()
-                .filter(|c| matches!(c, Call::Run(_)))
-                .count(),
-            2
-        );
+        assert_eq!(f.calls().iter().filter(|c| matches!(c, Call::Run(_))).count(), 2);
 
         f.fail_next_load("disk full");
         let err = f.load_image(&archive(dir.path())).await.unwrap_err();

@@ -24,11 +24,7 @@ pub(crate) async fn request(
     }
 }
 
-async fn request_inner(
-    host: &str,
-    method: http::Method,
-    path: &str,
-) -> Result<(u16, Bytes), String> {
+async fn request_inner(host: &str, method: http::Method, path: &str) -> Result<(u16, Bytes), String> {
     let req = http::Request::builder()
         .method(method)
         .uri(path)
@@ -36,23 +32,14 @@ async fn request_inner(
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
     if let Some(sock) = host.strip_prefix("unix://") {
-        let stream = tokio::net::UnixStream::connect(sock)
-            .await
-            .map_err(|e| e.to_string())?;
+        let stream = tokio::net::UnixStream::connect(sock).await.map_err(|e| e.to_string())?;
         send(TokioIo::new(stream), req).await
-    } else if let Some(addr) = host
-        .strip_prefix("tcp://")
-        .or_else(|| host.strip_prefix("http://"))
-    {
+    } else if let Some(addr) = host.strip_prefix("tcp://").or_else(|| host.strip_prefix("http://")) {
         let addr = addr.trim_end_matches('/');
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| e.to_string())?;
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         send(TokioIo::new(stream), req).await
     } else {
-        Err(format!(
-            "unsupported endpoint scheme in {host:?} (ckms speaks unix:// and tcp://)"
-        ))
+        Err(format!("unsupported endpoint scheme in {host:?} (ckms speaks unix:// and tcp://)"))
     }
 }
 
@@ -60,21 +47,14 @@ async fn send<T>(io: TokioIo<T>, req: http::Request<Full<Bytes>>) -> Result<(u16
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
     // The connection task ends when the response body has been read and the sender dropped.
     tokio::spawn(async move {
         let _ = conn.await;
     });
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok((status, body))
 }
 
@@ -82,11 +62,7 @@ where
 pub(crate) fn error_message(body: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
-        .and_then(|v| {
-            v.get("message")
-                .and_then(|m| m.as_str())
-                .map(str::to_string)
-        })
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
         .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string())
 }
 
@@ -95,9 +71,7 @@ pub(crate) fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -111,18 +85,12 @@ mod tests {
     #[test]
     fn encodes_references_and_filters() {
         assert_eq!(encode("localhost/a:b"), "localhost%2Fa%3Ab");
-        assert_eq!(
-            encode(r#"{"label":["x"]}"#),
-            "%7B%22label%22%3A%5B%22x%22%5D%7D"
-        );
+        assert_eq!(encode(r#"{"label":["x"]}"#), "%7B%22label%22%3A%5B%22x%22%5D%7D");
     }
 
     #[test]
     fn error_message_prefers_json_message() {
-        assert_eq!(
-            error_message(br#"{"message":"no such image"}"#),
-            "no such image"
-        );
+        assert_eq!(error_message(br#"{"message":"no such image"}"#), "no such image");
         assert_eq!(error_message(b"plain text\n"), "plain text");
     }
 }

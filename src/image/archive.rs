@@ -30,9 +30,8 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::PathBuf;
 
 use oci_spec::image::{
-    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfiguration,
-    ImageConfigurationBuilder, ImageIndexBuilder, ImageManifestBuilder, MediaType, Os,
-    RootFsBuilder,
+    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder,
+    ImageIndexBuilder, ImageManifestBuilder, MediaType, Os, RootFsBuilder,
 };
 use thiserror::Error;
 
@@ -52,32 +51,19 @@ pub enum ArchiveError {
     #[error("layer {path}: {source}")]
     LayerIo { path: PathBuf, source: io::Error },
     #[error("layer {path} is {actual} bytes but its digest record says {expected}")]
-    LayerSize {
-        path: PathBuf,
-        expected: u64,
-        actual: u64,
-    },
+    LayerSize { path: PathBuf, expected: u64, actual: u64 },
     #[error("layer {path}: diff_id {diff_id:?} is not \"sha256:\" and 64 hex digits")]
     BadDigest { path: PathBuf, diff_id: String },
     #[error("the image configuration lists diff_ids {config:?} but the layers are {layers:?}")]
-    ConfigMismatch {
-        config: Vec<String>,
-        layers: Vec<String>,
-    },
+    ConfigMismatch { config: Vec<String>, layers: Vec<String> },
     #[error("image tag {tag:?} is not of the form name:tag with a lowercase name")]
     BadTag { tag: String },
     #[error("image creation time {created:?} is not an RFC 3339 time like 2024-01-01T00:00:00Z")]
     BadCreated { created: String },
     #[error("building the OCI {what} failed: {source}")]
-    Spec {
-        what: &'static str,
-        source: oci_spec::OciSpecError,
-    },
+    Spec { what: &'static str, source: oci_spec::OciSpecError },
     #[error("serialising the OCI {what} failed: {source}")]
-    Json {
-        what: &'static str,
-        source: serde_json::Error,
-    },
+    Json { what: &'static str, source: serde_json::Error },
     #[error("writing the image archive failed: {source}")]
     Write { source: io::Error },
 }
@@ -142,10 +128,7 @@ pub fn host_arch() -> &'static str {
 
 /// The OCI image configuration for these layers, for the host's architecture;
 /// deterministic for the same inputs.
-pub fn image_config(
-    layers: &[ArchiveLayer],
-    meta: &ImageMeta,
-) -> Result<ImageConfiguration, ArchiveError> {
+pub fn image_config(layers: &[ArchiveLayer], meta: &ImageMeta) -> Result<ImageConfiguration, ArchiveError> {
     image_config_for_arch(layers, meta, host_arch())
 }
 
@@ -172,21 +155,11 @@ pub fn image_config_for_arch(
         config = config.cmd(meta.cmd.clone());
     }
     if !meta.labels.is_empty() {
-        config = config.labels(
-            meta.labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<HashMap<_, _>>(),
-        );
+        config = config.labels(meta.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>());
     }
     let rootfs = RootFsBuilder::default()
         .typ("layers")
-        .diff_ids(
-            layers
-                .iter()
-                .map(|l| l.digest.diff_id.clone())
-                .collect::<Vec<_>>(),
-        )
+        .diff_ids(layers.iter().map(|l| l.digest.diff_id.clone()).collect::<Vec<_>>())
         .build()
         .map_err(spec("rootfs"))?;
     // One history entry per layer keeps `docker history` and tools that pair history with
@@ -223,10 +196,7 @@ pub fn config_json(config: &ImageConfiguration) -> Result<Vec<u8>, ArchiveError>
 }
 
 /// Compact JSON with every object's keys sorted, whatever map types the value uses.
-fn canonical_json<T: serde::Serialize>(
-    value: &T,
-    what: &'static str,
-) -> Result<Vec<u8>, ArchiveError> {
+fn canonical_json<T: serde::Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>, ArchiveError> {
     let json = |source| ArchiveError::Json { what, source };
     let mut v = serde_json::to_value(value).map_err(json)?;
     sort_keys(&mut v);
@@ -285,42 +255,23 @@ pub fn write_archive(
     let layer_hex = layers
         .iter()
         .map(|l| match l.digest.diff_id.strip_prefix("sha256:") {
-            Some(h)
-                if h.len() == 64
-                    && h.bytes()
-                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
-            {
-                Ok(h)
-            }
-            _ => Err(ArchiveError::BadDigest {
-                path: l.path.clone(),
-                diff_id: l.digest.diff_id.clone(),
-            }),
+            Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => Ok(h),
+            _ => Err(ArchiveError::BadDigest { path: l.path.clone(), diff_id: l.digest.diff_id.clone() }),
         })
         .collect::<Result<Vec<_>, _>>()?;
     let layer_ids: Vec<String> = layers.iter().map(|l| l.digest.diff_id.clone()).collect();
     if config.rootfs().diff_ids() != &layer_ids {
-        return Err(ArchiveError::ConfigMismatch {
-            config: config.rootfs().diff_ids().clone(),
-            layers: layer_ids,
-        });
+        return Err(ArchiveError::ConfigMismatch { config: config.rootfs().diff_ids().clone(), layers: layer_ids });
     }
     // Open every layer and check its size before writing anything, so that a missing layer
     // fails fast instead of after hundreds of megabytes.
     let mut files = Vec::with_capacity(layers.len());
     for l in layers {
-        let io_err = |source| ArchiveError::LayerIo {
-            path: l.path.clone(),
-            source,
-        };
+        let io_err = |source| ArchiveError::LayerIo { path: l.path.clone(), source };
         let f = File::open(&l.path).map_err(io_err)?;
         let actual = f.metadata().map_err(io_err)?.len();
         if actual != l.digest.size {
-            return Err(ArchiveError::LayerSize {
-                path: l.path.clone(),
-                expected: l.digest.size,
-                actual,
-            });
+            return Err(ArchiveError::LayerSize { path: l.path.clone(), expected: l.digest.size, actual });
         }
         files.push(f);
     }
@@ -328,11 +279,7 @@ pub fn write_archive(
     let spec = |what| move |source| ArchiveError::Spec { what, source };
     let config_bytes = config_json(config)?;
     let config_hex = sha256_hex(&config_bytes);
-    let config_desc = descriptor(
-        MediaType::ImageConfig,
-        config_bytes.len() as u64,
-        &config_hex,
-    )?;
+    let config_desc = descriptor(MediaType::ImageConfig, config_bytes.len() as u64, &config_hex)?;
     let layer_descs = layers
         .iter()
         .zip(&layer_hex)
@@ -354,20 +301,12 @@ pub fn write_archive(
             (ANNOTATION_IMAGE_NAME.to_string(), tag.clone()),
             (ANNOTATION_REF_NAME.to_string(), tag_part(tag).to_string()),
         ]);
-        let mut d = descriptor(
-            MediaType::ImageManifest,
-            manifest_bytes.len() as u64,
-            &manifest_hex,
-        )?;
+        let mut d = descriptor(MediaType::ImageManifest, manifest_bytes.len() as u64, &manifest_hex)?;
         d.set_annotations(Some(annotations));
         entries.push(d);
     }
     if entries.is_empty() {
-        entries.push(descriptor(
-            MediaType::ImageManifest,
-            manifest_bytes.len() as u64,
-            &manifest_hex,
-        )?);
+        entries.push(descriptor(MediaType::ImageManifest, manifest_bytes.len() as u64, &manifest_hex)?);
     }
     let index = ImageIndexBuilder::default()
         .schema_version(2u32)
@@ -383,47 +322,31 @@ pub fn write_archive(
     }];
     let docker_bytes = canonical_json(&docker, "docker manifest")?;
 
-    let mut w = TarOut {
-        out: BufWriter::with_capacity(WRITE_BUF, out),
-    };
+    let mut w = TarOut { out: BufWriter::with_capacity(WRITE_BUF, out) };
     let wr = |source| ArchiveError::Write { source };
-    w.file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)
-        .map_err(wr)?;
+    w.file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(wr)?;
     w.file("index.json", &index_bytes).map_err(wr)?;
     w.file("manifest.json", &docker_bytes).map_err(wr)?;
     w.dir("blobs/").map_err(wr)?;
     w.dir("blobs/sha256/").map_err(wr)?;
     w.file(&blob_path(&config_hex), &config_bytes).map_err(wr)?;
-    w.file(&blob_path(&manifest_hex), &manifest_bytes)
-        .map_err(wr)?;
+    w.file(&blob_path(&manifest_hex), &manifest_bytes).map_err(wr)?;
     let mut written: HashSet<&str> = HashSet::new();
     for ((l, hex), f) in layers.iter().zip(&layer_hex).zip(files) {
         if written.insert(hex) {
-            w.stream(&blob_path(hex), f, l.digest.size)
-                .map_err(|e| match e {
-                    Streamed::Read(source) => ArchiveError::LayerIo {
-                        path: l.path.clone(),
-                        source,
-                    },
-                    Streamed::Write(source) => ArchiveError::Write { source },
-                })?;
+            w.stream(&blob_path(hex), f, l.digest.size).map_err(|e| match e {
+                Streamed::Read(source) => ArchiveError::LayerIo { path: l.path.clone(), source },
+                Streamed::Write(source) => ArchiveError::Write { source },
+            })?;
         }
     }
     w.finish().map_err(wr)
 }
 
 fn descriptor(media_type: MediaType, size: u64, hex: &str) -> Result<Descriptor, ArchiveError> {
-    let spec = |source| ArchiveError::Spec {
-        what: "descriptor",
-        source,
-    };
+    let spec = |source| ArchiveError::Spec { what: "descriptor", source };
     let digest: oci_spec::image::Digest = format!("sha256:{hex}").parse().map_err(spec)?;
-    DescriptorBuilder::default()
-        .media_type(media_type)
-        .size(size)
-        .digest(digest)
-        .build()
-        .map_err(spec)
+    DescriptorBuilder::default().media_type(media_type).size(size).digest(digest).build().map_err(spec)
 }
 
 /// The tag of "registry:5000/name:tag" ("tag").
@@ -443,8 +366,7 @@ fn check_tag(tag: &str) -> Result<(), ArchiveError> {
     };
     let tag_ok = !t.is_empty()
         && t.len() <= 128
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
         && !t.starts_with(['.', '-']);
     // The path part must be lowercase; a registry host (first component with '.' or ':')
     // may contain a port.
@@ -455,8 +377,7 @@ fn check_tag(tag: &str) -> Result<(), ArchiveError> {
     let name_ok = !path.is_empty()
         && path.split('/').all(|c| {
             !c.is_empty()
-                && c.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
                 && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         });
     if tag_ok && name_ok {
@@ -470,8 +391,7 @@ fn check_tag(tag: &str) -> Result<(), ArchiveError> {
 /// `created` Go's time parser rejects.
 fn check_created(created: &str) -> Result<(), ArchiveError> {
     let b = created.as_bytes();
-    let digits =
-        |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
+    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
     let mut ok = b.len() >= 20
         && digits(0..4)
         && b[4] == b'-'
@@ -503,9 +423,7 @@ fn check_created(created: &str) -> Result<(), ArchiveError> {
     if ok {
         Ok(())
     } else {
-        Err(ArchiveError::BadCreated {
-            created: created.into(),
-        })
+        Err(ArchiveError::BadCreated { created: created.into() })
     }
 }
 
@@ -554,12 +472,8 @@ impl<W: Write> TarOut<W> {
     }
 
     fn stream(&mut self, path: &str, file: File, size: u64) -> Result<(), Streamed> {
-        self.header(path, tar::EntryType::Regular, 0o644, size)
-            .map_err(Streamed::Write)?;
-        let mut src = Tracked {
-            inner: file.take(size),
-            err: None,
-        };
+        self.header(path, tar::EntryType::Regular, 0o644, size).map_err(Streamed::Write)?;
+        let mut src = Tracked { inner: file.take(size), err: None };
         let copied = match io::copy(&mut src, &mut self.out) {
             Ok(n) => n,
             Err(e) => return Err(src.err.take().map_or(Streamed::Write(e), Streamed::Read)),
@@ -608,9 +522,7 @@ mod tests {
             env: vec!["PATH=/usr/bin:/bin".into()],
             workdir: "/build".into(),
             cmd: vec!["/bin/sh".into()],
-            labels: (0..20)
-                .map(|i| (format!("org.ckms.l{i}"), format!("v{i}")))
-                .collect(),
+            labels: (0..20).map(|i| (format!("org.ckms.l{i}"), format!("v{i}"))).collect(),
             created: "2024-01-01T00:00:00Z".into(),
         }
     }
@@ -653,10 +565,7 @@ mod tests {
         ];
         let config = image_config(&layers, &meta()).unwrap();
         let id = image_id(&config).unwrap();
-        let tags = vec![
-            "ckms/builder:debian-12".to_string(),
-            "localhost:5000/x/y:t1".to_string(),
-        ];
+        let tags = vec!["ckms/builder:debian-12".to_string(), "localhost:5000/x/y:t1".to_string()];
         let mut out = Vec::new();
         write_archive(&mut out, &layers, &config, &tags).unwrap();
         let files = read_tar(&out);
@@ -669,19 +578,9 @@ mod tests {
         assert_eq!(format!("sha256:{}", sha256_hex(&files[config_path])), id);
         assert_eq!(dm["RepoTags"], serde_json::json!(tags));
         let cfg: serde_json::Value = serde_json::from_slice(&files[config_path]).unwrap();
-        let diff_ids: Vec<&str> = cfg["rootfs"]["diff_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
-        assert_eq!(
-            diff_ids,
-            [
-                layers[0].digest.diff_id.as_str(),
-                layers[1].digest.diff_id.as_str()
-            ]
-        );
+        let diff_ids: Vec<&str> =
+            cfg["rootfs"]["diff_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert_eq!(diff_ids, [layers[0].digest.diff_id.as_str(), layers[1].digest.diff_id.as_str()]);
         for (p, l) in dm["Layers"].as_array().unwrap().iter().zip(&layers) {
             let bytes = &files[p.as_str().unwrap()];
             assert_eq!(format!("sha256:{}", sha256_hex(bytes)), l.digest.diff_id);
@@ -696,25 +595,12 @@ mod tests {
         let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
         let ms = index["manifests"].as_array().unwrap();
         assert_eq!(ms.len(), 2);
-        assert_eq!(
-            ms[0]["annotations"]["io.containerd.image.name"],
-            "ckms/builder:debian-12"
-        );
-        assert_eq!(
-            ms[0]["annotations"]["org.opencontainers.image.ref.name"],
-            "debian-12"
-        );
-        assert_eq!(
-            ms[1]["annotations"]["org.opencontainers.image.ref.name"],
-            "t1"
-        );
-        let m: serde_json::Value =
-            serde_json::from_slice(blob(&files, ms[0]["digest"].as_str().unwrap())).unwrap();
+        assert_eq!(ms[0]["annotations"]["io.containerd.image.name"], "ckms/builder:debian-12");
+        assert_eq!(ms[0]["annotations"]["org.opencontainers.image.ref.name"], "debian-12");
+        assert_eq!(ms[1]["annotations"]["org.opencontainers.image.ref.name"], "t1");
+        let m: serde_json::Value = serde_json::from_slice(blob(&files, ms[0]["digest"].as_str().unwrap())).unwrap();
         assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
-        assert_eq!(
-            m["config"]["mediaType"],
-            "application/vnd.oci.image.config.v1+json"
-        );
+        assert_eq!(m["config"]["mediaType"], "application/vnd.oci.image.config.v1+json");
         assert_eq!(m["config"]["digest"], id.as_str());
         blob(&files, &id);
         for (d, l) in m["layers"].as_array().unwrap().iter().zip(&layers) {
@@ -741,9 +627,7 @@ mod tests {
         }
         assert_eq!(ids.len(), 1);
         assert_eq!(archives.len(), 1);
-        let json =
-            String::from_utf8(config_json(&image_config(&layers, &meta()).unwrap()).unwrap())
-                .unwrap();
+        let json = String::from_utf8(config_json(&image_config(&layers, &meta()).unwrap()).unwrap()).unwrap();
         assert!(json.find("org.ckms.l0").unwrap() < json.find("org.ckms.l1").unwrap());
         assert!(json.starts_with(r#"{"architecture":"#), "{json}");
     }
@@ -757,22 +641,9 @@ mod tests {
         let mut out = Vec::new();
         write_archive(&mut out, &layers, &config, &[]).unwrap();
         let mut a = tar::Archive::new(out.as_slice());
-        let blobs = a
-            .entries()
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .path()
-                    .unwrap()
-                    .starts_with("blobs/sha256/")
-            })
-            .count();
-        assert_eq!(
-            blobs,
-            1 + 1 + 2,
-            "dirs are counted too: config, manifest, one layer, and blobs/sha256/ itself"
-        );
+        let blobs =
+            a.entries().unwrap().filter(|e| e.as_ref().unwrap().path().unwrap().starts_with("blobs/sha256/")).count();
+        assert_eq!(blobs, 1 + 1 + 2, "dirs are counted too: config, manifest, one layer, and blobs/sha256/ itself");
     }
 
     #[test]
@@ -797,48 +668,19 @@ mod tests {
         assert!(matches!(e, ArchiveError::ConfigMismatch { .. }), "{e}");
 
         for tag in ["noTag", "Upper/case:x", "a/b:", "a/b:-x", "a//b:x"] {
-            let e = write_archive(
-                Vec::new(),
-                std::slice::from_ref(&good),
-                &config,
-                &[tag.into()],
-            )
-            .unwrap_err();
+            let e = write_archive(Vec::new(), std::slice::from_ref(&good), &config, &[tag.into()]).unwrap_err();
             assert!(matches!(e, ArchiveError::BadTag { .. }), "{tag}: {e}");
         }
-        for tag in [
-            "a:b",
-            "ckms/builder:debian-12_6.1",
-            "localhost:5000/a/b:1.0",
-            "Registry.Example.com/a:b",
-        ] {
+        for tag in ["a:b", "ckms/builder:debian-12_6.1", "localhost:5000/a/b:1.0", "Registry.Example.com/a:b"] {
             check_tag(tag).unwrap();
         }
 
-        for created in [
-            "2024-01-01",
-            "2024-01-01 00:00:00Z",
-            "2024-01-01T00:00:00",
-            "2024-01-01T00:00:00.Z",
-        ] {
-            let m = ImageMeta {
-                created: created.into(),
-                ..meta()
-            };
-            assert!(
-                matches!(image_config(&[], &m), Err(ArchiveError::BadCreated { .. })),
-                "{created}"
-            );
+        for created in ["2024-01-01", "2024-01-01 00:00:00Z", "2024-01-01T00:00:00", "2024-01-01T00:00:00.Z"] {
+            let m = ImageMeta { created: created.into(), ..meta() };
+            assert!(matches!(image_config(&[], &m), Err(ArchiveError::BadCreated { .. })), "{created}");
         }
         for created in ["2024-01-01T00:00:00Z", "2024-01-01T00:00:00.123+02:00"] {
-            image_config(
-                &[],
-                &ImageMeta {
-                    created: created.into(),
-                    ..meta()
-                },
-            )
-            .unwrap();
+            image_config(&[], &ImageMeta { created: created.into(), ..meta() }).unwrap();
         }
     }
 }
@@ -861,38 +703,19 @@ mod e2e {
             .map(String::from)
             .collect();
         let dir = tempfile::tempdir().unwrap();
-        let rules = FsRules {
-            usr_merge: ["bin", "sbin", "lib", "lib64"].map(String::from).to_vec(),
-        };
+        let rules = FsRules { usr_merge: ["bin", "sbin", "lib", "lib64"].map(String::from).to_vec() };
 
         let base = dir.path().join("base.tar");
         let mut w = LayerWriter::new(File::create(&base).unwrap(), rules.clone());
-        for d in [
-            "usr",
-            "usr/bin",
-            "usr/sbin",
-            "usr/lib",
-            "usr/lib64",
-            "etc",
-            "tmp",
-            "build",
-        ] {
-            w.add_dir(d, if d == "tmp" { 0o1777 } else { 0o755 }, 0, 0)
-                .unwrap();
+        for d in ["usr", "usr/bin", "usr/sbin", "usr/lib", "usr/lib64", "etc", "tmp", "build"] {
+            w.add_dir(d, if d == "tmp" { 0o1777 } else { 0o755 }, 0, 0).unwrap();
         }
         for d in ["bin", "sbin", "lib", "lib64"] {
             w.add_symlink(d, &format!("usr/{d}")).unwrap();
         }
-        w.add_file(
-            "etc/passwd",
-            b"root:x:0:0:root:/root:/bin/sh\nbuild:x:1000:1000::/build:/bin/sh\n",
-            0o644,
-            0,
-            0,
-        )
-        .unwrap();
-        w.add_file("etc/group", b"root:x:0:\nbuild:x:1000:\n", 0o644, 0, 0)
+        w.add_file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nbuild:x:1000:1000::/build:/bin/sh\n", 0o644, 0, 0)
             .unwrap();
+        w.add_file("etc/group", b"root:x:0:\nbuild:x:1000:\n", 0o644, 0, 0).unwrap();
         let (_, base_digest) = w.finish().unwrap();
 
         let pkgs = dir.path().join("pkgs.tar");
@@ -903,16 +726,8 @@ mod e2e {
         }
         let (_, pkgs_digest) = w.finish().unwrap();
 
-        let layers = vec![
-            ArchiveLayer {
-                path: base,
-                digest: base_digest,
-            },
-            ArchiveLayer {
-                path: pkgs,
-                digest: pkgs_digest,
-            },
-        ];
+        let layers =
+            vec![ArchiveLayer { path: base, digest: base_digest }, ArchiveLayer { path: pkgs, digest: pkgs_digest }];
         let meta = ImageMeta {
             user: "root".into(),
             env: vec!["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into()],

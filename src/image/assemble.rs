@@ -97,7 +97,8 @@ pub async fn build(
     for (i, task) in tasks {
         let digest = task.await.map_err(|e| ImageError::Task(e.to_string()))??;
         save_layer_meta(&layers_dir, &keys[i], &digest)?;
-        report.done(&format!("layer {}", plan.layers[i].name), format!("{} ({} MB)", digest.diff_id, digest.size >> 20));
+        report
+            .done(&format!("layer {}", plan.layers[i].name), format!("{} ({} MB)", digest.diff_id, digest.size >> 20));
         digests[i] = Some(digest);
     }
     let known: Vec<LayerDigest> = digests.into_iter().flatten().collect();
@@ -192,7 +193,11 @@ fn image_meta(recipe: &Recipe, plan: &Plan, lock: &super::Lock) -> ImageMeta {
 /// The newest index date: the image is as old as the package set it holds, which keeps the
 /// configuration (and so the image ID) the same for the same packages.
 fn created(plan: &Plan) -> String {
-    plan.suites.iter().filter_map(|s| rfc2822_to_rfc3339(&s.date)).max().unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
+    plan.suites
+        .iter()
+        .filter_map(|s| rfc2822_to_rfc3339(&s.date))
+        .max()
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
 }
 
 /// "Sat, 11 Jul 2026 10:16:37 UTC" -> "2026-07-11T10:16:37Z"
@@ -239,7 +244,8 @@ fn write_layer(cache: &Cache, layer: &PlannedLayer, rules: FsRules) -> Result<La
         write_skeleton(&mut w, &usr_merge)?;
     }
     for p in &layer.packages {
-        let deb = File::open(cache.blob_path(&p.sha256)).map_err(|e| crate::cache::io_err(&cache.blob_path(&p.sha256))(e))?;
+        let deb =
+            File::open(cache.blob_path(&p.sha256)).map_err(|e| crate::cache::io_err(&cache.blob_path(&p.sha256))(e))?;
         let data = crate::deb::data_tar(std::io::BufReader::with_capacity(1 << 20, deb), &p.name)?;
         w.add_data_tar(data, &p.name)?;
     }
@@ -253,7 +259,19 @@ fn write_layer(cache: &Cache, layer: &PlannedLayer, rules: FsRules) -> Result<La
 /// What a Debian root file system has before any package: the merged-/usr links and the
 /// directories that base-files and the installer would create.
 fn write_skeleton<W: std::io::Write>(w: &mut LayerWriter<W>, usr_merge: &[String]) -> Result<()> {
-    for (dir, mode) in [("usr", 0o755), ("etc", 0o755), ("home", 0o755), ("root", 0o700), ("tmp", 0o1777), ("var", 0o755), ("var/tmp", 0o1777), ("run", 0o755), ("proc", 0o555), ("sys", 0o555), ("dev", 0o755)] {
+    for (dir, mode) in [
+        ("usr", 0o755),
+        ("etc", 0o755),
+        ("home", 0o755),
+        ("root", 0o700),
+        ("tmp", 0o1777),
+        ("var", 0o755),
+        ("var/tmp", 0o1777),
+        ("run", 0o755),
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("dev", 0o755),
+    ] {
         w.add_dir(dir, mode, 0, 0)?;
     }
     for d in usr_merge {
@@ -264,7 +282,13 @@ fn write_skeleton<W: std::io::Write>(w: &mut LayerWriter<W>, usr_merge: &[String
 }
 
 /// The last, small layer: build user, symlinks, owned directories, lock file.
-fn config_layer(cache: &Cache, profile: &Profile, recipe: &Recipe, plan: &Plan, lock: &super::Lock) -> Result<LayerDigest> {
+fn config_layer(
+    cache: &Cache,
+    profile: &Profile,
+    recipe: &Recipe,
+    plan: &Plan,
+    lock: &super::Lock,
+) -> Result<LayerDigest> {
     let u = &recipe.user;
     let mut w = LayerWriter::new(cache.writer()?, FsRules { usr_merge: plan.usr_merge.clone() });
     let passwd = format!(
@@ -316,7 +340,15 @@ pub async fn list(engine: &dyn Engine) -> Result<Vec<ImageRow>> {
         .map(|i| {
             let get = |k: &str| i.labels.get(k).cloned().unwrap_or_default();
             let reference = i.tags.iter().max_by_key(|t| t.len()).cloned().unwrap_or_default();
-            ImageRow { profile: get(label::PROFILE), kernel: get(label::KERNEL), compiler: get(label::COMPILER), reference, id: i.id, size: i.size, created: i.created }
+            ImageRow {
+                profile: get(label::PROFILE),
+                kernel: get(label::KERNEL),
+                compiler: get(label::COMPILER),
+                reference,
+                id: i.id,
+                size: i.size,
+                created: i.created,
+            }
         })
         .collect();
     rows.sort_by(|a, b| (&a.profile, &a.kernel, b.created).cmp(&(&b.profile, &b.kernel, a.created)));
@@ -329,7 +361,12 @@ pub async fn remove(engine: &dyn Engine, what: &str) -> Result<Vec<ImageRow>> {
     let matching: Vec<ImageRow> = list(engine)
         .await?
         .into_iter()
-        .filter(|r| r.kernel == what || r.reference == what || r.reference.ends_with(&format!(":{what}")) || (what.len() >= 6 && bare(&r.id).starts_with(&bare(what))))
+        .filter(|r| {
+            r.kernel == what
+                || r.reference == what
+                || r.reference.ends_with(&format!(":{what}"))
+                || (what.len() >= 6 && bare(&r.id).starts_with(&bare(what)))
+        })
         .collect();
     if matching.is_empty() {
         return Err(ImageError::NotFound(what.to_string()));

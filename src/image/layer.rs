@@ -29,23 +29,11 @@ pub enum LayerError {
     #[error("{origin}: reading the package data failed: {source}")]
     Read { origin: String, source: io::Error },
     #[error("writing the layer failed (at {path} from {origin}): {source}")]
-    Write {
-        origin: String,
-        path: String,
-        source: io::Error,
-    },
+    Write { origin: String, path: String, source: io::Error },
     #[error("{origin}: entry {path:?} has an unsafe path: {why}")]
-    UnsafePath {
-        origin: String,
-        path: String,
-        why: &'static str,
-    },
+    UnsafePath { origin: String, path: String, why: &'static str },
     #[error("{origin}: entry {path} has tar type {kind:?}, which ckms does not put in layers")]
-    UnsupportedEntry {
-        origin: String,
-        path: String,
-        kind: EntryType,
-    },
+    UnsupportedEntry { origin: String, path: String, kind: EntryType },
 }
 
 impl Diagnose for LayerError {
@@ -139,11 +127,7 @@ pub struct LayerWriter<W: Write> {
 
 impl<W: Write> LayerWriter<W> {
     pub fn new(out: W, rules: FsRules) -> Self {
-        let hashing = HashingWriter {
-            inner: out,
-            hasher: Sha256::new(),
-            len: 0,
-        };
+        let hashing = HashingWriter { inner: out, hasher: Sha256::new(), len: 0 };
         LayerWriter {
             tar: tar::Builder::new(BufWriter::with_capacity(WRITE_BUF, hashing)),
             rules,
@@ -174,14 +158,8 @@ impl<W: Write> LayerWriter<W> {
     /// so keeping the first loses nothing and is fully determined by package order.
     pub fn add_data_tar(&mut self, data_tar: impl Read, origin: &str) -> Result<(), LayerError> {
         let failed = Rc::new(Cell::new(false));
-        let input = Tracked {
-            inner: BufReader::with_capacity(READ_BUF, data_tar),
-            failed: failed.clone(),
-        };
-        let read_err = |source| LayerError::Read {
-            origin: origin.into(),
-            source,
-        };
+        let input = Tracked { inner: BufReader::with_capacity(READ_BUF, data_tar), failed: failed.clone() };
+        let read_err = |source| LayerError::Read { origin: origin.into(), source };
         let mut archive = tar::Archive::new(input);
         for entry in archive.entries().map_err(read_err)? {
             let mut entry = entry.map_err(read_err)?;
@@ -243,13 +221,7 @@ impl<W: Write> LayerWriter<W> {
                         // Hard links name a path in the archive, so it moves like the entry did.
                         match map_path(&target, &self.rules, &mut self.link, false) {
                             Ok(Mapped::Keep) => &self.link,
-                            Ok(Mapped::Drop) => {
-                                return Err(unsafe_path(
-                                    origin,
-                                    &target,
-                                    "hard link to a directory",
-                                ))
-                            }
+                            Ok(Mapped::Drop) => return Err(unsafe_path(origin, &target, "hard link to a directory")),
                             Err(why) => return Err(unsafe_path(origin, &target, why)),
                         }
                     } else {
@@ -258,18 +230,11 @@ impl<W: Write> LayerWriter<W> {
                         self.link.extend_from_slice(&target);
                         &self.link
                     };
-                    self.tar
-                        .append_link(&mut header, path, Path::new(OsStr::from_bytes(target)))
+                    self.tar.append_link(&mut header, path, Path::new(OsStr::from_bytes(target)))
                 }
                 _ => self.tar.append_data(&mut header, path, io::empty()),
             };
-            res.map_err(|e| {
-                if failed.get() {
-                    read_err(e)
-                } else {
-                    write_err(e)
-                }
-            })?;
+            res.map_err(|e| if failed.get() { read_err(e) } else { write_err(e) })?;
         }
         Ok(())
     }
@@ -278,14 +243,7 @@ impl<W: Write> LayerWriter<W> {
         self.add_synthetic(path, EntryType::Directory, mode, uid, gid, None, b"")
     }
 
-    pub fn add_file(
-        &mut self,
-        path: &str,
-        contents: &[u8],
-        mode: u32,
-        uid: u64,
-        gid: u64,
-    ) -> Result<(), LayerError> {
+    pub fn add_file(&mut self, path: &str, contents: &[u8], mode: u32, uid: u64, gid: u64) -> Result<(), LayerError> {
         self.add_synthetic(path, EntryType::Regular, mode, uid, gid, None, contents)
     }
 
@@ -327,21 +285,14 @@ impl<W: Write> LayerWriter<W> {
             Some(t) => self.tar.append_link(&mut header, p, t),
             None => self.tar.append_data(&mut header, p, contents),
         };
-        res.map_err(|source| LayerError::Write {
-            origin: ORIGIN.into(),
-            path: path.into(),
-            source,
-        })
+        res.map_err(|source| LayerError::Write { origin: ORIGIN.into(), path: path.into(), source })
     }
 
     /// Records `self.path`; false when it was already written (and so must be skipped).
     fn first_time(&mut self, kind: EntryType, origin: &str) -> bool {
         if self.seen.contains(self.path.as_slice()) {
             if kind != EntryType::Directory {
-                self.duplicates.push(format!(
-                    "{} ({origin})",
-                    String::from_utf8_lossy(&self.path)
-                ));
+                self.duplicates.push(format!("{} ({origin})", String::from_utf8_lossy(&self.path)));
             }
             return false;
         }
@@ -351,20 +302,12 @@ impl<W: Write> LayerWriter<W> {
 
     /// Ends the tar and returns the writer with the layer's digest and size.
     pub fn finish(self) -> Result<(W, LayerDigest), LayerError> {
-        let write_err = |source| LayerError::Write {
-            origin: "ckms".into(),
-            path: "end of archive".into(),
-            source,
-        };
+        let write_err = |source| LayerError::Write { origin: "ckms".into(), path: "end of archive".into(), source };
         let buffered = self.tar.into_inner().map_err(write_err)?;
-        let mut hashing = buffered
-            .into_inner()
-            .map_err(|e| write_err(e.into_error()))?;
+        let mut hashing = buffered.into_inner().map_err(|e| write_err(e.into_error()))?;
         hashing.inner.flush().map_err(write_err)?;
-        let digest = LayerDigest {
-            diff_id: format!("sha256:{}", hex::encode(hashing.hasher.finalize())),
-            size: hashing.len,
-        };
+        let digest =
+            LayerDigest { diff_id: format!("sha256:{}", hex::encode(hashing.hasher.finalize())), size: hashing.len };
         Ok((hashing.inner, digest))
     }
 }
@@ -380,21 +323,12 @@ fn new_header(kind: EntryType, mode: u32) -> Header {
 }
 
 fn unsafe_path(origin: &str, path: &[u8], why: &'static str) -> LayerError {
-    LayerError::UnsafePath {
-        origin: origin.into(),
-        path: String::from_utf8_lossy(path).into_owned(),
-        why,
-    }
+    LayerError::UnsafePath { origin: origin.into(), path: String::from_utf8_lossy(path).into_owned(), why }
 }
 
 /// Normalises `raw` into `out` ("./a//b/" -> "a/b") and applies the merged-/usr rewrite.
 /// `lenient_root`: accept a leading "/" (synthetic entries) and keep merged dirs themselves.
-fn map_path(
-    raw: &[u8],
-    rules: &FsRules,
-    out: &mut Vec<u8>,
-    lenient_root: bool,
-) -> Result<Mapped, &'static str> {
+fn map_path(raw: &[u8], rules: &FsRules, out: &mut Vec<u8>, lenient_root: bool) -> Result<Mapped, &'static str> {
     out.clear();
     if raw.first() == Some(&b'/') && !lenient_root {
         return Err("absolute path");
@@ -439,11 +373,7 @@ mod tests {
     use crate::deb::tests::{make_deb, make_tar, Comp, TEntry};
 
     fn merged() -> FsRules {
-        FsRules {
-            usr_merge: ["bin", "sbin", "lib", "lib32", "lib64", "libx32"]
-                .map(String::from)
-                .to_vec(),
-        }
+        FsRules { usr_merge: ["bin", "sbin", "lib", "lib32", "lib64", "libx32"].map(String::from).to_vec() }
     }
 
     /// (path, type, link target, contents) of every entry of a tar.
@@ -456,12 +386,7 @@ mod tests {
                 let mut v = Vec::new();
                 e.read_to_end(&mut v).unwrap();
                 let link = e.link_name().unwrap().map(|l| l.display().to_string());
-                (
-                    e.path().unwrap().display().to_string(),
-                    e.header().entry_type(),
-                    link,
-                    v,
-                )
+                (e.path().unwrap().display().to_string(), e.header().entry_type(), link, v)
             })
             .collect()
     }
@@ -520,22 +445,11 @@ mod tests {
         assert_eq!(got[1].1, EntryType::Link);
         assert_eq!(got[1].2.as_deref(), Some("usr/bin/busybox"));
         assert_eq!(got[2].1, EntryType::Symlink);
-        assert_eq!(
-            got[2].2.as_deref(),
-            Some("busybox"),
-            "symlink targets are untouched"
-        );
-        assert!(got[8]
-            .2
-            .as_deref()
-            .unwrap()
-            .starts_with("../../usr/share/a-rather"));
+        assert_eq!(got[2].2.as_deref(), Some("busybox"), "symlink targets are untouched");
+        assert!(got[8].2.as_deref().unwrap().starts_with("../../usr/share/a-rather"));
         assert_eq!(got[7].3, b"long");
         assert_eq!(digest.size, out.len() as u64);
-        assert_eq!(
-            digest.diff_id,
-            format!("sha256:{}", crate::cache::sha256_hex(&out))
-        );
+        assert_eq!(digest.diff_id, format!("sha256:{}", crate::cache::sha256_hex(&out)));
     }
 
     #[test]
@@ -551,10 +465,7 @@ mod tests {
             assert_eq!(h.groupname_bytes(), Some(&b""[..]));
             assert_eq!(h.mtime().unwrap(), 1_700_000_000, "mtime kept from the deb");
             let gnu = h.as_gnu().unwrap();
-            assert!(
-                gnu.atime.iter().chain(&gnu.ctime).all(|&b| b == 0),
-                "no atime/ctime"
-            );
+            assert!(gnu.atime.iter().chain(&gnu.ctime).all(|&b| b == 0), "no atime/ctime");
         }
     }
 
@@ -570,11 +481,7 @@ mod tests {
 
     #[test]
     fn duplicates_keep_the_first() {
-        let one = make_deb(
-            "Package: one\n",
-            &[TEntry::Dir("./usr/"), TEntry::File("./usr/x", b"first")],
-            Comp::Xz,
-        );
+        let one = make_deb("Package: one\n", &[TEntry::Dir("./usr/"), TEntry::File("./usr/x", b"first")], Comp::Xz);
         // ./lib/y and ./usr/lib/y alias each other once /usr is merged.
         let two = make_deb(
             "Package: two\n",
@@ -589,10 +496,7 @@ mod tests {
         let (out, _, dups) = layer(&[one, two]);
         let got = list(&out);
         let names: Vec<_> = got.iter().map(|e| (e.0.as_str(), e.3.as_slice())).collect();
-        assert_eq!(
-            names,
-            [("usr", &b""[..]), ("usr/x", b"first"), ("usr/lib/y", b"y1")]
-        );
+        assert_eq!(names, [("usr", &b""[..]), ("usr/x", b"first"), ("usr/lib/y", b"y1")]);
         assert_eq!(dups, ["usr/x (pkg1.deb)", "usr/lib/y (pkg1.deb)"]);
     }
 
@@ -605,10 +509,7 @@ mod tests {
             assert!(matches!(e, LayerError::UnsafePath { .. }), "{bad}: {e}");
             assert!(e.to_string().contains("evil.deb"));
         }
-        let tar = make_tar(&[
-            TEntry::File("./x", b"x"),
-            TEntry::Hardlink("./y", "../etc/passwd"),
-        ]);
+        let tar = make_tar(&[TEntry::File("./x", b"x"), TEntry::Hardlink("./y", "../etc/passwd")]);
         let mut w = LayerWriter::new(Vec::new(), merged());
         let e = w.add_data_tar(tar.as_slice(), "evil.deb").unwrap_err();
         assert!(matches!(e, LayerError::UnsafePath { .. }), "{e}");
@@ -617,11 +518,9 @@ mod tests {
     #[test]
     fn devices_and_fifos_kept() {
         let mut b = tar::Builder::new(Vec::new());
-        for (name, ty) in [
-            ("./dev/null", EntryType::Char),
-            ("./dev/sda", EntryType::Block),
-            ("./run/fifo", EntryType::Fifo),
-        ] {
+        for (name, ty) in
+            [("./dev/null", EntryType::Char), ("./dev/sda", EntryType::Block), ("./run/fifo", EntryType::Fifo)]
+        {
             let mut h = Header::new_gnu();
             h.set_entry_type(ty);
             h.set_mode(0o666);
@@ -644,8 +543,8 @@ mod tests {
             .map(|e| {
                 let e = e.unwrap();
                 let h = e.header();
-                let dev = (h.entry_type() != EntryType::Fifo)
-                    .then(|| (h.device_major().unwrap(), h.device_minor().unwrap()));
+                let dev =
+                    (h.entry_type() != EntryType::Fifo).then(|| (h.device_major().unwrap(), h.device_minor().unwrap()));
                 (h.entry_type(), dev)
             })
             .collect();
@@ -660,10 +559,8 @@ mod tests {
         w.add_symlink("bin", "usr/bin").unwrap();
         w.add_symlink("/lib", "usr/lib").unwrap();
         w.add_dir("/etc", 0o755, 0, 0).unwrap();
-        w.add_file("/etc/passwd", b"root:x:0:0::/root:/bin/sh\n", 0o644, 0, 0)
-            .unwrap();
-        w.add_file("bin/hello", b"#!/bin/sh\n", 0o755, 0, 0)
-            .unwrap();
+        w.add_file("/etc/passwd", b"root:x:0:0::/root:/bin/sh\n", 0o644, 0, 0).unwrap();
+        w.add_file("bin/hello", b"#!/bin/sh\n", 0o755, 0, 0).unwrap();
         w.add_dir("etc", 0o700, 0, 0).unwrap(); // already there: skipped
         assert!(w.add_file("../x", b"", 0o644, 0, 0).is_err());
         let (out, d1) = w.finish().unwrap();
@@ -680,18 +577,14 @@ mod tests {
         w.add_symlink("bin", "usr/bin").unwrap();
         w.add_symlink("/lib", "usr/lib").unwrap();
         w.add_dir("/etc", 0o755, 0, 0).unwrap();
-        w.add_file("/etc/passwd", b"root:x:0:0::/root:/bin/sh\n", 0o644, 0, 0)
-            .unwrap();
-        w.add_file("bin/hello", b"#!/bin/sh\n", 0o755, 0, 0)
-            .unwrap();
+        w.add_file("/etc/passwd", b"root:x:0:0::/root:/bin/sh\n", 0o644, 0, 0).unwrap();
+        w.add_file("bin/hello", b"#!/bin/sh\n", 0o755, 0, 0).unwrap();
         assert_eq!(w.finish().unwrap().1, d1);
     }
 
     #[test]
     fn empty_layer_is_two_zero_blocks() {
-        let (out, d) = LayerWriter::new(Vec::new(), FsRules::default())
-            .finish()
-            .unwrap();
+        let (out, d) = LayerWriter::new(Vec::new(), FsRules::default()).finish().unwrap();
         assert_eq!(out, vec![0u8; 1024]);
         assert_eq!(d.size, 1024);
     }
@@ -701,8 +594,7 @@ mod tests {
     #[test]
     #[ignore]
     fn layer_throughput() {
-        let debs =
-            std::env::var("CKMS_BENCH_DEBS").expect("CKMS_BENCH_DEBS: space-separated .deb paths");
+        let debs = std::env::var("CKMS_BENCH_DEBS").expect("CKMS_BENCH_DEBS: space-separated .deb paths");
         let out = tempfile::tempfile().unwrap();
         let start = std::time::Instant::now();
         let mut w = LayerWriter::new(out, merged());

@@ -136,12 +136,19 @@ impl Plan {
             suites: self
                 .suites
                 .iter()
-                .map(|s| LockedSuite { suite: s.suite.clone(), date: s.date.clone(), inrelease_sha256: s.inrelease_sha256.clone() })
+                .map(|s| LockedSuite {
+                    suite: s.suite.clone(),
+                    date: s.date.clone(),
+                    inrelease_sha256: s.inrelease_sha256.clone(),
+                })
                 .collect(),
             layers: self
                 .layers
                 .iter()
-                .map(|l| LockedLayer { name: l.name.clone(), packages: l.packages.iter().map(LockedPackage::from).collect() })
+                .map(|l| LockedLayer {
+                    name: l.name.clone(),
+                    packages: l.packages.iter().map(LockedPackage::from).collect(),
+                })
                 .collect(),
         }
     }
@@ -194,7 +201,22 @@ mod tests {
 
     fn fixture(headers_deps: &str) -> (Profile, Recipe, Index, Kernel) {
         let mut text = String::new();
-        for b in ["bash", "coreutils", "dash", "diffutils", "findutils", "grep", "gzip", "kmod", "make", "mawk", "patch", "sed", "tar", "xz-utils"] {
+        for b in [
+            "bash",
+            "coreutils",
+            "dash",
+            "diffutils",
+            "findutils",
+            "grep",
+            "gzip",
+            "kmod",
+            "make",
+            "mawk",
+            "patch",
+            "sed",
+            "tar",
+            "xz-utils",
+        ] {
             text += &pkg(b, "libc6");
         }
         text += &pkg("libc6", "");
@@ -215,12 +237,17 @@ mod tests {
     }
 
     fn layer_names(plan: &Plan, layer: &str) -> Vec<String> {
-        plan.layers.iter().find(|l| l.name == layer).map(|l| l.packages.iter().map(|p| p.name.clone()).collect()).unwrap_or_default()
+        plan.layers
+            .iter()
+            .find(|l| l.name == layer)
+            .map(|l| l.packages.iter().map(|p| p.name.clone()).collect())
+            .unwrap_or_default()
     }
 
     #[test]
     fn packages_split_into_base_toolchain_kernel() {
-        let (p, r, idx, k) = fixture("linux-headers-6.1.0-56-common, linux-compiler-gcc-12-x86, linux-image-6.1.0-56-amd64");
+        let (p, r, idx, k) =
+            fixture("linux-headers-6.1.0-56-common, linux-compiler-gcc-12-x86, linux-image-6.1.0-56-amd64");
         let plan = plan(&p, &r, &idx, &k, &[]).unwrap();
         assert_eq!(plan.gcc, "12");
         assert!(layer_names(&plan, "base").contains(&"libc6".to_string()));

@@ -39,10 +39,7 @@ fn client() -> Result<reqwest::Client, RepoError> {
         // Per read, not for the whole body: big packages on slow links must still finish.
         .read_timeout(Duration::from_secs(60))
         .build()
-        .map_err(|e| RepoError::Unreachable {
-            url: "(HTTP client setup)".into(),
-            detail: chain(&e),
-        })
+        .map_err(|e| RepoError::Unreachable { url: "(HTTP client setup)".into(), detail: chain(&e) })
 }
 
 /// The error with its sources: reqwest's own message alone ("error sending request") hides
@@ -62,10 +59,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
-    move |source| RepoError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| RepoError::Io { path: path.to_path_buf(), source }
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -81,28 +75,16 @@ async fn get_bytes(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, RepoE
         let err = match client.get(url).send().await {
             Ok(resp) if resp.status().is_success() => match resp.bytes().await {
                 Ok(b) => return Ok(b.to_vec()),
-                Err(e) => RepoError::Unreachable {
-                    url: url.to_string(),
-                    detail: chain(&e),
-                },
+                Err(e) => RepoError::Unreachable { url: url.to_string(), detail: chain(&e) },
             },
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 if status < 500 {
-                    return Err(RepoError::Http {
-                        url: url.to_string(),
-                        status,
-                    });
+                    return Err(RepoError::Http { url: url.to_string(), status });
                 }
-                RepoError::Http {
-                    url: url.to_string(),
-                    status,
-                }
+                RepoError::Http { url: url.to_string(), status }
             }
-            Err(e) => RepoError::Unreachable {
-                url: url.to_string(),
-                detail: chain(&e),
-            },
+            Err(e) => RepoError::Unreachable { url: url.to_string(), detail: chain(&e) },
         };
         if attempt >= TRIES {
             return Err(err);
@@ -114,19 +96,9 @@ async fn get_bytes(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, RepoE
 /// Where the InRelease of (mirror, suite) is cached: a readable suite name plus a digest of
 /// the mirror URL, so that two mirrors of the same suite never share an entry.
 fn inrelease_path(dir: &Path, spec: &SuiteSpec) -> PathBuf {
-    let key =
-        sha256_hex(format!("{}\n{}", spec.mirror.trim_end_matches('/'), spec.suite).as_bytes());
-    let suite: String = spec
-        .suite
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let key = sha256_hex(format!("{}\n{}", spec.mirror.trim_end_matches('/'), spec.suite).as_bytes());
+    let suite: String =
+        spec.suite.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
     dir.join(format!("{suite}-{}.InRelease", &key[..16]))
 }
 
@@ -149,9 +121,7 @@ pub async fn load_index(
     let keyring = Arc::new(Keyring::load(&opts.keyrings)?);
     let client = client()?;
     let dir = cache.dir("indexes")?;
-    let loads = suites
-        .iter()
-        .map(|spec| load_suite(cache, &client, &dir, spec, opts, keyring.clone(), report));
+    let loads = suites.iter().map(|spec| load_suite(cache, &client, &dir, spec, opts, keyring.clone(), report));
     let mut packages = Vec::new();
     let mut infos = Vec::new();
     // Suites load concurrently: network waits overlap, and the parsing runs on blocking threads.
@@ -162,14 +132,8 @@ pub async fn load_index(
     }
     let index = tokio::task::spawn_blocking(move || Index::build(packages, infos))
         .await
-        .map_err(|e| RepoError::Malformed {
-            url: "(index)".into(),
-            detail: format!("index build failed: {e}"),
-        })?;
-    report.done(
-        "index",
-        format!("{} packages from {} suite(s)", index.len(), suites.len()),
-    );
+        .map_err(|e| RepoError::Malformed { url: "(index)".into(), detail: format!("index build failed: {e}") })?;
+    report.done("index", format!("{} packages from {} suite(s)", index.len(), suites.len()));
     Ok(index)
 }
 
@@ -192,11 +156,8 @@ async fn load_suite(
         .ok()
         .map(|t| SystemTime::now().duration_since(t).unwrap_or_default());
     let fresh = !opts.refresh && age.is_some_and(|a| a < opts.max_age);
-    let (raw, fetched) = if fresh {
-        (std::fs::read(&path).map_err(io(&path))?, false)
-    } else {
-        (get_bytes(client, &url).await?, true)
-    };
+    let (raw, fetched) =
+        if fresh { (std::fs::read(&path).map_err(io(&path))?, false) } else { (get_bytes(client, &url).await?, true) };
 
     // Signature checks and Release parsing are CPU work; off the async threads.
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -211,10 +172,7 @@ async fn load_suite(
         Ok(release)
     })
     .await
-    .map_err(|e| RepoError::Malformed {
-        url: url.clone(),
-        detail: format!("verification failed: {e}"),
-    })??;
+    .map_err(|e| RepoError::Malformed { url: url.clone(), detail: format!("verification failed: {e}") })??;
     // Only a verified InRelease enters the cache.
     if fetched {
         write_atomic(&path, &raw)?;
@@ -229,23 +187,11 @@ async fn load_suite(
     let mut packages = Vec::new();
     for comp in &spec.components {
         let rel_path = format!("{comp}/binary-{}/Packages", spec.arch);
-        let text = packages_text(
-            cache,
-            client,
-            &base,
-            &rel_path,
-            &release,
-            &spec.suite,
-            report,
-        )
-        .await?;
+        let text = packages_text(cache, client, &base, &rel_path, &release, &spec.suite, report).await?;
         let (m, s) = (mirror.clone(), spec.suite.clone());
-        let pkgs = tokio::task::spawn_blocking(move || parse_packages(&text, &m, &s))
-            .await
-            .map_err(|e| RepoError::Malformed {
-                url: format!("{base}/{rel_path}"),
-                detail: format!("parser failed: {e}"),
-            })??;
+        let pkgs = tokio::task::spawn_blocking(move || parse_packages(&text, &m, &s)).await.map_err(|e| {
+            RepoError::Malformed { url: format!("{base}/{rel_path}"), detail: format!("parser failed: {e}") }
+        })??;
         packages.extend(pkgs);
     }
     Ok((packages, info))
@@ -277,34 +223,18 @@ async fn packages_text(
                 Ok(Some(into_text(bytes)))
             })
             .await
-            .map_err(|e| RepoError::Malformed {
-                url: format!("{base}/{rel_path}"),
-                detail: e.to_string(),
-            })??;
+            .map_err(|e| RepoError::Malformed { url: format!("{base}/{rel_path}"), detail: e.to_string() })??;
             match got {
                 Some(text) => return Ok(text),
-                None => report.warn(format!(
-                    "cached {base}/{rel_path} was corrupt; fetching it again"
-                )),
+                None => report.warn(format!("cached {base}/{rel_path} was corrupt; fetching it again")),
             }
         }
     }
 
     let variant = ["xz", "gz", ""]
         .into_iter()
-        .map(|ext| {
-            if ext.is_empty() {
-                rel_path.to_string()
-            } else {
-                format!("{rel_path}.{ext}")
-            }
-        })
-        .find_map(|p| {
-            release
-                .sha256
-                .get(&p)
-                .map(|(sha, size)| (p, sha.clone(), *size))
-        });
+        .map(|ext| if ext.is_empty() { rel_path.to_string() } else { format!("{rel_path}.{ext}") })
+        .find_map(|p| release.sha256.get(&p).map(|(sha, size)| (p, sha.clone(), *size)));
     let Some((file, sha, size)) = variant else {
         return Err(RepoError::MissingIndex {
             url: format!("{base}/InRelease"),
@@ -335,11 +265,7 @@ async fn packages_text(
             break got;
         }
         if tries >= 2 {
-            return Err(RepoError::Checksum {
-                url,
-                expected: sha,
-                actual,
-            });
+            return Err(RepoError::Checksum { url, expected: sha, actual });
         }
         report.warn(format!("{url} did not match its checksum; retrying"));
     };
@@ -347,41 +273,24 @@ async fn packages_text(
     let cache = cache.clone();
     let url2 = url.clone();
     tokio::task::spawn_blocking(move || -> Result<String, RepoError> {
-        let dec = |e: std::io::Error| RepoError::Decompress {
-            url: url2.clone(),
-            detail: e.to_string(),
-        };
-        let mut out =
-            Vec::with_capacity(plain.as_ref().map_or(bytes.len() * 6, |(_, s)| *s as usize));
+        let dec = |e: std::io::Error| RepoError::Decompress { url: url2.clone(), detail: e.to_string() };
+        let mut out = Vec::with_capacity(plain.as_ref().map_or(bytes.len() * 6, |(_, s)| *s as usize));
         if file.ends_with(".xz") {
-            liblzma::read::XzDecoder::new(&bytes[..])
-                .read_to_end(&mut out)
-                .map_err(dec)?;
+            liblzma::read::XzDecoder::new(&bytes[..]).read_to_end(&mut out).map_err(dec)?;
         } else if file.ends_with(".gz") {
-            flate2::read::GzDecoder::new(&bytes[..])
-                .read_to_end(&mut out)
-                .map_err(dec)?;
+            flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut out).map_err(dec)?;
         } else {
             out = bytes;
         }
         let mut w = cache.writer()?;
-        w.write_all(&out).map_err(|e| RepoError::Io {
-            path: cache.root().join("tmp"),
-            source: e,
-        })?;
+        w.write_all(&out).map_err(|e| RepoError::Io { path: cache.root().join("tmp"), source: e })?;
         // Stored under the uncompressed digest the InRelease lists, which is also checked here.
         // Without that digest, nothing is stored: there would be no key to find it by.
         match &plain {
             Some((want, _)) => match w.commit(Some(want)) {
                 Ok(_) => {}
-                Err(CacheError::Digest {
-                    actual, expected, ..
-                }) => {
-                    return Err(RepoError::Checksum {
-                        url: format!("{url2} (uncompressed)"),
-                        expected,
-                        actual,
-                    })
+                Err(CacheError::Digest { actual, expected, .. }) => {
+                    return Err(RepoError::Checksum { url: format!("{url2} (uncompressed)"), expected, actual })
                 }
                 Err(e) => return Err(e.into()),
             },
@@ -390,10 +299,7 @@ async fn packages_text(
         Ok(into_text(out))
     })
     .await
-    .map_err(|e| RepoError::Decompress {
-        url,
-        detail: e.to_string(),
-    })?
+    .map_err(|e| RepoError::Decompress { url, detail: e.to_string() })?
 }
 
 fn into_text(bytes: Vec<u8>) -> String {
@@ -409,10 +315,7 @@ pub async fn fetch_packages(
 ) -> Result<FetchStats, RepoError> {
     let mut stats = FetchStats::default();
     let mut seen = std::collections::HashSet::new();
-    let unique: Vec<&Package> = packages
-        .iter()
-        .filter(|p| seen.insert(p.sha256.as_str()))
-        .collect();
+    let unique: Vec<&Package> = packages.iter().filter(|p| seen.insert(p.sha256.as_str())).collect();
 
     // Check the cache first (hashing is CPU and disk work: on blocking threads, two at a time).
     let checks = futures_util::stream::iter(unique.iter().map(|p| {
@@ -421,10 +324,7 @@ pub async fn fetch_packages(
             let existed = cache.blob_path(&sha).exists();
             let ok = tokio::task::spawn_blocking(move || cache.check_blob(&sha))
                 .await
-                .map_err(|e| RepoError::Malformed {
-                    url: p.url(),
-                    detail: e.to_string(),
-                })??;
+                .map_err(|e| RepoError::Malformed { url: p.url(), detail: e.to_string() })??;
             Ok::<_, RepoError>((*p, existed, ok))
         }
     }))
@@ -438,19 +338,13 @@ pub async fn fetch_packages(
             stats.cached += 1;
         } else {
             if existed {
-                report.warn(format!(
-                    "cached {} {} was corrupt; fetching it again",
-                    p.name, p.version
-                ));
+                report.warn(format!("cached {} {} was corrupt; fetching it again", p.name, p.version));
             }
             todo.push(p);
         }
     }
     if todo.is_empty() {
-        report.done(
-            "download",
-            format!("{} package(s), all cached", stats.cached),
-        );
+        report.done("download", format!("{} package(s), all cached", stats.cached));
         return Ok(stats);
     }
 
@@ -458,13 +352,10 @@ pub async fn fetch_packages(
     let total: u64 = todo.iter().map(|p| p.size).sum();
     let done = AtomicU64::new(0);
     report.progress("download", 0, Some(total), Unit::Bytes);
-    let results = futures_util::stream::iter(
-        todo.iter()
-            .map(|p| download(&client, cache, p, &done, total, report)),
-    )
-    .buffer_unordered(PARALLEL)
-    .collect::<Vec<_>>()
-    .await;
+    let results = futures_util::stream::iter(todo.iter().map(|p| download(&client, cache, p, &done, total, report)))
+        .buffer_unordered(PARALLEL)
+        .collect::<Vec<_>>()
+        .await;
     for r in results {
         stats.downloaded_bytes += r?;
         stats.downloaded += 1;
@@ -539,24 +430,13 @@ async fn attempt(
     total: u64,
     report: &dyn Reporter,
 ) -> Result<u64, Failure> {
-    let net = |e: reqwest::Error| {
-        Failure::Transient(RepoError::Unreachable {
-            url: url.to_string(),
-            detail: chain(&e),
-        })
-    };
+    let net =
+        |e: reqwest::Error| Failure::Transient(RepoError::Unreachable { url: url.to_string(), detail: chain(&e) });
     let resp = client.get(url).send().await.map_err(net)?;
     let status = resp.status();
     if !status.is_success() {
-        let e = RepoError::Http {
-            url: url.to_string(),
-            status: status.as_u16(),
-        };
-        return Err(if status.is_server_error() {
-            Failure::Transient(e)
-        } else {
-            Failure::Fatal(e)
-        });
+        let e = RepoError::Http { url: url.to_string(), status: status.as_u16() };
+        return Err(if status.is_server_error() { Failure::Transient(e) } else { Failure::Fatal(e) });
     }
     let mut w = cache.writer().map_err(|e| Failure::Fatal(e.into()))?;
     let mut body = resp.bytes_stream();
@@ -570,33 +450,20 @@ async fn attempt(
                 actual: w.len() + chunk.len() as u64,
             }));
         }
-        w.write_all(&chunk).map_err(|e| {
-            Failure::Fatal(RepoError::Io {
-                path: cache.root().join("tmp"),
-                source: e,
-            })
-        })?;
+        w.write_all(&chunk).map_err(|e| Failure::Fatal(RepoError::Io { path: cache.root().join("tmp"), source: e }))?;
         *counted += chunk.len() as u64;
         let now = done.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
         report.progress("download", now, Some(total), Unit::Bytes);
     }
     if w.len() != p.size {
-        return Err(Failure::Corrupt(RepoError::Size {
-            url: url.to_string(),
-            expected: p.size,
-            actual: w.len(),
-        }));
+        return Err(Failure::Corrupt(RepoError::Size { url: url.to_string(), expected: p.size, actual: w.len() }));
     }
     let n = w.len();
     match w.commit(Some(&p.sha256)) {
         Ok(_) => Ok(n),
-        Err(CacheError::Digest {
-            expected, actual, ..
-        }) => Err(Failure::Corrupt(RepoError::Checksum {
-            url: url.to_string(),
-            expected,
-            actual,
-        })),
+        Err(CacheError::Digest { expected, actual, .. }) => {
+            Err(Failure::Corrupt(RepoError::Checksum { url: url.to_string(), expected, actual }))
+        }
         Err(e) => Err(Failure::Fatal(e.into())),
     }
 }
@@ -633,17 +500,14 @@ mod tests {
                         }
                     }
                     hits.fetch_add(1, Ordering::SeqCst);
-                    let line = String::from_utf8_lossy(&req)
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                        .to_string();
+                    let line = String::from_utf8_lossy(&req).lines().next().unwrap_or("").to_string();
                     let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
                     let body = files.lock().unwrap().get(&path).cloned();
                     let resp = match body {
                         Some(b) => {
-                            let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", b.len())
-                                .into_bytes();
+                            let mut r =
+                                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", b.len())
+                                    .into_bytes();
                             r.extend(b);
                             r
                         }
@@ -661,41 +525,24 @@ mod tests {
     fn packages_text(suite: &str) -> String {
         let mut t = String::new();
         let own = format!("only-{suite}");
-        for (name, deps) in [
-            ("hello", "libc6 (>= 2.34)"),
-            ("libc6", ""),
-            (own.as_str(), ""),
-        ] {
-            t.push_str(&format!(
-                "Package: {name}\nVersion: 1.0-1\nArchitecture: amd64\n"
-            ));
+        for (name, deps) in [("hello", "libc6 (>= 2.34)"), ("libc6", ""), (own.as_str(), "")] {
+            t.push_str(&format!("Package: {name}\nVersion: 1.0-1\nArchitecture: amd64\n"));
             if !deps.is_empty() {
                 t.push_str(&format!("Depends: {deps}\n"));
             }
-            t.push_str(&format!(
-                "Filename: pool/{name}.deb\nSize: 3\nSHA256: {}\n\n",
-                sha256_hex(b"deb")
-            ));
+            t.push_str(&format!("Filename: pool/{name}.deb\nSize: 3\nSHA256: {}\n\n", sha256_hex(b"deb")));
         }
         t
     }
 
     fn xz(bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        liblzma::read::XzEncoder::new(bytes, 1)
-            .read_to_end(&mut out)
-            .unwrap();
+        liblzma::read::XzEncoder::new(bytes, 1).read_to_end(&mut out).unwrap();
         out
     }
 
     /// Publishes suite `suite` under /debian with a Packages.xz, signed by `key`.
-    fn publish(
-        files: &Files,
-        suite: &str,
-        key: &pgp::composed::SignedSecretKey,
-        extra: &str,
-        by_hash: bool,
-    ) {
+    fn publish(files: &Files, suite: &str, key: &pgp::composed::SignedSecretKey, extra: &str, by_hash: bool) {
         let plain = packages_text(suite);
         let packed = xz(plain.as_bytes());
         let release = format!(
@@ -709,17 +556,11 @@ mod tests {
         let mut f = files.lock().unwrap();
         let dir = format!("/debian/dists/{suite}/main/binary-amd64");
         if by_hash {
-            f.insert(
-                format!("{dir}/by-hash/SHA256/{}", sha256_hex(&packed)),
-                packed,
-            );
+            f.insert(format!("{dir}/by-hash/SHA256/{}", sha256_hex(&packed)), packed);
         } else {
             f.insert(format!("{dir}/Packages.xz"), packed);
         }
-        f.insert(
-            format!("/debian/dists/{suite}/InRelease"),
-            sign(&release, key).into_bytes(),
-        );
+        f.insert(format!("/debian/dists/{suite}/InRelease"), sign(&release, key).into_bytes());
     }
 
     fn spec(base: &str, suite: &str) -> SuiteSpec {
@@ -738,20 +579,8 @@ mod tests {
         let files: Files = Default::default();
         publish(&files, "s", &key, "", false);
         publish(&files, "h", &key, "", true);
-        publish(
-            &files,
-            "old",
-            &key,
-            "Valid-Until: Sat, 18 Jul 2020 10:16:37 UTC\n",
-            false,
-        );
-        publish(
-            &files,
-            "forged",
-            &gen_key("Mallory <m@example.invalid>"),
-            "",
-            false,
-        );
+        publish(&files, "old", &key, "Valid-Until: Sat, 18 Jul 2020 10:16:37 UTC\n", false);
+        publish(&files, "forged", &gen_key("Mallory <m@example.invalid>"), "", false);
         let (base, hits) = serve(files.clone()).await;
 
         let dir = tempfile::tempdir().unwrap();
@@ -770,10 +599,7 @@ mod tests {
         assert_eq!(ix.len(), 4, "same packages in both suites are merged");
         assert_eq!(ix.suites().len(), 2);
         assert_eq!(ix.suites()[0].date, "Sat, 11 Jul 2026 10:16:37 UTC");
-        assert_eq!(
-            ix.candidate("hello").unwrap().url(),
-            format!("{base}/debian/pool/hello.deb")
-        );
+        assert_eq!(ix.candidate("hello").unwrap().url(), format!("{base}/debian/pool/hello.deb"));
         assert_eq!(hits.load(Ordering::SeqCst), 4);
 
         // Warm: no request at all.
@@ -793,35 +619,22 @@ mod tests {
         let rec = Recorder::default();
         load_index(&cache, &suites[..1], &opts, &rec).await.unwrap();
         assert_eq!(hits.load(Ordering::SeqCst), 7);
-        assert!(rec
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|e| matches!(e, Event::Warn { .. })));
+        assert!(rec.0.lock().unwrap().iter().any(|e| matches!(e, Event::Warn { .. })));
 
         // Expired Valid-Until, unless the check is off.
-        let err = load_index(&cache, &[spec(&base, "old")], &opts, &Silent)
-            .await
-            .unwrap_err();
+        let err = load_index(&cache, &[spec(&base, "old")], &opts, &Silent).await.unwrap_err();
         assert_eq!(err.exit_code(), code::BAD_SIGNATURE);
         assert!(err.to_string().contains("old"), "{err}");
         opts.check_valid_until = false;
-        load_index(&cache, &[spec(&base, "old")], &opts, &Silent)
-            .await
-            .unwrap();
+        load_index(&cache, &[spec(&base, "old")], &opts, &Silent).await.unwrap();
 
         // Signed by an unknown key.
-        let err = load_index(&cache, &[spec(&base, "forged")], &opts, &Silent)
-            .await
-            .unwrap_err();
+        let err = load_index(&cache, &[spec(&base, "forged")], &opts, &Silent).await.unwrap_err();
         assert_eq!(err.exit_code(), code::BAD_SIGNATURE);
         assert!(err.to_string().contains("/dists/forged/InRelease"), "{err}");
 
         // A suite the mirror does not have.
-        let err = load_index(&cache, &[spec(&base, "nope")], &opts, &Silent)
-            .await
-            .unwrap_err();
+        let err = load_index(&cache, &[spec(&base, "nope")], &opts, &Silent).await.unwrap_err();
         assert_eq!(err.exit_code(), code::MIRROR_UNREACHABLE);
         assert!(err.to_string().contains("404"), "{err}");
     }
@@ -846,14 +659,9 @@ mod tests {
     #[tokio::test]
     async fn fetch_verifies_and_retries() {
         let files: Files = Default::default();
-        let bodies: Vec<(String, Vec<u8>)> = (0..12)
-            .map(|i| (format!("p{i}"), vec![i as u8; 1000 + i]))
-            .collect();
+        let bodies: Vec<(String, Vec<u8>)> = (0..12).map(|i| (format!("p{i}"), vec![i as u8; 1000 + i])).collect();
         for (n, b) in &bodies {
-            files
-                .lock()
-                .unwrap()
-                .insert(format!("/debian/pool/{n}.deb"), b.clone());
+            files.lock().unwrap().insert(format!("/debian/pool/{n}.deb"), b.clone());
         }
         let (base, hits) = serve(files.clone()).await;
         let dir = tempfile::tempdir().unwrap();
@@ -863,10 +671,7 @@ mod tests {
         let rec = Recorder::default();
         let st = fetch_packages(&cache, &pkgs, &rec).await.unwrap();
         assert_eq!((st.downloaded, st.cached), (12, 0));
-        assert_eq!(
-            st.downloaded_bytes,
-            pkgs.iter().map(|p| p.size).sum::<u64>()
-        );
+        assert_eq!(st.downloaded_bytes, pkgs.iter().map(|p| p.size).sum::<u64>());
         assert!(pkgs.iter().all(|p| cache.check_blob(&p.sha256).unwrap()));
         let last = rec.0.lock().unwrap().iter().rev().find_map(|e| match e {
             Event::Progress { done, total, .. } => Some((*done, *total)),
@@ -881,35 +686,23 @@ mod tests {
         let st = fetch_packages(&cache, &pkgs, &rec).await.unwrap();
         assert_eq!((st.downloaded, st.cached), (1, 11));
         assert_eq!(hits.load(Ordering::SeqCst), before + 1);
-        assert!(rec
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|e| matches!(e, Event::Warn { message } if message.contains("p3"))));
+        assert!(rec.0.lock().unwrap().iter().any(|e| matches!(e, Event::Warn { message } if message.contains("p3"))));
 
         // Content that does not match: one retry, then CHECKSUM_MISMATCH; nothing enters the cache.
         let mut wrong = pkg(&base, "p5", b"something else");
         wrong.name = "liar".into();
         wrong.size = bodies[5].1.len() as u64;
         let before = hits.load(Ordering::SeqCst);
-        let err = fetch_packages(&cache, &[wrong.clone()], &Silent)
-            .await
-            .unwrap_err();
+        let err = fetch_packages(&cache, &[wrong.clone()], &Silent).await.unwrap_err();
         assert_eq!(err.exit_code(), code::CHECKSUM_MISMATCH);
         assert!(err.to_string().contains("/pool/p5.deb"), "{err}");
         assert_eq!(hits.load(Ordering::SeqCst), before + 2);
         assert!(!cache.blob_path(&wrong.sha256).exists());
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-            0
-        );
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
 
         // 404 is not retried.
         let missing = pkg(&base, "missing", b"x");
-        let err = fetch_packages(&cache, &[missing], &Silent)
-            .await
-            .unwrap_err();
+        let err = fetch_packages(&cache, &[missing], &Silent).await.unwrap_err();
         assert_eq!(err.exit_code(), code::MIRROR_UNREACHABLE);
         assert!(err.to_string().contains("404"));
     }
@@ -922,11 +715,7 @@ mod tests {
         let p = pkg("http://127.0.0.1:1", "x", b"x");
         let err = fetch_packages(&cache, &[p], &Silent).await.unwrap_err();
         assert_eq!(err.exit_code(), code::MIRROR_UNREACHABLE);
-        assert!(
-            err.to_string()
-                .contains("http://127.0.0.1:1/debian/pool/x.deb"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("http://127.0.0.1:1/debian/pool/x.deb"), "{err}");
         assert!(err.hint().unwrap().contains("CKMS_MIRROR_"));
     }
 }

@@ -31,10 +31,7 @@ pub struct Index {
 impl Index {
     /// Parses one Packages file.
     pub fn parse(text: &str, mirror: &str, suite: &str) -> Result<Index, RepoError> {
-        Ok(Index::build(
-            parse_packages(text, mirror, suite)?,
-            Vec::new(),
-        ))
+        Ok(Index::build(parse_packages(text, mirror, suite)?, Vec::new()))
     }
 
     pub fn merge(indexes: Vec<Index>) -> Index {
@@ -51,11 +48,8 @@ impl Index {
         // Sort (name, index) pairs rather than indices: the comparisons then touch only the
         // names, not the big Package structs. A stable sort profits from Packages files being
         // mostly in name order already; the index tie-break makes the result deterministic.
-        let mut keyed: Vec<(&str, u32)> = packages
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.name.as_str(), i as u32))
-            .collect();
+        let mut keyed: Vec<(&str, u32)> =
+            packages.iter().enumerate().map(|(i, p)| (p.name.as_str(), i as u32)).collect();
         keyed.sort_by(|&(na, a), &(nb, b)| {
             na.cmp(nb).then_with(|| {
                 let (pa, pb) = (&packages[a as usize], &packages[b as usize]);
@@ -72,13 +66,7 @@ impl Index {
                 && pa.architecture == pb.architecture
                 && version::compare(&pa.version, &pb.version) == Ordering::Equal
         });
-        Index {
-            packages,
-            order,
-            provides: OnceLock::new(),
-            suites,
-            cands: OnceLock::new(),
-        }
+        Index { packages, order, provides: OnceLock::new(), suites, cands: OnceLock::new() }
     }
 
     /// Every version of `name`, highest first.
@@ -87,9 +75,7 @@ impl Index {
         let name_of = |i: &u32| self.packages[*i as usize].name.as_str();
         let start = self.order.partition_point(|i| name_of(i) < name);
         let end = start + self.order[start..].partition_point(|i| name_of(i) == name);
-        self.order[start..end]
-            .iter()
-            .map(|&i| &self.packages[i as usize])
+        self.order[start..end].iter().map(|&i| &self.packages[i as usize])
     }
 
     /// The highest version of `name` across suites.
@@ -102,9 +88,8 @@ impl Index {
         let cands = self.cands.get_or_init(|| {
             let mut out: Vec<u32> = Vec::new();
             for &i in &self.order {
-                let same = out.last().is_some_and(|&l| {
-                    self.packages[l as usize].name == self.packages[i as usize].name
-                });
+                let same =
+                    out.last().is_some_and(|&l| self.packages[l as usize].name == self.packages[i as usize].name);
                 if !same {
                     out.push(i);
                 }
@@ -135,10 +120,7 @@ impl Index {
             .iter()
             .flat_map(|&i| {
                 let p = &self.packages[i as usize];
-                p.provides
-                    .iter()
-                    .enumerate()
-                    .map(move |(j, r)| (r.name.as_str(), i, j as u32))
+                p.provides.iter().enumerate().map(move |(j, r)| (r.name.as_str(), i, j as u32))
             })
             .collect();
         keyed.sort_by(|a, b| a.0.cmp(b.0));
@@ -160,11 +142,7 @@ impl Index {
 }
 
 /// Parses a Packages file, on several threads when it is big.
-pub(crate) fn parse_packages(
-    text: &str,
-    mirror: &str,
-    suite: &str,
-) -> Result<Vec<Package>, RepoError> {
+pub(crate) fn parse_packages(text: &str, mirror: &str, suite: &str) -> Result<Vec<Package>, RepoError> {
     const CHUNK: usize = 8 << 20;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if text.len() < CHUNK || threads < 2 {
@@ -198,10 +176,7 @@ pub(crate) fn parse_packages(
             .into_iter()
             .map(|h| {
                 h.join().unwrap_or_else(|_| {
-                    Err(RepoError::Malformed {
-                        url: where_(mirror, suite),
-                        detail: "parser thread panicked".into(),
-                    })
+                    Err(RepoError::Malformed { url: where_(mirror, suite), detail: "parser thread panicked".into() })
                 })
             })
             .collect()
@@ -243,12 +218,7 @@ struct Para<'a> {
     line: usize,
 }
 
-fn parse_chunk(
-    text: &str,
-    mirror: &str,
-    suite: &str,
-    first_line: usize,
-) -> Result<Vec<Package>, RepoError> {
+fn parse_chunk(text: &str, mirror: &str, suite: &str, first_line: usize) -> Result<Vec<Package>, RepoError> {
     let mut out = Vec::with_capacity(text.len() / 900);
     let mut para = Para::default();
     let mut cur = Cur::Other;
@@ -348,15 +318,11 @@ fn finish<'a>(p: Para<'a>, mirror: &str, suite: &str) -> Result<Package, RepoErr
         detail: format!("paragraph at line {}: {detail}", p.line),
     };
     let name = p.name.ok_or_else(|| bad("no Package field".into()))?;
-    let need = |v: Option<&'a str>, f: &str| {
-        v.ok_or_else(|| bad(format!("package {name} has no {f} field")))
-    };
+    let need = |v: Option<&'a str>, f: &str| v.ok_or_else(|| bad(format!("package {name} has no {f} field")));
     let version = need(p.version, "Version")?;
     let filename = need(p.filename, "Filename")?;
     let sha256 = need(p.sha256, "SHA256")?;
-    let size = need(p.size, "Size")?
-        .parse::<u64>()
-        .map_err(|_| bad(format!("package {name}: bad Size")))?;
+    let size = need(p.size, "Size")?.parse::<u64>().map_err(|_| bad(format!("package {name}: bad Size")))?;
     if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad(format!("package {name}: bad SHA256 {sha256:?}")));
     }
@@ -368,10 +334,7 @@ fn finish<'a>(p: Para<'a>, mirror: &str, suite: &str) -> Result<Package, RepoErr
     };
     let mut depends = rels(&p.pre_depends, "Pre-Depends")?;
     depends.extend(rels(&p.depends, "Depends")?);
-    let provides = rels(&p.provides, "Provides")?
-        .into_iter()
-        .flatten()
-        .collect();
+    let provides = rels(&p.provides, "Provides")?.into_iter().flatten().collect();
     Ok(Package {
         name: name.to_string(),
         version: version.to_string(),
@@ -382,9 +345,7 @@ fn finish<'a>(p: Para<'a>, mirror: &str, suite: &str) -> Result<Package, RepoErr
         size,
         sha256: sha256.to_ascii_lowercase(),
         // "Source: linux (6.1.192-2)" names the source package and, when it differs, its version.
-        source: p
-            .source
-            .map(|s| s.split_whitespace().next().unwrap_or(s).to_string()),
+        source: p.source.map(|s| s.split_whitespace().next().unwrap_or(s).to_string()),
         essential: p.essential,
         mirror: mirror.to_string(),
         suite: suite.to_string(),
@@ -398,10 +359,7 @@ pub fn parse_relations(s: &str) -> Result<Vec<Vec<Relation>>, String> {
         if group.trim().is_empty() {
             continue;
         }
-        let alts = group
-            .split('|')
-            .map(parse_relation)
-            .collect::<Result<Vec<_>, _>>()?;
+        let alts = group.split('|').map(parse_relation).collect::<Result<Vec<_>, _>>()?;
         out.push(alts);
     }
     Ok(out)
@@ -410,9 +368,7 @@ pub fn parse_relations(s: &str) -> Result<Vec<Vec<Relation>>, String> {
 /// Parses one `name[:arch] [(op version)] [arch-restrictions] [<profiles>]`.
 pub fn parse_relation(s: &str) -> Result<Relation, String> {
     let s = s.trim();
-    let name_end = s
-        .find(|c: char| c.is_whitespace() || c == '(' || c == '[' || c == '<')
-        .unwrap_or(s.len());
+    let name_end = s.find(|c: char| c.is_whitespace() || c == '(' || c == '[' || c == '<').unwrap_or(s.len());
     let (name_arch, mut rest) = (&s[..name_end], s[name_end..].trim_start());
     if name_arch.is_empty() {
         return Err(format!("empty package name in {s:?}"));
@@ -423,14 +379,10 @@ pub fn parse_relation(s: &str) -> Result<Relation, String> {
     };
     let mut constraint = None;
     if let Some(inner) = rest.strip_prefix('(') {
-        let close = inner
-            .find(')')
-            .ok_or_else(|| format!("unclosed '(' in {s:?}"))?;
+        let close = inner.find(')').ok_or_else(|| format!("unclosed '(' in {s:?}"))?;
         let spec = inner[..close].trim();
         rest = inner[close + 1..].trim_start();
-        let op_len = spec
-            .find(|c: char| !matches!(c, '<' | '>' | '='))
-            .unwrap_or(spec.len());
+        let op_len = spec.find(|c: char| !matches!(c, '<' | '>' | '=')).unwrap_or(spec.len());
         let op = match &spec[..op_len] {
             "<<" => Op::Lt,
             // "<" and ">" are deprecated spellings of "<=" and ">=".
@@ -451,11 +403,7 @@ pub fn parse_relation(s: &str) -> Result<Relation, String> {
     if !(rest.is_empty() || rest.starts_with('[') || rest.starts_with('<')) {
         return Err(format!("unexpected {rest:?} in {s:?}"));
     }
-    Ok(Relation {
-        name: name.to_string(),
-        arch,
-        constraint,
-    })
+    Ok(Relation { name: name.to_string(), arch, constraint })
 }
 
 #[cfg(test)]
@@ -463,19 +411,13 @@ mod tests {
     use super::*;
 
     fn rel(name: &str, c: Option<(Op, &str)>) -> Relation {
-        Relation {
-            name: name.into(),
-            arch: None,
-            constraint: c.map(|(o, v)| (o, v.into())),
-        }
+        Relation { name: name.into(), arch: None, constraint: c.map(|(o, v)| (o, v.into())) }
     }
 
     #[test]
     fn relations() {
-        let r = parse_relations(
-            "libc6 (>= 2.34), gcc-12 | clang:any (<< 15~), foo:native, bar [amd64] <!nocheck>",
-        )
-        .unwrap();
+        let r = parse_relations("libc6 (>= 2.34), gcc-12 | clang:any (<< 15~), foo:native, bar [amd64] <!nocheck>")
+            .unwrap();
         assert_eq!(r.len(), 4);
         assert_eq!(r[0], vec![rel("libc6", Some((Op::Ge, "2.34")))]);
         assert_eq!(r[1][0], rel("gcc-12", None));
@@ -484,18 +426,9 @@ mod tests {
         assert_eq!(r[1][1].constraint, Some((Op::Lt, "15~".into())));
         assert_eq!(r[2][0].arch.as_deref(), Some("native"));
         assert_eq!(r[3][0], rel("bar", None));
-        assert_eq!(
-            parse_relation("a(=1:2-3)").unwrap().constraint,
-            Some((Op::Eq, "1:2-3".into()))
-        );
-        assert_eq!(
-            parse_relation("a (<1)").unwrap().constraint,
-            Some((Op::Le, "1".into()))
-        );
-        assert_eq!(
-            parse_relation("a (>>  1 )").unwrap().constraint,
-            Some((Op::Gt, "1".into()))
-        );
+        assert_eq!(parse_relation("a(=1:2-3)").unwrap().constraint, Some((Op::Eq, "1:2-3".into())));
+        assert_eq!(parse_relation("a (<1)").unwrap().constraint, Some((Op::Le, "1".into())));
+        assert_eq!(parse_relation("a (>>  1 )").unwrap().constraint, Some((Op::Gt, "1".into())));
         assert!(parse_relation("a (~= 1)").is_err());
         assert!(parse_relation("a (>= 1").is_err());
         assert!(parse_relation("").is_err());
@@ -541,14 +474,8 @@ SHA256: 1111111111111111111111111111111111111111111111111111111111111111
         assert_eq!(gcc.depends[4][0], rel("binutils", Some((Op::Ge, "2.40"))));
         assert_eq!(gcc.provides.len(), 2);
         assert_eq!(gcc.size, 19417452);
-        assert_eq!(
-            gcc.sha256,
-            "0a4f2d6e7a1dcf2f2d7e3c1f6b5a4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f"
-        );
-        assert_eq!(
-            gcc.url(),
-            "http://mirror.invalid/debian/pool/main/g/gcc-12/gcc-12_12.2.0-14+deb12u1_amd64.deb"
-        );
+        assert_eq!(gcc.sha256, "0a4f2d6e7a1dcf2f2d7e3c1f6b5a4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f");
+        assert_eq!(gcc.url(), "http://mirror.invalid/debian/pool/main/g/gcc-12/gcc-12_12.2.0-14+deb12u1_amd64.deb");
         assert!(!gcc.essential);
         assert!(ix.candidate("dash").unwrap().essential);
         assert_eq!(ix.providers("c-compiler").next().unwrap().0.name, "gcc-12");
@@ -560,14 +487,8 @@ SHA256: 1111111111111111111111111111111111111111111111111111111111111111
     #[test]
     fn malformed_paragraph_names_package() {
         let err = Index::parse("Package: x\nVersion: 1\n", "http://m.invalid", "s").unwrap_err();
-        assert!(
-            err.to_string().contains("package x has no Filename"),
-            "{err}"
-        );
-        assert!(
-            err.to_string().contains("http://m.invalid/dists/s"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("package x has no Filename"), "{err}");
+        assert!(err.to_string().contains("http://m.invalid/dists/s"), "{err}");
     }
 
     #[test]
@@ -588,8 +509,7 @@ SHA256: 1111111111111111111111111111111111111111111111111111111111111111
 
     #[test]
     fn versions_and_merge() {
-        let a = "Package: k\nVersion: 1.0\nArchitecture: all\nFilename: a\nSize: 1\nSHA256: "
-            .to_string()
+        let a = "Package: k\nVersion: 1.0\nArchitecture: all\nFilename: a\nSize: 1\nSHA256: ".to_string()
             + &"00".repeat(32)
             + "\n";
         let b = a.replace("1.0", "2.0~rc1");
@@ -599,10 +519,7 @@ SHA256: 1111111111111111111111111111111111111111111111111111111111111111
             Index::parse(&b, "m", "s2").unwrap(),
             Index::parse(&dup, "m", "s3").unwrap(),
         ]);
-        let v: Vec<_> = ix
-            .versions("k")
-            .map(|p| (p.version.as_str(), p.suite.as_str()))
-            .collect();
+        let v: Vec<_> = ix.versions("k").map(|p| (p.version.as_str(), p.suite.as_str())).collect();
         assert_eq!(v, [("2.0~rc1", "s2"), ("1.0", "s1")]);
     }
 }

@@ -33,35 +33,19 @@ pub enum RepoError {
     #[error("mirror answered {url} with HTTP {status}")]
     Http { url: String, status: u16 },
     #[error("{url} lists no {what} for suite {suite}")]
-    MissingIndex {
-        url: String,
-        suite: String,
-        what: String,
-    },
+    MissingIndex { url: String, suite: String, what: String },
     #[error("bad signature on {url}: {detail}")]
     BadSignature { url: String, detail: String },
     #[error("keyring {path}: {detail}")]
     Keyring { path: PathBuf, detail: String },
     #[error("{url} (suite {suite}) expired on {valid_until}")]
-    Expired {
-        url: String,
-        suite: String,
-        valid_until: String,
-    },
+    Expired { url: String, suite: String, valid_until: String },
     #[error("malformed index {url}: {detail}")]
     Malformed { url: String, detail: String },
     #[error("checksum mismatch for {url}: expected SHA-256 {expected}, got {actual}")]
-    Checksum {
-        url: String,
-        expected: String,
-        actual: String,
-    },
+    Checksum { url: String, expected: String, actual: String },
     #[error("size mismatch for {url}: expected {expected} bytes, got {actual}")]
-    Size {
-        url: String,
-        expected: u64,
-        actual: u64,
-    },
+    Size { url: String, expected: u64, actual: u64 },
     #[error("cannot decompress {url}: {detail}")]
     Decompress { url: String, detail: String },
     #[error("{chain}: no package satisfies {relation}")]
@@ -69,16 +53,9 @@ pub enum RepoError {
     #[error("no package named {name} in suites {suites}")]
     NoSuchPackage { name: String, suites: String },
     #[error("{path}:{line}: {detail}")]
-    Sources {
-        path: PathBuf,
-        line: usize,
-        detail: String,
-    },
+    Sources { path: PathBuf, line: usize, detail: String },
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Cache(#[from] CacheError),
 }
@@ -87,9 +64,7 @@ impl Diagnose for RepoError {
     fn exit_code(&self) -> i32 {
         use RepoError::*;
         match self {
-            Unreachable { .. } | Http { .. } | MissingIndex { .. } | Malformed { .. } => {
-                code::MIRROR_UNREACHABLE
-            }
+            Unreachable { .. } | Http { .. } | MissingIndex { .. } | Malformed { .. } => code::MIRROR_UNREACHABLE,
             BadSignature { .. } | Keyring { .. } | Expired { .. } => code::BAD_SIGNATURE,
             Checksum { .. } | Size { .. } | Decompress { .. } => code::CHECKSUM_MISMATCH,
             Unresolvable { .. } | NoSuchPackage { .. } => code::UNRESOLVABLE,

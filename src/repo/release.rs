@@ -22,10 +22,7 @@ impl Keyring {
     pub fn load(paths: &[PathBuf]) -> Result<Keyring, RepoError> {
         let mut keys = Vec::new();
         for path in paths {
-            let bytes = std::fs::read(path).map_err(|source| RepoError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            let bytes = std::fs::read(path).map_err(|source| RepoError::Io { path: path.clone(), source })?;
             keys.extend(parse_keys(&bytes, path)?);
         }
         Ok(Keyring { keys })
@@ -47,15 +44,10 @@ impl Keyring {
 /// Parses a keyring file's content; keys rPGP cannot read (old v3 keys, unknown algorithms)
 /// are skipped as long as at least one key is usable.
 pub fn parse_keys(bytes: &[u8], path: &Path) -> Result<Vec<SignedPublicKey>, RepoError> {
-    let bad = |detail: String| RepoError::Keyring {
-        path: path.to_path_buf(),
-        detail,
-    };
+    let bad = |detail: String| RepoError::Keyring { path: path.to_path_buf(), detail };
     let mut keys = Vec::new();
     let mut errors = Vec::new();
-    let text = std::str::from_utf8(bytes)
-        .ok()
-        .filter(|t| t.trim_start().starts_with("-----BEGIN"));
+    let text = std::str::from_utf8(bytes).ok().filter(|t| t.trim_start().starts_with("-----BEGIN"));
     if let Some(text) = text {
         // One armor block per key is common in .asc files; rPGP reads one block at a time.
         const BEGIN: &str = "-----BEGIN PGP PUBLIC KEY BLOCK-----";
@@ -73,8 +65,7 @@ pub fn parse_keys(bytes: &[u8], path: &Path) -> Result<Vec<SignedPublicKey>, Rep
             }
         }
     } else {
-        let it =
-            SignedPublicKey::from_bytes_many(Cursor::new(bytes)).map_err(|e| bad(e.to_string()))?;
+        let it = SignedPublicKey::from_bytes_many(Cursor::new(bytes)).map_err(|e| bad(e.to_string()))?;
         for k in it {
             match k {
                 Ok(k) => keys.push(k),
@@ -83,10 +74,7 @@ pub fn parse_keys(bytes: &[u8], path: &Path) -> Result<Vec<SignedPublicKey>, Rep
         }
     }
     if keys.is_empty() {
-        let why = errors
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "no public keys found".into());
+        let why = errors.first().cloned().unwrap_or_else(|| "no public keys found".into());
         return Err(bad(format!("no usable OpenPGP public key: {why}")));
     }
     Ok(keys)
@@ -94,15 +82,8 @@ pub fn parse_keys(bytes: &[u8], path: &Path) -> Result<Vec<SignedPublicKey>, Rep
 
 /// Verifies an InRelease file and returns its signed text (with `\n` line ends). Accepted when
 /// any of its signatures verifies with any trusted key or subkey.
-pub fn verify_inrelease(
-    inrelease: &str,
-    keyring: &Keyring,
-    url: &str,
-) -> Result<String, RepoError> {
-    let bad = |detail: String| RepoError::BadSignature {
-        url: url.to_string(),
-        detail,
-    };
+pub fn verify_inrelease(inrelease: &str, keyring: &Keyring, url: &str) -> Result<String, RepoError> {
+    let bad = |detail: String| RepoError::BadSignature { url: url.to_string(), detail };
     let (msg, _) = CleartextSignedMessage::from_string(inrelease)
         .map_err(|e| bad(format!("not an OpenPGP cleartext-signed message: {e}")))?;
     if keyring.keys.is_empty() {
@@ -114,10 +95,7 @@ pub fn verify_inrelease(
         for key in &keyring.keys {
             // Signature::verify checks the issuer id first, so trying each key is cheap.
             if sig.verify(&key.primary_key, data).is_ok()
-                || key
-                    .public_subkeys
-                    .iter()
-                    .any(|sk| sig.verify(&sk.key, data).is_ok())
+                || key.public_subkeys.iter().any(|sk| sig.verify(&sk.key, data).is_ok())
             {
                 return Ok(signed.replace("\r\n", "\n"));
             }
@@ -128,21 +106,14 @@ pub fn verify_inrelease(
         .iter()
         .flat_map(|s| {
             let fps = s.issuer_fingerprint().into_iter().map(|f| format!("{f:X}"));
-            let ids = s
-                .issuer_key_id()
-                .into_iter()
-                .map(|k| hex::encode_upper(k.as_ref()));
+            let ids = s.issuer_key_id().into_iter().map(|k| hex::encode_upper(k.as_ref()));
             fps.chain(ids).take(1)
         })
         .collect();
     Err(bad(format!(
         "no signature verifies with the {} trusted key(s) (signed by {})",
         keyring.keys.len(),
-        if issuers.is_empty() {
-            "unknown keys".to_string()
-        } else {
-            issuers.join(", ")
-        }
+        if issuers.is_empty() { "unknown keys".to_string() } else { issuers.join(", ") }
     )))
 }
 
@@ -168,8 +139,7 @@ pub fn parse_release(text: &str, url: &str) -> Result<Release, RepoError> {
                         url: url.to_string(),
                         detail: format!("bad size in SHA256 line {line:?}"),
                     })?;
-                    rel.sha256
-                        .insert(path.to_string(), (sha.to_ascii_lowercase(), size));
+                    rel.sha256.insert(path.to_string(), (sha.to_ascii_lowercase(), size));
                 }
             }
             continue;
@@ -188,21 +158,13 @@ pub fn parse_release(text: &str, url: &str) -> Result<Release, RepoError> {
         }
     }
     if rel.sha256.is_empty() {
-        return Err(RepoError::Malformed {
-            url: url.to_string(),
-            detail: "no SHA256 section".into(),
-        });
+        return Err(RepoError::Malformed { url: url.to_string(), detail: "no SHA256 section".into() });
     }
     Ok(rel)
 }
 
 /// Fails when the Release's Valid-Until lies before `now`.
-pub fn check_valid_until(
-    rel: &Release,
-    now: SystemTime,
-    url: &str,
-    suite: &str,
-) -> Result<(), RepoError> {
+pub fn check_valid_until(rel: &Release, now: SystemTime, url: &str, suite: &str) -> Result<(), RepoError> {
     let Some(vu) = &rel.valid_until else {
         return Ok(());
     };
@@ -211,11 +173,7 @@ pub fn check_valid_until(
         detail: format!("unreadable Valid-Until {vu:?}"),
     })?;
     if now > until {
-        return Err(RepoError::Expired {
-            url: url.to_string(),
-            suite: suite.to_string(),
-            valid_until: vu.clone(),
-        });
+        return Err(RepoError::Expired { url: url.to_string(), suite: suite.to_string(), valid_until: vu.clone() });
     }
     Ok(())
 }
@@ -258,11 +216,7 @@ pub fn parse_date(s: &str) -> Option<SystemTime> {
         }
         Some(_) => return None,
     };
-    if !(1..=31).contains(&day)
-        || !(0..24).contains(&h)
-        || !(0..60).contains(&m)
-        || !(0..=60).contains(&sec)
-    {
+    if !(1..=31).contains(&day) || !(0..24).contains(&h) || !(0..60).contains(&m) || !(0..=60).contains(&sec) {
         return None;
     }
     let t = days_from_civil(year, month, day) * 86400 + h * 3600 + m * 60 + sec - offset;
@@ -299,15 +253,10 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn sign(text: &str, key: &SignedSecretKey) -> String {
-        CleartextSignedMessage::sign(
-            rand::thread_rng(),
-            text,
-            &key.primary_key,
-            &Password::empty(),
-        )
-        .unwrap()
-        .to_armored_string(Default::default())
-        .unwrap()
+        CleartextSignedMessage::sign(rand::thread_rng(), text, &key.primary_key, &Password::empty())
+            .unwrap()
+            .to_armored_string(Default::default())
+            .unwrap()
     }
 
     pub(crate) const RELEASE: &str = "Origin: Debian
@@ -357,14 +306,9 @@ SHA256:
         let mut bin = a.to_bytes().unwrap();
         bin.extend(b.to_bytes().unwrap());
         assert_eq!(parse_keys(&bin, Path::new("k.gpg")).unwrap().len(), 2);
-        let armored = a.to_armored_string(Default::default()).unwrap()
-            + &b.to_armored_string(Default::default()).unwrap();
-        assert_eq!(
-            parse_keys(armored.as_bytes(), Path::new("k.asc"))
-                .unwrap()
-                .len(),
-            2
-        );
+        let armored =
+            a.to_armored_string(Default::default()).unwrap() + &b.to_armored_string(Default::default()).unwrap();
+        assert_eq!(parse_keys(armored.as_bytes(), Path::new("k.asc")).unwrap().len(), 2);
         let err = parse_keys(b"garbage", Path::new("k.gpg")).unwrap_err();
         assert!(err.to_string().contains("k.gpg"));
     }
@@ -386,25 +330,13 @@ SHA256:
         assert_eq!(r.sha256.len(), 2);
         assert_eq!(
             r.sha256["main/binary-amd64/Packages"],
-            (
-                "515e692f2c4121c6fcec444ef100cc18f79a991910615f3a88c8b7becfc94d2f".to_string(),
-                50060337
-            )
+            ("515e692f2c4121c6fcec444ef100cc18f79a991910615f3a88c8b7becfc94d2f".to_string(), 50060337)
         );
         let date = parse_date(&r.date).unwrap();
-        assert_eq!(
-            date.duration_since(UNIX_EPOCH).unwrap().as_secs(),
-            1783764997
-        );
+        assert_eq!(date.duration_since(UNIX_EPOCH).unwrap().as_secs(), 1783764997);
         assert!(check_valid_until(&r, date, "u", "bookworm").is_ok());
         let late = date + Duration::from_secs(8 * 86400);
-        let err = check_valid_until(
-            &r,
-            late,
-            "http://m.invalid/dists/bookworm/InRelease",
-            "bookworm",
-        )
-        .unwrap_err();
+        let err = check_valid_until(&r, late, "http://m.invalid/dists/bookworm/InRelease", "bookworm").unwrap_err();
         assert_eq!(err.exit_code(), code::BAD_SIGNATURE);
         assert!(err.to_string().contains("bookworm"));
         assert!(err.hint().unwrap().contains("Check-Valid-Until"));

@@ -36,9 +36,7 @@ fn meets(version: &str, cs: &[(Op, String)]) -> bool {
 }
 
 fn rel_ok(version: &str, r: &Relation) -> bool {
-    r.constraint
-        .as_ref()
-        .map_or(true, |(op, v)| satisfies(version, op, v))
+    r.constraint.as_ref().map_or(true, |(op, v)| satisfies(version, op, v))
 }
 
 /// Does `p`'s Provides satisfy `r`? A versioned dependency needs a versioned Provides.
@@ -61,10 +59,8 @@ impl Index {
         let roots = roots
             .iter()
             .map(|r| {
-                super::index::parse_relation(r).map_err(|e| RepoError::NoSuchPackage {
-                    name: format!("{r:?} ({e})"),
-                    suites: self.suite_names(),
-                })
+                super::index::parse_relation(r)
+                    .map_err(|e| RepoError::NoSuchPackage { name: format!("{r:?} ({e})"), suites: self.suite_names() })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut pins: HashMap<String, Constraints> = HashMap::new();
@@ -80,11 +76,7 @@ impl Index {
             }
         }
         Err(RepoError::Unresolvable {
-            chain: roots
-                .iter()
-                .map(|r| r.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            chain: roots.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", "),
             relation: "a consistent set of versions (gave up after too many retries)".into(),
         })
     }
@@ -93,22 +85,13 @@ impl Index {
         if self.suites().is_empty() {
             return "(index)".into();
         }
-        self.suites()
-            .iter()
-            .map(|s| s.suite.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        self.suites().iter().map(|s| s.suite.as_str()).collect::<Vec<_>>().join(", ")
     }
 
     /// Highest version of `r.name` meeting `r` and the pins.
-    fn real<'a>(
-        &'a self,
-        r: &Relation,
-        pins: &HashMap<String, Constraints>,
-    ) -> Option<&'a Package> {
+    fn real<'a>(&'a self, r: &Relation, pins: &HashMap<String, Constraints>) -> Option<&'a Package> {
         let pin = pins.get(&r.name).map_or(&[][..], |v| &v[..]);
-        self.versions(&r.name)
-            .find(|p| rel_ok(&p.version, r) && meets(&p.version, pin))
+        self.versions(&r.name).find(|p| rel_ok(&p.version, r) && meets(&p.version, pin))
     }
 
     fn provider<'a>(
@@ -152,43 +135,22 @@ impl Index {
                     continue;
                 }
             }
-            let pkg = self
-                .real(root, pins)
-                .or_else(|| self.provider(root, &[], pins));
+            let pkg = self.real(root, pins).or_else(|| self.provider(root, &[], pins));
             let Some(pkg) = pkg else {
                 if self.candidate(&root.name).is_some() {
-                    return Err(RepoError::Unresolvable {
-                        chain: root.name.clone(),
-                        relation: root.to_string(),
-                    });
+                    return Err(RepoError::Unresolvable { chain: root.name.clone(), relation: root.to_string() });
                 }
-                return Err(RepoError::NoSuchPackage {
-                    name: root.to_string(),
-                    suites: self.suite_names(),
-                });
+                return Err(RepoError::NoSuchPackage { name: root.to_string(), suites: self.suite_names() });
             };
             let asked = root.constraint.iter().cloned().collect();
-            if sel
-                .insert(
-                    pkg.name.as_str(),
-                    Sel {
-                        pkg,
-                        parent: None,
-                        asked,
-                    },
-                )
-                .is_none()
-            {
+            if sel.insert(pkg.name.as_str(), Sel { pkg, parent: None, asked }).is_none() {
                 queue.push_back(pkg);
             }
         }
 
         while let Some(pkg) = queue.pop_front() {
             'group: for group in &pkg.depends {
-                let alts: Vec<&Relation> = group
-                    .iter()
-                    .filter(|r| !excluded(&r.name, exclude))
-                    .collect();
+                let alts: Vec<&Relation> = group.iter().filter(|r| !excluded(&r.name, exclude)).collect();
                 if alts.is_empty() {
                     continue;
                 }
@@ -203,9 +165,7 @@ impl Index {
                 }
                 for r in &alts {
                     if self.providers(&r.name).any(|(p, _)| {
-                        sel.get(p.name.as_str())
-                            .is_some_and(|s| std::ptr::eq(s.pkg, p))
-                            && provides_ok(p, r).is_some()
+                        sel.get(p.name.as_str()).is_some_and(|s| std::ptr::eq(s.pkg, p)) && provides_ok(p, r).is_some()
                     }) {
                         continue 'group;
                     }
@@ -228,14 +188,7 @@ impl Index {
                     }
                     if let Some(p) = self.real(r, pins) {
                         let asked = r.constraint.iter().cloned().collect();
-                        sel.insert(
-                            p.name.as_str(),
-                            Sel {
-                                pkg: p,
-                                parent: Some(pkg.name.as_str()),
-                                asked,
-                            },
-                        );
+                        sel.insert(p.name.as_str(), Sel { pkg: p, parent: Some(pkg.name.as_str()), asked });
                         queue.push_back(p);
                         continue 'group;
                     }
@@ -247,23 +200,12 @@ impl Index {
                             // Selected in another version that does not provide it.
                             continue;
                         }
-                        sel.insert(
-                            p.name.as_str(),
-                            Sel {
-                                pkg: p,
-                                parent: Some(pkg.name.as_str()),
-                                asked: Vec::new(),
-                            },
-                        );
+                        sel.insert(p.name.as_str(), Sel { pkg: p, parent: Some(pkg.name.as_str()), asked: Vec::new() });
                         queue.push_back(p);
                         continue 'group;
                     }
                 }
-                let relation = alts
-                    .iter()
-                    .map(|r| r.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" | ");
+                let relation = alts.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(" | ");
                 let mut detail = String::new();
                 for r in &alts {
                     if let Some(s) = sel.get(r.name.as_str()) {
@@ -298,27 +240,20 @@ mod tests {
     fn index(suite: &str, rows: &[(&str, &str, &str, &str)]) -> Index {
         let mut text = String::new();
         for (name, version, depends, provides) in rows {
-            text.push_str(&format!(
-                "Package: {name}\nVersion: {version}\nArchitecture: amd64\n"
-            ));
+            text.push_str(&format!("Package: {name}\nVersion: {version}\nArchitecture: amd64\n"));
             if !depends.is_empty() {
                 text.push_str(&format!("Depends: {depends}\n"));
             }
             if !provides.is_empty() {
                 text.push_str(&format!("Provides: {provides}\n"));
             }
-            text.push_str(&format!(
-                "Filename: pool/{name}_{version}.deb\nSize: 1\nSHA256: {}\n\n",
-                "0".repeat(64)
-            ));
+            text.push_str(&format!("Filename: pool/{name}_{version}.deb\nSize: 1\nSHA256: {}\n\n", "0".repeat(64)));
         }
         Index::parse(&text, "http://m.invalid/debian", suite).unwrap()
     }
 
     fn names(v: &[Package]) -> Vec<String> {
-        v.iter()
-            .map(|p| format!("{}={}", p.name, p.version))
-            .collect()
+        v.iter().map(|p| format!("{}={}", p.name, p.version)).collect()
     }
 
     fn roots(r: &[&str]) -> Vec<String> {
@@ -343,18 +278,8 @@ mod tests {
 
     #[test]
     fn already_selected_alternative_is_preferred() {
-        let ix = index(
-            "s",
-            &[
-                ("top", "1", "c, b | c", ""),
-                ("b", "1", "", ""),
-                ("c", "1", "", ""),
-            ],
-        );
-        assert_eq!(
-            names(&ix.resolve(&roots(&["top"]), &[]).unwrap()),
-            ["c=1", "top=1"]
-        );
+        let ix = index("s", &[("top", "1", "c, b | c", ""), ("b", "1", "", ""), ("c", "1", "", "")]);
+        assert_eq!(names(&ix.resolve(&roots(&["top"]), &[]).unwrap()), ["c=1", "top=1"]);
     }
 
     #[test]
@@ -370,32 +295,16 @@ mod tests {
                 ("plain-cc", "1", "", "cc"),
             ],
         );
-        assert_eq!(
-            names(&ix.resolve(&roots(&["top"]), &[]).unwrap()),
-            ["amail=1", "new-cc=1", "top=1"]
-        );
+        assert_eq!(names(&ix.resolve(&roots(&["top"]), &[]).unwrap()), ["amail=1", "new-cc=1", "top=1"]);
         // An excluded provider is not picked.
         let ex = [Regex::new("^amail$").unwrap()];
-        assert_eq!(
-            names(&ix.resolve(&roots(&["top"]), &ex).unwrap()),
-            ["new-cc=1", "top=1", "zmail=1"]
-        );
+        assert_eq!(names(&ix.resolve(&roots(&["top"]), &ex).unwrap()), ["new-cc=1", "top=1", "zmail=1"]);
     }
 
     #[test]
     fn selected_provider_is_preferred() {
-        let ix = index(
-            "s",
-            &[
-                ("top", "1", "zmail, mta", ""),
-                ("zmail", "1", "", "mta"),
-                ("amail", "1", "", "mta"),
-            ],
-        );
-        assert_eq!(
-            names(&ix.resolve(&roots(&["top"]), &[]).unwrap()),
-            ["top=1", "zmail=1"]
-        );
+        let ix = index("s", &[("top", "1", "zmail, mta", ""), ("zmail", "1", "", "mta"), ("amail", "1", "", "mta")]);
+        assert_eq!(names(&ix.resolve(&roots(&["top"]), &[]).unwrap()), ["top=1", "zmail=1"]);
     }
 
     #[test]
@@ -403,29 +312,25 @@ mod tests {
         let ix = index(
             "s",
             &[
-                ("linux-headers-k", "1", "linux-image-k (= 1) | linux-image-k-unsigned (= 1), linux-base, kbuild | linux-image-k", ""),
+                (
+                    "linux-headers-k",
+                    "1",
+                    "linux-image-k (= 1) | linux-image-k-unsigned (= 1), linux-base, kbuild | linux-image-k",
+                    "",
+                ),
                 ("linux-image-k", "1", "", ""),
                 ("linux-image-k-unsigned", "1", "", ""),
                 ("linux-base", "1", "", ""),
                 ("kbuild", "1", "", ""),
             ],
         );
-        let ex = [
-            Regex::new("^linux-image-").unwrap(),
-            Regex::new("^linux-base$").unwrap(),
-        ];
-        assert_eq!(
-            names(&ix.resolve(&roots(&["linux-headers-k"]), &ex).unwrap()),
-            ["kbuild=1", "linux-headers-k=1"]
-        );
+        let ex = [Regex::new("^linux-image-").unwrap(), Regex::new("^linux-base$").unwrap()];
+        assert_eq!(names(&ix.resolve(&roots(&["linux-headers-k"]), &ex).unwrap()), ["kbuild=1", "linux-headers-k=1"]);
     }
 
     #[test]
     fn versioned_constraint_falls_back_to_older_suite() {
-        let main = index(
-            "bookworm",
-            &[("lib", "1.0", "", ""), ("top", "1", "lib (<< 2)", "")],
-        );
+        let main = index("bookworm", &[("lib", "1.0", "", ""), ("top", "1", "lib (<< 2)", "")]);
         let sec = index("bookworm-security", &[("lib", "2.0", "", "")]);
         let ix = Index::merge(vec![main, sec]);
         assert_eq!(ix.candidate("lib").unwrap().version, "2.0");
@@ -449,28 +354,18 @@ mod tests {
             ),
             index("s2", &[("lib", "2.0", "", "")]),
         ]);
-        assert_eq!(
-            names(&ix.resolve(&roots(&["top"]), &[]).unwrap()),
-            ["a=1", "b=1", "lib=1.0", "top=1"]
-        );
+        assert_eq!(names(&ix.resolve(&roots(&["top"]), &[]).unwrap()), ["a=1", "b=1", "lib=1.0", "top=1"]);
     }
 
     #[test]
     fn unsatisfiable_names_the_chain() {
         let ix = index(
             "s",
-            &[
-                ("linux-headers-x", "1", "gcc-14", ""),
-                ("gcc-14", "1", "foo (>= 2)", ""),
-                ("foo", "1", "", ""),
-            ],
+            &[("linux-headers-x", "1", "gcc-14", ""), ("gcc-14", "1", "foo (>= 2)", ""), ("foo", "1", "", "")],
         );
         let err = ix.resolve(&roots(&["linux-headers-x"]), &[]).unwrap_err();
         assert_eq!(err.exit_code(), code::UNRESOLVABLE);
-        assert_eq!(
-            err.to_string(),
-            "linux-headers-x -> gcc-14: no package satisfies foo (>= 2)"
-        );
+        assert_eq!(err.to_string(), "linux-headers-x -> gcc-14: no package satisfies foo (>= 2)");
         assert!(err.hint().is_some());
     }
 
@@ -487,11 +382,7 @@ mod tests {
             ],
         );
         let err = ix.resolve(&roots(&["top"]), &[]).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("top -> b: no package satisfies lib (<< 2)"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("top -> b: no package satisfies lib (<< 2)"), "{err}");
     }
 
     #[test]
@@ -506,18 +397,9 @@ mod tests {
             "0".repeat(64)
         );
         let ix = Index::merge(vec![ix, Index::parse(&text, "m", "s").unwrap()]);
-        assert_eq!(
-            names(&ix.resolve(&roots(&["top"]), &[]).unwrap()),
-            ["top=1"]
-        );
+        assert_eq!(names(&ix.resolve(&roots(&["top"]), &[]).unwrap()), ["top=1"]);
         // A root with a version constraint.
-        let ix = Index::merge(vec![
-            index("a", &[("k", "1", "", "")]),
-            index("b", &[("k", "2", "", "")]),
-        ]);
-        assert_eq!(
-            names(&ix.resolve(&roots(&["k (= 1)"]), &[]).unwrap()),
-            ["k=1"]
-        );
+        let ix = Index::merge(vec![index("a", &[("k", "1", "", "")]), index("b", &[("k", "2", "", "")])]);
+        assert_eq!(names(&ix.resolve(&roots(&["k (= 1)"]), &[]).unwrap()), ["k=1"]);
     }
 }

@@ -19,10 +19,7 @@ pub struct AptSource {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
-    move |source| RepoError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| RepoError::Io { path: path.to_path_buf(), source }
 }
 
 /// Reads `sources.list`, then `sources.list.d/*.list` and `*.sources` in name order (as apt
@@ -77,14 +74,9 @@ pub fn parse_one_line(text: &str, path: &Path) -> Result<Vec<AptSource>, RepoErr
         if line.is_empty() {
             continue;
         }
-        let bad = |detail: &str| RepoError::Sources {
-            path: path.to_path_buf(),
-            line: n + 1,
-            detail: detail.to_string(),
-        };
-        let (ty, mut rest) = line
-            .split_once(char::is_whitespace)
-            .ok_or_else(|| bad("incomplete entry"))?;
+        let bad =
+            |detail: &str| RepoError::Sources { path: path.to_path_buf(), line: n + 1, detail: detail.to_string() };
+        let (ty, mut rest) = line.split_once(char::is_whitespace).ok_or_else(|| bad("incomplete entry"))?;
         if ty != "deb" && ty != "deb-src" {
             return Err(bad(&format!("unknown type {ty:?}")));
         }
@@ -157,33 +149,17 @@ pub fn parse_deb822(text: &str, path: &Path) -> Result<Vec<AptSource>, RepoError
     Ok(out)
 }
 
-fn paragraph(
-    fields: Vec<(String, String)>,
-    path: &Path,
-    line: usize,
-) -> Result<AptSource, RepoError> {
-    let get = |k: &str| {
-        fields
-            .iter()
-            .rev()
-            .find(|(f, _)| f == k)
-            .map(|(_, v)| v.as_str())
-    };
-    let list = |k: &str| {
-        get(k)
-            .map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-            .unwrap_or_default()
-    };
+fn paragraph(fields: Vec<(String, String)>, path: &Path, line: usize) -> Result<AptSource, RepoError> {
+    let get = |k: &str| fields.iter().rev().find(|(f, _)| f == k).map(|(_, v)| v.as_str());
+    let list =
+        |k: &str| get(k).map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>()).unwrap_or_default();
     let src = AptSource {
         types: list("types"),
         uris: list("uris"),
         suites: list("suites"),
         components: list("components"),
         signed_by: get("signed-by").map(|s| s.trim().to_string()),
-        enabled: !matches!(
-            get("enabled").map(|v| v.to_ascii_lowercase()).as_deref(),
-            Some("no" | "false" | "0")
-        ),
+        enabled: !matches!(get("enabled").map(|v| v.to_ascii_lowercase()).as_deref(), Some("no" | "false" | "0")),
     };
     if src.enabled && (src.types.is_empty() || src.uris.is_empty() || src.suites.is_empty()) {
         return Err(RepoError::Sources {
@@ -198,19 +174,13 @@ fn paragraph(
 /// `Acquire::Check-Valid-Until` from apt.conf and apt.conf.d/* (later files win), if set.
 pub fn host_check_valid_until(etc_apt: &Path) -> Option<bool> {
     let mut files = vec![etc_apt.join("apt.conf")];
-    files.extend(
-        sorted_files(&etc_apt.join("apt.conf.d"))
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|p| {
-                // apt reads only names made of [A-Za-z0-9_.-], with no extension or ".conf".
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    n.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-                        && (!n.contains('.') || n.ends_with(".conf"))
-                })
-            }),
-    );
+    files.extend(sorted_files(&etc_apt.join("apt.conf.d")).unwrap_or_default().into_iter().filter(|p| {
+        // apt reads only names made of [A-Za-z0-9_.-], with no extension or ".conf".
+        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+            n.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+                && (!n.contains('.') || n.ends_with(".conf"))
+        })
+    }));
     let mut result = None;
     for f in files {
         if let Ok(text) = std::fs::read_to_string(&f) {
@@ -302,12 +272,7 @@ pub fn apt_conf_assignments(text: &str) -> Vec<(String, String)> {
             Tok::Word(w) if key.is_none() => key = Some(w),
             Tok::Word(v) | Tok::Str(v) => {
                 if let Some(k) = key.take() {
-                    let full = scope
-                        .iter()
-                        .chain(std::iter::once(&k))
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join("::");
+                    let full = scope.iter().chain(std::iter::once(&k)).cloned().collect::<Vec<_>>().join("::");
                     out.push((full, v));
                 }
             }
@@ -364,11 +329,7 @@ mod tests {
         assert!(s[0].enabled);
         assert_eq!(s[1].types, ["deb", "deb-src"]);
         assert!(!s[1].enabled);
-        assert!(s[1]
-            .signed_by
-            .as_deref()
-            .unwrap()
-            .starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nabc"));
+        assert!(s[1].signed_by.as_deref().unwrap().starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nabc"));
     }
 
     #[test]
@@ -376,61 +337,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().join("sources.list.d");
         std::fs::create_dir(&d).unwrap();
-        std::fs::write(
-            dir.path().join("sources.list"),
-            "deb http://a.invalid/debian sid main\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("sources.list"), "deb http://a.invalid/debian sid main\n").unwrap();
         std::fs::write(d.join("b.list"), "deb http://b.invalid/debian sid main\n").unwrap();
-        std::fs::write(
-            d.join("c.sources"),
-            "Types: deb\nURIs: http://c.invalid/\nSuites: sid\nComponents: main\n",
-        )
-        .unwrap();
-        std::fs::write(
-            d.join("x.list.disabled-by-farm"),
-            "deb http://x.invalid/ sid main\n",
-        )
-        .unwrap();
+        std::fs::write(d.join("c.sources"), "Types: deb\nURIs: http://c.invalid/\nSuites: sid\nComponents: main\n")
+            .unwrap();
+        std::fs::write(d.join("x.list.disabled-by-farm"), "deb http://x.invalid/ sid main\n").unwrap();
         std::fs::write(d.join("y.sources.disabled-by-farm"), "garbage").unwrap();
         let s = read_host_sources(dir.path()).unwrap();
         let uris: Vec<_> = s.iter().map(|s| s.uris[0].as_str()).collect();
-        assert_eq!(
-            uris,
-            [
-                "http://a.invalid/debian",
-                "http://b.invalid/debian",
-                "http://c.invalid/"
-            ]
-        );
-        assert!(read_host_sources(&dir.path().join("missing"))
-            .unwrap()
-            .is_empty());
+        assert_eq!(uris, ["http://a.invalid/debian", "http://b.invalid/debian", "http://c.invalid/"]);
+        assert!(read_host_sources(&dir.path().join("missing")).unwrap().is_empty());
     }
 
     #[test]
     fn apt_conf_check_valid_until() {
-        let a = apt_conf_assignments(
-            "Acquire::Check-Valid-Until \"false\";\nAcquire::Check-Date \"false\";",
-        );
-        assert_eq!(
-            a[0],
-            (
-                "Acquire::Check-Valid-Until".to_string(),
-                "false".to_string()
-            )
-        );
+        let a = apt_conf_assignments("Acquire::Check-Valid-Until \"false\";\nAcquire::Check-Date \"false\";");
+        assert_eq!(a[0], ("Acquire::Check-Valid-Until".to_string(), "false".to_string()));
         let nested = apt_conf_assignments(
             "// comment\nAcquire {\n  Check-Valid-Until \"false\"; /* c */\n  http { Proxy \"http://p.invalid:3128\"; };\n};\n# x\nAPT::Get::Assume-Yes \"true\";",
         );
-        assert!(nested.contains(&(
-            "Acquire::Check-Valid-Until".to_string(),
-            "false".to_string()
-        )));
-        assert!(nested.contains(&(
-            "Acquire::http::Proxy".to_string(),
-            "http://p.invalid:3128".to_string()
-        )));
+        assert!(nested.contains(&("Acquire::Check-Valid-Until".to_string(), "false".to_string())));
+        assert!(nested.contains(&("Acquire::http::Proxy".to_string(), "http://p.invalid:3128".to_string())));
         assert!(nested.contains(&("APT::Get::Assume-Yes".to_string(), "true".to_string())));
 
         let dir = tempfile::tempdir().unwrap();
@@ -442,11 +369,7 @@ mod tests {
         std::fs::write(d.join("99b"), "acquire::check-valid-until \"false\";").unwrap();
         assert_eq!(host_check_valid_until(dir.path()), Some(false));
         // Files apt ignores do not count.
-        std::fs::write(
-            d.join("99z.disabled"),
-            "Acquire::Check-Valid-Until \"true\";",
-        )
-        .unwrap();
+        std::fs::write(d.join("99z.disabled"), "Acquire::Check-Valid-Until \"true\";").unwrap();
         assert_eq!(host_check_valid_until(dir.path()), Some(false));
     }
 }

@@ -84,9 +84,7 @@ pub fn compare(a: &str, b: &str) -> Ordering {
     }
     let (ea, ua, ra) = split(a);
     let (eb, ub, rb) = split(b);
-    ea.cmp(&eb)
-        .then_with(|| verrevcmp(ua, ub))
-        .then_with(|| verrevcmp(ra, rb))
+    ea.cmp(&eb).then_with(|| verrevcmp(ua, ub)).then_with(|| verrevcmp(ra, rb))
 }
 
 /// True when `version` satisfies `op reference` (e.g. `>= 2.0`).
@@ -145,11 +143,7 @@ mod tests {
         check("1.002", "1.2", Equal);
         check("10", "9", Greater);
         check("1.0", "1.0.0", Less);
-        check(
-            "99999999999999999999999",
-            "99999999999999999999998",
-            Greater,
-        );
+        check("99999999999999999999999", "99999999999999999999998", Greater);
     }
 
     #[test]

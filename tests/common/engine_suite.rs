@@ -45,40 +45,24 @@ pub fn busybox_archive(dir: &Path, tag: &str, label_value: &str) -> (PathBuf, St
         h.set_size(0);
         b.append_data(&mut h, name, std::io::empty()).unwrap();
     };
-    for (d, mode) in [
-        ("bin", 0o755),
-        ("etc", 0o755),
-        ("tmp", 0o1777),
-        ("proc", 0o755),
-        ("sys", 0o755),
-        ("dev", 0o755),
-    ] {
+    for (d, mode) in [("bin", 0o755), ("etc", 0o755), ("tmp", 0o1777), ("proc", 0o755), ("sys", 0o755), ("dev", 0o755)]
+    {
         dir_entry(&mut layer, d, mode);
     }
-    let busybox = std::fs::read("/bin/busybox").expect(
-        "/bin/busybox missing: apt-get install -y busybox-static (a static build is needed)",
-    );
+    let busybox = std::fs::read("/bin/busybox")
+        .expect("/bin/busybox missing: apt-get install -y busybox-static (a static build is needed)");
     let mut h = tar::Header::new_gnu();
     h.set_size(busybox.len() as u64);
     h.set_mode(0o755);
-    layer
-        .append_data(&mut h, "bin/busybox", &busybox[..])
-        .unwrap();
-    for applet in [
-        "sh", "cat", "id", "sleep", "wget", "ls", "echo", "touch", "mkdir", "true", "seq",
-    ] {
+    layer.append_data(&mut h, "bin/busybox", &busybox[..]).unwrap();
+    for applet in ["sh", "cat", "id", "sleep", "wget", "ls", "echo", "touch", "mkdir", "true", "seq"] {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_size(0);
-        layer
-            .append_link(&mut h, format!("bin/{applet}"), "busybox")
-            .unwrap();
+        layer.append_link(&mut h, format!("bin/{applet}"), "busybox").unwrap();
     }
     for (name, text) in [
-        (
-            "etc/passwd",
-            "root:x:0:0:root:/root:/bin/sh\nbuilder:x:1000:1000:builder:/build:/bin/sh\n",
-        ),
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nbuilder:x:1000:1000:builder:/build:/bin/sh\n"),
         ("etc/group", "root:x:0:\nbuilder:x:1000:\n"),
     ] {
         let mut h = tar::Header::new_gnu();
@@ -96,8 +80,9 @@ pub fn busybox_archive(dir: &Path, tag: &str, label_value: &str) -> (PathBuf, St
     .to_string();
     let config_hex = hex::encode(sha2::Sha256::digest(config.as_bytes()));
     let layer_name = format!("{}/layer.tar", &diff_id[7..]);
-    let manifest = serde_json::json!([{ "Config": format!("{config_hex}.json"), "RepoTags": [tag], "Layers": [layer_name] }])
-        .to_string();
+    let manifest =
+        serde_json::json!([{ "Config": format!("{config_hex}.json"), "RepoTags": [tag], "Layers": [layer_name] }])
+            .to_string();
     let path = dir.join(format!("{config_hex}.tar"));
     let mut out = tar::Builder::new(std::fs::File::create(&path).unwrap());
     for (name, data) in [
@@ -176,14 +161,7 @@ pub async fn sandbox(var: &str) {
     assert!(!o.timed_out);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(&lines[..2], ["1000", "1000"], "{text}");
-    for want in [
-        "ROOT_READONLY",
-        "SCRATCH_WRITABLE",
-        "TMP_WRITABLE",
-        "NET: lo",
-        "NET_UNREACHABLE",
-        "to-stderr",
-    ] {
+    for want in ["ROOT_READONLY", "SCRATCH_WRITABLE", "TMP_WRITABLE", "NET: lo", "NET_UNREACHABLE", "to-stderr"] {
         assert!(lines.contains(&want), "{want:?} missing from log:\n{text}");
     }
 }
@@ -214,8 +192,7 @@ pub async fn input_and_outputs(var: &str) {
     let mut h = tar::Header::new_gnu();
     h.set_size(6);
     h.set_mode(0o644);
-    b.append_data(&mut h, "src/hello.txt", &b"hello\n"[..])
-        .unwrap();
+    b.append_data(&mut h, "src/hello.txt", &b"hello\n"[..]).unwrap();
     let mut s = spec(
         &image,
         "cat src/hello.txt && echo again >> src/hello.txt && touch src/new && \
@@ -223,30 +200,16 @@ pub async fn input_and_outputs(var: &str) {
     );
     s.input = Some(b.into_inner().unwrap());
     s.workdir = "/build".into();
-    s.outputs = vec![
-        "/build/out/r.txt".into(),
-        "/build/missing".into(),
-        "/build/out".into(),
-    ];
+    s.outputs = vec!["/build/out/r.txt".into(), "/build/missing".into(), "/build/out".into()];
     let o = run_ok(&api, &s).await;
     let text = log(&o);
     assert_eq!(o.exit_code, 0, "{text}");
     assert!(text.starts_with("hello\n"), "{text}");
     let paths: Vec<&str> = o.outputs.iter().map(|(p, _)| p.as_str()).collect();
-    assert_eq!(
-        paths,
-        ["/build/out/r.txt", "/build/out"],
-        "a missing output is absent, not an error"
-    );
-    assert_eq!(
-        entries(&o.outputs[0].1),
-        [("r.txt".to_string(), "result\n".to_string())]
-    );
+    assert_eq!(paths, ["/build/out/r.txt", "/build/out"], "a missing output is absent, not an error");
+    assert_eq!(entries(&o.outputs[0].1), [("r.txt".to_string(), "result\n".to_string())]);
     let dir = entries(&o.outputs[1].1);
-    assert!(
-        dir.contains(&("out/sub/d.txt".to_string(), "deep\n".to_string())),
-        "{dir:?}"
-    );
+    assert!(dir.contains(&("sub/d.txt".to_string(), "deep\n".to_string())), "{dir:?}");
 }
 
 pub async fn exit_code(var: &str) {
@@ -266,21 +229,10 @@ pub async fn timeout(var: &str) {
     let t = Instant::now();
     let o = run_ok(&api, &s).await;
     assert!(o.timed_out, "{o:?}");
-    assert!(
-        t.elapsed() < Duration::from_secs(40),
-        "took {:?}",
-        t.elapsed()
-    );
-    assert!(
-        log(&o).contains("started"),
-        "log is kept on timeout: {}",
-        log(&o)
-    );
+    assert!(t.elapsed() < Duration::from_secs(40), "took {:?}", t.elapsed());
+    assert!(log(&o).contains("started"), "log is kept on timeout: {}", log(&o));
     let left = api.leftover_containers().await.unwrap();
-    assert!(
-        left.iter().all(|(_, cmd)| !cmd.contains(&marker)),
-        "container left behind: {left:?}"
-    );
+    assert!(left.iter().all(|(_, cmd)| !cmd.contains(&marker)), "container left behind: {left:?}");
 }
 
 pub async fn fork_bomb(var: &str) {
@@ -300,26 +252,17 @@ pub async fn fork_bomb(var: &str) {
         .and_then(|n| n.parse::<i64>().ok())
         .is_some_and(|n| n <= 64);
     let pids_ok = text.lines().any(|l| l.trim() == "64");
-    assert!(nproc_ok || pids_ok, "neither an nproc rlimit nor a pids cgroup limit of 64 is in force; not running the fork bomb:\n{text}");
-    let _g = FORK_LOCK.write().await;
-    let mut s = spec(
-        &image,
-        "bomb() { bomb | bomb & }; bomb; sleep 3; echo survived",
+    assert!(
+        nproc_ok || pids_ok,
+        "neither an nproc rlimit nor a pids cgroup limit of 64 is in force; not running the fork bomb:\n{text}"
     );
+    let _g = FORK_LOCK.write().await;
+    let mut s = spec(&image, "bomb() { bomb | bomb & }; bomb; sleep 3; echo survived");
     s.limits.timeout = Duration::from_secs(15);
     let t = Instant::now();
     let o = api.run(&s).await.expect("fork bomb run returns");
-    assert!(
-        t.elapsed() < Duration::from_secs(90),
-        "took {:?}",
-        t.elapsed()
-    );
-    eprintln!(
-        "fork bomb: exit {} timed_out {} after {:?}",
-        o.exit_code,
-        o.timed_out,
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(90), "took {:?}", t.elapsed());
+    eprintln!("fork bomb: exit {} timed_out {} after {:?}", o.exit_code, o.timed_out, t.elapsed());
     drop(_g);
     // The engine and host still work.
     let o = run_ok(&api, &spec(&image, "echo alive")).await;
@@ -329,63 +272,30 @@ pub async fn fork_bomb(var: &str) {
 pub async fn images(var: &str) {
     let api = api(var).await;
     let shared = image(&api).await;
-    assert_eq!(
-        api.image_id(IMAGE).await.unwrap().as_deref(),
-        Some(shared.as_str())
-    );
-    assert_eq!(
-        api.image_id("localhost/ckms-test/absent:1").await.unwrap(),
-        None
-    );
+    assert_eq!(api.image_id(IMAGE).await.unwrap().as_deref(), Some(shared.as_str()));
+    assert_eq!(api.image_id("localhost/ckms-test/absent:1").await.unwrap(), None);
 
     let dir = tempfile::tempdir().unwrap();
     let tag = format!("localhost/ckms-test/removable:{}", std::process::id());
-    let (archive, id) = busybox_archive(
-        dir.path(),
-        &tag,
-        &format!("removable-{}", std::process::id()),
-    );
+    let (archive, id) = busybox_archive(dir.path(), &tag, &format!("removable-{}", std::process::id()));
     api.load_image(&archive).await.unwrap();
-    assert_eq!(
-        api.image_id(&tag).await.unwrap().as_deref(),
-        Some(id.as_str())
-    );
+    assert_eq!(api.image_id(&tag).await.unwrap().as_deref(), Some(id.as_str()));
     let layers = api.image_layers(&tag).await.unwrap();
     assert_eq!(layers.len(), 1);
     assert!(layers[0].starts_with("sha256:"));
-    assert_eq!(
-        api.image_layers(&shared).await.unwrap(),
-        layers,
-        "same layer, by id too"
-    );
+    assert_eq!(api.image_layers(&shared).await.unwrap(), layers, "same layer, by id too");
 
     let listed = api.list_images(LABEL).await.unwrap();
-    let mine = listed
-        .iter()
-        .find(|i| i.id == id)
-        .unwrap_or_else(|| panic!("{id} not in {listed:?}"));
+    let mine = listed.iter().find(|i| i.id == id).unwrap_or_else(|| panic!("{id} not in {listed:?}"));
     assert_eq!(mine.tags, std::slice::from_ref(&tag));
     assert!(mine.labels[LABEL].starts_with("removable-"));
-    assert!(
-        mine.size > 1_000_000 && mine.created == 1_704_067_200,
-        "{mine:?}"
-    );
-    assert!(api
-        .list_images("io.ckms.no-such-label")
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(mine.size > 1_000_000 && mine.created == 1_704_067_200, "{mine:?}");
+    assert!(api.list_images("io.ckms.no-such-label").await.unwrap().is_empty());
 
     api.remove_image(&tag).await.unwrap();
     assert_eq!(api.image_id(&id).await.unwrap(), None);
-    assert!(matches!(
-        api.remove_image(&tag).await,
-        Err(EngineError::ImageNotFound { .. })
-    ));
-    assert!(matches!(
-        api.image_layers(&tag).await,
-        Err(EngineError::ImageNotFound { .. })
-    ));
+    assert!(matches!(api.remove_image(&tag).await, Err(EngineError::ImageNotFound { .. })));
+    assert!(matches!(api.image_layers(&tag).await, Err(EngineError::ImageNotFound { .. })));
 }
 
 pub async fn load_errors(var: &str) {
@@ -396,20 +306,14 @@ pub async fn load_errors(var: &str) {
     let err = api.load_image(&bad).await.unwrap_err();
     assert!(matches!(err, EngineError::Load { .. }), "{err:?}");
     assert!(err.to_string().contains(api.endpoint()), "{err}");
-    let missing = api
-        .load_image(&dir.path().join("missing.tar"))
-        .await
-        .unwrap_err();
+    let missing = api.load_image(&dir.path().join("missing.tar")).await.unwrap_err();
     assert!(matches!(missing, EngineError::Io { .. }), "{missing:?}");
 }
 
 pub async fn refusals(var: &str) {
     let api = api(var).await;
     let image = image(&api).await;
-    let err = api
-        .run(&spec("localhost/ckms-test/absent:1", "true"))
-        .await
-        .unwrap_err();
+    let err = api.run(&spec("localhost/ckms-test/absent:1", "true")).await.unwrap_err();
     assert!(matches!(err, EngineError::ImageNotFound { .. }), "{err:?}");
     let mut s = spec(&image, "true");
     s.user = "0:0".into();
@@ -421,22 +325,11 @@ pub async fn info(var: &str, kind: EngineKind, rootless: bool) {
     let info = api.info().await.unwrap();
     assert_eq!((info.kind, info.rootless), (kind, rootless), "{info:?}");
     assert_eq!(info.endpoint, endpoint(var));
-    assert!(
-        !info.version.is_empty() && !info.api_version.is_empty(),
-        "{info:?}"
-    );
+    assert!(!info.version.is_empty() && !info.api_version.is_empty(), "{info:?}");
     // Explicit setting: connect uses exactly this endpoint.
-    let settings = ckms::engine::EngineSettings {
-        host: Some(endpoint(var)),
-        rootless_user: None,
-    };
-    let conn = ckms::engine::connect(&settings, &ckms::report::Silent)
-        .await
-        .unwrap();
-    assert_eq!(
-        (conn.info.kind, conn.info.endpoint.as_str()),
-        (kind, endpoint(var).as_str())
-    );
+    let settings = ckms::engine::EngineSettings { host: Some(endpoint(var)), rootless_user: None };
+    let conn = ckms::engine::connect(&settings, &ckms::report::Silent).await.unwrap();
+    assert_eq!((conn.info.kind, conn.info.endpoint.as_str()), (kind, endpoint(var).as_str()));
 }
 
 #[macro_export]
