@@ -1,0 +1,338 @@
+//! Helpers for integration tests that drive the `ckms` binary: running it with a clean
+//! environment, the shared download cache, looking at what a run left in a cache, a tiny
+//! local HTTP server and a size-limited tmpfs.
+#![allow(dead_code)]
+
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The endpoint of the engine under test, from `var`. Unset is a failure, never a skip.
+pub fn engine_host(var: &str) -> String {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{var} is not set: it must name the engine under test (ci/setup-engines.sh starts them; \
+             e.g. CKMS_TEST_PODMAN_HOST=unix:///run/user/1001/podman/podman.sock, \
+             CKMS_TEST_DOCKER_HOST=unix:///var/run/docker.sock)"
+        ),
+    }
+}
+
+/// The cache shared by the whole test run (`$CKMS_TEST_CACHE`, else `target/ckms-test-cache`),
+/// so that real downloads happen once per run.
+pub fn shared_cache() -> PathBuf {
+    let dir = std::env::var_os("CKMS_TEST_CACHE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ckms-test-cache"));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating the shared test cache {}: {e}", dir.display()));
+    dir
+}
+
+static SHARED_CACHE: Mutex<()> = Mutex::new(());
+
+/// Held by the tests of one test binary that look at (or damage) the shared cache, so that
+/// "nothing new appeared" checks are not confused by a concurrent test's downloads.
+pub fn shared_cache_lock() -> MutexGuard<'static, ()> {
+    SHARED_CACHE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One invocation of the `ckms` binary, isolated from the caller's ckms settings: every
+/// `CKMS_*`, `DOCKER_HOST` and `CONTAINER_HOST` variable is removed, and the configuration
+/// file is one that does not exist (so /etc/ckms and ~/.config/ckms are not read).
+pub struct Ckms {
+    cmd: Command,
+    envs: Vec<String>,
+    shown: Vec<String>,
+}
+
+pub fn ckms<I, S>(args: I) -> Ckms
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ckms"));
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("CKMS_") || k == "DOCKER_HOST" || k == "CONTAINER_HOST" {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env("CKMS_CONFIG", "/nonexistent/ckms-test/config.toml");
+    let mut shown = vec!["ckms".to_string()];
+    for a in args {
+        cmd.arg(a.as_ref());
+        shown.push(a.as_ref().to_string());
+    }
+    Ckms { cmd, envs: Vec::new(), shown }
+}
+
+impl Ckms {
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.envs.push(format!("{key}={}", value.as_ref().to_string_lossy()));
+        self.cmd.env(key, value);
+        self
+    }
+
+    pub fn run(mut self) -> Outcome {
+        let command = self.envs.iter().chain(&self.shown).cloned().collect::<Vec<_>>().join(" ");
+        let out = self.cmd.output().unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
+        let code = out.status.code().unwrap_or_else(|| panic!("{command} was killed: {:?}", out.status));
+        Outcome {
+            command,
+            code,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// What one run of ckms did.
+pub struct Outcome {
+    pub command: String,
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "\n$ {}\nexit code: {}\n--- stdout ---\n{}\n--- stderr ---\n{}\n--------------",
+            self.command,
+            self.code,
+            self.stdout.trim_end(),
+            self.stderr.trim_end()
+        )
+    }
+}
+
+impl Outcome {
+    /// Panics (showing the run) unless ckms exited with `code`.
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code, code, "expected exit code {code}{self}");
+        self
+    }
+
+    /// The error message: from `Error! ` up to (not including) the hint line.
+    pub fn error_message(&self) -> String {
+        let start =
+            self.stderr.find("Error! ").unwrap_or_else(|| panic!("no `Error! <message>` line on stderr{self}")) + 7;
+        let rest = &self.stderr[start..];
+        let lines: Vec<&str> = rest.trim_end().lines().collect();
+        assert!(lines.len() >= 2, "no hint line after the error message{self}");
+        lines[..lines.len() - 1].join("\n")
+    }
+
+    /// The hint: the last line of stderr, after the error message.
+    pub fn hint(&self) -> String {
+        let _ = self.error_message();
+        self.stderr.trim_end().lines().last().unwrap_or_default().to_string()
+    }
+
+    /// The `result` document of a `--json` run.
+    pub fn json_result(&self) -> serde_json::Value {
+        self.stdout
+            .lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["event"] == "result")
+            .map(|mut v| v["result"].take())
+            .unwrap_or_else(|| panic!("no JSON result line on stdout{self}"))
+    }
+}
+
+/// File names directly under `dir` (empty when `dir` does not exist), sorted.
+pub fn entries(dir: &Path) -> BTreeSet<String> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => {
+            rd.map(|e| e.expect("reading a directory entry").file_name().to_string_lossy().into_owned()).collect()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+        Err(e) => panic!("listing {}: {e}", dir.display()),
+    }
+}
+
+/// The blobs of a cache (`blobs/sha256/*`).
+pub fn blobs(cache: &Path) -> BTreeSet<String> {
+    entries(&cache.join("blobs/sha256"))
+}
+
+/// Panics unless the cache's `tmp/` holds nothing: no half-written file was left behind.
+pub fn assert_tmp_empty(cache: &Path, run: &Outcome) {
+    let left = entries(&cache.join("tmp"));
+    assert!(left.is_empty(), "{}/tmp should be empty but holds {left:?}{run}", cache.display());
+}
+
+/// Panics unless every blob of the cache hashes to its name (nothing half-written stored).
+pub fn assert_blobs_intact(cache: &Path, run: &Outcome) {
+    for name in blobs(cache) {
+        let actual = sha256_file(&cache.join("blobs/sha256").join(&name));
+        assert_eq!(actual, name, "blob {name} in {} does not hash to its name{run}", cache.display());
+    }
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Flips `len` bytes in the middle of `path`, keeping its size.
+pub fn corrupt(path: &Path, len: usize) {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("opening {} to corrupt it: {e}", path.display()));
+    let size = f.metadata().unwrap().len();
+    assert!(size >= len as u64, "{} is too small ({size} bytes) to corrupt", path.display());
+    let at = (size - len as u64) / 2;
+    let mut bytes = vec![0u8; len];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut bytes).unwrap();
+    for b in &mut bytes {
+        *b ^= 0xff;
+    }
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&bytes).unwrap_or_else(|e| panic!("corrupting {}: {e}", path.display()));
+    f.sync_all().unwrap();
+}
+
+/// A minimal HTTP/1.1 server on 127.0.0.1 (ephemeral port) serving `files` by path and 404
+/// for anything else, one connection at a time. It stops (and its thread is joined) on drop.
+pub struct HttpServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    requests: Arc<Mutex<Vec<String>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpServer {
+    pub fn start(files: HashMap<String, Vec<u8>>) -> HttpServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a local HTTP server");
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, requests2) = (stop.clone(), requests.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(sock) = conn {
+                    serve_one(sock, &files, &requests2);
+                }
+            }
+        });
+        HttpServer { addr, stop, requests, thread: Some(thread) }
+    }
+
+    /// `http://127.0.0.1:<port>`
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The paths requested so far, in order.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn serve_one(mut sock: TcpStream, files: &HashMap<String, Vec<u8>>, requests: &Mutex<Vec<String>>) {
+    // Bounded: a client that never finishes its request cannot hold the server.
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = sock.set_write_timeout(Some(Duration::from_secs(10)));
+    let mut req = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        match sock.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+    }
+    let line = String::from_utf8_lossy(&req).lines().next().unwrap_or_default().to_string();
+    let path = line.split_whitespace().nth(1).unwrap_or_default().to_string();
+    requests.lock().unwrap().push(path.clone());
+    let resp = match files.get(&path) {
+        Some(body) => {
+            let mut r = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            r.extend_from_slice(body);
+            r
+        }
+        None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+    };
+    let _ = sock.write_all(&resp);
+    let _ = sock.flush();
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A tmpfs of a given size mounted on a fresh temporary directory (needs root), unmounted on
+/// drop, also when the test panics.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().expect("creating a mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run mount: {e}"));
+        assert!(
+            out.status.success(),
+            "mounting a {size} tmpfs on {} failed (this test needs root): {}",
+            dir.path().display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        match Command::new("umount").arg(self.dir.path()).output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!("umount {} failed: {}", self.dir.path().display(), String::from_utf8_lossy(&o.stderr)),
+            Err(e) => eprintln!("cannot run umount {}: {e}", self.dir.path().display()),
+        }
+    }
+}
