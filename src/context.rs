@@ -49,7 +49,12 @@ impl Context {
     /// Finds the profile offering `release` (only among `profile` when given), with its index.
     pub async fn find_kernel(&self, release: &str, profile: Option<&str>) -> Result<(&Profile, Index, Kernel), Error> {
         let mut offered = Vec::new();
-        let candidates = self.profiles(profile)?;
+        let mut candidates = self.profiles(profile)?;
+        // Read only the indexes of profiles whose naming fits; all of them if none does, so
+        // that an unknown kernel still gets the closest real ones suggested.
+        if candidates.iter().any(|p| p.may_offer(release)) {
+            candidates.retain(|p| p.may_offer(release));
+        }
         for p in &candidates {
             let index = self.index(p).await?;
             if let Some(k) = kernel::find(p, &index, release) {

@@ -85,6 +85,8 @@ pub struct Packages {
 pub struct KernelRules {
     #[serde(with = "regex_one")]
     pub headers: Regex,
+    #[serde(with = "regex_one")]
+    pub releases: Regex,
     #[serde(with = "regexes")]
     pub kernel_packages: Vec<Regex>,
     #[serde(with = "regex_one")]
@@ -121,6 +123,11 @@ impl Profile {
     /// The compiler version (e.g. "12") if `package` is the kernel's compiler package.
     pub fn compiler_of<'a>(&self, package: &'a str) -> Option<&'a str> {
         self.kernel.compiler.captures(package)?.name("version").map(|m| m.as_str())
+    }
+
+    /// Whether this profile can offer `release` at all (by name, without reading its index).
+    pub fn may_offer(&self, release: &str) -> bool {
+        self.kernel.releases.is_match(release)
     }
 
     pub fn is_kernel_package(&self, package: &str) -> bool {
@@ -346,6 +353,18 @@ mod tests {
         assert_eq!(p.compiler_of("gcc-12-base"), None);
         assert!(p.is_kernel_package("linux-kbuild-6.1"));
         assert!(!p.is_kernel_package("gcc-12"));
+    }
+
+    #[test]
+    fn releases_point_at_one_profile() {
+        let c = builtin();
+        let offering =
+            |k: &str| -> Vec<&str> { c.profiles.iter().filter(|p| p.may_offer(k)).map(|p| p.name.as_str()).collect() };
+        assert_eq!(offering("6.1.0-56-amd64"), ["debian-bookworm"]);
+        assert_eq!(offering("6.12.117+deb12-rt-amd64"), ["debian-bookworm"]);
+        assert_eq!(offering("6.12.115+deb13.1-amd64"), ["debian-trixie"]);
+        assert_eq!(offering("7.2.13+deb14-cloud-amd64"), ["debian-sid"]);
+        assert!(offering("6.18.44-fc-custom").is_empty());
     }
 
     #[test]
