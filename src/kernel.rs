@@ -88,11 +88,13 @@ fn compiler(profile: &Profile, index: &Index, headers: &Package) -> Option<Strin
     closure.iter().find_map(|p| profile.compiler_of(&p.name).map(str::to_string))
 }
 
-/// Up to `n` releases from `offered` that look most like `wanted`.
+/// Up to `n` releases from `offered` (oldest first) that look most like `wanted`; among
+/// equally close ones, the newest first.
 pub fn closest(wanted: &str, offered: &[String], n: usize) -> Vec<String> {
-    let mut scored: Vec<(usize, &String)> = offered.iter().map(|o| (distance(wanted, o), o)).collect();
+    let mut scored: Vec<(usize, std::cmp::Reverse<usize>, &String)> =
+        offered.iter().enumerate().map(|(i, o)| (distance(wanted, o), std::cmp::Reverse(i), o)).collect();
     scored.sort();
-    scored.into_iter().take(n).map(|(_, o)| o.clone()).collect()
+    scored.into_iter().take(n).map(|(_, _, o)| o.clone()).collect()
 }
 
 /// Levenshtein distance over bytes; kernel releases are ASCII.
@@ -186,9 +188,11 @@ SHA256: 0000000000000000000000000000000000000000000000000000000000000006
     #[test]
     fn closest_ranks_by_edit_distance() {
         let offered =
-            vec!["6.1.0-56-amd64".to_string(), "6.12.117+deb13-amd64".to_string(), "6.1.0-50-amd64".to_string()];
-        let mut best = closest("6.1.0-57-amd64", &offered, 2);
-        best.sort();
-        assert_eq!(best, ["6.1.0-50-amd64", "6.1.0-56-amd64"]);
+            vec!["6.1.0-50-amd64".to_string(), "6.12.117+deb13-amd64".to_string(), "6.1.0-56-amd64".to_string()];
+        assert_eq!(
+            closest("6.1.0-57-amd64", &offered, 2),
+            ["6.1.0-56-amd64", "6.1.0-50-amd64"],
+            "equally close: newest first"
+        );
     }
 }

@@ -3,7 +3,7 @@
 #   1. cold: empty cache, image absent from the engine -> image loaded (downloads included)
 #   2. warm re-run of the same build (target: under 3 s, nothing downloaded)
 #   3. a second kernel of the same release: bytes downloaded, layers shared
-#   4. mmdebstrap assembling the same package set from the same mirror (cold), for comparison
+#   4. mmdebstrap unpacking the same package set from the same mirror (cold), for comparison
 # usage: ci/bench/provision.sh [KERNEL] [SECOND_KERNEL]     (run as root; engines via ci/setup-engines.sh)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -46,7 +46,7 @@ pkgs=$(jq -r '[.lock.layers[].packages[].name] | join(",")' "$CKMS_CACHE_DIR/ima
 sources=$(ls /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1)
 echo "mmdebstrap: $(echo "$pkgs" | tr ',' '\n' | wc -l) packages from $sources"
 t0=$(now)
-mmdebstrap --quiet --variant=custom --include="$pkgs" --skip=cleanup/apt bookworm "$work/rootfs.tar" "$sources" >/dev/null 2>"$work/mmdebstrap.log" \
+mmdebstrap --quiet --variant=extract --include="$pkgs" bookworm "$work/rootfs.tar" "$sources" >/dev/null 2>"$work/mmdebstrap.log" \
   || { tail "$work/mmdebstrap.log"; exit 1; }
 t1=$(now)
-echo "mmdebstrap cold (to a rootfs tarball, not loaded into an engine): $(secs "$t0" "$t1") s"
+echo "mmdebstrap --variant=extract cold (same packages unpacked, no maintainer scripts, like ckms; to a rootfs tarball, not loaded into any engine): $(secs "$t0" "$t1") s"

@@ -36,6 +36,8 @@ pub enum RepoError {
     MissingIndex { url: String, suite: String, what: String },
     #[error("bad signature on {url}: {detail}")]
     BadSignature { url: String, detail: String },
+    #[error("{url} does not match its signature by trusted key {signer}: it was changed after signing")]
+    Tampered { url: String, signer: String },
     #[error("keyring {path}: {detail}")]
     Keyring { path: PathBuf, detail: String },
     #[error("{url} (suite {suite}) expired on {valid_until}")]
@@ -65,7 +67,7 @@ impl Diagnose for RepoError {
         use RepoError::*;
         match self {
             Unreachable { .. } | Http { .. } | MissingIndex { .. } | Malformed { .. } => code::MIRROR_UNREACHABLE,
-            BadSignature { .. } | Keyring { .. } | Expired { .. } => code::BAD_SIGNATURE,
+            BadSignature { .. } | Tampered { .. } | Keyring { .. } | Expired { .. } => code::BAD_SIGNATURE,
             Checksum { .. } | Size { .. } | Decompress { .. } => code::CHECKSUM_MISMATCH,
             Unresolvable { .. } | NoSuchPackage { .. } => code::UNRESOLVABLE,
             Sources { .. } => code::USAGE,
@@ -88,6 +90,9 @@ impl Diagnose for RepoError {
             BadSignature { .. } => {
                 "the index is not signed by a trusted key: check that the mirror is genuine and that the keyring (e.g. /usr/share/keyrings/debian-archive-keyring.gpg from debian-archive-keyring) is current".into()
             }
+            Tampered { .. } => {
+                "the mirror, a caching proxy or the network altered the index: run again with --refresh, or use another mirror; nothing from it was used or cached".into()
+            }
             Keyring { .. } => {
                 "install or update the keyring package (debian-archive-keyring), or point ckms at a readable OpenPGP keyring".into()
             }
@@ -105,6 +110,9 @@ impl Diagnose for RepoError {
                 "check the package name, and that the suite that carries it (e.g. the -security or -updates suite) is configured; refresh the indexes with --refresh".into()
             }
             Sources { .. } => "fix the apt source entry, or set the mirror in ckms's config instead".into(),
+            Io { source, .. } if source.raw_os_error() == Some(28) => {
+                "the disk is full: free space, or move the cache with --cache-dir or CKMS_CACHE_DIR".into()
+            }
             Io { .. } => "check that the path is readable and the cache directory writable (--cache-dir or CKMS_CACHE_DIR)".into(),
             Cache(e) => return e.hint(),
         })

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pgp::composed::{CleartextSignedMessage, Deserializable, SignedPublicKey};
+use pgp::types::KeyDetails;
 
 use super::RepoError;
 
@@ -110,6 +111,19 @@ pub fn verify_inrelease(inrelease: &str, keyring: &Keyring, url: &str) -> Result
             fps.chain(ids).take(1)
         })
         .collect();
+    // A signature by a key we trust that does not verify means the text changed after signing:
+    // say so, rather than blaming the keyring.
+    let trusted: Vec<String> = keyring
+        .keys
+        .iter()
+        .flat_map(|k| {
+            std::iter::once(format!("{:X}", k.primary_key.fingerprint()))
+                .chain(k.public_subkeys.iter().map(|sk| format!("{:X}", sk.key.fingerprint())))
+        })
+        .collect();
+    if let Some(signer) = issuers.iter().find(|i| trusted.iter().any(|t| t.ends_with(i.as_str()))) {
+        return Err(RepoError::Tampered { url: url.to_string(), signer: signer.clone() });
+    }
     Err(bad(format!(
         "no signature verifies with the {} trusted key(s) (signed by {})",
         keyring.keys.len(),
@@ -287,12 +301,14 @@ SHA256:
         let err = verify_inrelease(&tampered, &trusted, "http://m.invalid/InRelease").unwrap_err();
         assert_eq!(err.exit_code(), code::BAD_SIGNATURE);
         assert!(err.to_string().contains("http://m.invalid/InRelease"));
-        assert!(err.hint().unwrap().contains("keyring"));
+        assert!(matches!(err, RepoError::Tampered { .. }), "a trusted signer, changed text: {err}");
+        assert!(err.hint().unwrap().contains("altered"));
 
         // Signed by a key nobody trusts.
         let only_other = Keyring::from_keys(vec![other.to_public_key()]);
         let err = verify_inrelease(&signed, &only_other, "u").unwrap_err();
         assert_eq!(err.exit_code(), code::BAD_SIGNATURE);
+        assert!(err.hint().unwrap().contains("keyring"));
 
         // Not signed at all.
         assert!(verify_inrelease(RELEASE, &trusted, "u").is_err());
