@@ -422,6 +422,77 @@ pub async fn prune(engine: &dyn Engine, cache: &Cache, all: bool) -> Result<(Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::fake::{FakeEngine, FakeImage};
+    use crate::image::{Lock, LockedLayer, LockedPackage};
+
+    fn image(id: &str, profile: &str, kernel: &str, created: i64) -> FakeImage {
+        FakeImage {
+            id: format!("sha256:{id}"),
+            tags: vec![format!("localhost/ckms/builder-{profile}:{kernel}-{id}")],
+            labels: [(label::RECIPE, "builder"), (label::PROFILE, profile), (label::KERNEL, kernel)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            created,
+            ..FakeImage::default()
+        }
+    }
+
+    fn record(cache: &Cache, id: &str, deb: &str, layer: &str) {
+        let package = LockedPackage {
+            name: "p".into(),
+            version: "1".into(),
+            architecture: "amd64".into(),
+            filename: "pool/p.deb".into(),
+            size: 1,
+            sha256: deb.into(),
+        };
+        let lock = Lock {
+            recipe: "builder".into(),
+            profile: "x".into(),
+            kernel: "k".into(),
+            compiler: "gcc-12".into(),
+            suites: vec![],
+            layers: vec![LockedLayer { name: "base".into(), packages: vec![package] }],
+        };
+        save_record(cache, &format!("sha256:{id}"), &Record { lock, layers: vec![format!("sha256:{layer}")] }).unwrap();
+        for blob in [deb, layer] {
+            std::fs::write(cache.blob_path(blob), b"x").unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn prune_keeps_the_newest_per_kernel_and_frees_what_only_old_ones_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let engine = FakeEngine::new();
+        engine.add_image(image("old", "debian-bookworm", "6.1.0-56-amd64", 100));
+        engine.add_image(image("new", "debian-bookworm", "6.1.0-56-amd64", 200));
+        engine.add_image(image("other", "debian-trixie", "6.12.117+deb13-amd64", 50));
+        record(&cache, "old", "deb1", "layerold");
+        record(&cache, "new", "deb1", "layernew");
+
+        let (removed, freed) = prune(&engine, &cache, false).await.unwrap();
+        assert_eq!(removed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["sha256:old"]);
+        assert_eq!(freed, 1, "only the old image's own layer goes");
+        assert!(cache.blob_path("deb1").exists(), "still used by the newer image");
+        assert!(!cache.blob_path("layerold").exists());
+        assert_eq!(engine.images().len(), 2);
+
+        let (removed, _) = prune(&engine, &cache, true).await.unwrap();
+        assert_eq!(removed.len(), 2, "--all removes every ckms image");
+        assert!(!cache.blob_path("deb1").exists());
+    }
+
+    #[tokio::test]
+    async fn remove_by_kernel_and_unknown_names() {
+        let engine = FakeEngine::new();
+        engine.add_image(image("abcdef123456", "debian-sid", "7.2.13+deb14-amd64", 1));
+        assert!(matches!(remove(&engine, "6.1.0-1-amd64").await, Err(ImageError::NotFound(_))));
+        let gone = remove(&engine, "7.2.13+deb14-amd64").await.unwrap();
+        assert_eq!(gone.len(), 1);
+        assert!(engine.images().is_empty());
+    }
 
     #[test]
     fn index_dates_become_rfc3339() {
