@@ -43,9 +43,12 @@ start_podman() {
     log "adding unprivileged user $CKMS_USER (with subordinate uid/gid ranges)"
     useradd --create-home --shell /usr/sbin/nologin "$CKMS_USER"
   fi
-  grep -q "^$CKMS_USER:" /etc/subuid || usermod --add-subuids 200000-265535 --add-subgids 200000-265535 "$CKMS_USER"
-  local uid home run sock
+  local uid home run sock remapped=
   uid=$(id -u "$CKMS_USER"); home=$(getent passwd "$CKMS_USER" | cut -d: -f6)
+  if ! grep -q "^$CKMS_USER:" /etc/subuid; then
+    usermod --add-subuids 200000-265535 --add-subgids 200000-265535 "$CKMS_USER"
+    remapped=1
+  fi
   run=/run/user/$uid; sock=$run/podman/podman.sock
   install -d -o "$CKMS_USER" -g "$CKMS_USER" -m 0700 "$run" "$run/podman"
   # crun fails on this kind of machine (cgroups hybrid, rlimits): runc + cgroupfs + file events.
@@ -60,8 +63,10 @@ CONF
   # vfs, which stores every layer as a full copy (GBs per builder image, slow loads).
   printf '[storage]\ndriver = "overlay"\n' >"$home/.config/containers/storage.conf"
   chown "$CKMS_USER:" "$home/.config/containers/containers.conf" "$home/.config/containers/storage.conf"
-  if [ -d "$home/.local/share/containers/storage/vfs" ]; then
-    log "switching $CKMS_USER's Podman storage from vfs to overlay (removes its images)"
+  # Storage written under other subordinate ids (or with vfs) is unusable: files show up as
+  # nobody:nogroup. Start it afresh.
+  if [ -n "$remapped" ] || [ -d "$home/.local/share/containers/storage/vfs" ]; then
+    log "resetting $CKMS_USER's Podman storage (new id mapping or vfs driver; removes its images)"
     (cd / && runuser -u "$CKMS_USER" -- env XDG_RUNTIME_DIR="$run" HOME="$home" podman system reset -f >/dev/null 2>&1) || true
   fi
   if curl -fsS --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; then
