@@ -448,17 +448,7 @@ pub(crate) mod tests {
     }
 
     fn data_paths(deb: Vec<u8>) -> Vec<(String, Vec<u8>)> {
-        let r = data_tar(io::Cursor::new(deb), "test.deb").unwrap();
-        let mut a = tar::Archive::new(r);
-        a.entries()
-            .unwrap()
-            .map(|e| {
-                let mut e = e.unwrap();
-                let mut v = Vec::new();
-                e.read_to_end(&mut v).unwrap();
-                (e.path().unwrap().display().to_string(), v)
-            })
-            .collect()
+        crate::testutil::tar_entries(data_tar(io::Cursor::new(deb), "test.deb").unwrap())
     }
 
     #[test]

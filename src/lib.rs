@@ -23,3 +23,5 @@ pub mod kernel;
 pub mod profile;
 pub mod repo;
 pub mod report;
+#[cfg(test)]
+mod testutil;

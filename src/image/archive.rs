@@ -537,16 +537,7 @@ mod tests {
     }
 
     fn read_tar(bytes: &[u8]) -> Map<String, Vec<u8>> {
-        let mut a = tar::Archive::new(bytes);
-        a.entries()
-            .unwrap()
-            .map(|e| {
-                let mut e = e.unwrap();
-                let mut v = Vec::new();
-                e.read_to_end(&mut v).unwrap();
-                (e.path().unwrap().display().to_string(), v)
-            })
-            .collect()
+        crate::testutil::tar_entries(bytes).into_iter().collect()
     }
 
     fn blob<'a>(files: &'a Map<String, Vec<u8>>, digest: &str) -> &'a [u8] {
