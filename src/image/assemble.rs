@@ -58,7 +58,7 @@ pub async fn build(
 
     if !force {
         if let Some(known) = digests.iter().cloned().collect::<Option<Vec<_>>>() {
-            let (id, tags) = identity(cache, &known, &config_layer, &meta, &repository, &kernel_tag)?;
+            let Identity { id, tags, .. } = identity(cache, &known, &config_layer, &meta, &repository, &kernel_tag)?;
             if engine.image_id(&tags[1]).await?.as_deref() == Some(id.as_str()) {
                 return Ok(Built {
                     reference: tags[1].clone(),
@@ -102,10 +102,8 @@ pub async fn build(
         digests[i] = Some(digest);
     }
     let known: Vec<LayerDigest> = digests.into_iter().flatten().collect();
-    let (id, tags) = identity(cache, &known, &config_layer, &meta, &repository, &kernel_tag)?;
-
-    let archive_layers = archive_layers(cache, &known, &config_layer);
-    let config = archive::image_config(&archive_layers, &meta)?;
+    let Identity { id, tags, layers: archive_layers, config } =
+        identity(cache, &known, &config_layer, &meta, &repository, &kernel_tag)?;
     let tmp = tempfile::NamedTempFile::new_in(cache.dir("tmp")?).map_err(|e| crate::cache::io_err(cache.root())(e))?;
     {
         let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file());
@@ -145,6 +143,15 @@ fn names(recipe: &Recipe, plan: &Plan) -> (String, String) {
     (format!("{}-{}", recipe.repository, plan.profile), tag)
 }
 
+/// What names an image: its ID (the digest of its configuration) and tags, with the layers
+/// and configuration they were derived from.
+struct Identity {
+    id: String,
+    tags: Vec<String>,
+    layers: Vec<ArchiveLayer>,
+    config: oci_spec::image::ImageConfiguration,
+}
+
 fn identity(
     cache: &Cache,
     layers: &[LayerDigest],
@@ -152,11 +159,13 @@ fn identity(
     meta: &ImageMeta,
     repository: &str,
     kernel_tag: &str,
-) -> Result<(String, Vec<String>)> {
-    let config = archive::image_config(&archive_layers(cache, layers, config_layer), meta)?;
+) -> Result<Identity> {
+    let layers = archive_layers(cache, layers, config_layer);
+    let config = archive::image_config(&layers, meta)?;
     let id = archive::image_id(&config)?;
     let short = id.trim_start_matches("sha256:").get(..12).unwrap_or_default().to_string();
-    Ok((id, vec![format!("{repository}:{kernel_tag}"), format!("{repository}:{kernel_tag}-{short}")]))
+    let tags = vec![format!("{repository}:{kernel_tag}"), format!("{repository}:{kernel_tag}-{short}")];
+    Ok(Identity { id, tags, layers, config })
 }
 
 fn archive_layers(cache: &Cache, layers: &[LayerDigest], config_layer: &LayerDigest) -> Vec<ArchiveLayer> {
@@ -228,10 +237,10 @@ fn save_record(cache: &Cache, id: &str, record: &Record) -> Result<()> {
 
 fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    let err = crate::cache::io_err(path);
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| crate::cache::io_err(path)(e))?;
-    std::io::Write::write_all(&mut tmp, bytes).map_err(|e| crate::cache::io_err(path)(e))?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
+    let io = |e| ImageError::Cache(crate::cache::io_err(path)(e));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    std::io::Write::write_all(&mut tmp, bytes).map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())
 }
 
