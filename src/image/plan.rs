@@ -87,21 +87,29 @@ pub fn plan(
     roots.extend(extra.iter().cloned());
     let full = if extra.is_empty() { with_kernel.clone() } else { resolve(&roots)? };
 
-    let gcc = with_kernel
+    let (compiler, gcc) = with_kernel
         .iter()
-        .find_map(|p| profile.compiler_of(&p.name))
-        .ok_or_else(|| ImageError::NoCompiler { kernel: kernel.release.clone(), profile: profile.name.clone() })?
-        .to_string();
+        .find_map(|p| Some((p.name.clone(), profile.compiler_of(&p.name)?.to_string())))
+        .ok_or_else(|| ImageError::NoCompiler { kernel: kernel.release.clone(), profile: profile.name.clone() })?;
+    // The compiler's own closure, apart from what else the kernel's packages need (pahole,
+    // libelf...): kernels built with the same compiler share it even when their tools differ.
+    let mut compiler_roots = profile.packages.base.clone();
+    compiler_roots.push(compiler);
+    let with_compiler = resolve(&compiler_roots)?;
 
     let names = |ps: &[Package]| ps.iter().map(|p| p.name.clone()).collect::<BTreeSet<_>>();
-    let in_base = names(&base);
-    let in_with_kernel = names(&with_kernel);
+    let (in_base, in_compiler, in_with_kernel) = (names(&base), names(&with_compiler), names(&with_kernel));
     let select = |name: &str| -> Result<Vec<Package>, ImageError> {
         let pick: Box<dyn Fn(&Package) -> bool> = match name {
             "base" => Box::new(|p| in_base.contains(&p.name)),
-            "kernel" => Box::new(|p| !in_base.contains(&p.name) && profile.is_kernel_package(&p.name)),
-            "toolchain" => Box::new(|p| {
-                in_with_kernel.contains(&p.name) && !in_base.contains(&p.name) && !profile.is_kernel_package(&p.name)
+            "toolchain" => Box::new(|p| in_compiler.contains(&p.name) && !in_base.contains(&p.name)),
+            "tools" => Box::new(|p| {
+                in_with_kernel.contains(&p.name)
+                    && !in_compiler.contains(&p.name)
+                    && !profile.is_kernel_package(&p.name)
+            }),
+            "kernel" => Box::new(|p| {
+                in_with_kernel.contains(&p.name) && !in_compiler.contains(&p.name) && profile.is_kernel_package(&p.name)
             }),
             "extra" => Box::new(|p| !in_with_kernel.contains(&p.name)),
             other => return Err(ImageError::UnknownLayer { recipe: recipe.name.clone(), layer: other.to_string() }),
@@ -224,6 +232,8 @@ mod tests {
         text += &pkg("linux-headers-6.1.0-56-amd64", headers_deps);
         text += &pkg("linux-headers-6.1.0-56-common", "");
         text += &pkg("linux-compiler-gcc-12-x86", "gcc-12");
+        text += &pkg("linux-kbuild-6.1", "libelf1");
+        text += &pkg("libelf1", "libc6");
         text += &pkg("gcc-12", "cpp-12, libc6");
         text += &pkg("cpp-12", "");
         text += &pkg("pkg-config", "libc6");
