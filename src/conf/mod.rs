@@ -154,7 +154,12 @@ pub fn parse(json: &str, origin: &str) -> Result<RawConf, ConfError> {
             // An associative array (`declare -A MAKE`) would give non-numeric keys; dkms reads
             // its directives as indexed arrays only, so such a conf is broken.
             let i: u32 = index.parse().map_err(|_| {
-                invalid(origin, &name, format!("index '{index}' is not a number"), "dkms directives are indexed arrays: use NAME[0]=..., not declare -A")
+                invalid(
+                    origin,
+                    &name,
+                    format!("index '{index}' is not a number"),
+                    "dkms directives are indexed arrays: use NAME[0]=..., not declare -A",
+                )
             })?;
             array.insert(i, value);
         }

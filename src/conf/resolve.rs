@@ -33,7 +33,8 @@ pub enum DestPolicy {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
-    Build(BuildPlan),
+    /// Boxed: a plan is large and a skip is a string.
+    Build(Box<BuildPlan>),
     /// BUILD_EXCLUSIVE_* excludes this kernel: dkms exits 77, which is not a failure.
     Skipped { reason: String },
 }
@@ -101,7 +102,12 @@ fn yes(value: Option<&str>) -> bool {
 
 fn regex(raw: &RawConf, directive: &str, pattern: &str) -> Result<Regex, ConfError> {
     Regex::new(pattern).map_err(|e| {
-        invalid(&raw.origin, directive, format!("invalid regular expression '{pattern}': {e}"), "it must be an extended regular expression as bash's =~ takes it")
+        invalid(
+            &raw.origin,
+            directive,
+            format!("invalid regular expression '{pattern}': {e}"),
+            "it must be an extended regular expression as bash's =~ takes it",
+        )
     })
 }
 
@@ -148,7 +154,9 @@ impl Exclusive<'_> {
                 let set = config_enabled(config, name);
                 if set == negated {
                     let state = if negated { "enabled" } else { "not enabled" };
-                    return Ok(Some(format!("{name} is {state} in the kernel config (BUILD_EXCLUSIVE_CONFIG{s}=\"{options}\")")));
+                    return Ok(Some(format!(
+                        "{name} is {state} in the kernel config (BUILD_EXCLUSIVE_CONFIG{s}=\"{options}\")"
+                    )));
                 }
             }
         }
@@ -176,9 +184,9 @@ fn valid_dest(location: &str) -> bool {
 pub fn resolve(raw: &RawConf, kernel: &KernelFacts, dest: &DestPolicy) -> Result<Resolved, ConfError> {
     let origin = raw.origin.as_str();
     let required = |name: &str| {
-        raw.nonempty(name).map(str::to_string).ok_or_else(|| {
-            invalid(origin, name, "is not set", format!("dkms.conf must set {name}=\"...\""))
-        })
+        raw.nonempty(name)
+            .map(str::to_string)
+            .ok_or_else(|| invalid(origin, name, "is not set", format!("dkms.conf must set {name}=\"...\"")))
     };
     let package_name = required("PACKAGE_NAME")?;
     let package_version = required("PACKAGE_VERSION")?;
@@ -187,18 +195,33 @@ pub fn resolve(raw: &RawConf, kernel: &KernelFacts, dest: &DestPolicy) -> Result
     // only on the kernels it happens to be built for.
     let names = raw.array("BUILT_MODULE_NAME");
     if names.values().all(String::is_empty) {
-        return Err(invalid(origin, "BUILT_MODULE_NAME", "no module is named", "set BUILT_MODULE_NAME[0]=\"<module name without .ko>\""));
+        return Err(invalid(
+            origin,
+            "BUILT_MODULE_NAME",
+            "no module is named",
+            "set BUILT_MODULE_NAME[0]=\"<module name without .ko>\"",
+        ));
     }
     for directive in ["BUILT_MODULE_NAME", "DEST_MODULE_NAME"] {
         for (i, name) in raw.array(directive) {
             if name.ends_with(".ko") {
-                return Err(invalid(origin, &format!("{directive}[{i}]"), format!("'{name}' ends in .ko"), "give the module name without .ko; dkms adds the suffix"));
+                return Err(invalid(
+                    origin,
+                    &format!("{directive}[{i}]"),
+                    format!("'{name}' ends in .ko"),
+                    "give the module name without .ko; dkms adds the suffix",
+                ));
             }
         }
     }
     for (i, location) in raw.array("DEST_MODULE_LOCATION") {
         if !location.is_empty() && !valid_dest(location) {
-            return Err(invalid(origin, &format!("DEST_MODULE_LOCATION[{i}]"), format!("'{location}' is not under /kernel, /updates or /extra"), "use e.g. DEST_MODULE_LOCATION[0]=\"/extra\""));
+            return Err(invalid(
+                origin,
+                &format!("DEST_MODULE_LOCATION[{i}]"),
+                format!("'{location}' is not under /kernel, /updates or /extra"),
+                "use e.g. DEST_MODULE_LOCATION[0]=\"/extra\"",
+            ));
         }
     }
     let mut make_matches = Vec::new();
@@ -215,7 +238,14 @@ pub fn resolve(raw: &RawConf, kernel: &KernelFacts, dest: &DestPolicy) -> Result
     }
 
     let mut notes = Vec::new();
-    for name in ["CLEAN", "REMAKE_INITRD", "MODULES_CONF", "MODULES_CONF_ALIAS_TYPE", "MODULES_CONF_OBSOLETES", "MODULES_CONF_OBSOLETE_ONLY"] {
+    for name in [
+        "CLEAN",
+        "REMAKE_INITRD",
+        "MODULES_CONF",
+        "MODULES_CONF_ALIAS_TYPE",
+        "MODULES_CONF_OBSOLETES",
+        "MODULES_CONF_OBSOLETE_ONLY",
+    ] {
         if raw.directives.get(name).is_some_and(|a| a.values().any(|v| !v.is_empty())) {
             notes.push(format!("{name} is deprecated and ignored"));
         }
@@ -257,7 +287,13 @@ pub fn resolve(raw: &RawConf, kernel: &KernelFacts, dest: &DestPolicy) -> Result
     }
     let make = make.unwrap_or_else(|| {
         let ctx = |k: &str| raw.context.get(k).map(String::as_str).unwrap_or_default();
-        format!("make -C {} M={}/{}/{}/build", ctx("kernel_source_dir"), ctx("dkms_tree"), package_name, package_version)
+        format!(
+            "make -C {} M={}/{}/{}/build",
+            ctx("kernel_source_dir"),
+            ctx("dkms_tree"),
+            package_name,
+            package_version
+        )
     });
 
     // STRIP[#] defaults to STRIP[0], which defaults to yes.
@@ -296,12 +332,14 @@ pub fn resolve(raw: &RawConf, kernel: &KernelFacts, dest: &DestPolicy) -> Result
         .array("PATCH")
         .iter()
         .filter(|(_, p)| !p.is_empty())
-        .filter(|(i, _)| patch_matches.iter().find(|(j, _)| j == *i).is_none_or(|(_, re)| re.is_match(&kernel.release)))
+        .filter(|(i, _)| {
+            patch_matches.iter().find(|(j, _)| j == *i).map_or(true, |(_, re)| re.is_match(&kernel.release))
+        })
         .map(|(_, p)| p.clone())
         .collect();
 
     let hook = |name: &str| raw.nonempty(name).map(str::to_string);
-    Ok(Resolved::Build(BuildPlan {
+    Ok(Resolved::Build(Box::new(BuildPlan {
         package_name,
         package_version,
         kernel_release: kernel.release.clone(),
@@ -322,5 +360,5 @@ pub fn resolve(raw: &RawConf, kernel: &KernelFacts, dest: &DestPolicy) -> Result
         autoinstall: yes(raw.scalar("AUTOINSTALL")),
         no_weak_modules: yes(raw.scalar("NO_WEAK_MODULES")),
         notes,
-    }))
+    })))
 }
