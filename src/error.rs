@@ -6,6 +6,8 @@
 pub mod code {
     /// Bad command line or configuration.
     pub const USAGE: i32 = 2;
+    /// dkms: bad conf.
+    pub const BAD_CONF: i32 = 8;
     /// dkms: make returned non-zero.
     pub const BUILD_FAILED: i32 = 10;
     /// dkms: kernel headers not found. ckms: no profile offers that kernel.
@@ -28,6 +30,8 @@ pub mod code {
     pub const ENGINE_FAILED: i32 = 41;
     /// A build inside a container did not finish in its time limit.
     pub const TIMEOUT: i32 = 42;
+    /// dkms: skipped by BUILD_EXCLUSIVE.
+    pub const SKIPPED: i32 = 77;
 }
 
 /// Implemented by every module's error type.

@@ -13,6 +13,7 @@
 
 pub mod artifact;
 pub mod cache;
+pub mod conf;
 pub mod config;
 pub mod context;
 pub mod deb;
