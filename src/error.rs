@@ -61,6 +61,8 @@ pub enum Error {
     Image(#[from] crate::image::ImageError),
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
+    #[error(transparent)]
+    Conf(#[from] crate::conf::ConfError),
     #[error("{message}")]
     Usage { message: String, hint: Option<String> },
 }
@@ -75,6 +77,7 @@ impl Error {
             Error::Kernel(e) => e,
             Error::Image(e) => e,
             Error::Engine(e) => e,
+            Error::Conf(e) => e,
             Error::Usage { .. } => return None,
         })
     }

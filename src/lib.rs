@@ -2,6 +2,7 @@
 //!
 //! The library behind the `ckms` binary. One module per responsibility:
 //! - [`profile`]: distro knowledge (suites, package sets, kernel naming), read from `profiles/`;
+//! - [`conf`]: dkms.conf semantics: evaluated by bash in the sandbox, resolved per kernel here;
 //! - [`config`]: user settings (mirrors, engine, cache) from files and the environment;
 //! - [`repo`]: the distro's package repository: signed indexes, dependency closure, downloads;
 //! - [`cache`]: the content-addressed store every download and layer goes through;
