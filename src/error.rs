@@ -63,6 +63,8 @@ pub enum Error {
     Engine(#[from] crate::engine::EngineError),
     #[error(transparent)]
     Conf(#[from] crate::conf::ConfError),
+    #[error(transparent)]
+    Build(#[from] crate::build::BuildError),
     #[error("{message}")]
     Usage { message: String, hint: Option<String> },
 }
@@ -78,6 +80,7 @@ impl Error {
             Error::Image(e) => e,
             Error::Engine(e) => e,
             Error::Conf(e) => e,
+            Error::Build(e) => e,
             Error::Usage { .. } => return None,
         })
     }

@@ -2,6 +2,7 @@
 //!
 //! The library behind the `ckms` binary. One module per responsibility:
 //! - [`profile`]: distro knowledge (suites, package sets, kernel naming), read from `profiles/`;
+//! - [`build`]: building modules in builder images (so far: dkms.conf evaluated in the sandbox);
 //! - [`conf`]: dkms.conf semantics: evaluated by bash in the sandbox, resolved per kernel here;
 //! - [`config`]: user settings (mirrors, engine, cache) from files and the environment;
 //! - [`repo`]: the distro's package repository: signed indexes, dependency closure, downloads;
@@ -13,6 +14,7 @@
 //! - [`report`]: progress and events for people or machines.
 
 pub mod artifact;
+pub mod build;
 pub mod cache;
 pub mod conf;
 pub mod config;
