@@ -11,6 +11,7 @@
 //! - [`kernel`]: which kernels a profile's repository offers;
 //! - [`image`]: assembling builder images (layers, OCI archive) and loading them into an engine;
 //! - [`engine`]: container engines (Docker, Podman) behind one small trait;
+//! - [`tree`]: dkms's on-disk layout (sources, built and installed modules) and `status`;
 //! - [`report`]: progress and events for people or machines.
 
 pub mod artifact;
@@ -29,3 +30,4 @@ pub mod repo;
 pub mod report;
 #[cfg(test)]
 mod testutil;
+pub mod tree;
