@@ -65,6 +65,8 @@ pub enum Error {
     Conf(#[from] crate::conf::ConfError),
     #[error(transparent)]
     Build(#[from] crate::build::BuildError),
+    #[error(transparent)]
+    Artifact(#[from] crate::artifact::ArtifactError),
     #[error("{message}")]
     Usage { message: String, hint: Option<String> },
 }
@@ -81,6 +83,7 @@ impl Error {
             Error::Engine(e) => e,
             Error::Conf(e) => e,
             Error::Build(e) => e,
+            Error::Artifact(e) => e,
             Error::Usage { .. } => return None,
         })
     }

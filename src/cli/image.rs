@@ -97,15 +97,14 @@ async fn run_in(
 ) -> Result<i32, Error> {
     let conn = ctx.engine().await?;
     let built = ctx.builder_image(&conn.engine, kernel, profile, false).await?;
-    let input = src.map(ckms::artifact::pack_dir).transpose().map_err(usage)?;
+    let input = src.map(ckms::artifact::pack_dir).transpose()?;
     let recipe = ctx.catalog.recipe("builder")?;
     let spec = image::run_spec(recipe, &built.reference, command, input, std::time::Duration::from_secs(timeout));
     let outcome = conn.engine.run(&spec).await?;
     let mut files = Vec::new();
     for (_, tar) in &outcome.outputs {
-        std::fs::create_dir_all(dest)
-            .map_err(|e| usage(ckms::artifact::ArtifactError::Io { path: dest.into(), source: e }))?;
-        files.extend(ckms::artifact::unpack(&tar[..], dest, 0, 4 << 30).map_err(usage)?);
+        std::fs::create_dir_all(dest).map_err(|e| ckms::artifact::ArtifactError::Io { path: dest.into(), source: e })?;
+        files.extend(ckms::artifact::unpack(&tar[..], dest, 0, 4 << 30)?);
     }
     let log = String::from_utf8_lossy(&outcome.log).into_owned();
     let result = serde_json::json!({
@@ -121,9 +120,6 @@ async fn run_in(
     })
 }
 
-fn usage(e: ckms::artifact::ArtifactError) -> Error {
-    use ckms::error::Diagnose;
-    Error::Usage { hint: e.hint(), message: e.to_string() }
 }
 
 async fn build(
