@@ -14,7 +14,7 @@ pub enum ArtifactError {
     Refused { path: String, why: &'static str },
     #[error("the build container returned more than {limit} bytes")]
     TooLarge { limit: u64 },
-    #[error("writing {path}: {source}")]
+    #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("reading the tar stream from the build container: {0}")]
     Tar(std::io::Error),

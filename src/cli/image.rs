@@ -103,7 +103,8 @@ async fn run_in(
     let outcome = conn.engine.run(&spec).await?;
     let mut files = Vec::new();
     for (_, tar) in &outcome.outputs {
-        std::fs::create_dir_all(dest).map_err(|e| ckms::artifact::ArtifactError::Io { path: dest.into(), source: e })?;
+        std::fs::create_dir_all(dest)
+            .map_err(|e| ckms::artifact::ArtifactError::Io { path: dest.into(), source: e })?;
         files.extend(ckms::artifact::unpack(&tar[..], dest, 0, 4 << 30)?);
     }
     let log = String::from_utf8_lossy(&outcome.log).into_owned();
@@ -118,8 +119,6 @@ async fn run_in(
         // dkms: "make returned non-zero".
         (false, _) => ckms::error::code::BUILD_FAILED,
     })
-}
-
 }
 
 async fn build(
