@@ -1,4 +1,6 @@
 //! Builder images on Docker Engine (CKMS_TEST_DOCKER_HOST); fails when it is missing.
+mod support;
+
 #[path = "scenario/builder_images.rs"]
 mod scenario;
 

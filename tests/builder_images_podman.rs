@@ -1,4 +1,6 @@
 //! Builder images on rootless Podman (CKMS_TEST_PODMAN_HOST); fails when it is missing.
+mod support;
+
 #[path = "scenario/builder_images.rs"]
 mod scenario;
 
@@ -9,7 +11,7 @@ async fn builder_images_on_podman() {
 
 #[test]
 fn kernels_lists_every_release() {
-    let engine = scenario::endpoint("CKMS_TEST_PODMAN_HOST");
+    let engine = support::engine_host("CKMS_TEST_PODMAN_HOST");
     let ks = scenario::kernels(&engine);
     for (pattern, gcc) in [
         (r"^6\.1\.0-\d+-amd64$", "gcc-12"),

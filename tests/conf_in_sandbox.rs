@@ -1,5 +1,7 @@
 //! Real dkms.conf files from Debian's *-dkms packages, evaluated by bash inside the builder
 //! image of a real kernel (whose own .config they read), on both engines.
+mod support;
+
 #[path = "scenario/builder_images.rs"]
 #[allow(dead_code)]
 mod scenario;
@@ -34,7 +36,7 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 async fn evaluate_real_confs(var: &str) {
-    let engine_host = scenario::endpoint(var);
+    let engine_host = support::engine_host(var);
     let built = scenario::json_result(&engine_host, &["image", "build", "-k", KERNEL]);
     let image = built[0]["reference"].as_str().unwrap().to_string();
     let api = DockerApi::connect(&engine_host, Duration::from_secs(10)).await.expect("engine answers");

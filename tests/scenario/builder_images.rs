@@ -3,35 +3,21 @@
 //! vermagic; an up-to-date re-run that downloads nothing; a second kernel of the same release
 //! that downloads only its own packages and shares every other layer.
 //!
-//! Included by tests/builder_images_{podman,docker}.rs with the engine's env variable.
+//! Included by tests/builder_images_{podman,docker}.rs with the engine's env variable; they
+//! also declare `mod support` (tests/support), whose helpers this uses.
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use ckms::engine::{DockerApi, Engine};
 
-pub fn endpoint(var: &str) -> String {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{var} is not set: these tests need that container engine (ci/test starts it via ci/setup-engines.sh)"
-        ),
-    }
-}
-
-pub fn cache_dir() -> PathBuf {
-    std::env::var_os("CKMS_TEST_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ckms-test-cache"))
-}
-
 /// Runs the ckms binary; returns (exit code, stdout, stderr).
 pub fn ckms(engine: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ckms"))
         .args(["--engine", engine, "--cache-dir"])
-        .arg(cache_dir())
+        .arg(crate::support::shared_cache())
         .args(args)
         .output()
         .expect("run ckms");
@@ -114,7 +100,7 @@ pub fn build_hello(engine: &str, kernel: &str) -> String {
 }
 
 pub async fn scenario(var: &str) {
-    let engine = endpoint(var);
+    let engine = crate::support::engine_host(var);
     let offered = kernels(&engine);
     let targets = [
         "6.1.0-56-amd64".to_string(),
