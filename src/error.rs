@@ -4,12 +4,30 @@
 
 /// Exit codes shared by all modules, named so that the table lives in one place.
 pub mod code {
-    /// Bad command line or configuration.
+    /// dkms: not root / no write access to a tree.
+    pub const NO_ACCESS: i32 = 1;
+    /// Bad command line or configuration; dkms: bad option, source directory missing.
     pub const USAGE: i32 = 2;
+    /// dkms: already added with other contents / module version not in the tree.
+    pub const NOT_IN_TREE: i32 = 3;
+    /// dkms: dkms.conf not found, broken tree entry.
+    pub const NO_CONF: i32 = 4;
+    /// dkms: bad patch path, already installed by someone else.
+    pub const REFUSED: i32 = 5;
+    /// dkms: patch failed, install aborted, depmod failed (rolled back).
+    pub const INSTALL_FAILED: i32 = 6;
+    /// dkms: a module named in BUILT_MODULE_NAME was not produced by the build.
+    pub const MODULE_MISSING: i32 = 7;
     /// dkms: bad conf.
     pub const BAD_CONF: i32 = 8;
     /// dkms: make returned non-zero.
     pub const BUILD_FAILED: i32 = 10;
+    /// dkms: autoinstall: one or more modules failed (the others were still done).
+    pub const AUTOINSTALL_FAILED: i32 = 11;
+    /// dkms: a BUILD_DEPENDS module is not in the tree.
+    pub const MISSING_DEPENDS: i32 = 13;
+    /// dkms: kernel hook failed.
+    pub const HOOK_FAILED: i32 = 14;
     /// dkms: kernel headers not found. ckms: no profile offers that kernel.
     pub const UNKNOWN_KERNEL: i32 = 21;
     /// A profile or image recipe under profiles/ or images/ is broken.
@@ -32,6 +50,8 @@ pub mod code {
     pub const TIMEOUT: i32 = 42;
     /// dkms: skipped by BUILD_EXCLUSIVE.
     pub const SKIPPED: i32 = 77;
+    /// dkms: PRE_INSTALL failed.
+    pub const PRE_INSTALL_FAILED: i32 = 101;
 }
 
 /// Implemented by every module's error type.

@@ -10,6 +10,9 @@ use serde::Serialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+/// Where ckms keeps built modules and state by default.
+pub const DEFAULT_TREE: &str = "/var/lib/ckms";
+
 /// The three roots every path derives from (`--sourcetree --dkmstree --installtree`, or all
 /// under one `--root`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +23,16 @@ pub struct Roots {
 }
 
 impl Roots {
+    /// The system's trees. ckms keeps its own tree (see docs/dkms-compat.md for why) with
+    /// dkms's layout inside; sources and installs are where dkms puts them.
+    pub fn system() -> Roots {
+        Roots {
+            source_tree: PathBuf::from("/usr/src"),
+            dkms_tree: PathBuf::from(DEFAULT_TREE),
+            install_tree: PathBuf::from("/lib/modules"),
+        }
+    }
+
     /// The same layout under `root` (an image being built, an offline tree, a test).
     pub fn under(root: &Path, dkms_tree: &str) -> Roots {
         Roots {
