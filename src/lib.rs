@@ -12,6 +12,7 @@
 //! - [`image`]: assembling builder images (layers, OCI archive) and loading them into an engine;
 //! - [`engine`]: container engines (Docker, Podman) behind one small trait;
 //! - [`tree`]: dkms's on-disk layout (sources, built and installed modules) and `status`;
+//! - [`install`]: putting built modules into the host's /lib/modules and taking them out again;
 //! - [`report`]: progress and events for people or machines.
 
 pub mod artifact;
@@ -24,6 +25,7 @@ pub mod deb;
 pub mod engine;
 pub mod error;
 pub mod image;
+pub mod install;
 pub mod kernel;
 pub mod profile;
 pub mod repo;
