@@ -107,9 +107,11 @@ fn safe_relative(raw: &str, strip: usize) -> Result<Option<PathBuf>, ArtifactErr
     Ok((!rel.as_os_str().is_empty()).then_some(rel))
 }
 
-/// A tar of `dir`'s regular files and directories, with paths relative to `dir`. Links and
-/// special files are left out: sources go into a sandbox that must not see the host.
-pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, ArtifactError> {
+/// A tar of `dir`'s regular files, directories and symlinks, with paths under `prefix`
+/// (relative; "" for none). Symlinks are stored as links, never followed: inside the sandbox
+/// they resolve in the container's filesystem, so they cannot expose the host. Special files
+/// are left out.
+pub fn pack_dir(dir: &Path, prefix: &str) -> Result<Vec<u8>, ArtifactError> {
     let io = |source| ArtifactError::Io { path: dir.to_path_buf(), source };
     let mut b = tar::Builder::new(Vec::new());
     let header = |size: u64, kind: tar::EntryType, mode: u32| {
@@ -119,7 +121,12 @@ pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, ArtifactError> {
         h.set_mode(mode);
         h
     };
-    let mut stack = vec![(dir.to_path_buf(), PathBuf::new())];
+    let root = PathBuf::from(prefix);
+    // Every level of the prefix gets its own entry, or the engine creates it owned by root.
+    for level in root.ancestors().collect::<Vec<_>>().into_iter().rev().filter(|p| !p.as_os_str().is_empty()) {
+        b.append_data(&mut header(0, tar::EntryType::Directory, 0o755), level, std::io::empty()).map_err(io)?;
+    }
+    let mut stack = vec![(dir.to_path_buf(), root)];
     while let Some((src, dst)) = stack.pop() {
         let mut entries: Vec<_> = std::fs::read_dir(&src).map_err(io)?.filter_map(|e| e.ok()).collect();
         entries.sort_by_key(|e| e.file_name());
@@ -134,6 +141,9 @@ pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, ArtifactError> {
                 let mut h = header(meta.len(), tar::EntryType::Regular, if exec { 0o755 } else { 0o644 });
                 let f = std::fs::File::open(e.path()).map_err(io)?;
                 b.append_data(&mut h, &name, f).map_err(io)?;
+            } else if meta.is_symlink() {
+                let target = std::fs::read_link(e.path()).map_err(io)?;
+                b.append_link(&mut header(0, tar::EntryType::Symlink, 0o777), &name, &target).map_err(io)?;
             }
         }
     }
@@ -199,15 +209,22 @@ mod tests {
     }
 
     #[test]
-    fn pack_dir_round_trips() {
+    fn pack_dir_keeps_links_as_links_under_the_prefix() {
         let src = tempfile::tempdir().unwrap();
         std::fs::create_dir(src.path().join("sub")).unwrap();
         std::fs::write(src.path().join("sub/f.c"), b"int x;").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", src.path().join("leak")).unwrap();
-        let t = pack_dir(src.path()).unwrap();
-        let dest = tempfile::tempdir().unwrap();
-        unpack(&t[..], dest.path(), 0, 1 << 20).unwrap();
-        assert_eq!(std::fs::read(dest.path().join("sub/f.c")).unwrap(), b"int x;");
-        assert!(!dest.path().join("leak").exists(), "links stay behind");
+        let t = pack_dir(src.path(), "m/1/build").unwrap();
+        let mut a = tar::Archive::new(&t[..]);
+        let mut seen = Vec::new();
+        for e in a.entries().unwrap() {
+            let e = e.unwrap();
+            let link = e.link_name().unwrap().map(|l| l.display().to_string());
+            seen.push((e.path().unwrap().display().to_string(), link));
+        }
+        assert!(seen.contains(&("m/1/build/sub/f.c".into(), None)), "{seen:?}");
+        // Stored, not followed: the passwd file's contents are not in the tar.
+        assert!(seen.contains(&("m/1/build/leak".into(), Some("/etc/passwd".into()))), "{seen:?}");
+        assert!(!t.windows(5).any(|w| w == b"root:"));
     }
 }

@@ -61,6 +61,11 @@ pub struct Config {
     /// Mirror role -> base URL, e.g. `debian = "http://mirror.example/debian"`.
     #[serde(default)]
     pub mirrors: BTreeMap<String, String>,
+    #[serde(default)]
+    pub build: BuildConfig,
+    /// Per-module settings, by module name: `[modules.v4l2loopback] packages = ["pkg-config"]`.
+    #[serde(default)]
+    pub modules: BTreeMap<String, ModuleConfig>,
     /// Environment overrides, captured at load time (kept out of serde).
     #[serde(skip)]
     env: BTreeMap<String, String>,
@@ -73,6 +78,32 @@ pub struct EngineConfig {
     pub host: Option<String>,
     /// When ckms runs as root: the unprivileged user whose rootless Podman runs the builds.
     pub rootless_user: Option<String>,
+}
+
+/// How builds run. Every field has a default (see [`BuildConfig::timeout`] and friends).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildConfig {
+    /// The dkms tree (default /var/lib/ckms).
+    pub dkms_tree: Option<PathBuf>,
+    /// Where dkms.conf overrides live (default /etc/dkms, as for dkms).
+    pub conf_dir: Option<PathBuf>,
+    /// Wall-clock limit of one build, in seconds (default 1800).
+    pub timeout_secs: Option<u64>,
+    /// Writable space of one build (a tmpfs), in MiB (default 4096).
+    pub space_mib: Option<i64>,
+    /// Memory limit of one build container, in MiB (default 4096).
+    pub memory_mib: Option<i64>,
+    /// Process limit of one build container (default 4096).
+    pub pids: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleConfig {
+    /// Extra packages the module's build needs, layered onto its builder image.
+    #[serde(default)]
+    pub packages: Vec<String>,
 }
 
 const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -116,6 +147,41 @@ impl Config {
         self.engine.host = o.engine.host.or(self.engine.host.take());
         self.engine.rootless_user = o.engine.rootless_user.or(self.engine.rootless_user.take());
         self.mirrors.extend(o.mirrors);
+        let (b, n) = (&mut self.build, o.build);
+        b.dkms_tree = n.dkms_tree.or(b.dkms_tree.take());
+        b.conf_dir = n.conf_dir.or(b.conf_dir.take());
+        b.timeout_secs = n.timeout_secs.or(b.timeout_secs);
+        b.space_mib = n.space_mib.or(b.space_mib);
+        b.memory_mib = n.memory_mib.or(b.memory_mib);
+        b.pids = n.pids.or(b.pids);
+        self.modules.extend(o.modules);
+    }
+
+    /// The dkms tree: CKMS_DKMS_TREE, else the config's, else /var/lib/ckms.
+    pub fn dkms_tree(&self) -> PathBuf {
+        self.env("CKMS_DKMS_TREE")
+            .map(PathBuf::from)
+            .or_else(|| self.build.dkms_tree.clone())
+            .unwrap_or_else(|| PathBuf::from(crate::tree::DEFAULT_TREE))
+    }
+
+    /// Where /etc/dkms/<module>*.conf overrides are read from.
+    pub fn conf_dir(&self) -> PathBuf {
+        self.env("CKMS_CONF_DIR")
+            .map(PathBuf::from)
+            .or_else(|| self.build.conf_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("/etc/dkms"))
+    }
+
+    /// One build's wall-clock limit: CKMS_BUILD_TIMEOUT (seconds), else the config's, else 30 min.
+    pub fn build_timeout(&self) -> Duration {
+        let secs = self.env("CKMS_BUILD_TIMEOUT").and_then(|v| v.parse().ok()).or(self.build.timeout_secs);
+        Duration::from_secs(secs.unwrap_or(1800))
+    }
+
+    /// Extra packages `module`'s builds need.
+    pub fn module_packages(&self, module: &str) -> Vec<String> {
+        self.modules.get(module).map(|m| m.packages.clone()).unwrap_or_default()
     }
 
     fn env(&self, key: &str) -> Option<&str> {

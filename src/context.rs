@@ -75,7 +75,32 @@ impl Context {
     }
 }
 
+/// A kernel's builder image, and what it was made from.
+pub struct Builder<'a> {
+    pub image: crate::image::Built,
+    pub profile: &'a Profile,
+    pub index: Index,
+    pub kernel: Kernel,
+}
+
 impl Context {
+    /// The builder image for `release` (plus `extra` packages a module needs), assembled and
+    /// loaded unless the engine has it.
+    pub async fn builder(
+        &self,
+        engine: &dyn crate::engine::Engine,
+        release: &str,
+        profile: Option<&str>,
+        extra: &[String],
+        force: bool,
+    ) -> Result<Builder<'_>, Error> {
+        let (p, index, kernel) = self.find_kernel(release, profile).await?;
+        let recipe = self.catalog.recipe("builder")?;
+        let plan = crate::image::plan(p, recipe, &index, &kernel, extra)?;
+        let image = crate::image::build(&self.cache, engine, p, recipe, &plan, force, self.reporter()).await?;
+        Ok(Builder { image, profile: p, index, kernel })
+    }
+
     /// The builder image for `release`, assembled and loaded unless the engine has it.
     pub async fn builder_image(
         &self,
@@ -84,9 +109,6 @@ impl Context {
         profile: Option<&str>,
         force: bool,
     ) -> Result<crate::image::Built, Error> {
-        let (p, index, kernel) = self.find_kernel(release, profile).await?;
-        let recipe = self.catalog.recipe("builder")?;
-        let plan = crate::image::plan(p, recipe, &index, &kernel, &[])?;
-        Ok(crate::image::build(&self.cache, engine, p, recipe, &plan, force, self.reporter()).await?)
+        Ok(self.builder(engine, release, profile, &[], force).await?.image)
     }
 }

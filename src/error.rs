@@ -87,8 +87,25 @@ pub enum Error {
     Build(#[from] crate::build::BuildError),
     #[error(transparent)]
     Artifact(#[from] crate::artifact::ArtifactError),
+    /// Boxed, as the next: their variants carry module, version, kernel and arch.
+    #[error(transparent)]
+    Lifecycle(Box<crate::lifecycle::LifecycleError>),
+    #[error(transparent)]
+    Install(Box<crate::install::InstallError>),
     #[error("{message}")]
     Usage { message: String, hint: Option<String> },
+}
+
+impl From<crate::lifecycle::LifecycleError> for Error {
+    fn from(e: crate::lifecycle::LifecycleError) -> Self {
+        Error::Lifecycle(Box::new(e))
+    }
+}
+
+impl From<crate::install::InstallError> for Error {
+    fn from(e: crate::install::InstallError) -> Self {
+        Error::Install(Box::new(e))
+    }
 }
 
 impl Error {
@@ -104,6 +121,8 @@ impl Error {
             Error::Conf(e) => e,
             Error::Build(e) => e,
             Error::Artifact(e) => e,
+            Error::Lifecycle(e) => e.as_ref(),
+            Error::Install(e) => e.as_ref(),
             Error::Usage { .. } => return None,
         })
     }

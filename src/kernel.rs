@@ -14,6 +14,8 @@ pub enum KernelError {
     Unknown { release: String, searched: String, closest: Vec<String> },
     #[error("kernel {release}: {source}")]
     Resolve { release: String, source: crate::repo::RepoError },
+    #[error("kernel {release}: reading its configuration from {package}: {detail}")]
+    Config { release: String, package: String, detail: String },
 }
 
 impl Diagnose for KernelError {
@@ -21,6 +23,7 @@ impl Diagnose for KernelError {
         match self {
             KernelError::Unknown { .. } => code::UNKNOWN_KERNEL,
             KernelError::Resolve { source, .. } => source.exit_code(),
+            KernelError::Config { .. } => code::CHECKSUM_MISMATCH,
         }
     }
     fn hint(&self) -> Option<String> {
@@ -34,6 +37,9 @@ impl Diagnose for KernelError {
                 Some("`ckms kernels` lists what the profiles offer; try `ckms kernels --refresh`".into())
             }
             KernelError::Resolve { source, .. } => source.hint(),
+            KernelError::Config { .. } => {
+                Some("the cached package may be damaged: run again with --refresh, or `ckms image prune --all`".into())
+            }
         }
     }
 }
@@ -86,6 +92,50 @@ pub fn find(profile: &Profile, index: &Index, release: &str) -> Option<Kernel> {
 fn compiler(profile: &Profile, index: &Index, headers: &Package) -> Option<String> {
     let closure = index.resolve(std::slice::from_ref(&headers.name), &profile.packages.exclude).ok()?;
     closure.iter().find_map(|p| profile.compiler_of(&p.name).map(str::to_string))
+}
+
+/// The kernel's .config as its headers package ships it (`usr/src/linux-headers-<release>/.config`),
+/// read on the host from the signed, cached package (fetched if missing): BUILD_EXCLUSIVE_CONFIG,
+/// module compression and the signing hash come from it. None when the package has none.
+pub async fn config(
+    cache: &crate::cache::Cache,
+    index: &Index,
+    kernel: &Kernel,
+    report: &dyn crate::report::Reporter,
+) -> Result<Option<String>, KernelError> {
+    let err = |detail: String| KernelError::Config {
+        release: kernel.release.clone(),
+        package: kernel.headers_package.clone(),
+        detail,
+    };
+    let package = index
+        .candidate(&kernel.headers_package)
+        .ok_or_else(|| err("the package is no longer in the index".into()))?
+        .clone();
+    crate::repo::fetch_packages(cache, std::slice::from_ref(&package), report)
+        .await
+        .map_err(|source| KernelError::Resolve { release: kernel.release.clone(), source })?;
+    let path = cache.blob_path(&package.sha256);
+    let wanted = format!("linux-headers-{}/.config", kernel.release);
+    let origin = kernel.headers_package.clone();
+    let found = tokio::task::spawn_blocking(move || -> Result<Option<String>, String> {
+        let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let data = crate::deb::data_tar(file, &origin).map_err(|e| e.to_string())?;
+        let mut archive = tar::Archive::new(data);
+        for entry in archive.entries().map_err(|e| e.to_string())? {
+            let mut entry = entry.map_err(|e| e.to_string())?;
+            let is_config = entry.path().is_ok_and(|p| p.ends_with(&wanted));
+            if is_config && entry.header().entry_type().is_file() {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut entry, &mut text).map_err(|e| e.to_string())?;
+                return Ok(Some(text));
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .map_err(|e| err(e.to_string()))?;
+    found.map_err(err)
 }
 
 /// Up to `n` releases from `offered` (oldest first) that look most like `wanted`; among

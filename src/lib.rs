@@ -2,7 +2,7 @@
 //!
 //! The library behind the `ckms` binary. One module per responsibility:
 //! - [`profile`]: distro knowledge (suites, package sets, kernel naming), read from `profiles/`;
-//! - [`build`]: building modules in builder images (so far: dkms.conf evaluated in the sandbox);
+//! - [`build`]: sandboxed runs in builder images: dkms.conf evaluation, the build, module scripts;
 //! - [`conf`]: dkms.conf semantics: evaluated by bash in the sandbox, resolved per kernel here;
 //! - [`config`]: user settings (mirrors, engine, cache) from files and the environment;
 //! - [`repo`]: the distro's package repository: signed indexes, dependency closure, downloads;
@@ -12,6 +12,7 @@
 //! - [`image`]: assembling builder images (layers, OCI archive) and loading them into an engine;
 //! - [`engine`]: container engines (Docker, Podman) behind one small trait;
 //! - [`tree`]: dkms's on-disk layout (sources, built and installed modules) and `status`;
+//! - [`lifecycle`]: dkms's verbs (add, build, install, ...) over the tree, the builds and the installs;
 //! - [`install`]: putting built modules into the host's /lib/modules and taking them out again;
 //! - [`report`]: progress and events for people or machines.
 
@@ -27,6 +28,7 @@ pub mod error;
 pub mod image;
 pub mod install;
 pub mod kernel;
+pub mod lifecycle;
 pub mod profile;
 pub mod repo;
 pub mod report;

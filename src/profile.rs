@@ -54,6 +54,8 @@ pub struct Profile {
     pub name: String,
     pub description: String,
     pub arch: String,
+    /// The architecture as `uname -m` prints it (dkms's `arch`), e.g. "x86_64".
+    pub machine: String,
     pub triplet: String,
     pub keyrings: Vec<PathBuf>,
     pub suites: Vec<Suite>,

@@ -148,6 +148,19 @@ pub fn status(roots: &Roots, module: Option<&str>) -> Vec<Status> {
     out
 }
 
+/// Points `link` at `target`, atomically: a new link is renamed over the old one, so the
+/// link is never missing (state readers see the old or the new value).
+pub fn replace_symlink(target: &Path, link: &Path) -> std::io::Result<()> {
+    let tmp = link.with_file_name(format!(
+        ".{}.ckms-tmp-{}",
+        link.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)?;
+    std::fs::rename(&tmp, link)
+}
+
 /// Names of the subdirectories (or symlinks to them) of `dir`, sorted; none if unreadable.
 fn dir_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -155,6 +168,8 @@ fn dir_names(dir: &Path) -> Vec<String> {
             rd.filter_map(|e| e.ok())
                 .filter(|e| e.path().is_dir())
                 .filter_map(|e| e.file_name().into_string().ok())
+                // ckms's work directories (.ckms-build-*) are not state.
+                .filter(|n| !n.starts_with('.'))
                 .collect()
         })
         .unwrap_or_default();

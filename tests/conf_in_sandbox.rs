@@ -51,14 +51,14 @@ async fn evaluate_real_confs(var: &str) {
         ("digimend-dkms.conf", "digimend", "11", 4),
         ("jool-dkms.conf", "jool-dkms", "4.1.9", 3),
     ] {
-        let raw = evaluate_conf(&api, recipe, &image, &fixture(file), &ctx(module, version), file).await.unwrap();
+        let raw = evaluate_conf(&api, recipe, &image, &fixture(file), &[], &ctx(module, version), file).await.unwrap();
         match resolve(&raw, &facts, &dest).unwrap() {
             Resolved::Build(plan) => assert_eq!(plan.modules.len(), expect_modules, "{file}: {plan:?}"),
             other => panic!("{file} should build for {KERNEL}: {other:?}"),
         }
     }
 
-    let err = evaluate_conf(&api, recipe, &image, b"PACKAGE_NAME=x\nif then fi\n", &ctx("x", "1"), "broken.conf")
+    let err = evaluate_conf(&api, recipe, &image, b"PACKAGE_NAME=x\nif then fi\n", &[], &ctx("x", "1"), "broken.conf")
         .await
         .unwrap_err();
     assert_eq!(err.exit_code(), code::BAD_CONF, "{err}");

@@ -4,6 +4,7 @@
 mod image;
 mod kernels;
 mod system;
+mod verbs;
 
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
@@ -50,10 +51,15 @@ enum Command {
     Profiles,
     /// Check the container engine and settings; print each problem with its fix.
     Doctor,
+    #[command(flatten)]
+    Verb(verbs::Verb),
 }
 
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let args: Vec<String> = std::env::args().collect();
+    // Installed as `dkms` too (a symlink): then the command line is dkms's.
+    let as_dkms = args.first().and_then(|a| std::path::Path::new(a).file_name()).is_some_and(|n| n == "dkms");
+    let cli = Cli::parse_from(if as_dkms { verbs::dkms_argv(args) } else { args });
     let report: Arc<dyn Reporter> = if cli.json { Arc::new(JsonLines) } else { Arc::new(Human::new(cli.quiet)) };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -89,6 +95,7 @@ async fn run(cli: Cli, report: Arc<dyn Reporter>) -> Result<i32, Error> {
         Command::Image(cmd) => image::run(&ctx, &out, cmd).await,
         Command::Profiles => system::profiles(&ctx, &out),
         Command::Doctor => system::doctor(&ctx, &out).await,
+        Command::Verb(verb) => verbs::run(&ctx, &out, verb).await,
     }
 }
 

@@ -1,0 +1,103 @@
+# ckms: build one module package for one kernel, the way dkms's actual_build does, inside the
+# sandboxed builder container (non-root, no network, read-only root; only the dkms tree volume
+# is writable). The host resolved dkms.conf already; this script only runs what it decided.
+#
+# Input (environment):
+#   ckms_build_dir   the build directory, $dkms_tree/<m>/<v>/build, holding a copy of the source
+#   ckms_out         where results go (copied back to the host): make.log and the modules
+#   ckms_space_kib   disk space the build may use (KiB): no file may grow past it (ulimit -f),
+#                    and a watchdog stops the build when the tree as a whole does
+#   ckms_make        the make command line, run with eval like dkms does
+#   ckms_patches     patch file names under patches/, one per line, in order
+#   ckms_post_add ckms_pre_build ckms_post_build   script names from the conf (may be empty)
+#   ckms_modules     one line per module: "<built location>/<built name>.ko<TAB><strip yes|no>"
+#   ckms_header      the first line of make.log
+# Exit: 0 built; 6 a patch failed; 10 make (or a PRE_/POST_BUILD script) failed; 7 a module
+# named in BUILT_MODULE_NAME was not produced. Messages on stderr name the step.
+
+set -u
+log=$ckms_out/make.log
+mkdir -p "$ckms_out" || exit 10
+printf '%s\n%s\n\n' "$ckms_header" "$(date)" >"$log"
+
+fail() {
+    printf 'ckms: %s\n' "$2" >&2
+    exit "$1"
+}
+
+cd "$ckms_build_dir" || fail 10 "cannot enter $ckms_build_dir"
+ln -s build ../source 2>/dev/null
+
+# The volume is on the host's disk: bound what the build can write. The watchdog leaves a
+# marker the host reads, then kills every process of the build user (itself included).
+ulimit -f "$ckms_space_kib"
+tree=${ckms_build_dir%/*/*/*}
+(
+    while sleep 1; do
+        used=$(du -skx "$tree" 2>/dev/null) || continue
+        if ((${used%%[[:space:]]*} > ckms_space_kib)); then
+            printf 'ckms: the build used more than %d MiB of disk; stopped\n' $((ckms_space_kib / 1024)) >>"$log"
+            : >"$ckms_out/space-exceeded"
+            kill -KILL -1
+        fi
+    done
+) </dev/null >/dev/null 2>&1 &
+
+# dkms's run_build_script: the script is named relative to the build directory and may carry
+# arguments; a script that is not executable is a warning, a failing one is fatal.
+run_script() {
+    local what=$1 script=$2
+    [[ -n $script ]] || return 0
+    local run="$ckms_build_dir/$script"
+    if [[ -x ${run%% *} ]]; then
+        printf '\nRunning the %s script:\n' "$what"
+        # shellcheck disable=SC2086
+        (cd "$ckms_build_dir" && exec $run) || fail 10 "the $what script ($script) failed with status $?"
+    else
+        printf 'Warning: the %s script is not executable: %s\n' "$what" "$script" >&2
+    fi
+}
+
+run_script post_add "${ckms_post_add-}"
+
+while IFS= read -r patch; do
+    [[ -n $patch ]] || continue
+    printf 'Applying patch %s\n' "$patch" | tee -a "$log"
+    patch -p1 <"patches/$patch" >>"$log" 2>&1 || fail 6 "applying patch $patch failed (see make.log)"
+done <<<"${ckms_patches-}"
+
+run_script pre_build "${ckms_pre_build-}"
+
+printf 'Building module(s): %s\n' "$ckms_make"
+# dkms evals the command (so `;`, `&&` and subshells in MAKE work) with output to make.log.
+( eval "$ckms_make" ) >>"$log" 2>&1 </dev/null
+status=$?
+if ((status != 0)); then
+    printf 'ckms: make returned %d\n' "$status" >>"$log"
+    fail 10 "make returned $status"
+fi
+
+missing=0
+while IFS=$'\t' read -r ko strip; do
+    [[ -n $ko ]] || continue
+    if [[ ! -f $ko || -L $ko ]]; then
+        printf 'ckms: %s was not built\n' "$ko" | tee -a "$log" >&2
+        missing=1
+    fi
+done <<<"$ckms_modules"
+((missing == 0)) || exit 7
+
+run_script post_build "${ckms_post_build-}"
+
+# dkms strips each module with `strip -g` unless STRIP[#] says no, before signing and
+# compression (which ckms does on the host, where the key lives).
+mkdir -p "$ckms_out/modules" || exit 10
+while IFS=$'\t' read -r ko strip; do
+    [[ -n $ko ]] || continue
+    out=$ckms_out/modules/${ko##*/}
+    cp -- "$ko" "$out" || fail 10 "cannot copy $ko"
+    if [[ $strip == yes ]]; then
+        strip -g "$out" || fail 10 "strip -g $ko failed"
+    fi
+done <<<"$ckms_modules"
+exit 0

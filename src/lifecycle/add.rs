@@ -1,0 +1,224 @@
+//! `add`: put a module source into the tree (`<dkms_tree>/<m>/<v>/source -> <source_tree>/<m>-<v>`).
+
+use std::path::{Path, PathBuf};
+
+use super::{Lifecycle, LifecycleError, ModuleVersion};
+use crate::error::Error;
+
+/// What `add` was given.
+#[derive(Debug, Clone)]
+pub enum AddSource {
+    /// `-m M -v V`: the source is already in `<source_tree>/<m>-<v>`.
+    Tree(ModuleVersion),
+    /// `add DIR`: a directory with a dkms.conf, copied to the source tree if elsewhere.
+    Dir(PathBuf),
+    /// `add FILE.tar.gz`: a source tarball (as `mktarball` writes, or a plain one).
+    Tarball(PathBuf),
+}
+
+impl Lifecycle<'_> {
+    /// Adds a module version to the tree; adding what is already there is a no-op.
+    pub fn add(&self, source: &AddSource, names: Option<&ModuleVersion>) -> Result<ModuleVersion, Error> {
+        let mv = match source {
+            AddSource::Tree(mv) => mv.clone(),
+            AddSource::Dir(dir) => self.import_dir(dir, names)?,
+            AddSource::Tarball(file) => {
+                let tmp = tempfile::Builder::new()
+                    .prefix(".ckms-add-")
+                    .tempdir_in(self.roots.source_tree.parent().unwrap_or(Path::new("/tmp")))
+                    .or_else(|_| tempfile::tempdir())
+                    .map_err(LifecycleError::io(file))?;
+                let bytes = std::fs::File::open(file).map_err(LifecycleError::io(file))?;
+                let tar = flate2::read::MultiGzDecoder::new(bytes);
+                crate::artifact::unpack(tar, tmp.path(), 0, 1 << 30)?;
+                let dir = source_root(tmp.path()).ok_or_else(|| LifecycleError::NoConf(file.join("dkms.conf")))?;
+                self.import_dir(&dir, names)?
+            }
+        };
+        self.link_source(&mv)?;
+        Ok(mv)
+    }
+
+    /// Makes sure `mv` is in the tree (build and install imply add).
+    pub(super) fn ensure_added(&self, mv: &ModuleVersion) -> Result<(), Error> {
+        if self.roots.module_dir(&mv.module, &mv.version).join("source").exists() {
+            return Ok(());
+        }
+        self.link_source(mv)
+    }
+
+    fn link_source(&self, mv: &ModuleVersion) -> Result<(), Error> {
+        let src = self.source_dir(mv);
+        if !src.is_dir() {
+            return Err(LifecycleError::NoSource(src).into());
+        }
+        if !src.join("dkms.conf").is_file() {
+            return Err(LifecycleError::NoConf(src.join("dkms.conf")).into());
+        }
+        let dir = self.roots.module_dir(&mv.module, &mv.version);
+        let link = dir.join("source");
+        if let Ok(existing) = std::fs::read_link(&link) {
+            if existing == src {
+                self.report().info(format!("Module {mv} is already added"));
+                return Ok(());
+            }
+            if !self.opts.force {
+                return Err(LifecycleError::AlreadyAdded {
+                    module: mv.module.clone(),
+                    version: mv.version.clone(),
+                    existing,
+                }
+                .into());
+            }
+        }
+        std::fs::create_dir_all(&dir).map_err(LifecycleError::io(&dir))?;
+        crate::tree::replace_symlink(&src, &link).map_err(LifecycleError::io(&link))?;
+        self.report().info(format!("Creating symlink {} -> {}", link.display(), src.display()));
+        Ok(())
+    }
+
+    /// Copies `dir` to `<source_tree>/<m>-<v>` unless it is that directory already.
+    fn import_dir(&self, dir: &Path, names: Option<&ModuleVersion>) -> Result<ModuleVersion, Error> {
+        let conf = dir.join("dkms.conf");
+        let mv = match names {
+            Some(mv) => mv.clone(),
+            None => {
+                let text = std::fs::read_to_string(&conf).map_err(|_| LifecycleError::NoConf(conf.clone()))?;
+                let get = |name| {
+                    literal(&text, name).ok_or_else(|| LifecycleError::BadSource {
+                        path: conf.clone(),
+                        message: format!(
+                            "{name} is not a plain value; ckms does not run a dkms.conf on the host: pass -m and -v"
+                        ),
+                    })
+                };
+                ModuleVersion { module: get("PACKAGE_NAME")?, version: get("PACKAGE_VERSION")? }
+            }
+        };
+        let target = self.source_dir(&mv);
+        let same = |a: &Path, b: &Path| std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok();
+        if target.exists() {
+            if same(dir, &target) {
+                return Ok(mv);
+            }
+            if !self.opts.force {
+                return Err(LifecycleError::AlreadyAdded {
+                    module: mv.module.clone(),
+                    version: mv.version.clone(),
+                    existing: target,
+                }
+                .into());
+            }
+        }
+        copy_tree(dir, &target).map_err(LifecycleError::io(&target))?;
+        Ok(mv)
+    }
+}
+
+/// The value of `NAME=value` when it is a literal (quoted or not); None when bash would have
+/// to compute it. The last assignment wins, as in bash.
+fn literal(text: &str, name: &str) -> Option<String> {
+    let mut value = None;
+    for line in text.lines() {
+        let line = line.trim().trim_end_matches('\r');
+        let Some(rest) = line.strip_prefix(name).and_then(|r| r.strip_prefix('=')) else { continue };
+        value = if let Some(single) = rest.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')) {
+            Some(single)
+        } else {
+            let plain = rest.strip_prefix('"').and_then(|r| r.strip_suffix('"')).unwrap_or(rest);
+            (!plain.contains(['$', '`', '\\', '"', '\'', ' ', ';'])).then_some(plain)
+        }
+        .filter(|v| !v.is_empty())
+        .map(str::to_string);
+    }
+    value
+}
+
+/// The directory holding dkms.conf in an unpacked tarball: the top, `dkms_source_tree/`
+/// (mktarball's layout), or a single top-level directory.
+fn source_root(top: &Path) -> Option<PathBuf> {
+    let candidates = [top.to_path_buf(), top.join("dkms_source_tree")];
+    if let Some(found) = candidates.iter().find(|d| d.join("dkms.conf").is_file()) {
+        return Some(found.clone());
+    }
+    let dirs: Vec<PathBuf> =
+        std::fs::read_dir(top).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    match dirs.as_slice() {
+        [one] if one.join("dkms.conf").is_file() => Some(one.clone()),
+        _ => None,
+    }
+}
+
+/// Copies a directory tree (files, dirs, symlinks as symlinks) into a fresh `to`, through a
+/// temporary sibling renamed at the end so a half copy is never seen as a source.
+pub(super) fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    let parent = to.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(parent)?;
+    let tmp = tempfile::Builder::new().prefix(".ckms-copy-").tempdir_in(parent)?;
+    copy_into(from, tmp.path())?;
+    if to.exists() {
+        std::fs::remove_dir_all(to)?;
+    }
+    let tmp = tmp.keep();
+    std::fs::rename(&tmp, to)?;
+    // tempdir creates 0700 directories; sources are world-readable like dkms's.
+    std::fs::set_permissions(to, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+}
+
+fn copy_into(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let meta = std::fs::symlink_metadata(&src)?;
+        if meta.is_dir() {
+            std::fs::create_dir(&dst)?;
+            copy_into(&src, &dst)?;
+        } else if meta.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else if meta.is_file() {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// AUTOINSTALL as written: Some(true/false) when a literal (unset = false), None when bash
+/// would compute it.
+pub(super) fn autoinstall_setting(conf: &str) -> Option<bool> {
+    let assigned = conf.lines().any(|l| l.trim_start().starts_with("AUTOINSTALL="));
+    if !assigned {
+        return Some(false);
+    }
+    literal(conf, "AUTOINSTALL").map(|v| v.starts_with(['y', 'Y']))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_values_only() {
+        let conf = "PACKAGE_NAME=\"v4l2loopback\"\nPACKAGE_VERSION=0.12.7\r\nMAKE=x\n";
+        assert_eq!(literal(conf, "PACKAGE_NAME").as_deref(), Some("v4l2loopback"));
+        assert_eq!(literal(conf, "PACKAGE_VERSION").as_deref(), Some("0.12.7"));
+        assert_eq!(literal("PACKAGE_NAME='a'\n", "PACKAGE_NAME").as_deref(), Some("a"));
+        assert_eq!(literal("PACKAGE_VERSION=\"$(cat VERSION)\"\n", "PACKAGE_VERSION"), None);
+        assert_eq!(literal("PACKAGE_VERSION=`date`\n", "PACKAGE_VERSION"), None);
+        assert_eq!(literal("X=1\n", "PACKAGE_NAME"), None);
+    }
+
+    #[test]
+    fn autoinstall_as_written() {
+        assert_eq!(autoinstall_setting("AUTOINSTALL=\"yes\"\n"), Some(true));
+        assert_eq!(autoinstall_setting("MAKE=x\n"), Some(false));
+        assert_eq!(autoinstall_setting("AUTOINSTALL=$(f)\n"), None);
+    }
+
+    #[test]
+    fn tarball_roots() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("dkms_source_tree")).unwrap();
+        std::fs::write(d.path().join("dkms_source_tree/dkms.conf"), "").unwrap();
+        assert_eq!(source_root(d.path()), Some(d.path().join("dkms_source_tree")));
+    }
+}

@@ -1,0 +1,104 @@
+use std::path::PathBuf;
+use thiserror::Error;
+
+use crate::error::{code, Diagnose};
+
+#[derive(Debug, Error)]
+pub enum LifecycleError {
+    #[error("could not find module source directory {0}")]
+    NoSource(PathBuf),
+    #[error("{0} does not exist: a module source needs a dkms.conf")]
+    NoConf(PathBuf),
+    #[error("{module}{} is not located in the tree", version.as_ref().map(|v| format!("/{v}")).unwrap_or_default())]
+    NotInTree { module: String, version: Option<String> },
+    #[error("{module} has several versions ({}): say which", versions.join(", "))]
+    WhichVersion { module: String, versions: Vec<String> },
+    #[error("the tree already contains {module}/{version} from another source ({existing})")]
+    AlreadyAdded { module: String, version: String, existing: PathBuf },
+    #[error("{path}: {message}")]
+    BadSource { path: PathBuf, message: String },
+    #[error("{module}/{version} needs {dependency} (BUILD_DEPENDS), which is not in the tree")]
+    MissingDepends { module: String, version: String, dependency: String },
+    #[error("{module}/{version}: BUILD_DEPENDS form a cycle through {dependency}")]
+    DependencyCycle { module: String, version: String, dependency: String },
+    #[error("{module}/{version} is not built for kernel {kernel} ({arch})")]
+    NotBuilt { module: String, version: String, kernel: String, arch: String },
+    #[error("{module}/{other} is installed for kernel {kernel} ({arch}), not {version}")]
+    OtherVersionInstalled { module: String, version: String, other: String, kernel: String, arch: String },
+    #[error("{module}/{version} on kernel {kernel}: BUILD_EXCLUSIVE directives exclude it ({reason})")]
+    Skipped { module: String, version: String, kernel: String, reason: String },
+    #[error("the PRE_INSTALL script of {module}/{version} failed for kernel {kernel} (status {status})")]
+    PreInstall { module: String, version: String, kernel: String, status: i64 },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: the build record is unreadable: {message}")]
+    Manifest { path: PathBuf, message: String },
+    #[error("autoinstall for kernel {kernel}: {failed} of {total} module(s) failed: {}", names.join(", "))]
+    Autoinstall { kernel: String, failed: usize, total: usize, names: Vec<String> },
+}
+
+impl LifecycleError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> LifecycleError {
+        let path = path.into();
+        move |source| LifecycleError::Io { path, source }
+    }
+}
+
+impl Diagnose for LifecycleError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            LifecycleError::NoSource(_) | LifecycleError::WhichVersion { .. } => code::USAGE,
+            LifecycleError::NoConf(_) | LifecycleError::BadSource { .. } | LifecycleError::Manifest { .. } => {
+                code::NO_CONF
+            }
+            LifecycleError::NotInTree { .. } | LifecycleError::AlreadyAdded { .. } => code::NOT_IN_TREE,
+            LifecycleError::NotBuilt { .. } => code::NOT_IN_TREE,
+            LifecycleError::MissingDepends { .. } | LifecycleError::DependencyCycle { .. } => code::MISSING_DEPENDS,
+            LifecycleError::OtherVersionInstalled { .. } => code::REFUSED,
+            LifecycleError::Skipped { .. } => code::SKIPPED,
+            LifecycleError::PreInstall { .. } => code::PRE_INSTALL_FAILED,
+            LifecycleError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+                code::NO_ACCESS
+            }
+            LifecycleError::Io { .. } => code::IO,
+            LifecycleError::Autoinstall { .. } => code::AUTOINSTALL_FAILED,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            LifecycleError::NoSource(p) => {
+                format!("put the module's source (with its dkms.conf) in {}, or `ckms add <dir>`", p.display())
+            }
+            LifecycleError::NoConf(_) => "every dkms module source has a dkms.conf at its top".into(),
+            LifecycleError::NotInTree { .. } => "`ckms status` lists the tree; `ckms add` puts a module in it".into(),
+            LifecycleError::WhichVersion { module, versions } => {
+                format!("e.g. `-m {module} -v {}` or `{module}/{}`", versions[0], versions[0])
+            }
+            LifecycleError::AlreadyAdded { module, version, .. } => {
+                format!("`ckms remove -m {module} -v {version} --all` first")
+            }
+            LifecycleError::BadSource { .. } => "fix the module source".into(),
+            LifecycleError::MissingDepends { dependency, .. } => format!("add {dependency} first (`ckms add`)"),
+            LifecycleError::DependencyCycle { .. } => "fix BUILD_DEPENDS in the dkms.conf files".into(),
+            LifecycleError::NotBuilt { module, version, kernel, .. } => {
+                format!("`ckms build -m {module} -v {version} -k {kernel}` first")
+            }
+            LifecycleError::OtherVersionInstalled { module, other, kernel, .. } => {
+                format!("`ckms uninstall -m {module} -v {other} -k {kernel}` first, or pass --force")
+            }
+            LifecycleError::Skipped { .. } => {
+                "not an error: the module's dkms.conf says it does not apply to this kernel".into()
+            }
+            LifecycleError::PreInstall { .. } => "its output is above; the module was not installed".into(),
+            LifecycleError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+                "run as root, or point --root (or --dkmstree/--installtree) at directories you own".into()
+            }
+            LifecycleError::Io { .. } => "check free space and permissions".into(),
+            LifecycleError::Manifest { .. } => "build it again with --force".into(),
+            LifecycleError::Autoinstall { .. } => {
+                "each failure is reported above; the other modules were installed".into()
+            }
+        })
+    }
+}

@@ -1,0 +1,158 @@
+//! `install` and `uninstall`: built modules into `<install_tree>/<kver>/` and back out, with
+//! dkms's backup of replaced modules and depmod (see [`crate::install`]). The module's own
+//! PRE_INSTALL, POST_INSTALL and POST_REMOVE scripts run in the sandbox, never on the host.
+
+use super::{KernelTarget, Lifecycle, LifecycleError, Manifest, ModuleVersion};
+use crate::error::Error;
+use crate::install::{Depmod, HostDepmod, ModuleFile, Target};
+
+/// What `install` or `uninstall` did for one (module, kernel).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum InstallOutcome {
+    Installed { module: ModuleVersion, kernel: String, arch: String, files: Vec<String> },
+    AlreadyInstalled { module: ModuleVersion, kernel: String, arch: String },
+    Uninstalled { module: ModuleVersion, kernel: String, arch: String },
+    NotInstalled { module: ModuleVersion, kernel: String, arch: String },
+}
+
+impl Lifecycle<'_> {
+    /// Installs `mv` for `target`, building it first if needed.
+    pub async fn install(&self, mv: &ModuleVersion, target: &KernelTarget) -> Result<InstallOutcome, Error> {
+        let arch = self.arch(target)?;
+        let kernel = target.release.clone();
+        let installed = self.installed_version(&mv.module, &kernel, &arch);
+        if installed.as_deref() == Some(mv.version.as_str()) && !self.opts.force {
+            self.report().info(format!(
+                "Module {mv} already installed on kernel {kernel} ({arch}), skip. You may override by specifying --force."
+            ));
+            return Ok(InstallOutcome::AlreadyInstalled { module: mv.clone(), kernel, arch });
+        }
+        if let Some(other) = installed.filter(|v| *v != mv.version) {
+            if !self.opts.force {
+                return Err(LifecycleError::OtherVersionInstalled {
+                    module: mv.module.clone(),
+                    version: mv.version.clone(),
+                    other,
+                    kernel,
+                    arch,
+                }
+                .into());
+            }
+            self.uninstall(&ModuleVersion { module: mv.module.clone(), version: other }, target).await?;
+        }
+        let built_dir = self.roots.built_dir(&mv.module, &mv.version, &kernel, &arch);
+        if !built_dir.join("module").is_dir() {
+            self.build(mv, target).await?;
+        }
+        let manifest = Manifest::read(&built_dir)?;
+        if let Some(script) = &manifest.pre_install {
+            let status = self.run_hook(mv, &manifest, "pre_install", script).await?;
+            if status != 0 {
+                return Err(LifecycleError::PreInstall {
+                    module: mv.module.clone(),
+                    version: mv.version.clone(),
+                    kernel,
+                    status,
+                }
+                .into());
+            }
+        }
+        let files = module_files(&manifest, &built_dir);
+        {
+            let _lock = self.lock()?;
+            let t = self.target(mv, &kernel, &arch);
+            crate::install::install(&t, &files, self.depmod().as_ref().map(|d| d as &dyn Depmod))?;
+        }
+        let listed: Vec<String> = files
+            .iter()
+            .map(|f| {
+                let name = f.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let suffix = name.find(".ko").map(|i| name[i + 3..].to_string()).unwrap_or_default();
+                format!("{}/{kernel}{}/{}.ko{suffix}", self.roots.install_tree.display(), f.dest_location, f.dest_name)
+            })
+            .collect();
+        self.report().info(format!("Installing {}", listed.join(" ")));
+        if let Some(script) = &manifest.post_install {
+            self.run_hook(mv, &manifest, "post_install", script).await?;
+        }
+        Ok(InstallOutcome::Installed { module: mv.clone(), kernel, arch, files: listed })
+    }
+
+    /// Uninstalls `mv` from `target` and puts back what it replaced.
+    pub async fn uninstall(&self, mv: &ModuleVersion, target: &KernelTarget) -> Result<InstallOutcome, Error> {
+        let arch = self.arch(target)?;
+        let kernel = target.release.clone();
+        if self.installed_version(&mv.module, &kernel, &arch).as_deref() != Some(mv.version.as_str()) {
+            self.report().info(format!("Module {mv} is not installed for kernel {kernel} ({arch}). Skipping..."));
+            return Ok(InstallOutcome::NotInstalled { module: mv.clone(), kernel, arch });
+        }
+        let built_dir = self.roots.built_dir(&mv.module, &mv.version, &kernel, &arch);
+        let manifest = Manifest::read(&built_dir)?;
+        let files = module_files(&manifest, &built_dir);
+        {
+            let _lock = self.lock()?;
+            let t = self.target(mv, &kernel, &arch);
+            crate::install::uninstall(&t, &files, self.depmod().as_ref().map(|d| d as &dyn Depmod))?;
+        }
+        self.report().info(format!("Module {mv} for kernel {kernel} ({arch}) uninstalled"));
+        if let Some(script) = &manifest.post_remove {
+            self.run_hook(mv, &manifest, "post_remove", script).await?;
+        }
+        Ok(InstallOutcome::Uninstalled { module: mv.clone(), kernel, arch })
+    }
+
+    /// The version of `module` installed for (kernel, arch), read from the tree's marker link.
+    pub fn installed_version(&self, module: &str, kernel: &str, arch: &str) -> Option<String> {
+        let link = std::fs::read_link(self.roots.installed_link(module, kernel, arch)).ok()?;
+        link.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned())
+    }
+
+    fn target<'t>(&'t self, mv: &'t ModuleVersion, kernel: &'t str, arch: &'t str) -> Target<'t> {
+        Target { roots: &self.roots, module: &mv.module, version: &mv.version, kernel, arch }
+    }
+
+    fn depmod(&self) -> Option<HostDepmod> {
+        self.opts.depmod.then_some(HostDepmod)
+    }
+
+    /// Runs a module's install-time script in the sandbox of the image that built it: it sees
+    /// the module's source, not the host. Returns its exit status.
+    async fn run_hook(&self, mv: &ModuleVersion, manifest: &Manifest, what: &str, script: &str) -> Result<i64, Error> {
+        let conn = self.engine().await?;
+        let recipe = self.ctx.catalog.recipe("builder")?;
+        let source = self.source_dir(mv);
+        self.report().info(format!("Running the {what} script (sandboxed):"));
+        let outcome =
+            crate::build::run_script(&conn.engine, recipe, &manifest.image, &source, mv_vars(manifest), script).await?;
+        let log = String::from_utf8_lossy(&outcome.log);
+        if !log.trim().is_empty() {
+            self.report().info(log.trim_end().to_string());
+        }
+        if outcome.exit_code != 0 && what != "pre_install" {
+            self.report().warn(format!("the {what} script of {mv} returned {}", outcome.exit_code));
+        }
+        Ok(outcome.exit_code)
+    }
+}
+
+fn mv_vars(m: &Manifest) -> Vec<(String, String)> {
+    vec![
+        ("kernelver".into(), m.kernel.clone()),
+        ("arch".into(), m.arch.clone()),
+        ("module".into(), m.module.clone()),
+        ("module_version".into(), m.version.clone()),
+    ]
+}
+
+fn module_files(manifest: &Manifest, built_dir: &std::path::Path) -> Vec<ModuleFile> {
+    manifest
+        .modules
+        .iter()
+        .map(|m| ModuleFile {
+            dest_name: m.dest_name.clone(),
+            dest_location: m.dest_location.clone(),
+            file: built_dir.join(&m.file),
+        })
+        .collect()
+}

@@ -1,0 +1,50 @@
+//! What a build left in the tree besides the modules: `<built dir>/ckms.json`, so that
+//! install, uninstall and status need neither the engine nor another dkms.conf evaluation.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+use super::LifecycleError;
+
+pub const FILE: &str = "ckms.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub module: String,
+    pub version: String,
+    pub kernel: String,
+    pub arch: String,
+    pub profile: String,
+    /// The builder image that built it.
+    pub image: String,
+    pub modules: Vec<ManifestModule>,
+    pub autoinstall: bool,
+    pub pre_install: Option<String>,
+    pub post_install: Option<String>,
+    pub post_remove: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestModule {
+    pub built_name: String,
+    pub dest_name: String,
+    /// Under /lib/modules/<kver>, e.g. "/updates/dkms".
+    pub dest_location: String,
+    /// Relative to the built dir, e.g. "module/v4l2loopback.ko.xz".
+    pub file: PathBuf,
+}
+
+impl Manifest {
+    pub fn read(built_dir: &Path) -> Result<Manifest, LifecycleError> {
+        let path = built_dir.join(FILE);
+        let text = std::fs::read_to_string(&path).map_err(LifecycleError::io(&path))?;
+        serde_json::from_str(&text).map_err(|e| LifecycleError::Manifest { path, message: e.to_string() })
+    }
+
+    pub fn write(&self, built_dir: &Path) -> Result<(), LifecycleError> {
+        let path = built_dir.join(FILE);
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| LifecycleError::Manifest { path: path.clone(), message: e.to_string() })?;
+        std::fs::write(&path, text + "\n").map_err(LifecycleError::io(&path))
+    }
+}

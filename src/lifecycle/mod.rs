@@ -1,0 +1,216 @@
+//! dkms's verbs over ckms's tree: `add`, `build`, `install`, `uninstall`, `unbuild`, `remove`,
+//! `status`, `autoinstall`, `match`, `mktarball`, `ldtarball`. Each verb keeps dkms's
+//! semantics (build implies add, install implies build, a finished step is skipped unless
+//! forced) and its exit codes; what differs is where the build runs ([`crate::build`]).
+
+mod add;
+mod build;
+mod error;
+mod install;
+mod manifest;
+mod remove;
+mod tarball;
+
+pub use error::LifecycleError;
+pub use manifest::{Manifest, ManifestModule};
+
+use std::path::{Path, PathBuf};
+use tokio::sync::OnceCell;
+
+use crate::context::Context;
+use crate::engine::Connection;
+use crate::error::Error;
+use crate::tree::Roots;
+
+/// A module version: what `-m M -v V` or `M/V` names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct ModuleVersion {
+    pub module: String,
+    pub version: String,
+}
+
+impl std::fmt::Display for ModuleVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.module, self.version)
+    }
+}
+
+/// A kernel as dkms's `-k kver/arch` names it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KernelTarget {
+    pub release: String,
+    /// None: the profile's machine (x86_64 for amd64).
+    pub arch: Option<String>,
+}
+
+/// Settings shared by the verbs (dkms's -j, --force, --verbose, --no-depmod).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub jobs: u32,
+    pub force: bool,
+    pub verbose: bool,
+    pub depmod: bool,
+    /// Look for kernels only in this profile.
+    pub profile: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let jobs = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        Options { jobs, force: false, verbose: false, depmod: true, profile: None }
+    }
+}
+
+/// The verbs, bound to one tree and one invocation.
+pub struct Lifecycle<'a> {
+    pub ctx: &'a Context,
+    pub roots: Roots,
+    pub opts: Options,
+    engine: OnceCell<Connection>,
+}
+
+impl<'a> Lifecycle<'a> {
+    pub fn new(ctx: &'a Context, roots: Roots, opts: Options) -> Self {
+        Lifecycle { ctx, roots, opts, engine: OnceCell::new() }
+    }
+
+    /// The engine, connected on first use: `status` and `remove` never need one.
+    async fn engine(&self) -> Result<&Connection, Error> {
+        self.engine.get_or_try_init(|| self.ctx.engine()).await
+    }
+
+    fn report(&self) -> &dyn crate::report::Reporter {
+        self.ctx.reporter()
+    }
+
+    /// `<source_tree>/<m>-<v>`.
+    pub fn source_dir(&self, mv: &ModuleVersion) -> PathBuf {
+        self.roots.source_tree.join(format!("{}-{}", mv.module, mv.version))
+    }
+
+    /// The versions of `module` in the tree, oldest first.
+    pub fn versions(&self, module: &str) -> Vec<String> {
+        let mut v: Vec<String> =
+            crate::tree::status(&self.roots, Some(module)).into_iter().map(|s| s.version).collect();
+        v.dedup();
+        v
+    }
+
+    /// Every module/version in the tree.
+    pub fn all(&self) -> Vec<ModuleVersion> {
+        let mut all: Vec<ModuleVersion> = crate::tree::status(&self.roots, None)
+            .into_iter()
+            .map(|s| ModuleVersion { module: s.module, version: s.version })
+            .collect();
+        all.dedup();
+        all
+    }
+
+    /// Fills in a missing version the way dkms does: the only version in the tree (or the
+    /// only `<m>-*` source directory).
+    pub fn complete(&self, module: &str, version: Option<&str>) -> Result<ModuleVersion, Error> {
+        if let Some(v) = version {
+            return Ok(ModuleVersion { module: module.into(), version: v.into() });
+        }
+        let mut versions = self.versions(module);
+        if versions.is_empty() {
+            versions = source_versions(&self.roots.source_tree, module);
+        }
+        match versions.as_slice() {
+            [one] => Ok(ModuleVersion { module: module.into(), version: one.clone() }),
+            [] => Err(LifecycleError::NotInTree { module: module.into(), version: None }.into()),
+            many => Err(LifecycleError::WhichVersion { module: module.into(), versions: many.to_vec() }.into()),
+        }
+    }
+}
+
+/// Versions `v` for which `<source_tree>/<module>-<v>/dkms.conf` exists.
+fn source_versions(source_tree: &Path, module: &str) -> Vec<String> {
+    let prefix = format!("{module}-");
+    let mut out: Vec<String> = std::fs::read_dir(source_tree)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter_map(|n| n.strip_prefix(&prefix).map(str::to_string))
+                .filter(|v| source_tree.join(format!("{prefix}{v}")).join("dkms.conf").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort_by(|a, b| crate::repo::version::compare(a, b));
+    out
+}
+
+impl Lifecycle<'_> {
+    /// The tree's lock, held while the tree or the install tree changes (not while building).
+    fn lock(&self) -> Result<crate::install::TreeLock, Error> {
+        let report = self.report();
+        Ok(crate::install::TreeLock::acquire(&self.roots.dkms_tree, |msg| report.info(msg.to_string()))?)
+    }
+
+    /// `autoinstall -k K`: build and install, for K, the newest version of every module in the
+    /// tree whose dkms.conf sets AUTOINSTALL. A failing module does not stop the others;
+    /// the summary names each result.
+    pub async fn autoinstall(&self, target: &KernelTarget) -> Result<Vec<AutoResult>, Error> {
+        let mut newest: std::collections::BTreeMap<String, String> = Default::default();
+        for mv in self.all() {
+            newest.insert(mv.module, mv.version); // `all` is sorted oldest first
+        }
+        let mut results = Vec::new();
+        for (module, version) in newest {
+            let mv = ModuleVersion { module, version };
+            let conf = self.source_dir(&mv).join("dkms.conf");
+            let declared = std::fs::read_to_string(&conf).ok().map(|t| add::autoinstall_setting(&t));
+            if declared == Some(Some(false)) {
+                continue;
+            }
+            let outcome = match self.autoinstall_one(&mv, target, declared.flatten()).await {
+                Ok(None) => continue,
+                Ok(Some(done)) => AutoResult { module: mv, ok: true, code: 0, message: done },
+                Err(e) => {
+                    use crate::error::Diagnose;
+                    let code = e.exit_code();
+                    // Skipped by BUILD_EXCLUSIVE is not a failure, as in dkms.
+                    AutoResult { module: mv, ok: code == crate::error::code::SKIPPED, code, message: e.to_string() }
+                }
+            };
+            results.push(outcome);
+        }
+        Ok(results)
+    }
+
+    /// Installs one module for autoinstall; None when its conf (evaluated) does not ask for it.
+    async fn autoinstall_one(
+        &self,
+        mv: &ModuleVersion,
+        target: &KernelTarget,
+        declared: Option<bool>,
+    ) -> Result<Option<String>, Error> {
+        if declared.is_none() {
+            // AUTOINSTALL is computed by the conf: build, then ask the build record.
+            self.build(mv, target).await?;
+            let arch = self.arch(target)?;
+            let dir = self.roots.built_dir(&mv.module, &mv.version, &target.release, &arch);
+            if !Manifest::read(&dir)?.autoinstall {
+                return Ok(None);
+            }
+        }
+        Ok(Some(match self.install(mv, target).await? {
+            install::InstallOutcome::AlreadyInstalled { .. } => "already installed".into(),
+            _ => "installed".into(),
+        }))
+    }
+}
+
+/// One module's result in `autoinstall`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AutoResult {
+    pub module: ModuleVersion,
+    pub ok: bool,
+    pub code: i32,
+    pub message: String,
+}
+
+pub use add::AddSource;
+pub use build::BuildOutcome;
+pub use install::InstallOutcome;
+pub use tarball::TarballParts;
