@@ -87,6 +87,8 @@ pub enum Error {
     Build(#[from] crate::build::BuildError),
     #[error(transparent)]
     Artifact(#[from] crate::artifact::ArtifactError),
+    #[error(transparent)]
+    Install(#[from] crate::install::InstallError),
     #[error("{message}")]
     Usage { message: String, hint: Option<String> },
 }
@@ -104,6 +106,7 @@ impl Error {
             Error::Conf(e) => e,
             Error::Build(e) => e,
             Error::Artifact(e) => e,
+            Error::Install(e) => e,
             Error::Usage { .. } => return None,
         })
     }
