@@ -536,6 +536,7 @@ fn install_with(
         // runs once the new files are in.
         undo(t, j, None, ops)?;
     }
+    let undid = journal.is_some();
     ops.sweep(&t.roots.dkms_tree.join(t.module))?;
 
     let originals = find_originals(t, &prepared)?;
@@ -562,7 +563,16 @@ fn install_with(
             originals: originals.iter().map(|rel| kernel_dir(t).join(rel)).collect(),
             already_installed: false,
         }),
-        Err(error) if fs::symlink_metadata(&jpath).is_err() => Err(error),
+        Err(error) if fs::symlink_metadata(&jpath).is_err() => {
+            // Nothing of this install to undo; but if the remains of an earlier one were just
+            // removed, the module index still lists them.
+            if let Some(d) = depmod.filter(|_| undid && kernel_dir(t).is_dir()) {
+                if ops.step(&t.roots.install_tree).is_ok() {
+                    let _ = d.run(&t.roots.install_tree, t.kernel);
+                }
+            }
+            Err(error)
+        }
         Err(error) => match undo(t, &journal, depmod.map(|d| (d, false)), ops) {
             Ok(_) => Err(error),
             Err(rollback) => Err(InstallError::RollbackFailed { error: Box::new(error), rollback: Box::new(rollback) }),
