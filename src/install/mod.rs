@@ -16,8 +16,9 @@
 //!   removed *first* on uninstall, so `installed` is never shown for something incomplete.
 //!   While an operation is unfinished, `status` says `built`.
 //!
-//! `install`: (1) refuse if the marker names another version; (2) if a journal is left over,
-//! undo it first (below), because half an install cannot be trusted to match this one;
+//! `install`: (1) refuse if the marker names another version, check that depmod can run,
+//! and stop if the same build is installed already; (2) if a journal is left over, undo it
+//! first (below): half an install, or another build's, cannot be trusted to match this one;
 //! (3) write the journal; (4) copy each same-named module (the destination path, other
 //! suffixes next to it, and any under `<kernel>/kernel/`) to `original_dir`, keeping its path
 //! relative to `<kernel>/` — a backup that already exists is never overwritten, and a file
@@ -30,8 +31,9 @@
 //! whose content still matches the journal's hash; (3) put each backup back (unless something
 //! else now sits at that path, e.g. a kernel package update: that newer file is kept) and
 //! remove it, then the empty `original_dir`; (4) remove the directories ckms created, if
-//! empty; (5) `depmod`; (6) remove the journal. Every step is idempotent, and temporary files
-//! a crash left behind are removed on the way.
+//! empty; (5) `depmod`; (6) remove the journal. Every step is idempotent (a file counts as
+//! ours only by its hash, a backup is restored only where nothing else stands), and
+//! temporary files a crash left behind are removed on the way.
 //!
 //! Callers hold a [`TreeLock`] around these calls so two ckms never interleave.
 
@@ -48,6 +50,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 use thiserror::Error;
@@ -365,6 +368,9 @@ fn prepare(t: &Target, files: &[ModuleFile]) -> Result<Vec<Prepared>, InstallErr
             return Err(bad(format!("{what} {s:?} is not a plain name")));
         }
     }
+    if files.is_empty() {
+        return Err(bad("no module files to install".into()));
+    }
     let mut out: Vec<Prepared> = Vec::new();
     for f in files {
         if !plain(&f.dest_name) || Compression::split_file_name(&f.dest_name).is_some() {
@@ -453,7 +459,10 @@ fn find_originals(t: &Target, prepared: &[Prepared]) -> Result<BTreeSet<PathBuf>
             let Ok(kind) = e.file_type() else { continue };
             if kind.is_dir() {
                 stack.push(e.path());
-            } else if kind.is_file() && matches(&e.file_name().to_string_lossy()) {
+            } else if kind.is_file()
+                && matches(&e.file_name().to_string_lossy())
+                && !prepared.iter().any(|p| p.dest == e.path())
+            {
                 if let Ok(rel) = e.path().strip_prefix(&kdir) {
                     found.insert(rel.to_path_buf());
                 }
@@ -512,7 +521,7 @@ fn install_with(
     let mut journal = read_journal(t)?;
     if journal.is_none() && marked {
         // Installed without a journal (it was lost): what is at our destinations is ours.
-        journal = Some(synthesized_journal(t, &prepared));
+        journal = Some(synthesized_journal(t, &prepared)?);
     }
     if let Some(j) = &journal {
         if marked && up_to_date(t, j, &prepared) {
@@ -527,6 +536,7 @@ fn install_with(
         // runs once the new files are in.
         undo(t, j, None, ops)?;
     }
+    let undid = journal.is_some();
     ops.sweep(&t.roots.dkms_tree.join(t.module))?;
 
     let originals = find_originals(t, &prepared)?;
@@ -553,7 +563,16 @@ fn install_with(
             originals: originals.iter().map(|rel| kernel_dir(t).join(rel)).collect(),
             already_installed: false,
         }),
-        Err(error) if fs::symlink_metadata(&jpath).is_err() => Err(error),
+        Err(error) if fs::symlink_metadata(&jpath).is_err() => {
+            // Nothing of this install to undo; but if the remains of an earlier one were just
+            // removed, the module index still lists them.
+            if let Some(d) = depmod.filter(|_| undid && kernel_dir(t).is_dir()) {
+                if ops.step(&t.roots.install_tree).is_ok() {
+                    let _ = d.run(&t.roots.install_tree, t.kernel);
+                }
+            }
+            Err(error)
+        }
         Err(error) => match undo(t, &journal, depmod.map(|d| (d, false)), ops) {
             Ok(_) => Err(error),
             Err(rollback) => Err(InstallError::RollbackFailed { error: Box::new(error), rollback: Box::new(rollback) }),
@@ -619,11 +638,28 @@ fn apply(
     ops.symlink(&Path::new(t.version).join(t.kernel).join(t.arch), &t.roots.installed_link(t.module, t.kernel, t.arch))
 }
 
-fn synthesized_journal(t: &Target, prepared: &[Prepared]) -> Journal {
-    Journal {
-        version: t.version.into(),
-        files: prepared.iter().map(|p| Placed { path: p.rel.clone(), sha256: p.sha256.clone() }).collect(),
-        created_dirs: Vec::new(),
+/// For an install whose journal was lost: the marker says ours is installed, so what sits
+/// at our destinations is ours, even from an older build. Which directories ckms created is
+/// unknown; they stay.
+fn synthesized_journal(t: &Target, prepared: &[Prepared]) -> Result<Journal, InstallError> {
+    let mut files = Vec::new();
+    for p in prepared {
+        let sha256 = match read_file(&p.dest)? {
+            Some(bytes) => sha256(&bytes),
+            None => p.sha256.clone(),
+        };
+        files.push(Placed { path: p.rel.clone(), sha256 });
+    }
+    Ok(Journal { version: t.version.into(), files, created_dirs: Vec::new() })
+}
+
+/// The contents of the regular file `path`; `None` if there is none (or something else).
+fn read_file(path: &Path) -> Result<Option<Vec<u8>>, InstallError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => fs::read(path).map(Some).map_err(|e| InstallError::fs(path, e)),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(InstallError::fs(path, e)),
     }
 }
 
@@ -636,7 +672,7 @@ fn uninstall_with(
     let marked = check_marker(t)?;
     let journal = match read_journal(t)? {
         Some(j) => j,
-        None if marked => synthesized_journal(t, &prepare(t, files)?),
+        None if marked => synthesized_journal(t, &prepare(t, files)?)?,
         None => {
             // At most the journal's temporary file of an install that crashed writing it.
             ops.sweep(&t.roots.dkms_tree.join(t.module))?;
@@ -671,9 +707,8 @@ fn undo(
         if let Some(dir) = path.parent() {
             ops.sweep(dir)?;
         }
-        let ours = fs::symlink_metadata(&path).is_ok_and(|m| m.is_file())
-            && fs::read(&path).is_ok_and(|b| sha256(&b) == f.sha256);
-        if ours {
+        // Something else in our place (changed since) is not ours to remove.
+        if read_file(&path)?.is_some_and(|b| sha256(&b) == f.sha256) {
             ops.remove_file(&path)?;
             done.removed.push(path);
         }
@@ -688,13 +723,18 @@ fn undo(
         if let Some(dir) = target.parent() {
             ops.sweep(dir)?;
         }
-        match fs::symlink_metadata(&target) {
-            Err(_) if target.parent().is_some_and(Path::is_dir) => {
-                ops.copy(&backup, &target)?;
-                done.restored.push(target);
-            }
-            Ok(m) if m.is_file() && fs::read(&target).ok() == fs::read(&backup).ok() => done.restored.push(target),
-            _ => done.dropped.push(target),
+        let saved = fs::read(&backup).map_err(|e| InstallError::fs(&backup, e))?;
+        let mode = fs::metadata(&backup).map_err(|e| InstallError::fs(&backup, e))?.permissions().mode() & 0o7777;
+        let present = fs::symlink_metadata(&target).is_ok();
+        if !present && target.parent().is_some_and(Path::is_dir) {
+            ops.write(&target, &saved, mode)?;
+            done.restored.push(target);
+        } else if read_file(&target)?.is_some_and(|b| b == saved) {
+            // Put back by an interrupted run already.
+            done.restored.push(target);
+        } else {
+            // A newer file took its place (a kernel package update), or its kernel is gone.
+            done.dropped.push(target);
         }
         ops.remove_file(&backup)?;
     }
@@ -708,7 +748,8 @@ fn undo(
         ops.remove_dir_if_empty(&tree.join(dir))?;
     }
 
-    if let Some((d, must_succeed)) = depmod {
+    // Nothing to index once the kernel's directory is gone (ckms created it, and took it away).
+    if let Some((d, must_succeed)) = depmod.filter(|_| kdir.is_dir()) {
         let ran = ops.step(tree).and_then(|()| {
             d.run(tree, t.kernel).map_err(|stderr| InstallError::DepmodAfterUninstall {
                 module: t.module.into(),

@@ -609,3 +609,26 @@ fn the_host_depmod_indexes_and_forgets_our_module() {
     let err = HostDepmod.run(&roots.install_tree, "0.0.0-missing").unwrap_err();
     assert!(err.contains("0.0.0-missing"), "{err}");
 }
+
+#[test]
+fn a_lost_journal_and_a_rebuild_do_not_make_our_old_file_an_original() {
+    let env = Env::new();
+    install(&env.target(), &env.files(), Some(&FakeDepmod::ok())).unwrap();
+    fs::remove_file(journal_path(&env.target())).unwrap();
+    fs::write(env.roots.built_dir(M, V, K, A).join("module/v4l2loopback.ko.xz"), b"rebuilt v4l2loopback").unwrap();
+    let again = install(&env.target(), &env.files(), Some(&FakeDepmod::ok())).unwrap();
+    assert_eq!(again.originals, [env.kdir().join("kernel/drivers/media/v4l2loopback.ko.xz")]);
+    let backups = snapshot(&env.roots.original_dir(M, K, A));
+    assert_eq!(backups.len(), 4, "only the in-tree module is kept: {backups:?}");
+}
+
+#[test]
+fn installing_over_an_identical_in_tree_destination_keeps_no_backup() {
+    let env = Env::new();
+    let built = env.roots.built_dir(M, V, K, A).join("module/v4l2loopback.ko.xz");
+    fs::write(&built, b"in-tree v4l2loopback").unwrap();
+    let files = [ModuleFile { dest_name: M.into(), dest_location: "/kernel/drivers/media".into(), file: built }];
+    let done = install(&env.target(), &files, None).unwrap();
+    assert!(done.originals.is_empty());
+    assert_eq!(install(&env.target(), &[], None).unwrap_err().exit_code(), code::BAD_CONF);
+}
