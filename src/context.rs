@@ -95,10 +95,23 @@ impl Context {
         force: bool,
     ) -> Result<Builder<'_>, Error> {
         let (p, index, kernel) = self.find_kernel(release, profile).await?;
-        let recipe = self.catalog.recipe("builder")?;
-        let plan = crate::image::plan(p, recipe, &index, &kernel, extra)?;
-        let image = crate::image::build(&self.cache, engine, p, recipe, &plan, force, self.reporter()).await?;
+        let image = self.image_for(engine, p, &index, &kernel, extra, force).await?;
         Ok(Builder { image, profile: p, index, kernel })
+    }
+
+    /// The builder image for a kernel already found (see [`Context::find_kernel`]).
+    pub async fn image_for(
+        &self,
+        engine: &dyn crate::engine::Engine,
+        profile: &Profile,
+        index: &Index,
+        kernel: &Kernel,
+        extra: &[String],
+        force: bool,
+    ) -> Result<crate::image::Built, Error> {
+        let recipe = self.catalog.recipe("builder")?;
+        let plan = crate::image::plan(profile, recipe, index, kernel, extra)?;
+        Ok(crate::image::build(&self.cache, engine, profile, recipe, &plan, force, self.reporter()).await?)
     }
 
     /// The builder image for `release`, assembled and loaded unless the engine has it.

@@ -376,3 +376,34 @@ fn add_source(lc: &Lifecycle<'_>, a: &Args) -> Result<AddSource, Error> {
     }
     Ok(AddSource::Tree(selected(lc, a)?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn dkms_options_may_come_before_the_verb() {
+        assert_eq!(dkms_argv(argv("dkms -m x -v 1 build -k k")), argv("dkms build -m x -v 1 -k k"));
+        assert_eq!(dkms_argv(argv("/usr/sbin/dkms status")), argv("dkms status"));
+        // A module called like a verb is an option's value, not the verb.
+        assert_eq!(dkms_argv(argv("dkms -m install -v 1 remove --all")), argv("dkms remove -m install -v 1 --all"));
+    }
+
+    #[test]
+    fn kernels_with_and_without_arch() {
+        let a = Args { kernels: vec!["6.1.0-56-amd64/x86_64".into(), "7.2.13+deb14-amd64".into()], ..Args::default() };
+        let t = targets(&a).unwrap();
+        assert_eq!(t[0], KernelTarget { release: "6.1.0-56-amd64".into(), arch: Some("x86_64".into()) });
+        assert_eq!(t[1], KernelTarget { release: "7.2.13+deb14-amd64".into(), arch: None });
+    }
+
+    #[test]
+    fn the_clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::super::Cli::command().debug_assert();
+    }
+}

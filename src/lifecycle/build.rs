@@ -50,12 +50,19 @@ impl Lifecycle<'_> {
             return Ok(BuildOutcome::AlreadyBuilt { module: mv.clone(), kernel: target.release.clone(), arch });
         }
         let started = std::time::Instant::now();
-        let conn = self.engine().await?;
+        // Independent steps overlap: connecting to the engine, reading the index, and then
+        // checking the image while the kernel's config is read from its headers package.
+        let (conn, found) =
+            tokio::join!(self.engine(), self.ctx.find_kernel(&target.release, self.opts.profile.as_deref()));
+        let (conn, (profile, index, kernel)) = (conn?, found?);
         let engine = &conn.engine;
         let extra = self.ctx.config.module_packages(&mv.module);
-        let builder = self.ctx.builder(engine, &target.release, self.opts.profile.as_deref(), &extra, false).await?;
+        let (image, kconfig) = tokio::join!(
+            self.ctx.image_for(engine, profile, &index, &kernel, &extra, false),
+            crate::kernel::config(&self.ctx.cache, &index, &kernel, self.report())
+        );
+        let (image, kconfig) = (image?, kconfig?);
         let recipe = self.ctx.catalog.recipe("builder")?;
-        let kconfig = crate::kernel::config(&self.ctx.cache, &builder.index, &builder.kernel, self.report()).await?;
 
         let source = self.source_dir(mv);
         let conf_path = source.join("dkms.conf");
@@ -74,10 +81,10 @@ impl Lifecycle<'_> {
         };
         let overrides = self.overrides(mv, &target.release, &arch);
         let origin = conf_path.display().to_string();
-        let image = builder.image.reference.as_str();
+        let image = image.reference.as_str();
         let raw = crate::build::evaluate_conf(engine, recipe, image, &conf, &overrides, &vars, &origin).await?;
         let facts = KernelFacts { release: target.release.clone(), arch: arch.clone(), config: kconfig.clone() };
-        let policy = DestPolicy::Override(builder.profile.install.module_location.clone());
+        let policy = DestPolicy::Override(profile.install.module_location.clone());
         let plan = match crate::conf::resolve(&raw, &facts, &policy)? {
             Resolved::Build(plan) => plan,
             Resolved::Skipped { reason } => {
@@ -167,8 +174,8 @@ impl Lifecycle<'_> {
             version: mv.version.clone(),
             kernel: target.release.clone(),
             arch: arch.clone(),
-            profile: builder.profile.name.clone(),
-            image: builder.image.reference.clone(),
+            profile: profile.name.clone(),
+            image: image.to_string(),
             modules,
             autoinstall: plan.autoinstall,
             pre_install: plan.hooks.pre_install.clone(),
