@@ -1,23 +1,39 @@
 # ckms: build one module package for one kernel, the way dkms's actual_build does, inside the
 # sandboxed builder container (non-root, no network, read-only root; only the dkms tree volume
-# is writable). The host resolved dkms.conf already; this script only runs what it decided.
+# is writable). One container does it all, in two phases:
+#   1. evaluate dkms.conf with eval.sh (bash, a separate process) into $ckms_dir/conf.json,
+#      then wait for the host, which resolves the directives for this kernel and writes its
+#      plan into $ckms_dir/plan/ (one value per file, `ready` last; `abort` = nothing to do);
+#   2. run the plan.
 #
-# Input (environment):
-#   ckms_build_dir   the build directory, $dkms_tree/<m>/<v>/build, holding a copy of the source
+# Input (environment): dkms's variables (kernelver arch module module_version ...), eval.sh's
+# (ckms_conf ckms_override_dir), and
+#   ckms_dir         ckms's directory in the volume (driver, eval.sh, conf, plan, out)
+#   ckms_build_dir   the build directory, $dkms_tree/<m>/<v>/build, holding the source
 #   ckms_out         where results go (copied back to the host): make.log and the modules
 #   ckms_space_kib   disk space the build may use (KiB): no file may grow past it (ulimit -f),
 #                    and a watchdog stops the build when the tree as a whole does
-#   ckms_make        the make command line, run with eval like dkms does
-#   ckms_patches     patch file names under patches/, one per line, in order
-#   ckms_post_add ckms_pre_build ckms_post_build   script names from the conf (may be empty)
-#   ckms_modules     one line per module: "<built location>/<built name>.ko<TAB><strip yes|no>"
-#   ckms_header      the first line of make.log
-# Exit: 0 built; 6 a patch failed; 10 make (or a PRE_/POST_BUILD script) failed; 7 a module
-# named in BUILT_MODULE_NAME was not produced. Messages on stderr name the step.
+# The plan: make (the command line, run with eval like dkms does), patches (one per line),
+# post_add pre_build post_build (script names), modules ("<location>/<name>.ko<TAB>yes|no"
+# per line: the file and whether to strip it), header (make.log's first line).
+# Exit: 0 built (or aborted by the host); 8 the conf could not be evaluated; 6 a patch failed;
+# 10 make (or a PRE_/POST_BUILD script) failed; 7 a module named in BUILT_MODULE_NAME was not
+# produced. Messages on stderr name the step.
 
 set -u
-log=$ckms_out/make.log
 mkdir -p "$ckms_out" || exit 10
+
+if ! bash "$ckms_dir/eval.sh" >"$ckms_dir/conf.tmp" 2>"$ckms_out/eval.err"; then
+    exit 8
+fi
+mv "$ckms_dir/conf.tmp" "$ckms_dir/conf.json"
+until [[ -e $ckms_dir/plan/ready || -e $ckms_dir/plan/abort ]]; do sleep 0.05; done
+[[ -e $ckms_dir/plan/abort ]] && exit 0
+for v in make patches post_add pre_build post_build modules header; do
+    printf -v "ckms_$v" '%s' "$(<"$ckms_dir/plan/$v")"
+done
+
+log=$ckms_out/make.log
 printf '%s\n%s\n\n' "$ckms_header" "$(date)" >"$log"
 
 fail() {

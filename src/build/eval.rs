@@ -41,7 +41,12 @@ pub async fn evaluate_conf(
     spec.env.extend(conf::eval_env(&ctx));
     spec.outputs = vec![format!("{dir}/conf.json")];
     let outcome = engine.run(&spec).await?;
-    let json = outcome.outputs.first().map(|(_, tar)| first_file(tar)).transpose().map_err(BuildError::Input)?;
+    let json = outcome
+        .outputs
+        .first()
+        .map(|(_, tar)| crate::engine::first_file(tar))
+        .transpose()
+        .map_err(BuildError::Input)?;
     let status = if outcome.timed_out { 124 } else { i32::try_from(outcome.exit_code).unwrap_or(1) };
     Ok(conf::from_output(status, json.as_deref().unwrap_or_default(), &outcome.log, origin)?)
 }
@@ -61,20 +66,6 @@ fn input_tar(files: &[(String, &[u8])]) -> std::io::Result<Vec<u8>> {
         b.append_data(&mut h, format!("{CKMS_DIR}/{name}"), *bytes)?;
     }
     b.into_inner()
-}
-
-/// The contents of the first regular file in a tar.
-fn first_file(tar: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut archive = tar::Archive::new(tar);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        if entry.header().entry_type().is_file() {
-            let mut out = Vec::new();
-            std::io::Read::read_to_end(&mut entry, &mut out)?;
-            return Ok(out);
-        }
-    }
-    Ok(Vec::new())
 }
 
 #[cfg(test)]

@@ -1,17 +1,18 @@
 //! Building modules for a kernel in its builder image: the engine side of dkms's `build`.
 //!
-//! Two sandboxed runs per (module, kernel), both non-root, without network, on a read-only
-//! root: [`evaluate_conf`] evaluates the dkms.conf (bash from the module's author) and brings
-//! back only the whitelisted directives, which [`crate::conf`] resolves on the host; then
-//! [`run_build`] runs what the resolution decided (patches, PRE_BUILD, MAKE, POST_BUILD, strip)
-//! by `driver.sh`, and brings back make.log and the modules through the untrusted-tar
-//! unpacker of [`crate::artifact`].
+//! One sandboxed container per (module, kernel), non-root, without network, on a read-only
+//! root: [`run_build`] uploads the source and `driver.sh`, which evaluates the dkms.conf (bash
+//! from the module's author) and hands only the whitelisted directives to the host; the host
+//! resolves them ([`crate::conf`]) while the container waits, and the driver runs what was
+//! decided (patches, PRE_BUILD, MAKE, POST_BUILD, strip). make.log and the modules come back
+//! through the untrusted-tar unpacker of [`crate::artifact`]. [`evaluate_conf`] evaluates a
+//! conf alone (a container of its own), [`run_script`] runs a module's install-time script.
 
 mod eval;
 mod run;
 
 pub use eval::evaluate_conf;
-pub use run::{run_build, run_script, Built, Job, CONTAINER_TREE};
+pub use run::{run_build, run_script, Built, Job, Ran, Resolver, CONTAINER_TREE};
 
 use std::path::PathBuf;
 use thiserror::Error;

@@ -1,12 +1,15 @@
-//! One sandboxed build: the source goes in as a tar, `driver.sh` runs the steps dkms would,
-//! make.log and the stripped modules come back as a tar.
+//! One sandboxed build: the source goes in as a tar, `driver.sh` evaluates the conf, asks the
+//! host for the plan and runs the steps dkms would; make.log and the stripped modules come
+//! back as a tar.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Mutex;
+
 use super::BuildError;
-use crate::conf::{BuildPlan, EvalContext};
-use crate::engine::Engine;
+use crate::conf::{BuildPlan, ConfError, EvalContext, RawConf};
+use crate::engine::{Engine, Exchange};
 use crate::profile::Recipe;
 
 /// dkms's tree as the container sees it: real MAKE lines name `$dkms_tree/<m>/<v>/build`, and
@@ -23,13 +26,32 @@ pub struct Job<'a> {
     pub image: &'a str,
     /// The module's source on the host (`<source_tree>/<m>-<v>`).
     pub source: &'a Path,
-    pub plan: &'a BuildPlan,
+    /// The dkms.conf's bytes, the /etc/dkms overrides that apply (name, bytes), and the
+    /// conf's name for messages.
+    pub conf: &'a [u8],
+    pub overrides: &'a [(String, Vec<u8>)],
+    pub origin: &'a str,
     /// dkms's variables as the container sees them (kernelver, arch, dkms_tree, ...).
     pub vars: &'a EvalContext,
     pub jobs: u32,
     pub timeout: Duration,
     /// The most disk space the build may use; past it the build is stopped.
     pub space_bytes: i64,
+}
+
+/// Decides, on the host while the container waits, what to build from the evaluated conf:
+/// Some(plan) to build, None to stop (the resolver keeps its reasons: a skip, an error, ...).
+pub type Resolver<'a> = dyn Fn(Result<RawConf, ConfError>) -> Option<Box<BuildPlan>> + Send + Sync + 'a;
+
+/// How a build went.
+#[derive(Debug)]
+pub enum Ran {
+    Built {
+        plan: Box<BuildPlan>,
+        built: Built,
+    },
+    /// The resolver said stop; nothing was built.
+    Stopped,
 }
 
 /// What came back from a build, unpacked into a host directory.
@@ -48,27 +70,115 @@ pub struct Built {
     pub modules: Vec<PathBuf>,
 }
 
-/// Runs `job` and unpacks its results into `dest` (a fresh directory on the host).
-pub async fn run_build(engine: &dyn Engine, job: &Job<'_>, dest: &Path) -> Result<Built, BuildError> {
-    let plan = job.plan;
-    let (m, v) = (&plan.package_name, &plan.package_version);
+/// Builds `job` in ONE container: `driver.sh` evaluates the dkms.conf with bash, hands the
+/// directives to the host (an engine exchange), where `resolve` decides for the kernel; the
+/// driver then runs what was decided. Results are unpacked into `dest` (a fresh host dir).
+pub async fn run_build(
+    engine: &dyn Engine,
+    job: &Job<'_>,
+    resolve: &Resolver<'_>,
+    dest: &Path,
+) -> Result<Ran, BuildError> {
+    let (m, v) = (&job.vars.module, &job.vars.module_version);
     let build_dir = format!("{CONTAINER_TREE}/{m}/{v}/build");
     let ckms_dir = format!("{CONTAINER_TREE}/{CKMS_DIR}");
     let mut input = tar::Builder::new(Vec::new());
     let source = crate::artifact::pack_dir(job.source, &format!("{m}/{v}/build"))?;
     append_tar(&mut input, &source).map_err(BuildError::Input)?;
-    let driver = include_str!("driver.sh").as_bytes();
-    let mut dir = tar::Header::new_gnu();
-    dir.set_entry_type(tar::EntryType::Directory);
-    dir.set_mode(0o755);
-    dir.set_size(0);
-    input.append_data(&mut dir, CKMS_DIR, std::io::empty()).map_err(BuildError::Input)?;
-    let mut h = tar::Header::new_gnu();
-    h.set_mode(0o644);
-    h.set_size(driver.len() as u64);
-    input.append_data(&mut h, format!("{CKMS_DIR}/driver.sh"), driver).map_err(BuildError::Input)?;
+    let mut files: Vec<(String, &[u8])> = vec![
+        ("driver.sh".into(), include_str!("driver.sh").as_bytes()),
+        ("eval.sh".into(), crate::conf::eval_script().as_bytes()),
+        ("dkms.conf".into(), job.conf),
+    ];
+    files.extend(job.overrides.iter().map(|(n, b)| (format!("overrides/{n}"), b.as_slice())));
+    for dir in [CKMS_DIR.to_string(), format!("{CKMS_DIR}/overrides")] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        input.append_data(&mut h, dir, std::io::empty()).map_err(BuildError::Input)?;
+    }
+    for (name, bytes) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(bytes.len() as u64);
+        input.append_data(&mut h, format!("{CKMS_DIR}/{name}"), bytes).map_err(BuildError::Input)?;
+    }
     let input = input.into_inner().map_err(BuildError::Input)?;
 
+    let cmd = vec!["bash".into(), format!("{ckms_dir}/driver.sh")];
+    let mut spec = crate::image::run_spec(job.recipe, job.image, cmd, Some(input), job.timeout);
+    spec.scratch = CONTAINER_TREE.to_string();
+    spec.workdir = build_dir.clone();
+    spec.outputs = vec![format!("{ckms_dir}/out")];
+    let vars = EvalContext {
+        conf_path: format!("{ckms_dir}/dkms.conf"),
+        override_dir: (!job.overrides.is_empty()).then(|| format!("{ckms_dir}/overrides")),
+        ..job.vars.clone()
+    };
+    spec.env.extend(crate::conf::eval_env(&vars));
+    for (name, value) in [
+        ("ckms_dir", ckms_dir.clone()),
+        ("ckms_build_dir", build_dir.clone()),
+        ("ckms_out", format!("{ckms_dir}/out")),
+        ("ckms_space_kib", (job.space_bytes / 1024).to_string()),
+    ] {
+        spec.env.push(format!("{name}={value}"));
+    }
+
+    // The host's half of the exchange: the conf's directives in, the plan (or "abort") out.
+    let decided: Mutex<Option<Option<Box<BuildPlan>>>> = Mutex::new(None);
+    let answer = |json: &[u8]| -> Vec<(String, Vec<u8>)> {
+        let plan = resolve(crate::conf::from_output(0, json, b"", job.origin));
+        let reply = match &plan {
+            Some(plan) => plan_files(plan, job),
+            None => vec![("abort".to_string(), Vec::new())],
+        };
+        if let Ok(mut d) = decided.lock() {
+            *d = Some(plan);
+        }
+        reply
+    };
+    let exchange = Exchange { request: format!("{ckms_dir}/conf.json"), reply_dir: format!("{ckms_dir}/plan") };
+    let outcome = engine.run_exchange(&spec, &exchange, &answer).await?;
+    let mut written = Vec::new();
+    for (_, tar) in &outcome.outputs {
+        written.extend(crate::artifact::unpack(&tar[..], dest, 0, MAX_OUTPUT)?);
+    }
+    let decided = decided.into_inner().ok().flatten();
+    let plan = match decided {
+        Some(Some(plan)) => plan,
+        Some(None) => return Ok(Ran::Stopped),
+        None => {
+            // No question was asked: bash could not evaluate the conf (or the run died first).
+            let stderr = std::fs::read(dest.join("eval.err")).unwrap_or_default();
+            let status = if outcome.timed_out { 124 } else { i32::try_from(outcome.exit_code).unwrap_or(1) };
+            let status = if status == 0 { 1 } else { status };
+            return Err(crate::conf::from_output(status, b"", &[stderr, outcome.log.clone()].concat(), job.origin)
+                .err()
+                .map_or(BuildError::Input(std::io::Error::other("the build container stopped early")), Into::into));
+        }
+    };
+    let make_log = written.iter().find(|p| p.as_os_str() == "make.log").map(|p| dest.join(p));
+    let space_exceeded = written.iter().any(|p| p.as_os_str() == "space-exceeded");
+    // Only the modules the plan names count; anything else a Makefile slipped in is ignored.
+    let wanted: Vec<PathBuf> =
+        plan.modules.iter().map(|m| Path::new("modules").join(format!("{}.ko", m.built_name))).collect();
+    let modules = written.iter().filter(|p| wanted.contains(p)).map(|p| dest.join(p)).collect();
+    let built = Built {
+        status: outcome.exit_code,
+        timed_out: outcome.timed_out,
+        space_exceeded,
+        log: outcome.log,
+        make_log,
+        modules,
+    };
+    Ok(Ran::Built { plan, built })
+}
+
+/// The plan as files for the driver, one value per file (no quoting to get wrong); `ready`
+/// comes last because the driver waits for it.
+fn plan_files(plan: &BuildPlan, job: &Job<'_>) -> Vec<(String, Vec<u8>)> {
     let modules: String = plan
         .modules
         .iter()
@@ -77,48 +187,24 @@ pub async fn run_build(engine: &dyn Engine, job: &Job<'_>, dest: &Path) -> Resul
             format!("{dir}{}.ko\t{}\n", m.built_name, if m.strip { "yes" } else { "no" })
         })
         .collect();
-    let cmd = vec!["bash".into(), format!("{ckms_dir}/driver.sh")];
-    let mut spec = crate::image::run_spec(job.recipe, job.image, cmd, Some(input), job.timeout);
-    spec.scratch = CONTAINER_TREE.to_string();
-    spec.workdir = build_dir.clone();
-    spec.outputs = vec![format!("{ckms_dir}/out")];
-    spec.env.extend(crate::conf::eval_env(job.vars));
-    let header = format!("DKMS make.log for {m}-{v} for kernel {} ({})", plan.kernel_release, job.vars.arch);
+    let header = format!(
+        "DKMS make.log for {}-{} for kernel {} ({})",
+        plan.package_name, plan.package_version, plan.kernel_release, job.vars.arch
+    );
     let hooks = &plan.hooks;
-    for (name, value) in [
-        ("ckms_build_dir", build_dir.clone()),
-        ("ckms_out", format!("{ckms_dir}/out")),
-        ("ckms_space_kib", (job.space_bytes / 1024).to_string()),
-        ("ckms_make", plan.make_command(job.jobs)),
-        ("ckms_patches", plan.patches.join("\n")),
-        ("ckms_post_add", hooks.post_add.clone().unwrap_or_default()),
-        ("ckms_pre_build", hooks.pre_build.clone().unwrap_or_default()),
-        ("ckms_post_build", hooks.post_build.clone().unwrap_or_default()),
-        ("ckms_modules", modules),
-        ("ckms_header", header),
-    ] {
-        spec.env.push(format!("{name}={value}"));
-    }
-
-    let outcome = engine.run(&spec).await?;
-    let mut written = Vec::new();
-    for (_, tar) in &outcome.outputs {
-        written.extend(crate::artifact::unpack(&tar[..], dest, 0, MAX_OUTPUT)?);
-    }
-    let make_log = written.iter().find(|p| p.as_os_str() == "make.log").map(|p| dest.join(p));
-    let space_exceeded = written.iter().any(|p| p.as_os_str() == "space-exceeded");
-    // Only the modules the plan names count; anything else a Makefile slipped in is ignored.
-    let wanted: Vec<PathBuf> =
-        plan.modules.iter().map(|m| Path::new("modules").join(format!("{}.ko", m.built_name))).collect();
-    let modules = written.iter().filter(|p| wanted.contains(p)).map(|p| dest.join(p)).collect();
-    Ok(Built {
-        status: outcome.exit_code,
-        timed_out: outcome.timed_out,
-        space_exceeded,
-        log: outcome.log,
-        make_log,
-        modules,
-    })
+    [
+        ("make", plan.make_command(job.jobs)),
+        ("patches", plan.patches.join("\n")),
+        ("post_add", hooks.post_add.clone().unwrap_or_default()),
+        ("pre_build", hooks.pre_build.clone().unwrap_or_default()),
+        ("post_build", hooks.post_build.clone().unwrap_or_default()),
+        ("modules", modules),
+        ("header", header),
+        ("ready", String::new()),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value.into_bytes()))
+    .collect()
 }
 
 /// Appends every entry of the tar `bytes` to `out`.
@@ -161,4 +247,128 @@ pub async fn run_script(
     spec.outputs = vec![];
     spec.env.extend(vars.into_iter().map(|(k, v)| format!("{k}={v}")));
     Ok(engine.run(&spec).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conf::{DestPolicy, KernelFacts, Resolved};
+    use crate::engine::fake::{Call, FakeEngine};
+    use crate::engine::RunOutcome;
+
+    fn vars() -> EvalContext {
+        EvalContext {
+            conf_path: String::new(),
+            override_dir: None,
+            kernelver: "6.1.0-56-amd64".into(),
+            arch: "x86_64".into(),
+            kernel_source_dir: "/lib/modules/6.1.0-56-amd64/build".into(),
+            dkms_tree: CONTAINER_TREE.into(),
+            source_tree: "/usr/src".into(),
+            install_tree: "/lib/modules".into(),
+            module: "hello".into(),
+            module_version: "1".into(),
+        }
+    }
+
+    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, bytes) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(bytes.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, *bytes).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    const CONF_JSON: &str = r#"{"context":{"kernel_source_dir":"/k","dkms_tree":"/var/lib/dkms"},
+        "directives":{"PACKAGE_NAME":{"0":"hello"},"PACKAGE_VERSION":{"0":"1"},"BUILT_MODULE_NAME":{"0":"hello"}}}"#;
+
+    fn resolver(raw: Result<RawConf, ConfError>) -> Option<Box<BuildPlan>> {
+        let facts = KernelFacts { release: "6.1.0-56-amd64".into(), arch: "x86_64".into(), config: None };
+        match crate::conf::resolve(&raw.ok()?, &facts, &DestPolicy::Override("/updates/dkms".into())).ok()? {
+            Resolved::Build(plan) => Some(plan),
+            Resolved::Skipped { .. } => None,
+        }
+    }
+
+    async fn run(engine: &FakeEngine, resolve: &Resolver<'_>) -> (Result<Ran, BuildError>, tempfile::TempDir) {
+        let recipe = crate::profile::Catalog::load(&[]).unwrap().recipe("builder").unwrap().clone();
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("hello.c"), "int x;").unwrap();
+        let v = vars();
+        let job = Job {
+            recipe: &recipe,
+            image: "img",
+            source: src.path(),
+            conf: b"PACKAGE_NAME=hello\n",
+            overrides: &[],
+            origin: "hello/dkms.conf",
+            vars: &v,
+            jobs: 3,
+            timeout: Duration::from_secs(60),
+            space_bytes: 64 << 20,
+        };
+        let dest = tempfile::tempdir().unwrap();
+        (run_build(engine, &job, resolve, dest.path()).await, dest)
+    }
+
+    #[tokio::test]
+    async fn one_container_evaluates_asks_the_host_and_builds() {
+        let engine = FakeEngine::new();
+        engine.push_request(CONF_JSON);
+        let out = tar_of(&[("make.log", b"ok\n"), ("modules/hello.ko", b"\x7fELF"), ("modules/extra.ko", b"x")]);
+        engine.push_run(Ok(RunOutcome {
+            exit_code: 0,
+            timed_out: false,
+            log: vec![],
+            outputs: vec![("/var/lib/dkms/.ckms/out".into(), out)],
+        }));
+        let (ran, dest) = run(&engine, &resolver).await;
+        let Ran::Built { plan, built } = ran.unwrap() else { panic!("not built") };
+        assert_eq!(plan.modules[0].built_name, "hello");
+        assert_eq!(built.modules, vec![dest.path().join("modules/hello.ko")], "only planned modules count");
+        let calls = engine.calls();
+        let Some(Call::Reply(files)) = calls.iter().find(|c| matches!(c, Call::Reply(_))) else { panic!("no reply") };
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names.last(), Some(&"ready"), "ready comes last: the driver waits for it");
+        let make = &files.iter().find(|(n, _)| n == "make").unwrap().1;
+        assert!(String::from_utf8_lossy(make)
+            .starts_with("make -j3 KERNELRELEASE=6.1.0-56-amd64 -C /k M=/var/lib/dkms/hello/1/build"));
+        let Some(Call::Run(spec)) = calls.iter().find(|c| matches!(c, Call::Run(_))) else { panic!("no run") };
+        assert_eq!(spec.scratch, CONTAINER_TREE);
+        assert_eq!(spec.workdir, "/var/lib/dkms/hello/1/build");
+        assert!(!spec.network);
+        assert!(spec.env.contains(&"ckms_conf=/var/lib/dkms/.ckms/dkms.conf".to_string()));
+    }
+
+    #[tokio::test]
+    async fn a_resolver_that_stops_makes_the_driver_abort() {
+        let engine = FakeEngine::new();
+        engine.push_request(CONF_JSON);
+        let (ran, _dest) = run(&engine, &|_| None).await;
+        assert!(matches!(ran.unwrap(), Ran::Stopped));
+        let replied = engine.calls().into_iter().find_map(|c| match c {
+            Call::Reply(files) => Some(files),
+            _ => None,
+        });
+        assert_eq!(replied.unwrap()[0].0, "abort");
+    }
+
+    #[tokio::test]
+    async fn a_conf_bash_cannot_evaluate_is_a_conf_error() {
+        let engine = FakeEngine::new();
+        let out = tar_of(&[("eval.err", b"dkms.conf: line 2: syntax error near `fi'\n")]);
+        engine.push_run(Ok(RunOutcome {
+            exit_code: 8,
+            timed_out: false,
+            log: vec![],
+            outputs: vec![("/var/lib/dkms/.ckms/out".into(), out)],
+        }));
+        let (ran, _dest) = run(&engine, &resolver).await;
+        let err = ran.unwrap_err();
+        assert_eq!(crate::error::Diagnose::exit_code(&err), crate::error::code::BAD_CONF);
+        assert!(err.to_string().contains("syntax error"), "{err}");
+    }
 }

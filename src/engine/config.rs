@@ -197,6 +197,20 @@ pub fn output_tar(raw: &[u8], requested: &str) -> std::io::Result<Vec<u8>> {
     out.into_inner()
 }
 
+/// The contents of the first regular file in a tar.
+pub fn first_file(tar: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut archive = tar::Archive::new(tar);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if entry.header().entry_type().is_file() {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut out)?;
+            return Ok(out);
+        }
+    }
+    Ok(Vec::new())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

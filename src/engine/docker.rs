@@ -5,7 +5,7 @@
 //! the exit code. Image list/inspect and engine info are read as raw JSON (see [`raw`]).
 
 use super::config::{container_config, input_tar, parse_user, EngineCaps, RUN_LABEL};
-use super::{raw, Engine, EngineError, EngineInfo, EngineKind, ImageSummary, RunOutcome, RunSpec};
+use super::{raw, Answer, Engine, EngineError, EngineInfo, EngineKind, Exchange, ImageSummary, RunOutcome, RunSpec};
 use bollard::errors::Error as BollardError;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder, ImportImageOptionsBuilder,
@@ -26,6 +26,8 @@ const API_TIMEOUT: Duration = Duration::from_secs(120);
 const LOAD_TIMEOUT: Duration = Duration::from_secs(3600);
 /// After a kill, how long to wait for the container to be reported as exited.
 const KILL_GRACE: Duration = Duration::from_secs(30);
+/// How often a running container is asked whether its exchange request is there.
+const EXCHANGE_POLL: Duration = Duration::from_millis(40);
 
 /// A Docker Engine or Podman endpoint, spoken to with the Docker API.
 #[derive(Debug, Clone)]
@@ -119,7 +121,14 @@ impl DockerApi {
     }
 
     /// Everything between create and remove; the caller removes the container whatever happens.
-    async fn run_created(&self, id: &str, spec: &RunSpec, uid: u32, gid: u32) -> Result<RunOutcome, EngineError> {
+    async fn run_created(
+        &self,
+        id: &str,
+        spec: &RunSpec,
+        uid: u32,
+        gid: u32,
+        exchange: Option<(&Exchange, &Answer<'_>)>,
+    ) -> Result<RunOutcome, EngineError> {
         // Into the volume, not the rootfs: Docker refuses uploads into a read-only rootfs.
         let tar = input_tar(spec.input.as_deref(), uid, gid)
             .map_err(|e| EngineError::BadSpec(format!("input is not a valid tar: {e}")))?;
@@ -135,7 +144,25 @@ impl DockerApi {
             .map_err(self.err(format!("start container {id} (image {})", spec.image)))?;
 
         let timeout = spec.limits.timeout;
-        let (exit_code, timed_out) = match tokio::time::timeout(timeout, self.wait(id, timeout)).await {
+        let run = async {
+            let wait = self.wait(id, timeout);
+            tokio::pin!(wait);
+            if let Some((ex, answer)) = exchange {
+                loop {
+                    tokio::select! {
+                        code = &mut wait => return code,
+                        _ = tokio::time::sleep(EXCHANGE_POLL) => {}
+                    }
+                    if let Some(request) = self.download(id, &ex.request).await? {
+                        let files = answer(&super::config::first_file(&request).unwrap_or_default());
+                        self.upload_files(id, &ex.reply_dir, &files, uid, gid).await?;
+                        break;
+                    }
+                }
+            }
+            wait.await
+        };
+        let (exit_code, timed_out) = match tokio::time::timeout(timeout, run).await {
             Ok(code) => (code?, false),
             Err(_) => {
                 let kill = KillContainerOptionsBuilder::new().signal("KILL").build();
@@ -165,6 +192,33 @@ impl DockerApi {
             }
         }
         Ok(RunOutcome { exit_code, timed_out, log, outputs })
+    }
+
+    /// Writes `files` (in order) into `dir` of a running container, owned by the build user.
+    async fn upload_files(
+        &self,
+        id: &str,
+        dir: &str,
+        files: &[(String, Vec<u8>)],
+        uid: u32,
+        gid: u32,
+    ) -> Result<(), EngineError> {
+        let bad = |e: std::io::Error| EngineError::BadSpec(format!("reply for {dir}: {e}"));
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, bytes) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_uid(uid.into());
+            h.set_gid(gid.into());
+            h.set_size(bytes.len() as u64);
+            b.append_data(&mut h, name, &bytes[..]).map_err(bad)?;
+        }
+        let tar = b.into_inner().map_err(bad)?;
+        let opts = UploadToContainerOptionsBuilder::new().path(dir).build();
+        self.docker
+            .upload_to_container(id, Some(opts), bollard::body_full(tar.into()))
+            .await
+            .map_err(self.err(format!("upload the reply into {dir} of container {id}")))
     }
 
     /// Waits until the container is not running and returns its exit code.
@@ -330,6 +384,25 @@ impl Engine for DockerApi {
     }
 
     async fn run(&self, spec: &RunSpec) -> Result<RunOutcome, EngineError> {
+        self.run_with(spec, None).await
+    }
+
+    async fn run_exchange(
+        &self,
+        spec: &RunSpec,
+        exchange: &Exchange,
+        answer: &Answer<'_>,
+    ) -> Result<RunOutcome, EngineError> {
+        self.run_with(spec, Some((exchange, answer))).await
+    }
+}
+
+impl DockerApi {
+    async fn run_with(
+        &self,
+        spec: &RunSpec,
+        exchange: Option<(&Exchange, &Answer<'_>)>,
+    ) -> Result<RunOutcome, EngineError> {
         let (uid, gid) = parse_user(&spec.user)?;
         if !spec.scratch.starts_with('/') || spec.scratch == "/" {
             return Err(EngineError::BadSpec(format!(
@@ -356,7 +429,7 @@ impl Engine for DockerApi {
                 ))
             }
         };
-        let result = self.run_created(&id, spec, uid, gid).await;
+        let result = self.run_created(&id, spec, uid, gid, exchange).await;
         let removed = self.remove_container(&id).await;
         // A run error says more than a failed cleanup after it.
         let outcome = result?;

@@ -18,6 +18,8 @@ pub enum Call {
     ListImages(String),
     RemoveImage(String),
     Run(Box<RunSpec>),
+    /// What `run_exchange`'s answer returned.
+    Reply(Vec<(String, Vec<u8>)>),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -35,6 +37,7 @@ struct State {
     calls: Vec<Call>,
     images: Vec<FakeImage>,
     runs: VecDeque<Result<RunOutcome, EngineError>>,
+    requests: VecDeque<Vec<u8>>,
     load_error: Option<String>,
 }
 
@@ -82,6 +85,11 @@ impl FakeEngine {
     /// The next `run` returns this (outcomes queue up; unscripted runs exit 0 with no output).
     pub fn push_run(&self, outcome: Result<RunOutcome, EngineError>) {
         self.state().runs.push_back(outcome);
+    }
+
+    /// The next `run_exchange`'s container asks this.
+    pub fn push_request(&self, request: impl Into<Vec<u8>>) {
+        self.state().requests.push_back(request.into());
     }
 
     /// The next `load_image` fails with this engine message.
@@ -224,6 +232,22 @@ impl Engine for FakeEngine {
         s.runs
             .pop_front()
             .unwrap_or_else(|| Ok(RunOutcome { exit_code: 0, timed_out: false, log: Vec::new(), outputs: Vec::new() }))
+    }
+
+    /// Asks `answer` the next request queued by [`FakeEngine::push_request`] (if any) and
+    /// records the reply as [`Call::Reply`] before the scripted outcome.
+    async fn run_exchange(
+        &self,
+        spec: &RunSpec,
+        _exchange: &super::Exchange,
+        answer: &super::Answer<'_>,
+    ) -> Result<RunOutcome, EngineError> {
+        let request = self.state().requests.pop_front();
+        if let Some(request) = request {
+            let reply = answer(&request);
+            self.state().calls.push(Call::Reply(reply));
+        }
+        self.run(spec).await
     }
 }
 

@@ -14,7 +14,7 @@ mod error;
 pub mod fake;
 mod raw;
 
-pub use config::{container_config, input_tar, parse_user, EngineCaps};
+pub use config::{container_config, first_file, input_tar, parse_user, EngineCaps};
 pub use discover::{candidates, connect, start_private, Connection, Endpoint, EngineSettings};
 pub use docker::DockerApi;
 pub use error::EngineError;
@@ -39,6 +39,27 @@ pub trait Engine: Send + Sync {
     async fn remove_image(&self, reference: &str) -> Result<(), EngineError>;
     /// Runs one sandboxed container to completion (or timeout) and cleans up after it.
     async fn run(&self, spec: &RunSpec) -> Result<RunOutcome, EngineError>;
+    /// Like [`Engine::run`], but the container may ask the host one question on the way: when
+    /// the file `exchange.request` appears in it, `answer` gets its contents and the files it
+    /// returns are written, in order, into `exchange.reply_dir` (the container waits for the
+    /// last one). One container can then do what would otherwise take two.
+    async fn run_exchange(
+        &self,
+        spec: &RunSpec,
+        exchange: &Exchange,
+        answer: &Answer<'_>,
+    ) -> Result<RunOutcome, EngineError>;
+}
+
+/// The host's side of an [`Exchange`]: request bytes in, (file name, bytes) out.
+pub type Answer<'a> = dyn Fn(&[u8]) -> Vec<(String, Vec<u8>)> + Send + Sync + 'a;
+
+/// Where a container puts its one question and expects the answer (paths in the scratch volume).
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    /// Written by the container, complete (renamed into place) when it appears.
+    pub request: String,
+    pub reply_dir: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

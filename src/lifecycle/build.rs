@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{KernelTarget, Lifecycle, LifecycleError, Manifest, ManifestModule, ModuleVersion};
-use crate::build::{BuildError, Job, CONTAINER_TREE};
+use crate::build::{BuildError, Job, Ran, CONTAINER_TREE};
 use crate::conf::{BuildPlan, DestPolicy, EvalContext, KernelFacts, Resolved};
 use crate::error::{code, Error};
 
@@ -82,43 +82,8 @@ impl Lifecycle<'_> {
         let overrides = self.overrides(mv, &target.release, &arch);
         let origin = conf_path.display().to_string();
         let image = image.reference.as_str();
-        let raw = crate::build::evaluate_conf(engine, recipe, image, &conf, &overrides, &vars, &origin).await?;
         let facts = KernelFacts { release: target.release.clone(), arch: arch.clone(), config: kconfig.clone() };
         let policy = DestPolicy::Override(profile.install.module_location.clone());
-        let plan = match crate::conf::resolve(&raw, &facts, &policy)? {
-            Resolved::Build(plan) => plan,
-            Resolved::Skipped { reason } => {
-                return Err(LifecycleError::Skipped {
-                    module: mv.module.clone(),
-                    version: mv.version.clone(),
-                    kernel: target.release.clone(),
-                    reason,
-                }
-                .into())
-            }
-        };
-        if plan.package_name != mv.module || plan.package_version != mv.version {
-            return Err(crate::conf::invalid(
-                &origin,
-                "PACKAGE_NAME/PACKAGE_VERSION",
-                format!("say {}/{}, but the tree has it as {mv}", plan.package_name, plan.package_version),
-                "the source directory must be named <PACKAGE_NAME>-<PACKAGE_VERSION>",
-            )
-            .into());
-        }
-        for note in &plan.notes {
-            self.report().info(format!("{origin}: {note}"));
-        }
-        for (name, reason) in &plan.excluded_modules {
-            self.report().info(format!("{name} is not built for {}: {reason}", target.release));
-        }
-        self.build_dependencies(mv, &plan, target, chain).await?;
-
-        self.report().info(format!(
-            "Building module {mv} for kernel {} ({arch}) in {image}:\n{}",
-            target.release,
-            plan.make_command(self.opts.jobs)
-        ));
         let module_dir = self.roots.module_dir(&mv.module, &mv.version);
         let work = tempfile::Builder::new()
             .prefix(".ckms-build-")
@@ -129,14 +94,58 @@ impl Lifecycle<'_> {
             recipe,
             image,
             source: &source,
-            plan: &plan,
+            conf: &conf,
+            overrides: &overrides,
+            origin: &origin,
             vars: &vars,
             jobs: self.opts.jobs,
             timeout: self.ctx.config.build_timeout(),
             space_bytes: limits.space_mib.unwrap_or(4096) << 20,
         };
+        // Resolution happens while the container waits; why it stopped is kept here.
+        let stop: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
+        let resolve = |raw: Result<crate::conf::RawConf, crate::conf::ConfError>| {
+            let decided = raw
+                .and_then(|raw| crate::conf::resolve(&raw, &facts, &policy))
+                .map_err(Error::from)
+                .and_then(|r| self.accept(mv, target, &origin, r, chain));
+            match decided {
+                Ok(plan) => Some(plan),
+                Err(e) => {
+                    if let Ok(mut s) = stop.lock() {
+                        *s = Some(e);
+                    }
+                    None
+                }
+            }
+        };
+        self.report().info(format!("Building module {mv} for kernel {} ({arch}) in {image}", target.release));
         let out = work.path().join("out");
-        let built = crate::build::run_build(engine, &job, &out).await?;
+        let (plan, built) = match crate::build::run_build(engine, &job, &resolve, &out).await? {
+            Ran::Built { plan, built } => (plan, built),
+            Ran::Stopped => {
+                let why = stop.into_inner().ok().flatten();
+                return match why {
+                    Some(Error::Lifecycle(e)) => match *e {
+                        LifecycleError::NeedsDependencies { dependencies, .. } => {
+                            // BUILD_DEPENDS first, then this module again (its conf is evaluated anew).
+                            self.build_dependencies(mv, &dependencies, target, chain).await?;
+                            Box::pin(self.build_with_deps(mv, target, chain)).await
+                        }
+                        other => Err(other.into()),
+                    },
+                    Some(e) => Err(e),
+                    None => Err(crate::build::BuildError::Input(std::io::Error::other("the build stopped")).into()),
+                };
+            }
+        };
+        for note in &plan.notes {
+            self.report().info(format!("{origin}: {note}"));
+        }
+        for (name, reason) in &plan.excluded_modules {
+            self.report().info(format!("{name} is not built for {}: {reason}", target.release));
+        }
+        self.report().info(plan.make_command(self.opts.jobs));
         if self.opts.verbose {
             if let Some(log) = &built.make_log {
                 self.report().info(String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned());
@@ -237,32 +246,73 @@ impl Lifecycle<'_> {
         })))
     }
 
-    /// BUILD_DEPENDS: each named module must be in the tree and is built first.
+    /// The host's decision on a resolved conf: a plan to build, or why not (skipped by
+    /// BUILD_EXCLUSIVE, names that do not match the tree, BUILD_DEPENDS missing or unbuilt).
+    fn accept(
+        &self,
+        mv: &ModuleVersion,
+        target: &KernelTarget,
+        origin: &str,
+        resolved: Resolved,
+        chain: &[String],
+    ) -> Result<Box<BuildPlan>, Error> {
+        let plan = match resolved {
+            Resolved::Build(plan) => plan,
+            Resolved::Skipped { reason } => {
+                return Err(LifecycleError::Skipped {
+                    module: mv.module.clone(),
+                    version: mv.version.clone(),
+                    kernel: target.release.clone(),
+                    reason,
+                }
+                .into())
+            }
+        };
+        if plan.package_name != mv.module || plan.package_version != mv.version {
+            return Err(crate::conf::invalid(
+                origin,
+                "PACKAGE_NAME/PACKAGE_VERSION",
+                format!("say {}/{}, but the tree has it as {mv}", plan.package_name, plan.package_version),
+                "the source directory must be named <PACKAGE_NAME>-<PACKAGE_VERSION>",
+            )
+            .into());
+        }
+        let arch = self.arch(target)?;
+        let mut unbuilt = Vec::new();
+        for dep in &plan.build_depends {
+            let err = |cycle: bool| -> Error {
+                let (module, version, dependency) = (mv.module.clone(), mv.version.clone(), dep.clone());
+                if cycle {
+                    LifecycleError::DependencyCycle { module, version, dependency }.into()
+                } else {
+                    LifecycleError::MissingDepends { module, version, dependency }.into()
+                }
+            };
+            if chain.contains(dep) || *dep == mv.module {
+                return Err(err(true));
+            }
+            let version = self.versions(dep).pop().ok_or_else(|| err(false))?;
+            if !self.roots.built_dir(dep, &version, &target.release, &arch).join("module").is_dir() {
+                unbuilt.push(dep.clone());
+            }
+        }
+        if !unbuilt.is_empty() {
+            return Err(LifecycleError::NeedsDependencies { module: mv.module.clone(), dependencies: unbuilt }.into());
+        }
+        Ok(plan)
+    }
+
+    /// Builds the BUILD_DEPENDS modules `deps` (newest version in the tree) for `target`.
     async fn build_dependencies(
         &self,
         mv: &ModuleVersion,
-        plan: &BuildPlan,
+        deps: &[String],
         target: &KernelTarget,
         chain: &mut Vec<String>,
     ) -> Result<(), Error> {
         chain.push(mv.module.clone());
-        for dep in &plan.build_depends {
-            if chain.contains(dep) {
-                return Err(LifecycleError::DependencyCycle {
-                    module: mv.module.clone(),
-                    version: mv.version.clone(),
-                    dependency: dep.clone(),
-                }
-                .into());
-            }
-            let Some(version) = self.versions(dep).pop() else {
-                return Err(LifecycleError::MissingDepends {
-                    module: mv.module.clone(),
-                    version: mv.version.clone(),
-                    dependency: dep.clone(),
-                }
-                .into());
-            };
+        for dep in deps {
+            let Some(version) = self.versions(dep).pop() else { continue };
             let dep_mv = ModuleVersion { module: dep.clone(), version };
             Box::pin(self.build_with_deps(&dep_mv, target, chain)).await?;
         }

@@ -19,6 +19,9 @@ pub enum LifecycleError {
     BadSource { path: PathBuf, message: String },
     #[error("{module}/{version} needs {dependency} (BUILD_DEPENDS), which is not in the tree")]
     MissingDepends { module: String, version: String, dependency: String },
+    /// Internal: the BUILD_DEPENDS modules must be built first (then the build is retried).
+    #[error("{module} needs {} built first (BUILD_DEPENDS)", dependencies.join(", "))]
+    NeedsDependencies { module: String, dependencies: Vec<String> },
     #[error("{module}/{version}: BUILD_DEPENDS form a cycle through {dependency}")]
     DependencyCycle { module: String, version: String, dependency: String },
     #[error("{module}/{version} is not built for kernel {kernel} ({arch})")]
@@ -53,7 +56,9 @@ impl Diagnose for LifecycleError {
             }
             LifecycleError::NotInTree { .. } | LifecycleError::AlreadyAdded { .. } => code::NOT_IN_TREE,
             LifecycleError::NotBuilt { .. } => code::NOT_IN_TREE,
-            LifecycleError::MissingDepends { .. } | LifecycleError::DependencyCycle { .. } => code::MISSING_DEPENDS,
+            LifecycleError::MissingDepends { .. }
+            | LifecycleError::DependencyCycle { .. }
+            | LifecycleError::NeedsDependencies { .. } => code::MISSING_DEPENDS,
             LifecycleError::OtherVersionInstalled { .. } => code::REFUSED,
             LifecycleError::Skipped { .. } => code::SKIPPED,
             LifecycleError::PreInstall { .. } => code::PRE_INSTALL_FAILED,
@@ -81,6 +86,9 @@ impl Diagnose for LifecycleError {
             LifecycleError::BadSource { .. } => "fix the module source".into(),
             LifecycleError::MissingDepends { dependency, .. } => format!("add {dependency} first (`ckms add`)"),
             LifecycleError::DependencyCycle { .. } => "fix BUILD_DEPENDS in the dkms.conf files".into(),
+            LifecycleError::NeedsDependencies { dependencies, .. } => {
+                format!("build {} first", dependencies.join(", "))
+            }
             LifecycleError::NotBuilt { module, version, kernel, .. } => {
                 format!("`ckms build -m {module} -v {version} -k {kernel}` first")
             }
