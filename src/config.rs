@@ -296,6 +296,27 @@ mod tests {
     }
 
     #[test]
+    fn build_settings_and_module_packages() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
+        std::fs::write(
+            &a,
+            "[build]\ntimeout_secs = 60\nspace_mib = 64\n[modules.v4l2loopback]\npackages = [\"pkg-config\"]\n",
+        )
+        .unwrap();
+        std::fs::write(&b, "[build]\ndkms_tree = \"/srv/tree\"\n").unwrap();
+        let env = BTreeMap::from([("CKMS_BUILD_TIMEOUT".to_string(), "20".to_string())]);
+        let cfg = Config::load_from(&[a, b], env).unwrap();
+        assert_eq!(cfg.build_timeout(), Duration::from_secs(20), "the environment wins");
+        assert_eq!(cfg.build.space_mib, Some(64), "a later file keeps what it does not set");
+        assert_eq!(cfg.dkms_tree(), PathBuf::from("/srv/tree"));
+        assert_eq!(cfg.module_packages("v4l2loopback"), ["pkg-config"]);
+        assert!(cfg.module_packages("other").is_empty());
+        assert_eq!(Config::default().dkms_tree(), PathBuf::from("/var/lib/ckms"));
+        assert_eq!(Config::default().conf_dir(), PathBuf::from("/etc/dkms"));
+    }
+
+    #[test]
     fn env_beats_config_beats_host() {
         let c = catalog();
         let mut cfg = Config::default();

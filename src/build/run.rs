@@ -37,6 +37,9 @@ pub struct Job<'a> {
     pub timeout: Duration,
     /// The most disk space the build may use; past it the build is stopped.
     pub space_bytes: i64,
+    /// Memory and process limits of the container (where the engine can enforce them).
+    pub memory_bytes: i64,
+    pub pids: i64,
 }
 
 /// Decides, on the host while the container waits, what to build from the evaluated conf:
@@ -110,6 +113,8 @@ pub async fn run_build(
     let mut spec = crate::image::run_spec(job.recipe, job.image, cmd, Some(input), job.timeout);
     spec.scratch = CONTAINER_TREE.to_string();
     spec.workdir = build_dir.clone();
+    spec.limits.memory_bytes = Some(job.memory_bytes);
+    spec.limits.pids = Some(job.pids);
     spec.outputs = vec![format!("{ckms_dir}/out")];
     let vars = EvalContext {
         conf_path: format!("{ckms_dir}/dkms.conf"),
@@ -309,6 +314,8 @@ mod tests {
             jobs: 3,
             timeout: Duration::from_secs(60),
             space_bytes: 64 << 20,
+            memory_bytes: 1 << 30,
+            pids: 512,
         };
         let dest = tempfile::tempdir().unwrap();
         (run_build(engine, &job, resolve, dest.path()).await, dest)

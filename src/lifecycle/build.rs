@@ -101,6 +101,8 @@ impl Lifecycle<'_> {
             jobs: self.opts.jobs,
             timeout: self.ctx.config.build_timeout(),
             space_bytes: limits.space_mib.unwrap_or(4096) << 20,
+            memory_bytes: limits.memory_mib.unwrap_or(4096) << 20,
+            pids: limits.pids.unwrap_or(4096),
         };
         // Resolution happens while the container waits; why it stopped is kept here.
         let stop: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
