@@ -17,6 +17,8 @@ pub enum Event {
     Progress { task: String, done: u64, total: Option<u64>, unit: Unit },
     /// A task finished; `message` summarises it.
     Done { task: String, message: String },
+    /// Raw output of a build, as it happens (`--verbose`).
+    Output { text: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -41,6 +43,9 @@ impl dyn Reporter + '_ {
     }
     pub fn progress(&self, task: &str, done: u64, total: Option<u64>, unit: Unit) {
         self.emit(Event::Progress { task: task.to_string(), done, total, unit });
+    }
+    pub fn output(&self, text: impl Into<String>) {
+        self.emit(Event::Output { text: text.into() });
     }
     pub fn done(&self, task: &str, message: impl Into<String>) {
         self.emit(Event::Done { task: task.to_string(), message: message.into() });
@@ -126,6 +131,10 @@ impl Reporter for Human {
             Event::Info { message } if !self.quiet => self.line(&message),
             Event::Info { .. } => {}
             Event::Warn { message } => self.line(&format!("Warning: {message}")),
+            Event::Output { text } => match &self.bars {
+                Some(mp) => mp.suspend(|| eprint!("{text}")),
+                None => eprint!("{text}"),
+            },
             Event::Progress { task, done, total, unit } => {
                 if let Some(bar) = self.bar(&task, total, unit) {
                     bar.set_position(done);

@@ -13,6 +13,7 @@
 #   ckms_out         where results go (copied back to the host): make.log and the modules
 #   ckms_space_kib   disk space the build may use (KiB): no file may grow past it (ulimit -f),
 #                    and a watchdog stops the build when the tree as a whole does
+#   ckms_verbose     non-empty: make's output also goes to stdout (streamed by the host)
 # The plan: make (the command line, run with eval like dkms does), patches (one per line),
 # post_add pre_build post_build (script names), modules ("<location>/<name>.ko<TAB>yes|no"
 # per line: the file and whether to strip it), header (make.log's first line).
@@ -85,9 +86,15 @@ done <<<"${ckms_patches-}"
 run_script pre_build "${ckms_pre_build-}"
 
 printf 'Building module(s): %s\n' "$ckms_make"
-# dkms evals the command (so `;`, `&&` and subshells in MAKE work) with output to make.log.
-( eval "$ckms_make" ) >>"$log" 2>&1 </dev/null
-status=$?
+# dkms evals the command (so `;`, `&&` and subshells in MAKE work) with output to make.log;
+# with --verbose it also goes to the container's output, which the host streams.
+if [[ -n ${ckms_verbose-} ]]; then
+    ( eval "$ckms_make" ) 2>&1 </dev/null | tee -a "$log"
+    status=${PIPESTATUS[0]}
+else
+    ( eval "$ckms_make" ) >>"$log" 2>&1 </dev/null
+    status=$?
+fi
 if ((status != 0)); then
     printf 'ckms: make returned %d\n' "$status" >>"$log"
     fail 10 "make returned $status"

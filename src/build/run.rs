@@ -40,6 +40,8 @@ pub struct Job<'a> {
     /// Memory and process limits of the container (where the engine can enforce them).
     pub memory_bytes: i64,
     pub pids: i64,
+    /// Streams make's output as it runs (`--verbose`).
+    pub follow: Option<crate::engine::LogSink>,
 }
 
 /// Decides, on the host while the container waits, what to build from the evaluated conf:
@@ -115,6 +117,7 @@ pub async fn run_build(
     spec.workdir = build_dir.clone();
     spec.limits.memory_bytes = Some(job.memory_bytes);
     spec.limits.pids = Some(job.pids);
+    spec.follow = job.follow.clone();
     spec.outputs = vec![format!("{ckms_dir}/out")];
     let vars = EvalContext {
         conf_path: format!("{ckms_dir}/dkms.conf"),
@@ -127,6 +130,7 @@ pub async fn run_build(
         ("ckms_build_dir", build_dir.clone()),
         ("ckms_out", format!("{ckms_dir}/out")),
         ("ckms_space_kib", (job.space_bytes / 1024).to_string()),
+        ("ckms_verbose", if job.follow.is_some() { "1" } else { "" }.to_string()),
     ] {
         spec.env.push(format!("{name}={value}"));
     }
@@ -316,6 +320,7 @@ mod tests {
             space_bytes: 64 << 20,
             memory_bytes: 1 << 30,
             pids: 512,
+            follow: None,
         };
         let dest = tempfile::tempdir().unwrap();
         (run_build(engine, &job, resolve, dest.path()).await, dest)

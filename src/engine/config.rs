@@ -263,6 +263,7 @@ mod tests {
                 timeout: Duration::from_secs(5),
             },
             network: false,
+            follow: None,
         }
     }
 

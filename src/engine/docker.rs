@@ -144,6 +144,16 @@ impl DockerApi {
             .map_err(self.err(format!("start container {id} (image {})", spec.image)))?;
 
         let timeout = spec.limits.timeout;
+        let follower = spec.follow.clone().map(|sink| {
+            let (docker, id) = (self.docker.clone(), id.to_string());
+            tokio::spawn(async move {
+                let opts = LogsOptionsBuilder::new().stdout(true).stderr(true).follow(true).build();
+                let mut logs = docker.logs(&id, Some(opts));
+                while let Some(Ok(chunk)) = logs.next().await {
+                    (sink.0)(&chunk.into_bytes());
+                }
+            })
+        });
         let run = async {
             let wait = self.wait(id, timeout);
             tokio::pin!(wait);
@@ -173,6 +183,13 @@ impl DockerApi {
             }
         };
 
+        if let Some(f) = follower {
+            // It ends with the container; whatever it has not printed by then is in the log.
+            let handle = f.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), f).await.is_err() {
+                handle.abort();
+            }
+        }
         let log_opts = LogsOptionsBuilder::new().stdout(true).stderr(true).follow(false).build();
         let log: Vec<u8> = self
             .docker

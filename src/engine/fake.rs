@@ -301,6 +301,7 @@ mod tests {
             outputs: vec![],
             limits: Default::default(),
             network: false,
+            follow: None,
         };
         assert_eq!(f.run(&spec).await.unwrap().exit_code, 2);
         assert_eq!(f.run(&spec).await.unwrap().exit_code, 0);

@@ -115,6 +115,21 @@ pub struct RunSpec {
     pub limits: Limits,
     /// false = no network at all.
     pub network: bool,
+    /// Gets the container's output while it runs; the whole log is in the outcome either way.
+    pub follow: Option<LogSink>,
+}
+
+/// Where a running container's output goes as it comes (`--verbose`).
+#[derive(Clone)]
+pub struct LogSink(pub std::sync::Arc<LogFn>);
+
+/// What a [`LogSink`] calls with each chunk of output.
+pub type LogFn = dyn Fn(&[u8]) + Send + Sync;
+
+impl std::fmt::Debug for LogSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogSink")
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -111,5 +111,6 @@ pub fn run_spec(
             timeout,
         },
         network: false,
+        follow: None,
     }
 }

@@ -103,6 +103,12 @@ impl Lifecycle<'_> {
             space_bytes: limits.space_mib.unwrap_or(4096) << 20,
             memory_bytes: limits.memory_mib.unwrap_or(4096) << 20,
             pids: limits.pids.unwrap_or(4096),
+            follow: self.opts.verbose.then(|| {
+                let report = self.ctx.report.clone();
+                crate::engine::LogSink(std::sync::Arc::new(move |b: &[u8]| {
+                    report.output(String::from_utf8_lossy(b).into_owned())
+                }))
+            }),
         };
         // Resolution happens while the container waits; why it stopped is kept here.
         let stop: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
@@ -112,7 +118,16 @@ impl Lifecycle<'_> {
                 .map_err(Error::from)
                 .and_then(|r| self.accept(mv, target, &origin, r, chain));
             match decided {
-                Ok(plan) => Some(plan),
+                Ok(plan) => {
+                    for note in &plan.notes {
+                        self.report().info(format!("{origin}: {note}"));
+                    }
+                    for (name, reason) in &plan.excluded_modules {
+                        self.report().info(format!("{name} is not built for {}: {reason}", target.release));
+                    }
+                    self.report().info(plan.make_command(self.opts.jobs));
+                    Some(plan)
+                }
                 Err(e) => {
                     if let Ok(mut s) = stop.lock() {
                         *s = Some(e);
@@ -141,18 +156,6 @@ impl Lifecycle<'_> {
                 };
             }
         };
-        for note in &plan.notes {
-            self.report().info(format!("{origin}: {note}"));
-        }
-        for (name, reason) in &plan.excluded_modules {
-            self.report().info(format!("{name} is not built for {}: {reason}", target.release));
-        }
-        self.report().info(plan.make_command(self.opts.jobs));
-        if self.opts.verbose {
-            if let Some(log) = &built.make_log {
-                self.report().info(String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned());
-            }
-        }
         if built.timed_out || built.space_exceeded || built.status != 0 {
             return Err(self.failed(mv, target, &arch, &built)?.into());
         }

@@ -130,6 +130,7 @@ pub fn spec(image: &str, script: &str) -> RunSpec {
             timeout: Duration::from_secs(60),
         },
         network: false,
+        follow: None,
     }
 }
 
