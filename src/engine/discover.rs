@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 /// How long one candidate gets to answer ping and version.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// An endpoint the user named is the one wanted: a busy engine gets longer to answer.
+const EXPLICIT_PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a freshly started private service gets to answer.
 const SERVICE_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// The environment variables naming an engine, first set wins.
@@ -154,7 +156,8 @@ pub async fn connect(settings: &EngineSettings, report: &dyn Reporter) -> Result
     let explicit = cands.iter().any(|c| c.origin.is_explicit());
     let mut tried = Vec::new();
     for c in &cands {
-        match DockerApi::connect(&c.host, PROBE_TIMEOUT).await {
+        let timeout = if c.origin.is_explicit() { EXPLICIT_PROBE_TIMEOUT } else { PROBE_TIMEOUT };
+        match DockerApi::connect(&c.host, timeout).await {
             Ok(engine) => return Ok(connected(engine, None, report)),
             Err(why) => tried.push((c.host.clone(), why)),
         }
