@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts the container engines ckms runs on: rootless Podman (as the
 # unprivileged user $CKMS_USER, default "ckms", set up by src/hooks/setup-engine, which the
-# ckms Debian package runs too) and Docker Engine. Idempotent: safe to
-# run again; it only starts what is not answering yet.
+# ckms Debian package runs too) and Docker Engine. Idempotent: safe to run again; it only
+# starts what is not answering yet.
 # Prints nothing but progress; the sockets are:
 #   podman: unix:///run/user/<uid of $CKMS_USER>/podman/podman.sock
 #   docker: unix:///var/run/docker.sock
