@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// How long one candidate gets to answer ping and version.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A socket that is not there fails at once; one that is there but slow (a busy rootless
+/// Podman answers /info in 2-3 s) gets this long before the next candidate is tried.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// An endpoint the user named is the one wanted: a busy engine gets longer to answer.
 const EXPLICIT_PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a freshly started private service gets to answer.
