@@ -67,6 +67,8 @@ where
         }
     }
     cmd.env("CKMS_CONFIG", "/nonexistent/ckms-test/config.toml");
+    // The repository's profiles, not those of a ckms package installed on the machine.
+    cmd.env("CKMS_DATA_DIR", env!("CARGO_MANIFEST_DIR"));
     let mut shown = vec!["ckms".to_string()];
     for a in args {
         cmd.arg(a.as_ref());
