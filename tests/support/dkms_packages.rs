@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use ckms::config::Config;
 use ckms::context::Context;
+use ckms::repo::Index;
 use ckms::report::Silent;
 
 /// One `*-dkms` package unpacked: its module sources as `/usr/src/<module>-<version>` holds them.
@@ -55,13 +56,17 @@ pub async fn profile_of(ctx: &Context, kernel: &str) -> String {
     profile.name.clone()
 }
 
-/// Fetches `package` (its candidate in `profile`'s index) and unpacks its `usr/src/<m>-<v>/`
-/// under `dest` (as `dest/<m>-<v>/`). Panics, saying why, when the package is not offered or
-/// holds no dkms source tree.
-pub async fn fetch_source(ctx: &Context, profile: &str, package: &str, dest: &Path) -> DkmsSource {
+/// The verified index of `profile` (from the shared cache when recent).
+pub async fn index(ctx: &Context, profile: &str) -> Index {
     let p = ctx.catalog.profile(profile).unwrap_or_else(|e| panic!("profile {profile}: {e}"));
-    let index = ctx.index(p).await.unwrap_or_else(|e| panic!("index of {profile}: {e}"));
-    let pkg = index.candidate(package).unwrap_or_else(|| panic!("{profile} does not offer {package}")).clone();
+    ctx.index(p).await.unwrap_or_else(|e| panic!("index of {profile}: {e}"))
+}
+
+/// Fetches `package` (its candidate in `index`, one profile's index) and unpacks its
+/// `usr/src/<m>-<v>/` under `dest` (as `dest/<m>-<v>/`). Panics, saying why, when the package
+/// is not offered or holds no dkms source tree.
+pub async fn fetch_source(ctx: &Context, index: &Index, package: &str, dest: &Path) -> DkmsSource {
+    let pkg = index.candidate(package).unwrap_or_else(|| panic!("the index does not offer {package}")).clone();
     ckms::repo::fetch_packages(&ctx.cache, std::slice::from_ref(&pkg), &Silent)
         .await
         .unwrap_or_else(|e| panic!("fetching {package} {}: {e}", pkg.version));

@@ -27,14 +27,8 @@ use ckms::report::Silent;
 use crate::dkms_packages::{self, DkmsSource};
 
 /// The real Debian packages of the comparison (issue: ckms vs real dkms).
-pub const PACKAGES: [&str; 6] = [
-    "v4l2loopback-dkms",
-    "xtables-addons-dkms",
-    "dahdi-dkms",
-    "jool-dkms",
-    "gost-crypto-dkms",
-    "digimend-dkms",
-];
+pub const PACKAGES: [&str; 6] =
+    ["v4l2loopback-dkms", "xtables-addons-dkms", "dahdi-dkms", "jool-dkms", "gost-crypto-dkms", "digimend-dkms"];
 
 /// The bookworm kernel of the comparison; the trixie one is the newest `6.12.*+deb13-amd64`
 /// offered (see [`trixie_kernel`]).
@@ -226,20 +220,14 @@ pub async fn run_dkms(
     let mut spec = ckms::image::run_spec(recipe, &image.reference, cmd, Some(input), BUILD_TIMEOUT);
     spec.outputs = vec!["/build/out".into()];
     let started = Instant::now();
-    let outcome = engine
-        .run(&spec)
-        .await
-        .unwrap_or_else(|e| panic!("running dkms for {} on {kernel}: {e}", source.package));
+    let outcome =
+        engine.run(&spec).await.unwrap_or_else(|e| panic!("running dkms for {} on {kernel}: {e}", source.package));
     let container_secs = started.elapsed().as_secs_f64();
     let log = String::from_utf8_lossy(&outcome.log).into_owned();
     assert!(!outcome.timed_out, "dkms for {} on {kernel} timed out after {BUILD_TIMEOUT:?}:\n{log}", source.package);
     assert_eq!(outcome.exit_code, 0, "the reference script itself failed:\n{log}");
-    let files = outcome
-        .outputs
-        .iter()
-        .find(|(p, _)| p == "/build/out")
-        .map(|(_, tar)| read_files(tar))
-        .unwrap_or_default();
+    let files =
+        outcome.outputs.iter().find(|(p, _)| p == "/build/out").map(|(_, tar)| read_files(tar)).unwrap_or_default();
     let text = |name: &str| files.iter().find(|(n, _)| n == name).map(|(_, t)| t.clone()).unwrap_or_default();
     let listed: Vec<String> = text("modules").lines().filter(|l| !l.is_empty()).map(str::to_string).collect();
     let times: Vec<f64> = text("times").split_whitespace().filter_map(|t| t.parse().ok()).collect();
