@@ -14,8 +14,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ckms::cache::Cache;
 use ckms::config::Config;
 use ckms::context::Context;
+use ckms::profile::Catalog;
 use ckms::repo::Index;
 use ckms::report::Silent;
 
@@ -42,12 +44,21 @@ impl DkmsSource {
     }
 }
 
-/// A ckms library context on the shared test cache, isolated from the caller's ckms settings
-/// (no configuration file, no `CKMS_*` variable but the cache directory).
+/// A ckms library context on the shared test cache, isolated from the machine's ckms settings:
+/// no configuration file, no `CKMS_*` variable but the cache directory, and the built-in
+/// profiles and recipes only (not /etc/ckms or /usr/share/ckms, which an installed ckms of
+/// another version may have filled).
 pub fn context() -> Context {
-    let env = BTreeMap::from([("CKMS_CACHE_DIR".to_string(), crate::support::shared_cache().display().to_string())]);
+    let cache_dir = crate::support::shared_cache();
+    let env = BTreeMap::from([("CKMS_CACHE_DIR".to_string(), cache_dir.display().to_string())]);
     let config = Config::load_from(&[], env).expect("an empty configuration loads");
-    Context::new(config, Arc::new(Silent), false).expect("ckms context on the shared test cache")
+    Context {
+        config,
+        catalog: Catalog::load(&[]).expect("the built-in profiles load"),
+        cache: Cache::open(cache_dir).expect("the shared test cache opens"),
+        report: Arc::new(Silent),
+        refresh: false,
+    }
 }
 
 /// The name of the profile offering `kernel` (e.g. `debian-trixie` for `6.12.117+deb13-amd64`).
