@@ -72,6 +72,8 @@ fn ckms_build(engine_host: &str, kernel: &str, source: &DkmsSource, dkmstree: &P
         "--dkmstree",
         &dkmstree.display().to_string(),
     ])
+    // This checkout's profiles, whatever an installed ckms left in /etc or /usr/share/ckms.
+    .env("CKMS_DATA_DIR", env!("CARGO_MANIFEST_DIR"))
     .run();
     let secs = started.elapsed().as_secs_f64();
     let pair = dkmstree.join(&source.module).join(&source.version);

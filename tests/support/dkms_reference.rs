@@ -188,8 +188,22 @@ cat "$out/dkms.log"
 exit 0
 "#;
 
-/// Runs real dkms for `kernel` on `source` in the reference image (assembled if needed).
-pub async fn reference_build(engine_host: &str, kernel: &str, source: &DkmsSource) -> RefResult {
+/// Real dkms building `package` (a `*-dkms` package name) for `kernel`: the package of the suite
+/// that ships the kernel, in the kernel's reference image (assembled if needed). The source
+/// is unpacked into a temporary directory; use [`reference_build_source`] to keep it (e.g. to
+/// build the same tree with ckms).
+pub async fn reference_build(engine_host: &str, kernel: &str, package: &str) -> RefResult {
+    let ctx = dkms_packages::context();
+    let profile = dkms_packages::profile_of(&ctx, kernel).await;
+    let index = dkms_packages::index(&ctx, &profile).await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let source = dkms_packages::fetch_source(&ctx, &index, package, dir.path()).await;
+    reference_build_source(engine_host, kernel, &source).await
+}
+
+/// Real dkms building `source` for `kernel` in the kernel's reference image (assembled if
+/// needed).
+pub async fn reference_build_source(engine_host: &str, kernel: &str, source: &DkmsSource) -> RefResult {
     let ctx = dkms_packages::context();
     let engine = DockerApi::connect(engine_host, Duration::from_secs(10))
         .await
