@@ -8,7 +8,7 @@
 //! [`CKMS_SIDE_READY`] and each pair is also built by ckms and compared with dkms's result.
 //!
 //! Engines: the reference images are the same bytes on Podman and Docker (same layers, same
-//! image ID), so all reference builds run on Podman only (about 13 minutes on 2 busy cores);
+//! image ID), so all reference builds run on Podman only (13 to 18 minutes on 2 busy cores);
 //! on Docker the three v4l2loopback pairs confirm that dkms behaves the same there.
 mod support;
 
