@@ -4,7 +4,7 @@
 #         tests/dkms_compare.rs), on the source of the real *-dkms package of the kernel's suite;
 #         figures: dkms_secs (the `dkms build` command, timed inside the container) and
 #         container_secs (the whole container run: create, upload, dkms, copy back, remove).
-#   ckms: `ckms build` of the same source for the same kernel (to be enabled: see side_ckms).
+#   ckms: `ckms build` of the same source for the same kernel (one container: conf, then make).
 # The issue's goal: ckms's wall time within 15% (or 1 s) of real dkms building the same pair.
 # usage: ci/bench/build-vs-dkms.sh [KERNEL] [PACKAGE] [RUNS]   (default 6.1.0-56-amd64 v4l2loopback-dkms 3)
 # Run as root after ci/setup-engines.sh. Env: CKMS_BENCH_ENGINE (default: user ${CKMS_USER:-ckms}'s
@@ -24,6 +24,7 @@ export CKMS_DATA_DIR=$PWD
 
 # Release builds of the helper (benches/build_vs_dkms.rs) and of the ckms binary.
 cargo bench --quiet --bench build_vs_dkms --no-run
+cargo build --quiet --release
 helper() { cargo bench --quiet --bench build_vs_dkms -- "$@"; }
 ckms=$PWD/target/release/ckms
 ckms() { "$ckms" --engine "$CKMS_BENCH_ENGINE" --cache-dir "$CKMS_TEST_CACHE" "$@"; }
@@ -52,11 +53,12 @@ side_ckms() {
     >"$work/ckms-$1.log" 2>&1 || rc=$?
   echo "exit=$rc kos=$(find "$work/ckms-tree-$1/$module/$version/$kernel" -name '*.ko*' 2>/dev/null | wc -l) ckms_secs=$(elapsed "$t0")"
 }
-sides=(dkms) # add ckms once `ckms build` exists: sides=(dkms ckms)
+sides=(dkms ckms)
 
+# Interleaved (dkms, ckms, dkms, ...), so that a change in the machine's load hits both sides.
 declare -A figures
-for side in "${sides[@]}"; do
-  for i in $(seq "$runs"); do
+for i in $(seq "$runs"); do
+  for side in "${sides[@]}"; do
     line=$("side_$side" "$i")
     echo "  $side run $i: $line"
     for kv in $line; do
