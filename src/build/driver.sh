@@ -13,7 +13,13 @@
 #   ckms_modules     one line per module: "<built location>/<built name>.ko<TAB><strip yes|no>"
 #   ckms_header      the first line of make.log
 # Exit: 0 built; 6 a patch failed; 10 make (or a PRE_/POST_BUILD script) failed; 7 a module
-# named in BUILT_MODULE_NAME was not produced. Messages on stderr name the step.
+# named in BUILT_MODULE_NAME was not produced; 17 a module is a symbolic link (refused);
+# 34 the build used more disk than ckms_space_kib. Messages on stderr name the step.
+#
+# This script runs as the container's PID 1: the build runs in a child process, and this
+# process watches its disk use. The build runs as the same uid, but inside the container's PID
+# namespace nothing can kill PID 1, and its exit status is the container's: a build can stop
+# its own steps, not the watchdog, nor forge its verdict.
 
 set -u
 log=$ckms_out/make.log
@@ -27,77 +33,123 @@ fail() {
 
 cd "$ckms_build_dir" || fail 10 "cannot enter $ckms_build_dir"
 ln -s build ../source 2>/dev/null
-
-# The volume is on the host's disk: bound what the build can write. The watchdog leaves a
-# marker the host reads, then kills every process of the build user (itself included).
-ulimit -f "$ckms_space_kib"
 tree=${ckms_build_dir%/*/*/*}
-(
-    while sleep 1; do
-        used=$(du -skx "$tree" 2>/dev/null) || continue
-        if ((${used%%[[:space:]]*} > ckms_space_kib)); then
-            printf 'ckms: the build used more than %d MiB of disk; stopped\n' $((ckms_space_kib / 1024)) >>"$log"
-            : >"$ckms_out/space-exceeded"
-            kill -KILL -1
-        fi
-    done
-) </dev/null >/dev/null 2>&1 &
 
 # dkms's run_build_script: the script is named relative to the build directory and may carry
-# arguments; a script that is not executable is a warning, a failing one is fatal.
+# arguments; a script that is not executable is a warning, a failing one is fatal. Its output
+# goes to make.log (in the volume, where the disk limit holds), not to the container's log.
 run_script() {
     local what=$1 script=$2
     [[ -n $script ]] || return 0
     local run="$ckms_build_dir/$script"
     if [[ -x ${run%% *} ]]; then
-        printf '\nRunning the %s script:\n' "$what"
+        printf '\nRunning the %s script:\n' "$what" >>"$log"
         # shellcheck disable=SC2086
-        (cd "$ckms_build_dir" && exec $run) || fail 10 "the $what script ($script) failed with status $?"
+        (cd "$ckms_build_dir" && exec $run) >>"$log" 2>&1 </dev/null ||
+            fail 10 "the $what script ($script) failed with status $?"
     else
         printf 'Warning: the %s script is not executable: %s\n' "$what" "$script" >&2
     fi
 }
 
-run_script post_add "${ckms_post_add-}"
+# Everything the module's own code runs. Runs in a child process (see the top).
+build() {
+    # The watchdog's timer is not the build's business.
+    exec {tick_fd}>&-
+    # The volume is on the host's disk: no single file may grow past the limit.
+    ulimit -f "$ckms_space_kib"
 
-while IFS= read -r patch; do
-    [[ -n $patch ]] || continue
-    printf 'Applying patch %s\n' "$patch" | tee -a "$log"
-    patch -p1 <"patches/$patch" >>"$log" 2>&1 || fail 6 "applying patch $patch failed (see make.log)"
-done <<<"${ckms_patches-}"
+    run_script post_add "${ckms_post_add-}"
 
-run_script pre_build "${ckms_pre_build-}"
+    while IFS= read -r patch; do
+        [[ -n $patch ]] || continue
+        printf 'Applying patch %s\n' "$patch" >>"$log"
+        patch -p1 <"patches/$patch" >>"$log" 2>&1 || fail 6 "applying patch $patch failed (see make.log)"
+    done <<<"${ckms_patches-}"
 
-printf 'Building module(s): %s\n' "$ckms_make"
-# dkms evals the command (so `;`, `&&` and subshells in MAKE work) with output to make.log.
-( eval "$ckms_make" ) >>"$log" 2>&1 </dev/null
+    run_script pre_build "${ckms_pre_build-}"
+
+    printf 'Building module(s): %s\n' "$ckms_make"
+    # dkms evals the command (so `;`, `&&` and subshells in MAKE work) with output to make.log.
+    (eval "$ckms_make") >>"$log" 2>&1 </dev/null
+    local status=$?
+    if ((status != 0)); then
+        printf 'ckms: make returned %d\n' "$status" >>"$log"
+        fail 10 "make returned $status"
+    fi
+
+    local missing=0 linked=0 ko strip
+    while IFS=$'\t' read -r ko strip; do
+        [[ -n $ko ]] || continue
+        if [[ -L $ko ]]; then
+            # dkms would copy what it points to; in the sandbox that is the container's file,
+            # but a module is a file the build made, never a link to one.
+            printf 'ckms: %s is a symbolic link (to %s), not a module: refused\n' "$ko" "$(readlink -- "$ko")" |
+                tee -a "$log" >&2
+            linked=1
+        elif [[ ! -f $ko ]]; then
+            printf 'ckms: %s was not built\n' "$ko" | tee -a "$log" >&2
+            missing=1
+        fi
+    done <<<"$ckms_modules"
+    ((linked == 0)) || exit 17
+    ((missing == 0)) || exit 7
+
+    run_script post_build "${ckms_post_build-}"
+
+    # dkms strips each module with `strip -g` unless STRIP[#] says no, before signing and
+    # compression (which ckms does on the host, where the key lives). The build may have
+    # planted links in the output directory: they are removed, and the host refuses any
+    # that come back anyway.
+    rm -rf "$ckms_out/modules" && mkdir -p "$ckms_out/modules" || exit 10
+    while IFS=$'\t' read -r ko strip; do
+        [[ -n $ko ]] || continue
+        local out=$ckms_out/modules/${ko##*/}
+        cp --remove-destination -- "$ko" "$out" || fail 10 "cannot copy $ko"
+        if [[ $strip == yes ]]; then
+            strip -g "$out" || fail 10 "strip -g $ko failed"
+        fi
+    done <<<"$ckms_modules"
+    exit 0
+}
+
+# True when the tree holds more than the limit. A directory the build made unreadable would
+# hide its files from du: give every directory back its owner's read permission first (the
+# build user owns the whole tree). du prints its total even when some files vanished meanwhile.
+over_space() {
+    chmod -R u+rwX -- "$tree" 2>/dev/null
+    local used
+    used=$(du -skx -- "$tree" 2>/dev/null)
+    used=${used%%[[:space:]]*}
+    [[ $used =~ ^[0-9]+$ ]] && ((used > ckms_space_kib))
+}
+
+stop_for_space() {
+    printf 'ckms: the build used more than %d MiB of disk; stopped\n' $((ckms_space_kib / 1024)) |
+        tee -a "$log" >&2
+    exit 34
+}
+
+# A sleep that needs no fork (a fork bomb may have used every process): read with a timeout
+# from a FIFO nobody writes to. Outside the volume, so it is not copied back.
+tick=$(mktemp -u /tmp/ckms-tick.XXXXXX) && mkfifo -m 600 "$tick" && exec {tick_fd}<>"$tick" && rm -f "$tick" ||
+    fail 10 "cannot create the watchdog's timer"
+
+build &
+pid=$!
+while kill -0 "$pid" 2>/dev/null; do
+    read -r -t 1 -u "$tick_fd" _
+    if over_space; then
+        # Every process of the build user except this one (PID 1 is never signalled by -1).
+        kill -KILL -1 2>/dev/null
+        wait "$pid"
+        stop_for_space
+    fi
+done
+wait "$pid"
 status=$?
-if ((status != 0)); then
-    printf 'ckms: make returned %d\n' "$status" >>"$log"
-    fail 10 "make returned $status"
+# A file that hit `ulimit -f` (SIGXFSZ) failed the build before the next round of checks.
+if ((status != 0)) && over_space; then
+    stop_for_space
 fi
-
-missing=0
-while IFS=$'\t' read -r ko strip; do
-    [[ -n $ko ]] || continue
-    if [[ ! -f $ko || -L $ko ]]; then
-        printf 'ckms: %s was not built\n' "$ko" | tee -a "$log" >&2
-        missing=1
-    fi
-done <<<"$ckms_modules"
-((missing == 0)) || exit 7
-
-run_script post_build "${ckms_post_build-}"
-
-# dkms strips each module with `strip -g` unless STRIP[#] says no, before signing and
-# compression (which ckms does on the host, where the key lives).
-mkdir -p "$ckms_out/modules" || exit 10
-while IFS=$'\t' read -r ko strip; do
-    [[ -n $ko ]] || continue
-    out=$ckms_out/modules/${ko##*/}
-    cp -- "$ko" "$out" || fail 10 "cannot copy $ko"
-    if [[ $strip == yes ]]; then
-        strip -g "$out" || fail 10 "strip -g $ko failed"
-    fi
-done <<<"$ckms_modules"
-exit 0
+exit "$status"

@@ -30,16 +30,32 @@ pub struct Job<'a> {
     pub timeout: Duration,
     /// The most disk space the build may use; past it the build is stopped.
     pub space_bytes: i64,
+    /// Memory and process limits of the build container (None: the defaults of
+    /// [`crate::image::run_spec`]).
+    pub memory_bytes: Option<i64>,
+    pub pids: Option<i64>,
+}
+
+/// The driver's exit statuses (see driver.sh).
+pub mod status {
+    pub const PATCH_FAILED: i64 = 6;
+    pub const MODULE_MISSING: i64 = 7;
+    pub const MAKE_FAILED: i64 = 10;
+    pub const MODULE_IS_LINK: i64 = 17;
+    pub const SPACE_EXCEEDED: i64 = 34;
 }
 
 /// What came back from a build, unpacked into a host directory.
 #[derive(Debug)]
 pub struct Built {
-    /// The container's exit status (0 built, 6 patch, 7 module missing, 10 make failed).
+    /// The container's exit status: 0 built, else one of [`status`].
     pub status: i64,
     pub timed_out: bool,
     /// The build wrote more than its space limit and was stopped.
     pub space_exceeded: bool,
+    /// What the build returned that was not accepted (links, devices, paths climbing out),
+    /// and why; left out, never followed.
+    pub refused: Vec<(String, &'static str)>,
     /// The driver's own output (script messages, not make's).
     pub log: Vec<u8>,
     /// make.log, if the build got that far.
@@ -83,6 +99,12 @@ pub async fn run_build(engine: &dyn Engine, job: &Job<'_>, dest: &Path) -> Resul
     spec.workdir = build_dir.clone();
     spec.outputs = vec![format!("{ckms_dir}/out")];
     spec.env.extend(crate::conf::eval_env(job.vars));
+    if job.memory_bytes.is_some() {
+        spec.limits.memory_bytes = job.memory_bytes;
+    }
+    if job.pids.is_some() {
+        spec.limits.pids = job.pids;
+    }
     let header = format!("DKMS make.log for {m}-{v} for kernel {} ({})", plan.kernel_release, job.vars.arch);
     let hooks = &plan.hooks;
     for (name, value) in [
@@ -102,11 +124,15 @@ pub async fn run_build(engine: &dyn Engine, job: &Job<'_>, dest: &Path) -> Resul
 
     let outcome = engine.run(&spec).await?;
     let mut written = Vec::new();
+    let mut refused = Vec::new();
     for (_, tar) in &outcome.outputs {
-        written.extend(crate::artifact::unpack(&tar[..], dest, 0, MAX_OUTPUT)?);
+        let unpacked = crate::artifact::unpack_lenient(&tar[..], dest, 0, MAX_OUTPUT)?;
+        written.extend(unpacked.written);
+        refused.extend(unpacked.refused);
     }
     let make_log = written.iter().find(|p| p.as_os_str() == "make.log").map(|p| dest.join(p));
-    let space_exceeded = written.iter().any(|p| p.as_os_str() == "space-exceeded");
+    // The driver is the container's PID 1: its exit status is not the build's to forge.
+    let space_exceeded = !outcome.timed_out && outcome.exit_code == status::SPACE_EXCEEDED;
     // Only the modules the plan names count; anything else a Makefile slipped in is ignored.
     let wanted: Vec<PathBuf> =
         plan.modules.iter().map(|m| Path::new("modules").join(format!("{}.ko", m.built_name))).collect();
@@ -115,6 +141,7 @@ pub async fn run_build(engine: &dyn Engine, job: &Job<'_>, dest: &Path) -> Resul
         status: outcome.exit_code,
         timed_out: outcome.timed_out,
         space_exceeded,
+        refused,
         log: outcome.log,
         make_log,
         modules,
