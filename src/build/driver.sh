@@ -137,6 +137,10 @@ tick=$(mktemp -u /tmp/ckms-tick.XXXXXX) && mkfifo -m 600 "$tick" && exec {tick_f
 
 build &
 pid=$!
+# Inside its PID namespace nothing can SIGKILL or SIGSTOP PID 1, and signals it has no handler
+# for are dropped; but bash has handlers for the terminating ones, and as PID 1 it exits on
+# them. A trap keeps this process alive; the build child was forked before, with the defaults.
+trap : HUP INT QUIT ABRT BUS FPE SEGV USR1 USR2 PIPE ALRM TERM XCPU XFSZ VTALRM PROF SYS
 while kill -0 "$pid" 2>/dev/null; do
     read -r -t 1 -u "$tick_fd" _
     if over_space; then
