@@ -7,8 +7,11 @@ use crate::report::Reporter;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// How long one candidate gets to answer ping and version.
+/// How long one discovered candidate gets to answer ping and version.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an engine the user named gets: there is no other to fall back to, and a busy
+/// rootless Podman 4 takes seconds to answer /info (2-3 s with a dozen clients at once).
+const EXPLICIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a freshly started private service gets to answer.
 const SERVICE_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// The environment variables naming an engine, first set wins.
@@ -154,7 +157,8 @@ pub async fn connect(settings: &EngineSettings, report: &dyn Reporter) -> Result
     let explicit = cands.iter().any(|c| c.origin.is_explicit());
     let mut tried = Vec::new();
     for c in &cands {
-        match DockerApi::connect(&c.host, PROBE_TIMEOUT).await {
+        let timeout = if c.origin.is_explicit() { EXPLICIT_TIMEOUT } else { PROBE_TIMEOUT };
+        match DockerApi::connect(&c.host, timeout).await {
             Ok(engine) => return Ok(connected(engine, None, report)),
             Err(why) => tried.push((c.host.clone(), why)),
         }
