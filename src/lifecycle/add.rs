@@ -19,6 +19,11 @@ pub enum AddSource {
 impl Lifecycle<'_> {
     /// Adds a module version to the tree; adding what is already there is a no-op.
     pub fn add(&self, source: &AddSource, names: Option<&ModuleVersion>) -> Result<ModuleVersion, Error> {
+        let given = names.into_iter().chain(match source {
+            AddSource::Tree(mv) => Some(mv),
+            _ => None,
+        });
+        super::check_names(given.flat_map(|mv| [mv.module.as_str(), mv.version.as_str()]))?;
         let mv = match source {
             AddSource::Tree(mv) => mv.clone(),
             AddSource::Dir(dir) => self.import_dir(dir, names)?,
@@ -92,7 +97,20 @@ impl Lifecycle<'_> {
                         ),
                     })
                 };
-                ModuleVersion { module: get("PACKAGE_NAME")?, version: get("PACKAGE_VERSION")? }
+                let mv = ModuleVersion { module: get("PACKAGE_NAME")?, version: get("PACKAGE_VERSION")? };
+                // The names make the path the source is copied to: none may climb out.
+                for (directive, value) in [("PACKAGE_NAME", &mv.module), ("PACKAGE_VERSION", &mv.version)] {
+                    if !crate::tree::valid_name(value) {
+                        return Err(crate::conf::invalid(
+                            &conf.display().to_string(),
+                            directive,
+                            format!("{value:?} is not a plain name"),
+                            "use a name without '/', blanks, or a leading '.'",
+                        )
+                        .into());
+                    }
+                }
+                mv
             }
         };
         let target = self.source_dir(&mv);
