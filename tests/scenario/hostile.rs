@@ -368,6 +368,23 @@ fn conf_eval(ctx: &Ctx, c: &Case) -> (Duration, Option<PathBuf>) {
     (took, None)
 }
 
+/// A source whose dkms.conf names it "../../../tmp/<token>": `ckms add <dir>` reads that on the
+/// host (without running the file) and would copy the source there. No engine involved.
+fn path_escape(ctx: &Ctx, c: &Case) -> (Duration, Option<PathBuf>) {
+    let dir = c.root.join("usr/src/hostile-path-escape-1.0");
+    let started = Instant::now();
+    let run = c.verb(ctx, &["add", dir.to_str().unwrap()]).run();
+    run.expect_code(8);
+    assert!(run.error_message().contains("PACKAGE_NAME") && run.error_message().contains("not a plain name"), "{run}");
+    assert!(run.hint().contains("without '/'"), "{run}");
+    for escaped in [format!("/tmp/{}", c.token), format!("/tmp/{}-1.0", c.token)] {
+        assert!(std::fs::symlink_metadata(&escaped).is_err(), "{escaped} exists on the host{run}");
+    }
+    assert_eq!(walk(&c.root.join("var/lib/ckms")).len(), 0, "nothing added{run}");
+    c.assert_host_untouched(ctx, &run);
+    (started.elapsed(), None)
+}
+
 const CASES: &[(&str, Check)] = &[
     ("infinite-loop", infinite_loop),
     ("network", network),
@@ -378,6 +395,7 @@ const CASES: &[(&str, Check)] = &[
     ("ko-symlink", ko_symlink),
     ("log-flood", log_flood),
     ("conf-eval", conf_eval),
+    ("path-escape", path_escape),
 ];
 
 /// Runs `f` on every item, each in its own thread; the results in order, panics included.
