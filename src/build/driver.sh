@@ -113,13 +113,16 @@ build() {
     exit 0
 }
 
-# True when the tree holds more than the limit. A directory the build made unreadable would
-# hide its files from du: give every directory back its owner's read permission first (the
-# build user owns the whole tree). du prints its total even when some files vanished meanwhile.
+# True when the tree holds more than the limit. du prints its total even when it fails; it
+# fails on files that vanished meanwhile (common in builds) and on directories it cannot read,
+# which would hide their files: then everything gets its owner's permissions back (the build
+# user owns the whole tree) and du counts again.
 over_space() {
-    chmod -R u+rwX -- "$tree" 2>/dev/null
     local used
-    used=$(du -skx -- "$tree" 2>/dev/null)
+    if ! used=$(du -skx -- "$tree" 2>/dev/null); then
+        chmod -R u+rwX -- "$tree" 2>/dev/null
+        used=$(du -skx -- "$tree" 2>/dev/null)
+    fi
     used=${used%%[[:space:]]*}
     [[ $used =~ ^[0-9]+$ ]] && ((used > ckms_space_kib))
 }
