@@ -239,9 +239,9 @@ impl Lifecycle<'_> {
         let limits = &self.ctx.config.build;
         let space = limits.space_mib.unwrap_or(DEFAULT_SPACE_MIB);
         let timeout = self.ctx.config.build_timeout();
-        let (what, code, advice) = match (built.timed_out, built.status) {
-            _ if what.is_some() => (what.unwrap_or_default(), code::MODULE_MISSING, Some(LINK_ADVICE.to_string())),
-            (true, _) => (
+        let (what, code, advice) = match (what, built.timed_out, built.status) {
+            (Some(what), _, _) => (what, code::MODULE_MISSING, Some(LINK_ADVICE.to_string())),
+            (None, true, _) => (
                 format!("the build did not finish in {} s and was stopped", timeout.as_secs()),
                 code::TIMEOUT,
                 Some(
@@ -258,11 +258,11 @@ impl Lifecycle<'_> {
                      raise [build] space_mib in /etc/ckms/config.toml"
                 )),
             ),
-            (_, status::PATCH_FAILED) => ("a patch did not apply".to_string(), code::INSTALL_FAILED, None),
-            (_, status::MODULE_MISSING) => {
+            (_, _, status::PATCH_FAILED) => ("a patch did not apply".to_string(), code::INSTALL_FAILED, None),
+            (_, _, status::MODULE_MISSING) => {
                 ("a module named in BUILT_MODULE_NAME was not built".to_string(), code::MODULE_MISSING, None)
             }
-            (_, status::MODULE_IS_LINK) => {
+            (_, _, status::MODULE_IS_LINK) => {
                 // The driver names the links it refused; only names the plan has are repeated.
                 let stderr = String::from_utf8_lossy(&built.log);
                 let mut links: Vec<String> = plan
@@ -419,4 +419,20 @@ pub(super) fn commit_dir(from: &Path, to: &Path) -> std::io::Result<()> {
         std::fs::remove_dir_all(&old)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sandbox_advice;
+
+    #[test]
+    fn the_advice_names_what_the_sandbox_stopped() {
+        let network = sandbox_advice(b"bash: connect: Network is unreachable\n", 4096).unwrap();
+        assert!(network.contains("network"), "{network}");
+        let ro = sandbox_advice(b"touch: cannot touch '/etc/x': Read-only file system\n", 4096).unwrap();
+        assert!(ro.contains("outside its build directory"), "{ro}");
+        let bomb = sandbox_advice(b"bash: fork: retry: Resource temporarily unavailable\n", 256).unwrap();
+        assert!(bomb.contains("limit of 256 processes"), "{bomb}");
+        assert_eq!(sandbox_advice(b"hello.c:3: error: expected ';'\n", 4096), None);
+    }
 }
