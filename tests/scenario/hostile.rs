@@ -320,7 +320,8 @@ fn infinite_loop(ctx: &Ctx, c: &Case) -> (Duration, Option<PathBuf>) {
     let (run, took) = c.install(ctx, &[("CKMS_BUILD_TIMEOUT", TIMEOUT_SECS.to_string())]);
     c.assert_failed(ctx, &run, 42, &format!("did not finish in {TIMEOUT_SECS} s"), "CKMS_BUILD_TIMEOUT");
     assert!(took >= Duration::from_secs(TIMEOUT_SECS), "stopped after {took:?}, before its time{run}");
-    assert!(took < Duration::from_secs(TIMEOUT_SECS + 90), "stopped only after {took:?}{run}");
+    // Well under the default timeout (1800 s), whatever the machine's load.
+    assert!(took < Duration::from_secs(TIMEOUT_SECS + 240), "stopped only after {took:?}{run}");
     (took, None)
 }
 
