@@ -39,19 +39,69 @@ impl Diagnose for ArtifactError {
 }
 
 /// Unpacks `tar` under `dest`, dropping the first `strip` path components (the engine names
-/// the top directory it archived). Returns the files written, relative to `dest`.
+/// the top directory it archived). Returns the files written, relative to `dest`. The first
+/// entry that is not accepted fails the whole unpack.
 pub fn unpack(tar: impl Read, dest: &Path, strip: usize, max_bytes: u64) -> Result<Vec<PathBuf>, ArtifactError> {
+    unpack_entries(tar, dest, strip, max_bytes, true).map(|u| u.written)
+}
+
+/// What [`unpack_lenient`] did.
+#[derive(Debug, Default)]
+pub struct Unpacked {
+    /// Files written, relative to the destination.
+    pub written: Vec<PathBuf>,
+    /// Entries left out (as named in the tar) and why.
+    pub refused: Vec<(String, &'static str)>,
+}
+
+/// Like [`unpack`], but an entry that is not accepted (a link, a device, a path climbing out)
+/// is left out and listed instead of failing the rest: a build's make.log still comes back
+/// when the build also returned a link. Size limits and I/O errors still fail.
+pub fn unpack_lenient(tar: impl Read, dest: &Path, strip: usize, max_bytes: u64) -> Result<Unpacked, ArtifactError> {
+    unpack_entries(tar, dest, strip, max_bytes, false)
+}
+
+fn unpack_entries(
+    tar: impl Read,
+    dest: &Path,
+    strip: usize,
+    max_bytes: u64,
+    strict: bool,
+) -> Result<Unpacked, ArtifactError> {
     let mut archive = tar::Archive::new(tar);
-    let mut written = Vec::new();
+    let mut out = Unpacked::default();
     let mut total = 0u64;
+    let refuse = |path: String, why: &'static str, out: &mut Unpacked| {
+        if strict {
+            Err(ArtifactError::Refused { path, why })
+        } else {
+            out.refused.push((path, why));
+            Ok(())
+        }
+    };
     for entry in archive.entries().map_err(ArtifactError::Tar)? {
         let mut entry = entry.map_err(ArtifactError::Tar)?;
         let raw = entry.path().map_err(ArtifactError::Tar)?.to_string_lossy().into_owned();
-        let Some(rel) = safe_relative(&raw, strip)? else { continue };
+        let rel = match safe_relative(&raw, strip) {
+            Ok(Some(rel)) => rel,
+            Ok(None) => continue,
+            Err(ArtifactError::Refused { path, why }) => {
+                refuse(path, why, &mut out)?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let target = dest.join(&rel);
         let io = |source| ArtifactError::Io { path: target.clone(), source };
         match entry.header().entry_type() {
-            tar::EntryType::Directory => std::fs::create_dir_all(&target).map_err(io)?,
+            tar::EntryType::Directory => {
+                // An earlier entry may have been refused, but what is on disk is ours.
+                if std::fs::symlink_metadata(&target).is_ok_and(|m| !m.is_dir()) {
+                    refuse(raw, "it would replace something that is not a directory", &mut out)?;
+                    continue;
+                }
+                std::fs::create_dir_all(&target).map_err(io)?
+            }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 total += entry.size();
                 if total > max_bytes {
@@ -62,27 +112,18 @@ pub fn unpack(tar: impl Read, dest: &Path, strip: usize, max_bytes: u64) -> Resu
                 }
                 // A link planted earlier at this path must not redirect the write.
                 if std::fs::symlink_metadata(&target).is_ok_and(|m| !m.is_file()) {
-                    return Err(ArtifactError::Refused {
-                        path: raw,
-                        why: "it would replace something that is not a file",
-                    });
+                    refuse(raw, "it would replace something that is not a file", &mut out)?;
+                    continue;
                 }
-                let mut out = std::fs::File::create(&target).map_err(io)?;
-                std::io::copy(&mut (&mut entry).take(max_bytes), &mut out).map_err(io)?;
-                written.push(rel);
+                let mut file = std::fs::File::create(&target).map_err(io)?;
+                std::io::copy(&mut (&mut entry).take(max_bytes), &mut file).map_err(io)?;
+                out.written.push(rel);
             }
-            tar::EntryType::Symlink | tar::EntryType::Link => {
-                return Err(ArtifactError::Refused { path: raw, why: "links are not accepted" })
-            }
-            _ => {
-                return Err(ArtifactError::Refused {
-                    path: raw,
-                    why: "only regular files and directories are accepted",
-                })
-            }
+            tar::EntryType::Symlink | tar::EntryType::Link => refuse(raw, "links are not accepted", &mut out)?,
+            _ => refuse(raw, "only regular files and directories are accepted", &mut out)?,
         }
     }
-    Ok(written)
+    Ok(out)
 }
 
 fn safe_relative(raw: &str, strip: usize) -> Result<Option<PathBuf>, ArtifactError> {
@@ -199,6 +240,22 @@ mod tests {
             let err = unpack(&t[..], dir.path(), 1, 1 << 20).unwrap_err();
             assert!(matches!(err, ArtifactError::Refused { .. }), "{path}: {err}");
         }
+    }
+
+    #[test]
+    fn lenient_unpack_lists_what_it_left_out_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tar_with(&[
+            ("out/modules/x.ko", tar::EntryType::Symlink, b"", Some("/etc/shadow")),
+            ("out/../../etc/z", tar::EntryType::Regular, b"z", None),
+            ("out/make.log", tar::EntryType::Regular, b"log", None),
+        ]);
+        let u = unpack_lenient(&t[..], dir.path(), 1, 1 << 20).unwrap();
+        assert_eq!(u.written, [PathBuf::from("make.log")]);
+        let refused: Vec<&str> = u.refused.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(refused, ["out/modules/x.ko", "out/../../etc/z"]);
+        assert!(!dir.path().join("modules/x.ko").exists());
+        assert!(std::fs::symlink_metadata(dir.path().join("modules/x.ko")).is_err(), "no link was made");
     }
 
     #[test]

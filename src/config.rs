@@ -90,7 +90,7 @@ pub struct BuildConfig {
     pub conf_dir: Option<PathBuf>,
     /// Wall-clock limit of one build, in seconds (default 1800).
     pub timeout_secs: Option<u64>,
-    /// Writable space of one build (a tmpfs), in MiB (default 4096).
+    /// Disk space one build may use in its volume (on the host's disk), in MiB (default 4096).
     pub space_mib: Option<i64>,
     /// Memory limit of one build container, in MiB (default 4096).
     pub memory_mib: Option<i64>,

@@ -148,6 +148,16 @@ pub fn status(roots: &Roots, module: Option<&str>) -> Vec<Status> {
     out
 }
 
+/// Whether `name` may be a module name, version or module file name: it becomes one path
+/// component under the trees (`<source_tree>/<m>-<v>`, `<dkms_tree>/<m>/<v>`), so no `/`,
+/// not `.` or `..`, no leading dot (status skips those), no blanks or control characters.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains('/')
+        && !name.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 /// Points `link` at `target`, atomically: a new link is renamed over the old one, so the
 /// link is never missing (state readers see the old or the new value).
 pub fn replace_symlink(target: &Path, link: &Path) -> std::io::Result<()> {
@@ -233,6 +243,16 @@ mod tests {
         add(&r, "jool-dkms", "4.1.9");
         fs::remove_dir_all(r.source_tree.join("jool-dkms-4.1.9")).unwrap();
         assert_eq!(lines(&r), ["jool-dkms/4.1.9: broken"]);
+    }
+
+    #[test]
+    fn names_are_one_path_component() {
+        for ok in ["v4l2loopback", "0.12.7", "nvidia-current", "1.0+git20240101", "r8168_8.053"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "../../etc", "a/b", ".hidden", "a b", "a\nb"] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
     }
 
     #[test]

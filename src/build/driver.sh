@@ -17,14 +17,23 @@
 # The plan: make (the command line, run with eval like dkms does), patches (one per line),
 # post_add pre_build post_build (script names), modules ("<location>/<name>.ko<TAB>yes|no"
 # per line: the file and whether to strip it), header (make.log's first line).
-# Exit: 0 built (or aborted by the host); 8 the conf could not be evaluated; 6 a patch failed;
-# 10 make (or a PRE_/POST_BUILD script) failed; 7 a module named in BUILT_MODULE_NAME was not
-# produced. Messages on stderr name the step.
+# Exit: 0 built (or aborted by the host); 8 the conf could not be evaluated; 6 a patch failed; 10 make (or a PRE_/POST_BUILD script) failed; 7 a module
+# named in BUILT_MODULE_NAME was not produced; 17 a module is a symbolic link (refused);
+# 34 the build used more disk than ckms_space_kib. Messages on stderr name the step.
+#
+# This script runs as the container's PID 1: the build runs in a child process, and this
+# process watches its disk use. The build runs as the same uid, but inside the container's PID
+# namespace nothing can kill PID 1, and its exit status is the container's: a build can stop
+# its own steps, not the watchdog, nor forge its verdict.
 
+# Inputs come from the environment (see above).
+# shellcheck disable=SC2154
 set -u
 mkdir -p "$ckms_out" || exit 10
 
-if ! bash "$ckms_dir/eval.sh" >"$ckms_dir/conf.tmp" 2>"$ckms_out/eval.err"; then
+# Phase 1. The conf is the module author's bash: it runs in its own process, bounded like the
+# build (no file past the space limit; the container's timeout).
+if ! (ulimit -f "$ckms_space_kib" && exec bash "$ckms_dir/eval.sh") >"$ckms_dir/conf.tmp" 2>"$ckms_out/eval.err"; then
     exit 8
 fi
 mv "$ckms_dir/conf.tmp" "$ckms_dir/conf.json"
@@ -34,6 +43,7 @@ for v in make patches post_add pre_build post_build modules header; do
     printf -v "ckms_$v" '%s' "$(<"$ckms_dir/plan/$v")"
 done
 
+# Phase 2.
 log=$ckms_out/make.log
 printf '%s\n%s\n\n' "$ckms_header" "$(date)" >"$log"
 
@@ -44,83 +54,137 @@ fail() {
 
 cd "$ckms_build_dir" || fail 10 "cannot enter $ckms_build_dir"
 ln -s build ../source 2>/dev/null
-
-# The volume is on the host's disk: bound what the build can write. The watchdog leaves a
-# marker the host reads, then kills every process of the build user (itself included).
-ulimit -f "$ckms_space_kib"
 tree=${ckms_build_dir%/*/*/*}
-(
-    while sleep 1; do
-        used=$(du -skx "$tree" 2>/dev/null) || continue
-        if ((${used%%[[:space:]]*} > ckms_space_kib)); then
-            printf 'ckms: the build used more than %d MiB of disk; stopped\n' $((ckms_space_kib / 1024)) >>"$log"
-            : >"$ckms_out/space-exceeded"
-            kill -KILL -1
-        fi
-    done
-) </dev/null >/dev/null 2>&1 &
 
 # dkms's run_build_script: the script is named relative to the build directory and may carry
-# arguments; a script that is not executable is a warning, a failing one is fatal.
+# arguments; a script that is not executable is a warning, a failing one is fatal. Its output
+# goes to make.log (in the volume, where the disk limit holds), not to the container's log.
 run_script() {
     local what=$1 script=$2
     [[ -n $script ]] || return 0
     local run="$ckms_build_dir/$script"
     if [[ -x ${run%% *} ]]; then
-        printf '\nRunning the %s script:\n' "$what"
+        printf '\nRunning the %s script:\n' "$what" >>"$log"
         # shellcheck disable=SC2086
-        (cd "$ckms_build_dir" && exec $run) || fail 10 "the $what script ($script) failed with status $?"
+        (cd "$ckms_build_dir" && exec $run) >>"$log" 2>&1 </dev/null ||
+            fail 10 "the $what script ($script) failed with status $?"
     else
         printf 'Warning: the %s script is not executable: %s\n' "$what" "$script" >&2
     fi
 }
 
-run_script post_add "${ckms_post_add-}"
+# Everything the module's own code runs. Runs in a child process (see the top).
+build() {
+    # The watchdog's timer is not the build's business.
+    exec {tick_fd}>&-
+    # The volume is on the host's disk: no single file may grow past the limit.
+    ulimit -f "$ckms_space_kib"
 
-while IFS= read -r patch; do
-    [[ -n $patch ]] || continue
-    printf 'Applying patch %s\n' "$patch" | tee -a "$log"
-    patch -p1 <"patches/$patch" >>"$log" 2>&1 || fail 6 "applying patch $patch failed (see make.log)"
-done <<<"${ckms_patches-}"
+    run_script post_add "${ckms_post_add-}"
 
-run_script pre_build "${ckms_pre_build-}"
+    while IFS= read -r patch; do
+        [[ -n $patch ]] || continue
+        printf 'Applying patch %s\n' "$patch" >>"$log"
+        patch -p1 <"patches/$patch" >>"$log" 2>&1 || fail 6 "applying patch $patch failed (see make.log)"
+    done <<<"${ckms_patches-}"
 
-printf 'Building module(s): %s\n' "$ckms_make"
-# dkms evals the command (so `;`, `&&` and subshells in MAKE work) with output to make.log;
-# with --verbose it also goes to the container's output, which the host streams.
-if [[ -n ${ckms_verbose-} ]]; then
-    ( eval "$ckms_make" ) 2>&1 </dev/null | tee -a "$log"
-    status=${PIPESTATUS[0]}
-else
-    ( eval "$ckms_make" ) >>"$log" 2>&1 </dev/null
-    status=$?
-fi
-if ((status != 0)); then
-    printf 'ckms: make returned %d\n' "$status" >>"$log"
-    fail 10 "make returned $status"
-fi
+    run_script pre_build "${ckms_pre_build-}"
 
-missing=0
-while IFS=$'\t' read -r ko strip; do
-    [[ -n $ko ]] || continue
-    if [[ ! -f $ko || -L $ko ]]; then
-        printf 'ckms: %s was not built\n' "$ko" | tee -a "$log" >&2
-        missing=1
+    printf 'Building module(s): %s\n' "$ckms_make"
+    # dkms evals the command (so `;`, `&&` and subshells in MAKE work) with output to make.log;
+    # with --verbose it also goes to the container's output, which the host streams.
+    local status
+    if [[ -n ${ckms_verbose-} ]]; then
+        (eval "$ckms_make") 2>&1 </dev/null | tee -a "$log"
+        status=${PIPESTATUS[0]}
+    else
+        (eval "$ckms_make") >>"$log" 2>&1 </dev/null
+        status=$?
     fi
-done <<<"$ckms_modules"
-((missing == 0)) || exit 7
-
-run_script post_build "${ckms_post_build-}"
-
-# dkms strips each module with `strip -g` unless STRIP[#] says no, before signing and
-# compression (which ckms does on the host, where the key lives).
-mkdir -p "$ckms_out/modules" || exit 10
-while IFS=$'\t' read -r ko strip; do
-    [[ -n $ko ]] || continue
-    out=$ckms_out/modules/${ko##*/}
-    cp -- "$ko" "$out" || fail 10 "cannot copy $ko"
-    if [[ $strip == yes ]]; then
-        strip -g "$out" || fail 10 "strip -g $ko failed"
+    if ((status != 0)); then
+        printf 'ckms: make returned %d\n' "$status" >>"$log"
+        fail 10 "make returned $status"
     fi
-done <<<"$ckms_modules"
-exit 0
+
+    local missing=0 linked=0 ko strip
+    while IFS=$'\t' read -r ko strip; do
+        [[ -n $ko ]] || continue
+        if [[ -L $ko ]]; then
+            # dkms would copy what it points to; in the sandbox that is the container's file,
+            # but a module is a file the build made, never a link to one.
+            printf 'ckms: %s is a symbolic link (to %s), not a module: refused\n' "$ko" "$(readlink -- "$ko")" |
+                tee -a "$log" >&2
+            linked=1
+        elif [[ ! -f $ko ]]; then
+            printf 'ckms: %s was not built\n' "$ko" | tee -a "$log" >&2
+            missing=1
+        fi
+    done <<<"$ckms_modules"
+    ((linked == 0)) || exit 17
+    ((missing == 0)) || exit 7
+
+    run_script post_build "${ckms_post_build-}"
+
+    # dkms strips each module with `strip -g` unless STRIP[#] says no, before signing and
+    # compression (which ckms does on the host, where the key lives). The build may have
+    # planted links in the output directory: they are removed, and the host refuses any
+    # that come back anyway.
+    rm -rf "$ckms_out/modules" && mkdir -p "$ckms_out/modules" || exit 10
+    while IFS=$'\t' read -r ko strip; do
+        [[ -n $ko ]] || continue
+        local out=$ckms_out/modules/${ko##*/}
+        cp --remove-destination -- "$ko" "$out" || fail 10 "cannot copy $ko"
+        if [[ $strip == yes ]]; then
+            strip -g "$out" || fail 10 "strip -g $ko failed"
+        fi
+    done <<<"$ckms_modules"
+    exit 0
+}
+
+# True when the tree holds more than the limit. du prints its total even when it fails; it
+# fails on files that vanished meanwhile (common in builds) and on directories it cannot read,
+# which would hide their files: then everything gets its owner's permissions back (the build
+# user owns the whole tree) and du counts again.
+over_space() {
+    local used
+    if ! used=$(du -skx -- "$tree" 2>/dev/null); then
+        chmod -R u+rwX -- "$tree" 2>/dev/null
+        used=$(du -skx -- "$tree" 2>/dev/null)
+    fi
+    used=${used%%[[:space:]]*}
+    [[ $used =~ ^[0-9]+$ ]] && ((used > ckms_space_kib))
+}
+
+stop_for_space() {
+    printf 'ckms: the build used more than %d MiB of disk; stopped\n' $((ckms_space_kib / 1024)) |
+        tee -a "$log" >&2
+    exit 34
+}
+
+# A sleep that needs no fork (a fork bomb may have used every process): read with a timeout
+# from a FIFO nobody writes to. Outside the volume, so it is not copied back.
+tick=$(mktemp -u /tmp/ckms-tick.XXXXXX) && mkfifo -m 600 "$tick" && exec {tick_fd}<>"$tick" && rm -f "$tick" ||
+    fail 10 "cannot create the watchdog's timer"
+
+build &
+pid=$!
+# Inside its PID namespace nothing can SIGKILL or SIGSTOP PID 1, and signals it has no handler
+# for are dropped; but bash has handlers for the terminating ones, and as PID 1 it exits on
+# them. A trap keeps this process alive; the build child was forked before, with the defaults.
+trap : HUP INT QUIT ABRT BUS FPE SEGV USR1 USR2 PIPE ALRM TERM XCPU XFSZ VTALRM PROF SYS
+while kill -0 "$pid" 2>/dev/null; do
+    read -r -t 1 -u "$tick_fd" _
+    if over_space; then
+        # Every process of the build user except this one (PID 1 is never signalled by -1).
+        kill -KILL -1 2>/dev/null
+        wait "$pid"
+        stop_for_space
+    fi
+done
+wait "$pid"
+status=$?
+# A file that hit `ulimit -f` (SIGXFSZ) failed the build before the next round of checks.
+if ((status != 0)) && over_space; then
+    stop_for_space
+fi
+exit "$status"

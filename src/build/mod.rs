@@ -12,7 +12,7 @@ mod eval;
 mod run;
 
 pub use eval::evaluate_conf;
-pub use run::{run_build, run_script, Built, Job, Ran, Resolver, CONTAINER_TREE};
+pub use run::{run_build, run_script, status, Built, Job, Ran, Resolver, CONTAINER_TREE};
 
 use std::path::PathBuf;
 use thiserror::Error;
@@ -38,7 +38,7 @@ pub enum BuildError {
 
 /// A build that ran and failed; `log` is where make.log was kept on the host.
 #[derive(Debug, Error)]
-#[error("{what} for {module}/{version} on kernel {kernel} ({arch})")]
+#[error("{module}/{version} for kernel {kernel} ({arch}): {what}")]
 pub struct Failure {
     pub what: String,
     pub module: String,
@@ -47,6 +47,9 @@ pub struct Failure {
     pub arch: String,
     pub code: i32,
     pub log: PathBuf,
+    /// What to do about it, when ckms can tell (e.g. "the sandbox has no network: ..."),
+    /// shown before dkms's "Consult <make.log>".
+    pub advice: Option<String>,
 }
 
 impl Diagnose for BuildError {
@@ -65,7 +68,11 @@ impl Diagnose for BuildError {
             BuildError::Conf(e) => e.hint(),
             BuildError::Artifact(e) => e.hint(),
             BuildError::Input(_) => None,
-            BuildError::Failed(f) => Some(format!("Consult {} for more information.", f.log.display())),
+            BuildError::Failed(f) => Some(format!(
+                "{}Consult {} for more information.",
+                f.advice.as_ref().map(|a| format!("{a}. ")).unwrap_or_default(),
+                f.log.display()
+            )),
         }
     }
 }

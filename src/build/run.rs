@@ -59,14 +59,27 @@ pub enum Ran {
     Stopped,
 }
 
+/// The driver's exit statuses (see driver.sh).
+pub mod status {
+    pub const BAD_CONF: i64 = 8;
+    pub const PATCH_FAILED: i64 = 6;
+    pub const MODULE_MISSING: i64 = 7;
+    pub const MAKE_FAILED: i64 = 10;
+    pub const MODULE_IS_LINK: i64 = 17;
+    pub const SPACE_EXCEEDED: i64 = 34;
+}
+
 /// What came back from a build, unpacked into a host directory.
 #[derive(Debug)]
 pub struct Built {
-    /// The container's exit status (0 built, 6 patch, 7 module missing, 10 make failed).
+    /// The container's exit status: 0 built, else one of [`status`].
     pub status: i64,
     pub timed_out: bool,
     /// The build wrote more than its space limit and was stopped.
     pub space_exceeded: bool,
+    /// What the build returned that was not accepted (links, devices, paths climbing out),
+    /// and why; left out, never followed.
+    pub refused: Vec<(String, &'static str)>,
     /// The driver's own output (script messages, not make's).
     pub log: Vec<u8>,
     /// make.log, if the build got that far.
@@ -151,8 +164,11 @@ pub async fn run_build(
     let exchange = Exchange { request: format!("{ckms_dir}/conf.json"), reply_dir: format!("{ckms_dir}/plan") };
     let outcome = engine.run_exchange(&spec, &exchange, &answer).await?;
     let mut written = Vec::new();
+    let mut refused = Vec::new();
     for (_, tar) in &outcome.outputs {
-        written.extend(crate::artifact::unpack(&tar[..], dest, 0, MAX_OUTPUT)?);
+        let unpacked = crate::artifact::unpack_lenient(&tar[..], dest, 0, MAX_OUTPUT)?;
+        written.extend(unpacked.written);
+        refused.extend(unpacked.refused);
     }
     let decided = decided.into_inner().ok().flatten();
     let plan = match decided {
@@ -169,7 +185,8 @@ pub async fn run_build(
         }
     };
     let make_log = written.iter().find(|p| p.as_os_str() == "make.log").map(|p| dest.join(p));
-    let space_exceeded = written.iter().any(|p| p.as_os_str() == "space-exceeded");
+    // The driver is the container's PID 1: its exit status is not the build's to forge.
+    let space_exceeded = !outcome.timed_out && outcome.exit_code == status::SPACE_EXCEEDED;
     // Only the modules the plan names count; anything else a Makefile slipped in is ignored.
     let wanted: Vec<PathBuf> =
         plan.modules.iter().map(|m| Path::new("modules").join(format!("{}.ko", m.built_name))).collect();
@@ -178,6 +195,7 @@ pub async fn run_build(
         status: outcome.exit_code,
         timed_out: outcome.timed_out,
         space_exceeded,
+        refused,
         log: outcome.log,
         make_log,
         modules,

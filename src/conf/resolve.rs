@@ -174,6 +174,15 @@ fn config_enabled(config: &str, name: &str) -> bool {
 }
 
 /// dkms's rule: a DEST_MODULE_LOCATION must lie under /kernel, /updates or /extra.
+fn not_a_name(origin: &str, directive: &str, value: &str) -> ConfError {
+    invalid(
+        origin,
+        directive,
+        format!("{value:?} is not a plain name"),
+        "use a name without '/', blanks, or a leading '.'; (BUILT_MODULE_LOCATION says where a module is built)",
+    )
+}
+
 fn valid_dest(location: &str) -> bool {
     ["/kernel", "/updates", "/extra"]
         .iter()
@@ -190,6 +199,12 @@ pub fn resolve(raw: &RawConf, kernel: &KernelFacts, dest: &DestPolicy) -> Result
     };
     let package_name = required("PACKAGE_NAME")?;
     let package_version = required("PACKAGE_VERSION")?;
+    // Names become path components on the host: none may climb out of its directory.
+    for (directive, value) in [("PACKAGE_NAME", &package_name), ("PACKAGE_VERSION", &package_version)] {
+        if !crate::tree::valid_name(value) {
+            return Err(not_a_name(origin, directive, value));
+        }
+    }
 
     // Validation comes before BUILD_EXCLUSIVE: a broken conf is an error on every kernel, not
     // only on the kernels it happens to be built for.
@@ -204,6 +219,9 @@ pub fn resolve(raw: &RawConf, kernel: &KernelFacts, dest: &DestPolicy) -> Result
     }
     for directive in ["BUILT_MODULE_NAME", "DEST_MODULE_NAME"] {
         for (i, name) in raw.array(directive) {
+            if !name.is_empty() && !crate::tree::valid_name(name) {
+                return Err(not_a_name(origin, &format!("{directive}[{i}]"), name));
+            }
             if name.ends_with(".ko") {
                 return Err(invalid(
                     origin,

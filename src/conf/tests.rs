@@ -367,3 +367,16 @@ fn override_files_apply_in_order() {
     assert_eq!(r.scalar("MAKE"), Some("by-arch"));
     assert_eq!(r.scalar("STRIP"), Some("no"));
 }
+
+#[test]
+fn names_that_would_leave_their_directory_are_refused() {
+    for (directive, value) in
+        [("BUILT_MODULE_NAME", "../../../../etc/passwd"), ("BUILT_MODULE_NAME", "sub/m"), ("DEST_MODULE_NAME", "../m")]
+    {
+        let msg = error(&raw(&[("BUILT_MODULE_NAME", 0, "m"), (directive, 0, value)]));
+        assert!(msg.contains(&format!("{directive}[0]")) && msg.contains("not a plain name"), "{msg}");
+    }
+    let mut r = raw(&[("BUILT_MODULE_NAME", 0, "m")]);
+    r.directives.get_mut("PACKAGE_NAME").unwrap().insert(0, "../../tmp/x".into());
+    assert!(error(&r).contains("PACKAGE_NAME"));
+}

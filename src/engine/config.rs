@@ -2,7 +2,7 @@
 //! without an engine.
 
 use super::{EngineError, EngineKind, RunSpec};
-use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
 use std::collections::HashMap;
 
 /// What an engine enforces, decided once from its info.
@@ -28,6 +28,15 @@ pub const DEFAULT_NPROC: i64 = 4096;
 
 /// Label put on every container ckms creates, so leftovers can be found and removed.
 pub const RUN_LABEL: &str = "io.ckms.run";
+
+/// The most container output (stdout and stderr) the engine keeps on the host's disk. The
+/// build's own output goes to make.log in its volume; what reaches the engine's log file is
+/// ckms's messages, unless a hostile build writes there on purpose (e.g. to /proc/1/fd/1).
+pub const LOG_MAX_BYTES: u64 = 8 << 20;
+
+/// Size of the tmpfs on /var/tmp and /run. Rootless Podman mounts both (with --read-only)
+/// at half the host's RAM; memory that no cgroup limits there.
+const SMALL_TMPFS_BYTES: i64 = 16 << 20;
 
 /// Parses a numeric "uid[:gid]" and refuses root: builds never run as root, even in a user
 /// namespace, and the scratch directory is chowned to these ids.
@@ -64,7 +73,30 @@ pub fn container_config(spec: &RunSpec, caps: &EngineCaps) -> ContainerCreateBod
         cap_drop: Some(vec!["ALL".into()]),
         security_opt: Some(vec!["no-new-privileges".into()]),
         readonly_rootfs: Some(true),
-        tmpfs: Some(HashMap::from([("/tmp".to_string(), format!("rw,nosuid,nodev,size={},mode=1777", l.tmpfs_bytes))])),
+        tmpfs: Some(HashMap::from([
+            ("/tmp".to_string(), format!("rw,nosuid,nodev,size={},mode=1777", l.tmpfs_bytes)),
+            ("/var/tmp".to_string(), format!("rw,nosuid,nodev,size={SMALL_TMPFS_BYTES},mode=1777")),
+            ("/run".to_string(), format!("rw,nosuid,nodev,size={SMALL_TMPFS_BYTES},mode=755")),
+        ])),
+        // The command is PID 1, which the build (same uid) cannot kill: ckms's build driver
+        // keeps its disk watchdog there. A daemon configured with "init": true would put
+        // docker-init in that place.
+        init: Some(false),
+        // The engine writes the container's output to a file on the host: bounded, or a
+        // build printing without end fills the host's disk.
+        log_config: Some(HostConfigLogConfig {
+            typ: Some(match caps.kind {
+                super::EngineKind::Docker => "json-file".into(),
+                super::EngineKind::Podman => "k8s-file".into(),
+            }),
+            config: Some(match caps.kind {
+                super::EngineKind::Docker => HashMap::from([
+                    ("max-size".to_string(), LOG_MAX_BYTES.to_string()),
+                    ("max-file".to_string(), "1".to_string()),
+                ]),
+                super::EngineKind::Podman => HashMap::from([("max-size".to_string(), LOG_MAX_BYTES.to_string())]),
+            }),
+        }),
         memory,
         // Equal to memory: no swap on top of the limit.
         memory_swap: memory,
@@ -282,8 +314,16 @@ mod tests {
         assert_eq!(c.user.as_deref(), Some("1000:1000"));
         assert_eq!(c.working_dir.as_deref(), Some("/build/src"));
         assert_eq!(c.volumes, Some(vec!["/build".to_string()]));
-        let tmp = &h.tmpfs.unwrap()["/tmp"];
+        let tmpfs = h.tmpfs.unwrap();
+        let tmp = &tmpfs["/tmp"];
         assert!(tmp.contains("size=1048576") && tmp.contains("mode=1777"), "{tmp}");
+        // Podman's own tmpfs there would be half the host's RAM.
+        assert!(tmpfs["/var/tmp"].contains("size=16777216"), "{tmpfs:?}");
+        assert!(tmpfs["/run"].contains("mode=755"), "{tmpfs:?}");
+        assert_eq!(h.init, Some(false), "the command is PID 1");
+        let log = h.log_config.unwrap();
+        assert_eq!(log.typ.as_deref(), Some("json-file"));
+        assert_eq!(log.config.unwrap()["max-size"], LOG_MAX_BYTES.to_string());
     }
 
     #[test]

@@ -7,12 +7,13 @@ use crate::report::Reporter;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// How long one candidate gets to answer ping and version.
-/// A socket that is not there fails at once; one that is there but slow (a busy rootless
-/// Podman answers /info in 2-3 s) gets this long before the next candidate is tried.
+/// How long one discovered candidate gets to answer ping and version. A socket that is not
+/// there fails at once; one that is there but slow (a busy rootless Podman answers /info in
+/// 2-3 s) gets this long before the next candidate is tried.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-/// An endpoint the user named is the one wanted: a busy engine gets longer to answer.
-const EXPLICIT_PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long an engine the user named gets: there is no other to fall back to, and a busy
+/// rootless Podman 4 takes seconds to answer /info (2-3 s with a dozen clients at once).
+const EXPLICIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a freshly started private service gets to answer.
 const SERVICE_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// The environment variables naming an engine, first set wins.
@@ -158,7 +159,7 @@ pub async fn connect(settings: &EngineSettings, report: &dyn Reporter) -> Result
     let explicit = cands.iter().any(|c| c.origin.is_explicit());
     let mut tried = Vec::new();
     for c in &cands {
-        let timeout = if c.origin.is_explicit() { EXPLICIT_PROBE_TIMEOUT } else { PROBE_TIMEOUT };
+        let timeout = if c.origin.is_explicit() { EXPLICIT_TIMEOUT } else { PROBE_TIMEOUT };
         match DockerApi::connect(&c.host, timeout).await {
             Ok(engine) => return Ok(connected(engine, None, report)),
             Err(why) => tried.push((c.host.clone(), why)),

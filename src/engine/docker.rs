@@ -20,6 +20,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// The most ckms copies out of one container path (a tar of the build's results).
+const MAX_DOWNLOAD: u64 = 2 << 30;
 /// Time for ordinary API calls (create, start, inspect, remove).
 const API_TIMEOUT: Duration = Duration::from_secs(120);
 /// Time for loading one image archive (hundreds of MB; Podman's vfs driver copies every layer).
@@ -257,14 +259,27 @@ impl DockerApi {
     /// A path from the container as tar bytes; None if it does not exist.
     async fn download(&self, id: &str, path: &str) -> Result<Option<Vec<u8>>, EngineError> {
         let opts = DownloadFromContainerOptionsBuilder::new().path(path).build();
-        let res = self
-            .docker
-            .download_from_container(id, Some(opts))
-            .try_fold(Vec::new(), |mut acc, b| async move {
-                acc.extend_from_slice(&b);
-                Ok(acc)
-            })
-            .await;
+        // What a container returns is the build's to choose: bounded, in ckms's memory too.
+        let mut stream = self.docker.download_from_container(id, Some(opts));
+        let mut bytes = Vec::new();
+        let mut res = Ok(());
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(b) if (bytes.len() + b.len()) as u64 > MAX_DOWNLOAD => {
+                    return Err(EngineError::api(
+                        self.endpoint(),
+                        format!("copy {path} out of container {id}"),
+                        format!("it holds more than {} MiB", MAX_DOWNLOAD >> 20),
+                    ));
+                }
+                Ok(b) => bytes.extend_from_slice(&b),
+                Err(e) => {
+                    res = Err(e);
+                    break;
+                }
+            }
+        }
+        let res = res.map(|()| bytes);
         match res {
             Ok(bytes) => super::config::output_tar(&bytes, path).map(Some).map_err(|e| {
                 EngineError::api(

@@ -84,6 +84,11 @@ impl Diagnose for ImageError {
     }
 }
 
+/// Process limit of a sandboxed run unless `[build] pids` says otherwise.
+pub const DEFAULT_PIDS: i64 = 4096;
+/// Memory limit of a sandboxed run unless `[build] memory_mib` says otherwise.
+pub const DEFAULT_MEMORY_BYTES: i64 = 4 << 30;
+
 /// A sandboxed run in a builder image: the recipe's non-root user, its workdir as the one
 /// writable volume (sources in, results out), no network, bounded resources and time.
 pub fn run_spec(
@@ -104,8 +109,8 @@ pub fn run_spec(
         input,
         outputs: vec![dir],
         limits: crate::engine::Limits {
-            memory_bytes: Some(4 << 30),
-            pids: Some(4096),
+            memory_bytes: Some(DEFAULT_MEMORY_BYTES),
+            pids: Some(DEFAULT_PIDS),
             nano_cpus: None,
             tmpfs_bytes: 1 << 30,
             timeout,

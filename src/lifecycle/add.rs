@@ -19,6 +19,11 @@ pub enum AddSource {
 impl Lifecycle<'_> {
     /// Adds a module version to the tree; adding what is already there is a no-op.
     pub fn add(&self, source: &AddSource, names: Option<&ModuleVersion>) -> Result<ModuleVersion, Error> {
+        let given = names.into_iter().chain(match source {
+            AddSource::Tree(mv) => Some(mv),
+            _ => None,
+        });
+        super::check_names(given.flat_map(|mv| [mv.module.as_str(), mv.version.as_str()]))?;
         let mv = match source {
             AddSource::Tree(mv) => mv.clone(),
             AddSource::Dir(dir) => self.import_dir(dir, names)?,
@@ -92,17 +97,32 @@ impl Lifecycle<'_> {
                         ),
                     })
                 };
-                ModuleVersion { module: get("PACKAGE_NAME")?, version: get("PACKAGE_VERSION")? }
+                let mv = ModuleVersion { module: get("PACKAGE_NAME")?, version: get("PACKAGE_VERSION")? };
+                // The names make the path the source is copied to: none may climb out.
+                for (directive, value) in [("PACKAGE_NAME", &mv.module), ("PACKAGE_VERSION", &mv.version)] {
+                    if !crate::tree::valid_name(value) {
+                        return Err(crate::conf::invalid(
+                            &conf.display().to_string(),
+                            directive,
+                            format!("{value:?} is not a plain name"),
+                            "use a name without '/', blanks, or a leading '.'",
+                        )
+                        .into());
+                    }
+                }
+                mv
             }
         };
         let target = self.source_dir(&mv);
         let same = |a: &Path, b: &Path| std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok();
         if target.exists() {
-            if same(dir, &target) {
+            // The same directory, or a copy of it (a tarball loaded again after `remove`,
+            // which keeps the source, as dkms's does): nothing to copy.
+            if same(dir, &target) || same_contents(dir, &target) {
                 return Ok(mv);
             }
             if !self.opts.force {
-                return Err(LifecycleError::AlreadyAdded {
+                return Err(LifecycleError::SourceDiffers {
                     module: mv.module.clone(),
                     version: mv.version.clone(),
                     existing: target,
@@ -147,6 +167,35 @@ fn source_root(top: &Path) -> Option<PathBuf> {
         [one] if one.join("dkms.conf").is_file() => Some(one.clone()),
         _ => None,
     }
+}
+
+/// Whether two directory trees hold the same names, file contents and modes, and link targets.
+fn same_contents(a: &Path, b: &Path) -> bool {
+    fn listing(dir: &Path) -> Option<Vec<std::fs::DirEntry>> {
+        let mut v: Vec<_> = std::fs::read_dir(dir).ok()?.collect::<Result<_, _>>().ok()?;
+        v.sort_by_key(|e| e.file_name());
+        Some(v)
+    }
+    let (Some(la), Some(lb)) = (listing(a), listing(b)) else { return false };
+    la.len() == lb.len()
+        && la.iter().zip(&lb).all(|(ea, eb)| {
+            use std::os::unix::fs::PermissionsExt;
+            let (Ok(ma), Ok(mb)) = (std::fs::symlink_metadata(ea.path()), std::fs::symlink_metadata(eb.path())) else {
+                return false;
+            };
+            ea.file_name() == eb.file_name()
+                && if ma.is_dir() && mb.is_dir() {
+                    same_contents(&ea.path(), &eb.path())
+                } else if ma.is_symlink() && mb.is_symlink() {
+                    std::fs::read_link(ea.path()).ok() == std::fs::read_link(eb.path()).ok()
+                } else if ma.is_file() && mb.is_file() {
+                    ma.len() == mb.len()
+                        && ma.permissions().mode() & 0o111 == mb.permissions().mode() & 0o111
+                        && std::fs::read(ea.path()).ok() == std::fs::read(eb.path()).ok()
+                } else {
+                    false
+                }
+        })
 }
 
 /// Copies a directory tree (files, dirs, symlinks as symlinks) into a fresh `to`, through a
@@ -212,6 +261,24 @@ mod tests {
         assert_eq!(autoinstall_setting("AUTOINSTALL=\"yes\"\n"), Some(true));
         assert_eq!(autoinstall_setting("MAKE=x\n"), Some(false));
         assert_eq!(autoinstall_setting("AUTOINSTALL=$(f)\n"), None);
+    }
+
+    #[test]
+    fn copies_count_as_the_same_source() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a");
+        std::fs::create_dir_all(a.join("sub")).unwrap();
+        std::fs::write(a.join("dkms.conf"), "PACKAGE_NAME=x\n").unwrap();
+        std::fs::write(a.join("sub/x.c"), "int x;\n").unwrap();
+        std::os::unix::fs::symlink("sub/x.c", a.join("link")).unwrap();
+        let b = d.path().join("b");
+        copy_tree(&a, &b).unwrap();
+        assert!(same_contents(&a, &b));
+        std::fs::write(b.join("sub/x.c"), "int y;\n").unwrap();
+        assert!(!same_contents(&a, &b));
+        std::fs::write(b.join("sub/x.c"), "int x;\n").unwrap();
+        std::fs::write(b.join("extra"), "").unwrap();
+        assert!(!same_contents(&a, &b));
     }
 
     #[test]

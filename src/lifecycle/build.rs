@@ -100,9 +100,9 @@ impl Lifecycle<'_> {
             vars: &vars,
             jobs: self.opts.jobs,
             timeout: self.ctx.config.build_timeout(),
-            space_bytes: limits.space_mib.unwrap_or(4096) << 20,
+            space_bytes: limits.space_mib.unwrap_or(DEFAULT_SPACE_MIB) << 20,
             memory_bytes: limits.memory_mib.unwrap_or(4096) << 20,
-            pids: limits.pids.unwrap_or(4096),
+            pids: limits.pids.unwrap_or(crate::image::DEFAULT_PIDS),
             follow: self.opts.verbose.then(|| {
                 let report = self.ctx.report.clone();
                 crate::engine::LogSink(std::sync::Arc::new(move |b: &[u8]| {
@@ -157,7 +157,23 @@ impl Lifecycle<'_> {
             }
         };
         if built.timed_out || built.space_exceeded || built.status != 0 {
-            return Err(self.failed(mv, target, &arch, &built)?.into());
+            return Err(self.failed(mv, target, &arch, &plan, &built, None)?.into());
+        }
+        for (path, why) in &built.refused {
+            self.report().warn(format!("{mv}: ignored {path:?} returned by the build: {why}"));
+        }
+        // A module the driver copied but that came back as something else (a link planted
+        // after the copy) was refused by the unpacker: missing here.
+        let wanted = |m: &crate::conf::Module| out.join("modules").join(format!("{}.ko", m.built_name));
+        let lost: Vec<String> = plan
+            .modules
+            .iter()
+            .filter(|m| !built.modules.contains(&wanted(m)))
+            .map(|m| format!("{}.ko", m.built_name))
+            .collect();
+        if !lost.is_empty() {
+            let what = format!("{} did not come back from the build as a regular file", lost.join(", "));
+            return Err(self.failed(mv, target, &arch, &plan, &built, Some(what))?.into());
         }
 
         // Assemble the result next to its final place, then rename: a built dir is complete or absent.
@@ -168,7 +184,7 @@ impl Lifecycle<'_> {
         std::fs::create_dir_all(staged.join("module")).map_err(LifecycleError::io(&staged))?;
         std::fs::create_dir_all(staged.join("log")).map_err(LifecycleError::io(&staged))?;
         for m in &plan.modules {
-            let from = out.join("modules").join(format!("{}.ko", m.built_name));
+            let from = wanted(m);
             let bytes = std::fs::read(&from).map_err(LifecycleError::io(&from))?;
             let file = PathBuf::from("module").join(format!("{}.ko{}", m.built_name, compression.suffix()));
             let packed = compression.compress(&bytes).map_err(LifecycleError::io(&from))?;
@@ -214,14 +230,18 @@ impl Lifecycle<'_> {
         })
     }
 
-    /// A failed build: make.log goes where dkms leaves it, `<m>/<v>/build/make.log`.
+    /// A failed build: make.log goes where dkms leaves it, `<m>/<v>/build/make.log`. `what`
+    /// overrides the failure's description (the build ran, but its result was refused).
     fn failed(
         &self,
         mv: &ModuleVersion,
         target: &KernelTarget,
         arch: &str,
+        plan: &BuildPlan,
         built: &crate::build::Built,
+        what: Option<String>,
     ) -> Result<BuildError, Error> {
+        use crate::build::status;
         let build_dir = self.roots.module_dir(&mv.module, &mv.version).join("build");
         std::fs::create_dir_all(&build_dir).map_err(LifecycleError::io(&build_dir))?;
         let log = build_dir.join("make.log");
@@ -231,14 +251,63 @@ impl Lifecycle<'_> {
             text.extend_from_slice(b"\n--- ckms: build container output ---\n");
             text.extend_from_slice(&built.log);
         }
+        for (path, why) in &built.refused {
+            text.extend_from_slice(format!("ckms: refused {path:?} returned by the build: {why}\n").as_bytes());
+        }
         std::fs::write(&log, &text).map_err(LifecycleError::io(&log))?;
-        let space = self.ctx.config.build.space_mib.unwrap_or(4096);
-        let (what, code) = match (built.timed_out, built.status) {
-            (true, _) => (format!("the build did not finish in {:?}", self.ctx.config.build_timeout()), code::TIMEOUT),
-            _ if built.space_exceeded => (format!("the build used more than {space} MiB of disk"), code::IO),
-            (_, 6) => ("a patch did not apply".to_string(), code::INSTALL_FAILED),
-            (_, 7) => ("a module named in BUILT_MODULE_NAME was not built".to_string(), code::MODULE_MISSING),
-            _ => ("Bad return status for module build".to_string(), code::BUILD_FAILED),
+        let limits = &self.ctx.config.build;
+        let space = limits.space_mib.unwrap_or(DEFAULT_SPACE_MIB);
+        let timeout = self.ctx.config.build_timeout();
+        let (what, code, advice) = match (what, built.timed_out, built.status) {
+            (Some(what), _, _) => (what, code::MODULE_MISSING, Some(LINK_ADVICE.to_string())),
+            (None, true, _) => (
+                format!("the build did not finish in {} s and was stopped", timeout.as_secs()),
+                code::TIMEOUT,
+                Some(
+                    "If the module is only slow to build, raise the limit: CKMS_BUILD_TIMEOUT=<seconds> or \
+                     [build] timeout_secs in /etc/ckms/config.toml"
+                        .to_string(),
+                ),
+            ),
+            _ if built.space_exceeded => (
+                format!("the build used more than {space} MiB of disk and was stopped"),
+                code::IO,
+                Some(format!(
+                    "The build's disk space is limited to {space} MiB; if the module really needs more, \
+                     raise [build] space_mib in /etc/ckms/config.toml"
+                )),
+            ),
+            (_, _, status::PATCH_FAILED) => ("a patch did not apply".to_string(), code::INSTALL_FAILED, None),
+            (_, _, status::MODULE_MISSING) => {
+                ("a module named in BUILT_MODULE_NAME was not built".to_string(), code::MODULE_MISSING, None)
+            }
+            (_, _, status::MODULE_IS_LINK) => {
+                // The driver names the links it refused; only names the plan has are repeated.
+                let stderr = String::from_utf8_lossy(&built.log);
+                let mut links: Vec<String> = plan
+                    .modules
+                    .iter()
+                    .map(|m| {
+                        let dir =
+                            if m.built_location.is_empty() { String::new() } else { format!("{}/", m.built_location) };
+                        format!("{dir}{}.ko", m.built_name)
+                    })
+                    .filter(|p| stderr.contains(&format!("ckms: {p} is a symbolic link")))
+                    .collect();
+                if links.is_empty() {
+                    links = plan.modules.iter().map(|m| format!("{}.ko", m.built_name)).collect();
+                }
+                (
+                    format!("{} is a symbolic link, not a built module: refused", links.join(", ")),
+                    code::MODULE_MISSING,
+                    Some(LINK_ADVICE.to_string()),
+                )
+            }
+            _ => (
+                "Bad return status for module build".to_string(),
+                code::BUILD_FAILED,
+                sandbox_advice(&text, limits.pids.unwrap_or(crate::image::DEFAULT_PIDS)),
+            ),
         };
         Ok(BuildError::Failed(Box::new(crate::build::Failure {
             what,
@@ -248,6 +317,7 @@ impl Lifecycle<'_> {
             arch: arch.to_string(),
             code,
             log,
+            advice,
         })))
     }
 
@@ -352,6 +422,47 @@ impl Lifecycle<'_> {
     }
 }
 
+/// `[build] space_mib` when unset.
+const DEFAULT_SPACE_MIB: i64 = 4096;
+
+const LINK_ADVICE: &str = "A module must be a regular file the build made: ckms never follows a link out of \
+                           the build (dkms would copy what it points to); fix the module's Makefile";
+
+/// What the sandbox refused, as make.log shows it, and what to do about it: a build that
+/// failed because it tried to download, to write outside its directory, or to fork without end.
+fn sandbox_advice(log: &[u8], pids: i64) -> Option<String> {
+    let text = String::from_utf8_lossy(log);
+    let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
+    let mut advice = Vec::new();
+    if has(&[
+        "Network is unreachable",
+        "Temporary failure in name resolution",
+        "Name or service not known",
+        "Could not resolve host",
+        "unable to resolve host",
+    ]) {
+        advice.push(
+            "The build tried to reach the network, which builds never have: ship what it downloads \
+             with the module's source"
+                .to_string(),
+        );
+    }
+    if has(&["Read-only file system"]) {
+        advice.push(
+            "The build tried to write outside its build directory: in the sandbox only the build \
+             directory and /tmp are writable; fix the module's Makefile"
+                .to_string(),
+        );
+    }
+    if has(&["fork: Resource temporarily unavailable", "fork: retry: Resource temporarily unavailable"]) {
+        advice.push(format!(
+            "The build hit its limit of {pids} processes (a fork bomb, or [build] pids in \
+             /etc/ckms/config.toml is too low)"
+        ));
+    }
+    (!advice.is_empty()).then(|| advice.join(". "))
+}
+
 /// Replaces `to` by the complete directory `from` (same filesystem): the old one is moved
 /// aside first and removed after, so `to` is always either the old or the new result.
 pub(super) fn commit_dir(from: &Path, to: &Path) -> std::io::Result<()> {
@@ -368,4 +479,20 @@ pub(super) fn commit_dir(from: &Path, to: &Path) -> std::io::Result<()> {
         std::fs::remove_dir_all(&old)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sandbox_advice;
+
+    #[test]
+    fn the_advice_names_what_the_sandbox_stopped() {
+        let network = sandbox_advice(b"bash: connect: Network is unreachable\n", 4096).unwrap();
+        assert!(network.contains("network"), "{network}");
+        let ro = sandbox_advice(b"touch: cannot touch '/etc/x': Read-only file system\n", 4096).unwrap();
+        assert!(ro.contains("outside its build directory"), "{ro}");
+        let bomb = sandbox_advice(b"bash: fork: retry: Resource temporarily unavailable\n", 256).unwrap();
+        assert!(bomb.contains("limit of 256 processes"), "{bomb}");
+        assert_eq!(sandbox_advice(b"hello.c:3: error: expected ';'\n", 4096), None);
+    }
 }

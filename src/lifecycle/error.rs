@@ -15,6 +15,8 @@ pub enum LifecycleError {
     WhichVersion { module: String, versions: Vec<String> },
     #[error("the tree already contains {module}/{version} from another source ({existing})")]
     AlreadyAdded { module: String, version: String, existing: PathBuf },
+    #[error("{existing} already holds another source of {module}/{version}")]
+    SourceDiffers { module: String, version: String, existing: PathBuf },
     #[error("{path}: {message}")]
     BadSource { path: PathBuf, message: String },
     #[error("{module}/{version} needs {dependency} (BUILD_DEPENDS), which is not in the tree")]
@@ -54,7 +56,9 @@ impl Diagnose for LifecycleError {
             LifecycleError::NoConf(_) | LifecycleError::BadSource { .. } | LifecycleError::Manifest { .. } => {
                 code::NO_CONF
             }
-            LifecycleError::NotInTree { .. } | LifecycleError::AlreadyAdded { .. } => code::NOT_IN_TREE,
+            LifecycleError::NotInTree { .. }
+            | LifecycleError::AlreadyAdded { .. }
+            | LifecycleError::SourceDiffers { .. } => code::NOT_IN_TREE,
             LifecycleError::NotBuilt { .. } => code::NOT_IN_TREE,
             LifecycleError::MissingDepends { .. }
             | LifecycleError::DependencyCycle { .. }
@@ -82,6 +86,9 @@ impl Diagnose for LifecycleError {
             }
             LifecycleError::AlreadyAdded { module, version, .. } => {
                 format!("`ckms remove -m {module} -v {version} --all` first")
+            }
+            LifecycleError::SourceDiffers { existing, .. } => {
+                format!("pass --force to replace {}, or move it away first", existing.display())
             }
             LifecycleError::BadSource { .. } => "fix the module source".into(),
             LifecycleError::MissingDepends { dependency, .. } => format!("add {dependency} first (`ckms add`)"),

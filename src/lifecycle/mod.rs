@@ -109,6 +109,7 @@ impl<'a> Lifecycle<'a> {
     /// Fills in a missing version the way dkms does: the only version in the tree (or the
     /// only `<m>-*` source directory).
     pub fn complete(&self, module: &str, version: Option<&str>) -> Result<ModuleVersion, Error> {
+        check_names(std::iter::once(module).chain(version))?;
         if let Some(v) = version {
             return Ok(ModuleVersion { module: module.into(), version: v.into() });
         }
@@ -122,6 +123,20 @@ impl<'a> Lifecycle<'a> {
             many => Err(LifecycleError::WhichVersion { module: module.into(), versions: many.to_vec() }.into()),
         }
     }
+}
+
+/// Module names and versions from the command line become path components: refuse any that
+/// would climb out of their directory.
+fn check_names<'n>(names: impl IntoIterator<Item = &'n str>) -> Result<(), Error> {
+    for name in names {
+        if !crate::tree::valid_name(name) {
+            return Err(Error::Usage {
+                message: format!("{name:?} is not a module name or version"),
+                hint: Some("names are single path components: no '/', blanks, or leading '.'".into()),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Versions `v` for which `<source_tree>/<module>-<v>/dkms.conf` exists.

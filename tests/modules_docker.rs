@@ -1,0 +1,19 @@
+//! Modules through the dkms verbs on Docker Engine (CKMS_TEST_DOCKER_HOST); fails when it is
+//! missing: hostile modules contained, and the whole cycle in a realistic --root tree.
+mod support;
+
+#[path = "scenario/hostile.rs"]
+mod hostile;
+
+#[path = "scenario/root_install.rs"]
+mod root_install;
+
+#[test]
+fn hostile_modules_on_docker() {
+    hostile::scenario("CKMS_TEST_DOCKER_HOST");
+}
+
+#[test]
+fn root_install_on_docker() {
+    root_install::scenario("CKMS_TEST_DOCKER_HOST");
+}
