@@ -109,7 +109,8 @@ pub async fn run_build(
         ("dkms.conf".into(), job.conf),
     ];
     files.extend(job.overrides.iter().map(|(n, b)| (format!("overrides/{n}"), b.as_slice())));
-    for dir in [CKMS_DIR.to_string(), format!("{CKMS_DIR}/overrides")] {
+    // plan/ exists from the start: Docker uploads only into a directory that exists.
+    for dir in [CKMS_DIR.to_string(), format!("{CKMS_DIR}/overrides"), format!("{CKMS_DIR}/plan")] {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Directory);
         h.set_mode(0o755);
