@@ -76,6 +76,9 @@ pub struct Args {
     /// match: the kernel whose installed modules are copied.
     #[arg(long, value_name = "KVER")]
     templatekernel: Option<String>,
+    /// ldtarball: the tarball (dkms's older `--archive=FILE` form; a plain path works too).
+    #[arg(long, value_name = "FILE")]
+    archive: Option<String>,
     /// mktarball: only the source / only the built modules.
     #[arg(long)]
     source_only: bool,
@@ -290,7 +293,11 @@ pub async fn run(ctx: &Context, out: &Output, verb: Verb) -> Result<i32, Error> 
             Ok(0)
         }
         "ldtarball" => {
-            let file = args.what.clone().ok_or_else(|| usage("ldtarball needs the tarball's path"))?;
+            let file = args
+                .archive
+                .clone()
+                .or(args.what.clone())
+                .ok_or_else(|| usage("ldtarball needs the tarball's path"))?;
             let mv = lc.ldtarball(std::path::Path::new(&file))?;
             out.result(&mv, || format!("Loaded {mv}\n"));
             Ok(0)
