@@ -52,7 +52,7 @@ enum Command {
     /// Check the container engine and settings; print each problem with its fix.
     Doctor,
     #[command(flatten)]
-    Verb(verbs::Verb),
+    Verb(Box<verbs::Verb>),
 }
 
 pub fn main() -> i32 {
@@ -95,7 +95,7 @@ async fn run(cli: Cli, report: Arc<dyn Reporter>) -> Result<i32, Error> {
         Command::Image(cmd) => image::run(&ctx, &out, cmd).await,
         Command::Profiles => system::profiles(&ctx, &out),
         Command::Doctor => system::doctor(&ctx, &out).await,
-        Command::Verb(verb) => verbs::run(&ctx, &out, verb).await,
+        Command::Verb(verb) => verbs::run(&ctx, &out, *verb).await,
     }
 }
 
