@@ -448,27 +448,17 @@ fn find_originals(t: &Target, prepared: &[Prepared]) -> Result<BTreeSet<PathBuf>
         }
     }
     // The kernel's own modules; symlinks are not followed.
-    let mut stack = vec![kdir.join("kernel")];
-    while let Some(dir) = stack.pop() {
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(InstallError::fs(&dir, e)),
-        };
-        for e in rd.filter_map(Result::ok) {
-            let Ok(kind) = e.file_type() else { continue };
-            if kind.is_dir() {
-                stack.push(e.path());
-            } else if kind.is_file()
-                && matches(&e.file_name().to_string_lossy())
-                && !prepared.iter().any(|p| p.dest == e.path())
-            {
-                if let Ok(rel) = e.path().strip_prefix(&kdir) {
-                    found.insert(rel.to_path_buf());
-                }
+    walk_files(&kdir.join("kernel"), &mut |e| {
+        let path = e.path();
+        if e.file_type().is_ok_and(|k| k.is_file())
+            && matches(&e.file_name().to_string_lossy())
+            && !prepared.iter().any(|p| p.dest == path)
+        {
+            if let Ok(rel) = path.strip_prefix(&kdir) {
+                found.insert(rel.to_path_buf());
             }
         }
-    }
+    })?;
     Ok(found)
 }
 
@@ -476,7 +466,21 @@ fn find_originals(t: &Target, prepared: &[Prepared]) -> Result<BTreeSet<PathBuf>
 fn backups(t: &Target) -> Result<Vec<PathBuf>, InstallError> {
     let root = t.roots.original_dir(t.module, t.kernel, t.arch);
     let mut out = Vec::new();
-    let mut stack = vec![root.clone()];
+    walk_files(&root, &mut |e| {
+        if !e.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+            if let Ok(rel) = e.path().strip_prefix(&root) {
+                out.push(rel.to_path_buf());
+            }
+        }
+    })?;
+    out.sort();
+    Ok(out)
+}
+
+/// Calls `visit` for every entry below `top` that is not a directory (symlinks are not
+/// followed); a missing directory is empty.
+fn walk_files(top: &Path, visit: &mut dyn FnMut(&fs::DirEntry)) -> Result<(), InstallError> {
+    let mut stack = vec![top.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
@@ -487,15 +491,12 @@ fn backups(t: &Target) -> Result<Vec<PathBuf>, InstallError> {
             let Ok(kind) = e.file_type() else { continue };
             if kind.is_dir() {
                 stack.push(e.path());
-            } else if !e.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
-                if let Ok(rel) = e.path().strip_prefix(&root) {
-                    out.push(rel.to_path_buf());
-                }
+            } else {
+                visit(&e);
             }
         }
     }
-    out.sort();
-    Ok(out)
+    Ok(())
 }
 
 /// Whether what is installed is exactly `prepared`.
