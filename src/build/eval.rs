@@ -53,18 +53,7 @@ pub async fn evaluate_conf(
 
 fn input_tar(files: &[(String, &[u8])]) -> std::io::Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
-    let mut dir = tar::Header::new_gnu();
-    dir.set_entry_type(tar::EntryType::Directory);
-    dir.set_mode(0o755);
-    dir.set_size(0);
-    b.append_data(&mut dir.clone(), CKMS_DIR, std::io::empty())?;
-    b.append_data(&mut dir, format!("{CKMS_DIR}/overrides"), std::io::empty())?;
-    for (name, bytes) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o644);
-        h.set_size(bytes.len() as u64);
-        b.append_data(&mut h, format!("{CKMS_DIR}/{name}"), *bytes)?;
-    }
+    super::append_files(&mut b, CKMS_DIR, &["overrides"], files)?;
     b.into_inner()
 }
 

@@ -76,3 +76,28 @@ impl Diagnose for BuildError {
         }
     }
 }
+
+/// Appends the directories `dirs` and then `files` (name, bytes) under `top` to `b`: ckms's
+/// own files for a container (scripts, the conf, overrides).
+fn append_files(
+    b: &mut tar::Builder<Vec<u8>>,
+    top: &str,
+    dirs: &[&str],
+    files: &[(String, &[u8])],
+) -> std::io::Result<()> {
+    for dir in std::iter::once("").chain(dirs.iter().copied()) {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        let path = if dir.is_empty() { top.to_string() } else { format!("{top}/{dir}") };
+        b.append_data(&mut h, path, std::io::empty())?;
+    }
+    for (name, bytes) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(bytes.len() as u64);
+        b.append_data(&mut h, format!("{top}/{name}"), *bytes)?;
+    }
+    Ok(())
+}

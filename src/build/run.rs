@@ -110,19 +110,7 @@ pub async fn run_build(
     ];
     files.extend(job.overrides.iter().map(|(n, b)| (format!("overrides/{n}"), b.as_slice())));
     // plan/ exists from the start: Docker uploads only into a directory that exists.
-    for dir in [CKMS_DIR.to_string(), format!("{CKMS_DIR}/overrides"), format!("{CKMS_DIR}/plan")] {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(0o755);
-        h.set_size(0);
-        input.append_data(&mut h, dir, std::io::empty()).map_err(BuildError::Input)?;
-    }
-    for (name, bytes) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o644);
-        h.set_size(bytes.len() as u64);
-        input.append_data(&mut h, format!("{CKMS_DIR}/{name}"), bytes).map_err(BuildError::Input)?;
-    }
+    super::append_files(&mut input, CKMS_DIR, &["overrides", "plan"], &files).map_err(BuildError::Input)?;
     let input = input.into_inner().map_err(BuildError::Input)?;
 
     let cmd = vec!["bash".into(), format!("{ckms_dir}/driver.sh")];
