@@ -26,6 +26,8 @@ pub mod code {
     pub const AUTOINSTALL_FAILED: i32 = 11;
     /// dkms: a BUILD_DEPENDS module is not in the tree.
     pub const MISSING_DEPENDS: i32 = 13;
+    /// ckms verify: a module did not load into its target kernel in the VM.
+    pub const NOT_LOADED: i32 = 12;
     /// dkms: kernel hook failed.
     pub const HOOK_FAILED: i32 = 14;
     /// dkms: kernel headers not found. ckms: no profile offers that kernel.
@@ -92,6 +94,8 @@ pub enum Error {
     Lifecycle(Box<crate::lifecycle::LifecycleError>),
     #[error(transparent)]
     Install(Box<crate::install::InstallError>),
+    #[error(transparent)]
+    Verify(Box<crate::verify::VerifyError>),
     #[error("{message}")]
     Usage { message: String, hint: Option<String> },
 }
@@ -105,6 +109,12 @@ impl From<crate::lifecycle::LifecycleError> for Error {
 impl From<crate::install::InstallError> for Error {
     fn from(e: crate::install::InstallError) -> Self {
         Error::Install(Box::new(e))
+    }
+}
+
+impl From<crate::verify::VerifyError> for Error {
+    fn from(e: crate::verify::VerifyError) -> Self {
+        Error::Verify(Box::new(e))
     }
 }
 
@@ -123,6 +133,7 @@ impl Error {
             Error::Artifact(e) => e,
             Error::Lifecycle(e) => e.as_ref(),
             Error::Install(e) => e.as_ref(),
+            Error::Verify(e) => e.as_ref(),
             Error::Usage { .. } => return None,
         })
     }

@@ -35,3 +35,4 @@ pub mod report;
 #[cfg(test)]
 mod testutil;
 pub mod tree;
+pub mod verify;

@@ -93,6 +93,9 @@ pub struct KernelRules {
     pub kernel_packages: Vec<Regex>,
     #[serde(with = "regex_one")]
     pub compiler: Regex,
+    /// The package holding a release's vmlinuz and in-tree modules (`{kver}`: the release),
+    /// which `ckms verify` boots.
+    pub image: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,6 +182,21 @@ pub struct Recipe {
     #[serde(default)]
     pub dirs: Vec<Dir>,
     pub config: ImageConfig,
+    /// Packages (with their dependencies) for the recipe's `packages` layer.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Where the verifier's initramfs takes busybox from.
+    #[serde(default)]
+    pub initramfs: Option<Initramfs>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Initramfs {
+    /// A package of the profile's repositories holding a static busybox.
+    pub package: String,
+    /// The binary's path in it (matched as a suffix: `bin/busybox` fits `usr/bin/busybox`).
+    pub busybox: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -24,13 +24,20 @@ pub const VERBS: &[&str] = &[
     "ldtarball",
     "kernel_postinst",
     "kernel_prerm",
+    "verify",
 ];
 
 /// What every verb takes: dkms's selection flags and tree roots.
 #[derive(clap::Args, Debug, Default)]
 pub struct Args {
-    /// module/version (or, for `add`, a source directory or tarball).
+    /// module/version (or, for `add`, a source directory or tarball; for `verify`, module files).
     what: Option<String>,
+    /// verify: more module files.
+    #[arg(value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// build, install: then load the modules into a VM running the kernel (see `verify`).
+    #[arg(long)]
+    verify: bool,
     /// Module name.
     #[arg(short = 'm', value_name = "MODULE")]
     module: Option<String>,
@@ -110,6 +117,8 @@ pub enum Verb {
     Mktarball(Args),
     /// Load a tarball written by mktarball (source and builds) into the tree.
     Ldtarball(Args),
+    /// Load built modules (-m M -v V, or FILE...) into a VM running the kernel; report each.
+    Verify(Args),
     /// What the kernel's postinst hook runs (= autoinstall).
     #[command(name = "kernel_postinst", hide = true)]
     KernelPostinst(Args),
@@ -169,6 +178,7 @@ pub async fn run(ctx: &Context, out: &Output, verb: Verb) -> Result<i32, Error> 
         Verb::Mktarball(a) => ("mktarball", a),
         Verb::Ldtarball(a) => ("ldtarball", a),
         Verb::KernelPrerm(a) => ("kernel_prerm", a),
+        Verb::Verify(a) => ("verify", a),
     };
     let lc = Lifecycle::new(ctx, roots(ctx, &args), options(&args));
     let kernels = targets(&args)?;
@@ -188,7 +198,7 @@ pub async fn run(ctx: &Context, out: &Output, verb: Verb) -> Result<i32, Error> 
                 results.push(lc.build(&mv, k).await?);
             }
             out.result(&results, String::new);
-            Ok(0)
+            verify_after(&lc, &args, &mv, &kernels, out).await
         }
         "install" => {
             let mv = selected(&lc, &args)?;
@@ -197,7 +207,7 @@ pub async fn run(ctx: &Context, out: &Output, verb: Verb) -> Result<i32, Error> 
                 results.push(lc.install(&mv, k).await?);
             }
             out.result(&results, String::new);
-            Ok(0)
+            verify_after(&lc, &args, &mv, &kernels, out).await
         }
         "uninstall" | "unbuild" => {
             let mv = selected(&lc, &args)?;
@@ -302,8 +312,69 @@ pub async fn run(ctx: &Context, out: &Output, verb: Verb) -> Result<i32, Error> 
             out.result(&mv, || format!("Loaded {mv}\n"));
             Ok(0)
         }
+        "verify" => {
+            let files: Vec<PathBuf> = args.what.iter().map(PathBuf::from).chain(args.files.iter().cloned()).collect();
+            let mut results = Vec::new();
+            for k in &kernels {
+                results.push(if args.module.is_none() && !files.is_empty() && files.iter().all(|f| f.is_file()) {
+                    lc.verify_files(&k.release, &files).await?
+                } else {
+                    lc.verify(&selected(&lc, &args)?, k).await?
+                });
+            }
+            show_verifications(&results, out)
+        }
         _ => Err(usage(&format!("unknown verb {name}"))),
     }
+}
+
+/// `--verify` on build and install: the same as `verify` afterwards.
+async fn verify_after(
+    lc: &Lifecycle<'_>,
+    args: &Args,
+    mv: &ModuleVersion,
+    kernels: &[KernelTarget],
+    out: &Output,
+) -> Result<i32, Error> {
+    if !args.verify {
+        return Ok(0);
+    }
+    let mut results = Vec::new();
+    for k in kernels {
+        results.push(lc.verify(mv, k).await?);
+    }
+    show_verifications(&results, out)
+}
+
+/// Prints the verifications; exit code 12 (with the kernel's reasons) when a module did not load.
+fn show_verifications(results: &[ckms::verify::Verification], out: &Output) -> Result<i32, Error> {
+    out.result(&results, || {
+        results
+            .iter()
+            .map(|v| {
+                let passed = v.modules.len() - v.failed().len();
+                format!(
+                    "Verified on {}: {passed} of {} module(s) passed ({:.1} s, of which the VM {:.1} s)\n",
+                    v.kernel,
+                    v.modules.len(),
+                    v.seconds,
+                    v.vm_seconds
+                )
+            })
+            .collect()
+    });
+    for v in results {
+        for m in v.failed() {
+            eprintln!("Error! {} failed verification on {}: {}", m.name, v.kernel, m.reason().unwrap_or_default());
+            for line in m.insmod.iter().chain(&m.kernel) {
+                eprintln!("  {line}");
+            }
+        }
+        if !v.missing.is_empty() {
+            eprintln!("Warning: needed, but not shipped with {}: {}", v.kernel, v.missing.join(", "));
+        }
+    }
+    Ok(if results.iter().any(|v| !v.failed().is_empty()) { code::NOT_LOADED } else { 0 })
 }
 
 fn usage(message: &str) -> Error {

@@ -31,7 +31,7 @@ pub enum ImageError {
     Resolve { kernel: String, source: crate::repo::RepoError },
     #[error("kernel {kernel}: no compiler matching the profile {profile}'s [kernel].compiler among its headers' dependencies")]
     NoCompiler { kernel: String, profile: String },
-    #[error("image recipe '{recipe}' names an unknown layer '{layer}' (known: base, toolchain, tools, kernel, extra)")]
+    #[error("image recipe '{recipe}' names an unknown layer '{layer}' (known: base, toolchain, tools, kernel, extra, packages)")]
     UnknownLayer { recipe: String, layer: String },
     #[error(transparent)]
     Repo(#[from] crate::repo::RepoError),

@@ -85,7 +85,17 @@ pub fn plan(
     roots.push(kernel.headers_package.clone());
     let with_kernel = resolve(&roots)?;
     roots.extend(extra.iter().cloned());
-    let full = if extra.is_empty() { with_kernel.clone() } else { resolve(&roots)? };
+    roots.extend(recipe.packages.iter().cloned());
+    let full = if extra.is_empty() && recipe.packages.is_empty() { with_kernel.clone() } else { resolve(&roots)? };
+    // The recipe's own packages on top of base (the verifier's qemu): resolved without the
+    // kernel's, so that the layer holds everything they need beyond base.
+    let in_recipe: BTreeSet<String> = if recipe.packages.is_empty() {
+        BTreeSet::new()
+    } else {
+        let mut r = profile.packages.base.clone();
+        r.extend(recipe.packages.iter().cloned());
+        resolve(&r)?.into_iter().map(|p| p.name).collect()
+    };
 
     let (compiler, gcc) = with_kernel
         .iter()
@@ -111,7 +121,8 @@ pub fn plan(
             "kernel" => Box::new(|p| {
                 in_with_kernel.contains(&p.name) && !in_compiler.contains(&p.name) && profile.is_kernel_package(&p.name)
             }),
-            "extra" => Box::new(|p| !in_with_kernel.contains(&p.name)),
+            "extra" => Box::new(|p| !in_with_kernel.contains(&p.name) && !in_recipe.contains(&p.name)),
+            "packages" => Box::new(|p| in_recipe.contains(&p.name) && !in_base.contains(&p.name)),
             other => return Err(ImageError::UnknownLayer { recipe: recipe.name.clone(), layer: other.to_string() }),
         };
         Ok(full.iter().filter(|p| pick(p)).cloned().collect())

@@ -93,9 +93,7 @@ impl Compression {
                 liblzma::read::XzDecoder::new(data).read_to_end(&mut out)?;
             }
             Compression::Zstd => {
-                ruzstd::decoding::StreamingDecoder::new(data)
-                    .map_err(io::Error::other)?
-                    .read_to_end(&mut out)?;
+                ruzstd::decoding::StreamingDecoder::new(data).map_err(io::Error::other)?.read_to_end(&mut out)?;
             }
         }
         Ok(out)

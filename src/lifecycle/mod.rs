@@ -10,6 +10,7 @@ mod install;
 mod manifest;
 mod remove;
 mod tarball;
+mod verify;
 
 pub use error::LifecycleError;
 pub use manifest::{Manifest, ManifestModule};

@@ -15,32 +15,13 @@ use std::process::Command;
 use std::time::Instant;
 
 use crate::hostile::{walk, Entry};
-use crate::support::{ckms, shared_cache, Outcome};
+use crate::support::{ckms, newest_trixie, shared_cache, Outcome};
 
 const BOOKWORM: &str = "6.1.0-56-amd64";
 const ARCH: &str = "x86_64";
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-/// The newest trixie kernel of the flavour amd64 that `ckms kernels` offers.
-fn newest_trixie(engine: &str) -> String {
-    let cache = shared_cache();
-    let args = ["--json", "--engine", engine, "--cache-dir", cache.to_str().unwrap(), "kernels", "--profile"];
-    let run = ckms(args.iter().chain(&["debian-trixie"])).run();
-    run.expect_code(0);
-    let re = regex::Regex::new(r"^6\.12\.\d+\+deb13-amd64$").unwrap();
-    let mut releases: Vec<String> = run
-        .json_result()
-        .as_array()
-        .expect("kernels is a list")
-        .iter()
-        .filter_map(|k| k["release"].as_str().map(str::to_string))
-        .filter(|k| re.is_match(k))
-        .collect();
-    releases.sort_by(|a, b| ckms::repo::version::compare(a, b));
-    releases.pop().unwrap_or_else(|| panic!("no trixie kernel offered{run}"))
 }
 
 /// A tree and the ckms verbs on it.

@@ -1,0 +1,102 @@
+//! What the VM boots: the target kernel's own `vmlinuz` and in-tree modules, from its
+//! linux-image package, extracted once per package into the cache; and busybox for the
+//! initramfs, from the profile's busybox package.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use super::modinfo;
+
+/// One kernel package's boot files in the cache: `vmlinuz` and `modules/<file name>`.
+pub struct BootKernel {
+    pub dir: PathBuf,
+}
+
+impl BootKernel {
+    pub fn vmlinuz(&self) -> PathBuf {
+        self.dir.join("vmlinuz")
+    }
+
+    /// Every in-tree module of the kernel: name → file.
+    pub fn modules(&self) -> io::Result<BTreeMap<String, PathBuf>> {
+        let mut out = BTreeMap::new();
+        for entry in fs::read_dir(self.dir.join("modules"))? {
+            let entry = entry?;
+            if let Some(name) = entry.file_name().to_str().and_then(modinfo::name_of_file) {
+                out.insert(name, entry.path());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Extracts `boot/vmlinuz-<release>` and every module under `lib/modules/<release>/` from the
+/// linux-image package at `deb` into `dir` (written beside it, renamed into place when whole,
+/// so an interrupted extraction is redone rather than half used).
+pub fn extract(deb: &Path, origin: &str, release: &str, dir: &Path) -> Result<BootKernel, String> {
+    if dir.join("vmlinuz").is_file() {
+        return Ok(BootKernel { dir: dir.to_path_buf() });
+    }
+    let parent = dir.parent().ok_or("no parent directory")?;
+    fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    let tmp = tempfile::Builder::new().prefix(".extract-").tempdir_in(parent).map_err(|e| e.to_string())?;
+    fs::create_dir(tmp.path().join("modules")).map_err(|e| e.to_string())?;
+    let file = fs::File::open(deb).map_err(|e| format!("{}: {e}", deb.display()))?;
+    let data = crate::deb::data_tar_threaded(file, origin, 16 << 20).map_err(|e| e.to_string())?;
+    let (kernel_file, modules_dir) = (format!("boot/vmlinuz-{release}"), format!("lib/modules/{release}/"));
+    let mut archive = tar::Archive::new(data);
+    let mut found_kernel = false;
+    for entry in archive.entries().map_err(|e| format!("{origin}: {e}"))? {
+        let mut entry = entry.map_err(|e| format!("{origin}: {e}"))?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let path = entry.path().map_err(|e| e.to_string())?.to_string_lossy().into_owned();
+        let dest = if path.ends_with(&kernel_file) {
+            found_kernel = true;
+            tmp.path().join("vmlinuz")
+        } else if path.contains(&modules_dir) {
+            let file_name = path.rsplit('/').next().unwrap_or_default();
+            if modinfo::name_of_file(file_name).is_none() {
+                continue;
+            }
+            tmp.path().join("modules").join(file_name)
+        } else {
+            continue;
+        };
+        let mut out = fs::File::create(&dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+        io::copy(&mut entry, &mut out).map_err(|e| format!("{origin}: {e}"))?;
+    }
+    if !found_kernel {
+        return Err(format!("{origin} holds no {kernel_file}"));
+    }
+    match fs::rename(tmp.path(), dir) {
+        Ok(()) => {
+            // Renamed: nothing left for the guard to delete.
+            let _ = tmp.keep();
+        }
+        // Another run got there first with the same package: use its copy (the guard drops ours).
+        Err(_) if dir.join("vmlinuz").is_file() => {}
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    }
+    Ok(BootKernel { dir: dir.to_path_buf() })
+}
+
+/// The file at `wanted` (a path suffix such as `bin/busybox`) in a package.
+pub fn read_file(deb: &Path, origin: &str, wanted: &str) -> Result<Vec<u8>, String> {
+    let file = fs::File::open(deb).map_err(|e| format!("{}: {e}", deb.display()))?;
+    let data = crate::deb::data_tar(file, origin).map_err(|e| e.to_string())?;
+    let mut archive = tar::Archive::new(data);
+    for entry in archive.entries().map_err(|e| format!("{origin}: {e}"))? {
+        let mut entry = entry.map_err(|e| format!("{origin}: {e}"))?;
+        let matches = entry.path().is_ok_and(|p| p.ends_with(wanted));
+        if matches && entry.header().entry_type().is_file() {
+            let mut out = Vec::new();
+            entry.read_to_end(&mut out).map_err(|e| format!("{origin}: {e}"))?;
+            return Ok(out);
+        }
+    }
+    Err(format!("{origin} holds no {wanted}"))
+}

@@ -1,0 +1,374 @@
+//! Proof of load: boot the target kernel (its own linux-image package) in a throwaway VM and
+//! load the built modules into it, with the in-tree modules they depend on.
+//!
+//! Everything the VM needs is prepared on the host from cached, signature-checked packages:
+//! [`boot`] extracts vmlinuz and the in-tree modules, [`modinfo`] finds each module's
+//! dependencies, [`initramfs`] writes busybox, the init script and the modules into a cpio.
+//! qemu runs in a sandboxed container of the "verifier" image (images/verifier.toml), so the
+//! host needs no qemu; [`console`] reads what the VM's init printed.
+
+pub mod boot;
+pub mod console;
+pub mod initramfs;
+pub mod modinfo;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::context::Context;
+use crate::engine::Engine;
+use crate::error::{code, Diagnose};
+use crate::install::compress::Compression;
+use console::Loaded;
+
+/// Memory of the VM; Debian's kernels boot in much less, modules get the rest.
+const VM_MEMORY_MIB: u32 = 512;
+/// A TCG boot takes seconds; this bounds a VM that hangs (a module that never returns).
+const VM_TIMEOUT: Duration = Duration::from_secs(180);
+/// Where the VM's files go in the verifier container's volume.
+const BOOT_DIR: &str = "boot";
+
+#[derive(Debug, Error)]
+pub enum VerifyError {
+    #[error("{path}: {message}")]
+    Module { path: PathBuf, message: String },
+    #[error("kernel {kernel}: the profile {profile} offers no package {package}")]
+    NoPackage { kernel: String, profile: String, package: String },
+    #[error("kernel {kernel}: {package}: {message}")]
+    Package { kernel: String, package: String, message: String },
+    #[error("kernel {kernel}: the VM {}: {tail}", if *timed_out { "did not finish in time" } else { "stopped before every module was tried" })]
+    Vm { kernel: String, timed_out: bool, tail: String },
+    #[error("kernel {kernel}: {} of {total} module(s) failed verification: {}", failed.len(), failed.join("; "))]
+    NotLoaded { kernel: String, total: usize, failed: Vec<String> },
+    #[error(transparent)]
+    Context(#[from] Box<crate::error::Error>),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    #[error(transparent)]
+    Repo(#[from] crate::repo::RepoError),
+}
+
+impl Diagnose for VerifyError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            VerifyError::Module { .. } => code::USAGE,
+            VerifyError::NoPackage { .. } => code::UNKNOWN_KERNEL,
+            VerifyError::Package { .. } => code::IO,
+            VerifyError::Vm { timed_out: true, .. } => code::TIMEOUT,
+            VerifyError::Vm { .. } | VerifyError::NotLoaded { .. } => code::NOT_LOADED,
+            VerifyError::Context(e) => e.exit_code(),
+            VerifyError::Image(e) => e.exit_code(),
+            VerifyError::Engine(e) => e.exit_code(),
+            VerifyError::Repo(e) => e.exit_code(),
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            VerifyError::Module { .. } => Some("name built module files (.ko, .ko.xz, .ko.zst, .ko.gz)".into()),
+            VerifyError::NoPackage { .. } => {
+                Some("check the profile's [kernel].image pattern, or `ckms kernels --refresh`".into())
+            }
+            VerifyError::Package { .. } => Some("`ckms --refresh` fetches the package again".into()),
+            VerifyError::Vm { .. } => Some("the console's last lines are above; a module that hangs or panics the kernel ends the VM".into()),
+            VerifyError::NotLoaded { .. } => Some(
+                "the kernel's messages above say why: a vermagic or symbol version mismatch means the module was built for another kernel (rebuild it with -k for this one); an init error is the module's own".into(),
+            ),
+            VerifyError::Context(e) => e.hint(),
+            VerifyError::Image(e) => e.hint(),
+            VerifyError::Engine(e) => e.hint(),
+            VerifyError::Repo(e) => e.hint(),
+        }
+    }
+}
+
+impl From<crate::error::Error> for VerifyError {
+    fn from(e: crate::error::Error) -> Self {
+        VerifyError::Context(Box::new(e))
+    }
+}
+
+/// The outcome of one VM run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    pub kernel: String,
+    /// The modules asked for, in load order.
+    pub modules: Vec<Loaded>,
+    /// In-tree modules loaded first because the modules need them.
+    pub dependencies: Vec<Loaded>,
+    /// Modules named by a `depends=` that the kernel's package does not ship.
+    pub missing: Vec<String>,
+    /// qemu's accelerator.
+    pub accel: String,
+    /// The container's run: VM boot, loads, power-off (and the engine's start and cleanup).
+    pub vm_seconds: f64,
+    /// All of it, from reading the modules to the VM's end.
+    pub seconds: f64,
+}
+
+impl Verification {
+    pub fn failed(&self) -> Vec<&Loaded> {
+        self.modules.iter().filter(|m| !m.ok()).collect()
+    }
+
+    /// An error when a module did not load, naming each with its reason.
+    pub fn check(&self) -> Result<(), VerifyError> {
+        let failed: Vec<String> =
+            self.failed().iter().map(|m| format!("{}: {}", m.name, m.reason().unwrap_or_default())).collect();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        Err(VerifyError::NotLoaded { kernel: self.kernel.clone(), total: self.modules.len(), failed })
+    }
+}
+
+/// A module file to load, read and decompressed on the host.
+struct Candidate {
+    name: String,
+    bytes: Vec<u8>,
+    depends: Vec<String>,
+    /// The release its vermagic names.
+    built_for: Option<String>,
+}
+
+fn read_module(path: &Path) -> Result<Candidate, VerifyError> {
+    let err = |message: String| VerifyError::Module { path: path.to_path_buf(), message };
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let (_, compression) = Compression::split_file_name(file_name)
+        .ok_or_else(|| err("not a kernel module file name (.ko, .ko.xz, .ko.zst, .ko.gz)".into()))?;
+    let raw = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let bytes = compression.decompress(&raw).map_err(|e| err(format!("cannot decompress: {e}")))?;
+    let info = modinfo::parse(&bytes).map_err(err)?;
+    let name = match info.get("name") {
+        Some(n) => modinfo::canonical(n),
+        None => modinfo::name_of_file(file_name).unwrap_or_default(),
+    };
+    let built_for = info.get("vermagic").and_then(|v| v.split_whitespace().next()).map(str::to_string);
+    Ok(Candidate { name, depends: info.depends(), built_for, bytes })
+}
+
+/// Boots kernel `release` in a VM and loads `files` into it (with their in-tree dependencies).
+pub async fn verify(
+    ctx: &Context,
+    engine: &dyn Engine,
+    release: &str,
+    profile: Option<&str>,
+    files: &[PathBuf],
+) -> Result<Verification, VerifyError> {
+    let started = Instant::now();
+    let candidates = files.iter().map(|f| read_module(f)).collect::<Result<Vec<_>, _>>()?;
+    let (p, index, kernel) = ctx.find_kernel(release, profile).await?;
+    let recipe = ctx.catalog.recipe("verifier").map_err(crate::error::Error::from)?;
+    let report = ctx.reporter();
+    report.info(format!("Verifying {} module(s) in a VM running {release}", candidates.len()));
+
+    let image = async {
+        let plan = crate::image::plan(p, recipe, &index, &kernel, &[])?;
+        Ok::<_, VerifyError>(crate::image::build(&ctx.cache, engine, p, recipe, &plan, false, report).await?)
+    };
+    let kernel_files = async {
+        let package = p.kernel.image.replace("{kver}", release);
+        let deb = fetch(ctx, &index, release, p, &package).await?;
+        let dir = ctx.cache.dir("boot").map_err(|e| package_err(release, &package, e.to_string()))?.join(&deb.1);
+        tokio::task::spawn_blocking({
+            let release = release.to_string();
+            move || boot::extract(&deb.0, &package, &release, &dir).map_err(|m| package_err(&release, &package, m))
+        })
+        .await
+        .map_err(|e| package_err(release, "extraction", e.to_string()))?
+    };
+    let busybox = async {
+        let spec = recipe.initramfs.as_ref().ok_or_else(|| VerifyError::Package {
+            kernel: release.to_string(),
+            package: "busybox".into(),
+            message: format!("the image recipe '{}' has no [initramfs] section", recipe.name),
+        })?;
+        let (deb, _) = fetch(ctx, &index, release, p, &spec.package).await?;
+        let (package, binary) = (spec.package.clone(), spec.busybox.clone());
+        tokio::task::spawn_blocking(move || boot::read_file(&deb, &package, &binary))
+            .await
+            .map_err(|e| package_err(release, &spec.package, e.to_string()))?
+            .map_err(|m| package_err(release, &spec.package, m))
+    };
+    let (image, kernel_files, busybox) = tokio::try_join!(image, kernel_files, busybox)?;
+
+    let built_for: BTreeMap<String, Option<String>> =
+        candidates.iter().map(|c| (c.name.clone(), c.built_for.clone())).collect();
+    let (loads, missing) = load_plan(candidates, &kernel_files, release)?;
+    let initrd = initramfs::build(&busybox, &loads);
+    let vmlinuz = std::fs::read(kernel_files.vmlinuz())
+        .map_err(|e| package_err(release, "vmlinuz", format!("{}: {e}", kernel_files.vmlinuz().display())))?;
+    let input = input_tar(&[("vmlinuz", &vmlinuz), ("initrd", &initrd)])
+        .map_err(|e| package_err(release, "initramfs", e.to_string()))?;
+    let dir = format!("{}/{BOOT_DIR}", recipe.config.workdir);
+    let argv = qemu_argv(&p.machine, &format!("{dir}/vmlinuz"), &format!("{dir}/initrd"), VM_MEMORY_MIB);
+    let mut spec = crate::image::run_spec(recipe, &image.reference, argv, Some(input), VM_TIMEOUT);
+    spec.outputs.clear();
+    let vm_started = Instant::now();
+    let outcome = engine.run(&spec).await?;
+    let vm_seconds = vm_started.elapsed().as_secs_f64();
+    let log = String::from_utf8_lossy(&outcome.log);
+    let console = console::parse(&log);
+    if !console.completed || outcome.timed_out {
+        let tail: Vec<&str> = log.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+        return Err(VerifyError::Vm {
+            kernel: release.to_string(),
+            timed_out: outcome.timed_out,
+            tail: tail.join("\n"),
+        });
+    }
+    let (mut modules, dependencies): (Vec<Loaded>, _) = console.modules.into_iter().partition(|m| m.role == "module");
+    for m in &mut modules {
+        m.mismatch = match built_for.get(&m.name).cloned().flatten() {
+            Some(b) if b != release => Some(format!(
+                "built for {b} (its vermagic), not {release}{}; rebuild it for {release}",
+                if m.loaded {
+                    ": the kernel took it only because their symbol versions match (CONFIG_MODVERSIONS)"
+                } else {
+                    ""
+                }
+            )),
+            _ => None,
+        };
+    }
+    Ok(Verification {
+        kernel: release.to_string(),
+        modules,
+        dependencies,
+        missing,
+        accel: "tcg".into(),
+        vm_seconds,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn package_err(kernel: &str, package: &str, message: String) -> VerifyError {
+    VerifyError::Package { kernel: kernel.to_string(), package: package.to_string(), message }
+}
+
+/// A package's cached file (fetched if missing) and its SHA-256.
+async fn fetch(
+    ctx: &Context,
+    index: &crate::repo::Index,
+    release: &str,
+    profile: &crate::profile::Profile,
+    package: &str,
+) -> Result<(PathBuf, String), VerifyError> {
+    let pkg = index.candidate(package).cloned().ok_or_else(|| VerifyError::NoPackage {
+        kernel: release.to_string(),
+        profile: profile.name.clone(),
+        package: package.to_string(),
+    })?;
+    crate::repo::fetch_packages(&ctx.cache, std::slice::from_ref(&pkg), ctx.reporter()).await?;
+    Ok((ctx.cache.blob_path(&pkg.sha256), pkg.sha256))
+}
+
+/// What the VM loads, in order: each candidate after the modules it depends on; in-tree
+/// modules come from the kernel's package. Also the names no one provides.
+fn load_plan(
+    candidates: Vec<Candidate>,
+    kernel: &boot::BootKernel,
+    release: &str,
+) -> Result<(Vec<initramfs::Load>, Vec<String>), VerifyError> {
+    let in_tree = kernel.modules().map_err(|e| package_err(release, "modules", e.to_string()))?;
+    let roots: Vec<String> = candidates.iter().map(|c| c.name.clone()).collect();
+    let mut depends: BTreeMap<String, Vec<String>> =
+        candidates.iter().map(|c| (c.name.clone(), c.depends.clone())).collect();
+    let mut bytes: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    // Read in-tree modules as the dependency walk reaches them: a handful, not thousands.
+    let mut queue: Vec<String> = candidates.iter().flat_map(|c| c.depends.clone()).collect();
+    while let Some(name) = queue.pop() {
+        if depends.contains_key(&name) {
+            continue;
+        }
+        let Some(path) = in_tree.get(&name) else { continue };
+        let m = read_module(path)?;
+        queue.extend(m.depends.iter().cloned());
+        depends.insert(name.clone(), m.depends);
+        bytes.insert(name, m.bytes);
+    }
+    let (order, missing) = modinfo::load_order(&roots, &depends);
+    let ours: BTreeSet<&str> = roots.iter().map(String::as_str).collect();
+    let mut by_name: BTreeMap<String, Vec<u8>> = candidates.into_iter().map(|c| (c.name, c.bytes)).collect();
+    let loads = order
+        .into_iter()
+        .filter_map(|name| {
+            let (role, bytes) = if ours.contains(name.as_str()) {
+                ("module", by_name.remove(&name)?)
+            } else {
+                ("dep", bytes.remove(&name)?)
+            };
+            Some(initramfs::Load { role, name, bytes })
+        })
+        .collect();
+    Ok((loads, missing))
+}
+
+fn input_tar(files: &[(&str, &[u8])]) -> std::io::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_size(0);
+    b.append_data(&mut dir, BOOT_DIR, std::io::empty())?;
+    for (name, bytes) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(bytes.len() as u64);
+        b.append_data(&mut h, format!("{BOOT_DIR}/{name}"), *bytes)?;
+    }
+    b.into_inner()
+}
+
+/// The qemu command line: no devices but a serial console, the kernel and initramfs given
+/// directly (no firmware boot loader, no disk), power-off or panic ends qemu.
+pub fn qemu_argv(machine: &str, vmlinuz: &str, initrd: &str, memory_mib: u32) -> Vec<String> {
+    let cmdline = "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init";
+    [
+        &format!("qemu-system-{machine}"),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-accel",
+        "tcg",
+        "-m",
+        &memory_mib.to_string(),
+        "-kernel",
+        vmlinuz,
+        "-initrd",
+        initrd,
+        "-append",
+        cmdline,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_boots_the_kernel_directly_with_a_serial_console_only() {
+        let a = qemu_argv("x86_64", "/vm/boot/vmlinuz", "/vm/boot/initrd", 512);
+        assert_eq!(a[0], "qemu-system-x86_64");
+        let after = |flag: &str| a.iter().position(|x| x == flag).map(|i| a[i + 1].as_str());
+        assert_eq!(after("-kernel"), Some("/vm/boot/vmlinuz"));
+        assert_eq!(after("-initrd"), Some("/vm/boot/initrd"));
+        assert_eq!(after("-serial"), Some("stdio"));
+        assert!(after("-append").unwrap().contains("console=ttyS0"));
+        assert!(after("-append").unwrap().contains("panic=-1"));
+        assert!(a.contains(&"-nodefaults".to_string()) && a.contains(&"-no-reboot".to_string()));
+    }
+}
