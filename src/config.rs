@@ -63,6 +63,8 @@ pub struct Config {
     pub mirrors: BTreeMap<String, String>,
     #[serde(default)]
     pub build: BuildConfig,
+    #[serde(default)]
+    pub sign: SignConfig,
     /// Per-module settings, by module name: `[modules.v4l2loopback] packages = ["pkg-config"]`.
     #[serde(default)]
     pub modules: BTreeMap<String, ModuleConfig>,
@@ -96,6 +98,16 @@ pub struct BuildConfig {
     pub memory_mib: Option<i64>,
     /// Process limit of one build container (default 4096).
     pub pids: Option<i64>,
+}
+
+/// Module signing (docs/signing.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignConfig {
+    /// Sign built modules when the kernel has CONFIG_MODULE_SIG_HASH (default true, as dkms).
+    pub enabled: Option<bool>,
+    /// Where dkms keeps its key pair (default /var/lib/dkms; CKMS_DKMS_MOK_DIR).
+    pub dkms_mok_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -154,7 +166,24 @@ impl Config {
         b.space_mib = n.space_mib.or(b.space_mib);
         b.memory_mib = n.memory_mib.or(b.memory_mib);
         b.pids = n.pids.or(b.pids);
+        self.sign.enabled = o.sign.enabled.or(self.sign.enabled);
+        self.sign.dkms_mok_dir = o.sign.dkms_mok_dir.or(self.sign.dkms_mok_dir.take());
         self.modules.extend(o.modules);
+    }
+
+    /// Whether builds sign modules (for kernels with a CONFIG_MODULE_SIG_HASH).
+    pub fn sign_enabled(&self) -> bool {
+        self.sign.enabled.unwrap_or(true)
+    }
+
+    /// Where the signing key pair is looked for; `dkms_tree` holds ckms's own pair.
+    pub fn key_locations(&self, dkms_tree: &std::path::Path) -> crate::sign::Locations {
+        let dkms_dir = self
+            .env("CKMS_DKMS_MOK_DIR")
+            .map(PathBuf::from)
+            .or_else(|| self.sign.dkms_mok_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("/var/lib/dkms"));
+        crate::sign::Locations { conf_dir: self.conf_dir(), dkms_dir, own_dir: dkms_tree.to_path_buf() }
     }
 
     /// The dkms tree: CKMS_DKMS_TREE, else the config's, else /var/lib/ckms.

@@ -1,7 +1,7 @@
 //! Module compression, chosen like the target kernel's own modules so that modprobe and
 //! the kernel's in-kernel decompressor accept ours: the kernel config says which one.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 
 /// How a kernel's modules are compressed (`.ko`, `.ko.gz`, `.ko.xz`, `.ko.zst`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,12 +81,30 @@ impl Compression {
             }
         }
     }
+
+    /// The reverse of [`Compression::compress`]: a module's bytes as the kernel sees them
+    /// (signatures are made and checked over those).
+    pub fn decompress(&self, data: &[u8]) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        match self {
+            Compression::None => out.extend_from_slice(data),
+            Compression::Gzip => {
+                flate2::read::GzDecoder::new(data).read_to_end(&mut out)?;
+            }
+            Compression::Xz => {
+                liblzma::read::XzDecoder::new(data).read_to_end(&mut out)?;
+            }
+            Compression::Zstd => {
+                ruzstd::decoding::StreamingDecoder::new(data).map_err(io::Error::other)?.read_to_end(&mut out)?;
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
 
     /// Something module-like: repetitive, with some noise, larger than one zstd block.
     fn sample() -> Vec<u8> {
@@ -126,6 +144,15 @@ mod tests {
         for c in [Compression::None, Compression::Gzip, Compression::Xz, Compression::Zstd] {
             assert!(MODULE_SUFFIXES.contains(&format!(".ko{}", c.suffix()).as_str()));
         }
+    }
+
+    #[test]
+    fn decompress_reverses_compress() {
+        let data = sample();
+        for c in [Compression::None, Compression::Gzip, Compression::Xz, Compression::Zstd] {
+            assert_eq!(c.decompress(&c.compress(&data).unwrap()).unwrap(), data, "{c:?}");
+        }
+        assert!(Compression::Xz.decompress(b"not xz").is_err());
     }
 
     #[test]
