@@ -59,6 +59,7 @@ impl Lifecycle<'_> {
             }
         }
         let files = module_files(&manifest, &built_dir);
+        self.check_signatures(&manifest, &files)?;
         {
             let _lock = self.lock()?;
             let t = self.target(mv, &kernel, &arch);
@@ -106,6 +107,31 @@ impl Lifecycle<'_> {
     pub fn installed_version(&self, module: &str, kernel: &str, arch: &str) -> Option<String> {
         let link = std::fs::read_link(self.roots.installed_link(module, kernel, arch)).ok()?;
         link.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned())
+    }
+
+    /// Before anything is written: every signed module must verify against the certificate
+    /// in use, and when the kernel wants signatures (and signing is on) every module must
+    /// have one, so nothing unsigned or wrongly signed is installed.
+    fn check_signatures(&self, manifest: &Manifest, files: &[ModuleFile]) -> Result<(), Error> {
+        let required = manifest.sig_hash.is_some() && self.ctx.config.sign_enabled();
+        let mut cert = None;
+        for f in files {
+            let (module, _) = crate::sign::read_module(&f.file)?;
+            if !required && !module.ends_with(crate::sign::format::MAGIC) {
+                continue;
+            }
+            let (cert, cert_path) = match &cert {
+                Some(c) => c,
+                None => {
+                    let paths = self.ctx.config.key_locations(&self.roots.dkms_tree).resolve(None, None);
+                    cert.insert((crate::sign::keys::load_cert(&paths.cert)?, paths.cert))
+                }
+            };
+            let v = crate::sign::verify(&module, cert, &f.file, cert_path)?;
+            self.report()
+                .info(format!("Signature of {}.ko verified ({}, {})", f.dest_name, v.signer.signer, v.signer.hash));
+        }
+        Ok(())
     }
 
     fn target<'t>(&'t self, mv: &'t ModuleVersion, kernel: &'t str, arch: &'t str) -> Target<'t> {
