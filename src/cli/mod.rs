@@ -57,6 +57,7 @@ enum Command {
     /// Check a module's signature against a certificate; name the signer and hash.
     VerifySignature(sign::VerifyArgs),
     /// Make a module signing key and certificate (the Machine Owner Key).
+    #[command(alias = "generate_mok")]
     GenerateMok(sign::GenerateArgs),
     /// The Machine Owner Key: enroll it for Secure Boot.
     #[command(subcommand)]

@@ -24,6 +24,7 @@ pub const VERBS: &[&str] = &[
     "ldtarball",
     "kernel_postinst",
     "kernel_prerm",
+    "generate_mok",
 ];
 
 /// What every verb takes: dkms's selection flags and tree roots.

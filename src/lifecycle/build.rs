@@ -178,6 +178,18 @@ impl Lifecycle<'_> {
             return Err(self.failed(mv, target, &arch, &plan, &built, Some(what))?.into());
         }
 
+        // A pair made on first use is made only now, so that a failed build leaves no key behind.
+        let signing = match signing {
+            Some(SignWith { hash, paths, signer }) => {
+                let signer = match signer {
+                    Some(loaded) => loaded,
+                    None => crate::sign::signer(&paths, crate::sign::pin().as_deref(), self.report())?,
+                };
+                Some((signer, hash))
+            }
+            None => None,
+        };
+
         // Assemble the result next to its final place, then rename: a built dir is complete or absent.
         let staged = work.path().join("staged");
         let compression = kconfig.as_deref().map(crate::install::compress::Compression::from_kernel_config);
@@ -240,8 +252,9 @@ impl Lifecycle<'_> {
     }
 
     /// The key pair and hash to sign this kernel's modules with: `None` when the kernel has
-    /// no CONFIG_MODULE_SIG_HASH or signing is turned off, each said in one line.
-    fn signing(&self, kconfig: Option<&str>) -> Result<Option<(crate::sign::Signer, String)>, Error> {
+    /// no CONFIG_MODULE_SIG_HASH or signing is turned off, each said in one line. An existing
+    /// pair is loaded (and checked) now; ckms's own, when missing, is made after the build.
+    fn signing(&self, kconfig: Option<&str>) -> Result<Option<SignWith>, Error> {
         let Some(hash) = kconfig.and_then(crate::sign::kernel_hash) else {
             self.report().info("The kernel is built without module signing facility, modules won't be signed");
             return Ok(None);
@@ -251,13 +264,17 @@ impl Lifecycle<'_> {
             return Ok(None);
         }
         let paths = self.ctx.config.key_locations(&self.roots.dkms_tree).resolve(None, None);
-        let signer = crate::sign::signer(&paths, crate::sign::pin().as_deref(), self.report())?;
+        let signer = if crate::sign::needs_generating(&paths) {
+            None
+        } else {
+            Some(crate::sign::Signer::load(&paths, crate::sign::pin().as_deref())?)
+        };
         self.report().info(format!(
             "Modules will be signed ({hash}) with the key {} and certificate {}",
             paths.key.display(),
             paths.cert.display()
         ));
-        Ok(Some((signer, hash)))
+        Ok(Some(SignWith { hash, paths, signer }))
     }
 
     /// A failed build: make.log goes where dkms leaves it, `<m>/<v>/build/make.log`. `what`
@@ -450,6 +467,14 @@ impl Lifecycle<'_> {
             profiles.iter().find(|p| p.may_offer(&target.release)).or(profiles.first()).map(|p| p.machine.clone());
         Ok(machine.unwrap_or_else(|| std::env::consts::ARCH.to_string()))
     }
+}
+
+/// How a build's modules are to be signed.
+struct SignWith {
+    hash: String,
+    paths: crate::sign::KeyPaths,
+    /// `None`: ckms's own pair, to be made on first use.
+    signer: Option<crate::sign::Signer>,
 }
 
 /// `[build] space_mib` when unset.

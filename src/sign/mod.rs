@@ -99,7 +99,7 @@ impl Diagnose for SignError {
             }
             SignError::Sign { .. } => "check the key (e.g. `openssl pkey -in <key> -check`)".into(),
             SignError::NotSigned { .. } => {
-                "sign it with `ckms sign` (modules ckms builds are signed by default)".into()
+                "sign it with `ckms sign`, or build it again (`ckms build --force`): ckms signs what it builds when the kernel has module signing".into()
             }
             SignError::Malformed { .. } => "sign the module again: `ckms sign` replaces the signature".into(),
             SignError::Invalid { .. } => {
@@ -195,10 +195,15 @@ pub fn sign_file(path: &Path, signer: &Signer, hash: &str) -> Result<(), SignErr
     keys::write_atomic(path, &packed, mode & 0o7777)
 }
 
+/// Whether [`signer`] would make the pair: ckms's own, and neither file exists.
+pub fn needs_generating(paths: &KeyPaths) -> bool {
+    paths.origin == Origin::Own && !paths.key.exists() && !paths.cert.exists()
+}
+
 /// The key pair for signing: loaded, or (only ckms's own, and only when neither file exists)
 /// generated first, which `report` says along with the enrolment step that must follow.
 pub fn signer(paths: &KeyPaths, pin: Option<&str>, report: &dyn crate::report::Reporter) -> Result<Signer, SignError> {
-    if paths.origin == Origin::Own && !paths.key.exists() && !paths.cert.exists() {
+    if needs_generating(paths) {
         let made = keys::generate(paths, false)?;
         report.info(format!(
             "Created the module signing key {} and certificate {} (SHA-256 {}). Modules signed with it load \
