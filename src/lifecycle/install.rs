@@ -117,7 +117,10 @@ impl Lifecycle<'_> {
         let mut cert = None;
         for f in files {
             let (module, _) = crate::sign::read_module(&f.file)?;
-            if !required && !module.ends_with(crate::sign::format::MAGIC) {
+            if !module.ends_with(crate::sign::format::MAGIC) {
+                if required {
+                    return Err(crate::sign::SignError::NotSigned { path: f.file.clone() }.into());
+                }
                 continue;
             }
             let (cert, cert_path) = match &cert {
