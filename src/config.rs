@@ -356,6 +356,26 @@ mod tests {
     }
 
     #[test]
+    fn signing_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
+        std::fs::write(&a, "[sign]\nenabled = false\ndkms_mok_dir = '/srv/dkms'\n").unwrap();
+        std::fs::write(&b, "[build]\nconf_dir = '/srv/etc'\n").unwrap();
+        let cfg = Config::load_from(&[a.clone(), b], BTreeMap::new()).unwrap();
+        assert!(!cfg.sign_enabled(), "a later file keeps [sign] enabled = false");
+        let loc = cfg.key_locations(Path::new("/tree"));
+        assert_eq!(
+            (loc.conf_dir, loc.dkms_dir, loc.own_dir),
+            (PathBuf::from("/srv/etc"), PathBuf::from("/srv/dkms"), PathBuf::from("/tree"))
+        );
+        let env = BTreeMap::from([("CKMS_DKMS_MOK_DIR".to_string(), "/env/dkms".to_string())]);
+        let cfg = Config::load_from(&[a], env).unwrap();
+        assert_eq!(cfg.key_locations(Path::new("/t")).dkms_dir, PathBuf::from("/env/dkms"));
+        assert!(Config::default().sign_enabled(), "signing is on by default, as in dkms");
+        assert_eq!(Config::default().key_locations(Path::new("/t")).dkms_dir, PathBuf::from("/var/lib/dkms"));
+    }
+
+    #[test]
     fn no_mirror_is_none() {
         assert_eq!(Config::default().mirror(&catalog(), "debian", &[]), None);
         assert_eq!(env_name("debian-security"), "CKMS_MIRROR_DEBIAN_SECURITY");

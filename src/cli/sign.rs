@@ -125,7 +125,7 @@ pub fn generate_mok(ctx: &Context, out: &Output, args: GenerateArgs) -> Result<i
         origin: Origin::Own,
     };
     let made = sign::keys::generate(&paths, args.force)?;
-    if (in_use.key != paths.key || in_use.cert != paths.cert) && in_use.origin != Origin::Own {
+    if in_use.key != paths.key || in_use.cert != paths.cert {
         ctx.reporter().warn(format!(
             "builds sign with {} and {} (found first), not with the pair just made",
             in_use.key.display(),
