@@ -4,8 +4,8 @@
 //! accepts them; signing twice replaces the signature; passphrase keys work through
 //! KBUILD_SIGN_PIN for both; and broken keys fail with a message naming the file.
 //!
-//! The module is a deterministic ELF-looking blob: sign-file signs any bytes, and no real
-//! module exists on a CI machine without a kernel build (the VM tests load real signed ones).
+//! The modules are a deterministic ELF-looking blob (sign-file signs any bytes) and a real one
+//! from Debian's linux-image package, which Debian signed: ckms replaces that signature.
 mod support;
 
 #[path = "support/dkms_packages.rs"]
@@ -42,6 +42,23 @@ async fn debian_sign_file(dir: &Path) -> PathBuf {
         }
     }
     panic!("{KBUILD} {} has no {wanted}", pkg.version);
+}
+
+/// The bytes of the first `.ko` in a package's data tar, and its path.
+fn first_module(deb: &Path, origin: &str) -> (String, Vec<u8>) {
+    let file = std::fs::File::open(deb).expect("the fetched package is in the cache");
+    let data = ckms::deb::data_tar(file, origin).unwrap_or_else(|e| panic!("reading {origin}: {e}"));
+    let mut archive = tar::Archive::new(data);
+    for entry in archive.entries().expect("the data tar reads") {
+        let mut entry = entry.expect("a tar entry");
+        let path = entry.path().expect("a tar path").display().to_string();
+        if path.ends_with(".ko") && entry.header().entry_type().is_file() {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut bytes).expect("reading the module");
+            return (path, bytes);
+        }
+    }
+    panic!("{origin} holds no .ko");
 }
 
 /// Something module-like and deterministic, larger than OpenSSL's I/O buffers.
@@ -182,6 +199,51 @@ async fn signatures_are_byte_identical_to_sign_file() {
         assert_eq!(result["hash"], hash, "{verify}");
         assert_eq!(result["signer"], "ckms module signing key", "{verify}");
     }
+}
+
+/// A real module, signed by Debian's kernel build: `ckms sign` replaces Debian's signature
+/// with ours, giving exactly what sign-file gives for the module without any signature.
+#[tokio::test]
+async fn a_debian_signed_module_is_re_signed_like_sign_file_signs_it_unsigned() {
+    const IMAGE: &str = "linux-image-6.1.0-56-amd64";
+    let host = Host::new();
+    let tool = debian_sign_file(host.dir.path()).await;
+    let ctx = dkms_packages::context();
+    let index = dkms_packages::index(&ctx, "debian-bookworm").await;
+    let pkg = index.candidate(IMAGE).unwrap_or_else(|| panic!("the bookworm index does not offer {IMAGE}")).clone();
+    ckms::repo::fetch_packages(&ctx.cache, std::slice::from_ref(&pkg), &ckms::report::Silent)
+        .await
+        .unwrap_or_else(|e| panic!("fetching {IMAGE} {}: {e}", pkg.version));
+    let (name, debian_signed) = first_module(&ctx.cache.blob_path(&pkg.sha256), IMAGE);
+    // The trailer, read here independently of ckms: the CMS length, big-endian, before the magic.
+    let magic = b"~Module signature appended~\n";
+    assert!(debian_signed.ends_with(magic), "{name} from {IMAGE} is not signed by Debian");
+    let at = debian_signed.len() - magic.len() - 4;
+    let sig_len = u32::from_be_bytes(debian_signed[at..at + 4].try_into().unwrap()) as usize;
+    let unsigned = &debian_signed[..debian_signed.len() - magic.len() - 12 - sig_len];
+
+    let (key, cert) = host.pair("mok");
+    // Checked against our certificate, Debian's signature fails and is named.
+    let debian = host.path("debian.ko");
+    std::fs::write(&debian, &debian_signed).unwrap();
+    let theirs =
+        host.ckms(["verify-signature", &debian.display().to_string(), "--cert", &cert.display().to_string()]).run();
+    theirs.expect_code(code::BAD_MODULE_SIGNATURE);
+    assert!(theirs.error_message().contains("signed by \""), "the signer is not named{theirs}");
+    let reference = host.path("reference.ko");
+    std::fs::write(&reference, unsigned).unwrap();
+    sign_file(&tool, "sha256", &key, &cert, &reference, None);
+    let ours = host.path("ours.ko");
+    std::fs::write(&ours, &debian_signed).unwrap();
+    let run = ckms_sign(&host, "sha256", &key, &cert, &ours).run();
+    run.expect_code(0);
+    assert!(
+        std::fs::read(&ours).unwrap() == std::fs::read(&reference).unwrap(),
+        "{name}: re-signing Debian's module differs from sign-file on the unsigned module{run}"
+    );
+    let verify =
+        host.ckms(["verify-signature", &ours.display().to_string(), "--cert", &cert.display().to_string()]).run();
+    verify.expect_code(0);
 }
 
 #[tokio::test]

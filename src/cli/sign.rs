@@ -102,12 +102,10 @@ pub fn verify_signature(ctx: &Context, out: &Output, args: VerifyArgs) -> Result
     let (module, _) = sign::read_module(&args.file)?;
     let v = sign::verify(&module, &cert, &args.file, &cert_path)?;
     out.result(&v, || {
-        let id = v.signer.key_id.as_deref().map_or(format!("serial {}", v.signer.serial), |k| format!("key id {k}"));
         format!(
-            "{}: valid signature by \"{}\" ({id}), hash {}, verified with {} (SHA-256 {})\n",
+            "{}: valid signature by {}, verified with {} (SHA-256 {})\n",
             args.file.display(),
-            v.signer.signer,
-            v.signer.hash,
+            v.signer,
             cert_path.display(),
             v.cert_sha256
         )

@@ -100,6 +100,15 @@ pub struct SignerId {
     pub signed_attributes: bool,
 }
 
+impl std::fmt::Display for SignerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.key_id {
+            Some(id) => write!(f, "key id {id}, {}", self.hash),
+            None => write!(f, "\"{}\" serial {}, {}", self.signer, self.serial, self.hash),
+        }
+    }
+}
+
 /// Reads the first SignerInfo of a DER ContentInfo. `None` when it is not the shape a module
 /// signature has.
 pub fn signer_id(cms: &[u8]) -> Option<SignerId> {

@@ -166,7 +166,7 @@ pub fn verify(module: &[u8], cert: &X509, path: &Path, cert_path: &Path) -> Resu
     cms::verify(signed.module, signed.cms, cert).map_err(|e| SignError::Invalid {
         path: path.to_path_buf(),
         cert: cert_path.to_path_buf(),
-        detail: keys::first_reason(&e),
+        detail: format!("{} (signed by {signer})", keys::first_reason(&e)),
     })?;
     Ok(Verified { signer, cert_sha256: keys::fingerprint(cert) })
 }
