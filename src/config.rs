@@ -63,6 +63,8 @@ pub struct Config {
     pub mirrors: BTreeMap<String, String>,
     #[serde(default)]
     pub build: BuildConfig,
+    #[serde(default)]
+    pub sign: SignConfig,
     /// Per-module settings, by module name: `[modules.v4l2loopback] packages = ["pkg-config"]`.
     #[serde(default)]
     pub modules: BTreeMap<String, ModuleConfig>,
@@ -96,6 +98,16 @@ pub struct BuildConfig {
     pub memory_mib: Option<i64>,
     /// Process limit of one build container (default 4096).
     pub pids: Option<i64>,
+}
+
+/// Module signing (docs/signing.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignConfig {
+    /// Sign built modules when the kernel has CONFIG_MODULE_SIG_HASH (default true, as dkms).
+    pub enabled: Option<bool>,
+    /// Where dkms keeps its key pair (default /var/lib/dkms; CKMS_DKMS_MOK_DIR).
+    pub dkms_mok_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -154,7 +166,24 @@ impl Config {
         b.space_mib = n.space_mib.or(b.space_mib);
         b.memory_mib = n.memory_mib.or(b.memory_mib);
         b.pids = n.pids.or(b.pids);
+        self.sign.enabled = o.sign.enabled.or(self.sign.enabled);
+        self.sign.dkms_mok_dir = o.sign.dkms_mok_dir.or(self.sign.dkms_mok_dir.take());
         self.modules.extend(o.modules);
+    }
+
+    /// Whether builds sign modules (for kernels with a CONFIG_MODULE_SIG_HASH).
+    pub fn sign_enabled(&self) -> bool {
+        self.sign.enabled.unwrap_or(true)
+    }
+
+    /// Where the signing key pair is looked for; `dkms_tree` holds ckms's own pair.
+    pub fn key_locations(&self, dkms_tree: &std::path::Path) -> crate::sign::Locations {
+        let dkms_dir = self
+            .env("CKMS_DKMS_MOK_DIR")
+            .map(PathBuf::from)
+            .or_else(|| self.sign.dkms_mok_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("/var/lib/dkms"));
+        crate::sign::Locations { conf_dir: self.conf_dir(), dkms_dir, own_dir: dkms_tree.to_path_buf() }
     }
 
     /// The dkms tree: CKMS_DKMS_TREE, else the config's, else /var/lib/ckms.
@@ -324,6 +353,26 @@ mod tests {
         assert_eq!(cfg.mirror(&c, "debian", &host()).as_deref(), Some("http://cfg.example/d"));
         cfg.env.insert("CKMS_MIRROR_DEBIAN".into(), "http://env.example/d/".into());
         assert_eq!(cfg.mirror(&c, "debian", &host()).as_deref(), Some("http://env.example/d"));
+    }
+
+    #[test]
+    fn signing_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
+        std::fs::write(&a, "[sign]\nenabled = false\ndkms_mok_dir = '/srv/dkms'\n").unwrap();
+        std::fs::write(&b, "[build]\nconf_dir = '/srv/etc'\n").unwrap();
+        let cfg = Config::load_from(&[a.clone(), b], BTreeMap::new()).unwrap();
+        assert!(!cfg.sign_enabled(), "a later file keeps [sign] enabled = false");
+        let loc = cfg.key_locations(Path::new("/tree"));
+        assert_eq!(
+            (loc.conf_dir, loc.dkms_dir, loc.own_dir),
+            (PathBuf::from("/srv/etc"), PathBuf::from("/srv/dkms"), PathBuf::from("/tree"))
+        );
+        let env = BTreeMap::from([("CKMS_DKMS_MOK_DIR".to_string(), "/env/dkms".to_string())]);
+        let cfg = Config::load_from(&[a], env).unwrap();
+        assert_eq!(cfg.key_locations(Path::new("/t")).dkms_dir, PathBuf::from("/env/dkms"));
+        assert!(Config::default().sign_enabled(), "signing is on by default, as in dkms");
+        assert_eq!(Config::default().key_locations(Path::new("/t")).dkms_dir, PathBuf::from("/var/lib/dkms"));
     }
 
     #[test]

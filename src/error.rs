@@ -50,6 +50,11 @@ pub mod code {
     pub const ENGINE_FAILED: i32 = 41;
     /// A build inside a container did not finish in its time limit.
     pub const TIMEOUT: i32 = 42;
+    /// A module could not be signed: the key or certificate is missing, unreadable, locked
+    /// by a passphrase not given, or they do not match.
+    pub const SIGNING_FAILED: i32 = 50;
+    /// A module's signature is missing where one is required, malformed, or does not verify.
+    pub const BAD_MODULE_SIGNATURE: i32 = 51;
     /// dkms: skipped by BUILD_EXCLUSIVE.
     pub const SKIPPED: i32 = 77;
     /// dkms: PRE_INSTALL failed.
@@ -89,6 +94,8 @@ pub enum Error {
     Build(#[from] crate::build::BuildError),
     #[error(transparent)]
     Artifact(#[from] crate::artifact::ArtifactError),
+    #[error(transparent)]
+    Sign(#[from] crate::sign::SignError),
     /// Boxed, as the next: their variants carry module, version, kernel and arch.
     #[error(transparent)]
     Lifecycle(Box<crate::lifecycle::LifecycleError>),
@@ -131,6 +138,7 @@ impl Error {
             Error::Conf(e) => e,
             Error::Build(e) => e,
             Error::Artifact(e) => e,
+            Error::Sign(e) => e,
             Error::Lifecycle(e) => e.as_ref(),
             Error::Install(e) => e.as_ref(),
             Error::Verify(e) => e.as_ref(),

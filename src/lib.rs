@@ -14,6 +14,7 @@
 //! - [`tree`]: dkms's on-disk layout (sources, built and installed modules) and `status`;
 //! - [`lifecycle`]: dkms's verbs (add, build, install, ...) over the tree, the builds and the installs;
 //! - [`install`]: putting built modules into the host's /lib/modules and taking them out again;
+//! - [`sign`]: module signatures for Secure Boot, made on the host in the kernel's format;
 //! - [`report`]: progress and events for people or machines.
 
 pub mod artifact;
@@ -32,6 +33,7 @@ pub mod lifecycle;
 pub mod profile;
 pub mod repo;
 pub mod report;
+pub mod sign;
 #[cfg(test)]
 mod testutil;
 pub mod tree;

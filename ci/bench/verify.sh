@@ -28,12 +28,12 @@ v4l=$(basename "$(ls -d "$root"/x/usr/src/v4l2loopback-*)")
 ckms -q add "$root/x/usr/src/$v4l" --root "$root" >/dev/null
 echo "ckms verify on $kernel, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 for mv in hello/1.0 "v4l2loopback/${v4l#v4l2loopback-}"; do
-  ckms -q build "$mv" -k "$kernel" --root "$root" >/dev/null
-  ckms -q verify "$mv" -k "$kernel" --root "$root" >/dev/null   # untimed: downloads, image
+  ckms -q build "$mv" -k "$kernel" --root "$root" >/dev/null 2>&1
+  ckms -q verify "$mv" -k "$kernel" --root "$root" >/dev/null 2>&1   # untimed: downloads, image
   times=()
   for _ in $(seq "$runs"); do
     s=$(date +%s.%N)
-    ckms -q verify "$mv" -k "$kernel" --root "$root" >/dev/null
+    ckms -q verify "$mv" -k "$kernel" --root "$root" >/dev/null 2>&1
     times+=("$(echo "$(date +%s.%N) - $s" | bc)")
   done
   sorted=$(printf '%s\n' "${times[@]}" | sort -n)

@@ -362,6 +362,82 @@ mod tests {
         assert!(spec.env.contains(&"ckms_conf=/var/lib/dkms/.ckms/dkms.conf".to_string()));
     }
 
+    /// Signing happens on the host after the build: the key pair next to the tree (where
+    /// ckms keeps its own) must not reach the container in any form.
+    #[tokio::test]
+    async fn the_signing_key_never_enters_the_container() {
+        let host = tempfile::tempdir().unwrap();
+        let loc = crate::sign::Locations {
+            conf_dir: host.path().join("etc/dkms"),
+            dkms_dir: host.path().join("var/lib/dkms"),
+            own_dir: host.path().join("var/lib/ckms"),
+        };
+        let paths = loc.resolve(None, None);
+        let signer = crate::sign::keys::generate(&paths, false).unwrap();
+        let source = host.path().join("var/lib/ckms/hello/1/source");
+        std::fs::create_dir_all(&source).unwrap();
+        std::fs::write(source.join("hello.c"), "int x;").unwrap();
+        std::fs::write(source.join("dkms.conf"), "PACKAGE_NAME=hello\n").unwrap();
+
+        let engine = FakeEngine::new();
+        engine.push_request(CONF_JSON);
+        let out = tar_of(&[("make.log", b"ok\n"), ("modules/hello.ko", b"\x7fELF")]);
+        engine.push_run(Ok(RunOutcome {
+            exit_code: 0,
+            timed_out: false,
+            log: vec![],
+            outputs: vec![("/var/lib/dkms/.ckms/out".into(), out)],
+        }));
+        let recipe = crate::profile::Catalog::load(&[]).unwrap().recipe("builder").unwrap().clone();
+        let v = vars();
+        let job = Job {
+            recipe: &recipe,
+            image: "img",
+            source: &source,
+            conf: b"PACKAGE_NAME=hello\n",
+            overrides: &[],
+            origin: "hello/dkms.conf",
+            vars: &v,
+            jobs: 1,
+            timeout: Duration::from_secs(60),
+            space_bytes: 64 << 20,
+            memory_bytes: 1 << 30,
+            pids: 512,
+            follow: None,
+        };
+        let dest = host.path().join("var/lib/ckms/hello/.ckms-build-x/out");
+        assert!(matches!(run_build(&engine, &job, &resolver, &dest).await.unwrap(), Ran::Built { .. }));
+
+        let pem = std::fs::read(&paths.key).unwrap();
+        let der = signer.key.private_key_to_der().unwrap();
+        // A line of the PEM's base64 is enough to recognise the key inside any encoding.
+        let line = pem.split(|b| *b == b'\n').nth(3).unwrap().to_vec();
+        let key_path = paths.key.display().to_string().into_bytes();
+        let needles: [(&str, &[u8]); 5] =
+            [("PEM", &pem), ("DER", &der), ("a PEM line", &line), ("its path", &key_path), ("its name", b"mok.key")];
+        let mut seen = Vec::new();
+        for call in engine.calls() {
+            match call {
+                Call::Run(spec) => {
+                    seen.push(spec.input.clone().unwrap_or_default());
+                    seen.push(spec.env.join("\n").into_bytes());
+                    seen.push(spec.cmd.join("\n").into_bytes());
+                }
+                Call::Reply(files) => {
+                    seen.extend(files.into_iter().map(|(name, bytes)| [name.into_bytes(), bytes].concat()))
+                }
+                _ => {}
+            }
+        }
+        assert!(seen.iter().any(|s| s.windows(5).any(|w| w == b"int x")), "the source was uploaded");
+        for (what, needle) in needles {
+            assert!(
+                !seen.iter().any(|s| s.windows(needle.len()).any(|w| w == needle)),
+                "the key's {what} reached the container"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_resolver_that_stops_makes_the_driver_abort() {
         let engine = FakeEngine::new();

@@ -3,6 +3,7 @@
 
 mod image;
 mod kernels;
+mod sign;
 mod system;
 mod verbs;
 
@@ -51,6 +52,16 @@ enum Command {
     Profiles,
     /// Check the container engine and settings; print each problem with its fix.
     Doctor,
+    /// Sign a module for Secure Boot, like the kernel's scripts/sign-file.
+    Sign(sign::SignArgs),
+    /// Check a module's signature against a certificate; name the signer and hash.
+    VerifySignature(sign::VerifyArgs),
+    /// Make a module signing key and certificate (the Machine Owner Key).
+    #[command(alias = "generate_mok")]
+    GenerateMok(sign::GenerateArgs),
+    /// The Machine Owner Key: enroll it for Secure Boot.
+    #[command(subcommand)]
+    Mok(sign::MokCommand),
     #[command(flatten)]
     Verb(Box<verbs::Verb>),
 }
@@ -95,6 +106,10 @@ async fn run(cli: Cli, report: Arc<dyn Reporter>) -> Result<i32, Error> {
         Command::Image(cmd) => image::run(&ctx, &out, cmd).await,
         Command::Profiles => system::profiles(&ctx, &out),
         Command::Doctor => system::doctor(&ctx, &out).await,
+        Command::Sign(args) => sign::sign(&ctx, &out, args),
+        Command::VerifySignature(args) => sign::verify_signature(&ctx, &out, args),
+        Command::GenerateMok(args) => sign::generate_mok(&ctx, &out, args),
+        Command::Mok(cmd) => sign::mok(&ctx, &out, cmd),
         Command::Verb(verb) => verbs::run(&ctx, &out, *verb).await,
     }
 }

@@ -25,6 +25,7 @@ pub const VERBS: &[&str] = &[
     "kernel_postinst",
     "kernel_prerm",
     "verify",
+    "generate_mok",
 ];
 
 /// What every verb takes: dkms's selection flags and tree roots.

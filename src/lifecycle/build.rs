@@ -62,6 +62,8 @@ impl Lifecycle<'_> {
             crate::kernel::config(&self.ctx.cache, &index, &kernel, self.report())
         );
         let (image, kconfig) = (image?, kconfig?);
+        // The key is loaded before the build: a build that could not be signed is not started.
+        let signing = self.signing(kconfig.as_deref())?;
         let recipe = self.ctx.catalog.recipe("builder")?;
 
         let source = self.source_dir(mv);
@@ -176,6 +178,18 @@ impl Lifecycle<'_> {
             return Err(self.failed(mv, target, &arch, &plan, &built, Some(what))?.into());
         }
 
+        // A pair made on first use is made only now, so that a failed build leaves no key behind.
+        let signing = match signing {
+            Some(SignWith { hash, paths, signer }) => {
+                let signer = match signer {
+                    Some(loaded) => loaded,
+                    None => crate::sign::signer(&paths, crate::sign::pin().as_deref(), self.report())?,
+                };
+                Some((signer, hash))
+            }
+            None => None,
+        };
+
         // Assemble the result next to its final place, then rename: a built dir is complete or absent.
         let staged = work.path().join("staged");
         let compression = kconfig.as_deref().map(crate::install::compress::Compression::from_kernel_config);
@@ -185,7 +199,12 @@ impl Lifecycle<'_> {
         std::fs::create_dir_all(staged.join("log")).map_err(LifecycleError::io(&staged))?;
         for m in &plan.modules {
             let from = wanted(m);
-            let bytes = std::fs::read(&from).map_err(LifecycleError::io(&from))?;
+            let mut bytes = std::fs::read(&from).map_err(LifecycleError::io(&from))?;
+            // dkms's order: strip (done in the sandbox), sign, compress.
+            if let Some((signer, hash)) = &signing {
+                self.report().info(format!("Signing module {}.ko ({hash})", m.built_name));
+                bytes = crate::sign::sign(&bytes, signer, hash, &from)?;
+            }
             let file = PathBuf::from("module").join(format!("{}.ko{}", m.built_name, compression.suffix()));
             let packed = compression.compress(&bytes).map_err(LifecycleError::io(&from))?;
             std::fs::write(staged.join(&file), packed).map_err(LifecycleError::io(staged.join(&file)))?;
@@ -211,6 +230,8 @@ impl Lifecycle<'_> {
             pre_install: plan.hooks.pre_install.clone(),
             post_install: plan.hooks.post_install.clone(),
             post_remove: plan.hooks.post_remove.clone(),
+            sig_hash: kconfig.as_deref().and_then(crate::sign::kernel_hash),
+            signed_by: signing.as_ref().map(|(signer, _)| signer.fingerprint()),
         };
         manifest.write(&staged)?;
 
@@ -228,6 +249,32 @@ impl Lifecycle<'_> {
             modules: names,
             seconds: started.elapsed().as_secs_f64(),
         })
+    }
+
+    /// The key pair and hash to sign this kernel's modules with: `None` when the kernel has
+    /// no CONFIG_MODULE_SIG_HASH or signing is turned off, each said in one line. An existing
+    /// pair is loaded (and checked) now; ckms's own, when missing, is made after the build.
+    fn signing(&self, kconfig: Option<&str>) -> Result<Option<SignWith>, Error> {
+        let Some(hash) = kconfig.and_then(crate::sign::kernel_hash) else {
+            self.report().info("The kernel is built without module signing facility, modules won't be signed");
+            return Ok(None);
+        };
+        if !self.ctx.config.sign_enabled() {
+            self.report().info("Module signing is turned off ([sign] enabled = false): modules won't be signed");
+            return Ok(None);
+        }
+        let paths = self.ctx.config.key_locations(&self.roots.dkms_tree).resolve(None, None);
+        let signer = if crate::sign::needs_generating(&paths) {
+            None
+        } else {
+            Some(crate::sign::Signer::load(&paths, crate::sign::pin().as_deref())?)
+        };
+        self.report().info(format!(
+            "Modules will be signed ({hash}) with the key {} and certificate {}",
+            paths.key.display(),
+            paths.cert.display()
+        ));
+        Ok(Some(SignWith { hash, paths, signer }))
     }
 
     /// A failed build: make.log goes where dkms leaves it, `<m>/<v>/build/make.log`. `what`
@@ -420,6 +467,14 @@ impl Lifecycle<'_> {
             profiles.iter().find(|p| p.may_offer(&target.release)).or(profiles.first()).map(|p| p.machine.clone());
         Ok(machine.unwrap_or_else(|| std::env::consts::ARCH.to_string()))
     }
+}
+
+/// How a build's modules are to be signed.
+struct SignWith {
+    hash: String,
+    paths: crate::sign::KeyPaths,
+    /// `None`: ckms's own pair, to be made on first use.
+    signer: Option<crate::sign::Signer>,
 }
 
 /// `[build] space_mib` when unset.

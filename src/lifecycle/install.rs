@@ -59,6 +59,7 @@ impl Lifecycle<'_> {
             }
         }
         let files = module_files(&manifest, &built_dir);
+        self.check_signatures(&manifest, &files)?;
         {
             let _lock = self.lock()?;
             let t = self.target(mv, &kernel, &arch);
@@ -108,6 +109,34 @@ impl Lifecycle<'_> {
         link.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned())
     }
 
+    /// Before anything is written: every signed module must verify against the certificate
+    /// in use, and when the kernel wants signatures (and signing is on) every module must
+    /// have one, so nothing unsigned or wrongly signed is installed.
+    fn check_signatures(&self, manifest: &Manifest, files: &[ModuleFile]) -> Result<(), Error> {
+        let required = manifest.sig_hash.is_some() && self.ctx.config.sign_enabled();
+        let mut cert = None;
+        for f in files {
+            let (module, _) = crate::sign::read_module(&f.file)?;
+            if !module.ends_with(crate::sign::format::MAGIC) {
+                if required {
+                    return Err(crate::sign::SignError::NotSigned { path: f.file.clone() }.into());
+                }
+                continue;
+            }
+            let (cert, cert_path) = match &cert {
+                Some(c) => c,
+                None => {
+                    let paths = self.ctx.config.key_locations(&self.roots.dkms_tree).resolve(None, None);
+                    cert.insert((crate::sign::keys::load_cert(&paths.cert)?, paths.cert))
+                }
+            };
+            let v = crate::sign::verify(&module, cert, &f.file, cert_path)?;
+            self.report()
+                .info(format!("Signature of {}.ko verified ({}, {})", f.dest_name, v.signer.signer, v.signer.hash));
+        }
+        Ok(())
+    }
+
     fn target<'t>(&'t self, mv: &'t ModuleVersion, kernel: &'t str, arch: &'t str) -> Target<'t> {
         Target { roots: &self.roots, module: &mv.module, version: &mv.version, kernel, arch }
     }
@@ -155,4 +184,109 @@ fn module_files(manifest: &Manifest, built_dir: &std::path::Path) -> Vec<ModuleF
             file: built_dir.join(&m.file),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{code, Diagnose};
+    use crate::sign::{keys, Locations, Signer};
+    use std::path::Path;
+
+    /// A tree under `root` holding a build of m/1 for kernel k whose module is `module`; the
+    /// build record says the kernel signs modules when `sig_hash`.
+    fn built(root: &Path, module: &[u8], sig_hash: bool) -> crate::tree::Roots {
+        let roots = crate::tree::Roots::under(root, "/var/lib/ckms");
+        let dir = roots.built_dir("m", "1", "k", "x86_64");
+        std::fs::create_dir_all(dir.join("module")).unwrap();
+        std::fs::write(dir.join("module/m.ko"), module).unwrap();
+        Manifest {
+            module: "m".into(),
+            version: "1".into(),
+            kernel: "k".into(),
+            arch: "x86_64".into(),
+            profile: "debian-bookworm".into(),
+            image: "img".into(),
+            modules: vec![super::super::ManifestModule {
+                built_name: "m".into(),
+                dest_name: "m".into(),
+                dest_location: "/updates/dkms".into(),
+                file: "module/m.ko".into(),
+            }],
+            autoinstall: false,
+            pre_install: None,
+            post_install: None,
+            post_remove: None,
+            sig_hash: sig_hash.then(|| "sha256".into()),
+            signed_by: None,
+        }
+        .write(&dir)
+        .unwrap();
+        roots
+    }
+
+    fn context(root: &Path) -> crate::context::Context {
+        let env = [
+            ("CKMS_DKMS_MOK_DIR", root.join("no-dkms")),
+            ("CKMS_CONF_DIR", root.join("etc-dkms")),
+            ("CKMS_CACHE_DIR", root.join("cache")),
+        ];
+        let env = env.into_iter().map(|(k, v)| (k.to_string(), v.display().to_string())).collect();
+        let config = crate::config::Config::load_from(&[], env).unwrap();
+        crate::context::Context {
+            catalog: crate::profile::Catalog::load(&[]).unwrap(),
+            cache: crate::cache::Cache::open(root.join("cache")).unwrap(),
+            report: std::sync::Arc::new(crate::report::Silent),
+            refresh: false,
+            config,
+        }
+    }
+
+    /// ckms's own pair in the tree of `root`.
+    fn own_pair(root: &Path) -> Signer {
+        let loc = Locations { conf_dir: root.join("x"), dkms_dir: root.join("y"), own_dir: root.join("var/lib/ckms") };
+        keys::generate(&loc.resolve(None, None), false).unwrap()
+    }
+
+    async fn install(root: &Path, roots: crate::tree::Roots) -> Result<InstallOutcome, Error> {
+        let ctx = context(root);
+        let opts = super::super::Options { depmod: false, ..Default::default() };
+        let lc = Lifecycle::new(&ctx, roots, opts);
+        let mv = ModuleVersion { module: "m".into(), version: "1".into() };
+        lc.install(&mv, &KernelTarget { release: "k".into(), arch: Some("x86_64".into()) }).await
+    }
+
+    fn installed(root: &Path) -> bool {
+        root.join("lib/modules/k/updates/dkms/m.ko").exists()
+    }
+
+    #[tokio::test]
+    async fn a_module_the_kernel_wants_signed_must_be_signed_by_our_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let ours = own_pair(root);
+        let theirs = own_pair(&root.join("elsewhere"));
+        let p = Path::new("m.ko");
+
+        let unsigned = install(root, built(root, b"\x7fELF", true)).await.unwrap_err();
+        assert_eq!(unsigned.exit_code(), code::BAD_MODULE_SIGNATURE, "{unsigned}");
+        assert!(unsigned.to_string().contains("is not signed"), "{unsigned}");
+        assert!(!installed(root), "an unsigned module was installed");
+
+        let foreign = crate::sign::sign(b"\x7fELF", &theirs, "sha256", p).unwrap();
+        let err = install(root, built(root, &foreign, true)).await.unwrap_err();
+        assert_eq!(err.exit_code(), code::BAD_MODULE_SIGNATURE, "{err}");
+        assert!(!installed(root), "a module signed by another key was installed");
+
+        let good = crate::sign::sign(b"\x7fELF", &ours, "sha256", p).unwrap();
+        install(root, built(root, &good, true)).await.unwrap();
+        assert!(installed(root));
+    }
+
+    #[tokio::test]
+    async fn unsigned_modules_install_where_the_kernel_does_not_sign() {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), built(dir.path(), b"\x7fELF", false)).await.unwrap();
+        assert!(installed(dir.path()));
+    }
 }

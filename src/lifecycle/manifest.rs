@@ -22,6 +22,12 @@ pub struct Manifest {
     pub pre_install: Option<String>,
     pub post_install: Option<String>,
     pub post_remove: Option<String>,
+    /// The kernel's CONFIG_MODULE_SIG_HASH when it was built: its modules must be signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig_hash: Option<String>,
+    /// SHA-256 of the certificate whose key signed the modules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

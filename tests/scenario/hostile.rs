@@ -376,6 +376,37 @@ fn conf_eval(ctx: &Ctx, c: &Case) -> (Duration, Option<PathBuf>) {
     (took, None)
 }
 
+/// A build that looks for the module signing key everywhere it can read. The pair exists
+/// in the tree before the build; signing happens on the host after it, so the build finds
+/// neither the files nor any line of the key, and the installed module is signed with it.
+fn key_thief(ctx: &Ctx, c: &Case) -> (Duration, Option<PathBuf>) {
+    let (key, cert) = (c.root.join("var/lib/ckms/mok.key"), c.root.join("var/lib/ckms/mok.pub"));
+    let cache = shared_cache();
+    let (k, p) = (key.to_str().unwrap(), cert.to_str().unwrap());
+    let global = ["--cache-dir", cache.to_str().unwrap()];
+    ckms(global.iter().chain(&["generate-mok", "--key", k, "--cert", p]))
+        .env("CKMS_CONFIG", &c.config)
+        .run()
+        .expect_code(0);
+    let (run, took) = c.install(ctx, &[]);
+    run.expect_code(0);
+    let installed = c.root.join(format!("lib/modules/{KERNEL}/updates/dkms/hostile.ko"));
+    let verify = ckms(global.iter().chain(&["verify-signature", installed.to_str().unwrap(), "--cert", p])).run();
+    verify.expect_code(0);
+    let log_path = c.root.join(format!("var/lib/ckms/hostile-key-thief/1.0/{KERNEL}/x86_64/log/make.log"));
+    let log = std::fs::read_to_string(&log_path).unwrap_or_else(|e| panic!("{}: {e}{run}", log_path.display()));
+    assert!(log.contains("key-thief: done"), "the search did not run: {log}{run}");
+    let files: Vec<&str> = log.lines().filter(|l| l.starts_with("key-thief: file")).collect();
+    assert!(!files.iter().any(|l| l.contains("/mok.")), "the build saw the key's files: {files:?}{run}");
+    let pem = std::fs::read_to_string(&key).unwrap();
+    for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!log.contains(line), "the build read the key ({line}): {log}");
+    }
+    assert!(!log.contains(k), "the build saw the key's path: {log}");
+    c.assert_host_untouched(ctx, &run);
+    (took, None)
+}
+
 /// A source whose dkms.conf names it "../../../tmp/<token>": `ckms add <dir>` reads that on the
 /// host (without running the file) and would copy the source there. No engine involved.
 fn path_escape(ctx: &Ctx, c: &Case) -> (Duration, Option<PathBuf>) {
@@ -403,6 +434,7 @@ const CASES: &[(&str, Check)] = &[
     ("ko-symlink", ko_symlink),
     ("log-flood", log_flood),
     ("conf-eval", conf_eval),
+    ("key-thief", key_thief),
     ("path-escape", path_escape),
 ];
 

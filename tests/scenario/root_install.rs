@@ -172,6 +172,10 @@ fn cycle(engine: &str, kernel: &str) -> f64 {
     let vermagic = modinfo(&["-F", "vermagic", ours_s]);
     assert_eq!(vermagic.split_whitespace().next(), Some(kernel), "vermagic {vermagic}");
     assert_eq!(modinfo(&["-F", "version", ours_s]), "1.0");
+    // Signed on the host (the kernel has CONFIG_MODULE_SIG_HASH) with the pair made on first use.
+    assert_eq!(modinfo(&["-F", "signer", ours_s]), "ckms module signing key");
+    let cert = t.root.join("var/lib/ckms/mok.pub");
+    ckms(["verify-signature", ours_s, "--cert", cert.to_str().unwrap()]).run().expect_code(0);
     assert_eq!(modinfo(&["-b", t.root.to_str().unwrap(), "-k", kernel, "-F", "filename", "hello"]), ours_s);
     let dep = std::fs::read_to_string(t.kdir().join("modules.dep")).unwrap();
     assert!(dep.lines().any(|l| l == format!("updates/dkms/hello.ko{suffix}:")), "modules.dep: {dep}");
@@ -200,12 +204,20 @@ fn cycle(engine: &str, kernel: &str) -> f64 {
     assert_eq!(t.status(), [format!("hello/1.0, {kernel}, {ARCH}: built")]);
     assert_eq!(diff(&modules, &walk(&t.root.join("lib/modules"))), Vec::<String>::new(), "after uninstall");
 
-    // unbuild, remove: the whole root as before, but for the tree's own directory and lock.
+    // unbuild, remove: the whole root as before, but for the tree's own directory and lock,
+    // and the signing key pair (enrolled in the firmware, it outlives any module).
     t.ok("unbuild", &["hello/1.0", "-k", kernel]);
     assert_eq!(t.status(), ["hello/1.0: added"]);
     t.ok("remove", &["hello/1.0", "--all"]);
     assert_eq!(t.status(), Vec::<String>::new());
-    let expected_new = ["new: var", "new: var/lib", "new: var/lib/ckms", "new: var/lib/ckms/.lock"];
+    let expected_new = [
+        "new: var",
+        "new: var/lib",
+        "new: var/lib/ckms",
+        "new: var/lib/ckms/.lock",
+        "new: var/lib/ckms/mok.key",
+        "new: var/lib/ckms/mok.pub",
+    ];
     assert_eq!(diff(&system, &walk(&t.root)), expected_new, "after remove");
     started.elapsed().as_secs_f64()
 }

@@ -47,7 +47,8 @@ pub fn shared_cache_lock() -> MutexGuard<'static, ()> {
 
 /// One invocation of the `ckms` binary, isolated from the caller's ckms settings: every
 /// `CKMS_*`, `DOCKER_HOST` and `CONTAINER_HOST` variable is removed, and the configuration
-/// file is one that does not exist (so /etc/ckms and ~/.config/ckms are not read).
+/// file is one that does not exist (so /etc/ckms and ~/.config/ckms are not read), nor is
+/// dkms's signing key pair.
 pub struct Ckms {
     cmd: Command,
     envs: Vec<String>,
@@ -67,6 +68,8 @@ where
         }
     }
     cmd.env("CKMS_CONFIG", "/nonexistent/ckms-test/config.toml");
+    // Nor dkms's signing key of the machine: builds sign with the pair of the test's own tree.
+    cmd.env("CKMS_DKMS_MOK_DIR", "/nonexistent/ckms-test/dkms");
     // The repository's profiles, not those of a ckms package installed on the machine.
     cmd.env("CKMS_DATA_DIR", env!("CARGO_MANIFEST_DIR"));
     let mut shown = vec!["ckms".to_string()];

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# What building ckms needs on a fresh Debian machine besides Rust and gcc: OpenSSL's headers
+# and pkg-config (the openssl crate links the system libcrypto, which signs modules), and the
+# openssl command that tests/sign_file.rs checks signatures with. Idempotent.
+set -euo pipefail
+need=()
+pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v openssl >/dev/null || need+=(openssl)
+if [ ${#need[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { echo "setup-build-deps: run as root to install ${need[*]}" >&2; exit 1; }
+  echo "[setup-build-deps] installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
