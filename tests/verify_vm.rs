@@ -148,6 +148,27 @@ fn negative_controls_fail_with_the_kernels_reason_on_docker() {
         assert!(run.stderr.contains(words), "{run}");
     }
 
+    // Signed on the host (6.1's config names sha256): the kernel parses ckms's signature and
+    // loads the module (its key is not enrolled there: "required key missing", no enforcement).
+    // The same module with its CMS made unparseable is refused by the kernel: "Bad message".
+    let run = tree.ckms(&["build", "hello/1.0", "-k", BOOKWORM, "--verify"]);
+    run.expect_code(0);
+    let signed = tree.built("hello", "1.0", BOOKWORM);
+    let cert = tree.root().join("var/lib/ckms/mok.pub");
+    ckms(["verify-signature", signed.to_str().unwrap(), "--cert", cert.to_str().unwrap()]).run().expect_code(0);
+    let mut bytes = std::fs::read(&signed).unwrap();
+    let magic = b"~Module signature appended~\n";
+    assert!(bytes.ends_with(magic), "{} is signed", signed.display());
+    let trailer = bytes.len() - magic.len() - 12;
+    let sig_len = u32::from_be_bytes(bytes[trailer + 8..trailer + 12].try_into().unwrap()) as usize;
+    assert_eq!(bytes[trailer - sig_len], 0x30, "the CMS starts with a DER SEQUENCE");
+    bytes[trailer - sig_len] = 0x31;
+    let broken = tree.root().join("hello.ko");
+    std::fs::write(&broken, &bytes).unwrap();
+    let run = tree.ckms(&["verify", "-k", BOOKWORM, broken.to_str().unwrap()]);
+    run.expect_code(12);
+    assert!(run.stderr.contains("hello failed verification on 6.1.0-56-amd64: Bad message"), "{run}");
+
     // Not a module at all: refused before any VM, saying what is expected.
     let not_module = tree.root().join("notes.ko");
     std::fs::write(&not_module, "not an ELF file").unwrap();

@@ -34,7 +34,8 @@ impl Loaded {
             return self.mismatch.clone();
         }
         let errno = self.insmod.iter().find_map(|l| l.rsplit_once("': ").map(|(_, e)| e.to_string()));
-        let kernel = self.kernel.iter().rev().find(|l| !l.contains("tainting kernel")).cloned();
+        // Taint notices (out-of-tree, unsigned) come with every load; they are not the reason.
+        let kernel = self.kernel.iter().rev().find(|l| !l.contains("taint")).cloned();
         let why = match (kernel, errno) {
             (Some(k), Some(e)) => format!("{e}: {k}"),
             (k, e) => k.or(e).unwrap_or_else(|| "insmod failed without a message".into()),
