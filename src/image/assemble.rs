@@ -332,6 +332,8 @@ fn config_layer(
 /// One row of `ckms image ls`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageRow {
+    /// "builder" or "verifier" (images/*.toml).
+    pub recipe: String,
     pub profile: String,
     pub kernel: String,
     pub compiler: String,
@@ -350,6 +352,7 @@ pub async fn list(engine: &dyn Engine) -> Result<Vec<ImageRow>> {
             let get = |k: &str| i.labels.get(k).cloned().unwrap_or_default();
             let reference = i.tags.iter().max_by_key(|t| t.len()).cloned().unwrap_or_default();
             ImageRow {
+                recipe: get(label::RECIPE),
                 profile: get(label::PROFILE),
                 kernel: get(label::KERNEL),
                 compiler: get(label::COMPILER),
@@ -360,7 +363,9 @@ pub async fn list(engine: &dyn Engine) -> Result<Vec<ImageRow>> {
             }
         })
         .collect();
-    rows.sort_by(|a, b| (&a.profile, &a.kernel, b.created).cmp(&(&b.profile, &b.kernel, a.created)));
+    rows.sort_by(|a, b| {
+        (&a.recipe, &a.profile, &a.kernel, b.created).cmp(&(&b.recipe, &b.profile, &b.kernel, a.created))
+    });
     Ok(rows)
 }
 
@@ -386,15 +391,16 @@ pub async fn remove(engine: &dyn Engine, what: &str) -> Result<Vec<ImageRow>> {
     Ok(matching)
 }
 
-/// Removes images superseded by a newer one for the same profile and kernel (all of them with
+/// Removes images superseded by a newer one of the same recipe, profile and kernel (all of them with
 /// `all`), then the cached packages and layers that only removed images used.
 pub async fn prune(engine: &dyn Engine, cache: &Cache, all: bool) -> Result<(Vec<ImageRow>, usize)> {
     let rows = list(engine).await?;
     let mut seen = BTreeSet::new();
     let (mut keep, mut drop) = (Vec::new(), Vec::new());
     for r in rows {
-        // `list` sorts newest first within a (profile, kernel).
-        if !all && seen.insert((r.profile.clone(), r.kernel.clone())) {
+        // `list` sorts newest first within a (recipe, profile, kernel): a kernel's verifier
+        // image does not supersede its builder image.
+        if !all && seen.insert((r.recipe.clone(), r.profile.clone(), r.kernel.clone())) {
             keep.push(r);
         } else {
             drop.push(r);
@@ -435,10 +441,14 @@ mod tests {
     use crate::image::{Lock, LockedLayer, LockedPackage};
 
     fn image(id: &str, profile: &str, kernel: &str, created: i64) -> FakeImage {
+        recipe_image("builder", id, profile, kernel, created)
+    }
+
+    fn recipe_image(recipe: &str, id: &str, profile: &str, kernel: &str, created: i64) -> FakeImage {
         FakeImage {
             id: format!("sha256:{id}"),
-            tags: vec![format!("localhost/ckms/builder-{profile}:{kernel}-{id}")],
-            labels: [(label::RECIPE, "builder"), (label::PROFILE, profile), (label::KERNEL, kernel)]
+            tags: vec![format!("localhost/ckms/{recipe}-{profile}:{kernel}-{id}")],
+            labels: [(label::RECIPE, recipe), (label::PROFILE, profile), (label::KERNEL, kernel)]
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
@@ -478,6 +488,7 @@ mod tests {
         engine.add_image(image("old", "debian-bookworm", "6.1.0-56-amd64", 100));
         engine.add_image(image("new", "debian-bookworm", "6.1.0-56-amd64", 200));
         engine.add_image(image("other", "debian-trixie", "6.12.117+deb13-amd64", 50));
+        engine.add_image(recipe_image("verifier", "vm", "debian-bookworm", "6.1.0-56-amd64", 300));
         record(&cache, "old", "deb1", "layerold");
         record(&cache, "new", "deb1", "layernew");
 
@@ -486,10 +497,10 @@ mod tests {
         assert_eq!(freed, 1, "only the old image's own layer goes");
         assert!(cache.blob_path("deb1").exists(), "still used by the newer image");
         assert!(!cache.blob_path("layerold").exists());
-        assert_eq!(engine.images().len(), 2);
+        assert_eq!(engine.images().len(), 3, "the kernel's verifier image supersedes no builder image");
 
         let (removed, _) = prune(&engine, &cache, true).await.unwrap();
-        assert_eq!(removed.len(), 2, "--all removes every ckms image");
+        assert_eq!(removed.len(), 3, "--all removes every ckms image");
         assert!(!cache.blob_path("deb1").exists());
     }
 
