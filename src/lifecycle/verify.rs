@@ -1,5 +1,6 @@
 //! `verify`: the built modules of a module version, loaded into a VM running their kernel.
 
+use super::manifest::Manifest;
 use super::{KernelTarget, Lifecycle, LifecycleError, ModuleVersion};
 use crate::error::Error;
 use crate::verify::Verification;
@@ -8,18 +9,18 @@ impl Lifecycle<'_> {
     /// Boots `target` in a VM and loads `mv`'s built modules (with their in-tree dependencies).
     pub async fn verify(&self, mv: &ModuleVersion, target: &KernelTarget) -> Result<Verification, Error> {
         let arch = self.arch(target)?;
-        let dir = self.roots.built_dir(&mv.module, &mv.version, &target.release, &arch).join("module");
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .map_err(|_| LifecycleError::NotBuilt {
+        let built_dir = self.roots.built_dir(&mv.module, &mv.version, &target.release, &arch);
+        if !built_dir.join("module").is_dir() {
+            return Err(LifecycleError::NotBuilt {
                 module: mv.module.clone(),
                 version: mv.version.clone(),
                 kernel: target.release.clone(),
-                arch: arch.clone(),
-            })?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file())
-            .collect();
-        files.sort();
+                arch,
+            }
+            .into());
+        }
+        // The build record names the modules, as install reads them.
+        let files: Vec<_> = Manifest::read(&built_dir)?.modules.iter().map(|m| built_dir.join(&m.file)).collect();
         self.verify_files(&target.release, &files).await
     }
 
