@@ -170,6 +170,22 @@ pub fn data_tar<R: Read + 'static>(deb: R, origin: &str) -> Result<Box<dyn Read>
     Ok(Box::new(decompress(deb.take(m.size), &m.name, origin)?))
 }
 
+/// The contents of the first regular file of a package's data whose path ends with `suffix`
+/// (`bin/busybox` fits `./usr/bin/busybox`); None when the package has none.
+pub fn read_data_file<R: Read + 'static>(deb: R, origin: &str, suffix: &str) -> Result<Option<Vec<u8>>, DebError> {
+    let io = |source| DebError::Io { origin: origin.into(), source };
+    let mut archive = tar::Archive::new(data_tar(deb, origin)?);
+    for entry in archive.entries().map_err(io)? {
+        let mut entry = entry.map_err(io)?;
+        if entry.header().entry_type().is_file() && entry.path().is_ok_and(|p| p.ends_with(suffix)) {
+            let mut out = Vec::new();
+            entry.read_to_end(&mut out).map_err(io)?;
+            return Ok(Some(out));
+        }
+    }
+    Ok(None)
+}
+
 /// Chunk size for [`data_tar_threaded`]: big enough that channel traffic is negligible.
 const CHUNK: usize = 1024 * 1024;
 

@@ -118,24 +118,13 @@ pub async fn config(
     let path = cache.blob_path(&package.sha256);
     let wanted = format!("linux-headers-{}/.config", kernel.release);
     let origin = kernel.headers_package.clone();
-    let found = tokio::task::spawn_blocking(move || -> Result<Option<String>, String> {
+    let found = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, String> {
         let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let data = crate::deb::data_tar(file, &origin).map_err(|e| e.to_string())?;
-        let mut archive = tar::Archive::new(data);
-        for entry in archive.entries().map_err(|e| e.to_string())? {
-            let mut entry = entry.map_err(|e| e.to_string())?;
-            let is_config = entry.path().is_ok_and(|p| p.ends_with(&wanted));
-            if is_config && entry.header().entry_type().is_file() {
-                let mut text = String::new();
-                std::io::Read::read_to_string(&mut entry, &mut text).map_err(|e| e.to_string())?;
-                return Ok(Some(text));
-            }
-        }
-        Ok(None)
+        crate::deb::read_data_file(file, &origin, &wanted).map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| err(e.to_string()))?;
-    found.map_err(err)
+    Ok(found.map_err(err)?.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// Up to `n` releases from `offered` (oldest first) that look most like `wanted`; among

@@ -78,8 +78,8 @@ impl Diagnose for BuildError {
 }
 
 /// Appends the directories `dirs` and then `files` (name, bytes) under `top` to `b`: ckms's
-/// own files for a container (scripts, the conf, overrides).
-fn append_files(
+/// own files for a container (scripts, the conf, overrides, a VM's kernel).
+pub(crate) fn append_files(
     b: &mut tar::Builder<Vec<u8>>,
     top: &str,
     dirs: &[&str],

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use super::modinfo;
@@ -15,6 +15,11 @@ pub struct BootKernel {
 }
 
 impl BootKernel {
+    /// The boot files extracted into `dir` earlier, if they are there.
+    pub fn existing(dir: &Path) -> Option<BootKernel> {
+        dir.join("vmlinuz").is_file().then(|| BootKernel { dir: dir.to_path_buf() })
+    }
+
     pub fn vmlinuz(&self) -> PathBuf {
         self.dir.join("vmlinuz")
     }
@@ -36,9 +41,6 @@ impl BootKernel {
 /// linux-image package at `deb` into `dir` (written beside it, renamed into place when whole,
 /// so an interrupted extraction is redone rather than half used).
 pub fn extract(deb: &Path, origin: &str, release: &str, dir: &Path) -> Result<BootKernel, String> {
-    if dir.join("vmlinuz").is_file() {
-        return Ok(BootKernel { dir: dir.to_path_buf() });
-    }
     let parent = dir.parent().ok_or("no parent directory")?;
     fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     let tmp = tempfile::Builder::new().prefix(".extract-").tempdir_in(parent).map_err(|e| e.to_string())?;
@@ -87,16 +89,7 @@ pub fn extract(deb: &Path, origin: &str, release: &str, dir: &Path) -> Result<Bo
 /// The file at `wanted` (a path suffix such as `bin/busybox`) in a package.
 pub fn read_file(deb: &Path, origin: &str, wanted: &str) -> Result<Vec<u8>, String> {
     let file = fs::File::open(deb).map_err(|e| format!("{}: {e}", deb.display()))?;
-    let data = crate::deb::data_tar(file, origin).map_err(|e| e.to_string())?;
-    let mut archive = tar::Archive::new(data);
-    for entry in archive.entries().map_err(|e| format!("{origin}: {e}"))? {
-        let mut entry = entry.map_err(|e| format!("{origin}: {e}"))?;
-        let matches = entry.path().is_ok_and(|p| p.ends_with(wanted));
-        if matches && entry.header().entry_type().is_file() {
-            let mut out = Vec::new();
-            entry.read_to_end(&mut out).map_err(|e| format!("{origin}: {e}"))?;
-            return Ok(out);
-        }
-    }
-    Err(format!("{origin} holds no {wanted}"))
+    crate::deb::read_data_file(file, origin, wanted)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{origin} holds no {wanted}"))
 }

@@ -174,11 +174,16 @@ pub async fn verify(
     };
     let kernel_files = async {
         let package = p.kernel.image.replace("{kver}", release);
-        let deb = fetch(ctx, &index, release, p, &package).await?;
-        let dir = ctx.cache.dir("boot").map_err(|e| package_err(release, &package, e.to_string()))?.join(&deb.1);
+        let pkg = candidate(&index, release, p, &package)?;
+        let dir = ctx.cache.dir("boot").map_err(|e| package_err(release, &package, e.to_string()))?.join(&pkg.sha256);
+        // Extracted once: later runs need neither the package nor its checksum again.
+        if let Some(extracted) = boot::BootKernel::existing(&dir) {
+            return Ok(extracted);
+        }
+        let deb = fetch(ctx, &pkg).await?;
         tokio::task::spawn_blocking({
             let release = release.to_string();
-            move || boot::extract(&deb.0, &package, &release, &dir).map_err(|m| package_err(&release, &package, m))
+            move || boot::extract(&deb, &package, &release, &dir).map_err(|m| package_err(&release, &package, m))
         })
         .await
         .map_err(|e| package_err(release, "extraction", e.to_string()))?
@@ -189,7 +194,7 @@ pub async fn verify(
             package: "busybox".into(),
             message: format!("the image recipe '{}' has no [initramfs] section", recipe.name),
         })?;
-        let (deb, _) = fetch(ctx, &index, release, p, &spec.package).await?;
+        let deb = fetch(ctx, &candidate(&index, release, p, &spec.package)?).await?;
         let (package, binary) = (spec.package.clone(), spec.busybox.clone());
         tokio::task::spawn_blocking(move || boot::read_file(&deb, &package, &binary))
             .await
@@ -204,7 +209,7 @@ pub async fn verify(
     let initrd = initramfs::build(&busybox, &loads);
     let vmlinuz = std::fs::read(kernel_files.vmlinuz())
         .map_err(|e| package_err(release, "vmlinuz", format!("{}: {e}", kernel_files.vmlinuz().display())))?;
-    let input = input_tar(&[("vmlinuz", &vmlinuz), ("initrd", &initrd)])
+    let input = input_tar(&[("vmlinuz".into(), &vmlinuz), ("initrd".into(), &initrd)])
         .map_err(|e| package_err(release, "initramfs", e.to_string()))?;
     let dir = format!("{}/{BOOT_DIR}", recipe.config.workdir);
     let argv = qemu_argv(&p.machine, &format!("{dir}/vmlinuz"), &format!("{dir}/initrd"), VM_MEMORY_MIB);
@@ -252,21 +257,24 @@ fn package_err(kernel: &str, package: &str, message: String) -> VerifyError {
     VerifyError::Package { kernel: kernel.to_string(), package: package.to_string(), message }
 }
 
-/// A package's cached file (fetched if missing) and its SHA-256.
-async fn fetch(
-    ctx: &Context,
+/// The index's package named `package`.
+fn candidate(
     index: &crate::repo::Index,
     release: &str,
     profile: &crate::profile::Profile,
     package: &str,
-) -> Result<(PathBuf, String), VerifyError> {
-    let pkg = index.candidate(package).cloned().ok_or_else(|| VerifyError::NoPackage {
+) -> Result<crate::repo::Package, VerifyError> {
+    index.candidate(package).cloned().ok_or_else(|| VerifyError::NoPackage {
         kernel: release.to_string(),
         profile: profile.name.clone(),
         package: package.to_string(),
-    })?;
-    crate::repo::fetch_packages(&ctx.cache, std::slice::from_ref(&pkg), ctx.reporter()).await?;
-    Ok((ctx.cache.blob_path(&pkg.sha256), pkg.sha256))
+    })
+}
+
+/// A package's cached file, fetched if missing.
+async fn fetch(ctx: &Context, pkg: &crate::repo::Package) -> Result<PathBuf, VerifyError> {
+    crate::repo::fetch_packages(&ctx.cache, std::slice::from_ref(pkg), ctx.reporter()).await?;
+    Ok(ctx.cache.blob_path(&pkg.sha256))
 }
 
 /// What the VM loads, in order: each candidate after the modules it depends on; in-tree
@@ -310,19 +318,9 @@ fn load_plan(
     Ok((loads, missing))
 }
 
-fn input_tar(files: &[(&str, &[u8])]) -> std::io::Result<Vec<u8>> {
+fn input_tar(files: &[(String, &[u8])]) -> std::io::Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
-    let mut dir = tar::Header::new_gnu();
-    dir.set_entry_type(tar::EntryType::Directory);
-    dir.set_mode(0o755);
-    dir.set_size(0);
-    b.append_data(&mut dir, BOOT_DIR, std::io::empty())?;
-    for (name, bytes) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o644);
-        h.set_size(bytes.len() as u64);
-        b.append_data(&mut h, format!("{BOOT_DIR}/{name}"), *bytes)?;
-    }
+    crate::build::append_files(&mut b, BOOT_DIR, &[], files)?;
     b.into_inner()
 }
 
