@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use thiserror::Error;
 
-use crate::error::{code, Diagnose};
+use crate::diagnose::{code, Diagnose};
 
 #[derive(Debug, Error)]
 pub enum ArtifactError {

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
 
+use crate::diagnose::{code, Diagnose};
 use crate::engine::EngineSettings;
-use crate::error::{code, Diagnose};
 use crate::profile::{Catalog, Profile};
 use crate::repo::sources::{host_check_valid_until, read_host_sources, AptSource};
 use crate::repo::{RepoOptions, SuiteSpec};

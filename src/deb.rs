@@ -11,7 +11,7 @@ use std::io::{self, BufRead, BufReader, Read};
 
 use thiserror::Error;
 
-use crate::error::{code, Diagnose};
+use crate::diagnose::{code, Diagnose};
 
 /// Read buffer for the compressed member; large reads keep syscalls and decoder calls rare.
 const READ_BUF: usize = 256 * 1024;
@@ -386,7 +386,7 @@ pub(crate) mod tests {
     /// Appends with the name stored verbatim (the tar crate would drop a leading "./"), as
     /// dpkg-deb writes it; long names go through the crate's GNU long-name support.
     fn append_raw(b: &mut tar::Builder<Vec<u8>>, h: &mut tar::Header, path: &str, link: Option<&str>, data: &[u8]) {
-        if path.len() < 100 && link.map_or(true, |l| l.len() < 100) {
+        if path.len() < 100 && link.is_none_or(|l| l.len() < 100) {
             h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
             if let Some(l) = link {
                 h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());

@@ -1,160 +1,85 @@
-//! What every module error tells the user besides its message: the process exit code and a
-//! hint saying what to do. The codes follow dkms where dkms has one for the same failure;
-//! the rest are ckms's own (see docs/exit-codes.md).
+//! [`Error`]: any ckms failure, as the binary and the verbs that compose many steps see it.
+//!
+//! It carries one module's error (anything implementing [`Diagnose`]) without naming the
+//! modules: `?` converts every module's error into it, and nothing here imports them back,
+//! so the errors form no circle (the enum this replaces imported all 14 module errors, each
+//! of which imported it). Where a caller must tell one failure from another it asks with
+//! [`Error::downcast_ref`].
 
-/// Exit codes shared by all modules, named so that the table lives in one place.
-pub mod code {
-    /// dkms: not root / no write access to a tree.
-    pub const NO_ACCESS: i32 = 1;
-    /// Bad command line or configuration; dkms: bad option, source directory missing.
-    pub const USAGE: i32 = 2;
-    /// dkms: already added with other contents / module version not in the tree.
-    pub const NOT_IN_TREE: i32 = 3;
-    /// dkms: dkms.conf not found, broken tree entry.
-    pub const NO_CONF: i32 = 4;
-    /// dkms: bad patch path, already installed by someone else.
-    pub const REFUSED: i32 = 5;
-    /// dkms: patch failed, install aborted, depmod failed (rolled back).
-    pub const INSTALL_FAILED: i32 = 6;
-    /// dkms: a module named in BUILT_MODULE_NAME was not produced by the build.
-    pub const MODULE_MISSING: i32 = 7;
-    /// dkms: bad conf.
-    pub const BAD_CONF: i32 = 8;
-    /// dkms: make returned non-zero.
-    pub const BUILD_FAILED: i32 = 10;
-    /// dkms: autoinstall: one or more modules failed (the others were still done).
-    pub const AUTOINSTALL_FAILED: i32 = 11;
-    /// dkms: a BUILD_DEPENDS module is not in the tree.
-    pub const MISSING_DEPENDS: i32 = 13;
-    /// ckms verify: a module did not load into its target kernel in the VM.
-    pub const NOT_LOADED: i32 = 12;
-    /// dkms: kernel hook failed.
-    pub const HOOK_FAILED: i32 = 14;
-    /// dkms: kernel headers not found. ckms: no profile offers that kernel.
-    pub const UNKNOWN_KERNEL: i32 = 21;
-    /// A profile or image recipe under profiles/ or images/ is broken.
-    pub const BAD_PROFILE: i32 = 22;
-    /// A package mirror could not be reached or answered with an error.
-    pub const MIRROR_UNREACHABLE: i32 = 30;
-    /// A repository index failed its signature or Valid-Until check.
-    pub const BAD_SIGNATURE: i32 = 31;
-    /// Downloaded data did not match the checksum the signed index gives, even after a retry.
-    pub const CHECKSUM_MISMATCH: i32 = 32;
-    /// Packages could not be resolved (missing dependency, unsatisfiable version).
-    pub const UNRESOLVABLE: i32 = 33;
-    /// The local cache or an output file could not be read or written (disk full, permissions).
-    pub const IO: i32 = 34;
-    /// No container engine answered and none could be started.
-    pub const NO_ENGINE: i32 = 40;
-    /// The container engine answered but refused or failed an operation.
-    pub const ENGINE_FAILED: i32 = 41;
-    /// A build inside a container did not finish in its time limit.
-    pub const TIMEOUT: i32 = 42;
-    /// A module could not be signed: the key or certificate is missing, unreadable, locked
-    /// by a passphrase not given, or they do not match.
-    pub const SIGNING_FAILED: i32 = 50;
-    /// A module's signature is missing where one is required, malformed, or does not verify.
-    pub const BAD_MODULE_SIGNATURE: i32 = 51;
-    /// dkms: skipped by BUILD_EXCLUSIVE.
-    pub const SKIPPED: i32 = 77;
-    /// dkms: PRE_INSTALL failed.
-    pub const PRE_INSTALL_FAILED: i32 = 101;
-}
+use crate::diagnose::{code, Diagnose};
 
-/// Implemented by every module's error type.
-pub trait Diagnose: std::error::Error {
-    /// The process exit code for this failure.
-    fn exit_code(&self) -> i32;
-    /// One or two sentences on what the user can do about it.
-    fn hint(&self) -> Option<String> {
-        None
-    }
-}
+/// One module's error, with its exit code and hint.
+pub struct Error(Box<dyn Diagnose + Send + Sync>);
 
-/// Any ckms failure, as the binary and library callers see it.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Profile(#[from] crate::profile::ProfileError),
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    #[error(transparent)]
-    Repo(#[from] crate::repo::RepoError),
-    #[error(transparent)]
-    Cache(#[from] crate::cache::CacheError),
-    #[error(transparent)]
-    Kernel(#[from] crate::kernel::KernelError),
-    #[error(transparent)]
-    Image(#[from] crate::image::ImageError),
-    #[error(transparent)]
-    Engine(#[from] crate::engine::EngineError),
-    #[error(transparent)]
-    Conf(#[from] crate::conf::ConfError),
-    #[error(transparent)]
-    Build(#[from] crate::build::BuildError),
-    #[error(transparent)]
-    Artifact(#[from] crate::artifact::ArtifactError),
-    #[error(transparent)]
-    Sign(#[from] crate::sign::SignError),
-    /// Boxed, as the next: their variants carry module, version, kernel and arch.
-    #[error(transparent)]
-    Lifecycle(Box<crate::lifecycle::LifecycleError>),
-    #[error(transparent)]
-    Install(Box<crate::install::InstallError>),
-    #[error(transparent)]
-    Verify(Box<crate::verify::VerifyError>),
-    #[error("{message}")]
-    Usage { message: String, hint: Option<String> },
-}
-
-impl From<crate::lifecycle::LifecycleError> for Error {
-    fn from(e: crate::lifecycle::LifecycleError) -> Self {
-        Error::Lifecycle(Box::new(e))
-    }
-}
-
-impl From<crate::install::InstallError> for Error {
-    fn from(e: crate::install::InstallError) -> Self {
-        Error::Install(Box::new(e))
-    }
-}
-
-impl From<crate::verify::VerifyError> for Error {
-    fn from(e: crate::verify::VerifyError) -> Self {
-        Error::Verify(Box::new(e))
+impl<E: Diagnose + Send + Sync + 'static> From<E> for Error {
+    fn from(e: E) -> Self {
+        Error(Box::new(e))
     }
 }
 
 impl Error {
-    fn inner(&self) -> Option<&dyn Diagnose> {
-        Some(match self {
-            Error::Profile(e) => e,
-            Error::Config(e) => e,
-            Error::Repo(e) => e,
-            Error::Cache(e) => e,
-            Error::Kernel(e) => e,
-            Error::Image(e) => e,
-            Error::Engine(e) => e,
-            Error::Conf(e) => e,
-            Error::Build(e) => e,
-            Error::Artifact(e) => e,
-            Error::Sign(e) => e,
-            Error::Lifecycle(e) => e.as_ref(),
-            Error::Install(e) => e.as_ref(),
-            Error::Verify(e) => e.as_ref(),
-            Error::Usage { .. } => return None,
-        })
+    /// A bad command line or setting, with what to do about it.
+    pub fn usage(message: impl Into<String>, hint: Option<String>) -> Error {
+        Usage { message: message.into(), hint }.into()
+    }
+
+    /// The process exit code for this failure.
+    pub fn exit_code(&self) -> i32 {
+        self.0.exit_code()
+    }
+
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<String> {
+        self.0.hint()
+    }
+
+    /// The module's error, if it is an `E`.
+    pub fn downcast_ref<E: Diagnose + 'static>(&self) -> Option<&E> {
+        let inner: &dyn std::any::Any = &*self.0;
+        inner.downcast_ref()
+    }
+
+    /// The module's error by value, if it is an `E` (else the error unchanged).
+    pub fn downcast<E: Diagnose + 'static>(self) -> Result<E, Error> {
+        if self.downcast_ref::<E>().is_none() {
+            return Err(self);
+        }
+        let any: Box<dyn std::any::Any> = self.0;
+        any.downcast::<E>().map(|b| *b).map_err(|_| Error::usage("internal error: an error changed its type", None))
     }
 }
 
-impl Diagnose for Error {
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// A bad command line or setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Usage {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Diagnose for Usage {
     fn exit_code(&self) -> i32 {
-        self.inner().map_or(code::USAGE, Diagnose::exit_code)
+        code::USAGE
     }
     fn hint(&self) -> Option<String> {
-        match self {
-            Error::Usage { hint, .. } => hint.clone(),
-            other => other.inner().and_then(Diagnose::hint),
-        }
+        self.hint.clone()
     }
 }

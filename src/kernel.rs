@@ -4,7 +4,7 @@
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::error::{code, Diagnose};
+use crate::diagnose::{code, Diagnose};
 use crate::profile::Profile;
 use crate::repo::{Index, Package};
 

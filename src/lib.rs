@@ -24,6 +24,7 @@ pub mod conf;
 pub mod config;
 pub mod context;
 pub mod deb;
+pub mod diagnose;
 pub mod engine;
 pub mod error;
 pub mod image;

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
-use crate::error::{code, Diagnose};
+use crate::diagnose::{code, Diagnose};
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/embedded.rs"));

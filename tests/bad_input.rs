@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use ckms::error::code;
+use ckms::diagnose::code;
 use support::{
     assert_blobs_intact, assert_tmp_empty, blobs, ckms, corrupt, entries, sha256_file, shared_cache, shared_cache_lock,
     HttpServer, Tmpfs,

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use ckms::build::evaluate_conf;
 use ckms::conf::{resolve, DestPolicy, EvalContext, KernelFacts, Resolved};
+use ckms::diagnose::{code, Diagnose};
 use ckms::engine::DockerApi;
-use ckms::error::{code, Diagnose};
 
 const KERNEL: &str = "6.1.0-56-amd64";
 

@@ -2,8 +2,8 @@
 //! fallback), and a private rootless Podman service starts and stops with its Connection.
 //! One test per concern, in one binary, because they change the process environment.
 
+use ckms::diagnose::{code, Diagnose};
 use ckms::engine::{connect, start_private, EngineError, EngineKind, EngineSettings};
-use ckms::error::{code, Diagnose};
 use ckms::report::{Event, Recorder, Silent};
 use std::time::Duration;
 

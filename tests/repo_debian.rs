@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ckms::cache::Cache;
-use ckms::error::Diagnose;
+use ckms::diagnose::Diagnose;
 use ckms::repo::sources::{host_check_valid_until, read_host_sources};
 use ckms::repo::{fetch_packages, load_index, RepoError, RepoOptions, SuiteSpec};
 use ckms::report::Silent;

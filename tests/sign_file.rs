@@ -15,7 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ckms::error::code;
+use ckms::diagnose::code;
 use support::{ckms, Ckms};
 
 const KBUILD: &str = "linux-kbuild-6.1";

@@ -60,9 +60,9 @@ fn input_tar(files: &[(String, &[u8])]) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diagnose::{code, Diagnose};
     use crate::engine::fake::FakeEngine;
     use crate::engine::RunOutcome;
-    use crate::error::{code, Diagnose};
 
     fn ctx() -> EvalContext {
         EvalContext {

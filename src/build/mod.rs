@@ -18,8 +18,8 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::conf::ConfError;
+use crate::diagnose::{code, Diagnose};
 use crate::engine::EngineError;
-use crate::error::{code, Diagnose};
 
 #[derive(Debug, Error)]
 pub enum BuildError {

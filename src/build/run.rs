@@ -463,7 +463,7 @@ mod tests {
         }));
         let (ran, _dest) = run(&engine, &resolver).await;
         let err = ran.unwrap_err();
-        assert_eq!(crate::error::Diagnose::exit_code(&err), crate::error::code::BAD_CONF);
+        assert_eq!(crate::diagnose::Diagnose::exit_code(&err), crate::diagnose::code::BAD_CONF);
         assert!(err.to_string().contains("syntax error"), "{err}");
     }
 }

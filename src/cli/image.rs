@@ -114,10 +114,10 @@ async fn run_in(
     });
     out.result(&result, || format!("{log}\n{} file(s) copied back to {}\n", files.len(), dest.display()));
     Ok(match (outcome.timed_out, outcome.exit_code) {
-        (true, _) => ckms::error::code::TIMEOUT,
+        (true, _) => ckms::diagnose::code::TIMEOUT,
         (false, 0) => 0,
         // dkms: "make returned non-zero".
-        (false, _) => ckms::error::code::BUILD_FAILED,
+        (false, _) => ckms::diagnose::code::BUILD_FAILED,
     })
 }
 

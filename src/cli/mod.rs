@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use ckms::config::Config;
 use ckms::context::Context;
-use ckms::error::{Diagnose, Error};
+use ckms::error::Error;
 use ckms::report::{Human, JsonLines, Reporter};
 
 #[derive(Parser)]

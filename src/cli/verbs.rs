@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use ckms::context::Context;
-use ckms::error::{code, Error};
+use ckms::diagnose::code;
+use ckms::error::Error;
 use ckms::lifecycle::{AddSource, KernelTarget, Lifecycle, ModuleVersion, Options};
 use ckms::tree::Roots;
 
@@ -379,7 +380,7 @@ fn show_verifications(results: &[ckms::verify::Verification], out: &Output) -> R
 }
 
 fn usage(message: &str) -> Error {
-    Error::Usage { message: message.to_string(), hint: Some("`ckms help <verb>` shows its options".into()) }
+    Error::usage(message, Some("`ckms help <verb>` shows its options".into()))
 }
 
 fn roots(ctx: &Context, a: &Args) -> Roots {

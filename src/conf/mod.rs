@@ -19,7 +19,7 @@ pub use version::compare as version_compare;
 use std::collections::BTreeMap;
 use thiserror::Error;
 
-use crate::error::{code, Diagnose};
+use crate::diagnose::{code, Diagnose};
 
 #[derive(Debug, Error)]
 pub enum ConfError {

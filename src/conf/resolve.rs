@@ -315,7 +315,7 @@ pub fn resolve(raw: &RawConf, kernel: &KernelFacts, dest: &DestPolicy) -> Result
     });
 
     // STRIP[#] defaults to STRIP[0], which defaults to yes.
-    let strip_default = raw.at("STRIP", 0).map_or(true, |v| !v.starts_with(['n', 'N']));
+    let strip_default = raw.at("STRIP", 0).is_none_or(|v| !v.starts_with(['n', 'N']));
     let mut modules = Vec::new();
     let mut excluded_modules = Vec::new();
     let exclusions: std::collections::BTreeMap<u32, Option<String>> = module_exclusion.into_iter().collect();
@@ -350,9 +350,7 @@ pub fn resolve(raw: &RawConf, kernel: &KernelFacts, dest: &DestPolicy) -> Result
         .array("PATCH")
         .iter()
         .filter(|(_, p)| !p.is_empty())
-        .filter(|(i, _)| {
-            patch_matches.iter().find(|(j, _)| j == *i).map_or(true, |(_, re)| re.is_match(&kernel.release))
-        })
+        .filter(|(i, _)| patch_matches.iter().find(|(j, _)| j == *i).is_none_or(|(_, re)| re.is_match(&kernel.release)))
         .map(|(_, p)| p.clone())
         .collect();
 

@@ -2,7 +2,7 @@
 //! from Debian's *-dkms packages (production runs it in the builder container).
 
 use super::*;
-use crate::error::Diagnose;
+use crate::diagnose::Diagnose;
 use std::path::Path;
 use std::process::Command;
 

@@ -169,7 +169,7 @@ pub async fn doctor(settings: &EngineSettings) -> Vec<Check> {
             }
         }
         Err(e) => {
-            use crate::error::Diagnose;
+            use crate::diagnose::Diagnose;
             out.push(Check::new("engine", false, e.to_string(), e.hint()));
         }
     }

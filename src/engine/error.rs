@@ -1,6 +1,6 @@
 //! Engine failures, each naming the endpoint (and image or container) involved.
 
-use crate::error::{code, Diagnose};
+use crate::diagnose::{code, Diagnose};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

@@ -37,7 +37,7 @@ use thiserror::Error;
 
 use super::layer::LayerDigest;
 use crate::cache::sha256_hex;
-use crate::error::{code, Diagnose};
+use crate::diagnose::{code, Diagnose};
 
 const WRITE_BUF: usize = 1024 * 1024;
 

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 use thiserror::Error;
 
-use crate::error::{code, Diagnose};
+use crate::diagnose::{code, Diagnose};
 
 /// Buffer sizes for the hot path: large enough that syscalls and decoder calls are rare.
 const READ_BUF: usize = 256 * 1024;

@@ -14,7 +14,7 @@ pub use plan::{plan, Lock, LockedLayer, LockedPackage, Plan, PlannedLayer};
 
 use thiserror::Error;
 
-use crate::error::{code, Diagnose};
+use crate::diagnose::{code, Diagnose};
 
 /// Image labels ckms sets; `image ls` and `prune` find ckms's images by them.
 pub mod label {

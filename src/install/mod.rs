@@ -55,7 +55,7 @@ use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 use thiserror::Error;
 
-use crate::error::{code, Diagnose};
+use crate::diagnose::{code, Diagnose};
 use crate::tree::Roots;
 use ops::{Ops, TMP_PREFIX};
 

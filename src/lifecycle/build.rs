@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use super::{KernelTarget, Lifecycle, LifecycleError, Manifest, ManifestModule, ModuleVersion};
 use crate::build::{BuildError, Job, Ran, CONTAINER_TREE};
 use crate::conf::{BuildPlan, DestPolicy, EvalContext, KernelFacts, Resolved};
-use crate::error::{code, Error};
+use crate::diagnose::code;
+use crate::error::Error;
 
 /// What `build` did for one (module, kernel).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -144,16 +145,14 @@ impl Lifecycle<'_> {
             Ran::Built { plan, built } => (plan, built),
             Ran::Stopped => {
                 let why = stop.into_inner().ok().flatten();
-                return match why {
-                    Some(Error::Lifecycle(e)) => match *e {
-                        LifecycleError::NeedsDependencies { dependencies, .. } => {
-                            // BUILD_DEPENDS first, then this module again (its conf is evaluated anew).
-                            self.build_dependencies(mv, &dependencies, target, chain).await?;
-                            Box::pin(self.build_with_deps(mv, target, chain)).await
-                        }
-                        other => Err(other.into()),
-                    },
-                    Some(e) => Err(e),
+                return match why.map(Error::downcast::<LifecycleError>) {
+                    Some(Ok(LifecycleError::NeedsDependencies { dependencies, .. })) => {
+                        // BUILD_DEPENDS first, then this module again (its conf is evaluated anew).
+                        self.build_dependencies(mv, &dependencies, target, chain).await?;
+                        Box::pin(self.build_with_deps(mv, target, chain)).await
+                    }
+                    Some(Ok(other)) => Err(other.into()),
+                    Some(Err(e)) => Err(e),
                     None => Err(crate::build::BuildError::Input(std::io::Error::other("the build stopped")).into()),
                 };
             }

@@ -189,7 +189,7 @@ fn module_files(manifest: &Manifest, built_dir: &std::path::Path) -> Vec<ModuleF
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::{code, Diagnose};
+    use crate::diagnose::code;
     use crate::sign::{keys, Locations, Signer};
     use std::path::Path;
 

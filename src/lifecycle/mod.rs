@@ -131,10 +131,10 @@ impl<'a> Lifecycle<'a> {
 fn check_names<'n>(names: impl IntoIterator<Item = &'n str>) -> Result<(), Error> {
     for name in names {
         if !crate::tree::valid_name(name) {
-            return Err(Error::Usage {
-                message: format!("{name:?} is not a module name or version"),
-                hint: Some("names are single path components: no '/', blanks, or leading '.'".into()),
-            });
+            return Err(Error::usage(
+                format!("{name:?} is not a module name or version"),
+                Some("names are single path components: no '/', blanks, or leading '.'".into()),
+            ));
         }
     }
     Ok(())
@@ -183,10 +183,9 @@ impl Lifecycle<'_> {
                 Ok(None) => continue,
                 Ok(Some(done)) => AutoResult { module: mv, ok: true, code: 0, message: done },
                 Err(e) => {
-                    use crate::error::Diagnose;
                     let code = e.exit_code();
                     // Skipped by BUILD_EXCLUSIVE is not a failure, as in dkms.
-                    AutoResult { module: mv, ok: code == crate::error::code::SKIPPED, code, message: e.to_string() }
+                    AutoResult { module: mv, ok: code == crate::diagnose::code::SKIPPED, code, message: e.to_string() }
                 }
             };
             results.push(outcome);

@@ -471,7 +471,7 @@ async fn attempt(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::{code, Diagnose};
+    use crate::diagnose::{code, Diagnose};
     use crate::repo::release::tests::{gen_key, sign};
     use crate::report::{Event, Recorder, Silent};
     use std::collections::HashMap;

@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use crate::cache::CacheError;
-use crate::error::{code, Diagnose};
+use crate::diagnose::{code, Diagnose};
 
 pub mod fetch;
 pub mod index;

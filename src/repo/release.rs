@@ -251,7 +251,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::error::{code, Diagnose};
+    use crate::diagnose::{code, Diagnose};
     use pgp::composed::{KeyType, SecretKeyParamsBuilder, SignedSecretKey};
     use pgp::types::Password;
 

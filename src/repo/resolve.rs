@@ -36,7 +36,7 @@ fn meets(version: &str, cs: &[(Op, String)]) -> bool {
 }
 
 fn rel_ok(version: &str, r: &Relation) -> bool {
-    r.constraint.as_ref().map_or(true, |(op, v)| satisfies(version, op, v))
+    r.constraint.as_ref().is_none_or(|(op, v)| satisfies(version, op, v))
 }
 
 /// Does `p`'s Provides satisfy `r`? A versioned dependency needs a versioned Provides.
@@ -103,7 +103,7 @@ impl Index {
         self.providers(&r.name).map(|(p, _)| p).find(|p| {
             !excluded(&p.name, exclude)
                 && provides_ok(p, r).is_some()
-                && pins.get(&p.name).map_or(true, |cs| meets(&p.version, cs))
+                && pins.get(&p.name).is_none_or(|cs| meets(&p.version, cs))
         })
     }
 
@@ -234,7 +234,7 @@ fn excluded(name: &str, exclude: &[Regex]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::{code, Diagnose};
+    use crate::diagnose::{code, Diagnose};
 
     /// Builds an index from `(name, version, depends, provides)` rows in the given suite.
     fn index(suite: &str, rows: &[(&str, &str, &str, &str)]) -> Index {

@@ -15,7 +15,7 @@ use openssl::x509::X509;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
-use crate::error::{code, Diagnose};
+use crate::diagnose::{code, Diagnose};
 use crate::install::Compression;
 pub use keys::{KeyPaths, Locations, Origin, Signer};
 

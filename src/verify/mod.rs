@@ -20,8 +20,8 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::context::Context;
+use crate::diagnose::{code, Diagnose};
 use crate::engine::Engine;
-use crate::error::{code, Diagnose};
 use crate::install::compress::Compression;
 use console::Loaded;
 
