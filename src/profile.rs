@@ -102,8 +102,21 @@ pub struct KernelRules {
 #[serde(deny_unknown_fields)]
 pub struct Filesystem {
     pub usr_merge: Vec<String>,
+    /// Directories whose package contents the image keeps elsewhere (linked back entry by entry).
+    #[serde(default)]
+    pub relocate: Vec<Relocate>,
     #[serde(default)]
     pub symlinks: Vec<Symlink>,
+}
+
+/// `[[filesystem.relocate]]`: what packages put in `from` goes to `to`, a directory at the same
+/// depth, and `from/<entry>` links to it; a build can then mount a directory of its own on
+/// `from` (the source tree, /usr/src) and link the image's entries back into it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Relocate {
+    pub from: String,
+    pub to: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,6 +160,12 @@ impl Profile {
         } else {
             found
         }
+    }
+
+    /// Where the image keeps what packages put in `dir` (an absolute path), if it is relocated.
+    pub fn relocated(&self, dir: &str) -> Option<&str> {
+        let dir = dir.trim_end_matches('/');
+        self.filesystem.relocate.iter().find(|r| r.from.trim_end_matches('/') == dir).map(|r| r.to.as_str())
     }
 
     /// Symlinks with `{triplet}` and `{gcc}` filled in.
@@ -258,6 +277,7 @@ impl Catalog {
             }
         }
         for p in &profiles {
+            check_relocations(p)?;
             if let Some(s) = p.suites.iter().find(|s| !mirrors.contains_key(&s.mirror)) {
                 return Err(invalid(
                     &format!("profile {}", p.name),
@@ -306,6 +326,31 @@ fn collect(dirs: &[PathBuf], sub: &str, builtin: &[(&str, &str)]) -> Result<BTre
         out.entry(stem.to_string()).or_insert_with(|| (format!("built-in {sub}/{stem}.toml"), text.to_string()));
     }
     Ok(out)
+}
+
+/// Relocated directories must be absolute, distinct and at the same depth as where they came
+/// from: the moved trees hold relative links (`scripts -> ../../lib/linux-kbuild-6.1/scripts`).
+fn check_relocations(p: &Profile) -> Result<()> {
+    let depth = |s: &str| s.trim_matches('/').split('/').filter(|c| !c.is_empty()).count();
+    for r in &p.filesystem.relocate {
+        let ok = r.from.starts_with('/')
+            && r.to.starts_with('/')
+            && depth(&r.from) > 0
+            && depth(&r.from) == depth(&r.to)
+            && r.from.trim_end_matches('/') != r.to.trim_end_matches('/')
+            && !r.from.contains("..")
+            && !r.to.contains("..");
+        if !ok {
+            return Err(invalid(
+                &format!("profile {}", p.name),
+                format!(
+                    "[[filesystem.relocate]] {} -> {}: both must be absolute, differ, and have as many components",
+                    r.from, r.to
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn read(path: &Path) -> Result<String> {
@@ -401,6 +446,17 @@ mod tests {
         std::fs::write(dir.path().join("profiles/debian-sid.toml"), "name = 'debian-sid'\n").unwrap();
         let err = Catalog::load(&[dir.path().to_path_buf()]).unwrap_err();
         assert!(err.to_string().contains("profiles/debian-sid.toml"), "{err}");
+    }
+
+    #[test]
+    fn relocations_keep_their_depth() {
+        let c = builtin();
+        for p in &c.profiles {
+            assert_eq!(p.relocated("/usr/src"), Some("/usr/ckms-src"), "{}", p.name);
+        }
+        let mut p = c.profile("debian-sid").unwrap().clone();
+        p.filesystem.relocate = vec![Relocate { from: "/usr/src".into(), to: "/srv".into() }];
+        assert!(check_relocations(&p).unwrap_err().to_string().contains("as many components"));
     }
 
     #[test]

@@ -694,7 +694,8 @@ mod e2e {
             .map(String::from)
             .collect();
         let dir = tempfile::tempdir().unwrap();
-        let rules = FsRules { usr_merge: ["bin", "sbin", "lib", "lib64"].map(String::from).to_vec() };
+        let rules =
+            FsRules { usr_merge: ["bin", "sbin", "lib", "lib64"].map(String::from).to_vec(), ..FsRules::default() };
 
         let base = dir.path().join("base.tar");
         let mut w = LayerWriter::new(File::create(&base).unwrap(), rules.clone());

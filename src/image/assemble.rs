@@ -49,7 +49,7 @@ pub async fn build(
     report: &dyn Reporter,
 ) -> Result<Built> {
     let layers_dir = cache.dir("layers")?;
-    let keys: Vec<String> = plan.layers.iter().map(|l| l.key(&plan.usr_merge)).collect();
+    let keys: Vec<String> = plan.layers.iter().map(|l| l.key(&plan.fs)).collect();
     let mut digests: Vec<Option<LayerDigest>> = keys.iter().map(|k| cached_layer(cache, k)).collect();
     let lock = plan.lock();
     let config_layer = config_layer(cache, profile, recipe, plan, &lock)?;
@@ -90,7 +90,7 @@ pub async fn build(
 
     let mut tasks = Vec::new();
     for (i, layer) in &missing {
-        let (cache, layer, rules) = (cache.clone(), (*layer).clone(), FsRules { usr_merge: plan.usr_merge.clone() });
+        let (cache, layer, rules) = (cache.clone(), (*layer).clone(), plan.fs.clone());
         tasks.push((*i, tokio::task::spawn_blocking(move || write_layer(&cache, &layer, rules))));
     }
     let layers_built = tasks.len();
@@ -299,7 +299,7 @@ fn config_layer(
     lock: &super::Lock,
 ) -> Result<LayerDigest> {
     let u = &recipe.user;
-    let mut w = LayerWriter::new(cache.writer()?, FsRules { usr_merge: plan.usr_merge.clone() });
+    let mut w = LayerWriter::new(cache.writer()?, plan.fs.clone());
     let passwd = format!(
         "root:x:0:0:root:/root:/bin/bash\n{}:x:{}:{}:ckms build user:{}:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
         u.name, u.uid, u.gid, u.home

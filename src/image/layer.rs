@@ -18,6 +18,8 @@ use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 use thiserror::Error;
 
+use super::paths::{map_path, Mapped, Moved};
+pub use super::paths::{FsRules, Relocation};
 use crate::diagnose::{code, Diagnose};
 
 /// Buffer sizes for the hot path: large enough that syscalls and decoder calls are rare.
@@ -54,13 +56,6 @@ impl Diagnose for LayerError {
             }
         })
     }
-}
-
-/// How the image's file system is laid out.
-#[derive(Debug, Clone, Default)]
-pub struct FsRules {
-    /// Top-level dirs that are symlinks into /usr, e.g. ["bin","sbin","lib","lib32","lib64","libx32"].
-    pub usr_merge: Vec<String>,
 }
 
 /// The identity of a finished layer.
@@ -102,14 +97,6 @@ impl<R: Read> Read for Tracked<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.inner.read(buf).inspect_err(|_| self.failed.set(true))
     }
-}
-
-/// What a path from a package becomes in the layer.
-enum Mapped {
-    /// "." itself, or a merged top-level dir (`bin`), which the base layer provides as a symlink.
-    Drop,
-    /// Written at the path left in the buffer.
-    Keep,
 }
 
 /// Writes one layer tar. Build it, add entries, then [`LayerWriter::finish`].
@@ -187,6 +174,7 @@ impl<W: Write> LayerWriter<W> {
             if let Mapped::Drop = mapped {
                 continue;
             }
+            let moved = self.rules.relocate(&mut self.path);
             if !self.first_time(kind, origin) {
                 continue;
             }
@@ -220,7 +208,10 @@ impl<W: Write> LayerWriter<W> {
                     let target: &[u8] = if kind == EntryType::Link {
                         // Hard links name a path in the archive, so it moves like the entry did.
                         match map_path(&target, &self.rules, &mut self.link, false) {
-                            Ok(Mapped::Keep) => &self.link,
+                            Ok(Mapped::Keep) => {
+                                self.rules.relocate(&mut self.link);
+                                &self.link
+                            }
                             Ok(Mapped::Drop) => return Err(unsafe_path(origin, &target, "hard link to a directory")),
                             Err(why) => return Err(unsafe_path(origin, &target, why)),
                         }
@@ -235,6 +226,36 @@ impl<W: Write> LayerWriter<W> {
                 _ => self.tar.append_data(&mut header, path, io::empty()),
             };
             res.map_err(|e| if failed.get() { read_err(e) } else { write_err(e) })?;
+            if let Some(moved) = moved {
+                let mtime = entry.header().mtime().map_err(read_err)?;
+                self.link_back(moved, mtime)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What a relocated entry leaves at its old place: the directory, and a link to each entry
+    /// directly in it (see [`Relocation`]). Written once, whichever package comes first.
+    fn link_back(&mut self, moved: Moved, mtime: u64) -> Result<(), LayerError> {
+        let (r, name) = match moved {
+            Moved::Dir(r) => (r, None),
+            Moved::Top(r, name) => (r, Some(name)),
+            Moved::Below => return Ok(()),
+        };
+        let mut entries = vec![(r.from.clone(), None)];
+        entries.extend(name.map(|n| (format!("{}/{n}", r.from), Some(r.link_target(&n)))));
+        for (path, target) in entries {
+            if !self.seen.insert(path.clone().into_bytes()) {
+                continue;
+            }
+            let kind = if target.is_some() { EntryType::Symlink } else { EntryType::Directory };
+            let mut header = new_header(kind, if target.is_some() { 0o777 } else { 0o755 });
+            header.set_mtime(mtime);
+            let res = match &target {
+                Some(t) => self.tar.append_link(&mut header, &path, t),
+                None => self.tar.append_data(&mut header, &path, io::empty()),
+            };
+            res.map_err(|source| LayerError::Write { origin: "ckms".into(), path, source })?;
         }
         Ok(())
     }
@@ -326,54 +347,16 @@ fn unsafe_path(origin: &str, path: &[u8], why: &'static str) -> LayerError {
     LayerError::UnsafePath { origin: origin.into(), path: String::from_utf8_lossy(path).into_owned(), why }
 }
 
-/// Normalises `raw` into `out` ("./a//b/" -> "a/b") and applies the merged-/usr rewrite.
-/// `lenient_root`: accept a leading "/" (synthetic entries) and keep merged dirs themselves.
-fn map_path(raw: &[u8], rules: &FsRules, out: &mut Vec<u8>, lenient_root: bool) -> Result<Mapped, &'static str> {
-    out.clear();
-    if raw.first() == Some(&b'/') && !lenient_root {
-        return Err("absolute path");
-    }
-    let mut first: Option<&[u8]> = None;
-    let mut count = 0;
-    for comp in raw.split(|&b| b == b'/') {
-        match comp {
-            b"" | b"." => continue,
-            b".." => return Err("contains `..`"),
-            _ => {}
-        }
-        if count == 0 {
-            first = Some(comp);
-            if rules.usr_merge.iter().any(|d| d.as_bytes() == comp) {
-                out.extend_from_slice(b"usr/");
-            }
-        } else {
-            out.push(b'/');
-        }
-        out.extend_from_slice(comp);
-        count += 1;
-    }
-    match (count, first) {
-        (0, _) => Ok(Mapped::Drop),
-        (1, Some(top)) if rules.usr_merge.iter().any(|d| d.as_bytes() == top) => {
-            if lenient_root {
-                out.clear();
-                out.extend_from_slice(top);
-                Ok(Mapped::Keep)
-            } else {
-                Ok(Mapped::Drop)
-            }
-        }
-        _ => Ok(Mapped::Keep),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::deb::tests::{make_deb, make_tar, Comp, TEntry};
 
     fn merged() -> FsRules {
-        FsRules { usr_merge: ["bin", "sbin", "lib", "lib32", "lib64", "libx32"].map(String::from).to_vec() }
+        FsRules {
+            usr_merge: ["bin", "sbin", "lib", "lib32", "lib64", "libx32"].map(String::from).to_vec(),
+            relocate: vec![Relocation::new("/usr/src", "/usr/ckms-src")],
+        }
     }
 
     /// (path, type, link target, contents) of every entry of a tar.

@@ -7,6 +7,7 @@
 pub mod archive;
 mod assemble;
 pub mod layer;
+mod paths;
 mod plan;
 
 pub use assemble::{build, list, prune, remove, Built, ImageRow};

@@ -6,13 +6,14 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
+use super::layer::FsRules;
 use super::ImageError;
 use crate::kernel::Kernel;
 use crate::profile::{Profile, Recipe};
 use crate::repo::{Index, Package, SuiteInfo};
 
 /// Bumped whenever the way layers are written changes, so that cached layers are rebuilt.
-const LAYER_FORMAT: u32 = 1;
+const LAYER_FORMAT: u32 = 2;
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -24,7 +25,8 @@ pub struct Plan {
     /// Non-empty layers, bottom first.
     pub layers: Vec<PlannedLayer>,
     pub suites: Vec<SuiteInfo>,
-    pub usr_merge: Vec<String>,
+    /// Merged /usr and relocations: how package paths land in the layers.
+    pub fs: FsRules,
 }
 
 #[derive(Debug, Clone)]
@@ -141,7 +143,7 @@ pub fn plan(
         gcc,
         layers,
         suites: index.suites().to_vec(),
-        usr_merge: profile.filesystem.usr_merge.clone(),
+        fs: FsRules::from_profile(profile),
     })
 }
 
@@ -180,12 +182,12 @@ impl Plan {
 
 impl PlannedLayer {
     /// A digest of everything that determines this layer's bytes: the cache key for it.
-    pub fn key(&self, usr_merge: &[String]) -> String {
+    pub fn key(&self, fs: &FsRules) -> String {
         let packages: Vec<(&str, &str)> = self.packages.iter().map(|p| (p.name.as_str(), p.sha256.as_str())).collect();
         let ident = serde_json::json!({
             "format": LAYER_FORMAT,
             "layer": self.name,
-            "usr_merge": usr_merge,
+            "fs": fs,
             "packages": packages,
         });
         crate::cache::sha256_hex(ident.to_string().as_bytes())
@@ -288,7 +290,7 @@ mod tests {
         let extra = plan(&p, &r, &idx, &k, &["pkg-config".to_string()]).unwrap();
         assert_eq!(layer_names(&extra, "extra"), ["pkg-config"]);
         for (a, b) in plain.layers.iter().zip(&extra.layers) {
-            assert_eq!(a.key(&p.filesystem.usr_merge), b.key(&p.filesystem.usr_merge), "layer {} unchanged", a.name);
+            assert_eq!(a.key(&plain.fs), b.key(&extra.fs), "layer {} unchanged", a.name);
         }
     }
 
