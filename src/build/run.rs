@@ -419,7 +419,8 @@ mod tests {
         for call in engine.calls() {
             match call {
                 Call::Run(spec) => {
-                    seen.push(spec.input.clone().unwrap_or_default());
+                    let volumes = spec.input.iter().chain(spec.volumes.iter().flat_map(|v| &v.input));
+                    seen.extend(volumes.map(|i| i.tar.clone()));
                     seen.push(spec.env.join("\n").into_bytes());
                     seen.push(spec.cmd.join("\n").into_bytes());
                 }

@@ -125,9 +125,9 @@ pub fn container_config(spec: &RunSpec, caps: &EngineCaps) -> ContainerCreateBod
         env: Some(spec.env.clone()),
         user: Some(spec.user.clone()),
         working_dir: Some(spec.workdir.clone()),
-        // An anonymous volume: fresh per container, writable despite the read-only rootfs,
+        // Anonymous volumes: fresh per container, writable despite the read-only rootfs,
         // and removed with the container (remove v=true).
-        volumes: Some(vec![spec.scratch.clone()]),
+        volumes: Some(std::iter::once(&spec.scratch).chain(spec.volumes.iter().map(|v| &v.path)).cloned().collect()),
         labels: Some(HashMap::from([(RUN_LABEL.to_string(), "1".to_string())])),
         network_disabled: (!spec.network).then_some(true),
         attach_stdin: Some(false),
@@ -148,11 +148,12 @@ fn nproc_wrapper(n: i64) -> String {
     )
 }
 
-/// The tar uploaded into the scratch volume before start: a "." entry owned by the build user
-/// (engines create the volume root-owned; extracting "." chowns it on both Docker and
-/// Podman), then the caller's input with every entry's owner rewritten to that user so the
-/// build can write next to its sources.
-pub fn input_tar(input: Option<&[u8]>, uid: u32, gid: u32) -> std::io::Result<Vec<u8>> {
+/// The tar uploaded into a volume before start: a "." entry owned by the build user (engines
+/// create the volume root-owned; extracting "." chowns it on both Docker and Podman), then the
+/// caller's inputs, each entry owned as its input says: by that user (the build can write next
+/// to its sources) or by uid 0 (it can read, not change). A path already written is skipped:
+/// the first input naming a directory decides its owner.
+pub fn input_tar(inputs: &[super::Input], uid: u32, gid: u32) -> std::io::Result<Vec<u8>> {
     let mut out = tar::Builder::new(Vec::new());
     // Named "/", not "./": Docker skips a "." entry for an existing directory, but applies
     // the owner of a "/" entry to the destination itself; Podman accepts either.
@@ -166,8 +167,13 @@ pub fn input_tar(input: Option<&[u8]>, uid: u32, gid: u32) -> std::io::Result<Ve
     root.set_mtime(0);
     root.set_cksum();
     out.append(&root, std::io::empty())?;
-    if let Some(input) = input {
-        let mut archive = tar::Archive::new(input);
+    let mut seen = std::collections::HashSet::new();
+    for input in inputs {
+        let (uid, gid) = match input.owner {
+            super::Owner::User => (uid, gid),
+            super::Owner::Root => (0, 0),
+        };
+        let mut archive = tar::Archive::new(&input.tar[..]);
         for entry in archive.entries()? {
             let mut entry = entry?;
             let mut header = entry.header().clone();
@@ -175,6 +181,10 @@ pub fn input_tar(input: Option<&[u8]>, uid: u32, gid: u32) -> std::io::Result<Ve
             header.set_gid(gid.into());
             // Long names and link targets come from PAX/GNU extensions, not the header.
             let path = entry.path()?.into_owned();
+            let key: std::path::PathBuf = path.components().filter(|c| *c != std::path::Component::CurDir).collect();
+            if !seen.insert(key) {
+                continue;
+            }
             match entry.link_name()? {
                 Some(target) => {
                     let target = target.into_owned();
@@ -285,7 +295,8 @@ mod tests {
             user: "1000:1000".into(),
             workdir: "/build/src".into(),
             scratch: "/build".into(),
-            input: None,
+            input: vec![],
+            volumes: vec![],
             outputs: vec![],
             limits: Limits {
                 memory_bytes: Some(1 << 30),
@@ -314,6 +325,9 @@ mod tests {
         assert_eq!(c.user.as_deref(), Some("1000:1000"));
         assert_eq!(c.working_dir.as_deref(), Some("/build/src"));
         assert_eq!(c.volumes, Some(vec!["/build".to_string()]));
+        let mut s = spec();
+        s.volumes.push(crate::engine::Volume { path: "/usr/src".into(), input: vec![] });
+        assert_eq!(container_config(&s, &FULL).volumes, Some(vec!["/build".to_string(), "/usr/src".to_string()]));
         let tmpfs = h.tmpfs.unwrap();
         let tmp = &tmpfs["/tmp"];
         assert!(tmp.contains("size=1048576") && tmp.contains("mode=1777"), "{tmp}");
@@ -386,7 +400,19 @@ mod tests {
         b.append_link(&mut l, "src/link", "a.c").unwrap();
         let input = b.into_inner().unwrap();
 
-        let out = input_tar(Some(&input), 1000, 1001).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "other/b.c", &b"y"[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "./src/a.c", &b"z"[..]).unwrap();
+        let theirs = b.into_inner().unwrap();
+
+        let inputs = [crate::engine::Input::user(input), crate::engine::Input::root(theirs)];
+        let out = input_tar(&inputs, 1000, 1001).unwrap();
         let mut a = tar::Archive::new(&out[..]);
         let entries: Vec<_> = a
             .entries()
@@ -402,8 +428,10 @@ mod tests {
             vec![
                 ("/".to_string(), 1000, 1001),
                 ("src/a.c".to_string(), 1000, 1001),
-                ("src/link".to_string(), 1000, 1001)
-            ]
+                ("src/link".to_string(), 1000, 1001),
+                ("other/b.c".to_string(), 0, 0),
+            ],
+            "root-owned inputs stay root's; a path already written keeps its first owner"
         );
     }
 }

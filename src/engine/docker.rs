@@ -131,14 +131,18 @@ impl DockerApi {
         gid: u32,
         exchange: Option<(&Exchange, &Answer<'_>)>,
     ) -> Result<RunOutcome, EngineError> {
-        // Into the volume, not the rootfs: Docker refuses uploads into a read-only rootfs.
-        let tar = input_tar(spec.input.as_deref(), uid, gid)
-            .map_err(|e| EngineError::BadSpec(format!("input is not a valid tar: {e}")))?;
-        let opts = UploadToContainerOptionsBuilder::new().path(&spec.scratch).build();
-        self.docker
-            .upload_to_container(id, Some(opts), bollard::body_full(tar.into()))
-            .await
-            .map_err(self.err(format!("upload input into {} of container {id}", spec.scratch)))?;
+        // Into the volumes, not the rootfs: Docker refuses uploads into a read-only rootfs.
+        let volumes =
+            std::iter::once((&spec.scratch, &spec.input)).chain(spec.volumes.iter().map(|v| (&v.path, &v.input)));
+        for (path, input) in volumes {
+            let tar = input_tar(input, uid, gid)
+                .map_err(|e| EngineError::BadSpec(format!("input for {path} is not a valid tar: {e}")))?;
+            let opts = UploadToContainerOptionsBuilder::new().path(path).build();
+            self.docker
+                .upload_to_container(id, Some(opts), bollard::body_full(tar.into()))
+                .await
+                .map_err(self.err(format!("upload input into {path} of container {id}")))?;
+        }
 
         self.docker
             .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
@@ -302,7 +306,7 @@ impl DockerApi {
     }
 
     async fn remove_container(&self, id: &str) -> Result<(), EngineError> {
-        // v: also remove the anonymous scratch volume.
+        // v: also remove the anonymous volumes.
         let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
         let mut last = None;
         for _ in 0..2 {
@@ -436,11 +440,10 @@ impl DockerApi {
         exchange: Option<(&Exchange, &Answer<'_>)>,
     ) -> Result<RunOutcome, EngineError> {
         let (uid, gid) = parse_user(&spec.user)?;
-        if !spec.scratch.starts_with('/') || spec.scratch == "/" {
-            return Err(EngineError::BadSpec(format!(
-                "scratch {:?} must be an absolute directory below /",
-                spec.scratch
-            )));
+        for path in std::iter::once(&spec.scratch).chain(spec.volumes.iter().map(|v| &v.path)) {
+            if !path.starts_with('/') || path == "/" {
+                return Err(EngineError::BadSpec(format!("volume {path:?} must be an absolute directory below /")));
+            }
         }
         let body = container_config(spec, &self.caps);
         let name = unique_name();

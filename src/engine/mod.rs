@@ -105,10 +105,13 @@ pub struct RunSpec {
     /// Numeric "uid[:gid]", e.g. "1000:1000"; root is refused.
     pub user: String,
     pub workdir: String,
-    /// Absolute path of the one writable directory (a fresh volume), e.g. "/build".
+    /// Absolute path of the main writable directory (a fresh volume), e.g. "/build": outputs
+    /// and the exchange live there.
     pub scratch: String,
-    /// A tar extracted into `scratch` before start.
-    pub input: Option<Vec<u8>>,
+    /// Extracted into `scratch` before start, in order.
+    pub input: Vec<Input>,
+    /// More fresh volumes besides `scratch` (e.g. a build's /usr/src), each with its input.
+    pub volumes: Vec<Volume>,
     /// Absolute paths (under scratch) copied back after exit, as tar bytes whose entries are
     /// relative to the path (see `config::output_tar`).
     pub outputs: Vec<String>,
@@ -117,6 +120,41 @@ pub struct RunSpec {
     pub network: bool,
     /// Gets the container's output while it runs; the whole log is in the outcome either way.
     pub follow: Option<LogSink>,
+}
+
+/// A tar to extract into a volume before the container starts, and who owns what it holds.
+/// The volume's root always belongs to the run's user.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub tar: Vec<u8>,
+    pub owner: Owner,
+}
+
+impl Input {
+    /// Owned by the run's user: the run may change it.
+    pub fn user(tar: Vec<u8>) -> Input {
+        Input { tar, owner: Owner::User }
+    }
+
+    /// Owned by uid 0: the run reads it and cannot change it (on rootless Podman uid 0 is the
+    /// service's user on the host, still not the run's).
+    pub fn root(tar: Vec<u8>) -> Input {
+        Input { tar, owner: Owner::Root }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    User,
+    Root,
+}
+
+/// One more writable volume of a run: fresh, anonymous, removed with the container.
+#[derive(Debug, Clone)]
+pub struct Volume {
+    /// Absolute path in the container.
+    pub path: String,
+    pub input: Vec<Input>,
 }
 
 /// Where a running container's output goes as it comes (`--verbose`).

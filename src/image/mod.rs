@@ -107,7 +107,8 @@ pub fn run_spec(
         user: format!("{}:{}", recipe.user.uid, recipe.user.gid),
         workdir: dir.clone(),
         scratch: dir.clone(),
-        input,
+        input: input.map(crate::engine::Input::user).into_iter().collect(),
+        volumes: vec![],
         outputs: vec![dir],
         limits: crate::engine::Limits {
             memory_bytes: Some(DEFAULT_MEMORY_BYTES),

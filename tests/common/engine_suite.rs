@@ -120,7 +120,8 @@ pub fn spec(image: &str, script: &str) -> RunSpec {
         user: "1000:1000".into(),
         workdir: "/build".into(),
         scratch: "/build".into(),
-        input: None,
+        input: vec![],
+        volumes: vec![],
         outputs: vec![],
         limits: Limits {
             memory_bytes: Some(256 << 20),
@@ -202,7 +203,7 @@ pub async fn input_and_outputs(var: &str) {
         "cat src/hello.txt && echo again >> src/hello.txt && touch src/new && \
          mkdir -p out/sub && echo result > out/r.txt && echo deep > out/sub/d.txt && ls -ld /build",
     );
-    s.input = Some(b.into_inner().unwrap());
+    s.input = vec![ckms::engine::Input::user(b.into_inner().unwrap())];
     s.workdir = "/build".into();
     s.outputs = vec!["/build/out/r.txt".into(), "/build/missing".into(), "/build/out".into()];
     let o = run_ok(&api, &s).await;
@@ -214,6 +215,55 @@ pub async fn input_and_outputs(var: &str) {
     assert_eq!(entries(&o.outputs[0].1), [("r.txt".to_string(), "result\n".to_string())]);
     let dir = entries(&o.outputs[1].1);
     assert!(dir.contains(&("sub/d.txt".to_string(), "deep\n".to_string())), "{dir:?}");
+}
+
+/// A second volume with inputs of both owners: the build user's entries writable, uid 0's
+/// readable only; the volume root itself is the build user's.
+pub async fn volumes_and_owners(var: &str) {
+    let api = api(var).await;
+    let image = image(&api).await;
+    let tar_of = |dir: &str| {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, dir, std::io::empty()).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        b.append_data(&mut h, format!("{dir}/f"), &b"in\n"[..]).unwrap();
+        b.into_inner().unwrap()
+    };
+    let mut s = spec(
+        &image,
+        "cd /srv/second && cat theirs/f && stat -c '%u %n' . mine/f theirs/f theirs; \
+         echo x >> mine/f && echo MINE_WRITABLE; touch new && echo ROOT_OF_VOLUME_WRITABLE; \
+         (echo x >> theirs/f) 2>/dev/null && echo THEIR_FILE_WRITABLE || echo THEIR_FILE_READONLY; \
+         touch theirs/new 2>/dev/null && echo THEIR_DIR_WRITABLE || echo THEIR_DIR_READONLY; \
+         touch /build/x && echo SCRATCH_WRITABLE",
+    );
+    s.volumes = vec![ckms::engine::Volume {
+        path: "/srv/second".into(),
+        input: vec![ckms::engine::Input::user(tar_of("mine")), ckms::engine::Input::root(tar_of("theirs"))],
+    }];
+    let o = run_ok(&api, &s).await;
+    let text = log(&o);
+    assert_eq!(o.exit_code, 0, "{text}");
+    for want in [
+        "in",
+        "1000 .",
+        "1000 mine/f",
+        "0 theirs/f",
+        "0 theirs",
+        "MINE_WRITABLE",
+        "ROOT_OF_VOLUME_WRITABLE",
+        "THEIR_FILE_READONLY",
+        "THEIR_DIR_READONLY",
+        "SCRATCH_WRITABLE",
+    ] {
+        assert!(text.lines().any(|l| l == want), "{want:?} missing from log:\n{text}");
+    }
 }
 
 pub async fn exit_code(var: &str) {
@@ -350,6 +400,10 @@ macro_rules! engine_tests {
         #[tokio::test]
         async fn input_and_outputs() {
             suite::input_and_outputs($var).await
+        }
+        #[tokio::test]
+        async fn volumes_and_owners() {
+            suite::volumes_and_owners($var).await
         }
         #[tokio::test]
         async fn exit_code() {
