@@ -1,6 +1,6 @@
 # ckms: build one module package for one kernel, the way dkms's actual_build does, inside the
-# sandboxed builder container (non-root, no network, read-only root; only the dkms tree volume
-# is writable). One container does it all, in two phases:
+# sandboxed builder container (non-root, no network, read-only root; writable: two volumes,
+# the dkms tree and the source tree, and the tmpfs). One container does it all, in two phases:
 #   1. evaluate dkms.conf with eval.sh (bash, a separate process) into $ckms_dir/conf.json,
 #      then wait for the host, which resolves the directives for this kernel and writes its
 #      plan into $ckms_dir/plan/ (one value per file, `ready` last; `abort` = nothing to do);
@@ -9,10 +9,16 @@
 # Input (environment): dkms's variables (kernelver arch module module_version ...), eval.sh's
 # (ckms_conf ckms_override_dir), and
 #   ckms_dir         ckms's directory in the volume (driver, eval.sh, conf, plan, out)
-#   ckms_build_dir   the build directory, $dkms_tree/<m>/<v>/build, holding the source
+#   ckms_build_dir   the build directory, $dkms_tree/<m>/<v>/build (empty: the source is copied
+#                    into it first, as dkms does)
+#   ckms_source      the module's source, $source_tree/<m>-<v> (the build user's to change)
+#   ckms_volumes     the writable volumes (the dkms tree, the source tree), space-separated
+#   ckms_image_sources, ckms_image_sources_link   where the image keeps what its packages put
+#                    in /usr/src (the kernel headers) and the relative link prefix to it: each
+#                    entry there is linked back into the source tree volume
 #   ckms_out         where results go (copied back to the host): make.log and the modules
 #   ckms_space_kib   disk space the build may use (KiB): no file may grow past it (ulimit -f),
-#                    and a watchdog stops the build when the tree as a whole does
+#                    and a watchdog stops the build when the volumes as a whole do
 #   ckms_verbose     non-empty: make's output also goes to stdout (streamed by the host)
 # The plan: make (the command line, run with eval like dkms does), patches (one per line),
 # post_add pre_build post_build (script names), modules ("<location>/<name>.ko<TAB>yes|no"
@@ -31,6 +37,24 @@
 set -u
 mkdir -p "$ckms_out" || exit 10
 
+fail() {
+    printf 'ckms: %s\n' "$2" >&2
+    exit "$1"
+}
+
+# The source tree as a dkms host shows it: the image's headers (/usr/src/linux-headers-*, what
+# /lib/modules/<kver>/build points to) back in the volume mounted over /usr/src, beside the
+# module sources; then the build directory gets its copy of the source, as dkms makes it.
+if [[ -n ${ckms_image_sources-} ]]; then
+    for entry in "$ckms_image_sources"/*; do
+        [[ -e $entry || -L $entry ]] || continue
+        ln -sfn "$ckms_image_sources_link/${entry##*/}" "$source_tree/${entry##*/}" ||
+            fail 10 "cannot link ${entry##*/} into $source_tree"
+    done
+fi
+cp -a "$ckms_source/." "$ckms_build_dir/" || fail 10 "cannot copy $ckms_source into $ckms_build_dir"
+read -ra volumes <<<"$ckms_volumes"
+
 # Phase 1. The conf is the module author's bash: it runs in its own process, bounded like the
 # build (no file past the space limit; the container's timeout).
 if ! (ulimit -f "$ckms_space_kib" && exec bash "$ckms_dir/eval.sh") >"$ckms_dir/conf.tmp" 2>"$ckms_out/eval.err"; then
@@ -47,14 +71,7 @@ done
 log=$ckms_out/make.log
 printf '%s\n%s\n\n' "$ckms_header" "$(date)" >"$log"
 
-fail() {
-    printf 'ckms: %s\n' "$2" >&2
-    exit "$1"
-}
-
 cd "$ckms_build_dir" || fail 10 "cannot enter $ckms_build_dir"
-ln -s build ../source 2>/dev/null
-tree=${ckms_build_dir%/*/*/*}
 
 # dkms's run_build_script: the script is named relative to the build directory and may carry
 # arguments; a script that is not executable is a warning, a failing one is fatal. Its output
@@ -141,16 +158,17 @@ build() {
     exit 0
 }
 
-# True when the tree holds more than the limit. du prints its total even when it fails; it
+# True when the volumes hold more than the limit. du prints its total even when it fails; it
 # fails on files that vanished meanwhile (common in builds) and on directories it cannot read,
 # which would hide their files: then everything gets its owner's permissions back (the build
-# user owns the whole tree) and du counts again.
+# user owns all but the other modules' read-only copies) and du counts again.
 over_space() {
     local used
-    if ! used=$(du -skx -- "$tree" 2>/dev/null); then
-        chmod -R u+rwX -- "$tree" 2>/dev/null
-        used=$(du -skx -- "$tree" 2>/dev/null)
+    if ! used=$(du -skxc -- "${volumes[@]}" 2>/dev/null); then
+        chmod -R u+rwX -- "${volumes[@]}" 2>/dev/null
+        used=$(du -skxc -- "${volumes[@]}" 2>/dev/null)
     fi
+    used=${used##*$'\n'}
     used=${used%%[[:space:]]*}
     [[ $used =~ ^[0-9]+$ ]] && ((used > ckms_space_kib))
 }

@@ -1,7 +1,8 @@
 //! Building modules for a kernel in its builder image: the engine side of dkms's `build`.
 //!
 //! One sandboxed container per (module, kernel), non-root, without network, on a read-only
-//! root: [`run_build`] uploads the source and `driver.sh`, which evaluates the dkms.conf (bash
+//! root: [`run_build`] uploads the source tree as a dkms host shows it ([`inputs`]: the
+//! module's source, the other modules' read-only) and `driver.sh`, which evaluates the dkms.conf (bash
 //! from the module's author) and hands only the whitelisted directives to the host; the host
 //! resolves them ([`crate::conf`]) while the container waits, and the driver runs what was
 //! decided (patches, PRE_BUILD, MAKE, POST_BUILD, strip). make.log and the modules come back
@@ -9,10 +10,12 @@
 //! conf alone (a container of its own), [`run_script`] runs a module's install-time script.
 
 mod eval;
+mod inputs;
 mod run;
 
 pub use eval::evaluate_conf;
-pub use run::{run_build, run_script, status, Built, Job, Ran, Resolver, CONTAINER_TREE};
+pub use inputs::{Sibling, CONTAINER_SOURCES, CONTAINER_TREE};
+pub use run::{run_build, run_script, status, Built, Job, Ran, Resolver};
 
 use std::path::PathBuf;
 use thiserror::Error;

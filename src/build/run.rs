@@ -12,10 +12,9 @@ use crate::conf::{BuildPlan, ConfError, EvalContext, RawConf};
 use crate::engine::{Engine, Exchange};
 use crate::profile::Recipe;
 
-/// dkms's tree as the container sees it: real MAKE lines name `$dkms_tree/<m>/<v>/build`, and
-/// some Makefiles hard-code /var/lib/dkms. It is the build's one writable volume.
-pub const CONTAINER_TREE: &str = "/var/lib/dkms";
-/// ckms's files in that volume (the driver, the results).
+use super::inputs::{Sibling, CONTAINER_SOURCES, CONTAINER_TREE};
+
+/// ckms's files in the tree's volume (the driver, the results).
 const CKMS_DIR: &str = ".ckms";
 /// The most a build may send back (modules and make.log).
 const MAX_OUTPUT: u64 = 2 << 30;
@@ -26,6 +25,12 @@ pub struct Job<'a> {
     pub image: &'a str,
     /// The module's source on the host (`<source_tree>/<m>-<v>`).
     pub source: &'a Path,
+    /// The other modules the build sees (read-only), as a dkms host shows every added module;
+    /// an input of the build like its source.
+    pub siblings: &'a [Sibling],
+    /// Where the image keeps what its packages put in /usr/src (the profile's
+    /// `[[filesystem.relocate]]`): linked back into the build's own /usr/src.
+    pub image_sources: Option<&'a str>,
     /// The dkms.conf's bytes, the /etc/dkms overrides that apply (name, bytes), and the
     /// conf's name for messages.
     pub conf: &'a [u8],
@@ -100,9 +105,8 @@ pub async fn run_build(
     let (m, v) = (&job.vars.module, &job.vars.module_version);
     let build_dir = format!("{CONTAINER_TREE}/{m}/{v}/build");
     let ckms_dir = format!("{CONTAINER_TREE}/{CKMS_DIR}");
+    let (tree, sources) = super::inputs::layout(m, v, job.source, &job.vars.kernelver, &job.vars.arch, job.siblings)?;
     let mut input = tar::Builder::new(Vec::new());
-    let source = crate::artifact::pack_dir(job.source, &format!("{m}/{v}/build"))?;
-    append_tar(&mut input, &source).map_err(BuildError::Input)?;
     let mut files: Vec<(String, &[u8])> = vec![
         ("driver.sh".into(), include_str!("driver.sh").as_bytes()),
         ("eval.sh".into(), crate::conf::eval_script().as_bytes()),
@@ -115,6 +119,8 @@ pub async fn run_build(
 
     let cmd = vec!["bash".into(), format!("{ckms_dir}/driver.sh")];
     let mut spec = crate::image::run_spec(job.recipe, job.image, cmd, Some(input), job.timeout);
+    spec.input.extend(tree);
+    spec.volumes = vec![sources];
     spec.scratch = CONTAINER_TREE.to_string();
     spec.workdir = build_dir.clone();
     spec.limits.memory_bytes = Some(job.memory_bytes);
@@ -130,6 +136,18 @@ pub async fn run_build(
     for (name, value) in [
         ("ckms_dir", ckms_dir.clone()),
         ("ckms_build_dir", build_dir.clone()),
+        ("ckms_source", super::inputs::sources_path(m, v)),
+        ("ckms_volumes", format!("{CONTAINER_TREE} {CONTAINER_SOURCES}")),
+        ("ckms_image_sources", job.image_sources.unwrap_or_default().to_string()),
+        (
+            "ckms_image_sources_link",
+            job.image_sources
+                .map(|to| {
+                    let r = crate::image::layer::Relocation::new(CONTAINER_SOURCES, to);
+                    r.link_target("").trim_end_matches('/').to_string()
+                })
+                .unwrap_or_default(),
+        ),
         ("ckms_out", format!("{ckms_dir}/out")),
         ("ckms_space_kib", (job.space_bytes / 1024).to_string()),
         ("ckms_verbose", if job.follow.is_some() { "1" } else { "" }.to_string()),
@@ -223,21 +241,6 @@ fn plan_files(plan: &BuildPlan, job: &Job<'_>) -> Vec<(String, Vec<u8>)> {
     .collect()
 }
 
-/// Appends every entry of the tar `bytes` to `out`.
-fn append_tar(out: &mut tar::Builder<Vec<u8>>, bytes: &[u8]) -> std::io::Result<()> {
-    let mut archive = tar::Archive::new(bytes);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let mut header = entry.header().clone();
-        let path = entry.path()?.into_owned();
-        match entry.link_name()? {
-            Some(target) => out.append_link(&mut header, &path, &target)?,
-            None => out.append_data(&mut header, &path, &mut entry)?,
-        }
-    }
-    Ok(())
-}
-
 /// How long a module's install-time script may run.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -318,6 +321,8 @@ mod tests {
             recipe: &recipe,
             image: "img",
             source: src.path(),
+            siblings: &[],
+            image_sources: Some("/usr/ckms-src"),
             conf: b"PACKAGE_NAME=hello\n",
             overrides: &[],
             origin: "hello/dkms.conf",
@@ -360,6 +365,22 @@ mod tests {
         assert_eq!(spec.workdir, "/var/lib/dkms/hello/1/build");
         assert!(!spec.network);
         assert!(spec.env.contains(&"ckms_conf=/var/lib/dkms/.ckms/dkms.conf".to_string()));
+        for var in [
+            "ckms_source=/usr/src/hello-1",
+            "ckms_volumes=/var/lib/dkms /usr/src",
+            "ckms_image_sources=/usr/ckms-src",
+            "ckms_image_sources_link=../ckms-src",
+        ] {
+            assert!(spec.env.contains(&var.to_string()), "{var}: {:?}", spec.env);
+        }
+        // The source goes in once, to /usr/src, as the build user's; the driver copies it to build/.
+        assert_eq!(spec.volumes.len(), 1);
+        assert_eq!(spec.volumes[0].path, "/usr/src");
+        let sources = crate::build::inputs::tests::entries(&spec.volumes[0].input);
+        assert_eq!(sources[1], ("hello-1/hello.c".to_string(), crate::engine::Owner::User, None));
+        let tree = crate::build::inputs::tests::entries(&spec.input);
+        assert!(tree.iter().all(|(p, _, _)| !p.ends_with("hello.c")), "{tree:?}");
+        assert!(tree.contains(&("hello/1/source".into(), crate::engine::Owner::User, Some("/usr/src/hello-1".into()))));
     }
 
     /// Signing happens on the host after the build: the key pair next to the tree (where
@@ -394,6 +415,8 @@ mod tests {
             recipe: &recipe,
             image: "img",
             source: &source,
+            siblings: &[],
+            image_sources: Some("/usr/ckms-src"),
             conf: b"PACKAGE_NAME=hello\n",
             overrides: &[],
             origin: "hello/dkms.conf",

@@ -58,6 +58,7 @@ impl Lifecycle<'_> {
         let (conn, (profile, index, kernel)) = (conn?, found?);
         let engine = &conn.engine;
         let extra = self.ctx.config.module_packages(&mv.module);
+        let siblings = self.siblings(mv, &target.release, &arch);
         let (image, kconfig) = tokio::join!(
             self.ctx.image_for(engine, profile, &index, &kernel, &extra, false),
             crate::kernel::config(&self.ctx.cache, &index, &kernel, self.report())
@@ -77,7 +78,7 @@ impl Lifecycle<'_> {
             arch: arch.clone(),
             kernel_source_dir: format!("/lib/modules/{}/build", target.release),
             dkms_tree: CONTAINER_TREE.into(),
-            source_tree: "/usr/src".into(),
+            source_tree: crate::build::CONTAINER_SOURCES.into(),
             install_tree: "/lib/modules".into(),
             module: mv.module.clone(),
             module_version: mv.version.clone(),
@@ -97,6 +98,8 @@ impl Lifecycle<'_> {
             recipe,
             image,
             source: &source,
+            siblings: &siblings,
+            image_sources: profile.relocated(crate::build::CONTAINER_SOURCES),
             conf: &conf,
             overrides: &overrides,
             origin: &origin,

@@ -5,6 +5,7 @@
 
 mod add;
 mod build;
+mod deps;
 mod error;
 mod install;
 mod manifest;
