@@ -109,9 +109,31 @@ impl Context {
         extra: &[String],
         force: bool,
     ) -> Result<crate::image::Built, Error> {
+        let plan = self.plan_image(profile, index, kernel, extra)?;
+        self.image_of(engine, profile, &plan, force).await
+    }
+
+    /// What the builder image for a kernel already found holds, layer by layer.
+    pub fn plan_image(
+        &self,
+        profile: &Profile,
+        index: &Index,
+        kernel: &Kernel,
+        extra: &[String],
+    ) -> Result<crate::image::Plan, Error> {
+        Ok(crate::image::plan(profile, self.catalog.recipe("builder")?, index, kernel, extra)?)
+    }
+
+    /// The builder image of `plan`, assembled and loaded unless the engine has it.
+    pub async fn image_of(
+        &self,
+        engine: &dyn crate::engine::Engine,
+        profile: &Profile,
+        plan: &crate::image::Plan,
+        force: bool,
+    ) -> Result<crate::image::Built, Error> {
         let recipe = self.catalog.recipe("builder")?;
-        let plan = crate::image::plan(profile, recipe, index, kernel, extra)?;
-        Ok(crate::image::build(&self.cache, engine, profile, recipe, &plan, force, self.reporter()).await?)
+        Ok(crate::image::build(&self.cache, engine, profile, recipe, plan, force, self.reporter()).await?)
     }
 
     /// The builder image for `release`, assembled and loaded unless the engine has it.

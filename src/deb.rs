@@ -310,7 +310,7 @@ pub fn control_fields<R: Read>(deb: R, origin: &str) -> Result<Vec<(String, Stri
 }
 
 /// Parses one deb822 paragraph.
-fn parse_fields(text: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_fields(text: &str) -> Vec<(String, String)> {
     let mut fields: Vec<(String, String)> = Vec::new();
     for line in io::Cursor::new(text).lines().map_while(Result::ok) {
         if line.trim().is_empty() {

@@ -8,6 +8,7 @@
 //! - [`repo`]: the distro's package repository: signed indexes, dependency closure, downloads;
 //! - [`cache`]: the content-addressed store every download and layer goes through;
 //! - [`deb`]: reading `.deb` packages;
+//! - [`source`]: module sources from Debian packages (.deb, repository, dpkg database) and their Depends;
 //! - [`kernel`]: which kernels a profile's repository offers;
 //! - [`image`]: assembling builder images (layers, OCI archive) and loading them into an engine;
 //! - [`engine`]: container engines (Docker, Podman) behind one small trait;
@@ -35,6 +36,7 @@ pub mod profile;
 pub mod repo;
 pub mod report;
 pub mod sign;
+pub mod source;
 #[cfg(test)]
 mod testutil;
 pub mod tree;

@@ -80,6 +80,14 @@ pub struct Packages {
     pub base: Vec<String>,
     #[serde(with = "regexes")]
     pub exclude: Vec<Regex>,
+    /// What a module package's Depends may name that the builder image already is (dkms, the
+    /// kernel's compiler, make, the C library): never resolved again from the index.
+    #[serde(default, with = "regexes")]
+    pub provided: Vec<Regex>,
+    /// Packages that are other modules' sources (`*-dkms`): shown to the build under /usr/src
+    /// when they are in the tree, never installed into an image.
+    #[serde(default, with = "regexes")]
+    pub module_sources: Vec<Regex>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -133,14 +133,24 @@ fn named(plan: &Plan, digests: &[LayerDigest]) -> Vec<(String, LayerDigest)> {
 }
 
 /// `("localhost/ckms/builder-debian-bookworm", "6.1.0-56-amd64")`; a tag may not hold '+'.
+/// An image with an extra layer is tagged `<kernel>-extra-<12 hex of that layer's key>`: images
+/// of one kernel with different extra packages do not take each other's tag, images with the
+/// same ones are one image.
 fn names(recipe: &Recipe, plan: &Plan) -> (String, String) {
-    let tag: String = plan
+    let mut tag: String = plan
         .kernel
         .release
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
         .collect();
+    if let Some(extra) = extra_layer(plan) {
+        tag = format!("{tag}-extra-{}", extra.key(&plan.fs).get(..12).unwrap_or_default());
+    }
     (format!("{}-{}", recipe.repository, plan.profile), tag)
+}
+
+fn extra_layer(plan: &Plan) -> Option<&PlannedLayer> {
+    plan.layers.iter().find(|l| l.name == "extra")
 }
 
 /// What names an image: its ID (the digest of its configuration) and tags, with the layers
@@ -182,13 +192,17 @@ fn hex_of(diff_id: &str) -> &str {
 
 fn image_meta(recipe: &Recipe, plan: &Plan, lock: &super::Lock) -> ImageMeta {
     let lock_digest = crate::cache::sha256_hex(&serde_json::to_vec(lock).unwrap_or_default());
-    let labels = BTreeMap::from([
+    let mut labels = BTreeMap::from([
         (label::RECIPE.to_string(), recipe.name.clone()),
         (label::PROFILE.to_string(), plan.profile.clone()),
         (label::KERNEL.to_string(), plan.kernel.release.clone()),
         (label::COMPILER.to_string(), format!("gcc-{}", plan.gcc)),
         (label::LOCK.to_string(), format!("sha256:{lock_digest}")),
     ]);
+    if let Some(extra) = extra_layer(plan) {
+        let names: Vec<&str> = extra.packages.iter().map(|p| p.name.as_str()).collect();
+        labels.insert(label::EXTRA.to_string(), names.join(" "));
+    }
     ImageMeta {
         user: format!("{}:{}", recipe.user.uid, recipe.user.gid),
         env: recipe.config.env.clone(),
@@ -337,6 +351,8 @@ pub struct ImageRow {
     pub profile: String,
     pub kernel: String,
     pub compiler: String,
+    /// The packages of its extra layer (space-separated), if it has one.
+    pub extra: String,
     pub reference: String,
     pub id: String,
     pub size: u64,
@@ -356,6 +372,7 @@ pub async fn list(engine: &dyn Engine) -> Result<Vec<ImageRow>> {
                 profile: get(label::PROFILE),
                 kernel: get(label::KERNEL),
                 compiler: get(label::COMPILER),
+                extra: get(label::EXTRA),
                 reference,
                 id: i.id,
                 size: i.size,
@@ -364,7 +381,8 @@ pub async fn list(engine: &dyn Engine) -> Result<Vec<ImageRow>> {
         })
         .collect();
     rows.sort_by(|a, b| {
-        (&a.recipe, &a.profile, &a.kernel, b.created).cmp(&(&b.recipe, &b.profile, &b.kernel, a.created))
+        (&a.recipe, &a.profile, &a.kernel, &a.extra, b.created)
+            .cmp(&(&b.recipe, &b.profile, &b.kernel, &b.extra, a.created))
     });
     Ok(rows)
 }
@@ -391,16 +409,17 @@ pub async fn remove(engine: &dyn Engine, what: &str) -> Result<Vec<ImageRow>> {
     Ok(matching)
 }
 
-/// Removes images superseded by a newer one of the same recipe, profile and kernel (all of them with
-/// `all`), then the cached packages and layers that only removed images used.
+/// Removes images superseded by a newer one of the same recipe, profile, kernel and extra
+/// packages (all of them with `all`), then the cached packages and layers that only removed
+/// images used.
 pub async fn prune(engine: &dyn Engine, cache: &Cache, all: bool) -> Result<(Vec<ImageRow>, usize)> {
     let rows = list(engine).await?;
     let mut seen = BTreeSet::new();
     let (mut keep, mut drop) = (Vec::new(), Vec::new());
     for r in rows {
-        // `list` sorts newest first within a (recipe, profile, kernel): a kernel's verifier
-        // image does not supersede its builder image.
-        if !all && seen.insert((r.recipe.clone(), r.profile.clone(), r.kernel.clone())) {
+        // `list` sorts newest first within a (recipe, profile, kernel, extra): a kernel's
+        // verifier image does not supersede its builder image, nor one module's image another's.
+        if !all && seen.insert((r.recipe.clone(), r.profile.clone(), r.kernel.clone(), r.extra.clone())) {
             keep.push(r);
         } else {
             drop.push(r);
@@ -489,6 +508,9 @@ mod tests {
         engine.add_image(image("new", "debian-bookworm", "6.1.0-56-amd64", 200));
         engine.add_image(image("other", "debian-trixie", "6.12.117+deb13-amd64", 50));
         engine.add_image(recipe_image("verifier", "vm", "debian-bookworm", "6.1.0-56-amd64", 300));
+        let mut extra = image("extra", "debian-bookworm", "6.1.0-56-amd64", 10);
+        extra.labels.insert(label::EXTRA.into(), "bzip2".into());
+        engine.add_image(extra);
         record(&cache, "old", "deb1", "layerold");
         record(&cache, "new", "deb1", "layernew");
 
@@ -497,10 +519,14 @@ mod tests {
         assert_eq!(freed, 1, "only the old image's own layer goes");
         assert!(cache.blob_path("deb1").exists(), "still used by the newer image");
         assert!(!cache.blob_path("layerold").exists());
-        assert_eq!(engine.images().len(), 3, "the kernel's verifier image supersedes no builder image");
+        assert_eq!(
+            engine.images().len(),
+            4,
+            "the kernel's verifier image supersedes no builder image, nor its image without extra packages one with"
+        );
 
         let (removed, _) = prune(&engine, &cache, true).await.unwrap();
-        assert_eq!(removed.len(), 3, "--all removes every ckms image");
+        assert_eq!(removed.len(), 4, "--all removes every ckms image");
         assert!(!cache.blob_path("deb1").exists());
     }
 

@@ -24,6 +24,8 @@ pub mod label {
     pub const KERNEL: &str = "io.ckms.kernel";
     pub const COMPILER: &str = "io.ckms.compiler";
     pub const LOCK: &str = "io.ckms.lock";
+    /// The packages of an image's extra layer (what modules declared), space-separated.
+    pub const EXTRA: &str = "io.ckms.extra";
 }
 
 #[derive(Debug, Error)]

@@ -57,10 +57,12 @@ impl Lifecycle<'_> {
             tokio::join!(self.engine(), self.ctx.find_kernel(&target.release, self.opts.profile.as_deref()));
         let (conn, (profile, index, kernel)) = (conn?, found?);
         let engine = &conn.engine;
-        let extra = self.ctx.config.module_packages(&mv.module);
+        let extra = self.extra_packages(mv, profile, &index);
+        let plan = self.ctx.plan_image(profile, &index, &kernel, &extra.packages)?;
         let siblings = self.siblings(mv, &target.release, &arch);
+        self.report_extra(mv, &extra, &plan, &siblings);
         let (image, kconfig) = tokio::join!(
-            self.ctx.image_for(engine, profile, &index, &kernel, &extra, false),
+            self.ctx.image_of(engine, profile, &plan, false),
             crate::kernel::config(&self.ctx.cache, &index, &kernel, self.report())
         );
         let (image, kconfig) = (image?, kconfig?);
