@@ -32,7 +32,8 @@ pub const VERBS: &[&str] = &[
 /// What every verb takes: dkms's selection flags and tree roots.
 #[derive(clap::Args, Debug, Default)]
 pub struct Args {
-    /// module/version (or, for `add`, a source directory or tarball; for `verify`, module files).
+    /// module/version (or, for `add`, a source directory, a tarball, a `*-dkms` .deb or
+    /// deb:PACKAGE from the profile's repository; for `verify`, module files).
     what: Option<String>,
     /// verify: more module files.
     #[arg(value_name = "FILE")]
@@ -67,9 +68,13 @@ pub struct Args {
     /// Do not run depmod after install and uninstall.
     #[arg(long)]
     no_depmod: bool,
-    /// Look for kernels only in this profile.
+    /// Look for kernels only in this profile (add deb:PACKAGE: take the package from its repository).
     #[arg(long, short = 'p')]
     profile: Option<String>,
+    /// add: the installed Debian package the source came from (common.postinst passes dpkg's
+    /// DPKG_MAINTSCRIPT_PACKAGE); its Depends go into the builder image.
+    #[arg(long, value_name = "PACKAGE")]
+    package: Option<String>,
     /// Put every tree under DIR (DIR/usr/src, DIR/var/lib/ckms, DIR/lib/modules).
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
@@ -97,7 +102,7 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 pub enum Verb {
-    /// Add a module source to the tree (-m M -v V, a directory with a dkms.conf, or a tarball).
+    /// Add a module source to the tree (-m M -v V, a directory with a dkms.conf, a tarball, a .deb, deb:PACKAGE).
     Add(Args),
     /// Build a module for kernels, in a rootless sandboxed container (implies add).
     Build(Args),
@@ -149,6 +154,7 @@ pub fn dkms_argv(args: Vec<String>) -> Vec<String> {
         "--kernelsourcedir",
         "--templatekernel",
         "--profile",
+        "--package",
         "--engine",
         "--cache-dir",
     ];
@@ -186,10 +192,15 @@ pub async fn run(ctx: &Context, out: &Output, verb: Verb) -> Result<i32, Error> 
     let kernels = targets(&args)?;
     match name {
         "add" => {
-            let source = add_source(&lc, &args)?;
             let names = args.module.as_ref().zip(args.version.as_ref());
             let names = names.map(|(m, v)| ModuleVersion { module: m.clone(), version: v.clone() });
-            let mv = lc.add(&source, names.as_ref())?;
+            let mv = match args.what.as_deref().and_then(|w| w.strip_prefix("deb:")) {
+                Some(package) => lc.add_package(package, names.as_ref()).await?,
+                None => lc.add(&add_source(&lc, &args)?, names.as_ref())?,
+            };
+            if let Some(package) = &args.package {
+                lc.record_installed(&mv, package)?;
+            }
             out.result(&mv, || format!("Module {mv} added\n"));
             Ok(0)
         }
@@ -446,6 +457,9 @@ fn add_source(lc: &Lifecycle<'_>, a: &Args) -> Result<AddSource, Error> {
         let path = PathBuf::from(w);
         if path.is_dir() {
             return Ok(AddSource::Dir(path));
+        }
+        if path.is_file() && path.extension().is_some_and(|e| e == "deb") {
+            return Ok(AddSource::Deb { file: path, learned_from: None });
         }
         if path.is_file() {
             return Ok(AddSource::Tarball(path));

@@ -1,4 +1,5 @@
-//! `add`: put a module source into the tree (`<dkms_tree>/<m>/<v>/source -> <source_tree>/<m>-<v>`).
+//! `add`: put a module source into the tree (`<dkms_tree>/<m>/<v>/source -> <source_tree>/<m>-<v>`),
+//! with the Debian package it came from when ckms knows it (`<dkms_tree>/<m>/<v>/origin.json`).
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,10 @@ pub enum AddSource {
     Dir(PathBuf),
     /// `add FILE.tar.gz`: a source tarball (as `mktarball` writes, or a plain one).
     Tarball(PathBuf),
+    /// `add FILE.deb`: a `*-dkms` package; its `/usr/src/<m>-<v>` is the source, and its
+    /// control fields are recorded (`learned_from`: where the file came from, when not the
+    /// file itself).
+    Deb { file: PathBuf, learned_from: Option<String> },
 }
 
 impl Lifecycle<'_> {
@@ -24,15 +29,22 @@ impl Lifecycle<'_> {
             _ => None,
         });
         super::check_names(given.flat_map(|mv| [mv.module.as_str(), mv.version.as_str()]))?;
+        let mut origin = None;
         let mv = match source {
             AddSource::Tree(mv) => mv.clone(),
+            AddSource::Deb { file, learned_from } => {
+                let tmp = self.scratch_dir(file)?;
+                let unpacked = crate::source::from_deb(file, tmp.path(), learned_from.clone())?;
+                let mv = match names {
+                    Some(mv) => mv.clone(),
+                    None => names_of(&unpacked.dir, &unpacked.name)?,
+                };
+                origin = Some(unpacked.origin);
+                self.import_dir(&unpacked.dir, Some(&mv))?
+            }
             AddSource::Dir(dir) => self.import_dir(dir, names)?,
             AddSource::Tarball(file) => {
-                let tmp = tempfile::Builder::new()
-                    .prefix(".ckms-add-")
-                    .tempdir_in(self.roots.source_tree.parent().unwrap_or(Path::new("/tmp")))
-                    .or_else(|_| tempfile::tempdir())
-                    .map_err(LifecycleError::io(file))?;
+                let tmp = self.scratch_dir(file)?;
                 let bytes = std::fs::File::open(file).map_err(LifecycleError::io(file))?;
                 let tar = flate2::read::MultiGzDecoder::new(bytes);
                 crate::artifact::unpack(tar, tmp.path(), 0, 1 << 30)?;
@@ -41,7 +53,55 @@ impl Lifecycle<'_> {
             }
         };
         self.link_source(&mv)?;
+        if let Some(origin) = origin {
+            self.record_origin(&mv, &origin)?;
+        }
         Ok(mv)
+    }
+
+    /// `add deb:PACKAGE`: the package's newest version from the profile's signed repository
+    /// (`--profile`, else the one of this host's distribution), added as its .deb.
+    pub async fn add_package(&self, package: &str, names: Option<&ModuleVersion>) -> Result<ModuleVersion, Error> {
+        let profile = match &self.opts.profile {
+            Some(name) => self.ctx.catalog.profile(name)?,
+            None => {
+                let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+                crate::source::host_profile(&self.ctx.catalog, &os_release)?
+            }
+        };
+        let (file, learned_from) = crate::source::fetch(self.ctx, profile, package).await?;
+        self.add(&AddSource::Deb { file, learned_from: Some(learned_from) }, names)
+    }
+
+    /// `add -m M -v V --package P` (common.postinst, with dpkg's DPKG_MAINTSCRIPT_PACKAGE):
+    /// records the installed package's fields from the dpkg database beside the source tree.
+    /// A package dpkg does not know is a warning: the build falls back to asking dpkg then.
+    pub fn record_installed(&self, mv: &ModuleVersion, package: &str) -> Result<(), Error> {
+        let name = format!("{}-{}", mv.module, mv.version);
+        match crate::source::installed(&self.roots.source_tree, &name, Some(package)) {
+            Some(origin) => self.record_origin(mv, &origin),
+            None => {
+                self.report().warn(format!("{mv}: the dpkg database has no installed package {package}"));
+                Ok(())
+            }
+        }
+    }
+
+    fn record_origin(&self, mv: &ModuleVersion, origin: &crate::source::Origin) -> Result<(), Error> {
+        let dir = self.roots.module_dir(&mv.module, &mv.version);
+        origin.write(&dir).map_err(LifecycleError::io(dir.join(crate::source::origin::FILE)))?;
+        self.report().info(format!("{mv} comes from the package {} {}", origin.package, origin.version));
+        Ok(())
+    }
+
+    /// A temporary directory beside the source tree (same file system: the copy is a rename
+    /// away), else in /tmp.
+    fn scratch_dir(&self, file: &Path) -> Result<tempfile::TempDir, Error> {
+        Ok(tempfile::Builder::new()
+            .prefix(".ckms-add-")
+            .tempdir_in(self.roots.source_tree.parent().unwrap_or(Path::new("/tmp")))
+            .or_else(|_| tempfile::tempdir())
+            .map_err(LifecycleError::io(file))?)
     }
 
     /// Makes sure `mv` is in the tree (build and install imply add).
@@ -133,6 +193,26 @@ impl Lifecycle<'_> {
         copy_tree(dir, &target).map_err(LifecycleError::io(&target))?;
         Ok(mv)
     }
+}
+
+/// A package's source directory `<m>-<v>` split into module and version: at the literal
+/// PACKAGE_NAME of its dkms.conf, else at its literal PACKAGE_VERSION.
+fn names_of(dir: &Path, name: &str) -> Result<ModuleVersion, Error> {
+    let conf = dir.join("dkms.conf");
+    let text = std::fs::read_to_string(&conf).map_err(|_| LifecycleError::NoConf(conf.clone()))?;
+    let split = literal(&text, "PACKAGE_NAME")
+        .and_then(|m| Some((name.strip_prefix(&format!("{m}-"))?.to_string(), m)))
+        .map(|(v, m)| (m, v))
+        .or_else(|| {
+            let v = literal(&text, "PACKAGE_VERSION")?;
+            Some((name.strip_suffix(&format!("-{v}"))?.to_string(), v))
+        });
+    let (module, version) = split.ok_or_else(|| LifecycleError::BadSource {
+        path: conf.clone(),
+        message: format!("{name} is not <PACKAGE_NAME>-<PACKAGE_VERSION> as the conf writes them: pass -m and -v"),
+    })?;
+    super::check_names([module.as_str(), version.as_str()])?;
+    Ok(ModuleVersion { module, version })
 }
 
 /// The value of `NAME=value` when it is a literal (quoted or not); None when bash would have
@@ -279,6 +359,19 @@ mod tests {
         std::fs::write(b.join("sub/x.c"), "int x;\n").unwrap();
         std::fs::write(b.join("extra"), "").unwrap();
         assert!(!same_contents(&a, &b));
+    }
+
+    #[test]
+    fn a_package_directory_split_into_names() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("dkms.conf"), "PACKAGE_NAME=\"west-chamber\"\nPACKAGE_VERSION=\"2010+svn\"\n")
+            .unwrap();
+        let mv = names_of(d.path(), "west-chamber-2010+svn").unwrap();
+        assert_eq!((mv.module.as_str(), mv.version.as_str()), ("west-chamber", "2010+svn"));
+        std::fs::write(d.path().join("dkms.conf"), "PACKAGE_NAME=$(x)\nPACKAGE_VERSION=1.2\n").unwrap();
+        assert_eq!(names_of(d.path(), "a-b-1.2").unwrap().module, "a-b");
+        std::fs::write(d.path().join("dkms.conf"), "PACKAGE_NAME=x\n").unwrap();
+        assert!(names_of(d.path(), "y-1").is_err());
     }
 
     #[test]

@@ -1,18 +1,118 @@
 //! Where a module source comes from when it comes from a Debian package, and what that package
-//! declares: an installed package (the dpkg database).
+//! declares: a `*-dkms` .deb (a file, or fetched through a profile's signed index), or an
+//! installed package (the dpkg database). Usable without a tree: the prebuild farm and the
+//! corpus scripts call [`from_deb`] and [`fetch`] directly.
 //!
 //! - [`origin`]: the record kept per module version (`origin.json`);
 //! - [`deps`]: its Depends as a builder image's extra packages and sibling module sources;
-//! - [`dpkg`]: the dpkg database, read as files.
+//! - [`dpkg`]: the dpkg database, read as files;
+//! - [`unpack`]: `usr/src/<m>-<v>` out of a .deb.
 
 pub mod deps;
 pub mod dpkg;
 pub mod origin;
+mod unpack;
 
 pub use deps::{build_deps, BuildDeps};
 pub use origin::Origin;
 
 use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::diagnose::{code, Diagnose};
+use crate::profile::{Catalog, Profile};
+
+#[derive(Debug, Error)]
+pub enum SourceError {
+    #[error("{}: {what}", deb.display())]
+    BadPackage { deb: PathBuf, what: String },
+    #[error(transparent)]
+    Deb(#[from] crate::deb::DebError),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("no package {package} in {profile}'s repository")]
+    NoPackage { package: String, profile: String },
+    #[error("which distribution's package? this host's /etc/os-release names none of ckms's profiles ({known})")]
+    NoProfile { known: String },
+}
+
+impl Diagnose for SourceError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            SourceError::BadPackage { .. } => code::BAD_CONF,
+            SourceError::Deb(e) => e.exit_code(),
+            SourceError::Io { .. } => code::IO,
+            SourceError::NoPackage { .. } => code::UNRESOLVABLE,
+            SourceError::NoProfile { .. } => code::USAGE,
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            SourceError::BadPackage { .. } => {
+                "a module package holds one /usr/src/<module>-<version> with a dkms.conf; add its source directory instead".into()
+            }
+            SourceError::Deb(e) => return e.hint(),
+            SourceError::Io { .. } => "check the path's permissions and free space".into(),
+            SourceError::NoPackage { .. } => {
+                "check the name (`apt-cache search -- -dkms` lists module packages) and the profile (--profile)".into()
+            }
+            SourceError::NoProfile { .. } => "name the profile with --profile (`ckms profiles` lists them)".into(),
+        })
+    }
+}
+
+/// A module source unpacked from a package, and that package's record.
+#[derive(Debug, Clone)]
+pub struct Unpacked {
+    /// `<dest>/<m>-<v>`: the directory with the dkms.conf.
+    pub dir: PathBuf,
+    /// Its name, `<m>-<v>` as the package installs it.
+    pub name: String,
+    pub origin: Origin,
+}
+
+/// Unpacks the module source of the `*-dkms` package `deb` into `dest` (an empty directory)
+/// and reads the package's control fields; `learned_from` says where the package came from.
+pub fn from_deb(deb: &Path, dest: &Path, learned_from: Option<String>) -> Result<Unpacked, SourceError> {
+    let file = std::fs::File::open(deb).map_err(|source| SourceError::Io { path: deb.to_path_buf(), source })?;
+    let fields = crate::deb::control_fields(std::io::BufReader::new(file), &deb.display().to_string())?;
+    let learned = learned_from.unwrap_or_else(|| deb.display().to_string());
+    let origin = Origin::from_fields(&fields, learned).ok_or_else(|| SourceError::BadPackage {
+        deb: deb.to_path_buf(),
+        what: "its control file has no Package".into(),
+    })?;
+    let (dir, name) = unpack::usr_src(deb, dest)?;
+    Ok(Unpacked { dir, name, origin })
+}
+
+/// Downloads `package` (its newest version) from `profile`'s signed repository into the cache
+/// (checked against the index's SHA-256, like image packages) and returns the cached file and
+/// a description for the origin record.
+pub async fn fetch(
+    ctx: &crate::context::Context,
+    profile: &Profile,
+    package: &str,
+) -> Result<(PathBuf, String), crate::error::Error> {
+    let index = ctx.index(profile).await?;
+    let Some(p) = index.candidate(package).cloned() else {
+        return Err(SourceError::NoPackage { package: package.into(), profile: profile.name.clone() }.into());
+    };
+    crate::repo::fetch_packages(&ctx.cache, std::slice::from_ref(&p), ctx.reporter()).await?;
+    let learned = format!("{} {} from {}'s repository ({})", p.name, p.version, profile.name, p.suite);
+    Ok((ctx.cache.blob_path(&p.sha256), learned))
+}
+
+/// The profile for this host's distribution: the one with a suite named like /etc/os-release's
+/// VERSION_CODENAME.
+pub fn host_profile<'c>(catalog: &'c Catalog, os_release: &str) -> Result<&'c Profile, SourceError> {
+    let codename = os_release.lines().find_map(|l| l.strip_prefix("VERSION_CODENAME=")).map(|v| v.trim_matches('"'));
+    codename.and_then(|c| catalog.profiles.iter().find(|p| p.suites.iter().any(|s| s.suite == c))).ok_or_else(|| {
+        SourceError::NoProfile {
+            known: catalog.profiles.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+        }
+    })
+}
 
 /// The dpkg database of the system whose source tree is `source_tree` (`<root>/usr/src`), and
 /// that root; None for a source tree elsewhere.
@@ -40,6 +140,14 @@ pub fn installed(source_tree: &Path, name: &str, package: Option<&str>) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_profile_by_codename() {
+        let c = Catalog::load(&[]).unwrap();
+        assert_eq!(host_profile(&c, "ID=debian\nVERSION_CODENAME=bookworm\n").unwrap().name, "debian-bookworm");
+        assert_eq!(host_profile(&c, "VERSION_CODENAME=\"trixie\"\n").unwrap().name, "debian-trixie");
+        assert!(host_profile(&c, "ID=fedora\n").unwrap_err().to_string().contains("debian-bookworm"));
+    }
 
     #[test]
     fn the_dpkg_database_beside_the_source_tree() {
