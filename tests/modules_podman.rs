@@ -1,5 +1,6 @@
 //! Modules through the dkms verbs on rootless Podman (CKMS_TEST_PODMAN_HOST); fails when it is
-//! missing: hostile modules contained, and the whole cycle in a realistic --root tree.
+//! missing: hostile modules contained, the whole cycle in a realistic --root tree, and
+//! prebuilt modules installed on a machine with no engine and no compiler.
 mod support;
 
 #[path = "scenario/hostile.rs"]
@@ -7,6 +8,9 @@ mod hostile;
 
 #[path = "scenario/root_install.rs"]
 mod root_install;
+
+#[path = "scenario/binaries_only.rs"]
+mod binaries_only;
 
 #[test]
 fn hostile_modules_on_podman() {
@@ -16,4 +20,9 @@ fn hostile_modules_on_podman() {
 #[test]
 fn root_install_on_podman() {
     root_install::scenario("CKMS_TEST_PODMAN_HOST");
+}
+
+#[test]
+fn binaries_only_across_machines_on_podman() {
+    binaries_only::scenario("CKMS_TEST_PODMAN_HOST");
 }
