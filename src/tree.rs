@@ -42,6 +42,17 @@ impl Roots {
         }
     }
 
+    /// The same roots with relative paths taken from the current directory, as dkms's users
+    /// expect (`--sourcetree src` is `$PWD/src`): the `source` link and the install record
+    /// made from them then hold where the user meant, wherever ckms runs next.
+    pub fn absolute(self) -> std::io::Result<Roots> {
+        Ok(Roots {
+            source_tree: std::path::absolute(&self.source_tree)?,
+            dkms_tree: std::path::absolute(&self.dkms_tree)?,
+            install_tree: std::path::absolute(&self.install_tree)?,
+        })
+    }
+
     pub fn module_dir(&self, module: &str, version: &str) -> PathBuf {
         self.dkms_tree.join(module).join(version)
     }
@@ -235,6 +246,20 @@ mod tests {
         assert_eq!(lines(&r)[0], "v4l2loopback/0.12.7, 6.1.0-56-amd64, x86_64: installed");
         fs::create_dir_all(r.original_dir("v4l2loopback", "6.1.0-56-amd64", "x86_64")).unwrap();
         assert_eq!(lines(&r)[0], "v4l2loopback/0.12.7, 6.1.0-56-amd64, x86_64: installed (Original modules exist)");
+    }
+
+    #[test]
+    fn relative_roots_are_taken_from_the_current_directory() {
+        let r = Roots {
+            source_tree: "src".into(),
+            dkms_tree: "/var/lib/ckms".into(),
+            install_tree: "./lib/modules".into(),
+        };
+        let cwd = std::env::current_dir().unwrap();
+        let a = r.absolute().unwrap();
+        assert_eq!(a.source_tree, cwd.join("src"));
+        assert_eq!(a.dkms_tree, Path::new("/var/lib/ckms"));
+        assert_eq!(a.install_tree, cwd.join("lib/modules"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Modules through the dkms verbs on rootless Podman (CKMS_TEST_PODMAN_HOST); fails when it is
-//! missing: hostile modules contained, the whole cycle in a realistic --root tree, and what a
-//! build sees beyond its source (its package's Depends, other modules' sources).
+//! missing: hostile modules contained, the whole cycle in a realistic --root tree, what a
+//! build sees beyond its source (its package's Depends, other modules' sources), and prebuilt
+//! modules installed on a machine with no engine and no compiler.
 mod support;
 
 #[path = "scenario/hostile.rs"]
@@ -11,6 +12,9 @@ mod root_install;
 
 #[path = "scenario/srctree.rs"]
 mod srctree;
+
+#[path = "scenario/binaries_only.rs"]
+mod binaries_only;
 
 #[test]
 fn hostile_modules_on_podman() {
@@ -25,4 +29,9 @@ fn root_install_on_podman() {
 #[test]
 fn source_tree_on_podman() {
     srctree::scenario("CKMS_TEST_PODMAN_HOST");
+}
+
+#[test]
+fn binaries_only_across_machines_on_podman() {
+    binaries_only::scenario("CKMS_TEST_PODMAN_HOST");
 }

@@ -7,13 +7,16 @@ mod sign;
 mod system;
 mod verbs;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::sync::Arc;
 
 use ckms::config::Config;
 use ckms::context::Context;
 use ckms::error::Error;
 use ckms::report::{Human, JsonLines, Reporter};
+
+/// Where every command's --help lists the options all commands take.
+const GLOBAL: &str = "Global options";
 
 #[derive(Parser)]
 #[command(
@@ -23,19 +26,19 @@ use ckms::report::{Human, JsonLines, Reporter};
 )]
 pub struct Cli {
     /// Print events and results as JSON lines.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     json: bool,
     /// Print only warnings and errors.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = GLOBAL)]
     quiet: bool,
     /// Where downloads, indexes and layers are cached.
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR", help_heading = GLOBAL)]
     cache_dir: Option<std::path::PathBuf>,
     /// Container engine endpoint (unix:///path.sock or tcp://host:port).
-    #[arg(long, global = true, value_name = "HOST")]
+    #[arg(long, global = true, value_name = "HOST", help_heading = GLOBAL)]
     engine: Option<String>,
     /// Ask the mirrors for fresh repository indexes even if the cached ones are recent.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     refresh: bool,
     #[command(subcommand)]
     command: Command,
@@ -70,7 +73,7 @@ pub fn main() -> i32 {
     let args: Vec<String> = std::env::args().collect();
     // Installed as `dkms` too (a symlink): then the command line is dkms's.
     let as_dkms = args.first().and_then(|a| std::path::Path::new(a).file_name()).is_some_and(|n| n == "dkms");
-    let cli = Cli::parse_from(if as_dkms { verbs::dkms_argv(args) } else { args });
+    let cli = Cli::parse_from(if as_dkms { verbs::dkms_argv(args, &Cli::command()) } else { args });
     let report: Arc<dyn Reporter> = if cli.json { Arc::new(JsonLines) } else { Arc::new(Human::new(cli.quiet)) };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

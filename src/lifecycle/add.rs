@@ -44,12 +44,9 @@ impl Lifecycle<'_> {
             }
             AddSource::Dir(dir) => self.import_dir(dir, names)?,
             AddSource::Tarball(file) => {
-                let tmp = self.scratch_dir(file)?;
-                let bytes = std::fs::File::open(file).map_err(LifecycleError::io(file))?;
-                let tar = flate2::read::MultiGzDecoder::new(bytes);
-                crate::artifact::unpack(tar, tmp.path(), 0, 1 << 30)?;
-                let dir = source_root(tmp.path()).ok_or_else(|| LifecycleError::NoConf(file.join("dkms.conf")))?;
-                self.import_dir(&dir, names)?
+                // As dkms: `add TARBALL` is `ldtarball TARBALL`.
+                let tmp = self.unpack(file)?;
+                return self.load_unpacked(tmp.path(), file, names);
             }
         };
         self.link_source(&mv)?;
@@ -96,7 +93,7 @@ impl Lifecycle<'_> {
 
     /// A temporary directory beside the source tree (same file system: the copy is a rename
     /// away), else in /tmp.
-    fn scratch_dir(&self, file: &Path) -> Result<tempfile::TempDir, Error> {
+    pub(super) fn scratch_dir(&self, file: &Path) -> Result<tempfile::TempDir, Error> {
         Ok(tempfile::Builder::new()
             .prefix(".ckms-add-")
             .tempdir_in(self.roots.source_tree.parent().unwrap_or(Path::new("/tmp")))
@@ -112,7 +109,7 @@ impl Lifecycle<'_> {
         self.link_source(mv)
     }
 
-    fn link_source(&self, mv: &ModuleVersion) -> Result<(), Error> {
+    pub(super) fn link_source(&self, mv: &ModuleVersion) -> Result<(), Error> {
         let src = self.source_dir(mv);
         if !src.is_dir() {
             return Err(LifecycleError::NoSource(src).into());
@@ -122,6 +119,10 @@ impl Lifecycle<'_> {
         }
         let dir = self.roots.module_dir(&mv.module, &mv.version);
         let link = dir.join("source");
+        if link.is_dir() && !link.is_symlink() {
+            // A binaries-only module (only its dkms.conf in the tree) gets its source.
+            std::fs::remove_dir_all(&link).map_err(LifecycleError::io(&link))?;
+        }
         if let Ok(existing) = std::fs::read_link(&link) {
             if existing == src {
                 self.report().info(format!("Module {mv} is already added"));
@@ -143,7 +144,7 @@ impl Lifecycle<'_> {
     }
 
     /// Copies `dir` to `<source_tree>/<m>-<v>` unless it is that directory already.
-    fn import_dir(&self, dir: &Path, names: Option<&ModuleVersion>) -> Result<ModuleVersion, Error> {
+    pub(super) fn import_dir(&self, dir: &Path, names: Option<&ModuleVersion>) -> Result<ModuleVersion, Error> {
         let conf = dir.join("dkms.conf");
         let mv = match names {
             Some(mv) => mv.clone(),
@@ -236,7 +237,7 @@ fn literal(text: &str, name: &str) -> Option<String> {
 
 /// The directory holding dkms.conf in an unpacked tarball: the top, `dkms_source_tree/`
 /// (mktarball's layout), or a single top-level directory.
-fn source_root(top: &Path) -> Option<PathBuf> {
+pub(super) fn source_root(top: &Path) -> Option<PathBuf> {
     let candidates = [top.to_path_buf(), top.join("dkms_source_tree")];
     if let Some(found) = candidates.iter().find(|d| d.join("dkms.conf").is_file()) {
         return Some(found.clone());

@@ -50,6 +50,9 @@ impl Lifecycle<'_> {
             ));
             return Ok(BuildOutcome::AlreadyBuilt { module: mv.clone(), kernel: target.release.clone(), arch });
         }
+        if self.is_binaries_only(mv) {
+            return Err(self.binaries_only_error(mv));
+        }
         let started = std::time::Instant::now();
         // Independent steps overlap: connecting to the engine, reading the index, and then
         // checking the image while the kernel's config is read from its headers package.

@@ -34,6 +34,13 @@ pub enum LifecycleError {
     Skipped { module: String, version: String, kernel: String, reason: String },
     #[error("the PRE_INSTALL script of {module}/{version} failed for kernel {kernel} (status {status})")]
     PreInstall { module: String, version: String, kernel: String, status: i64 },
+    #[error(
+        "{dir} does not appear to have module source located within it ({module}/{version} was loaded from a \
+         binaries-only tarball). Build halted."
+    )]
+    BinariesOnly { module: String, version: String, dir: PathBuf },
+    #[error("no valid dkms.conf in dkms_source_tree or dkms_binaries_only: {0} is not a valid DKMS tarball")]
+    NotDkmsTarball(PathBuf),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: the build record is unreadable: {message}")]
@@ -53,9 +60,11 @@ impl Diagnose for LifecycleError {
     fn exit_code(&self) -> i32 {
         match self {
             LifecycleError::NoSource(_) | LifecycleError::WhichVersion { .. } => code::USAGE,
-            LifecycleError::NoConf(_) | LifecycleError::BadSource { .. } | LifecycleError::Manifest { .. } => {
-                code::NO_CONF
-            }
+            LifecycleError::NoConf(_)
+            | LifecycleError::BadSource { .. }
+            | LifecycleError::Manifest { .. }
+            | LifecycleError::NotDkmsTarball(_) => code::NO_CONF,
+            LifecycleError::BinariesOnly { .. } => code::BAD_CONF,
             LifecycleError::NotInTree { .. }
             | LifecycleError::AlreadyAdded { .. }
             | LifecycleError::SourceDiffers { .. } => code::NOT_IN_TREE,
@@ -106,6 +115,14 @@ impl Diagnose for LifecycleError {
                 "not an error: the module's dkms.conf says it does not apply to this kernel".into()
             }
             LifecycleError::PreInstall { .. } => "its output is above; the module was not installed".into(),
+            LifecycleError::BinariesOnly { .. } => {
+                "it installs for the kernels its tarball holds builds for (`ckms status`); for another kernel, load \
+                 a tarball with its source (mktarball without --binaries-only)"
+                    .into()
+            }
+            LifecycleError::NotDkmsTarball(_) => {
+                "make it with `mktarball` (ckms's or dkms's), or add a source directory with `ckms add DIR`".into()
+            }
             LifecycleError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
                 "run as root, or point --root (or --dkmstree/--installtree) at directories you own".into()
             }

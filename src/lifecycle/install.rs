@@ -75,7 +75,7 @@ impl Lifecycle<'_> {
             .collect();
         self.report().info(format!("Installing {}", listed.join(" ")));
         if let Some(script) = &manifest.post_install {
-            self.run_hook(mv, &manifest, "post_install", script).await?;
+            self.run_after(mv, &manifest, "post_install", script).await;
         }
         Ok(InstallOutcome::Installed { module: mv.clone(), kernel, arch, files: listed })
     }
@@ -98,7 +98,7 @@ impl Lifecycle<'_> {
         }
         self.report().info(format!("Module {mv} for kernel {kernel} ({arch}) uninstalled"));
         if let Some(script) = &manifest.post_remove {
-            self.run_hook(mv, &manifest, "post_remove", script).await?;
+            self.run_after(mv, &manifest, "post_remove", script).await;
         }
         Ok(InstallOutcome::Uninstalled { module: mv.clone(), kernel, arch })
     }
@@ -127,7 +127,14 @@ impl Lifecycle<'_> {
                 Some(c) => c,
                 None => {
                     let paths = self.ctx.config.key_locations(&self.roots.dkms_tree).resolve(None, None);
-                    cert.insert((crate::sign::keys::load_cert(&paths.cert)?, paths.cert))
+                    let loaded = crate::sign::keys::load_cert(&paths.cert).map_err(|e| match e {
+                        // Built elsewhere (ldtarball): the certificate of the key that signed them.
+                        crate::sign::SignError::CertMissing { path } => {
+                            crate::sign::SignError::NoCertToVerify { path, signed_by: manifest.signed_by.clone() }
+                        }
+                        other => other,
+                    })?;
+                    cert.insert((loaded, paths.cert))
                 }
             };
             let v = crate::sign::verify(&module, cert, &f.file, cert_path)?;
@@ -145,13 +152,30 @@ impl Lifecycle<'_> {
         self.opts.depmod.then_some(HostDepmod)
     }
 
+    /// POST_INSTALL, POST_REMOVE: the modules are in place (or gone) already, so their outcome,
+    /// as in dkms, changes nothing; one that could not run (no engine) is a warning too.
+    async fn run_after(&self, mv: &ModuleVersion, manifest: &Manifest, what: &str, script: &str) {
+        if let Err(e) = self.run_hook(mv, manifest, what, script).await {
+            self.report().warn(format!("the {what} script of {mv} did not run: {e}"));
+        }
+    }
+
     /// Runs a module's install-time script in the sandbox of the image that built it: it sees
     /// the module's source, not the host. Returns its exit status.
+    /// A script that is not in the source (a binaries-only module has only its dkms.conf) is
+    /// not run, with dkms's warning, and needs no engine.
     async fn run_hook(&self, mv: &ModuleVersion, manifest: &Manifest, what: &str, script: &str) -> Result<i64, Error> {
+        let source = self.roots.module_dir(&mv.module, &mv.version).join("source");
+        let program = script.split_whitespace().next().unwrap_or_default();
+        if !source.join(program).is_file() {
+            self.report()
+                .warn(format!("The {what} script is not executable: {program} is not in {}", source.display()));
+            return Ok(0);
+        }
+        // Said first: when no engine answers, the error that follows is about this script.
+        self.report().info(format!("Running the {what} script (sandboxed):"));
         let conn = self.engine().await?;
         let recipe = self.ctx.catalog.recipe("builder")?;
-        let source = self.source_dir(mv);
-        self.report().info(format!("Running the {what} script (sandboxed):"));
         let outcome =
             crate::build::run_script(&conn.engine, recipe, &manifest.image, &source, mv_vars(manifest), script).await?;
         let log = String::from_utf8_lossy(&outcome.log);
@@ -188,59 +212,11 @@ fn module_files(manifest: &Manifest, built_dir: &std::path::Path) -> Vec<ModuleF
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{built, context};
     use super::*;
     use crate::diagnose::code;
     use crate::sign::{keys, Locations, Signer};
     use std::path::Path;
-
-    /// A tree under `root` holding a build of m/1 for kernel k whose module is `module`; the
-    /// build record says the kernel signs modules when `sig_hash`.
-    fn built(root: &Path, module: &[u8], sig_hash: bool) -> crate::tree::Roots {
-        let roots = crate::tree::Roots::under(root, "/var/lib/ckms");
-        let dir = roots.built_dir("m", "1", "k", "x86_64");
-        std::fs::create_dir_all(dir.join("module")).unwrap();
-        std::fs::write(dir.join("module/m.ko"), module).unwrap();
-        Manifest {
-            module: "m".into(),
-            version: "1".into(),
-            kernel: "k".into(),
-            arch: "x86_64".into(),
-            profile: "debian-bookworm".into(),
-            image: "img".into(),
-            modules: vec![super::super::ManifestModule {
-                built_name: "m".into(),
-                dest_name: "m".into(),
-                dest_location: "/updates/dkms".into(),
-                file: "module/m.ko".into(),
-            }],
-            autoinstall: false,
-            pre_install: None,
-            post_install: None,
-            post_remove: None,
-            sig_hash: sig_hash.then(|| "sha256".into()),
-            signed_by: None,
-        }
-        .write(&dir)
-        .unwrap();
-        roots
-    }
-
-    fn context(root: &Path) -> crate::context::Context {
-        let env = [
-            ("CKMS_DKMS_MOK_DIR", root.join("no-dkms")),
-            ("CKMS_CONF_DIR", root.join("etc-dkms")),
-            ("CKMS_CACHE_DIR", root.join("cache")),
-        ];
-        let env = env.into_iter().map(|(k, v)| (k.to_string(), v.display().to_string())).collect();
-        let config = crate::config::Config::load_from(&[], env).unwrap();
-        crate::context::Context {
-            catalog: crate::profile::Catalog::load(&[]).unwrap(),
-            cache: crate::cache::Cache::open(root.join("cache")).unwrap(),
-            report: std::sync::Arc::new(crate::report::Silent),
-            refresh: false,
-            config,
-        }
-    }
 
     /// ckms's own pair in the tree of `root`.
     fn own_pair(root: &Path) -> Signer {

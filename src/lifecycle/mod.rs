@@ -11,6 +11,8 @@ mod install;
 mod manifest;
 mod remove;
 mod tarball;
+#[cfg(test)]
+mod testing;
 mod verify;
 
 pub use error::LifecycleError;

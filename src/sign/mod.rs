@@ -52,6 +52,8 @@ pub enum SignError {
     Sign { path: PathBuf, detail: String },
     #[error("{path}: {source}")]
     Module { path: PathBuf, source: std::io::Error },
+    #[error("the modules must be checked against the certificate {path}, which does not exist")]
+    NoCertToVerify { path: PathBuf, signed_by: Option<String> },
     #[error("{path} is not signed")]
     NotSigned { path: PathBuf },
     #[error("{path}: malformed signature: {what}")]
@@ -80,6 +82,11 @@ impl Diagnose for SignError {
                  mok_signing_key=/mok_certificate= in /etc/dkms/framework.conf"
                     .into()
             }
+            SignError::NoCertToVerify { signed_by, .. } => format!(
+                "copy the certificate (mok.pub) of the key that signed them{} to that path, or name it with \
+                 mok_certificate= in /etc/dkms/framework.conf; the kernel loads them only once it is enrolled",
+                signed_by.as_ref().map(|s| format!(" (SHA-256 {s})")).unwrap_or_default(),
+            ),
             SignError::Unreadable { path, .. } => format!("{} must be a readable file (run as root?)", path.display()),
             SignError::BadKey { .. } => "it must be the PEM private key of the certificate (mok.key)".into(),
             SignError::BadCert { .. } => "it must be the certificate enrolled as a MOK (mok.pub, DER)".into(),

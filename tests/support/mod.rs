@@ -60,7 +60,29 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<str>,
 {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ckms"));
+    invocation(Path::new(env!("CARGO_BIN_EXE_ckms")), "ckms", args)
+}
+
+/// The binary called as `dkms` (through a link `<dir>/dkms`, made if missing), as the Debian
+/// package installs it.
+pub fn dkms<I, S>(dir: &Path, args: I) -> Ckms
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let link = dir.join("dkms");
+    if !link.exists() {
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ckms"), &link).expect("linking dkms to ckms");
+    }
+    invocation(&link, "dkms", args)
+}
+
+fn invocation<I, S>(program: &Path, name: &str, args: I) -> Ckms
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let mut cmd = Command::new(program);
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy();
         if k.starts_with("CKMS_") || k == "DOCKER_HOST" || k == "CONTAINER_HOST" {
@@ -72,7 +94,7 @@ where
     cmd.env("CKMS_DKMS_MOK_DIR", "/nonexistent/ckms-test/dkms");
     // The repository's profiles, not those of a ckms package installed on the machine.
     cmd.env("CKMS_DATA_DIR", env!("CARGO_MANIFEST_DIR"));
-    let mut shown = vec!["ckms".to_string()];
+    let mut shown = vec![name.to_string()];
     for a in args {
         cmd.arg(a.as_ref());
         shown.push(a.as_ref().to_string());
@@ -84,6 +106,13 @@ impl Ckms {
     pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
         self.envs.push(format!("{key}={}", value.as_ref().to_string_lossy()));
         self.cmd.env(key, value);
+        self
+    }
+
+    /// Runs it in `dir` (relative paths in its arguments are taken from there).
+    pub fn current_dir(mut self, dir: &Path) -> Self {
+        self.shown.insert(0, format!("cd {} &&", dir.display()));
+        self.cmd.current_dir(dir);
         self
     }
 

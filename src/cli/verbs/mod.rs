@@ -1,0 +1,436 @@
+//! dkms's verbs: `ckms add|build|install|...` and, through [`dkms_argv`], `dkms ...`. Each verb
+//! has its own options ([`args`]); this module turns them into calls of the library's lifecycle.
+
+mod args;
+mod dkms;
+
+use std::path::PathBuf;
+
+use ckms::context::Context;
+use ckms::diagnose::code;
+use ckms::error::Error;
+use ckms::lifecycle::{AddSource, KernelTarget, Lifecycle, ModuleVersion, Options, TarballParts};
+use ckms::tree::Roots;
+
+use super::Output;
+use args::*;
+pub use dkms::dkms_argv;
+
+/// The verbs dkms knows, as ckms names its subcommands.
+pub const VERBS: &[&str] = &[
+    "add",
+    "build",
+    "install",
+    "uninstall",
+    "unbuild",
+    "remove",
+    "status",
+    "autoinstall",
+    "match",
+    "mktarball",
+    "ldtarball",
+    "kernel_postinst",
+    "kernel_prerm",
+    "verify",
+    "generate_mok",
+];
+
+#[derive(clap::Subcommand)]
+pub enum Verb {
+    /// Add a module source to the tree (-m M -v V, a directory with a dkms.conf, or a tarball).
+    Add(AddArgs),
+    /// Build a module for kernels, in a rootless sandboxed container (implies add).
+    Build(BuildArgs),
+    /// Install built modules into /lib/modules/<kver> (implies build).
+    Install(InstallArgs),
+    /// Remove installed modules, restoring what they replaced.
+    Uninstall(RemoveArgs),
+    /// Uninstall and delete the build for kernels.
+    Unbuild(RemoveArgs),
+    /// Unbuild for kernels (--all: every kernel) and drop the version from the tree.
+    Remove(RemoveArgs),
+    /// Show what is added, built and installed, in dkms's format.
+    Status(StatusArgs),
+    /// Build and install every AUTOINSTALL module for a kernel; one failure does not stop the others.
+    Autoinstall(AutoinstallArgs),
+    /// Install, for -k, the modules installed for --templatekernel.
+    Match(MatchArgs),
+    /// Write a tarball of a module's source and builds (or only one of them).
+    Mktarball(MktarballArgs),
+    /// Load a tarball written by mktarball (source and builds, or builds only) into the tree.
+    Ldtarball(LdtarballArgs),
+    /// Load built modules (-m M -v V, or FILE...) into a VM running the kernel; report each.
+    Verify(VerifyArgs),
+    /// What the kernel's postinst hook runs (= autoinstall).
+    #[command(name = "kernel_postinst", hide = true)]
+    KernelPostinst(AutoinstallArgs),
+    /// What the kernel's prerm hook runs: unbuild every module for the kernel.
+    #[command(name = "kernel_prerm", hide = true)]
+    KernelPrerm(KernelPrermArgs),
+}
+
+pub async fn run(ctx: &Context, out: &Output, verb: Verb) -> Result<i32, Error> {
+    match verb {
+        Verb::Add(a) => add(ctx, out, a).await,
+        Verb::Build(a) => {
+            let lc = lifecycle(ctx, &a.target.trees, &a.target.compat, options(a.force, Some(&a.flags), None))?;
+            let (mv, kernels) = (selected(&lc, &a.target)?, targets(&a.target.kernels)?);
+            let mut results = Vec::new();
+            for k in &kernels {
+                results.push(lc.build(&mv, k).await?);
+            }
+            out.result(&results, String::new);
+            verify_after(&lc, a.verify, &mv, &kernels, out).await
+        }
+        Verb::Install(a) => {
+            let opts = options(a.force, Some(&a.flags), Some(&a.depmod));
+            let lc = lifecycle(ctx, &a.target.trees, &a.target.compat, opts)?;
+            let (mv, kernels) = (selected(&lc, &a.target)?, targets(&a.target.kernels)?);
+            let mut results = Vec::new();
+            for k in &kernels {
+                results.push(lc.install(&mv, k).await?);
+            }
+            out.result(&results, String::new);
+            verify_after(&lc, a.verify, &mv, &kernels, out).await
+        }
+        Verb::Uninstall(a) => remove(ctx, out, Removal::Uninstall, a).await,
+        Verb::Unbuild(a) => remove(ctx, out, Removal::Unbuild, a).await,
+        Verb::Remove(a) => remove(ctx, out, Removal::Remove, a).await,
+        Verb::Status(a) => status(ctx, out, a),
+        Verb::Autoinstall(a) | Verb::KernelPostinst(a) => autoinstall(ctx, out, a).await,
+        Verb::Match(a) => run_match(ctx, a).await,
+        Verb::Mktarball(a) => {
+            let lc = lifecycle(ctx, &a.target.trees, &a.target.compat, Options::default())?;
+            let mv = selected(&lc, &a.target)?;
+            let parts = TarballParts { source: !a.binaries_only, binaries: !a.source_only };
+            let kernels = if parts.binaries { targets(&a.target.kernels)? } else { Vec::new() };
+            let file = lc.mktarball(&mv, &kernels, parts, a.archive.as_deref())?;
+            out.result(&file, || format!("Tarball location: {}\n", file.display()));
+            Ok(0)
+        }
+        Verb::Ldtarball(a) => {
+            let lc = lifecycle(ctx, &a.trees, &a.compat, options(a.force, None, None))?;
+            let file = a.file.or(a.archive).ok_or_else(|| usage("ldtarball needs the tarball's path"))?;
+            let mv = lc.ldtarball(&file)?;
+            out.result(&mv, || format!("Loaded {mv}\n"));
+            Ok(0)
+        }
+        Verb::Verify(a) => verify(ctx, out, a).await,
+        Verb::KernelPrerm(a) => {
+            let opts = options(false, None, Some(&a.depmod));
+            let lc = lifecycle(ctx, &a.trees, &a.compat, opts)?;
+            for k in &targets(&a.kernels)? {
+                for mv in lc.all() {
+                    if lc.built_kernels(&mv).iter().any(|b| b.release == k.release) {
+                        lc.unbuild(&mv, k).await?;
+                    }
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+async fn add(ctx: &Context, out: &Output, a: AddArgs) -> Result<i32, Error> {
+    let mut opts = options(a.force, None, None);
+    opts.profile = a.profile.clone();
+    let lc = lifecycle(ctx, &a.trees, &a.compat, opts)?;
+    let named = a.select.module.as_deref().map(|m| split(m, a.select.version.as_deref()));
+    let names = match named {
+        Some((module, Some(version))) => Some(ModuleVersion { module, version }),
+        _ => None,
+    };
+    if let Some(package) = a.what.as_deref().and_then(|w| w.strip_prefix("deb:")) {
+        let mv = lc.add_package(package, names.as_ref()).await?;
+        return added(&lc, out, &mv, a.package.as_deref());
+    }
+    let source = match a.what.as_deref().map(PathBuf::from) {
+        Some(path) if path.is_dir() => AddSource::Dir(path),
+        Some(path) if path.is_file() && path.extension().is_some_and(|e| e == "deb") => {
+            AddSource::Deb { file: path, learned_from: None }
+        }
+        Some(path) if path.is_file() => AddSource::Tarball(path),
+        Some(_) | None => {
+            let what = a.what.as_deref();
+            if a.select.module.is_none() && what.is_some_and(|w| !w.contains('/')) {
+                return Err(usage(&format!("{} is neither a directory nor a tarball", what.unwrap_or_default())));
+            }
+            AddSource::Tree(select(&lc, what, &a.select)?)
+        }
+    };
+    let mv = lc.add(&source, names.as_ref())?;
+    added(&lc, out, &mv, a.package.as_deref())
+}
+
+/// The end of `add`: the package the source came from, when common.postinst says it.
+fn added(lc: &Lifecycle<'_>, out: &Output, mv: &ModuleVersion, package: Option<&str>) -> Result<i32, Error> {
+    if let Some(package) = package {
+        lc.record_installed(mv, package)?;
+    }
+    out.result(mv, || format!("Module {mv} added\n"));
+    Ok(0)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Removal {
+    Uninstall,
+    Unbuild,
+    Remove,
+}
+
+async fn remove(ctx: &Context, out: &Output, which: Removal, a: RemoveArgs) -> Result<i32, Error> {
+    let lc = lifecycle(ctx, &a.target.trees, &a.target.compat, options(false, None, Some(&a.depmod)))?;
+    let mv = selected(&lc, &a.target)?;
+    let kernels = if a.all { lc.built_kernels(&mv) } else { targets(&a.target.kernels)? };
+    match which {
+        Removal::Remove => {
+            lc.remove(&mv, &kernels, a.all).await?;
+            out.result(&mv, String::new);
+            return Ok(0);
+        }
+        Removal::Uninstall => {
+            for k in &kernels {
+                lc.uninstall(&mv, k).await?;
+            }
+        }
+        Removal::Unbuild => {
+            for k in &kernels {
+                lc.unbuild(&mv, k).await?;
+            }
+        }
+    }
+    out.result(&kernels, String::new);
+    Ok(0)
+}
+
+fn status(ctx: &Context, out: &Output, a: StatusArgs) -> Result<i32, Error> {
+    let lc = lifecycle(ctx, &a.trees, &a.compat, Options::default())?;
+    let (module, version) = match a.select.module.as_deref().or(a.what.as_deref()) {
+        Some(name) => {
+            let (m, v) = split(name, a.select.version.as_deref());
+            (Some(m), v)
+        }
+        None => (None, a.select.version.clone()),
+    };
+    let mut lines = ckms::tree::status(&lc.roots, module.as_deref());
+    if let Some(v) = &version {
+        lines.retain(|s| &s.version == v);
+    }
+    if !a.kernels.is_empty() {
+        let kernels = targets(&Kernels { kernels: a.kernels.clone(), arch: None })?;
+        lines.retain(|s| s.kernel.is_none() || kernels.iter().any(|k| Some(&k.release) == s.kernel.as_ref()));
+    }
+    if let Some(arch) = &a.arch {
+        lines.retain(|s| s.arch.as_ref().is_none_or(|x| x == arch));
+    }
+    for broken in lines.iter().filter(|s| s.state == ckms::tree::State::Broken) {
+        eprintln!(
+            "Error! The source of {}/{} is missing: `ckms remove -m {} -v {} --all` drops it from the tree",
+            broken.module, broken.version, broken.module, broken.version
+        );
+    }
+    out.result(&lines, || lines.iter().map(|l| format!("{l}\n")).collect());
+    Ok(0)
+}
+
+async fn autoinstall(ctx: &Context, out: &Output, a: AutoinstallArgs) -> Result<i32, Error> {
+    let lc = lifecycle(ctx, &a.trees, &a.compat, options(false, Some(&a.flags), Some(&a.depmod)))?;
+    let mut failed = 0;
+    let mut all = Vec::new();
+    for k in &targets(&a.kernels)? {
+        let results = lc.autoinstall(k).await?;
+        for r in &results {
+            if !r.ok {
+                failed += 1;
+                eprintln!("Error! {}: {}", r.module, r.message);
+            }
+        }
+        let summary: Vec<String> = results.iter().map(|r| format!("{}: {}", r.module, r.message)).collect();
+        ctx.reporter().info(format!(
+            "Autoinstall on {}: {} module(s), {} failed{}{}",
+            k.release,
+            results.len(),
+            results.iter().filter(|r| !r.ok).count(),
+            if summary.is_empty() { "" } else { "\n  " },
+            summary.join("\n  ")
+        ));
+        all.extend(results);
+    }
+    out.result(&all, String::new);
+    Ok(if failed > 0 { code::AUTOINSTALL_FAILED } else { 0 })
+}
+
+/// `match --templatekernel K1 -k K2 [MODULE[/VERSION]]`: install for K2 what is installed for K1.
+async fn run_match(ctx: &Context, a: MatchArgs) -> Result<i32, Error> {
+    let lc = lifecycle(ctx, &a.trees, &a.compat, options(false, Some(&a.flags), Some(&a.depmod)))?;
+    let kernels = targets(&a.kernels)?;
+    if kernels.iter().any(|k| k.release == a.templatekernel) {
+        return Err(usage("The templatekernel and the specified kernel version are the same."));
+    }
+    let only = a.what.as_deref().map(|w| split(w, None));
+    let template = KernelTarget { release: a.templatekernel.clone(), arch: a.kernels.arch.clone() };
+    for mv in lc.all() {
+        if only.as_ref().is_some_and(|(m, v)| *m != mv.module || v.as_ref().is_some_and(|v| *v != mv.version)) {
+            continue;
+        }
+        let built = lc.built_kernels(&mv).into_iter().find(|b| b.release == template.release);
+        let Some(t) = built else { continue };
+        let arch = t.arch.clone().unwrap_or_default();
+        if lc.installed_version(&mv.module, &template.release, &arch).as_deref() == Some(&mv.version) {
+            for k in &kernels {
+                lc.install(&mv, k).await?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+async fn verify(ctx: &Context, out: &Output, a: VerifyArgs) -> Result<i32, Error> {
+    let opts = Options { profile: a.profile.clone(), ..Options::default() };
+    let lc = lifecycle(ctx, &a.trees, &a.compat, opts)?;
+    let files: Vec<PathBuf> = a.what.iter().map(PathBuf::from).chain(a.files.iter().cloned()).collect();
+    let mut results = Vec::new();
+    for k in &targets(&a.kernels)? {
+        results.push(if a.select.module.is_none() && !files.is_empty() && files.iter().all(|f| f.is_file()) {
+            lc.verify_files(&k.release, &files).await?
+        } else {
+            lc.verify(&select(&lc, a.what.as_deref(), &a.select)?, k).await?
+        });
+    }
+    show_verifications(&results, out)
+}
+
+/// `--verify` on build and install: the same as `verify` afterwards.
+async fn verify_after(
+    lc: &Lifecycle<'_>,
+    verify: bool,
+    mv: &ModuleVersion,
+    kernels: &[KernelTarget],
+    out: &Output,
+) -> Result<i32, Error> {
+    if !verify {
+        return Ok(0);
+    }
+    let mut results = Vec::new();
+    for k in kernels {
+        results.push(lc.verify(mv, k).await?);
+    }
+    show_verifications(&results, out)
+}
+
+/// Prints the verifications; exit code 12 (with the kernel's reasons) when a module did not load.
+fn show_verifications(results: &[ckms::verify::Verification], out: &Output) -> Result<i32, Error> {
+    out.result(&results, || {
+        results
+            .iter()
+            .map(|v| {
+                let passed = v.modules.len() - v.failed().len();
+                format!(
+                    "Verified on {}: {passed} of {} module(s) passed ({:.1} s, of which the VM {:.1} s)\n",
+                    v.kernel,
+                    v.modules.len(),
+                    v.seconds,
+                    v.vm_seconds
+                )
+            })
+            .collect()
+    });
+    for v in results {
+        for m in v.failed() {
+            eprintln!("Error! {} failed verification on {}: {}", m.name, v.kernel, m.reason().unwrap_or_default());
+            for line in m.insmod.iter().chain(&m.kernel) {
+                eprintln!("  {line}");
+            }
+        }
+        if !v.missing.is_empty() {
+            eprintln!("Warning: needed, but not shipped with {}: {}", v.kernel, v.missing.join(", "));
+        }
+    }
+    Ok(if results.iter().any(|v| !v.failed().is_empty()) { code::NOT_LOADED } else { 0 })
+}
+
+fn usage(message: &str) -> Error {
+    Error::usage(message, Some("`ckms help <verb>` shows its options".into()))
+}
+
+/// The lifecycle over the trees the options name, after the notes on dkms options ckms ignores.
+fn lifecycle<'a>(ctx: &'a Context, trees: &Trees, compat: &DkmsCompat, opts: Options) -> Result<Lifecycle<'a>, Error> {
+    for note in compat.notes() {
+        ctx.reporter().warn(note);
+    }
+    Ok(Lifecycle::new(ctx, roots(ctx, trees)?, opts))
+}
+
+/// The trees: --root, then --sourcetree/--dkmstree/--installtree; relative ones from the
+/// current directory, so that the links ckms makes point where the user meant.
+fn roots(ctx: &Context, t: &Trees) -> Result<Roots, Error> {
+    let tree = ctx.config.dkms_tree();
+    let mut r = match &t.root {
+        Some(root) => Roots::under(root, &tree.to_string_lossy()),
+        None => Roots { dkms_tree: tree, ..Roots::system() },
+    };
+    if let Some(d) = &t.sourcetree {
+        r.source_tree = d.clone();
+    }
+    if let Some(d) = &t.dkmstree {
+        r.dkms_tree = d.clone();
+    }
+    if let Some(d) = &t.installtree {
+        r.install_tree = d.clone();
+    }
+    r.absolute().map_err(|e| usage(&format!("cannot make the tree paths absolute: {e}")))
+}
+
+fn options(force: bool, flags: Option<&BuildFlags>, depmod: Option<&Depmod>) -> Options {
+    let mut o = Options { force, depmod: !depmod.is_some_and(|d| d.no_depmod), ..Options::default() };
+    if let Some(f) = flags {
+        o.verbose = f.verbose;
+        o.profile = f.profile.clone();
+        if let Some(j) = f.jobs {
+            o.jobs = j.max(1);
+        }
+    }
+    o
+}
+
+/// `-k kver[/arch]` (repeatable), default the running kernel; `-a` applies to all.
+fn targets(k: &Kernels) -> Result<Vec<KernelTarget>, Error> {
+    let given = if k.kernels.is_empty() { vec![running_kernel()?] } else { k.kernels.clone() };
+    Ok(given
+        .into_iter()
+        .map(|given| match given.split_once('/') {
+            Some((release, arch)) => KernelTarget { release: release.into(), arch: Some(arch.into()) },
+            None => KernelTarget { release: given, arch: k.arch.clone() },
+        })
+        .collect())
+}
+
+fn running_kernel() -> Result<String, Error> {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .map_err(|e| usage(&format!("cannot read the running kernel's release: {e}; pass -k")))
+}
+
+/// `MODULE/VERSION` as (module, version); `MODULE` alone keeps `version`.
+fn split(name: &str, version: Option<&str>) -> (String, Option<String>) {
+    match name.split_once('/') {
+        Some((m, v)) => (m.to_string(), Some(v.to_string())),
+        None => (name.to_string(), version.map(str::to_string)),
+    }
+}
+
+/// The module version a [`Target`] names.
+fn selected(lc: &Lifecycle<'_>, t: &Target) -> Result<ModuleVersion, Error> {
+    select(lc, t.what.as_deref(), &t.select)
+}
+
+/// The module version named by `-m M -v V`, `-m M/V` or `M/V` (or `M` with one version).
+fn select(lc: &Lifecycle<'_>, what: Option<&str>, s: &Select) -> Result<ModuleVersion, Error> {
+    let name = s.module.as_deref().or(what);
+    let name = name.ok_or_else(|| usage("name the module: -m MODULE -v VERSION, or MODULE/VERSION"))?;
+    let (module, version) = split(name, s.version.as_deref());
+    lc.complete(&module, version.as_deref())
+}
+
+#[cfg(test)]
+mod tests;

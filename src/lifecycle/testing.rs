@@ -1,0 +1,55 @@
+//! Trees and contexts for the lifecycle's unit tests: no engine, no index, no network.
+
+use std::path::Path;
+
+use super::{Manifest, ManifestModule};
+
+/// A tree under `root` holding a build of m/1 for kernel k whose module is `module`; the
+/// build record says the kernel signs modules when `sig_hash`.
+pub fn built(root: &Path, module: &[u8], sig_hash: bool) -> crate::tree::Roots {
+    let roots = crate::tree::Roots::under(root, "/var/lib/ckms");
+    let dir = roots.built_dir("m", "1", "k", "x86_64");
+    std::fs::create_dir_all(dir.join("module")).unwrap();
+    std::fs::write(dir.join("module/m.ko"), module).unwrap();
+    Manifest {
+        module: "m".into(),
+        version: "1".into(),
+        kernel: "k".into(),
+        arch: "x86_64".into(),
+        profile: "debian-bookworm".into(),
+        image: "img".into(),
+        modules: vec![ManifestModule {
+            built_name: "m".into(),
+            dest_name: "m".into(),
+            dest_location: "/updates/dkms".into(),
+            file: "module/m.ko".into(),
+        }],
+        autoinstall: false,
+        pre_install: None,
+        post_install: None,
+        post_remove: None,
+        sig_hash: sig_hash.then(|| "sha256".into()),
+        signed_by: None,
+    }
+    .write(&dir)
+    .unwrap();
+    roots
+}
+
+/// A context whose keys, dkms configuration and cache are all under `root`.
+pub fn context(root: &Path) -> crate::context::Context {
+    let env = [
+        ("CKMS_DKMS_MOK_DIR", root.join("no-dkms")),
+        ("CKMS_CONF_DIR", root.join("etc-dkms")),
+        ("CKMS_CACHE_DIR", root.join("cache")),
+    ];
+    let env = env.into_iter().map(|(k, v)| (k.to_string(), v.display().to_string())).collect();
+    let config = crate::config::Config::load_from(&[], env).unwrap();
+    crate::context::Context {
+        catalog: crate::profile::Catalog::load(&[]).unwrap(),
+        cache: crate::cache::Cache::open(root.join("cache")).unwrap(),
+        report: std::sync::Arc::new(crate::report::Silent),
+        refresh: false,
+        config,
+    }
+}
