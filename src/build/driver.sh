@@ -161,14 +161,22 @@ build() {
 # True when the volumes hold more than the limit. du prints its total even when it fails; it
 # fails on files that vanished meanwhile (common in builds) and on directories it cannot read,
 # which would hide their files: then everything gets its owner's permissions back (the build
-# user owns all but the other modules' read-only copies) and du counts again.
+# user owns all but the other modules' read-only copies) and du counts again. Sets pause: how
+# long until the next look.
 over_space() {
-    local used
+    local used start=${EPOCHREALTIME//[!0-9]/}
     if ! used=$(du -skxc -- "${volumes[@]}" 2>/dev/null); then
         chmod -R u+rwX -- "${volumes[@]}" 2>/dev/null
         used=$(du -skxc -- "${volumes[@]}" 2>/dev/null)
     fi
     used=${used##*$'\n'}
+    # A look costs what du costs, which grows with the tree (tens of thousands of files in a
+    # big build): the pause is 50 times the look, so that the watchdog takes about 2% of a core,
+    # at least 1 s and at most 5 s (`ulimit -f` bounds each file meanwhile).
+    local us=$(((${EPOCHREALTIME//[!0-9]/} - start) * 50))
+    ((us < 1000000)) && us=1000000
+    ((us > 5000000)) && us=5000000
+    printf -v pause '%d.%06d' $((us / 1000000)) $((us % 1000000))
     used=${used%%[[:space:]]*}
     [[ $used =~ ^[0-9]+$ ]] && ((used > ckms_space_kib))
 }
@@ -190,8 +198,9 @@ pid=$!
 # for are dropped; but bash has handlers for the terminating ones, and as PID 1 it exits on
 # them. A trap keeps this process alive; the build child was forked before, with the defaults.
 trap : HUP INT QUIT ABRT BUS FPE SEGV USR1 USR2 PIPE ALRM TERM XCPU XFSZ VTALRM PROF SYS
+pause=1
 while kill -0 "$pid" 2>/dev/null; do
-    read -r -t 1 -u "$tick_fd" _
+    read -r -t "$pause" -u "$tick_fd" _
     if over_space; then
         # Every process of the build user except this one (PID 1 is never signalled by -1).
         kill -KILL -1 2>/dev/null

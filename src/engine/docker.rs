@@ -1,8 +1,9 @@
 //! [`DockerApi`]: the bollard-backed [`Engine`] for both Docker and Podman's compat socket.
 //!
 //! Container calls go through bollard's typed API, but never read container state enums
-//! (Podman 4 reports states such as "stopped" that bollard rejects): `wait_container` gives
-//! the exit code. Image list/inspect and engine info are read as raw JSON (see [`raw`]).
+//! (Podman 4 reports states such as "stopped" that bollard rejects): a wait gives the exit
+//! code, Docker's `wait_container` or, on Podman, libpod's own wait (its compat one burns a
+//! core while it waits). Image list/inspect and engine info are read as raw JSON (see [`raw`]).
 
 use super::config::{container_config, input_tar, parse_user, EngineCaps, RUN_LABEL};
 use super::{raw, Answer, Engine, EngineError, EngineInfo, EngineKind, Exchange, ImageSummary, RunOutcome, RunSpec};
@@ -28,8 +29,14 @@ const API_TIMEOUT: Duration = Duration::from_secs(120);
 const LOAD_TIMEOUT: Duration = Duration::from_secs(3600);
 /// After a kill, how long to wait for the container to be reported as exited.
 const KILL_GRACE: Duration = Duration::from_secs(30);
-/// How often a running container is asked whether its exchange request is there.
-const EXCHANGE_POLL: Duration = Duration::from_millis(40);
+/// How often a running container is asked whether its exchange request is there: soon after
+/// the start (a conf evaluates in a fraction of a second), then less and less often, so that a
+/// slow one costs the engine little (each look is an archive request).
+const EXCHANGE_POLL_FIRST: Duration = Duration::from_millis(25);
+const EXCHANGE_POLL_MAX: Duration = Duration::from_millis(250);
+/// How often Podman's own wait looks at the container's state. Its Docker-compatible wait
+/// polls without pause in Podman 4 (a core's worth of CPU for as long as the build runs).
+const PODMAN_WAIT_INTERVAL: &str = "100ms";
 
 /// A Docker Engine or Podman endpoint, spoken to with the Docker API.
 #[derive(Debug, Clone)]
@@ -164,11 +171,13 @@ impl DockerApi {
             let wait = self.wait(id, timeout);
             tokio::pin!(wait);
             if let Some((ex, answer)) = exchange {
+                let mut poll = EXCHANGE_POLL_FIRST;
                 loop {
                     tokio::select! {
                         code = &mut wait => return code,
-                        _ = tokio::time::sleep(EXCHANGE_POLL) => {}
+                        _ = tokio::time::sleep(poll) => {}
                     }
+                    poll = (poll * 5 / 4).min(EXCHANGE_POLL_MAX);
                     if let Some(request) = self.download(id, &ex.request).await? {
                         let files = answer(&super::config::first_file(&request).unwrap_or_default());
                         self.upload_files(id, &ex.reply_dir, &files, uid, gid).await?;
@@ -246,8 +255,11 @@ impl DockerApi {
 
     /// Waits until the container is not running and returns its exit code.
     async fn wait(&self, id: &str, timeout: Duration) -> Result<i64, EngineError> {
-        // The wait request's own client timeout must outlast the build (Podman answers only
-        // when the container exits); the caller enforces the real limit.
+        if self.info.kind == EngineKind::Podman {
+            return self.wait_libpod(id, timeout).await;
+        }
+        // The wait request's own client timeout must outlast the build (the engine answers
+        // only when the container exits); the caller enforces the real limit.
         let docker = self.docker.clone().with_timeout(timeout + API_TIMEOUT);
         let opts = WaitContainerOptionsBuilder::new().condition("not-running").build();
         let mut stream = docker.wait_container(id, Some(opts));
@@ -258,6 +270,22 @@ impl DockerApi {
             Some(Err(e)) => Err(EngineError::api(self.endpoint(), format!("wait for container {id}"), short_error(&e))),
             None => Err(EngineError::api(self.endpoint(), format!("wait for container {id}"), "no answer")),
         }
+    }
+
+    /// Podman's own wait: its compat endpoint busy-loops (see [`PODMAN_WAIT_INTERVAL`]). The
+    /// condition "exited" also covers a container that exited before the request came.
+    async fn wait_libpod(&self, id: &str, timeout: Duration) -> Result<i64, EngineError> {
+        let op = format!("wait for container {id}");
+        let path = format!("/v4.0.0/libpod/containers/{id}/wait?condition=exited&interval={PODMAN_WAIT_INTERVAL}");
+        let (status, body) = raw::request(self.endpoint(), http::Method::POST, &path, timeout + API_TIMEOUT)
+            .await
+            .map_err(|e| EngineError::api(self.endpoint(), &op, e))?;
+        if status >= 300 {
+            return Err(EngineError::api(self.endpoint(), &op, raw::error_message(&body)));
+        }
+        // The body is the exit code as a bare number.
+        let text = String::from_utf8_lossy(&body);
+        text.trim().parse().map_err(|_| EngineError::api(self.endpoint(), &op, format!("unexpected answer {text:?}")))
     }
 
     /// A path from the container as tar bytes; None if it does not exist.

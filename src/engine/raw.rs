@@ -1,6 +1,7 @@
 //! Plain JSON requests to an engine, for what bollard cannot express or deserialise on both
-//! engines: the libpod info endpoint (Podman's rootless flag) and image list/inspect, whose
-//! bollard models require fields that differ between Docker and Podman versions.
+//! engines: the libpod endpoints (info for Podman's rootless flag, wait) and image
+//! list/inspect, whose bollard models require fields that differ between Docker and Podman
+//! versions.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
