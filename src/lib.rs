@@ -28,6 +28,7 @@ pub mod deb;
 pub mod diagnose;
 pub mod engine;
 pub mod error;
+pub mod farm;
 pub mod image;
 pub mod install;
 pub mod kernel;

@@ -1,0 +1,76 @@
+//! The prebuild farm: a module × kernel matrix built in parallel, each pair stored under a key
+//! that is a digest of everything that decides its output.
+//!
+//! The split is Nix's: [`plan`] evaluates sources and kernel selectors into pairs and their keys
+//! (no container), [`schedule`] builds the pairs not in the store, each a pure function of its
+//! inputs run in its builder image by the lifecycle's one-pair build, and the [`store`] gives a
+//! finished pair back by its key. [`report`] shows the matrix (text, JSON lines, one HTML file).
+
+pub mod key;
+pub mod schedule;
+pub mod select;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+use crate::diagnose::{code, Diagnose};
+
+#[derive(Debug, Error)]
+pub enum FarmError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0} is not empty and holds no ckms store (no ckms-store.json)")]
+    NotAStore(PathBuf),
+    #[error("the store {path} has another layout ({found})")]
+    StoreFormat { path: PathBuf, found: String },
+    #[error("store entry {path}: {message}")]
+    Store { path: PathBuf, message: String },
+    #[error("kernel selector {selector:?}: {message}")]
+    Selector { selector: String, message: String },
+    #[error("kernel selector {selector:?} matches no kernel the profiles offer")]
+    NoKernel { selector: String, closest: Vec<String> },
+}
+
+impl FarmError {
+    pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FarmError + '_ {
+        move |source| FarmError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+impl Diagnose for FarmError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            FarmError::Io { .. } | FarmError::Store { .. } => code::IO,
+            FarmError::NotAStore(_) | FarmError::StoreFormat { .. } | FarmError::Selector { .. } => code::USAGE,
+            FarmError::NoKernel { .. } => code::UNKNOWN_KERNEL,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            FarmError::Io { source, .. } if source.raw_os_error() == Some(28) => Some(
+                "the disk holding the store is full: free space and run the same command again; finished pairs \
+                 are kept, the interrupted one is rebuilt"
+                    .into(),
+            ),
+            FarmError::Io { .. } => Some("check that the store directory is writable".into()),
+            FarmError::NotAStore(_) => {
+                Some("name an empty or new directory, or an existing store, with --store".into())
+            }
+            FarmError::StoreFormat { .. } => {
+                Some("this ckms writes another store format: use a new directory with --store".into())
+            }
+            FarmError::Store { .. } => None,
+            FarmError::Selector { .. } => Some(
+                "a selector is a release (6.1.0-56-amd64), a regular expression (^6\\.12\\..*\\+deb13-amd64$), \
+                 @PROFILE, @PROFILE:latest or @PROFILE:latest=N"
+                    .into(),
+            ),
+            FarmError::NoKernel { closest, .. } if !closest.is_empty() => {
+                Some(format!("closest kernels offered: {}; `ckms kernels` lists them all", closest.join(", ")))
+            }
+            FarmError::NoKernel { .. } => Some("`ckms kernels` lists what the profiles offer".into()),
+        }
+    }
+}
