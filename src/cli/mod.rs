@@ -3,6 +3,7 @@
 
 mod image;
 mod kernels;
+mod packages;
 mod sign;
 mod system;
 mod verbs;
@@ -48,6 +49,8 @@ pub struct Cli {
 enum Command {
     /// List the kernels the profiles' repositories offer (release, version, compiler).
     Kernels(kernels::Args),
+    /// List the packages the profiles' repositories offer (name, version, suite; --json: Depends, URL, SHA-256).
+    Packages(packages::Args),
     /// Builder images: build, list, remove, prune.
     #[command(subcommand)]
     Image(image::Command),
@@ -106,6 +109,7 @@ async fn run(cli: Cli, report: Arc<dyn Reporter>) -> Result<i32, Error> {
     let out = Output { json: cli.json };
     match cli.command {
         Command::Kernels(args) => kernels::run(&ctx, &out, args).await,
+        Command::Packages(args) => packages::run(&ctx, &out, args).await,
         Command::Image(cmd) => image::run(&ctx, &out, cmd).await,
         Command::Profiles => system::profiles(&ctx, &out),
         Command::Doctor => system::doctor(&ctx, &out).await,

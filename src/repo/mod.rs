@@ -6,6 +6,7 @@
 //! - [`release`]: InRelease signature checks and Release fields;
 //! - [`index`]: Packages parsing and the merged [`Index`];
 //! - [`resolve`]: dependency closure;
+//! - [`listing`]: packages by name (module sources of a suite);
 //! - [`fetch`]: HTTP, index loading with caching, package downloads.
 
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use crate::diagnose::{code, Diagnose};
 
 pub mod fetch;
 pub mod index;
+pub mod listing;
 pub mod release;
 pub mod resolve;
 pub mod sources;

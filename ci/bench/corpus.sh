@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# The corpus: every module source package (`*-dkms`, depending on dkms) of a kernel's suite,
+# built for that kernel by real dkms on a user's machine and by ckms, compared per package
+# (the same module files, or both fail) and timed on both sides in the same run.
+#
+#   dkms: a container of the kernel's suite, made with mmdebstrap from the host's apt sources and
+#         `docker import`ed (cached per suite and day); in it, as root with the network, apt
+#         installs dkms, linux-headers-K, linux-image-K and all the packages (their Depends too),
+#         then `dkms build -m M -v V -k K` per module (ci/bench/corpus-reference.sh). Always Docker:
+#         rootless Podman's networking does not reach the mirror here.
+#   ckms: the same packages through the profile's signed index into one source tree per run,
+#         then `ckms build -m M -v V -k K` per module (release build, engine selectable).
+# The two sides alternate per package, so that the machine's load hits both alike.
+#
+# usage: ci/bench/corpus.sh [-k KERNEL] [-e ENGINE] [-p PACKAGE]... [-o DIR] [-s SIDES]
+#   -k KERNEL   a release (6.1.0-56-amd64), or one of the issue's four: bookworm (6.1.0-56-amd64),
+#               bookworm-6.12, trixie, sid (the newest 6.12.*+deb12, 6.12.*+deb13, 7.*+deb14).
+#               Default: bookworm.
+#   -e ENGINE   ckms's engine: podman (default, user ${CKMS_USER:-ckms}'s rootless socket),
+#               docker, or an endpoint (unix:///...).
+#   -p PACKAGE  only these packages (repeatable; default: the whole corpus).
+#   -o DIR      where results go (default /var/tmp/ckms-corpus/<kernel>-<time>): results.jsonl,
+#               table.md, and per side and package the exit code, module files, make.log, time.
+#   -s SIDES    dkms,ckms (default), or one of them (the other's results are then left out).
+# Run as root after ci/setup-engines.sh. Env: CKMS_TEST_CACHE (ckms's cache, default
+# target/ckms-test-cache), CORPUS_BUILD_TIMEOUT (seconds per build, default 3600).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bench=$PWD/ci/bench
+# shellcheck source=ci/bench/corpus-lib.sh
+. "$bench/corpus-lib.sh"
+
+kernel=bookworm engine=podman out='' sides=dkms,ckms
+packages=()
+while getopts k:e:p:o:s:h opt; do
+  case $opt in
+    k) kernel=$OPTARG ;;
+    e) engine=$OPTARG ;;
+    p) packages+=("$OPTARG") ;;
+    o) out=$OPTARG ;;
+    s) sides=$OPTARG ;;
+    *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
+  esac
+done
+case $engine in
+  podman) engine=unix:///run/user/$(id -u "${CKMS_USER:-ckms}")/podman/podman.sock ;;
+  docker) engine=unix:///var/run/docker.sock ;;
+esac
+export CKMS_TEST_CACHE=${CKMS_TEST_CACHE:-$PWD/target/ckms-test-cache}
+mkdir -p "$CKMS_TEST_CACHE"
+# This checkout's profiles and recipes, whatever an installed ckms left in /etc or /usr/share/ckms.
+export CKMS_DATA_DIR=$PWD
+command -v mmdebstrap >/dev/null || apt-get install -y -q mmdebstrap >/dev/null
+cargo build --quiet --release
+ckms_bin=$PWD/target/release/ckms
+ckms() { "$ckms_bin" --engine "$engine" --cache-dir "$CKMS_TEST_CACHE" "$@"; }
+# The `result` of a `ckms --json` command.
+ckms_result() { ckms --json "$@" | python3 -c 'import json,sys
+for line in sys.stdin:
+    doc = json.loads(line)
+    if doc.get("event") == "result": print(json.dumps(doc["result"]))'; }
+
+# The kernel: a release, or the newest one the issue's series names.
+case $kernel in
+  bookworm) kernel=6.1.0-56-amd64 ;;
+  bookworm-6.12) series='^6\.12\.[0-9]+\+deb12-amd64$' ;;
+  trixie) series='^6\.12\.[0-9]+\+deb13-amd64$' ;;
+  sid) series='^7\.[0-9.]+\+deb14-amd64$' ;;
+esac
+if [[ -n ${series:-} ]]; then
+  kernel=$(ckms_result kernels | python3 -c 'import json,re,sys
+found = [k["release"] for k in json.load(sys.stdin) if re.search(sys.argv[1], k["release"])]
+print(found[-1] if found else "")' "$series")
+  [[ -n $kernel ]] || die "no kernel matches $series (ckms kernels lists what the profiles offer)"
+fi
+profile=$(ckms_result kernels | python3 -c 'import json,sys
+print(next((k["profile"] for k in json.load(sys.stdin) if k["release"] == sys.argv[1]), ""))' "$kernel")
+[[ -n $profile ]] || die "no profile offers kernel $kernel (ckms kernels lists them)"
+
+out=${out:-/var/tmp/ckms-corpus/$kernel-$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$out/ref" "$out/ckms"
+# Every module source package of the profile's suites, as its signed index lists it.
+ckms_result packages --profile "$profile" --dkms -- '-dkms$' >"$out/corpus.json"
+mapfile -t corpus < <(python3 -c 'import json,sys
+want = set(sys.argv[2:])
+for p in json.load(open(sys.argv[1]))["packages"]:
+    if not want or p["name"] in want: print(p["name"])' "$out/corpus.json" "${packages[@]}")
+((${#corpus[@]})) || die "none of the packages asked for is a module source package of $profile"
+suite=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["suites"][0]["suite"])' "$out/corpus.json")
+cat >"$out/run.env" <<EOF
+kernel=$kernel
+profile=$profile
+suite=$suite
+engine=$engine
+packages=${#corpus[@]}
+host_nproc=$(nproc)
+started=$(date -u +%FT%TZ)
+load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
+EOF
+echo "corpus: $kernel ($profile): ${#corpus[@]} packages; results in $out" >&2
+want_side() { [[ ,$sides, == *,$1,* ]]; }
+
+# ---- the reference machine (Docker) --------------------------------------------------------
+ref_container=ckms-corpus-$$
+ref_setup() {
+  local image tar
+  image=ckms-corpus/$suite:$(date -u +%Y%m%d)
+  if ! docker image inspect "$image" >/dev/null 2>&1; then
+    # The profile's suites with the mirrors ckms resolved (the host's apt sources, or ckms's config).
+    local -a sources
+    mapfile -t sources < <(python3 -c 'import json,sys
+for s in json.load(open(sys.argv[1]))["suites"]: print("deb %s %s main" % (s["mirror"], s["suite"]))' "$out/corpus.json")
+    # The host's apt settings on index freshness (a mirror that is a frozen snapshot needs
+    # Check-Valid-Until off), as ckms itself follows them; they stay in the image's apt config.
+    local -a aptopts
+    mapfile -t aptopts < <(apt-config dump | grep -E '^Acquire::Check-(Valid-Until|Date) ' | sed 's/^/--aptopt=/')
+    tar=$(mktemp /var/tmp/ckms-corpus-base.XXXXXX.tar)
+    echo "corpus: making $image with mmdebstrap" >&2
+    mmdebstrap --quiet --variant=apt --components=main "${aptopts[@]}" "$suite" "$tar" "${sources[@]}" ||
+      die "mmdebstrap $suite failed"
+    docker import "$tar" "$image" >/dev/null
+    rm -f "$tar"
+  fi
+  docker run -d --name "$ref_container" -v "ckms-corpus-apt-$suite:/var/cache/apt/archives" \
+    -v "$bench:/corpus:ro" -v "$out/ref:/out" "$image" sleep infinity >/dev/null
+  local t0
+  t0=$(now)
+  docker exec "$ref_container" bash /corpus/corpus-reference.sh setup "$kernel" /out "${corpus[@]}" ||
+    die "the reference machine could not be set up: see $out/ref/install.log"
+  echo "setup_secs=$(elapsed "$t0")" >>"$out/ref/env"
+}
+ref_build() { docker exec "$ref_container" bash /corpus/corpus-reference.sh build "$kernel" /out "$1"; }
+
+# ---- ckms ----------------------------------------------------------------------------------
+src=$out/ckms/src tree=$out/ckms/tree debs=/var/tmp/ckms-corpus/debs
+# Puts PACKAGE's /usr/src into the run's source tree; writes its "<module> <version>" lines to
+# $out/ckms/pkgs/PACKAGE/modules. Stand-in until `ckms add deb:PACKAGE --profile P` (branch
+# srctree) is in main: the .deb at the URL the signed index names, checked against its SHA-256.
+ckms_add() {
+  local p=$1 url sha stage d=$out/ckms/pkgs/$1
+  read -r url sha < <(python3 -c 'import json,sys
+p = next(p for p in json.load(open(sys.argv[1]))["packages"] if p["name"] == sys.argv[2])
+print(p["url"], p["sha256"])' "$out/corpus.json" "$p")
+  mkdir -p "$debs" "$src" "$d"
+  if [[ ! -f $debs/$sha.deb ]]; then
+    curl -fsSL -o "$debs/$sha.part" "$url" || die "download $url failed"
+    echo "$sha  $debs/$sha.part" | sha256sum -c --quiet - || die "$url does not match the signed index"
+    mv "$debs/$sha.part" "$debs/$sha.deb"
+  fi
+  stage=$(mktemp -d)
+  dpkg-deb -x "$debs/$sha.deb" "$stage"
+  if [[ -d $stage/usr/src ]]; then
+    find "$stage/usr/src" -mindepth 2 -maxdepth 2 -name dkms.conf | module_versions >"$d/modules"
+    cp -a "$stage/usr/src/." "$src/"
+  else
+    : >"$d/modules"
+  fi
+  rm -rf "$stage"
+  echo ok >"$d/install"
+}
+ckms_setup() {
+  local t0 p
+  t0=$(now)
+  for p in "${corpus[@]}"; do ckms_add "$p"; done
+  ckms -q image build -k "$kernel" >/dev/null
+  echo "setup_secs=$(elapsed "$t0")" >"$out/ckms/env"
+}
+ckms_build() {
+  local p=$1 m v md t0 rc pair
+  while read -r m v; do
+    md=$out/ckms/pkgs/$p/$m
+    mkdir -p "$md"
+    t0=$(now)
+    rc=0
+    timeout "${CORPUS_BUILD_TIMEOUT:-3600}" "$ckms_bin" --engine "$engine" --cache-dir "$CKMS_TEST_CACHE" \
+      build -m "$m" -v "$v" -k "$kernel" --sourcetree "$src" --dkmstree "$tree" </dev/null >"$md/out" 2>&1 || rc=$?
+    elapsed "$t0" >"$md/secs"
+    echo "$rc" >"$md/exit"
+    pair=$tree/$m/$v
+    list_module_files "$pair/$kernel/x86_64/module" >"$md/files"
+    for f in "$pair/$kernel/x86_64/log/make.log" "$pair/build/make.log"; do
+      [[ -f $f ]] && { cp "$f" "$md/make.log"; break; }
+    done
+  done <"$out/ckms/pkgs/$p/modules"
+}
+
+cleanup() { docker rm -f "$ref_container" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+t_all=$(now)
+if want_side dkms; then ref_setup; fi
+if want_side ckms; then ckms_setup; fi
+for p in "${corpus[@]}"; do
+  echo "corpus: $p" >&2
+  if want_side dkms && [[ $(head -n1 "$out/ref/pkgs/$p/install") == ok ]]; then ref_build "$p"; fi
+  if want_side ckms; then ckms_build "$p"; fi
+done
+cat >>"$out/run.env" <<EOF
+finished=$(date -u +%FT%TZ)
+load_at_end=$(cut -d' ' -f1-3 /proc/loadavg)
+total_secs=$(elapsed "$t_all")
+EOF
+python3 "$bench/corpus-compare.py" "$out"
