@@ -6,7 +6,7 @@ use thiserror::Error;
 
 use crate::diagnose::{code, Diagnose};
 use crate::profile::Profile;
-use crate::repo::{Index, Package};
+use crate::repo::{Index, PackageRef};
 
 #[derive(Debug, Error)]
 pub enum KernelError {
@@ -61,14 +61,14 @@ pub struct Kernel {
 pub fn list(profile: &Profile, index: &Index) -> Vec<Kernel> {
     let mut out: Vec<Kernel> = index
         .candidates()
-        .filter_map(|p| Some((profile.kernel_of_headers(&p.name)?, p)))
+        .filter_map(|p| Some((profile.kernel_of_headers(p.name())?, p)))
         .map(|(release, p)| Kernel {
             release: release.to_string(),
             profile: profile.name.clone(),
-            headers_package: p.name.clone(),
-            version: p.version.clone(),
+            headers_package: p.name().to_string(),
+            version: p.version().to_string(),
             compiler: compiler(profile, index, p).map(|v| format!("gcc-{v}")),
-            suite: p.suite.clone(),
+            suite: p.suite().to_string(),
         })
         .collect();
     out.sort_by(|a, b| crate::repo::version::compare(&a.version, &b.version).then_with(|| a.release.cmp(&b.release)));
@@ -77,20 +77,20 @@ pub fn list(profile: &Profile, index: &Index) -> Vec<Kernel> {
 
 /// The kernel with this release in this profile, if offered.
 pub fn find(profile: &Profile, index: &Index, release: &str) -> Option<Kernel> {
-    let headers = index.candidates().find(|p| profile.kernel_of_headers(&p.name) == Some(release))?;
+    let headers = index.candidates().find(|p| profile.kernel_of_headers(p.name()) == Some(release))?;
     Some(Kernel {
         release: release.to_string(),
         profile: profile.name.clone(),
-        headers_package: headers.name.clone(),
-        version: headers.version.clone(),
+        headers_package: headers.name().to_string(),
+        version: headers.version().to_string(),
         compiler: compiler(profile, index, headers).map(|v| format!("gcc-{v}")),
-        suite: headers.suite.clone(),
+        suite: headers.suite().to_string(),
     })
 }
 
 /// The compiler version found in the headers package's dependency closure.
-fn compiler(profile: &Profile, index: &Index, headers: &Package) -> Option<String> {
-    let closure = index.resolve(std::slice::from_ref(&headers.name), &profile.packages.exclude).ok()?;
+fn compiler(profile: &Profile, index: &Index, headers: PackageRef) -> Option<String> {
+    let closure = index.resolve(&[headers.name().to_string()], &profile.packages.exclude).ok()?;
     closure.iter().find_map(|p| profile.compiler_of(&p.name).map(str::to_string))
 }
 
@@ -111,7 +111,7 @@ pub async fn config(
     let package = index
         .candidate(&kernel.headers_package)
         .ok_or_else(|| err("the package is no longer in the index".into()))?
-        .clone();
+        .to_package();
     crate::repo::fetch_packages(cache, std::slice::from_ref(&package), report)
         .await
         .map_err(|source| KernelError::Resolve { release: kernel.release.clone(), source })?;

@@ -1,130 +1,193 @@
-//! Packages files (deb822 paragraphs) and the merged, searchable [`Index`].
+//! The merged, searchable [`Index`] of one or more suites' Packages files.
 //!
-//! A suite's Packages file is 50-65 MB of text, so parsing is a single pass over lines that
-//! looks only at the fields ckms needs, split across threads at paragraph boundaries. Lookups
-//! go through index vectors sorted by name (binary search) instead of hash maps keyed by
-//! owned strings, which would cost one allocation per package.
+//! Packages are kept in the compact form [`super::packages`] parses them into, and handed out
+//! as [`PackageRef`] views; an owned [`Package`] is made only for what a caller keeps (a
+//! resolution's result). Lookups go through index vectors sorted by name (binary search)
+//! instead of hash maps keyed by owned strings, which would cost one allocation per package.
 
-use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::sync::OnceLock;
 
+use super::packages::{parse_stream, Entry, Field, Part};
+use super::relation::{self, Rel};
 use super::version;
-use super::{Op, Package, Relation, RepoError, SuiteInfo};
+use super::{Package, RepoError, SuiteInfo};
 
 /// All packages of one or more suites, with every version kept (several suites may offer the
 /// same name; older versions are needed when a versioned dependency rules out the newest).
 #[derive(Debug, Default)]
 pub struct Index {
-    packages: Vec<Package>,
-    /// Indices into `packages`: sorted by name, then version (highest first). Duplicates
+    /// The parts' texts, and the origin (index into `origins`) of each.
+    texts: Vec<(String, u32)>,
+    entries: Vec<Entry>,
+    /// (mirror, suite) each package came from.
+    origins: Vec<(String, String)>,
+    /// Indices into `entries`: sorted by name, then version (highest first). Duplicates
     /// (same name, version and architecture in two suites) are left out.
     order: Vec<u32>,
-    /// (provider package, position in its `provides`), sorted by the provided name; built on
-    /// first use (sorting ~200k entries costs tens of ms that a warm load should not pay).
-    provides: OnceLock<Vec<(u32, u32)>>,
+    /// (provider, offset and length of the provided name in the provider's part's text),
+    /// sorted by the provided name; built on first use (sorting ~200k entries costs tens of
+    /// ms that a warm load should not pay).
+    provides: OnceLock<Vec<(u32, u32, u32)>>,
     suites: Vec<SuiteInfo>,
     /// `candidates()` in name order, computed on first use.
     cands: OnceLock<Vec<u32>>,
 }
 
+/// Collects parsed parts from several suites into one [`Index`].
+#[derive(Default)]
+pub(crate) struct IndexBuilder {
+    ix: Index,
+}
+
+impl IndexBuilder {
+    /// Adds the parts parsed from one Packages file of `mirror`'s `suite`.
+    pub fn add(&mut self, mirror: &str, suite: &str, parts: Vec<Part>) {
+        let origin = self.origin(mirror, suite);
+        for part in parts {
+            let n = self.ix.texts.len() as u32;
+            self.ix.entries.extend(part.entries.into_iter().map(|e| Entry { part: n, ..e }));
+            self.ix.texts.push((part.text, origin));
+        }
+    }
+
+    /// Adds every package and suite of `ix`; its texts are moved, not copied.
+    fn append(&mut self, ix: Index) {
+        let first = self.ix.texts.len() as u32;
+        let origins: Vec<u32> = ix.origins.iter().map(|(m, s)| self.origin(m, s)).collect();
+        self.ix.texts.extend(ix.texts.into_iter().map(|(t, o)| (t, origins[o as usize])));
+        self.ix.entries.extend(ix.entries.into_iter().map(|e| Entry { part: first + e.part, ..e }));
+        self.ix.suites.extend(ix.suites);
+    }
+
+    fn origin(&mut self, mirror: &str, suite: &str) -> u32 {
+        let found = self.ix.origins.iter().position(|(m, s)| m == mirror && s == suite);
+        found.unwrap_or_else(|| {
+            self.ix.origins.push((mirror.to_string(), suite.to_string()));
+            self.ix.origins.len() - 1
+        }) as u32
+    }
+
+    pub fn suite(&mut self, info: SuiteInfo) {
+        self.ix.suites.push(info);
+    }
+
+    pub fn build(self) -> Index {
+        let mut ix = self.ix;
+        ix.entries.shrink_to_fit();
+        ix.order = ix.sorted();
+        ix
+    }
+}
+
 impl Index {
     /// Parses one Packages file.
     pub fn parse(text: &str, mirror: &str, suite: &str) -> Result<Index, RepoError> {
-        Ok(Index::build(parse_packages(text, mirror, suite)?, Vec::new()))
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let parts = parse_stream(text.as_bytes(), mirror, suite, threads)
+            .map_err(|e| RepoError::Malformed { url: mirror.to_string(), detail: e.to_string() })?
+            .parts?;
+        let mut b = IndexBuilder::default();
+        b.add(mirror, suite, parts);
+        Ok(b.build())
     }
 
     pub fn merge(indexes: Vec<Index>) -> Index {
-        let mut packages = Vec::new();
-        let mut suites = Vec::new();
+        let mut b = IndexBuilder::default();
         for ix in indexes {
-            packages.extend(ix.packages);
-            suites.extend(ix.suites);
+            b.append(ix);
         }
-        Index::build(packages, suites)
+        b.build()
     }
 
-    pub(crate) fn build(packages: Vec<Package>, suites: Vec<SuiteInfo>) -> Index {
+    /// `order`: entries sorted by name, then version (highest first), without duplicates.
+    fn sorted(&self) -> Vec<u32> {
         // Sort (name, index) pairs rather than indices: the comparisons then touch only the
-        // names, not the big Package structs. A stable sort profits from Packages files being
-        // mostly in name order already; the index tie-break makes the result deterministic.
+        // names. A stable sort profits from Packages files being mostly in name order already;
+        // the index tie-break makes the result deterministic.
         let mut keyed: Vec<(&str, u32)> =
-            packages.iter().enumerate().map(|(i, p)| (p.name.as_str(), i as u32)).collect();
+            (0..self.entries.len() as u32).map(|i| (self.get(i).name(), i)).collect();
         keyed.sort_by(|&(na, a), &(nb, b)| {
             na.cmp(nb).then_with(|| {
-                let (pa, pb) = (&packages[a as usize], &packages[b as usize]);
-                version::compare(&pb.version, &pa.version)
-                    .then_with(|| pa.architecture.cmp(&pb.architecture))
+                let (pa, pb) = (self.get(a), self.get(b));
+                version::compare(pb.version(), pa.version())
+                    .then_with(|| pa.architecture().cmp(pb.architecture()))
                     // The earlier suite wins among duplicates.
                     .then(a.cmp(&b))
             })
         });
         let mut order: Vec<u32> = keyed.into_iter().map(|(_, i)| i).collect();
         order.dedup_by(|b, a| {
-            let (pa, pb) = (&packages[*a as usize], &packages[*b as usize]);
-            pa.name == pb.name
-                && pa.architecture == pb.architecture
-                && version::compare(&pa.version, &pb.version) == Ordering::Equal
+            let (pa, pb) = (self.get(*a), self.get(*b));
+            pa.name() == pb.name()
+                && pa.architecture() == pb.architecture()
+                && version::compare(pa.version(), pb.version()) == Ordering::Equal
         });
-        Index { packages, order, provides: OnceLock::new(), suites, cands: OnceLock::new() }
+        order
+    }
+
+    fn get(&self, id: u32) -> PackageRef<'_> {
+        PackageRef { ix: self, id }
     }
 
     /// Every version of `name`, highest first.
-    pub fn versions(&self, name: &str) -> impl Iterator<Item = &Package> {
+    pub fn versions(&self, name: &str) -> impl Iterator<Item = PackageRef<'_>> {
         // Resolve the range first so that the iterator does not borrow `name`.
-        let name_of = |i: &u32| self.packages[*i as usize].name.as_str();
+        let name_of = |i: &u32| self.get(*i).name();
         let start = self.order.partition_point(|i| name_of(i) < name);
         let end = start + self.order[start..].partition_point(|i| name_of(i) == name);
-        self.order[start..end].iter().map(|&i| &self.packages[i as usize])
+        self.order[start..end].iter().map(|&i| self.get(i))
     }
 
     /// The highest version of `name` across suites.
-    pub fn candidate(&self, name: &str) -> Option<&Package> {
+    pub fn candidate(&self, name: &str) -> Option<PackageRef<'_>> {
         self.versions(name).next()
     }
 
     /// One package (the candidate) per name, in name order.
-    pub fn candidates(&self) -> impl Iterator<Item = &Package> {
+    pub fn candidates(&self) -> impl Iterator<Item = PackageRef<'_>> {
         let cands = self.cands.get_or_init(|| {
             let mut out: Vec<u32> = Vec::new();
             for &i in &self.order {
-                let same =
-                    out.last().is_some_and(|&l| self.packages[l as usize].name == self.packages[i as usize].name);
-                if !same {
+                if out.last().is_none_or(|&l| self.get(l).name() != self.get(i).name()) {
                     out.push(i);
                 }
             }
             out
         });
-        cands.iter().map(|&i| &self.packages[i as usize])
+        cands.iter().map(|&i| self.get(i))
     }
 
-    /// Packages whose Provides names `name`, with the matching Provides entry; ordered by
-    /// provider name, then version (highest first).
-    pub fn providers(&self, name: &str) -> impl Iterator<Item = (&Package, &Relation)> {
+    /// Packages whose Provides names `name`, ordered by provider name, then version (highest
+    /// first).
+    pub fn providers(&self, name: &str) -> impl Iterator<Item = PackageRef<'_>> {
         let provides = self.provides.get_or_init(|| self.provides_index());
-        let rel = |&(i, j): &(u32, u32)| {
-            let p = &self.packages[i as usize];
-            (p, &p.provides[j as usize])
+        let provided = |&(i, at, len): &(u32, u32, u32)| {
+            let text = self.text_of(i);
+            &text[at as usize..(at + len) as usize]
         };
-        let start = provides.partition_point(|e| rel(e).1.name.as_str() < name);
-        let end = start + provides[start..].partition_point(|e| rel(e).1.name == name);
-        provides[start..end].iter().map(rel)
+        let start = provides.partition_point(|e| provided(e) < name);
+        let end = start + provides[start..].partition_point(|e| provided(e) == name);
+        provides[start..end].iter().map(|&(i, _, _)| self.get(i))
     }
 
-    fn provides_index(&self) -> Vec<(u32, u32)> {
+    fn provides_index(&self) -> Vec<(u32, u32, u32)> {
         // Generated in `order` (provider name, then highest version first); a stable sort on
         // the provided name alone keeps that order within each provided name.
-        let mut keyed: Vec<(&str, u32, u32)> = self
+        let mut keyed: Vec<(&str, u32, u32, u32)> = self
             .order
             .iter()
             .flat_map(|&i| {
-                let p = &self.packages[i as usize];
-                p.provides.iter().enumerate().map(move |(j, r)| (r.name.as_str(), i, j as u32))
+                let base = self.text_of(i).as_ptr() as usize;
+                self.get(i).provides().map(move |r| (r.name, i, (r.name.as_ptr() as usize - base) as u32, r.name.len() as u32))
             })
             .collect();
         keyed.sort_by(|a, b| a.0.cmp(b.0));
-        keyed.into_iter().map(|(_, i, j)| (i, j)).collect()
+        keyed.into_iter().map(|(_, i, at, len)| (i, at, len)).collect()
+    }
+
+    fn text_of(&self, id: u32) -> &str {
+        &self.texts[self.entries[id as usize].part as usize].0
     }
 
     pub fn suites(&self) -> &[SuiteInfo] {
@@ -141,298 +204,131 @@ impl Index {
     }
 }
 
-/// Parses a Packages file, on several threads when it is big.
-pub(crate) fn parse_packages(text: &str, mirror: &str, suite: &str) -> Result<Vec<Package>, RepoError> {
-    const CHUNK: usize = 8 << 20;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if text.len() < CHUNK || threads < 2 {
-        return parse_chunk(text, mirror, suite, 1);
+/// One package of an [`Index`], read in place.
+#[derive(Clone, Copy)]
+pub struct PackageRef<'a> {
+    ix: &'a Index,
+    id: u32,
+}
+
+impl<'a> PackageRef<'a> {
+    fn entry(&self) -> &'a Entry {
+        &self.ix.entries[self.id as usize]
     }
-    // Cut at paragraph boundaries ("\n\n") near equal shares.
-    let parts = threads.min(text.len() / CHUNK + 1);
-    let mut chunks = Vec::with_capacity(parts);
-    let mut start = 0;
-    for k in 1..parts {
-        let target = (text.len() * k / parts).max(start);
-        let cut = match memchr::memmem::find(&text.as_bytes()[target..], b"\n\n") {
-            Some(off) => target + off + 2,
-            None => break,
-        };
-        chunks.push(start..cut);
-        start = cut;
+
+    fn field(&self, f: Field) -> &'a str {
+        self.entry().field(self.ix.text_of(self.id), f)
     }
-    chunks.push(start..text.len());
-    let bytes = text.as_bytes();
-    let results: Vec<Result<Vec<Package>, RepoError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = chunks
-            .iter()
-            .map(|r| {
-                let first_line = 1 + memchr::memchr_iter(b'\n', &bytes[..r.start]).count();
-                let piece = &text[r.clone()];
-                s.spawn(move || parse_chunk(piece, mirror, suite, first_line))
-            })
-            .collect();
-        handles
+
+    fn origin(&self) -> &'a (String, String) {
+        let part = self.entry().part as usize;
+        &self.ix.origins[self.ix.texts[part].1 as usize]
+    }
+
+    pub fn name(&self) -> &'a str {
+        self.field(Field::Name)
+    }
+
+    pub fn version(&self) -> &'a str {
+        self.field(Field::Version)
+    }
+
+    pub fn architecture(&self) -> &'a str {
+        self.field(Field::Arch)
+    }
+
+    pub fn filename(&self) -> &'a str {
+        self.field(Field::Filename)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.entry().size
+    }
+
+    /// Lowercase hex.
+    pub fn sha256(&self) -> String {
+        hex::encode(self.entry().sha256)
+    }
+
+    /// The source package's name, when the paragraph names one.
+    pub fn source(&self) -> Option<&'a str> {
+        self.entry().has_source.then(|| self.field(Field::Source))
+    }
+
+    pub fn essential(&self) -> bool {
+        self.entry().essential
+    }
+
+    pub fn mirror(&self) -> &'a str {
+        &self.origin().0
+    }
+
+    pub fn suite(&self) -> &'a str {
+        &self.origin().1
+    }
+
+    /// Pre-Depends then Depends, one Vec of alternatives (`a | b`) per group.
+    pub fn depends(&self) -> impl Iterator<Item = Vec<Rel<'a>>> {
+        // Every relation was checked when the index was built: none is dropped here.
+        [self.field(Field::PreDepends), self.field(Field::Depends)]
             .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(RepoError::Malformed { url: where_(mirror, suite), detail: "parser thread panicked".into() })
-                })
-            })
-            .collect()
-    });
-    let mut out = Vec::new();
-    for r in results {
-        out.extend(r?);
+            .flat_map(relation::groups)
+            .map(|g| g.filter_map(Result::ok).collect())
     }
-    Ok(out)
+
+    pub fn provides(&self) -> impl Iterator<Item = Rel<'a>> {
+        relation::groups(self.field(Field::Provides)).flatten().filter_map(Result::ok)
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/{}", self.mirror().trim_end_matches('/'), self.filename())
+    }
+
+    /// The owned form, for keeping beyond the index.
+    pub fn to_package(&self) -> Package {
+        Package {
+            name: self.name().to_string(),
+            version: self.version().to_string(),
+            architecture: self.architecture().to_string(),
+            depends: self.depends().map(|g| g.iter().map(Rel::to_relation).collect()).collect(),
+            provides: self.provides().map(|r| r.to_relation()).collect(),
+            filename: self.filename().to_string(),
+            size: self.size(),
+            sha256: self.sha256(),
+            source: self.source().map(str::to_string),
+            essential: self.essential(),
+            mirror: self.mirror().to_string(),
+            suite: self.suite().to_string(),
+        }
+    }
 }
 
-fn where_(mirror: &str, suite: &str) -> String {
-    format!("{}/dists/{suite} Packages", mirror.trim_end_matches('/'))
+impl From<PackageRef<'_>> for Package {
+    fn from(p: PackageRef<'_>) -> Package {
+        p.to_package()
+    }
 }
 
-/// Which multi-line-capable field the previous line belonged to.
-#[derive(Clone, Copy, PartialEq)]
-enum Cur {
-    Other,
-    Depends,
-    PreDepends,
-    Provides,
+/// The same package of the same index.
+impl PartialEq for PackageRef<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.ix, other.ix) && self.id == other.id
+    }
 }
 
-#[derive(Default)]
-struct Para<'a> {
-    name: Option<&'a str>,
-    version: Option<&'a str>,
-    arch: Option<&'a str>,
-    // Borrowed from the text unless a continuation line had to be joined.
-    depends: Option<Cow<'a, str>>,
-    pre_depends: Option<Cow<'a, str>>,
-    provides: Option<Cow<'a, str>>,
-    filename: Option<&'a str>,
-    size: Option<&'a str>,
-    sha256: Option<&'a str>,
-    source: Option<&'a str>,
-    essential: bool,
-    line: usize,
-}
-
-fn parse_chunk(text: &str, mirror: &str, suite: &str, first_line: usize) -> Result<Vec<Package>, RepoError> {
-    let mut out = Vec::with_capacity(text.len() / 900);
-    let mut para = Para::default();
-    let mut cur = Cur::Other;
-    let mut started = false;
-    let mut line_no = first_line;
-    let bytes = text.as_bytes();
-    let mut pos = 0;
-    while pos <= bytes.len() {
-        let end = memchr::memchr(b'\n', &bytes[pos..]).map_or(bytes.len(), |o| pos + o);
-        let mut line = &text[pos..end];
-        if line.ends_with('\r') {
-            line = &line[..line.len() - 1];
-        }
-        pos = end + 1;
-        // Blank (or whitespace-only) lines end a paragraph; checked cheaply, per line.
-        let blank = match line.as_bytes().first() {
-            None => true,
-            Some(b' ' | b'\t') => line.trim().is_empty(),
-            Some(_) => false,
-        };
-        if blank {
-            if started {
-                out.push(finish(std::mem::take(&mut para), mirror, suite)?);
-                started = false;
-            }
-            cur = Cur::Other;
-            line_no += 1;
-            continue;
-        }
-        if !started {
-            started = true;
-            para.line = line_no;
-        }
-        line_no += 1;
-        let first = line.as_bytes()[0];
-        if first == b' ' || first == b'\t' {
-            // Continuation line: only relation fields are worth joining.
-            let target = match cur {
-                Cur::Other => continue,
-                Cur::Depends => &mut para.depends,
-                Cur::PreDepends => &mut para.pre_depends,
-                Cur::Provides => &mut para.provides,
-            };
-            if let Some(s) = target {
-                let s = s.to_mut();
-                s.push(' ');
-                s.push_str(line.trim());
-            }
-            continue;
-        }
-        if first == b'#' {
-            continue;
-        }
-        let Some(colon) = memchr::memchr(b':', line.as_bytes()) else {
-            return Err(RepoError::Malformed {
-                url: where_(mirror, suite),
-                detail: format!("line {}: not a field: {line:?}", line_no - 1),
-            });
-        };
-        let (field, value) = (&line[..colon], line[colon + 1..].trim());
-        cur = Cur::Other;
-        // Dispatch on length and first letter: most lines are fields ckms skips, and this
-        // spares a string comparison for nearly all of them.
-        match (field.len(), field.as_bytes().first().copied().unwrap_or(0)) {
-            (7, b'P') if field == "Package" => para.name = Some(value),
-            (7, b'V') if field == "Version" => para.version = Some(value),
-            (12, b'A') if field == "Architecture" => para.arch = Some(value),
-            (7, b'D') if field == "Depends" => {
-                para.depends = Some(Cow::Borrowed(value));
-                cur = Cur::Depends;
-            }
-            (11, b'P') if field == "Pre-Depends" => {
-                para.pre_depends = Some(Cow::Borrowed(value));
-                cur = Cur::PreDepends;
-            }
-            (8, b'P') if field == "Provides" => {
-                para.provides = Some(Cow::Borrowed(value));
-                cur = Cur::Provides;
-            }
-            (8, b'F') if field == "Filename" => para.filename = Some(value),
-            (4, b'S') if field == "Size" => para.size = Some(value),
-            (6, b'S') if field == "SHA256" => para.sha256 = Some(value),
-            (6, b'S') if field == "Source" => para.source = Some(value),
-            (9, b'E') if field == "Essential" => para.essential = value.eq_ignore_ascii_case("yes"),
-            _ => {}
-        }
+impl std::fmt::Debug for PackageRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} ({})", self.name(), self.version(), self.suite())
     }
-    if started {
-        out.push(finish(para, mirror, suite)?);
-    }
-    Ok(out)
-}
-
-fn finish<'a>(p: Para<'a>, mirror: &str, suite: &str) -> Result<Package, RepoError> {
-    let bad = |detail: String| RepoError::Malformed {
-        url: where_(mirror, suite),
-        detail: format!("paragraph at line {}: {detail}", p.line),
-    };
-    let name = p.name.ok_or_else(|| bad("no Package field".into()))?;
-    let need = |v: Option<&'a str>, f: &str| v.ok_or_else(|| bad(format!("package {name} has no {f} field")));
-    let version = need(p.version, "Version")?;
-    let filename = need(p.filename, "Filename")?;
-    let sha256 = need(p.sha256, "SHA256")?;
-    let size = need(p.size, "Size")?.parse::<u64>().map_err(|_| bad(format!("package {name}: bad Size")))?;
-    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(bad(format!("package {name}: bad SHA256 {sha256:?}")));
-    }
-    let rels = |s: &Option<Cow<'a, str>>, f: &str| -> Result<Vec<Vec<Relation>>, RepoError> {
-        match s {
-            Some(s) => parse_relations(s).map_err(|e| bad(format!("package {name}: {f}: {e}"))),
-            None => Ok(Vec::new()),
-        }
-    };
-    let mut depends = rels(&p.pre_depends, "Pre-Depends")?;
-    depends.extend(rels(&p.depends, "Depends")?);
-    let provides = rels(&p.provides, "Provides")?.into_iter().flatten().collect();
-    Ok(Package {
-        name: name.to_string(),
-        version: version.to_string(),
-        architecture: p.arch.unwrap_or("").to_string(),
-        depends,
-        provides,
-        filename: filename.to_string(),
-        size,
-        sha256: sha256.to_ascii_lowercase(),
-        // "Source: linux (6.1.192-2)" names the source package and, when it differs, its version.
-        source: p.source.map(|s| s.split_whitespace().next().unwrap_or(s).to_string()),
-        essential: p.essential,
-        mirror: mirror.to_string(),
-        suite: suite.to_string(),
-    })
-}
-
-/// Parses a relation field: `a (>= 1) | b:any, c [amd64] <!nocheck>`.
-pub fn parse_relations(s: &str) -> Result<Vec<Vec<Relation>>, String> {
-    let mut out = Vec::new();
-    for group in s.split(',') {
-        if group.trim().is_empty() {
-            continue;
-        }
-        let alts = group.split('|').map(parse_relation).collect::<Result<Vec<_>, _>>()?;
-        out.push(alts);
-    }
-    Ok(out)
-}
-
-/// Parses one `name[:arch] [(op version)] [arch-restrictions] [<profiles>]`.
-pub fn parse_relation(s: &str) -> Result<Relation, String> {
-    let s = s.trim();
-    let name_end = s.find(|c: char| c.is_whitespace() || c == '(' || c == '[' || c == '<').unwrap_or(s.len());
-    let (name_arch, mut rest) = (&s[..name_end], s[name_end..].trim_start());
-    if name_arch.is_empty() {
-        return Err(format!("empty package name in {s:?}"));
-    }
-    let (name, arch) = match name_arch.split_once(':') {
-        Some((n, a)) => (n, Some(a.to_string())),
-        None => (name_arch, None),
-    };
-    let mut constraint = None;
-    if let Some(inner) = rest.strip_prefix('(') {
-        let close = inner.find(')').ok_or_else(|| format!("unclosed '(' in {s:?}"))?;
-        let spec = inner[..close].trim();
-        rest = inner[close + 1..].trim_start();
-        let op_len = spec.find(|c: char| !matches!(c, '<' | '>' | '=')).unwrap_or(spec.len());
-        let op = match &spec[..op_len] {
-            "<<" => Op::Lt,
-            // "<" and ">" are deprecated spellings of "<=" and ">=".
-            "<=" | "<" => Op::Le,
-            "=" => Op::Eq,
-            ">=" | ">" => Op::Ge,
-            ">>" => Op::Gt,
-            other => return Err(format!("unknown operator {other:?} in {s:?}")),
-        };
-        let v = spec[op_len..].trim();
-        if v.is_empty() {
-            return Err(format!("missing version in {s:?}"));
-        }
-        constraint = Some((op, v.to_string()));
-    }
-    // Architecture restrictions and build profiles only occur in source relations; binary
-    // Packages do not carry them, so they are tolerated and ignored.
-    if !(rest.is_empty() || rest.starts_with('[') || rest.starts_with('<')) {
-        return Err(format!("unexpected {rest:?} in {s:?}"));
-    }
-    Ok(Relation { name: name.to_string(), arch, constraint })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repo::{Op, Relation};
 
     fn rel(name: &str, c: Option<(Op, &str)>) -> Relation {
         Relation { name: name.into(), arch: None, constraint: c.map(|(o, v)| (o, v.into())) }
-    }
-
-    #[test]
-    fn relations() {
-        let r = parse_relations("libc6 (>= 2.34), gcc-12 | clang:any (<< 15~), foo:native, bar [amd64] <!nocheck>")
-            .unwrap();
-        assert_eq!(r.len(), 4);
-        assert_eq!(r[0], vec![rel("libc6", Some((Op::Ge, "2.34")))]);
-        assert_eq!(r[1][0], rel("gcc-12", None));
-        assert_eq!(r[1][1].name, "clang");
-        assert_eq!(r[1][1].arch.as_deref(), Some("any"));
-        assert_eq!(r[1][1].constraint, Some((Op::Lt, "15~".into())));
-        assert_eq!(r[2][0].arch.as_deref(), Some("native"));
-        assert_eq!(r[3][0], rel("bar", None));
-        assert_eq!(parse_relation("a(=1:2-3)").unwrap().constraint, Some((Op::Eq, "1:2-3".into())));
-        assert_eq!(parse_relation("a (<1)").unwrap().constraint, Some((Op::Le, "1".into())));
-        assert_eq!(parse_relation("a (>>  1 )").unwrap().constraint, Some((Op::Gt, "1".into())));
-        assert!(parse_relation("a (~= 1)").is_err());
-        assert!(parse_relation("a (>= 1").is_err());
-        assert!(parse_relation("").is_err());
-        assert_eq!(rel("x", Some((Op::Ge, "2"))).to_string(), "x (>= 2)");
     }
 
     const SAMPLE: &str = "\
@@ -466,21 +362,26 @@ SHA256: 1111111111111111111111111111111111111111111111111111111111111111
     fn packages() {
         let ix = Index::parse(SAMPLE, "http://mirror.invalid/debian/", "bookworm").unwrap();
         assert_eq!(ix.len(), 2);
-        let gcc = ix.candidate("gcc-12").unwrap();
+        let gcc = ix.candidate("gcc-12").unwrap().to_package();
         assert_eq!(gcc.version, "12.2.0-14+deb12u1");
         assert_eq!(gcc.source.as_deref(), Some("gcc-12"));
         assert_eq!(gcc.depends.len(), 5);
         assert_eq!(gcc.depends[0][0].name, "dpkg");
         assert_eq!(gcc.depends[4][0], rel("binutils", Some((Op::Ge, "2.40"))));
         assert_eq!(gcc.provides.len(), 2);
+        assert_eq!(gcc.provides[1], rel("gcc-x86-64-linux-gnu", Some((Op::Eq, "12.2.0-14+deb12u1"))));
         assert_eq!(gcc.size, 19417452);
         assert_eq!(gcc.sha256, "0a4f2d6e7a1dcf2f2d7e3c1f6b5a4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f");
         assert_eq!(gcc.url(), "http://mirror.invalid/debian/pool/main/g/gcc-12/gcc-12_12.2.0-14+deb12u1_amd64.deb");
+        assert_eq!((gcc.mirror.as_str(), gcc.suite.as_str()), ("http://mirror.invalid/debian/", "bookworm"));
         assert!(!gcc.essential);
-        assert!(ix.candidate("dash").unwrap().essential);
-        assert_eq!(ix.providers("c-compiler").next().unwrap().0.name, "gcc-12");
+        let dash = ix.candidate("dash").unwrap();
+        assert!(dash.essential());
+        assert_eq!((dash.source(), dash.depends().count(), dash.provides().count()), (None, 0, 0));
+        assert_eq!(ix.providers("c-compiler").next().unwrap().name(), "gcc-12");
+        assert!(ix.providers("gcc-12").next().is_none());
         assert!(ix.candidate("nope").is_none());
-        let names: Vec<_> = ix.candidates().map(|p| p.name.as_str()).collect();
+        let names: Vec<_> = ix.candidates().map(|p| p.name()).collect();
         assert_eq!(names, ["dash", "gcc-12"]);
     }
 
@@ -489,37 +390,31 @@ SHA256: 1111111111111111111111111111111111111111111111111111111111111111
         let err = Index::parse("Package: x\nVersion: 1\n", "http://m.invalid", "s").unwrap_err();
         assert!(err.to_string().contains("package x has no Filename"), "{err}");
         assert!(err.to_string().contains("http://m.invalid/dists/s"), "{err}");
-    }
-
-    #[test]
-    fn big_input_splits_across_threads_same_result() {
-        let mut text = String::new();
-        for i in 0..40_000 {
-            text.push_str(&format!(
-                "Package: p{i}\nVersion: 1.{i}\nArchitecture: amd64\nDepends: p{} (>= 1), libc6\nDescription: filler filler filler filler filler filler filler filler filler\nFilename: pool/p{i}.deb\nSize: {i}\nSHA256: {}\n\n",
-                i + 1,
-                "ab".repeat(32)
-            ));
-        }
-        let many = parse_packages(&text, "m", "s").unwrap();
-        let one = parse_chunk(&text, "m", "s", 1).unwrap();
-        assert_eq!(many.len(), 40_000);
-        assert_eq!(many, one);
+        let bad = format!("Package: x\nVersion: 1\nFilename: f\nSize: 1\nSHA256: {}\nDepends: a (~ 1)\n", "0".repeat(64));
+        let err = Index::parse(&bad, "m", "s").unwrap_err();
+        assert!(err.to_string().contains("package x: Depends: unknown operator"), "{err}");
+        let err = Index::parse(&bad.replace("Depends: a (~ 1)", "Size: big"), "m", "s").unwrap_err();
+        assert!(err.to_string().contains("package x: bad Size"), "{err}");
+        let err = Index::parse(&bad.replace(&"0".repeat(64), "00"), "m", "s").unwrap_err();
+        assert!(err.to_string().contains("package x: bad SHA256"), "{err}");
     }
 
     #[test]
     fn versions_and_merge() {
         let a = "Package: k\nVersion: 1.0\nArchitecture: all\nFilename: a\nSize: 1\nSHA256: ".to_string()
             + &"00".repeat(32)
-            + "\n";
+            + "\nProvides: virt\n";
         let b = a.replace("1.0", "2.0~rc1");
         let dup = a.clone();
         let ix = Index::merge(vec![
             Index::parse(&a, "m", "s1").unwrap(),
-            Index::parse(&b, "m", "s2").unwrap(),
-            Index::parse(&dup, "m", "s3").unwrap(),
+            Index::merge(vec![Index::parse(&b, "m2", "s2").unwrap(), Index::parse(&dup, "m", "s3").unwrap()]),
         ]);
-        let v: Vec<_> = ix.versions("k").map(|p| (p.version.as_str(), p.suite.as_str())).collect();
-        assert_eq!(v, [("2.0~rc1", "s2"), ("1.0", "s1")]);
+        let v: Vec<_> = ix.versions("k").map(|p| (p.version(), p.suite(), p.mirror())).collect();
+        assert_eq!(v, [("2.0~rc1", "s2", "m2"), ("1.0", "s1", "m")]);
+        let provs: Vec<_> = ix.providers("virt").map(|p| p.version()).collect();
+        assert_eq!(provs, ["2.0~rc1", "1.0"]);
+        assert_eq!(ix.candidate("k").unwrap(), ix.versions("k").next().unwrap());
+        assert_ne!(ix.candidate("k").unwrap(), ix.versions("k").nth(1).unwrap());
     }
 }

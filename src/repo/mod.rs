@@ -4,10 +4,13 @@
 //! - [`sources`]: the host's apt configuration (where mirrors come from);
 //! - [`version`]: dpkg's version ordering;
 //! - [`release`]: InRelease signature checks and Release fields;
-//! - [`index`]: Packages parsing and the merged [`Index`];
+//! - [`packages`]: Packages files, parsed into a compact form as they are read;
+//! - [`relation`]: Depends/Provides fields;
+//! - [`index`]: the merged [`Index`] and its [`PackageRef`] views;
 //! - [`resolve`]: dependency closure;
 //! - [`listing`]: packages by name (module sources of a suite);
-//! - [`fetch`]: HTTP, index loading with caching, package downloads.
+//! - [`load`]: index loading, with the InRelease and Packages caches;
+//! - [`fetch`]: package downloads.
 
 use std::path::PathBuf;
 
@@ -15,15 +18,22 @@ use crate::cache::CacheError;
 use crate::diagnose::{code, Diagnose};
 
 pub mod fetch;
+mod http;
 pub mod index;
 pub mod listing;
+pub mod load;
+mod packages;
+pub mod relation;
 pub mod release;
 pub mod resolve;
 pub mod sources;
+#[cfg(test)]
+mod testserver;
 pub mod version;
 
-pub use fetch::{fetch_packages, load_index, FetchStats};
-pub use index::Index;
+pub use fetch::{fetch_packages, FetchStats};
+pub use load::load_index;
+pub use index::{Index, PackageRef};
 
 /// Where the settings that name a mirror live; repeated in several hints.
 const MIRROR_HINT: &str = "check the network and any HTTP proxy (http_proxy/https_proxy), or set the mirror in ckms's config ([mirrors] in /etc/ckms/config.toml, or CKMS_MIRROR_<ROLE> in the environment)";
@@ -168,19 +178,6 @@ pub struct Relation {
     pub name: String,
     pub arch: Option<String>,
     pub constraint: Option<(Op, String)>,
-}
-
-impl std::fmt::Display for Relation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.name)?;
-        if let Some(a) = &self.arch {
-            write!(f, ":{a}")?;
-        }
-        if let Some((op, v)) = &self.constraint {
-            write!(f, " ({} {v})", op.as_str())?;
-        }
-        Ok(())
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

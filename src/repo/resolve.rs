@@ -11,41 +11,43 @@ use std::collections::{HashMap, VecDeque};
 
 use regex::Regex;
 
+use super::relation::{parse_rel, Rel};
 use super::version::satisfies;
-use super::{Index, Op, Package, Relation, RepoError};
+use super::{Index, Op, Package, PackageRef, RepoError};
 
 /// Constraints asked of one name.
-type Constraints = Vec<(Op, String)>;
+type Constraints<'a> = Vec<(Op, &'a str)>;
+type Pins<'a> = HashMap<&'a str, Constraints<'a>>;
 
 /// Upper bound on restarts; each restart adds a constraint, so this is only a safety net.
 const MAX_ROUNDS: usize = 1000;
 
 struct Sel<'a> {
-    pkg: &'a Package,
+    pkg: PackageRef<'a>,
     parent: Option<&'a str>,
-    asked: Constraints,
+    asked: Constraints<'a>,
 }
 
 enum Round<'a> {
-    Done(Vec<&'a Package>),
-    Repin(String, Constraints),
+    Done(Vec<PackageRef<'a>>),
+    Repin(&'a str, Constraints<'a>),
 }
 
-fn meets(version: &str, cs: &[(Op, String)]) -> bool {
+fn meets(version: &str, cs: &[(Op, &str)]) -> bool {
     cs.iter().all(|(op, v)| satisfies(version, op, v))
 }
 
-fn rel_ok(version: &str, r: &Relation) -> bool {
-    r.constraint.as_ref().is_none_or(|(op, v)| satisfies(version, op, v))
+fn rel_ok(version: &str, r: &Rel) -> bool {
+    r.constraint.is_none_or(|(op, v)| satisfies(version, &op, v))
 }
 
 /// Does `p`'s Provides satisfy `r`? A versioned dependency needs a versioned Provides.
-fn provides_ok<'p>(p: &'p Package, r: &Relation) -> Option<&'p Relation> {
-    p.provides.iter().find(|pr| {
+fn provides_ok(p: PackageRef, r: &Rel) -> bool {
+    p.provides().any(|pr| {
         pr.name == r.name
-            && match (&r.constraint, &pr.constraint) {
+            && match (r.constraint, pr.constraint) {
                 (None, _) => true,
-                (Some((op, v)), Some((Op::Eq, pv))) => satisfies(pv, op, v),
+                (Some((op, v)), Some((Op::Eq, pv))) => satisfies(pv, &op, v),
                 (Some(_), _) => false,
             }
     })
@@ -59,16 +61,16 @@ impl Index {
         let roots = roots
             .iter()
             .map(|r| {
-                super::index::parse_relation(r)
+                parse_rel(r)
                     .map_err(|e| RepoError::NoSuchPackage { name: format!("{r:?} ({e})"), suites: self.suite_names() })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut pins: HashMap<String, Constraints> = HashMap::new();
+        let mut pins: Pins = HashMap::new();
         for _ in 0..MAX_ROUNDS {
             match self.round(&roots, exclude, &pins)? {
                 Round::Done(mut v) => {
-                    v.sort_by(|a, b| a.name.cmp(&b.name));
-                    return Ok(v.into_iter().cloned().collect());
+                    v.sort_by(|a, b| a.name().cmp(b.name()));
+                    return Ok(v.into_iter().map(Package::from).collect());
                 }
                 Round::Repin(name, cs) => {
                     pins.insert(name, cs);
@@ -76,7 +78,7 @@ impl Index {
             }
         }
         Err(RepoError::Unresolvable {
-            chain: roots.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", "),
+            chain: roots.iter().map(|r| r.name).collect::<Vec<_>>().join(", "),
             relation: "a consistent set of versions (gave up after too many retries)".into(),
         })
     }
@@ -89,32 +91,22 @@ impl Index {
     }
 
     /// Highest version of `r.name` meeting `r` and the pins.
-    fn real<'a>(&'a self, r: &Relation, pins: &HashMap<String, Constraints>) -> Option<&'a Package> {
-        let pin = pins.get(&r.name).map_or(&[][..], |v| &v[..]);
-        self.versions(&r.name).find(|p| rel_ok(&p.version, r) && meets(&p.version, pin))
+    fn real<'a>(&'a self, r: &Rel, pins: &Pins) -> Option<PackageRef<'a>> {
+        let pin = pins.get(r.name).map_or(&[][..], |v| &v[..]);
+        self.versions(r.name).find(|p| rel_ok(p.version(), r) && meets(p.version(), pin))
     }
 
-    fn provider<'a>(
-        &'a self,
-        r: &Relation,
-        exclude: &[Regex],
-        pins: &HashMap<String, Constraints>,
-    ) -> Option<&'a Package> {
-        self.providers(&r.name).map(|(p, _)| p).find(|p| {
-            !excluded(&p.name, exclude)
-                && provides_ok(p, r).is_some()
-                && pins.get(&p.name).is_none_or(|cs| meets(&p.version, cs))
+    fn provider<'a>(&'a self, r: &Rel, exclude: &[Regex], pins: &Pins) -> Option<PackageRef<'a>> {
+        self.providers(r.name).find(|p| {
+            !excluded(p.name(), exclude)
+                && provides_ok(*p, r)
+                && pins.get(p.name()).is_none_or(|cs| meets(p.version(), cs))
         })
     }
 
-    fn round<'a>(
-        &'a self,
-        roots: &[Relation],
-        exclude: &[Regex],
-        pins: &HashMap<String, Constraints>,
-    ) -> Result<Round<'a>, RepoError> {
+    fn round<'a>(&'a self, roots: &[Rel<'a>], exclude: &[Regex], pins: &Pins<'a>) -> Result<Round<'a>, RepoError> {
         let mut sel: HashMap<&'a str, Sel<'a>> = HashMap::new();
-        let mut queue: VecDeque<&'a Package> = VecDeque::new();
+        let mut queue: VecDeque<PackageRef<'a>> = VecDeque::new();
         let chain = |sel: &HashMap<&'a str, Sel<'a>>, from: &'a str| {
             let mut names = vec![from];
             let mut cur = from;
@@ -130,65 +122,66 @@ impl Index {
         };
 
         for root in roots {
-            if let Some(s) = sel.get_mut(root.name.as_str()) {
-                if rel_ok(&s.pkg.version, root) {
+            if let Some(s) = sel.get_mut(root.name) {
+                if rel_ok(s.pkg.version(), root) {
                     continue;
                 }
             }
             let pkg = self.real(root, pins).or_else(|| self.provider(root, &[], pins));
             let Some(pkg) = pkg else {
-                if self.candidate(&root.name).is_some() {
-                    return Err(RepoError::Unresolvable { chain: root.name.clone(), relation: root.to_string() });
+                if self.candidate(root.name).is_some() {
+                    return Err(RepoError::Unresolvable { chain: root.name.to_string(), relation: root.to_string() });
                 }
                 return Err(RepoError::NoSuchPackage { name: root.to_string(), suites: self.suite_names() });
             };
-            let asked = root.constraint.iter().cloned().collect();
-            if sel.insert(pkg.name.as_str(), Sel { pkg, parent: None, asked }).is_none() {
+            let asked = root.constraint.into_iter().collect();
+            if sel.insert(pkg.name(), Sel { pkg, parent: None, asked }).is_none() {
                 queue.push_back(pkg);
             }
         }
 
         while let Some(pkg) = queue.pop_front() {
-            'group: for group in &pkg.depends {
-                let alts: Vec<&Relation> = group.iter().filter(|r| !excluded(&r.name, exclude)).collect();
+            'group: for group in pkg.depends() {
+                let alts: Vec<Rel<'a>> = group.into_iter().filter(|r| !excluded(r.name, exclude)).collect();
                 if alts.is_empty() {
                     continue;
                 }
                 // 1. Already selected, by name or through its Provides.
                 for r in &alts {
-                    if let Some(s) = sel.get_mut(r.name.as_str()) {
-                        if rel_ok(&s.pkg.version, r) {
-                            s.asked.extend(r.constraint.iter().cloned());
+                    if let Some(s) = sel.get_mut(r.name) {
+                        if rel_ok(s.pkg.version(), r) {
+                            s.asked.extend(r.constraint);
                             continue 'group;
                         }
                     }
                 }
                 for r in &alts {
-                    if self.providers(&r.name).any(|(p, _)| {
-                        sel.get(p.name.as_str()).is_some_and(|s| std::ptr::eq(s.pkg, p)) && provides_ok(p, r).is_some()
-                    }) {
+                    if self
+                        .providers(r.name)
+                        .any(|p| sel.get(p.name()).is_some_and(|s| s.pkg == p) && provides_ok(p, r))
+                    {
                         continue 'group;
                     }
                 }
                 // 2. A real package; a name already selected in a version this relation rules out
                 //    is re-pinned when some version meets every constraint asked of it.
                 for r in &alts {
-                    if let Some(s) = sel.get(r.name.as_str()) {
+                    if let Some(s) = sel.get(r.name) {
                         let mut all = s.asked.clone();
-                        all.extend(r.constraint.iter().cloned());
-                        if let Some(p) = pins.get(&r.name) {
-                            all.extend(p.iter().cloned());
+                        all.extend(r.constraint);
+                        if let Some(p) = pins.get(r.name) {
+                            all.extend(p.iter().copied());
                         }
-                        all.sort_by(|a, b| (a.0.as_str(), &a.1).cmp(&(b.0.as_str(), &b.1)));
+                        all.sort_by(|a, b| (a.0.as_str(), a.1).cmp(&(b.0.as_str(), b.1)));
                         all.dedup();
-                        if self.versions(&r.name).any(|p| meets(&p.version, &all)) {
-                            return Ok(Round::Repin(r.name.clone(), all));
+                        if self.versions(r.name).any(|p| meets(p.version(), &all)) {
+                            return Ok(Round::Repin(r.name, all));
                         }
                         continue;
                     }
                     if let Some(p) = self.real(r, pins) {
-                        let asked = r.constraint.iter().cloned().collect();
-                        sel.insert(p.name.as_str(), Sel { pkg: p, parent: Some(pkg.name.as_str()), asked });
+                        let asked = r.constraint.into_iter().collect();
+                        sel.insert(p.name(), Sel { pkg: p, parent: Some(pkg.name()), asked });
                         queue.push_back(p);
                         continue 'group;
                     }
@@ -196,11 +189,11 @@ impl Index {
                 // 3. A provider: lowest name that is not excluded.
                 for r in &alts {
                     if let Some(p) = self.provider(r, exclude, pins) {
-                        if sel.contains_key(p.name.as_str()) {
+                        if sel.contains_key(p.name()) {
                             // Selected in another version that does not provide it.
                             continue;
                         }
-                        sel.insert(p.name.as_str(), Sel { pkg: p, parent: Some(pkg.name.as_str()), asked: Vec::new() });
+                        sel.insert(p.name(), Sel { pkg: p, parent: Some(pkg.name()), asked: Vec::new() });
                         queue.push_back(p);
                         continue 'group;
                     }
@@ -208,19 +201,16 @@ impl Index {
                 let relation = alts.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(" | ");
                 let mut detail = String::new();
                 for r in &alts {
-                    if let Some(s) = sel.get(r.name.as_str()) {
+                    if let Some(s) = sel.get(r.name) {
                         detail.push_str(&format!(
                             " ({} {} already selected via {})",
                             r.name,
-                            s.pkg.version,
-                            chain(&sel, s.pkg.name.as_str())
+                            s.pkg.version(),
+                            chain(&sel, s.pkg.name())
                         ));
                     }
                 }
-                return Err(RepoError::Unresolvable {
-                    chain: chain(&sel, pkg.name.as_str()),
-                    relation: relation + &detail,
-                });
+                return Err(RepoError::Unresolvable { chain: chain(&sel, pkg.name()), relation: relation + &detail });
             }
         }
         Ok(Round::Done(sel.into_values().map(|s| s.pkg).collect()))
@@ -333,7 +323,7 @@ mod tests {
         let main = index("bookworm", &[("lib", "1.0", "", ""), ("top", "1", "lib (<< 2)", "")]);
         let sec = index("bookworm-security", &[("lib", "2.0", "", "")]);
         let ix = Index::merge(vec![main, sec]);
-        assert_eq!(ix.candidate("lib").unwrap().version, "2.0");
+        assert_eq!(ix.candidate("lib").unwrap().version(), "2.0");
         let got = ix.resolve(&roots(&["top"]), &[]).unwrap();
         assert_eq!(names(&got), ["lib=1.0", "top=1"]);
         assert_eq!(got[0].suite, "bookworm");

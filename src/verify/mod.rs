@@ -264,7 +264,7 @@ fn candidate(
     profile: &crate::profile::Profile,
     package: &str,
 ) -> Result<crate::repo::Package, VerifyError> {
-    index.candidate(package).cloned().ok_or_else(|| VerifyError::NoPackage {
+    index.candidate(package).map(crate::repo::Package::from).ok_or_else(|| VerifyError::NoPackage {
         kernel: release.to_string(),
         profile: profile.name.clone(),
         package: package.to_string(),

@@ -77,7 +77,7 @@ pub async fn index(ctx: &Context, profile: &str) -> Index {
 /// `usr/src/<m>-<v>/` under `dest` (as `dest/<m>-<v>/`). Panics, saying why, when the package
 /// is not offered or holds no dkms source tree.
 pub async fn fetch_source(ctx: &Context, index: &Index, package: &str, dest: &Path) -> DkmsSource {
-    let pkg = index.candidate(package).unwrap_or_else(|| panic!("the index does not offer {package}")).clone();
+    let pkg = index.candidate(package).unwrap_or_else(|| panic!("the index does not offer {package}")).to_package();
     ckms::repo::fetch_packages(&ctx.cache, std::slice::from_ref(&pkg), &Silent)
         .await
         .unwrap_or_else(|e| panic!("fetching {package} {}: {e}", pkg.version));
