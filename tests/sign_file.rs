@@ -24,7 +24,8 @@ const KBUILD: &str = "linux-kbuild-6.1";
 async fn debian_sign_file(dir: &Path) -> PathBuf {
     let ctx = dkms_packages::context();
     let index = dkms_packages::index(&ctx, "debian-bookworm").await;
-    let pkg = index.candidate(KBUILD).unwrap_or_else(|| panic!("the bookworm index does not offer {KBUILD}")).to_package();
+    let pkg =
+        index.candidate(KBUILD).unwrap_or_else(|| panic!("the bookworm index does not offer {KBUILD}")).to_package();
     ckms::repo::fetch_packages(&ctx.cache, std::slice::from_ref(&pkg), &ckms::report::Silent)
         .await
         .unwrap_or_else(|e| panic!("fetching {KBUILD} {}: {e}", pkg.version));
@@ -210,7 +211,8 @@ async fn a_debian_signed_module_is_re_signed_like_sign_file_signs_it_unsigned() 
     let tool = debian_sign_file(host.dir.path()).await;
     let ctx = dkms_packages::context();
     let index = dkms_packages::index(&ctx, "debian-bookworm").await;
-    let pkg = index.candidate(IMAGE).unwrap_or_else(|| panic!("the bookworm index does not offer {IMAGE}")).to_package();
+    let pkg =
+        index.candidate(IMAGE).unwrap_or_else(|| panic!("the bookworm index does not offer {IMAGE}")).to_package();
     ckms::repo::fetch_packages(&ctx.cache, std::slice::from_ref(&pkg), &ckms::report::Silent)
         .await
         .unwrap_or_else(|e| panic!("fetching {IMAGE} {}: {e}", pkg.version));

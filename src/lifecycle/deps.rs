@@ -77,7 +77,7 @@ impl Lifecycle<'_> {
             .map(|p| p.name.as_str())
             .collect();
         let in_layer = |root: &String| {
-            let name = crate::repo::index::parse_relation(root).map(|r| r.name).unwrap_or_else(|_| root.clone());
+            let name = crate::repo::relation::parse_relation(root).map(|r| r.name).unwrap_or_else(|_| root.clone());
             let named = |p: &&crate::repo::Package| p.name == name || p.provides.iter().any(|r| r.name == name);
             plan.layers.iter().filter(|l| l.name == "extra").flat_map(|l| &l.packages).any(|p| named(&p))
         };

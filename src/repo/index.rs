@@ -105,8 +105,7 @@ impl Index {
         // Sort (name, index) pairs rather than indices: the comparisons then touch only the
         // names. A stable sort profits from Packages files being mostly in name order already;
         // the index tie-break makes the result deterministic.
-        let mut keyed: Vec<(&str, u32)> =
-            (0..self.entries.len() as u32).map(|i| (self.get(i).name(), i)).collect();
+        let mut keyed: Vec<(&str, u32)> = (0..self.entries.len() as u32).map(|i| (self.get(i).name(), i)).collect();
         keyed.sort_by(|&(na, a), &(nb, b)| {
             na.cmp(nb).then_with(|| {
                 let (pa, pb) = (self.get(a), self.get(b));
@@ -179,7 +178,9 @@ impl Index {
             .iter()
             .flat_map(|&i| {
                 let base = self.text_of(i).as_ptr() as usize;
-                self.get(i).provides().map(move |r| (r.name, i, (r.name.as_ptr() as usize - base) as u32, r.name.len() as u32))
+                self.get(i)
+                    .provides()
+                    .map(move |r| (r.name, i, (r.name.as_ptr() as usize - base) as u32, r.name.len() as u32))
             })
             .collect();
         keyed.sort_by(|a, b| a.0.cmp(b.0));
@@ -390,7 +391,8 @@ SHA256: 1111111111111111111111111111111111111111111111111111111111111111
         let err = Index::parse("Package: x\nVersion: 1\n", "http://m.invalid", "s").unwrap_err();
         assert!(err.to_string().contains("package x has no Filename"), "{err}");
         assert!(err.to_string().contains("http://m.invalid/dists/s"), "{err}");
-        let bad = format!("Package: x\nVersion: 1\nFilename: f\nSize: 1\nSHA256: {}\nDepends: a (~ 1)\n", "0".repeat(64));
+        let bad =
+            format!("Package: x\nVersion: 1\nFilename: f\nSize: 1\nSHA256: {}\nDepends: a (~ 1)\n", "0".repeat(64));
         let err = Index::parse(&bad, "m", "s").unwrap_err();
         assert!(err.to_string().contains("package x: Depends: unknown operator"), "{err}");
         let err = Index::parse(&bad.replace("Depends: a (~ 1)", "Size: big"), "m", "s").unwrap_err();

@@ -4,7 +4,8 @@
 use regex::Regex;
 use serde::Serialize;
 
-use super::{Index, Package, SuiteInfo};
+use super::index::PackageRef;
+use super::{Index, SuiteInfo};
 
 /// The package every module source package depends on: `dh_dkms` puts it into the package's
 /// `${misc:Depends}`, so a package that ships `/usr/src/<m>-<v>/dkms.conf` through Debian's
@@ -49,7 +50,7 @@ pub struct Filter {
 pub fn list(index: &Index, filter: &Filter) -> Listing {
     let packages = index
         .candidates()
-        .filter(|p| filter.name.as_ref().is_none_or(|re| re.is_match(&p.name)))
+        .filter(|p| filter.name.as_ref().is_none_or(|re| re.is_match(p.name())))
         .filter(|p| !filter.dkms_only || is_dkms_source(p))
         .map(listed)
         .collect();
@@ -57,23 +58,23 @@ pub fn list(index: &Index, filter: &Filter) -> Listing {
 }
 
 /// Depends on dkms (any alternative of any relation names it).
-pub fn is_dkms_source(p: &Package) -> bool {
-    p.depends.iter().flatten().any(|r| r.name == DKMS)
+pub fn is_dkms_source(p: &PackageRef<'_>) -> bool {
+    p.depends().flatten().any(|r| r.name == DKMS)
 }
 
-fn listed(p: &Package) -> Listed {
+fn listed(p: PackageRef<'_>) -> Listed {
     let depends =
-        p.depends.iter().map(|alts| alts.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | ")).collect();
+        p.depends().map(|alts| alts.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | ")).collect();
     Listed {
-        name: p.name.clone(),
-        version: p.version.clone(),
-        suite: p.suite.clone(),
-        source: p.source.clone().filter(|s| *s != p.name),
+        name: p.name().to_string(),
+        version: p.version().to_string(),
+        suite: p.suite().to_string(),
+        source: p.source().filter(|s| *s != p.name()).map(str::to_string),
         depends,
         url: p.url(),
-        sha256: p.sha256.clone(),
-        size: p.size,
-        dkms_source: is_dkms_source(p),
+        sha256: p.sha256(),
+        size: p.size(),
+        dkms_source: is_dkms_source(&p),
     }
 }
 
@@ -88,7 +89,7 @@ Architecture: all
 Depends: perl:any
 Filename: pool/main/d/dkms/dh-dkms_3.0.10-8_all.deb
 Size: 10
-SHA256: aa
+SHA256: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
 
 Package: west-chamber-dkms
 Version: 20100405+svn20111107.r124-17
@@ -97,7 +98,7 @@ Depends: bzip2, dkms (>= 2.1.0.0), libxtables-dev (>= 1.4.3), make, xtables-addo
 Source: west-chamber
 Filename: pool/main/w/west-chamber/west-chamber-dkms_1_all.deb
 Size: 20
-SHA256: bb
+SHA256: bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb
 
 Package: v4l2loopback-dkms
 Version: 0.12.7-2
@@ -106,14 +107,14 @@ Depends: dkms-provider | dkms (>= 2.1.0.0)
 Source: v4l2loopback
 Filename: pool/main/v/v4l2loopback/v4l2loopback-dkms_0.12.7-2_all.deb
 Size: 30
-SHA256: cc
+SHA256: cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc
 
 Package: v4l2loopback-utils
 Version: 0.12.7-2
 Architecture: all
 Filename: pool/main/v/v4l2loopback/v4l2loopback-utils_0.12.7-2_all.deb
 Size: 40
-SHA256: dd
+SHA256: dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd
 ";
 
     fn index() -> Index {
@@ -152,7 +153,7 @@ SHA256: dd
             ["bzip2", "dkms (>= 2.1.0.0)", "libxtables-dev (>= 1.4.3)", "make", "xtables-addons-dkms (>= 3.13)"]
         );
         assert_eq!(p.url, "http://mirror/debian/pool/main/w/west-chamber/west-chamber-dkms_1_all.deb");
-        assert_eq!((p.sha256.as_str(), p.size), ("bb", 20));
+        assert_eq!((p.sha256.as_str(), p.size), ("bb".repeat(32).as_str(), 20));
     }
 
     #[test]

@@ -205,7 +205,7 @@ async fn packages(
         report.warn(format!("{url} did not match its checksum; retrying"));
     };
 
-    let (cache, file) = (cache.clone(), file.clone());
+    let (cache, file, failed) = (cache.clone(), file.clone(), file.url());
     tokio::task::spawn_blocking(move || {
         let decoder: Box<dyn Read + Send> = if name.ends_with(".xz") {
             Box::new(liblzma::read::XzDecoder::new(&bytes[..]))
@@ -235,7 +235,7 @@ async fn packages(
         }
     })
     .await
-    .map_err(|e| RepoError::Decompress { url: file.url(), detail: e.to_string() })?
+    .map_err(|e| RepoError::Decompress { url: failed, detail: e.to_string() })?
 }
 
 /// Decompresses into the blob store, checking the uncompressed digest `want`.
@@ -277,6 +277,7 @@ fn parse_blob(blob: &Path, sha: &str, file: &IndexFile) -> Result<Option<Vec<Par
 mod tests {
     use super::*;
     use crate::diagnose::{code, Diagnose};
+    use crate::repo::release::tests::{gen_key, sign};
     use crate::repo::testserver::{serve, Files};
     use crate::report::{Event, Recorder, Silent};
     use std::sync::atomic::Ordering;

@@ -32,8 +32,8 @@ mod testserver;
 pub mod version;
 
 pub use fetch::{fetch_packages, FetchStats};
-pub use load::load_index;
 pub use index::{Index, PackageRef};
+pub use load::load_index;
 
 /// Where the settings that name a mirror live; repeated in several hints.
 const MIRROR_HINT: &str = "check the network and any HTTP proxy (http_proxy/https_proxy), or set the mirror in ckms's config ([mirrors] in /etc/ckms/config.toml, or CKMS_MIRROR_<ROLE> in the environment)";

@@ -38,8 +38,8 @@ pub(crate) struct Entry {
     pub sha256: [u8; 32],
     pub size: u64,
     /// Where the fields start in the part's text; `ends` are relative to it.
-    start: u32,
-    ends: [u32; FIELDS],
+    pub start: u32,
+    pub ends: [u32; FIELDS],
     /// The part whose text holds the fields, within an [`super::Index`].
     pub part: u32,
     pub essential: bool,
@@ -65,12 +65,11 @@ pub(crate) struct Part {
 /// Bytes read (and parsed by one thread) at a time, cut back to the last paragraph end.
 const CHUNK: usize = 4 << 20;
 
-/// What [`parse_stream`] read: the SHA-256 (hex) and length of everything read, and the
+/// What [`parse_stream`] read: the SHA-256 (hex) of everything read, and the
 /// packages, or the first error in the file. Nothing parsed may be used before the caller has
 /// checked the digest; an error in a file whose digest is wrong says only that it is corrupt.
 pub(crate) struct Streamed {
     pub sha256: String,
-    pub len: u64,
     pub parts: Result<Vec<Part>, RepoError>,
 }
 
@@ -82,7 +81,7 @@ pub(crate) fn parse_stream(
     suite: &str,
     threads: usize,
 ) -> std::io::Result<Streamed> {
-    let feed = Mutex::new(Feed { reader, carry: Vec::new(), hasher: Sha256::new(), len: 0, line: 1, seq: 0, eof: false });
+    let feed = Mutex::new(Feed { reader, carry: Vec::new(), hasher: Sha256::new(), line: 1, seq: 0, eof: false });
     // (chunk number, its part or error), in completion order.
     let done: Mutex<Vec<(usize, Result<Part, RepoError>)>> = Mutex::new(Vec::new());
     let failed = std::sync::atomic::AtomicBool::new(false);
@@ -114,7 +113,7 @@ pub(crate) fn parse_stream(
         }
     }
     let feed = feed.into_inner().unwrap_or_else(PoisonError::into_inner);
-    let (sha256, len) = (hex::encode(feed.hasher.finalize()), feed.len);
+    let sha256 = hex::encode(feed.hasher.finalize());
     let mut done = done.into_inner().unwrap_or_else(PoisonError::into_inner);
     done.sort_by_key(|(seq, _)| *seq);
     let parts = if panicked {
@@ -122,7 +121,7 @@ pub(crate) fn parse_stream(
     } else {
         done.into_iter().map(|(_, p)| p).collect()
     };
-    Ok(Streamed { sha256, len, parts })
+    Ok(Streamed { sha256, parts })
 }
 
 /// The reading side, shared by the parser threads (one reads at a time).
@@ -131,7 +130,6 @@ struct Feed<R> {
     /// The start of a paragraph the previous chunk cut off.
     carry: Vec<u8>,
     hasher: Sha256,
-    len: u64,
     /// Line number of the next chunk's first line.
     line: usize,
     seq: usize,
@@ -170,7 +168,6 @@ impl<R: Read> Feed<R> {
             }
             buf.truncate(got);
             self.hasher.update(&buf[old..]);
-            self.len += (got - old) as u64;
             // A paragraph ends at a blank line; a chunk without one is read further.
             if let Some(i) = memchr::memmem::rfind(&buf[scanned..], b"\n\n") {
                 if !self.eof {
@@ -400,7 +397,6 @@ mod tests {
         for threads in [1, 3] {
             let got = parse_stream(Trickle(text.as_bytes(), 100_000), "m", "s", threads).unwrap();
             assert_eq!(got.sha256, crate::cache::sha256_hex(text.as_bytes()));
-            assert_eq!(got.len, text.len() as u64);
             let parts = got.parts.unwrap();
             assert!(parts.len() > 2);
             assert_eq!(names(&parts), names(std::slice::from_ref(&one)));

@@ -79,7 +79,7 @@ mod tests {
     fn deps(field: &str) -> BuildDeps {
         let catalog = crate::profile::Catalog::load(&[]).unwrap();
         let profile = catalog.profile("debian-bookworm").unwrap();
-        let groups = crate::repo::index::parse_relations(field).unwrap();
+        let groups = crate::repo::relation::parse_relations(field).unwrap();
         build_deps(&groups, profile, &index())
     }
 

@@ -95,7 +95,7 @@ pub async fn fetch(
     package: &str,
 ) -> Result<(PathBuf, String), crate::error::Error> {
     let index = ctx.index(profile).await?;
-    let Some(p) = index.candidate(package).cloned() else {
+    let Some(p) = index.candidate(package).map(|p| p.to_package()) else {
         return Err(SourceError::NoPackage { package: package.into(), profile: profile.name.clone() }.into());
     };
     crate::repo::fetch_packages(&ctx.cache, std::slice::from_ref(&p), ctx.reporter()).await?;

@@ -61,7 +61,7 @@ impl Origin {
             if field.trim().is_empty() {
                 continue;
             }
-            let parsed = crate::repo::index::parse_relations(&field.replace('\n', " "))
+            let parsed = crate::repo::relation::parse_relations(&field.replace('\n', " "))
                 .map_err(|e| format!("{}'s {name} ({field:?}): {e}", self.package))?;
             out.extend(parsed);
         }
