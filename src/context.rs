@@ -28,6 +28,17 @@ impl Context {
         Ok(Context { config, catalog, cache, report, refresh })
     }
 
+    /// The same context, telling `report` instead.
+    pub fn with_reporter(&self, report: Arc<dyn Reporter>) -> Context {
+        Context {
+            config: self.config.clone(),
+            catalog: self.catalog.clone(),
+            cache: self.cache.clone(),
+            report,
+            refresh: self.refresh,
+        }
+    }
+
     pub fn reporter(&self) -> &dyn Reporter {
         self.report.as_ref()
     }

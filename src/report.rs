@@ -58,6 +58,17 @@ impl Reporter for Silent {
     fn emit(&self, _: Event) {}
 }
 
+/// Passes on only warnings: many builds at once (the farm) would interleave their lines, so
+/// their progress is shown another way.
+pub struct Warnings(pub std::sync::Arc<dyn Reporter>);
+impl Reporter for Warnings {
+    fn emit(&self, event: Event) {
+        if matches!(event, Event::Warn { .. }) {
+            self.0.emit(event);
+        }
+    }
+}
+
 /// Keeps every event, for tests.
 #[derive(Default)]
 pub struct Recorder(pub Mutex<Vec<Event>>);
@@ -150,6 +161,25 @@ impl Reporter for Human {
             }
         }
     }
+}
+
+/// Left-aligned columns, widths from the content.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        parts.join("  ").trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out += &line(row.iter().map(String::as_str).collect());
+    }
+    out
 }
 
 #[cfg(test)]

@@ -13,6 +13,9 @@ mod eval;
 mod inputs;
 mod run;
 
+/// The script that runs a build in its container (evaluation, patches, make, strip).
+pub const DRIVER: &str = include_str!("driver.sh");
+
 pub use eval::evaluate_conf;
 pub use inputs::{Sibling, CONTAINER_SOURCES, CONTAINER_TREE};
 pub use run::{run_build, run_script, status, Built, Job, Ran, Resolver};

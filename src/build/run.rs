@@ -108,7 +108,7 @@ pub async fn run_build(
     let (tree, sources) = super::inputs::layout(m, v, job.source, &job.vars.kernelver, &job.vars.arch, job.siblings)?;
     let mut input = tar::Builder::new(Vec::new());
     let mut files: Vec<(String, &[u8])> = vec![
-        ("driver.sh".into(), include_str!("driver.sh").as_bytes()),
+        ("driver.sh".into(), super::DRIVER.as_bytes()),
         ("eval.sh".into(), crate::conf::eval_script().as_bytes()),
         ("dkms.conf".into(), job.conf),
     ];

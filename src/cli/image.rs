@@ -3,7 +3,8 @@ use ckms::engine::Engine;
 use ckms::error::Error;
 use ckms::image;
 
-use super::{table, Output};
+use super::Output;
+use ckms::report::table;
 
 #[derive(clap::Subcommand)]
 pub enum Command {

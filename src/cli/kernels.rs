@@ -2,7 +2,8 @@ use ckms::context::Context;
 use ckms::error::Error;
 use ckms::kernel;
 
-use super::{table, Output};
+use super::Output;
+use ckms::report::table;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -1,6 +1,8 @@
 //! Command-line interface: clap definitions, dispatch, and how results and errors are printed.
 //! Everything that does work lives in the library; this only translates.
 
+mod farm;
+mod farm_progress;
 mod image;
 mod kernels;
 mod packages;
@@ -51,6 +53,9 @@ enum Command {
     Kernels(kernels::Args),
     /// List the packages the profiles' repositories offer (name, version, suite; --json: Depends, URL, SHA-256).
     Packages(packages::Args),
+    /// The prebuild farm: a module × kernel matrix built in parallel into a store keyed by inputs.
+    #[command(subcommand)]
+    Farm(farm::Command),
     /// Builder images: build, list, remove, prune.
     #[command(subcommand)]
     Image(image::Command),
@@ -111,6 +116,7 @@ async fn run(cli: Cli, report: Arc<dyn Reporter>) -> Result<i32, Error> {
         Command::Kernels(args) => kernels::run(&ctx, &out, args).await,
         Command::Packages(args) => packages::run(&ctx, &out, args).await,
         Command::Image(cmd) => image::run(&ctx, &out, cmd).await,
+        Command::Farm(cmd) => farm::run(&ctx, &out, cmd).await,
         Command::Profiles => system::profiles(&ctx, &out),
         Command::Doctor => system::doctor(&ctx, &out).await,
         Command::Sign(args) => sign::sign(&ctx, &out, args),
@@ -139,23 +145,4 @@ impl Output {
             }
         }
     }
-}
-
-/// Left-aligned columns, widths from the content.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        parts.join("  ").trim_end().to_string() + "\n"
-    };
-    let mut out = line(header.to_vec());
-    for row in rows {
-        out += &line(row.iter().map(String::as_str).collect());
-    }
-    out
 }

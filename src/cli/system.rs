@@ -2,7 +2,8 @@ use ckms::context::Context;
 use ckms::engine;
 use ckms::error::Error;
 
-use super::{table, Output};
+use super::Output;
+use ckms::report::table;
 
 pub fn profiles(ctx: &Context, out: &Output) -> Result<i32, Error> {
     #[derive(serde::Serialize)]

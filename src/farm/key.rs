@@ -58,10 +58,11 @@ impl KeyInputs {
 
 /// The digest of a directory's contents: every entry's relative path, kind, permission bits,
 /// and bytes or link target, in sorted order. Timestamps and owners are left out: a source
-/// unpacked or copied again has the same digest.
-pub fn tree_digest(dir: &Path) -> std::io::Result<String> {
+/// unpacked or copied again has the same digest. With it, the files' total size.
+pub fn tree_digest(dir: &Path) -> std::io::Result<(String, u64)> {
     let mut entries = Vec::new();
-    collect(dir, Path::new(""), &mut entries)?;
+    let mut size = 0;
+    collect(dir, Path::new(""), &mut entries, &mut size)?;
     entries.sort();
     let mut h = Sha256::new();
     for (rel, line) in entries {
@@ -70,10 +71,10 @@ pub fn tree_digest(dir: &Path) -> std::io::Result<String> {
         h.update(line.as_bytes());
         h.update([b'\n']);
     }
-    Ok(hex::encode(h.finalize()))
+    Ok((hex::encode(h.finalize()), size))
 }
 
-fn collect(root: &Path, rel: &Path, out: &mut Vec<(String, String)>) -> std::io::Result<()> {
+fn collect(root: &Path, rel: &Path, out: &mut Vec<(String, String)>, total: &mut u64) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     for entry in std::fs::read_dir(root.join(rel))? {
         let entry = entry?;
@@ -86,10 +87,11 @@ fn collect(root: &Path, rel: &Path, out: &mut Vec<(String, String)>) -> std::io:
             out.push((shown, format!("l {}", target.to_string_lossy())));
         } else if meta.is_dir() {
             out.push((shown, format!("d {mode:o}")));
-            collect(root, &rel, out)?;
+            collect(root, &rel, out, total)?;
         } else if meta.is_file() {
             let (sha, size) = crate::cache::hash_reader(std::fs::File::open(root.join(&rel))?)?;
             out.push((shown, format!("f {mode:o} {size} {sha}")));
+            *total += size;
         } else {
             out.push((shown, "other".to_string()));
         }
@@ -147,15 +149,15 @@ mod tests {
         std::fs::write(d.join("sub/a.c"), "int a;").unwrap();
         std::fs::write(d.join("dkms.conf"), "PACKAGE_NAME=x").unwrap();
         std::os::unix::fs::symlink("sub/a.c", d.join("link")).unwrap();
-        let first = tree_digest(d).unwrap();
+        let first = tree_digest(d).unwrap().0;
         let f = std::fs::File::options().write(true).open(d.join("sub/a.c")).unwrap();
         f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
-        assert_eq!(tree_digest(d).unwrap(), first, "mtime is not content");
+        assert_eq!(tree_digest(d).unwrap().0, first, "mtime is not content");
         std::fs::write(d.join("sub/a.c"), "int b;").unwrap();
-        let changed = tree_digest(d).unwrap();
+        let changed = tree_digest(d).unwrap().0;
         assert_ne!(changed, first);
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(d.join("sub/a.c"), std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert_ne!(tree_digest(d).unwrap(), changed, "an executable bit is content");
+        assert_ne!(tree_digest(d).unwrap().0, changed, "an executable bit is content");
     }
 }

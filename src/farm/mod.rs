@@ -6,7 +6,10 @@
 //! inputs run in its builder image by the lifecycle's one-pair build, and the [`store`] gives a
 //! finished pair back by its key. [`report`] shows the matrix (text, JSON lines, one HTML file).
 
+pub mod exec;
 pub mod key;
+pub mod plan;
+pub mod report;
 pub mod schedule;
 pub mod select;
 pub mod store;

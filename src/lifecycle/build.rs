@@ -207,6 +207,11 @@ impl Lifecycle<'_> {
         for m in &plan.modules {
             let from = wanted(m);
             let mut bytes = std::fs::read(&from).map_err(LifecycleError::io(&from))?;
+            if self.opts.keep_unsigned {
+                let to = staged.join(UNSIGNED).join(format!("{}.ko", m.built_name));
+                std::fs::create_dir_all(staged.join(UNSIGNED)).map_err(LifecycleError::io(&staged))?;
+                std::fs::write(&to, &bytes).map_err(LifecycleError::io(&to))?;
+            }
             // dkms's order: strip (done in the sandbox), sign, compress.
             if let Some((signer, hash)) = &signing {
                 self.report().info(format!("Signing module {}.ko ({hash})", m.built_name));
@@ -270,7 +275,10 @@ impl Lifecycle<'_> {
             self.report().info("Module signing is turned off ([sign] enabled = false): modules won't be signed");
             return Ok(None);
         }
-        let paths = self.ctx.config.key_locations(&self.roots.dkms_tree).resolve(None, None);
+        let paths = match &self.opts.keys {
+            Some(paths) => paths.clone(),
+            None => self.ctx.config.key_locations(&self.roots.dkms_tree).resolve(None, None),
+        };
         let signer = if crate::sign::needs_generating(&paths) {
             None
         } else {
@@ -450,7 +458,7 @@ impl Lifecycle<'_> {
     }
 
     /// dkms's override files that exist for this (module, version, kernel, arch).
-    fn overrides(&self, mv: &ModuleVersion, kernel: &str, arch: &str) -> Vec<(String, Vec<u8>)> {
+    pub fn overrides(&self, mv: &ModuleVersion, kernel: &str, arch: &str) -> Vec<(String, Vec<u8>)> {
         let dir = self.ctx.config.conf_dir();
         let (m, v) = (&mv.module, &mv.version);
         [
@@ -483,6 +491,9 @@ struct SignWith {
     /// `None`: ckms's own pair, to be made on first use.
     signer: Option<crate::sign::Signer>,
 }
+
+/// Where [`Options::keep_unsigned`] keeps the modules in a built dir.
+pub const UNSIGNED: &str = "unsigned";
 
 /// `[build] space_mib` when unset.
 const DEFAULT_SPACE_MIB: i64 = 4096;

@@ -10,7 +10,7 @@ use crate::source::Origin;
 
 /// The extra packages of one build, and why each is there.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Extra {
+pub struct Extra {
     /// Roots for the image's extra layer: the config's `[modules.<m>] packages`, then the
     /// package's Depends.
     pub packages: Vec<String>,
@@ -18,7 +18,8 @@ pub(super) struct Extra {
     origin: Option<Origin>,
     from_package: Vec<String>,
     from_config: Vec<String>,
-    sources: Vec<String>,
+    /// Other module packages it depends on: module sources.
+    pub sources: Vec<String>,
 }
 
 impl Lifecycle<'_> {
@@ -31,7 +32,7 @@ impl Lifecycle<'_> {
     }
 
     /// The extra packages for building `mv` on `profile`'s kernels.
-    pub(super) fn extra_packages(&self, mv: &ModuleVersion, profile: &Profile, index: &Index) -> Extra {
+    pub fn extra_packages(&self, mv: &ModuleVersion, profile: &Profile, index: &Index) -> Extra {
         let from_config = self.ctx.config.module_packages(&mv.module);
         let mut extra = Extra { packages: from_config.clone(), from_config, ..Extra::default() };
         let Some(origin) = self.origin(mv) else { return extra };
@@ -125,6 +126,7 @@ impl Lifecycle<'_> {
         self.all()
             .into_iter()
             .filter(|s| s != mv)
+            .filter(|s| self.opts.visible.as_ref().is_none_or(|v| v.contains(s)))
             .filter_map(|s| {
                 let source = self.source_dir(&s);
                 if !source.join("dkms.conf").is_file() {

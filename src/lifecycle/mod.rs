@@ -16,7 +16,7 @@ mod testing;
 mod verify;
 
 pub use error::LifecycleError;
-pub use manifest::{Manifest, ManifestModule};
+pub use manifest::{Manifest, ManifestModule, FILE as MANIFEST};
 
 use std::path::{Path, PathBuf};
 use tokio::sync::OnceCell;
@@ -56,12 +56,29 @@ pub struct Options {
     pub depmod: bool,
     /// Look for kernels only in this profile.
     pub profile: Option<String>,
+    /// The other modules a build sees, when not every module of the tree (the farm shows only
+    /// the ones a module declares, as they are part of its key).
+    pub visible: Option<Vec<ModuleVersion>>,
+    /// Keep each module as the build made it (stripped, unsigned) in `unsigned/` beside the
+    /// signed and compressed one: the farm stores both.
+    pub keep_unsigned: bool,
+    /// Sign with this pair instead of the tree's (the farm signs every kernel's modules with one).
+    pub keys: Option<crate::sign::KeyPaths>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         let jobs = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-        Options { jobs, force: false, verbose: false, depmod: true, profile: None }
+        Options {
+            jobs,
+            force: false,
+            verbose: false,
+            depmod: true,
+            profile: None,
+            visible: None,
+            keep_unsigned: false,
+            keys: None,
+        }
     }
 }
 
@@ -70,7 +87,7 @@ pub struct Lifecycle<'a> {
     pub ctx: &'a Context,
     pub roots: Roots,
     pub opts: Options,
-    engine: OnceCell<Connection>,
+    engine: OnceCell<std::sync::Arc<Connection>>,
 }
 
 impl<'a> Lifecycle<'a> {
@@ -78,9 +95,15 @@ impl<'a> Lifecycle<'a> {
         Lifecycle { ctx, roots, opts, engine: OnceCell::new() }
     }
 
+    /// The same, on an engine already connected (the farm shares one among its builds).
+    pub fn on_engine(ctx: &'a Context, roots: Roots, opts: Options, conn: std::sync::Arc<Connection>) -> Self {
+        Lifecycle { ctx, roots, opts, engine: OnceCell::new_with(Some(conn)) }
+    }
+
     /// The engine, connected on first use: `status` and `remove` never need one.
     async fn engine(&self) -> Result<&Connection, Error> {
-        self.engine.get_or_try_init(|| self.ctx.engine()).await
+        let conn = self.engine.get_or_try_init(|| async { self.ctx.engine().await.map(std::sync::Arc::new) }).await?;
+        Ok(conn)
     }
 
     fn report(&self) -> &dyn crate::report::Reporter {
@@ -229,6 +252,7 @@ pub struct AutoResult {
 }
 
 pub use add::AddSource;
-pub use build::BuildOutcome;
+pub use build::{BuildOutcome, UNSIGNED};
+pub use deps::Extra;
 pub use install::InstallOutcome;
 pub use tarball::TarballParts;

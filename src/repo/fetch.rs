@@ -33,19 +33,23 @@ pub async fn fetch_packages(
     let unique: Vec<&Package> = packages.iter().filter(|p| seen.insert(p.sha256.as_str())).collect();
 
     // Check the cache first (hashing is CPU and disk work: on blocking threads, two at a time).
-    let checks = futures_util::stream::iter(unique.iter().map(|p| {
-        let (cache, sha) = (cache.clone(), p.sha256.clone());
-        async move {
-            let existed = cache.blob_path(&sha).exists();
-            let ok = tokio::task::spawn_blocking(move || cache.check_blob(&sha))
-                .await
-                .map_err(|e| RepoError::Malformed { url: p.url(), detail: e.to_string() })??;
-            Ok::<_, RepoError>((*p, existed, ok))
-        }
-    }))
-    .buffered(2)
-    .collect::<Vec<_>>()
-    .await;
+    // The futures are collected before they are streamed: a closure inside the stream's type
+    // makes the caller's future not provably Send (rust-lang/rust#102211).
+    let checks: Vec<_> = unique
+        .iter()
+        .copied()
+        .map(|p| {
+            let (cache, sha) = (cache.clone(), p.sha256.clone());
+            async move {
+                let existed = cache.blob_path(&sha).exists();
+                let ok = tokio::task::spawn_blocking(move || cache.check_blob(&sha))
+                    .await
+                    .map_err(|e| RepoError::Malformed { url: p.url(), detail: e.to_string() })??;
+                Ok::<_, RepoError>((p, existed, ok))
+            }
+        })
+        .collect();
+    let checks = futures_util::stream::iter(checks).buffered(2).collect::<Vec<_>>().await;
     let mut todo = Vec::new();
     for c in checks {
         let (p, existed, ok) = c?;
@@ -67,10 +71,8 @@ pub async fn fetch_packages(
     let total: u64 = todo.iter().map(|p| p.size).sum();
     let done = AtomicU64::new(0);
     report.progress("download", 0, Some(total), Unit::Bytes);
-    let results = futures_util::stream::iter(todo.iter().map(|p| download(&client, cache, p, &done, total, report)))
-        .buffer_unordered(PARALLEL)
-        .collect::<Vec<_>>()
-        .await;
+    let downloads: Vec<_> = todo.iter().map(|p| download(&client, cache, p, &done, total, report)).collect();
+    let results = futures_util::stream::iter(downloads).buffer_unordered(PARALLEL).collect::<Vec<_>>().await;
     for r in results {
         stats.downloaded_bytes += r?;
         stats.downloaded += 1;

@@ -158,6 +158,12 @@ pub fn fingerprint(cert: &X509) -> String {
     cert.digest(MessageDigest::sha256()).map(|d| hex::encode(&*d)).unwrap_or_default()
 }
 
+/// The certificate subject's common name (CN), as the report names a signer.
+pub fn common_name(cert: &X509) -> Option<String> {
+    let entry = cert.subject_name().entries_by_nid(openssl::nid::Nid::COMMONNAME).next()?;
+    entry.data().to_string().ok()
+}
+
 /// A certificate, DER (as dkms writes mok.pub) or PEM.
 pub fn load_cert(path: &Path) -> Result<X509, SignError> {
     let bytes = read(path, SignError::CertMissing { path: path.to_path_buf() })?;

@@ -1,0 +1,297 @@
+//! `ckms farm build|status|report`: the prebuild farm over a store directory.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ckms::context::Context;
+use ckms::error::Error;
+use ckms::farm::exec::{Farm, Signing};
+use ckms::farm::plan::{self, Plan, Work};
+use ckms::farm::report::{self, Cell, Counts};
+use ckms::farm::schedule::{self, Capacity, Job, Outcome, Progress};
+use ckms::farm::select::Selector;
+use ckms::farm::store::{Lookup, Status, Store};
+
+use super::Output;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Build every module source for every selected kernel into a store, in parallel; pairs
+    /// already in the store (same inputs) are not built again.
+    Build(BuildArgs),
+    /// The matrix of the last build: one line per pair (--json: one JSON object per line).
+    Status(StoreArg),
+    /// Write the matrix as one self-contained HTML file.
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args)]
+pub struct StoreArg {
+    /// The store directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    store: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// Kernels: a release, a regular expression, @PROFILE, @PROFILE:latest or @PROFILE:latest=N
+    /// (newest N per series and flavour); repeatable.
+    #[arg(short = 'k', long = "kernel", value_name = "SELECTOR")]
+    kernels: Vec<String>,
+    /// Builds at once and make jobs in all (default: the machine's cores).
+    #[arg(long, value_name = "N")]
+    jobs: Option<u32>,
+    /// Look for kernels and deb: packages only in this profile.
+    #[arg(long, short = 'p')]
+    profile: Option<String>,
+    /// A TOML file with `sources = [...]` and `kernels = [...]`, added to the command line's.
+    #[arg(long, value_name = "FILE")]
+    matrix: Option<PathBuf>,
+    /// Print the plan (pairs, images to provision, bytes to download) and build nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Build again the pairs stored as failed (they are otherwise reported from the store).
+    #[arg(long)]
+    retry_failed: bool,
+    /// Module sources: a directory with a dkms.conf, a dkms tarball, a *-dkms .deb,
+    /// MODULE/VERSION from /usr/src, or deb:PACKAGE from the kernels' repository.
+    #[arg(value_name = "SOURCE")]
+    sources: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// The HTML file to write.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: PathBuf,
+}
+
+/// The matrix file: the same as the command line's sources and selectors.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MatrixFile {
+    #[serde(default)]
+    sources: Vec<String>,
+    #[serde(default)]
+    kernels: Vec<String>,
+}
+
+/// Exit codes: every pair built (now or before) 0; some failed 11 (dkms's "some
+/// autoinstalls failed"); nothing to build, all from the store, 77 (dkms's "skipped").
+const SOME_FAILED: i32 = ckms::diagnose::code::AUTOINSTALL_FAILED;
+const NOTHING_TO_DO: i32 = ckms::diagnose::code::SKIPPED;
+
+pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error> {
+    match cmd {
+        Command::Build(args) => build(ctx, out, args).await,
+        Command::Status(args) => {
+            let store = Store::open(&args.store)?;
+            let cells = report::matrix(&store);
+            if out.json {
+                for (r, cached) in &cells {
+                    println!("{}", serde_json::to_string(&report::line(r, *cached)).unwrap_or_default());
+                }
+            } else {
+                print!("{}", report::text(&cells));
+            }
+            Ok(0)
+        }
+        Command::Report(args) => {
+            let store = Store::open(&args.store.store)?;
+            let cells = report::matrix(&store);
+            let html = report::html(&store, &cells)?;
+            std::fs::write(&args.output, html)
+                .map_err(|e| Error::usage(format!("{}: {e}", args.output.display()), None))?;
+            out.result(&args.output, || {
+                format!("{}: {}\n", args.output.display(), Counts::of(cells.iter().map(|(r, c)| (r, *c))))
+            });
+            Ok(0)
+        }
+    }
+}
+
+async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, Error> {
+    // Many pairs at once: their own messages would interleave; the live view says what happens.
+    let ctx = &ctx.with_reporter(Arc::new(ckms::report::Warnings(ctx.report.clone())));
+    if let Some(file) = &args.matrix {
+        let text = std::fs::read_to_string(file).map_err(|e| Error::usage(format!("{}: {e}", file.display()), None))?;
+        let m: MatrixFile = toml::from_str(&text)
+            .map_err(|e| Error::usage(format!("{}: {e}", file.display()), Some(MATRIX_HINT.into())))?;
+        args.sources.extend(m.sources);
+        args.kernels.extend(m.kernels);
+    }
+    if args.kernels.is_empty() || args.sources.is_empty() {
+        return Err(Error::usage(
+            "farm build needs at least one kernel selector (-k) and one source",
+            Some("e.g. ckms farm build --store DIR -k @debian-bookworm:latest ./mymodule deb:v4l2loopback-dkms".into()),
+        ));
+    }
+    let store = Store::open(&args.store.store)?;
+    store.clean_tmp();
+    let selectors = args.kernels.iter().map(|s| Selector::parse(s)).collect::<Result<Vec<_>, _>>()?;
+    // Unknown kernels fail here, before any source is fetched or anything built.
+    let kernels = plan::kernels(ctx, &selectors, args.profile.as_deref()).await?;
+    let work = Work::for_store(ctx, store.root());
+    let sources = plan::sources(ctx, &work, &args.sources, &kernels).await?;
+    let plan = plan::pairs(ctx, &work, sources, kernels).await?;
+
+    // What the store already has.
+    let mut todo = Vec::new();
+    for (i, pair) in plan.pairs.iter().enumerate() {
+        match store.get(&pair.key) {
+            Lookup::Found(r) if !(args.retry_failed && r.status == Status::Failed) => {}
+            Lookup::Damaged(why) => {
+                ctx.reporter().warn(format!("{}: damaged store entry, built again: {why}", plan.label(i)));
+                todo.push(i);
+            }
+            _ => todo.push(i),
+        }
+    }
+    if args.dry_run {
+        print_plan(ctx, out, &plan, &todo);
+        return Ok(0);
+    }
+    let outcomes =
+        if todo.is_empty() { Vec::new() } else { run_pairs(ctx, out, &store, &work, &plan, &todo, args.jobs).await? };
+
+    let cells: Vec<Cell> =
+        plan.pairs.iter().enumerate().map(|(i, p)| Cell { key: p.key.clone(), cached: !todo.contains(&i) }).collect();
+    report::save_matrix(&store, &cells)?;
+    let matrix = report::matrix(&store);
+    let counts = Counts::of(matrix.iter().map(|(r, c)| (r, *c)));
+    let not_built: Vec<String> = todo
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|(&i, o)| match o {
+            Outcome::NotBuilt(why) => Some(format!("{}: {why}", plan.label(i))),
+            Outcome::Done(_) => None,
+        })
+        .collect();
+    for line in &not_built {
+        ctx.reporter().warn(format!("not built: {line}"));
+    }
+    let summary = serde_json::json!({ "pairs": plan.pairs.len(), "built_now": todo.len() - not_built.len(),
+        "not_built": not_built.len(), "counts": counts, "store": store.root() });
+    out.result(&summary, || format!("{} pair(s): {counts}; {} not built\n", plan.pairs.len(), not_built.len()));
+    Ok(if counts.failed > 0 || !not_built.is_empty() {
+        SOME_FAILED
+    } else if todo.is_empty() {
+        NOTHING_TO_DO
+    } else {
+        0
+    })
+}
+
+const MATRIX_HINT: &str = "a matrix file holds sources = [\"./mymodule\", \"deb:v4l2loopback-dkms\"] and \
+                           kernels = [\"@debian-bookworm:latest\"]";
+
+fn print_plan(ctx: &Context, out: &Output, plan: &Plan, todo: &[usize]) {
+    let images: std::collections::BTreeSet<usize> = todo.iter().map(|&i| plan.pairs[i].image).collect();
+    let bytes = plan.download_bytes(ctx);
+    let pairs: Vec<serde_json::Value> = plan
+        .pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let s = &plan.sources[p.source];
+            serde_json::json!({ "module": s.mv.module, "version": s.mv.version, "kernel": plan.kernels[p.kernel].release,
+                "key": p.key, "cached": !todo.contains(&i), "after": p.after })
+        })
+        .collect();
+    let doc =
+        serde_json::json!({ "pairs": pairs, "to_build": todo.len(), "images": images.len(), "download_bytes": bytes });
+    out.result(&doc, || {
+        let mut text = String::new();
+        for (i, p) in plan.pairs.iter().enumerate() {
+            let state = if todo.contains(&i) { "build" } else { "stored" };
+            text += &format!("{state:<7} {}  {}\n", plan.label(i), &p.key[..16]);
+        }
+        text + &format!(
+            "{} pair(s), {} to build; {} builder image(s); {:.1} MB to download\n",
+            plan.pairs.len(),
+            todo.len(),
+            images.len(),
+            bytes as f64 / 1e6
+        )
+    });
+}
+
+/// Builds the pairs `todo` of `plan`, with live progress on a terminal (or JSON events).
+async fn run_pairs(
+    ctx: &Context,
+    out: &Output,
+    store: &Store,
+    work: &Work,
+    plan: &Plan,
+    todo: &[usize],
+    jobs: Option<u32>,
+) -> Result<Vec<Outcome>, Error> {
+    let conn = Arc::new(ctx.engine().await?);
+    if !out.json {
+        let i = &conn.info;
+        eprintln!("building {} pair(s) with {:?} {} at {}", todo.len(), i.kind, i.version, i.endpoint);
+    }
+    let signing = signing(ctx)?;
+    let farm = Farm::new(ctx, plan, store, work, conn, signing);
+    // The schedule's jobs are the pairs to build; a dependency already stored is no wait.
+    let position = |pair: usize| todo.iter().position(|&t| t == pair);
+    let jobs_list: Vec<Job> = todo
+        .iter()
+        .map(|&i| {
+            let p = &plan.pairs[i];
+            let last = store.records().into_iter().find(|r| {
+                let s = &plan.sources[p.source];
+                r.module == s.mv.module && r.kernel == plan.kernels[p.kernel].release
+            });
+            Job {
+                label: plan.label(i),
+                image: p.image,
+                after: p.after.iter().filter_map(|&a| position(a)).collect(),
+                estimate: last.map(|r| r.seconds),
+                size: plan.sources[p.source].size,
+            }
+        })
+        .collect();
+    let executor = Indexed { farm: &farm, todo };
+    let live = super::farm_progress::Live::new(out.json, &jobs_list, plan.images.len());
+    let progress = |p: Progress| live.event(&p);
+    let outcomes = schedule::run(&jobs_list, &executor, Capacity::of_machine(jobs), &progress).await;
+    live.finish();
+    Ok(outcomes)
+}
+
+/// The schedule numbers its jobs 0..n; the farm numbers pairs.
+struct Indexed<'a> {
+    farm: &'a Farm<'a>,
+    todo: &'a [usize],
+}
+
+#[async_trait::async_trait]
+impl schedule::Executor for Indexed<'_> {
+    async fn provision(&self, image: usize) -> Result<(), Error> {
+        self.farm.provision(image).await
+    }
+
+    async fn build(&self, index: usize, job: &Job, jobs: u32) -> Result<Status, Error> {
+        self.farm.build(self.todo[index], job, jobs).await
+    }
+}
+
+/// The key pair the farm signs with (as `build` would on this host), made now if it is
+/// ckms's own and missing, so that parallel builds never race to make it.
+fn signing(ctx: &Context) -> Result<Option<Signing>, Error> {
+    if !ctx.config.sign_enabled() {
+        return Ok(None);
+    }
+    let keys = ctx.config.key_locations(&ckms::tree::Roots::system().dkms_tree).resolve(None, None);
+    let signer = ckms::sign::signer(&keys, ckms::sign::pin().as_deref(), ctx.reporter())?;
+    let subject = ckms::sign::keys::load_cert(&keys.cert)
+        .ok()
+        .and_then(|c| ckms::sign::keys::common_name(&c))
+        .unwrap_or_default();
+    Ok(Some(Signing { keys, fingerprint: signer.fingerprint(), subject }))
+}

@@ -1,0 +1,199 @@
+//! The matrix as people and programs read it: a text table, JSON lines, and one
+//! self-contained HTML file (minijinja template, inline CSS and script, make.log folded in).
+//!
+//! What the matrix is: the pairs of the last `farm build` (`matrix.json` in the store, with
+//! which of them came from the store rather than a build), else every entry of the store.
+
+use serde::{Deserialize, Serialize};
+
+use super::store::{Lookup, Record, Status, Store};
+use super::FarmError;
+
+const MATRIX: &str = "matrix.json";
+
+/// One pair of the last run: its key, and whether it came from the store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cell {
+    pub key: String,
+    pub cached: bool,
+}
+
+/// Remembers the last run's pairs.
+pub fn save_matrix(store: &Store, cells: &[Cell]) -> Result<(), FarmError> {
+    let text = serde_json::to_string_pretty(cells)
+        .map_err(|e| FarmError::Store { path: store.root().join(MATRIX), message: e.to_string() })?;
+    store.write_file(MATRIX, format!("{text}\n").as_bytes())
+}
+
+/// The matrix's records, with whether each was cached; pairs whose entry is missing or
+/// damaged are left out.
+pub fn matrix(store: &Store) -> Vec<(Record, bool)> {
+    let cells: Option<Vec<Cell>> = store.read_file(MATRIX).and_then(|b| serde_json::from_slice(&b).ok());
+    let mut out: Vec<(Record, bool)> = match cells {
+        Some(cells) => cells
+            .into_iter()
+            .filter_map(|c| match store.get(&c.key) {
+                Lookup::Found(r) => Some((*r, c.cached)),
+                _ => None,
+            })
+            .collect(),
+        None => store.records().into_iter().map(|r| (r, false)).collect(),
+    };
+    out.sort_by(|(a, _), (b, _)| (&a.module, &a.version, &a.kernel).cmp(&(&b.module, &b.version, &b.kernel)));
+    out
+}
+
+/// `farm status --json`: one object per pair.
+#[derive(Debug, Serialize)]
+pub struct Line<'r> {
+    pub module: &'r str,
+    pub version: &'r str,
+    pub kernel: &'r str,
+    pub arch: &'r str,
+    pub status: Status,
+    pub cached: bool,
+    pub modules: Vec<&'r str>,
+    pub seconds: f64,
+    pub key: &'r str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'r str>,
+}
+
+pub fn line(r: &Record, cached: bool) -> Line<'_> {
+    Line {
+        module: &r.module,
+        version: &r.version,
+        kernel: &r.kernel,
+        arch: &r.arch,
+        status: r.status,
+        cached,
+        modules: r
+            .modules
+            .iter()
+            .filter_map(|m| m.signed.as_ref().or(Some(&m.unsigned)))
+            .map(|f| file_name(&f.file))
+            .collect(),
+        seconds: r.seconds,
+        key: &r.key,
+        reason: r.reason.as_deref(),
+    }
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Counts by status, and cached.
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub built: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub cached: usize,
+}
+
+impl Counts {
+    pub fn of<'r>(cells: impl IntoIterator<Item = (&'r Record, bool)>) -> Counts {
+        let mut c = Counts::default();
+        for (r, cached) in cells {
+            match r.status {
+                Status::Built => c.built += 1,
+                Status::Failed => c.failed += 1,
+                Status::Skipped => c.skipped += 1,
+            }
+            c.cached += usize::from(cached);
+        }
+        c
+    }
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} built, {} failed, {} skipped ({} from the store)",
+            self.built, self.failed, self.skipped, self.cached
+        )
+    }
+}
+
+/// The text table of `farm status`.
+pub fn text(cells: &[(Record, bool)]) -> String {
+    let rows: Vec<Vec<String>> = cells
+        .iter()
+        .map(|(r, cached)| {
+            let l = line(r, *cached);
+            vec![
+                format!("{}/{}", r.module, r.version),
+                r.kernel.clone(),
+                if *cached { format!("{} (cached)", r.status) } else { r.status.to_string() },
+                format!("{:.1}", r.seconds),
+                if l.modules.is_empty() { r.reason.clone().unwrap_or_default() } else { l.modules.join(" ") },
+            ]
+        })
+        .collect();
+    let mut out = crate::report::table(&["MODULE", "KERNEL", "STATUS", "SECONDS", "MODULES"], &rows);
+    out.push_str(&format!("{}\n", Counts::of(cells.iter().map(|(r, c)| (r, *c)))));
+    out
+}
+
+const TEMPLATE: &str = include_str!("report.html.j2");
+
+/// The HTML report: modules as rows, kernels as columns.
+pub fn html(store: &Store, cells: &[(Record, bool)]) -> Result<String, FarmError> {
+    let mut kernels: Vec<&str> = cells.iter().map(|(r, _)| r.kernel.as_str()).collect();
+    kernels.sort_by(|a, b| crate::repo::version::compare(a, b));
+    kernels.dedup();
+    let mut modules: Vec<String> = cells.iter().map(|(r, _)| format!("{}/{}", r.module, r.version)).collect();
+    modules.dedup();
+    let rows: Vec<serde_json::Value> = modules
+        .iter()
+        .map(|m| {
+            let row: Vec<serde_json::Value> = kernels
+                .iter()
+                .map(|k| {
+                    let cell = cells.iter().find(|(r, _)| format!("{}/{}", r.module, r.version) == *m && r.kernel == *k);
+                    match cell {
+                        Some((r, cached)) => {
+                            let log = r.make_log.as_ref().and_then(|f| {
+                                let bytes = std::fs::read(store.entry_dir(&r.key).join(&f.file)).ok()?;
+                                Some(tail(&String::from_utf8_lossy(&bytes), 200))
+                            });
+                            serde_json::json!({
+                                "status": r.status,
+                                "cached": cached,
+                                "seconds": format!("{:.1}", r.seconds),
+                                "modules": line(r, *cached).modules,
+                                "signer": r.signer.as_ref().map(|s| format!("{} ({}, {})", s.subject, &s.fingerprint[..16.min(s.fingerprint.len())], s.hash)),
+                                "reason": r.reason,
+                                "log": log,
+                                "key": r.key,
+                            })
+                        }
+                        None => serde_json::json!({ "status": "none" }),
+                    }
+                })
+                .collect();
+            serde_json::json!({ "module": m, "cells": row })
+        })
+        .collect();
+    let counts = Counts::of(cells.iter().map(|(r, c)| (r, *c)));
+    let mut env = minijinja::Environment::new();
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
+    let fail = |e: minijinja::Error| FarmError::Store { path: store.root().to_path_buf(), message: e.to_string() };
+    env.add_template("report", TEMPLATE).map_err(fail)?;
+    let ctx = minijinja::context! {
+        store => store.root().display().to_string(),
+        kernels => kernels,
+        rows => rows,
+        counts => counts,
+        version => env!("CARGO_PKG_VERSION"),
+    };
+    env.get_template("report").and_then(|t| t.render(ctx)).map_err(fail)
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
