@@ -205,7 +205,8 @@ pub fn build_depends(conf: &str) -> Vec<String> {
         let value = value.split('#').next().unwrap_or("").trim().trim_start_matches('(').trim_end_matches(')');
         for word in value.split_whitespace() {
             let word = word.trim_matches(|c| c == '"' || c == '\'');
-            if !word.is_empty() && crate::tree::valid_name(word) && !out.iter().any(|o| o == word) {
+            let plain = word.chars().all(|c| c.is_ascii_alphanumeric() || "_.+-".contains(c));
+            if !word.is_empty() && plain && !out.iter().any(|o| o == word) {
                 out.push(word.to_string());
             }
         }
