@@ -52,6 +52,13 @@ pub struct BuildArgs {
     /// Print the plan (pairs, images to provision, bytes to download) and build nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Sign with this private key (default: as `ckms build` on this host: framework.conf's,
+    /// dkms's pair, or ckms's own /var/lib/ckms/mok.key, made if missing).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// The certificate of --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
     /// Build again the pairs stored as failed (they are otherwise reported from the store).
     #[arg(long)]
     retry_failed: bool,
@@ -155,8 +162,12 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
         print_plan(ctx, out, &plan, &todo);
         return Ok(0);
     }
-    let outcomes =
-        if todo.is_empty() { Vec::new() } else { run_pairs(ctx, out, &store, &work, &plan, &todo, args.jobs).await? };
+    let outcomes = if todo.is_empty() {
+        Vec::new()
+    } else {
+        let signing = signing(ctx, args.key.as_deref().zip(args.cert.as_deref()))?;
+        run_pairs(ctx, out, &store, &work, &plan, &todo, args.jobs, signing).await?
+    };
 
     let cells: Vec<Cell> =
         plan.pairs.iter().enumerate().map(|(i, p)| Cell { key: p.key.clone(), cached: !todo.contains(&i) }).collect();
@@ -229,13 +240,13 @@ async fn run_pairs(
     plan: &Plan,
     todo: &[usize],
     jobs: Option<u32>,
+    signing: Option<Signing>,
 ) -> Result<Vec<Outcome>, Error> {
     let conn = Arc::new(ctx.engine().await?);
     if !out.json {
         let i = &conn.info;
         eprintln!("building {} pair(s) with {:?} {} at {}", todo.len(), i.kind, i.version, i.endpoint);
     }
-    let signing = signing(ctx)?;
     let farm = Farm::new(ctx, plan, store, work, conn, signing);
     // The schedule's jobs are the pairs to build; a dependency already stored is no wait.
     let position = |pair: usize| todo.iter().position(|&t| t == pair);
@@ -283,11 +294,12 @@ impl schedule::Executor for Indexed<'_> {
 
 /// The key pair the farm signs with (as `build` would on this host), made now if it is
 /// ckms's own and missing, so that parallel builds never race to make it.
-fn signing(ctx: &Context) -> Result<Option<Signing>, Error> {
+fn signing(ctx: &Context, given: Option<(&std::path::Path, &std::path::Path)>) -> Result<Option<Signing>, Error> {
     if !ctx.config.sign_enabled() {
         return Ok(None);
     }
-    let keys = ctx.config.key_locations(&ckms::tree::Roots::system().dkms_tree).resolve(None, None);
+    let (key, cert): (Option<&std::path::Path>, Option<&std::path::Path>) = given.unzip();
+    let keys = ctx.config.key_locations(&ckms::tree::Roots::system().dkms_tree).resolve(key, cert);
     let signer = ckms::sign::signer(&keys, ckms::sign::pin().as_deref(), ctx.reporter())?;
     let subject = ckms::sign::keys::load_cert(&keys.cert)
         .ok()

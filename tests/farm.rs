@@ -1,0 +1,218 @@
+//! The prebuild farm through the binary, on each engine (fails when it is missing): a small
+//! matrix of four module sources (one builds, one builds and another builds against it, one
+//! fails in make, one is excluded by BUILD_EXCLUSIVE_KERNEL) × one kernel. Then: a re-run
+//! starts no build; one changed source file rebuilds exactly that module's pair; the stored
+//! modules are signed with the given key and their unsigned twins are kept; `status --json`;
+//! the HTML report rendered by Debian's chromium (headless), its cells counted in the page;
+//! an unknown kernel fails before anything is built.
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::{ckms, engine_host, shared_cache, Outcome};
+
+const KERNEL: &str = "6.1.0-56-amd64";
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// A module source written for the test: `conf` lines after the names, and a Kbuild.
+fn module(dir: &Path, name: &str, conf: &str, kbuild: &str, c: &str) -> PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    let head = format!("PACKAGE_NAME=\"{name}\"\nPACKAGE_VERSION=\"1.0\"\nBUILT_MODULE_NAME[0]=\"{name}\"\n");
+    std::fs::write(d.join("dkms.conf"), format!("{head}DEST_MODULE_LOCATION[0]=\"/updates/dkms\"\n{conf}")).unwrap();
+    std::fs::write(d.join("Kbuild"), kbuild).unwrap();
+    std::fs::write(d.join(format!("{name}.c")), c).unwrap();
+    d
+}
+
+const C: &str =
+    "#include <linux/module.h>\nstatic int __init i(void) { return 0; }\nmodule_init(i);\nMODULE_LICENSE(\"GPL\");\n";
+
+struct Farm {
+    engine: String,
+    dir: tempfile::TempDir,
+}
+
+impl Farm {
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    fn run(&self, args: &[&str]) -> Outcome {
+        let cache = shared_cache();
+        let mut all = vec!["--engine", &self.engine, "--cache-dir", cache.to_str().unwrap()];
+        all.extend_from_slice(args);
+        ckms(all).run()
+    }
+
+    fn build(&self, json: bool, sources: &[&Path]) -> Outcome {
+        let store = self.store();
+        let key = self.dir.path().join("mok.key");
+        let cert = self.dir.path().join("mok.pub");
+        let mut args: Vec<&str> = if json { vec!["--json"] } else { vec![] };
+        args.extend(["farm", "build", "--store", store.to_str().unwrap(), "-k", KERNEL, "--jobs", "2"]);
+        args.extend(["--key", key.to_str().unwrap(), "--cert", cert.to_str().unwrap()]);
+        args.extend(sources.iter().map(|s| s.to_str().unwrap()));
+        self.run(&args)
+    }
+
+    fn status(&self) -> Vec<serde_json::Value> {
+        let run = self.run(&["--json", "farm", "status", "--store", self.store().to_str().unwrap()]);
+        run.expect_code(0);
+        run.stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}{run}"))).collect()
+    }
+}
+
+fn by_module<'a>(status: &'a [serde_json::Value], module: &str) -> &'a serde_json::Value {
+    status.iter().find(|l| l["module"] == module).unwrap_or_else(|| panic!("no {module} in {status:?}"))
+}
+
+fn scenario(var: &str) {
+    let farm = Farm { engine: engine_host(var), dir: tempfile::tempdir().unwrap() };
+    let src = farm.dir.path().join("src");
+    let hello = src.join("hello");
+    copy_dir(&fixture("hello-dkms"), &hello);
+    let base = module(
+        &src,
+        "fbase",
+        "",
+        "obj-m := fbase.o\n",
+        &format!("{C}int fbase_value(void) {{ return 1; }}\nEXPORT_SYMBOL(fbase_value);\n"),
+    );
+    // Builds against fbase's source (BUILD_DEPENDS makes it visible and orders the pairs).
+    let top = module(
+        &src,
+        "ftop",
+        "BUILD_DEPENDS[0]=\"fbase\"\n",
+        "obj-m := ftop.o\nccflags-y := -DBASE_SEEN=$(shell test -f /usr/src/fbase-1.0/fbase.c && echo 1 || echo 0)\n",
+        &format!("{C}#if !BASE_SEEN\n#error fbase source not visible\n#endif\n"),
+    );
+    let broken = module(&src, "fbroken", "", "obj-m := fbroken.o\n", "this is not C;\n");
+    let excluded = module(&src, "fexcluded", "BUILD_EXCLUSIVE_KERNEL=\"^5\\.\"\n", "obj-m := fexcluded.o\n", C);
+    let key = farm.dir.path().join("mok.key");
+    let cert = farm.dir.path().join("mok.pub");
+    farm.run(&["generate-mok", "--key", key.to_str().unwrap(), "--cert", cert.to_str().unwrap()]).expect_code(0);
+    let sources: Vec<&Path> = vec![&hello, &base, &top, &broken, &excluded];
+
+    // An unknown kernel: refused before anything is built or stored.
+    let store = farm.store();
+    let unknown = farm.run(&[
+        "farm",
+        "build",
+        "--store",
+        store.to_str().unwrap(),
+        "-k",
+        "6.1.0-99-amd64",
+        hello.to_str().unwrap(),
+    ]);
+    unknown.expect_code(21);
+    assert!(unknown.stderr.contains("6.1.0-99-amd64"), "{unknown}");
+    assert!(support::entries(&store.join("pairs")).is_empty(), "{unknown}");
+
+    // First run: two built, one failed (exit 11), one skipped.
+    let first = farm.build(true, &sources);
+    first.expect_code(11);
+    let events: Vec<serde_json::Value> = first.stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(events.iter().any(|e| e["event"] == "started"), "no started event{first}");
+    let status = farm.status();
+    assert_eq!(status.len(), 5, "{status:?}");
+    for (m, s) in
+        [("hello", "built"), ("fbase", "built"), ("ftop", "built"), ("fbroken", "failed"), ("fexcluded", "skipped")]
+    {
+        assert_eq!(by_module(&status, m)["status"], s, "{m}: {status:?}{first}");
+        assert_eq!(by_module(&status, m)["cached"], false);
+    }
+    assert_eq!(by_module(&status, "hello")["modules"], serde_json::json!(["hello.ko"]));
+    // The stored pair: the signed module verifies with the given certificate; the unsigned
+    // one is the same module without the signature.
+    let hello_key = by_module(&status, "hello")["key"].as_str().unwrap().to_string();
+    let entry = store.join("pairs").join(&hello_key);
+    let verify = farm.run(&[
+        "verify-signature",
+        entry.join("modules/hello.ko").to_str().unwrap(),
+        "--cert",
+        cert.to_str().unwrap(),
+    ]);
+    verify.expect_code(0);
+    let signed = std::fs::read(entry.join("modules/hello.ko")).unwrap();
+    let unsigned = std::fs::read(entry.join("unsigned/hello.ko")).unwrap();
+    assert!(
+        signed.len() > unsigned.len() && signed.starts_with(&unsigned),
+        "the signed module is the unsigned one plus a signature"
+    );
+    let broken_key = by_module(&status, "fbroken")["key"].as_str().unwrap().to_string();
+    let log = std::fs::read_to_string(store.join("pairs").join(&broken_key).join("make.log")).unwrap();
+    assert!(log.contains("fbroken.c"), "make.log of the failed pair: {log}");
+
+    // Nothing changed: no build at all, everything from the store; the failure stays reported.
+    let again = farm.build(false, &sources);
+    again.expect_code(11);
+    assert!(!again.stderr.contains("building "), "a re-run started builds{again}");
+    assert!(again.stdout.contains("(5 from the store)"), "{again}");
+
+    // One file of one module changed: exactly that pair is built again.
+    std::fs::write(hello.join("hello.c"), std::fs::read_to_string(hello.join("hello.c")).unwrap() + "/* changed */\n")
+        .unwrap();
+    let changed = farm.build(true, &sources);
+    changed.expect_code(11);
+    let summary = changed.json_result();
+    assert_eq!(summary["built_now"], 1, "{changed}");
+    let status = farm.status();
+    assert_eq!(by_module(&status, "hello")["cached"], false);
+    assert_ne!(by_module(&status, "hello")["key"], hello_key.as_str());
+    for m in ["fbase", "ftop", "fbroken", "fexcluded"] {
+        assert_eq!(by_module(&status, m)["cached"], true, "{m} was rebuilt{changed}");
+    }
+
+    // The HTML report, rendered by a real browser: one cell per pair.
+    let html = farm.dir.path().join("report.html");
+    farm.run(&["farm", "report", "--store", store.to_str().unwrap(), "-o", html.to_str().unwrap()]).expect_code(0);
+    let (dom, shot) = chromium(&html, farm.dir.path());
+    assert!(dom.contains("data-cells=\"5\""), "the page counted its cells: {}", &dom[..dom.len().min(2000)]);
+    assert_eq!(dom.matches("class=\"cell built").count(), 3, "{dom}");
+    assert_eq!(dom.matches("class=\"cell failed").count(), 1);
+    assert_eq!(dom.matches("class=\"cell skipped").count(), 1);
+    assert!(std::fs::metadata(&shot).map(|m| m.len() > 1000).unwrap_or(false), "no screenshot");
+}
+
+/// The page's DOM after its script ran, and a screenshot, from headless chromium.
+fn chromium(html: &Path, dir: &Path) -> (String, PathBuf) {
+    let bin = ["chromium", "/usr/bin/chromium"].into_iter().find(|b| Command::new(b).arg("--version").output().is_ok());
+    let bin = bin.unwrap_or_else(|| panic!("Debian's chromium is missing: ci/setup-build-deps.sh installs it"));
+    let url = format!("file://{}", html.display());
+    let flags = ["--headless", "--no-sandbox", "--disable-gpu", "--user-data-dir"];
+    let profile = dir.join("chromium-profile");
+    let run = |extra: &[&str]| {
+        let mut c = Command::new(bin);
+        c.args(&flags[..3]).arg(format!("{}={}", flags[3], profile.display())).args(extra).arg(&url);
+        let out = c.output().expect("running chromium");
+        assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = run(&["--dump-dom"]);
+    let shot = dir.join("report.png");
+    run(&[&format!("--screenshot={}", shot.display()), "--window-size=1400,700"]);
+    (dom, shot)
+}
+
+#[test]
+fn farm_on_docker() {
+    scenario("CKMS_TEST_DOCKER_HOST");
+}
+
+#[test]
+fn farm_on_podman() {
+    scenario("CKMS_TEST_PODMAN_HOST");
+}
