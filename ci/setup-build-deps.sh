@@ -2,7 +2,7 @@
 # What building ckms needs on a fresh Debian machine besides Rust and gcc: OpenSSL's headers
 # and pkg-config (the openssl crate links the system libcrypto, which signs modules), and the
 # openssl command that tests/sign_file.rs checks signatures with; kmod (depmod); Debian's
-# chromium, which tests/farm.rs renders the farm's HTML report in. Idempotent.
+# chromium, which tests/farm.rs renders the farm's HTML report in; busybox-static. Idempotent.
 set -euo pipefail
 need=()
 pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
@@ -11,6 +11,8 @@ command -v openssl >/dev/null || need+=(openssl)
 # depmod: install tests index modules with the host's own depmod, as dkms does.
 command -v depmod >/dev/null || [ -x /sbin/depmod ] || need+=(kmod)
 command -v chromium >/dev/null || need+=(chromium)
+# The engine tests run a static busybox as their whole image (no image can be pulled).
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { echo "setup-build-deps: run as root to install ${need[*]}" >&2; exit 1; }
   echo "[setup-build-deps] installing ${need[*]}"

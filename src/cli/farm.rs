@@ -162,12 +162,8 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
         print_plan(ctx, out, &plan, &todo);
         return Ok(0);
     }
-    let outcomes = if todo.is_empty() {
-        Vec::new()
-    } else {
-        let signing = signing(ctx, args.key.as_deref().zip(args.cert.as_deref()))?;
-        run_pairs(ctx, out, &store, &work, &plan, &todo, args.jobs, signing).await?
-    };
+    let outcomes =
+        if todo.is_empty() { Vec::new() } else { run_pairs(ctx, out, &store, &work, &plan, &todo, &args).await? };
 
     let cells: Vec<Cell> =
         plan.pairs.iter().enumerate().map(|(i, p)| Cell { key: p.key.clone(), cached: !todo.contains(&i) }).collect();
@@ -239,9 +235,9 @@ async fn run_pairs(
     work: &Work,
     plan: &Plan,
     todo: &[usize],
-    jobs: Option<u32>,
-    signing: Option<Signing>,
+    args: &BuildArgs,
 ) -> Result<Vec<Outcome>, Error> {
+    let signing = signing(ctx, args.key.as_deref().zip(args.cert.as_deref()))?;
     let conn = Arc::new(ctx.engine().await?);
     if !out.json {
         let i = &conn.info;
@@ -270,7 +266,7 @@ async fn run_pairs(
     let executor = Indexed { farm: &farm, todo };
     let live = super::farm_progress::Live::new(out.json, &jobs_list, plan.images.len());
     let progress = |p: Progress| live.event(&p);
-    let outcomes = schedule::run(&jobs_list, &executor, Capacity::of_machine(jobs), &progress).await;
+    let outcomes = schedule::run(&jobs_list, &executor, Capacity::of_machine(args.jobs), &progress).await;
     live.finish();
     Ok(outcomes)
 }
