@@ -1,7 +1,7 @@
 //! The prebuild farm through the binary, on each engine (fails when it is missing): a small
 //! matrix of four module sources (one builds, one builds and another builds against it, one
 //! fails in make, one is excluded by BUILD_EXCLUSIVE_KERNEL) × one kernel. Then: a re-run
-//! starts no build; one changed source file rebuilds exactly that module's pair; the stored
+//! starts no build; `--check` rebuilds the stored pairs to the same bytes; one changed source file rebuilds exactly that module's pair; the stored
 //! modules are signed with the given key and their unsigned twins are kept; `status --json`;
 //! the HTML report rendered by Debian's chromium (headless), its cells counted in the page;
 //! an unknown kernel fails before anything is built.
@@ -58,12 +58,17 @@ impl Farm {
     }
 
     fn build(&self, json: bool, sources: &[&Path]) -> Outcome {
+        self.build_with(json, sources, &[])
+    }
+
+    fn build_with(&self, json: bool, sources: &[&Path], extra: &[&str]) -> Outcome {
         let store = self.store();
         let key = self.dir.path().join("mok.key");
         let cert = self.dir.path().join("mok.pub");
         let mut args: Vec<&str> = if json { vec!["--json"] } else { vec![] };
         args.extend(["farm", "build", "--store", store.to_str().unwrap(), "-k", KERNEL, "--jobs", "2"]);
         args.extend(["--key", key.to_str().unwrap(), "--cert", cert.to_str().unwrap()]);
+        args.extend_from_slice(extra);
         args.extend(sources.iter().map(|s| s.to_str().unwrap()));
         self.run(&args)
     }
@@ -155,6 +160,11 @@ fn scenario(var: &str) {
     let broken_key = by_module(&status, "fbroken")["key"].as_str().unwrap().to_string();
     let log = std::fs::read_to_string(store.join("pairs").join(&broken_key).join("make.log")).unwrap();
     assert!(log.contains("fbroken.c"), "make.log of the failed pair: {log}");
+
+    // Rebuilt ignoring the store: the same bytes, unsigned and signed.
+    let check = farm.build_with(false, &sources, &["--check"]);
+    check.expect_code(0);
+    assert!(check.stdout.contains("3 of 3 stored pair(s) rebuilt identical (6 module files"), "{check}");
 
     // Nothing changed: no build at all, everything from the store; the failure stays reported.
     let again = farm.build(false, &sources);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ckms::context::Context;
 use ckms::error::Error;
-use ckms::farm::exec::{Farm, Signing};
+use ckms::farm::exec::{Checked, Farm, Signing};
 use ckms::farm::plan::{self, Plan, Work};
 use ckms::farm::report::{self, Cell, Counts};
 use ckms::farm::schedule::{self, Capacity, Job, Outcome, Progress};
@@ -59,6 +59,10 @@ pub struct BuildArgs {
     /// The certificate of --key.
     #[arg(long, value_name = "FILE", requires = "key")]
     cert: Option<PathBuf>,
+    /// Rebuild the stored pairs of the matrix, ignoring the store, and report every module
+    /// whose bytes (unsigned or signed) differ from the stored ones; nothing is stored.
+    #[arg(long, conflicts_with_all = ["dry_run", "retry_failed"])]
+    check: bool,
     /// Build again the pairs stored as failed (they are otherwise reported from the store).
     #[arg(long)]
     retry_failed: bool,
@@ -162,8 +166,18 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
         print_plan(ctx, out, &plan, &todo);
         return Ok(0);
     }
-    let outcomes =
-        if todo.is_empty() { Vec::new() } else { run_pairs(ctx, out, &store, &work, &plan, &todo, &args).await? };
+    if args.check {
+        let stored: Vec<usize> = (0..plan.pairs.len())
+            .filter(|&i| matches!(store.get(&plan.pairs[i].key), Lookup::Found(r) if r.status == Status::Built))
+            .collect();
+        let (outcomes, checked) = run_pairs(ctx, out, &store, &work, &plan, &stored, &args).await?;
+        return Ok(print_check(out, &plan, &stored, &outcomes, &checked));
+    }
+    let (outcomes, _) = if todo.is_empty() {
+        Default::default()
+    } else {
+        run_pairs(ctx, out, &store, &work, &plan, &todo, &args).await?
+    };
 
     let cells: Vec<Cell> =
         plan.pairs.iter().enumerate().map(|(i, p)| Cell { key: p.key.clone(), cached: !todo.contains(&i) }).collect();
@@ -191,6 +205,46 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
     } else {
         0
     })
+}
+
+/// `--check`'s findings: identical pairs counted, every difference named; exit 11 when one
+/// differs or could not be rebuilt.
+fn print_check(out: &Output, plan: &Plan, stored: &[usize], outcomes: &[Outcome], checked: &[Checked]) -> i32 {
+    let differing: Vec<&Checked> = checked.iter().filter(|c| !c.differs.is_empty() || c.status.is_some()).collect();
+    let not_rebuilt: Vec<String> = stored
+        .iter()
+        .zip(outcomes)
+        .filter_map(|(&i, o)| match o {
+            Outcome::NotBuilt(why) => Some(format!("{}: {why}", plan.label(i))),
+            Outcome::Done(_) => None,
+        })
+        .collect();
+    let files: usize = checked.iter().map(|c| c.compared).sum();
+    let identical = checked.len() - differing.len();
+    let doc = serde_json::json!({ "pairs": stored.len(), "identical": identical, "files": files,
+        "differing": differing.iter().map(|c| serde_json::json!({ "pair": plan.label(c.pair), "differs": c.differs,
+        "status": c.status })).collect::<Vec<_>>(), "not_rebuilt": not_rebuilt });
+    out.result(&doc, || {
+        let mut text = String::new();
+        for c in &differing {
+            text += &format!("differs: {}\n", plan.label(c.pair));
+            for d in c.status.iter().chain(&c.differs) {
+                text += &format!("  {d}\n");
+            }
+        }
+        for n in &not_rebuilt {
+            text += &format!("not rebuilt: {n}\n");
+        }
+        text + &format!(
+            "{identical} of {} stored pair(s) rebuilt identical ({files} module files, unsigned and signed)\n",
+            stored.len()
+        )
+    });
+    if differing.is_empty() && not_rebuilt.is_empty() {
+        0
+    } else {
+        SOME_FAILED
+    }
 }
 
 const MATRIX_HINT: &str = "a matrix file holds sources = [\"./mymodule\", \"deb:v4l2loopback-dkms\"] and \
@@ -236,14 +290,17 @@ async fn run_pairs(
     plan: &Plan,
     todo: &[usize],
     args: &BuildArgs,
-) -> Result<Vec<Outcome>, Error> {
+) -> Result<(Vec<Outcome>, Vec<Checked>), Error> {
     let signing = signing(ctx, args.key.as_deref().zip(args.cert.as_deref()))?;
     let conn = Arc::new(ctx.engine().await?);
     if !out.json {
         let i = &conn.info;
         eprintln!("building {} pair(s) with {:?} {} at {}", todo.len(), i.kind, i.version, i.endpoint);
     }
-    let farm = Farm::new(ctx, plan, store, work, conn, signing);
+    let mut farm = Farm::new(ctx, plan, store, work, conn, signing);
+    if args.check {
+        farm = farm.checking();
+    }
     // The schedule's jobs are the pairs to build; a dependency already stored is no wait.
     let position = |pair: usize| todo.iter().position(|&t| t == pair);
     let jobs_list: Vec<Job> = todo
@@ -268,7 +325,7 @@ async fn run_pairs(
     let progress = |p: Progress| live.event(&p);
     let outcomes = schedule::run(&jobs_list, &executor, Capacity::of_machine(args.jobs), &progress).await;
     live.finish();
-    Ok(outcomes)
+    Ok((outcomes, farm.checked()))
 }
 
 /// The schedule numbers its jobs 0..n; the farm numbers pairs.

@@ -33,6 +33,20 @@ pub struct Farm<'a> {
     pub signing: Option<Signing>,
     /// Each image's reference once provisioned.
     images: Mutex<Vec<Option<String>>>,
+    /// `--check`: rebuilt pairs are compared with their stored entry instead of stored.
+    check: Option<Mutex<Vec<Checked>>>,
+}
+
+/// What `--check` found for one pair.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Checked {
+    pub pair: usize,
+    /// Files (relative to the entry) whose bytes differ from the stored ones, each with a hint.
+    pub differs: Vec<String>,
+    /// The files compared.
+    pub compared: usize,
+    /// The rebuilt build did not end as the stored one did (built, failed, skipped).
+    pub status: Option<String>,
 }
 
 impl<'a> Farm<'a> {
@@ -45,7 +59,69 @@ impl<'a> Farm<'a> {
         signing: Option<Signing>,
     ) -> Farm<'a> {
         let images = Mutex::new(vec![None; plan.images.len()]);
-        Farm { ctx, plan, store, work, conn, signing, images }
+        Farm { ctx, plan, store, work, conn, signing, images, check: None }
+    }
+
+    /// Rebuilds compare instead of store ([`Farm::checked`] tells what they found).
+    pub fn checking(mut self) -> Self {
+        self.check = Some(Mutex::new(Vec::new()));
+        self
+    }
+
+    pub fn checked(&self) -> Vec<Checked> {
+        let mut out = self.check.as_ref().and_then(|c| c.lock().ok().map(|v| v.clone())).unwrap_or_default();
+        out.sort_by_key(|c| c.pair);
+        out
+    }
+
+    /// Compares a rebuilt entry with the stored one; a differing one is kept in
+    /// `<store>/check/<key>/` to be looked at.
+    fn compare(&self, index: usize, rebuilt: &Record, staged: tempfile::TempDir) -> Result<(), Error> {
+        let key = &self.plan.pairs[index].key;
+        let mut c = Checked { pair: index, differs: Vec::new(), compared: 0, status: None };
+        let stored = match self.store.get(key) {
+            super::store::Lookup::Found(r) => r,
+            super::store::Lookup::Damaged(why) => {
+                c.status = Some(format!("the stored entry is damaged: {why}"));
+                Box::new(rebuilt.clone())
+            }
+            super::store::Lookup::Missing => {
+                c.status = Some("the stored entry is gone".into());
+                Box::new(rebuilt.clone())
+            }
+        };
+        if stored.status != rebuilt.status {
+            c.status = Some(format!("stored {}, rebuilt {}", stored.status, rebuilt.status));
+        }
+        let dir = self.store.entry_dir(key);
+        let theirs: Vec<&super::store::StoredFile> =
+            stored.modules.iter().flat_map(|m| std::iter::once(&m.unsigned).chain(&m.signed)).collect();
+        for f in rebuilt.modules.iter().flat_map(|m| std::iter::once(&m.unsigned).chain(&m.signed)) {
+            c.compared += 1;
+            match theirs.iter().find(|t| t.file == f.file) {
+                Some(t) if t.sha256 == f.sha256 => {}
+                Some(_) => c.differs.push(format!(
+                    "{}: {}",
+                    f.file,
+                    first_difference(&dir.join(&f.file), &staged.path().join(&f.file))
+                )),
+                None => c.differs.push(format!("{}: not in the stored entry", f.file)),
+            }
+        }
+        if !c.differs.is_empty() || c.status.is_some() {
+            let keep = self.store.root().join("check").join(key);
+            let _ = std::fs::remove_dir_all(&keep);
+            if let Some(parent) = keep.parent() {
+                std::fs::create_dir_all(parent).map_err(FarmError::io(parent))?;
+            }
+            std::fs::rename(staged.keep(), &keep).map_err(FarmError::io(&keep))?;
+        }
+        if let Some(list) = &self.check {
+            if let Ok(mut v) = list.lock() {
+                v.push(c);
+            }
+        }
+        Ok(())
     }
 
     fn engine_name(&self) -> String {
@@ -123,6 +199,21 @@ impl<'a> Farm<'a> {
         }
         Ok(())
     }
+}
+
+/// Where two files first differ, and in which ELF section when both are modules: where a
+/// diffoscope would be pointed.
+fn first_difference(a: &std::path::Path, b: &std::path::Path) -> String {
+    let (Ok(x), Ok(y)) = (std::fs::read(a), std::fs::read(b)) else { return "unreadable".into() };
+    let at = x.iter().zip(&y).position(|(p, q)| p != q).unwrap_or(x.len().min(y.len()));
+    let section = crate::verify::modinfo::section_at(&x, at).map(|s| format!(" (section {s})")).unwrap_or_default();
+    format!(
+        "{} vs {} bytes, first difference at byte {at}{section}; compare with: diffoscope {} {}",
+        x.len(),
+        y.len(),
+        a.display(),
+        b.display()
+    )
 }
 
 fn copy(from: &std::path::Path, to: &std::path::Path) -> Result<(), FarmError> {
@@ -206,7 +297,11 @@ impl Executor for Farm<'_> {
             }
             Err(e) => return Err(e),
         };
-        self.store.commit(staged, &record)?;
+        if self.check.is_some() {
+            self.compare(index, &record, staged)?;
+        } else {
+            self.store.commit(staged, &record)?;
+        }
         Ok(record.status)
     }
 }

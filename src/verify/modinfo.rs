@@ -43,6 +43,32 @@ pub fn parse(elf: &[u8]) -> Result<ModInfo, String> {
 }
 
 fn section<'a>(elf: &'a [u8], wanted: &str) -> Result<Option<&'a [u8]>, String> {
+    for (name, off, len) in sections(elf)? {
+        if name == wanted {
+            return elf
+                .get(off..off.saturating_add(len))
+                .map(Some)
+                .ok_or_else(|| format!("section {wanted} out of bounds"));
+        }
+    }
+    Ok(None)
+}
+
+/// The section holding byte `at` of a module (or its appended signature): where two builds
+/// of a module differ, for `farm build --check`.
+pub fn section_at(elf: &[u8], at: usize) -> Option<String> {
+    let all = sections(elf).ok()?;
+    if let Some((name, _, _)) =
+        all.iter().filter(|(_, off, len)| *len > 0 && (*off..off + len).contains(&at)).next_back()
+    {
+        return Some(name.clone());
+    }
+    let end = all.iter().map(|(_, off, len)| off + len).max()?;
+    (at >= end).then(|| "after the sections: the section headers or the module signature".to_string())
+}
+
+/// Every section's name, offset and size, of a 64-bit little-endian ELF object.
+fn sections(elf: &[u8]) -> Result<Vec<(String, usize, usize)>, String> {
     if elf.get(..4) != Some(b"\x7fELF".as_slice()) {
         return Err("not an ELF file".into());
     }
@@ -62,18 +88,16 @@ fn section<'a>(elf: &'a [u8], wanted: &str) -> Result<Option<&'a [u8]>, String> 
         let h = shoff.checked_add(i.checked_mul(shentsize)?)?;
         Some((u32_at(h)?, u64_at(h + 0x18)?, u64_at(h + 0x20)?))
     };
-    let bytes = |off: usize, len: usize| elf.get(off..off.checked_add(len)?);
     let (_, str_off, str_len) = header(shstrndx).ok_or("bad section string table")?;
-    let names = bytes(str_off, str_len).ok_or("section string table out of bounds")?;
+    let names = elf.get(str_off..str_off.saturating_add(str_len)).ok_or("section string table out of bounds")?;
+    let mut out = Vec::new();
     for i in 0..shnum {
         let (name, off, len) = header(i).ok_or("section header out of bounds")?;
         let name_bytes = names.get(name..).unwrap_or_default();
         let end = name_bytes.iter().position(|b| *b == 0).unwrap_or(name_bytes.len());
-        if &name_bytes[..end] == wanted.as_bytes() {
-            return bytes(off, len).map(Some).ok_or_else(|| format!("section {wanted} out of bounds"));
-        }
+        out.push((String::from_utf8_lossy(&name_bytes[..end]).into_owned(), off, len));
     }
-    Ok(None)
+    Ok(out)
 }
 
 /// Modules to load before `roots`, dependencies first, each once: `depends` maps a module
