@@ -58,9 +58,7 @@ fn section<'a>(elf: &'a [u8], wanted: &str) -> Result<Option<&'a [u8]>, String> 
 /// of a module differ, for `farm build --check`.
 pub fn section_at(elf: &[u8], at: usize) -> Option<String> {
     let all = sections(elf).ok()?;
-    if let Some((name, _, _)) =
-        all.iter().filter(|(_, off, len)| *len > 0 && (*off..off + len).contains(&at)).next_back()
-    {
+    if let Some((name, _, _)) = all.iter().rfind(|(_, off, len)| *len > 0 && (*off..off + len).contains(&at)) {
         return Some(name.clone());
     }
     let end = all.iter().map(|(_, off, len)| off + len).max()?;
