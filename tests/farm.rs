@@ -1,7 +1,7 @@
 //! The prebuild farm through the binary, on each engine (fails when it is missing): a small
 //! matrix of four module sources (one builds, one builds and another builds against it, one
 //! fails in make, one is excluded by BUILD_EXCLUSIVE_KERNEL) × one kernel. Then: a re-run
-//! starts no build; `--check` rebuilds the stored pairs to the same bytes; one changed source file rebuilds exactly that module's pair; the stored
+//! starts no build; `--verify` loads the built modules in one VM; `--check` rebuilds the stored pairs to the same bytes; one changed source file rebuilds exactly that module's pair; the stored
 //! modules are signed with the given key and their unsigned twins are kept; `status --json`;
 //! the HTML report rendered by Debian's chromium (headless), its cells counted in the page;
 //! an unknown kernel fails before anything is built.
@@ -165,6 +165,15 @@ fn scenario(var: &str) {
     let check = farm.build_with(false, &sources, &["--check"]);
     check.expect_code(0);
     assert!(check.stdout.contains("3 of 3 stored pair(s) rebuilt identical (6 module files"), "{check}");
+
+    // Proof of load: one VM for the kernel loads the three built pairs' modules.
+    let verify = farm.build_with(false, &sources, &["--verify"]);
+    verify.expect_code(11);
+    assert!(verify.stdout.contains(&format!("{KERNEL}: 3 pair(s) loaded in one VM")), "{verify}");
+    let status = farm.status();
+    for m in ["hello", "fbase", "ftop"] {
+        assert_eq!(by_module(&status, m)["loaded"], true, "{m}: {status:?}");
+    }
 
     // Nothing changed: no build at all, everything from the store; the failure stays reported.
     let again = farm.build(false, &sources);

@@ -59,6 +59,9 @@ pub struct BuildArgs {
     /// The certificate of --key.
     #[arg(long, value_name = "FILE", requires = "key")]
     cert: Option<PathBuf>,
+    /// Prove the modules load: one VM per kernel boots it and loads every module built for it.
+    #[arg(long)]
+    verify: bool,
     /// Rebuild the stored pairs of the matrix, ignoring the store, and report every module
     /// whose bytes (unsigned or signed) differ from the stored ones; nothing is stored.
     #[arg(long, conflicts_with_all = ["dry_run", "retry_failed"])]
@@ -195,11 +198,29 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
     for line in &not_built {
         ctx.reporter().warn(format!("not built: {line}"));
     }
+    let booted = if args.verify {
+        let conn = ctx.engine().await?;
+        ckms::farm::proof::verify(ctx, &conn.engine, &plan, &store).await?
+    } else {
+        Vec::new()
+    };
+    let not_loaded: usize = booted.iter().map(|b| b.failed.len()).sum();
     let summary = serde_json::json!({ "pairs": plan.pairs.len(), "built_now": todo.len() - not_built.len(),
-        "not_built": not_built.len(), "counts": counts, "store": store.root() });
-    out.result(&summary, || format!("{} pair(s): {counts}; {} not built\n", plan.pairs.len(), not_built.len()));
+        "not_built": not_built.len(), "counts": counts, "store": store.root(), "verified": booted });
+    out.result(&summary, || {
+        let mut text = String::new();
+        for b in &booted {
+            text += &format!("{}: {} pair(s) loaded in one VM ({:.1} s)\n", b.kernel, b.loaded, b.seconds);
+            for f in &b.failed {
+                text += &format!("  NOT loaded: {f}\n");
+            }
+        }
+        text + &format!("{} pair(s): {counts}; {} not built\n", plan.pairs.len(), not_built.len())
+    });
     Ok(if counts.failed > 0 || !not_built.is_empty() {
         SOME_FAILED
+    } else if not_loaded > 0 {
+        ckms::diagnose::code::NOT_LOADED
     } else if todo.is_empty() {
         NOTHING_TO_DO
     } else {

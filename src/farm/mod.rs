@@ -9,6 +9,7 @@
 pub mod exec;
 pub mod key;
 pub mod plan;
+pub mod proof;
 pub mod report;
 pub mod schedule;
 pub mod select;

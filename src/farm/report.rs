@@ -57,6 +57,9 @@ pub struct Line<'r> {
     pub key: &'r str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'r str>,
+    /// From `--verify`: whether its modules loaded in a VM running the kernel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loaded: Option<bool>,
 }
 
 pub fn line(r: &Record, cached: bool) -> Line<'_> {
@@ -76,6 +79,7 @@ pub fn line(r: &Record, cached: bool) -> Line<'_> {
         seconds: r.seconds,
         key: &r.key,
         reason: r.reason.as_deref(),
+        loaded: r.proof.as_ref().map(|p| p.loaded),
     }
 }
 
@@ -168,6 +172,7 @@ pub fn html(store: &Store, cells: &[(Record, bool)]) -> Result<String, FarmError
                                 "reason": r.reason,
                                 "log": log,
                                 "key": r.key,
+                                "proof": r.proof,
                             })
                         }
                         None => serde_json::json!({ "status": "none" }),
