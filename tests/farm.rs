@@ -4,7 +4,8 @@
 //! starts no build; `--verify` loads the built modules in one VM; `--check` rebuilds the stored pairs to the same bytes; one changed source file rebuilds exactly that module's pair; the stored
 //! modules are signed with the given key and their unsigned twins are kept; `status --json`;
 //! the HTML report rendered by Debian's chromium (headless), its cells counted in the page;
-//! an unknown kernel fails before anything is built.
+//! an unknown kernel fails before anything is built. And the faults: kill -9 mid-matrix, a
+//! full disk under the store, a hostile module in the matrix.
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -226,6 +227,81 @@ fn chromium(html: &Path, dir: &Path) -> (String, PathBuf) {
     (dom, shot)
 }
 
+/// Faults: `kill -9` in the middle of a matrix, a store on a full disk, a hostile module
+/// beside the others.
+fn faults(var: &str) {
+    let farm = Farm { engine: engine_host(var), dir: tempfile::tempdir().unwrap() };
+    let src = farm.dir.path().join("src");
+    let mods: Vec<PathBuf> =
+        (1..=4).map(|i| module(&src, &format!("fk{i}"), "", &format!("obj-m := fk{i}.o\n"), C)).collect();
+    let key = farm.dir.path().join("mok.key");
+    let cert = farm.dir.path().join("mok.pub");
+    farm.run(&["generate-mok", "--key", key.to_str().unwrap(), "--cert", cert.to_str().unwrap()]).expect_code(0);
+    let sources: Vec<&Path> = mods.iter().map(PathBuf::as_path).collect();
+
+    // kill -9 once the first pair is stored: the next run rebuilds only the others.
+    let store = farm.store();
+    let cache = shared_cache();
+    let mut args = vec!["--engine", &farm.engine, "--cache-dir", cache.to_str().unwrap(), "--json", "farm", "build"];
+    args.extend(["--store", store.to_str().unwrap(), "-k", KERNEL, "--jobs", "1"]);
+    args.extend(["--key", key.to_str().unwrap(), "--cert", cert.to_str().unwrap()]);
+    args.extend(sources.iter().map(|s| s.to_str().unwrap()));
+    let mut child = ckms(&args).spawn();
+    let stdout = child.stdout.take().unwrap();
+    let finished = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .map_while(Result::ok)
+        .find(|l| l.contains("\"event\":\"finished\""));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(finished.is_some(), "the first run never finished a pair");
+    let stored = support::entries(&store.join("pairs")).len();
+    assert!((1..4).contains(&stored), "{stored} pairs stored before the kill");
+    let rerun = farm.build(true, &sources);
+    rerun.expect_code(0);
+    assert!(!rerun.stderr.contains("damaged"), "{rerun}");
+    assert_eq!(rerun.json_result()["built_now"], 4 - stored, "{rerun}");
+    assert!(support::entries(&store.join("tmp")).is_empty(), "{rerun}");
+
+    // A store on a full disk: a clear error, nothing half-stored; with space, the same command builds.
+    let small = support::Tmpfs::mount("12k");
+    let full = Farm { engine: farm.engine.clone(), dir: tempfile::tempdir().unwrap() };
+    std::fs::copy(&key, full.dir.path().join("mok.key")).unwrap();
+    std::fs::copy(&cert, full.dir.path().join("mok.pub")).unwrap();
+    std::os::unix::fs::symlink(small.path(), full.store()).unwrap();
+    let one = [sources[0]];
+    let refused = full.build(false, &one);
+    refused.expect_code(11);
+    assert!(
+        refused.stderr.contains("No space left on device") && refused.stderr.contains("disk holding the store is full"),
+        "{refused}"
+    );
+    assert!(support::entries(&small.path().join("pairs")).is_empty(), "{refused}");
+    assert!(support::entries(&small.path().join("tmp")).is_empty(), "{refused}");
+    let remount = Command::new("mount").args(["-o", "remount,size=4m"]).arg(small.path()).output().unwrap();
+    assert!(remount.status.success());
+    full.build(false, &one).expect_code(0);
+
+    // A hostile module that tries to change a sibling's source and its stored result: it is
+    // contained (the sibling's source is read-only, the store is not in the container).
+    let victim = mods[0].clone();
+    let before = std::fs::read(victim.join("fk1.c")).unwrap();
+    let hostile = module(
+        &src,
+        "fevil",
+        "BUILD_DEPENDS[0]=\"fk1\"\n",
+        "obj-m := fevil.o\n$(shell echo pwned > /usr/src/fk1-1.0/fk1.c; echo pwned > /var/lib/dkms/fk1/1.0/source/fk1.c; \
+         find / -name result.json -exec sh -c 'echo pwned > {}' \\; 2>/dev/null)\n",
+        C,
+    );
+    let mut with_hostile = sources.clone();
+    with_hostile.push(&hostile);
+    let run = farm.build(true, &with_hostile);
+    assert!([0, 11].contains(&run.code), "{run}");
+    assert_eq!(std::fs::read(victim.join("fk1.c")).unwrap(), before);
+    let again = farm.build(true, &sources);
+    again.expect_code(77); // every fk pair still in the store, undamaged
+}
+
 #[test]
 fn farm_on_docker() {
     scenario("CKMS_TEST_DOCKER_HOST");
@@ -234,4 +310,14 @@ fn farm_on_docker() {
 #[test]
 fn farm_on_podman() {
     scenario("CKMS_TEST_PODMAN_HOST");
+}
+
+#[test]
+fn farm_faults_on_docker() {
+    faults("CKMS_TEST_DOCKER_HOST");
+}
+
+#[test]
+fn farm_faults_on_podman() {
+    faults("CKMS_TEST_PODMAN_HOST");
 }

@@ -177,7 +177,10 @@ pub async fn run(
                 progress(Progress::Finished { index: i, status: r.as_ref().ok().copied(), seconds });
                 outcomes[i] = Some(match r {
                     Ok(status) => Outcome::Done(status),
-                    Err(e) => Outcome::NotBuilt(e.to_string()),
+                    Err(e) => Outcome::NotBuilt(match e.hint() {
+                        Some(hint) => format!("{e}. {hint}"),
+                        None => e.to_string(),
+                    }),
                 });
             }
         }

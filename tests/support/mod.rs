@@ -116,6 +116,12 @@ impl Ckms {
         self
     }
 
+    /// Starts it with stdout piped (to be read as it runs, and killed).
+    pub fn spawn(mut self) -> std::process::Child {
+        self.cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+        self.cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", self.shown.join(" ")))
+    }
+
     pub fn run(mut self) -> Outcome {
         let command = self.envs.iter().chain(&self.shown).cloned().collect::<Vec<_>>().join(" ");
         let out = self.cmd.output().unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
