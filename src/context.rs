@@ -19,13 +19,21 @@ pub struct Context {
     pub report: Arc<dyn Reporter>,
     /// Ask mirrors for fresh indexes even when the cached ones are recent.
     pub refresh: bool,
+    /// Indexes loaded so far, by profile: one invocation reads each once however many builds
+    /// ask (the farm's pairs; a build and its BUILD_DEPENDS).
+    indexes: Arc<tokio::sync::Mutex<std::collections::HashMap<String, Arc<Index>>>>,
 }
 
 impl Context {
     pub fn new(config: Config, report: Arc<dyn Reporter>, refresh: bool) -> Result<Context, Error> {
         let catalog = Catalog::load(&crate::profile::data_dirs())?;
         let cache = Cache::open(config.cache_root())?;
-        Ok(Context { config, catalog, cache, report, refresh })
+        Ok(Context::of(config, catalog, cache, report, refresh))
+    }
+
+    /// A context of parts already loaded (tests, other profile directories).
+    pub fn of(config: Config, catalog: Catalog, cache: Cache, report: Arc<dyn Reporter>, refresh: bool) -> Context {
+        Context { config, catalog, cache, report, refresh, indexes: Arc::default() }
     }
 
     /// The same context, telling `report` instead.
@@ -36,6 +44,7 @@ impl Context {
             cache: self.cache.clone(),
             report,
             refresh: self.refresh,
+            indexes: self.indexes.clone(),
         }
     }
 
@@ -51,14 +60,25 @@ impl Context {
         })
     }
 
-    pub async fn index(&self, profile: &Profile) -> Result<Index, Error> {
+    pub async fn index(&self, profile: &Profile) -> Result<Arc<Index>, Error> {
+        // Held while loading, so that concurrent callers wait for one load.
+        let mut loaded = self.indexes.lock().await;
+        if let Some(index) = loaded.get(&profile.name) {
+            return Ok(index.clone());
+        }
         let suites = self.config.suites(&self.catalog, profile)?;
         let opts = self.config.repo_options(profile, self.refresh);
-        Ok(repo::load_index(&self.cache, &suites, &opts, self.reporter()).await?)
+        let index = Arc::new(repo::load_index(&self.cache, &suites, &opts, self.reporter()).await?);
+        loaded.insert(profile.name.clone(), index.clone());
+        Ok(index)
     }
 
     /// Finds the profile offering `release` (only among `profile` when given), with its index.
-    pub async fn find_kernel(&self, release: &str, profile: Option<&str>) -> Result<(&Profile, Index, Kernel), Error> {
+    pub async fn find_kernel(
+        &self,
+        release: &str,
+        profile: Option<&str>,
+    ) -> Result<(&Profile, Arc<Index>, Kernel), Error> {
         let mut offered = Vec::new();
         let mut candidates = self.profiles(profile)?;
         // Read only the indexes of profiles whose naming fits; all of them if none does, so
@@ -90,7 +110,7 @@ impl Context {
 pub struct Builder<'a> {
     pub image: crate::image::Built,
     pub profile: &'a Profile,
-    pub index: Index,
+    pub index: Arc<Index>,
     pub kernel: Kernel,
 }
 

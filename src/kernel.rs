@@ -112,6 +112,12 @@ pub async fn config(
         .candidate(&kernel.headers_package)
         .ok_or_else(|| err("the package is no longer in the index".into()))?
         .to_package();
+    // Read once per headers package: finding .config means decompressing much of the package,
+    // which every build of every module for this kernel would otherwise repeat.
+    let saved = cache.dir("kernel-config").ok().map(|d| d.join(&package.sha256));
+    if let Some(text) = saved.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
+        return Ok(text.strip_prefix("present\n").map(str::to_string));
+    }
     crate::repo::fetch_packages(cache, std::slice::from_ref(&package), report)
         .await
         .map_err(|source| KernelError::Resolve { release: kernel.release.clone(), source })?;
@@ -124,7 +130,16 @@ pub async fn config(
     })
     .await
     .map_err(|e| err(e.to_string()))?;
-    Ok(found.map_err(err)?.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    let config = found.map_err(err)?.map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
+    if let Some(path) = saved {
+        // A hint only: when it cannot be written, the next build reads the package again.
+        let text = config.as_ref().map_or("absent\n".to_string(), |c| format!("present\n{c}"));
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        if std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    Ok(config)
 }
 
 /// Up to `n` releases from `offered` (oldest first) that look most like `wanted`; among

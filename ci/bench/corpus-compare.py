@@ -8,10 +8,12 @@ A package matches when every module it ships either built on both sides into exa
 module file names (compression suffix included: both compress as the kernel's own modules are),
 or was skipped on both (exit 77, BUILD_EXCLUSIVE), or failed on both (any other non-zero exit;
 then both reasons are shown: the first error line of each make.log).
-usage: corpus-compare.py OUT
+usage: corpus-compare.py [--from-store STORE] OUT
+  --from-store: first write the farm's results (a `ckms farm build` store) as OUT/ckms.
 """
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -142,8 +144,33 @@ def env(path):
     return dict(l.split("=", 1) for l in read(path).splitlines() if "=" in l)
 
 
+def from_store(store, out):
+    """Writes the pairs of the farm's last run as the per-package layout of ckms's build mode."""
+    for cell in json.loads((store / "matrix.json").read_text()):
+        entry = store / "pairs" / cell["key"]
+        r = json.loads((entry / "result.json").read_text())
+        package = r["source"].get("package") or r["source"]["given"].removeprefix("deb:")
+        d = out / "ckms" / "pkgs" / package
+        md = d / r["module"]
+        md.mkdir(parents=True, exist_ok=True)
+        (d / "install").write_text("ok\n")
+        with open(d / "modules", "a") as f:
+            f.write("%s %s\n" % (r["module"], r["version"]))
+        (md / "exit").write_text("%d\n" % r["exit_code"])
+        (md / "secs").write_text("%.2f\n" % r["seconds"])
+        files = sorted(Path((m.get("signed") or m["unsigned"])["file"]).name for m in r["modules"])
+        (md / "files").write_text("".join(f + "\n" for f in files))
+        if (entry / "make.log").exists():
+            shutil.copy(entry / "make.log", md / "make.log")
+        (md / "out").write_text((r.get("reason") or "") + "\n")
+
+
 def main():
-    out = Path(sys.argv[1])
+    args = sys.argv[1:]
+    if args[:1] == ["--from-store"]:
+        from_store(Path(args[1]), Path(args[2]))
+        args = args[2:]
+    out = Path(args[0])
     run = env(out / "run.env")
     corpus = json.loads((out / "corpus.json").read_text())
     ref_env = read(out / "ref" / "env")
@@ -187,6 +214,14 @@ def main():
         "(sources fetched and unpacked, builder image); whole run %s s."
         % (ref_setup, ckms_setup, run.get("total_secs", "?")),
     ]
+    farm = env(out / "ckms" / "env")
+    if "farm_cold_secs" in farm:
+        foot.append(
+            "ckms farm, %s packages at once: cold (empty store) %s s (exit %s, peak RSS %s KiB), warm re-run "
+            "%s s (exit %s, peak RSS %s KiB); dkms one after another: %.1f s (sum of the rows)."
+            % (totals["packages"], farm["farm_cold_secs"], farm.get("farm_cold_exit"),
+               farm.get("farm_cold_peak_rss_kib"), farm.get("farm_warm_secs"), farm.get("farm_warm_exit"),
+               farm.get("farm_warm_peak_rss_kib"), totals["ref"]))
     table = "\n".join(head + rows + foot) + "\n"
     (out / "table.md").write_text(table)
     print(table)

@@ -8,11 +8,15 @@
 #         installs dkms, linux-headers-K, linux-image-K and all the packages (their Depends too),
 #         then `dkms build -m M -v V -k K` per module (ci/bench/corpus-reference.sh). Always Docker:
 #         rootless Podman's networking does not reach the mirror here.
-#   ckms: the same packages through the profile's signed index into one source tree per run,
-#         then `ckms build -m M -v V -k K` per module (release build, engine selectable).
-# The two sides alternate per package, so that the machine's load hits both alike.
+#   ckms, -m farm (default): once dkms has built every package one after another, one
+#         `ckms farm build --store S -k K deb:P1 deb:P2 ...` (the packages through the profile's
+#         signed index, their Depends in the images), cold (empty store), timed as a whole;
+#         then the same command again (warm: nothing to build), timed.
+#   ckms, -m build: `ckms add deb:P` into one source tree per run, then `ckms build -m M -v V
+#         -k K` per module, alternating with dkms per package, so that the machine's load hits
+#         both alike.
 #
-# usage: ci/bench/corpus.sh [-k KERNEL] [-e ENGINE] [-p PACKAGE]... [-o DIR] [-s SIDES]
+# usage: ci/bench/corpus.sh [-k KERNEL] [-e ENGINE] [-p PACKAGE]... [-o DIR] [-s SIDES] [-m MODE]
 #   -k KERNEL   a release (6.1.0-56-amd64), or one of the issue's four: bookworm (6.1.0-56-amd64),
 #               bookworm-6.12, trixie, sid (the newest 6.12.*+deb12, 6.12.*+deb13, 7.*+deb14).
 #               Default: bookworm.
@@ -22,6 +26,7 @@
 #   -o DIR      where results go (default /var/tmp/ckms-corpus/<kernel>-<time>): results.jsonl,
 #               table.md, and per side and package the exit code, module files, make.log, time.
 #   -s SIDES    dkms,ckms (default), or one of them (the other's results are then left out).
+#   -m MODE     farm (default) or build: how the ckms side builds (above).
 # Run as root after ci/setup-engines.sh. Env: CKMS_TEST_CACHE (ckms's cache, default
 # target/ckms-test-cache), CORPUS_BUILD_TIMEOUT (seconds per build, default 3600).
 set -euo pipefail
@@ -30,15 +35,16 @@ bench=$PWD/ci/bench
 # shellcheck source=ci/bench/corpus-lib.sh
 . "$bench/corpus-lib.sh"
 
-kernel=bookworm engine=podman out='' sides=dkms,ckms
+kernel=bookworm engine=podman out='' sides=dkms,ckms mode=farm
 packages=()
-while getopts k:e:p:o:s:h opt; do
+while getopts k:e:p:o:s:m:h opt; do
   case $opt in
     k) kernel=$OPTARG ;;
     e) engine=$OPTARG ;;
     p) packages+=("$OPTARG") ;;
     o) out=$OPTARG ;;
     s) sides=$OPTARG ;;
+    m) mode=$OPTARG ;;
     *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
   esac
 done
@@ -51,6 +57,7 @@ mkdir -p "$CKMS_TEST_CACHE"
 # This checkout's profiles and recipes, whatever an installed ckms left in /etc or /usr/share/ckms.
 export CKMS_DATA_DIR=$PWD
 command -v mmdebstrap >/dev/null || apt-get install -y -q mmdebstrap >/dev/null
+[[ -x /usr/bin/time ]] || apt-get install -y -q time >/dev/null
 cargo build --quiet --release
 ckms_bin=$PWD/target/release/ckms
 ckms() { "$ckms_bin" --engine "$engine" --cache-dir "$CKMS_TEST_CACHE" "$@"; }
@@ -92,6 +99,7 @@ kernel=$kernel
 profile=$profile
 suite=$suite
 engine=$engine
+mode=$mode
 packages=${#corpus[@]}
 host_nproc=$(nproc)
 started=$(date -u +%FT%TZ)
@@ -132,36 +140,25 @@ for s in json.load(open(sys.argv[1]))["suites"]: print("deb %s %s main" % (s["mi
 ref_build() { docker exec "$ref_container" bash /corpus/corpus-reference.sh build "$kernel" /out "$1"; }
 
 # ---- ckms ----------------------------------------------------------------------------------
-src=$out/ckms/src tree=$out/ckms/tree debs=/var/tmp/ckms-corpus/debs
-# Puts PACKAGE's /usr/src into the run's source tree; writes its "<module> <version>" lines to
-# $out/ckms/pkgs/PACKAGE/modules. Stand-in until `ckms add deb:PACKAGE --profile P` (branch
-# srctree) is in main: the .deb at the URL the signed index names, checked against its SHA-256.
+src=$out/ckms/src tree=$out/ckms/tree store=$out/ckms/store
+# Adds PACKAGE from the profile's signed repository (its source, and its Depends for the build);
+# writes its "<module> <version>" line to $out/ckms/pkgs/PACKAGE/modules.
 ckms_add() {
-  local p=$1 url sha stage d=$out/ckms/pkgs/$1
-  read -r url sha < <(python3 -c 'import json,sys
-p = next(p for p in json.load(open(sys.argv[1]))["packages"] if p["name"] == sys.argv[2])
-print(p["url"], p["sha256"])' "$out/corpus.json" "$p")
-  mkdir -p "$debs" "$src" "$d"
-  if [[ ! -f $debs/$sha.deb ]]; then
-    curl -fsSL -o "$debs/$sha.part" "$url" || die "download $url failed"
-    echo "$sha  $debs/$sha.part" | sha256sum -c --quiet - || die "$url does not match the signed index"
-    mv "$debs/$sha.part" "$debs/$sha.deb"
-  fi
-  stage=$(mktemp -d)
-  dpkg-deb -x "$debs/$sha.deb" "$stage"
-  if [[ -d $stage/usr/src ]]; then
-    find "$stage/usr/src" -mindepth 2 -maxdepth 2 -name dkms.conf | module_versions >"$d/modules"
-    cp -a "$stage/usr/src/." "$src/"
+  local p=$1 d=$out/ckms/pkgs/$1 added
+  mkdir -p "$d"
+  if added=$(ckms_result add "deb:$p" --profile "$profile" --sourcetree "$src" --dkmstree "$tree" 2>"$d/add.log"); then
+    python3 -c 'import json,sys; r = json.loads(sys.argv[1]); print(r["module"], r["version"])' "$added" >"$d/modules"
+    echo ok >"$d/install"
   else
-    : >"$d/modules"
+    { echo "not added"; tail -n 3 "$d/add.log"; } >"$d/install"
   fi
-  rm -rf "$stage"
-  echo ok >"$d/install"
 }
 ckms_setup() {
   local t0 p
   t0=$(now)
-  for p in "${corpus[@]}"; do ckms_add "$p"; done
+  if [[ $mode == build ]]; then
+    for p in "${corpus[@]}"; do ckms_add "$p"; done
+  fi
   ckms -q image build -k "$kernel" >/dev/null
   echo "setup_secs=$(elapsed "$t0")" >"$out/ckms/env"
 }
@@ -192,11 +189,27 @@ if want_side ckms; then ckms_setup; fi
 for p in "${corpus[@]}"; do
   echo "corpus: $p" >&2
   if want_side dkms && [[ $(head -n1 "$out/ref/pkgs/$p/install") == ok ]]; then ref_build "$p"; fi
-  if want_side ckms; then ckms_build "$p"; fi
+  if want_side ckms && [[ $mode == build ]]; then ckms_build "$p"; fi
 done
+if want_side ckms && [[ $mode == farm ]]; then
+  # Cold (empty store), then warm (nothing changed); then the store read back per package.
+  farm_args=(farm build --store "$store" -k "$kernel" --profile "$profile" "${corpus[@]/#/deb:}")
+  for run in cold warm; do
+    echo "corpus: ckms farm build ($run)" >&2
+    t0=$(now)
+    rc=0
+    /usr/bin/time -f 'peak_rss_kib=%M' -o "$out/ckms/farm-$run.rss" "$ckms_bin" --engine "$engine" \
+      --cache-dir "$CKMS_TEST_CACHE" --json "${farm_args[@]}" >"$out/ckms/farm-$run.jsonl" 2>"$out/ckms/farm-$run.err" || rc=$?
+    echo "farm_${run}_secs=$(elapsed "$t0")" >>"$out/ckms/env"
+    echo "farm_${run}_exit=$rc" >>"$out/ckms/env"
+    sed "s/^/farm_${run}_/" "$out/ckms/farm-$run.rss" >>"$out/ckms/env"
+  done
+fi
 cat >>"$out/run.env" <<EOF
 finished=$(date -u +%FT%TZ)
 load_at_end=$(cut -d' ' -f1-3 /proc/loadavg)
 total_secs=$(elapsed "$t_all")
 EOF
-python3 "$bench/corpus-compare.py" "$out"
+from_store=()
+if want_side ckms && [[ $mode == farm ]]; then from_store=(--from-store "$store"); fi
+python3 "$bench/corpus-compare.py" "${from_store[@]}" "$out"

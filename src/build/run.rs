@@ -89,6 +89,8 @@ pub struct Built {
     pub log: Vec<u8>,
     /// make.log, if the build got that far.
     pub make_log: Option<PathBuf>,
+    /// How long make ran, as the driver measured it (a statistic: the build could forge it).
+    pub make_seconds: Option<f64>,
     /// The stripped modules, one per planned module that was built.
     pub modules: Vec<PathBuf>,
 }
@@ -205,6 +207,10 @@ pub async fn run_build(
         refused,
         log: outcome.log,
         make_log,
+        make_seconds: std::fs::read_to_string(dest.join("make.us"))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .map(|us| us as f64 / 1e6),
         modules,
     };
     Ok(Ran::Built { plan, built })

@@ -205,8 +205,10 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
         Vec::new()
     };
     let not_loaded: usize = booted.iter().map(|b| b.failed.len()).sum();
+    let overhead = report::overhead(&matrix);
     let summary = serde_json::json!({ "pairs": plan.pairs.len(), "built_now": todo.len() - not_built.len(),
-        "not_built": not_built.len(), "counts": counts, "store": store.root(), "verified": booted });
+        "not_built": not_built.len(), "counts": counts, "store": store.root(), "verified": booted,
+        "overhead_median_seconds": overhead });
     out.result(&summary, || {
         let mut text = String::new();
         for b in &booted {
@@ -214,6 +216,9 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
             for f in &b.failed {
                 text += &format!("  NOT loaded: {f}\n");
             }
+        }
+        if let Some(o) = overhead {
+            text += &format!("per pair beyond make: {o:.2} s (median)\n");
         }
         text + &format!("{} pair(s): {counts}; {} not built\n", plan.pairs.len(), not_built.len())
     });

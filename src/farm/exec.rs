@@ -188,6 +188,7 @@ impl<'a> Farm<'a> {
             copy(&log, &staged.join("make.log"))?;
             record.make_log = Some(stored_file(staged, "make.log")?);
         }
+        record.make_seconds = manifest.make_seconds;
         if let (Some(s), Some(hash)) = (&self.signing, &manifest.sig_hash) {
             if manifest.signed_by.is_some() {
                 record.signer = Some(super::store::Signer {

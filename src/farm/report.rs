@@ -54,6 +54,9 @@ pub struct Line<'r> {
     pub cached: bool,
     pub modules: Vec<&'r str>,
     pub seconds: f64,
+    /// How long make ran in the container (the rest of `seconds` is ckms's per-pair cost).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub make_seconds: Option<f64>,
     pub key: &'r str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'r str>,
@@ -77,6 +80,7 @@ pub fn line(r: &Record, cached: bool) -> Line<'_> {
             .map(|f| file_name(&f.file))
             .collect(),
         seconds: r.seconds,
+        make_seconds: r.make_seconds,
         key: &r.key,
         reason: r.reason.as_deref(),
         loaded: r.proof.as_ref().map(|p| p.loaded),
@@ -119,6 +123,14 @@ impl std::fmt::Display for Counts {
             self.built, self.failed, self.skipped, self.cached
         )
     }
+}
+
+/// The median of what pairs built now cost beyond their make (seconds), when make ran.
+pub fn overhead(cells: &[(Record, bool)]) -> Option<f64> {
+    let mut o: Vec<f64> =
+        cells.iter().filter(|(_, cached)| !cached).filter_map(|(r, _)| Some(r.seconds - r.make_seconds?)).collect();
+    o.sort_by(f64::total_cmp);
+    (!o.is_empty()).then(|| o[o.len() / 2])
 }
 
 /// The text table of `farm status`.

@@ -244,6 +244,7 @@ impl Lifecycle<'_> {
             post_remove: plan.hooks.post_remove.clone(),
             sig_hash: kconfig.as_deref().and_then(crate::sign::kernel_hash),
             signed_by: signing.as_ref().map(|(signer, _)| signer.fingerprint()),
+            make_seconds: built.make_seconds,
         };
         manifest.write(&staged)?;
 

@@ -8,7 +8,7 @@ use super::LifecycleError;
 
 pub const FILE: &str = "ckms.json";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub module: String,
     pub version: String,
@@ -28,6 +28,9 @@ pub struct Manifest {
     /// SHA-256 of the certificate whose key signed the modules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed_by: Option<String>,
+    /// How long make ran in the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub make_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

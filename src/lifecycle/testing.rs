@@ -30,6 +30,7 @@ pub fn built(root: &Path, module: &[u8], sig_hash: bool) -> crate::tree::Roots {
         post_remove: None,
         sig_hash: sig_hash.then(|| "sha256".into()),
         signed_by: None,
+        make_seconds: None,
     }
     .write(&dir)
     .unwrap();
@@ -45,11 +46,11 @@ pub fn context(root: &Path) -> crate::context::Context {
     ];
     let env = env.into_iter().map(|(k, v)| (k.to_string(), v.display().to_string())).collect();
     let config = crate::config::Config::load_from(&[], env).unwrap();
-    crate::context::Context {
-        catalog: crate::profile::Catalog::load(&[]).unwrap(),
-        cache: crate::cache::Cache::open(root.join("cache")).unwrap(),
-        report: std::sync::Arc::new(crate::report::Silent),
-        refresh: false,
+    crate::context::Context::of(
         config,
-    }
+        crate::profile::Catalog::load(&[]).unwrap(),
+        crate::cache::Cache::open(root.join("cache")).unwrap(),
+        std::sync::Arc::new(crate::report::Silent),
+        false,
+    )
 }

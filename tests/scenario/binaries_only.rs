@@ -107,13 +107,13 @@ async fn other_machine(engine: &str, tarball: &Path, cert: &Path) -> (BTreeMap<S
         .await
         .unwrap_or_else(|e| panic!("{engine} does not answer: {e}"));
     let config = ckms::config::Config::load_from(&[], BTreeMap::new()).unwrap();
-    let ctx = ckms::context::Context {
-        catalog: ckms::profile::Catalog::load(&[fixture("host-image")]).unwrap(),
-        cache: ckms::cache::Cache::open(shared_cache()).unwrap(),
-        report: std::sync::Arc::new(ckms::report::Silent),
-        refresh: false,
+    let ctx = ckms::context::Context::of(
         config,
-    };
+        ckms::profile::Catalog::load(&[fixture("host-image")]).unwrap(),
+        ckms::cache::Cache::open(shared_cache()).unwrap(),
+        std::sync::Arc::new(ckms::report::Silent),
+        false,
+    );
     let (profile, index, kernel) = ctx.find_kernel(KERNEL, None).await.unwrap_or_else(|e| panic!("{e}"));
     let recipe = ctx.catalog.recipe("host").unwrap();
     let plan = ckms::image::plan(profile, recipe, &index, &kernel, &[]).unwrap();

@@ -52,13 +52,13 @@ pub fn context() -> Context {
     let cache_dir = crate::support::shared_cache();
     let env = BTreeMap::from([("CKMS_CACHE_DIR".to_string(), cache_dir.display().to_string())]);
     let config = Config::load_from(&[], env).expect("an empty configuration loads");
-    Context {
+    Context::of(
         config,
-        catalog: Catalog::load(&[]).expect("the built-in profiles load"),
-        cache: Cache::open(cache_dir).expect("the shared test cache opens"),
-        report: Arc::new(Silent),
-        refresh: false,
-    }
+        Catalog::load(&[]).expect("the built-in profiles load"),
+        Cache::open(cache_dir).expect("the shared test cache opens"),
+        Arc::new(Silent),
+        false,
+    )
 }
 
 /// The name of the profile offering `kernel` (e.g. `debian-trixie` for `6.12.117+deb13-amd64`).
@@ -68,7 +68,7 @@ pub async fn profile_of(ctx: &Context, kernel: &str) -> String {
 }
 
 /// The verified index of `profile` (from the shared cache when recent).
-pub async fn index(ctx: &Context, profile: &str) -> Index {
+pub async fn index(ctx: &Context, profile: &str) -> Arc<Index> {
     let p = ctx.catalog.profile(profile).unwrap_or_else(|e| panic!("profile {profile}: {e}"));
     ctx.index(p).await.unwrap_or_else(|e| panic!("index of {profile}: {e}"))
 }
