@@ -537,7 +537,10 @@ fn sandbox_advice(log: &[u8], pids: i64) -> Option<String> {
     (!advice.is_empty()).then(|| advice.join(". "))
 }
 
-/// Replaces `to` by the complete directory `from` (same filesystem): the old one is moved
+/// errno of a rename across file systems.
+const EXDEV: i32 = 18;
+
+/// Replaces `to` by the complete directory `from` (copied when on another file system): the old one is moved
 /// aside first and removed after, so `to` is always either the old or the new result.
 pub(super) fn commit_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     let parent = to.parent().unwrap_or(Path::new("/"));
@@ -547,7 +550,13 @@ pub(super) fn commit_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     if had_old {
         std::fs::rename(to, &old)?;
     }
-    std::fs::rename(from, to)?;
+    if let Err(e) = std::fs::rename(from, to) {
+        // Another file system (a separate /var): copied beside `to` first, then renamed.
+        if e.raw_os_error() != Some(EXDEV) {
+            return Err(e);
+        }
+        super::add::copy_tree(from, to)?;
+    }
     std::fs::set_permissions(to, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     if had_old {
         std::fs::remove_dir_all(&old)?;
