@@ -214,3 +214,65 @@ fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::farm::store::tests::stage;
+
+    /// A store with three pairs: two kernels of one module (one failed with a log), one of another.
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        for (key, module, kernel, status) in [
+            ("k1", "hello", "6.1.0-56-amd64", Status::Built),
+            ("k2", "hello", "6.12.118+deb13-amd64", Status::Failed),
+            ("k3", "<b>evil</b>", "6.1.0-56-amd64", Status::Skipped),
+        ] {
+            let (staged, mut r) = stage(&store, key, b"\x7fELF");
+            (r.module, r.kernel, r.status) = (module.into(), kernel.into(), status);
+            if status == Status::Failed {
+                std::fs::write(staged.path().join("make.log"), "hello.c:1: error: <oops>\n").unwrap();
+                r.make_log = Some(crate::farm::store::stored_file(staged.path(), "make.log").unwrap());
+            }
+            store.commit(staged, &r).unwrap();
+        }
+        save_matrix(
+            &store,
+            &[
+                Cell { key: "k1".into(), cached: true },
+                Cell { key: "k2".into(), cached: false },
+                Cell { key: "k3".into(), cached: false },
+            ],
+        )
+        .unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn the_matrix_is_the_last_run_with_what_came_from_the_store() {
+        let (_dir, store) = store();
+        let cells = matrix(&store);
+        assert_eq!(cells.len(), 3);
+        let counts = Counts::of(cells.iter().map(|(r, c)| (r, *c)));
+        assert_eq!(counts, Counts { built: 1, failed: 1, skipped: 1, cached: 1 });
+        let text = text(&cells);
+        assert!(
+            text.contains("built (cached)") && text.contains("1 built, 1 failed, 1 skipped (1 from the store)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_html_has_a_cell_per_pair_a_column_per_kernel_and_escapes_what_modules_name() {
+        let (_dir, store) = store();
+        let html = html(&store, &matrix(&store)).unwrap();
+        assert_eq!(html.matches("<td class=\"cell ").count(), 4, "3 pairs and one empty cell"); // 2 rows x 2 kernels
+        assert_eq!(html.matches("<th>6.").count(), 2);
+        assert!(
+            html.contains("&lt;b&gt;evil&lt;&#x2f;b&gt;") && !html.contains("<b>evil</b>"),
+            "module names are escaped"
+        );
+        assert!(html.contains("error: &lt;oops&gt;"), "make.log folded in, escaped");
+    }
+}

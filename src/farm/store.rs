@@ -358,10 +358,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FarmError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn record(key: &str, files: Vec<StoredFile>) -> Record {
+    pub(crate) fn record(key: &str, files: Vec<StoredFile>) -> Record {
         Record {
             format: FORMAT,
             key: key.into(),
@@ -392,7 +392,7 @@ mod tests {
         }
     }
 
-    fn stage(store: &Store, key: &str, ko: &[u8]) -> (tempfile::TempDir, Record) {
+    pub(crate) fn stage(store: &Store, key: &str, ko: &[u8]) -> (tempfile::TempDir, Record) {
         let staged = store.staging(key).unwrap();
         std::fs::create_dir_all(staged.path().join("modules")).unwrap();
         std::fs::write(staged.path().join("modules/hello.ko"), ko).unwrap();
