@@ -139,12 +139,21 @@ pub async fn sources(ctx: &Context, work: &Work, given: &[String], kernels: &[Ke
     profiles.dedup();
     profiles.sort();
     profiles.dedup();
+    let multi = profiles.len() > 1;
     let mut out = Vec::new();
     for profile in profiles {
         let opts = Options { force: true, profile: Some(profile.to_string()), ..Options::default() };
         let lc = Lifecycle::new(ctx, work.sources(profile), opts);
         for g in given {
-            let mv = add(&lc, g).await?;
+            let mv = match add(&lc, g).await {
+                Ok(mv) => mv,
+                // A package one suite has and another has not: built where it is.
+                Err(e) if multi && is_missing_package(&e) => {
+                    ctx.reporter().warn(format!("{g}: not in {profile}'s repository; not built for its kernels"));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let dir = lc.source_dir(&mv);
             let (digest, size) = tree_digest(&dir).map_err(FarmError::io(&dir))?;
             let conf = std::fs::read_to_string(dir.join("dkms.conf")).unwrap_or_default();
@@ -160,6 +169,10 @@ pub async fn sources(ctx: &Context, work: &Work, given: &[String], kernels: &[Ke
         }
     }
     Ok(out)
+}
+
+fn is_missing_package(e: &Error) -> bool {
+    matches!(e.downcast_ref::<crate::source::SourceError>(), Some(crate::source::SourceError::NoPackage { .. }))
 }
 
 /// Adds one source as given: `deb:PACKAGE`, a directory, a tarball or `.deb`, or `M/V` from
