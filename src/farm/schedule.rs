@@ -147,11 +147,15 @@ pub async fn run(
                     && jobs[i].after.iter().all(|&d| matches!(outcomes[d], Some(Outcome::Done(Status::Built))))
             })
             .collect();
-        let mut ready = ready.into_iter().peekable();
+        let mut ready = ready.into_iter();
+        // Jobs still to start, whether they can now or wait for their image or a dependency:
+        // a job that starts alone must leave tokens for those coming soon (a serial build
+        // holding both cores of two while other images are provisioned idles one of them).
+        let mut pending = started.iter().filter(|s| !**s).count();
         while building.len() < capacity.slots.max(1) && tokens > 0 {
             let Some(i) = ready.next() else { break };
-            // The budget is shared by the builds that can start now, the rest waits for it.
-            let starting = (capacity.slots.max(1) - building.len()).min(ready.len() + 1) as u32;
+            let starting = (capacity.slots.max(1) - building.len()).min(pending) as u32;
+            pending -= 1;
             let jobs_now = (tokens / starting.max(1)).max(1);
             tokens -= jobs_now;
             started[i] = true;
@@ -272,6 +276,18 @@ mod tests {
         let single = fake(&[5]);
         run(&[job(0, &[], None)], &single, CAP, &|_| {}).await;
         assert_eq!(single.log.lock().unwrap()[1], "build 0 -j2", "alone, a build gets every core");
+    }
+
+    #[tokio::test]
+    async fn a_build_ready_before_the_others_images_leaves_them_their_share() {
+        // Job 0's image comes first; job 1's is still being made when job 0 starts.
+        let jobs = vec![job(0, &[], Some(9.0)), job(1, &[], Some(1.0))];
+        let f = fake(&[40, 5]);
+        run(&jobs, &f, CAP, &|_| {}).await;
+        let log = f.log.lock().unwrap().clone();
+        let pos = |s: &str| log.iter().position(|l| l == s).unwrap_or_else(|| panic!("no {s}: {log:?}"));
+        assert!(pos("build 0 -j1") < pos("image 1") || pos("build 0 -j1") < pos("build 1 -j1"), "{log:?}");
+        assert!(log.contains(&"build 1 -j1".to_string()), "{log:?}");
     }
 
     #[tokio::test]
