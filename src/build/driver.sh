@@ -194,7 +194,12 @@ stop_for_space() {
 tick=$(mktemp -u /tmp/ckms-tick.XXXXXX) && mkfifo -m 600 "$tick" && exec {tick_fd}<>"$tick" && rm -f "$tick" ||
     fail 10 "cannot create the watchdog's timer"
 
-build &
+# The build says when it ends (a line on the timer's FIFO), so that its result is not held back
+# until the watchdog's next look (a second or more).
+{
+    trap 'echo >&"$tick_fd"' EXIT
+    build
+} &
 pid=$!
 # Inside its PID namespace nothing can SIGKILL or SIGSTOP PID 1, and signals it has no handler
 # for are dropped; but bash has handlers for the terminating ones, and as PID 1 it exits on
