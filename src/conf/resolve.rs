@@ -208,14 +208,18 @@ pub fn resolve(raw: &RawConf, kernel: &KernelFacts, dest: &DestPolicy) -> Result
 
     // Validation comes before BUILD_EXCLUSIVE: a broken conf is an error on every kernel, not
     // only on the kernels it happens to be built for.
-    let names = raw.array("BUILT_MODULE_NAME");
+    // As dkms: a package of one module may leave BUILT_MODULE_NAME[0] out; it is PACKAGE_NAME.
+    let mut names = raw.array("BUILT_MODULE_NAME").clone();
     if names.values().all(String::is_empty) {
-        return Err(invalid(
-            origin,
-            "BUILT_MODULE_NAME",
-            "no module is named",
-            "set BUILT_MODULE_NAME[0]=\"<module name without .ko>\"",
-        ));
+        if names.keys().any(|&i| i != 0) {
+            return Err(invalid(
+                origin,
+                "BUILT_MODULE_NAME",
+                "no module is named",
+                "set BUILT_MODULE_NAME[0]=\"<module name without .ko>\"",
+            ));
+        }
+        names.insert(0, package_name.clone());
     }
     for directive in ["BUILT_MODULE_NAME", "DEST_MODULE_NAME"] {
         for (i, name) in raw.array(directive) {
@@ -319,7 +323,7 @@ pub fn resolve(raw: &RawConf, kernel: &KernelFacts, dest: &DestPolicy) -> Result
     let mut modules = Vec::new();
     let mut excluded_modules = Vec::new();
     let exclusions: std::collections::BTreeMap<u32, Option<String>> = module_exclusion.into_iter().collect();
-    for (&i, built_name) in names {
+    for (&i, built_name) in &names {
         if built_name.is_empty() {
             continue;
         }

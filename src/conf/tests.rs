@@ -176,7 +176,9 @@ fn validation_errors() {
     let mut r = raw(&[("BUILT_MODULE_NAME", 0, "a")]);
     r.directives.get_mut("PACKAGE_VERSION").unwrap().insert(0, String::new());
     assert!(error(&r).contains("PACKAGE_VERSION"));
-    assert!(error(&raw(&[])).contains("BUILT_MODULE_NAME: no module"));
+    assert!(error(&raw(&[("BUILT_MODULE_NAME", 1, "")])).contains("BUILT_MODULE_NAME: no module"));
+    // As dkms: one module, BUILT_MODULE_NAME left out, named after the package (leds-alix-dkms).
+    assert_eq!(plan(&raw(&[("DEST_MODULE_LOCATION", 0, "/kernel/leds")])).modules[0].built_name, "m");
     assert!(error(&raw(&[("BUILT_MODULE_NAME", 1, "a.ko")])).contains("BUILT_MODULE_NAME[1]: 'a.ko' ends in .ko"));
     assert!(
         error(&raw(&[("BUILT_MODULE_NAME", 0, "a"), ("DEST_MODULE_NAME", 0, "b.ko")])).contains("DEST_MODULE_NAME[0]")

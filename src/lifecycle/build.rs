@@ -127,7 +127,7 @@ impl Lifecycle<'_> {
             let decided = raw
                 .and_then(|raw| crate::conf::resolve(&raw, &facts, &policy))
                 .map_err(Error::from)
-                .and_then(|r| self.accept(mv, target, &origin, r, chain));
+                .and_then(|r| self.accept(mv, target, r, chain));
             match decided {
                 Ok(plan) => {
                     for note in &plan.notes {
@@ -385,16 +385,15 @@ impl Lifecycle<'_> {
     }
 
     /// The host's decision on a resolved conf: a plan to build, or why not (skipped by
-    /// BUILD_EXCLUSIVE, names that do not match the tree, BUILD_DEPENDS missing or unbuilt).
+    /// BUILD_EXCLUSIVE, BUILD_DEPENDS missing or unbuilt).
     fn accept(
         &self,
         mv: &ModuleVersion,
         target: &KernelTarget,
-        origin: &str,
         resolved: Resolved,
         chain: &[String],
     ) -> Result<Box<BuildPlan>, Error> {
-        let plan = match resolved {
+        let mut plan = match resolved {
             Resolved::Build(plan) => plan,
             Resolved::Skipped { reason } => {
                 return Err(LifecycleError::Skipped {
@@ -406,14 +405,13 @@ impl Lifecycle<'_> {
                 .into())
             }
         };
+        // dkms builds what -m/-v name whatever the conf says (mstflint-dkms ships
+        // PACKAGE_VERSION="#MODULES_VERSION#"); so does ckms, and says so.
         if plan.package_name != mv.module || plan.package_version != mv.version {
-            return Err(crate::conf::invalid(
-                origin,
-                "PACKAGE_NAME/PACKAGE_VERSION",
-                format!("say {}/{}, but the tree has it as {mv}", plan.package_name, plan.package_version),
-                "the source directory must be named <PACKAGE_NAME>-<PACKAGE_VERSION>",
-            )
-            .into());
+            plan.notes.push(format!(
+                "PACKAGE_NAME/PACKAGE_VERSION say {}/{}; built as {mv}, the names of its source directory (as dkms)",
+                plan.package_name, plan.package_version
+            ));
         }
         let arch = self.arch(target)?;
         let mut unbuilt = Vec::new();
