@@ -153,11 +153,16 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
     let sources = plan::sources(ctx, &work, &args.sources, &kernels).await?;
     let plan = plan::pairs(ctx, &work, sources, kernels).await?;
 
-    // What the store already has.
-    let mut todo = Vec::new();
+    // What the store already has (each entry read and checked once): `todo` to build, and
+    // the built ones, which --check rebuilds.
+    let (mut todo, mut built) = (Vec::new(), Vec::new());
     for (i, pair) in plan.pairs.iter().enumerate() {
         match store.get(&pair.key) {
-            Lookup::Found(r) if !(args.retry_failed && r.status == Status::Failed) => {}
+            Lookup::Found(r) if !(args.retry_failed && r.status == Status::Failed) => {
+                if r.status == Status::Built {
+                    built.push(i);
+                }
+            }
             Lookup::Damaged(why) => {
                 ctx.reporter().warn(format!("{}: damaged store entry, built again: {why}", plan.label(i)));
                 todo.push(i);
@@ -170,11 +175,8 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
         return Ok(0);
     }
     if args.check {
-        let stored: Vec<usize> = (0..plan.pairs.len())
-            .filter(|&i| matches!(store.get(&plan.pairs[i].key), Lookup::Found(r) if r.status == Status::Built))
-            .collect();
-        let (outcomes, checked) = run_pairs(ctx, out, &store, &work, &plan, &stored, &args).await?;
-        return Ok(print_check(out, &plan, &stored, &outcomes, &checked));
+        let (outcomes, checked) = run_pairs(ctx, out, &store, &work, &plan, &built, &args).await?;
+        return Ok(print_check(out, &plan, &built, &outcomes, &checked));
     }
     let (outcomes, _) = if todo.is_empty() {
         Default::default()
@@ -182,8 +184,9 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
         run_pairs(ctx, out, &store, &work, &plan, &todo, &args).await?
     };
 
+    let to_build = in_list(plan.pairs.len(), &todo);
     let cells: Vec<Cell> =
-        plan.pairs.iter().enumerate().map(|(i, p)| Cell { key: p.key.clone(), cached: !todo.contains(&i) }).collect();
+        plan.pairs.iter().enumerate().map(|(i, p)| Cell { key: p.key.clone(), cached: !to_build[i] }).collect();
     report::save_matrix(&store, &cells)?;
     let matrix = report::matrix(&store);
     let counts = Counts::of(matrix.iter().map(|(r, c)| (r, *c)));
@@ -276,8 +279,18 @@ fn print_check(out: &Output, plan: &Plan, stored: &[usize], outcomes: &[Outcome]
 const MATRIX_HINT: &str = "a matrix file holds sources = [\"./mymodule\", \"deb:v4l2loopback-dkms\"] and \
                            kernels = [\"@debian-bookworm:latest\"]";
 
+/// For each of `n` pairs, whether `list` holds it.
+fn in_list(n: usize, list: &[usize]) -> Vec<bool> {
+    let mut marked = vec![false; n];
+    for &i in list {
+        marked[i] = true;
+    }
+    marked
+}
+
 fn print_plan(ctx: &Context, out: &Output, plan: &Plan, todo: &[usize]) {
     let images: std::collections::BTreeSet<usize> = todo.iter().map(|&i| plan.pairs[i].image).collect();
+    let to_build = in_list(plan.pairs.len(), todo);
     let bytes = plan.download_bytes(ctx);
     let pairs: Vec<serde_json::Value> = plan
         .pairs
@@ -286,7 +299,7 @@ fn print_plan(ctx: &Context, out: &Output, plan: &Plan, todo: &[usize]) {
         .map(|(i, p)| {
             let s = &plan.sources[p.source];
             serde_json::json!({ "module": s.mv.module, "version": s.mv.version, "kernel": plan.kernels[p.kernel].release,
-                "key": p.key, "cached": !todo.contains(&i), "after": p.after })
+                "key": p.key, "cached": !to_build[i], "after": p.after })
         })
         .collect();
     let doc =
@@ -294,7 +307,7 @@ fn print_plan(ctx: &Context, out: &Output, plan: &Plan, todo: &[usize]) {
     out.result(&doc, || {
         let mut text = String::new();
         for (i, p) in plan.pairs.iter().enumerate() {
-            let state = if todo.contains(&i) { "build" } else { "stored" };
+            let state = if to_build[i] { "build" } else { "stored" };
             text += &format!("{state:<7} {}  {}\n", plan.label(i), &p.key[..16]);
         }
         text + &format!(
@@ -329,11 +342,13 @@ async fn run_pairs(
     }
     // The schedule's jobs are the pairs to build; a dependency already stored is no wait.
     let position = |pair: usize| todo.iter().position(|&t| t == pair);
+    // Last durations, read once: every record of the store.
+    let records = store.records();
     let jobs_list: Vec<Job> = todo
         .iter()
         .map(|&i| {
             let p = &plan.pairs[i];
-            let last = store.records().into_iter().find(|r| {
+            let last = records.iter().find(|r| {
                 let s = &plan.sources[p.source];
                 r.module == s.mv.module && r.kernel == plan.kernels[p.kernel].release
             });
@@ -347,7 +362,7 @@ async fn run_pairs(
         })
         .collect();
     let executor = Indexed { farm: &farm, todo };
-    let live = super::farm_progress::Live::new(out.json, &jobs_list, plan.images.len());
+    let live = super::farm_progress::Live::new(out.json, &jobs_list);
     let progress = |p: Progress| live.event(&p);
     let outcomes = schedule::run(&jobs_list, &executor, Capacity::of_machine(args.jobs), &progress).await;
     live.finish();

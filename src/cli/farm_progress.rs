@@ -33,7 +33,7 @@ struct Tally {
 }
 
 impl Live {
-    pub fn new(json: bool, jobs: &[Job], _images: usize) -> Live {
+    pub fn new(json: bool, jobs: &[Job]) -> Live {
         let bars = (!json && std::io::stderr().is_terminal()).then(|| {
             let multi = MultiProgress::new();
             let total = multi.add(ProgressBar::new(jobs.len() as u64));

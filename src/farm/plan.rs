@@ -136,7 +136,6 @@ pub async fn kernels(ctx: &Context, selectors: &[Selector], profile: Option<&str
 /// Puts every source into the source tree of every profile among `kernels`.
 pub async fn sources(ctx: &Context, work: &Work, given: &[String], kernels: &[Kernel]) -> Result<Vec<Source>, Error> {
     let mut profiles: Vec<&str> = kernels.iter().map(|k| k.profile.as_str()).collect();
-    profiles.dedup();
     profiles.sort();
     profiles.dedup();
     let multi = profiles.len() > 1;

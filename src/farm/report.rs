@@ -162,14 +162,16 @@ pub fn html(store: &Store, cells: &[(Record, bool)]) -> Result<String, FarmError
     kernels.dedup();
     let mut modules: Vec<String> = cells.iter().map(|(r, _)| format!("{}/{}", r.module, r.version)).collect();
     modules.dedup();
+    // Each cell by (module/version, kernel), rather than a search per cell of the table.
+    let by_place: std::collections::HashMap<(String, &str), &(Record, bool)> =
+        cells.iter().map(|c| ((format!("{}/{}", c.0.module, c.0.version), c.0.kernel.as_str()), c)).collect();
     let rows: Vec<serde_json::Value> = modules
         .iter()
         .map(|m| {
             let row: Vec<serde_json::Value> = kernels
                 .iter()
                 .map(|k| {
-                    let cell = cells.iter().find(|(r, _)| format!("{}/{}", r.module, r.version) == *m && r.kernel == *k);
-                    match cell {
+                    match by_place.get(&(m.clone(), *k)) {
                         Some((r, cached)) => {
                             let log = r.make_log.as_ref().and_then(|f| {
                                 let bytes = std::fs::read(store.entry_dir(&r.key).join(&f.file)).ok()?;
