@@ -45,8 +45,13 @@ setup() {
   for p in "$@"; do
     mkdir -p "$out/pkgs/$p"
     [[ -s $out/pkgs/$p/install ]] && continue
-    echo ok >"$out/pkgs/$p/install"
-    dpkg-query -L "$p" | grep -E '^/usr/src/[^/]+/dkms\.conf$' | module_versions >"$out/pkgs/$p/modules"
+    if installed "$p"; then
+      installed_ok "$p"
+    else
+      # Installed on its own, then removed by a later package that Conflicts with it (dahdi-dkms
+      # and osmocom-dahdi-dkms): a user has one or the other. `build` installs it in its turn.
+      echo later >"$out/pkgs/$p/install"
+    fi
   done
   {
     echo "dkms $(dpkg-query -W -f '${Version}' dkms)"
@@ -58,9 +63,24 @@ setup() {
   } >"$out/env"
 }
 
+installed() { [[ $(dpkg-query -W -f '${Status}' "$1" 2>/dev/null) == 'install ok installed' ]]; }
+installed_ok() {
+  echo ok >"$out/pkgs/$1/install"
+  dpkg-query -L "$1" | grep -E '^/usr/src/[^/]+/dkms\.conf$' | module_versions >"$out/pkgs/$1/modules"
+}
+
 build() {
   local p=$1 d m v md t0 rc built f
   d=$out/pkgs/$p
+  # Not installed now: it conflicts with a package installed after it (see setup).
+  if ! installed "$p"; then
+    if apt_get install "$p" >"$d/install.log" 2>&1; then
+      installed_ok "$p"
+    else
+      { echo uninstallable; grep -E '^(E:| )' "$d/install.log" | head -n 12; } >"$d/install"
+      return
+    fi
+  fi
   while read -r m v; do
     md=$d/$m
     mkdir -p "$md"

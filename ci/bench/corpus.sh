@@ -188,7 +188,7 @@ if want_side dkms; then ref_setup; fi
 if want_side ckms; then ckms_setup; fi
 for p in "${corpus[@]}"; do
   echo "corpus: $p" >&2
-  if want_side dkms && [[ $(head -n1 "$out/ref/pkgs/$p/install") == ok ]]; then ref_build "$p"; fi
+  if want_side dkms && [[ $(head -n1 "$out/ref/pkgs/$p/install") =~ ^(ok|later)$ ]]; then ref_build "$p"; fi
   if want_side ckms && [[ $mode == build ]]; then ckms_build "$p"; fi
 done
 if want_side ckms && [[ $mode == farm ]]; then

@@ -196,9 +196,10 @@ tick=$(mktemp -u /tmp/ckms-tick.XXXXXX) && mkfifo -m 600 "$tick" && exec {tick_f
 
 # The build says when it ends (a line on the timer's FIFO), so that its result is not held back
 # until the watchdog's next look (a second or more).
+# build closes the timer in a subshell of its own, so that the trap still has it.
 {
     trap 'echo >&"$tick_fd"' EXIT
-    build
+    (build)
 } &
 pid=$!
 # Inside its PID namespace nothing can SIGKILL or SIGSTOP PID 1, and signals it has no handler

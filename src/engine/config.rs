@@ -4,6 +4,7 @@
 use super::{EngineError, EngineKind, RunSpec};
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 /// What an engine enforces, decided once from its info.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,8 +153,10 @@ fn nproc_wrapper(n: i64) -> String {
 /// create the volume root-owned; extracting "." chowns it on both Docker and Podman), then the
 /// caller's inputs, each entry owned as its input says: by that user (the build can write next
 /// to its sources) or by uid 0 (it can read, not change). A path already written is skipped:
-/// the first input naming a directory decides its owner.
-pub fn input_tar(inputs: &[super::Input], uid: u32, gid: u32) -> std::io::Result<Vec<u8>> {
+/// the first input naming a directory decides its owner. A relative link that leaves the volume
+/// (a packaged source's `README.gz -> ../../share/doc/...`) is made absolute from `at`, the
+/// volume's path: it means the same in the container, and Docker refuses the relative form.
+pub fn input_tar(inputs: &[super::Input], at: &str, uid: u32, gid: u32) -> std::io::Result<Vec<u8>> {
     let mut out = tar::Builder::new(Vec::new());
     // Named "/", not "./": Docker skips a "." entry for an existing directory, but applies
     // the owner of a "/" entry to the destination itself; Podman accepts either.
@@ -182,12 +185,12 @@ pub fn input_tar(inputs: &[super::Input], uid: u32, gid: u32) -> std::io::Result
             // Long names and link targets come from PAX/GNU extensions, not the header.
             let path = entry.path()?.into_owned();
             let key: std::path::PathBuf = path.components().filter(|c| *c != std::path::Component::CurDir).collect();
-            if !seen.insert(key) {
+            if !seen.insert(key.clone()) {
                 continue;
             }
             match entry.link_name()? {
                 Some(target) => {
-                    let target = target.into_owned();
+                    let target = escaping_link(at, &key, &target).unwrap_or_else(|| target.into_owned());
                     out.append_link(&mut header, &path, &target)?;
                 }
                 None => {
@@ -251,6 +254,39 @@ pub fn first_file(tar: &[u8]) -> std::io::Result<Vec<u8>> {
         }
     }
     Ok(Vec::new())
+}
+
+/// `target` made absolute when the relative link at `path` (in the volume at `at`) points above
+/// the volume's root; None when it stays inside or is absolute already.
+fn escaping_link(at: &str, path: &Path, target: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    if target.is_absolute() {
+        return None;
+    }
+    let mut depth = path.components().count().saturating_sub(1) as isize;
+    let mut escapes = false;
+    for c in target.components() {
+        match c {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            _ => {}
+        }
+        escapes |= depth < 0;
+    }
+    if !escapes {
+        return None;
+    }
+    let mut resolved = PathBuf::from(at);
+    for c in path.parent().into_iter().flat_map(Path::components).chain(target.components()) {
+        match c {
+            Component::ParentDir => {
+                resolved.pop();
+            }
+            Component::Normal(n) => resolved.push(n),
+            _ => {}
+        }
+    }
+    Some(resolved)
 }
 
 #[cfg(test)]
@@ -412,7 +448,7 @@ mod tests {
         let theirs = b.into_inner().unwrap();
 
         let inputs = [crate::engine::Input::user(input), crate::engine::Input::root(theirs)];
-        let out = input_tar(&inputs, 1000, 1001).unwrap();
+        let out = input_tar(&inputs, "/usr/src", 1000, 1001).unwrap();
         let mut a = tar::Archive::new(&out[..]);
         let entries: Vec<_> = a
             .entries()
@@ -433,5 +469,19 @@ mod tests {
             ],
             "root-owned inputs stay root's; a path already written keeps its first owner"
         );
+    }
+
+    #[test]
+    fn links_leaving_the_volume_become_absolute() {
+        let esc = |path: &str, target: &str| escaping_link("/usr/src", Path::new(path), Path::new(target));
+        assert_eq!(
+            esc("m-1/README.gz", "../../share/doc/m/README.gz"),
+            Some(PathBuf::from("/usr/share/doc/m/README.gz"))
+        );
+        assert_eq!(esc("m-1/a/link", "../b.c"), None, "inside the volume: left as it is");
+        assert_eq!(esc("m-1/link", "../other-2/x.h"), None, "a sibling's file: still inside");
+        assert_eq!(esc("m-1/link", "/etc/x"), None, "absolute already");
+        assert_eq!(esc("m-1/a/link", "../../../x"), Some(PathBuf::from("/usr/x")));
+        assert_eq!(esc("m-1/a/link", "b/../../../../x"), Some(PathBuf::from("/usr/x")), "escapes midway");
     }
 }

@@ -142,7 +142,7 @@ impl DockerApi {
         let volumes =
             std::iter::once((&spec.scratch, &spec.input)).chain(spec.volumes.iter().map(|v| (&v.path, &v.input)));
         for (path, input) in volumes {
-            let tar = input_tar(input, uid, gid)
+            let tar = input_tar(input, path, uid, gid)
                 .map_err(|e| EngineError::BadSpec(format!("input for {path} is not a valid tar: {e}")))?;
             let opts = UploadToContainerOptionsBuilder::new().path(path).build();
             self.docker

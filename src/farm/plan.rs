@@ -17,6 +17,7 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::kernel::Kernel;
 use crate::lifecycle::{AddSource, Lifecycle, ModuleVersion, Options};
+use crate::profile::Profile;
 use crate::source::Origin;
 use crate::tree::Roots;
 
@@ -254,7 +255,7 @@ pub async fn pairs(ctx: &Context, work: &Work, sources: Vec<Source>, kernels: Ve
                 Some(i) => i,
                 None => {
                     let plan = ctx.plan_image(profile, &index, kernel, &extra.packages)?;
-                    let lock = lock_digest(&plan);
+                    let lock = lock_digest(&plan, profile);
                     images.push(ImageSpec {
                         profile: profile.name.clone(),
                         kernel: ki,
@@ -331,11 +332,14 @@ fn order(sources: &[Source], here: &[usize]) -> Vec<usize> {
     out
 }
 
-/// What the image holds, package by package: the suites' dates are left out, so that a fresh
-/// index with the same packages keeps the keys.
-fn lock_digest(plan: &crate::image::Plan) -> String {
+/// What the image holds, package by package, and how the profile lays it out: the suites'
+/// dates are left out, so that a fresh index with the same packages keeps the keys.
+fn lock_digest(plan: &crate::image::Plan, profile: &Profile) -> String {
     let lock = plan.lock();
-    let doc = serde_json::json!({ "recipe": lock.recipe, "kernel": lock.kernel, "layers": lock.layers });
+    // The profile's file system settings (links its maintainer scripts would have made) shape
+    // the image as much as its packages do.
+    let filesystem = format!("{:?}", profile.filesystem);
+    let doc = serde_json::json!({ "recipe": lock.recipe, "kernel": lock.kernel, "layers": lock.layers, "filesystem": filesystem });
     crate::cache::sha256_hex(doc.to_string().as_bytes())
 }
 
