@@ -145,10 +145,14 @@ def env(path):
 
 
 def from_store(store, out):
-    """Writes the pairs of the farm's last run as the per-package layout of ckms's build mode."""
+    """Writes the pairs of the farm's last run as the per-package layout of ckms's build mode
+    (those for the run's kernel: a store may hold a matrix of kernels)."""
+    kernel = env(out / "run.env").get("kernel")
     for cell in json.loads((store / "matrix.json").read_text()):
         entry = store / "pairs" / cell["key"]
         r = json.loads((entry / "result.json").read_text())
+        if kernel and r["kernel"] != kernel:
+            continue
         package = r["source"].get("package") or r["source"]["given"].removeprefix("deb:")
         d = out / "ckms" / "pkgs" / package
         md = d / r["module"]

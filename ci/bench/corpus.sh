@@ -27,6 +27,8 @@
 #               table.md, and per side and package the exit code, module files, make.log, time.
 #   -s SIDES    dkms,ckms (default), or one of them (the other's results are then left out).
 #   -m MODE     farm (default) or build: how the ckms side builds (above).
+#   -S STORE    the farm's store (default: a new one in DIR): a store shared by several runs,
+#               to build a matrix of kernels into one (each run is still cold for its kernel).
 # Run as root after ci/setup-engines.sh. Env: CKMS_TEST_CACHE (ckms's cache, default
 # target/ckms-test-cache), CORPUS_BUILD_TIMEOUT (seconds per build, default 3600).
 set -euo pipefail
@@ -35,9 +37,9 @@ bench=$PWD/ci/bench
 # shellcheck source=ci/bench/corpus-lib.sh
 . "$bench/corpus-lib.sh"
 
-kernel=bookworm engine=podman out='' sides=dkms,ckms mode=farm
+kernel=bookworm engine=podman out='' sides=dkms,ckms mode=farm store=''
 packages=()
-while getopts k:e:p:o:s:m:h opt; do
+while getopts k:e:p:o:s:m:S:h opt; do
   case $opt in
     k) kernel=$OPTARG ;;
     e) engine=$OPTARG ;;
@@ -45,6 +47,7 @@ while getopts k:e:p:o:s:m:h opt; do
     o) out=$OPTARG ;;
     s) sides=$OPTARG ;;
     m) mode=$OPTARG ;;
+    S) store=$OPTARG ;;
     *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
   esac
 done
@@ -140,7 +143,7 @@ for s in json.load(open(sys.argv[1]))["suites"]: print("deb %s %s main" % (s["mi
 ref_build() { docker exec "$ref_container" bash /corpus/corpus-reference.sh build "$kernel" /out "$1"; }
 
 # ---- ckms ----------------------------------------------------------------------------------
-src=$out/ckms/src tree=$out/ckms/tree store=$out/ckms/store
+src=$out/ckms/src tree=$out/ckms/tree store=${store:-$out/ckms/store}
 # Adds PACKAGE from the profile's signed repository (its source, and its Depends for the build);
 # writes its "<module> <version>" line to $out/ckms/pkgs/PACKAGE/modules.
 ckms_add() {
