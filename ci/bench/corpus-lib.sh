@@ -33,3 +33,27 @@ list_module_files() {
   find "$1" -maxdepth 1 -type f \( -name '*.ko' -o -name '*.ko.gz' -o -name '*.ko.xz' -o -name '*.ko.zst' \) \
     -printf '%f\n' 2>/dev/null | sort
 }
+
+# (host only) The `result` of a `ckms --json` command; needs $ckms_bin, $engine, $CKMS_TEST_CACHE.
+ckms_result() {
+  "$ckms_bin" --engine "$engine" --cache-dir "$CKMS_TEST_CACHE" --json "$@" | python3 -c 'import json,sys
+for line in sys.stdin:
+    doc = json.loads(line)
+    if doc.get("event") == "result": print(json.dumps(doc["result"]))'
+}
+
+# (host only) A kernel release for $1: a release as it is, or one of the issue's four series
+# (bookworm, bookworm-6.12, trixie, sid) as the newest release of it the profiles offer.
+resolve_kernel() {
+  local series
+  case $1 in
+    bookworm) echo 6.1.0-56-amd64; return ;;
+    bookworm-6.12) series='^6\.12\.[0-9]+\+deb12-amd64$' ;;
+    trixie) series='^6\.12\.[0-9]+\+deb13-amd64$' ;;
+    sid) series='^7\.[0-9.]+\+deb14-amd64$' ;;
+    *) echo "$1"; return ;;
+  esac
+  ckms_result kernels | python3 -c 'import json,re,sys
+found = [k["release"] for k in json.load(sys.stdin) if re.search(sys.argv[1], k["release"])]
+print(found[-1] if found else "")' "$series"
+}
