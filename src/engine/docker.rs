@@ -218,11 +218,10 @@ impl DockerApi {
                 Ok(acc)
             })
             .map_err(self.err(format!("read logs of container {id}")));
-        let outputs = futures_util::future::try_join_all(
-            spec.outputs.iter().map(|path| async move { Ok((path.clone(), self.download(id, path).await?)) }),
-        );
-        let (log, outputs): (Vec<u8>, Vec<(String, Option<Vec<u8>>)>) = futures_util::try_join!(log, outputs)?;
-        let outputs = outputs.into_iter().filter_map(|(path, bytes)| Some((path, bytes?))).collect();
+        let outputs = futures_util::future::try_join_all(spec.outputs.iter().map(|path| self.download(id, path)));
+        let (log, outputs) = futures_util::try_join!(log, outputs)?;
+        let outputs =
+            spec.outputs.iter().zip(outputs).filter_map(|(path, bytes)| Some((path.clone(), bytes?))).collect();
         Ok(RunOutcome { exit_code, timed_out, log, outputs })
     }
 
