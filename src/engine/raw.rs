@@ -13,19 +13,33 @@ pub(crate) async fn get(host: &str, path: &str, timeout: Duration) -> Result<(u1
     request(host, http::Method::GET, path, timeout).await
 }
 
+/// The headers of `GET /_ping`: the cheapest request an engine answers, and the one whose
+/// headers say which engine it is (Podman adds `Libpod-Api-Version`) and its API version.
+pub(crate) async fn ping(host: &str, timeout: Duration) -> Result<http::HeaderMap, String> {
+    match tokio::time::timeout(timeout, exchange(host, http::Method::GET, "/_ping")).await {
+        Ok(r) => r.and_then(|(status, headers, body)| match status {
+            200..=299 => Ok(headers),
+            _ => Err(format!("GET /_ping: {}", error_message(&body))),
+        }),
+        Err(_) => Err(format!("no answer within {} s", timeout.as_secs())),
+    }
+}
+
 pub(crate) async fn request(
     host: &str,
     method: http::Method,
     path: &str,
     timeout: Duration,
 ) -> Result<(u16, Bytes), String> {
-    match tokio::time::timeout(timeout, request_inner(host, method, path)).await {
-        Ok(r) => r,
+    match tokio::time::timeout(timeout, exchange(host, method, path)).await {
+        Ok(r) => r.map(|(status, _, body)| (status, body)),
         Err(_) => Err(format!("no answer within {} s", timeout.as_secs())),
     }
 }
 
-async fn request_inner(host: &str, method: http::Method, path: &str) -> Result<(u16, Bytes), String> {
+type Answer = (u16, http::HeaderMap, Bytes);
+
+async fn exchange(host: &str, method: http::Method, path: &str) -> Result<Answer, String> {
     let req = http::Request::builder()
         .method(method)
         .uri(path)
@@ -44,7 +58,7 @@ async fn request_inner(host: &str, method: http::Method, path: &str) -> Result<(
     }
 }
 
-async fn send<T>(io: TokioIo<T>, req: http::Request<Full<Bytes>>) -> Result<(u16, Bytes), String>
+async fn send<T>(io: TokioIo<T>, req: http::Request<Full<Bytes>>) -> Result<Answer, String>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -55,8 +69,9 @@ where
     });
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok((status, body))
+    Ok((status, headers, body))
 }
 
 /// The engine's error message from a JSON error body ({"message": ...}), or the body as text.
