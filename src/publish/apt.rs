@@ -226,7 +226,7 @@ mod tests {
         assert_eq!(fields["Conflicts"], "hello-dkms");
         assert_eq!(fields["Maintainer"], "ckms farm <farm@example.invalid>");
         let data = crate::testutil::tar_entries(crate::deb::data_tar(std::io::Cursor::new(bytes.clone()), deb).unwrap());
-        assert!(data.contains(&("lib/modules/6.1.0-56-amd64/updates/dkms/hello.ko".into(), b"\x7fELF hello".to_vec())), "{data:?}");
+        assert!(data.contains(&("./lib/modules/6.1.0-56-amd64/updates/dkms/hello.ko".into(), b"\x7fELF hello".to_vec())), "{data:?}");
 
         let packages = std::fs::read_to_string(a.join("dists/bookworm/main/binary-amd64/Packages")).unwrap();
         assert!(packages.contains(&format!("Filename: {deb}\n")));
