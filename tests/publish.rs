@@ -131,7 +131,7 @@ fn bookworm_image(host: &str) -> String {
             .collect();
         let partial = tar.with_extension("partial");
         run(Command::new("nice")
-            .args(["-n", "19", "mmdebstrap", "--quiet", "--variant=apt", "--components=main"])
+            .args(["-n", "19", "mmdebstrap", "--quiet", "--variant=apt", "--format=tar", "--components=main"])
             .arg(format!("--include=linux-image-{KERNEL},kmod"))
             .args(&aptopts)
             .arg("bookworm")
