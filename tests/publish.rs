@@ -25,7 +25,8 @@ const KERNEL: &str = "6.1.0-56-amd64";
 const IMAGE: &str = "ckms-test/publish-bookworm";
 
 fn need(tool: &str, package: &str) {
-    let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
+    let found =
+        Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
     assert!(found, "{tool} is needed by this test: apt-get install {package} (ci/setup-build-deps.sh does)");
 }
 
@@ -33,7 +34,11 @@ fn need(tool: &str, package: &str) {
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{cmd:?} failed ({})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        out.status
+    );
     stdout.into_owned()
 }
 
@@ -46,9 +51,11 @@ fn store() -> &'static Path {
         let cache = shared_cache();
         let (cache, store) = (cache.to_string_lossy(), dir.to_string_lossy());
         let sources = ["deb:v4l2loopback-dkms", "deb:tp-smapi-dkms"];
-        let out = ckms(["--engine", &host, "--cache-dir", &cache, "farm", "build", "--store", &store, "-k", KERNEL]
-            .into_iter()
-            .chain(sources))
+        let out = ckms(
+            ["--engine", &host, "--cache-dir", &cache, "farm", "build", "--store", &store, "-k", KERNEL]
+                .into_iter()
+                .chain(sources),
+        )
         .run();
         assert!(out.code == 0 || out.code == 77, "the store could not be built{out}");
         dir
@@ -87,7 +94,15 @@ fn farm_key(dir: &Path) -> PathBuf {
         c.arg("--batch").arg("--homedir").arg(&home);
         c
     };
-    run(gpg().args(["--passphrase", "", "--quick-gen-key", "ckms farm <farm@example.invalid>", "ed25519", "sign", "never"]));
+    run(gpg().args([
+        "--passphrase",
+        "",
+        "--quick-gen-key",
+        "ckms farm <farm@example.invalid>",
+        "ed25519",
+        "sign",
+        "never",
+    ]));
     let armored = run(gpg().args(["--armor", "--export-secret-keys", "farm@example.invalid"]));
     let path = dir.join("farm.asc");
     std::fs::write(&path, armored).unwrap();
@@ -213,15 +228,24 @@ fn sysext_images_are_reproducible_and_hold_only_their_kernels_modules() {
         publish("sysext", &a, &extra);
         publish("sysext", &b, &extra);
         for name in [image.clone(), format!("tp_smapi-{KERNEL}.raw")] {
-            assert_eq!(std::fs::read(a.join(&name)).unwrap(), std::fs::read(b.join(&name)).unwrap(), "{fs}: {name} differs");
+            assert_eq!(
+                std::fs::read(a.join(&name)).unwrap(),
+                std::fs::read(b.join(&name)).unwrap(),
+                "{fs}: {name} differs"
+            );
         }
     }
 
     let tree = dir.path().join("tree");
-    run(Command::new("fsck.erofs").arg(format!("--extract={}", tree.display())).arg(dir.path().join("erofs-a").join(&image)));
+    run(Command::new("fsck.erofs")
+        .arg(format!("--extract={}", tree.display()))
+        .arg(dir.path().join("erofs-a").join(&image)));
     let module = tree.join(format!("usr/lib/modules/{KERNEL}/updates/dkms/v4l2loopback.ko"));
     assert_eq!(std::fs::read(&module).unwrap(), stored_module("v4l2loopback.ko"), "the store's signed module");
-    let release = std::fs::read_to_string(tree.join(format!("usr/lib/extension-release.d/extension-release.v4l2loopback-{KERNEL}"))).unwrap();
+    let release = std::fs::read_to_string(
+        tree.join(format!("usr/lib/extension-release.d/extension-release.v4l2loopback-{KERNEL}")),
+    )
+    .unwrap();
     for line in ["ID=debian\n", "VERSION_ID=12\n", "ARCHITECTURE=x86-64\n"] {
         assert!(release.contains(line), "{line:?} not in {release}");
     }
@@ -238,14 +262,18 @@ fn sysext_images_are_reproducible_and_hold_only_their_kernels_modules() {
 fn kernel_modules(root: &Path) {
     let dir = shared_cache().join("publish");
     std::fs::create_dir_all(&dir).unwrap();
-    let deb = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("linux-image-{KERNEL}_"))));
+    let deb =
+        std::fs::read_dir(&dir).unwrap().filter_map(Result::ok).map(|e| e.path()).find(|p| {
+            p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("linux-image-{KERNEL}_")))
+        });
     let deb = deb.unwrap_or_else(|| {
         run(Command::new("apt-get").current_dir(&dir).args(["download", &format!("linux-image-{KERNEL}")]));
-        std::fs::read_dir(&dir).unwrap().filter_map(Result::ok).map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "deb")).unwrap()
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .unwrap()
     });
     let script = format!(
         "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' --wildcards './lib/modules/{KERNEL}/kernel/drivers/media/*' \
@@ -258,7 +286,9 @@ fn kernel_modules(root: &Path) {
 
 #[test]
 fn two_extensions_merged_by_systemd_sysext_both_resolve_after_the_hook() {
-    for (tool, package) in [("systemd-sysext", "systemd"), ("unshare", "util-linux"), ("depmod", "kmod"), ("dpkg-deb", "dpkg")] {
+    for (tool, package) in
+        [("systemd-sysext", "systemd"), ("unshare", "util-linux"), ("depmod", "kmod"), ("dpkg-deb", "dpkg")]
+    {
         need(tool, package);
     }
     assert!(rustix::process::geteuid().is_root(), "systemd-sysext merge and the hook mount: run this test as root");

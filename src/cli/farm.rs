@@ -197,8 +197,14 @@ fn publish(ctx: &Context, out: &Output, args: PublishArgs) -> Result<i32, Error>
     };
     let published = ckms::publish::publish(&req, &ctx.catalog)?;
     out.result(&published, || {
-        let mut text: String = published.files.iter().map(|f| format!("{}\n", published.out.join(f).display())).collect();
-        text += &format!("{} file(s) written to {} ({})\n", published.files.len(), published.out.display(), published.format);
+        let mut text: String =
+            published.files.iter().map(|f| format!("{}\n", published.out.join(f).display())).collect();
+        text += &format!(
+            "{} file(s) written to {} ({})\n",
+            published.files.len(),
+            published.out.display(),
+            published.format
+        );
         text + &published.notes.iter().map(|n| format!("{n}\n")).collect::<String>()
     });
     Ok(0)

@@ -43,7 +43,8 @@ pub fn write(out: &Path, pairs: &[Pair], signer: &dyn Signer) -> Result<Vec<Stri
                 Ok((format!("lib/modules/{}{}/{}", pair.kernel, slash(&f.dest), f.file_name), data))
             })
             .collect::<Result<_, PublishError>>()?;
-        let entries: Vec<Entry> = files.iter().map(|(path, data)| Entry { path: path.clone(), mode: 0o644, data }).collect();
+        let entries: Vec<Entry> =
+            files.iter().map(|(path, data)| Entry { path: path.clone(), mode: 0o644, data }).collect();
         let text = render(&control);
         let bytes = deb::build(&text, &scripts, &entries, pair.epoch)
             .map_err(|e| PublishError::Io { path: out.join("pool"), source: e })?;
@@ -68,7 +69,9 @@ pub fn write(out: &Path, pairs: &[Pair], signer: &dyn Signer) -> Result<Vec<Stri
         for arch in &archs {
             let packages = indexes[&(suite.clone(), arch.to_string())].join("\n");
             let dir = format!("{COMPONENT}/binary-{arch}");
-            for (name, bytes) in [("Packages", packages.as_bytes().to_vec()), ("Packages.gz", gzip(packages.as_bytes())?)] {
+            for (name, bytes) in
+                [("Packages", packages.as_bytes().to_vec()), ("Packages.gz", gzip(packages.as_bytes())?)]
+            {
                 write_file(out, &format!("dists/{suite}/{dir}/{name}"), &bytes)?;
                 sums.push(format!(" {} {:>8} {dir}/{name}", crate::cache::sha256_hex(&bytes), bytes.len()));
             }
@@ -82,7 +85,11 @@ pub fn write(out: &Path, pairs: &[Pair], signer: &dyn Signer) -> Result<Vec<Stri
         );
         write_file(out, &format!("dists/{suite}/Release"), release.as_bytes())?;
         write_file(out, &format!("dists/{suite}/InRelease"), signer.clearsign(&release, *epoch)?.as_bytes())?;
-        write_file(out, &format!("dists/{suite}/Release.gpg"), signer.detached(release.as_bytes(), *epoch)?.as_bytes())?;
+        write_file(
+            out,
+            &format!("dists/{suite}/Release.gpg"),
+            signer.detached(release.as_bytes(), *epoch)?.as_bytes(),
+        )?;
         notes.push(format!("deb [signed-by=/usr/share/keyrings/{KEYRING}] URL {suite} {COMPONENT}"));
     }
     write_file(out, KEYRING, &signer.public_key()?)?;
@@ -93,13 +100,15 @@ pub fn write(out: &Path, pairs: &[Pair], signer: &dyn Signer) -> Result<Vec<Stri
 
 /// The control fields (Package, Version, Architecture first) and maintainer scripts of a pair's package.
 #[allow(clippy::type_complexity)]
-fn control(pair: &Pair, maintainer: &str) -> Result<(Vec<(&'static str, String)>, Vec<(&'static str, String)>), PublishError> {
+fn control(
+    pair: &Pair,
+    maintainer: &str,
+) -> Result<(Vec<(&'static str, String)>, Vec<(&'static str, String)>), PublishError> {
     let mut sizes = 0u64;
     for f in &pair.files {
         sizes += std::fs::metadata(&f.path).map_err(PublishError::io(&f.path))?.len();
     }
-    let names: Vec<&str> =
-        pair.files.iter().map(|f| f.file_name.split('.').next().unwrap_or(&f.file_name)).collect();
+    let names: Vec<&str> = pair.files.iter().map(|f| f.file_name.split('.').next().unwrap_or(&f.file_name)).collect();
     let mut fields = vec![
         ("Package", package_name(&pair.module, &pair.kernel)),
         ("Version", format!("{}-ckms{}", debian_version(&pair.version), pair.epoch)),
@@ -153,7 +162,8 @@ pub fn package_name(module: &str, kernel: &str) -> String {
 
 /// A module version as a Debian upstream version: Debian's characters, starting with a digit.
 fn debian_version(v: &str) -> String {
-    let clean: String = v.chars().map(|c| if c.is_ascii_alphanumeric() || "+.~-".contains(c) { c } else { '.' }).collect();
+    let clean: String =
+        v.chars().map(|c| if c.is_ascii_alphanumeric() || "+.~-".contains(c) { c } else { '.' }).collect();
     if clean.starts_with(|c: char| c.is_ascii_digit()) {
         clean
     } else {
@@ -173,7 +183,9 @@ fn slash(dest: &str) -> String {
 /// gzip without a name or a time in its header.
 fn gzip(bytes: &[u8]) -> Result<Vec<u8>, PublishError> {
     let mut gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
-    gz.write_all(bytes).and_then(|()| gz.finish()).map_err(|e| PublishError::Io { path: "Packages.gz".into(), source: e })
+    gz.write_all(bytes)
+        .and_then(|()| gz.finish())
+        .map_err(|e| PublishError::Io { path: "Packages.gz".into(), source: e })
 }
 
 /// A Release file's Date: RFC 2822 in UTC, as Debian's archive writes it.
@@ -214,29 +226,49 @@ mod tests {
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         let notes = write(&a, &pairs, &key).unwrap();
         write(&b, &pairs, &key).unwrap();
-        assert!(notes.iter().any(|n| n.contains("signed-by=/usr/share/keyrings/ckms-archive-keyring.gpg")), "{notes:?}");
+        assert!(
+            notes.iter().any(|n| n.contains("signed-by=/usr/share/keyrings/ckms-archive-keyring.gpg")),
+            "{notes:?}"
+        );
 
         let deb = "pool/main/h/hello-modules-6.1.0-56-amd64/hello-modules-6.1.0-56-amd64_1.0-ckms1764892800_amd64.deb";
-        for f in [deb, "dists/bookworm/InRelease", "dists/bookworm/Release.gpg", "dists/bookworm/main/binary-amd64/Packages.gz", KEYRING] {
-            assert_eq!(std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap(), "{f} differs between publishes");
+        for f in [
+            deb,
+            "dists/bookworm/InRelease",
+            "dists/bookworm/Release.gpg",
+            "dists/bookworm/main/binary-amd64/Packages.gz",
+            KEYRING,
+        ] {
+            assert_eq!(
+                std::fs::read(a.join(f)).unwrap(),
+                std::fs::read(b.join(f)).unwrap(),
+                "{f} differs between publishes"
+            );
         }
         let bytes = std::fs::read(a.join(deb)).unwrap();
-        let fields: BTreeMap<String, String> = crate::deb::control_fields(bytes.as_slice(), deb).unwrap().into_iter().collect();
+        let fields: BTreeMap<String, String> =
+            crate::deb::control_fields(bytes.as_slice(), deb).unwrap().into_iter().collect();
         assert_eq!(fields["Depends"], "linux-image-6.1.0-56-amd64");
         assert_eq!(fields["Conflicts"], "hello-dkms");
         assert_eq!(fields["Maintainer"], "ckms farm <farm@example.invalid>");
-        let data = crate::testutil::tar_entries(crate::deb::data_tar(std::io::Cursor::new(bytes.clone()), deb).unwrap());
-        assert!(data.contains(&("./lib/modules/6.1.0-56-amd64/updates/dkms/hello.ko".into(), b"\x7fELF hello".to_vec())), "{data:?}");
+        let data =
+            crate::testutil::tar_entries(crate::deb::data_tar(std::io::Cursor::new(bytes.clone()), deb).unwrap());
+        assert!(
+            data.contains(&("./lib/modules/6.1.0-56-amd64/updates/dkms/hello.ko".into(), b"\x7fELF hello".to_vec())),
+            "{data:?}"
+        );
 
         let packages = std::fs::read_to_string(a.join("dists/bookworm/main/binary-amd64/Packages")).unwrap();
         assert!(packages.contains(&format!("Filename: {deb}\n")));
         assert!(packages.contains(&format!("SHA256: {}\n", crate::cache::sha256_hex(&bytes))));
         assert_eq!(packages.matches("Package: ").count(), 2);
 
-        let public = crate::repo::release::parse_keys(&std::fs::read(a.join(KEYRING)).unwrap(), Path::new("k")).unwrap();
+        let public =
+            crate::repo::release::parse_keys(&std::fs::read(a.join(KEYRING)).unwrap(), Path::new("k")).unwrap();
         let inrelease = std::fs::read_to_string(a.join("dists/bookworm/InRelease")).unwrap();
         let text =
-            crate::repo::release::verify_inrelease(&inrelease, &crate::repo::release::Keyring::from_keys(public), "t").unwrap();
+            crate::repo::release::verify_inrelease(&inrelease, &crate::repo::release::Keyring::from_keys(public), "t")
+                .unwrap();
         assert_eq!(text, std::fs::read_to_string(a.join("dists/bookworm/Release")).unwrap());
         assert!(text.contains(&crate::cache::sha256_hex(packages.as_bytes())));
     }

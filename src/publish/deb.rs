@@ -21,7 +21,11 @@ pub struct Entry<'a> {
 /// (name, text), `files` the data.
 pub fn build(control: &str, scripts: &[(&str, String)], files: &[Entry], epoch: u64) -> std::io::Result<Vec<u8>> {
     let mut control_files = vec![Entry { path: "control".into(), mode: 0o644, data: control.as_bytes() }];
-    control_files.extend(scripts.iter().map(|(name, text)| Entry { path: (*name).into(), mode: 0o755, data: text.as_bytes() }));
+    control_files.extend(scripts.iter().map(|(name, text)| Entry {
+        path: (*name).into(),
+        mode: 0o755,
+        data: text.as_bytes(),
+    }));
     let control_tar = xz(&tar(&control_files, epoch)?)?;
     let data_tar = xz(&tar(files, epoch)?)?;
 
@@ -152,6 +156,9 @@ mod tests {
             .expect("dpkg-deb (package dpkg) must be installed: it checks the packages ckms writes");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("root/root") && text.contains("./lib/modules/6.1.0-56-amd64/updates/dkms/a.ko"), "{text}");
+        assert!(
+            text.contains("root/root") && text.contains("./lib/modules/6.1.0-56-amd64/updates/dkms/a.ko"),
+            "{text}"
+        );
     }
 }

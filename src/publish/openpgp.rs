@@ -49,7 +49,10 @@ impl Key {
                 .map_err(|_| bad(format!("not an OpenPGP secret key ({armored})")))?,
         };
         if key.primary_key.version() != KeyVersion::V4 {
-            return Err(bad(format!("a {:?} key; ckms signs with v4 keys (as gpg makes them)", key.primary_key.version())));
+            return Err(bad(format!(
+                "a {:?} key; ckms signs with v4 keys (as gpg makes them)",
+                key.primary_key.version()
+            )));
         }
         let key = Key { key, path: path.to_path_buf() };
         // Fail now, not halfway through writing: a locked key cannot sign.

@@ -69,7 +69,12 @@ pub struct Pair {
 
 /// The built pairs of the store's last build (every other record when it has no matrix),
 /// checked file by file, restricted to `modules` and `kernels` when they are not empty.
-pub fn read(store: &Store, catalog: &Catalog, modules: &[String], kernels: &[String]) -> Result<Vec<Pair>, PublishError> {
+pub fn read(
+    store: &Store,
+    catalog: &Catalog,
+    modules: &[String],
+    kernels: &[String],
+) -> Result<Vec<Pair>, PublishError> {
     let records: Vec<Record> = crate::farm::report::matrix(store)
         .into_iter()
         .map(|(r, _)| r)
@@ -88,7 +93,9 @@ pub fn read(store: &Store, catalog: &Catalog, modules: &[String], kernels: &[Str
     }
     let mut pairs = Vec::new();
     for r in records {
-        if (!modules.is_empty() && !modules.contains(&r.module)) || (!kernels.is_empty() && !kernels.contains(&r.kernel)) {
+        if (!modules.is_empty() && !modules.contains(&r.module))
+            || (!kernels.is_empty() && !kernels.contains(&r.kernel))
+        {
             continue;
         }
         let profile = catalog
@@ -142,7 +149,8 @@ fn pair(store: &Store, r: &Record, target: Target) -> Result<Pair, PublishError>
             Ok(ModuleFile { dest: m.dest.clone(), file_name, path: dir.join(&stored.file) })
         })
         .collect::<Result<Vec<_>, PublishError>>()?;
-    let epoch = epoch_of(&r.built_at).ok_or_else(|| entry_err(format!("built_at {:?} is no RFC 3339 time", r.built_at)))?;
+    let epoch =
+        epoch_of(&r.built_at).ok_or_else(|| entry_err(format!("built_at {:?} is no RFC 3339 time", r.built_at)))?;
     Ok(Pair {
         key: r.key.clone(),
         module: r.module.clone(),
@@ -187,7 +195,11 @@ pub(crate) mod tests {
                 suite: "bookworm".into(),
                 deb_arch: "amd64".into(),
                 image_package: format!("linux-image-{kernel}"),
-                os: Some(OsRelease { id: "debian".into(), version_id: Some("12".into()), architecture: "x86-64".into() }),
+                os: Some(OsRelease {
+                    id: "debian".into(),
+                    version_id: Some("12".into()),
+                    architecture: "x86-64".into(),
+                }),
             },
         }
     }
@@ -197,8 +209,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let catalog = Catalog::load(&[]).unwrap();
-        for (key, kernel, status) in
-            [("k1", "6.1.0-56-amd64", Status::Built), ("k2", "6.1.0-55-amd64", Status::Failed)]
+        for (key, kernel, status) in [("k1", "6.1.0-56-amd64", Status::Built), ("k2", "6.1.0-55-amd64", Status::Failed)]
         {
             let staged = store.staging(key).unwrap();
             std::fs::create_dir_all(staged.path().join("modules")).unwrap();

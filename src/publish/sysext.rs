@@ -145,7 +145,11 @@ fn release(name: &str, pair: &Pair, o: &OsOverride) -> Result<String, PublishErr
         missing: what,
     };
     let id = o.id.clone().or(profile.map(|p| p.id.clone())).ok_or_else(|| missing("--os-id"))?;
-    let arch = o.architecture.clone().or(profile.map(|p| p.architecture.clone())).ok_or_else(|| missing("--os-architecture"))?;
+    let arch = o
+        .architecture
+        .clone()
+        .or(profile.map(|p| p.architecture.clone()))
+        .ok_or_else(|| missing("--os-architecture"))?;
     let mut text = format!("# ckms: {name}\nID={id}\n");
     if let Some(level) = &o.sysext_level {
         text += &format!("SYSEXT_LEVEL={level}\n");
@@ -200,11 +204,9 @@ pub fn write(out: &Path, images: &[Image], fs: Filesystem, mkfs: &dyn MakeFs) ->
         mkfs.make(fs, tree.path(), &path, image.epoch, &uuid(&image.name))?;
         set_mode(&path, 0o644)?;
     }
-    Ok(vec![
-        "on each host: the images for its kernels into /var/lib/extensions/, then `systemd-sysext refresh` \
+    Ok(vec!["on each host: the images for its kernels into /var/lib/extensions/, then `systemd-sysext refresh` \
          and `systemctl daemon-reload && systemctl restart ckms-sysext-depmod` (the index of the merged modules)"
-            .into(),
-    ])
+        .into()])
 }
 
 /// The image's tree in `dir`, every mode set (the umask must not show in the image).
@@ -312,7 +314,10 @@ mod tests {
             assert!(listing.contains(line), "{line:?} not in\n{listing}");
         }
         assert!(!listing.contains("6.1.0-55"), "nothing of another kernel:\n{listing}");
-        let leftovers: Vec<_> = std::fs::read_dir(&out).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.')).collect();
+        let leftovers: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+            .collect();
         assert!(leftovers.is_empty(), "staging trees are removed");
     }
 
@@ -328,7 +333,10 @@ mod tests {
         assert_eq!(images.len(), 1);
         assert_eq!(images[0].name, "fleet-6.1.0-56-amd64");
         assert_eq!(images[0].files.len(), 2);
-        assert_eq!(images[0].release, "# ckms: fleet-6.1.0-56-amd64\nID=flatcar\nSYSEXT_LEVEL=1.0\nARCHITECTURE=x86-64\n");
+        assert_eq!(
+            images[0].release,
+            "# ckms: fleet-6.1.0-56-amd64\nID=flatcar\nSYSEXT_LEVEL=1.0\nARCHITECTURE=x86-64\n"
+        );
 
         let mut bare = pairs[0].clone();
         bare.target.os = None;
