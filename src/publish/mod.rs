@@ -89,6 +89,8 @@ pub enum PublishError {
     Key { path: PathBuf, message: String },
     #[error("signing with the OpenPGP key {fingerprint}: {message}")]
     Sign { fingerprint: String, message: String },
+    #[error("a damaged entry in the store {store}: {why}")]
+    Damaged { store: PathBuf, why: String },
     #[error("store entry {key} ({module} for {kernel}): {message}")]
     Entry { key: String, module: String, kernel: String, message: String },
     #[error("kernel {kernel}: profile {profile} is unknown")]
@@ -114,7 +116,7 @@ impl Diagnose for PublishError {
             PublishError::Io { .. } | PublishError::Tool { .. } => code::IO,
             PublishError::Key { .. } | PublishError::Sign { .. } => code::SIGNING_FAILED,
             PublishError::Profile { .. } => code::BAD_PROFILE,
-            PublishError::Entry { .. } => code::IO,
+            PublishError::Entry { .. } | PublishError::Damaged { .. } => code::IO,
             _ => code::USAGE,
         }
     }
@@ -137,8 +139,8 @@ impl Diagnose for PublishError {
                  (gpg --armor --export-secret-keys); its primary key must be able to sign"
                 .into(),
             PublishError::Sign { .. } => "the key's primary key must be able to sign (gpg --edit-key: usage S)".into(),
-            PublishError::Entry { .. } => {
-                "the entry is damaged: `ckms farm build` with the same sources builds it again".into()
+            PublishError::Entry { .. } | PublishError::Damaged { .. } => {
+                "nothing was published: `ckms farm build` with the same sources builds the entry again".into()
             }
             PublishError::Profile { .. } => "the store was built with profiles this ckms does not have".into(),
             PublishError::NoOs { .. } => "give --os-id and --os-version-id (or --sysext-level) and --os-architecture, \

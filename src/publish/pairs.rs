@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use crate::farm::store::{Record, Status, Store};
+use crate::farm::store::{Lookup, Record, Status, Store};
 use crate::profile::{Catalog, Os};
 
 use super::PublishError;
@@ -75,11 +75,14 @@ pub fn read(
     modules: &[String],
     kernels: &[String],
 ) -> Result<Vec<Pair>, PublishError> {
-    let records: Vec<Record> = crate::farm::report::matrix(store)
-        .into_iter()
-        .map(|(r, _)| r)
-        .filter(|r| r.status == Status::Built && !r.modules.is_empty())
-        .collect();
+    let mut records: Vec<Record> = Vec::new();
+    for (lookup, _) in crate::farm::report::lookups(store, true) {
+        match lookup {
+            Lookup::Found(r) if r.status == Status::Built && !r.modules.is_empty() => records.push(*r),
+            Lookup::Damaged(why) => return Err(PublishError::Damaged { store: store.root().into(), why }),
+            _ => {}
+        }
+    }
     let known = |f: fn(&Record) -> &String| {
         let mut v: Vec<String> = records.iter().map(|r| f(r).clone()).collect();
         v.sort();
@@ -242,6 +245,11 @@ pub(crate) mod tests {
         assert!(matches!(&err, PublishError::NotInStore { known, .. } if known == &["hello".to_string()]), "{err}");
         let err = read(&store, &catalog, &[], &["6.1.0-55-amd64".into()]).unwrap_err();
         assert!(err.to_string().contains("6.1.0-55-amd64"), "{err}");
+
+        // A damaged entry stops publishing rather than being passed over.
+        std::fs::write(store.entry_dir("k1").join("modules/hello.ko.xz"), b"tampered").unwrap();
+        let err = read(&store, &catalog, &[], &[]).unwrap_err();
+        assert!(matches!(err, PublishError::Damaged { .. }), "{err}");
     }
 
     #[test]
