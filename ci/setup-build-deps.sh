@@ -2,7 +2,8 @@
 # What building ckms needs on a fresh Debian machine besides Rust and gcc: OpenSSL's headers
 # and pkg-config (the openssl crate links the system libcrypto, which signs modules), and the
 # openssl command that tests/sign_file.rs checks signatures with; kmod (depmod); Debian's
-# chromium, which tests/farm.rs renders the farm's HTML report in; busybox-static. Idempotent.
+# chromium, which tests/farm.rs renders the farm's HTML report in; busybox-static; what
+# tests/publish.rs needs. Idempotent.
 set -euo pipefail
 need=()
 pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
@@ -13,6 +14,14 @@ command -v depmod >/dev/null || [ -x /sbin/depmod ] || need+=(kmod)
 command -v chromium >/dev/null || need+=(chromium)
 # The engine tests run a static busybox as their whole image (no image can be pulled).
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+# farm publish (tests/publish.rs): gpg makes the farm's key and gpgv checks the InRelease;
+# mmdebstrap makes the clean bookworm that apt installs the packages in; erofs-utils and
+# squashfs-tools make (and read back) system extension images.
+command -v gpg >/dev/null || need+=(gnupg)
+command -v gpgv >/dev/null || need+=(gpgv)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v mkfs.erofs >/dev/null || need+=(erofs-utils)
+command -v mksquashfs >/dev/null || need+=(squashfs-tools)
 if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { echo "setup-build-deps: run as root to install ${need[*]}" >&2; exit 1; }
   echo "[setup-build-deps] installing ${need[*]}"

@@ -16,6 +16,7 @@
 //! - [`lifecycle`]: dkms's verbs (add, build, install, ...) over the tree, the builds and the installs;
 //! - [`install`]: putting built modules into the host's /lib/modules and taking them out again;
 //! - [`sign`]: module signatures for Secure Boot, made on the host in the kernel's format;
+//! - [`publish`]: a farm store's modules as hosts consume them: a signed apt repository, system extensions;
 //! - [`report`]: progress and events for people or machines.
 
 pub mod artifact;
@@ -34,6 +35,7 @@ pub mod install;
 pub mod kernel;
 pub mod lifecycle;
 pub mod profile;
+pub mod publish;
 pub mod repo;
 pub mod report;
 pub mod sign;

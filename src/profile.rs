@@ -63,6 +63,10 @@ pub struct Profile {
     pub kernel: KernelRules,
     pub filesystem: Filesystem,
     pub install: Install,
+    /// The os-release of the systems the profile's kernels run on (what `farm publish`
+    /// writes into system extensions); absent: the flags must say it.
+    #[serde(default)]
+    pub os: Option<Os>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +142,19 @@ pub struct Symlink {
 #[serde(deny_unknown_fields)]
 pub struct Install {
     pub module_location: String,
+}
+
+/// `[os]`: the target system's os-release fields a system extension must match.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Os {
+    /// os-release `ID=`, e.g. "debian".
+    pub id: String,
+    /// os-release `VERSION_ID=`, e.g. "12"; none for a rolling release (sid).
+    #[serde(default)]
+    pub version_id: Option<String>,
+    /// systemd's architecture name (os-release `ARCHITECTURE=`), e.g. "x86-64".
+    pub architecture: String,
 }
 
 impl Profile {

@@ -1,4 +1,4 @@
-//! `ckms farm build|status|report`: the prebuild farm over a store directory.
+//! `ckms farm build|status|report|publish`: the prebuild farm over a store directory.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use ckms::farm::report::{self, Cell, Counts};
 use ckms::farm::schedule::{self, Capacity, Job, Outcome, Progress};
 use ckms::farm::select::Selector;
 use ckms::farm::store::{Lookup, Status, Store};
+use ckms::publish::{sysext::Filesystem, Format};
 
 use super::Output;
 
@@ -23,6 +24,9 @@ pub enum Command {
     Status(StoreArg),
     /// Write the matrix as one self-contained HTML file.
     Report(ReportArgs),
+    /// Publish the store's built modules: a signed apt repository (apt) or system extension
+    /// images (sysext); cache and kmm are not yet supported.
+    Publish(PublishArgs),
 }
 
 #[derive(clap::Args)]
@@ -84,6 +88,50 @@ pub struct ReportArgs {
     output: PathBuf,
 }
 
+#[derive(clap::Args)]
+pub struct PublishArgs {
+    /// The store directory `farm build` wrote.
+    #[arg(long, value_name = "DIR")]
+    store: PathBuf,
+    /// What to write: apt, sysext (cache, kmm: not yet supported).
+    #[arg(long, value_name = "FORMAT", value_parser = |s: &str| s.parse::<Format>())]
+    format: Format,
+    /// Where (replaced whole, atomically; default: <store>/publish/<format>).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// The farm's OpenPGP secret key (armored, no passphrase): signs the apt repository.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// kmm: the image repository to push to.
+    #[arg(long, value_name = "REF")]
+    registry: Option<String>,
+    /// Only this module (repeatable; default: every built module).
+    #[arg(short = 'm', long = "module", value_name = "MODULE")]
+    modules: Vec<String>,
+    /// Only this kernel release (repeatable; default: every kernel).
+    #[arg(short = 'k', long = "kernel", value_name = "KVER")]
+    kernels: Vec<String>,
+    /// sysext: one image per kernel, NAME-<kernel>.raw, holding every selected module
+    /// (default: one image per module and kernel).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// sysext: the image's file system: erofs or squashfs.
+    #[arg(long, value_name = "FS", default_value = "erofs", value_parser = |s: &str| s.parse::<Filesystem>())]
+    filesystem: Filesystem,
+    /// sysext: the target's os-release ID (default: the kernel's profile's).
+    #[arg(long, value_name = "ID")]
+    os_id: Option<String>,
+    /// sysext: the target's os-release VERSION_ID (default: the kernel's profile's).
+    #[arg(long, value_name = "VERSION")]
+    os_version_id: Option<String>,
+    /// sysext: match the host's SYSEXT_LEVEL instead of VERSION_ID.
+    #[arg(long, value_name = "LEVEL", conflicts_with = "os_version_id")]
+    sysext_level: Option<String>,
+    /// sysext: the target's systemd architecture name (default: the profile's, e.g. x86-64).
+    #[arg(long, value_name = "ARCH")]
+    os_architecture: Option<String>,
+}
+
 /// The matrix file: the same as the command line's sources and selectors.
 #[derive(serde::Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -125,7 +173,41 @@ pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error
             });
             Ok(0)
         }
+        Command::Publish(args) => publish(ctx, out, args),
     }
+}
+
+fn publish(ctx: &Context, out: &Output, args: PublishArgs) -> Result<i32, Error> {
+    let req = ckms::publish::Request {
+        store: args.store,
+        format: args.format,
+        out: args.out,
+        key: args.key,
+        registry: args.registry,
+        modules: args.modules,
+        kernels: args.kernels,
+        name: args.name,
+        filesystem: args.filesystem,
+        os: ckms::publish::OsOverride {
+            id: args.os_id,
+            version_id: args.os_version_id,
+            sysext_level: args.sysext_level,
+            architecture: args.os_architecture,
+        },
+    };
+    let published = ckms::publish::publish(&req, &ctx.catalog)?;
+    out.result(&published, || {
+        let mut text: String =
+            published.files.iter().map(|f| format!("{}\n", published.out.join(f).display())).collect();
+        text += &format!(
+            "{} file(s) written to {} ({})\n",
+            published.files.len(),
+            published.out.display(),
+            published.format
+        );
+        text + &published.notes.iter().map(|n| format!("{n}\n")).collect::<String>()
+    });
+    Ok(0)
 }
 
 async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, Error> {

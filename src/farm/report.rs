@@ -28,19 +28,27 @@ pub fn save_matrix(store: &Store, cells: &[Cell]) -> Result<(), FarmError> {
 /// The matrix's records, with whether each was cached; pairs whose entry is missing or
 /// damaged are left out.
 pub fn matrix(store: &Store) -> Vec<(Record, bool)> {
-    let cells: Option<Vec<Cell>> = store.read_file(MATRIX).and_then(|b| serde_json::from_slice(&b).ok());
-    let mut out: Vec<(Record, bool)> = match cells {
-        Some(cells) => cells
-            .into_iter()
-            .filter_map(|c| match store.get(&c.key) {
-                Lookup::Found(r) => Some((*r, c.cached)),
-                _ => None,
-            })
-            .collect(),
-        None => store.records().into_iter().map(|r| (r, false)).collect(),
-    };
+    let mut out: Vec<(Record, bool)> = lookups(store, false)
+        .into_iter()
+        .filter_map(|(lookup, cached)| match lookup {
+            Lookup::Found(r) => Some((*r, cached)),
+            _ => None,
+        })
+        .collect();
     out.sort_by(|(a, _), (b, _)| (&a.module, &a.version, &a.kernel).cmp(&(&b.module, &b.version, &b.kernel)));
     out
+}
+
+/// Every pair of the matrix as its entry was found (checked file by file), with whether it
+/// was cached; without a matrix, every readable record: taken as found (status, report), or
+/// checked too with `check_all` (publishing, which must not pass over a damaged entry).
+pub fn lookups(store: &Store, check_all: bool) -> Vec<(Lookup, bool)> {
+    let cells: Option<Vec<Cell>> = store.read_file(MATRIX).and_then(|b| serde_json::from_slice(&b).ok());
+    match cells {
+        Some(cells) => cells.into_iter().map(|c| (store.get(&c.key), c.cached)).collect(),
+        None if check_all => store.records().into_iter().map(|r| (store.get(&r.key), false)).collect(),
+        None => store.records().into_iter().map(|r| (Lookup::Found(Box::new(r)), false)).collect(),
+    }
 }
 
 /// `farm status --json`: one object per pair.

@@ -1,0 +1,339 @@
+//! `farm publish`: a store's built modules in the forms hosts consume. The store is the farm's
+//! cache; publishing turns its pairs into what a fleet installs:
+//!
+//! - [`apt`]: one Debian package per (module, kernel) in a signed apt repository;
+//! - [`sysext`]: one systemd-sysext image per (module set, kernel), for immutable systems;
+//! - `cache` (a signed index of the store) and `kmm` (Kubernetes KMM images): not yet.
+//!
+//! [`pairs`] reads the store (every file checked against its record); each format writes a
+//! complete tree into a temporary directory beside `--out`, which is then renamed into place,
+//! so that a reader (an HTTP server, apt) sees the old tree or the new one, never half of one.
+//! Everything written is a function of the store (times are the entries' build times), so
+//! publishing twice gives the same bytes.
+
+pub mod apt;
+pub mod deb;
+pub mod openpgp;
+pub mod pairs;
+pub mod sysext;
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::diagnose::{code, Diagnose};
+use crate::profile::Catalog;
+
+/// What `farm publish --format` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A signed index of the store, for other ckms hosts (not yet).
+    Cache,
+    /// Debian packages in a signed apt repository.
+    Apt,
+    /// Kernel Module Management images (not yet).
+    Kmm,
+    /// systemd-sysext images.
+    Sysext,
+}
+
+impl Format {
+    pub const NAMES: [&'static str; 4] = ["cache", "apt", "kmm", "sysext"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Cache => "cache",
+            Format::Apt => "apt",
+            Format::Kmm => "kmm",
+            Format::Sysext => "sysext",
+        }
+    }
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Format, String> {
+        match s {
+            "cache" => Ok(Format::Cache),
+            "apt" => Ok(Format::Apt),
+            "kmm" => Ok(Format::Kmm),
+            "sysext" => Ok(Format::Sysext),
+            _ => Err(format!("unknown format {s:?}: one of {}", Format::NAMES.join(", "))),
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum PublishError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Farm(#[from] crate::farm::FarmError),
+    #[error("{0} holds no ckms store (no ckms-store.json)")]
+    NoStore(PathBuf),
+    #[error("the store {store} has no built module{what}")]
+    NothingBuilt { store: PathBuf, what: String },
+    #[error("{wanted} is not in the store {store}")]
+    NotInStore { store: PathBuf, wanted: String, known: Vec<String> },
+    #[error("--format {0} is not yet supported")]
+    NotYetSupported(Format),
+    #[error("--format {0} needs --key: the repository must be signed")]
+    KeyRequired(Format),
+    #[error("the OpenPGP key {path}: {message}")]
+    Key { path: PathBuf, message: String },
+    #[error("signing with the OpenPGP key {fingerprint}: {message}")]
+    Sign { fingerprint: String, message: String },
+    #[error("a damaged entry in the store {store}: {why}")]
+    Damaged { store: PathBuf, why: String },
+    #[error("store entry {key} ({module} for {kernel}): {message}")]
+    Entry { key: String, module: String, kernel: String, message: String },
+    #[error("kernel {kernel}: profile {profile} is unknown")]
+    Profile { kernel: String, profile: String },
+    #[error("kernel {kernel}: profile {profile} names no target system (no [os]) and {missing} was not given")]
+    NoOs { kernel: String, profile: String, missing: &'static str },
+    #[error("{0} was not found")]
+    ToolMissing(&'static str),
+    #[error("{tool} failed for {path}: {message}")]
+    Tool { tool: &'static str, path: PathBuf, message: String },
+}
+
+impl PublishError {
+    pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PublishError + '_ {
+        move |source| PublishError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+impl Diagnose for PublishError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            PublishError::Farm(e) => e.exit_code(),
+            PublishError::Io { .. } | PublishError::Tool { .. } => code::IO,
+            PublishError::Key { .. } | PublishError::Sign { .. } => code::SIGNING_FAILED,
+            PublishError::Profile { .. } => code::BAD_PROFILE,
+            PublishError::Entry { .. } | PublishError::Damaged { .. } => code::IO,
+            _ => code::USAGE,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            PublishError::Farm(e) => return e.hint(),
+            PublishError::Io { .. } => "check that the output directory is writable and its disk not full".into(),
+            PublishError::NoStore(_) => "name the directory `ckms farm build --store` wrote".into(),
+            PublishError::NothingBuilt { .. } => {
+                "`ckms farm status --store DIR` shows the pairs; build some with `ckms farm build`".into()
+            }
+            PublishError::NotInStore { known, .. } => format!("the store has: {}", known.join(", ")),
+            PublishError::NotYetSupported(_) => "publish with --format apt or --format sysext".into(),
+            PublishError::KeyRequired(_) => "give the farm's armored OpenPGP secret key: --key farm.asc (e.g. \
+                 gpg --batch --passphrase '' --quick-gen-key 'ckms farm <farm@example.org>' ed25519 sign never; \
+                 gpg --armor --export-secret-keys farm@example.org > farm.asc)"
+                .into(),
+            PublishError::Key { .. } => "--key takes an ASCII-armored OpenPGP secret key without a passphrase \
+                 (gpg --armor --export-secret-keys); its primary key must be able to sign"
+                .into(),
+            PublishError::Sign { .. } => "the key's primary key must be able to sign (gpg --edit-key: usage S)".into(),
+            PublishError::Entry { .. } | PublishError::Damaged { .. } => {
+                "nothing was published: `ckms farm build` with the same sources builds the entry again".into()
+            }
+            PublishError::Profile { .. } => "the store was built with profiles this ckms does not have".into(),
+            PublishError::NoOs { .. } => "give --os-id and --os-version-id (or --sysext-level) and --os-architecture, \
+                 as the target's /etc/os-release names them"
+                .into(),
+            PublishError::ToolMissing(tool) => format!("install it: apt-get install {}", package_of(tool)),
+            PublishError::Tool { .. } => return None,
+        })
+    }
+}
+
+/// The Debian package that provides an external tool publishing runs.
+fn package_of(tool: &str) -> &'static str {
+    match tool {
+        "mkfs.erofs" => "erofs-utils",
+        "mksquashfs" => "squashfs-tools",
+        _ => "the package that provides it",
+    }
+}
+
+/// The target system of a system extension, as its os-release names it; flags override the
+/// profile's `[os]`.
+#[derive(Debug, Clone, Default)]
+pub struct OsOverride {
+    pub id: Option<String>,
+    pub version_id: Option<String>,
+    pub sysext_level: Option<String>,
+    pub architecture: Option<String>,
+}
+
+/// One `farm publish` run.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub store: PathBuf,
+    pub format: Format,
+    /// Default: `<store>/publish/<format>`.
+    pub out: Option<PathBuf>,
+    /// The farm's armored OpenPGP secret key (signs the apt repository).
+    pub key: Option<PathBuf>,
+    /// `kmm`: the image repository (kept for when kmm is supported).
+    pub registry: Option<String>,
+    /// Only these modules / kernels (empty: all).
+    pub modules: Vec<String>,
+    pub kernels: Vec<String>,
+    /// `sysext`: one image per kernel named NAME-<kernel> holding every selected module
+    /// (default: one image per module and kernel).
+    pub name: Option<String>,
+    pub filesystem: sysext::Filesystem,
+    pub os: OsOverride,
+}
+
+/// What a run wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Published {
+    pub format: String,
+    pub out: PathBuf,
+    /// Relative to `out`, sorted.
+    pub files: Vec<String>,
+    /// What a host does with it (a sources line, the merge hook).
+    pub notes: Vec<String>,
+}
+
+/// Publishes the store's built pairs in `req.format`.
+pub fn publish(req: &Request, catalog: &Catalog) -> Result<Published, PublishError> {
+    match req.format {
+        Format::Cache | Format::Kmm => return Err(PublishError::NotYetSupported(req.format)),
+        Format::Apt | Format::Sysext => {}
+    }
+    if !req.store.join("ckms-store.json").is_file() {
+        return Err(PublishError::NoStore(req.store.clone()));
+    }
+    let store = crate::farm::store::Store::open(&req.store)?;
+    let pairs = pairs::read(&store, catalog, &req.modules, &req.kernels)?;
+    let out = req.out.clone().unwrap_or_else(|| store.root().join("publish").join(req.format.name()));
+    let staging = Staging::new(&out)?;
+    let notes = match req.format {
+        Format::Apt => {
+            let path = req.key.as_deref().ok_or(PublishError::KeyRequired(Format::Apt))?;
+            let key = openpgp::Key::load(path)?;
+            apt::write(staging.path(), &pairs, &key)?
+        }
+        Format::Sysext => {
+            let images = sysext::plan(&pairs, req.name.as_deref(), &req.os)?;
+            sysext::write(staging.path(), &images, req.filesystem, &sysext::Mkfs)?
+        }
+        Format::Cache | Format::Kmm => return Err(PublishError::NotYetSupported(req.format)),
+    };
+    let files = list_files(staging.path())?;
+    staging.commit()?;
+    Ok(Published { format: req.format.name().into(), out, files, notes })
+}
+
+/// A directory written beside its final place and renamed into it: readers see the old tree
+/// or the new one.
+pub struct Staging {
+    dir: tempfile::TempDir,
+    out: PathBuf,
+}
+
+impl Staging {
+    pub fn new(out: &Path) -> Result<Staging, PublishError> {
+        let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(PublishError::io(parent))?;
+        let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "publish".into());
+        let dir = tempfile::Builder::new()
+            .prefix(&format!(".{name}.tmp"))
+            .tempdir_in(parent)
+            .map_err(PublishError::io(parent))?;
+        Ok(Staging { dir, out: out.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Moves the staged tree to `out`, replacing what was there.
+    pub fn commit(self) -> Result<(), PublishError> {
+        let staged = self.dir.keep();
+        let out = &self.out;
+        // tempdir makes 0700; what is published is meant to be served.
+        set_mode(&staged, 0o755)?;
+        if out.exists() {
+            let old = staged.with_extension("old");
+            std::fs::rename(out, &old).map_err(PublishError::io(out))?;
+            std::fs::rename(&staged, out).map_err(PublishError::io(out))?;
+            std::fs::remove_dir_all(&old).map_err(PublishError::io(&old))?;
+        } else {
+            std::fs::rename(&staged, out).map_err(PublishError::io(out))?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<(), PublishError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(PublishError::io(path))
+}
+
+/// Writes `bytes` to `dir/rel`, making the directories on the way.
+pub(crate) fn write_file(dir: &Path, rel: &str, bytes: &[u8]) -> Result<(), PublishError> {
+    let path = dir.join(rel);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(PublishError::io(parent))?;
+    }
+    std::fs::write(&path, bytes).map_err(PublishError::io(&path))
+}
+
+/// Every regular file under `dir`, relative and sorted.
+fn list_files(dir: &Path) -> Result<Vec<String>, PublishError> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).map_err(PublishError::io(&d))? {
+            let e = e.map_err(PublishError::io(&d))?;
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(rel) = path.strip_prefix(dir) {
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_parse_and_unsupported_ones_say_so() {
+        for name in Format::NAMES {
+            assert_eq!(name.parse::<Format>().unwrap().name(), name);
+        }
+        assert!("rpm".parse::<Format>().unwrap_err().contains("apt"));
+        let err = PublishError::NotYetSupported(Format::Kmm);
+        assert!(err.to_string().contains("kmm"));
+        assert!(err.hint().unwrap().contains("apt"));
+    }
+
+    #[test]
+    fn staging_replaces_the_output_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("publish/apt");
+        for content in ["one", "two"] {
+            let s = Staging::new(&out).unwrap();
+            write_file(s.path(), "a/file", content.as_bytes()).unwrap();
+            s.commit().unwrap();
+            assert_eq!(std::fs::read_to_string(out.join("a/file")).unwrap(), content);
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("publish")).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary or old tree left beside the output");
+        assert_eq!(list_files(&out).unwrap(), vec!["a/file".to_string()]);
+    }
+}

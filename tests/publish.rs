@@ -1,0 +1,354 @@
+//! `ckms farm publish` from a real store (v4l2loopback and tp-smapi built for 6.1.0-56-amd64 on
+//! Docker; fails when the engine is missing):
+//!
+//! - apt: the repository's InRelease and Release.gpg pass gpgv; real apt-get installs the
+//!   packages in a clean bookworm container (made with mmdebstrap from the host's Debian
+//!   sources, with the kernel's image package, `docker import`ed and cached), the module files
+//!   land and depmod indexes them; `apt-get purge` leaves /lib/modules/<kver> as before;
+//! - sysext: erofs and squashfs images published twice are byte-identical and hold the store's
+//!   modules under their kernel's directory only, with no module index; real `systemd-sysext
+//!   merge` (in a private mount namespace, over a root holding the kernel's own modules) merges
+//!   two ckms extensions, and after the extensions' depmod hook modprobe resolves the modules
+//!   of both, with their in-tree dependencies.
+//!
+//! Every tool it needs (gpg, gpgv, mmdebstrap, docker, erofs-utils, squashfs-tools,
+//! systemd-sysext, unshare) must be there: a missing one fails the test, it never skips.
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use support::{ckms, engine_host, shared_cache};
+
+const KERNEL: &str = "6.1.0-56-amd64";
+const IMAGE: &str = "ckms-test/publish-bookworm";
+
+fn need(tool: &str, package: &str) {
+    let found =
+        Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
+    assert!(found, "{tool} is needed by this test: apt-get install {package} (ci/setup-build-deps.sh does)");
+}
+
+/// Runs `cmd`, panicking with its output unless it succeeds; its stdout.
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        out.status
+    );
+    stdout.into_owned()
+}
+
+/// The store, built once per test binary (kept between runs: a re-run builds nothing).
+fn store() -> &'static Path {
+    static STORE: OnceLock<PathBuf> = OnceLock::new();
+    STORE.get_or_init(|| {
+        let host = engine_host("CKMS_TEST_DOCKER_HOST");
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("publish-store");
+        let cache = shared_cache();
+        let (cache, store) = (cache.to_string_lossy(), dir.to_string_lossy());
+        let sources = ["deb:v4l2loopback-dkms", "deb:tp-smapi-dkms"];
+        let out = ckms(
+            ["--engine", &host, "--cache-dir", &cache, "farm", "build", "--store", &store, "-k", KERNEL]
+                .into_iter()
+                .chain(sources),
+        )
+        .run();
+        assert!(out.code == 0 || out.code == 77, "the store could not be built{out}");
+        dir
+    })
+}
+
+/// The store's file `name` (a module as the store holds it, signed).
+fn stored_module(name: &str) -> Vec<u8> {
+    for e in std::fs::read_dir(store().join("pairs")).unwrap() {
+        let path = e.unwrap().path().join("modules").join(name);
+        if path.is_file() {
+            return std::fs::read(path).unwrap();
+        }
+    }
+    panic!("{name} is not in the store {}", store().display());
+}
+
+fn publish(format: &str, out: &Path, extra: &[&str]) -> support::Outcome {
+    let store = store().to_string_lossy().into_owned();
+    let out = out.to_string_lossy().into_owned();
+    let mut args = vec!["farm", "publish", "--store", &store, "--format", format, "--out", &out];
+    args.extend(extra);
+    let run = ckms(args).run();
+    run.expect_code(0);
+    run
+}
+
+/// A farm key made with gpg, as an operator would: `dir/farm.asc`.
+fn farm_key(dir: &Path) -> PathBuf {
+    need("gpg", "gnupg");
+    let home = dir.join("gnupg");
+    std::fs::create_dir_all(&home).unwrap();
+    run(Command::new("chmod").arg("700").arg(&home));
+    let gpg = || {
+        let mut c = Command::new("gpg");
+        c.arg("--batch").arg("--homedir").arg(&home);
+        c
+    };
+    run(gpg().args([
+        "--passphrase",
+        "",
+        "--quick-gen-key",
+        "ckms farm <farm@example.invalid>",
+        "ed25519",
+        "sign",
+        "never",
+    ]));
+    let armored = run(gpg().args(["--armor", "--export-secret-keys", "farm@example.invalid"]));
+    let path = dir.join("farm.asc");
+    std::fs::write(&path, armored).unwrap();
+    path
+}
+
+fn docker(host: &str) -> Command {
+    let mut c = Command::new("docker");
+    c.arg("--host").arg(host);
+    c
+}
+
+/// A clean bookworm with the kernel's image package, from Debian's packages (the host's apt
+/// sources; no registry): made once with mmdebstrap, kept as a tarball in the test cache and
+/// as an image in the engine.
+fn bookworm_image(host: &str) -> String {
+    let tag = format!("{IMAGE}:{KERNEL}");
+    if docker(host).args(["image", "inspect", &tag]).output().is_ok_and(|o| o.status.success()) {
+        return tag;
+    }
+    need("mmdebstrap", "mmdebstrap");
+    let dir = shared_cache().join("publish");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tar = dir.join(format!("bookworm-{KERNEL}.tar"));
+    if !tar.is_file() {
+        let targets = run(Command::new("apt-get").args(["indextargets", "--format", "$(REPO_URI) $(RELEASE)"]));
+        let mut sources: Vec<String> = targets
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(_, suite)| suite.starts_with("bookworm"))
+            .map(|(uri, suite)| format!("deb {uri} {suite} main"))
+            .collect();
+        sources.sort();
+        sources.dedup();
+        assert!(!sources.is_empty(), "the host's apt sources name no bookworm suite:\n{targets}");
+        // The host's settings on index freshness (a snapshot mirror needs Check-Valid-Until off).
+        let aptopts: Vec<String> = run(Command::new("apt-config").arg("dump"))
+            .lines()
+            .filter(|l| l.starts_with("Acquire::Check-Valid-Until ") || l.starts_with("Acquire::Check-Date "))
+            .map(|l| format!("--aptopt={l}"))
+            .collect();
+        let partial = tar.with_extension("partial");
+        run(Command::new("nice")
+            .args(["-n", "19", "mmdebstrap", "--quiet", "--variant=apt", "--format=tar", "--components=main"])
+            .arg(format!("--include=linux-image-{KERNEL},kmod"))
+            .args(&aptopts)
+            .arg("bookworm")
+            .arg(&partial)
+            .args(&sources));
+        std::fs::rename(&partial, &tar).unwrap();
+    }
+    run(docker(host).arg("import").arg(&tar).arg(&tag));
+    tag
+}
+
+#[test]
+fn apt_repository_installs_with_apt_get_and_purges_clean() {
+    need("gpgv", "gpgv");
+    need("docker", "docker.io");
+    let host = engine_host("CKMS_TEST_DOCKER_HOST");
+    let dir = tempfile::tempdir().unwrap();
+    let key = farm_key(dir.path());
+    let out = dir.path().join("apt");
+    let shown = publish("apt", &out, &["--key", &key.to_string_lossy()]);
+    assert!(shown.stdout.contains("signed-by=/usr/share/keyrings/ckms-archive-keyring.gpg"), "{shown}");
+
+    let keyring = out.join("ckms-archive-keyring.gpg");
+    let suite = out.join("dists/bookworm");
+    run(Command::new("gpgv").arg("--keyring").arg(&keyring).arg(suite.join("InRelease")));
+    run(Command::new("gpgv").arg("--keyring").arg(&keyring).arg(suite.join("Release.gpg")).arg(suite.join("Release")));
+
+    // Publishing again gives the same repository, byte for byte.
+    let again = dir.path().join("apt2");
+    publish("apt", &again, &["--key", &key.to_string_lossy()]);
+    for f in ["dists/bookworm/InRelease", "dists/bookworm/main/binary-amd64/Packages.gz"] {
+        assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(again.join(f)).unwrap(), "{f} differs");
+    }
+
+    let image = bookworm_image(&host);
+    let v4l2 = support::sha256_file(&store_file("v4l2loopback.ko"));
+    let script = format!(
+        r#"set -eu
+K={KERNEL}
+snapshot() {{ cd /lib/modules/$K && find . -printf '%p %y %m\n' | sort && sha256sum modules.* | sort; }}
+rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*
+echo "deb [signed-by=/repo/ckms-archive-keyring.gpg] file:/repo bookworm main" >/etc/apt/sources.list.d/ckms.list
+snapshot >/tmp/before
+apt-get update -q
+apt-get install -y -q v4l2loopback-modules-$K tp-smapi-modules-$K
+echo "INSTALLED $(sha256sum /lib/modules/$K/updates/dkms/v4l2loopback.ko)"
+grep -q '^updates/dkms/v4l2loopback.ko:' /lib/modules/$K/modules.dep && echo INDEXED-V4L2
+grep -q '^updates/dkms/tp_smapi.ko:.*thinkpad_ec.ko' /lib/modules/$K/modules.dep && echo INDEXED-SMAPI
+modprobe --show-depends -S $K v4l2loopback
+apt-get purge -y -q v4l2loopback-modules-$K tp-smapi-modules-$K
+snapshot >/tmp/after
+diff /tmp/before /tmp/after && echo PURGE-RESTORED
+"#
+    );
+    let mount = format!("{}:/repo:ro", out.display());
+    let shown =
+        run(docker(&host).args(["run", "--rm", "--network", "none", "-v", &mount, &image, "bash", "-c", &script]));
+    assert!(shown.contains(&format!("INSTALLED {v4l2}")), "the installed module is the store's:\n{shown}");
+    for marker in ["INDEXED-V4L2", "INDEXED-SMAPI", "PURGE-RESTORED", "videodev.ko", "updates/dkms/v4l2loopback.ko"] {
+        assert!(shown.contains(marker), "{marker} missing:\n{shown}");
+    }
+}
+
+fn store_file(name: &str) -> PathBuf {
+    let bytes = stored_module(name);
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("publish-{name}"));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn sysext_images_are_reproducible_and_hold_only_their_kernels_modules() {
+    need("fsck.erofs", "erofs-utils");
+    need("unsquashfs", "squashfs-tools");
+    let dir = tempfile::tempdir().unwrap();
+    let image = format!("v4l2loopback-{KERNEL}.raw");
+    for (fs, extra) in [("erofs", vec![]), ("squashfs", vec!["--filesystem", "squashfs"])] {
+        let (a, b) = (dir.path().join(format!("{fs}-a")), dir.path().join(format!("{fs}-b")));
+        publish("sysext", &a, &extra);
+        publish("sysext", &b, &extra);
+        for name in [image.clone(), format!("tp_smapi-{KERNEL}.raw")] {
+            assert_eq!(
+                std::fs::read(a.join(&name)).unwrap(),
+                std::fs::read(b.join(&name)).unwrap(),
+                "{fs}: {name} differs"
+            );
+        }
+    }
+
+    let tree = dir.path().join("tree");
+    run(Command::new("fsck.erofs")
+        .arg(format!("--extract={}", tree.display()))
+        .arg(dir.path().join("erofs-a").join(&image)));
+    let module = tree.join(format!("usr/lib/modules/{KERNEL}/updates/dkms/v4l2loopback.ko"));
+    assert_eq!(std::fs::read(&module).unwrap(), stored_module("v4l2loopback.ko"), "the store's signed module");
+    let release = std::fs::read_to_string(
+        tree.join(format!("usr/lib/extension-release.d/extension-release.v4l2loopback-{KERNEL}")),
+    )
+    .unwrap();
+    for line in ["ID=debian\n", "VERSION_ID=12\n", "ARCHITECTURE=x86-64\n"] {
+        assert!(release.contains(line), "{line:?} not in {release}");
+    }
+    let listing = run(Command::new("unsquashfs").arg("-l").arg(dir.path().join("squashfs-a").join(&image)));
+    for path in listing.lines().filter(|l| l.contains("/usr/lib/modules/")) {
+        assert!(path.contains(&format!("/usr/lib/modules/{KERNEL}")), "only its kernel's directory: {path}");
+        assert!(!path.contains("modules.dep") && !path.contains("modules.alias"), "no index in an extension: {path}");
+    }
+    assert!(listing.contains(&format!("/usr/lib/modules/{KERNEL}/updates/dkms/v4l2loopback.ko")), "{listing}");
+}
+
+/// The kernel's own modules that v4l2loopback needs, and its index files, from its image
+/// package (downloaded once into the test cache).
+fn kernel_modules(root: &Path) {
+    let dir = shared_cache().join("publish");
+    std::fs::create_dir_all(&dir).unwrap();
+    let deb =
+        std::fs::read_dir(&dir).unwrap().filter_map(Result::ok).map(|e| e.path()).find(|p| {
+            p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("linux-image-{KERNEL}_")))
+        });
+    let deb = deb.unwrap_or_else(|| {
+        run(Command::new("apt-get").current_dir(&dir).args(["download", &format!("linux-image-{KERNEL}")]));
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .unwrap()
+    });
+    let script = format!(
+        "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' --wildcards './lib/modules/{KERNEL}/kernel/drivers/media/*' \
+         './lib/modules/{KERNEL}/modules.order' './lib/modules/{KERNEL}/modules.builtin*'",
+        deb.display(),
+        root.display()
+    );
+    run(Command::new("sh").args(["-c", &script]));
+}
+
+#[test]
+fn two_extensions_merged_by_systemd_sysext_both_resolve_after_the_hook() {
+    for (tool, package) in
+        [("systemd-sysext", "systemd"), ("unshare", "util-linux"), ("depmod", "kmod"), ("dpkg-deb", "dpkg")]
+    {
+        need(tool, package);
+    }
+    assert!(rustix::process::geteuid().is_root(), "systemd-sysext merge and the hook mount: run this test as root");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let staging = dir.path().join("unpacked");
+    std::fs::create_dir_all(&staging).unwrap();
+    kernel_modules(&staging);
+    let usr_lib = root.join("usr/lib");
+    std::fs::create_dir_all(usr_lib.join("modules")).unwrap();
+    std::fs::rename(staging.join(format!("lib/modules/{KERNEL}")), usr_lib.join(format!("modules/{KERNEL}"))).unwrap();
+    std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
+    std::fs::write(usr_lib.join("os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
+    run(Command::new("depmod").arg("-b").arg(&root).arg(KERNEL));
+    let extensions = root.join("var/lib/extensions");
+    publish("sysext", &extensions, &[]);
+
+    let r = root.display();
+    let script = format!(
+        r#"set -eu
+R={r}; K={KERNEL}
+# systemd-sysext wants /run a mount and / shared (its helper's mounts come back to this namespace).
+mount -t tmpfs ckms-test-run /run
+mount --make-rshared /
+before=$(cd $R/usr && find . | sort)
+systemd-sysext merge --root=$R
+after=$(cd $R/usr && find . | sort)
+echo "ADDED:"; printf '%s\n' "$before" "$before" "$after" | sort | uniq -u
+modprobe -d $R -S $K --show-depends v4l2loopback >/dev/null 2>&1 || echo "BASE-INDEX-HAS-NOT-V4L2"
+$R/usr/lib/ckms/sysext-depmod $R $K
+modprobe -d $R -S $K --show-depends v4l2loopback
+modprobe -d $R -S $K --show-depends tp_smapi
+umount $R/usr/lib/modules/$K
+systemd-sysext unmerge --root=$R
+"#
+    );
+    let shown = run(Command::new("unshare").args(["--mount", "--propagation", "shared", "sh", "-c", &script]));
+    let added: Vec<&str> = shown
+        .lines()
+        .skip_while(|l| *l != "ADDED:")
+        .skip(1)
+        .take_while(|l| !l.starts_with("BASE-") && !l.starts_with("insmod"))
+        .collect();
+    assert!(!added.is_empty(), "the merge added nothing:\n{shown}");
+    for path in &added {
+        // .systemd-sysext: systemd's own record of the merge.
+        let ok = path.starts_with(&format!("./lib/modules/{KERNEL}/updates"))
+            || path.starts_with("./.systemd-sysext")
+            || path.starts_with("./lib/extension-release.d")
+            || path.starts_with("./lib/ckms")
+            || path.starts_with("./lib/systemd");
+        assert!(ok, "an extension added {path} (outside its kernel's directory and its hook):\n{shown}");
+    }
+    assert!(shown.contains("BASE-INDEX-HAS-NOT-V4L2"), "before the hook the base's index knows nothing:\n{shown}");
+    for line in [
+        format!("insmod {r}/lib/modules/{KERNEL}/kernel/drivers/media/v4l2-core/videodev.ko"),
+        format!("insmod {r}/lib/modules/{KERNEL}/updates/dkms/v4l2loopback.ko"),
+        format!("insmod {r}/lib/modules/{KERNEL}/updates/dkms/thinkpad_ec.ko"),
+        format!("insmod {r}/lib/modules/{KERNEL}/updates/dkms/tp_smapi.ko"),
+    ] {
+        assert!(shown.contains(&line), "{line:?} missing: both extensions' modules must resolve\n{shown}");
+    }
+}
