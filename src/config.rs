@@ -68,6 +68,9 @@ pub struct Config {
     /// Per-module settings, by module name: `[modules.v4l2loopback] packages = ["pkg-config"]`.
     #[serde(default)]
     pub modules: BTreeMap<String, ModuleConfig>,
+    /// A farm's binary caches, looked in before building (docs/publish.md, "cache").
+    #[serde(default)]
+    pub prebuilt: PrebuiltConfig,
     /// Environment overrides, captured at load time (kept out of serde).
     #[serde(skip)]
     env: BTreeMap<String, String>,
@@ -116,6 +119,18 @@ pub struct ModuleConfig {
     /// Extra packages the module's build needs, layered onto its builder image.
     #[serde(default)]
     pub packages: Vec<String>,
+}
+
+/// `[prebuilt]`: binary caches written by `ckms farm publish --format cache`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrebuiltConfig {
+    /// The caches' base URLs (http, https, file) or directories, tried in order.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// OpenPGP public keys (armored or binary) whose signatures of a cache's index are trusted.
+    #[serde(default)]
+    pub keys: Vec<PathBuf>,
 }
 
 const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -169,6 +184,13 @@ impl Config {
         self.sign.enabled = o.sign.enabled.or(self.sign.enabled);
         self.sign.dkms_mok_dir = o.sign.dkms_mok_dir.or(self.sign.dkms_mok_dir.take());
         self.modules.extend(o.modules);
+        // A later file naming caches replaces the list: caches are tried in order.
+        if !o.prebuilt.urls.is_empty() {
+            self.prebuilt.urls = o.prebuilt.urls;
+        }
+        if !o.prebuilt.keys.is_empty() {
+            self.prebuilt.keys = o.prebuilt.keys;
+        }
     }
 
     /// Whether builds sign modules (for kernels with a CONFIG_MODULE_SIG_HASH).

@@ -2,7 +2,7 @@
 //! dkms's backup of replaced modules and depmod (see [`crate::install`]). The module's own
 //! PRE_INSTALL, POST_INSTALL and POST_REMOVE scripts run in the sandbox, never on the host.
 
-use super::{KernelTarget, Lifecycle, LifecycleError, Manifest, ModuleVersion};
+use super::{KernelTarget, Lifecycle, LifecycleError, Manifest, ManifestModule, ModuleVersion};
 use crate::error::Error;
 use crate::install::{Depmod, HostDepmod, ModuleFile, Target};
 
@@ -43,7 +43,14 @@ impl Lifecycle<'_> {
         }
         let built_dir = self.roots.built_dir(&mv.module, &mv.version, &kernel, &arch);
         if !built_dir.join("module").is_dir() {
-            self.build(mv, target).await?;
+            // A farm's cache first, when one is configured: no engine, no headers, no compiler.
+            self.ensure_added(mv)?;
+            match crate::prebuilt::find(self, mv, &kernel, self.opts.prebuilt_only).await? {
+                Some(found) => self.place_prebuilt(mv, &kernel, &arch, &found)?,
+                None => {
+                    self.build(mv, target).await?;
+                }
+            }
         }
         let manifest = Manifest::read(&built_dir)?;
         if let Some(script) = &manifest.pre_install {
@@ -101,6 +108,60 @@ impl Lifecycle<'_> {
             self.run_after(mv, &manifest, "post_remove", script).await;
         }
         Ok(InstallOutcome::Uninstalled { module: mv.clone(), kernel, arch })
+    }
+
+    /// Makes a cache's entry the built dir of (mv, kernel, arch), as a build would have left
+    /// it; installing it then checks the module signatures as for a local build.
+    fn place_prebuilt(
+        &self,
+        mv: &ModuleVersion,
+        kernel: &str,
+        arch: &str,
+        found: &crate::prebuilt::Found,
+    ) -> Result<(), Error> {
+        let module_dir = self.roots.module_dir(&mv.module, &mv.version);
+        let staged = tempfile::Builder::new()
+            .prefix(".ckms-prebuilt-")
+            .tempdir_in(&module_dir)
+            .map_err(LifecycleError::io(&module_dir))?;
+        let files = staged.path().join("module");
+        std::fs::create_dir(&files).map_err(LifecycleError::io(&files))?;
+        let mut modules = Vec::new();
+        for (file, bytes) in &found.files {
+            // The index was checked: its paths are plain relative ones with a file name.
+            let name = std::path::Path::new(&file.path).file_name().unwrap_or_default();
+            let path = files.join(name);
+            std::fs::write(&path, bytes).map_err(LifecycleError::io(&path))?;
+            modules.push(ManifestModule {
+                built_name: file.name.clone(),
+                dest_name: file.name.clone(),
+                dest_location: file.dest.clone(),
+                file: std::path::Path::new("module").join(name),
+            });
+        }
+        let conf = std::fs::read_to_string(self.source_dir(mv).join("dkms.conf")).unwrap_or_default();
+        let entry = &found.entry;
+        let manifest = Manifest {
+            module: mv.module.clone(),
+            version: mv.version.clone(),
+            kernel: kernel.to_string(),
+            arch: arch.to_string(),
+            profile: entry.profile.clone(),
+            image: format!("prebuilt {} {}", found.url, found.key),
+            modules,
+            autoinstall: super::add::autoinstall_setting(&conf).unwrap_or(false),
+            pre_install: None,
+            post_install: None,
+            post_remove: None,
+            // Signed in the farm: then the kernel signs modules, and an unsigned one is refused.
+            sig_hash: entry.signer.as_ref().map(|s| s.hash.clone()),
+            signed_by: entry.signer.as_ref().map(|s| s.fingerprint.clone()),
+            make_seconds: None,
+        };
+        manifest.write(staged.path())?;
+        let built_dir = self.roots.built_dir(&mv.module, &mv.version, kernel, arch);
+        super::build::commit_dir(&staged.keep(), &built_dir).map_err(LifecycleError::io(&built_dir))?;
+        Ok(())
     }
 
     /// The version of `module` installed for (kernel, arch), read from the tree's marker link.
