@@ -284,7 +284,7 @@ pub fn kernel_pairs(
     let here: Vec<usize> = (0..sources.len()).filter(|&s| sources[s].profile == profile.name).collect();
     let lc = Lifecycle::new(ctx, roots.clone(), Options { profile: Some(profile.name.clone()), ..Options::default() });
     let mut keyed: BTreeMap<usize, usize> = BTreeMap::new(); // source → pair
-    for &s in &order(&sources, &here) {
+    for &s in &order(sources, &here) {
         let src = &sources[s];
         // The kernel's tree knows where the source came from, as the sources' tree does.
         let module_dir = roots.module_dir(&src.mv.module, &src.mv.version);
