@@ -417,6 +417,21 @@ mod tests {
     }
 
     #[test]
+    fn prebuilt_caches_are_replaced_as_a_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
+        let caches = "[prebuilt]\nurls = ['https://one/', 'https://two/']\nkeys = ['/etc/ckms/farm.pub.asc']\n";
+        std::fs::write(&a, caches).unwrap();
+        std::fs::write(&b, "[prebuilt]\nurls = ['/srv/cache']\n").unwrap();
+        let cfg = Config::load_from(std::slice::from_ref(&a), BTreeMap::new()).unwrap();
+        assert_eq!(cfg.prebuilt.urls, ["https://one/", "https://two/"]);
+        let cfg = Config::load_from(&[a, b], BTreeMap::new()).unwrap();
+        assert_eq!(cfg.prebuilt.urls, ["/srv/cache"], "a later file's caches replace the order, not extend it");
+        assert_eq!(cfg.prebuilt.keys, [PathBuf::from("/etc/ckms/farm.pub.asc")], "keys kept when not named");
+        assert!(Config::default().prebuilt.urls.is_empty(), "no cache unless configured");
+    }
+
+    #[test]
     fn a_typo_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.toml");

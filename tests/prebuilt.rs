@@ -8,9 +8,9 @@
 //! the farm's OpenPGP public key and module certificate, the kernel's signed index in ckms's
 //! cache, and `[prebuilt]` in its config. Then:
 //!
-//! - a cache that does not answer, an index signed by another key, a tampered index and a
-//!   tampered module each stop `ckms install --prebuilt-only` with their own error, and
-//!   nothing is installed;
+//! - a cache that does not answer, an index signed by another key, a tampered index, a
+//!   tampered module, and a locally patched source (another key: no entry) each stop
+//!   `ckms install --prebuilt-only` with their own error, and nothing is installed;
 //! - `ckms install` installs the store's signed module, depmod indexes it, `status` says
 //!   installed; its wall time is printed.
 //!
@@ -228,6 +228,14 @@ for case in silent index file other; do
     echo "EXIT-$case $?"
     [ -e $M ] && echo "INSTALLED-BY-$case"
 done
+echo "=== patched"
+SRC=/usr/src/$(ls /usr/src | grep '^v4l2loopback-')
+cp -a $SRC /tmp/original
+echo '/* a local patch */' >>$SRC/v4l2loopback.c
+CKMS_CONFIG=/work/good.toml ckms install "$MV" -k $K --prebuilt-only 2>&1
+echo "EXIT-patched $?"
+[ -e $M ] && echo "INSTALLED-BY-patched"
+rm -rf $SRC && cp -a /tmp/original $SRC
 echo "=== good"
 start=$(date +%s%N)
 CKMS_CONFIG=/work/good.toml ckms install "$MV" -k $K 2>&1
@@ -267,6 +275,7 @@ CKMS_CONFIG=/work/good.toml ckms status 2>&1
         ("index", 31, "changed after signing"),
         ("file", 32, "does not match the signed index"),
         ("other", 31, "not signed by a trusted key"),
+        ("patched", 7, "no cache has v4l2loopback/"),
     ] {
         assert!(shown.contains(&format!("EXIT-{case} {code}")), "{case}: exit {code} expected:\n{shown}");
         let part = shown.split(&format!("=== {case}")).nth(1).unwrap_or_default();

@@ -148,9 +148,13 @@ pub async fn find(lc: &Lifecycle<'_>, mv: &ModuleVersion, release: &str, only: b
                 return Ok(Some(found));
             }
             Ok(None) => {}
+            // With --prebuilt-only the first silent cache is the error: said once, not twice.
             Err(e @ (PrebuiltError::Unreachable { .. } | PrebuiltError::NoIndex { .. })) => {
-                report.warn(e.to_string());
-                silent.get_or_insert(e);
+                if only && silent.is_none() {
+                    silent = Some(e);
+                } else {
+                    report.warn(e.to_string());
+                }
             }
             Err(e) => return Err(e.into()),
         }
