@@ -70,7 +70,8 @@ fn store(host: &str) -> (PathBuf, PathBuf) {
         "deb:v4l2loopback-dkms",
     ])
     .run();
-    assert_eq!(out.code, 0, "the store could not be built{out}");
+    // 77: nothing to do, every pair is in the store already.
+    assert!(out.code == 0 || out.code == 77, "the store could not be built{out}");
     (dir, cert)
 }
 
