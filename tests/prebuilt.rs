@@ -12,7 +12,8 @@
 //!   tampered module, and a locally patched source (another key: no entry) each stop
 //!   `ckms install --prebuilt-only` with their own error, and nothing is installed;
 //! - `ckms install` installs the store's signed module, depmod indexes it, `status` says
-//!   installed; its wall time is printed.
+//!   installed; its wall time is printed (CKMS_TEST_HOST_BINARY=target/release/ckms measures
+//!   a release build's).
 //!
 //! Every tool it needs (docker, gpg, openssl, apt-get, mmdebstrap) must be there: a missing
 //! one fails the test, it never skips.
@@ -248,7 +249,10 @@ CKMS_CONFIG=/work/good.toml ckms status 2>&1
 "#
     );
     let work_mount = format!("{}:/work", work.display());
-    let bin_mount = format!("{}:/usr/local/bin/ckms:ro", env!("CARGO_BIN_EXE_ckms"));
+    // The binary the host runs: this build's, or CKMS_TEST_HOST_BINARY (a release build, to
+    // measure the install's time as a host would see it).
+    let binary = std::env::var("CKMS_TEST_HOST_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ckms").into());
+    let bin_mount = format!("{binary}:/usr/local/bin/ckms:ro");
     let data_mount = format!("{}:/ckms-data:ro", env!("CARGO_MANIFEST_DIR"));
     let image = bookworm_image(&host);
     let shown = run(docker(&host).args([
