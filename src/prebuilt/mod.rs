@@ -138,7 +138,7 @@ pub async fn find(lc: &Lifecycle<'_>, mv: &ModuleVersion, release: &str, only: b
     }
     let keyring = keyring(&cfg.keys)?;
     let key = key_of(lc, mv, release).await?;
-    let fetcher = Fetcher::new().map_err(|m| unreachable("(HTTP client)", m))?;
+    let fetcher = Fetcher::new().map_err(|m| not_answering("(HTTP client)", m))?;
     // A cache that does not answer may hold the entry: with --prebuilt-only, that is the error.
     let mut silent = None;
     for url in &cfg.urls {
@@ -215,7 +215,7 @@ pub async fn key_of(lc: &Lifecycle<'_>, mv: &ModuleVersion, release: &str) -> Re
     Ok(pair.map(|p| p.key.clone()).unwrap_or_default())
 }
 
-fn unreachable(url: &str, miss: Miss) -> PrebuiltError {
+fn not_answering(url: &str, miss: Miss) -> PrebuiltError {
     let detail = match miss {
         Miss::NotFound => "not found".into(),
         Miss::Unreachable(d) => d,
@@ -234,11 +234,11 @@ pub(crate) async fn lookup(
     let text = match f.get(&index_url).await {
         Ok(t) => t,
         Err(Miss::NotFound) => return Err(PrebuiltError::NoIndex { url: url.to_string() }),
-        Err(m) => return Err(unreachable(url, m)),
+        Err(m) => return Err(not_answering(url, m)),
     };
     let signature = f.get(&join(url, format::SIGNATURE)).await.map_err(|m| match m {
         Miss::NotFound => PrebuiltError::Untrusted { url: url.to_string(), detail: "index.json.asc is missing".into() },
-        m => unreachable(url, m),
+        m => not_answering(url, m),
     })?;
     let signature = String::from_utf8_lossy(&signature);
     release::verify_detached(&text, &signature, keyring, &index_url).map_err(|e| match e {
@@ -273,7 +273,7 @@ pub(crate) async fn lookup(
                 module: entry.module.clone(),
                 kernel: entry.kernel.clone(),
             },
-            m => unreachable(url, m),
+            m => not_answering(url, m),
         })?;
         if bytes.len() as u64 != file.size {
             return Err(tampered(format!("{} bytes, the index says {}", bytes.len(), file.size)));
