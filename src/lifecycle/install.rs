@@ -320,6 +320,64 @@ mod tests {
         assert!(installed(root));
     }
 
+    /// m/1 from a cache's entry, placed as the built dir of kernel k; then installed.
+    async fn install_prebuilt(
+        root: &Path,
+        signer: Option<crate::farm::store::Signer>,
+    ) -> Result<InstallOutcome, Error> {
+        use crate::publish::cache::{Entry, File};
+        let ctx = context(root);
+        let roots = crate::tree::Roots::under(root, "/var/lib/ckms");
+        let src = roots.source_tree.join("m-1");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("dkms.conf"), "PACKAGE_NAME=m\nPACKAGE_VERSION=1\nAUTOINSTALL=yes\n").unwrap();
+        let lc = Lifecycle::new(&ctx, roots.clone(), super::super::Options { depmod: false, ..Default::default() });
+        let mv = ModuleVersion { module: "m".into(), version: "1".into() };
+        lc.ensure_added(&mv).unwrap();
+        let file = File {
+            name: "m".into(),
+            dest: "/updates/dkms".into(),
+            path: "pairs/k1/m.ko".into(),
+            sha256: String::new(),
+            size: 4,
+        };
+        let entry = Entry {
+            module: "m".into(),
+            version: "1".into(),
+            kernel: "k".into(),
+            arch: "x86_64".into(),
+            profile: "debian-bookworm".into(),
+            built_at: 0,
+            signer,
+            files: vec![file.clone()],
+        };
+        let found = crate::prebuilt::Found {
+            url: "http://cache.invalid/".into(),
+            key: "k1".into(),
+            entry,
+            files: vec![(file, b"\x7fELF".to_vec())],
+        };
+        lc.place_prebuilt(&mv, "k", "x86_64", &found).unwrap();
+        let manifest = Manifest::read(&roots.built_dir("m", "1", "k", "x86_64")).unwrap();
+        assert!(manifest.autoinstall && manifest.image.contains("k1"), "{manifest:?}");
+        assert_eq!(manifest.modules[0].file, Path::new("module/m.ko"));
+        lc.install(&mv, &KernelTarget { release: "k".into(), arch: Some("x86_64".into()) }).await
+    }
+
+    #[tokio::test]
+    async fn a_prebuilt_entry_installs_as_a_build_and_its_signature_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        install_prebuilt(dir.path(), None).await.unwrap();
+        assert!(installed(dir.path()));
+        // Signed in the farm says the kernel signs modules: an unsigned file is refused.
+        let dir = tempfile::tempdir().unwrap();
+        let signer =
+            crate::farm::store::Signer { fingerprint: "f".into(), subject: "farm".into(), hash: "sha256".into() };
+        let err = install_prebuilt(dir.path(), Some(signer)).await.unwrap_err();
+        assert_eq!(err.exit_code(), code::BAD_MODULE_SIGNATURE, "{err}");
+        assert!(!installed(dir.path()));
+    }
+
     #[tokio::test]
     async fn unsigned_modules_install_where_the_kernel_does_not_sign() {
         let dir = tempfile::tempdir().unwrap();
