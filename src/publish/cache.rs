@@ -109,9 +109,10 @@ pub fn write(out: &Path, pairs: &[Pair], signer: &dyn Signer) -> Result<Vec<Stri
     write_file(out, SIGNATURE, signer.detached(text.as_bytes(), built_at)?.as_bytes())?;
     write_file(out, PUBLIC_KEY, signer.public_key_armored()?.as_bytes())?;
     Ok(vec![
-        format!("{} pairs; on a host, in /etc/ckms/config.toml:", index.entries.len()),
-        format!("[prebuilt]\nurls = [\"https://<server>/<path to {}>/\"]", out.display()),
-        format!("keys = [\"/etc/ckms/farm.pub.asc\"]   # a copy of {PUBLIC_KEY}"),
+        format!("{} pair(s); on a host, in /etc/ckms/config.toml:", index.entries.len()),
+        // `out` is the staging directory here: the notes name no path.
+        "[prebuilt]\nurls = [\"https://farm.example/cache/\"]   # where this directory is served".into(),
+        format!("keys = [\"/etc/ckms/farm.pub.asc\"]          # a copy of {PUBLIC_KEY}"),
     ])
 }
 
