@@ -68,6 +68,9 @@ pub struct Config {
     /// Per-module settings, by module name: `[modules.v4l2loopback] packages = ["pkg-config"]`.
     #[serde(default)]
     pub modules: BTreeMap<String, ModuleConfig>,
+    /// A farm's binary caches, looked in before building (docs/publish.md, "cache").
+    #[serde(default)]
+    pub prebuilt: PrebuiltConfig,
     /// Environment overrides, captured at load time (kept out of serde).
     #[serde(skip)]
     env: BTreeMap<String, String>,
@@ -116,6 +119,18 @@ pub struct ModuleConfig {
     /// Extra packages the module's build needs, layered onto its builder image.
     #[serde(default)]
     pub packages: Vec<String>,
+}
+
+/// `[prebuilt]`: binary caches written by `ckms farm publish --format cache`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrebuiltConfig {
+    /// The caches' base URLs (http, https, file) or directories, tried in order.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// OpenPGP public keys (armored or binary) whose signatures of a cache's index are trusted.
+    #[serde(default)]
+    pub keys: Vec<PathBuf>,
 }
 
 const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -169,6 +184,13 @@ impl Config {
         self.sign.enabled = o.sign.enabled.or(self.sign.enabled);
         self.sign.dkms_mok_dir = o.sign.dkms_mok_dir.or(self.sign.dkms_mok_dir.take());
         self.modules.extend(o.modules);
+        // A later file naming caches replaces the list: caches are tried in order.
+        if !o.prebuilt.urls.is_empty() {
+            self.prebuilt.urls = o.prebuilt.urls;
+        }
+        if !o.prebuilt.keys.is_empty() {
+            self.prebuilt.keys = o.prebuilt.keys;
+        }
     }
 
     /// Whether builds sign modules (for kernels with a CONFIG_MODULE_SIG_HASH).
@@ -392,6 +414,21 @@ mod tests {
         assert_eq!(cfg.cache_dir.as_deref(), Some(Path::new("/a")));
         assert_eq!(cfg.engine.host.as_deref(), Some("unix:///b.sock"));
         assert_eq!(cfg.mirrors["debian"], "http://b");
+    }
+
+    #[test]
+    fn prebuilt_caches_are_replaced_as_a_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.toml"), dir.path().join("b.toml"));
+        let caches = "[prebuilt]\nurls = ['https://one/', 'https://two/']\nkeys = ['/etc/ckms/farm.pub.asc']\n";
+        std::fs::write(&a, caches).unwrap();
+        std::fs::write(&b, "[prebuilt]\nurls = ['/srv/cache']\n").unwrap();
+        let cfg = Config::load_from(std::slice::from_ref(&a), BTreeMap::new()).unwrap();
+        assert_eq!(cfg.prebuilt.urls, ["https://one/", "https://two/"]);
+        let cfg = Config::load_from(&[a, b], BTreeMap::new()).unwrap();
+        assert_eq!(cfg.prebuilt.urls, ["/srv/cache"], "a later file's caches replace the order, not extend it");
+        assert_eq!(cfg.prebuilt.keys, [PathBuf::from("/etc/ckms/farm.pub.asc")], "keys kept when not named");
+        assert!(Config::default().prebuilt.urls.is_empty(), "no cache unless configured");
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod image;
 pub mod install;
 pub mod kernel;
 pub mod lifecycle;
+pub mod prebuilt;
 pub mod profile;
 pub mod publish;
 pub mod repo;

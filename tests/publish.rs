@@ -19,28 +19,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use bookworm::{bookworm_image, docker, farm_key, need, run, KERNEL};
 use support::{ckms, engine_host, shared_cache};
 
-const KERNEL: &str = "6.1.0-56-amd64";
-const IMAGE: &str = "ckms-test/publish-bookworm";
-
-fn need(tool: &str, package: &str) {
-    let found =
-        Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
-    assert!(found, "{tool} is needed by this test: apt-get install {package} (ci/setup-build-deps.sh does)");
-}
-
-/// Runs `cmd`, panicking with its output unless it succeeds; its stdout.
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({})\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
-        out.status
-    );
-    stdout.into_owned()
-}
+#[path = "support/bookworm.rs"]
+mod bookworm;
 
 /// The store, built once per test binary (kept between runs: a re-run builds nothing).
 fn store() -> &'static Path {
@@ -81,81 +64,6 @@ fn publish(format: &str, out: &Path, extra: &[&str]) -> support::Outcome {
     let run = ckms(args).run();
     run.expect_code(0);
     run
-}
-
-/// A farm key made with gpg, as an operator would: `dir/farm.asc`.
-fn farm_key(dir: &Path) -> PathBuf {
-    need("gpg", "gnupg");
-    let home = dir.join("gnupg");
-    std::fs::create_dir_all(&home).unwrap();
-    run(Command::new("chmod").arg("700").arg(&home));
-    let gpg = || {
-        let mut c = Command::new("gpg");
-        c.arg("--batch").arg("--homedir").arg(&home);
-        c
-    };
-    run(gpg().args([
-        "--passphrase",
-        "",
-        "--quick-gen-key",
-        "ckms farm <farm@example.invalid>",
-        "ed25519",
-        "sign",
-        "never",
-    ]));
-    let armored = run(gpg().args(["--armor", "--export-secret-keys", "farm@example.invalid"]));
-    let path = dir.join("farm.asc");
-    std::fs::write(&path, armored).unwrap();
-    path
-}
-
-fn docker(host: &str) -> Command {
-    let mut c = Command::new("docker");
-    c.arg("--host").arg(host);
-    c
-}
-
-/// A clean bookworm with the kernel's image package, from Debian's packages (the host's apt
-/// sources; no registry): made once with mmdebstrap, kept as a tarball in the test cache and
-/// as an image in the engine.
-fn bookworm_image(host: &str) -> String {
-    let tag = format!("{IMAGE}:{KERNEL}");
-    if docker(host).args(["image", "inspect", &tag]).output().is_ok_and(|o| o.status.success()) {
-        return tag;
-    }
-    need("mmdebstrap", "mmdebstrap");
-    let dir = shared_cache().join("publish");
-    std::fs::create_dir_all(&dir).unwrap();
-    let tar = dir.join(format!("bookworm-{KERNEL}.tar"));
-    if !tar.is_file() {
-        let targets = run(Command::new("apt-get").args(["indextargets", "--format", "$(REPO_URI) $(RELEASE)"]));
-        let mut sources: Vec<String> = targets
-            .lines()
-            .filter_map(|l| l.split_once(' '))
-            .filter(|(_, suite)| suite.starts_with("bookworm"))
-            .map(|(uri, suite)| format!("deb {uri} {suite} main"))
-            .collect();
-        sources.sort();
-        sources.dedup();
-        assert!(!sources.is_empty(), "the host's apt sources name no bookworm suite:\n{targets}");
-        // The host's settings on index freshness (a snapshot mirror needs Check-Valid-Until off).
-        let aptopts: Vec<String> = run(Command::new("apt-config").arg("dump"))
-            .lines()
-            .filter(|l| l.starts_with("Acquire::Check-Valid-Until ") || l.starts_with("Acquire::Check-Date "))
-            .map(|l| format!("--aptopt={l}"))
-            .collect();
-        let partial = tar.with_extension("partial");
-        run(Command::new("nice")
-            .args(["-n", "19", "mmdebstrap", "--quiet", "--variant=apt", "--format=tar", "--components=main"])
-            .arg(format!("--include=linux-image-{KERNEL},kmod"))
-            .args(&aptopts)
-            .arg("bookworm")
-            .arg(&partial)
-            .args(&sources));
-        std::fs::rename(&partial, &tar).unwrap();
-    }
-    run(docker(host).arg("import").arg(&tar).arg(&tag));
-    tag
 }
 
 #[test]

@@ -24,8 +24,8 @@ pub enum Command {
     Status(StoreArg),
     /// Write the matrix as one self-contained HTML file.
     Report(ReportArgs),
-    /// Publish the store's built modules: a signed apt repository (apt) or system extension
-    /// images (sysext); cache and kmm are not yet supported.
+    /// Publish the store's built modules: a signed apt repository (apt), system extension
+    /// images (sysext) or a binary cache for ckms hosts (cache); kmm is not yet supported.
     Publish(PublishArgs),
 }
 
@@ -93,13 +93,13 @@ pub struct PublishArgs {
     /// The store directory `farm build` wrote.
     #[arg(long, value_name = "DIR")]
     store: PathBuf,
-    /// What to write: apt, sysext (cache, kmm: not yet supported).
+    /// What to write: apt, sysext, cache (kmm: not yet supported).
     #[arg(long, value_name = "FORMAT", value_parser = |s: &str| s.parse::<Format>())]
     format: Format,
     /// Where (replaced whole, atomically; default: <store>/publish/<format>).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// The farm's OpenPGP secret key (armored, no passphrase): signs the apt repository.
+    /// The farm's OpenPGP secret key (armored, no passphrase): signs the apt repository or the cache's index.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
     /// kmm: the image repository to push to.

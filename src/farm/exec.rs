@@ -268,6 +268,7 @@ impl Executor for Farm<'_> {
             visible: Some(pair.visible.clone()),
             keep_unsigned: true,
             keys: self.signing.as_ref().map(|s| s.keys.clone()),
+            prebuilt_only: false,
         };
         let lc = Lifecycle::on_engine(self.ctx, roots.clone(), opts, self.conn.clone());
         let target = KernelTarget { release: kernel.release.clone(), arch: Some(pair.arch.clone()) };

@@ -154,21 +154,28 @@ pub async fn sources(ctx: &Context, work: &Work, given: &[String], kernels: &[Ke
                 }
                 Err(e) => return Err(e),
             };
-            let dir = lc.source_dir(&mv);
-            let (digest, size) = tree_digest(&dir).map_err(FarmError::io(&dir))?;
-            let conf = std::fs::read_to_string(dir.join("dkms.conf")).unwrap_or_default();
-            out.push(Source {
-                given: g.clone(),
-                profile: profile.to_string(),
-                origin: lc.origin(&mv),
-                build_depends: build_depends(&conf),
-                mv,
-                digest,
-                size,
-            });
+            out.push(Source::of(&lc, g, profile, mv)?);
         }
     }
     Ok(out)
+}
+
+impl Source {
+    /// `mv` as `lc`'s source tree holds it, for `profile`'s kernels.
+    pub fn of(lc: &Lifecycle<'_>, given: &str, profile: &str, mv: ModuleVersion) -> Result<Source, Error> {
+        let dir = lc.source_dir(&mv);
+        let (digest, size) = tree_digest(&dir).map_err(FarmError::io(&dir))?;
+        let conf = std::fs::read_to_string(dir.join("dkms.conf")).unwrap_or_default();
+        Ok(Source {
+            given: given.to_string(),
+            profile: profile.to_string(),
+            origin: lc.origin(&mv),
+            build_depends: build_depends(&conf),
+            mv,
+            digest,
+            size,
+        })
+    }
 }
 
 fn is_missing_package(e: &Error) -> bool {
@@ -231,89 +238,123 @@ pub fn build_depends(conf: &str) -> Vec<String> {
 /// images and keys.
 pub async fn pairs(ctx: &Context, work: &Work, sources: Vec<Source>, kernels: Vec<Kernel>) -> Result<Plan, Error> {
     let recipe = recipe_digest(ctx)?;
-    let mut images: Vec<ImageSpec> = Vec::new();
-    let mut pairs: Vec<Pair> = Vec::new();
+    let mut keyed = Keyed::default();
     for (ki, kernel) in kernels.iter().enumerate() {
         let profile = ctx.catalog.profile(&kernel.profile)?;
         let index = ctx.index(profile).await?;
-        let arch = profile.machine.clone();
         let roots = work.kernel(&profile.name, &kernel.release);
-        let here: Vec<usize> = (0..sources.len()).filter(|&s| sources[s].profile == profile.name).collect();
-        let lc =
-            Lifecycle::new(ctx, roots.clone(), Options { profile: Some(profile.name.clone()), ..Options::default() });
-        let mut keyed: BTreeMap<usize, usize> = BTreeMap::new(); // source → pair
-        for &s in &order(&sources, &here) {
-            let src = &sources[s];
-            // The kernel's tree knows where the source came from, as the sources' tree does.
-            let module_dir = roots.module_dir(&src.mv.module, &src.mv.version);
-            std::fs::create_dir_all(&module_dir).map_err(FarmError::io(&module_dir))?;
-            if let Some(origin) = &src.origin {
-                origin.write(&module_dir).map_err(FarmError::io(&module_dir))?;
-            }
-            let extra = lc.extra_packages(&src.mv, profile, &index);
-            let image = match images.iter().position(|i| i.kernel == ki && i.extra == extra.packages) {
-                Some(i) => i,
-                None => {
-                    let plan = ctx.plan_image(profile, &index, kernel, &extra.packages)?;
-                    let lock = lock_digest(&plan, profile);
-                    images.push(ImageSpec {
-                        profile: profile.name.clone(),
-                        kernel: ki,
-                        extra: extra.packages.clone(),
-                        plan,
-                        lock,
-                    });
-                    images.len() - 1
-                }
-            };
-            let declared = |other: &Source| {
-                extra.sources.iter().any(|p| {
-                    other.origin.as_ref().is_some_and(|o| &o.package == p)
-                        || p.strip_suffix("-dkms") == Some(other.mv.module.as_str())
-                }) || src.build_depends.contains(&other.mv.module)
-            };
-            let visible: Vec<usize> = here.iter().copied().filter(|&o| o != s && declared(&sources[o])).collect();
-            let after: Vec<usize> = visible
-                .iter()
-                .filter(|&&o| src.build_depends.contains(&sources[o].mv.module))
-                .filter_map(|o| keyed.get(o).copied())
-                .collect();
-            let inputs = KeyInputs {
-                recipe: recipe.clone(),
-                module: src.mv.module.clone(),
-                version: src.mv.version.clone(),
-                source: src.digest.clone(),
-                overrides: lc
-                    .overrides(&src.mv, &kernel.release, &arch)
-                    .into_iter()
-                    .map(|(name, bytes)| (name, crate::cache::sha256_hex(&bytes)))
-                    .collect(),
-                image_lock: images[image].lock.clone(),
-                kernel: kernel.release.clone(),
-                arch: arch.clone(),
-                siblings: visible
-                    .iter()
-                    .map(|&o| SiblingInput {
-                        module: sources[o].mv.module.clone(),
-                        version: sources[o].mv.version.clone(),
-                        digest: sources[o].digest.clone(),
-                    })
-                    .collect(),
-                depends: after.iter().map(|&p| pairs[p].key.clone()).collect(),
-            };
-            keyed.insert(s, pairs.len());
-            pairs.push(Pair {
-                source: s,
-                kernel: ki,
-                arch: arch.clone(),
-                image,
-                key: inputs.key(),
-                after,
-                visible: visible.iter().map(|&o| sources[o].mv.clone()).collect(),
-            });
-        }
+        let at = KernelAt { profile, index: &index, kernel, number: ki, roots };
+        kernel_pairs(ctx, &at, &sources, &recipe, &mut keyed)?;
     }
-    Ok(Plan { sources, kernels, images, pairs })
+    Ok(Plan { sources, kernels, images: keyed.images, pairs: keyed.pairs })
+}
+
+/// One kernel, as [`kernel_pairs`] keys pairs for it.
+pub struct KernelAt<'k> {
+    pub profile: &'k Profile,
+    pub index: &'k crate::repo::Index,
+    pub kernel: &'k Kernel,
+    /// Its position in the plan's kernels.
+    pub number: usize,
+    /// The tree the pairs are built in (the farm's for this kernel; a host's own).
+    pub roots: Roots,
+}
+
+/// Images and pairs keyed so far.
+#[derive(Debug, Default)]
+pub struct Keyed {
+    pub images: Vec<ImageSpec>,
+    pub pairs: Vec<Pair>,
+}
+
+/// Keys the pairs of `sources` (those of the kernel's profile) for one kernel, dependencies
+/// first. The farm plans every kernel so; a host computes the same for its own tree and
+/// kernel to find a pair in a binary cache ([`crate::prebuilt`]): one function, so that a
+/// host's key is the farm's whenever their inputs are the same.
+pub fn kernel_pairs(
+    ctx: &Context,
+    at: &KernelAt<'_>,
+    sources: &[Source],
+    recipe: &str,
+    out: &mut Keyed,
+) -> Result<(), Error> {
+    let (images, pairs) = (&mut out.images, &mut out.pairs);
+    let (profile, index, kernel, ki, roots) = (at.profile, at.index, at.kernel, at.number, &at.roots);
+    let arch = profile.machine.clone();
+    let here: Vec<usize> = (0..sources.len()).filter(|&s| sources[s].profile == profile.name).collect();
+    let lc = Lifecycle::new(ctx, roots.clone(), Options { profile: Some(profile.name.clone()), ..Options::default() });
+    let mut keyed: BTreeMap<usize, usize> = BTreeMap::new(); // source → pair
+    for &s in &order(sources, &here) {
+        let src = &sources[s];
+        // The kernel's tree knows where the source came from, as the sources' tree does.
+        let module_dir = roots.module_dir(&src.mv.module, &src.mv.version);
+        std::fs::create_dir_all(&module_dir).map_err(FarmError::io(&module_dir))?;
+        if let Some(origin) = &src.origin {
+            origin.write(&module_dir).map_err(FarmError::io(&module_dir))?;
+        }
+        let extra = lc.extra_packages(&src.mv, profile, index);
+        let image = match images.iter().position(|i| i.kernel == ki && i.extra == extra.packages) {
+            Some(i) => i,
+            None => {
+                let plan = ctx.plan_image(profile, index, kernel, &extra.packages)?;
+                let lock = lock_digest(&plan, profile);
+                images.push(ImageSpec {
+                    profile: profile.name.clone(),
+                    kernel: ki,
+                    extra: extra.packages.clone(),
+                    plan,
+                    lock,
+                });
+                images.len() - 1
+            }
+        };
+        let declared = |other: &Source| {
+            extra.sources.iter().any(|p| {
+                other.origin.as_ref().is_some_and(|o| &o.package == p)
+                    || p.strip_suffix("-dkms") == Some(other.mv.module.as_str())
+            }) || src.build_depends.contains(&other.mv.module)
+        };
+        let visible: Vec<usize> = here.iter().copied().filter(|&o| o != s && declared(&sources[o])).collect();
+        let after: Vec<usize> = visible
+            .iter()
+            .filter(|&&o| src.build_depends.contains(&sources[o].mv.module))
+            .filter_map(|o| keyed.get(o).copied())
+            .collect();
+        let inputs = KeyInputs {
+            recipe: recipe.to_string(),
+            module: src.mv.module.clone(),
+            version: src.mv.version.clone(),
+            source: src.digest.clone(),
+            overrides: lc
+                .overrides(&src.mv, &kernel.release, &arch)
+                .into_iter()
+                .map(|(name, bytes)| (name, crate::cache::sha256_hex(&bytes)))
+                .collect(),
+            image_lock: images[image].lock.clone(),
+            kernel: kernel.release.clone(),
+            arch: arch.clone(),
+            siblings: visible
+                .iter()
+                .map(|&o| SiblingInput {
+                    module: sources[o].mv.module.clone(),
+                    version: sources[o].mv.version.clone(),
+                    digest: sources[o].digest.clone(),
+                })
+                .collect(),
+            depends: after.iter().map(|&p| pairs[p].key.clone()).collect(),
+        };
+        keyed.insert(s, pairs.len());
+        pairs.push(Pair {
+            source: s,
+            kernel: ki,
+            arch: arch.clone(),
+            image,
+            key: inputs.key(),
+            after,
+            visible: visible.iter().map(|&o| sources[o].mv.clone()).collect(),
+        });
+    }
+    Ok(())
 }
 
 /// `here` with every source after the ones its BUILD_DEPENDS name (a cycle keeps the given
@@ -343,8 +384,8 @@ fn lock_digest(plan: &crate::image::Plan, profile: &Profile) -> String {
     crate::cache::sha256_hex(doc.to_string().as_bytes())
 }
 
-/// The build's own scripts and the builder recipe.
-fn recipe_digest(ctx: &Context) -> Result<String, Error> {
+/// The build's own scripts and the builder recipe: the first of a key's inputs.
+pub fn recipe_digest(ctx: &Context) -> Result<String, Error> {
     let recipe = ctx.catalog.recipe("builder")?;
     let text = format!("{}\n{}\n{recipe:?}", crate::build::DRIVER, crate::conf::eval_script());
     Ok(crate::cache::sha256_hex(text.as_bytes()))

@@ -2,7 +2,7 @@
 //! dkms's backup of replaced modules and depmod (see [`crate::install`]). The module's own
 //! PRE_INSTALL, POST_INSTALL and POST_REMOVE scripts run in the sandbox, never on the host.
 
-use super::{KernelTarget, Lifecycle, LifecycleError, Manifest, ModuleVersion};
+use super::{KernelTarget, Lifecycle, LifecycleError, Manifest, ManifestModule, ModuleVersion};
 use crate::error::Error;
 use crate::install::{Depmod, HostDepmod, ModuleFile, Target};
 
@@ -43,7 +43,14 @@ impl Lifecycle<'_> {
         }
         let built_dir = self.roots.built_dir(&mv.module, &mv.version, &kernel, &arch);
         if !built_dir.join("module").is_dir() {
-            self.build(mv, target).await?;
+            // A farm's cache first, when one is configured: no engine, no headers, no compiler.
+            self.ensure_added(mv)?;
+            match crate::prebuilt::find(self, mv, &kernel, self.opts.prebuilt_only).await? {
+                Some(found) => self.place_prebuilt(mv, &kernel, &arch, &found)?,
+                None => {
+                    self.build(mv, target).await?;
+                }
+            }
         }
         let manifest = Manifest::read(&built_dir)?;
         if let Some(script) = &manifest.pre_install {
@@ -101,6 +108,60 @@ impl Lifecycle<'_> {
             self.run_after(mv, &manifest, "post_remove", script).await;
         }
         Ok(InstallOutcome::Uninstalled { module: mv.clone(), kernel, arch })
+    }
+
+    /// Makes a cache's entry the built dir of (mv, kernel, arch), as a build would have left
+    /// it; installing it then checks the module signatures as for a local build.
+    fn place_prebuilt(
+        &self,
+        mv: &ModuleVersion,
+        kernel: &str,
+        arch: &str,
+        found: &crate::prebuilt::Found,
+    ) -> Result<(), Error> {
+        let module_dir = self.roots.module_dir(&mv.module, &mv.version);
+        let staged = tempfile::Builder::new()
+            .prefix(".ckms-prebuilt-")
+            .tempdir_in(&module_dir)
+            .map_err(LifecycleError::io(&module_dir))?;
+        let files = staged.path().join("module");
+        std::fs::create_dir(&files).map_err(LifecycleError::io(&files))?;
+        let mut modules = Vec::new();
+        for (file, bytes) in &found.files {
+            // The index was checked: its paths are plain relative ones with a file name.
+            let name = std::path::Path::new(&file.path).file_name().unwrap_or_default();
+            let path = files.join(name);
+            std::fs::write(&path, bytes).map_err(LifecycleError::io(&path))?;
+            modules.push(ManifestModule {
+                built_name: file.name.clone(),
+                dest_name: file.name.clone(),
+                dest_location: file.dest.clone(),
+                file: std::path::Path::new("module").join(name),
+            });
+        }
+        let conf = std::fs::read_to_string(self.source_dir(mv).join("dkms.conf")).unwrap_or_default();
+        let entry = &found.entry;
+        let manifest = Manifest {
+            module: mv.module.clone(),
+            version: mv.version.clone(),
+            kernel: kernel.to_string(),
+            arch: arch.to_string(),
+            profile: entry.profile.clone(),
+            image: format!("prebuilt {} {}", found.url, found.key),
+            modules,
+            autoinstall: super::add::autoinstall_setting(&conf).unwrap_or(false),
+            pre_install: None,
+            post_install: None,
+            post_remove: None,
+            // Signed in the farm: then the kernel signs modules, and an unsigned one is refused.
+            sig_hash: entry.signer.as_ref().map(|s| s.hash.clone()),
+            signed_by: entry.signer.as_ref().map(|s| s.fingerprint.clone()),
+            make_seconds: None,
+        };
+        manifest.write(staged.path())?;
+        let built_dir = self.roots.built_dir(&mv.module, &mv.version, kernel, arch);
+        super::build::commit_dir(&staged.keep(), &built_dir).map_err(LifecycleError::io(&built_dir))?;
+        Ok(())
     }
 
     /// The version of `module` installed for (kernel, arch), read from the tree's marker link.
@@ -257,6 +318,64 @@ mod tests {
         let good = crate::sign::sign(b"\x7fELF", &ours, "sha256", p).unwrap();
         install(root, built(root, &good, true)).await.unwrap();
         assert!(installed(root));
+    }
+
+    /// m/1 from a cache's entry, placed as the built dir of kernel k; then installed.
+    async fn install_prebuilt(
+        root: &Path,
+        signer: Option<crate::farm::store::Signer>,
+    ) -> Result<InstallOutcome, Error> {
+        use crate::publish::cache::{Entry, File};
+        let ctx = context(root);
+        let roots = crate::tree::Roots::under(root, "/var/lib/ckms");
+        let src = roots.source_tree.join("m-1");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("dkms.conf"), "PACKAGE_NAME=m\nPACKAGE_VERSION=1\nAUTOINSTALL=yes\n").unwrap();
+        let lc = Lifecycle::new(&ctx, roots.clone(), super::super::Options { depmod: false, ..Default::default() });
+        let mv = ModuleVersion { module: "m".into(), version: "1".into() };
+        lc.ensure_added(&mv).unwrap();
+        let file = File {
+            name: "m".into(),
+            dest: "/updates/dkms".into(),
+            path: "pairs/k1/m.ko".into(),
+            sha256: String::new(),
+            size: 4,
+        };
+        let entry = Entry {
+            module: "m".into(),
+            version: "1".into(),
+            kernel: "k".into(),
+            arch: "x86_64".into(),
+            profile: "debian-bookworm".into(),
+            built_at: 0,
+            signer,
+            files: vec![file.clone()],
+        };
+        let found = crate::prebuilt::Found {
+            url: "http://cache.invalid/".into(),
+            key: "k1".into(),
+            entry,
+            files: vec![(file, b"\x7fELF".to_vec())],
+        };
+        lc.place_prebuilt(&mv, "k", "x86_64", &found).unwrap();
+        let manifest = Manifest::read(&roots.built_dir("m", "1", "k", "x86_64")).unwrap();
+        assert!(manifest.autoinstall && manifest.image.contains("k1"), "{manifest:?}");
+        assert_eq!(manifest.modules[0].file, Path::new("module/m.ko"));
+        lc.install(&mv, &KernelTarget { release: "k".into(), arch: Some("x86_64".into()) }).await
+    }
+
+    #[tokio::test]
+    async fn a_prebuilt_entry_installs_as_a_build_and_its_signature_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        install_prebuilt(dir.path(), None).await.unwrap();
+        assert!(installed(dir.path()));
+        // Signed in the farm says the kernel signs modules: an unsigned file is refused.
+        let dir = tempfile::tempdir().unwrap();
+        let signer =
+            crate::farm::store::Signer { fingerprint: "f".into(), subject: "farm".into(), hash: "sha256".into() };
+        let err = install_prebuilt(dir.path(), Some(signer)).await.unwrap_err();
+        assert_eq!(err.exit_code(), code::BAD_MODULE_SIGNATURE, "{err}");
+        assert!(!installed(dir.path()));
     }
 
     #[tokio::test]

@@ -64,6 +64,8 @@ pub struct Options {
     pub keep_unsigned: bool,
     /// Sign with this pair instead of the tree's (the farm signs every kernel's modules with one).
     pub keys: Option<crate::sign::KeyPaths>,
+    /// `install --prebuilt-only`: install from a configured cache or fail, never build here.
+    pub prebuilt_only: bool,
 }
 
 impl Default for Options {
@@ -78,6 +80,7 @@ impl Default for Options {
             visible: None,
             keep_unsigned: false,
             keys: None,
+            prebuilt_only: false,
         }
     }
 }

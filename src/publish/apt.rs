@@ -121,7 +121,7 @@ fn control(
     if let Some(p) = pair.source_package.as_ref().filter(|p| p.ends_with("-dkms")) {
         fields.push(("Conflicts", p.clone()));
     }
-    let signed = pair.signer.as_ref().map(|s| format!(", signed by \"{s}\"")).unwrap_or_default();
+    let signed = pair.signer.as_ref().map(|s| format!(", signed by \"{}\"", s.subject)).unwrap_or_default();
     fields.extend([
         ("Section", "kernel".to_string()),
         ("Priority", "optional".to_string()),

@@ -3,7 +3,8 @@
 //!
 //! - [`apt`]: one Debian package per (module, kernel) in a signed apt repository;
 //! - [`sysext`]: one systemd-sysext image per (module set, kernel), for immutable systems;
-//! - `cache` (a signed index of the store) and `kmm` (Kubernetes KMM images): not yet.
+//! - [`cache`]: a signed index of the store and its files, for other ckms hosts;
+//! - `kmm` (Kubernetes KMM images): not yet.
 //!
 //! [`pairs`] reads the store (every file checked against its record); each format writes a
 //! complete tree into a temporary directory beside `--out`, which is then renamed into place,
@@ -12,6 +13,7 @@
 //! publishing twice gives the same bytes.
 
 pub mod apt;
+pub mod cache;
 pub mod deb;
 pub mod openpgp;
 pub mod pairs;
@@ -27,7 +29,7 @@ use crate::profile::Catalog;
 /// What `farm publish --format` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// A signed index of the store, for other ckms hosts (not yet).
+    /// A signed index of the store, for other ckms hosts.
     Cache,
     /// Debian packages in a signed apt repository.
     Apt,
@@ -83,7 +85,7 @@ pub enum PublishError {
     NotInStore { store: PathBuf, wanted: String, known: Vec<String> },
     #[error("--format {0} is not yet supported")]
     NotYetSupported(Format),
-    #[error("--format {0} needs --key: the repository must be signed")]
+    #[error("--format {0} needs --key: what hosts trust must be signed")]
     KeyRequired(Format),
     #[error("the OpenPGP key {path}: {message}")]
     Key { path: PathBuf, message: String },
@@ -130,7 +132,7 @@ impl Diagnose for PublishError {
                 "`ckms farm status --store DIR` shows the pairs; build some with `ckms farm build`".into()
             }
             PublishError::NotInStore { known, .. } => format!("the store has: {}", known.join(", ")),
-            PublishError::NotYetSupported(_) => "publish with --format apt or --format sysext".into(),
+            PublishError::NotYetSupported(_) => "publish with --format apt, sysext or cache".into(),
             PublishError::KeyRequired(_) => "give the farm's armored OpenPGP secret key: --key farm.asc (e.g. \
                  gpg --batch --passphrase '' --quick-gen-key 'ckms farm <farm@example.org>' ed25519 sign never; \
                  gpg --armor --export-secret-keys farm@example.org > farm.asc)"
@@ -206,8 +208,8 @@ pub struct Published {
 /// Publishes the store's built pairs in `req.format`.
 pub fn publish(req: &Request, catalog: &Catalog) -> Result<Published, PublishError> {
     match req.format {
-        Format::Cache | Format::Kmm => return Err(PublishError::NotYetSupported(req.format)),
-        Format::Apt | Format::Sysext => {}
+        Format::Kmm => return Err(PublishError::NotYetSupported(req.format)),
+        Format::Apt | Format::Sysext | Format::Cache => {}
     }
     if !req.store.join("ckms-store.json").is_file() {
         return Err(PublishError::NoStore(req.store.clone()));
@@ -217,16 +219,20 @@ pub fn publish(req: &Request, catalog: &Catalog) -> Result<Published, PublishErr
     let out = req.out.clone().unwrap_or_else(|| store.root().join("publish").join(req.format.name()));
     let staging = Staging::new(&out)?;
     let notes = match req.format {
-        Format::Apt => {
-            let path = req.key.as_deref().ok_or(PublishError::KeyRequired(Format::Apt))?;
+        Format::Apt | Format::Cache => {
+            let path = req.key.as_deref().ok_or(PublishError::KeyRequired(req.format))?;
             let key = openpgp::Key::load(path)?;
-            apt::write(staging.path(), &pairs, &key)?
+            if req.format == Format::Apt {
+                apt::write(staging.path(), &pairs, &key)?
+            } else {
+                cache::write(staging.path(), &pairs, &key)?
+            }
         }
         Format::Sysext => {
             let images = sysext::plan(&pairs, req.name.as_deref(), &req.os)?;
             sysext::write(staging.path(), &images, req.filesystem, &sysext::Mkfs)?
         }
-        Format::Cache | Format::Kmm => return Err(PublishError::NotYetSupported(req.format)),
+        Format::Kmm => return Err(PublishError::NotYetSupported(req.format)),
     };
     let files = list_files(staging.path())?;
     staging.commit()?;

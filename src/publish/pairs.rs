@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use crate::farm::store::{Lookup, Record, Status, Store};
+use crate::farm::store::{Lookup, Record, Signer, Status, Store};
 use crate::profile::{Catalog, Os};
 
 use super::PublishError;
@@ -12,6 +12,8 @@ use super::PublishError;
 /// One module file of a pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleFile {
+    /// The module's name as the kernel knows it (e.g. `v4l2loopback`).
+    pub name: String,
     /// Under /lib/modules/<kver>, e.g. `/updates/dkms`.
     pub dest: String,
     /// e.g. `v4l2loopback.ko` or `v4l2loopback.ko.xz`.
@@ -55,14 +57,16 @@ pub struct Pair {
     pub module: String,
     pub version: String,
     pub kernel: String,
+    /// The kernel's machine (e.g. `x86_64`), as in the pair's key.
+    pub arch: String,
     pub profile: String,
     /// When the entry was built (seconds since 1970): the SOURCE_DATE_EPOCH of what is made
     /// from it, so that publishing again gives the same bytes.
     pub epoch: u64,
     /// The Debian package the source came from, when it came from one.
     pub source_package: Option<String>,
-    /// The module signer's certificate subject, when signed.
-    pub signer: Option<String>,
+    /// The module signer's certificate, when signed.
+    pub signer: Option<Signer>,
     pub files: Vec<ModuleFile>,
     pub target: Target,
 }
@@ -149,7 +153,7 @@ fn pair(store: &Store, r: &Record, target: Target) -> Result<Pair, PublishError>
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .ok_or_else(|| entry_err(format!("module file {:?} has no name", stored.file)))?;
-            Ok(ModuleFile { dest: m.dest.clone(), file_name, path: dir.join(&stored.file) })
+            Ok(ModuleFile { name: m.name.clone(), dest: m.dest.clone(), file_name, path: dir.join(&stored.file) })
         })
         .collect::<Result<Vec<_>, PublishError>>()?;
     let epoch =
@@ -159,10 +163,11 @@ fn pair(store: &Store, r: &Record, target: Target) -> Result<Pair, PublishError>
         module: r.module.clone(),
         version: r.version.clone(),
         kernel: r.kernel.clone(),
+        arch: r.arch.clone(),
         profile: r.profile.clone(),
         epoch,
         source_package: r.source.package.clone(),
-        signer: r.signer.as_ref().map(|s| s.subject.clone()),
+        signer: r.signer.clone(),
         files,
         target,
     })
@@ -189,11 +194,17 @@ pub(crate) mod tests {
             module: module.into(),
             version: "1.0".into(),
             kernel: kernel.into(),
+            arch: "x86_64".into(),
             profile: "debian-bookworm".into(),
             epoch: 1_764_892_800,
             source_package: Some(format!("{module}-dkms")),
-            signer: Some("ckms farm".into()),
-            files: vec![ModuleFile { dest: "/updates/dkms".into(), file_name: file.into(), path }],
+            signer: Some(Signer { fingerprint: "ab".repeat(32), subject: "ckms farm".into(), hash: "sha256".into() }),
+            files: vec![ModuleFile {
+                name: file.split(".ko").next().unwrap_or(file).into(),
+                dest: "/updates/dkms".into(),
+                file_name: file.into(),
+                path,
+            }],
             target: Target {
                 suite: "bookworm".into(),
                 deb_arch: "amd64".into(),

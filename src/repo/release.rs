@@ -91,19 +91,41 @@ pub fn verify_inrelease(inrelease: &str, keyring: &Keyring, url: &str) -> Result
         return Err(bad("no trusted keys configured".into()));
     }
     let signed = msg.signed_text();
-    let data = signed.as_bytes();
-    for sig in msg.signatures() {
+    check_signatures(msg.signatures(), signed.as_bytes(), keyring, url)?;
+    Ok(signed.replace("\r\n", "\n"))
+}
+
+/// Verifies an armored detached signature of `data` (a binary cache's index.json.asc).
+pub fn verify_detached(data: &[u8], signature: &str, keyring: &Keyring, url: &str) -> Result<(), RepoError> {
+    let bad = |detail: String| RepoError::BadSignature { url: url.to_string(), detail };
+    let (sig, _) = pgp::composed::DetachedSignature::from_armor_single(Cursor::new(signature.as_bytes()))
+        .map_err(|e| bad(format!("not an armored OpenPGP signature: {e}")))?;
+    if keyring.keys.is_empty() {
+        return Err(bad("no trusted keys configured".into()));
+    }
+    check_signatures(std::slice::from_ref(&sig.signature), data, keyring, url)
+}
+
+/// Accepts `data` when any of `signatures` verifies with any trusted key or subkey; else says
+/// whether a trusted key signed something else (tampered) or no trusted key signed at all.
+fn check_signatures(
+    signatures: &[pgp::packet::Signature],
+    data: &[u8],
+    keyring: &Keyring,
+    url: &str,
+) -> Result<(), RepoError> {
+    let bad = |detail: String| RepoError::BadSignature { url: url.to_string(), detail };
+    for sig in signatures {
         for key in &keyring.keys {
             // Signature::verify checks the issuer id first, so trying each key is cheap.
             if sig.verify(&key.primary_key, data).is_ok()
                 || key.public_subkeys.iter().any(|sk| sig.verify(&sk.key, data).is_ok())
             {
-                return Ok(signed.replace("\r\n", "\n"));
+                return Ok(());
             }
         }
     }
-    let issuers: Vec<String> = msg
-        .signatures()
+    let issuers: Vec<String> = signatures
         .iter()
         .flat_map(|s| {
             let fps = s.issuer_fingerprint().into_iter().map(|f| format!("{f:X}"));

@@ -203,6 +203,9 @@ pub struct InstallArgs {
     /// Then load the installed modules into a VM running each kernel (see `ckms verify`).
     #[arg(long)]
     pub verify: bool,
+    /// Install from a farm's cache ([prebuilt] in config.toml) or fail; never build here.
+    #[arg(long)]
+    pub prebuilt_only: bool,
 }
 
 /// uninstall, unbuild, remove.

@@ -83,7 +83,8 @@ pub async fn run(ctx: &Context, out: &Output, verb: Verb) -> Result<i32, Error> 
             verify_after(&lc, a.verify, &mv, &kernels, out).await
         }
         Verb::Install(a) => {
-            let opts = options(a.force, Some(&a.flags), Some(&a.depmod));
+            let mut opts = options(a.force, Some(&a.flags), Some(&a.depmod));
+            opts.prebuilt_only = a.prebuilt_only;
             let lc = lifecycle(ctx, &a.target.trees, &a.target.compat, opts)?;
             let (mv, kernels) = (selected(&lc, &a.target)?, targets(&a.target.kernels)?);
             let mut results = Vec::new();

@@ -1,0 +1,110 @@
+//! Reading a cache's files: over HTTP(S), from a `file://` URL or from a directory. A small
+//! trait, so that the cache logic is tested against a map of files.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Why a file could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Miss {
+    /// The server answered that it has no such file (404, a missing file).
+    NotFound,
+    /// No answer, or a broken one: connection refused, time-out, a 5xx, an unreadable file.
+    Unreachable(String),
+}
+
+/// Gets a file of a cache by its full URL.
+pub(crate) trait Fetch {
+    async fn get(&self, url: &str) -> Result<Vec<u8>, Miss>;
+}
+
+/// The real one: reqwest for http(s), the file system for `file://` and paths.
+pub struct Fetcher {
+    client: reqwest::Client,
+}
+
+impl Fetcher {
+    pub fn new() -> Result<Fetcher, Miss> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("ckms/", env!("CARGO_PKG_VERSION")))
+            // A cache that does not answer quickly is passed over: the host can still build.
+            .connect_timeout(Duration::from_secs(5))
+            .read_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| Miss::Unreachable(chain(&e)))?;
+        Ok(Fetcher { client })
+    }
+}
+
+impl Fetch for Fetcher {
+    async fn get(&self, url: &str) -> Result<Vec<u8>, Miss> {
+        if url.starts_with("http://") || url.starts_with("https://") {
+            let resp = self.client.get(url).send().await.map_err(|e| Miss::Unreachable(chain(&e)))?;
+            let status = resp.status();
+            if status == reqwest::StatusCode::NOT_FOUND {
+                return Err(Miss::NotFound);
+            }
+            if !status.is_success() {
+                return Err(Miss::Unreachable(format!("HTTP {status}")));
+            }
+            return resp.bytes().await.map(|b| b.to_vec()).map_err(|e| Miss::Unreachable(chain(&e)));
+        }
+        let path = PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Miss::NotFound),
+            Err(e) => Err(Miss::Unreachable(e.to_string())),
+        }
+    }
+}
+
+/// The error with its causes: reqwest's own message ("error sending request") hides the
+/// useful part (connection refused).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// `base` joined with a path of the cache (`index.json`, `pairs/<key>/<file>`).
+pub fn join(base: &str, rel: &str) -> String {
+    format!("{}/{rel}", base.trim_end_matches('/'))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// A cache in memory; `None` answers nothing at all.
+    pub(crate) struct Files(pub Option<HashMap<String, Vec<u8>>>);
+
+    impl Fetch for Files {
+        async fn get(&self, url: &str) -> Result<Vec<u8>, Miss> {
+            let files = self.0.as_ref().ok_or_else(|| Miss::Unreachable("connection refused".into()))?;
+            files.get(url).cloned().ok_or(Miss::NotFound)
+        }
+    }
+
+    #[tokio::test]
+    async fn directories_and_file_urls_are_caches_too() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("index.json"), b"{}").unwrap();
+        let f = Fetcher::new().unwrap();
+        let base = dir.path().to_string_lossy().into_owned();
+        assert_eq!(f.get(&join(&base, "index.json")).await.unwrap(), b"{}");
+        assert_eq!(f.get(&join(&format!("file://{base}/"), "index.json")).await.unwrap(), b"{}");
+        assert_eq!(f.get(&join(&base, "nope")).await, Err(Miss::NotFound));
+        // Nothing listens on port 9 of loopback (discard): refused at once.
+        let err = f.get("http://127.0.0.1:9/index.json").await.unwrap_err();
+        assert!(matches!(err, Miss::Unreachable(_)), "{err:?}");
+    }
+}

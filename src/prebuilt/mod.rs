@@ -1,0 +1,291 @@
+//! Prebuilt modules from a farm's binary cache (`ckms farm publish --format cache`), looked in
+//! before a local build by `install` (and so `autoinstall` and the dkms drop-in).
+//!
+//! The host computes the key of the pair it wants exactly as the farm does
+//! ([`crate::farm::plan::kernel_pairs`]): from the module source in its tree, the overrides
+//! that apply, the builder image planned from the kernel's signed index, the kernel and arch,
+//! and the siblings it declares. No engine, headers or compiler: only the index. A patched
+//! source has another digest, so it never matches an entry built from another source.
+//!
+//! Then, per cache in order: `index.json` and `index.json.asc`, the signature checked against
+//! the configured keys, the entry picked by key, its files downloaded and checked against
+//! their SHA-256 and size. The caller installs them through the normal path, which checks the
+//! module signatures against the host's certificate, as for a local build.
+//!
+//! A cache that does not answer is passed over (the host builds, unless `--prebuilt-only`); a
+//! bad signature, an untrusted signer or a file that does not match the signed index stops
+//! the install: a cache serving something else than what its farm signed is an operator's
+//! business, not something to paper over with a local build.
+
+pub mod fetch;
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::diagnose::{code, Diagnose};
+use crate::error::Error;
+use crate::farm::plan::{self, KernelAt, Keyed, Source};
+use crate::lifecycle::{Lifecycle, ModuleVersion};
+use crate::publish::cache::{self as format, Entry, File, Index};
+use crate::repo::release::{self, Keyring};
+use crate::repo::RepoError;
+use fetch::{join, Fetch, Fetcher, Miss};
+
+#[derive(Debug, Error)]
+pub enum PrebuiltError {
+    #[error("--prebuilt-only: no cache is configured ([prebuilt] urls in /etc/ckms/config.toml)")]
+    NotConfigured,
+    #[error("[prebuilt] names caches but no keys to check their index with")]
+    NoKeys,
+    #[error("the trusted key {path}: {message}")]
+    Key { path: PathBuf, message: String },
+    #[error("the cache {url} does not answer: {detail}")]
+    Unreachable { url: String, detail: String },
+    #[error("the cache {url} has no index.json")]
+    NoIndex { url: String },
+    #[error("the index of the cache {url} is not signed by a trusted key: {detail}")]
+    Untrusted { url: String, detail: String },
+    #[error("the index of the cache {url} does not match its signature by trusted key {signer}: it was changed after signing")]
+    TamperedIndex { url: String, signer: String },
+    #[error("the index of the cache {url}: {message}")]
+    BadIndex { url: String, message: String },
+    #[error("{url} ({module} for {kernel}) does not match the signed index: {what}")]
+    TamperedFile { url: String, module: String, kernel: String, what: String },
+    #[error("{module} for {kernel} is missing from the cache {url} though its index lists it")]
+    MissingFile { url: String, module: String, kernel: String },
+    #[error("{module} has a {script} script, which needs its dkms.conf evaluated at build time; --prebuilt-only forbids building it here")]
+    Scripts { module: String, script: &'static str },
+    #[error("no cache has {module} for {kernel} (key {key}); --prebuilt-only forbids building it here")]
+    NoEntry { module: String, kernel: String, key: String, urls: Vec<String> },
+}
+
+impl Diagnose for PrebuiltError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            PrebuiltError::NotConfigured | PrebuiltError::NoKeys => code::USAGE,
+            PrebuiltError::Key { .. } | PrebuiltError::Untrusted { .. } | PrebuiltError::TamperedIndex { .. } => {
+                code::BAD_SIGNATURE
+            }
+            PrebuiltError::TamperedFile { .. } | PrebuiltError::BadIndex { .. } => code::CHECKSUM_MISMATCH,
+            PrebuiltError::Unreachable { .. } | PrebuiltError::NoIndex { .. } | PrebuiltError::MissingFile { .. } => {
+                code::MIRROR_UNREACHABLE
+            }
+            PrebuiltError::NoEntry { .. } | PrebuiltError::Scripts { .. } => code::MODULE_MISSING,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            PrebuiltError::NotConfigured => {
+                "add [prebuilt] urls = [\"https://farm.example/cache/\"] and keys = [\"/etc/ckms/farm.pub.asc\"]".into()
+            }
+            PrebuiltError::NoKeys => {
+                "add keys = [\"/etc/ckms/farm.pub.asc\"] under [prebuilt]: the farm's public key, farm.pub.asc in the cache"
+                    .into()
+            }
+            PrebuiltError::Key { .. } => "a key file is an OpenPGP public key, armored or binary (gpg --export)".into(),
+            PrebuiltError::Unreachable { .. } | PrebuiltError::NoIndex { .. } => {
+                "check the URL under [prebuilt] and that the server is up; without --prebuilt-only the module is built here"
+                    .into()
+            }
+            PrebuiltError::Untrusted { .. } => "the cache was signed by another key than [prebuilt] keys names: \
+                 check that the cache is the farm's and that keys holds the farm's current public key"
+                .into(),
+            PrebuiltError::TamperedIndex { .. } | PrebuiltError::TamperedFile { .. } => {
+                "the cache, a proxy or the network changed what the farm published; nothing was installed. \
+                 Publish the cache again (ckms farm publish --format cache) or remove it from [prebuilt] urls"
+                    .into()
+            }
+            PrebuiltError::BadIndex { .. } | PrebuiltError::MissingFile { .. } => {
+                "publish the cache again with ckms farm publish --format cache".into()
+            }
+            PrebuiltError::Scripts { .. } => "install it without --prebuilt-only: it is built here".into(),
+            PrebuiltError::NoEntry { .. } => "build the pair in the farm (ckms farm build) and publish the cache again, \
+                 or install without --prebuilt-only to build it here; the key covers the source, its overrides, \
+                 the builder image and the kernel: a patched source is never matched"
+                .into(),
+        })
+    }
+}
+
+/// An entry found in a cache, its files downloaded and checked against the signed index.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// The cache's base URL.
+    pub url: String,
+    pub key: String,
+    pub entry: Entry,
+    /// Each file as the index lists it, with its bytes.
+    pub files: Vec<(File, Vec<u8>)>,
+}
+
+/// Looks for `mv` built for `release` in the configured caches. `None`: no cache has it (or
+/// none answers) and the caller may build; with `only`, that is an error instead.
+pub async fn find(lc: &Lifecycle<'_>, mv: &ModuleVersion, release: &str, only: bool) -> Result<Option<Found>, Error> {
+    let cfg = &lc.ctx.config.prebuilt;
+    if cfg.urls.is_empty() {
+        return if only { Err(PrebuiltError::NotConfigured.into()) } else { Ok(None) };
+    }
+    let report = lc.ctx.reporter();
+    let conf = std::fs::read_to_string(lc.source_dir(mv).join("dkms.conf")).unwrap_or_default();
+    if let Some(script) = install_script(&conf) {
+        if only {
+            return Err(PrebuiltError::Scripts { module: mv.to_string(), script }.into());
+        }
+        report.info(format!("{mv} has a {script} script: built here, where its dkms.conf is evaluated"));
+        return Ok(None);
+    }
+    let keyring = keyring(&cfg.keys)?;
+    let key = key_of(lc, mv, release).await?;
+    let fetcher = Fetcher::new().map_err(|m| not_answering("(HTTP client)", m))?;
+    // A cache that does not answer may hold the entry: with --prebuilt-only, that is the error.
+    let mut silent = None;
+    for url in &cfg.urls {
+        match lookup(&fetcher, url, &keyring, &key).await {
+            Ok(Some(found)) => {
+                report.info(format!("{mv} for {release}: prebuilt in {url} (key {key})"));
+                return Ok(Some(found));
+            }
+            Ok(None) => {}
+            // With --prebuilt-only the first silent cache is the error: said once, not twice.
+            Err(e @ (PrebuiltError::Unreachable { .. } | PrebuiltError::NoIndex { .. })) => {
+                if only && silent.is_none() {
+                    silent = Some(e);
+                } else {
+                    report.warn(e.to_string());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if only {
+        if let Some(e) = silent {
+            return Err(e.into());
+        }
+        let (module, kernel, urls) = (mv.to_string(), release.to_string(), cfg.urls.clone());
+        return Err(PrebuiltError::NoEntry { module, kernel, key, urls }.into());
+    }
+    report.info(format!("{mv} for {release}: in no cache (key {key}); building it here"));
+    Ok(None)
+}
+
+/// The install-time script a dkms.conf sets, if any. Such scripts are known only when the conf
+/// is evaluated, which a build does and a cache's entry does not record: those modules are
+/// built here.
+fn install_script(conf: &str) -> Option<&'static str> {
+    ["PRE_INSTALL", "POST_INSTALL", "POST_REMOVE"]
+        .into_iter()
+        .find(|w| conf.lines().any(|l| l.trim_start().strip_prefix(w).is_some_and(|r| r.starts_with('='))))
+}
+
+/// The trusted keys, every file of `paths`.
+fn keyring(paths: &[PathBuf]) -> Result<Keyring, PrebuiltError> {
+    if paths.is_empty() {
+        return Err(PrebuiltError::NoKeys);
+    }
+    let mut keys = Vec::new();
+    for path in paths {
+        let bad = |message: String| PrebuiltError::Key { path: path.clone(), message };
+        let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        keys.extend(release::parse_keys(&bytes, path).map_err(|e| bad(e.to_string()))?);
+    }
+    Ok(Keyring::from_keys(keys))
+}
+
+/// The key the farm gives (`mv`, `release`) when its inputs are this host's: the module's
+/// source in the tree, and the siblings it declares among the tree's other modules (newest
+/// version of each).
+pub async fn key_of(lc: &Lifecycle<'_>, mv: &ModuleVersion, release: &str) -> Result<String, Error> {
+    let ctx = lc.ctx;
+    let (profile, index, kernel) = ctx.find_kernel(release, lc.opts.profile.as_deref()).await?;
+    let mut sources = vec![Source::of(lc, &mv.to_string(), &profile.name, mv.clone())?];
+    let mut newest: std::collections::BTreeMap<String, ModuleVersion> = Default::default();
+    for other in lc.all().into_iter().filter(|o| o.module != mv.module) {
+        newest.insert(other.module.clone(), other); // `all` is sorted oldest first
+    }
+    for other in newest.into_values().filter(|o| lc.source_dir(o).join("dkms.conf").is_file()) {
+        sources.push(Source::of(lc, &other.to_string(), &profile.name, other)?);
+    }
+    let recipe = plan::recipe_digest(ctx)?;
+    let at = KernelAt { profile, index: &index, kernel: &kernel, number: 0, roots: lc.roots.clone() };
+    let mut keyed = Keyed::default();
+    plan::kernel_pairs(ctx, &at, &sources, &recipe, &mut keyed)?;
+    let pair = keyed.pairs.iter().find(|p| p.source == 0);
+    Ok(pair.map(|p| p.key.clone()).unwrap_or_default())
+}
+
+fn not_answering(url: &str, miss: Miss) -> PrebuiltError {
+    let detail = match miss {
+        Miss::NotFound => "not found".into(),
+        Miss::Unreachable(d) => d,
+    };
+    PrebuiltError::Unreachable { url: url.to_string(), detail }
+}
+
+/// One cache: its signed index, and the entry `key` with its files checked.
+pub(crate) async fn lookup(
+    f: &impl Fetch,
+    url: &str,
+    keyring: &Keyring,
+    key: &str,
+) -> Result<Option<Found>, PrebuiltError> {
+    let index_url = join(url, format::INDEX);
+    let text = match f.get(&index_url).await {
+        Ok(t) => t,
+        Err(Miss::NotFound) => return Err(PrebuiltError::NoIndex { url: url.to_string() }),
+        Err(m) => return Err(not_answering(url, m)),
+    };
+    let signature = f.get(&join(url, format::SIGNATURE)).await.map_err(|m| match m {
+        Miss::NotFound => PrebuiltError::Untrusted { url: url.to_string(), detail: "index.json.asc is missing".into() },
+        m => not_answering(url, m),
+    })?;
+    let signature = String::from_utf8_lossy(&signature);
+    release::verify_detached(&text, &signature, keyring, &index_url).map_err(|e| match e {
+        RepoError::Tampered { signer, .. } => PrebuiltError::TamperedIndex { url: url.to_string(), signer },
+        RepoError::BadSignature { detail, .. } => PrebuiltError::Untrusted { url: url.to_string(), detail },
+        other => PrebuiltError::Untrusted { url: url.to_string(), detail: other.to_string() },
+    })?;
+    // Only now, signed by a trusted key, is the index read.
+    let bad = |message: String| PrebuiltError::BadIndex { url: url.to_string(), message };
+    let index: Index = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+    if index.format != format::FORMAT {
+        return Err(bad(format!("format {} (this ckms reads {})", index.format, format::FORMAT)));
+    }
+    let Some(entry) = index.entries.get(key) else { return Ok(None) };
+    let mut files = Vec::new();
+    for file in &entry.files {
+        let rel = std::path::Path::new(&file.path);
+        let plain = rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain || file.name.is_empty() {
+            return Err(bad(format!("entry {key} names the file {:?}", file.path)));
+        }
+        let file_url = join(url, &file.path);
+        let tampered = |what: String| PrebuiltError::TamperedFile {
+            url: file_url.clone(),
+            module: format!("{}/{}", entry.module, entry.version),
+            kernel: entry.kernel.clone(),
+            what,
+        };
+        let bytes = f.get(&file_url).await.map_err(|m| match m {
+            Miss::NotFound => PrebuiltError::MissingFile {
+                url: file_url.clone(),
+                module: entry.module.clone(),
+                kernel: entry.kernel.clone(),
+            },
+            m => not_answering(url, m),
+        })?;
+        if bytes.len() as u64 != file.size {
+            return Err(tampered(format!("{} bytes, the index says {}", bytes.len(), file.size)));
+        }
+        let sha = crate::cache::sha256_hex(&bytes);
+        if sha != file.sha256 {
+            return Err(tampered(format!("SHA-256 {sha}, the index says {}", file.sha256)));
+        }
+        files.push((file.clone(), bytes));
+    }
+    Ok(Some(Found { url: url.to_string(), key: key.to_string(), entry: entry.clone(), files }))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,125 @@
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::fetch::tests::Files;
+use super::*;
+use crate::publish::openpgp::{tests::key_file, Key};
+use crate::publish::pairs::tests::pair;
+
+const BASE: &str = "http://cache.invalid/ckms";
+const KERNEL: &str = "6.1.0-56-amd64";
+
+/// A cache published from two pairs, as served files, and the keyring of its signer.
+fn published(dir: &Path) -> (HashMap<String, Vec<u8>>, Keyring) {
+    let key = Key::load(&key_file(dir)).unwrap();
+    let pairs = vec![
+        pair(dir, "hello", KERNEL, "hello.ko.xz", b"signed hello"),
+        pair(dir, "other", KERNEL, "other.ko", b"signed other"),
+    ];
+    let out = dir.join("cache");
+    crate::publish::cache::write(&out, &pairs, &key).unwrap();
+    let mut files = HashMap::new();
+    let mut stack = vec![out.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(&out).unwrap().to_string_lossy().into_owned();
+                files.insert(join(BASE, &rel), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    let keyring = super::keyring(&[out.join(format::PUBLIC_KEY)]).unwrap();
+    (files, keyring)
+}
+
+async fn look(files: HashMap<String, Vec<u8>>, keyring: &Keyring, key: &str) -> Result<Option<Found>, PrebuiltError> {
+    lookup(&Files(Some(files)), BASE, keyring, key).await
+}
+
+const HELLO: &str = "key-hello-6.1.0-56-amd64";
+
+#[tokio::test]
+async fn an_entry_is_found_by_key_with_its_files_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, keyring) = published(dir.path());
+    let found = look(files.clone(), &keyring, HELLO).await.unwrap().unwrap();
+    assert_eq!((found.entry.module.as_str(), found.entry.kernel.as_str()), ("hello", KERNEL));
+    assert_eq!(found.files.len(), 1);
+    assert_eq!(found.files[0].1, b"signed hello");
+    assert_eq!(found.files[0].0.dest, "/updates/dkms");
+    // Another key (another source, a patched one): no entry, not an error.
+    assert!(look(files, &keyring, "0123").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_tampered_index_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut files, keyring) = published(dir.path());
+    let index = files.get_mut(&join(BASE, format::INDEX)).unwrap();
+    let text = String::from_utf8(index.clone()).unwrap().replace("/updates/dkms", "/kernel/fs/xx");
+    *index = text.into_bytes();
+    let err = look(files, &keyring, HELLO).await.unwrap_err();
+    assert!(matches!(err, PrebuiltError::TamperedIndex { .. }), "{err}");
+    assert_eq!(err.exit_code(), code::BAD_SIGNATURE);
+    assert!(err.hint().unwrap().contains("nothing was installed"));
+}
+
+#[tokio::test]
+async fn an_index_signed_by_another_key_is_untrusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, _) = published(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let (_, theirs) = published(other.path());
+    let err = look(files.clone(), &theirs, HELLO).await.unwrap_err();
+    assert!(matches!(err, PrebuiltError::Untrusted { .. }), "{err}");
+    assert!(err.to_string().contains("not signed by a trusted key"), "{err}");
+    // No signature at all is no better.
+    let mut unsigned = files;
+    unsigned.remove(&join(BASE, format::SIGNATURE));
+    let err = look(unsigned, &theirs, HELLO).await.unwrap_err();
+    assert!(matches!(err, PrebuiltError::Untrusted { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_tampered_or_missing_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, keyring) = published(dir.path());
+    let module = join(BASE, &format!("pairs/{HELLO}/hello.ko.xz"));
+    let mut tampered = files.clone();
+    tampered.insert(module.clone(), b"signed hellO".to_vec());
+    let err = look(tampered, &keyring, HELLO).await.unwrap_err();
+    assert!(matches!(err, PrebuiltError::TamperedFile { .. }), "{err}");
+    assert!(err.to_string().contains("SHA-256"), "{err}");
+    let mut longer = files.clone();
+    longer.insert(module.clone(), b"signed hello!".to_vec());
+    assert!(look(longer, &keyring, HELLO).await.unwrap_err().to_string().contains("bytes"));
+    let mut missing = files;
+    missing.remove(&module);
+    assert!(matches!(look(missing, &keyring, HELLO).await.unwrap_err(), PrebuiltError::MissingFile { .. }));
+}
+
+#[tokio::test]
+async fn a_cache_that_does_not_answer_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, keyring) = published(dir.path());
+    let err = lookup(&Files(None), BASE, &keyring, HELLO).await.unwrap_err();
+    assert!(matches!(err, PrebuiltError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains("does not answer"), "{err}");
+    let err = lookup(&Files(Some(HashMap::new())), BASE, &keyring, HELLO).await.unwrap_err();
+    assert!(matches!(err, PrebuiltError::NoIndex { .. }), "{err}");
+}
+
+#[test]
+fn install_scripts_are_seen_and_keys_are_required() {
+    assert_eq!(install_script("PACKAGE_NAME=x\nPOST_INSTALL=fix.sh\n"), Some("POST_INSTALL"));
+    assert_eq!(install_script("PACKAGE_NAME=x\n# no POST_INSTALL here\n"), None);
+    assert!(matches!(super::keyring(&[]), Err(PrebuiltError::NoKeys)));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("k.asc");
+    std::fs::write(&bad, "garbage").unwrap();
+    let err = super::keyring(&[bad]).err().unwrap();
+    assert!(err.to_string().contains("k.asc"), "{err}");
+}
