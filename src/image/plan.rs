@@ -227,6 +227,7 @@ mod tests {
             "coreutils",
             "dash",
             "diffutils",
+            "dpkg-dev",
             "findutils",
             "grep",
             "gzip",
