@@ -93,7 +93,7 @@ pub struct PublishArgs {
     /// The store directory `farm build` wrote.
     #[arg(long, value_name = "DIR")]
     store: PathBuf,
-    /// What to write: apt, sysext (cache, kmm: not yet supported).
+    /// What to write: apt, sysext, kmm (cache: not yet supported).
     #[arg(long, value_name = "FORMAT", value_parser = |s: &str| s.parse::<Format>())]
     format: Format,
     /// Where (replaced whole, atomically; default: <store>/publish/<format>).
@@ -102,9 +102,15 @@ pub struct PublishArgs {
     /// The farm's OpenPGP secret key (armored, no passphrase): signs the apt repository.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
-    /// kmm: the image repository to push to.
-    #[arg(long, value_name = "REF")]
+    /// kmm: the registry to push to (not yet supported).
+    #[arg(long, value_name = "HOST")]
     registry: Option<String>,
+    /// kmm: the images' repository; each is tagged <REF>:<kver> (default localhost/ckms/<name>).
+    #[arg(long, value_name = "REF")]
+    repository: Option<String>,
+    /// kmm: load the images into the engine too.
+    #[arg(long)]
+    load: bool,
     /// Only this module (repeatable; default: every built module).
     #[arg(short = 'm', long = "module", value_name = "MODULE")]
     modules: Vec<String>,
@@ -112,7 +118,7 @@ pub struct PublishArgs {
     #[arg(short = 'k', long = "kernel", value_name = "KVER")]
     kernels: Vec<String>,
     /// sysext: one image per kernel, NAME-<kernel>.raw, holding every selected module
-    /// (default: one image per module and kernel).
+    /// (default: one image per module and kernel). kmm: the images' and the Module's name.
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
     /// sysext: the image's file system: erofs or squashfs.
@@ -173,17 +179,19 @@ pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error
             });
             Ok(0)
         }
-        Command::Publish(args) => publish(ctx, out, args),
+        Command::Publish(args) => publish(ctx, out, args).await,
     }
 }
 
-fn publish(ctx: &Context, out: &Output, args: PublishArgs) -> Result<i32, Error> {
+async fn publish(ctx: &Context, out: &Output, args: PublishArgs) -> Result<i32, Error> {
     let req = ckms::publish::Request {
         store: args.store,
         format: args.format,
         out: args.out,
         key: args.key,
         registry: args.registry,
+        repository: args.repository,
+        load: args.load,
         modules: args.modules,
         kernels: args.kernels,
         name: args.name,
@@ -195,7 +203,14 @@ fn publish(ctx: &Context, out: &Output, args: PublishArgs) -> Result<i32, Error>
             architecture: args.os_architecture,
         },
     };
-    let published = ckms::publish::publish(&req, &ctx.catalog)?;
+    let published = match req.format {
+        Format::Kmm if req.load => {
+            let conn = ctx.engine().await?;
+            ckms::publish::kmm::publish(&req, ctx, Some(&conn.engine)).await?
+        }
+        Format::Kmm => ckms::publish::kmm::publish(&req, ctx, None).await?,
+        _ => ckms::publish::publish(&req, &ctx.catalog)?,
+    };
     out.result(&published, || {
         let mut text: String =
             published.files.iter().map(|f| format!("{}\n", published.out.join(f).display())).collect();
