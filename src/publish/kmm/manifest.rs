@@ -16,12 +16,16 @@ pub const API_VERSION: &str = "kmm.sigs.x-k8s.io/v1beta1";
 
 /// The `Module` named `name` loading `module_name` from `repository`'s per-kernel images.
 pub fn module(name: &str, repository: &str, module_name: &str, images: &[Image]) -> Value {
-    let mut kernels: Vec<&str> = images.iter().map(|i| i.kernel.as_str()).collect();
-    kernels.sort();
-    kernels.dedup();
-    let mappings: Vec<Value> = kernels
+    let mappings: Vec<Value> = images
         .iter()
-        .map(|k| json!({"literal": k, "containerImage": format!("{repository}:${{KERNEL_FULL_VERSION}}")}))
+        .map(|i| {
+            let image = if i.tag == format!("{repository}:{}", i.kernel) {
+                format!("{repository}:${{KERNEL_FULL_VERSION}}")
+            } else {
+                i.tag.clone()
+            };
+            json!({"literal": i.kernel, "containerImage": image})
+        })
         .collect();
     json!({
         "apiVersion": API_VERSION,
@@ -115,10 +119,7 @@ mod tests {
     #[test]
     fn yaml_of_nested_objects_and_lists() {
         let v = json!({"a": {"b": [{"c": "x", "d": "${K}"}, "y"], "e": {}}, "f": ""});
-        assert_eq!(
-            to_yaml(&v),
-            "a:\n  b:\n    - c: \"x\"\n      d: \"${K}\"\n    - \"y\"\n  e: {}\nf: \"\"\n"
-        );
+        assert_eq!(to_yaml(&v), "a:\n  b:\n    - c: \"x\"\n      d: \"${K}\"\n    - \"y\"\n  e: {}\nf: \"\"\n");
     }
 
     #[test]

@@ -77,7 +77,8 @@ pub fn plan(pairs: &[Pair], name: Option<&str>, repository: Option<&str>) -> Res
         (None, [one]) => one.to_string(),
         (None, _) => "ckms-modules".into(),
     };
-    let repository = repository.map(str::to_string).unwrap_or_else(|| format!("localhost/ckms/{}", name.to_ascii_lowercase()));
+    let repository =
+        repository.map(str::to_string).unwrap_or_else(|| format!("localhost/ckms/{}", name.to_ascii_lowercase()));
     let mut groups: BTreeMap<&str, Vec<&Pair>> = BTreeMap::new();
     for p in pairs {
         groups.entry(p.kernel.as_str()).or_default().push(p);
@@ -94,7 +95,7 @@ pub fn plan(pairs: &[Pair], name: Option<&str>, repository: Option<&str>) -> Res
             })
             .collect();
         files.sort();
-        let tag = format!("{repository}:{kernel}");
+        let tag = format!("{repository}:{}", tag_of(kernel));
         check_tag(&tag)?;
         images.push(Image {
             kernel: kernel.to_string(),
@@ -127,10 +128,18 @@ fn module_name(pairs: &[Pair], module: &str) -> String {
     }
 }
 
+/// The image tag of a kernel release: the release itself, which is what KMM's
+/// `${KERNEL_FULL_VERSION}` expands to, except that an OCI tag cannot hold `+` (Debian 13's
+/// `6.12.48+deb13-amd64`): there it becomes `_` and the Module names that kernel's image
+/// literally.
+pub fn tag_of(kernel: &str) -> String {
+    kernel.replace('+', "_")
+}
+
 fn check_tag(tag: &str) -> Result<(), PublishError> {
     let (repo, t) = tag.rsplit_once(':').unwrap_or((tag, ""));
-    let repo_ok = !repo.is_empty()
-        && repo.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/:".contains(c));
+    let repo_ok =
+        !repo.is_empty() && repo.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/:".contains(c));
     let tag_ok = !t.is_empty()
         && t.len() <= 128
         && t.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
@@ -163,16 +172,13 @@ pub struct HostDepmod;
 
 impl Depmod for HostDepmod {
     fn index(&self, base: &Path, kernel: &str) -> Result<(), PublishError> {
-        let out = std::process::Command::new("depmod")
-            .arg("-b")
-            .arg(base)
-            .arg(kernel)
-            .env("LC_ALL", "C")
-            .output()
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => PublishError::ToolMissing("depmod"),
-                _ => PublishError::Io { path: base.to_path_buf(), source: e },
-            })?;
+        let out =
+            std::process::Command::new("depmod").arg("-b").arg(base).arg(kernel).env("LC_ALL", "C").output().map_err(
+                |e| match e.kind() {
+                    std::io::ErrorKind::NotFound => PublishError::ToolMissing("depmod"),
+                    _ => PublishError::Io { path: base.to_path_buf(), source: e },
+                },
+            )?;
         if !out.status.success() {
             return Err(PublishError::Tool {
                 tool: "depmod",
@@ -294,7 +300,11 @@ fn modules_layer(scratch: &Path, image: &Image, depmod: &dyn Depmod) -> Result<A
     entries.sort();
     let mut contents = Vec::new();
     for (rel, is_dir) in &entries {
-        let bytes = if *is_dir { None } else { Some(std::fs::read(root.join(rel)).map_err(PublishError::io(&root.join(rel)))?) };
+        let bytes = if *is_dir {
+            None
+        } else {
+            Some(std::fs::read(root.join(rel)).map_err(PublishError::io(&root.join(rel)))?)
+        };
         contents.push((format!("{DIR_NAME}/{rel}"), bytes));
     }
     layer(scratch.join("modules.tar"), |w| {

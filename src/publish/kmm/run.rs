@@ -48,10 +48,10 @@ async fn userland(ctx: &Context, kernel: &str, profile: &str) -> Result<Vec<u8>,
         package: USERLAND_PACKAGE.into(),
         message,
     };
-    let p = ctx.catalog.profile(profile).map_err(|_| PublishError::Profile {
-        kernel: kernel.to_string(),
-        profile: profile.to_string(),
-    })?;
+    let p = ctx
+        .catalog
+        .profile(profile)
+        .map_err(|_| PublishError::Profile { kernel: kernel.to_string(), profile: profile.to_string() })?;
     let index = ctx.index(p).await.map_err(|e| failed(e.to_string()))?;
     let pkg = index
         .candidate(USERLAND_PACKAGE)
