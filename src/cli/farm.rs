@@ -102,9 +102,21 @@ pub struct PublishArgs {
     /// The farm's OpenPGP secret key (armored, no passphrase): signs the apt repository.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
-    /// kmm: the registry to push to (not yet supported).
+    /// kmm: push the images to this registry (host[:port]) over the OCI distribution API.
     #[arg(long, value_name = "HOST")]
     registry: Option<String>,
+    /// kmm: the registry's user (basic authentication).
+    #[arg(long, value_name = "USER", env = "CKMS_REGISTRY_USER")]
+    registry_user: Option<String>,
+    /// kmm: a file holding the registry user's password (or CKMS_REGISTRY_PASSWORD).
+    #[arg(long, value_name = "FILE")]
+    registry_password_file: Option<PathBuf>,
+    /// kmm: talk plain HTTP to the registry (a loopback registry without TLS).
+    #[arg(long)]
+    insecure: bool,
+    /// kmm: trust this PEM CA certificate for the registry's TLS.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     /// kmm: the images' repository; each is tagged <REF>:<kver> (default localhost/ckms/<name>).
     #[arg(long, value_name = "REF")]
     repository: Option<String>,
@@ -184,12 +196,28 @@ pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error
 }
 
 async fn publish(ctx: &Context, out: &Output, args: PublishArgs) -> Result<i32, Error> {
+    let password = match &args.registry_password_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| Error::usage(format!("{}: {e}", f.display()), None))?
+                .trim_end_matches('\n')
+                .to_string(),
+        ),
+        None => std::env::var("CKMS_REGISTRY_PASSWORD").ok(),
+    };
+    let registry = args.registry.map(|host| ckms::publish::kmm::push::Registry {
+        host,
+        user: args.registry_user,
+        password,
+        insecure: args.insecure,
+        ca_cert: args.ca_cert,
+    });
     let req = ckms::publish::Request {
         store: args.store,
         format: args.format,
         out: args.out,
         key: args.key,
-        registry: args.registry,
+        registry,
         repository: args.repository,
         load: args.load,
         modules: args.modules,

@@ -107,6 +107,8 @@ pub enum PublishError {
     Userland { kernel: String, package: String, message: String },
     #[error("image {tag}: {message}")]
     Image { tag: String, message: String },
+    #[error("registry {host}: {message}")]
+    Registry { host: String, message: String },
     #[error("--format {0} is published by `kmm::publish` (it needs the profile's index and an engine)")]
     NeedsContext(Format),
     #[error("{tool} failed for {path}: {message}")]
@@ -165,6 +167,9 @@ impl Diagnose for PublishError {
                 "the profile's index must offer busybox-static: `ckms kernels` refreshes the indexes".into()
             }
             PublishError::Image { .. } => "check that the output directory and TMPDIR are writable".into(),
+            PublishError::Registry { .. } => "check --registry, --registry-user/--registry-password-file, and \
+                 --insecure (plain HTTP) or --ca-cert for the registry's TLS"
+                .into(),
         })
     }
 }
@@ -197,8 +202,8 @@ pub struct Request {
     pub out: Option<PathBuf>,
     /// The farm's armored OpenPGP secret key (signs the apt repository).
     pub key: Option<PathBuf>,
-    /// `kmm`: the registry to push to (not yet supported).
-    pub registry: Option<String>,
+    /// `kmm`: the registry to push the images to.
+    pub registry: Option<kmm::push::Registry>,
     /// `kmm`: the images' repository, tagged `<repository>:<kver>` (default
     /// `localhost/ckms/<name>`).
     pub repository: Option<String>,

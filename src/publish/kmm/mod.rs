@@ -15,6 +15,7 @@
 //! the newest build time of the image's pairs: publishing twice gives the same image ID.
 
 pub mod manifest;
+pub mod push;
 mod run;
 
 pub use run::publish;

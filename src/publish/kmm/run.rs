@@ -11,11 +11,14 @@ use crate::publish::{list_files, open, Format, PublishError, Published, Request,
 /// Publishes the store's pairs as KMM images under `--out`, loading them into `engine` when
 /// one is given.
 pub async fn publish(req: &Request, ctx: &Context, engine: Option<&dyn Engine>) -> Result<Published, PublishError> {
-    if req.registry.is_some() {
-        return Err(PublishError::NotYetSupported(Format::Kmm));
-    }
     let (pairs, out) = open(req, &ctx.catalog)?;
-    let plan = plan(&pairs, req.name.as_deref(), req.repository.as_deref())?;
+    // Pushed images are named after their registry unless --repository says otherwise.
+    let default_repository = req.registry.as_ref().map(|r| {
+        let name = req.name.clone().unwrap_or_else(|| pairs.first().map(|p| p.module.clone()).unwrap_or_default());
+        format!("{}/ckms/{}", r.host, name.to_ascii_lowercase())
+    });
+    let repository = req.repository.clone().or(default_repository);
+    let plan = plan(&pairs, req.name.as_deref(), repository.as_deref())?;
     let mut busybox = BTreeMap::new();
     for image in &plan.images {
         if !busybox.contains_key(&image.profile) {
@@ -35,6 +38,14 @@ pub async fn publish(req: &Request, ctx: &Context, engine: Option<&dyn Engine>) 
                 Some(id) if id == w.id => notes.push(format!("loaded {}", w.tag)),
                 other => return Err(failed(format!("the engine reports {other:?} after loading, expected {}", w.id))),
             }
+        }
+    }
+    if let Some(registry) = &req.registry {
+        let path = registry.path_of(&plan.repository);
+        for w in &written {
+            let tag = w.tag.rsplit_once(':').map(|(_, t)| t).unwrap_or_default();
+            let digest = super::push::push(registry, &out.join(&w.archive), path, tag).await?;
+            notes.push(format!("pushed {}/{path}:{tag} ({digest})", registry.host));
         }
     }
     notes.push(format!("kubectl apply -f {}", out.join("module.yaml").display()));
