@@ -381,16 +381,21 @@ impl LocalRegistry {
             ),
         )
         .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        // Owned by the guard at once, so that every path below kills and reaps it.
+        let registry = LocalRegistry {
+            child: Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+            host: host.clone(),
+            _dir: dir,
+        };
         for _ in 0..100 {
             if std::net::TcpStream::connect(&host).is_ok() {
-                return LocalRegistry { child, host, _dir: dir };
+                return registry;
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }

@@ -26,7 +26,7 @@ pub enum Command {
     Report(ReportArgs),
     /// Publish the store's built modules: a signed apt repository (apt) or system extension
     /// images (sysext); cache and kmm are not yet supported.
-    Publish(PublishArgs),
+    Publish(Box<PublishArgs>),
 }
 
 #[derive(clap::Args)]
@@ -191,7 +191,7 @@ pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error
             });
             Ok(0)
         }
-        Command::Publish(args) => publish(ctx, out, args).await,
+        Command::Publish(args) => publish(ctx, out, *args).await,
     }
 }
 

@@ -103,9 +103,8 @@ pub async fn push(registry: &Registry, archive: &Path, path: &str, tag: &str) ->
     let client = registry.client()?;
     let base = registry.base();
     let failed = |what: String| PublishError::Registry { host: registry.host.clone(), message: what };
-    let send = |r: reqwest::RequestBuilder, what: String| {
-        let failed = failed.clone();
-        async move { registry.auth(r).send().await.map_err(|e| failed(format!("{what}: {e}"))) }
+    let send = |r: reqwest::RequestBuilder, what: String| async move {
+        registry.auth(r).send().await.map_err(|e| failed(format!("{what}: {e}")))
     };
     for (digest, bytes) in &parts.blobs {
         let head = send(client.head(format!("{base}/v2/{path}/blobs/{digest}")), format!("HEAD blob {digest}")).await?;
