@@ -142,7 +142,7 @@ impl Diagnose for PublishError {
                 "`ckms farm status --store DIR` shows the pairs; build some with `ckms farm build`".into()
             }
             PublishError::NotInStore { known, .. } => format!("the store has: {}", known.join(", ")),
-            PublishError::NotYetSupported(_) => "publish with --format apt or --format sysext".into(),
+            PublishError::NotYetSupported(_) => "publish with --format apt, sysext or kmm".into(),
             PublishError::KeyRequired(_) => "give the farm's armored OpenPGP secret key: --key farm.asc (e.g. \
                  gpg --batch --passphrase '' --quick-gen-key 'ckms farm <farm@example.org>' ed25519 sign never; \
                  gpg --armor --export-secret-keys farm@example.org > farm.asc)"

@@ -143,3 +143,40 @@ pub async fn push(registry: &Registry, archive: &Path, path: &str, tag: &str) ->
     }
     Ok(format!("sha256:{}", crate::cache::sha256_hex(&parts.manifest)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_path_in_the_registry_drops_its_host() {
+        let r = Registry { host: "127.0.0.1:5000".into(), ..Registry::default() };
+        assert_eq!(r.path_of("127.0.0.1:5000/ckms/v4l2loopback"), "ckms/v4l2loopback");
+        assert_eq!(r.path_of("kmods/v4l2loopback"), "kmods/v4l2loopback");
+        assert_eq!(r.base(), "https://127.0.0.1:5000");
+        assert_eq!(Registry { insecure: true, ..r }.base(), "http://127.0.0.1:5000");
+    }
+
+    #[test]
+    fn an_archive_gives_its_manifest_config_and_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let pairs = vec![crate::publish::pairs::tests::pair(dir.path(), "m", "6.1.0-56-amd64", "m.ko", b"M")];
+        let plan = super::super::plan(&pairs, None, None).unwrap();
+        struct NoIndex;
+        impl super::super::Depmod for NoIndex {
+            fn index(&self, _: &Path, _: &str) -> Result<(), PublishError> {
+                Ok(())
+            }
+        }
+        let busybox = BTreeMap::from([("debian-bookworm".to_string(), b"BB".to_vec())]);
+        let written = super::super::write(dir.path(), &plan, &busybox, &NoIndex).unwrap();
+        let parts = read_archive(&dir.path().join(&written[0].archive)).unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(&parts.manifest).unwrap();
+        assert_eq!(manifest["mediaType"], MANIFEST);
+        assert_eq!(parts.blobs.len(), 3, "the config and two layers");
+        assert!(parts.blobs.contains_key(&written[0].id), "the config is the image ID's blob");
+        for (digest, bytes) in &parts.blobs {
+            assert_eq!(digest, &format!("sha256:{}", crate::cache::sha256_hex(bytes)));
+        }
+    }
+}
