@@ -10,13 +10,15 @@
 
 use serde_json::{json, Value};
 
-use super::Image;
+use super::Plan;
 
 pub const API_VERSION: &str = "kmm.sigs.x-k8s.io/v1beta1";
 
-/// The `Module` named `name` loading `module_name` from `repository`'s per-kernel images.
-pub fn module(name: &str, repository: &str, module_name: &str, images: &[Image]) -> Value {
-    let mappings: Vec<Value> = images
+/// The `Module` named after the plan loading its module from the plan's per-kernel images.
+pub fn module(plan: &Plan) -> Value {
+    let repository = &plan.repository;
+    let mappings: Vec<Value> = plan
+        .images
         .iter()
         .map(|i| {
             let image = if i.tag == format!("{repository}:{}", i.kernel) {
@@ -27,17 +29,17 @@ pub fn module(name: &str, repository: &str, module_name: &str, images: &[Image])
             json!({"literal": i.kernel, "containerImage": image})
         })
         .collect();
+    let mut container = json!({"modprobe": {"moduleName": plan.module_name}, "kernelMappings": mappings});
+    if plan.insecure_registry {
+        // KMM pulls over HTTPS unless told otherwise.
+        container["registryTLS"] = json!({"insecure": true});
+    }
     json!({
         "apiVersion": API_VERSION,
         "kind": "Module",
-        "metadata": {"name": k8s_name(name)},
+        "metadata": {"name": k8s_name(&plan.name)},
         "spec": {
-            "moduleLoader": {
-                "container": {
-                    "modprobe": {"moduleName": module_name},
-                    "kernelMappings": mappings,
-                },
-            },
+            "moduleLoader": {"container": container},
             // Every Linux node; a fleet narrows it (KMM requires a selector).
             "selector": {"kubernetes.io/os": "linux"},
         },

@@ -65,6 +65,8 @@ pub struct Plan {
     /// What modprobe loads (the first module's own name).
     pub module_name: String,
     pub images: Vec<Image>,
+    /// The images are pushed to a plain-HTTP registry: the Module tells KMM so.
+    pub insecure_registry: bool,
 }
 
 /// One image per kernel holding every selected pair of that kernel. `name` defaults to the
@@ -109,7 +111,7 @@ pub fn plan(pairs: &[Pair], name: Option<&str>, repository: Option<&str>) -> Res
         });
     }
     let module_name = module_name(pairs, modules.first().copied().unwrap_or_default());
-    Ok(Plan { name, repository, module_name, images })
+    Ok(Plan { name, repository, module_name, images, insecure_registry: false })
 }
 
 /// The kernel's name of the module `module` ships: the file named like the dkms package
@@ -239,7 +241,7 @@ pub fn write(
         std::io::Write::flush(&mut out).map_err(PublishError::io(&path))?;
         written.push(Written { tag: image.tag.clone(), id, archive: image.archive.clone() });
     }
-    let module = manifest::module(&plan.name, &plan.repository, &plan.module_name, &plan.images);
+    let module = manifest::module(plan);
     super::write_file(dir, "module.yaml", manifest::to_yaml(&module).as_bytes())?;
     Ok(written)
 }

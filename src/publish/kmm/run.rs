@@ -18,7 +18,8 @@ pub async fn publish(req: &Request, ctx: &Context, engine: Option<&dyn Engine>) 
         format!("{}/ckms/{}", r.host, name.to_ascii_lowercase())
     });
     let repository = req.repository.clone().or(default_repository);
-    let plan = plan(&pairs, req.name.as_deref(), repository.as_deref())?;
+    let mut plan = plan(&pairs, req.name.as_deref(), repository.as_deref())?;
+    plan.insecure_registry = req.registry.as_ref().is_some_and(|r| r.insecure);
     let mut busybox = BTreeMap::new();
     for image in &plan.images {
         if !busybox.contains_key(&image.profile) {

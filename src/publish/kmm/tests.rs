@@ -202,6 +202,8 @@ fn the_module_maps_each_kernel_to_its_tag() {
              moduleName: \"v4l2loopback\"\n  selector:\n    \"kubernetes.io/os\": \"linux\"\n"
         )
     );
+    let insecure = Plan { insecure_registry: true, ..plan };
+    assert_eq!(manifest::module(&insecure)["spec"]["moduleLoader"]["container"]["registryTLS"]["insecure"], true);
 }
 
 #[test]
