@@ -49,6 +49,17 @@ pub async fn publish(req: &Request, ctx: &Context, engine: Option<&dyn Engine>) 
             notes.push(format!("pushed {}/{path}:{tag} ({digest})", registry.host));
         }
     }
+    let mut modules: Vec<&str> = pairs.iter().map(|p| p.module.as_str()).collect();
+    modules.sort();
+    modules.dedup();
+    if modules.len() > 1 {
+        // A KMM Module loads one module (and what its modules.dep line needs).
+        notes.push(format!(
+            "module.yaml loads {} only, of {}: publish with -m MODULE for one Module per module",
+            plan.module_name,
+            modules.join(", ")
+        ));
+    }
     notes.push(format!("kubectl apply -f {}", out.join("module.yaml").display()));
     Ok(Published { format: Format::Kmm.name().into(), out, files, notes })
 }
