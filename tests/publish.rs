@@ -9,10 +9,14 @@
 //!   modules under their kernel's directory only, with no module index; real `systemd-sysext
 //!   merge` (in a private mount namespace, over a root holding the kernel's own modules) merges
 //!   two ckms extensions, and after the extensions' depmod hook modprobe resolves the modules
-//!   of both, with their in-tree dependencies.
+//!   of both, with their in-tree dependencies;
+//! - kmm: images published twice are byte-identical; pushed to Debian's docker-registry on
+//!   loopback, pulled back by Podman, KMM's worker steps (`cp -R /opt/lib/modules/<kver>`)
+//!   find the store's module and its depmod index.
 //!
 //! Every tool it needs (gpg, gpgv, mmdebstrap, docker, erofs-utils, squashfs-tools,
-//! systemd-sysext, unshare) must be there: a missing one fails the test, it never skips.
+//! systemd-sysext, unshare, docker-registry, podman) must be there: a missing one fails the
+//! test, it never skips.
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -259,4 +263,93 @@ systemd-sysext unmerge --root=$R
     ] {
         assert!(shown.contains(&line), "{line:?} missing: both extensions' modules must resolve\n{shown}");
     }
+}
+
+/// Debian's `docker-registry` on a free loopback port, from a config file of the test's own;
+/// killed on drop.
+struct LocalRegistry {
+    child: std::process::Child,
+    host: String,
+    _dir: tempfile::TempDir,
+}
+
+impl LocalRegistry {
+    fn start() -> LocalRegistry {
+        need("docker-registry", "docker-registry");
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let host = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        let storage = dir.path().join("data");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n",
+                storage.display()
+            ),
+        )
+        .unwrap();
+        // Owned by the guard at once, so that every path below kills and reaps it.
+        let registry = LocalRegistry {
+            child: Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+            host: host.clone(),
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&host).is_ok() {
+                return registry;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("docker-registry did not listen on {host}");
+    }
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn kmm_images_pushed_to_a_local_registry_are_pulled_back_by_podman_and_hold_the_module() {
+    need("podman", "podman");
+    let podman_host = engine_host("CKMS_TEST_PODMAN_HOST");
+    let registry = LocalRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let push = ["-m", "v4l2loopback", "--registry", &registry.host, "--insecure"];
+    publish("kmm", &a, &push);
+    publish("kmm", &b, &["-m", "v4l2loopback", "--repository", &format!("{}/ckms/v4l2loopback", registry.host)]);
+    let archive = format!("v4l2loopback_{KERNEL}.oci.tar");
+    assert_eq!(std::fs::read(a.join(&archive)).unwrap(), std::fs::read(b.join(&archive)).unwrap(), "reproducible");
+    let module = std::fs::read_to_string(a.join("module.yaml")).unwrap();
+    let image = format!("{}/ckms/v4l2loopback", registry.host);
+    assert!(module.contains(&format!("containerImage: \"{image}:${{KERNEL_FULL_VERSION}}\"")), "{module}");
+    assert!(module.contains(&format!("literal: \"{KERNEL}\"")), "{module}");
+
+    let podman = || {
+        let mut c = Command::new("podman");
+        c.arg("--remote").arg("--url").arg(&podman_host);
+        c
+    };
+    let reference = format!("{image}:{KERNEL}");
+    run(podman().args(["pull", "--quiet", "--tls-verify=false", &reference]));
+    // KMM's worker: copy the kernel's tree out of the image with the image's cp, then read it.
+    let script = format!(
+        "mkdir -p /tmp/opt/lib/modules && cp -R /opt/lib/modules/{KERNEL} /tmp/opt/lib/modules && \
+         grep -q '^updates/dkms/v4l2loopback.ko:' /tmp/opt/lib/modules/{KERNEL}/modules.dep && \
+         cat /tmp/opt/lib/modules/{KERNEL}/updates/dkms/v4l2loopback.ko"
+    );
+    let out = podman().args(["run", "--rm", "--network", "none", &reference, "sh", "-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout == stored_module("v4l2loopback.ko"), "the pulled image holds the store's signed module");
+    let _ = podman().args(["rmi", &reference]).output();
 }

@@ -25,8 +25,8 @@ pub enum Command {
     /// Write the matrix as one self-contained HTML file.
     Report(ReportArgs),
     /// Publish the store's built modules: a signed apt repository (apt), system extension
-    /// images (sysext) or a binary cache for ckms hosts (cache); kmm is not yet supported.
-    Publish(PublishArgs),
+    /// images (sysext), a binary cache for ckms hosts (cache) or KMM images (kmm).
+    Publish(Box<PublishArgs>),
 }
 
 #[derive(clap::Args)]
@@ -93,7 +93,7 @@ pub struct PublishArgs {
     /// The store directory `farm build` wrote.
     #[arg(long, value_name = "DIR")]
     store: PathBuf,
-    /// What to write: apt, sysext, cache (kmm: not yet supported).
+    /// What to write: apt, sysext, cache or kmm.
     #[arg(long, value_name = "FORMAT", value_parser = |s: &str| s.parse::<Format>())]
     format: Format,
     /// Where (replaced whole, atomically; default: <store>/publish/<format>).
@@ -102,9 +102,27 @@ pub struct PublishArgs {
     /// The farm's OpenPGP secret key (armored, no passphrase): signs the apt repository or the cache's index.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
-    /// kmm: the image repository to push to.
-    #[arg(long, value_name = "REF")]
+    /// kmm: push the images to this registry (host[:port]) over the OCI distribution API.
+    #[arg(long, value_name = "HOST")]
     registry: Option<String>,
+    /// kmm: the registry's user (basic authentication).
+    #[arg(long, value_name = "USER", env = "CKMS_REGISTRY_USER")]
+    registry_user: Option<String>,
+    /// kmm: a file holding the registry user's password (or CKMS_REGISTRY_PASSWORD).
+    #[arg(long, value_name = "FILE")]
+    registry_password_file: Option<PathBuf>,
+    /// kmm: talk plain HTTP to the registry (a loopback registry without TLS).
+    #[arg(long)]
+    insecure: bool,
+    /// kmm: trust this PEM CA certificate for the registry's TLS.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// kmm: the images' repository; each is tagged <REF>:<kver> (default localhost/ckms/<name>).
+    #[arg(long, value_name = "REF")]
+    repository: Option<String>,
+    /// kmm: load the images into the engine too.
+    #[arg(long)]
+    load: bool,
     /// Only this module (repeatable; default: every built module).
     #[arg(short = 'm', long = "module", value_name = "MODULE")]
     modules: Vec<String>,
@@ -112,7 +130,7 @@ pub struct PublishArgs {
     #[arg(short = 'k', long = "kernel", value_name = "KVER")]
     kernels: Vec<String>,
     /// sysext: one image per kernel, NAME-<kernel>.raw, holding every selected module
-    /// (default: one image per module and kernel).
+    /// (default: one image per module and kernel). kmm: the images' and the Module's name.
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
     /// sysext: the image's file system: erofs or squashfs.
@@ -173,17 +191,35 @@ pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error
             });
             Ok(0)
         }
-        Command::Publish(args) => publish(ctx, out, args),
+        Command::Publish(args) => publish(ctx, out, *args).await,
     }
 }
 
-fn publish(ctx: &Context, out: &Output, args: PublishArgs) -> Result<i32, Error> {
+async fn publish(ctx: &Context, out: &Output, args: PublishArgs) -> Result<i32, Error> {
+    let password = match &args.registry_password_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| Error::usage(format!("{}: {e}", f.display()), None))?
+                .trim_end_matches('\n')
+                .to_string(),
+        ),
+        None => std::env::var("CKMS_REGISTRY_PASSWORD").ok(),
+    };
+    let registry = args.registry.map(|host| ckms::publish::kmm::push::Registry {
+        host,
+        user: args.registry_user,
+        password,
+        insecure: args.insecure,
+        ca_cert: args.ca_cert,
+    });
     let req = ckms::publish::Request {
         store: args.store,
         format: args.format,
         out: args.out,
         key: args.key,
-        registry: args.registry,
+        registry,
+        repository: args.repository,
+        load: args.load,
         modules: args.modules,
         kernels: args.kernels,
         name: args.name,
@@ -195,7 +231,14 @@ fn publish(ctx: &Context, out: &Output, args: PublishArgs) -> Result<i32, Error>
             architecture: args.os_architecture,
         },
     };
-    let published = ckms::publish::publish(&req, &ctx.catalog)?;
+    let published = match req.format {
+        Format::Kmm if req.load => {
+            let conn = ctx.engine().await?;
+            ckms::publish::kmm::publish(&req, ctx, Some(&conn.engine)).await?
+        }
+        Format::Kmm => ckms::publish::kmm::publish(&req, ctx, None).await?,
+        _ => ckms::publish::publish(&req, &ctx.catalog)?,
+    };
     out.result(&published, || {
         let mut text: String =
             published.files.iter().map(|f| format!("{}\n", published.out.join(f).display())).collect();

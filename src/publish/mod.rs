@@ -4,7 +4,7 @@
 //! - [`apt`]: one Debian package per (module, kernel) in a signed apt repository;
 //! - [`sysext`]: one systemd-sysext image per (module set, kernel), for immutable systems;
 //! - [`cache`]: a signed index of the store and its files, for other ckms hosts;
-//! - `kmm` (Kubernetes KMM images): not yet.
+//! - [`kmm`]: one OCI image per kernel for Kubernetes Kernel Module Management, and its `Module`.
 //!
 //! [`pairs`] reads the store (every file checked against its record); each format writes a
 //! complete tree into a temporary directory beside `--out`, which is then renamed into place,
@@ -15,6 +15,7 @@
 pub mod apt;
 pub mod cache;
 pub mod deb;
+pub mod kmm;
 pub mod openpgp;
 pub mod pairs;
 pub mod sysext;
@@ -33,7 +34,7 @@ pub enum Format {
     Cache,
     /// Debian packages in a signed apt repository.
     Apt,
-    /// Kernel Module Management images (not yet).
+    /// Kernel Module Management images ([`kmm::publish`]).
     Kmm,
     /// systemd-sysext images.
     Sysext,
@@ -83,8 +84,6 @@ pub enum PublishError {
     NothingBuilt { store: PathBuf, what: String },
     #[error("{wanted} is not in the store {store}")]
     NotInStore { store: PathBuf, wanted: String, known: Vec<String> },
-    #[error("--format {0} is not yet supported")]
-    NotYetSupported(Format),
     #[error("--format {0} needs --key: what hosts trust must be signed")]
     KeyRequired(Format),
     #[error("the OpenPGP key {path}: {message}")]
@@ -101,6 +100,16 @@ pub enum PublishError {
     NoOs { kernel: String, profile: String, missing: &'static str },
     #[error("{0} was not found")]
     ToolMissing(&'static str),
+    #[error("image name {0:?} is not <lowercase repository>:<tag>")]
+    BadImageName(String),
+    #[error("kernel {kernel}: the image's userland ({package}): {message}")]
+    Userland { kernel: String, package: String, message: String },
+    #[error("image {tag}: {message}")]
+    Image { tag: String, message: String },
+    #[error("registry {host}: {message}")]
+    Registry { host: String, message: String },
+    #[error("--format {0} is published by `kmm::publish` (it needs the profile's index and an engine)")]
+    NeedsContext(Format),
     #[error("{tool} failed for {path}: {message}")]
     Tool { tool: &'static str, path: PathBuf, message: String },
 }
@@ -132,7 +141,6 @@ impl Diagnose for PublishError {
                 "`ckms farm status --store DIR` shows the pairs; build some with `ckms farm build`".into()
             }
             PublishError::NotInStore { known, .. } => format!("the store has: {}", known.join(", ")),
-            PublishError::NotYetSupported(_) => "publish with --format apt, sysext or cache".into(),
             PublishError::KeyRequired(_) => "give the farm's armored OpenPGP secret key: --key farm.asc (e.g. \
                  gpg --batch --passphrase '' --quick-gen-key 'ckms farm <farm@example.org>' ed25519 sign never; \
                  gpg --armor --export-secret-keys farm@example.org > farm.asc)"
@@ -149,7 +157,17 @@ impl Diagnose for PublishError {
                  as the target's /etc/os-release names them"
                 .into(),
             PublishError::ToolMissing(tool) => format!("install it: apt-get install {}", package_of(tool)),
-            PublishError::Tool { .. } => return None,
+            PublishError::Tool { .. } | PublishError::NeedsContext(_) => return None,
+            PublishError::BadImageName(_) => {
+                "give --repository as a lowercase image name, e.g. registry.example.org/kmods/v4l2loopback".into()
+            }
+            PublishError::Userland { .. } => {
+                "the profile's index must offer busybox-static: `ckms kernels` refreshes the indexes".into()
+            }
+            PublishError::Image { .. } => "check that the output directory and TMPDIR are writable".into(),
+            PublishError::Registry { .. } => "check --registry, --registry-user/--registry-password-file, and \
+                 --insecure (plain HTTP) or --ca-cert for the registry's TLS"
+                .into(),
         })
     }
 }
@@ -182,13 +200,18 @@ pub struct Request {
     pub out: Option<PathBuf>,
     /// The farm's armored OpenPGP secret key (signs the apt repository).
     pub key: Option<PathBuf>,
-    /// `kmm`: the image repository (kept for when kmm is supported).
-    pub registry: Option<String>,
+    /// `kmm`: the registry to push the images to.
+    pub registry: Option<kmm::push::Registry>,
+    /// `kmm`: the images' repository, tagged `<repository>:<kver>` (default
+    /// `localhost/ckms/<name>`).
+    pub repository: Option<String>,
+    /// `kmm`: load the images into the engine too.
+    pub load: bool,
     /// Only these modules / kernels (empty: all).
     pub modules: Vec<String>,
     pub kernels: Vec<String>,
     /// `sysext`: one image per kernel named NAME-<kernel> holding every selected module
-    /// (default: one image per module and kernel).
+    /// (default: one image per module and kernel). `kmm`: the images' and the Module's name.
     pub name: Option<String>,
     pub filesystem: sysext::Filesystem,
     pub os: OsOverride,
@@ -208,15 +231,10 @@ pub struct Published {
 /// Publishes the store's built pairs in `req.format`.
 pub fn publish(req: &Request, catalog: &Catalog) -> Result<Published, PublishError> {
     match req.format {
-        Format::Kmm => return Err(PublishError::NotYetSupported(req.format)),
+        Format::Kmm => return Err(PublishError::NeedsContext(req.format)),
         Format::Apt | Format::Sysext | Format::Cache => {}
     }
-    if !req.store.join("ckms-store.json").is_file() {
-        return Err(PublishError::NoStore(req.store.clone()));
-    }
-    let store = crate::farm::store::Store::open(&req.store)?;
-    let pairs = pairs::read(&store, catalog, &req.modules, &req.kernels)?;
-    let out = req.out.clone().unwrap_or_else(|| store.root().join("publish").join(req.format.name()));
+    let (pairs, out) = open(req, catalog)?;
     let staging = Staging::new(&out)?;
     let notes = match req.format {
         Format::Apt | Format::Cache => {
@@ -232,11 +250,22 @@ pub fn publish(req: &Request, catalog: &Catalog) -> Result<Published, PublishErr
             let images = sysext::plan(&pairs, req.name.as_deref(), &req.os)?;
             sysext::write(staging.path(), &images, req.filesystem, &sysext::Mkfs)?
         }
-        Format::Kmm => return Err(PublishError::NotYetSupported(req.format)),
+        Format::Kmm => return Err(PublishError::NeedsContext(req.format)),
     };
     let files = list_files(staging.path())?;
     staging.commit()?;
     Ok(Published { format: req.format.name().into(), out, files, notes })
+}
+
+/// The store's selected pairs and where their output goes.
+pub(crate) fn open(req: &Request, catalog: &Catalog) -> Result<(Vec<pairs::Pair>, PathBuf), PublishError> {
+    if !req.store.join("ckms-store.json").is_file() {
+        return Err(PublishError::NoStore(req.store.clone()));
+    }
+    let store = crate::farm::store::Store::open(&req.store)?;
+    let pairs = pairs::read(&store, catalog, &req.modules, &req.kernels)?;
+    let out = req.out.clone().unwrap_or_else(|| store.root().join("publish").join(req.format.name()));
+    Ok((pairs, out))
 }
 
 /// A directory written beside its final place and renamed into it: readers see the old tree
@@ -295,7 +324,7 @@ pub(crate) fn write_file(dir: &Path, rel: &str, bytes: &[u8]) -> Result<(), Publ
 }
 
 /// Every regular file under `dir`, relative and sorted.
-fn list_files(dir: &Path) -> Result<Vec<String>, PublishError> {
+pub(crate) fn list_files(dir: &Path) -> Result<Vec<String>, PublishError> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -318,14 +347,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn formats_parse_and_unsupported_ones_say_so() {
+    fn formats_parse_and_unknown_ones_are_named() {
         for name in Format::NAMES {
             assert_eq!(name.parse::<Format>().unwrap().name(), name);
         }
         assert!("rpm".parse::<Format>().unwrap_err().contains("apt"));
-        let err = PublishError::NotYetSupported(Format::Kmm);
-        assert!(err.to_string().contains("kmm"));
-        assert!(err.hint().unwrap().contains("apt"));
     }
 
     #[test]

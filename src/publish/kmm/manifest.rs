@@ -1,0 +1,133 @@
+//! The KMM `Module` (kmm.sigs.x-k8s.io/v1beta1) for the published images: one literal
+//! kernelMapping per kernel, each pointing at `<repository>:${KERNEL_FULL_VERSION}`, which KMM
+//! expands to the node's kernel release, i.e. the tag ckms gave the kernel's image.
+//!
+//! The document is built as a `serde_json::Value` (what the CRD schema test validates) and
+//! rendered as YAML by [`to_yaml`]: its shape is fixed and small, so ckms writes the YAML
+//! itself rather than depending on serde_yaml, which its author no longer maintains. Every
+//! string is written as a JSON string, which is a valid YAML double-quoted scalar, so no value
+//! (`${...}`, `6.1.0-56-amd64`, `""`) can be read back as another type.
+
+use serde_json::{json, Value};
+
+use super::Plan;
+
+pub const API_VERSION: &str = "kmm.sigs.x-k8s.io/v1beta1";
+
+/// The `Module` named after the plan loading its module from the plan's per-kernel images.
+pub fn module(plan: &Plan) -> Value {
+    let repository = &plan.repository;
+    let mappings: Vec<Value> = plan
+        .images
+        .iter()
+        .map(|i| {
+            let image = if i.tag == format!("{repository}:{}", i.kernel) {
+                format!("{repository}:${{KERNEL_FULL_VERSION}}")
+            } else {
+                i.tag.clone()
+            };
+            json!({"literal": i.kernel, "containerImage": image})
+        })
+        .collect();
+    let mut container = json!({"modprobe": {"moduleName": plan.module_name}, "kernelMappings": mappings});
+    if plan.insecure_registry {
+        // KMM pulls over HTTPS unless told otherwise.
+        container["registryTLS"] = json!({"insecure": true});
+    }
+    json!({
+        "apiVersion": API_VERSION,
+        "kind": "Module",
+        "metadata": {"name": k8s_name(&plan.name)},
+        "spec": {
+            "moduleLoader": {"container": container},
+            // Every Linux node; a fleet narrows it (KMM requires a selector).
+            "selector": {"kubernetes.io/os": "linux"},
+        },
+    })
+}
+
+/// A Kubernetes object name (RFC 1123 label: lower case, digits, `-`).
+pub fn k8s_name(name: &str) -> String {
+    let mapped: String =
+        name.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let trimmed = mapped.trim_matches('-');
+    if trimmed.is_empty() {
+        "ckms-modules".into()
+    } else {
+        trimmed.chars().take(63).collect()
+    }
+}
+
+/// Block-style YAML of a JSON value; object keys keep their (sorted) order.
+pub fn to_yaml(value: &Value) -> String {
+    let mut out = String::new();
+    block(value, 0, &mut out);
+    out
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::Object(m) if m.is_empty() => "{}".into(),
+        Value::Array(a) if a.is_empty() => "[]".into(),
+        other => other.to_string(),
+    }
+}
+
+fn key(k: &str) -> String {
+    if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric()) {
+        k.into()
+    } else {
+        Value::String(k.into()).to_string()
+    }
+}
+
+fn is_block(v: &Value) -> bool {
+    matches!(v, Value::Object(m) if !m.is_empty()) || matches!(v, Value::Array(a) if !a.is_empty())
+}
+
+fn block(v: &Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, val) in m {
+                if is_block(val) {
+                    out.push_str(&format!("{pad}{}:\n", key(k)));
+                    block(val, indent + 2, out);
+                } else {
+                    out.push_str(&format!("{pad}{}: {}\n", key(k), scalar(val)));
+                }
+            }
+        }
+        Value::Array(a) if !a.is_empty() => {
+            for item in a {
+                if is_block(item) {
+                    // The item's first line goes after "- ", the rest indented under it.
+                    let mut inner = String::new();
+                    block(item, indent + 2, &mut inner);
+                    out.push_str(&format!("{pad}- {}", &inner[indent + 2..]));
+                } else {
+                    out.push_str(&format!("{pad}- {}\n", scalar(item)));
+                }
+            }
+        }
+        other => out.push_str(&format!("{pad}{}\n", scalar(other))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_of_nested_objects_and_lists() {
+        let v = json!({"a": {"b": [{"c": "x", "d": "${K}"}, "y"], "e": {}}, "f": ""});
+        assert_eq!(to_yaml(&v), "a:\n  b:\n    - c: \"x\"\n      d: \"${K}\"\n    - \"y\"\n  e: {}\nf: \"\"\n");
+    }
+
+    #[test]
+    fn names_become_kubernetes_names() {
+        assert_eq!(k8s_name("tp_smapi"), "tp-smapi");
+        assert_eq!(k8s_name("V4L2loopback"), "v4l2loopback");
+        assert_eq!(k8s_name("__"), "ckms-modules");
+    }
+}

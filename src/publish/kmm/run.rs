@@ -1,0 +1,91 @@
+//! The side of `--format kmm` that needs more than the store: the userland from each
+//! profile's signed index (fetched into ckms's download cache), and the engine for `--load`.
+
+use std::collections::BTreeMap;
+
+use super::{plan, write, HostDepmod, USERLAND_BINARY, USERLAND_PACKAGE};
+use crate::context::Context;
+use crate::engine::Engine;
+use crate::publish::{list_files, open, Format, PublishError, Published, Request, Staging};
+
+/// Publishes the store's pairs as KMM images under `--out`, loading them into `engine` when
+/// one is given.
+pub async fn publish(req: &Request, ctx: &Context, engine: Option<&dyn Engine>) -> Result<Published, PublishError> {
+    let (pairs, out) = open(req, &ctx.catalog)?;
+    // Pushed images are named after their registry unless --repository says otherwise.
+    let default_repository = req.registry.as_ref().map(|r| {
+        let name = req.name.clone().unwrap_or_else(|| pairs.first().map(|p| p.module.clone()).unwrap_or_default());
+        format!("{}/ckms/{}", r.host, name.to_ascii_lowercase())
+    });
+    let repository = req.repository.clone().or(default_repository);
+    let mut plan = plan(&pairs, req.name.as_deref(), repository.as_deref())?;
+    plan.insecure_registry = req.registry.as_ref().is_some_and(|r| r.insecure);
+    let mut busybox = BTreeMap::new();
+    for image in &plan.images {
+        if !busybox.contains_key(&image.profile) {
+            busybox.insert(image.profile.clone(), userland(ctx, &image.kernel, &image.profile).await?);
+        }
+    }
+    let staging = Staging::new(&out)?;
+    let written = write(staging.path(), &plan, &busybox, &HostDepmod)?;
+    let files = list_files(staging.path())?;
+    staging.commit()?;
+    let mut notes: Vec<String> = written.iter().map(|w| format!("image {} ({})", w.tag, w.id)).collect();
+    if let Some(engine) = engine {
+        for w in &written {
+            let failed = |message: String| PublishError::Image { tag: w.tag.clone(), message };
+            engine.load_image(&out.join(&w.archive)).await.map_err(|e| failed(e.to_string()))?;
+            match engine.image_id(&w.tag).await.map_err(|e| failed(e.to_string()))? {
+                Some(id) if id == w.id => notes.push(format!("loaded {}", w.tag)),
+                other => return Err(failed(format!("the engine reports {other:?} after loading, expected {}", w.id))),
+            }
+        }
+    }
+    if let Some(registry) = &req.registry {
+        let path = registry.path_of(&plan.repository);
+        for w in &written {
+            let tag = w.tag.rsplit_once(':').map(|(_, t)| t).unwrap_or_default();
+            let digest = super::push::push(registry, &out.join(&w.archive), path, tag).await?;
+            notes.push(format!("pushed {}/{path}:{tag} ({digest})", registry.host));
+        }
+    }
+    let mut modules: Vec<&str> = pairs.iter().map(|p| p.module.as_str()).collect();
+    modules.sort();
+    modules.dedup();
+    if modules.len() > 1 {
+        // A KMM Module loads one module (and what its modules.dep line needs).
+        notes.push(format!(
+            "module.yaml loads {} only, of {}: publish with -m MODULE for one Module per module",
+            plan.module_name,
+            modules.join(", ")
+        ));
+    }
+    notes.push(format!("kubectl apply -f {}", out.join("module.yaml").display()));
+    Ok(Published { format: Format::Kmm.name().into(), out, files, notes })
+}
+
+/// The userland binary from the profile's index.
+async fn userland(ctx: &Context, kernel: &str, profile: &str) -> Result<Vec<u8>, PublishError> {
+    let failed = |message: String| PublishError::Userland {
+        kernel: kernel.to_string(),
+        package: USERLAND_PACKAGE.into(),
+        message,
+    };
+    let p = ctx
+        .catalog
+        .profile(profile)
+        .map_err(|_| PublishError::Profile { kernel: kernel.to_string(), profile: profile.to_string() })?;
+    let index = ctx.index(p).await.map_err(|e| failed(e.to_string()))?;
+    let pkg = index
+        .candidate(USERLAND_PACKAGE)
+        .map(crate::repo::Package::from)
+        .ok_or_else(|| failed(format!("the profile {profile}'s index has no such package")))?;
+    crate::repo::fetch_packages(&ctx.cache, std::slice::from_ref(&pkg), ctx.reporter())
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let deb = ctx.cache.blob_path(&pkg.sha256);
+    let file = std::fs::File::open(&deb).map_err(PublishError::io(&deb))?;
+    crate::deb::read_data_file(file, USERLAND_PACKAGE, USERLAND_BINARY)
+        .map_err(|e| failed(e.to_string()))?
+        .ok_or_else(|| failed(format!("it holds no {USERLAND_BINARY}")))
+}
