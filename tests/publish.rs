@@ -174,18 +174,16 @@ fn sysext_images_are_reproducible_and_hold_only_their_kernels_modules() {
 fn kernel_modules(root: &Path) {
     let dir = shared_cache().join("publish");
     std::fs::create_dir_all(&dir).unwrap();
-    let deb =
-        std::fs::read_dir(&dir).unwrap().filter_map(Result::ok).map(|e| e.path()).find(|p| {
-            p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("linux-image-{KERNEL}_")))
-        });
-    let deb = deb.unwrap_or_else(|| {
+    // The directory holds other tests' downloads too (v4l2loopback-dkms): find the image's.
+    let find =
+        || {
+            std::fs::read_dir(&dir).unwrap().filter_map(Result::ok).map(|e| e.path()).find(|p| {
+                p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("linux-image-{KERNEL}_")))
+            })
+        };
+    let deb = find().unwrap_or_else(|| {
         run(Command::new("apt-get").current_dir(&dir).args(["download", &format!("linux-image-{KERNEL}")]));
-        std::fs::read_dir(&dir)
-            .unwrap()
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|x| x == "deb"))
-            .unwrap()
+        find().expect("apt-get download left no linux-image package")
     });
     let script = format!(
         "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' --wildcards './lib/modules/{KERNEL}/kernel/drivers/media/*' \

@@ -1,8 +1,8 @@
 //! What a build sees beyond its own source, as on a dkms host (tests/fixtures/srctree/):
 //!
-//! - a package's own Depends: a module whose Makefile runs bzip2 fails without it (added as a
+//! - a package's own Depends: a module whose Makefile runs lz4 fails without it (added as a
 //!   plain directory, no package known), and builds once added as the `.deb` this test makes
-//!   with `dpkg-deb --build` (`Depends: dkms, bzip2`), the output naming the added package;
+//!   with `dpkg-deb --build` (`Depends: dkms, lz4`), the output naming the added package;
 //! - the source tree: a module built against another module's source, found with `find
 //!   /usr/src` in its dkms.conf and written into its own /usr/src/<m>-<v> (west-chamber-dkms's
 //!   way), builds; the other module's source and built tree are read-only to it; and the host's
@@ -70,7 +70,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// `<dir>/ckms-needs-tool-dkms_1.0-1_all.deb`: the fixture in /usr/src/ckms-needs-tool-1.0,
-/// with `Depends: dkms, bzip2`.
+/// with `Depends: dkms, lz4`.
 fn needs_tool_deb(dir: &Path) -> PathBuf {
     let stage = dir.join("stage");
     copy_dir(&fixture("needs-tool"), &stage.join("usr/src/ckms-needs-tool-1.0"));
@@ -78,7 +78,7 @@ fn needs_tool_deb(dir: &Path) -> PathBuf {
     std::fs::write(
         stage.join("DEBIAN/control"),
         "Package: ckms-needs-tool-dkms\nVersion: 1.0-1\nArchitecture: all\nMaintainer: ckms tests <ckms@localhost>\n\
-         Depends: dkms, bzip2\nDescription: a module whose build runs bzip2\n",
+         Depends: dkms, lz4\nDescription: a module whose build runs lz4\n",
     )
     .unwrap();
     let deb = dir.join("ckms-needs-tool-dkms_1.0-1_all.deb");
@@ -92,7 +92,7 @@ fn needs_tool_deb(dir: &Path) -> PathBuf {
     deb
 }
 
-/// Without its package known the build misses bzip2; from the package it gets it.
+/// Without its package known the build misses lz4; from the package it gets it.
 fn package_dependencies(engine: &str) -> f64 {
     let started = std::time::Instant::now();
     let t = Tree::new(engine, "deps");
@@ -101,10 +101,10 @@ fn package_dependencies(engine: &str) -> f64 {
     run.expect_code(0);
     let failed = t.ckms("build", &["ckms-needs-tool/1.0", "-k", KERNEL]);
     failed.expect_code(10);
-    assert!(!failed.stderr.contains("adding bzip2"), "no package known, nothing added{failed}");
+    assert!(!failed.stderr.contains("adding lz4"), "no package known, nothing added{failed}");
     let log = t.root.join("var/lib/ckms/ckms-needs-tool/1.0/build/make.log");
     let log = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}{failed}", log.display()));
-    assert!(log.contains("bzip2: No such file or directory"), "make could not run bzip2: {log}");
+    assert!(log.contains("lz4: No such file or directory"), "make could not run lz4: {log}");
 
     let deb = needs_tool_deb(t._dir.path());
     let added = t.ckms("add", &[deb.to_str().unwrap()]);
@@ -112,16 +112,16 @@ fn package_dependencies(engine: &str) -> f64 {
     assert!(added.stderr.contains("comes from the package ckms-needs-tool-dkms 1.0-1"), "{added}");
     let origin = t.root.join("var/lib/ckms/ckms-needs-tool/1.0/origin.json");
     let origin: serde_json::Value = serde_json::from_slice(&std::fs::read(&origin).unwrap()).unwrap();
-    assert_eq!(origin["depends"], "dkms, bzip2", "{origin}");
+    assert_eq!(origin["depends"], "dkms, lz4", "{origin}");
     let built = t.ckms("build", &["ckms-needs-tool/1.0", "-k", KERNEL]);
     built.expect_code(0);
     assert!(
         built
             .stderr
-            .contains("ckms-needs-tool/1.0: adding bzip2 (from ckms-needs-tool-dkms's Depends) to the builder image"),
+            .contains("ckms-needs-tool/1.0: adding lz4 (from ckms-needs-tool-dkms's Depends) to the builder image"),
         "the output names the added package and why{built}"
     );
-    assert!(t.log("ckms-needs-tool").contains("bzip2 -k -f needstool.c"), "{built}");
+    assert!(t.log("ckms-needs-tool").contains("lz4 -k -f needstool.c"), "{built}");
     let ko = t.root.join(format!("var/lib/ckms/ckms-needs-tool/1.0/{KERNEL}/x86_64/module/needstool.ko"));
     assert!(ko.is_file(), "{} built{built}", ko.display());
     // The dependency went into an image of its own, tagged apart from the kernel's plain one.

@@ -11,7 +11,7 @@ fn own_options(verb: &str) -> Vec<&'static str> {
     let parts: &[&[&str]] = match verb {
         "add" => &[&["-m", "-v", "--force", "--package", "--profile"], TREES],
         "build" => &[TARGET, TREES, BUILD, &["--force", "--verify"]],
-        "install" => &[TARGET, TREES, BUILD, &["--force", "--verify", "--no-depmod"]],
+        "install" => &[TARGET, TREES, BUILD, &["--force", "--verify", "--no-depmod", "--prebuilt-only"]],
         "uninstall" | "unbuild" | "remove" => &[TARGET, TREES, &["--all", "--no-depmod"]],
         "status" => &[TARGET, TREES],
         "autoinstall" | "kernel_postinst" => &[&["-k", "-a"], TREES, BUILD, &["--no-depmod"]],
