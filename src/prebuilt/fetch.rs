@@ -1,6 +1,7 @@
 //! Reading a cache's files: over HTTP(S), from a `file://` URL or from a directory. A small
 //! trait, so that the cache logic is tested against a map of files.
 
+use crate::repo::chain;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -56,22 +57,6 @@ impl Fetch for Fetcher {
             Err(e) => Err(Miss::Unreachable(e.to_string())),
         }
     }
-}
-
-/// The error with its causes: reqwest's own message ("error sending request") hides the
-/// useful part (connection refused).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// `base` joined with a path of the cache (`index.json`, `pairs/<key>/<file>`).

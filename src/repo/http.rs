@@ -21,7 +21,7 @@ pub(super) fn client() -> Result<reqwest::Client, RepoError> {
 
 /// The error with its sources: reqwest's own message alone ("error sending request") hides
 /// the useful part (connection refused, DNS failure).
-pub(super) fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

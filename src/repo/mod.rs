@@ -19,6 +19,7 @@ use crate::diagnose::{code, Diagnose};
 
 pub mod fetch;
 mod http;
+pub(crate) use http::chain;
 pub mod index;
 pub mod listing;
 pub mod load;
