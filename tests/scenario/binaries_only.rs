@@ -171,6 +171,7 @@ fn step(files: &BTreeMap<String, Vec<u8>>, name: &str) -> (i32, String, String) 
 pub fn scenario(var: &str) {
     let started = Instant::now();
     let engine = engine_host(var);
+    let _disk = crate::support::disk_shared();
     let dir = tempfile::Builder::new().prefix("ckms-binaries-").tempdir().unwrap();
     let (tarball, cert, built) = build_machine(&engine, dir.path());
     let runtime = tokio::runtime::Runtime::new().unwrap();

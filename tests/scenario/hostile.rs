@@ -469,6 +469,7 @@ pub fn all_ok<I: std::fmt::Debug, T>(what: &str, results: Vec<(I, std::thread::R
 
 pub fn scenario(var: &str) {
     let engine = crate::support::engine_host(var);
+    let _alone = crate::support::disk_alone();
     let started = Instant::now();
     let cache = shared_cache();
     // The image first, once, so that the cases do not all assemble it at the same time.

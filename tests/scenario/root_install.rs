@@ -224,6 +224,7 @@ fn cycle(engine: &str, kernel: &str) -> f64 {
 
 pub fn scenario(var: &str) {
     let engine = crate::support::engine_host(var);
+    let _disk = crate::support::disk_shared();
     let trixie = newest_trixie(&engine);
     let kind = if var.contains("PODMAN") { "podman" } else { "docker" };
     let kernels = [BOOKWORM.to_string(), trixie];

@@ -168,6 +168,7 @@ type Case = fn(&str) -> f64;
 
 pub fn scenario(var: &str) {
     let engine = crate::support::engine_host(var);
+    let _disk = crate::support::disk_shared();
     let kind = if var.contains("PODMAN") { "podman" } else { "docker" };
     let cache = shared_cache();
     // The plain image first, once: both cases start from it.

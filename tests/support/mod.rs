@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -24,6 +24,18 @@ pub fn engine_host(var: &str) -> String {
              CKMS_TEST_DOCKER_HOST=unix:///var/run/docker.sock)"
         ),
     }
+}
+
+/// A scenario that measures the disk holds this alone; the other scenarios of its test binary
+/// hold it shared, so that their writes (a machine tree, another kernel's image) do not count.
+static DISK: RwLock<()> = RwLock::new(());
+
+pub fn disk_shared() -> RwLockReadGuard<'static, ()> {
+    DISK.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub fn disk_alone() -> RwLockWriteGuard<'static, ()> {
+    DISK.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The cache shared by the whole test run (`$CKMS_TEST_CACHE`, else `target/ckms-test-cache`),
