@@ -16,6 +16,7 @@
 //! - [`lifecycle`]: dkms's verbs (add, build, install, ...) over the tree, the builds and the installs;
 //! - [`install`]: putting built modules into the host's /lib/modules and taking them out again;
 //! - [`sign`]: module signatures for Secure Boot, made on the host in the kernel's format;
+//! - [`kube`]: the farm scaled out on Kubernetes: Indexed Jobs rendered, their results collected;
 //! - [`publish`]: a farm store's modules as hosts consume them: a signed apt repository, system extensions;
 //! - [`report`]: progress and events for people or machines.
 
@@ -33,6 +34,7 @@ pub mod farm;
 pub mod image;
 pub mod install;
 pub mod kernel;
+pub mod kube;
 pub mod lifecycle;
 pub mod prebuilt;
 pub mod profile;

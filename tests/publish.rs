@@ -29,6 +29,9 @@ use support::{ckms, engine_host, shared_cache};
 #[path = "support/bookworm.rs"]
 mod bookworm;
 
+#[path = "support/registry.rs"]
+mod registry;
+
 /// The store, built once per test binary (kept between runs: a re-run builds nothing).
 fn store() -> &'static Path {
     static STORE: OnceLock<PathBuf> = OnceLock::new();
@@ -263,64 +266,11 @@ systemd-sysext unmerge --root=$R
     }
 }
 
-/// Debian's `docker-registry` on a free loopback port, from a config file of the test's own;
-/// killed on drop.
-struct LocalRegistry {
-    child: std::process::Child,
-    host: String,
-    _dir: tempfile::TempDir,
-}
-
-impl LocalRegistry {
-    fn start() -> LocalRegistry {
-        need("docker-registry", "docker-registry");
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let host = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
-        let storage = dir.path().join("data");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n",
-                storage.display()
-            ),
-        )
-        .unwrap();
-        // Owned by the guard at once, so that every path below kills and reaps it.
-        let registry = LocalRegistry {
-            child: Command::new("docker-registry")
-                .arg("serve")
-                .arg(&config)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap(),
-            host: host.clone(),
-            _dir: dir,
-        };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(&host).is_ok() {
-                return registry;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!("docker-registry did not listen on {host}");
-    }
-}
-
-impl Drop for LocalRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn kmm_images_pushed_to_a_local_registry_are_pulled_back_by_podman_and_hold_the_module() {
     need("podman", "podman");
     let podman_host = engine_host("CKMS_TEST_PODMAN_HOST");
-    let registry = LocalRegistry::start();
+    let registry = registry::LocalRegistry::start();
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let push = ["-m", "v4l2loopback", "--registry", &registry.host, "--insecure"];

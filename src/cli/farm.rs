@@ -234,7 +234,7 @@ async fn publish(ctx: &Context, out: &Output, args: PublishArgs) -> Result<i32, 
     let published = match req.format {
         Format::Kmm if req.load => {
             let conn = ctx.engine().await?;
-            ckms::publish::kmm::publish(&req, ctx, Some(&conn.engine)).await?
+            ckms::publish::kmm::publish(&req, ctx, Some(conn.engine.as_ref())).await?
         }
         Format::Kmm => ckms::publish::kmm::publish(&req, ctx, None).await?,
         _ => ckms::publish::publish(&req, &ctx.catalog)?,
@@ -328,7 +328,7 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
     }
     let booted = if args.verify {
         let conn = ctx.engine().await?;
-        ckms::farm::proof::verify(ctx, &conn.engine, &plan, &store).await?
+        ckms::farm::proof::verify(ctx, conn.engine.as_ref(), &plan, &store).await?
     } else {
         Vec::new()
     };

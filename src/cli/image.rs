@@ -1,5 +1,4 @@
 use ckms::context::Context;
-use ckms::engine::Engine;
 use ckms::error::Error;
 use ckms::image;
 
@@ -62,7 +61,7 @@ pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error
         }
         Command::Ls => {
             let conn = ctx.engine().await?;
-            let rows = image::list(&conn.engine).await?;
+            let rows = image::list(conn.engine.as_ref()).await?;
             out.result(&rows, || listing(&rows));
             Ok(0)
         }
@@ -70,14 +69,14 @@ pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error
             let conn = ctx.engine().await?;
             let mut removed = Vec::new();
             for w in &what {
-                removed.extend(image::remove(&conn.engine, w).await?);
+                removed.extend(image::remove(conn.engine.as_ref(), w).await?);
             }
             out.result(&removed, || removed.iter().map(|r| format!("Removed {}\n", r.reference)).collect());
             Ok(0)
         }
         Command::Prune { all } => {
             let conn = ctx.engine().await?;
-            let (removed, freed) = image::prune(&conn.engine, &ctx.cache, all).await?;
+            let (removed, freed) = image::prune(conn.engine.as_ref(), &ctx.cache, all).await?;
             let result = serde_json::json!({ "removed": removed, "cache_blobs_freed": freed });
             out.result(&result, || format!("Removed {} image(s); freed {} cached file(s)\n", removed.len(), freed));
             Ok(0)
@@ -97,7 +96,7 @@ async fn run_in(
     command: Vec<String>,
 ) -> Result<i32, Error> {
     let conn = ctx.engine().await?;
-    let built = ctx.builder_image(&conn.engine, kernel, profile, false).await?;
+    let built = ctx.builder_image(conn.engine.as_ref(), kernel, profile, false).await?;
     let input = src.map(|dir| ckms::artifact::pack_dir(dir, "")).transpose()?;
     let recipe = ctx.catalog.recipe("builder")?;
     let spec = image::run_spec(recipe, &built.reference, command, input, std::time::Duration::from_secs(timeout));
@@ -132,7 +131,7 @@ async fn build(
     let conn = ctx.engine().await?;
     let mut results = Vec::new();
     for release in kernels {
-        results.push(ctx.builder_image(&conn.engine, release, profile, force).await?);
+        results.push(ctx.builder_image(conn.engine.as_ref(), release, profile, force).await?);
     }
     out.result(&results, || {
         results

@@ -87,11 +87,12 @@ pub fn container_config(spec: &RunSpec, caps: &EngineCaps) -> ContainerCreateBod
         // build printing without end fills the host's disk.
         log_config: Some(HostConfigLogConfig {
             typ: Some(match caps.kind {
-                super::EngineKind::Docker => "json-file".into(),
+                // Kubernetes: no container config is made for replayed runs.
+                super::EngineKind::Docker | super::EngineKind::Kubernetes => "json-file".into(),
                 super::EngineKind::Podman => "k8s-file".into(),
             }),
             config: Some(match caps.kind {
-                super::EngineKind::Docker => HashMap::from([
+                super::EngineKind::Docker | super::EngineKind::Kubernetes => HashMap::from([
                     ("max-size".to_string(), LOG_MAX_BYTES.to_string()),
                     ("max-file".to_string(), "1".to_string()),
                 ]),

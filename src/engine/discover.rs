@@ -138,12 +138,23 @@ pub fn find_on_path(program: &str) -> Option<PathBuf> {
 
 /// An engine to use, and the private service behind it if ckms started one.
 pub struct Connection {
-    pub engine: DockerApi,
+    pub engine: std::sync::Arc<dyn super::Engine>,
     pub info: EngineInfo,
+    /// The Docker-API client behind `engine`, for checks only it can make (`doctor`).
+    docker: Option<DockerApi>,
     service: Option<PrivateService>,
 }
 
 impl Connection {
+    /// A connection to an engine ckms did not discover (one that replays runs made elsewhere).
+    pub fn of(engine: std::sync::Arc<dyn super::Engine>, info: EngineInfo) -> Connection {
+        Connection { engine, info, docker: None, service: None }
+    }
+
+    pub fn docker(&self) -> Option<&DockerApi> {
+        self.docker.as_ref()
+    }
+
     /// Whether ckms started the engine itself (it stops when this is dropped).
     pub fn is_private(&self) -> bool {
         self.service.is_some()
@@ -215,7 +226,7 @@ fn connected(engine: DockerApi, service: Option<PrivateService>, report: &dyn Re
             info.kind, info.endpoint
         ));
     }
-    Connection { engine, info, service }
+    Connection { engine: std::sync::Arc::new(engine.clone()), info, docker: Some(engine), service }
 }
 
 /// `podman system service` started by ckms; stopped (SIGTERM, then SIGKILL) on drop.

@@ -127,11 +127,12 @@ pub async fn doctor(settings: &EngineSettings) -> Vec<Check> {
                 },
                 Some("prefer rootless Podman: apt-get install podman uidmap slirp4netns".into()),
             ));
-            let caps = conn.engine.caps();
+            // Doctor connects by discovery: always a Docker-API client.
+            let cgroup_limits = conn.docker().is_some_and(|d| d.caps().cgroup_limits);
             out.push(Check::new(
                 "resource limits",
-                caps.cgroup_limits,
-                if caps.cgroup_limits {
+                cgroup_limits,
+                if cgroup_limits {
                     format!(
                         "memory, pids and CPU limits enforced (cgroup v{})",
                         i.cgroup_version.as_deref().unwrap_or("?")
@@ -158,7 +159,7 @@ pub async fn doctor(settings: &EngineSettings) -> Vec<Check> {
                         .to_string()
                 }),
             ));
-            match conn.engine.leftover_containers().await {
+            match leftovers(&conn).await {
                 Ok(left) => out.push(Check::new(
                     "leftover containers",
                     left.is_empty(),
@@ -174,4 +175,11 @@ pub async fn doctor(settings: &EngineSettings) -> Vec<Check> {
         }
     }
     out
+}
+
+async fn leftovers(conn: &super::Connection) -> Result<Vec<(String, String)>, super::EngineError> {
+    match conn.docker() {
+        Some(d) => d.leftover_containers().await,
+        None => Ok(Vec::new()),
+    }
 }

@@ -66,6 +66,8 @@ pub struct Exchange {
 pub enum EngineKind {
     Docker,
     Podman,
+    /// Runs made in Kubernetes pods, replayed on the collecting machine (`farm kube collect`).
+    Kubernetes,
 }
 
 impl std::fmt::Display for EngineKind {
@@ -73,6 +75,7 @@ impl std::fmt::Display for EngineKind {
         f.write_str(match self {
             EngineKind::Docker => "Docker",
             EngineKind::Podman => "Podman",
+            EngineKind::Kubernetes => "Kubernetes",
         })
     }
 }

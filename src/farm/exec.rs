@@ -248,7 +248,7 @@ impl Executor for Farm<'_> {
     async fn provision(&self, image: usize) -> Result<(), Error> {
         let spec = &self.plan.images[image];
         let profile = self.ctx.catalog.profile(&spec.profile)?;
-        let built = self.ctx.image_of(&self.conn.engine, profile, &spec.plan, false).await?;
+        let built = self.ctx.image_of(self.conn.engine.as_ref(), profile, &spec.plan, false).await?;
         if let Ok(mut images) = self.images.lock() {
             images[image] = Some(built.reference);
         }

@@ -59,7 +59,7 @@ impl Lifecycle<'_> {
         let (conn, found) =
             tokio::join!(self.engine(), self.ctx.find_kernel(&target.release, self.opts.profile.as_deref()));
         let (conn, (profile, index, kernel)) = (conn?, found?);
-        let engine = &conn.engine;
+        let engine = conn.engine.as_ref();
         let extra = self.extra_packages(mv, profile, &index);
         let plan = self.ctx.plan_image(profile, &index, &kernel, &extra.packages)?;
         let siblings = self.siblings(mv, &target.release, &arch);

@@ -238,7 +238,8 @@ impl Lifecycle<'_> {
         let conn = self.engine().await?;
         let recipe = self.ctx.catalog.recipe("builder")?;
         let outcome =
-            crate::build::run_script(&conn.engine, recipe, &manifest.image, &source, mv_vars(manifest), script).await?;
+            crate::build::run_script(conn.engine.as_ref(), recipe, &manifest.image, &source, mv_vars(manifest), script)
+                .await?;
         let log = String::from_utf8_lossy(&outcome.log);
         if !log.trim().is_empty() {
             self.report().info(log.trim_end().to_string());

@@ -27,7 +27,8 @@ impl Lifecycle<'_> {
     /// Boots kernel `release` in a VM and loads `files` into it.
     pub async fn verify_files(&self, release: &str, files: &[std::path::PathBuf]) -> Result<Verification, Error> {
         let engine = self.engine().await?;
-        let v = crate::verify::verify(self.ctx, &engine.engine, release, self.opts.profile.as_deref(), files).await?;
+        let v = crate::verify::verify(self.ctx, engine.engine.as_ref(), release, self.opts.profile.as_deref(), files)
+            .await?;
         for m in v.dependencies.iter().chain(&v.modules) {
             let status = match m.reason() {
                 None => "loaded".to_string(),

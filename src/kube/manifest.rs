@@ -1,0 +1,1 @@
+//! The Kubernetes objects `farm kube render` writes (filled in next).

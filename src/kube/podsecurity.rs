@@ -1,0 +1,1 @@
+//! PodSecurity "restricted" (filled in next).
