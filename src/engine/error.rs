@@ -29,6 +29,9 @@ pub enum EngineError {
     /// The caller asked for something ckms never does (root user, relative scratch path).
     #[error("refusing to run: {0}")]
     BadSpec(String),
+    /// A run made in a pod that does not play back (`farm kube collect`).
+    #[error(transparent)]
+    Replay(Box<crate::kube::KubeError>),
 }
 
 fn format_tried(tried: &[(String, String)]) -> String {
@@ -43,6 +46,7 @@ impl Diagnose for EngineError {
             }
             EngineError::Io { .. } => code::IO,
             EngineError::BadSpec(_) => code::USAGE,
+            EngineError::Replay(e) => e.exit_code(),
             EngineError::Api { .. } | EngineError::ImageNotFound { .. } | EngineError::Load { .. } => {
                 code::ENGINE_FAILED
             }
@@ -82,6 +86,7 @@ impl Diagnose for EngineError {
                 .into(),
             EngineError::Io { .. } => "Check the file exists and is readable.".into(),
             EngineError::BadSpec(_) => return None,
+            EngineError::Replay(e) => return e.hint(),
         })
     }
 }

@@ -1,7 +1,67 @@
 //! The farm on Kubernetes: the same plan as `farm build`, built by Indexed Jobs.
 //!
 //! - [`manifest`]: the Jobs, the NetworkPolicy and the results claim, as typed Kubernetes objects;
-//! - [`podsecurity`]: PodSecurity "restricted", checked on every pod spec ckms writes.
+//! - [`podsecurity`]: PodSecurity "restricted", checked on every pod spec ckms writes;
+//! - [`process`]: the engine of the in-pod command: a run as child processes of the pod;
+//! - [`transcript`]: what such a run leaves in the results volume;
+//! - [`replay`]: the engine of `collect`: a transcript played back to the same build code.
 
 pub mod manifest;
 pub mod podsecurity;
+pub mod process;
+pub mod replay;
+pub mod transcript;
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::diagnose::{code, Diagnose};
+
+#[derive(Debug, Error)]
+pub enum KubeError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A result directory that cannot be read as one.
+    #[error("the result in {dir} is unreadable: {message}")]
+    Result { dir: PathBuf, message: String },
+    /// A result file whose bytes are not those the pod recorded.
+    #[error("the result in {dir} was changed after its pod wrote it: {file}: {message}")]
+    Tampered { dir: PathBuf, file: String, message: String },
+    /// A result that is not the pair its index was given.
+    #[error("the result in {dir} is for {found}, but that index builds {expected}: refused")]
+    WrongPair { dir: PathBuf, expected: String, found: String },
+    /// The run in the pod did not do what the collecting machine decides for the pair.
+    #[error("the result in {dir} does not replay: {message}")]
+    Replay { dir: PathBuf, message: String },
+}
+
+impl KubeError {
+    pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KubeError + '_ {
+        move |source| KubeError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+impl Diagnose for KubeError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            KubeError::Io { .. } => code::IO,
+            KubeError::Result { .. } | KubeError::WrongPair { .. } | KubeError::Replay { .. } => code::REFUSED,
+            KubeError::Tampered { .. } => code::CHECKSUM_MISMATCH,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            KubeError::Io { .. } => Some("check that the results directory is complete and readable".into()),
+            KubeError::Result { .. }
+            | KubeError::Tampered { .. }
+            | KubeError::WrongPair { .. }
+            | KubeError::Replay { .. } => Some(
+                "nothing of it was stored; the pair is built again by the next `ckms farm kube render` \
+                     (or `ckms farm build`)"
+                    .into(),
+            ),
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The engine of `farm kube collect`: a pod's [`Transcript`] played back to the build code
+//! that made it. The conf the pod evaluated goes to the collecting machine's resolver, whose
+//! answer must be the one the pod got; the outputs go through the same unpacking and checks
+//! as a local build's, and signing follows on this machine.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::transcript::{self, Transcript};
+use super::KubeError;
+use crate::engine::{Answer, Engine, EngineError, EngineInfo, EngineKind, Exchange, ImageSummary, RunOutcome, RunSpec};
+
+pub struct ReplayEngine {
+    /// The pair's result directory.
+    dir: PathBuf,
+    /// The images the pods ran in: tag → image ID, as rendered.
+    images: BTreeMap<String, String>,
+}
+
+impl ReplayEngine {
+    pub fn new(dir: &Path, images: BTreeMap<String, String>) -> ReplayEngine {
+        ReplayEngine { dir: dir.to_path_buf(), images }
+    }
+
+    pub fn info() -> EngineInfo {
+        EngineInfo {
+            kind: EngineKind::Kubernetes,
+            version: "pod".into(),
+            api_version: String::new(),
+            rootless: true,
+            endpoint: "farm kube collect".into(),
+            storage_driver: None,
+            cgroup_version: None,
+        }
+    }
+
+    fn refuse(&self, message: String) -> EngineError {
+        EngineError::Replay(Box::new(KubeError::Replay { dir: self.dir.clone(), message }))
+    }
+
+    fn replay(&self, spec: &RunSpec, answer: Option<&Answer<'_>>) -> Result<RunOutcome, EngineError> {
+        let wrap = |e: KubeError| EngineError::Replay(Box::new(e));
+        let t = Transcript::read(&self.dir).map_err(wrap)?;
+        if t.asked {
+            let request = t.get(&self.dir, transcript::REQUEST).map_err(wrap)?;
+            let answer = answer.ok_or_else(|| self.refuse("the pod asked a question no one asks here".into()))?;
+            let ours = answer(&request);
+            let names: Vec<&str> = ours.iter().map(|(n, _)| n.as_str()).collect();
+            if names != t.replies.iter().map(String::as_str).collect::<Vec<_>>() {
+                return Err(
+                    self.refuse(format!("the pod was answered {:?}, this machine answers {names:?}", t.replies))
+                );
+            }
+            for (name, body) in &ours {
+                if t.get(&self.dir, &transcript::reply_file(name)).map_err(wrap)? != *body {
+                    return Err(self.refuse(format!(
+                        "the pod built with another {name} than this machine decides: {:?}",
+                        String::from_utf8_lossy(body)
+                    )));
+                }
+            }
+        }
+        let mut outputs = Vec::new();
+        for (path, file) in &t.outputs {
+            if !spec.outputs.contains(path) {
+                return Err(self.refuse(format!("{path} is not an output of this build")));
+            }
+            outputs.push((path.clone(), t.get(&self.dir, file).map_err(wrap)?));
+        }
+        let log = t.get(&self.dir, transcript::LOG).map_err(wrap)?;
+        Ok(RunOutcome { exit_code: t.exit_code, timed_out: t.timed_out, log, outputs })
+    }
+}
+
+#[async_trait::async_trait]
+impl Engine for ReplayEngine {
+    async fn info(&self) -> Result<EngineInfo, EngineError> {
+        Ok(Self::info())
+    }
+    async fn image_id(&self, reference: &str) -> Result<Option<String>, EngineError> {
+        Ok(self.images.get(reference).cloned())
+    }
+    async fn image_layers(&self, reference: &str) -> Result<Vec<String>, EngineError> {
+        Err(EngineError::ImageNotFound { endpoint: "farm kube collect".into(), reference: reference.into() })
+    }
+    /// The pods' images were rendered from the same plan: one that differs is a plan changed
+    /// since `render`.
+    async fn load_image(&self, archive: &Path) -> Result<(), EngineError> {
+        Err(self.refuse(format!(
+            "the builder image is not the one the pods ran in ({}): the packages changed since `farm kube render`",
+            archive.display()
+        )))
+    }
+    async fn list_images(&self, _label: &str) -> Result<Vec<ImageSummary>, EngineError> {
+        Ok(Vec::new())
+    }
+    async fn remove_image(&self, reference: &str) -> Result<(), EngineError> {
+        Err(self.refuse(format!("replayed runs remove no images ({reference})")))
+    }
+    async fn run(&self, spec: &RunSpec) -> Result<RunOutcome, EngineError> {
+        self.replay(spec, None)
+    }
+    async fn run_exchange(
+        &self,
+        spec: &RunSpec,
+        _exchange: &Exchange,
+        answer: &Answer<'_>,
+    ) -> Result<RunOutcome, EngineError> {
+        self.replay(spec, Some(answer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> RunSpec {
+        RunSpec {
+            image: "i".into(),
+            cmd: vec![],
+            env: vec![],
+            user: "1000:1000".into(),
+            workdir: "/w".into(),
+            scratch: "/w".into(),
+            input: vec![],
+            volumes: vec![],
+            outputs: vec!["/w/out".into()],
+            limits: Default::default(),
+            network: false,
+            follow: None,
+        }
+    }
+
+    fn recorded(dir: &Path, reply: &[u8]) -> Transcript {
+        let mut t = Transcript { exit_code: 0, asked: true, ..Default::default() };
+        t.put(dir, transcript::REQUEST, b"conf").unwrap();
+        t.put(dir, &transcript::reply_file("make"), reply).unwrap();
+        t.replies.push("make".into());
+        t.put(dir, "output-0.tar", b"tar").unwrap();
+        t.outputs.push(("/w/out".into(), "output-0.tar".into()));
+        t.put(dir, transcript::LOG, b"log").unwrap();
+        t.finish(dir).unwrap();
+        t
+    }
+
+    fn ours(req: &[u8]) -> Vec<(String, Vec<u8>)> {
+        assert_eq!(req, b"conf");
+        vec![("make".into(), b"make -j2".to_vec())]
+    }
+
+    #[tokio::test]
+    async fn the_same_answer_replays_the_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        recorded(dir.path(), b"make -j2");
+        let e = ReplayEngine::new(dir.path(), BTreeMap::new());
+        let ex = Exchange { request: String::new(), reply_dir: String::new() };
+        let out = e.run_exchange(&spec(), &ex, &ours).await.unwrap();
+        assert_eq!(out.outputs, vec![("/w/out".to_string(), b"tar".to_vec())]);
+        assert_eq!(out.log, b"log");
+    }
+
+    #[tokio::test]
+    async fn another_answer_or_a_changed_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        recorded(dir.path(), b"make -j2; curl evil");
+        let e = ReplayEngine::new(dir.path(), BTreeMap::new());
+        let ex = Exchange { request: String::new(), reply_dir: String::new() };
+        let err = e.run_exchange(&spec(), &ex, &ours).await.unwrap_err();
+        assert!(err.to_string().contains("another make"), "{err}");
+
+        recorded(dir.path(), b"make -j2");
+        std::fs::write(dir.path().join("output-0.tar"), b"other").unwrap();
+        let err = e.run_exchange(&spec(), &ex, &ours).await.unwrap_err();
+        assert!(err.to_string().contains("changed after its pod wrote it"), "{err}");
+        assert_eq!(crate::diagnose::Diagnose::exit_code(&err), crate::diagnose::code::CHECKSUM_MISMATCH);
+    }
+}
