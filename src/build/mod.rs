@@ -83,6 +83,22 @@ impl Diagnose for BuildError {
     }
 }
 
+/// dkms's variables for building `module`/`version` for `kernel` as the build sees them.
+pub fn vars(module: &str, version: &str, kernel: &str, arch: &str) -> crate::conf::EvalContext {
+    crate::conf::EvalContext {
+        conf_path: String::new(),
+        override_dir: None,
+        kernelver: kernel.to_string(),
+        arch: arch.to_string(),
+        kernel_source_dir: format!("/lib/modules/{kernel}/build"),
+        dkms_tree: CONTAINER_TREE.into(),
+        source_tree: CONTAINER_SOURCES.into(),
+        install_tree: "/lib/modules".into(),
+        module: module.to_string(),
+        module_version: version.to_string(),
+    }
+}
+
 /// Appends the directories `dirs` and then `files` (name, bytes) under `top` to `b`: ckms's
 /// own files for a container (scripts, the conf, overrides, a VM's kernel).
 pub(crate) fn append_files(

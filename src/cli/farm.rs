@@ -27,6 +27,9 @@ pub enum Command {
     /// Publish the store's built modules: a signed apt repository (apt), system extension
     /// images (sysext), a binary cache for ckms hosts (cache) or KMM images (kmm).
     Publish(Box<PublishArgs>),
+    /// Scale the farm out on Kubernetes: render Indexed Jobs, collect their results.
+    #[command(subcommand)]
+    Kube(super::farm_kube::Command),
 }
 
 #[derive(clap::Args)]
@@ -88,6 +91,44 @@ pub struct ReportArgs {
     output: PathBuf,
 }
 
+/// How to reach a registry (kmm images, the farm's images for Kubernetes).
+#[derive(clap::Args)]
+pub struct RegistryArgs {
+    /// The registry's user (basic authentication).
+    #[arg(long, value_name = "USER", env = "CKMS_REGISTRY_USER")]
+    registry_user: Option<String>,
+    /// A file holding the registry user's password (or CKMS_REGISTRY_PASSWORD).
+    #[arg(long, value_name = "FILE")]
+    registry_password_file: Option<PathBuf>,
+    /// Talk plain HTTP to the registry (a loopback registry without TLS).
+    #[arg(long)]
+    insecure: bool,
+    /// Trust this PEM CA certificate for the registry's TLS.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    pub(super) fn registry(self, host: String) -> Result<ckms::publish::kmm::push::Registry, Error> {
+        let password = match &self.registry_password_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| Error::usage(format!("{}: {e}", f.display()), None))?
+                    .trim_end_matches('\n')
+                    .to_string(),
+            ),
+            None => std::env::var("CKMS_REGISTRY_PASSWORD").ok(),
+        };
+        Ok(ckms::publish::kmm::push::Registry {
+            host,
+            user: self.registry_user,
+            password,
+            insecure: self.insecure,
+            ca_cert: self.ca_cert,
+        })
+    }
+}
+
 #[derive(clap::Args)]
 pub struct PublishArgs {
     /// The store directory `farm build` wrote.
@@ -105,18 +146,8 @@ pub struct PublishArgs {
     /// kmm: push the images to this registry (host[:port]) over the OCI distribution API.
     #[arg(long, value_name = "HOST")]
     registry: Option<String>,
-    /// kmm: the registry's user (basic authentication).
-    #[arg(long, value_name = "USER", env = "CKMS_REGISTRY_USER")]
-    registry_user: Option<String>,
-    /// kmm: a file holding the registry user's password (or CKMS_REGISTRY_PASSWORD).
-    #[arg(long, value_name = "FILE")]
-    registry_password_file: Option<PathBuf>,
-    /// kmm: talk plain HTTP to the registry (a loopback registry without TLS).
-    #[arg(long)]
-    insecure: bool,
-    /// kmm: trust this PEM CA certificate for the registry's TLS.
-    #[arg(long, value_name = "FILE")]
-    ca_cert: Option<PathBuf>,
+    #[command(flatten)]
+    registry_access: RegistryArgs,
     /// kmm: the images' repository; each is tagged <REF>:<kver> (default localhost/ckms/<name>).
     #[arg(long, value_name = "REF")]
     repository: Option<String>,
@@ -162,7 +193,7 @@ struct MatrixFile {
 
 /// Exit codes: every pair built (now or before) 0; some failed 11 (dkms's "some
 /// autoinstalls failed"); nothing to build, all from the store, 77 (dkms's "skipped").
-const SOME_FAILED: i32 = ckms::diagnose::code::AUTOINSTALL_FAILED;
+pub(super) const SOME_FAILED: i32 = ckms::diagnose::code::AUTOINSTALL_FAILED;
 const NOTHING_TO_DO: i32 = ckms::diagnose::code::SKIPPED;
 
 pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error> {
@@ -192,26 +223,12 @@ pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error
             Ok(0)
         }
         Command::Publish(args) => publish(ctx, out, *args).await,
+        Command::Kube(cmd) => super::farm_kube::run(ctx, out, cmd).await,
     }
 }
 
 async fn publish(ctx: &Context, out: &Output, args: PublishArgs) -> Result<i32, Error> {
-    let password = match &args.registry_password_file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .map_err(|e| Error::usage(format!("{}: {e}", f.display()), None))?
-                .trim_end_matches('\n')
-                .to_string(),
-        ),
-        None => std::env::var("CKMS_REGISTRY_PASSWORD").ok(),
-    };
-    let registry = args.registry.map(|host| ckms::publish::kmm::push::Registry {
-        host,
-        user: args.registry_user,
-        password,
-        insecure: args.insecure,
-        ca_cert: args.ca_cert,
-    });
+    let registry = args.registry.map(|host| args.registry_access.registry(host)).transpose()?;
     let req = ckms::publish::Request {
         store: args.store,
         format: args.format,
@@ -269,32 +286,9 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
             Some("e.g. ckms farm build --store DIR -k @debian-bookworm:latest ./mymodule deb:v4l2loopback-dkms".into()),
         ));
     }
-    let store = Store::open(&args.store.store)?;
-    store.clean_tmp();
-    let selectors = args.kernels.iter().map(|s| Selector::parse(s)).collect::<Result<Vec<_>, _>>()?;
-    // Unknown kernels fail here, before any source is fetched or anything built.
-    let kernels = plan::kernels(ctx, &selectors, args.profile.as_deref()).await?;
-    let work = Work::for_store(ctx, store.root());
-    let sources = plan::sources(ctx, &work, &args.sources, &kernels).await?;
-    let plan = plan::pairs(ctx, &work, sources, kernels).await?;
-
-    // What the store already has (each entry read and checked once): `todo` to build, and
-    // the built ones, which --check rebuilds.
-    let (mut todo, mut built) = (Vec::new(), Vec::new());
-    for (i, pair) in plan.pairs.iter().enumerate() {
-        match store.get(&pair.key) {
-            Lookup::Found(r) if !(args.retry_failed && r.status == Status::Failed) => {
-                if r.status == Status::Built {
-                    built.push(i);
-                }
-            }
-            Lookup::Damaged(why) => {
-                ctx.reporter().warn(format!("{}: damaged store entry, built again: {why}", plan.label(i)));
-                todo.push(i);
-            }
-            _ => todo.push(i),
-        }
-    }
+    let Evaluated { store, work, plan, todo, built } =
+        evaluate(ctx, &args.store.store, &args.kernels, &args.sources, args.profile.as_deref(), args.retry_failed)
+            .await?;
     if args.dry_run {
         print_plan(ctx, out, &plan, &todo);
         return Ok(0);
@@ -359,6 +353,55 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
     } else {
         0
     })
+}
+
+/// A farm plan and what its store holds.
+pub(super) struct Evaluated {
+    pub store: Store,
+    pub work: Work,
+    pub plan: Plan,
+    /// Pairs to build.
+    pub todo: Vec<usize>,
+    /// Pairs stored as built.
+    pub built: Vec<usize>,
+}
+
+/// The plan of `sources` × `kernels` against the store at `store`: Nix's evaluation.
+pub(super) async fn evaluate(
+    ctx: &Context,
+    store: &std::path::Path,
+    kernels: &[String],
+    sources: &[String],
+    profile: Option<&str>,
+    retry_failed: bool,
+) -> Result<Evaluated, Error> {
+    let store = Store::open(store)?;
+    store.clean_tmp();
+    let selectors = kernels.iter().map(|s| Selector::parse(s)).collect::<Result<Vec<_>, _>>()?;
+    // Unknown kernels fail here, before any source is fetched or anything built.
+    let kernels = plan::kernels(ctx, &selectors, profile).await?;
+    let work = Work::for_store(ctx, store.root());
+    let sources = plan::sources(ctx, &work, sources, &kernels).await?;
+    let plan = plan::pairs(ctx, &work, sources, kernels).await?;
+
+    // What the store already has (each entry read and checked once): `todo` to build, and
+    // the built ones, which --check rebuilds.
+    let (mut todo, mut built) = (Vec::new(), Vec::new());
+    for (i, pair) in plan.pairs.iter().enumerate() {
+        match store.get(&pair.key) {
+            Lookup::Found(r) if !(retry_failed && r.status == Status::Failed) => {
+                if r.status == Status::Built {
+                    built.push(i);
+                }
+            }
+            Lookup::Damaged(why) => {
+                ctx.reporter().warn(format!("{}: damaged store entry, built again: {why}", plan.label(i)));
+                todo.push(i);
+            }
+            _ => todo.push(i),
+        }
+    }
+    Ok(Evaluated { store, work, plan, todo, built })
 }
 
 /// `--check`'s findings: identical pairs counted, every difference named; exit 11 when one
@@ -513,7 +556,10 @@ impl schedule::Executor for Indexed<'_> {
 
 /// The key pair the farm signs with (as `build` would on this host), made now if it is
 /// ckms's own and missing, so that parallel builds never race to make it.
-fn signing(ctx: &Context, given: Option<(&std::path::Path, &std::path::Path)>) -> Result<Option<Signing>, Error> {
+pub(super) fn signing(
+    ctx: &Context,
+    given: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<Option<Signing>, Error> {
     if !ctx.config.sign_enabled() {
         return Ok(None);
     }

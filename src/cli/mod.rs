@@ -2,6 +2,7 @@
 //! Everything that does work lives in the library; this only translates.
 
 mod farm;
+mod farm_kube;
 mod farm_progress;
 mod image;
 mod kernels;

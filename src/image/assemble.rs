@@ -48,17 +48,11 @@ pub async fn build(
     force: bool,
     report: &dyn Reporter,
 ) -> Result<Built> {
-    let layers_dir = cache.dir("layers")?;
-    let keys: Vec<String> = plan.layers.iter().map(|l| l.key(&plan.fs)).collect();
-    let mut digests: Vec<Option<LayerDigest>> = keys.iter().map(|k| cached_layer(cache, k)).collect();
-    let lock = plan.lock();
-    let config_layer = config_layer(cache, profile, recipe, plan, &lock)?;
-    let meta = image_meta(recipe, plan, &lock);
-    let (repository, kernel_tag) = names(recipe, plan);
-
+    let prepared = prepare(cache, profile, recipe, plan)?;
+    let Prepared { digests, config_layer, meta, repository, kernel_tag, lock, .. } = &prepared;
     if !force {
         if let Some(known) = digests.iter().cloned().collect::<Option<Vec<_>>>() {
-            let Identity { id, tags, .. } = identity(cache, &known, &config_layer, &meta, &repository, &kernel_tag)?;
+            let Identity { id, tags, .. } = identity(cache, &known, config_layer, meta, repository, kernel_tag)?;
             if engine.image_id(&tags[1]).await?.as_deref() == Some(id.as_str()) {
                 return Ok(Built {
                     reference: tags[1].clone(),
@@ -73,6 +67,83 @@ pub async fn build(
         }
     }
 
+    let lock = lock.clone();
+    let config_layer = config_layer.clone();
+    let Assembled { id, tags, layers: archive_layers, config, known, fetch, layers_built, .. } =
+        layers(cache, plan, prepared, report).await?;
+    let tmp = tempfile::NamedTempFile::new_in(cache.dir("tmp")?).map_err(|e| crate::cache::io_err(cache.root())(e))?;
+    {
+        let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file());
+        archive::write_archive(&mut out, &archive_layers, &config, &tags)?;
+        std::io::Write::flush(&mut out).map_err(|e| crate::cache::io_err(tmp.path())(e))?;
+    }
+    report.info(format!("loading {} into the engine", tags[1]));
+    engine.load_image(tmp.path()).await?;
+    match engine.image_id(&tags[1]).await? {
+        Some(actual) if actual == id => {}
+        actual => {
+            return Err(ImageError::Mismatch {
+                reference: tags[1].clone(),
+                expected: id,
+                actual: actual.unwrap_or_else(|| "absent".into()),
+            })
+        }
+    }
+    let mut layer_ids: Vec<String> = known.iter().map(|d| d.diff_id.clone()).collect();
+    layer_ids.push(config_layer.diff_id.clone());
+    save_record(cache, &id, &Record { lock, layers: layer_ids })?;
+    Ok(Built { reference: tags[1].clone(), tags, id, layers: named(plan, &known), fetch, layers_built, loaded: true })
+}
+
+/// A builder image's content, written into the cache but not loaded anywhere: what `farm kube
+/// render` pushes to a registry.
+#[derive(Debug, Clone)]
+pub struct Assembled {
+    pub id: String,
+    pub tags: Vec<String>,
+    pub layers: Vec<ArchiveLayer>,
+    pub config: oci_spec::image::ImageConfiguration,
+    pub meta: ImageMeta,
+    known: Vec<LayerDigest>,
+    fetch: FetchStats,
+    layers_built: usize,
+}
+
+/// Every layer of `plan`'s image in the cache (fetched and written as needed), and its identity.
+pub async fn assemble(
+    cache: &Cache,
+    profile: &Profile,
+    recipe: &Recipe,
+    plan: &Plan,
+    report: &dyn Reporter,
+) -> Result<Assembled> {
+    layers(cache, plan, prepare(cache, profile, recipe, plan)?, report).await
+}
+
+/// What names an image before any layer is written: the layers' keys and those the cache has.
+struct Prepared {
+    keys: Vec<String>,
+    digests: Vec<Option<LayerDigest>>,
+    config_layer: LayerDigest,
+    meta: ImageMeta,
+    repository: String,
+    kernel_tag: String,
+    lock: super::Lock,
+}
+
+fn prepare(cache: &Cache, profile: &Profile, recipe: &Recipe, plan: &Plan) -> Result<Prepared> {
+    let keys: Vec<String> = plan.layers.iter().map(|l| l.key(&plan.fs)).collect();
+    let digests = keys.iter().map(|k| cached_layer(cache, k)).collect();
+    let lock = plan.lock();
+    let config_layer = config_layer(cache, profile, recipe, plan, &lock)?;
+    let meta = image_meta(recipe, plan, &lock);
+    let (repository, kernel_tag) = names(recipe, plan);
+    Ok(Prepared { keys, digests, config_layer, meta, repository, kernel_tag, lock })
+}
+
+async fn layers(cache: &Cache, plan: &Plan, prepared: Prepared, report: &dyn Reporter) -> Result<Assembled> {
+    let Prepared { keys, mut digests, config_layer, meta, repository, kernel_tag, .. } = prepared;
+    let layers_dir = cache.dir("layers")?;
     // A cached layer that no longer hashes to its name is dropped and built again.
     for (slot, layer) in digests.iter_mut().zip(&plan.layers) {
         if let Some(d) = slot {
@@ -102,30 +173,9 @@ pub async fn build(
         digests[i] = Some(digest);
     }
     let known: Vec<LayerDigest> = digests.into_iter().flatten().collect();
-    let Identity { id, tags, layers: archive_layers, config } =
+    let Identity { id, tags, layers, config } =
         identity(cache, &known, &config_layer, &meta, &repository, &kernel_tag)?;
-    let tmp = tempfile::NamedTempFile::new_in(cache.dir("tmp")?).map_err(|e| crate::cache::io_err(cache.root())(e))?;
-    {
-        let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file());
-        archive::write_archive(&mut out, &archive_layers, &config, &tags)?;
-        std::io::Write::flush(&mut out).map_err(|e| crate::cache::io_err(tmp.path())(e))?;
-    }
-    report.info(format!("loading {} into the engine", tags[1]));
-    engine.load_image(tmp.path()).await?;
-    match engine.image_id(&tags[1]).await? {
-        Some(actual) if actual == id => {}
-        actual => {
-            return Err(ImageError::Mismatch {
-                reference: tags[1].clone(),
-                expected: id,
-                actual: actual.unwrap_or_else(|| "absent".into()),
-            })
-        }
-    }
-    let mut layer_ids: Vec<String> = known.iter().map(|d| d.diff_id.clone()).collect();
-    layer_ids.push(config_layer.diff_id.clone());
-    save_record(cache, &id, &Record { lock, layers: layer_ids })?;
-    Ok(Built { reference: tags[1].clone(), tags, id, layers: named(plan, &known), fetch, layers_built, loaded: true })
+    Ok(Assembled { id, tags, layers, config, meta, known, fetch, layers_built })
 }
 
 fn named(plan: &Plan, digests: &[LayerDigest]) -> Vec<(String, LayerDigest)> {

@@ -10,7 +10,7 @@ pub mod layer;
 mod paths;
 mod plan;
 
-pub use assemble::{build, list, prune, remove, Built, ImageRow};
+pub use assemble::{assemble, build, list, prune, remove, Assembled, Built, ImageRow};
 pub use plan::{plan, Lock, LockedLayer, LockedPackage, Plan, PlannedLayer};
 
 use thiserror::Error;

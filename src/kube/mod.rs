@@ -6,9 +6,13 @@
 //! - [`transcript`]: what such a run leaves in the results volume;
 //! - [`replay`]: the engine of `collect`: a transcript played back to the same build code.
 
+pub mod collect;
 pub mod manifest;
+pub mod plan;
+pub mod pod;
 pub mod podsecurity;
 pub mod process;
+pub mod render;
 pub mod replay;
 pub mod transcript;
 

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use super::{KernelTarget, Lifecycle, LifecycleError, Manifest, ManifestModule, ModuleVersion};
-use crate::build::{BuildError, Job, Ran, CONTAINER_TREE};
-use crate::conf::{BuildPlan, DestPolicy, EvalContext, KernelFacts, Resolved};
+use crate::build::{BuildError, Job, Ran};
+use crate::conf::{BuildPlan, DestPolicy, KernelFacts, Resolved};
 use crate::diagnose::code;
 use crate::error::Error;
 
@@ -76,18 +76,7 @@ impl Lifecycle<'_> {
         let source = self.source_dir(mv);
         let conf_path = source.join("dkms.conf");
         let conf = std::fs::read(&conf_path).map_err(|_| LifecycleError::NoConf(conf_path.clone()))?;
-        let vars = EvalContext {
-            conf_path: String::new(),
-            override_dir: None,
-            kernelver: target.release.clone(),
-            arch: arch.clone(),
-            kernel_source_dir: format!("/lib/modules/{}/build", target.release),
-            dkms_tree: CONTAINER_TREE.into(),
-            source_tree: crate::build::CONTAINER_SOURCES.into(),
-            install_tree: "/lib/modules".into(),
-            module: mv.module.clone(),
-            module_version: mv.version.clone(),
-        };
+        let vars = crate::build::vars(&mv.module, &mv.version, &target.release, &arch);
         let overrides = self.overrides(mv, &target.release, &arch);
         let origin = conf_path.display().to_string();
         let image = image.reference.as_str();

@@ -260,7 +260,7 @@ fn rfc3339(epoch: u64) -> String {
 }
 
 /// A layer tar at `path`, filled by `fill`.
-fn layer(
+pub(crate) fn layer(
     path: PathBuf,
     fill: impl FnOnce(&mut LayerWriter<File>) -> Result<(), crate::image::layer::LayerError>,
 ) -> Result<ArchiveLayer, PublishError> {

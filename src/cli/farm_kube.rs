@@ -1,0 +1,226 @@
+//! `ckms farm kube render|collect|pod`: the farm's pairs built by Kubernetes Indexed Jobs.
+
+use std::path::PathBuf;
+
+use ckms::context::Context;
+use ckms::error::Error;
+use ckms::kube::plan::KubePlan;
+
+use super::farm::{evaluate, signing, Evaluated, RegistryArgs};
+use super::Output;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Push the builder images the store lacks pairs for and write the manifests that build
+    /// those pairs (`kubectl apply -f DIR`): per kernel an Indexed Job, one pair per index.
+    Render(Box<RenderArgs>),
+    /// Check the pods' results against the plan, sign them here and put them in the store.
+    Collect(CollectArgs),
+    /// What a build pod runs (the pod's image has ckms and the Job's plan): builds index
+    /// $JOB_COMPLETION_INDEX into the results volume.
+    Pod(PodArgs),
+}
+
+#[derive(clap::Args)]
+pub struct RenderArgs {
+    /// The store directory: pairs it holds are left out.
+    #[arg(long, value_name = "DIR")]
+    store: PathBuf,
+    /// Where to push the images: HOST[:PORT][/REPOSITORY] (repository default: ckms/build).
+    #[arg(long, value_name = "REF")]
+    registry: String,
+    #[command(flatten)]
+    access: RegistryArgs,
+    /// Kernels, as for `farm build`; repeatable.
+    #[arg(short = 'k', long = "kernel", value_name = "SELECTOR")]
+    kernels: Vec<String>,
+    /// Look for kernels and deb: packages only in this profile.
+    #[arg(long, short = 'p')]
+    profile: Option<String>,
+    /// The directory the manifests are written to.
+    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    out: PathBuf,
+    /// Pods of one Job running at once.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    parallelism: i32,
+    /// Retries of an index whose pod failed (a failed build is a result, not a pod failure).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    backoff_limit_per_index: i32,
+    /// CPUs per build pod (requested and limited; also make's -j).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    cpus: u32,
+    /// The PersistentVolumeClaim the pods write their results to.
+    #[arg(long, value_name = "NAME", default_value = "ckms-results")]
+    results_claim: String,
+    /// The size the rendered claim asks for, in GiB.
+    #[arg(long, value_name = "GIB", default_value_t = 10)]
+    results_gib: i64,
+    /// The ckms binary the pods run (default: this one).
+    #[arg(long, value_name = "FILE")]
+    ckms_binary: Option<PathBuf>,
+    /// Module sources, as for `farm build`.
+    #[arg(value_name = "SOURCE")]
+    sources: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct CollectArgs {
+    /// The store `render` was given.
+    #[arg(long, value_name = "DIR")]
+    store: PathBuf,
+    /// The results volume's contents (`<job>/<index>/` per pod).
+    #[arg(long, value_name = "DIR")]
+    from: PathBuf,
+    /// Sign with this private key (default: as `farm build`).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// The certificate of --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct PodArgs {
+    /// The Job's index to build.
+    #[arg(long, env = "JOB_COMPLETION_INDEX", value_name = "N")]
+    index: usize,
+    /// The pod's own result directory.
+    #[arg(long, value_name = "DIR")]
+    results: PathBuf,
+    /// The Job's plan (default: the one in the image).
+    #[arg(long, value_name = "FILE")]
+    plan: Option<PathBuf>,
+}
+
+/// Where the store keeps the plans it rendered, which `collect` reads.
+const PLANS: &str = "kube";
+
+pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error> {
+    match cmd {
+        Command::Render(args) => render(ctx, out, *args).await,
+        Command::Collect(args) => collect(ctx, out, args).await,
+        Command::Pod(args) => {
+            let recipe = ctx.catalog.recipe("builder")?;
+            let plan = args.plan.unwrap_or_else(ckms::kube::pod::job_file);
+            let outcome = ckms::kube::pod::run(recipe, &plan, args.index, &args.results).await?;
+            eprintln!("ckms: index {}: {outcome:?}", args.index);
+            Ok(0)
+        }
+    }
+}
+
+async fn render(ctx: &Context, out: &Output, args: RenderArgs) -> Result<i32, Error> {
+    if args.kernels.is_empty() || args.sources.is_empty() {
+        return Err(Error::usage(
+            "farm kube render needs at least one kernel selector (-k) and one source",
+            Some("e.g. ckms farm kube render --store DIR --registry HOST/ckms/build -k @debian-bookworm:latest -o DIR deb:v4l2loopback-dkms".into()),
+        ));
+    }
+    let Evaluated { store, work, plan, todo, .. } =
+        evaluate(ctx, &args.store, &args.kernels, &args.sources, args.profile.as_deref(), false).await?;
+    let (host, repository) = match args.registry.split_once('/') {
+        Some((h, r)) => (h.to_string(), r.to_string()),
+        None => (args.registry.clone(), "ckms/build".to_string()),
+    };
+    let binary = match args.ckms_binary {
+        Some(b) => b,
+        None => std::env::current_exe().map_err(|e| Error::usage(format!("the running ckms: {e}"), None))?,
+    };
+    let req = ckms::kube::render::Request {
+        registry: args.access.registry(host)?,
+        repository,
+        out: args.out,
+        binary,
+        parallelism: args.parallelism,
+        backoff_limit_per_index: args.backoff_limit_per_index,
+        cpu_millis: i64::from(args.cpus.max(1)) * 1000,
+        claim: args.results_claim,
+        claim_bytes: args.results_gib << 30,
+        sources: args.sources,
+        kernels: args.kernels,
+        profile: args.profile,
+    };
+    let rendered = ckms::kube::render::render(ctx, &plan, &work, &todo, &req).await?;
+    let json = rendered.plan.to_json();
+    let name = format!("{PLANS}/{}.json", &ckms::cache::sha256_hex(&json)[..16]);
+    std::fs::create_dir_all(store.root().join(PLANS))
+        .map_err(|e| Error::usage(format!("{}: {e}", store.root().display()), None))?;
+    store.write_file(&name, &json)?;
+    out.result(&rendered, || {
+        let mut text: String = rendered.files.iter().map(|f| format!("{}\n", f.display())).collect();
+        for l in &rendered.left_out {
+            text += &format!("left out: {l}\n");
+        }
+        let pairs: usize = rendered.plan.jobs.iter().map(|j| j.pairs.len()).sum();
+        text + &format!(
+            "{} Job(s), {pairs} pair(s) to build ({} already stored); apply with: kubectl apply -f {}\n",
+            rendered.plan.jobs.len(),
+            plan.pairs.len() - todo.len(),
+            req.out.display()
+        )
+    });
+    Ok(0)
+}
+
+async fn collect(ctx: &Context, out: &Output, args: CollectArgs) -> Result<i32, Error> {
+    let signing = signing(ctx, args.key.as_deref().zip(args.cert.as_deref()))?;
+    let plans = rendered_plans(&args.store)?;
+    let mut all = ckms::kube::collect::Collected::default();
+    let mut seen = 0;
+    for kube in &plans {
+        if !kube.jobs.iter().any(|j| args.from.join(&j.name).is_dir()) {
+            continue;
+        }
+        seen += 1;
+        let Evaluated { store, work, plan, .. } =
+            evaluate(ctx, &args.store, &kube.kernels, &kube.sources, kube.profile.as_deref(), false).await?;
+        let done = ckms::kube::collect::collect(ctx, &plan, &work, &store, kube, &args.from, signing.clone()).await?;
+        all.stored.extend(done.stored);
+        all.refused.extend(done.refused);
+        all.missing.extend(done.missing);
+    }
+    if seen == 0 {
+        return Err(Error::usage(
+            format!("{} holds no results of a Job rendered for the store {}", args.from.display(), args.store.display()),
+            Some("name the results volume's directory (it holds <job>/<index>/ per pod) and the store `farm kube render` was given".into()),
+        ));
+    }
+    out.result(&all, || {
+        let mut text = String::new();
+        for (label, status) in &all.stored {
+            text += &format!("stored {status:<8} {label}\n");
+        }
+        for r in &all.refused {
+            text += &format!("REFUSED: {r}\n");
+        }
+        for m in &all.missing {
+            text += &format!("no result: {m}\n");
+        }
+        text + &format!(
+            "{} stored, {} refused, {} without a result\n",
+            all.stored.len(),
+            all.refused.len(),
+            all.missing.len()
+        )
+    });
+    let failed = all.stored.iter().any(|(_, s)| *s == ckms::farm::store::Status::Failed);
+    Ok(if !all.refused.is_empty() || !all.missing.is_empty() || failed { super::farm::SOME_FAILED } else { 0 })
+}
+
+/// Every plan `render` kept in the store.
+fn rendered_plans(store: &std::path::Path) -> Result<Vec<KubePlan>, Error> {
+    let dir = store.join(PLANS);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| {
+            Error::usage(
+                format!("{}: {e}", dir.display()),
+                Some("`ckms farm kube render --store` with this store writes the plans collect reads".into()),
+            )
+        })?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files.iter().map(|f| KubePlan::read(f).map_err(Error::from)).collect()
+}

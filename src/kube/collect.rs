@@ -1,0 +1,131 @@
+//! `ckms farm kube collect`: the pods' results into the store, on this machine.
+//!
+//! The plan is evaluated again from what `render` was given; a rendered pair whose key this
+//! machine does not compute is refused. Each index's result must claim its own pair; its
+//! transcript is then played back ([`super::replay::ReplayEngine`]) through the farm's own
+//! one-pair build, so it passes the checks a local build passes (the conf resolved here must
+//! give the plan the pod ran, outputs unpacked as untrusted, the planned modules present)
+//! and is signed here, never in the cluster, and stored under its key.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::plan::{Claim, KubePlan, RESULT};
+use super::replay::ReplayEngine;
+use super::KubeError;
+use crate::context::Context;
+use crate::engine::Connection;
+use crate::error::Error;
+use crate::farm::exec::{Farm, Signing};
+use crate::farm::plan::{Plan, Work};
+use crate::farm::schedule::{Executor, Job};
+use crate::farm::store::{Status, Store};
+
+/// What `collect` did, pair by pair.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Collected {
+    /// Stored now: the pair and how it ended (built, failed, skipped).
+    pub stored: Vec<(String, Status)>,
+    /// Results refused, with why: nothing of them was stored.
+    pub refused: Vec<String>,
+    /// Indexes with no result: their pods failed before writing one.
+    pub missing: Vec<String>,
+}
+
+pub async fn collect(
+    ctx: &Context,
+    plan: &Plan,
+    work: &Work,
+    store: &Store,
+    kube: &KubePlan,
+    from: &Path,
+    signing: Option<Signing>,
+) -> Result<Collected, Error> {
+    let mut done = Collected::default();
+    let images = kube.images();
+    for job in &kube.jobs {
+        unexpected(from, &job.name, job.pairs.len(), &mut done.refused)?;
+        for (index, pp) in job.pairs.iter().enumerate() {
+            let label = format!("{}/{} on {} ({} index {index})", pp.module, pp.version, job.kernel, job.name);
+            let Some(i) = plan.pairs.iter().position(|p| p.key == pp.key) else {
+                done.refused.push(format!(
+                    "{label}: this machine computes another key for the pair (its sources or packages changed \
+                     since render): render again"
+                ));
+                continue;
+            };
+            let dir = from.join(&job.name).join(index.to_string());
+            if !dir.join(RESULT).is_file() {
+                done.missing.push(format!(
+                    "{label}: no result in {}: the pod failed before writing one (kubectl logs -l \
+                     job-name={},batch.kubernetes.io/job-completion-index={index})",
+                    dir.display(),
+                    job.name
+                ));
+                continue;
+            }
+            if let Err(e) = claimed(&dir, &job.name, index, pp) {
+                done.refused.push(format!("{label}: {e}"));
+                continue;
+            }
+            let engine = Arc::new(ReplayEngine::new(&dir, images.clone()));
+            let conn = Arc::new(Connection::of(engine, ReplayEngine::info()));
+            let farm = Farm::new(ctx, plan, store, work, conn, signing.clone());
+            let pair = &plan.pairs[i];
+            let one = Job { label: label.clone(), image: pair.image, after: vec![], estimate: None, size: 0 };
+            let result = match farm.provision(pair.image).await {
+                Ok(()) => farm.build(i, &one, job.make_jobs).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(status) => done.stored.push((label, status)),
+                Err(e) => done.refused.push(format!("{label}: {e}")),
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// The pod's claim must be the pair its index was given.
+fn claimed(dir: &Path, job: &str, index: usize, pp: &super::plan::PodPair) -> Result<(), KubeError> {
+    let path = dir.join(RESULT);
+    let bytes = std::fs::read(&path).map_err(KubeError::io(&path))?;
+    let claim: Claim = serde_json::from_slice(&bytes)
+        .map_err(|e| KubeError::Result { dir: dir.to_path_buf(), message: format!("{RESULT}: {e}") })?;
+    let given = (job, index, pp.key.as_str(), pp.module.as_str(), pp.version.as_str());
+    if (claim.job.as_str(), claim.index, claim.key.as_str(), claim.module.as_str(), claim.version.as_str()) != given {
+        return Err(KubeError::WrongPair {
+            dir: dir.to_path_buf(),
+            expected: format!("{}/{} (key {}, {job} index {index})", pp.module, pp.version, short(&pp.key)),
+            found: format!(
+                "{}/{} (key {}, {} index {})",
+                claim.module,
+                claim.version,
+                short(&claim.key),
+                claim.job,
+                claim.index
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn short(key: &str) -> &str {
+    key.get(..16).unwrap_or(key)
+}
+
+/// Result directories of `job` that no index was given: named, never read.
+fn unexpected(from: &Path, job: &str, indexes: usize, refused: &mut Vec<String>) -> Result<(), KubeError> {
+    let dir = from.join(job);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+    let mut extra: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.parse::<usize>().map_or(true, |i| i >= indexes))
+        .collect();
+    extra.sort();
+    for name in extra {
+        refused.push(format!("{}: not an index of {job} ({indexes} indexes): ignored", dir.join(name).display()));
+    }
+    Ok(())
+}

@@ -1,0 +1,335 @@
+//! `ckms farm kube render`: the pairs of a farm plan that the store lacks, as Indexed Jobs.
+//!
+//! Per builder image (one kernel, maybe an extra layer) the image is assembled from the cache
+//! as for a local build, two layers are put on top: ckms itself (the binary and the libraries
+//! it links beyond glibc) and the Job's inputs (its plan and the module sources), and the
+//! result is pushed by digest. The pods then need no network and no volume to start from:
+//! the kubelet pulls what they build from. The manifests are typed Kubernetes objects.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::manifest::{self, BuildJob};
+use super::plan::{self, JobPlan, KubePlan, PodPair, CKMS_DIR, IN_IMAGE};
+use super::KubeError;
+use crate::context::Context;
+use crate::error::Error;
+use crate::farm::plan::{Plan, Work};
+use crate::image::archive::{self, ArchiveLayer};
+use crate::publish::kmm::push::Registry;
+
+/// Where the dynamic loader is in every image ckms assembles (x86-64, merged /usr).
+const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
+/// Where the results volume is mounted in a pod.
+pub const RESULTS: &str = "/results";
+/// Where ckms's cache goes in a pod (the root file system is read-only).
+const POD_CACHE: &str = "/tmp/ckms-cache";
+
+/// How to render.
+pub struct Request {
+    pub registry: Registry,
+    /// The repository in the registry (`ckms/build`).
+    pub repository: String,
+    pub out: PathBuf,
+    /// The ckms binary the pods run (default: this one).
+    pub binary: PathBuf,
+    pub parallelism: i32,
+    pub backoff_limit_per_index: i32,
+    /// CPU per pod (millicores): also make's -j.
+    pub cpu_millis: i64,
+    pub claim: String,
+    pub claim_bytes: i64,
+    /// What `collect` evaluates again.
+    pub sources: Vec<String>,
+    pub kernels: Vec<String>,
+    pub profile: Option<String>,
+}
+
+/// What was rendered.
+#[derive(Debug, serde::Serialize)]
+pub struct Rendered {
+    pub plan: KubePlan,
+    pub files: Vec<PathBuf>,
+    /// Pairs left to `farm build` (BUILD_DEPENDS), with why.
+    pub left_out: Vec<String>,
+}
+
+/// Renders the pairs `todo` of `plan` into `req.out`.
+pub async fn render(ctx: &Context, plan: &Plan, work: &Work, todo: &[usize], req: &Request) -> Result<Rendered, Error> {
+    let out = &req.out;
+    std::fs::create_dir_all(out).map_err(KubeError::io(out))?;
+    let scratch = tempfile::tempdir_in(ctx.cache.dir("tmp")?).map_err(KubeError::io(out))?;
+    let ckms_layer = ckms_layer(scratch.path(), &req.binary)?;
+    let limits = &ctx.config.build;
+    let make_jobs = u32::try_from((req.cpu_millis / 1000).max(1)).unwrap_or(1);
+
+    let mut left_out = Vec::new();
+    let mut by_image: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for &i in todo {
+        let p = &plan.pairs[i];
+        if !p.after.is_empty() || !plan.sources[p.source].build_depends.is_empty() {
+            left_out.push(format!("{}: BUILD_DEPENDS (build it with `ckms farm build`)", plan.label(i)));
+            continue;
+        }
+        by_image.entry(p.image).or_default().push(i);
+    }
+
+    let mut jobs = Vec::new();
+    let mut objects = vec![
+        ("00-results-claim.yaml".to_string(), to_value(&manifest::results_claim(&req.claim, req.claim_bytes))?),
+        ("01-network-policy.yaml".to_string(), to_value(&manifest::network_policy())?),
+    ];
+    for (&image, pairs) in &by_image {
+        let spec = &plan.images[image];
+        let kernel = &plan.kernels[spec.kernel];
+        let profile = ctx.catalog.profile(&spec.profile)?;
+        let recipe = ctx.catalog.recipe("builder")?;
+        let assembled = crate::image::assemble(&ctx.cache, profile, recipe, &spec.plan, ctx.reporter()).await?;
+        let index = ctx.index(profile).await?;
+        let kernel_config = crate::kernel::config(&ctx.cache, &index, kernel, ctx.reporter()).await?;
+        let keys: Vec<&str> = pairs.iter().map(|&i| plan.pairs[i].key.as_str()).collect();
+        let name = plan::job_name(&kernel.release, &keys);
+        let lc = crate::lifecycle::Lifecycle::new(ctx, work.sources(&kernel.profile), Default::default());
+        let pod_pairs: Vec<PodPair> = pairs
+            .iter()
+            .map(|&i| {
+                let p = &plan.pairs[i];
+                let mv = &plan.sources[p.source].mv;
+                PodPair {
+                    key: p.key.clone(),
+                    module: mv.module.clone(),
+                    version: mv.version.clone(),
+                    arch: p.arch.clone(),
+                    visible: p.visible.iter().map(|v| (v.module.clone(), v.version.clone())).collect(),
+                    overrides: lc
+                        .overrides(mv, &kernel.release, &p.arch)
+                        .into_iter()
+                        .map(|(n, b)| (n, String::from_utf8_lossy(&b).into_owned()))
+                        .collect(),
+                }
+            })
+            .collect();
+        let mut job = JobPlan {
+            name: name.clone(),
+            kernel: kernel.release.clone(),
+            profile: kernel.profile.clone(),
+            builder: assembled.tags[1].clone(),
+            builder_id: assembled.id.clone(),
+            image: String::new(),
+            make_jobs,
+            timeout_secs: ctx.config.build_timeout().as_secs(),
+            space_bytes: limits.space_mib.unwrap_or(4096) << 20,
+            memory_bytes: limits.memory_mib.unwrap_or(4096) << 20,
+            pids: limits.pids.unwrap_or(crate::image::DEFAULT_PIDS),
+            kernel_config,
+            module_location: profile.install.module_location.clone(),
+            image_sources: profile.relocated(crate::build::CONTAINER_SOURCES).map(str::to_string),
+            pairs: pod_pairs,
+        };
+        let sources = work.sources(&kernel.profile).source_tree;
+        let inputs = inputs_layer(&scratch.path().join(&name), &job, &sources)?;
+        let mut layers = assembled.layers.clone();
+        layers.push(ckms_layer.clone());
+        layers.push(inputs);
+        let mut meta = assembled.meta.clone();
+        meta.labels.insert("io.ckms.kube.job".into(), name.clone());
+        let config = archive::image_config(&layers, &meta).map_err(publish_err(&name))?;
+        let archive_path = scratch.path().join(format!("{name}.tar"));
+        let tag = name.clone();
+        {
+            let file = std::fs::File::create(&archive_path).map_err(KubeError::io(&archive_path))?;
+            let mut w = std::io::BufWriter::new(file);
+            archive::write_archive(&mut w, &layers, &config, &[]).map_err(publish_err(&name))?;
+            std::io::Write::flush(&mut w).map_err(KubeError::io(&archive_path))?;
+        }
+        let path = req.registry.path_of(&req.repository).to_string();
+        let digest = crate::publish::kmm::push::push(&req.registry, &archive_path, &path, &tag).await?;
+        let _ = std::fs::remove_file(&archive_path);
+        job.image = format!("{}/{path}@{digest}", req.registry.host);
+        ctx.reporter().info(format!("pushed {} ({} pair(s))", job.image, job.pairs.len()));
+
+        let recipe_user = &recipe.user;
+        let build = BuildJob {
+            name: name.clone(),
+            labels: BTreeMap::from([("ckms.io/kernel".to_string(), manifest_label(&kernel.release))]),
+            image: job.image.clone(),
+            command: pod_command(),
+            env: vec![],
+            completions: job.pairs.len() as i32,
+            parallelism: req.parallelism.min(job.pairs.len() as i32).max(1),
+            backoff_limit_per_index: req.backoff_limit_per_index,
+            // The build's own timeout, and time to start and write the result.
+            deadline_seconds: job.timeout_secs as i64 + 300,
+            uid: i64::from(recipe_user.uid),
+            gid: i64::from(recipe_user.gid),
+            cpu_millis: req.cpu_millis,
+            memory_bytes: job.memory_bytes,
+            storage_bytes: job.space_bytes,
+            tmp_bytes: 256 << 20,
+            scratch: vec![crate::build::CONTAINER_TREE.to_string(), crate::build::CONTAINER_SOURCES.to_string()],
+            results_mount: RESULTS.to_string(),
+        };
+        objects.push((format!("job-{name}.yaml"), to_value(&manifest::job(&build, &req.claim))?));
+        jobs.push(job);
+    }
+    let kube_plan = KubePlan {
+        format: plan::FORMAT,
+        sources: req.sources.clone(),
+        kernels: req.kernels.clone(),
+        profile: req.profile.clone(),
+        jobs,
+    };
+    let mut files = manifest::write(out, &objects)?;
+    // Beside the manifests, not among them: `kubectl apply -f DIR` reads no subdirectory.
+    let plan_path = out.join("ckms").join(plan::FILE);
+    std::fs::create_dir_all(out.join("ckms")).map_err(KubeError::io(out))?;
+    std::fs::write(&plan_path, kube_plan.to_json()).map_err(KubeError::io(&plan_path))?;
+    files.push(plan_path);
+    Ok(Rendered { plan: kube_plan, files, left_out })
+}
+
+/// What a build pod runs: this ckms, with the libraries it brought.
+pub fn pod_command() -> Vec<String> {
+    [
+        LOADER,
+        "--library-path",
+        &format!("{CKMS_DIR}/lib"),
+        &format!("{CKMS_DIR}/bin/ckms"),
+        "--cache-dir",
+        POD_CACHE,
+        "farm",
+        "kube",
+        "pod",
+        "--results",
+        RESULTS,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// A kernel release as a label value (no '+').
+fn manifest_label(release: &str) -> String {
+    release.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' }).collect()
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, KubeError> {
+    serde_json::to_value(v).map_err(|e| KubeError::Result { dir: PathBuf::from("manifest"), message: e.to_string() })
+}
+
+fn publish_err(name: &str) -> impl Fn(archive::ArchiveError) -> crate::publish::PublishError + '_ {
+    move |e| crate::publish::PublishError::Image { tag: name.to_string(), message: e.to_string() }
+}
+
+/// The ckms binary and the shared libraries it uses beyond glibc's (the image has those), as
+/// this process has them mapped: a layer that is a function of the binary and its libraries.
+fn ckms_layer(dir: &Path, binary: &Path) -> Result<ArchiveLayer, Error> {
+    let bin = std::fs::read(binary).map_err(KubeError::io(binary))?;
+    let mut libs: Vec<PathBuf> = std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .map(PathBuf::from)
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(".so") && !is_glibc(n)))
+        .collect();
+    libs.sort();
+    libs.dedup();
+    let mut contents = Vec::new();
+    for lib in &libs {
+        let name = lib.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        contents.push((name, std::fs::read(lib).map_err(KubeError::io(lib))?));
+    }
+    let top = CKMS_DIR.trim_start_matches('/');
+    Ok(crate::publish::kmm::layer(dir.join("ckms.tar"), |w| {
+        for d in ["usr", "usr/lib", top, &format!("{top}/bin"), &format!("{top}/lib")] {
+            w.add_dir(d, 0o755, 0, 0)?;
+        }
+        w.add_file(&format!("{top}/bin/ckms"), &bin, 0o755, 0, 0)?;
+        for (name, bytes) in &contents {
+            w.add_file(&format!("{top}/lib/{name}"), bytes, 0o644, 0, 0)?;
+        }
+        Ok(())
+    })?)
+}
+
+fn is_glibc(name: &str) -> bool {
+    ["libc.so", "libm.so", "ld-linux", "libpthread.so", "libdl.so", "librt.so", "libresolv.so", "libnss_"]
+        .iter()
+        .any(|g| name.starts_with(g))
+}
+
+/// The Job's plan and every module source its pairs build or see, read-only for the pods.
+fn inputs_layer(dir: &Path, job: &JobPlan, sources: &Path) -> Result<ArchiveLayer, Error> {
+    let mut trees: Vec<(String, String)> = Vec::new();
+    for p in &job.pairs {
+        trees.push((p.module.clone(), p.version.clone()));
+        trees.extend(p.visible.iter().cloned());
+    }
+    trees.sort();
+    trees.dedup();
+    let mut entries = Vec::new();
+    for (m, v) in &trees {
+        let name = format!("{m}-{v}");
+        let root = sources.join(&name);
+        // The source tree holds links to the sources as added: the layer holds their content.
+        let root = std::fs::canonicalize(&root).map_err(KubeError::io(&root))?;
+        walk(&root, &root, &name, &mut entries)?;
+    }
+    let job_json = serde_json::to_vec_pretty(job).unwrap_or_default();
+    let top = IN_IMAGE.trim_start_matches('/');
+    Ok(crate::publish::kmm::layer(dir.join("inputs.tar"), |w| {
+        for d in ["usr", "usr/lib", "usr/lib/ckms", top, &format!("{top}/src")] {
+            w.add_dir(d, 0o755, 0, 0)?;
+        }
+        w.add_file(&format!("{top}/job.json"), &job_json, 0o644, 0, 0)?;
+        for e in &entries {
+            let path = format!("{top}/src/{}", e.path);
+            match &e.kind {
+                Entry::Dir => w.add_dir(&path, 0o755, 0, 0)?,
+                Entry::File(bytes, exec) => w.add_file(&path, bytes, if *exec { 0o755 } else { 0o644 }, 0, 0)?,
+                Entry::Link(target) => w.add_symlink(&path, target)?,
+            }
+        }
+        Ok(())
+    })?)
+}
+
+struct Walked {
+    path: String,
+    kind: Entry,
+}
+
+enum Entry {
+    Dir,
+    File(Vec<u8>, bool),
+    Link(String),
+}
+
+fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<Walked>) -> Result<(), KubeError> {
+    out.push(Walked {
+        path: match dir.strip_prefix(root) {
+            Ok(rel) if !rel.as_os_str().is_empty() => format!("{prefix}/{}", rel.display()),
+            _ => prefix.to_string(),
+        },
+        kind: Entry::Dir,
+    });
+    let mut names: Vec<_> = std::fs::read_dir(dir).map_err(KubeError::io(dir))?.flatten().map(|e| e.path()).collect();
+    names.sort();
+    for path in names {
+        let meta = std::fs::symlink_metadata(&path).map_err(KubeError::io(&path))?;
+        let rel = format!("{prefix}/{}", path.strip_prefix(root).unwrap_or(&path).display());
+        if meta.is_dir() {
+            walk(root, &path, prefix, out)?;
+        } else if meta.is_symlink() {
+            let target = std::fs::read_link(&path).map_err(KubeError::io(&path))?;
+            out.push(Walked { path: rel, kind: Entry::Link(target.to_string_lossy().into_owned()) });
+        } else if meta.is_file() {
+            let exec = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0;
+            out.push(Walked {
+                path: rel,
+                kind: Entry::File(std::fs::read(&path).map_err(KubeError::io(&path))?, exec),
+            });
+        }
+    }
+    Ok(())
+}
