@@ -281,14 +281,19 @@ impl Store {
         sync_dir(&self.root.join("pairs"))
     }
 
-    /// Puts a proof of load into the record of `key` (rewritten atomically): the proof is not
-    /// an input, so the entry keeps its key.
+    /// Puts a proof of load into the record of `key`: the proof is not an input, so the entry
+    /// keeps its key.
     pub fn set_proof(&self, key: &str, proof: Proof) -> Result<(), FarmError> {
+        self.amend(key, |r| r.proof = Some(proof))
+    }
+
+    /// Changes what the record of `key` says beside its inputs (rewritten atomically).
+    pub fn amend(&self, key: &str, change: impl FnOnce(&mut Record)) -> Result<(), FarmError> {
         let path = self.entry_dir(key).join(RESULT);
         let text = std::fs::read_to_string(&path).map_err(FarmError::io(&path))?;
         let mut record: Record =
             serde_json::from_str(&text).map_err(|e| FarmError::Store { path: path.clone(), message: e.to_string() })?;
-        record.proof = Some(proof);
+        change(&mut record);
         let text = serde_json::to_string_pretty(&record)
             .map_err(|e| FarmError::Store { path: path.clone(), message: e.to_string() })?;
         write_atomic(&path, format!("{text}\n").as_bytes())

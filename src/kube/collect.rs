@@ -78,7 +78,13 @@ pub async fn collect(
                 Err(e) => Err(e),
             };
             match result {
-                Ok(status) => done.stored.push((label, status)),
+                Ok(status) => {
+                    // The build's time is the pod's, not the replay's.
+                    if let Ok(t) = super::transcript::Transcript::read(&dir) {
+                        store.amend(&pp.key, |r| r.seconds = t.seconds)?;
+                    }
+                    done.stored.push((label, status))
+                }
                 Err(e) => done.refused.push(format!("{label}: {e}")),
             }
         }
@@ -128,4 +134,60 @@ fn unexpected(from: &Path, job: &str, indexes: usize, refused: &mut Vec<String>)
         refused.push(format!("{}: not an index of {job} ({indexes} indexes): ignored", dir.join(name).display()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::plan::PodPair;
+
+    fn pair(key: &str) -> PodPair {
+        PodPair {
+            key: key.into(),
+            module: "m".into(),
+            version: "1".into(),
+            arch: "x86_64".into(),
+            visible: vec![],
+            overrides: vec![],
+        }
+    }
+
+    fn claim(dir: &Path, job: &str, index: usize, key: &str) {
+        let c = Claim {
+            job: job.into(),
+            index,
+            key: key.into(),
+            module: "m".into(),
+            version: "1".into(),
+            kernel: "k".into(),
+        };
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(RESULT), serde_json::to_vec(&c).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_result_claiming_another_pair_or_index_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        claim(dir.path(), "j", 0, "aaaa");
+        assert!(claimed(dir.path(), "j", 0, &pair("aaaa")).is_ok());
+        let e = claimed(dir.path(), "j", 0, &pair("bbbb")).unwrap_err();
+        assert!(e.to_string().contains("but that index builds m/1 (key bbbb"), "{e}");
+        let e = claimed(dir.path(), "j", 1, &pair("aaaa")).unwrap_err();
+        assert!(matches!(e, KubeError::WrongPair { .. }), "{e}");
+        std::fs::write(dir.path().join(RESULT), b"{").unwrap();
+        assert!(matches!(claimed(dir.path(), "j", 0, &pair("aaaa")), Err(KubeError::Result { .. })));
+    }
+
+    #[test]
+    fn directories_no_index_was_given_are_named() {
+        let from = tempfile::tempdir().unwrap();
+        for d in ["0", "1", "2", "x"] {
+            std::fs::create_dir_all(from.path().join("j").join(d)).unwrap();
+        }
+        let mut refused = Vec::new();
+        unexpected(from.path(), "j", 2, &mut refused).unwrap();
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert!(refused[0].contains("j/2: not an index of j (2 indexes)"), "{refused:?}");
+        assert!(refused[1].contains("j/x"), "{refused:?}");
+    }
 }

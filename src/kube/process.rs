@@ -78,6 +78,7 @@ impl ProcessEngine {
         .map(|r| tokio::spawn(collect(r, log.clone(), spec.follow.clone())))
         .collect();
 
+        let started = std::time::Instant::now();
         let mut record = Transcript::default();
         let mut asked = exchange.is_none();
         let deadline = tokio::time::Instant::now() + spec.limits.timeout;
@@ -124,6 +125,7 @@ impl ProcessEngine {
         }
         record.exit_code = exit_code;
         record.timed_out = timed_out;
+        record.seconds = started.elapsed().as_secs_f64();
         record.put(&self.dir, transcript::LOG, &log).map_err(|e| self.fail("writing the transcript", e))?;
         record.finish(&self.dir).map_err(|e| self.fail("writing the transcript", e))?;
         Ok(RunOutcome { exit_code, timed_out, log, outputs })

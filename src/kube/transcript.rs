@@ -20,6 +20,9 @@ pub const LOG: &str = "log";
 pub struct Transcript {
     pub exit_code: i64,
     pub timed_out: bool,
+    /// How long the run took in the pod (a statistic, as the run could forge it).
+    #[serde(default)]
+    pub seconds: f64,
     /// Whether the run asked its question ([`REQUEST`] holds it).
     pub asked: bool,
     /// The answer's files, in the order they were written (`reply/<name>`).
