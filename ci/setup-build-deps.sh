@@ -3,7 +3,8 @@
 # and pkg-config (the openssl crate links the system libcrypto, which signs modules), and the
 # openssl command that tests/sign_file.rs checks signatures with; kmod (depmod); Debian's
 # chromium, which tests/farm.rs renders the farm's HTML report in; busybox-static; what
-# tests/publish.rs needs. Idempotent.
+# tests/publish.rs needs; kubernetes-validate (PyPI), which tests/kube_manifests.rs checks the
+# Kubernetes manifests with. Idempotent.
 set -euo pipefail
 need=()
 pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
@@ -24,10 +25,22 @@ command -v mkfs.erofs >/dev/null || need+=(erofs-utils)
 command -v mksquashfs >/dev/null || need+=(squashfs-tools)
 # farm publish --format kmm --registry (tests/publish.rs): a real registry on loopback.
 command -v docker-registry >/dev/null || need+=(docker-registry)
+# farm kube render (tests/kube_manifests.rs): pip, for kubernetes-validate below.
+command -v python3 >/dev/null || need+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { echo "setup-build-deps: run as root to install ${need[*]}" >&2; exit 1; }
   echo "[setup-build-deps] installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# kubernetes-validate, the API's schemas, is on PyPI only. Debian's python3 is externally
+# managed (PEP 668): pip installs beside apt's packages, into /usr/local, only when told.
+if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
+  pip_args=(--quiet)
+  stdlib=$(python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')
+  [ ! -e "$stdlib/EXTERNALLY-MANAGED" ] || pip_args+=(--break-system-packages)
+  echo "[setup-build-deps] installing kubernetes-validate"
+  python3 -m pip install "${pip_args[@]}" kubernetes-validate==1.37.0
 fi

@@ -38,6 +38,10 @@ pub enum KubeError {
     /// The run in the pod did not do what the collecting machine decides for the pair.
     #[error("the result in {dir} does not replay: {message}")]
     Replay { dir: PathBuf, message: String },
+    #[error("manifest file name {0:?} is not a plain file name")]
+    BadFileName(String),
+    #[error("cannot render a Kubernetes object as JSON: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 impl KubeError {
@@ -52,12 +56,14 @@ impl Diagnose for KubeError {
             KubeError::Io { .. } => code::IO,
             KubeError::Result { .. } | KubeError::WrongPair { .. } | KubeError::Replay { .. } => code::REFUSED,
             KubeError::Tampered { .. } => code::CHECKSUM_MISMATCH,
+            KubeError::BadFileName(_) | KubeError::Json(_) => code::USAGE,
         }
     }
 
     fn hint(&self) -> Option<String> {
         match self {
-            KubeError::Io { .. } => Some("check that the results directory is complete and readable".into()),
+            KubeError::Io { .. } => Some("check that the directory is readable, writable and its disk not full".into()),
+            KubeError::BadFileName(_) | KubeError::Json(_) => None,
             KubeError::Result { .. }
             | KubeError::Tampered { .. }
             | KubeError::WrongPair { .. }

@@ -76,8 +76,8 @@ pub async fn render(ctx: &Context, plan: &Plan, work: &Work, todo: &[usize], req
 
     let mut jobs = Vec::new();
     let mut objects = vec![
-        ("00-results-claim.yaml".to_string(), to_value(&manifest::results_claim(&req.claim, req.claim_bytes))?),
-        ("01-network-policy.yaml".to_string(), to_value(&manifest::network_policy())?),
+        ("00-results-claim.yaml".to_string(), manifest::value(&manifest::results_claim(&req.claim, req.claim_bytes))?),
+        ("01-network-policy.yaml".to_string(), manifest::value(&manifest::network_policy())?),
     ];
     for (&image, pairs) in &by_image {
         let spec = &plan.images[image];
@@ -169,7 +169,7 @@ pub async fn render(ctx: &Context, plan: &Plan, work: &Work, todo: &[usize], req
             scratch: vec![crate::build::CONTAINER_TREE.to_string(), crate::build::CONTAINER_SOURCES.to_string()],
             results_mount: RESULTS.to_string(),
         };
-        objects.push((format!("job-{name}.yaml"), to_value(&manifest::job(&build, &req.claim))?));
+        objects.push((format!("job-{name}.yaml"), manifest::value(&manifest::job(&build, &req.claim))?));
         jobs.push(job);
     }
     let kube_plan = KubePlan {
@@ -211,10 +211,6 @@ pub fn pod_command() -> Vec<String> {
 /// A kernel release as a label value (no '+').
 fn manifest_label(release: &str) -> String {
     release.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' }).collect()
-}
-
-fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, KubeError> {
-    serde_json::to_value(v).map_err(|e| KubeError::Result { dir: PathBuf::from("manifest"), message: e.to_string() })
 }
 
 fn publish_err(name: &str) -> impl Fn(archive::ArchiveError) -> crate::publish::PublishError + '_ {
