@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use ckms::context::Context;
 use ckms::error::Error;
+use ckms::farm::report::Cell;
 use ckms::kube::plan::KubePlan;
 
 use super::farm::{evaluate, signing, Evaluated, RegistryArgs};
@@ -175,6 +176,12 @@ async fn collect(ctx: &Context, out: &Output, args: CollectArgs) -> Result<i32, 
         let Evaluated { store, work, plan, .. } =
             evaluate(ctx, &args.store, &kube.kernels, &kube.sources, kube.profile.as_deref(), false).await?;
         let done = ckms::kube::collect::collect(ctx, &plan, &work, &store, kube, &args.from, signing.clone()).await?;
+        // The matrix `farm status`, `report` and `publish` read, as `farm build` leaves it.
+        let now: std::collections::HashSet<&str> =
+            kube.jobs.iter().flat_map(|j| j.pairs.iter().map(|p| p.key.as_str())).collect();
+        let cells: Vec<Cell> =
+            plan.pairs.iter().map(|p| Cell { key: p.key.clone(), cached: !now.contains(p.key.as_str()) }).collect();
+        ckms::farm::report::save_matrix(&store, &cells)?;
         all.stored.extend(done.stored);
         all.refused.extend(done.refused);
         all.missing.extend(done.missing);

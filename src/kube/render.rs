@@ -57,7 +57,7 @@ pub struct Rendered {
 /// Renders the pairs `todo` of `plan` into `req.out`.
 pub async fn render(ctx: &Context, plan: &Plan, work: &Work, todo: &[usize], req: &Request) -> Result<Rendered, Error> {
     let out = &req.out;
-    std::fs::create_dir_all(out).map_err(KubeError::io(out))?;
+    clear_previous(out)?;
     let scratch = tempfile::tempdir_in(ctx.cache.dir("tmp")?).map_err(KubeError::io(out))?;
     let ckms_layer = ckms_layer(scratch.path(), &req.binary)?;
     let limits = &ctx.config.build;
@@ -186,6 +186,33 @@ pub async fn render(ctx: &Context, plan: &Plan, work: &Work, todo: &[usize], req
     std::fs::write(&plan_path, kube_plan.to_json()).map_err(KubeError::io(&plan_path))?;
     files.push(plan_path);
     Ok(Rendered { plan: kube_plan, files, left_out })
+}
+
+/// Makes `out` ready: new, empty, or a previous render's, whose objects are removed
+/// (`kubectl apply -f DIR` would apply a stale Job again). Anything else there is refused.
+fn clear_previous(out: &Path) -> Result<(), KubeError> {
+    std::fs::create_dir_all(out).map_err(KubeError::io(out))?;
+    let ours = |name: &str| name.ends_with(".yaml") && (name.starts_with("job-") || name.starts_with("0"));
+    let entries: Vec<PathBuf> =
+        std::fs::read_dir(out).map_err(KubeError::io(out))?.flatten().map(|e| e.path()).collect();
+    let previous = out.join("ckms").join(plan::FILE).is_file();
+    for path in &entries {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if !(previous && (ours(&name) || name == "ckms")) {
+            return Err(KubeError::Result {
+                dir: out.to_path_buf(),
+                message: format!(
+                    "{} is in the way: name an empty or new directory, or a previous render's",
+                    path.display()
+                ),
+            });
+        }
+    }
+    for path in entries {
+        let gone = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        gone.map_err(KubeError::io(&path))?;
+    }
+    Ok(())
 }
 
 /// What a build pod runs: this ckms, with the libraries it brought.

@@ -176,6 +176,8 @@ struct Job {
     name: String,
     completions: u32,
     parallelism: u32,
+    /// backoffLimitPerIndex: how many times a failed index runs again.
+    retries: u32,
     pod: Pod,
 }
 
@@ -243,7 +245,16 @@ fn plan_job(obj: &Obj, policies: &[&Obj], pvcs: &HashSet<(String, String)>, clai
         &obj.value["spec"],
         &spec_what,
         // ttlSecondsAfterFinished only deletes the finished Job object.
-        &["completionMode", "completions", "parallelism", "backoffLimit", "ttlSecondsAfterFinished", "template"],
+        &[
+            "completionMode",
+            "completions",
+            "parallelism",
+            "backoffLimit",
+            "backoffLimitPerIndex",
+            "maxFailedIndexes",
+            "ttlSecondsAfterFinished",
+            "template",
+        ],
     );
     let mode = spec.get("completionMode").map(|v| str_of(v, &spec_what)).unwrap_or_default();
     assert_eq!(mode, "Indexed", "{spec_what}.completionMode: only Indexed Jobs are mapped");
@@ -251,10 +262,15 @@ fn plan_job(obj: &Obj, policies: &[&Obj], pvcs: &HashSet<(String, String)>, clai
         u64_of(spec.get("completions").unwrap_or_else(|| panic!("{spec_what}: no completions")), &spec_what);
     let parallelism = spec.get("parallelism").map(|v| u64_of(v, &spec_what)).unwrap_or(1);
     assert!(completions > 0 && parallelism > 0, "{spec_what}: completions {completions}, parallelism {parallelism}");
-    // Kubernetes retries failed pods up to backoffLimit (6 when absent); one run per index
-    // cannot stand for that, so only a Job that never retries is run.
+    // Kubernetes retries failed pods up to backoffLimit (6 when absent) across the Job, or
+    // backoffLimitPerIndex per index: the latter is what is mapped (each index run again up
+    // to that many times); a Job-wide budget only when it is 0.
+    let per_index = spec.get("backoffLimitPerIndex").map(|v| u64_of(v, &spec_what) as u32);
     let backoff = spec.get("backoffLimit").map(|v| u64_of(v, &spec_what));
-    assert_eq!(backoff, Some(0), "{spec_what}.backoffLimit: only 0 (no retries) is mapped, got {backoff:?}");
+    if per_index.is_none() {
+        assert_eq!(backoff, Some(0), "{spec_what}.backoffLimit: only 0 (no retries) is mapped, got {backoff:?}");
+    }
+    // maxFailedIndexes only decides when the Job object is marked failed: every index runs here.
 
     let template = spec.get("template").unwrap_or_else(|| panic!("{spec_what}: no template"));
     let t_what = format!("{spec_what}.template");
@@ -267,7 +283,13 @@ fn plan_job(obj: &Obj, policies: &[&Obj], pvcs: &HashSet<(String, String)>, clai
         None => BTreeMap::new(),
     };
     let pod = plan_pod(&template["spec"], &format!("{t_what}.spec"), &obj.namespace, pvcs, claims);
-    let job = Job { name: obj.name.clone(), completions: completions as u32, parallelism: parallelism as u32, pod };
+    let job = Job {
+        name: obj.name.clone(),
+        completions: completions as u32,
+        parallelism: parallelism as u32,
+        retries: per_index.unwrap_or(0),
+        pod,
+    };
     for index in 0..job.completions {
         check_isolated(&job, index, &labels, &obj.namespace, policies);
     }
@@ -742,7 +764,14 @@ fn run_job(engine: &Engine, job: &Job) -> Vec<PodRun> {
                 if index >= job.completions {
                     break;
                 }
-                let run = run_pod(engine, job, index);
+                // A failed pod is replaced (same index) until the index's budget is spent.
+                let mut run = run_pod(engine, job, index);
+                for _ in 0..job.retries {
+                    if run.exit_code == 0 && !run.timed_out {
+                        break;
+                    }
+                    run = run_pod(engine, job, index);
+                }
                 runs.lock().unwrap().push(run);
             });
         }
@@ -861,9 +890,11 @@ fn run_pod(engine: &Engine, job: &Job, index: u32) -> PodRun {
                 // Every level the kubelet creates is world-writable, like the volume.
                 for part in s.split('/').filter(|c| !c.is_empty() && *c != ".") {
                     p.push(part);
-                    if !p.exists() {
-                        std::fs::create_dir(&p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()));
-                        world_writable(&p);
+                    // Pods of one Job start at once and share the levels above their own.
+                    match std::fs::create_dir(&p) {
+                        Ok(()) => world_writable(&p),
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                        Err(e) => panic!("creating {}: {e}", p.display()),
                     }
                 }
                 p
