@@ -140,63 +140,116 @@ fn copy_tree(from: &Path, to: &Path) {
     assert!(status.success());
 }
 
-fn scenario(var: &str, faults: bool) {
-    let engine = engine_host(var);
-    let kind = if var.contains("PODMAN") { "podman" } else { "docker" };
-    let started = Instant::now();
-    let trixie = newest_trixie(&engine);
+/// One matrix through render, the pods (as written, on the engine) and collect, then the same
+/// matrix through `farm build` on the same engine: what the checks look at.
+struct Pipeline {
+    dir: tempfile::TempDir,
+    store: PathBuf,
+    results: PathBuf,
+    render: Vec<String>,
+    collected: Outcome,
+    local_code: i32,
+}
+
+fn pipeline(engine: &str, kernels: &[String], sources: &[String], parallelism: &str) -> Pipeline {
+    let kind = if engine.contains("podman") { "podman" } else { "docker" };
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    let sources = [
-        "deb:v4l2loopback-dkms".to_string(),
-        module(&src, "khello", C),
-        module(&src, "kbroken", "#include <linux/module.h>\nthis is not C;\n"),
-    ];
     let registry = registry::LocalRegistry::start();
-    let store = dir.path().join("store");
-    let out = dir.path().join("manifests");
+    let [store, out, results, local] = ["store", "manifests", "results", "local"].map(|d| dir.path().join(d));
     let binary = pod_binary(dir.path());
     let reference = format!("{}/ckms/build", registry.host);
-    let mut args = args_render(&store, &reference, &out, &binary, &trixie, &sources);
-    args.extend(["--parallelism", "2", "--cpus", "1"]);
-    let rendered = run(None, &args);
+    let mut render: Vec<String> = ["farm", "kube", "render", "--store"].map(String::from).into();
+    render.push(store.display().to_string());
+    render.extend(["--registry".into(), reference, "--insecure".into(), "-o".into(), out.display().to_string()]);
+    render.extend(["--ckms-binary".into(), binary.display().to_string()]);
+    render.extend(kernels.iter().flat_map(|k| ["-k".to_string(), k.clone()]));
+    render.extend(sources.iter().cloned());
+    let mut args = render.clone();
+    args.extend(["--parallelism", parallelism, "--cpus", "1"].map(String::from));
+    let started = Instant::now();
+    let rendered = run(None, &args.iter().map(String::as_str).collect::<Vec<_>>());
     rendered.expect_code(0);
-    assert!(rendered.stdout.contains("2 Job(s), 6 pair(s) to build"), "{rendered}");
     let render_secs = started.elapsed().as_secs_f64();
+    // Pairs with BUILD_DEPENDS are left to `farm build`, and said so.
+    let left = rendered.stdout.matches("left out:").count();
+    let pairs = kernels.len() * sources.len() - left;
+    let jobs = kernels.len();
+    assert!(rendered.stdout.contains(&format!("{jobs} Job(s), {pairs} pair(s) to build")), "{rendered}");
 
-    let files = yaml_files(&out);
-    kube_validate::validate(&files);
-    assert_eq!(pod_security(&out), 2, "one Job per kernel");
+    kube_validate::validate(&yaml_files(&out));
+    assert_eq!(pod_security(&out), jobs, "one Job per kernel");
 
-    let results = dir.path().join("results");
     std::fs::create_dir_all(&results).unwrap();
     let cli = if kind == "podman" {
-        kube_pods::Cli::Podman { url: engine.clone() }
+        kube_pods::Cli::Podman { url: engine.to_string() }
     } else {
-        kube_pods::Cli::Docker { host: engine.clone() }
+        kube_pods::Cli::Docker { host: engine.to_string() }
     };
-    let pods_started = Instant::now();
+    let started = Instant::now();
     let pods = kube_pods::run_rendered(&out, &cli, &HashMap::from([(CLAIM.to_string(), results.clone())]));
-    let pods_secs = pods_started.elapsed().as_secs_f64();
-    assert_eq!(pods.len(), 6);
+    let pods_secs = started.elapsed().as_secs_f64();
+    assert_eq!(pods.len(), pairs);
     for p in &pods {
         // A failed build is a result: the pod succeeds.
         assert!(p.exit_code == 0 && !p.timed_out, "{} index {}: exit {}\n{}", p.job, p.index, p.exit_code, p.log);
     }
-
+    let started = Instant::now();
     let collected = run(
         None,
         &["farm", "kube", "collect", "--store", store.to_str().unwrap(), "--from", results.to_str().unwrap()],
     );
-    collected.expect_code(11);
-    assert!(collected.stdout.contains("6 stored, 0 refused, 0 without a result"), "{collected}");
-    let status = statuses(&store);
-    for k in [KERNEL, trixie.as_str()] {
-        assert_eq!(status[&("kbroken".to_string(), k.to_string())], "failed", "{status:?}");
-        assert_eq!(status[&("khello".to_string(), k.to_string())], "built", "{status:?}");
-        assert_eq!(status[&("v4l2loopback".to_string(), k.to_string())], "built", "{status:?}");
+    let collect_secs = started.elapsed().as_secs_f64();
+    assert!(collected.stdout.contains(&format!("{pairs} stored, 0 refused, 0 without a result")), "{collected}");
+
+    // The same matrix built locally on the same engine: the same keys, the same bytes.
+    let mut args = vec!["farm".to_string(), "build".into(), "--store".into(), local.display().to_string()];
+    args.extend(kernels.iter().flat_map(|k| ["-k".to_string(), k.clone()]));
+    args.extend(sources.iter().cloned());
+    let started = Instant::now();
+    let built = run(Some(engine), &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let local_secs = started.elapsed().as_secs_f64();
+    let (ours, theirs) = (module_files(&store), module_files(&local));
+    let kept: BTreeMap<&String, &Vec<u8>> = theirs.iter().filter(|(p, _)| left == 0 || ours.contains_key(*p)).collect();
+    assert_eq!(ours.keys().collect::<Vec<_>>(), kept.keys().copied().collect::<Vec<_>>(), "the same keys and files");
+    for (path, bytes) in &ours {
+        assert!(bytes == &theirs[path], "{path} differs between the pods and the local build");
     }
-    let failed_log = std::fs::read_dir(store.join("pairs"))
+    let status = statuses(&store);
+    let local_status: BTreeMap<_, _> =
+        statuses(&local).into_iter().filter(|(k, _)| left == 0 || status.contains_key(k)).collect();
+    assert_eq!(status, local_status, "the same matrix");
+    let counts = status.values().fold(BTreeMap::new(), |mut m, s| {
+        *m.entry(s.clone()).or_insert(0) += 1;
+        m
+    });
+    eprintln!(
+        "kube on {kind}: {pairs} pairs {counts:?} ({left} left to farm build); render {render_secs:.1} s, pods {pods_secs:.1} s \
+         (parallelism {parallelism}), collect {collect_secs:.1} s; local farm build {local_secs:.1} s; \
+         {} module files byte-identical",
+        ours.len()
+    );
+    Pipeline { dir, store, results, render, collected, local_code: built.code }
+}
+
+fn scenario(var: &str, faults: bool) {
+    let engine = engine_host(var);
+    let kernels = [KERNEL.to_string(), newest_trixie(&engine)];
+    let src = tempfile::tempdir().unwrap();
+    let sources = [
+        "deb:v4l2loopback-dkms".to_string(),
+        module(src.path(), "khello", C),
+        module(src.path(), "kbroken", "#include <linux/module.h>\nthis is not C;\n"),
+    ];
+    let p = pipeline(&engine, &kernels, &sources, "2");
+    p.collected.expect_code(11);
+    assert_eq!(p.local_code, 11);
+    let status = statuses(&p.store);
+    for k in &kernels {
+        assert_eq!(status[&("kbroken".to_string(), k.clone())], "failed", "{status:?}");
+        assert_eq!(status[&("khello".to_string(), k.clone())], "built", "{status:?}");
+        assert_eq!(status[&("v4l2loopback".to_string(), k.clone())], "built", "{status:?}");
+    }
+    let failed_log = std::fs::read_dir(p.store.join("pairs"))
         .unwrap()
         .map(|e| e.unwrap().path().join("make.log"))
         .filter_map(|p| std::fs::read_to_string(p).ok())
@@ -204,61 +257,13 @@ fn scenario(var: &str, faults: bool) {
         .expect("the failed pair keeps its make.log");
     assert!(failed_log.contains("error"), "{failed_log}");
 
-    // The same matrix built locally on the same engine: the same keys, the same bytes.
-    let local = dir.path().join("local");
-    let mut args = vec!["farm", "build", "--store", local.to_str().unwrap(), "-k", KERNEL, "-k", &trixie];
-    args.extend(sources.iter().map(String::as_str));
-    let local_started = Instant::now();
-    run(Some(&engine), &args).expect_code(11);
-    let local_secs = local_started.elapsed().as_secs_f64();
-    let (ours, theirs) = (module_files(&store), module_files(&local));
-    assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>(), "the same keys and files");
-    for (path, bytes) in &ours {
-        assert!(bytes == &theirs[path], "{path} differs between the pods and the local build");
-    }
-    eprintln!(
-        "kube on {kind}: render {render_secs:.1} s, 6 pods {pods_secs:.1} s, local farm build {local_secs:.1} s; \
-         {} module files byte-identical",
-        ours.len()
-    );
-
-    let again = run(None, &args_render(&store, &reference, &out, &binary, &trixie, &sources));
+    let again = run(None, &p.render.iter().map(String::as_str).collect::<Vec<_>>());
     again.expect_code(0);
     assert!(again.stdout.contains("0 Job(s), 0 pair(s) to build"), "{again}");
 
     if faults {
-        refusals(dir.path(), &store, &results);
+        refusals(p.dir.path(), &p.store, &p.results);
     }
-}
-
-fn args_render<'a>(
-    store: &'a Path,
-    reference: &'a str,
-    out: &'a Path,
-    binary: &'a Path,
-    trixie: &'a str,
-    sources: &'a [String],
-) -> Vec<&'a str> {
-    let mut args = vec![
-        "farm",
-        "kube",
-        "render",
-        "--store",
-        store.to_str().unwrap(),
-        "--registry",
-        reference,
-        "--insecure",
-        "-k",
-        KERNEL,
-        "-k",
-        trixie,
-        "-o",
-        out.to_str().unwrap(),
-        "--ckms-binary",
-        binary.to_str().unwrap(),
-    ];
-    args.extend(sources.iter().map(String::as_str));
-    args
 }
 
 /// Results changed after the pods wrote them, on fresh copies of the store's plans.
@@ -322,4 +327,19 @@ fn kube_on_podman() {
 #[test]
 fn kube_on_docker() {
     scenario("CKMS_TEST_DOCKER_HOST", false);
+}
+
+/// A larger matrix (ci/bench/kube-matrix.sh): CKMS_KUBE_ENGINE (podman or docker),
+/// CKMS_KUBE_KERNELS and CKMS_KUBE_SOURCES (space-separated), CKMS_KUBE_PARALLELISM.
+#[test]
+#[ignore = "a benchmark: ci/bench/kube-matrix.sh runs it"]
+fn larger_matrix() {
+    let var = |v: &str| std::env::var(v).unwrap_or_else(|_| panic!("{v} is not set (ci/bench/kube-matrix.sh sets it)"));
+    let engine = match var("CKMS_KUBE_ENGINE").as_str() {
+        "docker" => engine_host("CKMS_TEST_DOCKER_HOST"),
+        _ => engine_host("CKMS_TEST_PODMAN_HOST"),
+    };
+    let words = |v: &str| var(v).split_whitespace().map(String::from).collect::<Vec<_>>();
+    let parallelism = std::env::var("CKMS_KUBE_PARALLELISM").unwrap_or_else(|_| "2".into());
+    pipeline(&engine, &words("CKMS_KUBE_KERNELS"), &words("CKMS_KUBE_SOURCES"), &parallelism);
 }
