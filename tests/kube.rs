@@ -17,6 +17,9 @@ mod registry;
 #[path = "support/kube_pods.rs"]
 mod kube_pods;
 
+#[path = "support/kube_pods_plan.rs"]
+mod kube_pods_plan;
+
 #[path = "support/kube_validate.rs"]
 mod kube_validate;
 
@@ -262,6 +265,25 @@ fn scenario(var: &str, faults: bool) {
     assert!(again.stdout.contains("0 Job(s), 0 pair(s) to build"), "{again}");
 
     if faults {
+        // Reproducible images: the same plan rendered for an empty store pushes the same digests.
+        let images = |dir: &Path| -> Vec<String> {
+            let plan: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join("ckms/plan.json")).unwrap()).unwrap();
+            plan["jobs"].as_array().unwrap().iter().map(|j| j["image"].as_str().unwrap().to_string()).collect()
+        };
+        let first = images(&p.dir.path().join("manifests"));
+        let (store2, out2) = (p.dir.path().join("store-2"), p.dir.path().join("manifests-2"));
+        let args: Vec<String> = p
+            .render
+            .iter()
+            .map(|a| match a {
+                a if Path::new(a) == p.store => store2.display().to_string(),
+                a if Path::new(a) == p.dir.path().join("manifests") => out2.display().to_string(),
+                a => a.clone(),
+            })
+            .collect();
+        run(None, &args.iter().map(String::as_str).collect::<Vec<_>>()).expect_code(0);
+        assert_eq!(images(&out2), first, "the same plan, the same image digests");
         refusals(p.dir.path(), &p.store, &p.results);
     }
 }

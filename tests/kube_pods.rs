@@ -22,6 +22,9 @@ mod bookworm;
 #[path = "support/kube_pods.rs"]
 mod kube_pods;
 
+#[path = "support/kube_pods_plan.rs"]
+mod kube_pods_plan;
+
 #[path = "support/registry.rs"]
 mod registry;
 
