@@ -146,6 +146,8 @@ fn copy_tree(from: &Path, to: &Path) {
 /// One matrix through render, the pods (as written, on the engine) and collect, then the same
 /// matrix through `farm build` on the same engine: what the checks look at.
 struct Pipeline {
+    /// Alive while the pipeline is looked at (a render pushes to it).
+    _registry: registry::LocalRegistry,
     dir: tempfile::TempDir,
     store: PathBuf,
     results: PathBuf,
@@ -167,10 +169,9 @@ fn pipeline(engine: &str, kernels: &[String], sources: &[String], parallelism: &
     render.extend(["--ckms-binary".into(), binary.display().to_string()]);
     render.extend(kernels.iter().flat_map(|k| ["-k".to_string(), k.clone()]));
     render.extend(sources.iter().cloned());
-    let mut args = render.clone();
-    args.extend(["--parallelism", parallelism, "--cpus", "1"].map(String::from));
+    render.extend(["--parallelism", parallelism, "--cpus", "1"].map(String::from));
     let started = Instant::now();
-    let rendered = run(None, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let rendered = run(None, &render.iter().map(String::as_str).collect::<Vec<_>>());
     rendered.expect_code(0);
     let render_secs = started.elapsed().as_secs_f64();
     // Pairs with BUILD_DEPENDS are left to `farm build`, and said so.
@@ -237,7 +238,7 @@ fn pipeline(engine: &str, kernels: &[String], sources: &[String], parallelism: &
          {} module files byte-identical",
         ours.len()
     );
-    Pipeline { dir, store, results, render, collected, local_code: built.code }
+    Pipeline { _registry: registry, dir, store, results, render, collected, local_code: built.code }
 }
 
 fn scenario(var: &str, faults: bool) {
@@ -250,6 +251,13 @@ fn scenario(var: &str, faults: bool) {
         module(src.path(), "kbroken", "#include <linux/module.h>\nthis is not C;\n"),
     ];
     let p = pipeline(&engine, &kernels, &sources, "2");
+    // Reproducible images: the same plan rendered for an empty store pushes the same digests.
+    let images = |dir: &Path| -> Vec<String> {
+        let plan: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("ckms/plan.json")).unwrap()).unwrap();
+        plan["jobs"].as_array().unwrap().iter().map(|j| j["image"].as_str().unwrap().to_string()).collect()
+    };
+    let first = images(&p.dir.path().join("manifests"));
     assert_eq!(yaml_files(&p.dir.path().join("manifests")).len(), 2 + 2, "the claim, the policy, a Job per kernel");
     p.collected.expect_code(11);
     assert_eq!(p.local_code, 11);
@@ -272,13 +280,6 @@ fn scenario(var: &str, faults: bool) {
     assert!(again.stdout.contains("0 Job(s), 0 pair(s) to build"), "{again}");
 
     if faults {
-        // Reproducible images: the same plan rendered for an empty store pushes the same digests.
-        let images = |dir: &Path| -> Vec<String> {
-            let plan: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(dir.join("ckms/plan.json")).unwrap()).unwrap();
-            plan["jobs"].as_array().unwrap().iter().map(|j| j["image"].as_str().unwrap().to_string()).collect()
-        };
-        let first = images(&p.dir.path().join("manifests"));
         let (store2, out2) = (p.dir.path().join("store-2"), p.dir.path().join("manifests-2"));
         let args: Vec<String> = p
             .render

@@ -108,6 +108,7 @@ snapshot >/tmp/before
 apt-get update -q
 apt-get install -y -q v4l2loopback-modules-$K tp-smapi-modules-$K
 echo "INSTALLED $(sha256sum /lib/modules/$K/updates/dkms/v4l2loopback.ko)"
+cp /lib/modules/$K/updates/dkms/v4l2loopback.ko /installed/
 grep -q '^updates/dkms/v4l2loopback.ko:' /lib/modules/$K/modules.dep && echo INDEXED-V4L2
 grep -q '^updates/dkms/tp_smapi.ko:.*thinkpad_ec.ko' /lib/modules/$K/modules.dep && echo INDEXED-SMAPI
 modprobe --show-depends -S $K v4l2loopback
@@ -117,12 +118,60 @@ diff /tmp/before /tmp/after && echo PURGE-RESTORED
 "#
     );
     let mount = format!("{}:/repo:ro", out.display());
-    let shown =
-        run(docker(&host).args(["run", "--rm", "--network", "none", "-v", &mount, &image, "bash", "-c", &script]));
+    let installed = dir.path().join("installed");
+    std::fs::create_dir_all(&installed).unwrap();
+    let copied = format!("{}:/installed", installed.display());
+    let shown = run(docker(&host).args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &mount,
+        "-v",
+        &copied,
+        &image,
+        "bash",
+        "-c",
+        &script,
+    ]));
     assert!(shown.contains(&format!("INSTALLED {v4l2}")), "the installed module is the store's:\n{shown}");
     for marker in ["INDEXED-V4L2", "INDEXED-SMAPI", "PURGE-RESTORED", "videodev.ko", "updates/dkms/v4l2loopback.ko"] {
         assert!(shown.contains(marker), "{marker} missing:\n{shown}");
     }
+    // What apt installed loads in the kernel it was installed for.
+    loads_in_vm("apt", &modules_in(&installed));
+}
+
+/// Boots KERNEL (its own linux-image package, under qemu in the verifier image, on Podman)
+/// and loads `files` with the in-tree modules they need: each must load.
+fn loads_in_vm(what: &str, files: &[PathBuf]) {
+    assert!(!files.is_empty(), "{what}: no module to load");
+    let podman = engine_host("CKMS_TEST_PODMAN_HOST");
+    let cache = shared_cache();
+    let mut args = vec!["--engine".to_string(), podman, "--cache-dir".into(), cache.display().to_string()];
+    args.extend(["--json", "verify", "-k", KERNEL].map(String::from));
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    let run = ckms(&args).run();
+    run.expect_code(0);
+    let result = run.json_result();
+    let modules = result[0]["modules"].as_array().cloned().unwrap_or_default();
+    assert_eq!(modules.len(), files.len(), "{what}: every module verified{run}");
+    for m in &modules {
+        assert_eq!(m["loaded"], true, "{what}: {m:#}");
+    }
+    eprintln!("{what}: {} module(s) loaded in {KERNEL} under qemu", modules.len());
+}
+
+/// The `.ko` files of `dir`.
+fn modules_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "ko"))
+        .collect();
+    files.sort();
+    files
 }
 
 fn store_file(name: &str) -> PathBuf {
@@ -220,6 +269,9 @@ fn two_extensions_merged_by_systemd_sysext_both_resolve_after_the_hook() {
     publish("sysext", &extensions, &[]);
 
     let r = root.display();
+    let merged = dir.path().join("merged");
+    std::fs::create_dir_all(&merged).unwrap();
+    let merged = merged.display();
     let script = format!(
         r#"set -eu
 R={r}; K={KERNEL}
@@ -234,6 +286,7 @@ modprobe -d $R -S $K --show-depends v4l2loopback >/dev/null 2>&1 || echo "BASE-I
 $R/usr/lib/ckms/sysext-depmod $R $K
 modprobe -d $R -S $K --show-depends v4l2loopback
 modprobe -d $R -S $K --show-depends tp_smapi
+cp $R/usr/lib/modules/$K/updates/dkms/*.ko {merged}/
 umount $R/usr/lib/modules/$K
 systemd-sysext unmerge --root=$R
 "#
@@ -264,6 +317,8 @@ systemd-sysext unmerge --root=$R
     ] {
         assert!(shown.contains(&line), "{line:?} missing: both extensions' modules must resolve\n{shown}");
     }
+    // Both extensions' modules, as the merged tree holds them, load in their kernel.
+    loads_in_vm("sysext", &modules_in(Path::new(&merged.to_string())));
 }
 
 #[test]
@@ -299,5 +354,10 @@ fn kmm_images_pushed_to_a_local_registry_are_pulled_back_by_podman_and_hold_the_
     let out = podman().args(["run", "--rm", "--network", "none", &reference, "sh", "-c", &script]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stdout == stored_module("v4l2loopback.ko"), "the pulled image holds the store's signed module");
+    // What KMM's worker copied out of the image loads in the kernel.
+    let copied = dir.path().join("kmm-worker");
+    std::fs::create_dir_all(&copied).unwrap();
+    std::fs::write(copied.join("v4l2loopback.ko"), &out.stdout).unwrap();
+    loads_in_vm("kmm", &modules_in(&copied));
     let _ = podman().args(["rmi", &reference]).output();
 }

@@ -11,8 +11,8 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 pub use crate::kube_pods_plan::expand;
@@ -38,7 +38,9 @@ pub struct PodRun {
 
 /// Runs every Indexed Job in `dir` as its pods would run: each index 0..completions,
 /// `parallelism` at a time; `claims` maps a persistentVolumeClaim's claimName to the host
-/// directory standing for it. Jobs run one after the other, in the order of their files.
+/// directory standing for it. The Jobs share one cluster whose room is the largest
+/// `parallelism` of them (as many pods at once): the lowest pending index of the first Job
+/// (in file order) that is under its own `parallelism` starts whenever a pod ends.
 pub fn run_rendered(dir: &Path, cli: &Cli, claims: &HashMap<String, PathBuf>) -> Vec<PodRun> {
     let objects = load(dir);
     let policies: Vec<&Obj> = objects.iter().filter(|o| o.kind == "NetworkPolicy").collect();
@@ -59,11 +61,7 @@ pub fn run_rendered(dir: &Path, cli: &Cli, claims: &HashMap<String, PathBuf>) ->
             engine.pull(&job.pod.image);
         }
     }
-    let mut runs = Vec::new();
-    for job in &jobs {
-        runs.extend(run_job(&engine, job));
-    }
-    runs
+    run_jobs(&engine, &jobs)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -145,17 +143,34 @@ fn json(cli: &Cli, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?} printed no JSON: {e}"))
 }
 
-fn run_job(engine: &Engine, job: &Job) -> Vec<PodRun> {
-    let next = AtomicU32::new(0);
+fn run_jobs(engine: &Engine, jobs: &[Job]) -> Vec<PodRun> {
+    let room = jobs.iter().map(|j| j.parallelism).max().unwrap_or(1);
+    // Per Job: the next index to start, and its pods running.
+    let state = Mutex::new((vec![0u32; jobs.len()], vec![0u32; jobs.len()]));
+    let ended = Condvar::new();
     let runs = Mutex::new(Vec::new());
-    // Like the Job controller: the lowest pending index starts whenever a pod finishes.
     std::thread::scope(|s| {
-        for _ in 0..job.parallelism.min(job.completions) {
+        for _ in 0..room {
             s.spawn(|| loop {
-                let index = next.fetch_add(1, Ordering::SeqCst);
-                if index >= job.completions {
-                    break;
-                }
+                let picked = {
+                    let mut st = state.lock().unwrap();
+                    loop {
+                        let (next, running) = &mut *st;
+                        if (0..jobs.len()).all(|j| next[j] >= jobs[j].completions) {
+                            break None;
+                        }
+                        let free = (0..jobs.len())
+                            .find(|&j| next[j] < jobs[j].completions && running[j] < jobs[j].parallelism);
+                        if let Some(j) = free {
+                            next[j] += 1;
+                            running[j] += 1;
+                            break Some((j, next[j] - 1));
+                        }
+                        st = ended.wait(st).unwrap();
+                    }
+                };
+                let Some((j, index)) = picked else { break };
+                let job = &jobs[j];
                 // A failed pod is replaced (same index) until the index's budget is spent.
                 let mut run = run_pod(engine, job, index);
                 for _ in 0..job.retries {
@@ -164,13 +179,15 @@ fn run_job(engine: &Engine, job: &Job) -> Vec<PodRun> {
                     }
                     run = run_pod(engine, job, index);
                 }
-                runs.lock().unwrap().push(run);
+                runs.lock().unwrap().push((j, run));
+                state.lock().unwrap().1[j] -= 1;
+                ended.notify_all();
             });
         }
     });
     let mut runs = runs.into_inner().unwrap();
-    runs.sort_by_key(|r| r.index);
-    runs
+    runs.sort_by_key(|(j, r)| (*j, r.index));
+    runs.into_iter().map(|(_, r)| r).collect()
 }
 
 static SERIAL: AtomicU64 = AtomicU64::new(0);
