@@ -47,5 +47,5 @@ CKMS_KUBE_KERNELS="${kernels[*]}"
 CKMS_KUBE_SOURCES="$(printf 'deb:%s ' "${packages[@]}")"
 export CKMS_KUBE_KERNELS CKMS_KUBE_SOURCES
 t0=$(now)
-cargo test --quiet --test kube larger_matrix -- --ignored --nocapture 2>&1 | grep -E '^kube on|test result|panicked|^  ' || true
+cargo test --quiet --test kube larger_matrix -- --ignored --nocapture 2>&1 | grep -E -A4 '^kube on|test result|panicked' | grep -v '^ *[0-9]*: \|^ *at ' || true
 echo "kube-matrix: $(elapsed "$t0") s in all" >&2

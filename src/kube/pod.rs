@@ -119,7 +119,7 @@ async fn build(recipe: &Recipe, j: &JobPlan, pair: &PodPair, results: &Path) -> 
         }
         None
     };
-    let engine = ProcessEngine::new(results);
+    let engine = ProcessEngine::new(results, &recipe.config.env);
     let scratch = tempfile::tempdir().map_err(KubeError::io(Path::new("/tmp")))?;
     let ran = crate::build::run_build(&engine, &job, &resolve, scratch.path()).await;
     Ok(match ran {

@@ -24,11 +24,14 @@ const POLL: Duration = Duration::from_millis(50);
 pub struct ProcessEngine {
     /// Where the transcript goes.
     dir: PathBuf,
+    /// The image's own environment (its config's `Env`), which an engine gives every run
+    /// before the run's own: the same for a build in a pod as in a local container.
+    image_env: Vec<String>,
 }
 
 impl ProcessEngine {
-    pub fn new(dir: &Path) -> ProcessEngine {
-        ProcessEngine { dir: dir.to_path_buf() }
+    pub fn new(dir: &Path, image_env: &[String]) -> ProcessEngine {
+        ProcessEngine { dir: dir.to_path_buf(), image_env: image_env.to_vec() }
     }
 
     fn fail(&self, what: &str, e: impl std::fmt::Display) -> EngineError {
@@ -51,12 +54,10 @@ impl ProcessEngine {
 
         let mut cmd =
             tokio::process::Command::new(spec.cmd.first().ok_or_else(|| EngineError::BadSpec("no command".into()))?);
+        // Nothing of the pod's own environment (its index, Kubernetes's variables): the image's,
+        // then the run's, as an engine gives them.
         cmd.args(&spec.cmd[1..]).env_clear().current_dir(&spec.workdir);
-        // The image's PATH, as the engine would give it.
-        if let Some(path) = std::env::var_os("PATH") {
-            cmd.env("PATH", path);
-        }
-        for kv in &spec.env {
+        for kv in self.image_env.iter().chain(&spec.env) {
             if let Some((k, v)) = kv.split_once('=') {
                 cmd.env(k, v);
             }
@@ -313,6 +314,10 @@ mod tests {
         b.into_inner().unwrap()
     }
 
+    fn path_env() -> Vec<String> {
+        vec![format!("PATH={}", std::env::var("PATH").unwrap())]
+    }
+
     fn root() -> tempfile::TempDir {
         let t = tempfile::tempdir().unwrap();
         // The run's user (when the tests run as root) must reach its directories.
@@ -337,7 +342,7 @@ mod tests {
             assert_eq!(req, b"question\n");
             vec![("make".to_string(), b"make -j2\n".to_vec()), ("ready".to_string(), Vec::new())]
         };
-        let out = ProcessEngine::new(&results).run_exchange(&s, &ex, &answer).await.unwrap();
+        let out = ProcessEngine::new(&results, &path_env()).run_exchange(&s, &ex, &answer).await.unwrap();
         assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.log));
         assert!(!out.timed_out);
         assert_eq!(out.outputs.len(), 1, "a missing output is left out");
@@ -362,7 +367,7 @@ mod tests {
         let mut s = spec(root.path(), "sleep 30 & sleep 30; echo never");
         s.limits.timeout = Duration::from_millis(300);
         let started = std::time::Instant::now();
-        let out = ProcessEngine::new(&root.path().join("results")).run(&s).await.unwrap();
+        let out = ProcessEngine::new(&root.path().join("results"), &path_env()).run(&s).await.unwrap();
         assert!(out.timed_out && out.exit_code == 137);
         assert!(started.elapsed() < Duration::from_secs(10));
         assert!(Transcript::read(&root.path().join("results")).unwrap().timed_out);
@@ -372,7 +377,7 @@ mod tests {
     async fn a_failing_run_reports_its_status_and_output() {
         let root = root();
         let s = spec(root.path(), "echo to-stderr >&2; exit 10");
-        let out = ProcessEngine::new(&root.path().join("results")).run(&s).await.unwrap();
+        let out = ProcessEngine::new(&root.path().join("results"), &path_env()).run(&s).await.unwrap();
         assert_eq!(out.exit_code, 10);
         assert!(String::from_utf8_lossy(&out.log).contains("to-stderr"));
     }
