@@ -221,8 +221,15 @@ fn pipeline(engine: &str, kernels: &[String], sources: &[String], parallelism: &
     let (ours, theirs) = (module_files(&store), module_files(&local));
     let kept: BTreeMap<&String, &Vec<u8>> = theirs.iter().filter(|(p, _)| left == 0 || ours.contains_key(*p)).collect();
     assert_eq!(ours.keys().collect::<Vec<_>>(), kept.keys().copied().collect::<Vec<_>>(), "the same keys and files");
-    for (path, bytes) in &ours {
-        assert!(bytes == &theirs[path], "{path} differs between the pods and the local build");
+    let differ: Vec<&String> = ours.iter().filter(|(p, b)| *b != &theirs[*p]).map(|(p, _)| p).collect();
+    if !differ.is_empty() {
+        // Kept to be looked at (diffoscope store/pairs/... local/pairs/...).
+        let kept = dir.keep();
+        panic!(
+            "{} differ between the pods and the local build (both stores kept in {}): {differ:?}",
+            differ.len(),
+            kept.display()
+        );
     }
     let status = statuses(&store);
     let local_status: BTreeMap<_, _> =
