@@ -218,6 +218,10 @@ fn pipeline(engine: &str, kernels: &[String], sources: &[String], parallelism: &
     let started = Instant::now();
     let built = run(Some(engine), &args.iter().map(String::as_str).collect::<Vec<_>>());
     let local_secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "kube on {kind}: {pairs} pairs in {jobs} Jobs ({left} left to farm build); render {render_secs:.1} s, \
+         pods {pods_secs:.1} s (parallelism {parallelism}), collect {collect_secs:.1} s; local farm build {local_secs:.1} s"
+    );
     let (ours, theirs) = (module_files(&store), module_files(&local));
     let kept: BTreeMap<&String, &Vec<u8>> = theirs.iter().filter(|(p, _)| left == 0 || ours.contains_key(*p)).collect();
     assert_eq!(ours.keys().collect::<Vec<_>>(), kept.keys().copied().collect::<Vec<_>>(), "the same keys and files");
@@ -239,12 +243,7 @@ fn pipeline(engine: &str, kernels: &[String], sources: &[String], parallelism: &
         *m.entry(s.clone()).or_insert(0) += 1;
         m
     });
-    eprintln!(
-        "kube on {kind}: {pairs} pairs in {jobs} Jobs {counts:?} ({left} left to farm build); render {render_secs:.1} s, pods {pods_secs:.1} s \
-         (parallelism {parallelism}), collect {collect_secs:.1} s; local farm build {local_secs:.1} s; \
-         {} module files byte-identical",
-        ours.len()
-    );
+    eprintln!("kube on {kind}: {counts:?}; {} module files byte-identical", ours.len());
     Pipeline { _registry: registry, dir, store, results, render, collected, local_code: built.code }
 }
 
