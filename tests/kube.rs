@@ -198,6 +198,7 @@ fn pipeline(engine: &str, kernels: &[String], sources: &[String], parallelism: &
     let started = Instant::now();
     let pods = kube_pods::run_rendered(&out, &cli, &HashMap::from([(CLAIM.to_string(), results.clone())]));
     let pods_secs = started.elapsed().as_secs_f64();
+    kube_pods::remove_images(&out, &cli);
     assert_eq!(pods.len(), pairs);
     for p in &pods {
         // A failed build is a result: the pod succeeds.

@@ -120,6 +120,19 @@ impl<'a> Engine<'a> {
     }
 }
 
+/// Removes the images the Jobs of `dir` ran (pulled by [`run_rendered`]): a test leaves the
+/// engine's storage as it found it.
+pub fn remove_images(dir: &Path, cli: &Cli) {
+    let images: HashSet<String> = load(dir)
+        .iter()
+        .filter(|o| o.kind == "Job")
+        .filter_map(|o| o.value["spec"]["template"]["spec"]["containers"][0]["image"].as_str().map(String::from))
+        .collect();
+    for image in images {
+        let _ = command(cli).args(["rmi", "-f", &image]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
 fn command(cli: &Cli) -> Command {
     let mut cmd = match cli {
         Cli::Podman { url } => {
