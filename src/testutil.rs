@@ -16,3 +16,15 @@ pub fn tar_entries(tar: impl Read) -> Vec<(String, Vec<u8>)> {
         })
         .collect()
 }
+
+/// A tar of regular files (name, bytes), mode 0644.
+pub fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, bytes) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, *bytes).unwrap();
+    }
+    b.into_inner().unwrap()
+}

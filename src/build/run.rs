@@ -296,17 +296,6 @@ mod tests {
         }
     }
 
-    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (name, bytes) in files {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(bytes.len() as u64);
-            h.set_mode(0o644);
-            b.append_data(&mut h, name, *bytes).unwrap();
-        }
-        b.into_inner().unwrap()
-    }
-
     const CONF_JSON: &str = r#"{"context":{"kernel_source_dir":"/k","dkms_tree":"/var/lib/dkms"},
         "directives":{"PACKAGE_NAME":{"0":"hello"},"PACKAGE_VERSION":{"0":"1"},"BUILT_MODULE_NAME":{"0":"hello"}}}"#;
 
@@ -348,7 +337,11 @@ mod tests {
     async fn one_container_evaluates_asks_the_host_and_builds() {
         let engine = FakeEngine::new();
         engine.push_request(CONF_JSON);
-        let out = tar_of(&[("make.log", b"ok\n"), ("modules/hello.ko", b"\x7fELF"), ("modules/extra.ko", b"x")]);
+        let out = crate::testutil::tar_of(&[
+            ("make.log", b"ok\n"),
+            ("modules/hello.ko", b"\x7fELF"),
+            ("modules/extra.ko", b"x"),
+        ]);
         engine.push_run(Ok(RunOutcome {
             exit_code: 0,
             timed_out: false,
@@ -408,7 +401,7 @@ mod tests {
 
         let engine = FakeEngine::new();
         engine.push_request(CONF_JSON);
-        let out = tar_of(&[("make.log", b"ok\n"), ("modules/hello.ko", b"\x7fELF")]);
+        let out = crate::testutil::tar_of(&[("make.log", b"ok\n"), ("modules/hello.ko", b"\x7fELF")]);
         engine.push_run(Ok(RunOutcome {
             exit_code: 0,
             timed_out: false,
@@ -484,7 +477,7 @@ mod tests {
     #[tokio::test]
     async fn a_conf_bash_cannot_evaluate_is_a_conf_error() {
         let engine = FakeEngine::new();
-        let out = tar_of(&[("eval.err", b"dkms.conf: line 2: syntax error near `fi'\n")]);
+        let out = crate::testutil::tar_of(&[("eval.err", b"dkms.conf: line 2: syntax error near `fi'\n")]);
         engine.push_run(Ok(RunOutcome {
             exit_code: 8,
             timed_out: false,

@@ -294,24 +294,16 @@ mod tests {
             user: "1000:1000".into(),
             workdir: scratch.clone(),
             scratch: scratch.clone(),
-            input: vec![Input::user(tar_of(&[("in/a.txt", b"a\n")])), Input::root(tar_of(&[("ro/b.txt", b"b\n")]))],
+            input: vec![
+                Input::user(crate::testutil::tar_of(&[("in/a.txt", b"a\n")])),
+                Input::root(crate::testutil::tar_of(&[("ro/b.txt", b"b\n")])),
+            ],
             volumes: vec![Volume { path: root.join("vol").display().to_string(), input: vec![] }],
             outputs: vec![format!("{scratch}/out"), format!("{scratch}/missing")],
             limits: Limits { timeout: Duration::from_secs(20), ..Limits::default() },
             network: false,
             follow: None,
         }
-    }
-
-    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (name, bytes) in files {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(bytes.len() as u64);
-            h.set_mode(0o644);
-            b.append_data(&mut h, name, *bytes).unwrap();
-        }
-        b.into_inner().unwrap()
     }
 
     fn path_env() -> Vec<String> {
