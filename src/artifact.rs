@@ -155,11 +155,15 @@ fn safe_relative(raw: &str, strip: usize) -> Result<Option<PathBuf>, ArtifactErr
 pub fn pack_dir(dir: &Path, prefix: &str) -> Result<Vec<u8>, ArtifactError> {
     let io = |source| ArtifactError::Io { path: dir.to_path_buf(), source };
     let mut b = tar::Builder::new(Vec::new());
+    // Owner and time fixed (and written: a tar reader refuses empty numeric fields).
     let header = |size: u64, kind: tar::EntryType, mode: u32| {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
         h.set_size(size);
         h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
         h
     };
     let root = PathBuf::from(prefix);

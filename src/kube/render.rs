@@ -135,7 +135,6 @@ pub async fn render(ctx: &Context, plan: &Plan, work: &Work, todo: &[usize], req
         meta.labels.insert("io.ckms.kube.job".into(), name.clone());
         let config = archive::image_config(&layers, &meta).map_err(publish_err(&name))?;
         let archive_path = scratch.path().join(format!("{name}.tar"));
-        let tag = name.clone();
         {
             let file = std::fs::File::create(&archive_path).map_err(KubeError::io(&archive_path))?;
             let mut w = std::io::BufWriter::new(file);
@@ -143,15 +142,14 @@ pub async fn render(ctx: &Context, plan: &Plan, work: &Work, todo: &[usize], req
             std::io::Write::flush(&mut w).map_err(KubeError::io(&archive_path))?;
         }
         let path = req.registry.path_of(&req.repository).to_string();
-        let digest = crate::publish::kmm::push::push(&req.registry, &archive_path, &path, &tag).await?;
+        let digest = crate::publish::kmm::push::push(&req.registry, &archive_path, &path, &name).await?;
         let _ = std::fs::remove_file(&archive_path);
         job.image = format!("{}/{path}@{digest}", req.registry.host);
         ctx.reporter().info(format!("pushed {} ({} pair(s))", job.image, job.pairs.len()));
 
-        let recipe_user = &recipe.user;
         let build = BuildJob {
             name: name.clone(),
-            labels: BTreeMap::from([("ckms.io/kernel".to_string(), manifest_label(&kernel.release))]),
+            labels: BTreeMap::from([("ckms.io/kernel".to_string(), crate::publish::kmm::tag_of(&kernel.release))]),
             image: job.image.clone(),
             command: pod_command(),
             env: vec![],
@@ -160,8 +158,8 @@ pub async fn render(ctx: &Context, plan: &Plan, work: &Work, todo: &[usize], req
             backoff_limit_per_index: req.backoff_limit_per_index,
             // The build's own timeout, and time to start and write the result.
             deadline_seconds: job.timeout_secs as i64 + 300,
-            uid: i64::from(recipe_user.uid),
-            gid: i64::from(recipe_user.gid),
+            uid: i64::from(recipe.user.uid),
+            gid: i64::from(recipe.user.gid),
             cpu_millis: req.cpu_millis,
             memory_bytes: job.memory_bytes,
             storage_bytes: job.space_bytes,
@@ -235,11 +233,6 @@ pub fn pod_command() -> Vec<String> {
     .collect()
 }
 
-/// A kernel release as a label value (no '+').
-fn manifest_label(release: &str) -> String {
-    release.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' }).collect()
-}
-
 fn publish_err(name: &str) -> impl Fn(archive::ArchiveError) -> crate::publish::PublishError + '_ {
     move |e| crate::publish::PublishError::Image { tag: name.to_string(), message: e.to_string() }
 }
@@ -290,69 +283,24 @@ fn inputs_layer(dir: &Path, job: &JobPlan, sources: &Path) -> Result<ArchiveLaye
     }
     trees.sort();
     trees.dedup();
-    let mut entries = Vec::new();
+    let top = IN_IMAGE.trim_start_matches('/');
+    let mut tars = Vec::new();
     for (m, v) in &trees {
         let name = format!("{m}-{v}");
         let root = sources.join(&name);
         // The source tree holds links to the sources as added: the layer holds their content.
         let root = std::fs::canonicalize(&root).map_err(KubeError::io(&root))?;
-        walk(&root, &root, &name, &mut entries)?;
+        tars.push((crate::artifact::pack_dir(&root, &format!("{top}/src/{name}"))?, name));
     }
     let job_json = serde_json::to_vec_pretty(job).unwrap_or_default();
-    let top = IN_IMAGE.trim_start_matches('/');
     Ok(crate::publish::kmm::layer(dir.join("inputs.tar"), |w| {
         for d in ["usr", "usr/lib", "usr/lib/ckms", top, &format!("{top}/src")] {
             w.add_dir(d, 0o755, 0, 0)?;
         }
         w.add_file(&format!("{top}/job.json"), &job_json, 0o644, 0, 0)?;
-        for e in &entries {
-            let path = format!("{top}/src/{}", e.path);
-            match &e.kind {
-                Entry::Dir => w.add_dir(&path, 0o755, 0, 0)?,
-                Entry::File(bytes, exec) => w.add_file(&path, bytes, if *exec { 0o755 } else { 0o644 }, 0, 0)?,
-                Entry::Link(target) => w.add_symlink(&path, target)?,
-            }
+        for (tar, name) in &tars {
+            w.add_data_tar(&tar[..], name)?;
         }
         Ok(())
     })?)
-}
-
-struct Walked {
-    path: String,
-    kind: Entry,
-}
-
-enum Entry {
-    Dir,
-    File(Vec<u8>, bool),
-    Link(String),
-}
-
-fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<Walked>) -> Result<(), KubeError> {
-    out.push(Walked {
-        path: match dir.strip_prefix(root) {
-            Ok(rel) if !rel.as_os_str().is_empty() => format!("{prefix}/{}", rel.display()),
-            _ => prefix.to_string(),
-        },
-        kind: Entry::Dir,
-    });
-    let mut names: Vec<_> = std::fs::read_dir(dir).map_err(KubeError::io(dir))?.flatten().map(|e| e.path()).collect();
-    names.sort();
-    for path in names {
-        let meta = std::fs::symlink_metadata(&path).map_err(KubeError::io(&path))?;
-        let rel = format!("{prefix}/{}", path.strip_prefix(root).unwrap_or(&path).display());
-        if meta.is_dir() {
-            walk(root, &path, prefix, out)?;
-        } else if meta.is_symlink() {
-            let target = std::fs::read_link(&path).map_err(KubeError::io(&path))?;
-            out.push(Walked { path: rel, kind: Entry::Link(target.to_string_lossy().into_owned()) });
-        } else if meta.is_file() {
-            let exec = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0;
-            out.push(Walked {
-                path: rel,
-                kind: Entry::File(std::fs::read(&path).map_err(KubeError::io(&path))?, exec),
-            });
-        }
-    }
-    Ok(())
 }
