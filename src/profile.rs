@@ -241,6 +241,17 @@ pub struct Initramfs {
     pub package: String,
     /// The binary's path in it (matched as a suffix: `bin/busybox` fits `usr/bin/busybox`).
     pub busybox: String,
+    /// The distribution's modprobe, for `ckms verify --tree`: its package (taken with the
+    /// shared libraries of its dependencies) and the binary's path suffix in it.
+    #[serde(default)]
+    pub modprobe: Option<Modprobe>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Modprobe {
+    pub package: String,
+    pub binary: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

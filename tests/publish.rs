@@ -110,10 +110,12 @@ snapshot >/tmp/before
 apt-get update -q
 apt-get install -y -q v4l2loopback-modules-$K tp-smapi-modules-$K
 echo "INSTALLED $(sha256sum /lib/modules/$K/updates/dkms/v4l2loopback.ko)"
-cp /lib/modules/$K/updates/dkms/v4l2loopback.ko /installed/
 grep -q '^updates/dkms/v4l2loopback.ko:' /lib/modules/$K/modules.dep && echo INDEXED-V4L2
 grep -q '^updates/dkms/tp_smapi.ko:.*thinkpad_ec.ko' /lib/modules/$K/modules.dep && echo INDEXED-SMAPI
 modprobe --show-depends -S $K v4l2loopback
+# What modprobe reads for v4l2loopback (the index and the files it inserts), for the VM.
+{{ ls /lib/modules/$K/modules.*; modprobe --show-depends -S $K v4l2loopback | awk '$1 == "insmod" {{ print $2 }}'; }} \
+  | sed 's,^/,,' | tar -C / -cf /installed/tree.tar -T -
 apt-get purge -y -q v4l2loopback-modules-$K tp-smapi-modules-$K
 snapshot >/tmp/after
 diff /tmp/before /tmp/after && echo PURGE-RESTORED
@@ -141,45 +143,43 @@ diff /tmp/before /tmp/after && echo PURGE-RESTORED
     for marker in ["INDEXED-V4L2", "INDEXED-SMAPI", "PURGE-RESTORED", "videodev.ko", "updates/dkms/v4l2loopback.ko"] {
         assert!(shown.contains(marker), "{marker} missing:\n{shown}");
     }
-    // What apt installed loads in the kernel it was installed for.
-    loads_in_vm("apt", &modules_in(&installed), &[]);
+    // What apt installed loads in the kernel it was installed for, by modprobe.
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    run(Command::new("tar").arg("-xf").arg(installed.join("tree.tar")).arg("-C").arg(&tree));
+    modprobed_in_vm("apt", &tree, &["v4l2loopback"], &[]);
 }
 
 /// Boots KERNEL (its own linux-image package, under qemu in the verifier image, on Podman)
-/// and loads `files` with the in-tree modules they need: each must load, except those named
-/// in `no_device`, drivers for hardware the VM lacks, whose init must run and say so (ENODEV:
-/// the kernel took the module, its signature and symbols).
-fn loads_in_vm(what: &str, files: &[PathBuf], no_device: &[&str]) {
-    assert!(!files.is_empty(), "{what}: no module to load");
+/// and loads `modules` from `tree` (a root holding lib/modules/KERNEL as the consumer left
+/// it) with the distribution's own modprobe, `modprobe -d <tree> <module>`, as the consumer
+/// loads them: each must load, except those named in `no_device`, drivers for hardware the
+/// VM lacks, whose init must run and say so (ENODEV: the kernel took the module, its
+/// signature and symbols).
+fn modprobed_in_vm(what: &str, tree: &Path, modules: &[&str], no_device: &[&str]) {
     let podman = engine_host("CKMS_TEST_PODMAN_HOST");
     let cache = shared_cache();
     let mut args = vec!["--engine".to_string(), podman, "--cache-dir".into(), cache.display().to_string()];
-    args.extend(["--json", "verify", "-k", KERNEL].map(String::from));
-    args.extend(files.iter().map(|f| f.display().to_string()));
+    args.extend(["--json", "verify", "-k", KERNEL, "--tree"].map(String::from));
+    args.push(tree.display().to_string());
+    for m in modules {
+        args.extend(["--modprobe".to_string(), m.to_string()]);
+    }
     let run = ckms(&args).run();
     run.expect_code(if no_device.is_empty() { 0 } else { 12 });
     let result = run.json_result();
-    let modules = result[0]["modules"].as_array().cloned().unwrap_or_default();
-    assert_eq!(modules.len(), files.len(), "{what}: every module verified{run}");
-    for m in &modules {
+    let verified = result[0]["modules"].as_array().cloned().unwrap_or_default();
+    assert_eq!(verified.len(), modules.len(), "{what}: every module verified{run}");
+    let text = result.to_string();
+    assert!(text.contains("insmod /ckms/root/"), "{what}: modprobe's own insmod lines{run}");
+    for m in &verified {
         if no_device.contains(&m["name"].as_str().unwrap_or_default()) {
             assert!(m["insmod"].to_string().contains("No such device"), "{what}: {m:#}");
         } else {
             assert_eq!(m["loaded"], true, "{what}: {m:#}");
         }
     }
-    eprintln!("{what}: {} module(s) taken by {KERNEL} under qemu", modules.len());
-}
-
-/// The `.ko` files of `dir`.
-fn modules_in(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "ko"))
-        .collect();
-    files.sort();
-    files
+    eprintln!("{what}: {} module(s) loaded by modprobe in {KERNEL} under qemu", verified.len());
 }
 
 fn store_file(name: &str) -> PathBuf {
@@ -294,7 +294,10 @@ modprobe -d $R -S $K --show-depends v4l2loopback >/dev/null 2>&1 || echo "BASE-I
 $R/usr/lib/ckms/sysext-depmod $R $K
 modprobe -d $R -S $K --show-depends v4l2loopback
 modprobe -d $R -S $K --show-depends tp_smapi
-cp $R/usr/lib/modules/$K/updates/dkms/*.ko {merged}/
+# What modprobe reads in the merged tree for both extensions' modules, for the VM.
+{{ cd $R && ls usr/lib/modules/$K/modules.*; for m in v4l2loopback thinkpad_ec; do
+  modprobe -d $R -S $K --show-depends $m | awk '$1 == "insmod" {{ print $2 }}' | sed "s,^$R/lib/,usr/lib/,"; done; }} \
+  | tar -C $R -cf {merged}/tree.tar -T -
 umount $R/usr/lib/modules/$K
 systemd-sysext unmerge --root=$R
 "#
@@ -329,7 +332,11 @@ systemd-sysext unmerge --root=$R
     // loads; thinkpad_ec (tp_smapi's base) is taken and its init finds no ThinkPad (tp_smapi
     // and hdaps need it loaded, so they cannot be shown without the hardware).
     let merged = Path::new(&merged.to_string()).to_path_buf();
-    loads_in_vm("sysext", &[merged.join("v4l2loopback.ko"), merged.join("thinkpad_ec.ko")], &["thinkpad_ec"]);
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    run(Command::new("tar").arg("-xf").arg(merged.join("tree.tar")).arg("-C").arg(&tree));
+    std::os::unix::fs::symlink("usr/lib", tree.join("lib")).unwrap();
+    modprobed_in_vm("sysext", &tree, &["v4l2loopback", "thinkpad_ec"], &["thinkpad_ec"]);
 }
 
 #[test]
@@ -356,19 +363,23 @@ fn kmm_images_pushed_to_a_local_registry_are_pulled_back_by_podman_and_hold_the_
     };
     let reference = format!("{image}:{KERNEL}");
     run(podman().args(["pull", "--quiet", "--tls-verify=false", &reference]));
-    // KMM's worker: copy the kernel's tree out of the image with the image's cp, then read it.
+    // KMM's worker: copy the kernel's tree out of the image with the image's cp (the tar
+    // brings the copy out of the container, its `host` link with it).
     let script = format!(
         "mkdir -p /tmp/opt/lib/modules && cp -R /opt/lib/modules/{KERNEL} /tmp/opt/lib/modules && \
-         grep -q '^updates/dkms/v4l2loopback.ko:' /tmp/opt/lib/modules/{KERNEL}/modules.dep && \
-         cat /tmp/opt/lib/modules/{KERNEL}/updates/dkms/v4l2loopback.ko"
+         grep -q '^updates/dkms/v4l2loopback.ko: host/kernel/drivers/media/v4l2-core/videodev.ko' \
+           /tmp/opt/lib/modules/{KERNEL}/modules.dep && busybox tar -C /tmp/opt -cf - lib"
     );
     let out = podman().args(["run", "--rm", "--network", "none", &reference, "sh", "-c", &script]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.stdout == stored_module("v4l2loopback.ko"), "the pulled image holds the store's signed module");
-    // What KMM's worker copied out of the image loads in the kernel.
     let copied = dir.path().join("kmm-worker");
     std::fs::create_dir_all(&copied).unwrap();
-    std::fs::write(copied.join("v4l2loopback.ko"), &out.stdout).unwrap();
-    loads_in_vm("kmm", &modules_in(&copied), &[]);
+    tar::Archive::new(&out.stdout[..]).unpack(&copied).unwrap();
+    let module = copied.join(format!("lib/modules/{KERNEL}/updates/dkms/v4l2loopback.ko"));
+    assert!(std::fs::read(module).unwrap() == stored_module("v4l2loopback.ko"), "the image holds the store's module");
+    let link = std::fs::read_link(copied.join(format!("lib/modules/{KERNEL}/host"))).unwrap();
+    assert_eq!(link, Path::new(&format!("/lib/modules/{KERNEL}")), "in-tree dependencies come from the node");
+    // KMM's worker's load: `modprobe -d` over its copy, the node's /lib/modules behind `host`.
+    modprobed_in_vm("kmm", &copied, &["v4l2loopback"], &[]);
     let _ = podman().args(["rmi", &reference]).output();
 }

@@ -46,7 +46,14 @@ pub async fn verify(ctx: &Context, engine: &dyn Engine, plan: &Plan, store: &Sto
         if files.is_empty() {
             continue;
         }
-        let v = crate::verify::verify(ctx, engine, &kernel.release, Some(&kernel.profile), &files).await?;
+        let v = crate::verify::verify(
+            ctx,
+            engine,
+            &kernel.release,
+            Some(&kernel.profile),
+            crate::verify::Subject::Files(&files),
+        )
+        .await?;
         let text = serde_json::to_string_pretty(&v).unwrap_or_default();
         store.write_file(&format!("verify/{}.json", kernel.release), format!("{text}\n").as_bytes())?;
         let mut booted = Booted { kernel: kernel.release.clone(), seconds: v.seconds, ..Booted::default() };

@@ -21,13 +21,17 @@ impl Lifecycle<'_> {
         }
         // The build record names the modules, as install reads them.
         let files: Vec<_> = Manifest::read(&built_dir)?.modules.iter().map(|m| built_dir.join(&m.file)).collect();
-        self.verify_files(&target.release, &files).await
+        self.verify_subject(&target.release, crate::verify::Subject::Files(&files)).await
     }
 
-    /// Boots kernel `release` in a VM and loads `files` into it.
-    pub async fn verify_files(&self, release: &str, files: &[std::path::PathBuf]) -> Result<Verification, Error> {
+    /// Boots kernel `release` in a VM and loads `subject` into it.
+    pub async fn verify_subject(
+        &self,
+        release: &str,
+        subject: crate::verify::Subject<'_>,
+    ) -> Result<Verification, Error> {
         let engine = self.engine().await?;
-        let v = crate::verify::verify(self.ctx, engine.engine.as_ref(), release, self.opts.profile.as_deref(), files)
+        let v = crate::verify::verify(self.ctx, engine.engine.as_ref(), release, self.opts.profile.as_deref(), subject)
             .await?;
         for m in v.dependencies.iter().chain(&v.modules) {
             let status = match m.reason() {

@@ -9,15 +9,19 @@ use std::path::{Path, PathBuf};
 
 use super::modinfo;
 
-/// One kernel package's boot files in the cache: `vmlinuz` and `modules/<file name>`.
+/// One kernel package's boot files in the cache: `vmlinuz`, `modules/<file name>`, and
+/// `paths`: each module's path under `lib/modules/<release>/` in the package, a line each.
 pub struct BootKernel {
     pub dir: PathBuf,
 }
 
+const PATHS: &str = "paths";
+
 impl BootKernel {
-    /// The boot files extracted into `dir` earlier, if they are there.
+    /// The boot files extracted into `dir` earlier, if they are there (an extraction of an
+    /// older ckms, without `paths`, is redone).
     pub fn existing(dir: &Path) -> Option<BootKernel> {
-        dir.join("vmlinuz").is_file().then(|| BootKernel { dir: dir.to_path_buf() })
+        (dir.join("vmlinuz").is_file() && dir.join(PATHS).is_file()).then(|| BootKernel { dir: dir.to_path_buf() })
     }
 
     pub fn vmlinuz(&self) -> PathBuf {
@@ -35,6 +39,36 @@ impl BootKernel {
         }
         Ok(out)
     }
+
+    /// The in-tree modules that `depends` needs, transitively, read as the walk reaches them
+    /// (a handful, not thousands); names in `skip` are provided otherwise.
+    pub(crate) fn dependencies(
+        &self,
+        release: &str,
+        depends: impl IntoIterator<Item = String>,
+        skip: &[String],
+    ) -> Result<BTreeMap<String, super::Candidate>, super::VerifyError> {
+        let in_tree = self.modules().map_err(|e| super::package_err(release, "modules", e.to_string()))?;
+        let mut found = BTreeMap::new();
+        let mut queue: Vec<String> = depends.into_iter().collect();
+        while let Some(name) = queue.pop() {
+            if found.contains_key(&name) || skip.contains(&name) {
+                continue;
+            }
+            let Some(path) = in_tree.get(&name) else { continue };
+            let m = super::read_module(path)?;
+            queue.extend(m.depends.iter().cloned());
+            found.insert(name, m);
+        }
+        Ok(found)
+    }
+
+    /// Every in-tree module's path under `lib/modules/<release>/` (`kernel/drivers/...`),
+    /// by file name: where a node that installed the package has it.
+    pub fn module_paths(&self) -> io::Result<BTreeMap<String, String>> {
+        let text = fs::read_to_string(self.dir.join(PATHS))?;
+        Ok(text.lines().filter_map(|rel| Some((rel.rsplit('/').next()?.to_string(), rel.to_string()))).collect())
+    }
 }
 
 /// Extracts `boot/vmlinuz-<release>` and every module under `lib/modules/<release>/` from the
@@ -50,6 +84,7 @@ pub fn extract(deb: &Path, origin: &str, release: &str, dir: &Path) -> Result<Bo
     let (kernel_file, modules_dir) = (format!("boot/vmlinuz-{release}"), format!("lib/modules/{release}/"));
     let mut archive = tar::Archive::new(data);
     let mut found_kernel = false;
+    let mut paths = String::new();
     for entry in archive.entries().map_err(|e| format!("{origin}: {e}"))? {
         let mut entry = entry.map_err(|e| format!("{origin}: {e}"))?;
         if !entry.header().entry_type().is_file() {
@@ -59,11 +94,13 @@ pub fn extract(deb: &Path, origin: &str, release: &str, dir: &Path) -> Result<Bo
         let dest = if path.ends_with(&kernel_file) {
             found_kernel = true;
             tmp.path().join("vmlinuz")
-        } else if path.contains(&modules_dir) {
+        } else if let Some((_, rel)) = path.split_once(&modules_dir) {
             let file_name = path.rsplit('/').next().unwrap_or_default();
             if modinfo::name_of_file(file_name).is_none() {
                 continue;
             }
+            paths.push_str(rel);
+            paths.push('\n');
             tmp.path().join("modules").join(file_name)
         } else {
             continue;
@@ -74,13 +111,18 @@ pub fn extract(deb: &Path, origin: &str, release: &str, dir: &Path) -> Result<Bo
     if !found_kernel {
         return Err(format!("{origin} holds no {kernel_file}"));
     }
+    fs::write(tmp.path().join(PATHS), paths).map_err(|e| e.to_string())?;
+    if dir.is_dir() && BootKernel::existing(dir).is_none() {
+        // An older ckms's extraction, without `paths`: replaced by this one.
+        fs::remove_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
     match fs::rename(tmp.path(), dir) {
         Ok(()) => {
             // Renamed: nothing left for the guard to delete.
             let _ = tmp.keep();
         }
         // Another run got there first with the same package: use its copy (the guard drops ours).
-        Err(_) if dir.join("vmlinuz").is_file() => {}
+        Err(_) if BootKernel::existing(dir).is_some() => {}
         Err(e) => return Err(format!("{}: {e}", dir.display())),
     }
     Ok(BootKernel { dir: dir.to_path_buf() })

@@ -1,6 +1,7 @@
 #!/bin/busybox sh
 # PID 1 of ckms's verification VM (the initramfs's /init): load every module listed in
-# /ckms/modules ("role name path" lines, dependencies first), print what insmod and the kernel
+# /ckms/modules ("role name path" lines, dependencies first), or with modprobe those of
+# /ckms/modprobe, print what insmod and the kernel
 # said about each on the serial console with a "ckms-verify:" prefix, then power off.
 /bin/busybox mkdir -p /proc /sys /dev
 /bin/busybox --install -s /bin
@@ -18,5 +19,12 @@ while read -r role name path; do
   [ -n "$out" ] && echo "$out" | sed 's/^/ckms-verify: insmod: /'
   dmesg -c | sed 's/^/ckms-verify: kernel: /'
 done < /ckms/modules
+# `ckms verify --tree`: the distribution's modprobe over the tree, as its consumer runs it.
+[ -f /ckms/modprobe ] && while read -r name; do
+  if out=$(/ckms/bin/modprobe -v -d /ckms/root "$name" 2>&1); then rc=0; else rc=$?; fi
+  echo "ckms-verify: module $name rc=$rc"
+  [ -n "$out" ] && echo "$out" | sed 's/^/ckms-verify: insmod: /'
+  dmesg -c | sed 's/^/ckms-verify: kernel: /'
+done < /ckms/modprobe
 echo "ckms-verify: done"
 poweroff -f

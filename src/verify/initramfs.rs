@@ -87,11 +87,29 @@ pub struct Load {
     pub bytes: Vec<u8>,
 }
 
-/// The whole initramfs: busybox as every tool, the init script, the modules in load order.
-pub fn build(busybox: &[u8], loads: &[Load]) -> Vec<u8> {
+/// A file or symlink more, at an absolute path of the VM (its directories are made).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node {
+    File { mode: u32, data: Vec<u8> },
+    Symlink(String),
+}
+
+/// What else the VM gets: the distribution's modprobe with its libraries, a module tree, and
+/// the modules to load with that modprobe (`/ckms/modprobe`, a name a line).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Extra {
+    pub nodes: std::collections::BTreeMap<String, Node>,
+    pub modprobe: Vec<String>,
+}
+
+/// The whole initramfs: busybox as every tool, the init script, the modules in load order,
+/// and `extra`.
+pub fn build(busybox: &[u8], loads: &[Load], extra: &Extra) -> Vec<u8> {
     let mut cpio = Cpio::default();
+    let mut dirs = std::collections::BTreeSet::new();
     for d in ["/bin", "/dev", "/proc", "/sys", "/ckms", "/ckms/modules.d"] {
         cpio.dir(d);
+        dirs.insert(d.to_string());
     }
     // Without a console the kernel gives init no stdout: nothing would be reported.
     cpio.char_device("/dev/console", 0o600, 5, 1);
@@ -106,6 +124,25 @@ pub fn build(busybox: &[u8], loads: &[Load]) -> Vec<u8> {
         list.push_str(&format!("{} {} {path}\n", l.role, l.name));
     }
     cpio.file("/ckms/modules", 0o644, list.as_bytes());
+    for (path, node) in &extra.nodes {
+        // The kernel's unpacker makes no parent directories.
+        let mut parent = String::new();
+        for part in path.trim_start_matches('/').split('/').collect::<Vec<_>>().split_last().map_or(&[][..], |(_, p)| p)
+        {
+            parent = format!("{parent}/{part}");
+            if dirs.insert(parent.clone()) {
+                cpio.dir(&parent);
+            }
+        }
+        match node {
+            Node::File { mode, data } => cpio.file(path, *mode, data),
+            Node::Symlink(target) => cpio.symlink(path, target),
+        };
+    }
+    if !extra.modprobe.is_empty() {
+        let names: String = extra.modprobe.iter().map(|n| format!("{n}\n")).collect();
+        cpio.file("/ckms/modprobe", 0o644, names.as_bytes());
+    }
     cpio.finish()
 }
 
@@ -143,7 +180,7 @@ mod tests {
             Load { role: "dep", name: "videodev".into(), bytes: b"elf1".to_vec() },
             Load { role: "module", name: "v4l2loopback".into(), bytes: b"elf22".to_vec() },
         ];
-        let e = entries(&build(b"BUSYBOX", &loads));
+        let e = entries(&build(b"BUSYBOX", &loads, &Extra::default()));
         let get = |n: &str| e.iter().find(|(name, ..)| name == n).unwrap_or_else(|| panic!("{n} missing"));
         assert_eq!(get("init").1, FILE | 0o755);
         assert_eq!(get("init").2, INIT.as_bytes());
@@ -160,6 +197,6 @@ mod tests {
 
     #[test]
     fn the_same_input_gives_the_same_archive() {
-        assert_eq!(build(b"x", &[]), build(b"x", &[]));
+        assert_eq!(build(b"x", &[], &Extra::default()), build(b"x", &[], &Extra::default()));
     }
 }

@@ -11,6 +11,8 @@ pub mod boot;
 pub mod console;
 pub mod initramfs;
 pub mod modinfo;
+pub mod tree;
+pub mod userland;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -36,6 +38,8 @@ const BOOT_DIR: &str = "boot";
 pub enum VerifyError {
     #[error("{path}: {message}")]
     Module { path: PathBuf, message: String },
+    #[error("the tree {root}: {message}")]
+    Tree { root: PathBuf, kernel: String, message: String },
     #[error("kernel {kernel}: the profile {profile} offers no package {package}")]
     NoPackage { kernel: String, profile: String, package: String },
     #[error("kernel {kernel}: {package}: {message}")]
@@ -57,7 +61,7 @@ pub enum VerifyError {
 impl Diagnose for VerifyError {
     fn exit_code(&self) -> i32 {
         match self {
-            VerifyError::Module { .. } => code::USAGE,
+            VerifyError::Module { .. } | VerifyError::Tree { .. } => code::USAGE,
             VerifyError::NoPackage { .. } => code::UNKNOWN_KERNEL,
             VerifyError::Package { .. } => code::IO,
             VerifyError::Vm { timed_out: true, .. } => code::TIMEOUT,
@@ -72,6 +76,10 @@ impl Diagnose for VerifyError {
     fn hint(&self) -> Option<String> {
         match self {
             VerifyError::Module { .. } => Some("name built module files (.ko, .ko.xz, .ko.zst, .ko.gz)".into()),
+            VerifyError::Tree { root, kernel, .. } => Some(format!(
+                "--tree names a root holding lib/modules/{kernel} with depmod's index, as `depmod -b {} {kernel}` makes it",
+                root.display()
+            )),
             VerifyError::NoPackage { .. } => {
                 Some("check the profile's [kernel].image pattern, or `ckms kernels --refresh`".into())
             }
@@ -129,7 +137,7 @@ impl Verification {
 }
 
 /// A module file to load, read and decompressed on the host.
-struct Candidate {
+pub(crate) struct Candidate {
     name: String,
     bytes: Vec<u8>,
     depends: Vec<String>,
@@ -138,11 +146,16 @@ struct Candidate {
 }
 
 fn read_module(path: &Path) -> Result<Candidate, VerifyError> {
+    let raw =
+        std::fs::read(path).map_err(|e| VerifyError::Module { path: path.to_path_buf(), message: e.to_string() })?;
+    parse_module(path, raw)
+}
+
+fn parse_module(path: &Path, raw: Vec<u8>) -> Result<Candidate, VerifyError> {
     let err = |message: String| VerifyError::Module { path: path.to_path_buf(), message };
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let (_, compression) = Compression::split_file_name(file_name)
         .ok_or_else(|| err("not a kernel module file name (.ko, .ko.xz, .ko.zst, .ko.gz)".into()))?;
-    let raw = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     let bytes = compression.decompress(&raw).map_err(|e| err(format!("cannot decompress: {e}")))?;
     let info = modinfo::parse(&bytes).map_err(err)?;
     let name = match info.get("name") {
@@ -153,41 +166,47 @@ fn read_module(path: &Path) -> Result<Candidate, VerifyError> {
     Ok(Candidate { name, depends: info.depends(), built_for, bytes })
 }
 
-/// Boots kernel `release` in a VM and loads `files` into it (with their in-tree dependencies).
+/// What to load in the VM.
+#[derive(Debug, Clone, Copy)]
+pub enum Subject<'a> {
+    /// Module files, each loaded with insmod after the in-tree modules it depends on.
+    Files(&'a [PathBuf]),
+    /// A module tree as its consumer leaves it (a root holding `lib/modules/<release>` with
+    /// depmod's index): the distribution's own `modprobe -d` loads each module named.
+    Tree { root: &'a Path, modules: &'a [String] },
+}
+
+/// Boots kernel `release` in a VM and loads `subject` into it.
 pub async fn verify(
     ctx: &Context,
     engine: &dyn Engine,
     release: &str,
     profile: Option<&str>,
-    files: &[PathBuf],
+    subject: Subject<'_>,
 ) -> Result<Verification, VerifyError> {
     let started = Instant::now();
+    let files = match subject {
+        Subject::Files(files) => files,
+        Subject::Tree { .. } => &[],
+    };
     let candidates = files.iter().map(|f| read_module(f)).collect::<Result<Vec<_>, _>>()?;
     let (p, index, kernel) = ctx.find_kernel(release, profile).await?;
     let recipe = ctx.catalog.recipe("verifier").map_err(crate::error::Error::from)?;
     let report = ctx.reporter();
-    report.info(format!("Verifying {} module(s) in a VM running {release}", candidates.len()));
+    report.info(match subject {
+        Subject::Files(_) => format!("Verifying {} module(s) in a VM running {release}", candidates.len()),
+        Subject::Tree { root, modules } => format!(
+            "Verifying {} from {} with modprobe -d in a VM running {release}",
+            modules.join(", "),
+            root.display()
+        ),
+    });
 
     let image = async {
         let plan = crate::image::plan(p, recipe, &index, &kernel, &[])?;
         Ok::<_, VerifyError>(crate::image::build(&ctx.cache, engine, p, recipe, &plan, false, report).await?)
     };
-    let kernel_files = async {
-        let package = p.kernel.image.replace("{kver}", release);
-        let pkg = candidate(&index, release, p, &package)?;
-        let dir = ctx.cache.dir("boot").map_err(|e| package_err(release, &package, e.to_string()))?.join(&pkg.sha256);
-        // Extracted once: later runs need neither the package nor its checksum again.
-        if let Some(extracted) = boot::BootKernel::existing(&dir) {
-            return Ok(extracted);
-        }
-        let deb = fetch(ctx, &pkg).await?;
-        tokio::task::spawn_blocking({
-            let release = release.to_string();
-            move || boot::extract(&deb, &package, &release, &dir).map_err(|m| package_err(&release, &package, m))
-        })
-        .await
-        .map_err(|e| package_err(release, "extraction", e.to_string()))?
-    };
+    let kernel_files = kernel_package(ctx, &index, p, release);
     let busybox = async {
         let spec = recipe.initramfs.as_ref().ok_or_else(|| VerifyError::Package {
             kernel: release.to_string(),
@@ -203,10 +222,25 @@ pub async fn verify(
     };
     let (image, kernel_files, busybox) = tokio::try_join!(image, kernel_files, busybox)?;
 
-    let built_for: BTreeMap<String, Option<String>> =
+    let mut built_for: BTreeMap<String, Option<String>> =
         candidates.iter().map(|c| (c.name.clone(), c.built_for.clone())).collect();
     let (loads, missing) = load_plan(candidates, &kernel_files, release)?;
-    let initrd = initramfs::build(&busybox, &loads);
+    let mut extra = initramfs::Extra::default();
+    if let Subject::Tree { root, modules } = subject {
+        let probe = tree::collect(root, release, modules, &kernel_files).map_err(|message| VerifyError::Tree {
+            root: root.to_path_buf(),
+            kernel: release.to_string(),
+            message,
+        })?;
+        for (name, file, bytes) in probe.modules {
+            let c = parse_module(&root.join(&file), bytes)?;
+            built_for.insert(name.clone(), c.built_for);
+            extra.modprobe.push(name);
+        }
+        extra.nodes = probe.nodes;
+        extra.nodes.extend(modprobe_userland(ctx, &index, recipe, release).await?);
+    }
+    let initrd = initramfs::build(&busybox, &loads, &extra);
     let vmlinuz = std::fs::read(kernel_files.vmlinuz())
         .map_err(|e| package_err(release, "vmlinuz", format!("{}: {e}", kernel_files.vmlinuz().display())))?;
     let input = input_tar(&[("vmlinuz".into(), &vmlinuz), ("initrd".into(), &initrd)])
@@ -253,6 +287,78 @@ pub async fn verify(
     })
 }
 
+/// kmod and its libraries (the recipe's `[initramfs] modprobe`), from the profile's packages.
+async fn modprobe_userland(
+    ctx: &Context,
+    index: &crate::repo::Index,
+    recipe: &crate::profile::Recipe,
+    release: &str,
+) -> Result<BTreeMap<String, initramfs::Node>, VerifyError> {
+    let spec = recipe.initramfs.as_ref().and_then(|i| i.modprobe.clone()).ok_or_else(|| VerifyError::Package {
+        kernel: release.to_string(),
+        package: "modprobe".into(),
+        message: format!("the image recipe '{}' names no [initramfs] modprobe", recipe.name),
+    })?;
+    let packages = index
+        .resolve(std::slice::from_ref(&spec.package), &[])
+        .map_err(|e| package_err(release, &spec.package, e.to_string()))?;
+    crate::repo::fetch_packages(&ctx.cache, &packages, ctx.reporter()).await?;
+    let debs: Vec<(String, PathBuf)> =
+        packages.iter().map(|pkg| (pkg.name.clone(), ctx.cache.blob_path(&pkg.sha256))).collect();
+    tokio::task::spawn_blocking(move || {
+        userland::nodes(&spec.package, &spec.binary, &debs).map_err(|m| (spec.package, m))
+    })
+    .await
+    .map_err(|e| package_err(release, "modprobe", e.to_string()))?
+    .map_err(|(package, m)| package_err(release, &package, m))
+}
+
+/// The kernel's own modules that `files` (module files of the kernel `release`) need,
+/// transitively: each one's path under `lib/modules/<release>/` in the package and its file.
+pub fn in_tree_dependencies(
+    kernel: &boot::BootKernel,
+    release: &str,
+    files: &[PathBuf],
+) -> Result<Vec<(String, PathBuf)>, VerifyError> {
+    let ours = files.iter().map(|f| read_module(f)).collect::<Result<Vec<_>, _>>()?;
+    let names: Vec<String> = ours.iter().map(|c| c.name.clone()).collect();
+    let found = kernel.dependencies(release, ours.into_iter().flat_map(|c| c.depends), &names)?;
+    let files = kernel.modules().map_err(|e| package_err(release, "modules", e.to_string()))?;
+    let paths = kernel.module_paths().map_err(|e| package_err(release, "modules", e.to_string()))?;
+    Ok(found
+        .keys()
+        .filter_map(|name| {
+            let file = files.get(name)?;
+            let rel = paths.get(file.file_name()?.to_str()?)?;
+            Some((rel.clone(), file.clone()))
+        })
+        .collect())
+}
+
+/// The kernel's own package (`[kernel].image`) extracted into the cache: vmlinuz and its
+/// in-tree modules.
+pub async fn kernel_package(
+    ctx: &Context,
+    index: &crate::repo::Index,
+    p: &crate::profile::Profile,
+    release: &str,
+) -> Result<boot::BootKernel, VerifyError> {
+    let package = p.kernel.image.replace("{kver}", release);
+    let pkg = candidate(index, release, p, &package)?;
+    let dir = ctx.cache.dir("boot").map_err(|e| package_err(release, &package, e.to_string()))?.join(&pkg.sha256);
+    // Extracted once: later runs need neither the package nor its checksum again.
+    if let Some(extracted) = boot::BootKernel::existing(&dir) {
+        return Ok(extracted);
+    }
+    let deb = fetch(ctx, &pkg).await?;
+    tokio::task::spawn_blocking({
+        let release = release.to_string();
+        move || boot::extract(&deb, &package, &release, &dir).map_err(|m| package_err(&release, &package, m))
+    })
+    .await
+    .map_err(|e| package_err(release, "extraction", e.to_string()))?
+}
+
 fn package_err(kernel: &str, package: &str, message: String) -> VerifyError {
     VerifyError::Package { kernel: kernel.to_string(), package: package.to_string(), message }
 }
@@ -284,20 +390,12 @@ fn load_plan(
     kernel: &boot::BootKernel,
     release: &str,
 ) -> Result<(Vec<initramfs::Load>, Vec<String>), VerifyError> {
-    let in_tree = kernel.modules().map_err(|e| package_err(release, "modules", e.to_string()))?;
     let roots: Vec<String> = candidates.iter().map(|c| c.name.clone()).collect();
     let mut depends: BTreeMap<String, Vec<String>> =
         candidates.iter().map(|c| (c.name.clone(), c.depends.clone())).collect();
+    let found = kernel.dependencies(release, candidates.iter().flat_map(|c| c.depends.clone()), &roots)?;
     let mut bytes: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    // Read in-tree modules as the dependency walk reaches them: a handful, not thousands.
-    let mut queue: Vec<String> = candidates.iter().flat_map(|c| c.depends.clone()).collect();
-    while let Some(name) = queue.pop() {
-        if depends.contains_key(&name) {
-            continue;
-        }
-        let Some(path) = in_tree.get(&name) else { continue };
-        let m = read_module(path)?;
-        queue.extend(m.depends.iter().cloned());
+    for (name, m) in found {
         depends.insert(name.clone(), m.depends);
         bytes.insert(name, m.bytes);
     }

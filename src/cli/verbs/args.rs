@@ -315,6 +315,13 @@ pub struct VerifyArgs {
     /// More module files.
     #[arg(value_name = "FILE")]
     pub files: Vec<PathBuf>,
+    /// A root holding lib/modules/<kernel> with depmod's index (as apt, KMM's worker or a
+    /// merged system extension leaves it): load --modprobe's modules with `modprobe -d DIR`.
+    #[arg(long, value_name = "DIR", requires = "modprobe")]
+    pub tree: Option<PathBuf>,
+    /// A module to load from --tree with the distribution's modprobe (repeatable).
+    #[arg(long, value_name = "MODULE", requires = "tree")]
+    pub modprobe: Vec<String>,
     #[command(flatten)]
     pub select: Select,
     #[command(flatten)]

@@ -11,6 +11,7 @@ use ckms::diagnose::code;
 use ckms::error::Error;
 use ckms::lifecycle::{AddSource, KernelTarget, Lifecycle, ModuleVersion, Options, TarballParts};
 use ckms::tree::Roots;
+use ckms::verify::Subject;
 
 use super::Output;
 use args::*;
@@ -292,8 +293,10 @@ async fn verify(ctx: &Context, out: &Output, a: VerifyArgs) -> Result<i32, Error
     let files: Vec<PathBuf> = a.what.iter().map(PathBuf::from).chain(a.files.iter().cloned()).collect();
     let mut results = Vec::new();
     for k in &targets(&a.kernels)? {
-        results.push(if a.select.module.is_none() && !files.is_empty() && files.iter().all(|f| f.is_file()) {
-            lc.verify_files(&k.release, &files).await?
+        results.push(if let Some(root) = &a.tree {
+            lc.verify_subject(&k.release, Subject::Tree { root, modules: &a.modprobe }).await?
+        } else if a.select.module.is_none() && !files.is_empty() && files.iter().all(|f| f.is_file()) {
+            lc.verify_subject(&k.release, Subject::Files(&files)).await?
         } else {
             lc.verify(&select(&lc, a.what.as_deref(), &a.select)?, k).await?
         });

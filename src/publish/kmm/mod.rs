@@ -39,6 +39,10 @@ pub const USERLAND_BINARY: &str = "bin/busybox";
 const APPLETS: [&str; 4] = ["cp", "ls", "sh", "modprobe"];
 /// Where KMM's `modprobe.dirName` defaults to.
 pub const DIR_NAME: &str = "opt";
+/// The link in `/opt/lib/modules/<kver>` to the node's own `/lib/modules/<kver>`, which KMM
+/// mounts into its worker: modules.dep names in-tree dependencies through it, so modprobe
+/// loads them from the node (KMM's documented way for in-tree dependencies).
+pub const IN_TREE_LINK: &str = "host";
 
 /// One image to make.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +57,9 @@ pub struct Image {
     pub epoch: u64,
     /// (path under /opt/lib/modules/<kver>, file in the store), sorted.
     pub files: Vec<(String, PathBuf)>,
+    /// The kernel's own modules that `files` depend on: (path under lib/modules/<kver> in
+    /// the kernel's package, its file). Indexed through [`IN_TREE_LINK`], not shipped.
+    pub in_tree: Vec<(String, PathBuf)>,
     /// The archive's file name under `--out`.
     pub archive: String,
 }
@@ -107,6 +114,7 @@ pub fn plan(pairs: &[Pair], name: Option<&str>, repository: Option<&str>) -> Res
             epoch: members.iter().map(|p| p.epoch).max().unwrap_or(0),
             archive: format!("{}_{kernel}.oci.tar", manifest::k8s_name(&name)),
             files,
+            in_tree: Vec::new(),
             tag,
         });
     }
@@ -286,12 +294,16 @@ fn userland_layer(scratch: &Path, busybox: &[u8]) -> Result<ArchiveLayer, Publis
     })
 }
 
-/// The modules and their index, staged under `scratch/root` for depmod.
+/// The modules and their index, staged under `scratch/root` for depmod, with the in-tree
+/// dependencies staged behind [`IN_TREE_LINK`] so that depmod names them there; the layer
+/// holds the link instead of them.
 fn modules_layer(scratch: &Path, image: &Image, depmod: &dyn Depmod) -> Result<ArchiveLayer, PublishError> {
     let root = scratch.join("root");
     let kdir = format!("lib/modules/{}", image.kernel);
-    for (rel, src) in &image.files {
-        let dest = root.join(&kdir).join(rel);
+    let link = format!("{kdir}/{IN_TREE_LINK}");
+    let staged = image.files.iter().map(|(rel, src)| (format!("{kdir}/{rel}"), src));
+    for (rel, src) in staged.chain(image.in_tree.iter().map(|(rel, src)| (format!("{link}/{rel}"), src))) {
+        let dest = root.join(rel);
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(PublishError::io(parent))?;
         }
@@ -300,6 +312,7 @@ fn modules_layer(scratch: &Path, image: &Image, depmod: &dyn Depmod) -> Result<A
     depmod.index(&root, &image.kernel)?;
     let mut entries = Vec::new();
     collect(&root, &root, &mut entries)?;
+    entries.retain(|(rel, _)| rel != &link && !rel.starts_with(&format!("{link}/")));
     entries.sort();
     let mut contents = Vec::new();
     for (rel, is_dir) in &entries {
@@ -319,6 +332,9 @@ fn modules_layer(scratch: &Path, image: &Image, depmod: &dyn Depmod) -> Result<A
                 None => w.add_dir(path, 0o755, 0, 0)?,
                 Some(b) => w.add_file(path, b, 0o644, 0, 0)?,
             }
+        }
+        if !image.in_tree.is_empty() {
+            w.add_symlink(&format!("{DIR_NAME}/{link}"), &format!("/lib/modules/{}", image.kernel))?;
         }
         Ok(())
     })

@@ -21,10 +21,11 @@ pub async fn publish(req: &Request, ctx: &Context, engine: Option<&dyn Engine>) 
     let mut plan = plan(&pairs, req.name.as_deref(), repository.as_deref())?;
     plan.insecure_registry = req.registry.as_ref().is_some_and(|r| r.insecure);
     let mut busybox = BTreeMap::new();
-    for image in &plan.images {
+    for image in &mut plan.images {
         if !busybox.contains_key(&image.profile) {
             busybox.insert(image.profile.clone(), userland(ctx, &image.kernel, &image.profile).await?);
         }
+        image.in_tree = in_tree(ctx, image).await?;
     }
     let staging = Staging::new(&out)?;
     let written = write(staging.path(), &plan, &busybox, &HostDepmod)?;
@@ -62,6 +63,17 @@ pub async fn publish(req: &Request, ctx: &Context, engine: Option<&dyn Engine>) 
     }
     notes.push(format!("kubectl apply -f {}", out.join("module.yaml").display()));
     Ok(Published { format: Format::Kmm.name().into(), out, files, notes })
+}
+
+/// The kernel's own modules the image's modules depend on, from its linux-image package.
+async fn in_tree(ctx: &Context, image: &super::Image) -> Result<Vec<(String, std::path::PathBuf)>, PublishError> {
+    let failed = |message: String| PublishError::Image { tag: image.tag.clone(), message };
+    let (p, index, _) =
+        ctx.find_kernel(&image.kernel, Some(&image.profile)).await.map_err(|e| failed(e.to_string()))?;
+    let kernel =
+        crate::verify::kernel_package(ctx, &index, p, &image.kernel).await.map_err(|e| failed(e.to_string()))?;
+    let files: Vec<_> = image.files.iter().map(|(_, f)| f.clone()).collect();
+    crate::verify::in_tree_dependencies(&kernel, &image.kernel, &files).map_err(|e| failed(e.to_string()))
 }
 
 /// The userland binary from the profile's index.

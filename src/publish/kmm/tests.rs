@@ -168,6 +168,26 @@ fn images_hold_busybox_cp_the_modules_and_their_index_under_opt() {
 }
 
 #[test]
+fn in_tree_dependencies_are_indexed_behind_the_host_link_and_not_shipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let videodev = dir.path().join("videodev.ko");
+    std::fs::write(&videodev, b"IN-TREE").unwrap();
+    let mut plan = plan(&pairs(dir.path()), None, None).unwrap();
+    plan.images[0].in_tree = vec![("kernel/drivers/media/v4l2-core/videodev.ko".into(), videodev)];
+    let written = write(&out, &plan, &userland(), &FakeDepmod).unwrap();
+    let blobs = members(&out.join(&written[0].archive));
+    let layers = layer_entries(&blobs, &blobs["index.json"]);
+    let kdir = format!("opt/lib/modules/{K1}");
+    // depmod saw the kernel's module behind the link; the image has the link only.
+    let dep = layers[1].iter().find(|e| e.starts_with(&format!("{kdir}/modules.dep "))).unwrap();
+    assert!(dep.contains("host/kernel/drivers/media/v4l2-core/videodev.ko:"), "{dep}");
+    assert!(layers[1].contains(&format!("{kdir}/host 777 0 -> /lib/modules/{K1}")), "{:#?}", layers[1]);
+    assert!(!layers[1].iter().any(|e| e.contains("IN-TREE")), "{:#?}", layers[1]);
+}
+
+#[test]
 fn publishing_twice_gives_the_same_images() {
     let dir = tempfile::tempdir().unwrap();
     let plan = plan(&pairs(dir.path()), None, None).unwrap();
