@@ -12,9 +12,10 @@
 //!   of both, with their in-tree dependencies;
 //! - kmm: images published twice are byte-identical; pushed to Debian's docker-registry on
 //!   loopback, pulled back by Podman, KMM's worker steps (`cp -R /opt/lib/modules/<kver>`)
-//!   find the store's module and its depmod index.
-//! - each format's modules as a host gets them (installed by apt, merged by systemd-sysext,
-//!   copied by KMM's worker steps) booted with their kernel under qemu (`ckms verify`).
+//!   find the store's module, its depmod index and the `host` link to the node's modules.
+//! - each format's tree as a host leaves it (installed by apt, merged by systemd-sysext,
+//!   copied by KMM's worker steps) booted with its kernel under qemu, where kmod's own
+//!   `modprobe -d` loads the modules with their in-tree dependencies (`ckms verify --tree`).
 //!
 //! Every tool it needs (gpg, gpgv, mmdebstrap, docker, erofs-utils, squashfs-tools,
 //! systemd-sysext, unshare, docker-registry, podman) must be there: a missing one fails the
