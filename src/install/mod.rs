@@ -38,21 +38,23 @@
 //! Callers hold a [`TreeLock`] around these calls so two ckms never interleave.
 
 pub mod compress;
+mod depmod;
 pub mod lock;
 mod ops;
+mod undo;
 
 pub use compress::Compression;
+pub use depmod::{depmod_argv, Depmod, HostDepmod};
 pub use lock::TreeLock;
+use undo::{undo, uninstall_with};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::diagnose::{code, Diagnose};
@@ -171,72 +173,6 @@ pub struct ModuleFile {
     /// The built file inside the tree, e.g. `<built_dir>/module/v4l2loopback.ko.xz`; its
     /// suffix (compression) is kept.
     pub file: PathBuf,
-}
-
-/// Refreshes a kernel's module index after files changed.
-pub trait Depmod {
-    /// Runs it; `Err` carries its stderr.
-    fn run(&self, install_tree: &Path, kernel: &str) -> Result<(), String>;
-    /// Whether it can run at all for `install_tree`; asked before anything is changed.
-    fn check(&self, _install_tree: &Path) -> Result<(), InstallError> {
-        Ok(())
-    }
-}
-
-/// The host's `depmod` (from kmod).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct HostDepmod;
-
-impl Depmod for HostDepmod {
-    fn run(&self, install_tree: &Path, kernel: &str) -> Result<(), String> {
-        let argv = depmod_argv(install_tree, kernel).map_err(|e| e.to_string())?;
-        let prog = find_depmod().ok_or("depmod is not installed")?;
-        let out = Command::new(&prog)
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("running {}: {e}", prog.display()))?;
-        if out.status.success() {
-            return Ok(());
-        }
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        Err(if stderr.is_empty() { format!("{} exited with {}", prog.display(), out.status) } else { stderr })
-    }
-
-    fn check(&self, install_tree: &Path) -> Result<(), InstallError> {
-        depmod_argv(install_tree, "-")?;
-        find_depmod()
-            .map(drop)
-            .ok_or_else(|| InstallError::NoDepmod { why: "depmod was not found in PATH, /usr/sbin or /sbin".into() })
-    }
-}
-
-/// `depmod -a <kernel>`, with `-b <base>` when the install tree is not `/lib/modules`
-/// (depmod always looks in `<base>/lib/modules`).
-pub fn depmod_argv(install_tree: &Path, kernel: &str) -> Result<Vec<String>, InstallError> {
-    let bad = || InstallError::DepmodTree { path: install_tree.to_path_buf() };
-    let parts: Vec<Component> = install_tree.components().filter(|c| *c != Component::CurDir).collect();
-    let n = parts.len();
-    if n < 2 || parts[n - 2].as_os_str() != "lib" || parts[n - 1].as_os_str() != "modules" {
-        return Err(bad());
-    }
-    let mut argv = vec!["depmod".to_string()];
-    if parts != [Component::RootDir, Component::Normal(OsStr::new("lib")), Component::Normal(OsStr::new("modules"))] {
-        let base: PathBuf = parts[..n - 2].iter().collect();
-        let base = if base.as_os_str().is_empty() { ".".to_string() } else { base.to_str().ok_or_else(bad)?.into() };
-        argv.extend(["-b".to_string(), base]);
-    }
-    argv.extend(["-a".to_string(), kernel.to_string()]);
-    Ok(argv)
-}
-
-/// depmod lives in /sbin, which a non-login root shell on Debian may not have in PATH.
-fn find_depmod() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|d| d.join("depmod"))
-        .find(|p| p.is_file())
 }
 
 /// What `install` did.
@@ -662,125 +598,6 @@ fn read_file(path: &Path) -> Result<Option<Vec<u8>>, InstallError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(InstallError::fs(path, e)),
     }
-}
-
-fn uninstall_with(
-    t: &Target,
-    files: &[ModuleFile],
-    depmod: Option<&dyn Depmod>,
-    ops: &Ops,
-) -> Result<Uninstalled, InstallError> {
-    let marked = check_marker(t)?;
-    let journal = match read_journal(t)? {
-        Some(j) => j,
-        None if marked => synthesized_journal(t, &prepare(t, files)?)?,
-        None => {
-            // At most the journal's temporary file of an install that crashed writing it.
-            ops.sweep(&t.roots.dkms_tree.join(t.module))?;
-            return Ok(Uninstalled::default());
-        }
-    };
-    if let Some(d) = depmod {
-        d.check(&t.roots.install_tree)?;
-    }
-    let mut done = undo(t, &journal, depmod.map(|d| (d, true)), ops)?;
-    done.was_installed = marked;
-    Ok(done)
-}
-
-/// Uninstall's steps (see the module docs). `depmod`'s flag: whether its failure is an
-/// error (uninstall) or is ignored (rolling back a failed install, which reports its own).
-fn undo(
-    t: &Target,
-    journal: &Journal,
-    depmod: Option<(&dyn Depmod, bool)>,
-    ops: &Ops,
-) -> Result<Uninstalled, InstallError> {
-    let mut done = Uninstalled::default();
-    let marker = t.roots.installed_link(t.module, t.kernel, t.arch);
-    if fs::symlink_metadata(&marker).is_ok() {
-        ops.remove_file(&marker)?;
-    }
-
-    let tree = &t.roots.install_tree;
-    for f in &journal.files {
-        let path = tree.join(&f.path);
-        if let Some(dir) = path.parent() {
-            ops.sweep(dir)?;
-        }
-        // Something else in our place (changed since) is not ours to remove.
-        if read_file(&path)?.is_some_and(|b| sha256(&b) == f.sha256) {
-            ops.remove_file(&path)?;
-            done.removed.push(path);
-        }
-    }
-
-    let kdir = kernel_dir(t);
-    let odir = t.roots.original_dir(t.module, t.kernel, t.arch);
-    ops.sweep(&odir)?;
-    for rel in backups(t)? {
-        let backup = odir.join(&rel);
-        let target = kdir.join(&rel);
-        if let Some(dir) = target.parent() {
-            ops.sweep(dir)?;
-        }
-        let saved = fs::read(&backup).map_err(|e| InstallError::fs(&backup, e))?;
-        let mode = fs::metadata(&backup).map_err(|e| InstallError::fs(&backup, e))?.permissions().mode() & 0o7777;
-        let present = fs::symlink_metadata(&target).is_ok();
-        if !present && target.parent().is_some_and(Path::is_dir) {
-            ops.write(&target, &saved, mode)?;
-            done.restored.push(target);
-        } else if read_file(&target)?.is_some_and(|b| b == saved) {
-            // Put back by an interrupted run already.
-            done.restored.push(target);
-        } else {
-            // A newer file took its place (a kernel package update), or its kernel is gone.
-            done.dropped.push(target);
-        }
-        ops.remove_file(&backup)?;
-    }
-    remove_empty_dirs(&odir, ops)?;
-    for dir in [odir.as_path(), &t.roots.dkms_tree.join(t.module).join("original_module").join(t.kernel)] {
-        ops.remove_dir_if_empty(dir)?;
-    }
-    ops.remove_dir_if_empty(&t.roots.dkms_tree.join(t.module).join("original_module"))?;
-
-    for dir in journal.created_dirs.iter().rev() {
-        ops.remove_dir_if_empty(&tree.join(dir))?;
-    }
-
-    // Nothing to index once the kernel's directory is gone (ckms created it, and took it away).
-    if let Some((d, must_succeed)) = depmod.filter(|_| kdir.is_dir()) {
-        let ran = ops.step(tree).and_then(|()| {
-            d.run(tree, t.kernel).map_err(|stderr| InstallError::DepmodAfterUninstall {
-                module: t.module.into(),
-                kernel: t.kernel.into(),
-                stderr,
-            })
-        });
-        if must_succeed {
-            ran?;
-        }
-    }
-    let dkms_dir = t.roots.dkms_tree.join(t.module);
-    ops.sweep(&dkms_dir)?;
-    ops.remove_file(&journal_path(t))?;
-    Ok(done)
-}
-
-/// Removes the empty directories below `root` (not `root` itself), deepest first, sweeping
-/// temporary files out of them on the way.
-fn remove_empty_dirs(root: &Path, ops: &Ops) -> Result<(), InstallError> {
-    let Ok(rd) = fs::read_dir(root) else { return Ok(()) };
-    for e in rd.filter_map(Result::ok) {
-        if e.file_type().is_ok_and(|k| k.is_dir()) {
-            let dir = e.path();
-            ops.sweep(&dir)?;
-            remove_empty_dirs(&dir, ops)?;
-            ops.remove_dir_if_empty(&dir)?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -580,7 +580,7 @@ fn depmod_arguments() {
 #[test]
 fn the_host_depmod_indexes_and_forgets_our_module() {
     assert!(
-        find_depmod().is_some(),
+        depmod::find_depmod().is_some(),
         "depmod is not installed on this machine: install kmod (apt-get install kmod) to run this test"
     );
     let dir = tempfile::tempdir().unwrap();
