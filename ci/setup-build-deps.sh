@@ -4,7 +4,8 @@
 # openssl command that tests/sign_file.rs checks signatures with; kmod (depmod); Debian's
 # chromium, which tests/farm.rs renders the farm's HTML report in; busybox-static; what
 # tests/publish.rs needs; kubernetes-validate (PyPI), which tests/kube_manifests.rs checks the
-# Kubernetes manifests with. Idempotent.
+# Kubernetes manifests with; python3's jsonschema and yaml, which tests/kmm_crd.rs checks the
+# KMM Module with. Idempotent.
 set -euo pipefail
 need=()
 pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
@@ -28,6 +29,9 @@ command -v docker-registry >/dev/null || need+=(docker-registry)
 # farm kube render (tests/kube_manifests.rs): pip, for kubernetes-validate below.
 command -v python3 >/dev/null || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+# farm publish --format kmm (tests/kmm_crd.rs): module.yaml against KMM's CRD schema.
+python3 -c 'import jsonschema' 2>/dev/null || need+=(python3-jsonschema)
+python3 -c 'import yaml' 2>/dev/null || need+=(python3-yaml)
 if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { echo "setup-build-deps: run as root to install ${need[*]}" >&2; exit 1; }
   echo "[setup-build-deps] installing ${need[*]}"
@@ -44,3 +48,9 @@ if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
   echo "[setup-build-deps] installing kubernetes-validate"
   python3 -m pip install "${pip_args[@]}" kubernetes-validate==1.37.0
 fi
+# A python3 that is not Debian's (e.g. pyenv's first on PATH) does not see apt's modules:
+# say so here rather than in a failing test.
+python3 -c 'import jsonschema, yaml' || {
+  echo "setup-build-deps: $(command -v python3) cannot import jsonschema and yaml (tests/kmm_crd.rs needs them)" >&2
+  exit 1
+}

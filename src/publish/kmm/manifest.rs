@@ -2,11 +2,11 @@
 //! kernelMapping per kernel, each pointing at `<repository>:${KERNEL_FULL_VERSION}`, which KMM
 //! expands to the node's kernel release, i.e. the tag ckms gave the kernel's image.
 //!
-//! The document is built as a `serde_json::Value` (what the CRD schema test validates) and
-//! rendered as YAML by [`to_yaml`]: its shape is fixed and small, so ckms writes the YAML
-//! itself rather than depending on serde_yaml, which its author no longer maintains. Every
-//! string is written as a JSON string, which is a valid YAML double-quoted scalar, so no value
-//! (`${...}`, `6.1.0-56-amd64`, `""`) can be read back as another type.
+//! The document is built as a `serde_json::Value` and rendered as YAML by [`to_yaml`]
+//! (tests/kmm_crd.rs validates that YAML against KMM's CRD): its shape is fixed and small, so
+//! ckms writes the YAML itself rather than depending on serde_yaml, which its author no longer
+//! maintains. Every string is written as a JSON string, which is a valid YAML double-quoted
+//! scalar, so no value (`${...}`, `6.1.0-56-amd64`, `""`) can be read back as another type.
 
 use serde_json::{json, Value};
 
@@ -50,11 +50,13 @@ pub fn module(plan: &Plan) -> Value {
 pub fn k8s_name(name: &str) -> String {
     let mapped: String =
         name.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-    let trimmed = mapped.trim_matches('-');
+    // Cut to a label's 63 characters before trimming: the cut may end on a `-`.
+    let cut: String = mapped.trim_start_matches('-').chars().take(63).collect();
+    let trimmed = cut.trim_end_matches('-');
     if trimmed.is_empty() {
         "ckms-modules".into()
     } else {
-        trimmed.chars().take(63).collect()
+        trimmed.into()
     }
 }
 
@@ -129,5 +131,8 @@ mod tests {
         assert_eq!(k8s_name("tp_smapi"), "tp-smapi");
         assert_eq!(k8s_name("V4L2loopback"), "v4l2loopback");
         assert_eq!(k8s_name("__"), "ckms-modules");
+        // A label ends with a letter or digit, also where the 63 characters are cut.
+        assert_eq!(k8s_name(&format!("{}_x", "a".repeat(62))), "a".repeat(62));
+        assert_eq!(k8s_name(&"b".repeat(70)), "b".repeat(63));
     }
 }
