@@ -241,16 +241,27 @@ pub struct Initramfs {
     pub package: String,
     /// The binary's path in it (matched as a suffix: `bin/busybox` fits `usr/bin/busybox`).
     pub busybox: String,
-    /// The distribution's modprobe, for `ckms verify --tree`: its package (taken with the
-    /// shared libraries of its dependencies) and the binary's path suffix in it.
+    /// The distribution's kmod, for `ckms verify --tree/--sysext` (modprobe, depmod).
     #[serde(default)]
-    pub modprobe: Option<Modprobe>,
+    pub modprobe: Option<Tool>,
+    /// systemd-sysext, for `ckms verify --sysext`.
+    #[serde(default)]
+    pub sysext: Option<Tool>,
+    /// The target's os-release (what systemd-sysext matches extensions against).
+    #[serde(default)]
+    pub os_release: Option<Tool>,
+    /// The target's /bin/sh, for scripts that extensions bring.
+    #[serde(default)]
+    pub shell: Option<Tool>,
 }
 
+/// A file of a package for the VM: a binary is taken with the shared libraries of the
+/// package's dependencies.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Modprobe {
+pub struct Tool {
     pub package: String,
+    /// Its path in the package, matched as a suffix.
     pub binary: String,
 }
 

@@ -158,11 +158,17 @@ diff /tmp/before /tmp/after && echo PURGE-RESTORED
 /// VM lacks, whose init must run and say so (ENODEV: the kernel took the module, its
 /// signature and symbols).
 fn modprobed_in_vm(what: &str, tree: &Path, modules: &[&str], no_device: &[&str]) {
+    let result = loaded_in_vm(what, &["--tree".into(), tree.display().to_string()], modules, no_device);
+    assert!(result.to_string().contains("insmod /ckms/root/"), "{what}: modprobe's own insmod lines{result:#}");
+}
+
+/// The same for `subject` (`--tree DIR` or `--sysext IMAGE...`); returns the VM's result.
+fn loaded_in_vm(what: &str, subject: &[String], modules: &[&str], no_device: &[&str]) -> serde_json::Value {
     let podman = engine_host("CKMS_TEST_PODMAN_HOST");
     let cache = shared_cache();
     let mut args = vec!["--engine".to_string(), podman, "--cache-dir".into(), cache.display().to_string()];
-    args.extend(["--json", "verify", "-k", KERNEL, "--tree"].map(String::from));
-    args.push(tree.display().to_string());
+    args.extend(["--json", "verify", "-k", KERNEL].map(String::from));
+    args.extend(subject.iter().cloned());
     for m in modules {
         args.extend(["--modprobe".to_string(), m.to_string()]);
     }
@@ -171,8 +177,6 @@ fn modprobed_in_vm(what: &str, tree: &Path, modules: &[&str], no_device: &[&str]
     let result = run.json_result();
     let verified = result[0]["modules"].as_array().cloned().unwrap_or_default();
     assert_eq!(verified.len(), modules.len(), "{what}: every module verified{run}");
-    let text = result.to_string();
-    assert!(text.contains("insmod /ckms/root/"), "{what}: modprobe's own insmod lines{run}");
     for m in &verified {
         if no_device.contains(&m["name"].as_str().unwrap_or_default()) {
             assert!(m["insmod"].to_string().contains("No such device"), "{what}: {m:#}");
@@ -181,6 +185,7 @@ fn modprobed_in_vm(what: &str, tree: &Path, modules: &[&str], no_device: &[&str]
         }
     }
     eprintln!("{what}: {} module(s) loaded by modprobe in {KERNEL} under qemu", verified.len());
+    result[0].clone()
 }
 
 fn store_file(name: &str) -> PathBuf {
@@ -278,9 +283,6 @@ fn two_extensions_merged_by_systemd_sysext_both_resolve_after_the_hook() {
     publish("sysext", &extensions, &[]);
 
     let r = root.display();
-    let merged = dir.path().join("merged");
-    std::fs::create_dir_all(&merged).unwrap();
-    let merged = merged.display();
     let script = format!(
         r#"set -eu
 R={r}; K={KERNEL}
@@ -295,10 +297,6 @@ modprobe -d $R -S $K --show-depends v4l2loopback >/dev/null 2>&1 || echo "BASE-I
 $R/usr/lib/ckms/sysext-depmod $R $K
 modprobe -d $R -S $K --show-depends v4l2loopback
 modprobe -d $R -S $K --show-depends tp_smapi
-# What modprobe reads in the merged tree for both extensions' modules, for the VM.
-{{ cd $R && ls usr/lib/modules/$K/modules.*; for m in v4l2loopback thinkpad_ec; do
-  modprobe -d $R -S $K --show-depends $m | awk '$1 == "insmod" {{ print $2 }}' | sed "s,^$R/lib/,usr/lib/,"; done; }} \
-  | tar -C $R -cf {merged}/tree.tar -T -
 umount $R/usr/lib/modules/$K
 systemd-sysext unmerge --root=$R
 "#
@@ -329,15 +327,23 @@ systemd-sysext unmerge --root=$R
     ] {
         assert!(shown.contains(&line), "{line:?} missing: both extensions' modules must resolve\n{shown}");
     }
-    // Both extensions' modules, as the merged tree holds them, in their kernel: v4l2loopback
+    // In their kernel, as a host does after boot: real systemd-sysext merges both images, the
+    // extensions' hook indexes the merged tree, modprobe loads both modules: v4l2loopback
     // loads; thinkpad_ec (tp_smapi's base) is taken and its init finds no ThinkPad (tp_smapi
     // and hdaps need it loaded, so they cannot be shown without the hardware).
-    let merged = Path::new(&merged.to_string()).to_path_buf();
-    let tree = dir.path().join("tree");
-    std::fs::create_dir_all(&tree).unwrap();
-    run(Command::new("tar").arg("-xf").arg(merged.join("tree.tar")).arg("-C").arg(&tree));
-    std::os::unix::fs::symlink("usr/lib", tree.join("lib")).unwrap();
-    modprobed_in_vm("sysext", &tree, &["v4l2loopback", "thinkpad_ec"], &["thinkpad_ec"]);
+    let mut images: Vec<PathBuf> = std::fs::read_dir(&extensions)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "raw"))
+        .collect();
+    images.sort();
+    assert_eq!(images.len(), 2, "two extension images: {images:?}");
+    let images: Vec<String> = images.iter().flat_map(|p| ["--sysext".to_string(), p.display().to_string()]).collect();
+    let vm = loaded_in_vm("sysext", &images, &["v4l2loopback", "thinkpad_ec"], &["thinkpad_ec"]);
+    let prepare = vm["prepare"].to_string();
+    assert!(prepare.contains("Merged extensions into '/usr'"), "systemd-sysext merged in the VM: {prepare}");
+    let modules = vm["modules"].to_string();
+    assert!(modules.contains(&format!("insmod /lib/modules/{KERNEL}/updates/dkms/v4l2loopback.ko")), "{modules}");
 }
 
 #[test]

@@ -52,6 +52,8 @@ pub struct Console {
     /// `uname -r` in the VM.
     pub release: Option<String>,
     pub modules: Vec<Loaded>,
+    /// What the preparation (`--sysext`: the merge) printed.
+    pub prepare: Vec<String>,
     /// init reached its end (every module was tried).
     pub completed: bool,
 }
@@ -66,6 +68,8 @@ pub fn parse(log: &str) -> Console {
             c.release = Some(release.trim().to_string());
         } else if rest == "done" {
             c.completed = true;
+        } else if let Some(msg) = rest.strip_prefix("prepare: ") {
+            c.prepare.push(msg.to_string());
         } else if let Some(msg) = rest.strip_prefix("insmod: ") {
             if let Some(m) = c.modules.last_mut() {
                 m.insmod.push(msg.to_string());

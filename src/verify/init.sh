@@ -19,9 +19,13 @@ while read -r role name path; do
   [ -n "$out" ] && echo "$out" | sed 's/^/ckms-verify: insmod: /'
   dmesg -c | sed 's/^/ckms-verify: kernel: /'
 done < /ckms/modules
-# `ckms verify --tree`: the distribution's modprobe over the tree, as its consumer runs it.
+# `ckms verify --tree/--sysext`: a preparation (the extensions' merge), then the
+# distribution's modprobe (/ckms/bin: by path, busybox's sh prefers its own applets) for each
+# module, as the module's consumer runs it.
+[ -x /ckms/prepare ] && { /ckms/prepare 2>&1 || echo "exit status $?"; } | sed 's/^/ckms-verify: prepare: /'
 [ -f /ckms/modprobe ] && while read -r name; do
-  if out=$(/ckms/bin/modprobe -v -d /ckms/root "$name" 2>&1); then rc=0; else rc=$?; fi
+  # shellcheck disable=SC2046 # the arguments are words
+  if out=$(/ckms/bin/modprobe -v $(cat /ckms/modprobe.args) "$name" 2>&1); then rc=0; else rc=$?; fi
   echo "ckms-verify: module $name rc=$rc"
   [ -n "$out" ] && echo "$out" | sed 's/^/ckms-verify: insmod: /'
   dmesg -c | sed 's/^/ckms-verify: kernel: /'

@@ -94,12 +94,15 @@ pub enum Node {
     Symlink(String),
 }
 
-/// What else the VM gets: the distribution's modprobe with its libraries, a module tree, and
-/// the modules to load with that modprobe (`/ckms/modprobe`, a name a line).
+/// What else the VM gets: the distribution's tools with their libraries, the consumer's
+/// files, the modules to load with modprobe (`/ckms/modprobe`, a name a line) and its
+/// arguments (`/ckms/modprobe.args`), and a script to run first (`/ckms/prepare`).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Extra {
     pub nodes: std::collections::BTreeMap<String, Node>,
     pub modprobe: Vec<String>,
+    pub modprobe_args: String,
+    pub prepare: Option<String>,
 }
 
 /// The whole initramfs: busybox as every tool, the init script, the modules in load order,
@@ -142,6 +145,10 @@ pub fn build(busybox: &[u8], loads: &[Load], extra: &Extra) -> Vec<u8> {
     if !extra.modprobe.is_empty() {
         let names: String = extra.modprobe.iter().map(|n| format!("{n}\n")).collect();
         cpio.file("/ckms/modprobe", 0o644, names.as_bytes());
+        cpio.file("/ckms/modprobe.args", 0o644, extra.modprobe_args.as_bytes());
+    }
+    if let Some(script) = &extra.prepare {
+        cpio.file("/ckms/prepare", 0o755, script.as_bytes());
     }
     cpio.finish()
 }

@@ -11,6 +11,8 @@ pub mod boot;
 pub mod console;
 pub mod initramfs;
 pub mod modinfo;
+mod subject;
+pub mod sysext;
 pub mod tree;
 pub mod userland;
 
@@ -112,6 +114,10 @@ pub struct Verification {
     pub dependencies: Vec<Loaded>,
     /// Modules named by a `depends=` that the kernel's package does not ship.
     pub missing: Vec<String>,
+    /// What the VM ran before loading (`--sysext`: systemd-sysext's merge and status, the
+    /// extensions' index hook).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prepare: Vec<String>,
     /// qemu's accelerator.
     pub accel: String,
     /// The container's run: VM boot, loads, power-off (and the engine's start and cleanup).
@@ -174,6 +180,9 @@ pub enum Subject<'a> {
     /// A module tree as its consumer leaves it (a root holding `lib/modules/<release>` with
     /// depmod's index): the distribution's own `modprobe -d` loads each module named.
     Tree { root: &'a Path, modules: &'a [String] },
+    /// System extension images: merged by systemd-sysext in the VM, then each module named
+    /// loaded by modprobe from the merged /usr.
+    Sysext { images: &'a [PathBuf], modules: &'a [String] },
 }
 
 /// Boots kernel `release` in a VM and loads `subject` into it.
@@ -187,7 +196,7 @@ pub async fn verify(
     let started = Instant::now();
     let files = match subject {
         Subject::Files(files) => files,
-        Subject::Tree { .. } => &[],
+        Subject::Tree { .. } | Subject::Sysext { .. } => &[],
     };
     let candidates = files.iter().map(|f| read_module(f)).collect::<Result<Vec<_>, _>>()?;
     let (p, index, kernel) = ctx.find_kernel(release, profile).await?;
@@ -199,6 +208,11 @@ pub async fn verify(
             "Verifying {} from {} with modprobe -d in a VM running {release}",
             modules.join(", "),
             root.display()
+        ),
+        Subject::Sysext { images, modules } => format!(
+            "Verifying {} from {} system extension(s) merged by systemd-sysext in a VM running {release}",
+            modules.join(", "),
+            images.len()
         ),
     });
 
@@ -225,21 +239,7 @@ pub async fn verify(
     let mut built_for: BTreeMap<String, Option<String>> =
         candidates.iter().map(|c| (c.name.clone(), c.built_for.clone())).collect();
     let (loads, missing) = load_plan(candidates, &kernel_files, release)?;
-    let mut extra = initramfs::Extra::default();
-    if let Subject::Tree { root, modules } = subject {
-        let probe = tree::collect(root, release, modules, &kernel_files).map_err(|message| VerifyError::Tree {
-            root: root.to_path_buf(),
-            kernel: release.to_string(),
-            message,
-        })?;
-        for (name, file, bytes) in probe.modules {
-            let c = parse_module(&root.join(&file), bytes)?;
-            built_for.insert(name.clone(), c.built_for);
-            extra.modprobe.push(name);
-        }
-        extra.nodes = probe.nodes;
-        extra.nodes.extend(modprobe_userland(ctx, &index, recipe, release).await?);
-    }
+    let extra = subject::extra(ctx, &index, recipe, release, subject, &kernel_files, &mut built_for).await?;
     let initrd = initramfs::build(&busybox, &loads, &extra);
     let vmlinuz = std::fs::read(kernel_files.vmlinuz())
         .map_err(|e| package_err(release, "vmlinuz", format!("{}: {e}", kernel_files.vmlinuz().display())))?;
@@ -262,6 +262,7 @@ pub async fn verify(
             tail: tail.join("\n"),
         });
     }
+    let prepare = console.prepare;
     let (mut modules, dependencies): (Vec<Loaded>, _) = console.modules.into_iter().partition(|m| m.role == "module");
     for m in &mut modules {
         m.mismatch = match built_for.get(&m.name).cloned().flatten() {
@@ -281,36 +282,11 @@ pub async fn verify(
         modules,
         dependencies,
         missing,
+        prepare,
         accel: "tcg".into(),
         vm_seconds,
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-/// kmod and its libraries (the recipe's `[initramfs] modprobe`), from the profile's packages.
-async fn modprobe_userland(
-    ctx: &Context,
-    index: &crate::repo::Index,
-    recipe: &crate::profile::Recipe,
-    release: &str,
-) -> Result<BTreeMap<String, initramfs::Node>, VerifyError> {
-    let spec = recipe.initramfs.as_ref().and_then(|i| i.modprobe.clone()).ok_or_else(|| VerifyError::Package {
-        kernel: release.to_string(),
-        package: "modprobe".into(),
-        message: format!("the image recipe '{}' names no [initramfs] modprobe", recipe.name),
-    })?;
-    let packages = index
-        .resolve(std::slice::from_ref(&spec.package), &[])
-        .map_err(|e| package_err(release, &spec.package, e.to_string()))?;
-    crate::repo::fetch_packages(&ctx.cache, &packages, ctx.reporter()).await?;
-    let debs: Vec<(String, PathBuf)> =
-        packages.iter().map(|pkg| (pkg.name.clone(), ctx.cache.blob_path(&pkg.sha256))).collect();
-    tokio::task::spawn_blocking(move || {
-        userland::nodes(&spec.package, &spec.binary, &debs).map_err(|m| (spec.package, m))
-    })
-    .await
-    .map_err(|e| package_err(release, "modprobe", e.to_string()))?
-    .map_err(|(package, m)| package_err(release, &package, m))
 }
 
 /// The kernel's own modules that `files` (module files of the kernel `release`) need,

@@ -308,6 +308,7 @@ pub struct LdtarballArgs {
 }
 
 #[derive(clap::Args, Debug, Default)]
+#[command(group(clap::ArgGroup::new("consumer").args(["tree", "sysext"]).multiple(false)))]
 pub struct VerifyArgs {
     /// MODULE/VERSION in the tree, or a module file (.ko, .ko.xz, ...).
     #[arg(value_name = "MODULE/VERSION|FILE")]
@@ -319,8 +320,12 @@ pub struct VerifyArgs {
     /// merged system extension leaves it): load --modprobe's modules with `modprobe -d DIR`.
     #[arg(long, value_name = "DIR", requires = "modprobe")]
     pub tree: Option<PathBuf>,
-    /// A module to load from --tree with the distribution's modprobe (repeatable).
-    #[arg(long, value_name = "MODULE", requires = "tree")]
+    /// A system extension image (erofs or squashfs, repeatable): merged by systemd-sysext in
+    /// the VM, then --modprobe's modules loaded from the merged /usr.
+    #[arg(long, value_name = "IMAGE", requires = "modprobe")]
+    pub sysext: Vec<PathBuf>,
+    /// A module to load from --tree or --sysext with the distribution's modprobe (repeatable).
+    #[arg(long, value_name = "MODULE", requires = "consumer")]
     pub modprobe: Vec<String>,
     #[command(flatten)]
     pub select: Select,

@@ -295,6 +295,8 @@ async fn verify(ctx: &Context, out: &Output, a: VerifyArgs) -> Result<i32, Error
     for k in &targets(&a.kernels)? {
         results.push(if let Some(root) = &a.tree {
             lc.verify_subject(&k.release, Subject::Tree { root, modules: &a.modprobe }).await?
+        } else if !a.sysext.is_empty() {
+            lc.verify_subject(&k.release, Subject::Sysext { images: &a.sysext, modules: &a.modprobe }).await?
         } else if a.select.module.is_none() && !files.is_empty() && files.iter().all(|f| f.is_file()) {
             lc.verify_subject(&k.release, Subject::Files(&files)).await?
         } else {

@@ -18,7 +18,7 @@ fn own_options(verb: &str) -> Vec<&'static str> {
         "match" => &[&["--templatekernel", "-k", "-a"], TREES, BUILD, &["--no-depmod"]],
         "mktarball" => &[TARGET, TREES, &["--source-only", "--binaries-only", "--archive"]],
         "ldtarball" => &[TREES, &["--archive", "--force"]],
-        "verify" => &[TARGET, TREES, &["--profile", "--tree", "--modprobe"]],
+        "verify" => &[TARGET, TREES, &["--profile", "--tree", "--sysext", "--modprobe"]],
         "kernel_prerm" => &[&["-k", "-a"], TREES, &["--no-depmod"]],
         "generate_mok" => &[&["--force", "--key", "--cert"]],
         other => panic!("no expectation for verb {other}"),
