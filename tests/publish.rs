@@ -13,9 +13,9 @@
 //! - kmm: images published twice are byte-identical; pushed to Debian's docker-registry on
 //!   loopback, pulled back by Podman, KMM's worker steps (`cp -R /opt/lib/modules/<kver>`)
 //!   find the store's module, its depmod index and the `host` link to the node's modules.
-//! - each format's tree as a host leaves it (installed by apt, merged by systemd-sysext,
-//!   copied by KMM's worker steps) booted with its kernel under qemu, where kmod's own
-//!   `modprobe -d` loads the modules with their in-tree dependencies (`ckms verify --tree`).
+//! - each format as a host loads it, in its kernel under qemu: apt's tree and KMM's worker
+//!   copy by kmod's own `modprobe -d` (`ckms verify --tree`); the two extensions merged by the
+//!   real systemd-sysext in the VM, then modprobe (`ckms verify --sysext`).
 //!
 //! Every tool it needs (gpg, gpgv, mmdebstrap, docker, erofs-utils, squashfs-tools,
 //! systemd-sysext, unshare, docker-registry, podman) must be there: a missing one fails the
