@@ -1,4 +1,4 @@
-//! `ckms farm publish` from a real store (v4l2loopback and tp-smapi built for 6.1.0-56-amd64 on
+//! `ckms farm publish` from a real store (v4l2loopback, tp-smapi and acpi-call built for 6.1.0-56-amd64 on
 //! Docker; fails when the engine is missing):
 //!
 //! - apt: the repository's InRelease and Release.gpg pass gpgv; real apt-get installs the
@@ -43,7 +43,8 @@ fn store() -> &'static Path {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("publish-store");
         let cache = shared_cache();
         let (cache, store) = (cache.to_string_lossy(), dir.to_string_lossy());
-        let sources = ["deb:v4l2loopback-dkms", "deb:tp-smapi-dkms"];
+        // acpi_call loads without hardware (it adds /proc/acpi/call), tp_smapi's modules need a ThinkPad.
+        let sources = ["deb:v4l2loopback-dkms", "deb:tp-smapi-dkms", "deb:acpi-call-dkms"];
         let out = ckms(
             ["--engine", &host, "--cache-dir", &cache, "farm", "build", "--store", &store, "-k", KERNEL]
                 .into_iter()
@@ -327,19 +328,19 @@ systemd-sysext unmerge --root=$R
     ] {
         assert!(shown.contains(&line), "{line:?} missing: both extensions' modules must resolve\n{shown}");
     }
-    // In their kernel, as a host does after boot: real systemd-sysext merges both images, the
-    // extensions' hook indexes the merged tree, modprobe loads both modules: v4l2loopback
-    // loads; thinkpad_ec (tp_smapi's base) is taken and its init finds no ThinkPad (tp_smapi
-    // and hdaps need it loaded, so they cannot be shown without the hardware).
+    // In their kernel, as a host does after boot: real systemd-sysext merges the images, the
+    // extensions' hook indexes the merged tree, modprobe loads a module of each: v4l2loopback
+    // and acpi_call load; thinkpad_ec (tp_smapi's base) is taken and its init finds no
+    // ThinkPad (tp_smapi and hdaps need it loaded, so they cannot be shown without the hardware).
     let mut images: Vec<PathBuf> = std::fs::read_dir(&extensions)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "raw"))
         .collect();
     images.sort();
-    assert_eq!(images.len(), 2, "two extension images: {images:?}");
+    assert_eq!(images.len(), 3, "an extension image per module: {images:?}");
     let images: Vec<String> = images.iter().flat_map(|p| ["--sysext".to_string(), p.display().to_string()]).collect();
-    let vm = loaded_in_vm("sysext", &images, &["v4l2loopback", "thinkpad_ec"], &["thinkpad_ec"]);
+    let vm = loaded_in_vm("sysext", &images, &["v4l2loopback", "acpi_call", "thinkpad_ec"], &["thinkpad_ec"]);
     let prepare = vm["prepare"].to_string();
     assert!(prepare.contains("Merged extensions into '/usr'"), "systemd-sysext merged in the VM: {prepare}");
     let modules = vm["modules"].to_string();
