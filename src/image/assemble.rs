@@ -1,6 +1,7 @@
 //! Turning a [`Plan`] into an image in the engine, with every expensive step cached:
 //! packages by digest, layers by the digest of what goes into them, images by ID.
 
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -159,14 +160,23 @@ async fn layers(cache: &Cache, plan: &Plan, prepared: Prepared, report: &dyn Rep
     let needed: Vec<repo::Package> = missing.iter().flat_map(|(_, l)| l.packages.iter().cloned()).collect();
     let fetch = repo::fetch_packages(cache, &needed, report).await?;
 
-    let mut tasks = Vec::new();
-    for (i, layer) in &missing {
-        let (cache, layer, rules) = (cache.clone(), (*layer).clone(), plan.fs.clone());
-        tasks.push((*i, tokio::task::spawn_blocking(move || write_layer(&cache, &layer, rules))));
-    }
+    // At most as many layers written at once as there are cores: each writer holds an xz
+    // dictionary (8 MiB with dpkg's default) and 2.5 MiB of buffers, and its work is CPU
+    // (decompressing, hashing), so writers beyond the cores only add memory (five at once held
+    // 42 MB of dictionaries). `buffered` starts each task only when a slot is free, in order.
+    // The futures are collected first, as in `repo::fetch_packages` (rust-lang/rust#102211).
+    let writers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, missing.len().max(1));
+    let tasks: Vec<_> = missing
+        .iter()
+        .map(|(i, layer)| {
+            let (i, cache, layer, rules) = (*i, cache.clone(), (*layer).clone(), plan.fs.clone());
+            async move { (i, tokio::task::spawn_blocking(move || write_layer(&cache, &layer, rules)).await) }
+        })
+        .collect();
     let layers_built = tasks.len();
-    for (i, task) in tasks {
-        let digest = task.await.map_err(|e| ImageError::Task(e.to_string()))??;
+    let mut tasks = futures_util::stream::iter(tasks).buffered(writers);
+    while let Some((i, task)) = tasks.next().await {
+        let digest = task.map_err(|e| ImageError::Task(e.to_string()))??;
         save_layer_meta(&layers_dir, &keys[i], &digest)?;
         report
             .done(&format!("layer {}", plan.layers[i].name), format!("{} ({} MB)", digest.diff_id, digest.size >> 20));
