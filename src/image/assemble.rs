@@ -160,11 +160,10 @@ async fn layers(cache: &Cache, plan: &Plan, prepared: Prepared, report: &dyn Rep
     let needed: Vec<repo::Package> = missing.iter().flat_map(|(_, l)| l.packages.iter().cloned()).collect();
     let fetch = repo::fetch_packages(cache, &needed, report).await?;
 
-    // At most as many layers written at once as there are cores: each writer holds an xz
-    // dictionary (8 MiB with dpkg's default) and 2.5 MiB of buffers, and its work is CPU
-    // (decompressing, hashing), so writers beyond the cores only add memory (five at once held
-    // 42 MB of dictionaries). `buffered` starts each task only when a slot is free, in order.
-    // The futures are collected first, as in `repo::fetch_packages` (rust-lang/rust#102211).
+    // No more layer writers than cores: each holds an xz dictionary (8 MiB, dpkg's default) and
+    // 3.5 MiB of buffers for CPU-bound work, so more only add memory (five held 42 MB of
+    // dictionaries). `buffered` spawns a task when a slot frees; futures collected first as in
+    // `repo::fetch_packages` (rust-lang/rust#102211).
     let writers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, missing.len().max(1));
     let tasks: Vec<_> = missing
         .iter()
