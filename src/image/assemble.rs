@@ -1,6 +1,7 @@
 //! Turning a [`Plan`] into an image in the engine, with every expensive step cached:
 //! packages by digest, layers by the digest of what goes into them, images by ID.
 
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -159,14 +160,22 @@ async fn layers(cache: &Cache, plan: &Plan, prepared: Prepared, report: &dyn Rep
     let needed: Vec<repo::Package> = missing.iter().flat_map(|(_, l)| l.packages.iter().cloned()).collect();
     let fetch = repo::fetch_packages(cache, &needed, report).await?;
 
-    let mut tasks = Vec::new();
-    for (i, layer) in &missing {
-        let (cache, layer, rules) = (cache.clone(), (*layer).clone(), plan.fs.clone());
-        tasks.push((*i, tokio::task::spawn_blocking(move || write_layer(&cache, &layer, rules))));
-    }
+    // No more layer writers than cores: each holds an xz dictionary (8 MiB, dpkg's default) and
+    // 3.5 MiB of buffers for CPU-bound work, so more only add memory (five held 42 MB of
+    // dictionaries). `buffered` spawns a task when a slot frees; futures collected first as in
+    // `repo::fetch_packages` (rust-lang/rust#102211).
+    let writers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, missing.len().max(1));
+    let tasks: Vec<_> = missing
+        .iter()
+        .map(|(i, layer)| {
+            let (i, cache, layer, rules) = (*i, cache.clone(), (*layer).clone(), plan.fs.clone());
+            async move { (i, tokio::task::spawn_blocking(move || write_layer(&cache, &layer, rules)).await) }
+        })
+        .collect();
     let layers_built = tasks.len();
-    for (i, task) in tasks {
-        let digest = task.await.map_err(|e| ImageError::Task(e.to_string()))??;
+    let mut tasks = futures_util::stream::iter(tasks).buffered(writers);
+    while let Some((i, task)) = tasks.next().await {
+        let digest = task.map_err(|e| ImageError::Task(e.to_string()))??;
         save_layer_meta(&layers_dir, &keys[i], &digest)?;
         report
             .done(&format!("layer {}", plan.layers[i].name), format!("{} ({} MB)", digest.diff_id, digest.size >> 20));
