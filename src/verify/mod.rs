@@ -154,15 +154,15 @@ pub(crate) struct Candidate {
 fn read_module(path: &Path) -> Result<Candidate, VerifyError> {
     let raw =
         std::fs::read(path).map_err(|e| VerifyError::Module { path: path.to_path_buf(), message: e.to_string() })?;
-    parse_module(path, raw)
+    parse_module(path, &raw)
 }
 
-fn parse_module(path: &Path, raw: Vec<u8>) -> Result<Candidate, VerifyError> {
+fn parse_module(path: &Path, raw: &[u8]) -> Result<Candidate, VerifyError> {
     let err = |message: String| VerifyError::Module { path: path.to_path_buf(), message };
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let (_, compression) = Compression::split_file_name(file_name)
         .ok_or_else(|| err("not a kernel module file name (.ko, .ko.xz, .ko.zst, .ko.gz)".into()))?;
-    let bytes = compression.decompress(&raw).map_err(|e| err(format!("cannot decompress: {e}")))?;
+    let bytes = compression.decompress(raw).map_err(|e| err(format!("cannot decompress: {e}")))?;
     let info = modinfo::parse(&bytes).map_err(err)?;
     let name = match info.get("name") {
         Some(n) => modinfo::canonical(n),

@@ -2,7 +2,7 @@
 //! distribution's tools to load them with, and (for extensions) the merge to run first.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::boot::BootKernel;
 use super::initramfs::{Extra, Node};
@@ -24,10 +24,9 @@ pub(super) async fn extra(
     built_for: &mut BTreeMap<String, Option<String>>,
 ) -> Result<Extra, VerifyError> {
     let mut extra = Extra::default();
-    let mut named = |extra: &mut Extra, name: String, path: &Path, bytes: Vec<u8>| -> Result<(), VerifyError> {
-        built_for.insert(name.clone(), parse_module(path, bytes)?.built_for);
+    let mut named = |extra: &mut Extra, name: String, vermagic: Option<String>| {
+        built_for.insert(name.clone(), vermagic);
         extra.modprobe.push(name);
-        Ok(())
     };
     let with_sysext = match subject {
         Subject::Files(_) => return Ok(extra),
@@ -38,7 +37,8 @@ pub(super) async fn extra(
                 message,
             })?;
             for (name, file, bytes) in probe.modules {
-                named(&mut extra, name, &root.join(file), bytes)?;
+                let vermagic = parse_module(&root.join(file), &bytes)?.built_for;
+                named(&mut extra, name, vermagic);
             }
             extra.nodes = probe.nodes;
             extra.modprobe_args = format!("-d {}", tree::ROOT);
@@ -46,8 +46,8 @@ pub(super) async fn extra(
         }
         Subject::Sysext { images, modules } => {
             let prepared = sysext::prepare(images, release, modules, kernel)?;
-            for (name, path, bytes) in prepared.modules {
-                named(&mut extra, name, &path, bytes)?;
+            for (name, vermagic) in prepared.modules {
+                named(&mut extra, name, vermagic);
             }
             extra.nodes = prepared.nodes;
             extra.prepare = Some(prepared.script);

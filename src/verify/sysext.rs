@@ -44,8 +44,8 @@ pub struct Prepared {
     pub nodes: BTreeMap<String, Node>,
     /// What the VM runs before modprobe.
     pub script: String,
-    /// The modules asked for, with their files' bytes (for vermagic).
-    pub modules: Vec<(String, PathBuf, Vec<u8>)>,
+    /// The modules asked for, each with the vermagic it was built for.
+    pub modules: Vec<(String, Option<String>)>,
 }
 
 pub fn prepare(
@@ -68,24 +68,24 @@ pub fn prepare(
         nodes.insert(format!("{EXTENSIONS}/{file_name}"), Node::File { mode: 0o644, data: bytes });
         let kdir = dir.join("usr/lib/modules").join(release);
         for path in module_files(&kdir) {
-            ours.push(super::read_module(&path).map(|c| (path, c))?);
+            ours.push(super::read_module(&path)?);
         }
     }
-    let own_names: Vec<String> = ours.iter().map(|(_, c)| c.name.clone()).collect();
+    let own_names: Vec<String> = ours.iter().map(|c| c.name.clone()).collect();
     let files = kernel.modules().map_err(|e| super::package_err(release, "modules", e.to_string()))?;
     // A merge module the package does not ship is built in: nothing to load.
     merge.retain(|m| files.contains_key(m));
     merge.sort();
     merge.dedup();
-    let depends = ours.iter().flat_map(|(_, c)| c.depends.clone()).chain(merge.iter().cloned());
+    let depends = ours.iter().flat_map(|c| c.depends.clone()).chain(merge.iter().cloned());
     let mut base: Vec<String> = kernel.dependencies(release, depends, &own_names)?.into_keys().collect();
     let paths = kernel.module_paths().map_err(|e| super::package_err(release, "modules", e.to_string()))?;
-    base.extend(paths.iter().filter(|(_, rel)| WHOLE.iter().any(|w| rel.starts_with(w))).filter_map(|(file, _)| {
-        files
+    base.extend(
+        paths
             .iter()
-            .find(|(_, f)| f.file_name().and_then(|n| n.to_str()) == Some(file.as_str()))
-            .map(|(n, _)| n.clone())
-    }));
+            .filter(|(_, rel)| WHOLE.iter().any(|w| rel.starts_with(w)))
+            .filter_map(|(file, _)| modinfo::name_of_file(file)),
+    );
     base.sort();
     base.dedup();
     for name in &base {
@@ -97,11 +97,11 @@ pub fn prepare(
     let mut modules = Vec::new();
     for name in names {
         let wanted = modinfo::canonical(name);
-        let (path, c) = ours
+        let c = ours
             .iter()
-            .find(|(_, c)| c.name == wanted)
+            .find(|c| c.name == wanted)
             .ok_or_else(|| tree_err(images, release, format!("no extension holds the module {name} for {release}")))?;
-        modules.push((wanted, path.clone(), c.bytes.clone()));
+        modules.push((wanted, c.built_for.clone()));
     }
     Ok(Prepared { nodes, script: prepare_script(&merge), modules })
 }
