@@ -153,8 +153,23 @@ fn safe_relative(raw: &str, strip: usize) -> Result<Option<PathBuf>, ArtifactErr
 /// they resolve in the container's filesystem, so they cannot expose the host. Special files
 /// are left out.
 pub fn pack_dir(dir: &Path, prefix: &str) -> Result<Vec<u8>, ArtifactError> {
-    let io = |source| ArtifactError::Io { path: dir.to_path_buf(), source };
     let mut b = tar::Builder::new(Vec::new());
+    walk_dir(dir, prefix, |header, path, link, data| match link {
+        Some(target) => b.append_link(header, path, target),
+        None => b.append_data(header, path, data),
+    })?;
+    b.into_inner().map_err(|source| ArtifactError::Io { path: dir.to_path_buf(), source })
+}
+
+/// Calls `visit` with each entry [`pack_dir`] stores, in its order: the header it writes, the
+/// path, the link's target or the data. A caller can stream the tar: a big source is never
+/// held whole in memory.
+pub fn walk_dir(
+    dir: &Path,
+    prefix: &str,
+    mut visit: impl FnMut(&mut tar::Header, &Path, Option<&Path>, &mut dyn std::io::Read) -> std::io::Result<()>,
+) -> Result<(), ArtifactError> {
+    let io = |source| ArtifactError::Io { path: dir.to_path_buf(), source };
     // Owner and time fixed (and written: a tar reader refuses empty numeric fields).
     let header = |size: u64, kind: tar::EntryType, mode: u32| {
         let mut h = tar::Header::new_gnu();
@@ -169,7 +184,7 @@ pub fn pack_dir(dir: &Path, prefix: &str) -> Result<Vec<u8>, ArtifactError> {
     let root = PathBuf::from(prefix);
     // Every level of the prefix gets its own entry, or the engine creates it owned by root.
     for level in root.ancestors().collect::<Vec<_>>().into_iter().rev().filter(|p| !p.as_os_str().is_empty()) {
-        b.append_data(&mut header(0, tar::EntryType::Directory, 0o755), level, std::io::empty()).map_err(io)?;
+        visit(&mut header(0, tar::EntryType::Directory, 0o755), level, None, &mut std::io::empty()).map_err(io)?;
     }
     let mut stack = vec![(dir.to_path_buf(), root)];
     while let Some((src, dst)) = stack.pop() {
@@ -179,20 +194,22 @@ pub fn pack_dir(dir: &Path, prefix: &str) -> Result<Vec<u8>, ArtifactError> {
             let meta = std::fs::symlink_metadata(e.path()).map_err(io)?;
             let name = dst.join(e.file_name());
             if meta.is_dir() {
-                b.append_data(&mut header(0, tar::EntryType::Directory, 0o755), &name, std::io::empty()).map_err(io)?;
+                visit(&mut header(0, tar::EntryType::Directory, 0o755), &name, None, &mut std::io::empty())
+                    .map_err(io)?;
                 stack.push((e.path(), name));
             } else if meta.is_file() {
                 let exec = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0;
                 let mut h = header(meta.len(), tar::EntryType::Regular, if exec { 0o755 } else { 0o644 });
-                let f = std::fs::File::open(e.path()).map_err(io)?;
-                b.append_data(&mut h, &name, f).map_err(io)?;
+                let mut f = std::fs::File::open(e.path()).map_err(io)?;
+                visit(&mut h, &name, None, &mut f).map_err(io)?;
             } else if meta.is_symlink() {
                 let target = std::fs::read_link(e.path()).map_err(io)?;
-                b.append_link(&mut header(0, tar::EntryType::Symlink, 0o777), &name, &target).map_err(io)?;
+                visit(&mut header(0, tar::EntryType::Symlink, 0o777), &name, Some(&target), &mut std::io::empty())
+                    .map_err(io)?;
             }
         }
     }
-    b.into_inner().map_err(io)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ pub async fn evaluate_conf(
     let input = input_tar(&files).map_err(BuildError::Input)?;
     // stdout to a file: the log interleaves stdout with stderr, where the conf's own output goes.
     let cmd = vec!["bash".into(), "-c".into(), format!("bash {dir}/eval.sh >{dir}/conf.json")];
-    let mut spec = crate::image::run_spec(recipe, image, cmd, Some(input), EVAL_TIMEOUT);
+    let mut spec = crate::image::run_spec(recipe, image, cmd, Some(input.into()), EVAL_TIMEOUT);
     spec.env.extend(conf::eval_env(&ctx));
     spec.outputs = vec![format!("{dir}/conf.json")];
     let outcome = engine.run(&spec).await?;

@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use super::BuildError;
-use crate::engine::{Input, Volume};
+use crate::engine::{Content, Input, Volume};
 
 /// dkms's tree as the container sees it: real MAKE lines name `$dkms_tree/<m>/<v>/build`, and
 /// some Makefiles hard-code /var/lib/dkms. The build's main volume.
@@ -52,9 +52,9 @@ pub(super) fn layout(
     append_link(&mut own, &format!("{module}/{version}/source"), &sources_path(module, version))
         .map_err(BuildError::Input)?;
     let mut tree = vec![Input::user(own.into_inner().map_err(BuildError::Input)?)];
-    let mut sources = vec![Input::user(crate::artifact::pack_dir(source, &format!("{module}-{version}"))?)];
+    let mut sources = vec![Input::user(Content::dir(source, &format!("{module}-{version}")))];
     for s in siblings {
-        sources.push(Input::root(crate::artifact::pack_dir(&s.source, &format!("{}-{}", s.module, s.version))?));
+        sources.push(Input::root(Content::dir(&s.source, &format!("{}-{}", s.module, s.version))));
         let mut theirs = tar::Builder::new(Vec::new());
         for dir in [s.module.clone(), format!("{}/{}", s.module, s.version)] {
             append_dir(&mut theirs, &dir).map_err(BuildError::Input)?;
@@ -67,7 +67,7 @@ pub(super) fn layout(
             let dir = built.join(part);
             if dir.is_dir() {
                 let at = format!("{}/{}/{kernel}/{arch}/{part}", s.module, s.version);
-                tree.push(Input::root(crate::artifact::pack_dir(&dir, &at)?));
+                tree.push(Input::root(Content::dir(&dir, &at)));
             }
         }
     }
@@ -104,7 +104,8 @@ pub(super) mod tests {
     pub(crate) fn entries(inputs: &[Input]) -> Vec<(String, Owner, Option<String>)> {
         let mut out = Vec::new();
         for i in inputs {
-            let mut a = tar::Archive::new(&i.tar[..]);
+            let tar = i.tar().unwrap();
+            let mut a = tar::Archive::new(&tar[..]);
             for e in a.entries().unwrap() {
                 let e = e.unwrap();
                 let link = e.link_name().unwrap().map(|l| l.display().to_string());

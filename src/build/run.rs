@@ -120,7 +120,7 @@ pub async fn run_build(
     let input = input.into_inner().map_err(BuildError::Input)?;
 
     let cmd = vec!["bash".into(), format!("{ckms_dir}/driver.sh")];
-    let mut spec = crate::image::run_spec(job.recipe, job.image, cmd, Some(input), job.timeout);
+    let mut spec = crate::image::run_spec(job.recipe, job.image, cmd, Some(input.into()), job.timeout);
     spec.input.extend(tree);
     spec.volumes = vec![sources];
     spec.scratch = CONTAINER_TREE.to_string();
@@ -262,7 +262,7 @@ pub async fn run_script(
     script: &str,
 ) -> Result<crate::engine::RunOutcome, BuildError> {
     let scratch = recipe.config.workdir.trim_end_matches('/').to_string();
-    let input = crate::artifact::pack_dir(source, "source")?;
+    let input = crate::engine::Content::dir(source, "source");
     let body = format!(
         "run={scratch}/source/$1; if [[ -x ${{run%% *}} ]]; then cd {scratch}/source && exec $run; \
          else echo \"Warning: the script is not executable: $1\" >&2; fi"
@@ -442,7 +442,7 @@ mod tests {
             match call {
                 Call::Run(spec) => {
                     let volumes = spec.input.iter().chain(spec.volumes.iter().flat_map(|v| &v.input));
-                    seen.extend(volumes.map(|i| i.tar.clone()));
+                    seen.extend(volumes.map(|i| i.tar().unwrap().into_owned()));
                     seen.push(spec.env.join("\n").into_bytes());
                     seen.push(spec.cmd.join("\n").into_bytes());
                 }

@@ -97,7 +97,7 @@ async fn run_in(
 ) -> Result<i32, Error> {
     let conn = ctx.engine().await?;
     let built = ctx.builder_image(conn.engine.as_ref(), kernel, profile, false).await?;
-    let input = src.map(|dir| ckms::artifact::pack_dir(dir, "")).transpose()?;
+    let input = src.map(|dir| ckms::engine::Content::dir(dir, ""));
     let recipe = ctx.catalog.recipe("builder")?;
     let spec = image::run_spec(recipe, &built.reference, command, input, std::time::Duration::from_secs(timeout));
     let outcome = conn.engine.run(&spec).await?;

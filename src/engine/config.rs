@@ -157,8 +157,14 @@ fn nproc_wrapper(n: i64) -> String {
 /// the first input naming a directory decides its owner. A relative link that leaves the volume
 /// (a packaged source's `README.gz -> ../../share/doc/...`) is made absolute from `at`, the
 /// volume's path: it means the same in the container, and Docker refuses the relative form.
-pub fn input_tar(inputs: &[super::Input], at: &str, uid: u32, gid: u32) -> std::io::Result<Vec<u8>> {
-    let mut out = tar::Builder::new(Vec::new());
+pub fn input_tar<W: std::io::Write>(
+    inputs: &[super::Input],
+    at: &str,
+    uid: u32,
+    gid: u32,
+    out: W,
+) -> std::io::Result<W> {
+    let mut out = tar::Builder::new(out);
     // Named "/", not "./": Docker skips a "." entry for an existing directory, but applies
     // the owner of a "/" entry to the destination itself; Podman accepts either.
     let mut root = tar::Header::new_gnu();
@@ -173,30 +179,38 @@ pub fn input_tar(inputs: &[super::Input], at: &str, uid: u32, gid: u32) -> std::
     out.append(&root, std::io::empty())?;
     let mut seen = std::collections::HashSet::new();
     for input in inputs {
-        let (uid, gid) = match input.owner {
+        let owner = match input.owner {
             super::Owner::User => (uid, gid),
             super::Owner::Root => (0, 0),
         };
-        let mut archive = tar::Archive::new(&input.tar[..]);
-        for entry in archive.entries()? {
-            let mut entry = entry?;
-            let mut header = entry.header().clone();
-            header.set_uid(uid.into());
-            header.set_gid(gid.into());
-            // Long names and link targets come from PAX/GNU extensions, not the header.
-            let path = entry.path()?.into_owned();
-            let key: std::path::PathBuf = path.components().filter(|c| *c != std::path::Component::CurDir).collect();
+        let mut put = |header: &mut tar::Header, path: &Path, link: Option<&Path>, data: &mut dyn std::io::Read| {
+            header.set_uid(owner.0.into());
+            header.set_gid(owner.1.into());
+            let key: PathBuf = path.components().filter(|c| *c != std::path::Component::CurDir).collect();
             if !seen.insert(key.clone()) {
-                continue;
+                return Ok(());
             }
-            match entry.link_name()? {
+            match link {
                 Some(target) => {
-                    let target = escaping_link(at, &key, &target).unwrap_or_else(|| target.into_owned());
-                    out.append_link(&mut header, &path, &target)?;
+                    let target = escaping_link(at, &key, target).unwrap_or_else(|| target.to_path_buf());
+                    out.append_link(header, path, &target)
                 }
-                None => {
-                    out.append_data(&mut header, &path, &mut entry)?;
+                None => out.append_data(header, path, data),
+            }
+        };
+        match &input.content {
+            super::Content::Tar(tar) => {
+                for entry in tar::Archive::new(&tar[..]).entries()? {
+                    let mut entry = entry?;
+                    let mut header = entry.header().clone();
+                    // Long names and link targets come from PAX/GNU extensions, not the header.
+                    let path = entry.path()?.into_owned();
+                    let link = entry.link_name()?.map(|l| l.into_owned());
+                    put(&mut header, &path, link.as_deref(), &mut entry)?;
                 }
+            }
+            super::Content::Dir { path: dir, prefix } => {
+                crate::artifact::walk_dir(dir, prefix, &mut put).map_err(std::io::Error::other)?;
             }
         }
     }
@@ -449,7 +463,7 @@ mod tests {
         let theirs = b.into_inner().unwrap();
 
         let inputs = [crate::engine::Input::user(input), crate::engine::Input::root(theirs)];
-        let out = input_tar(&inputs, "/usr/src", 1000, 1001).unwrap();
+        let out = input_tar(&inputs, "/usr/src", 1000, 1001, Vec::new()).unwrap();
         let mut a = tar::Archive::new(&out[..]);
         let entries: Vec<_> = a
             .entries()

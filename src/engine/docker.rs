@@ -5,7 +5,7 @@
 //! code, Docker's `wait_container` or, on Podman, libpod's own wait (its compat one burns a
 //! core while it waits). Image list/inspect and engine info are read as raw JSON (see [`raw`]).
 
-use super::config::{container_config, input_tar, parse_user, EngineCaps, RUN_LABEL};
+use super::config::{container_config, parse_user, EngineCaps, RUN_LABEL};
 use super::{raw, Answer, Engine, EngineError, EngineInfo, EngineKind, Exchange, ImageSummary, RunOutcome, RunSpec};
 use bollard::errors::Error as BollardError;
 use bollard::query_parameters::{
@@ -143,13 +143,14 @@ impl DockerApi {
         let volumes =
             std::iter::once((&spec.scratch, &spec.input)).chain(spec.volumes.iter().map(|v| (&v.path, &v.input)));
         let uploads = volumes.map(|(path, input)| async move {
-            let tar = input_tar(input, path, uid, gid)
-                .map_err(|e| EngineError::BadSpec(format!("input for {path} is not a valid tar: {e}")))?;
+            let (body, written) = super::upload::stream_input(input.clone(), path.clone(), uid, gid);
             let opts = UploadToContainerOptionsBuilder::new().path(path).build();
-            self.docker
-                .upload_to_container(id, Some(opts), bollard::body_full(tar.into()))
-                .await
-                .map_err(self.err(format!("upload input into {path} of container {id}")))
+            let sent = self.docker.upload_to_container(id, Some(opts), bollard::body_try_stream(body)).await;
+            // The writer's own error (a source file that cannot be read) says more than the
+            // engine's "unexpected EOF".
+            let written = written.await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            written.map_err(|source| EngineError::Io { path: format!("the input of {path}"), source })?;
+            sent.map_err(self.err(format!("upload input into {path} of container {id}")))
         });
         futures_util::future::try_join_all(uploads).await?;
 

@@ -226,9 +226,16 @@ impl Engine for FakeEngine {
         Ok(())
     }
 
+    /// Records the run with its inputs read now, as an engine reads a directory input when
+    /// the run starts (a test may look after the directory is gone).
     async fn run(&self, spec: &RunSpec) -> Result<RunOutcome, EngineError> {
+        let mut read = spec.clone();
+        for input in read.input.iter_mut().chain(read.volumes.iter_mut().flat_map(|v| v.input.iter_mut())) {
+            let tar = input.tar().map_err(|e| EngineError::BadSpec(format!("input: {e}")))?.into_owned();
+            input.content = tar.into();
+        }
         let mut s = self.state();
-        s.calls.push(Call::Run(Box::new(spec.clone())));
+        s.calls.push(Call::Run(Box::new(read)));
         s.runs
             .pop_front()
             .unwrap_or_else(|| Ok(RunOutcome { exit_code: 0, timed_out: false, log: Vec::new(), outputs: Vec::new() }))

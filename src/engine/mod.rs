@@ -13,6 +13,7 @@ pub mod doctor;
 mod error;
 pub mod fake;
 mod raw;
+mod upload;
 
 pub use config::{container_config, first_file, input_tar, parse_user, EngineCaps};
 pub use discover::{candidates, connect, start_private, Connection, Endpoint, EngineSettings};
@@ -20,7 +21,7 @@ pub use docker::DockerApi;
 pub use error::EngineError;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// What ckms needs from a container engine. Implemented by [`DockerApi`] (Docker and Podman)
@@ -125,24 +126,56 @@ pub struct RunSpec {
     pub follow: Option<LogSink>,
 }
 
-/// A tar to extract into a volume before the container starts, and who owns what it holds.
+/// What to extract into a volume before the container starts, and who owns what it holds.
 /// The volume's root always belongs to the run's user.
 #[derive(Debug, Clone)]
 pub struct Input {
-    pub tar: Vec<u8>,
+    pub content: Content,
     pub owner: Owner,
+}
+
+/// An input's entries. Cheap to clone: an upload streams them from a task of its own.
+#[derive(Debug, Clone)]
+pub enum Content {
+    /// A tar in memory (ckms's own small files).
+    Tar(bytes::Bytes),
+    /// A host directory, packed as [`crate::artifact::pack_dir`] packs it (paths under
+    /// `prefix`) when the run starts: a module's source can be tens of MB, never held whole.
+    Dir { path: PathBuf, prefix: String },
+}
+
+impl From<Vec<u8>> for Content {
+    fn from(tar: Vec<u8>) -> Self {
+        Content::Tar(tar.into())
+    }
+}
+
+impl Content {
+    pub fn dir(path: &Path, prefix: &str) -> Content {
+        Content::Dir { path: path.to_path_buf(), prefix: prefix.to_string() }
+    }
 }
 
 impl Input {
     /// Owned by the run's user: the run may change it.
-    pub fn user(tar: Vec<u8>) -> Input {
-        Input { tar, owner: Owner::User }
+    pub fn user(content: impl Into<Content>) -> Input {
+        Input { content: content.into(), owner: Owner::User }
     }
 
     /// Owned by uid 0: the run reads it and cannot change it (on rootless Podman uid 0 is the
     /// service's user on the host, still not the run's).
-    pub fn root(tar: Vec<u8>) -> Input {
-        Input { tar, owner: Owner::Root }
+    pub fn root(content: impl Into<Content>) -> Input {
+        Input { content: content.into(), owner: Owner::Root }
+    }
+
+    /// The entries as one tar in memory, for runners that unpack on the host.
+    pub fn tar(&self) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
+        match &self.content {
+            Content::Tar(t) => Ok(std::borrow::Cow::Borrowed(t)),
+            Content::Dir { path, prefix } => {
+                crate::artifact::pack_dir(path, prefix).map(std::borrow::Cow::Owned).map_err(std::io::Error::other)
+            }
+        }
     }
 }
 

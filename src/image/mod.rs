@@ -98,7 +98,7 @@ pub fn run_spec(
     recipe: &crate::profile::Recipe,
     image: &str,
     cmd: Vec<String>,
-    input: Option<Vec<u8>>,
+    input: Option<crate::engine::Content>,
     timeout: std::time::Duration,
 ) -> crate::engine::RunSpec {
     let dir = recipe.config.workdir.clone();

@@ -163,7 +163,8 @@ impl ProcessEngine {
             chown(dir, uid, gid).map_err(err)?;
         }
         for input in inputs {
-            let mut ar = tar::Archive::new(&input.tar[..]);
+            let tar = input.tar().map_err(err)?;
+            let mut ar = tar::Archive::new(&tar[..]);
             ar.set_preserve_permissions(true);
             ar.set_overwrite(true);
             let mut paths = Vec::new();

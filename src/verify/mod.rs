@@ -247,7 +247,7 @@ pub async fn verify(
         .map_err(|e| package_err(release, "initramfs", e.to_string()))?;
     let dir = format!("{}/{BOOT_DIR}", recipe.config.workdir);
     let argv = qemu_argv(&p.machine, &format!("{dir}/vmlinuz"), &format!("{dir}/initrd"), VM_MEMORY_MIB);
-    let mut spec = crate::image::run_spec(recipe, &image.reference, argv, Some(input), VM_TIMEOUT);
+    let mut spec = crate::image::run_spec(recipe, &image.reference, argv, Some(input.into()), VM_TIMEOUT);
     spec.outputs.clear();
     let vm_started = Instant::now();
     let outcome = engine.run(&spec).await?;

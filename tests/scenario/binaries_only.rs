@@ -135,7 +135,7 @@ async fn other_machine(engine: &str, tarball: &Path, cert: &Path) -> (BTreeMap<S
         recipe,
         &image.reference,
         cmd,
-        Some(input.into_inner().unwrap()),
+        Some(input.into_inner().unwrap().into()),
         Duration::from_secs(600),
     );
     spec.outputs = ["/host/out", "/host/root", "/host/dk"].map(str::to_string).to_vec();

@@ -231,7 +231,7 @@ pub async fn run_dkms(
         source.version.clone(),
         kernel.into(),
     ];
-    let mut spec = ckms::image::run_spec(recipe, &image.reference, cmd, Some(input), BUILD_TIMEOUT);
+    let mut spec = ckms::image::run_spec(recipe, &image.reference, cmd, Some(input.into()), BUILD_TIMEOUT);
     spec.outputs = vec!["/build/out".into()];
     let started = Instant::now();
     let outcome =
