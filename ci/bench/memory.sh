@@ -6,6 +6,9 @@
 #   3. ckms image build -k KERNEL        (up to date: index load, resolution, engine check)
 #   4. two profiles' indexes held at once, three kernels planned (benches/index_memory.rs:
 #      what the prebuild farm does in one process)
+#   5. ckms image run --src DIR          (a 64 MB source directory uploaded into a build: streamed
+#      from disk, so the peak should not grow with it; the command removes it before /build comes
+#      back)
 # Wall times move with the machine's load; peak RSS does not.
 # usage: ci/bench/memory.sh [RUNS]
 # env: CKMS_CACHE_DIR (default: a fresh directory), ENGINE (default unix:///var/run/docker.sock),
@@ -54,3 +57,9 @@ measure "ckms kernels --profile debian-bookworm" "$CKMS_BIN" kernels --profile d
 measure "ckms image build -k ${kernels[0]} (up to date)" "$CKMS_BIN" --engine "$engine" image build -k "${kernels[0]}"
 measure "bookworm + trixie indexes, ${#kernels[@]} kernels planned" \
   "$INDEX_MEMORY_BIN" debian-bookworm debian-trixie -- "${kernels[@]}"
+
+src=$work/src
+mkdir -p "$src/big"
+for i in $(seq 64); do head -c 1M /dev/urandom >"$src/big/f$i"; done
+measure "ckms image run --src (64 MB of source)" "$CKMS_BIN" --engine "$engine" image run -k "${kernels[0]}" \
+  --src "$src" --out "$work/out" -- sh -c 'rm -rf /build/big'

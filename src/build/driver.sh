@@ -61,7 +61,7 @@ if ! (ulimit -f "$ckms_space_kib" && exec bash "$ckms_dir/eval.sh") >"$ckms_dir/
     exit 8
 fi
 mv "$ckms_dir/conf.tmp" "$ckms_dir/conf.json"
-until [[ -e $ckms_dir/plan/ready || -e $ckms_dir/plan/abort ]]; do sleep 0.05; done
+until [[ -e $ckms_dir/plan/ready || -e $ckms_dir/plan/abort ]]; do sleep 0.02; done
 [[ -e $ckms_dir/plan/abort ]] && exit 0
 for v in make patches post_add pre_build post_build modules header; do
     printf -v "ckms_$v" '%s' "$(<"$ckms_dir/plan/$v")"

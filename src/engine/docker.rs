@@ -32,7 +32,7 @@ const KILL_GRACE: Duration = Duration::from_secs(30);
 /// How often a running container is asked whether its exchange request is there: soon after
 /// the start (a conf evaluates in a fraction of a second), then less and less often, so that a
 /// slow one costs the engine little (each look is an archive request).
-const EXCHANGE_POLL_FIRST: Duration = Duration::from_millis(25);
+const EXCHANGE_POLL_FIRST: Duration = Duration::from_millis(10);
 const EXCHANGE_POLL_MAX: Duration = Duration::from_millis(250);
 /// How often Podman's own wait looks at the container's state. Its Docker-compatible wait
 /// polls without pause in Podman 4 (a core's worth of CPU for as long as the build runs).
