@@ -230,9 +230,14 @@ impl Engine for FakeEngine {
     /// the run starts (a test may look after the directory is gone).
     async fn run(&self, spec: &RunSpec) -> Result<RunOutcome, EngineError> {
         let mut read = spec.clone();
-        for input in read.input.iter_mut().chain(read.volumes.iter_mut().flat_map(|v| v.input.iter_mut())) {
-            let tar = input.tar().map_err(|e| EngineError::BadSpec(format!("input: {e}")))?.into_owned();
-            input.content = tar.into();
+        let volumes = std::iter::once((&read.scratch, &mut read.input))
+            .chain(read.volumes.iter_mut().map(|v| (&v.path, &mut v.input)));
+        for (path, inputs) in volumes {
+            for input in inputs {
+                // As the real engine reports a writer's error (docker.rs).
+                let io = |source| EngineError::Io { path: format!("the input of {path}"), source };
+                input.content = input.tar().map_err(io)?.into_owned().into();
+            }
         }
         let mut s = self.state();
         s.calls.push(Call::Run(Box::new(read)));
