@@ -36,6 +36,7 @@ pub mod install;
 pub mod kernel;
 pub mod kube;
 pub mod lifecycle;
+pub mod pair;
 pub mod prebuilt;
 pub mod profile;
 pub mod publish;

@@ -28,3 +28,18 @@ pub fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
     }
     b.into_inner().unwrap()
 }
+
+/// (path, owner, link target) of every entry of the inputs, in order.
+pub fn input_entries(inputs: &[crate::engine::Input]) -> Vec<(String, crate::engine::Owner, Option<String>)> {
+    let mut out = Vec::new();
+    for i in inputs {
+        let tar = i.tar().unwrap();
+        let mut a = tar::Archive::new(&tar[..]);
+        for e in a.entries().unwrap() {
+            let e = e.unwrap();
+            let link = e.link_name().unwrap().map(|l| l.display().to_string());
+            out.push((e.path().unwrap().display().to_string().trim_end_matches('/').to_string(), i.owner, link));
+        }
+    }
+    out
+}

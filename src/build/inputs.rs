@@ -30,9 +30,27 @@ pub struct Sibling {
     pub version: String,
     /// Its source on the host (`<source_tree>/<m>-<v>`): at `/usr/src/<m>-<v>`.
     pub source: PathBuf,
-    /// Its built tree for the build's kernel on the host (`<dkms_tree>/<m>/<v>/<kver>/<arch>`),
-    /// if it is built: `module/` and `log/` at the same place under /var/lib/dkms.
-    pub built: Option<PathBuf>,
+    /// What it built for the build's kernel, if it is built: at
+    /// `/var/lib/dkms/<m>/<v>/<kver>/<arch>/` as a dkms host shows it.
+    pub built: Option<BuiltView>,
+}
+
+/// A sibling's built modules on the host: `module/` (and `log/`) of a dkms tree's built dir,
+/// or the signed modules of a farm store's entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltView {
+    /// The directory shown as `module/`.
+    pub modules: PathBuf,
+    /// The directory shown as `log/` (make.log), when there is one.
+    pub log: Option<PathBuf>,
+}
+
+impl BuiltView {
+    /// A dkms tree's built dir (`<dkms_tree>/<m>/<v>/<kver>/<arch>`).
+    pub fn of_built_dir(dir: &Path) -> BuiltView {
+        let log = dir.join("log");
+        BuiltView { modules: dir.join("module"), log: log.is_dir().then_some(log) }
+    }
 }
 
 /// The two volumes' inputs for building `module`/`version` from `source`: the tree's (to which
@@ -63,11 +81,10 @@ pub(super) fn layout(
             .map_err(BuildError::Input)?;
         tree.push(Input::root(theirs.into_inner().map_err(BuildError::Input)?));
         let Some(built) = &s.built else { continue };
-        for part in ["module", "log"] {
-            let dir = built.join(part);
-            if dir.is_dir() {
+        for (part, dir) in [("module", Some(&built.modules)), ("log", built.log.as_ref())] {
+            if let Some(dir) = dir.filter(|d| d.is_dir()) {
                 let at = format!("{}/{}/{kernel}/{arch}/{part}", s.module, s.version);
-                tree.push(Input::root(Content::dir(&dir, &at)));
+                tree.push(Input::root(Content::dir(dir, &at)));
             }
         }
     }
@@ -96,24 +113,10 @@ fn append_link(b: &mut tar::Builder<Vec<u8>>, path: &str, target: &str) -> std::
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
     use super::*;
     use crate::engine::Owner;
-
-    /// (path, owner, link target) of every entry of the inputs, in order.
-    pub(crate) fn entries(inputs: &[Input]) -> Vec<(String, Owner, Option<String>)> {
-        let mut out = Vec::new();
-        for i in inputs {
-            let tar = i.tar().unwrap();
-            let mut a = tar::Archive::new(&tar[..]);
-            for e in a.entries().unwrap() {
-                let e = e.unwrap();
-                let link = e.link_name().unwrap().map(|l| l.display().to_string());
-                out.push((e.path().unwrap().display().to_string().trim_end_matches('/').to_string(), i.owner, link));
-            }
-        }
-        out
-    }
+    use crate::testutil::input_entries as entries;
 
     #[test]
     fn own_source_writable_siblings_read_only() {
@@ -134,7 +137,7 @@ pub(super) mod tests {
                 module: "base".into(),
                 version: "2".into(),
                 source: host.path().join("usr/src/base-2"),
-                built: Some(host.path().join("tree/base/2/6.1.0-56-amd64/x86_64")),
+                built: Some(BuiltView::of_built_dir(&host.path().join("tree/base/2/6.1.0-56-amd64/x86_64"))),
             },
             Sibling {
                 module: "plain".into(),

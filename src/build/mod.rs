@@ -17,7 +17,7 @@ mod run;
 pub const DRIVER: &str = include_str!("driver.sh");
 
 pub use eval::evaluate_conf;
-pub use inputs::{Sibling, CONTAINER_SOURCES, CONTAINER_TREE};
+pub use inputs::{BuiltView, Sibling, CONTAINER_SOURCES, CONTAINER_TREE};
 pub use run::{run_build, run_script, status, Built, Job, Ran, Resolver};
 
 use std::path::PathBuf;

@@ -375,9 +375,9 @@ mod tests {
         // The source goes in once, to /usr/src, as the build user's; the driver copies it to build/.
         assert_eq!(spec.volumes.len(), 1);
         assert_eq!(spec.volumes[0].path, "/usr/src");
-        let sources = crate::build::inputs::tests::entries(&spec.volumes[0].input);
+        let sources = crate::testutil::input_entries(&spec.volumes[0].input);
         assert_eq!(sources[1], ("hello-1/hello.c".to_string(), crate::engine::Owner::User, None));
-        let tree = crate::build::inputs::tests::entries(&spec.input);
+        let tree = crate::testutil::input_entries(&spec.input);
         assert!(tree.iter().all(|(p, _, _)| !p.ends_with("hello.c")), "{tree:?}");
         assert!(tree.contains(&("hello/1/source".into(), crate::engine::Owner::User, Some("/usr/src/hello-1".into()))));
     }

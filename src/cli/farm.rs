@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ckms::context::Context;
 use ckms::error::Error;
-use ckms::farm::exec::{Checked, Farm, Signing};
+use ckms::farm::exec::{Checked, Farm, OnEngine, Signing};
 use ckms::farm::plan::{self, Plan, Work};
 use ckms::farm::report::{self, Cell, Counts};
 use ckms::farm::schedule::{self, Capacity, Job, Outcome, Progress};
@@ -382,7 +382,7 @@ pub(super) async fn evaluate(
     let kernels = plan::kernels(ctx, &selectors, profile).await?;
     let work = Work::for_store(ctx, store.root());
     let sources = plan::sources(ctx, &work, sources, &kernels).await?;
-    let plan = plan::pairs(ctx, &work, sources, kernels).await?;
+    let plan = plan::pairs(ctx, sources, kernels).await?;
 
     // What the store already has (each entry read and checked once): `todo` to build, and
     // the built ones, which --check rebuilds.
@@ -504,7 +504,7 @@ async fn run_pairs(
         let i = &conn.info;
         eprintln!("building {} pair(s) with {:?} {} at {}", todo.len(), i.kind, i.version, i.endpoint);
     }
-    let mut farm = Farm::new(ctx, plan, store, work, conn, signing);
+    let mut farm = Farm::new(ctx, plan, store, work, signing);
     if args.check {
         farm = farm.checking();
     }
@@ -529,29 +529,12 @@ async fn run_pairs(
             }
         })
         .collect();
-    let executor = Indexed { farm: &farm, todo };
+    let executor = OnEngine { farm: &farm, conn, todo };
     let live = super::farm_progress::Live::new(out.json, &jobs_list);
     let progress = |p: Progress| live.event(&p);
     let outcomes = schedule::run(&jobs_list, &executor, Capacity::of_machine(args.jobs), &progress).await;
     live.finish();
     Ok((outcomes, farm.checked()))
-}
-
-/// The schedule numbers its jobs 0..n; the farm numbers pairs.
-struct Indexed<'a> {
-    farm: &'a Farm<'a>,
-    todo: &'a [usize],
-}
-
-#[async_trait::async_trait]
-impl schedule::Executor for Indexed<'_> {
-    async fn provision(&self, image: usize) -> Result<(), Error> {
-        self.farm.provision(image).await
-    }
-
-    async fn build(&self, index: usize, job: &Job, jobs: u32) -> Result<Status, Error> {
-        self.farm.build(self.todo[index], job, jobs).await
-    }
 }
 
 /// The key pair the farm signs with (as `build` would on this host), made now if it is
@@ -570,5 +553,5 @@ pub(super) fn signing(
         .ok()
         .and_then(|c| ckms::sign::keys::common_name(&c))
         .unwrap_or_default();
-    Ok(Some(Signing { keys, fingerprint: signer.fingerprint(), subject }))
+    Ok(Some(Signing { fingerprint: signer.fingerprint(), signer: Arc::new(signer), subject }))
 }

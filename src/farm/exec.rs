@@ -1,25 +1,31 @@
-//! The real [`Executor`]: provisions builder images on the engine and builds each pair with
-//! the lifecycle's build of one (module, kernel), in the kernel's own tree of the farm's work
-//! area, then moves what it made into the store under the pair's key.
+//! The farm's side of one pair: realised through the pair core ([`crate::pair::realise`]) on
+//! whatever runner is given (an engine here, a pod's transcript for `farm kube collect`), the
+//! staged result moved into the store under the pair's key with its record. [`OnEngine`] is the
+//! real [`Executor`]: it provisions builder images and builds on one engine.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::plan::{Plan, Work};
 use super::schedule::{Executor, Job};
-use super::store::{stored_file, Record, SourceInfo, Status, Store, StoredModule};
+use super::store::{self, stored_file, Lookup, Record, SourceInfo, Status, Store, StoredModule};
 use super::FarmError;
-use crate::build::BuildError;
+use crate::build::{BuiltView, Sibling};
+use crate::conf::{BuildPlan, KernelFacts};
 use crate::context::Context;
-use crate::engine::Connection;
+use crate::diagnose::{code, Diagnose};
+use crate::engine::{Connection, Engine as Images, Engine as Runner};
 use crate::error::Error;
-use crate::lifecycle::{BuildOutcome, KernelTarget, Lifecycle, LifecycleError, Manifest, Options, UNSIGNED};
-use crate::sign::KeyPaths;
+use crate::pair::inputs::{self, KeyedPair};
+use crate::pair::realise::{self, Depends, Key, Limits, Realise, Realised, SignWith, Staged, UNSIGNED};
+use crate::pair::PairError;
+use crate::sign::Signer;
 
-/// Who signs: the key pair, and what the records say of it.
-#[derive(Debug, Clone)]
+/// Who signs: the key pair, loaded once for every pair, and what the records say of it.
+#[derive(Clone)]
 pub struct Signing {
-    pub keys: KeyPaths,
+    pub signer: Arc<Signer>,
     pub fingerprint: String,
     pub subject: String,
 }
@@ -29,7 +35,6 @@ pub struct Farm<'a> {
     pub plan: &'a Plan,
     pub store: &'a Store,
     pub work: &'a Work,
-    pub conn: Arc<Connection>,
     pub signing: Option<Signing>,
     /// Each image's reference once provisioned.
     images: Mutex<Vec<Option<String>>>,
@@ -55,11 +60,10 @@ impl<'a> Farm<'a> {
         plan: &'a Plan,
         store: &'a Store,
         work: &'a Work,
-        conn: Arc<Connection>,
         signing: Option<Signing>,
     ) -> Farm<'a> {
         let images = Mutex::new(vec![None; plan.images.len()]);
-        Farm { ctx, plan, store, work, conn, signing, images, check: None }
+        Farm { ctx, plan, store, work, signing, images, check: None }
     }
 
     /// Rebuilds compare instead of store ([`Farm::checked`] tells what they found).
@@ -74,18 +78,230 @@ impl<'a> Farm<'a> {
         out
     }
 
+    /// Makes the builder image `image` ready on `engine` (up to date: no I/O).
+    pub async fn provision(&self, engine: &dyn Images, image: usize) -> Result<(), Error> {
+        let spec = &self.plan.images[image];
+        let profile = self.ctx.catalog.profile(&spec.profile)?;
+        let built = self.ctx.image_of(engine, profile, &spec.plan, false).await?;
+        self.provided(image, built.reference);
+        Ok(())
+    }
+
+    /// The builder image `image` is `reference` (provisioned elsewhere: a pod's).
+    pub fn provided(&self, image: usize, reference: String) {
+        if let Ok(mut images) = self.images.lock() {
+            images[image] = Some(reference);
+        }
+    }
+
+    /// Realises pair `index` on `runner` (whose engine the record names) with `make -j<jobs>`,
+    /// and stores how it ended (or, with `--check`, compares it with the stored entry).
+    pub async fn realise(&self, index: usize, runner: &dyn Runner, engine: &str, jobs: u32) -> Result<Status, Error> {
+        let (ctx, pair) = (self.ctx, &self.plan.pairs[index]);
+        let (source, kernel) = (&self.plan.sources[pair.source], &self.plan.kernels[pair.kernel]);
+        let profile = ctx.catalog.profile(&kernel.profile)?;
+        let index_of = ctx.index(profile).await?;
+        let kconfig = crate::kernel::config(&ctx.cache, &index_of, kernel, ctx.reporter()).await?;
+        let image = self.image(pair)?;
+        let roots = self.work.sources(&kernel.profile);
+        let dir = roots.source_tree.join(format!("{}-{}", source.mv.module, source.mv.version));
+        let siblings = self.siblings(pair, &roots.source_tree);
+        let overrides = inputs::overrides(&ctx.config.conf_dir(), &source.mv, &kernel.release, &pair.arch);
+        let hash = kconfig.as_deref().and_then(crate::sign::kernel_hash);
+        let signing = match (&self.signing, hash) {
+            (Some(s), Some(hash)) => Some(SignWith { hash, key: Key::Loaded(&s.signer) }),
+            _ => None,
+        };
+        let r = Realise {
+            mv: &source.mv,
+            source: &dir,
+            siblings: &siblings,
+            overrides: &overrides,
+            recipe: ctx.catalog.recipe("builder")?,
+            image: &image,
+            profile,
+            kernel: KernelFacts { release: kernel.release.clone(), arch: pair.arch.clone(), config: kconfig },
+            jobs,
+            limits: Limits::of(&ctx.config),
+            follow: None,
+            signing,
+            report: ctx.reporter(),
+        };
+        let work = self.store.staging(&pair.key)?;
+        let started = Instant::now();
+        let depends = |plan: &BuildPlan| self.depends(pair, &siblings, plan);
+        let realised = realise::realise(runner, &r, &depends, work.path()).await;
+        let mut record = self.record(index, &image, engine, started.elapsed().as_secs_f64());
+        let entry = self.store.staging(&pair.key)?;
+        match realised {
+            Ok(Realised::Built(staged)) => self.take(&mut record, &staged, entry.path())?,
+            Ok(Realised::Skipped { reason }) => record.ended(Status::Skipped, code::SKIPPED, reason),
+            Ok(Realised::Failed(mut failed)) => {
+                let path = entry.path().join("make.log");
+                std::fs::write(&path, std::mem::take(&mut failed.log)).map_err(FarmError::io(&path))?;
+                record.make_log = Some(stored_file(entry.path(), "make.log")?);
+                let error = failed.into_error(&source.mv, &kernel.release, &pair.arch, path);
+                record.ended(Status::Failed, error.exit_code(), error.to_string());
+            }
+            Ok(Realised::NeedsDependencies(deps)) => record.ended(
+                Status::Failed,
+                code::MISSING_DEPENDS,
+                format!(
+                    "{} needs {} built first (BUILD_DEPENDS): not built for this kernel",
+                    source.mv,
+                    deps.join(", ")
+                ),
+            ),
+            Ok(Realised::Refused(e)) => record.ended(Status::Failed, e.exit_code(), e.to_string()),
+            // The same inputs fail the same way: stored. Else the machine failed: tried again next run.
+            Err(e) if e.about_inputs() => record.ended(Status::Failed, e.exit_code(), e.to_string()),
+            Err(e) => return Err(e.into()),
+        }
+        drop(work);
+        if self.check.is_some() {
+            self.compare(index, &record, entry)?;
+        } else {
+            self.store.commit(entry, &record)?;
+        }
+        Ok(record.status)
+    }
+
+    fn image(&self, pair: &KeyedPair) -> Result<String, FarmError> {
+        let provisioned = self.images.lock().ok().and_then(|i| i[pair.image].clone());
+        provisioned.ok_or_else(|| FarmError::Store {
+            path: self.store.root().to_path_buf(),
+            message: format!("the builder image for {} was not provisioned", self.plan.kernels[pair.kernel].release),
+        })
+    }
+
+    /// The modules pair `pair` declares, as its build sees them: their sources from the farm's
+    /// source tree, and their modules for the same kernel when their pair is stored as built.
+    fn siblings(&self, pair: &KeyedPair, source_tree: &Path) -> Vec<Sibling> {
+        pair.visible
+            .iter()
+            .filter_map(|mv| {
+                let source = source_tree.join(format!("{}-{}", mv.module, mv.version));
+                if !source.join("dkms.conf").is_file() {
+                    return None;
+                }
+                let theirs =
+                    self.plan.pairs.iter().find(|p| p.kernel == pair.kernel && self.plan.sources[p.source].mv == *mv);
+                let built = theirs.and_then(|p| match self.store.get(&p.key) {
+                    Lookup::Found(r) if r.status == Status::Built => {
+                        Some(BuiltView { modules: self.store.entry_dir(&p.key).join("modules"), log: None })
+                    }
+                    _ => None,
+                });
+                Some(Sibling { module: mv.module.clone(), version: mv.version.clone(), source, built })
+            })
+            .collect()
+    }
+
+    /// The store's answer on a plan's BUILD_DEPENDS: each must be a declared sibling whose pair
+    /// is built for this kernel (the schedule builds it first).
+    fn depends(&self, pair: &KeyedPair, siblings: &[Sibling], plan: &BuildPlan) -> Depends {
+        let mv = &self.plan.sources[pair.source].mv;
+        let mut unbuilt = Vec::new();
+        for dep in &plan.build_depends {
+            let (module, version, dependency) = (mv.module.clone(), mv.version.clone(), dep.clone());
+            if *dep == mv.module {
+                return Depends::Refused(PairError::DependencyCycle { module, version, dependency });
+            }
+            match siblings.iter().find(|s| s.module == *dep) {
+                None => return Depends::Refused(PairError::MissingDepends { module, version, dependency }),
+                Some(s) if s.built.is_none() => unbuilt.push(dep.clone()),
+                Some(_) => {}
+            }
+        }
+        if unbuilt.is_empty() {
+            Depends::Met
+        } else {
+            Depends::Unbuilt(unbuilt)
+        }
+    }
+
+    /// The record of pair `index`, before its outcome is known.
+    fn record(&self, index: usize, image: &str, engine: &str, seconds: f64) -> Record {
+        let (plan, pair) = (self.plan, &self.plan.pairs[index]);
+        let (source, kernel, spec) = (&plan.sources[pair.source], &plan.kernels[pair.kernel], &plan.images[pair.image]);
+        Record {
+            format: store::FORMAT,
+            key: pair.key.clone(),
+            module: source.mv.module.clone(),
+            version: source.mv.version.clone(),
+            kernel: kernel.release.clone(),
+            arch: pair.arch.clone(),
+            profile: kernel.profile.clone(),
+            source: SourceInfo {
+                given: source.given.clone(),
+                package: source.origin.as_ref().map(|o| o.package.clone()),
+                package_version: source.origin.as_ref().map(|o| o.version.clone()),
+                digest: source.digest.clone(),
+            },
+            status: Status::Built,
+            exit_code: 0,
+            reason: None,
+            modules: Vec::new(),
+            make_log: None,
+            signer: None,
+            image: image.to_string(),
+            image_lock: spec.lock.clone(),
+            extra_packages: spec.extra.clone(),
+            seconds,
+            make_seconds: None,
+            built_at: now(),
+            engine: engine.to_string(),
+            ckms_version: env!("CARGO_PKG_VERSION").to_string(),
+            proof: None,
+        }
+    }
+
+    /// Moves a staged result's files into the entry `entry` and describes them in `record`:
+    /// `modules/` (signed, compressed), `unsigned/`, `make.log`, `ckms.json`.
+    fn take(&self, record: &mut Record, staged: &Staged, entry: &Path) -> Result<(), Error> {
+        let manifest = &staged.manifest;
+        for m in &manifest.modules {
+            let name = m.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let signed = format!("modules/{name}");
+            let unsigned = format!("{UNSIGNED}/{}.ko", m.built_name);
+            move_file(&staged.dir.join(&m.file), &entry.join(&signed))?;
+            move_file(&staged.dir.join(&unsigned), &entry.join(&unsigned))?;
+            record.modules.push(StoredModule {
+                name: m.dest_name.clone(),
+                dest: m.dest_location.clone(),
+                unsigned: stored_file(entry, &unsigned)?,
+                signed: Some(stored_file(entry, &signed)?),
+            });
+        }
+        move_file(&staged.dir.join(crate::pair::manifest::FILE), &entry.join("ckms.json"))?;
+        let log = staged.dir.join("log/make.log");
+        if log.is_file() {
+            move_file(&log, &entry.join("make.log"))?;
+            record.make_log = Some(stored_file(entry, "make.log")?);
+        }
+        record.make_seconds = manifest.make_seconds;
+        if let (Some(s), Some(hash), Some(_)) = (&self.signing, &manifest.sig_hash, &manifest.signed_by) {
+            record.signer = Some(store::Signer {
+                fingerprint: s.fingerprint.clone(),
+                subject: s.subject.clone(),
+                hash: hash.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// Compares a rebuilt entry with the stored one; a differing one is kept in
     /// `<store>/check/<key>/` to be looked at.
     fn compare(&self, index: usize, rebuilt: &Record, staged: tempfile::TempDir) -> Result<(), Error> {
         let key = &self.plan.pairs[index].key;
         let mut c = Checked { pair: index, differs: Vec::new(), compared: 0, status: None };
         let stored = match self.store.get(key) {
-            super::store::Lookup::Found(r) => r,
-            super::store::Lookup::Damaged(why) => {
+            Lookup::Found(r) => r,
+            Lookup::Damaged(why) => {
                 c.status = Some(format!("the stored entry is damaged: {why}"));
                 Box::new(rebuilt.clone())
             }
-            super::store::Lookup::Missing => {
+            Lookup::Missing => {
                 c.status = Some("the stored entry is gone".into());
                 Box::new(rebuilt.clone())
             }
@@ -94,7 +310,7 @@ impl<'a> Farm<'a> {
             c.status = Some(format!("stored {}, rebuilt {}", stored.status, rebuilt.status));
         }
         let dir = self.store.entry_dir(key);
-        let theirs: Vec<&super::store::StoredFile> =
+        let theirs: Vec<&store::StoredFile> =
             stored.modules.iter().flat_map(|m| std::iter::once(&m.unsigned).chain(&m.signed)).collect();
         for f in rebuilt.modules.iter().flat_map(|m| std::iter::once(&m.unsigned).chain(&m.signed)) {
             c.compared += 1;
@@ -123,88 +339,38 @@ impl<'a> Farm<'a> {
         }
         Ok(())
     }
+}
 
-    fn engine_name(&self) -> String {
-        format!("{:?} {}", self.conn.info.kind, self.conn.info.version)
+impl Record {
+    /// How a pair that did not build ended.
+    fn ended(&mut self, status: Status, exit_code: i32, reason: String) {
+        (self.status, self.exit_code, self.reason) = (status, exit_code, Some(reason));
+    }
+}
+
+/// The farm on one engine: images provisioned there, every pair built there. The schedule
+/// numbers its jobs 0..n; `todo` maps them to the plan's pairs.
+pub struct OnEngine<'a> {
+    pub farm: &'a Farm<'a>,
+    pub conn: Arc<Connection>,
+    pub todo: &'a [usize],
+}
+
+#[async_trait::async_trait]
+impl Executor for OnEngine<'_> {
+    async fn provision(&self, image: usize) -> Result<(), Error> {
+        self.farm.provision(self.conn.engine.as_ref(), image).await
     }
 
-    /// The record of pair `index`, before its outcome is known.
-    fn record(&self, index: usize, status: Status, exit_code: i32, seconds: f64) -> Record {
-        let (plan, pair) = (self.plan, &self.plan.pairs[index]);
-        let (source, kernel, image) =
-            (&plan.sources[pair.source], &plan.kernels[pair.kernel], &plan.images[pair.image]);
-        let reference = self.images.lock().ok().and_then(|i| i[pair.image].clone());
-        Record {
-            format: super::store::FORMAT,
-            key: pair.key.clone(),
-            module: source.mv.module.clone(),
-            version: source.mv.version.clone(),
-            kernel: kernel.release.clone(),
-            arch: pair.arch.clone(),
-            profile: kernel.profile.clone(),
-            source: SourceInfo {
-                given: source.given.clone(),
-                package: source.origin.as_ref().map(|o| o.package.clone()),
-                package_version: source.origin.as_ref().map(|o| o.version.clone()),
-                digest: source.digest.clone(),
-            },
-            status,
-            exit_code,
-            reason: None,
-            modules: Vec::new(),
-            make_log: None,
-            signer: None,
-            image: reference.unwrap_or_default(),
-            image_lock: image.lock.clone(),
-            extra_packages: image.extra.clone(),
-            seconds,
-            make_seconds: None,
-            built_at: now(),
-            engine: self.engine_name(),
-            ckms_version: env!("CARGO_PKG_VERSION").to_string(),
-            proof: None,
-        }
-    }
-
-    /// Moves a built dir's files into the staged entry and describes them.
-    fn take_built(&self, record: &mut Record, built: &std::path::Path, staged: &std::path::Path) -> Result<(), Error> {
-        let manifest = Manifest::read(built)?;
-        for m in &manifest.modules {
-            let name = m.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let signed = format!("modules/{name}");
-            let unsigned = format!("{UNSIGNED}/{}.ko", m.built_name);
-            copy(&built.join(&m.file), &staged.join(&signed))?;
-            copy(&built.join(&unsigned), &staged.join(&unsigned))?;
-            record.modules.push(StoredModule {
-                name: m.dest_name.clone(),
-                dest: m.dest_location.clone(),
-                unsigned: stored_file(staged, &unsigned)?,
-                signed: Some(stored_file(staged, &signed)?),
-            });
-        }
-        copy(&built.join(crate::lifecycle::MANIFEST), &staged.join("ckms.json"))?;
-        let log = built.join("log/make.log");
-        if log.is_file() {
-            copy(&log, &staged.join("make.log"))?;
-            record.make_log = Some(stored_file(staged, "make.log")?);
-        }
-        record.make_seconds = manifest.make_seconds;
-        if let (Some(s), Some(hash)) = (&self.signing, &manifest.sig_hash) {
-            if manifest.signed_by.is_some() {
-                record.signer = Some(super::store::Signer {
-                    fingerprint: s.fingerprint.clone(),
-                    subject: s.subject.clone(),
-                    hash: hash.clone(),
-                });
-            }
-        }
-        Ok(())
+    async fn build(&self, index: usize, _job: &Job, jobs: u32) -> Result<Status, Error> {
+        let engine = format!("{:?} {}", self.conn.info.kind, self.conn.info.version);
+        self.farm.realise(self.todo[index], self.conn.engine.as_ref(), &engine, jobs).await
     }
 }
 
 /// Where two files first differ, and in which ELF section when both are modules: where a
 /// diffoscope would be pointed.
-fn first_difference(a: &std::path::Path, b: &std::path::Path) -> String {
+fn first_difference(a: &Path, b: &Path) -> String {
     let (Ok(x), Ok(y)) = (std::fs::read(a), std::fs::read(b)) else { return "unreadable".into() };
     let at = x.iter().zip(&y).position(|(p, q)| p != q).unwrap_or(x.len().min(y.len()));
     let section = crate::verify::modinfo::section_at(&x, at).map(|s| format!(" (section {s})")).unwrap_or_default();
@@ -217,93 +383,16 @@ fn first_difference(a: &std::path::Path, b: &std::path::Path) -> String {
     )
 }
 
-fn copy(from: &std::path::Path, to: &std::path::Path) -> Result<(), FarmError> {
+/// Moves a staged file into the entry (both under the store's `tmp/`: a rename).
+fn move_file(from: &Path, to: &Path) -> Result<(), FarmError> {
     if let Some(dir) = to.parent() {
         std::fs::create_dir_all(dir).map_err(FarmError::io(dir))?;
     }
-    std::fs::copy(from, to).map_err(FarmError::io(to))?;
-    Ok(())
+    std::fs::rename(from, to).map_err(FarmError::io(to))
 }
 
 /// Now, RFC 3339, UTC.
 fn now() -> String {
     let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or_else(|_| time::OffsetDateTime::now_utc());
     now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-}
-
-/// Whether a failed build says something about its inputs (stored as failed, as the same
-/// inputs fail the same way) rather than about the machine (not stored: tried again next run).
-fn about_inputs(e: &Error) -> bool {
-    if let Some(b) = e.downcast_ref::<BuildError>() {
-        return matches!(b, BuildError::Failed(_) | BuildError::Conf(_));
-    }
-    if let Some(l) = e.downcast_ref::<LifecycleError>() {
-        return !matches!(l, LifecycleError::Io { .. });
-    }
-    e.downcast_ref::<crate::conf::ConfError>().is_some()
-}
-
-#[async_trait::async_trait]
-impl Executor for Farm<'_> {
-    async fn provision(&self, image: usize) -> Result<(), Error> {
-        let spec = &self.plan.images[image];
-        let profile = self.ctx.catalog.profile(&spec.profile)?;
-        let built = self.ctx.image_of(self.conn.engine.as_ref(), profile, &spec.plan, false).await?;
-        if let Ok(mut images) = self.images.lock() {
-            images[image] = Some(built.reference);
-        }
-        Ok(())
-    }
-
-    async fn build(&self, index: usize, _job: &Job, jobs: u32) -> Result<Status, Error> {
-        let pair = &self.plan.pairs[index];
-        let (source, kernel) = (&self.plan.sources[pair.source], &self.plan.kernels[pair.kernel]);
-        let roots = self.work.kernel(&kernel.profile, &kernel.release);
-        let opts = Options {
-            jobs,
-            force: true,
-            verbose: false,
-            depmod: false,
-            profile: Some(kernel.profile.clone()),
-            visible: Some(pair.visible.clone()),
-            keep_unsigned: true,
-            keys: self.signing.as_ref().map(|s| s.keys.clone()),
-            prebuilt_only: false,
-        };
-        let lc = Lifecycle::on_engine(self.ctx, roots.clone(), opts, self.conn.clone());
-        let target = KernelTarget { release: kernel.release.clone(), arch: Some(pair.arch.clone()) };
-        let started = Instant::now();
-        let outcome = lc.build(&source.mv, &target).await;
-        let staged = self.store.staging(&pair.key)?;
-        let seconds = started.elapsed().as_secs_f64();
-        let record = match outcome {
-            Ok(BuildOutcome::Built { .. } | BuildOutcome::AlreadyBuilt { .. }) => {
-                let mut record = self.record(index, Status::Built, 0, seconds);
-                let built = roots.built_dir(&source.mv.module, &source.mv.version, &kernel.release, &pair.arch);
-                self.take_built(&mut record, &built, staged.path())?;
-                record
-            }
-            Err(e) if about_inputs(&e) => {
-                let skipped = matches!(e.downcast_ref::<LifecycleError>(), Some(LifecycleError::Skipped { .. }));
-                let status = if skipped { Status::Skipped } else { Status::Failed };
-                let mut record = self.record(index, status, e.exit_code(), seconds);
-                record.reason = Some(match e.downcast_ref::<LifecycleError>() {
-                    Some(LifecycleError::Skipped { reason, .. }) => reason.clone(),
-                    _ => e.to_string(),
-                });
-                if let Some(BuildError::Failed(f)) = e.downcast_ref::<BuildError>() {
-                    copy(&f.log, &staged.path().join("make.log"))?;
-                    record.make_log = Some(stored_file(staged.path(), "make.log")?);
-                }
-                record
-            }
-            Err(e) => return Err(e),
-        };
-        if self.check.is_some() {
-            self.compare(index, &record, staged)?;
-        } else {
-            self.store.commit(staged, &record)?;
-        }
-        Ok(record.status)
-    }
 }

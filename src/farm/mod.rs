@@ -7,7 +7,6 @@
 //! finished pair back by its key. [`report`] shows the matrix (text, JSON lines, one HTML file).
 
 pub mod exec;
-pub mod key;
 pub mod plan;
 pub mod proof;
 pub mod report;

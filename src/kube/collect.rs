@@ -8,17 +8,14 @@
 //! and is signed here, never in the cluster, and stored under its key.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use super::plan::{Claim, KubePlan, RESULT};
 use super::replay::ReplayEngine;
 use super::KubeError;
 use crate::context::Context;
-use crate::engine::Connection;
 use crate::error::Error;
 use crate::farm::exec::{Farm, Signing};
 use crate::farm::plan::{Plan, Work};
-use crate::farm::schedule::{Executor, Job};
 use crate::farm::store::{Status, Store};
 
 /// What `collect` did, pair by pair.
@@ -43,6 +40,9 @@ pub async fn collect(
 ) -> Result<Collected, Error> {
     let mut done = Collected::default();
     let images = kube.images();
+    let farm = Farm::new(ctx, plan, store, work, signing);
+    let info = ReplayEngine::info();
+    let engine_name = format!("{:?} {}", info.kind, info.version);
     for job in &kube.jobs {
         unexpected(from, &job.name, job.pairs.len(), &mut done.refused)?;
         for (index, pp) in job.pairs.iter().enumerate() {
@@ -68,13 +68,10 @@ pub async fn collect(
                 done.refused.push(format!("{label}: {e}"));
                 continue;
             }
-            let engine = Arc::new(ReplayEngine::new(&dir, images.clone()));
-            let conn = Arc::new(Connection::of(engine, ReplayEngine::info()));
-            let farm = Farm::new(ctx, plan, store, work, conn, signing.clone());
-            let pair = &plan.pairs[i];
-            let one = Job { label: label.clone(), image: pair.image, after: vec![], estimate: None, size: 0 };
-            let result = match farm.provision(pair.image).await {
-                Ok(()) => farm.build(i, &one, job.make_jobs).await,
+            let engine = ReplayEngine::new(&dir, images.clone());
+            // The image this machine plans must be the one the pods ran in.
+            let result = match farm.provision(&engine, plan.pairs[i].image).await {
+                Ok(()) => farm.realise(i, &engine, &engine_name, job.make_jobs).await,
                 Err(e) => Err(e),
             };
             match result {

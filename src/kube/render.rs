@@ -89,7 +89,7 @@ pub async fn render(ctx: &Context, plan: &Plan, work: &Work, todo: &[usize], req
         let kernel_config = crate::kernel::config(&ctx.cache, &index, kernel, ctx.reporter()).await?;
         let keys: Vec<&str> = pairs.iter().map(|&i| plan.pairs[i].key.as_str()).collect();
         let name = plan::job_name(&kernel.release, &keys);
-        let lc = crate::lifecycle::Lifecycle::new(ctx, work.sources(&kernel.profile), Default::default());
+        let conf_dir = ctx.config.conf_dir();
         let pod_pairs: Vec<PodPair> = pairs
             .iter()
             .map(|&i| {
@@ -101,8 +101,7 @@ pub async fn render(ctx: &Context, plan: &Plan, work: &Work, todo: &[usize], req
                     version: mv.version.clone(),
                     arch: p.arch.clone(),
                     visible: p.visible.iter().map(|v| (v.module.clone(), v.version.clone())).collect(),
-                    overrides: lc
-                        .overrides(mv, &kernel.release, &p.arch)
+                    overrides: crate::pair::inputs::overrides(&conf_dir, mv, &kernel.release, &p.arch)
                         .into_iter()
                         .map(|(n, b)| (n, String::from_utf8_lossy(&b).into_owned()))
                         .collect(),

@@ -3,24 +3,11 @@
 //! image) and the other modules of the tree (dkms shows them under /usr/src and in its tree).
 
 use super::{Lifecycle, ModuleVersion};
-use crate::build::Sibling;
+use crate::build::{BuiltView, Sibling};
+use crate::pair::inputs::{extra_packages, Extra};
 use crate::profile::Profile;
 use crate::repo::Index;
 use crate::source::Origin;
-
-/// The extra packages of one build, and why each is there.
-#[derive(Debug, Clone, Default)]
-pub struct Extra {
-    /// Roots for the image's extra layer: the config's `[modules.<m>] packages`, then the
-    /// package's Depends.
-    pub packages: Vec<String>,
-    /// What to say about them once the image plan shows what is really added.
-    origin: Option<Origin>,
-    from_package: Vec<String>,
-    from_config: Vec<String>,
-    /// Other module packages it depends on: module sources.
-    pub sources: Vec<String>,
-}
 
 impl Lifecycle<'_> {
     /// The Debian package `mv` came from: the record made at `add`, else the installed package
@@ -33,32 +20,8 @@ impl Lifecycle<'_> {
 
     /// The extra packages for building `mv` on `profile`'s kernels.
     pub fn extra_packages(&self, mv: &ModuleVersion, profile: &Profile, index: &Index) -> Extra {
-        let from_config = self.ctx.config.module_packages(&mv.module);
-        let mut extra = Extra { packages: from_config.clone(), from_config, ..Extra::default() };
-        let Some(origin) = self.origin(mv) else { return extra };
-        let groups = match origin.relations() {
-            Ok(groups) => groups,
-            Err(e) => {
-                self.report().warn(format!("{mv}: {e}: its dependencies are left out of the builder image"));
-                return extra;
-            }
-        };
-        let deps = crate::source::build_deps(&groups, profile, index);
-        for missing in &deps.unavailable {
-            self.report().warn(format!(
-                "{mv}: {missing} (from {}'s Depends) is not in {}'s repository: left out of the builder image",
-                origin.package, profile.name
-            ));
-        }
-        for p in &deps.packages {
-            if !extra.packages.contains(p) {
-                extra.packages.push(p.clone());
-                extra.from_package.push(p.clone());
-            }
-        }
-        extra.sources = deps.sources;
-        extra.origin = Some(origin);
-        extra
+        let origin = self.origin(mv);
+        extra_packages(&self.ctx.config, self.report(), mv, origin.as_ref(), profile, index)
     }
 
     /// Says which packages `plan` adds to the builder image for `mv` and why, and where the
@@ -126,14 +89,13 @@ impl Lifecycle<'_> {
         self.all()
             .into_iter()
             .filter(|s| s != mv)
-            .filter(|s| self.opts.visible.as_ref().is_none_or(|v| v.contains(s)))
             .filter_map(|s| {
                 let source = self.source_dir(&s);
                 if !source.join("dkms.conf").is_file() {
                     return None;
                 }
                 let built = self.roots.built_dir(&s.module, &s.version, kernel, arch);
-                let built = built.join("module").is_dir().then_some(built);
+                let built = built.join("module").is_dir().then(|| BuiltView::of_built_dir(&built));
                 Some(Sibling { module: s.module, version: s.version, source, built })
             })
             .collect()

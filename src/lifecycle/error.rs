@@ -19,13 +19,6 @@ pub enum LifecycleError {
     SourceDiffers { module: String, version: String, existing: PathBuf },
     #[error("{path}: {message}")]
     BadSource { path: PathBuf, message: String },
-    #[error("{module}/{version} needs {dependency} (BUILD_DEPENDS), which is not in the tree")]
-    MissingDepends { module: String, version: String, dependency: String },
-    /// Internal: the BUILD_DEPENDS modules must be built first (then the build is retried).
-    #[error("{module} needs {} built first (BUILD_DEPENDS)", dependencies.join(", "))]
-    NeedsDependencies { module: String, dependencies: Vec<String> },
-    #[error("{module}/{version}: BUILD_DEPENDS form a cycle through {dependency}")]
-    DependencyCycle { module: String, version: String, dependency: String },
     #[error("{module}/{version} is not built for kernel {kernel} ({arch})")]
     NotBuilt { module: String, version: String, kernel: String, arch: String },
     #[error("{module}/{other} is installed for kernel {kernel} ({arch}), not {version}")]
@@ -43,8 +36,6 @@ pub enum LifecycleError {
     NotDkmsTarball(PathBuf),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: the build record is unreadable: {message}")]
-    Manifest { path: PathBuf, message: String },
     #[error("autoinstall for kernel {kernel}: {failed} of {total} module(s) failed: {}", names.join(", "))]
     Autoinstall { kernel: String, failed: usize, total: usize, names: Vec<String> },
 }
@@ -60,18 +51,14 @@ impl Diagnose for LifecycleError {
     fn exit_code(&self) -> i32 {
         match self {
             LifecycleError::NoSource(_) | LifecycleError::WhichVersion { .. } => code::USAGE,
-            LifecycleError::NoConf(_)
-            | LifecycleError::BadSource { .. }
-            | LifecycleError::Manifest { .. }
-            | LifecycleError::NotDkmsTarball(_) => code::NO_CONF,
+            LifecycleError::NoConf(_) | LifecycleError::BadSource { .. } | LifecycleError::NotDkmsTarball(_) => {
+                code::NO_CONF
+            }
             LifecycleError::BinariesOnly { .. } => code::BAD_CONF,
             LifecycleError::NotInTree { .. }
             | LifecycleError::AlreadyAdded { .. }
             | LifecycleError::SourceDiffers { .. } => code::NOT_IN_TREE,
             LifecycleError::NotBuilt { .. } => code::NOT_IN_TREE,
-            LifecycleError::MissingDepends { .. }
-            | LifecycleError::DependencyCycle { .. }
-            | LifecycleError::NeedsDependencies { .. } => code::MISSING_DEPENDS,
             LifecycleError::OtherVersionInstalled { .. } => code::REFUSED,
             LifecycleError::Skipped { .. } => code::SKIPPED,
             LifecycleError::PreInstall { .. } => code::PRE_INSTALL_FAILED,
@@ -100,11 +87,6 @@ impl Diagnose for LifecycleError {
                 format!("pass --force to replace {}, or move it away first", existing.display())
             }
             LifecycleError::BadSource { .. } => "fix the module source".into(),
-            LifecycleError::MissingDepends { dependency, .. } => format!("add {dependency} first (`ckms add`)"),
-            LifecycleError::DependencyCycle { .. } => "fix BUILD_DEPENDS in the dkms.conf files".into(),
-            LifecycleError::NeedsDependencies { dependencies, .. } => {
-                format!("build {} first", dependencies.join(", "))
-            }
             LifecycleError::NotBuilt { module, version, kernel, .. } => {
                 format!("`ckms build -m {module} -v {version} -k {kernel}` first")
             }
@@ -127,7 +109,6 @@ impl Diagnose for LifecycleError {
                 "run as root, or point --root (or --dkmstree/--installtree) at directories you own".into()
             }
             LifecycleError::Io { .. } => "check free space and permissions".into(),
-            LifecycleError::Manifest { .. } => "build it again with --force".into(),
             LifecycleError::Autoinstall { .. } => {
                 "each failure is reported above; the other modules were installed".into()
             }

@@ -5,6 +5,7 @@
 use super::{KernelTarget, Lifecycle, LifecycleError, Manifest, ManifestModule, ModuleVersion};
 use crate::error::Error;
 use crate::install::{Depmod, HostDepmod, ModuleFile, Target};
+use crate::pair::substitute::{SourceDir, Substitute, Want};
 
 /// What `install` or `uninstall` did for one (module, kernel).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -45,8 +46,12 @@ impl Lifecycle<'_> {
         if !built_dir.join("module").is_dir() {
             // A farm's cache first, when one is configured: no engine, no headers, no compiler.
             self.ensure_added(mv)?;
-            match crate::prebuilt::find(self, mv, &kernel, self.opts.prebuilt_only).await? {
-                Some(found) => self.place_prebuilt(mv, &kernel, &arch, &found)?,
+            let found = match &self.substituter {
+                Some(s) => s.substitute(&self.want(mv, &kernel)).await?,
+                None => None,
+            };
+            match found {
+                Some(found) => self.place_substitute(mv, &kernel, &arch, &found)?,
                 None => {
                     self.build(mv, target).await?;
                 }
@@ -110,15 +115,22 @@ impl Lifecycle<'_> {
         Ok(InstallOutcome::Uninstalled { module: mv.clone(), kernel, arch })
     }
 
-    /// Makes a cache's entry the built dir of (mv, kernel, arch), as a build would have left
-    /// it; installing it then checks the module signatures as for a local build.
-    fn place_prebuilt(
-        &self,
-        mv: &ModuleVersion,
-        kernel: &str,
-        arch: &str,
-        found: &crate::prebuilt::Found,
-    ) -> Result<(), Error> {
+    /// What a substituter needs to find (mv, kernel): the module's source, and the tree's
+    /// other modules (the newest version of each) that its build would see.
+    fn want(&self, mv: &ModuleVersion, kernel: &str) -> Want {
+        let dir = |mv: ModuleVersion| SourceDir { dir: self.source_dir(&mv), origin: self.origin(&mv), mv };
+        let mut newest: std::collections::BTreeMap<String, ModuleVersion> = Default::default();
+        for other in self.all().into_iter().filter(|o| o.module != mv.module) {
+            newest.insert(other.module.clone(), other); // `all` is sorted oldest first
+        }
+        let siblings =
+            newest.into_values().filter(|o| self.source_dir(o).join("dkms.conf").is_file()).map(dir).collect();
+        Want { module: dir(mv.clone()), kernel: kernel.to_string(), profile: self.opts.profile.clone(), siblings }
+    }
+
+    /// Makes a substitute the built dir of (mv, kernel, arch), as a build would have left it;
+    /// installing it then checks the module signatures as for a local build.
+    fn place_substitute(&self, mv: &ModuleVersion, kernel: &str, arch: &str, found: &Substitute) -> Result<(), Error> {
         let module_dir = self.roots.module_dir(&mv.module, &mv.version);
         let staged = tempfile::Builder::new()
             .prefix(".ckms-prebuilt-")
@@ -127,35 +139,32 @@ impl Lifecycle<'_> {
         let files = staged.path().join("module");
         std::fs::create_dir(&files).map_err(LifecycleError::io(&files))?;
         let mut modules = Vec::new();
-        for (file, bytes) in &found.files {
-            // The index was checked: its paths are plain relative ones with a file name.
-            let name = std::path::Path::new(&file.path).file_name().unwrap_or_default();
-            let path = files.join(name);
-            std::fs::write(&path, bytes).map_err(LifecycleError::io(&path))?;
+        for m in &found.modules {
+            let path = files.join(&m.file_name);
+            std::fs::write(&path, &m.bytes).map_err(LifecycleError::io(&path))?;
             modules.push(ManifestModule {
-                built_name: file.name.clone(),
-                dest_name: file.name.clone(),
-                dest_location: file.dest.clone(),
-                file: std::path::Path::new("module").join(name),
+                built_name: m.name.clone(),
+                dest_name: m.name.clone(),
+                dest_location: m.dest.clone(),
+                file: std::path::Path::new("module").join(&m.file_name),
             });
         }
         let conf = std::fs::read_to_string(self.source_dir(mv).join("dkms.conf")).unwrap_or_default();
-        let entry = &found.entry;
         let manifest = Manifest {
             module: mv.module.clone(),
             version: mv.version.clone(),
             kernel: kernel.to_string(),
             arch: arch.to_string(),
-            profile: entry.profile.clone(),
-            image: format!("prebuilt {} {}", found.url, found.key),
+            profile: found.profile.clone(),
+            image: found.from.clone(),
             modules,
             autoinstall: super::add::autoinstall_setting(&conf).unwrap_or(false),
             pre_install: None,
             post_install: None,
             post_remove: None,
             // Signed in the farm: then the kernel signs modules, and an unsigned one is refused.
-            sig_hash: entry.signer.as_ref().map(|s| s.hash.clone()),
-            signed_by: entry.signer.as_ref().map(|s| s.fingerprint.clone()),
+            sig_hash: found.signed.as_ref().map(|(hash, _)| hash.clone()),
+            signed_by: found.signed.as_ref().map(|(_, fingerprint)| fingerprint.clone()),
             make_seconds: None,
         };
         manifest.write(staged.path())?;
@@ -277,6 +286,7 @@ mod tests {
     use super::super::testing::{built, context};
     use super::*;
     use crate::diagnose::code;
+    use crate::pair::substitute::SubstitutedModule;
     use crate::sign::{keys, Locations, Signer};
     use std::path::Path;
 
@@ -322,11 +332,7 @@ mod tests {
     }
 
     /// m/1 from a cache's entry, placed as the built dir of kernel k; then installed.
-    async fn install_prebuilt(
-        root: &Path,
-        signer: Option<crate::farm::store::Signer>,
-    ) -> Result<InstallOutcome, Error> {
-        use crate::publish::cache::{Entry, File};
+    async fn install_prebuilt(root: &Path, signed: Option<(String, String)>) -> Result<InstallOutcome, Error> {
         let ctx = context(root);
         let roots = crate::tree::Roots::under(root, "/var/lib/ckms");
         let src = roots.source_tree.join("m-1");
@@ -335,30 +341,18 @@ mod tests {
         let lc = Lifecycle::new(&ctx, roots.clone(), super::super::Options { depmod: false, ..Default::default() });
         let mv = ModuleVersion { module: "m".into(), version: "1".into() };
         lc.ensure_added(&mv).unwrap();
-        let file = File {
-            name: "m".into(),
-            dest: "/updates/dkms".into(),
-            path: "pairs/k1/m.ko".into(),
-            sha256: String::new(),
-            size: 4,
-        };
-        let entry = Entry {
-            module: "m".into(),
-            version: "1".into(),
-            kernel: "k".into(),
-            arch: "x86_64".into(),
+        let found = Substitute {
+            from: "prebuilt http://cache.invalid/ k1".into(),
             profile: "debian-bookworm".into(),
-            built_at: 0,
-            signer,
-            files: vec![file.clone()],
+            modules: vec![SubstitutedModule {
+                name: "m".into(),
+                dest: "/updates/dkms".into(),
+                file_name: "m.ko".into(),
+                bytes: b"\x7fELF".to_vec(),
+            }],
+            signed,
         };
-        let found = crate::prebuilt::Found {
-            url: "http://cache.invalid/".into(),
-            key: "k1".into(),
-            entry,
-            files: vec![(file, b"\x7fELF".to_vec())],
-        };
-        lc.place_prebuilt(&mv, "k", "x86_64", &found).unwrap();
+        lc.place_substitute(&mv, "k", "x86_64", &found).unwrap();
         let manifest = Manifest::read(&roots.built_dir("m", "1", "k", "x86_64")).unwrap();
         assert!(manifest.autoinstall && manifest.image.contains("k1"), "{manifest:?}");
         assert_eq!(manifest.modules[0].file, Path::new("module/m.ko"));
@@ -372,9 +366,7 @@ mod tests {
         assert!(installed(dir.path()));
         // Signed in the farm says the kernel signs modules: an unsigned file is refused.
         let dir = tempfile::tempdir().unwrap();
-        let signer =
-            crate::farm::store::Signer { fingerprint: "f".into(), subject: "farm".into(), hash: "sha256".into() };
-        let err = install_prebuilt(dir.path(), Some(signer)).await.unwrap_err();
+        let err = install_prebuilt(dir.path(), Some(("sha256".into(), "f".into()))).await.unwrap_err();
         assert_eq!(err.exit_code(), code::BAD_MODULE_SIGNATURE, "{err}");
         assert!(!installed(dir.path()));
     }

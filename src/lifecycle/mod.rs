@@ -8,15 +8,15 @@ mod build;
 mod deps;
 mod error;
 mod install;
-mod manifest;
 mod remove;
 mod tarball;
 #[cfg(test)]
 mod testing;
 mod verify;
 
+pub use crate::pair::manifest::FILE as MANIFEST;
+pub use crate::pair::{Manifest, ManifestModule, ModuleVersion};
 pub use error::LifecycleError;
-pub use manifest::{Manifest, ManifestModule, FILE as MANIFEST};
 
 use std::path::{Path, PathBuf};
 use tokio::sync::OnceCell;
@@ -24,20 +24,8 @@ use tokio::sync::OnceCell;
 use crate::context::Context;
 use crate::engine::Connection;
 use crate::error::Error;
+use crate::pair::substitute::Substituter;
 use crate::tree::Roots;
-
-/// A module version: what `-m M -v V` or `M/V` names.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-pub struct ModuleVersion {
-    pub module: String,
-    pub version: String,
-}
-
-impl std::fmt::Display for ModuleVersion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.module, self.version)
-    }
-}
 
 /// A kernel as dkms's `-k kver/arch` names it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -56,32 +44,12 @@ pub struct Options {
     pub depmod: bool,
     /// Look for kernels only in this profile.
     pub profile: Option<String>,
-    /// The other modules a build sees, when not every module of the tree (the farm shows only
-    /// the ones a module declares, as they are part of its key).
-    pub visible: Option<Vec<ModuleVersion>>,
-    /// Keep each module as the build made it (stripped, unsigned) in `unsigned/` beside the
-    /// signed and compressed one: the farm stores both.
-    pub keep_unsigned: bool,
-    /// Sign with this pair instead of the tree's (the farm signs every kernel's modules with one).
-    pub keys: Option<crate::sign::KeyPaths>,
-    /// `install --prebuilt-only`: install from a configured cache or fail, never build here.
-    pub prebuilt_only: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         let jobs = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-        Options {
-            jobs,
-            force: false,
-            verbose: false,
-            depmod: true,
-            profile: None,
-            visible: None,
-            keep_unsigned: false,
-            keys: None,
-            prebuilt_only: false,
-        }
+        Options { jobs, force: false, verbose: false, depmod: true, profile: None }
     }
 }
 
@@ -90,22 +58,24 @@ pub struct Lifecycle<'a> {
     pub ctx: &'a Context,
     pub roots: Roots,
     pub opts: Options,
-    engine: OnceCell<std::sync::Arc<Connection>>,
+    engine: OnceCell<Connection>,
+    /// Where `install` looks for a finished pair before building it (a farm's binary cache).
+    substituter: Option<Box<dyn Substituter + 'a>>,
 }
 
 impl<'a> Lifecycle<'a> {
     pub fn new(ctx: &'a Context, roots: Roots, opts: Options) -> Self {
-        Lifecycle { ctx, roots, opts, engine: OnceCell::new() }
+        Lifecycle { ctx, roots, opts, engine: OnceCell::new(), substituter: None }
     }
 
-    /// The same, on an engine already connected (the farm shares one among its builds).
-    pub fn on_engine(ctx: &'a Context, roots: Roots, opts: Options, conn: std::sync::Arc<Connection>) -> Self {
-        Lifecycle { ctx, roots, opts, engine: OnceCell::new_with(Some(conn)) }
+    /// The same, asking `substituter` for a pair before `install` builds it.
+    pub fn substituting(self, substituter: Box<dyn Substituter + 'a>) -> Self {
+        Lifecycle { substituter: Some(substituter), ..self }
     }
 
     /// The engine, connected on first use: `status` and `remove` never need one.
     async fn engine(&self) -> Result<&Connection, Error> {
-        let conn = self.engine.get_or_try_init(|| async { self.ctx.engine().await.map(std::sync::Arc::new) }).await?;
+        let conn = self.engine.get_or_try_init(|| self.ctx.engine()).await?;
         Ok(conn)
     }
 
@@ -255,7 +225,6 @@ pub struct AutoResult {
 }
 
 pub use add::AddSource;
-pub use build::{BuildOutcome, UNSIGNED};
-pub use deps::Extra;
+pub use build::BuildOutcome;
 pub use install::InstallOutcome;
 pub use tarball::TarballParts;

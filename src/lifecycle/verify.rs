@@ -1,6 +1,6 @@
 //! `verify`: the built modules of a module version, loaded into a VM running their kernel.
 
-use super::manifest::Manifest;
+use super::Manifest;
 use super::{KernelTarget, Lifecycle, LifecycleError, ModuleVersion};
 use crate::error::Error;
 use crate::verify::Verification;

@@ -1,8 +1,8 @@
 //! Prebuilt modules from a farm's binary cache (`ckms farm publish --format cache`), looked in
 //! before a local build by `install` (and so `autoinstall` and the dkms drop-in).
 //!
-//! The host computes the key of the pair it wants exactly as the farm does
-//! ([`crate::farm::plan::kernel_pairs`]): from the module source in its tree, the overrides
+//! [`Cache`] is the host's [`Substituter`]: it computes the key of the pair it wants exactly as
+//! the farm does ([`crate::pair::inputs::kernel_pairs`]): from the module source in its tree, the overrides
 //! that apply, the builder image planned from the kernel's signed index, the kernel and arch,
 //! and the siblings it declares. No engine, headers or compiler: only the index. A patched
 //! source has another digest, so it never matches an entry built from another source.
@@ -23,10 +23,11 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+use crate::context::Context;
 use crate::diagnose::{code, Diagnose};
 use crate::error::Error;
-use crate::farm::plan::{self, KernelAt, Keyed, Source};
-use crate::lifecycle::{Lifecycle, ModuleVersion};
+use crate::pair::inputs::{self, Evaluation, KernelAt, Source};
+use crate::pair::substitute::{SourceDir, Substitute, SubstitutedModule, Substituter, Want};
 use crate::publish::cache::{self as format, Entry, File, Index};
 use crate::repo::release::{self, Keyring};
 use crate::repo::RepoError;
@@ -120,15 +121,52 @@ pub struct Found {
     pub files: Vec<(File, Vec<u8>)>,
 }
 
-/// Looks for `mv` built for `release` in the configured caches. `None`: no cache has it (or
-/// none answers) and the caller may build; with `only`, that is an error instead.
-pub async fn find(lc: &Lifecycle<'_>, mv: &ModuleVersion, release: &str, only: bool) -> Result<Option<Found>, Error> {
-    let cfg = &lc.ctx.config.prebuilt;
+/// The binary caches `[prebuilt]` names, as a dkms tree's substituter.
+pub struct Cache<'a> {
+    ctx: &'a Context,
+    /// `install --prebuilt-only`: a pair no cache has is an error, never built here.
+    only: bool,
+}
+
+impl<'a> Cache<'a> {
+    pub fn new(ctx: &'a Context, only: bool) -> Cache<'a> {
+        Cache { ctx, only }
+    }
+}
+
+#[async_trait::async_trait]
+impl Substituter for Cache<'_> {
+    async fn substitute(&self, want: &Want) -> Result<Option<Substitute>, Error> {
+        let Some(found) = find(self.ctx, want, self.only).await? else { return Ok(None) };
+        let modules = found
+            .files
+            .into_iter()
+            .map(|(file, bytes)| {
+                // The index was checked: its paths are plain relative ones with a file name.
+                let file_name = std::path::Path::new(&file.path).file_name().unwrap_or_default();
+                let file_name = file_name.to_string_lossy().into_owned();
+                SubstitutedModule { name: file.name, dest: file.dest, file_name, bytes }
+            })
+            .collect();
+        Ok(Some(Substitute {
+            from: format!("prebuilt {} {}", found.url, found.key),
+            profile: found.entry.profile,
+            modules,
+            signed: found.entry.signer.map(|s| (s.hash, s.fingerprint)),
+        }))
+    }
+}
+
+/// Looks for the pair `want` in the configured caches. `None`: no cache has it (or none
+/// answers) and the caller may build; with `only`, that is an error instead.
+async fn find(ctx: &Context, want: &Want, only: bool) -> Result<Option<Found>, Error> {
+    let (mv, release) = (&want.module.mv, want.kernel.as_str());
+    let cfg = &ctx.config.prebuilt;
     if cfg.urls.is_empty() {
         return if only { Err(PrebuiltError::NotConfigured.into()) } else { Ok(None) };
     }
-    let report = lc.ctx.reporter();
-    let conf = std::fs::read_to_string(lc.source_dir(mv).join("dkms.conf")).unwrap_or_default();
+    let report = ctx.reporter();
+    let conf = std::fs::read_to_string(want.module.dir.join("dkms.conf")).unwrap_or_default();
     if let Some(script) = install_script(&conf) {
         if only {
             return Err(PrebuiltError::Scripts { module: mv.to_string(), script }.into());
@@ -137,7 +175,7 @@ pub async fn find(lc: &Lifecycle<'_>, mv: &ModuleVersion, release: &str, only: b
         return Ok(None);
     }
     let keyring = keyring(&cfg.keys)?;
-    let key = key_of(lc, mv, release).await?;
+    let key = key_of(ctx, want).await?;
     let fetcher = Fetcher::new().map_err(|m| not_answering("(HTTP client)", m))?;
     // A cache that does not answer may hold the entry: with --prebuilt-only, that is the error.
     let mut silent = None;
@@ -193,25 +231,20 @@ fn keyring(paths: &[PathBuf]) -> Result<Keyring, PrebuiltError> {
     Ok(Keyring::from_keys(keys))
 }
 
-/// The key the farm gives (`mv`, `release`) when its inputs are this host's: the module's
-/// source in the tree, and the siblings it declares among the tree's other modules (newest
-/// version of each).
-pub async fn key_of(lc: &Lifecycle<'_>, mv: &ModuleVersion, release: &str) -> Result<String, Error> {
-    let ctx = lc.ctx;
-    let (profile, index, kernel) = ctx.find_kernel(release, lc.opts.profile.as_deref()).await?;
-    let mut sources = vec![Source::of(lc, &mv.to_string(), &profile.name, mv.clone())?];
-    let mut newest: std::collections::BTreeMap<String, ModuleVersion> = Default::default();
-    for other in lc.all().into_iter().filter(|o| o.module != mv.module) {
-        newest.insert(other.module.clone(), other); // `all` is sorted oldest first
+/// The key the farm gives the pair `want` when its inputs are this host's: the module's source,
+/// and the siblings it declares among the tree's other modules.
+pub async fn key_of(ctx: &Context, want: &Want) -> Result<String, Error> {
+    let (profile, index, kernel) = ctx.find_kernel(&want.kernel, want.profile.as_deref()).await?;
+    let source = |s: &SourceDir| Source::of(&s.dir, &s.mv.to_string(), &profile.name, s.mv.clone(), s.origin.clone());
+    let mut sources = vec![source(&want.module)?];
+    for sibling in &want.siblings {
+        sources.push(source(sibling)?);
     }
-    for other in newest.into_values().filter(|o| lc.source_dir(o).join("dkms.conf").is_file()) {
-        sources.push(Source::of(lc, &other.to_string(), &profile.name, other)?);
-    }
-    let recipe = plan::recipe_digest(ctx)?;
-    let at = KernelAt { profile, index: &index, kernel: &kernel, number: 0, roots: lc.roots.clone() };
-    let mut keyed = Keyed::default();
-    plan::kernel_pairs(ctx, &at, &sources, &recipe, &mut keyed)?;
-    let pair = keyed.pairs.iter().find(|p| p.source == 0);
+    let recipe = inputs::recipe_digest(ctx)?;
+    let at = KernelAt { profile, index: &index, kernel: &kernel, number: 0 };
+    let mut evaluation = Evaluation::default();
+    inputs::kernel_pairs(ctx, &at, &sources, &recipe, &mut evaluation)?;
+    let pair = evaluation.pairs.iter().find(|p| p.source == 0);
     Ok(pair.map(|p| p.key.clone()).unwrap_or_default())
 }
 

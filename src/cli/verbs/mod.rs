@@ -84,9 +84,9 @@ pub async fn run(ctx: &Context, out: &Output, verb: Verb) -> Result<i32, Error> 
             verify_after(&lc, a.verify, &mv, &kernels, out).await
         }
         Verb::Install(a) => {
-            let mut opts = options(a.force, Some(&a.flags), Some(&a.depmod));
-            opts.prebuilt_only = a.prebuilt_only;
-            let lc = lifecycle(ctx, &a.target.trees, &a.target.compat, opts)?;
+            let opts = options(a.force, Some(&a.flags), Some(&a.depmod));
+            let lc = lifecycle(ctx, &a.target.trees, &a.target.compat, opts)?
+                .substituting(Box::new(ckms::prebuilt::Cache::new(ctx, a.prebuilt_only)));
             let (mv, kernels) = (selected(&lc, &a.target)?, targets(&a.target.kernels)?);
             let mut results = Vec::new();
             for k in &kernels {
@@ -359,12 +359,15 @@ fn usage(message: &str) -> Error {
     Error::usage(message, Some("`ckms help <verb>` shows its options".into()))
 }
 
-/// The lifecycle over the trees the options name, after the notes on dkms options ckms ignores.
+/// The lifecycle over the trees the options name, after the notes on dkms options ckms ignores;
+/// `install` looks in the configured binary caches first.
 fn lifecycle<'a>(ctx: &'a Context, trees: &Trees, compat: &DkmsCompat, opts: Options) -> Result<Lifecycle<'a>, Error> {
     for note in compat.notes() {
         ctx.reporter().warn(note);
     }
-    Ok(Lifecycle::new(ctx, roots(ctx, trees)?, opts))
+    // A farm's binary cache, when one is configured, before any build `install` would make.
+    let cache = ckms::prebuilt::Cache::new(ctx, false);
+    Ok(Lifecycle::new(ctx, roots(ctx, trees)?, opts).substituting(Box::new(cache)))
 }
 
 /// The trees: --root, then --sourcetree/--dkmstree/--installtree; relative ones from the

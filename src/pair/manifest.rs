@@ -1,10 +1,11 @@
-//! What a build left in the tree besides the modules: `<built dir>/ckms.json`, so that
-//! install, uninstall and status need neither the engine nor another dkms.conf evaluation.
+//! What a build leaves beside its modules: `ckms.json`, so that install, uninstall and status
+//! need neither the engine nor another dkms.conf evaluation (in a dkms tree's built dir and a
+//! farm store's entry alike).
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-use super::LifecycleError;
+use super::PairError;
 
 pub const FILE: &str = "ckms.json";
 
@@ -44,16 +45,16 @@ pub struct ManifestModule {
 }
 
 impl Manifest {
-    pub fn read(built_dir: &Path) -> Result<Manifest, LifecycleError> {
+    pub fn read(built_dir: &Path) -> Result<Manifest, PairError> {
         let path = built_dir.join(FILE);
-        let text = std::fs::read_to_string(&path).map_err(LifecycleError::io(&path))?;
-        serde_json::from_str(&text).map_err(|e| LifecycleError::Manifest { path, message: e.to_string() })
+        let text = std::fs::read_to_string(&path).map_err(PairError::io(&path))?;
+        serde_json::from_str(&text).map_err(|e| PairError::Manifest { path, message: e.to_string() })
     }
 
-    pub fn write(&self, built_dir: &Path) -> Result<(), LifecycleError> {
+    pub fn write(&self, built_dir: &Path) -> Result<(), PairError> {
         let path = built_dir.join(FILE);
         let text = serde_json::to_string_pretty(self)
-            .map_err(|e| LifecycleError::Manifest { path: path.clone(), message: e.to_string() })?;
-        std::fs::write(&path, text + "\n").map_err(LifecycleError::io(&path))
+            .map_err(|e| PairError::Manifest { path: path.clone(), message: e.to_string() })?;
+        std::fs::write(&path, text + "\n").map_err(PairError::io(&path))
     }
 }

@@ -26,7 +26,7 @@ pub struct SiblingInput {
 
 /// Everything a key is made of.
 #[derive(Debug, Clone, Serialize)]
-pub struct KeyInputs {
+pub struct Inputs {
     /// Digest of the build's own scripts ([`crate::build::recipe_digest`]).
     pub recipe: String,
     pub module: String,
@@ -44,7 +44,7 @@ pub struct KeyInputs {
     pub depends: Vec<String>,
 }
 
-impl KeyInputs {
+impl Inputs {
     /// The key: hex SHA-256 of the inputs' canonical JSON (sorted lists, fixed field order).
     pub fn key(&self) -> String {
         let mut canon = self.clone();
@@ -103,8 +103,8 @@ fn collect(root: &Path, rel: &Path, out: &mut Vec<(String, String)>, total: &mut
 mod tests {
     use super::*;
 
-    fn inputs() -> KeyInputs {
-        KeyInputs {
+    fn inputs() -> Inputs {
+        Inputs {
             recipe: "r".into(),
             module: "hello".into(),
             version: "1".into(),
@@ -125,7 +125,7 @@ mod tests {
         reordered.overrides.reverse();
         reordered.depends.reverse();
         assert_eq!(reordered.key(), base);
-        let changes: [fn(&mut KeyInputs); 7] = [
+        let changes: [fn(&mut Inputs); 7] = [
             |i| i.recipe = "r2".into(),
             |i| i.source = "s2".into(),
             |i| i.image_lock = "lock2".into(),

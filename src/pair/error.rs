@@ -1,0 +1,81 @@
+//! What stops a pair's evaluation or realisation: the machine (I/O, the engine, the key) or
+//! the inputs (a conf that does not evaluate, BUILD_DEPENDS that cannot be met).
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::build::BuildError;
+use crate::conf::ConfError;
+use crate::diagnose::{code, Diagnose};
+use crate::sign::SignError;
+
+#[derive(Debug, Error)]
+pub enum PairError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0} does not exist: a module source needs a dkms.conf")]
+    NoConf(PathBuf),
+    #[error("{path}: the build record is unreadable: {message}")]
+    Manifest { path: PathBuf, message: String },
+    #[error("{module}/{version} needs {dependency} (BUILD_DEPENDS), which is not in the tree")]
+    MissingDepends { module: String, version: String, dependency: String },
+    #[error("{module}/{version}: BUILD_DEPENDS form a cycle through {dependency}")]
+    DependencyCycle { module: String, version: String, dependency: String },
+    #[error(transparent)]
+    Conf(#[from] ConfError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Sign(#[from] SignError),
+}
+
+impl PairError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> PairError {
+        let path = path.into();
+        move |source| PairError::Io { path, source }
+    }
+
+    /// Whether the failure follows from the pair's inputs (the same inputs fail the same way:
+    /// the farm stores it) rather than from this machine (tried again next run).
+    pub fn about_inputs(&self) -> bool {
+        match self {
+            PairError::NoConf(_)
+            | PairError::MissingDepends { .. }
+            | PairError::DependencyCycle { .. }
+            | PairError::Conf(_) => true,
+            PairError::Build(b) => matches!(b, BuildError::Failed(_) | BuildError::Conf(_)),
+            PairError::Io { .. } | PairError::Manifest { .. } | PairError::Sign(_) => false,
+        }
+    }
+}
+
+impl Diagnose for PairError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            PairError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => code::NO_ACCESS,
+            PairError::Io { .. } => code::IO,
+            PairError::NoConf(_) | PairError::Manifest { .. } => code::NO_CONF,
+            PairError::MissingDepends { .. } | PairError::DependencyCycle { .. } => code::MISSING_DEPENDS,
+            PairError::Conf(e) => e.exit_code(),
+            PairError::Build(e) => e.exit_code(),
+            PairError::Sign(e) => e.exit_code(),
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            PairError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+                Some("run as root, or point --root (or --dkmstree/--installtree) at directories you own".into())
+            }
+            PairError::Io { .. } => Some("check free space and permissions".into()),
+            PairError::NoConf(_) => Some("every dkms module source has a dkms.conf at its top".into()),
+            PairError::Manifest { .. } => Some("build it again with --force".into()),
+            PairError::MissingDepends { dependency, .. } => Some(format!("add {dependency} first (`ckms add`)")),
+            PairError::DependencyCycle { .. } => Some("fix BUILD_DEPENDS in the dkms.conf files".into()),
+            PairError::Conf(e) => e.hint(),
+            PairError::Build(e) => e.hint(),
+            PairError::Sign(e) => e.hint(),
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Substitution: a finished pair fetched by its key instead of built here (Nix's substituters).
+//! A dkms tree asks its [`Substituter`] before it realises a pair for `install`; the binary
+//! cache of a farm ([`crate::prebuilt`]) is one. The substituter computes the pair's key from
+//! what [`Want`] names, exactly as the farm did ([`super::inputs::kernel_pairs`]).
+
+use std::path::PathBuf;
+
+use super::ModuleVersion;
+use crate::error::Error;
+use crate::source::Origin;
+
+/// A module source as a tree holds it.
+#[derive(Debug, Clone)]
+pub struct SourceDir {
+    pub mv: ModuleVersion,
+    /// `<source_tree>/<m>-<v>`, with its dkms.conf.
+    pub dir: PathBuf,
+    /// The Debian package it came from, when known.
+    pub origin: Option<Origin>,
+}
+
+/// The pair a tree wants: its module for a kernel, and what else the build would see.
+#[derive(Debug, Clone)]
+pub struct Want {
+    pub module: SourceDir,
+    pub kernel: String,
+    /// Look for the kernel only in this profile.
+    pub profile: Option<String>,
+    /// The tree's other modules (the newest version of each): the ones the module declares
+    /// are part of its key.
+    pub siblings: Vec<SourceDir>,
+}
+
+/// A pair fetched whole: its modules as they install (signed, compressed), and where from.
+#[derive(Debug, Clone)]
+pub struct Substitute {
+    /// Where it came from, for the build record (e.g. "prebuilt <url> <key>").
+    pub from: String,
+    /// The profile the pair was built for.
+    pub profile: String,
+    pub modules: Vec<SubstitutedModule>,
+    /// When the modules were signed: the kernel's CONFIG_MODULE_SIG_HASH and the SHA-256 of
+    /// the signer's certificate.
+    pub signed: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SubstitutedModule {
+    /// The module's name as the kernel knows it.
+    pub name: String,
+    /// Where it installs under /lib/modules/<kver>.
+    pub dest: String,
+    /// Its file name (e.g. `m.ko.xz`).
+    pub file_name: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Where finished pairs can be fetched from.
+#[async_trait::async_trait]
+pub trait Substituter: Send + Sync {
+    /// The pair `want`, checked; `None` when this substituter does not have it (the caller
+    /// builds it), an error when it must not be built here instead (or what it has is bad).
+    async fn substitute(&self, want: &Want) -> Result<Option<Substitute>, Error>;
+}
