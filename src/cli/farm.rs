@@ -15,6 +15,7 @@ use ckms::farm::store::{Status, Store};
 use ckms::farm::verdict::{self, BuildRun, Findings};
 use ckms::publish::{sysext::Filesystem, Format};
 
+use super::registry::RegistryArgs;
 use super::Output;
 
 #[derive(clap::Subcommand)]
@@ -91,44 +92,6 @@ pub struct ReportArgs {
     /// The HTML file to write.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     output: PathBuf,
-}
-
-/// How to reach a registry (kmm images, the farm's images for Kubernetes).
-#[derive(clap::Args)]
-pub struct RegistryArgs {
-    /// The registry's user (basic authentication).
-    #[arg(long, value_name = "USER", env = "CKMS_REGISTRY_USER")]
-    registry_user: Option<String>,
-    /// A file holding the registry user's password (or CKMS_REGISTRY_PASSWORD).
-    #[arg(long, value_name = "FILE")]
-    registry_password_file: Option<PathBuf>,
-    /// Talk plain HTTP to the registry (a loopback registry without TLS).
-    #[arg(long)]
-    insecure: bool,
-    /// Trust this PEM CA certificate for the registry's TLS.
-    #[arg(long, value_name = "FILE")]
-    ca_cert: Option<PathBuf>,
-}
-
-impl RegistryArgs {
-    pub(super) fn registry(self, host: String) -> Result<ckms::publish::kmm::push::Registry, Error> {
-        let password = match &self.registry_password_file {
-            Some(f) => Some(
-                std::fs::read_to_string(f)
-                    .map_err(|e| Error::usage(format!("{}: {e}", f.display()), None))?
-                    .trim_end_matches('\n')
-                    .to_string(),
-            ),
-            None => std::env::var("CKMS_REGISTRY_PASSWORD").ok(),
-        };
-        Ok(ckms::publish::kmm::push::Registry {
-            host,
-            user: self.registry_user,
-            password,
-            insecure: self.insecure,
-            ca_cert: self.ca_cert,
-        })
-    }
 }
 
 #[derive(clap::Args)]

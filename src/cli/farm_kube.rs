@@ -11,7 +11,7 @@ use ckms::farm::store::Status;
 use ckms::farm::verdict::CollectRun;
 use ckms::kube::plan::KubePlan;
 
-use super::farm::RegistryArgs;
+use super::registry::RegistryArgs;
 use super::Output;
 
 #[derive(clap::Subcommand)]
