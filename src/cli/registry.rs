@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use ckms::error::Error;
+use ckms::oci::registry::Registry;
 
 /// How to reach a registry (kmm images, the farm's images for Kubernetes).
 #[derive(clap::Args)]
@@ -22,7 +23,7 @@ pub struct RegistryArgs {
 }
 
 impl RegistryArgs {
-    pub fn registry(self, host: String) -> Result<ckms::publish::kmm::push::Registry, Error> {
+    pub fn registry(self, host: String) -> Result<Registry, Error> {
         let password = match &self.registry_password_file {
             Some(f) => Some(
                 std::fs::read_to_string(f)
@@ -32,12 +33,6 @@ impl RegistryArgs {
             ),
             None => std::env::var("CKMS_REGISTRY_PASSWORD").ok(),
         };
-        Ok(ckms::publish::kmm::push::Registry {
-            host,
-            user: self.registry_user,
-            password,
-            insecure: self.insecure,
-            ca_cert: self.ca_cert,
-        })
+        Ok(Registry { host, user: self.registry_user, password, insecure: self.insecure, ca_cert: self.ca_cert })
     }
 }
