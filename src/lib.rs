@@ -18,6 +18,8 @@
 //! - [`sign`]: module signatures for Secure Boot, made on the host in the kernel's format;
 //! - [`kube`]: the farm scaled out on Kubernetes: Indexed Jobs rendered, their results collected;
 //! - [`publish`]: a farm store's modules as hosts consume them: a signed apt repository, system extensions;
+//! - [`oci`]: OCI images leaving ckms (KMM's, the farm's pods'): layers, pushes to a registry, tags;
+//! - [`k8s`]: Kubernetes objects as text: object names and YAML, for `kube` and `publish`'s KMM `Module`;
 //! - [`report`]: progress and events for people or machines.
 
 pub mod artifact;
@@ -33,9 +35,11 @@ pub mod error;
 pub mod farm;
 pub mod image;
 pub mod install;
+pub mod k8s;
 pub mod kernel;
 pub mod kube;
 pub mod lifecycle;
+pub mod oci;
 pub mod pair;
 pub mod prebuilt;
 pub mod profile;

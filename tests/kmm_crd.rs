@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use ckms::k8s::to_yaml;
 use ckms::publish::kmm::{self, manifest, Depmod, Plan};
 use ckms::publish::pairs::{ModuleFile, OsRelease, Pair, Target};
 use ckms::publish::PublishError;
@@ -271,12 +272,12 @@ fn the_validator_refuses_wrong_modules() {
         let mut m = good.clone();
         mutate(&mut m);
         let path = dir.path().join(format!("{case}.yaml"));
-        std::fs::write(&path, manifest::to_yaml(&m)).unwrap();
+        std::fs::write(&path, to_yaml(&m)).unwrap();
         files.push(path);
     }
     // The unchanged Module passes in the same run: each refusal is the mutation's.
     let base = dir.path().join("good.yaml");
-    std::fs::write(&base, manifest::to_yaml(&good)).unwrap();
+    std::fs::write(&base, to_yaml(&good)).unwrap();
     files.push(base.clone());
     let text = check(&files).expect_err("every mutated Module must be refused");
     assert!(text.lines().any(|l| l == format!("PASS {}", base.display())), "{text}");

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use ckms::publish::kmm::manifest::to_yaml;
+use ckms::k8s::to_yaml;
 use kube_pods::{expand, run_rendered, Cli, PodRun};
 use serde_json::{json, Value};
 use support::{ckms, engine_host, shared_cache};

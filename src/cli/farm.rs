@@ -5,14 +5,17 @@ use std::sync::Arc;
 
 use ckms::context::Context;
 use ckms::error::Error;
-use ckms::farm::exec::{Checked, Farm, OnEngine, Signing};
-use ckms::farm::plan::{self, Plan, Work};
-use ckms::farm::report::{self, Cell, Counts};
+use ckms::farm::evaluate::{cells, evaluate, in_list, Evaluated};
+use ckms::farm::exec::{Checked, Farm, OnEngine};
+use ckms::farm::plan::{Plan, Work};
+use ckms::farm::report::{self, Counts};
 use ckms::farm::schedule::{self, Capacity, Job, Outcome, Progress};
-use ckms::farm::select::Selector;
-use ckms::farm::store::{Lookup, Status, Store};
+use ckms::farm::signing::signing;
+use ckms::farm::store::Store;
+use ckms::farm::verdict::{self, BuildRun, Findings};
 use ckms::publish::{sysext::Filesystem, Format};
 
+use super::registry::RegistryArgs;
 use super::Output;
 
 #[derive(clap::Subcommand)]
@@ -91,44 +94,6 @@ pub struct ReportArgs {
     output: PathBuf,
 }
 
-/// How to reach a registry (kmm images, the farm's images for Kubernetes).
-#[derive(clap::Args)]
-pub struct RegistryArgs {
-    /// The registry's user (basic authentication).
-    #[arg(long, value_name = "USER", env = "CKMS_REGISTRY_USER")]
-    registry_user: Option<String>,
-    /// A file holding the registry user's password (or CKMS_REGISTRY_PASSWORD).
-    #[arg(long, value_name = "FILE")]
-    registry_password_file: Option<PathBuf>,
-    /// Talk plain HTTP to the registry (a loopback registry without TLS).
-    #[arg(long)]
-    insecure: bool,
-    /// Trust this PEM CA certificate for the registry's TLS.
-    #[arg(long, value_name = "FILE")]
-    ca_cert: Option<PathBuf>,
-}
-
-impl RegistryArgs {
-    pub(super) fn registry(self, host: String) -> Result<ckms::publish::kmm::push::Registry, Error> {
-        let password = match &self.registry_password_file {
-            Some(f) => Some(
-                std::fs::read_to_string(f)
-                    .map_err(|e| Error::usage(format!("{}: {e}", f.display()), None))?
-                    .trim_end_matches('\n')
-                    .to_string(),
-            ),
-            None => std::env::var("CKMS_REGISTRY_PASSWORD").ok(),
-        };
-        Ok(ckms::publish::kmm::push::Registry {
-            host,
-            user: self.registry_user,
-            password,
-            insecure: self.insecure,
-            ca_cert: self.ca_cert,
-        })
-    }
-}
-
 #[derive(clap::Args)]
 pub struct PublishArgs {
     /// The store directory `farm build` wrote.
@@ -190,11 +155,6 @@ struct MatrixFile {
     #[serde(default)]
     kernels: Vec<String>,
 }
-
-/// Exit codes: every pair built (now or before) 0; some failed 11 (dkms's "some
-/// autoinstalls failed"); nothing to build, all from the store, 77 (dkms's "skipped").
-pub(super) const SOME_FAILED: i32 = ckms::diagnose::code::AUTOINSTALL_FAILED;
-const NOTHING_TO_DO: i32 = ckms::diagnose::code::SKIPPED;
 
 pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error> {
     match cmd {
@@ -303,20 +263,10 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
         run_pairs(ctx, out, &store, &work, &plan, &todo, &args).await?
     };
 
-    let to_build = in_list(plan.pairs.len(), &todo);
-    let cells: Vec<Cell> =
-        plan.pairs.iter().enumerate().map(|(i, p)| Cell { key: p.key.clone(), cached: !to_build[i] }).collect();
-    report::save_matrix(&store, &cells)?;
+    report::save_matrix(&store, &cells(&plan, &todo))?;
     let matrix = report::matrix(&store);
     let counts = Counts::of(matrix.iter().map(|(r, c)| (r, *c)));
-    let not_built: Vec<String> = todo
-        .iter()
-        .zip(&outcomes)
-        .filter_map(|(&i, o)| match o {
-            Outcome::NotBuilt(why) => Some(format!("{}: {why}", plan.label(i))),
-            Outcome::Done(_) => None,
-        })
-        .collect();
+    let not_built = verdict::not_built(&plan, &todo, &outcomes);
     for line in &not_built {
         ctx.reporter().warn(format!("not built: {line}"));
     }
@@ -344,92 +294,26 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
         }
         text + &format!("{} pair(s): {counts}; {} not built\n", plan.pairs.len(), not_built.len())
     });
-    Ok(if counts.failed > 0 || !not_built.is_empty() {
-        SOME_FAILED
-    } else if not_loaded > 0 {
-        ckms::diagnose::code::NOT_LOADED
-    } else if todo.is_empty() {
-        NOTHING_TO_DO
-    } else {
-        0
-    })
+    let run = BuildRun { failed: counts.failed, not_built: not_built.len(), not_loaded, to_build: todo.len() };
+    Ok(run.verdict().exit_code())
 }
 
-/// A farm plan and what its store holds.
-pub(super) struct Evaluated {
-    pub store: Store,
-    pub work: Work,
-    pub plan: Plan,
-    /// Pairs to build.
-    pub todo: Vec<usize>,
-    /// Pairs stored as built.
-    pub built: Vec<usize>,
-}
-
-/// The plan of `sources` × `kernels` against the store at `store`: Nix's evaluation.
-pub(super) async fn evaluate(
-    ctx: &Context,
-    store: &std::path::Path,
-    kernels: &[String],
-    sources: &[String],
-    profile: Option<&str>,
-    retry_failed: bool,
-) -> Result<Evaluated, Error> {
-    let store = Store::open(store)?;
-    store.clean_tmp();
-    let selectors = kernels.iter().map(|s| Selector::parse(s)).collect::<Result<Vec<_>, _>>()?;
-    // Unknown kernels fail here, before any source is fetched or anything built.
-    let kernels = plan::kernels(ctx, &selectors, profile).await?;
-    let work = Work::for_store(ctx, store.root());
-    let sources = plan::sources(ctx, &work, sources, &kernels).await?;
-    let plan = plan::pairs(ctx, sources, kernels).await?;
-
-    // What the store already has (each entry read and checked once): `todo` to build, and
-    // the built ones, which --check rebuilds.
-    let (mut todo, mut built) = (Vec::new(), Vec::new());
-    for (i, pair) in plan.pairs.iter().enumerate() {
-        match store.get(&pair.key) {
-            Lookup::Found(r) if !(retry_failed && r.status == Status::Failed) => {
-                if r.status == Status::Built {
-                    built.push(i);
-                }
-            }
-            Lookup::Damaged(why) => {
-                ctx.reporter().warn(format!("{}: damaged store entry, built again: {why}", plan.label(i)));
-                todo.push(i);
-            }
-            _ => todo.push(i),
-        }
-    }
-    Ok(Evaluated { store, work, plan, todo, built })
-}
-
-/// `--check`'s findings: identical pairs counted, every difference named; exit 11 when one
-/// differs or could not be rebuilt.
+/// Prints `--check`'s findings; returns the run's exit code.
 fn print_check(out: &Output, plan: &Plan, stored: &[usize], outcomes: &[Outcome], checked: &[Checked]) -> i32 {
-    let differing: Vec<&Checked> = checked.iter().filter(|c| !c.differs.is_empty() || c.status.is_some()).collect();
-    let not_rebuilt: Vec<String> = stored
-        .iter()
-        .zip(outcomes)
-        .filter_map(|(&i, o)| match o {
-            Outcome::NotBuilt(why) => Some(format!("{}: {why}", plan.label(i))),
-            Outcome::Done(_) => None,
-        })
-        .collect();
-    let files: usize = checked.iter().map(|c| c.compared).sum();
-    let identical = checked.len() - differing.len();
+    let findings = Findings::of(plan, stored, outcomes, checked);
+    let Findings { differing, not_rebuilt, files, identical } = &findings;
     let doc = serde_json::json!({ "pairs": stored.len(), "identical": identical, "files": files,
         "differing": differing.iter().map(|c| serde_json::json!({ "pair": plan.label(c.pair), "differs": c.differs,
         "status": c.status })).collect::<Vec<_>>(), "not_rebuilt": not_rebuilt });
     out.result(&doc, || {
         let mut text = String::new();
-        for c in &differing {
+        for c in differing {
             text += &format!("differs: {}\n", plan.label(c.pair));
             for d in c.status.iter().chain(&c.differs) {
                 text += &format!("  {d}\n");
             }
         }
-        for n in &not_rebuilt {
+        for n in not_rebuilt {
             text += &format!("not rebuilt: {n}\n");
         }
         text + &format!(
@@ -437,24 +321,11 @@ fn print_check(out: &Output, plan: &Plan, stored: &[usize], outcomes: &[Outcome]
             stored.len()
         )
     });
-    if differing.is_empty() && not_rebuilt.is_empty() {
-        0
-    } else {
-        SOME_FAILED
-    }
+    findings.verdict().exit_code()
 }
 
 const MATRIX_HINT: &str = "a matrix file holds sources = [\"./mymodule\", \"deb:v4l2loopback-dkms\"] and \
                            kernels = [\"@debian-bookworm:latest\"]";
-
-/// For each of `n` pairs, whether `list` holds it.
-fn in_list(n: usize, list: &[usize]) -> Vec<bool> {
-    let mut marked = vec![false; n];
-    for &i in list {
-        marked[i] = true;
-    }
-    marked
-}
 
 fn print_plan(ctx: &Context, out: &Output, plan: &Plan, todo: &[usize]) {
     let images: std::collections::BTreeSet<usize> = todo.iter().map(|&i| plan.pairs[i].image).collect();
@@ -535,23 +406,4 @@ async fn run_pairs(
     let outcomes = schedule::run(&jobs_list, &executor, Capacity::of_machine(args.jobs), &progress).await;
     live.finish();
     Ok((outcomes, farm.checked()))
-}
-
-/// The key pair the farm signs with (as `build` would on this host), made now if it is
-/// ckms's own and missing, so that parallel builds never race to make it.
-pub(super) fn signing(
-    ctx: &Context,
-    given: Option<(&std::path::Path, &std::path::Path)>,
-) -> Result<Option<Signing>, Error> {
-    if !ctx.config.sign_enabled() {
-        return Ok(None);
-    }
-    let (key, cert): (Option<&std::path::Path>, Option<&std::path::Path>) = given.unzip();
-    let keys = ctx.config.key_locations(&ckms::tree::Roots::system().dkms_tree).resolve(key, cert);
-    let signer = ckms::sign::signer(&keys, ckms::sign::pin().as_deref(), ctx.reporter())?;
-    let subject = ckms::sign::keys::load_cert(&keys.cert)
-        .ok()
-        .and_then(|c| ckms::sign::keys::common_name(&c))
-        .unwrap_or_default();
-    Ok(Some(Signing { fingerprint: signer.fingerprint(), signer: Arc::new(signer), subject }))
 }

@@ -4,10 +4,14 @@ use std::path::PathBuf;
 
 use ckms::context::Context;
 use ckms::error::Error;
+use ckms::farm::evaluate::{evaluate, Evaluated};
 use ckms::farm::report::Cell;
+use ckms::farm::signing::signing;
+use ckms::farm::store::Status;
+use ckms::farm::verdict::CollectRun;
 use ckms::kube::plan::KubePlan;
 
-use super::farm::{evaluate, signing, Evaluated, RegistryArgs};
+use super::registry::RegistryArgs;
 use super::Output;
 
 #[derive(clap::Subcommand)]
@@ -210,8 +214,9 @@ async fn collect(ctx: &Context, out: &Output, args: CollectArgs) -> Result<i32, 
             all.missing.len()
         )
     });
-    let failed = all.stored.iter().any(|(_, s)| *s == ckms::farm::store::Status::Failed);
-    Ok(if !all.refused.is_empty() || !all.missing.is_empty() || failed { super::farm::SOME_FAILED } else { 0 })
+    let failed = all.stored.iter().filter(|(_, s)| *s == Status::Failed).count();
+    let run = CollectRun { refused: all.refused.len(), missing: all.missing.len(), failed };
+    Ok(run.verdict().exit_code())
 }
 
 /// Every plan `render` kept in the store.

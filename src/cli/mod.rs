@@ -7,6 +7,7 @@ mod farm_progress;
 mod image;
 mod kernels;
 mod packages;
+mod registry;
 mod sign;
 mod system;
 mod verbs;

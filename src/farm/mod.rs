@@ -2,17 +2,22 @@
 //! that is a digest of everything that decides its output.
 //!
 //! The split is Nix's: [`plan`] evaluates sources and kernel selectors into pairs and their keys
-//! (no container), [`schedule`] builds the pairs not in the store, each a pure function of its
-//! inputs run in its builder image by the lifecycle's one-pair build, and the [`store`] gives a
-//! finished pair back by its key. [`report`] shows the matrix (text, JSON lines, one HTML file).
+//! (no container), [`evaluate`] sets them against what the store holds, [`schedule`] builds the
+//! pairs not in the store, each a pure function of its inputs run in its builder image by the
+//! lifecycle's one-pair build, and the [`store`] gives a finished pair back by its key.
+//! [`report`] shows the matrix (text, JSON lines, one HTML file); [`verdict`] says what a run
+//! came to as an exit code; [`signing`] finds the key pair the farm signs with.
 
+pub mod evaluate;
 pub mod exec;
 pub mod plan;
 pub mod proof;
 pub mod report;
 pub mod schedule;
 pub mod select;
+pub mod signing;
 pub mod store;
+pub mod verdict;
 
 use std::path::{Path, PathBuf};
 use thiserror::Error;

@@ -21,12 +21,12 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::KubeError;
-use crate::publish::kmm::manifest::to_yaml;
+use crate::k8s::to_yaml;
 
 /// One kernel's Indexed Job: each index builds one pair.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BuildJob {
-    /// RFC 1123 label, at most 63 characters (the caller makes it, e.g. with `k8s_name`).
+    /// RFC 1123 label, at most 63 characters (the caller makes it, e.g. with `k8s::name`).
     pub name: String,
     /// On the Job and its pod template, besides [`MANAGED_BY`] and [`ROLE`].
     pub labels: BTreeMap<String, String>,

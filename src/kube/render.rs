@@ -16,7 +16,9 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::farm::plan::{Plan, Work};
 use crate::image::archive::{self, ArchiveLayer};
-use crate::publish::kmm::push::Registry;
+use crate::oci::layer::layer;
+use crate::oci::registry::{push, Registry};
+use crate::oci::{tag_of, OciError};
 
 /// Where the dynamic loader is in every image ckms assembles (x86-64, merged /usr).
 const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
@@ -132,23 +134,23 @@ pub async fn render(ctx: &Context, plan: &Plan, work: &Work, todo: &[usize], req
         layers.push(inputs);
         let mut meta = assembled.meta.clone();
         meta.labels.insert("io.ckms.kube.job".into(), name.clone());
-        let config = archive::image_config(&layers, &meta).map_err(publish_err(&name))?;
+        let config = archive::image_config(&layers, &meta).map_err(image_err(&name))?;
         let archive_path = scratch.path().join(format!("{name}.tar"));
         {
             let file = std::fs::File::create(&archive_path).map_err(KubeError::io(&archive_path))?;
             let mut w = std::io::BufWriter::new(file);
-            archive::write_archive(&mut w, &layers, &config, &[]).map_err(publish_err(&name))?;
+            archive::write_archive(&mut w, &layers, &config, &[]).map_err(image_err(&name))?;
             std::io::Write::flush(&mut w).map_err(KubeError::io(&archive_path))?;
         }
         let path = req.registry.path_of(&req.repository).to_string();
-        let digest = crate::publish::kmm::push::push(&req.registry, &archive_path, &path, &name).await?;
+        let digest = push(&req.registry, &archive_path, &path, &name).await?;
         let _ = std::fs::remove_file(&archive_path);
         job.image = format!("{}/{path}@{digest}", req.registry.host);
         ctx.reporter().info(format!("pushed {} ({} pair(s))", job.image, job.pairs.len()));
 
         let build = BuildJob {
             name: name.clone(),
-            labels: BTreeMap::from([("ckms.io/kernel".to_string(), crate::publish::kmm::tag_of(&kernel.release))]),
+            labels: BTreeMap::from([("ckms.io/kernel".to_string(), tag_of(&kernel.release))]),
             image: job.image.clone(),
             command: pod_command(),
             env: vec![],
@@ -232,8 +234,8 @@ pub fn pod_command() -> Vec<String> {
     .collect()
 }
 
-fn publish_err(name: &str) -> impl Fn(archive::ArchiveError) -> crate::publish::PublishError + '_ {
-    move |e| crate::publish::PublishError::Image { tag: name.to_string(), message: e.to_string() }
+fn image_err(name: &str) -> impl Fn(archive::ArchiveError) -> OciError + '_ {
+    move |e| OciError::Image { tag: name.to_string(), message: e.to_string() }
 }
 
 /// The ckms binary and the shared libraries it uses beyond glibc's (the image has those), as
@@ -255,7 +257,7 @@ fn ckms_layer(dir: &Path, binary: &Path) -> Result<ArchiveLayer, Error> {
         contents.push((name, std::fs::read(lib).map_err(KubeError::io(lib))?));
     }
     let top = CKMS_DIR.trim_start_matches('/');
-    Ok(crate::publish::kmm::layer(dir.join("ckms.tar"), |w| {
+    Ok(layer(dir.join("ckms.tar"), |w| {
         for d in ["usr", "usr/lib", top, &format!("{top}/bin"), &format!("{top}/lib")] {
             w.add_dir(d, 0o755, 0, 0)?;
         }
@@ -292,7 +294,7 @@ fn inputs_layer(dir: &Path, job: &JobPlan, sources: &Path) -> Result<ArchiveLaye
         tars.push((crate::artifact::pack_dir(&root, &format!("{top}/src/{name}"))?, name));
     }
     let job_json = serde_json::to_vec_pretty(job).unwrap_or_default();
-    Ok(crate::publish::kmm::layer(dir.join("inputs.tar"), |w| {
+    Ok(layer(dir.join("inputs.tar"), |w| {
         for d in ["usr", "usr/lib", "usr/lib/ckms", top, &format!("{top}/src")] {
             w.add_dir(d, 0o755, 0, 0)?;
         }

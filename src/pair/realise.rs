@@ -108,9 +108,7 @@ pub enum Realised {
     /// The build ran and failed (make, a patch, a missing module, the time or space limit).
     Failed(Failed),
     /// BUILD_EXCLUSIVE excludes this kernel: dkms's exit 77, not a failure.
-    Skipped {
-        reason: String,
-    },
+    Skipped { reason: String },
     /// BUILD_DEPENDS to build first; nothing was built.
     NeedsDependencies(Vec<String>),
     /// The inputs were refused before anything was built: a conf that does not evaluate or

@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::diagnose::{code, Diagnose};
+use crate::oci::registry::Registry;
+use crate::oci::OciError;
 use crate::profile::Catalog;
 
 /// What `farm publish --format` writes.
@@ -78,6 +80,9 @@ pub enum PublishError {
     Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Farm(#[from] crate::farm::FarmError),
+    /// Writing an image's layers, pushing it.
+    #[error(transparent)]
+    Oci(#[from] OciError),
     #[error("{0} holds no ckms store (no ckms-store.json)")]
     NoStore(PathBuf),
     #[error("the store {store} has no built module{what}")]
@@ -106,8 +111,6 @@ pub enum PublishError {
     Userland { kernel: String, package: String, message: String },
     #[error("image {tag}: {message}")]
     Image { tag: String, message: String },
-    #[error("registry {host}: {message}")]
-    Registry { host: String, message: String },
     #[error("--format {0} is published by `kmm::publish` (it needs the profile's index and an engine)")]
     NeedsContext(Format),
     #[error("{tool} failed for {path}: {message}")]
@@ -124,6 +127,7 @@ impl Diagnose for PublishError {
     fn exit_code(&self) -> i32 {
         match self {
             PublishError::Farm(e) => e.exit_code(),
+            PublishError::Oci(e) => e.exit_code(),
             PublishError::Io { .. } | PublishError::Tool { .. } => code::IO,
             PublishError::Key { .. } | PublishError::Sign { .. } => code::SIGNING_FAILED,
             PublishError::Profile { .. } => code::BAD_PROFILE,
@@ -135,6 +139,7 @@ impl Diagnose for PublishError {
     fn hint(&self) -> Option<String> {
         Some(match self {
             PublishError::Farm(e) => return e.hint(),
+            PublishError::Oci(e) => return e.hint(),
             PublishError::Io { .. } => "check that the output directory is writable and its disk not full".into(),
             PublishError::NoStore(_) => "name the directory `ckms farm build --store` wrote".into(),
             PublishError::NothingBuilt { .. } => {
@@ -165,9 +170,6 @@ impl Diagnose for PublishError {
                 "the profile's index must offer busybox-static: `ckms kernels` refreshes the indexes".into()
             }
             PublishError::Image { .. } => "check that the output directory and TMPDIR are writable".into(),
-            PublishError::Registry { .. } => "check --registry, --registry-user/--registry-password-file, and \
-                 --insecure (plain HTTP) or --ca-cert for the registry's TLS"
-                .into(),
         })
     }
 }
@@ -201,7 +203,7 @@ pub struct Request {
     /// The farm's armored OpenPGP secret key (signs the apt repository).
     pub key: Option<PathBuf>,
     /// `kmm`: the registry to push the images to.
-    pub registry: Option<kmm::push::Registry>,
+    pub registry: Option<Registry>,
     /// `kmm`: the images' repository, tagged `<repository>:<kver>` (default
     /// `localhost/ckms/<name>`).
     pub repository: Option<String>,

@@ -15,7 +15,6 @@
 //! the newest build time of the image's pairs: publishing twice gives the same image ID.
 
 pub mod manifest;
-pub mod push;
 mod run;
 
 pub use run::publish;
@@ -26,7 +25,9 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use crate::image::archive::{self, ArchiveLayer, ImageMeta};
-use crate::image::layer::{FsRules, LayerWriter};
+use crate::k8s;
+use crate::oci::layer::layer;
+use crate::oci::tag_of;
 
 use super::pairs::Pair;
 use super::PublishError;
@@ -112,7 +113,7 @@ pub fn plan(pairs: &[Pair], name: Option<&str>, repository: Option<&str>) -> Res
             profile: members[0].profile.clone(),
             arch: oci_arch(&members[0].target.deb_arch).to_string(),
             epoch: members.iter().map(|p| p.epoch).max().unwrap_or(0),
-            archive: format!("{}_{kernel}.oci.tar", manifest::k8s_name(&name)),
+            archive: format!("{}_{kernel}.oci.tar", k8s::name(&name)),
             files,
             in_tree: Vec::new(),
             tag,
@@ -137,14 +138,6 @@ fn module_name(pairs: &[Pair], module: &str) -> String {
     } else {
         names.into_iter().next().unwrap_or(wanted)
     }
-}
-
-/// The image tag of a kernel release: the release itself, which is what KMM's
-/// `${KERNEL_FULL_VERSION}` expands to, except that an OCI tag cannot hold `+` (Debian 13's
-/// `6.12.48+deb13-amd64`): there it becomes `_` and the Module names that kernel's image
-/// literally.
-pub fn tag_of(kernel: &str) -> String {
-    kernel.replace('+', "_")
 }
 
 fn check_tag(tag: &str) -> Result<(), PublishError> {
@@ -250,7 +243,7 @@ pub fn write(
         written.push(Written { tag: image.tag.clone(), id, archive: image.archive.clone() });
     }
     let module = manifest::module(plan);
-    super::write_file(dir, "module.yaml", manifest::to_yaml(&module).as_bytes())?;
+    super::write_file(dir, "module.yaml", k8s::to_yaml(&module).as_bytes())?;
     Ok(written)
 }
 
@@ -258,32 +251,13 @@ fn archive_err(image: &Image) -> impl Fn(archive::ArchiveError) -> PublishError 
     move |e| PublishError::Image { tag: image.tag.clone(), message: e.to_string() }
 }
 
-fn layer_err(path: &Path) -> impl Fn(crate::image::layer::LayerError) -> PublishError + '_ {
-    move |e| PublishError::Image { tag: path.display().to_string(), message: e.to_string() }
-}
-
 fn rfc3339(epoch: u64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp(epoch as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
 }
 
-/// A layer tar at `path`, filled by `fill`.
-pub(crate) fn layer(
-    path: PathBuf,
-    fill: impl FnOnce(&mut LayerWriter<File>) -> Result<(), crate::image::layer::LayerError>,
-) -> Result<ArchiveLayer, PublishError> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(PublishError::io(parent))?;
-    }
-    let file = File::create(&path).map_err(PublishError::io(&path))?;
-    let mut w = LayerWriter::new(file, FsRules::default());
-    fill(&mut w).map_err(layer_err(&path))?;
-    let (_, digest) = w.finish().map_err(layer_err(&path))?;
-    Ok(ArchiveLayer { path, digest })
-}
-
 fn userland_layer(scratch: &Path, busybox: &[u8]) -> Result<ArchiveLayer, PublishError> {
-    layer(scratch.join("userland.tar"), |w| {
+    Ok(layer(scratch.join("userland.tar"), |w| {
         w.add_dir("bin", 0o755, 0, 0)?;
         w.add_file("bin/busybox", busybox, 0o755, 0, 0)?;
         for applet in APPLETS {
@@ -291,7 +265,7 @@ fn userland_layer(scratch: &Path, busybox: &[u8]) -> Result<ArchiveLayer, Publis
         }
         // KMM's worker copies into /tmp; an empty image has none.
         w.add_dir("tmp", 0o1777, 0, 0)
-    })
+    })?)
 }
 
 /// The modules and their index, staged under `scratch/root` for depmod, with the in-tree
@@ -323,7 +297,7 @@ fn modules_layer(scratch: &Path, image: &Image, depmod: &dyn Depmod) -> Result<A
         };
         contents.push((format!("{DIR_NAME}/{rel}"), bytes));
     }
-    layer(scratch.join("modules.tar"), |w| {
+    Ok(layer(scratch.join("modules.tar"), |w| {
         for d in [DIR_NAME.to_string(), format!("{DIR_NAME}/lib")] {
             w.add_dir(&d, 0o755, 0, 0)?;
         }
@@ -337,7 +311,7 @@ fn modules_layer(scratch: &Path, image: &Image, depmod: &dyn Depmod) -> Result<A
             w.add_symlink(&format!("{DIR_NAME}/{link}"), &format!("/lib/modules/{}", image.kernel))?;
         }
         Ok(())
-    })
+    })?)
 }
 
 /// Every entry under `dir`, relative to `root`, with whether it is a directory.

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use super::{plan, write, HostDepmod, USERLAND_BINARY, USERLAND_PACKAGE};
 use crate::context::Context;
 use crate::engine::Engine;
+use crate::oci::registry::push;
 use crate::publish::{list_files, open, Format, PublishError, Published, Request, Staging};
 
 /// Publishes the store's pairs as KMM images under `--out`, loading them into `engine` when
@@ -46,7 +47,7 @@ pub async fn publish(req: &Request, ctx: &Context, engine: Option<&dyn Engine>) 
         let path = registry.path_of(&plan.repository);
         for w in &written {
             let tag = w.tag.rsplit_once(':').map(|(_, t)| t).unwrap_or_default();
-            let digest = super::push::push(registry, &out.join(&w.archive), path, tag).await?;
+            let digest = push(registry, &out.join(&w.archive), path, tag).await?;
             notes.push(format!("pushed {}/{path}:{tag} ({digest})", registry.host));
         }
     }

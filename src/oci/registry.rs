@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::publish::PublishError;
+use super::OciError;
+use crate::cache::sha256_hex;
 
 /// Where and how to push.
 #[derive(Debug, Clone, Default)]
@@ -31,17 +32,17 @@ impl Registry {
         repository.strip_prefix(&format!("{}/", self.host)).unwrap_or(repository)
     }
 
-    fn client(&self) -> Result<reqwest::Client, PublishError> {
+    fn client(&self) -> Result<reqwest::Client, OciError> {
         let mut b = reqwest::Client::builder();
         if let Some(path) = &self.ca_cert {
-            let pem = std::fs::read(path).map_err(PublishError::io(path))?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| PublishError::Registry {
+            let pem = std::fs::read(path).map_err(OciError::io(path))?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| OciError::Registry {
                 host: self.host.clone(),
                 message: format!("{}: {e}", path.display()),
             })?;
             b = b.add_root_certificate(cert);
         }
-        b.build().map_err(|e| PublishError::Registry { host: self.host.clone(), message: e.to_string() })
+        b.build().map_err(|e| OciError::Registry { host: self.host.clone(), message: e.to_string() })
     }
 
     fn base(&self) -> String {
@@ -63,19 +64,19 @@ struct Parts {
     blobs: BTreeMap<String, Vec<u8>>,
 }
 
-fn read_archive(path: &Path) -> Result<Parts, PublishError> {
-    let bad = |m: String| PublishError::Image { tag: path.display().to_string(), message: m };
-    let file = std::fs::File::open(path).map_err(PublishError::io(path))?;
+fn read_archive(path: &Path) -> Result<Parts, OciError> {
+    let bad = |m: String| OciError::Image { tag: path.display().to_string(), message: m };
+    let file = std::fs::File::open(path).map_err(OciError::io(path))?;
     let mut members = BTreeMap::new();
     let mut ar = tar::Archive::new(file);
-    for e in ar.entries().map_err(PublishError::io(path))? {
-        let mut e = e.map_err(PublishError::io(path))?;
-        let name = e.path().map_err(PublishError::io(path))?.to_string_lossy().into_owned();
+    for e in ar.entries().map_err(OciError::io(path))? {
+        let mut e = e.map_err(OciError::io(path))?;
+        let name = e.path().map_err(OciError::io(path))?.to_string_lossy().into_owned();
         let mut bytes = Vec::new();
-        e.read_to_end(&mut bytes).map_err(PublishError::io(path))?;
+        e.read_to_end(&mut bytes).map_err(OciError::io(path))?;
         members.insert(name, bytes);
     }
-    let json = |name: &str| -> Result<serde_json::Value, PublishError> {
+    let json = |name: &str| -> Result<serde_json::Value, OciError> {
         let bytes = members.get(name).ok_or_else(|| bad(format!("no {name}")))?;
         serde_json::from_slice(bytes).map_err(|e| bad(format!("{name}: {e}")))
     };
@@ -98,11 +99,11 @@ fn read_archive(path: &Path) -> Result<Parts, PublishError> {
 }
 
 /// Pushes the archive at `archive` as `<path>:<tag>`; returns the manifest's digest.
-pub async fn push(registry: &Registry, archive: &Path, path: &str, tag: &str) -> Result<String, PublishError> {
+pub async fn push(registry: &Registry, archive: &Path, path: &str, tag: &str) -> Result<String, OciError> {
     let parts = read_archive(archive)?;
     let client = registry.client()?;
     let base = registry.base();
-    let failed = |what: String| PublishError::Registry { host: registry.host.clone(), message: what };
+    let failed = |what: String| OciError::Registry { host: registry.host.clone(), message: what };
     let send = |r: reqwest::RequestBuilder, what: String| async move {
         registry.auth(r).send().await.map_err(|e| failed(format!("{what}: {e}")))
     };
@@ -141,12 +142,14 @@ pub async fn push(registry: &Registry, archive: &Path, path: &str, tag: &str) ->
         let text = done.text().await.unwrap_or_default();
         return Err(failed(format!("the manifest of {path}:{tag}: HTTP {status} {}", text.trim())));
     }
-    Ok(format!("sha256:{}", crate::cache::sha256_hex(&parts.manifest)))
+    Ok(format!("sha256:{}", sha256_hex(&parts.manifest)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::archive::{self, ImageMeta};
+    use crate::oci::layer::layer;
 
     #[test]
     fn the_path_in_the_registry_drops_its_host() {
@@ -160,23 +163,30 @@ mod tests {
     #[test]
     fn an_archive_gives_its_manifest_config_and_layers() {
         let dir = tempfile::tempdir().unwrap();
-        let pairs = vec![crate::publish::pairs::tests::pair(dir.path(), "m", "6.1.0-56-amd64", "m.ko", b"M")];
-        let plan = super::super::plan(&pairs, None, None).unwrap();
-        struct NoIndex;
-        impl super::super::Depmod for NoIndex {
-            fn index(&self, _: &Path, _: &str) -> Result<(), PublishError> {
-                Ok(())
-            }
-        }
-        let busybox = BTreeMap::from([("debian-bookworm".to_string(), b"BB".to_vec())]);
-        let written = super::super::write(dir.path(), &plan, &busybox, &NoIndex).unwrap();
-        let parts = read_archive(&dir.path().join(&written[0].archive)).unwrap();
+        let layers = vec![
+            layer(dir.path().join("a.tar"), |w| w.add_file("a", b"A", 0o644, 0, 0)).unwrap(),
+            layer(dir.path().join("b.tar"), |w| w.add_file("b", b"B", 0o644, 0, 0)).unwrap(),
+        ];
+        let meta = ImageMeta {
+            user: String::new(),
+            env: vec![],
+            workdir: String::new(),
+            cmd: vec!["/bin/sh".into()],
+            labels: BTreeMap::new(),
+            created: "1970-01-01T00:00:00Z".into(),
+        };
+        let config = archive::image_config(&layers, &meta).unwrap();
+        let id = archive::image_id(&config).unwrap();
+        let path = dir.path().join("image.tar");
+        let mut out = std::fs::File::create(&path).unwrap();
+        archive::write_archive(&mut out, &layers, &config, &["localhost/ckms/m:1".to_string()]).unwrap();
+        let parts = read_archive(&path).unwrap();
         let manifest: serde_json::Value = serde_json::from_slice(&parts.manifest).unwrap();
         assert_eq!(manifest["mediaType"], MANIFEST);
         assert_eq!(parts.blobs.len(), 3, "the config and two layers");
-        assert!(parts.blobs.contains_key(&written[0].id), "the config is the image ID's blob");
+        assert!(parts.blobs.contains_key(&id), "the config is the image ID's blob");
         for (digest, bytes) in &parts.blobs {
-            assert_eq!(digest, &format!("sha256:{}", crate::cache::sha256_hex(bytes)));
+            assert_eq!(digest, &format!("sha256:{}", sha256_hex(bytes)));
         }
     }
 }
