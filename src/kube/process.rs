@@ -13,7 +13,8 @@ use tokio::io::AsyncReadExt;
 
 use super::transcript::{self, Transcript};
 use crate::engine::{
-    Answer, Engine, EngineError, EngineInfo, EngineKind, Exchange, ImageSummary, Input, Owner, RunOutcome, RunSpec,
+    Answer, Engine, EngineError, EngineInfo, EngineKind, Exchange, ImageSummary, Images, Input, Owner, RunOutcome,
+    RunSpec, Runner,
 };
 
 /// The most of a run's output kept (the rest is dropped: a log flood must not fill the volume).
@@ -252,6 +253,10 @@ impl Engine for ProcessEngine {
             cgroup_version: None,
         })
     }
+}
+
+#[async_trait::async_trait]
+impl Images for ProcessEngine {
     /// The pod runs in its image: there is no other.
     async fn image_id(&self, _reference: &str) -> Result<Option<String>, EngineError> {
         Ok(None)
@@ -268,6 +273,10 @@ impl Engine for ProcessEngine {
     async fn remove_image(&self, reference: &str) -> Result<(), EngineError> {
         Err(EngineError::BadSpec(format!("a pod removes no images ({reference})")))
     }
+}
+
+#[async_trait::async_trait]
+impl Runner for ProcessEngine {
     async fn run(&self, spec: &RunSpec) -> Result<RunOutcome, EngineError> {
         self.go(spec, None).await
     }

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use super::transcript::{self, Transcript};
 use super::KubeError;
-use crate::engine::{Answer, Engine, EngineError, EngineInfo, EngineKind, Exchange, ImageSummary, RunOutcome, RunSpec};
+use crate::engine::{
+    Answer, Engine, EngineError, EngineInfo, EngineKind, Exchange, ImageSummary, Images, RunOutcome, RunSpec, Runner,
+};
 
 pub struct ReplayEngine {
     /// The pair's result directory.
@@ -77,6 +79,10 @@ impl Engine for ReplayEngine {
     async fn info(&self) -> Result<EngineInfo, EngineError> {
         Ok(Self::info())
     }
+}
+
+#[async_trait::async_trait]
+impl Images for ReplayEngine {
     async fn image_id(&self, reference: &str) -> Result<Option<String>, EngineError> {
         Ok(self.images.get(reference).cloned())
     }
@@ -97,6 +103,10 @@ impl Engine for ReplayEngine {
     async fn remove_image(&self, reference: &str) -> Result<(), EngineError> {
         Err(self.refuse(format!("replayed runs remove no images ({reference})")))
     }
+}
+
+#[async_trait::async_trait]
+impl Runner for ReplayEngine {
     async fn run(&self, spec: &RunSpec) -> Result<RunOutcome, EngineError> {
         self.replay(spec, None)
     }
