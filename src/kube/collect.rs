@@ -2,19 +2,23 @@
 //!
 //! The plan is evaluated again from what `render` was given; a rendered pair whose key this
 //! machine does not compute is refused. Each index's result must claim its own pair; its
-//! transcript is then played back ([`super::replay::ReplayEngine`]) through the farm's own
+//! transcript is then played back ([`super::replay::ReplayRunner`]) through the farm's own
 //! one-pair build, so it passes the checks a local build passes (the conf resolved here must
 //! give the plan the pod ran, outputs unpacked as untrusted, the planned modules present)
 //! and is signed here, never in the cluster, and stored under its key.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::plan::{Claim, KubePlan, RESULT};
-use super::replay::ReplayEngine;
+use super::replay::ReplayRunner;
 use super::KubeError;
 use crate::context::Context;
-use crate::engine::Connection;
+use crate::engine::{
+    Answer, Connection, Engine, EngineError, EngineInfo, EngineKind, Exchange, ImageSummary, Images, RunOutcome,
+    RunSpec, Runner,
+};
 use crate::error::Error;
 use crate::farm::exec::{Farm, Signing};
 use crate::farm::plan::{Plan, Work};
@@ -68,8 +72,8 @@ pub async fn collect(
                 done.refused.push(format!("{label}: {e}"));
                 continue;
             }
-            let engine = Arc::new(ReplayEngine::new(&dir, images.clone()));
-            let conn = Arc::new(Connection::of(engine, ReplayEngine::info()));
+            let engine = Arc::new(Replayed::new(&dir, images.clone()));
+            let conn = Arc::new(Connection::of(engine, Replayed::info()));
             let farm = Farm::new(ctx, plan, store, work, conn, signing.clone());
             let pair = &plan.pairs[i];
             let one = Job { label: label.clone(), image: pair.image, after: vec![], estimate: None, size: 0 };
@@ -90,6 +94,85 @@ pub async fn collect(
         }
     }
     Ok(done)
+}
+
+/// What the farm builds a replayed pair on, as long as it takes a whole engine ([`Connection`]):
+/// the images the pods ran in, known by tag (never loaded, listed or removed here), and the
+/// pod's run played back by [`ReplayRunner`].
+struct Replayed {
+    /// The pair's result directory.
+    dir: PathBuf,
+    /// The images the pods ran in: tag → image ID, as rendered.
+    images: BTreeMap<String, String>,
+    runner: ReplayRunner,
+}
+
+impl Replayed {
+    fn new(dir: &Path, images: BTreeMap<String, String>) -> Replayed {
+        Replayed { dir: dir.to_path_buf(), images, runner: ReplayRunner::new(dir) }
+    }
+
+    fn info() -> EngineInfo {
+        EngineInfo {
+            kind: EngineKind::Kubernetes,
+            version: "pod".into(),
+            api_version: String::new(),
+            rootless: true,
+            endpoint: "farm kube collect".into(),
+            storage_driver: None,
+            cgroup_version: None,
+        }
+    }
+
+    fn refuse(&self, message: String) -> EngineError {
+        EngineError::Replay(Box::new(KubeError::Replay { dir: self.dir.clone(), message }))
+    }
+}
+
+#[async_trait::async_trait]
+impl Engine for Replayed {
+    async fn info(&self) -> Result<EngineInfo, EngineError> {
+        Ok(Self::info())
+    }
+}
+
+#[async_trait::async_trait]
+impl Images for Replayed {
+    async fn image_id(&self, reference: &str) -> Result<Option<String>, EngineError> {
+        Ok(self.images.get(reference).cloned())
+    }
+    async fn image_layers(&self, reference: &str) -> Result<Vec<String>, EngineError> {
+        Err(EngineError::ImageNotFound { endpoint: "farm kube collect".into(), reference: reference.into() })
+    }
+    /// The pods' images were rendered from the same plan: one that differs is a plan changed
+    /// since `render`.
+    async fn load_image(&self, archive: &Path) -> Result<(), EngineError> {
+        Err(self.refuse(format!(
+            "the builder image is not the one the pods ran in ({}): the packages changed since `farm kube render`",
+            archive.display()
+        )))
+    }
+    async fn list_images(&self, _label: &str) -> Result<Vec<ImageSummary>, EngineError> {
+        Ok(Vec::new())
+    }
+    async fn remove_image(&self, reference: &str) -> Result<(), EngineError> {
+        Err(self.refuse(format!("replayed runs remove no images ({reference})")))
+    }
+}
+
+#[async_trait::async_trait]
+impl Runner for Replayed {
+    async fn run(&self, spec: &RunSpec) -> Result<RunOutcome, EngineError> {
+        self.runner.run(spec).await
+    }
+    async fn run_exchange(
+        &self,
+        spec: &RunSpec,
+        exchange: &Exchange,
+        answer: &Answer<'_>,
+    ) -> Result<RunOutcome, EngineError> {
+        self.runner.run_exchange(spec, exchange, answer).await
+    }
 }
 
 /// The pod's claim must be the pair its index was given.
