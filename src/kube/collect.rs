@@ -125,7 +125,7 @@ impl Replayed {
     }
 
     fn refuse(&self, message: String) -> EngineError {
-        EngineError::Replay(Box::new(KubeError::Replay { dir: self.dir.clone(), message }))
+        EngineError::Runner(Box::new(KubeError::Replay { dir: self.dir.clone(), message }))
     }
 }
 

@@ -20,11 +20,11 @@ impl ReplayRunner {
     }
 
     fn refuse(&self, message: String) -> EngineError {
-        EngineError::Replay(Box::new(KubeError::Replay { dir: self.dir.clone(), message }))
+        EngineError::Runner(Box::new(KubeError::Replay { dir: self.dir.clone(), message }))
     }
 
     fn replay(&self, spec: &RunSpec, answer: Option<&Answer<'_>>) -> Result<RunOutcome, EngineError> {
-        let wrap = |e: KubeError| EngineError::Replay(Box::new(e));
+        let wrap = |e: KubeError| EngineError::Runner(Box::new(e));
         let t = Transcript::read(&self.dir).map_err(wrap)?;
         if t.asked {
             let request = t.get(&self.dir, transcript::REQUEST).map_err(wrap)?;
