@@ -1,6 +1,7 @@
 //! [`FakeEngine`]: an in-memory [`Engine`] (so also [`Images`] and [`Runner`]) for other
-//! modules' tests. It records every call, keeps images (loaded from real docker-archive
-//! files, or added directly) and answers `run` with scripted outcomes.
+//! modules' unit tests, compiled into test builds only. It records every call, keeps images
+//! (loaded from real docker-archive files, or added directly) and answers `run` with
+//! scripted outcomes.
 
 use super::{Engine, EngineError, EngineInfo, EngineKind, ImageSummary, Images, RunOutcome, RunSpec, Runner};
 use std::collections::{HashMap, VecDeque};

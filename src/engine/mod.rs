@@ -7,13 +7,14 @@
 //!
 //! - [`discover`]: which endpoint to use, and a private rootless Podman service as last resort;
 //! - [`doctor`]: checks that explain what is missing;
-//! - [`fake`]: a scripted [`Engine`] for other modules' tests.
+//! - `fake` (unit tests only): a scripted [`Engine`] for other modules' tests.
 
 mod config;
 pub mod discover;
 mod docker;
 pub mod doctor;
 mod error;
+#[cfg(test)]
 pub mod fake;
 mod raw;
 mod upload;
