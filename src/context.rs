@@ -119,7 +119,7 @@ impl Context {
     /// loaded unless the engine has it.
     pub async fn builder(
         &self,
-        engine: &dyn crate::engine::Engine,
+        engine: &dyn crate::engine::Images,
         release: &str,
         profile: Option<&str>,
         extra: &[String],
@@ -133,7 +133,7 @@ impl Context {
     /// The builder image for a kernel already found (see [`Context::find_kernel`]).
     pub async fn image_for(
         &self,
-        engine: &dyn crate::engine::Engine,
+        engine: &dyn crate::engine::Images,
         profile: &Profile,
         index: &Index,
         kernel: &Kernel,
@@ -158,7 +158,7 @@ impl Context {
     /// The builder image of `plan`, assembled and loaded unless the engine has it.
     pub async fn image_of(
         &self,
-        engine: &dyn crate::engine::Engine,
+        engine: &dyn crate::engine::Images,
         profile: &Profile,
         plan: &crate::image::Plan,
         force: bool,
@@ -170,7 +170,7 @@ impl Context {
     /// The builder image for `release`, assembled and loaded unless the engine has it.
     pub async fn builder_image(
         &self,
-        engine: &dyn crate::engine::Engine,
+        engine: &dyn crate::engine::Images,
         release: &str,
         profile: Option<&str>,
         force: bool,

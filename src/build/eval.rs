@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::BuildError;
 use crate::conf::{self, EvalContext, RawConf};
-use crate::engine::Engine;
+use crate::engine::Runner;
 use crate::profile::Recipe;
 
 /// Where ckms's own files go inside the build volume.
@@ -17,7 +17,7 @@ const EVAL_TIMEOUT: Duration = Duration::from_secs(60);
 /// `overrides` (file name, bytes: /etc/dkms/<m>[-<v>[-<kver>[-<arch>]]].conf) that apply.
 /// `origin` names the file in errors.
 pub async fn evaluate_conf(
-    engine: &dyn Engine,
+    engine: &dyn Runner,
     recipe: &Recipe,
     image: &str,
     conf: &[u8],

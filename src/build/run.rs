@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use super::BuildError;
 use crate::conf::{BuildPlan, ConfError, EvalContext, RawConf};
-use crate::engine::{Engine, Exchange};
+use crate::engine::{Exchange, Runner};
 use crate::profile::Recipe;
 
 use super::inputs::{Sibling, CONTAINER_SOURCES, CONTAINER_TREE};
@@ -99,7 +99,7 @@ pub struct Built {
 /// directives to the host (an engine exchange), where `resolve` decides for the kernel; the
 /// driver then runs what was decided. Results are unpacked into `dest` (a fresh host dir).
 pub async fn run_build(
-    engine: &dyn Engine,
+    engine: &dyn Runner,
     job: &Job<'_>,
     resolve: &Resolver<'_>,
     dest: &Path,
@@ -254,7 +254,7 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
 /// (from the source directory, with its arguments, skipped with a warning if not executable),
 /// but sandboxed in `image`: it sees a copy of the source and `vars`, never the host.
 pub async fn run_script(
-    engine: &dyn Engine,
+    engine: &dyn Runner,
     recipe: &Recipe,
     image: &str,
     source: &Path,

@@ -6,7 +6,10 @@
 //! core while it waits). Image list/inspect and engine info are read as raw JSON (see [`raw`]).
 
 use super::config::{container_config, parse_user, EngineCaps, RUN_LABEL};
-use super::{raw, Answer, Engine, EngineError, EngineInfo, EngineKind, Exchange, ImageSummary, RunOutcome, RunSpec};
+use super::{
+    raw, Answer, Engine, EngineError, EngineInfo, EngineKind, Exchange, ImageSummary, Images, RunOutcome, RunSpec,
+    Runner,
+};
 use bollard::errors::Error as BollardError;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder, ImportImageOptionsBuilder,
@@ -358,7 +361,10 @@ impl Engine for DockerApi {
     async fn info(&self) -> Result<EngineInfo, EngineError> {
         Ok(self.info.clone())
     }
+}
 
+#[async_trait::async_trait]
+impl Images for DockerApi {
     async fn image_id(&self, reference: &str) -> Result<Option<String>, EngineError> {
         Ok(self.inspect_image(reference).await?.map(|v| str_field(&v, "Id")))
     }
@@ -446,7 +452,10 @@ impl Engine for DockerApi {
             _ => Ok(()),
         }
     }
+}
 
+#[async_trait::async_trait]
+impl Runner for DockerApi {
     async fn run(&self, spec: &RunSpec) -> Result<RunOutcome, EngineError> {
         self.run_with(spec, None).await
     }

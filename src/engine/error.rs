@@ -29,9 +29,10 @@ pub enum EngineError {
     /// The caller asked for something ckms never does (root user, relative scratch path).
     #[error("refusing to run: {0}")]
     BadSpec(String),
-    /// A run made in a pod that does not play back (`farm kube collect`).
-    #[error(transparent)]
-    Replay(Box<crate::kube::KubeError>),
+    /// A runner's own failure (a run made in a pod that does not play back), with that error's
+    /// message, exit code and hint: held as any module's error, so the engine imports no runner.
+    #[error("{0}")]
+    Runner(Box<dyn Diagnose + Send + Sync>),
 }
 
 fn format_tried(tried: &[(String, String)]) -> String {
@@ -46,7 +47,7 @@ impl Diagnose for EngineError {
             }
             EngineError::Io { .. } => code::IO,
             EngineError::BadSpec(_) => code::USAGE,
-            EngineError::Replay(e) => e.exit_code(),
+            EngineError::Runner(e) => e.exit_code(),
             EngineError::Api { .. } | EngineError::ImageNotFound { .. } | EngineError::Load { .. } => {
                 code::ENGINE_FAILED
             }
@@ -86,7 +87,7 @@ impl Diagnose for EngineError {
                 .into(),
             EngineError::Io { .. } => "Check the file exists and is readable.".into(),
             EngineError::BadSpec(_) => return None,
-            EngineError::Replay(e) => return e.hint(),
+            EngineError::Runner(e) => return e.hint(),
         })
     }
 }
@@ -125,6 +126,17 @@ mod tests {
         assert_eq!(e.exit_code(), code::NO_ENGINE);
         let h = e.hint().unwrap();
         assert!(h.contains("useradd --create-home ckms") && h.contains("--add-subuids"));
+    }
+
+    #[test]
+    fn a_runners_error_keeps_its_message_code_and_hint() {
+        let e = EngineError::Runner(Box::new(crate::error::Usage {
+            message: "the result does not replay".into(),
+            hint: Some("render again".into()),
+        }));
+        assert_eq!(e.to_string(), "the result does not replay");
+        assert_eq!(e.exit_code(), code::USAGE);
+        assert_eq!(e.hint().as_deref(), Some("render again"));
     }
 
     #[test]

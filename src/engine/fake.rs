@@ -1,8 +1,9 @@
-//! [`FakeEngine`]: an in-memory [`Engine`] for other modules' tests. It records every call,
-//! keeps images (loaded from real docker-archive files, or added directly) and answers `run`
-//! with scripted outcomes.
+//! [`FakeEngine`]: an in-memory [`Engine`] (so also [`Images`] and [`Runner`]) for other
+//! modules' unit tests, compiled into test builds only. It records every call, keeps images
+//! (loaded from real docker-archive files, or added directly) and answers `run` with
+//! scripted outcomes.
 
-use super::{Engine, EngineError, EngineInfo, EngineKind, ImageSummary, RunOutcome, RunSpec};
+use super::{Engine, EngineError, EngineInfo, EngineKind, ImageSummary, Images, RunOutcome, RunSpec, Runner};
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -166,7 +167,10 @@ impl Engine for FakeEngine {
         self.state().calls.push(Call::Info);
         Ok(self.info.clone())
     }
+}
 
+#[async_trait::async_trait]
+impl Images for FakeEngine {
     async fn image_id(&self, reference: &str) -> Result<Option<String>, EngineError> {
         self.state().calls.push(Call::ImageId(reference.into()));
         Ok(self.find(reference).map(|i| i.id))
@@ -225,7 +229,10 @@ impl Engine for FakeEngine {
         self.state().images.retain(|i| i.id != image.id);
         Ok(())
     }
+}
 
+#[async_trait::async_trait]
+impl Runner for FakeEngine {
     /// Records the run with its inputs read now, as an engine reads a directory input when
     /// the run starts (a test may look after the directory is gone).
     async fn run(&self, spec: &RunSpec) -> Result<RunOutcome, EngineError> {

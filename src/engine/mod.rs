@@ -1,16 +1,20 @@
-//! Container engines behind one small trait. Docker Engine and Podman (through its
-//! Docker-compatible socket) are both driven by [`DockerApi`], a bollard client with a few
-//! raw JSON requests where bollard's strict models reject what Podman sends.
+//! Container engines behind small traits: [`Images`] (the image store) and [`Runner`] (what
+//! runs a [`RunSpec`]); an [`Engine`] is both, and says what it is ([`EngineInfo`]). Each
+//! function takes the narrowest of them it needs, so a runner without an engine
+//! (`kube::process`, `kube::replay`) builds with the same code. Docker Engine and Podman
+//! (through its Docker-compatible socket) are both driven by [`DockerApi`], a bollard client
+//! with a few raw JSON requests where bollard's strict models reject what Podman sends.
 //!
 //! - [`discover`]: which endpoint to use, and a private rootless Podman service as last resort;
 //! - [`doctor`]: checks that explain what is missing;
-//! - [`fake`]: a scripted [`Engine`] for other modules' tests.
+//! - `fake` (unit tests only): a scripted [`Engine`] for other modules' tests.
 
 mod config;
 pub mod discover;
 mod docker;
 pub mod doctor;
 mod error;
+#[cfg(test)]
 pub mod fake;
 mod raw;
 mod upload;
@@ -24,11 +28,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// What ckms needs from a container engine. Implemented by [`DockerApi`] (Docker and Podman)
-/// and [`fake::FakeEngine`].
+/// An engine's image store: what ckms asks about builder images.
 #[async_trait::async_trait]
-pub trait Engine: Send + Sync {
-    async fn info(&self) -> Result<EngineInfo, EngineError>;
+pub trait Images: Send + Sync {
     /// The image's id ("sha256:..."), or None if the engine does not have it.
     async fn image_id(&self, reference: &str) -> Result<Option<String>, EngineError>;
     /// RootFS.Layers diff ids, bottom first.
@@ -38,9 +40,15 @@ pub trait Engine: Send + Sync {
     /// Images carrying the label key `label` (any value).
     async fn list_images(&self, label: &str) -> Result<Vec<ImageSummary>, EngineError>;
     async fn remove_image(&self, reference: &str) -> Result<(), EngineError>;
+}
+
+/// What runs a [`RunSpec`] to completion: a container engine, or a stand-in for one (a run
+/// as child processes of a pod, a pod's run played back).
+#[async_trait::async_trait]
+pub trait Runner: Send + Sync {
     /// Runs one sandboxed container to completion (or timeout) and cleans up after it.
     async fn run(&self, spec: &RunSpec) -> Result<RunOutcome, EngineError>;
-    /// Like [`Engine::run`], but the container may ask the host one question on the way: when
+    /// Like [`Runner::run`], but the container may ask the host one question on the way: when
     /// the file `exchange.request` appears in it, `answer` gets its contents and the files it
     /// returns are written, in order, into `exchange.reply_dir` (the container waits for the
     /// last one). One container can then do what would otherwise take two.
@@ -50,6 +58,13 @@ pub trait Engine: Send + Sync {
         exchange: &Exchange,
         answer: &Answer<'_>,
     ) -> Result<RunOutcome, EngineError>;
+}
+
+/// A container engine: an image store that runs containers from its images. Implemented by
+/// [`DockerApi`] (Docker and Podman); `&dyn Engine` coerces to `&dyn Images` and `&dyn Runner`.
+#[async_trait::async_trait]
+pub trait Engine: Images + Runner {
+    async fn info(&self) -> Result<EngineInfo, EngineError>;
 }
 
 /// The host's side of an [`Exchange`]: request bytes in, (file name, bytes) out.

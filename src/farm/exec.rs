@@ -15,7 +15,7 @@ use crate::build::{BuiltView, Sibling};
 use crate::conf::{BuildPlan, KernelFacts};
 use crate::context::Context;
 use crate::diagnose::{code, Diagnose};
-use crate::engine::{Connection, Engine as Images, Engine as Runner};
+use crate::engine::{Connection, Images, Runner};
 use crate::error::Error;
 use crate::pair::inputs::{self, KeyedPair};
 use crate::pair::realise::{self, Depends, Key, Limits, Realise, Realised, SignWith, Staged, UNSIGNED};

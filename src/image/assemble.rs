@@ -11,7 +11,7 @@ use super::archive::{self, ArchiveLayer, ImageMeta};
 use super::layer::{FsRules, LayerDigest, LayerWriter};
 use super::{label, ImageError, Plan, PlannedLayer};
 use crate::cache::Cache;
-use crate::engine::Engine;
+use crate::engine::Images;
 use crate::profile::{Profile, Recipe};
 use crate::repo::{self, FetchStats};
 use crate::report::Reporter;
@@ -42,7 +42,7 @@ struct Record {
 
 pub async fn build(
     cache: &Cache,
-    engine: &dyn Engine,
+    engine: &dyn Images,
     profile: &Profile,
     recipe: &Recipe,
     plan: &Plan,
@@ -418,7 +418,7 @@ pub struct ImageRow {
     pub created: i64,
 }
 
-pub async fn list(engine: &dyn Engine) -> Result<Vec<ImageRow>> {
+pub async fn list(engine: &dyn Images) -> Result<Vec<ImageRow>> {
     let mut rows: Vec<ImageRow> = engine
         .list_images(label::RECIPE)
         .await?
@@ -447,7 +447,7 @@ pub async fn list(engine: &dyn Engine) -> Result<Vec<ImageRow>> {
 }
 
 /// Removes every ckms image whose kernel, tag or ID (prefix) is `what`.
-pub async fn remove(engine: &dyn Engine, what: &str) -> Result<Vec<ImageRow>> {
+pub async fn remove(engine: &dyn Images, what: &str) -> Result<Vec<ImageRow>> {
     let bare = |id: &str| id.trim_start_matches("sha256:").to_string();
     let matching: Vec<ImageRow> = list(engine)
         .await?
@@ -471,7 +471,7 @@ pub async fn remove(engine: &dyn Engine, what: &str) -> Result<Vec<ImageRow>> {
 /// Removes images superseded by a newer one of the same recipe, profile, kernel and extra
 /// packages (all of them with `all`), then the cached packages and layers that only removed
 /// images used.
-pub async fn prune(engine: &dyn Engine, cache: &Cache, all: bool) -> Result<(Vec<ImageRow>, usize)> {
+pub async fn prune(engine: &dyn Images, cache: &Cache, all: bool) -> Result<(Vec<ImageRow>, usize)> {
     let rows = list(engine).await?;
     let mut seen = BTreeSet::new();
     let (mut keep, mut drop) = (Vec::new(), Vec::new());

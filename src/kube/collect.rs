@@ -2,17 +2,19 @@
 //!
 //! The plan is evaluated again from what `render` was given; a rendered pair whose key this
 //! machine does not compute is refused. Each index's result must claim its own pair; its
-//! transcript is then played back ([`super::replay::ReplayEngine`]) through the farm's own
+//! transcript is then played back ([`super::replay::ReplayRunner`]) through the farm's own
 //! one-pair build, so it passes the checks a local build passes (the conf resolved here must
 //! give the plan the pod ran, outputs unpacked as untrusted, the planned modules present)
 //! and is signed here, never in the cluster, and stored under its key.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use super::plan::{Claim, KubePlan, RESULT};
-use super::replay::ReplayEngine;
+use super::replay::ReplayRunner;
 use super::KubeError;
 use crate::context::Context;
+use crate::engine::{EngineError, ImageSummary, Images};
 use crate::error::Error;
 use crate::farm::exec::{Farm, Signing};
 use crate::farm::plan::{Plan, Work};
@@ -41,8 +43,6 @@ pub async fn collect(
     let mut done = Collected::default();
     let images = kube.images();
     let farm = Farm::new(ctx, plan, store, work, signing);
-    let info = ReplayEngine::info();
-    let engine_name = format!("{:?} {}", info.kind, info.version);
     for job in &kube.jobs {
         unexpected(from, &job.name, job.pairs.len(), &mut done.refused)?;
         for (index, pp) in job.pairs.iter().enumerate() {
@@ -68,10 +68,10 @@ pub async fn collect(
                 done.refused.push(format!("{label}: {e}"));
                 continue;
             }
-            let engine = ReplayEngine::new(&dir, images.clone());
             // The image this machine plans must be the one the pods ran in.
-            let result = match farm.provision(&engine, plan.pairs[i].image).await {
-                Ok(()) => farm.realise(i, &engine, &engine_name, job.make_jobs).await,
+            let rendered = Rendered { dir: dir.clone(), images: images.clone() };
+            let result = match farm.provision(&rendered, plan.pairs[i].image).await {
+                Ok(()) => farm.realise(i, &ReplayRunner::new(&dir), ENGINE, job.make_jobs).await,
                 Err(e) => Err(e),
             };
             match result {
@@ -87,6 +87,48 @@ pub async fn collect(
         }
     }
     Ok(done)
+}
+
+/// What the records of collected pairs name as their engine.
+const ENGINE: &str = "Kubernetes pod";
+
+/// The builder images the pods ran in, known by tag as rendered: never loaded, listed or
+/// removed here.
+struct Rendered {
+    /// The pair's result directory, for messages.
+    dir: PathBuf,
+    /// Tag → image ID.
+    images: BTreeMap<String, String>,
+}
+
+impl Rendered {
+    fn refuse(&self, message: String) -> EngineError {
+        EngineError::Runner(Box::new(KubeError::Replay { dir: self.dir.clone(), message }))
+    }
+}
+
+#[async_trait::async_trait]
+impl Images for Rendered {
+    async fn image_id(&self, reference: &str) -> Result<Option<String>, EngineError> {
+        Ok(self.images.get(reference).cloned())
+    }
+    async fn image_layers(&self, reference: &str) -> Result<Vec<String>, EngineError> {
+        Err(EngineError::ImageNotFound { endpoint: "farm kube collect".into(), reference: reference.into() })
+    }
+    /// The pods' images were rendered from the same plan: one that differs is a plan changed
+    /// since `render`.
+    async fn load_image(&self, archive: &Path) -> Result<(), EngineError> {
+        Err(self.refuse(format!(
+            "the builder image is not the one the pods ran in ({}): the packages changed since `farm kube render`",
+            archive.display()
+        )))
+    }
+    async fn list_images(&self, _label: &str) -> Result<Vec<ImageSummary>, EngineError> {
+        Ok(Vec::new())
+    }
+    async fn remove_image(&self, reference: &str) -> Result<(), EngineError> {
+        Err(self.refuse(format!("replayed runs remove no images ({reference})")))
+    }
 }
 
 /// The pod's claim must be the pair its index was given.

@@ -2,9 +2,9 @@
 //!
 //! - [`manifest`]: the Jobs, the NetworkPolicy and the results claim, as typed Kubernetes objects;
 //! - [`podsecurity`]: PodSecurity "restricted", checked on every pod spec ckms writes;
-//! - [`process`]: the engine of the in-pod command: a run as child processes of the pod;
+//! - [`process`]: the runner of the in-pod command: a run as child processes of the pod;
 //! - [`transcript`]: what such a run leaves in the results volume;
-//! - [`replay`]: the engine of `collect`: a transcript played back to the same build code.
+//! - [`replay`]: the runner of `collect`: a transcript played back to the same build code.
 
 pub mod collect;
 pub mod manifest;

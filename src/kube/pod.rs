@@ -1,7 +1,7 @@
 //! `ckms farm kube pod`: what one index of a build Job runs, inside its pod. It does what
 //! `driver.sh` and the host do together for a local build (the conf evaluated by bash, the
 //! plan resolved for the kernel, make, the checks), with the pod as the sandbox and no engine:
-//! the driver runs as a child process ([`super::process::ProcessEngine`]), the plan is
+//! the driver runs as a child process ([`super::process::ProcessRunner`]), the plan is
 //! resolved here, and the run is written to the pod's own result directory for `collect`.
 //! No key, no registry credential, no network: nothing is signed or pushed from a pod.
 
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::plan::{Claim, JobPlan, PodPair, IN_IMAGE, RESULT};
-use super::process::ProcessEngine;
+use super::process::ProcessRunner;
 use super::KubeError;
 use crate::build::{Job, Ran, Sibling};
 use crate::conf::{BuildPlan, ConfError, DestPolicy, KernelFacts, RawConf, Resolved};
@@ -119,9 +119,9 @@ async fn build(recipe: &Recipe, j: &JobPlan, pair: &PodPair, results: &Path) -> 
         }
         None
     };
-    let engine = ProcessEngine::new(results, &recipe.config.env);
+    let runner = ProcessRunner::new(results, &recipe.config.env);
     let scratch = tempfile::tempdir().map_err(KubeError::io(Path::new("/tmp")))?;
-    let ran = crate::build::run_build(&engine, &job, &resolve, scratch.path()).await;
+    let ran = crate::build::run_build(&runner, &job, &resolve, scratch.path()).await;
     Ok(match ran {
         Ok(Ran::Built { built, .. }) if built.status == 0 && !built.timed_out => {
             PodOutcome::Built { modules: built.modules.len() }

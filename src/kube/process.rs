@@ -1,4 +1,4 @@
-//! The engine of the in-pod command: a [`RunSpec`] run as child processes of the pod, which
+//! The runner of the in-pod command: a [`RunSpec`] run as child processes of the pod, which
 //! is the sandbox (non-root, read-only root, no network, no capabilities: the pod's security
 //! context). Inputs are unpacked into the pod's emptyDir volumes at the paths a container
 //! would have them, the exchange is answered from files, and everything the collecting
@@ -12,16 +12,14 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 use super::transcript::{self, Transcript};
-use crate::engine::{
-    Answer, Engine, EngineError, EngineInfo, EngineKind, Exchange, ImageSummary, Input, Owner, RunOutcome, RunSpec,
-};
+use crate::engine::{Answer, EngineError, Exchange, Input, Owner, RunOutcome, RunSpec, Runner};
 
 /// The most of a run's output kept (the rest is dropped: a log flood must not fill the volume).
 const LOG_MAX: usize = 16 << 20;
 /// How often the exchange's request is looked for.
 const POLL: Duration = Duration::from_millis(50);
 
-pub struct ProcessEngine {
+pub struct ProcessRunner {
     /// Where the transcript goes.
     dir: PathBuf,
     /// The image's own environment (its config's `Env`), which an engine gives every run
@@ -29,9 +27,9 @@ pub struct ProcessEngine {
     image_env: Vec<String>,
 }
 
-impl ProcessEngine {
-    pub fn new(dir: &Path, image_env: &[String]) -> ProcessEngine {
-        ProcessEngine { dir: dir.to_path_buf(), image_env: image_env.to_vec() }
+impl ProcessRunner {
+    pub fn new(dir: &Path, image_env: &[String]) -> ProcessRunner {
+        ProcessRunner { dir: dir.to_path_buf(), image_env: image_env.to_vec() }
     }
 
     fn fail(&self, what: &str, e: impl std::fmt::Display) -> EngineError {
@@ -240,34 +238,7 @@ fn output_tar(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
 }
 
 #[async_trait::async_trait]
-impl Engine for ProcessEngine {
-    async fn info(&self) -> Result<EngineInfo, EngineError> {
-        Ok(EngineInfo {
-            kind: EngineKind::Kubernetes,
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            api_version: String::new(),
-            rootless: true,
-            endpoint: "pod".into(),
-            storage_driver: None,
-            cgroup_version: None,
-        })
-    }
-    /// The pod runs in its image: there is no other.
-    async fn image_id(&self, _reference: &str) -> Result<Option<String>, EngineError> {
-        Ok(None)
-    }
-    async fn image_layers(&self, reference: &str) -> Result<Vec<String>, EngineError> {
-        Err(EngineError::ImageNotFound { endpoint: "pod".into(), reference: reference.into() })
-    }
-    async fn load_image(&self, archive: &Path) -> Result<(), EngineError> {
-        Err(EngineError::BadSpec(format!("a pod loads no images ({})", archive.display())))
-    }
-    async fn list_images(&self, _label: &str) -> Result<Vec<ImageSummary>, EngineError> {
-        Ok(Vec::new())
-    }
-    async fn remove_image(&self, reference: &str) -> Result<(), EngineError> {
-        Err(EngineError::BadSpec(format!("a pod removes no images ({reference})")))
-    }
+impl Runner for ProcessRunner {
     async fn run(&self, spec: &RunSpec) -> Result<RunOutcome, EngineError> {
         self.go(spec, None).await
     }
@@ -335,7 +306,7 @@ mod tests {
             assert_eq!(req, b"question\n");
             vec![("make".to_string(), b"make -j2\n".to_vec()), ("ready".to_string(), Vec::new())]
         };
-        let out = ProcessEngine::new(&results, &path_env()).run_exchange(&s, &ex, &answer).await.unwrap();
+        let out = ProcessRunner::new(&results, &path_env()).run_exchange(&s, &ex, &answer).await.unwrap();
         assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.log));
         assert!(!out.timed_out);
         assert_eq!(out.outputs.len(), 1, "a missing output is left out");
@@ -360,7 +331,7 @@ mod tests {
         let mut s = spec(root.path(), "sleep 30 & sleep 30; echo never");
         s.limits.timeout = Duration::from_millis(300);
         let started = std::time::Instant::now();
-        let out = ProcessEngine::new(&root.path().join("results"), &path_env()).run(&s).await.unwrap();
+        let out = ProcessRunner::new(&root.path().join("results"), &path_env()).run(&s).await.unwrap();
         assert!(out.timed_out && out.exit_code == 137);
         assert!(started.elapsed() < Duration::from_secs(10));
         assert!(Transcript::read(&root.path().join("results")).unwrap().timed_out);
@@ -370,7 +341,7 @@ mod tests {
     async fn a_failing_run_reports_its_status_and_output() {
         let root = root();
         let s = spec(root.path(), "echo to-stderr >&2; exit 10");
-        let out = ProcessEngine::new(&root.path().join("results"), &path_env()).run(&s).await.unwrap();
+        let out = ProcessRunner::new(&root.path().join("results"), &path_env()).run(&s).await.unwrap();
         assert_eq!(out.exit_code, 10);
         assert!(String::from_utf8_lossy(&out.log).contains("to-stderr"));
     }

@@ -1,45 +1,30 @@
-//! The engine of `farm kube collect`: a pod's [`Transcript`] played back to the build code
+//! The runner of `farm kube collect`: a pod's [`Transcript`] played back to the build code
 //! that made it. The conf the pod evaluated goes to the collecting machine's resolver, whose
 //! answer must be the one the pod got; the outputs go through the same unpacking and checks
 //! as a local build's, and signing follows on this machine.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::transcript::{self, Transcript};
 use super::KubeError;
-use crate::engine::{Answer, Engine, EngineError, EngineInfo, EngineKind, Exchange, ImageSummary, RunOutcome, RunSpec};
+use crate::engine::{Answer, EngineError, Exchange, RunOutcome, RunSpec, Runner};
 
-pub struct ReplayEngine {
+pub struct ReplayRunner {
     /// The pair's result directory.
     dir: PathBuf,
-    /// The images the pods ran in: tag → image ID, as rendered.
-    images: BTreeMap<String, String>,
 }
 
-impl ReplayEngine {
-    pub fn new(dir: &Path, images: BTreeMap<String, String>) -> ReplayEngine {
-        ReplayEngine { dir: dir.to_path_buf(), images }
-    }
-
-    pub fn info() -> EngineInfo {
-        EngineInfo {
-            kind: EngineKind::Kubernetes,
-            version: "pod".into(),
-            api_version: String::new(),
-            rootless: true,
-            endpoint: "farm kube collect".into(),
-            storage_driver: None,
-            cgroup_version: None,
-        }
+impl ReplayRunner {
+    pub fn new(dir: &Path) -> ReplayRunner {
+        ReplayRunner { dir: dir.to_path_buf() }
     }
 
     fn refuse(&self, message: String) -> EngineError {
-        EngineError::Replay(Box::new(KubeError::Replay { dir: self.dir.clone(), message }))
+        EngineError::Runner(Box::new(KubeError::Replay { dir: self.dir.clone(), message }))
     }
 
     fn replay(&self, spec: &RunSpec, answer: Option<&Answer<'_>>) -> Result<RunOutcome, EngineError> {
-        let wrap = |e: KubeError| EngineError::Replay(Box::new(e));
+        let wrap = |e: KubeError| EngineError::Runner(Box::new(e));
         let t = Transcript::read(&self.dir).map_err(wrap)?;
         if t.asked {
             let request = t.get(&self.dir, transcript::REQUEST).map_err(wrap)?;
@@ -73,30 +58,7 @@ impl ReplayEngine {
 }
 
 #[async_trait::async_trait]
-impl Engine for ReplayEngine {
-    async fn info(&self) -> Result<EngineInfo, EngineError> {
-        Ok(Self::info())
-    }
-    async fn image_id(&self, reference: &str) -> Result<Option<String>, EngineError> {
-        Ok(self.images.get(reference).cloned())
-    }
-    async fn image_layers(&self, reference: &str) -> Result<Vec<String>, EngineError> {
-        Err(EngineError::ImageNotFound { endpoint: "farm kube collect".into(), reference: reference.into() })
-    }
-    /// The pods' images were rendered from the same plan: one that differs is a plan changed
-    /// since `render`.
-    async fn load_image(&self, archive: &Path) -> Result<(), EngineError> {
-        Err(self.refuse(format!(
-            "the builder image is not the one the pods ran in ({}): the packages changed since `farm kube render`",
-            archive.display()
-        )))
-    }
-    async fn list_images(&self, _label: &str) -> Result<Vec<ImageSummary>, EngineError> {
-        Ok(Vec::new())
-    }
-    async fn remove_image(&self, reference: &str) -> Result<(), EngineError> {
-        Err(self.refuse(format!("replayed runs remove no images ({reference})")))
-    }
+impl Runner for ReplayRunner {
     async fn run(&self, spec: &RunSpec) -> Result<RunOutcome, EngineError> {
         self.replay(spec, None)
     }
@@ -152,7 +114,7 @@ mod tests {
     async fn the_same_answer_replays_the_outputs() {
         let dir = tempfile::tempdir().unwrap();
         recorded(dir.path(), b"make -j2");
-        let e = ReplayEngine::new(dir.path(), BTreeMap::new());
+        let e = ReplayRunner::new(dir.path());
         let ex = Exchange { request: String::new(), reply_dir: String::new() };
         let out = e.run_exchange(&spec(), &ex, &ours).await.unwrap();
         assert_eq!(out.outputs, vec![("/w/out".to_string(), b"tar".to_vec())]);
@@ -163,7 +125,7 @@ mod tests {
     async fn another_answer_or_a_changed_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         recorded(dir.path(), b"make -j2; curl evil");
-        let e = ReplayEngine::new(dir.path(), BTreeMap::new());
+        let e = ReplayRunner::new(dir.path());
         let ex = Exchange { request: String::new(), reply_dir: String::new() };
         let err = e.run_exchange(&spec(), &ex, &ours).await.unwrap_err();
         assert!(err.to_string().contains("another make"), "{err}");

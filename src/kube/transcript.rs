@@ -1,6 +1,6 @@
 //! What a run in a pod left for the collecting machine: its exit, the question it asked and
 //! the answer it got, its outputs and its log, each file with its SHA-256. The pod's
-//! [`super::process::ProcessEngine`] writes it; [`super::replay::ReplayEngine`] plays it back
+//! [`super::process::ProcessRunner`] writes it; [`super::replay::ReplayRunner`] plays it back
 //! to the same build code that made the run, which checks it as it checks a local build.
 
 use std::collections::BTreeMap;

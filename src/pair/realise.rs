@@ -13,7 +13,7 @@ use crate::build::{status, Built, Job, Ran, Sibling};
 use crate::conf::{BuildPlan, ConfError, DestPolicy, KernelFacts, RawConf, Resolved};
 use crate::config::Config;
 use crate::diagnose::code;
-use crate::engine::{Engine as Runner, LogSink};
+use crate::engine::{LogSink, Runner};
 use crate::install::compress::Compression;
 use crate::profile::{Profile, Recipe};
 use crate::report::Reporter;

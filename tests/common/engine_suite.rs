@@ -3,7 +3,7 @@
 //! variable or an engine that does not answer is a failure, never a skip.
 #![allow(dead_code)]
 
-use ckms::engine::{DockerApi, Engine, EngineError, EngineKind, Limits, RunOutcome, RunSpec};
+use ckms::engine::{DockerApi, Engine, EngineError, EngineKind, Images, Limits, RunOutcome, RunSpec, Runner};
 use sha2::Digest;
 use std::io::Read;
 use std::path::{Path, PathBuf};

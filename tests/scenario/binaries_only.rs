@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ckms::engine::Engine;
+use ckms::engine::Runner;
 
 use crate::support::{ckms, engine_host, shared_cache, Outcome};
 

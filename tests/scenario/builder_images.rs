@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use ckms::engine::{DockerApi, Engine};
+use ckms::engine::{DockerApi, Images};
 
 /// Runs the ckms binary; returns (exit code, stdout, stderr).
 pub fn ckms(engine: &str, args: &[&str]) -> (i32, String, String) {

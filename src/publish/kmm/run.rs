@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 
 use super::{plan, write, HostDepmod, USERLAND_BINARY, USERLAND_PACKAGE};
 use crate::context::Context;
-use crate::engine::Engine;
+use crate::engine::Images;
 use crate::oci::registry::push;
 use crate::publish::{list_files, open, Format, PublishError, Published, Request, Staging};
 
 /// Publishes the store's pairs as KMM images under `--out`, loading them into `engine` when
 /// one is given.
-pub async fn publish(req: &Request, ctx: &Context, engine: Option<&dyn Engine>) -> Result<Published, PublishError> {
+pub async fn publish(req: &Request, ctx: &Context, engine: Option<&dyn Images>) -> Result<Published, PublishError> {
     let (pairs, out) = open(req, &ctx.catalog)?;
     // Pushed images are named after their registry unless --repository says otherwise.
     let default_repository = req.registry.as_ref().map(|r| {
