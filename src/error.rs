@@ -3,8 +3,8 @@
 //! It carries one module's error (anything implementing [`Diagnose`]) without naming the
 //! modules: `?` converts every module's error into it, and nothing here imports them back,
 //! so the errors form no circle (the enum this replaces imported all 14 module errors, each
-//! of which imported it). Where a caller must tell one failure from another it asks with
-//! [`Error::downcast_ref`].
+//! of which imported it). It is only ever shown: outcomes a caller must tell apart are values
+//! (e.g. [`crate::pair::realise::Realised`]), never found by downcasting this.
 
 use crate::diagnose::{code, Diagnose};
 
@@ -31,21 +31,6 @@ impl Error {
     /// What the user can do about it.
     pub fn hint(&self) -> Option<String> {
         self.0.hint()
-    }
-
-    /// The module's error, if it is an `E`.
-    pub fn downcast_ref<E: Diagnose + 'static>(&self) -> Option<&E> {
-        let inner: &dyn std::any::Any = &*self.0;
-        inner.downcast_ref()
-    }
-
-    /// The module's error by value, if it is an `E` (else the error unchanged).
-    pub fn downcast<E: Diagnose + 'static>(self) -> Result<E, Error> {
-        if self.downcast_ref::<E>().is_none() {
-            return Err(self);
-        }
-        let any: Box<dyn std::any::Any> = self.0;
-        any.downcast::<E>().map(|b| *b).map_err(|_| Error::usage("internal error: an error changed its type", None))
     }
 }
 

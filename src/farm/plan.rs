@@ -92,24 +92,19 @@ pub async fn sources(ctx: &Context, work: &Work, given: &[String], kernels: &[Ke
     for profile in profiles {
         let opts = Options { force: true, profile: Some(profile.to_string()), ..Options::default() };
         let lc = Lifecycle::new(ctx, work.sources(profile), opts);
+        let index = ctx.index(ctx.catalog.profile(profile)?).await?;
         for g in given {
-            let mv = match add(&lc, g).await {
-                Ok(mv) => mv,
-                // A package one suite has and another has not: built where it is.
-                Err(e) if multi && is_missing_package(&e) => {
-                    ctx.reporter().warn(format!("{g}: not in {profile}'s repository; not built for its kernels"));
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
+            // A package one suite has and another has not: built where it is.
+            let offered = g.strip_prefix("deb:").is_none_or(|p| index.candidate(p).is_some());
+            if multi && !offered {
+                ctx.reporter().warn(format!("{g}: not in {profile}'s repository; not built for its kernels"));
+                continue;
+            }
+            let mv = add(&lc, g).await?;
             out.push(Source::of(&lc.source_dir(&mv), g, profile, mv.clone(), lc.origin(&mv))?);
         }
     }
     Ok(out)
-}
-
-fn is_missing_package(e: &Error) -> bool {
-    matches!(e.downcast_ref::<crate::source::SourceError>(), Some(crate::source::SourceError::NoPackage { .. }))
 }
 
 /// Adds one source as given: `deb:PACKAGE`, a directory, a tarball or `.deb`, or `M/V` from
