@@ -97,6 +97,7 @@ impl<'a> Farm<'a> {
     /// Realises pair `index` on `runner` (whose engine the record names) with `make -j<jobs>`,
     /// and stores how it ended (or, with `--check`, compares it with the stored entry).
     pub async fn realise(&self, index: usize, runner: &dyn Runner, engine: &str, jobs: u32) -> Result<Status, Error> {
+        let started = Instant::now();
         let (ctx, pair) = (self.ctx, &self.plan.pairs[index]);
         let (source, kernel) = (&self.plan.sources[pair.source], &self.plan.kernels[pair.kernel]);
         let profile = ctx.catalog.profile(&kernel.profile)?;
@@ -128,7 +129,6 @@ impl<'a> Farm<'a> {
             report: ctx.reporter(),
         };
         let work = self.store.staging(&pair.key)?;
-        let started = Instant::now();
         let depends = |plan: &BuildPlan| self.depends(pair, &siblings, plan);
         let realised = realise::realise(runner, &r, &depends, work.path()).await;
         let mut record = self.record(index, &image, engine, started.elapsed().as_secs_f64());
