@@ -128,7 +128,7 @@ impl<'a> Farm<'a> {
             signing,
             report: ctx.reporter(),
         };
-        let work = self.store.staging(&pair.key)?;
+        let work = self.work.scratch()?;
         let depends = |plan: &BuildPlan| self.depends(pair, &siblings, plan);
         let realised = realise::realise(runner, &r, &depends, work.path()).await;
         let mut record = self.record(index, &image, engine, started.elapsed().as_secs_f64());
@@ -256,7 +256,7 @@ impl<'a> Farm<'a> {
         }
     }
 
-    /// Moves a staged result's files into the entry `entry` and describes them in `record`:
+    /// Copies a staged result's files into the entry `entry` and describes them in `record`:
     /// `modules/` (signed, compressed), `unsigned/`, `make.log`, `ckms.json`.
     fn take(&self, record: &mut Record, staged: &Staged, entry: &Path) -> Result<(), Error> {
         let manifest = &staged.manifest;
@@ -264,8 +264,8 @@ impl<'a> Farm<'a> {
             let name = m.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let signed = format!("modules/{name}");
             let unsigned = format!("{UNSIGNED}/{}.ko", m.built_name);
-            move_file(&staged.dir.join(&m.file), &entry.join(&signed))?;
-            move_file(&staged.dir.join(&unsigned), &entry.join(&unsigned))?;
+            copy(&staged.dir.join(&m.file), &entry.join(&signed))?;
+            copy(&staged.dir.join(&unsigned), &entry.join(&unsigned))?;
             record.modules.push(StoredModule {
                 name: m.dest_name.clone(),
                 dest: m.dest_location.clone(),
@@ -273,10 +273,10 @@ impl<'a> Farm<'a> {
                 signed: Some(stored_file(entry, &signed)?),
             });
         }
-        move_file(&staged.dir.join(crate::pair::manifest::FILE), &entry.join("ckms.json"))?;
+        copy(&staged.dir.join(crate::pair::manifest::FILE), &entry.join("ckms.json"))?;
         let log = staged.dir.join("log/make.log");
         if log.is_file() {
-            move_file(&log, &entry.join("make.log"))?;
+            copy(&log, &entry.join("make.log"))?;
             record.make_log = Some(stored_file(entry, "make.log")?);
         }
         record.make_seconds = manifest.make_seconds;
@@ -383,12 +383,14 @@ fn first_difference(a: &Path, b: &Path) -> String {
     )
 }
 
-/// Moves a staged file into the entry (both under the store's `tmp/`: a rename).
-fn move_file(from: &Path, to: &Path) -> Result<(), FarmError> {
+/// Copies a staged file into the entry (the farm's work area may be on another file system
+/// than the store).
+fn copy(from: &Path, to: &Path) -> Result<(), FarmError> {
     if let Some(dir) = to.parent() {
         std::fs::create_dir_all(dir).map_err(FarmError::io(dir))?;
     }
-    std::fs::rename(from, to).map_err(FarmError::io(to))
+    std::fs::copy(from, to).map_err(FarmError::io(to))?;
+    Ok(())
 }
 
 /// Now, RFC 3339, UTC.

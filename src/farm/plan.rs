@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use super::select::Selector;
+use super::FarmError;
 use crate::context::Context;
 use crate::error::Error;
 use crate::kernel::Kernel;
@@ -54,6 +55,14 @@ impl Work {
     pub fn for_store(ctx: &Context, store: &Path) -> Work {
         let id = crate::cache::sha256_hex(store.to_string_lossy().as_bytes());
         Work { root: ctx.config.cache_root().join("farm").join(&id[..16]) }
+    }
+
+    /// A fresh directory a pair is realised in: beside the sources, not in the store, so that
+    /// only finished entries take the store's space.
+    pub fn scratch(&self) -> Result<tempfile::TempDir, FarmError> {
+        let dir = self.root.join("tmp");
+        std::fs::create_dir_all(&dir).map_err(FarmError::io(&dir))?;
+        tempfile::Builder::new().prefix("pair.").tempdir_in(&dir).map_err(FarmError::io(&dir))
     }
 
     /// Where sources are added for `profile`.
