@@ -18,7 +18,7 @@ pub const DRIVER: &str = include_str!("driver.sh");
 
 pub use eval::evaluate_conf;
 pub use inputs::{BuiltView, Sibling, CONTAINER_SOURCES, CONTAINER_TREE};
-pub use run::{run_build, run_script, status, Built, Job, Ran, Resolver};
+pub use run::{run_build, run_script, status, BuildSpec, Built, Ran, Resolver};
 
 use std::path::PathBuf;
 use thiserror::Error;

@@ -19,8 +19,8 @@ const CKMS_DIR: &str = ".ckms";
 /// The most a build may send back (modules and make.log).
 const MAX_OUTPUT: u64 = 2 << 30;
 
-/// What to build, where.
-pub struct Job<'a> {
+/// What one sandboxed build runs: the recipe and image, the source and its conf, the limits.
+pub struct BuildSpec<'a> {
     pub recipe: &'a Recipe,
     pub image: &'a str,
     /// The module's source on the host (`<source_tree>/<m>-<v>`).
@@ -100,7 +100,7 @@ pub struct Built {
 /// driver then runs what was decided. Results are unpacked into `dest` (a fresh host dir).
 pub async fn run_build(
     engine: &dyn Runner,
-    job: &Job<'_>,
+    job: &BuildSpec<'_>,
     resolve: &Resolver<'_>,
     dest: &Path,
 ) -> Result<Ran, BuildError> {
@@ -218,7 +218,7 @@ pub async fn run_build(
 
 /// The plan as files for the driver, one value per file (no quoting to get wrong); `ready`
 /// comes last because the driver waits for it.
-fn plan_files(plan: &BuildPlan, job: &Job<'_>) -> Vec<(String, Vec<u8>)> {
+fn plan_files(plan: &BuildPlan, job: &BuildSpec<'_>) -> Vec<(String, Vec<u8>)> {
     let modules: String = plan
         .modules
         .iter()
@@ -312,7 +312,7 @@ mod tests {
         let src = tempfile::tempdir().unwrap();
         std::fs::write(src.path().join("hello.c"), "int x;").unwrap();
         let v = vars();
-        let job = Job {
+        let job = BuildSpec {
             recipe: &recipe,
             image: "img",
             source: src.path(),
@@ -410,7 +410,7 @@ mod tests {
         }));
         let recipe = crate::profile::Catalog::load(&[]).unwrap().recipe("builder").unwrap().clone();
         let v = vars();
-        let job = Job {
+        let job = BuildSpec {
             recipe: &recipe,
             image: "img",
             source: &source,

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::plan::{Plan, Work};
-use super::schedule::{Executor, Job};
+use super::plan::{FarmPlan, Work};
+use super::schedule::{Executor, Task};
 use super::store::{self, stored_file, Lookup, Record, SourceInfo, Status, Store, StoredModule};
 use super::FarmError;
 use crate::build::{BuiltView, Sibling};
@@ -32,7 +32,7 @@ pub struct Signing {
 
 pub struct Farm<'a> {
     pub ctx: &'a Context,
-    pub plan: &'a Plan,
+    pub plan: &'a FarmPlan,
     pub store: &'a Store,
     pub work: &'a Work,
     pub signing: Option<Signing>,
@@ -57,7 +57,7 @@ pub struct Checked {
 impl<'a> Farm<'a> {
     pub fn new(
         ctx: &'a Context,
-        plan: &'a Plan,
+        plan: &'a FarmPlan,
         store: &'a Store,
         work: &'a Work,
         signing: Option<Signing>,
@@ -281,7 +281,7 @@ impl<'a> Farm<'a> {
         }
         record.make_seconds = manifest.make_seconds;
         if let (Some(s), Some(hash), Some(_)) = (&self.signing, &manifest.sig_hash, &manifest.signed_by) {
-            record.signer = Some(store::Signer {
+            record.signer = Some(store::SignedBy {
                 fingerprint: s.fingerprint.clone(),
                 subject: s.subject.clone(),
                 hash: hash.clone(),
@@ -349,7 +349,7 @@ impl Record {
 }
 
 /// The farm on one engine: images provisioned there, every pair built there. The schedule
-/// numbers its jobs 0..n; `todo` maps them to the plan's pairs.
+/// numbers its tasks 0..n; `todo` maps them to the plan's pairs.
 pub struct OnEngine<'a> {
     pub farm: &'a Farm<'a>,
     pub conn: Arc<Connection>,
@@ -362,7 +362,7 @@ impl Executor for OnEngine<'_> {
         self.farm.provision(self.conn.engine.as_ref(), image).await
     }
 
-    async fn build(&self, index: usize, _job: &Job, jobs: u32) -> Result<Status, Error> {
+    async fn build(&self, index: usize, _task: &Task, jobs: u32) -> Result<Status, Error> {
         let engine = format!("{:?} {}", self.conn.info.kind, self.conn.info.version);
         self.farm.realise(self.todo[index], self.conn.engine.as_ref(), &engine, jobs).await
     }

@@ -17,15 +17,16 @@ use crate::lifecycle::{AddSource, Lifecycle, ModuleVersion, Options};
 use crate::pair::inputs::{self, Evaluation, ImageSpec, KernelAt, KeyedPair, Source};
 use crate::tree::Roots;
 
+/// The evaluated farm: sources × kernels → keyed pairs, and the builder images they need.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub struct FarmPlan {
     pub sources: Vec<Source>,
     pub kernels: Vec<Kernel>,
     pub images: Vec<ImageSpec>,
     pub pairs: Vec<KeyedPair>,
 }
 
-impl Plan {
+impl FarmPlan {
     pub fn label(&self, pair: usize) -> String {
         let p = &self.pairs[pair];
         format!("{} on {}", self.sources[p.source].mv, self.kernels[p.kernel].release)
@@ -142,7 +143,7 @@ async fn add(lc: &Lifecycle<'_>, given: &str) -> Result<ModuleVersion, Error> {
 
 /// The pairs of `sources` × `kernels` (each source with its own profile's kernels), their
 /// images and keys.
-pub async fn pairs(ctx: &Context, sources: Vec<Source>, kernels: Vec<Kernel>) -> Result<Plan, Error> {
+pub async fn pairs(ctx: &Context, sources: Vec<Source>, kernels: Vec<Kernel>) -> Result<FarmPlan, Error> {
     let recipe = inputs::recipe_digest(ctx)?;
     let mut evaluation = Evaluation::default();
     for (number, kernel) in kernels.iter().enumerate() {
@@ -151,5 +152,5 @@ pub async fn pairs(ctx: &Context, sources: Vec<Source>, kernels: Vec<Kernel>) ->
         let at = KernelAt { profile, index: &index, kernel, number };
         inputs::kernel_pairs(ctx, &at, &sources, &recipe, &mut evaluation)?;
     }
-    Ok(Plan { sources, kernels, images: evaluation.images, pairs: evaluation.pairs })
+    Ok(FarmPlan { sources, kernels, images: evaluation.images, pairs: evaluation.pairs })
 }

@@ -2,7 +2,7 @@
 //! in-tree modules they depend on), rather than one boot per pair. Each pair's record gets
 //! its modules' outcome; `<store>/verify/<kernel>.json` keeps the whole run.
 
-use super::plan::Plan;
+use super::plan::FarmPlan;
 use super::store::{Lookup, Proof, Status, Store};
 use crate::context::Context;
 use crate::engine::Engine;
@@ -19,7 +19,7 @@ pub struct Booted {
 }
 
 /// Boots each kernel of `plan` that has built pairs in `store` once and loads their modules.
-pub async fn verify(ctx: &Context, engine: &dyn Engine, plan: &Plan, store: &Store) -> Result<Vec<Booted>, Error> {
+pub async fn verify(ctx: &Context, engine: &dyn Engine, plan: &FarmPlan, store: &Store) -> Result<Vec<Booted>, Error> {
     let mut out = Vec::new();
     for (ki, kernel) in plan.kernels.iter().enumerate() {
         // The built pairs of this kernel, and their signed modules; one file per module name

@@ -84,9 +84,10 @@ pub struct SourceInfo {
     pub digest: String,
 }
 
-/// The signer of an entry's signed modules.
+/// Who signed an entry's modules, as its record says (the key pair that signs is
+/// `sign::Signer`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Signer {
+pub struct SignedBy {
     /// SHA-256 of the certificate (DER).
     pub fingerprint: String,
     pub subject: String,
@@ -123,7 +124,7 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub make_log: Option<StoredFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signer: Option<Signer>,
+    pub signer: Option<SignedBy>,
     /// The builder image, and the digest of its lock (every package by SHA-256).
     pub image: String,
     pub image_lock: String,

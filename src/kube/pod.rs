@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::plan::{Claim, JobPlan, PodPair, IN_IMAGE, RESULT};
 use super::process::ProcessRunner;
 use super::KubeError;
-use crate::build::{Job, Ran, Sibling};
+use crate::build::{BuildSpec, Ran, Sibling};
 use crate::conf::{BuildPlan, ConfError, DestPolicy, KernelFacts, RawConf, Resolved};
 use crate::profile::Recipe;
 
@@ -87,7 +87,7 @@ async fn build(recipe: &Recipe, j: &JobPlan, pair: &PodPair, results: &Path) -> 
         .collect();
     let vars = crate::build::vars(&pair.module, &pair.version, &j.kernel, &pair.arch);
     let origin = conf_path.display().to_string();
-    let job = Job {
+    let job = BuildSpec {
         recipe,
         image: &j.image,
         source: &source,

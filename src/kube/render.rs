@@ -14,7 +14,7 @@ use super::plan::{self, JobPlan, KubePlan, PodPair, CKMS_DIR, IN_IMAGE};
 use super::KubeError;
 use crate::context::Context;
 use crate::error::Error;
-use crate::farm::plan::{Plan, Work};
+use crate::farm::plan::{FarmPlan, Work};
 use crate::image::archive::{self, ArchiveLayer};
 use crate::oci::layer::layer;
 use crate::oci::registry::{push, Registry};
@@ -57,7 +57,13 @@ pub struct Rendered {
 }
 
 /// Renders the pairs `todo` of `plan` into `req.out`.
-pub async fn render(ctx: &Context, plan: &Plan, work: &Work, todo: &[usize], req: &Request) -> Result<Rendered, Error> {
+pub async fn render(
+    ctx: &Context,
+    plan: &FarmPlan,
+    work: &Work,
+    todo: &[usize],
+    req: &Request,
+) -> Result<Rendered, Error> {
     let out = &req.out;
     clear_previous(out)?;
     let scratch = tempfile::tempdir_in(ctx.cache.dir("tmp")?).map_err(KubeError::io(out))?;

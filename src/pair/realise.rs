@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{Manifest, ManifestModule, ModuleVersion, PairError};
-use crate::build::{status, Built, Job, Ran, Sibling};
+use crate::build::{status, BuildSpec, Built, Ran, Sibling};
 use crate::conf::{BuildPlan, ConfError, DestPolicy, KernelFacts, RawConf, Resolved};
 use crate::config::Config;
 use crate::diagnose::code;
@@ -164,7 +164,7 @@ pub async fn realise(
     let conf = std::fs::read(&conf_path).map_err(|_| PairError::NoConf(conf_path.clone()))?;
     let origin = conf_path.display().to_string();
     let vars = crate::build::vars(&mv.module, &mv.version, release, arch);
-    let job = Job {
+    let job = BuildSpec {
         recipe: r.recipe,
         image: r.image,
         source: r.source,

@@ -20,15 +20,15 @@ use std::io::Write;
 use std::path::Path;
 
 use super::deb::{self, Entry};
-use super::openpgp::Signer;
-use super::pairs::Pair;
+use super::openpgp::RepoSigner;
+use super::pairs::BuiltPair;
 use super::{write_file, PublishError};
 
 pub const KEYRING: &str = "ckms-archive-keyring.gpg";
 const COMPONENT: &str = "main";
 
 /// Writes the repository of `pairs` into `out` (empty); what a host adds to its sources.
-pub fn write(out: &Path, pairs: &[Pair], signer: &dyn Signer) -> Result<Vec<String>, PublishError> {
+pub fn write(out: &Path, pairs: &[BuiltPair], signer: &dyn RepoSigner) -> Result<Vec<String>, PublishError> {
     let maintainer = signer.user_id().unwrap_or_else(|| "ckms farm <root@localhost>".into());
     // (suite, arch) -> Packages stanzas, in package order.
     let mut indexes: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
@@ -101,7 +101,7 @@ pub fn write(out: &Path, pairs: &[Pair], signer: &dyn Signer) -> Result<Vec<Stri
 /// The control fields (Package, Version, Architecture first) and maintainer scripts of a pair's package.
 #[allow(clippy::type_complexity)]
 fn control(
-    pair: &Pair,
+    pair: &BuiltPair,
     maintainer: &str,
 ) -> Result<(Vec<(&'static str, String)>, Vec<(&'static str, String)>), PublishError> {
     let mut sizes = 0u64;

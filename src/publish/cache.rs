@@ -19,10 +19,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::openpgp::Signer;
-use super::pairs::Pair;
+use super::openpgp::RepoSigner;
+use super::pairs::BuiltPair;
 use super::{write_file, PublishError};
-use crate::farm::store::Signer as ModuleSigner;
+use crate::farm::store::SignedBy;
 
 pub const INDEX: &str = "index.json";
 pub const SIGNATURE: &str = "index.json.asc";
@@ -53,7 +53,7 @@ pub struct Entry {
     pub built_at: u64,
     /// The certificate that signed the modules (none: unsigned, the kernel does not sign).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signer: Option<ModuleSigner>,
+    pub signer: Option<SignedBy>,
     pub files: Vec<File>,
 }
 
@@ -71,7 +71,7 @@ pub struct File {
 }
 
 /// Writes the cache of `pairs` into `out`, its index signed with `signer`.
-pub fn write(out: &Path, pairs: &[Pair], signer: &dyn Signer) -> Result<Vec<String>, PublishError> {
+pub fn write(out: &Path, pairs: &[BuiltPair], signer: &dyn RepoSigner) -> Result<Vec<String>, PublishError> {
     let mut entries = BTreeMap::new();
     for p in pairs {
         let mut files = Vec::new();

@@ -260,7 +260,7 @@ pub fn publish(req: &Request, catalog: &Catalog) -> Result<Published, PublishErr
 }
 
 /// The store's selected pairs and where their output goes.
-pub(crate) fn open(req: &Request, catalog: &Catalog) -> Result<(Vec<pairs::Pair>, PathBuf), PublishError> {
+pub(crate) fn open(req: &Request, catalog: &Catalog) -> Result<(Vec<pairs::BuiltPair>, PathBuf), PublishError> {
     if !req.store.join("ckms-store.json").is_file() {
         return Err(PublishError::NoStore(req.store.clone()));
     }

@@ -16,8 +16,9 @@ use pgp::types::{KeyDetails, KeyVersion, Password, Timestamp};
 
 use super::PublishError;
 
-/// What signs a repository: the seam between the formats and the OpenPGP library.
-pub trait Signer {
+/// What signs a published repository (apt's Release, the binary cache's index) with OpenPGP:
+/// the seam between the formats and the OpenPGP library.
+pub trait RepoSigner {
     /// `text` as an OpenPGP cleartext-signed message (InRelease).
     fn clearsign(&self, text: &str, at: u64) -> Result<String, PublishError>;
     /// An armored detached signature of `data` (Release.gpg).
@@ -82,7 +83,7 @@ impl Key {
     }
 }
 
-impl Signer for Key {
+impl RepoSigner for Key {
     fn clearsign(&self, text: &str, at: u64) -> Result<String, PublishError> {
         let config = self.config(SignatureType::Text, at).map_err(self.sign_err())?;
         CleartextSignedMessage::new(text, config, &self.key.primary_key, &Password::empty())
