@@ -18,9 +18,11 @@ use crate::diagnose::{code, Diagnose};
 use crate::engine::{Connection, Images, Runner};
 use crate::error::Error;
 use crate::pair::inputs::{self, KeyedPair};
+use crate::pair::manifest::FILE as MANIFEST;
 use crate::pair::realise::{self, Depends, Key, Limits, Realise, Realised, SignWith, Staged, UNSIGNED};
 use crate::pair::PairError;
-use crate::sign::Signer;
+use crate::sign::{self, Signer};
+use crate::verify::modinfo;
 
 /// Who signs: the key pair, loaded once for every pair, and what the records say of it.
 #[derive(Clone)]
@@ -107,7 +109,7 @@ impl<'a> Farm<'a> {
         let dir = roots.source_tree.join(format!("{}-{}", source.mv.module, source.mv.version));
         let siblings = self.siblings(pair, &roots.source_tree);
         let overrides = inputs::overrides(&ctx.config.conf_dir(), &source.mv, &kernel.release, &pair.arch);
-        let hash = kconfig.as_deref().and_then(crate::sign::kernel_hash);
+        let hash = kconfig.as_deref().and_then(sign::kernel_hash);
         let signing = match (&self.signing, hash) {
             (Some(s), Some(hash)) => Some(SignWith { hash, key: Key::Loaded(&s.signer) }),
             _ => None,
@@ -273,7 +275,7 @@ impl<'a> Farm<'a> {
                 signed: Some(stored_file(entry, &signed)?),
             });
         }
-        move_file(&staged.dir.join(crate::pair::manifest::FILE), &entry.join("ckms.json"))?;
+        move_file(&staged.dir.join(MANIFEST), &entry.join("ckms.json"))?;
         let log = staged.dir.join("log/make.log");
         if log.is_file() {
             move_file(&log, &entry.join("make.log"))?;
@@ -373,7 +375,7 @@ impl Executor for OnEngine<'_> {
 fn first_difference(a: &Path, b: &Path) -> String {
     let (Ok(x), Ok(y)) = (std::fs::read(a), std::fs::read(b)) else { return "unreadable".into() };
     let at = x.iter().zip(&y).position(|(p, q)| p != q).unwrap_or(x.len().min(y.len()));
-    let section = crate::verify::modinfo::section_at(&x, at).map(|s| format!(" (section {s})")).unwrap_or_default();
+    let section = modinfo::section_at(&x, at).map(|s| format!(" (section {s})")).unwrap_or_default();
     format!(
         "{} vs {} bytes, first difference at byte {at}{section}; compare with: diffoscope {} {}",
         x.len(),

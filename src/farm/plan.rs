@@ -10,11 +10,14 @@
 use std::path::{Path, PathBuf};
 
 use super::select::Selector;
+use crate::cache::sha256_hex;
 use crate::context::Context;
 use crate::error::Error;
-use crate::kernel::Kernel;
+use crate::kernel::{self, Kernel};
 use crate::lifecycle::{AddSource, Lifecycle, ModuleVersion, Options};
 use crate::pair::inputs::{self, Evaluation, ImageSpec, KernelAt, KeyedPair, Source};
+use crate::profile::Profile;
+use crate::source::SourceError;
 use crate::tree::Roots;
 
 /// The evaluated farm: sources × kernels → keyed pairs, and the builder images they need.
@@ -53,7 +56,7 @@ pub struct Work {
 
 impl Work {
     pub fn for_store(ctx: &Context, store: &Path) -> Work {
-        let id = crate::cache::sha256_hex(store.to_string_lossy().as_bytes());
+        let id = sha256_hex(store.to_string_lossy().as_bytes());
         Work { root: ctx.config.cache_root().join("farm").join(&id[..16]) }
     }
 
@@ -69,7 +72,7 @@ pub async fn kernels(ctx: &Context, selectors: &[Selector], profile: Option<&str
     let mut offered = Vec::new();
     let profiles = ctx.profiles(profile)?;
     // Only the indexes a selector can pick from: loading one takes a while.
-    let wanted = |p: &crate::profile::Profile| {
+    let wanted = |p: &Profile| {
         selectors.iter().any(|s| match s {
             Selector::Release(r) => p.may_offer(r),
             other => other.profile().is_none_or(|n| n == p.name),
@@ -77,7 +80,7 @@ pub async fn kernels(ctx: &Context, selectors: &[Selector], profile: Option<&str
     };
     for p in profiles.iter().filter(|p| wanted(p)) {
         let index = ctx.index(p).await?;
-        offered.extend(crate::kernel::list(p, &index));
+        offered.extend(kernel::list(p, &index));
     }
     let names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
     Ok(super::select::select(selectors, &offered, &names)?)
@@ -110,7 +113,7 @@ pub async fn sources(ctx: &Context, work: &Work, given: &[String], kernels: &[Ke
 }
 
 fn is_missing_package(e: &Error) -> bool {
-    matches!(e.downcast_ref::<crate::source::SourceError>(), Some(crate::source::SourceError::NoPackage { .. }))
+    matches!(e.downcast_ref::<SourceError>(), Some(SourceError::NoPackage { .. }))
 }
 
 /// Adds one source as given: `deb:PACKAGE`, a directory, a tarball or `.deb`, or `M/V` from

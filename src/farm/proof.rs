@@ -8,6 +8,7 @@ use crate::context::Context;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::verify::modinfo::canonical;
+use crate::verify::{self, Subject};
 
 /// What one kernel's boot found: pairs whose modules all loaded, and those that did not.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -46,14 +47,7 @@ pub async fn verify(ctx: &Context, engine: &dyn Engine, plan: &FarmPlan, store: 
         if files.is_empty() {
             continue;
         }
-        let v = crate::verify::verify(
-            ctx,
-            engine,
-            &kernel.release,
-            Some(&kernel.profile),
-            crate::verify::Subject::Files(&files),
-        )
-        .await?;
+        let v = verify::verify(ctx, engine, &kernel.release, Some(&kernel.profile), Subject::Files(&files)).await?;
         let text = serde_json::to_string_pretty(&v).unwrap_or_default();
         store.write_file(&format!("verify/{}.json", kernel.release), format!("{text}\n").as_bytes())?;
         let mut booted = Booted { kernel: kernel.release.clone(), seconds: v.seconds, ..Booted::default() };

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 use super::FarmError;
+use crate::cache::hash_reader;
 
 /// The layout's version, written to `ckms-store.json`.
 pub const FORMAT: u32 = 1;
@@ -325,7 +326,7 @@ impl Store {
 pub fn stored_file(dir: &Path, rel: &str) -> Result<StoredFile, FarmError> {
     let path = dir.join(rel);
     let file = std::fs::File::open(&path).map_err(FarmError::io(&path))?;
-    let (sha256, size) = crate::cache::hash_reader(file).map_err(FarmError::io(&path))?;
+    let (sha256, size) = hash_reader(file).map_err(FarmError::io(&path))?;
     Ok(StoredFile { file: rel.to_string(), sha256, size })
 }
 
@@ -337,7 +338,7 @@ fn check_file(dir: &Path, f: &StoredFile) -> Result<(), String> {
     }
     let path = dir.join(rel);
     let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let (sha256, size) = crate::cache::hash_reader(file).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (sha256, size) = hash_reader(file).map_err(|e| format!("{}: {e}", path.display()))?;
     if sha256 != f.sha256 || size != f.size {
         return Err(format!("{} has SHA-256 {sha256} ({size} bytes), its record says {}", path.display(), f.sha256));
     }

@@ -118,7 +118,7 @@ impl RepoSigner for Key {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::repo::release::{tests::gen_key, verify_inrelease, Keyring};
+    use crate::repo::release::{parse_keys, tests::gen_key, verify_inrelease, Keyring};
 
     /// A fresh key, written armored to `dir/farm.asc`.
     pub(crate) fn key_file(dir: &Path) -> PathBuf {
@@ -135,7 +135,7 @@ pub(crate) mod tests {
         assert_eq!(key.user_id().as_deref(), Some("ckms farm <farm@example.invalid>"));
         let text = "Suite: bookworm\nSHA256:\n abc 1 main/binary-amd64/Packages\n";
         let signed = key.clearsign(text, 1_764_892_800).unwrap();
-        let public = crate::repo::release::parse_keys(&key.public_key().unwrap(), Path::new("k.gpg")).unwrap();
+        let public = parse_keys(&key.public_key().unwrap(), Path::new("k.gpg")).unwrap();
         let got = verify_inrelease(&signed, &Keyring::from_keys(public), "InRelease").unwrap();
         assert_eq!(got, text);
         assert_eq!(signed, key.clearsign(text, 1_764_892_800).unwrap(), "the same time gives the same bytes");

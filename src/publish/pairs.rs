@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use crate::farm::report::lookups;
 use crate::farm::store::{Lookup, Record, SignedBy, Status, Store};
 use crate::profile::{Catalog, Os};
 
@@ -81,7 +82,7 @@ pub fn read(
     kernels: &[String],
 ) -> Result<Vec<BuiltPair>, PublishError> {
     let mut records: Vec<Record> = Vec::new();
-    for (lookup, _) in crate::farm::report::lookups(store, true) {
+    for (lookup, _) in lookups(store, true) {
         match lookup {
             Lookup::Found(r) if r.status == Status::Built && !r.modules.is_empty() => records.push(*r),
             Lookup::Damaged(why) => return Err(PublishError::Damaged { store: store.root().into(), why }),
@@ -183,7 +184,7 @@ pub fn epoch_of(rfc3339: &str) -> Option<u64> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::farm::store::{stored_file, StoredModule};
+    use crate::farm::store::{stored_file, tests::record, StoredModule};
 
     /// A pair as the formats see it, with one module file of `bytes` written under `dir`.
     pub(crate) fn pair(dir: &std::path::Path, module: &str, kernel: &str, file: &str, bytes: &[u8]) -> BuiltPair {
@@ -231,7 +232,7 @@ pub(crate) mod tests {
             std::fs::create_dir_all(staged.path().join("unsigned")).unwrap();
             std::fs::write(staged.path().join("modules/hello.ko.xz"), b"signed").unwrap();
             std::fs::write(staged.path().join("unsigned/hello.ko"), b"unsigned").unwrap();
-            let mut rec = crate::farm::store::tests::record(key, vec![]);
+            let mut rec = record(key, vec![]);
             rec.kernel = kernel.into();
             rec.status = status;
             rec.modules = vec![StoredModule {

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use super::pairs::{BuiltPair, OsRelease};
 use super::{set_mode, write_file, OsOverride, PublishError};
+use crate::cache::sha256_hex;
 
 /// The image's file system.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -243,7 +244,7 @@ fn fix_modes(dir: &Path) -> Result<(), PublishError> {
 
 /// A UUID from the image's name: fixed for reproducibility, different between images.
 fn uuid(name: &str) -> String {
-    let h = crate::cache::sha256_hex(name.as_bytes());
+    let h = sha256_hex(name.as_bytes());
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 

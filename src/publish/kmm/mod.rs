@@ -25,9 +25,11 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use crate::image::archive::{self, ArchiveLayer, ImageMeta};
+use crate::image::label;
 use crate::k8s;
 use crate::oci::layer::layer;
 use crate::oci::tag_of;
+use crate::verify::modinfo;
 
 use super::pairs::BuiltPair;
 use super::PublishError;
@@ -127,12 +129,12 @@ pub fn plan(pairs: &[BuiltPair], name: Option<&str>, repository: Option<&str>) -
 /// The kernel's name of the module `module` ships: the file named like the dkms package
 /// (`tp_smapi` ships thinkpad_ec.ko, hdaps.ko and tp_smapi.ko), else its first file.
 fn module_name(pairs: &[BuiltPair], module: &str) -> String {
-    let wanted = crate::verify::modinfo::canonical(module);
+    let wanted = modinfo::canonical(module);
     let names: Vec<String> = pairs
         .iter()
         .filter(|p| p.module == module)
         .flat_map(|p| p.files.iter())
-        .filter_map(|f| crate::verify::modinfo::name_of_file(&f.file_name))
+        .filter_map(|f| modinfo::name_of_file(&f.file_name))
         .collect();
     if names.contains(&wanted) {
         wanted
@@ -228,8 +230,8 @@ pub fn write(
             workdir: String::new(),
             cmd: vec!["/bin/sh".into()],
             labels: BTreeMap::from([
-                (crate::image::label::KERNEL.to_string(), image.kernel.clone()),
-                (crate::image::label::PROFILE.to_string(), image.profile.clone()),
+                (label::KERNEL.to_string(), image.kernel.clone()),
+                (label::PROFILE.to_string(), image.profile.clone()),
             ]),
             created: rfc3339(image.epoch),
         };
