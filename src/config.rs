@@ -8,11 +8,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
 
+use crate::cache::Cache;
 use crate::diagnose::{code, Diagnose};
 use crate::engine::EngineSettings;
 use crate::profile::{Catalog, Profile};
 use crate::repo::sources::{host_check_valid_until, read_host_sources, AptSource};
-use crate::repo::{RepoOptions, SuiteSpec};
+use crate::repo::{RepoError, RepoOptions, SuiteSpec};
+use crate::sign::Locations;
+use crate::tree::DEFAULT_TREE;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -21,7 +24,7 @@ pub enum ConfigError {
     #[error("no mirror for '{role}' (needed by suite {suite})")]
     NoMirror { role: String, suite: String, env: String },
     #[error(transparent)]
-    Repo(#[from] crate::repo::RepoError),
+    Repo(#[from] RepoError),
 }
 
 impl Diagnose for ConfigError {
@@ -199,13 +202,13 @@ impl Config {
     }
 
     /// Where the signing key pair is looked for; `dkms_tree` holds ckms's own pair.
-    pub fn key_locations(&self, dkms_tree: &std::path::Path) -> crate::sign::Locations {
+    pub fn key_locations(&self, dkms_tree: &std::path::Path) -> Locations {
         let dkms_dir = self
             .env("CKMS_DKMS_MOK_DIR")
             .map(PathBuf::from)
             .or_else(|| self.sign.dkms_mok_dir.clone())
             .unwrap_or_else(|| PathBuf::from("/var/lib/dkms"));
-        crate::sign::Locations { conf_dir: self.conf_dir(), dkms_dir, own_dir: dkms_tree.to_path_buf() }
+        Locations { conf_dir: self.conf_dir(), dkms_dir, own_dir: dkms_tree.to_path_buf() }
     }
 
     /// The dkms tree: CKMS_DKMS_TREE, else the config's, else /var/lib/ckms.
@@ -213,7 +216,7 @@ impl Config {
         self.env("CKMS_DKMS_TREE")
             .map(PathBuf::from)
             .or_else(|| self.build.dkms_tree.clone())
-            .unwrap_or_else(|| PathBuf::from(crate::tree::DEFAULT_TREE))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_TREE))
     }
 
     /// Where /etc/dkms/<module>*.conf overrides are read from.
@@ -243,7 +246,7 @@ impl Config {
         self.env("CKMS_CACHE_DIR")
             .map(PathBuf::from)
             .or_else(|| self.cache_dir.clone())
-            .unwrap_or_else(crate::cache::Cache::default_root)
+            .unwrap_or_else(Cache::default_root)
     }
 
     fn apt_dir(&self) -> PathBuf {

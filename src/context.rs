@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::engine::{self, Connection};
+use crate::engine::{self, Connection, Images};
 use crate::error::Error;
+use crate::image;
 use crate::kernel::{self, Kernel, KernelError};
-use crate::profile::{Catalog, Profile};
+use crate::profile::{self, Catalog, Profile};
 use crate::repo::{self, Index};
 use crate::report::Reporter;
 
@@ -26,7 +27,7 @@ pub struct Context {
 
 impl Context {
     pub fn new(config: Config, report: Arc<dyn Reporter>, refresh: bool) -> Result<Context, Error> {
-        let catalog = Catalog::load(&crate::profile::data_dirs())?;
+        let catalog = Catalog::load(&profile::data_dirs())?;
         let cache = Cache::open(config.cache_root())?;
         Ok(Context::of(config, catalog, cache, report, refresh))
     }
@@ -108,7 +109,7 @@ impl Context {
 
 /// A kernel's builder image, and what it was made from.
 pub struct Builder<'a> {
-    pub image: crate::image::Built,
+    pub image: image::Built,
     pub profile: &'a Profile,
     pub index: Arc<Index>,
     pub kernel: Kernel,
@@ -119,7 +120,7 @@ impl Context {
     /// loaded unless the engine has it.
     pub async fn builder(
         &self,
-        engine: &dyn crate::engine::Images,
+        engine: &dyn Images,
         release: &str,
         profile: Option<&str>,
         extra: &[String],
@@ -133,13 +134,13 @@ impl Context {
     /// The builder image for a kernel already found (see [`Context::find_kernel`]).
     pub async fn image_for(
         &self,
-        engine: &dyn crate::engine::Images,
+        engine: &dyn Images,
         profile: &Profile,
         index: &Index,
         kernel: &Kernel,
         extra: &[String],
         force: bool,
-    ) -> Result<crate::image::Built, Error> {
+    ) -> Result<image::Built, Error> {
         let plan = self.plan_image(profile, index, kernel, extra)?;
         self.image_of(engine, profile, &plan, force).await
     }
@@ -151,30 +152,30 @@ impl Context {
         index: &Index,
         kernel: &Kernel,
         extra: &[String],
-    ) -> Result<crate::image::Plan, Error> {
-        Ok(crate::image::plan(profile, self.catalog.recipe("builder")?, index, kernel, extra)?)
+    ) -> Result<image::Plan, Error> {
+        Ok(image::plan(profile, self.catalog.recipe("builder")?, index, kernel, extra)?)
     }
 
     /// The builder image of `plan`, assembled and loaded unless the engine has it.
     pub async fn image_of(
         &self,
-        engine: &dyn crate::engine::Images,
+        engine: &dyn Images,
         profile: &Profile,
-        plan: &crate::image::Plan,
+        plan: &image::Plan,
         force: bool,
-    ) -> Result<crate::image::Built, Error> {
+    ) -> Result<image::Built, Error> {
         let recipe = self.catalog.recipe("builder")?;
-        Ok(crate::image::build(&self.cache, engine, profile, recipe, plan, force, self.reporter()).await?)
+        Ok(image::build(&self.cache, engine, profile, recipe, plan, force, self.reporter()).await?)
     }
 
     /// The builder image for `release`, assembled and loaded unless the engine has it.
     pub async fn builder_image(
         &self,
-        engine: &dyn crate::engine::Images,
+        engine: &dyn Images,
         release: &str,
         profile: Option<&str>,
         force: bool,
-    ) -> Result<crate::image::Built, Error> {
+    ) -> Result<image::Built, Error> {
         Ok(self.builder(engine, release, profile, &[], force).await?.image)
     }
 }

@@ -337,6 +337,7 @@ pub(crate) fn parse_fields(text: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::testutil::tar_entries;
 
     /// Compression of a synthetic member.
     #[derive(Clone, Copy, Debug)]
@@ -464,7 +465,7 @@ pub(crate) mod tests {
     }
 
     fn data_paths(deb: Vec<u8>) -> Vec<(String, Vec<u8>)> {
-        crate::testutil::tar_entries(data_tar(io::Cursor::new(deb), "test.deb").unwrap())
+        tar_entries(data_tar(io::Cursor::new(deb), "test.deb").unwrap())
     }
 
     #[test]

@@ -4,16 +4,19 @@
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::cache::Cache;
+use crate::deb::read_data_file;
 use crate::diagnose::{code, Diagnose};
 use crate::profile::Profile;
-use crate::repo::{Index, PackageRef};
+use crate::repo::{self, version, Index, PackageRef, RepoError};
+use crate::report::Reporter;
 
 #[derive(Debug, Error)]
 pub enum KernelError {
     #[error("no profile offers kernel {release} (looked in: {searched})")]
     Unknown { release: String, searched: String, closest: Vec<String> },
     #[error("kernel {release}: {source}")]
-    Resolve { release: String, source: crate::repo::RepoError },
+    Resolve { release: String, source: RepoError },
     #[error("kernel {release}: reading its configuration from {package}: {detail}")]
     Config { release: String, package: String, detail: String },
 }
@@ -71,7 +74,7 @@ pub fn list(profile: &Profile, index: &Index) -> Vec<Kernel> {
             suite: p.suite().to_string(),
         })
         .collect();
-    out.sort_by(|a, b| crate::repo::version::compare(&a.version, &b.version).then_with(|| a.release.cmp(&b.release)));
+    out.sort_by(|a, b| version::compare(&a.version, &b.version).then_with(|| a.release.cmp(&b.release)));
     out
 }
 
@@ -98,10 +101,10 @@ fn compiler(profile: &Profile, index: &Index, headers: PackageRef) -> Option<Str
 /// read on the host from the signed, cached package (fetched if missing): BUILD_EXCLUSIVE_CONFIG,
 /// module compression and the signing hash come from it. None when the package has none.
 pub async fn config(
-    cache: &crate::cache::Cache,
+    cache: &Cache,
     index: &Index,
     kernel: &Kernel,
-    report: &dyn crate::report::Reporter,
+    report: &dyn Reporter,
 ) -> Result<Option<String>, KernelError> {
     let err = |detail: String| KernelError::Config {
         release: kernel.release.clone(),
@@ -118,7 +121,7 @@ pub async fn config(
     if let Some(text) = saved.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
         return Ok(text.strip_prefix("present\n").map(str::to_string));
     }
-    crate::repo::fetch_packages(cache, std::slice::from_ref(&package), report)
+    repo::fetch_packages(cache, std::slice::from_ref(&package), report)
         .await
         .map_err(|source| KernelError::Resolve { release: kernel.release.clone(), source })?;
     let path = cache.blob_path(&package.sha256);
@@ -126,7 +129,7 @@ pub async fn config(
     let origin = kernel.headers_package.clone();
     let found = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, String> {
         let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        crate::deb::read_data_file(file, &origin, &wanted).map_err(|e| e.to_string())
+        read_data_file(file, &origin, &wanted).map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| err(e.to_string()))?;

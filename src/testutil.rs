@@ -2,6 +2,8 @@
 
 use std::io::Read;
 
+use crate::engine::{Input, Owner};
+
 /// (path, contents) of every entry of a tar, in order.
 pub fn tar_entries(tar: impl Read) -> Vec<(String, Vec<u8>)> {
     let mut archive = tar::Archive::new(tar);
@@ -30,7 +32,7 @@ pub fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
 }
 
 /// (path, owner, link target) of every entry of the inputs, in order.
-pub fn input_entries(inputs: &[crate::engine::Input]) -> Vec<(String, crate::engine::Owner, Option<String>)> {
+pub fn input_entries(inputs: &[Input]) -> Vec<(String, Owner, Option<String>)> {
     let mut out = Vec::new();
     for i in inputs {
         let tar = i.tar().unwrap();

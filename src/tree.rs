@@ -10,6 +10,8 @@ use serde::Serialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::repo::version;
+
 /// Where ckms keeps built modules and state by default.
 pub const DEFAULT_TREE: &str = "/var/lib/ckms";
 
@@ -194,7 +196,7 @@ fn dir_names(dir: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default();
-    names.sort_by(|a, b| crate::repo::version::compare(a, b).then_with(|| a.cmp(b)));
+    names.sort_by(|a, b| version::compare(a, b).then_with(|| a.cmp(b)));
     names
 }
 

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ckms::k8s::to_yaml;
-use ckms::publish::kmm::{self, manifest, Depmod, Plan};
-use ckms::publish::pairs::{ModuleFile, OsRelease, Pair, Target};
+use ckms::publish::kmm::{self, manifest, Depmod, KmmImages};
+use ckms::publish::pairs::{BuiltPair, ModuleFile, OsRelease, Target};
 use ckms::publish::PublishError;
 use serde_json::{json, Value};
 
@@ -109,9 +109,9 @@ impl Depmod for NoDepmod {
 }
 
 /// A built pair of `module` for `kernel` shipping `files` (module files, stored under `dir`).
-fn pair(dir: &Path, module: &str, kernel: &str, files: &[&str]) -> Pair {
+fn pair(dir: &Path, module: &str, kernel: &str, files: &[&str]) -> BuiltPair {
     let deb_arch = if kernel.ends_with("arm64") { "arm64" } else { "amd64" };
-    Pair {
+    BuiltPair {
         key: format!("key-{module}-{kernel}"),
         module: module.into(),
         version: "1.0".into(),
@@ -145,7 +145,7 @@ fn pair(dir: &Path, module: &str, kernel: &str, files: &[&str]) -> Pair {
 }
 
 /// Publishes `plan` into `<dir>/<variant>` with ckms's own writer: the module.yaml written.
-fn publish(dir: &Path, variant: &str, plan: &Plan) -> PathBuf {
+fn publish(dir: &Path, variant: &str, plan: &KmmImages) -> PathBuf {
     let out = dir.join(variant);
     std::fs::create_dir_all(&out).unwrap();
     let busybox = BTreeMap::from([("debian-bookworm".to_string(), b"\x7fELF busybox".to_vec())]);

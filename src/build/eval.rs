@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use super::BuildError;
 use crate::conf::{self, EvalContext, RawConf};
-use crate::engine::Runner;
+use crate::engine::{first_file, Runner};
+use crate::image::run_spec;
 use crate::profile::Recipe;
 
 /// Where ckms's own files go inside the build volume.
@@ -37,16 +38,11 @@ pub async fn evaluate_conf(
     let input = input_tar(&files).map_err(BuildError::Input)?;
     // stdout to a file: the log interleaves stdout with stderr, where the conf's own output goes.
     let cmd = vec!["bash".into(), "-c".into(), format!("bash {dir}/eval.sh >{dir}/conf.json")];
-    let mut spec = crate::image::run_spec(recipe, image, cmd, Some(input.into()), EVAL_TIMEOUT);
+    let mut spec = run_spec(recipe, image, cmd, Some(input.into()), EVAL_TIMEOUT);
     spec.env.extend(conf::eval_env(&ctx));
     spec.outputs = vec![format!("{dir}/conf.json")];
     let outcome = engine.run(&spec).await?;
-    let json = outcome
-        .outputs
-        .first()
-        .map(|(_, tar)| crate::engine::first_file(tar))
-        .transpose()
-        .map_err(BuildError::Input)?;
+    let json = outcome.outputs.first().map(|(_, tar)| first_file(tar)).transpose().map_err(BuildError::Input)?;
     let status = if outcome.timed_out { 124 } else { i32::try_from(outcome.exit_code).unwrap_or(1) };
     Ok(conf::from_output(status, json.as_deref().unwrap_or_default(), &outcome.log, origin)?)
 }
@@ -61,8 +57,9 @@ fn input_tar(files: &[(String, &[u8])]) -> std::io::Result<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::diagnose::{code, Diagnose};
-    use crate::engine::fake::FakeEngine;
+    use crate::engine::fake::{Call, FakeEngine};
     use crate::engine::RunOutcome;
+    use crate::profile::Catalog;
 
     fn ctx() -> EvalContext {
         EvalContext {
@@ -90,7 +87,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_conf_runs_in_the_sandbox_and_its_json_comes_back() {
-        let recipe = crate::profile::Catalog::load(&[]).unwrap().recipe("builder").unwrap().clone();
+        let recipe = Catalog::load(&[]).unwrap().recipe("builder").unwrap().clone();
         let engine = FakeEngine::new();
         let json = r#"{"context":{},"directives":{"PACKAGE_NAME":{"0":"m"}}}"#;
         engine.push_run(Ok(RunOutcome {
@@ -102,7 +99,7 @@ mod tests {
         let raw =
             evaluate_conf(&engine, &recipe, "img", b"PACKAGE_NAME=m\n", &[], &ctx(), "m/dkms.conf").await.unwrap();
         assert_eq!(raw.nonempty("PACKAGE_NAME"), Some("m"));
-        let Some(crate::engine::fake::Call::Run(spec)) = engine.calls().into_iter().last() else { panic!("no run") };
+        let Some(Call::Run(spec)) = engine.calls().into_iter().last() else { panic!("no run") };
         assert!(!spec.network, "no network for a dkms.conf");
         assert_ne!(spec.user.split(':').next(), Some("0"), "never root");
         assert!(spec.env.contains(&"ckms_conf=/build/ckms/dkms.conf".to_string()), "{:?}", spec.env);
@@ -111,7 +108,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_conf_is_a_conf_error_with_the_bash_message() {
-        let recipe = crate::profile::Catalog::load(&[]).unwrap().recipe("builder").unwrap().clone();
+        let recipe = Catalog::load(&[]).unwrap().recipe("builder").unwrap().clone();
         let engine = FakeEngine::new();
         engine.push_run(Ok(RunOutcome {
             exit_code: 4,

@@ -18,12 +18,13 @@ pub const DRIVER: &str = include_str!("driver.sh");
 
 pub use eval::evaluate_conf;
 pub use inputs::{BuiltView, Sibling, CONTAINER_SOURCES, CONTAINER_TREE};
-pub use run::{run_build, run_script, status, Built, Job, Ran, Resolver};
+pub use run::{run_build, run_script, status, BuildSpec, Built, Ran, Resolver};
 
 use std::path::PathBuf;
 use thiserror::Error;
 
-use crate::conf::ConfError;
+use crate::artifact::ArtifactError;
+use crate::conf::{ConfError, EvalContext};
 use crate::diagnose::{code, Diagnose};
 use crate::engine::EngineError;
 
@@ -34,7 +35,7 @@ pub enum BuildError {
     #[error(transparent)]
     Conf(#[from] ConfError),
     #[error(transparent)]
-    Artifact(#[from] crate::artifact::ArtifactError),
+    Artifact(#[from] ArtifactError),
     #[error("preparing the input for the build container: {0}")]
     Input(std::io::Error),
     /// The build ran and failed (boxed: errors travel by value and this one is big).
@@ -84,8 +85,8 @@ impl Diagnose for BuildError {
 }
 
 /// dkms's variables for building `module`/`version` for `kernel` as the build sees them.
-pub fn vars(module: &str, version: &str, kernel: &str, arch: &str) -> crate::conf::EvalContext {
-    crate::conf::EvalContext {
+pub fn vars(module: &str, version: &str, kernel: &str, arch: &str) -> EvalContext {
+    EvalContext {
         conf_path: String::new(),
         override_dir: None,
         kernelver: kernel.to_string(),

@@ -8,8 +8,11 @@ use std::time::Duration;
 use std::sync::Mutex;
 
 use super::BuildError;
-use crate::conf::{BuildPlan, ConfError, EvalContext, RawConf};
-use crate::engine::{Exchange, Runner};
+use crate::artifact;
+use crate::conf::{self, BuildPlan, ConfError, EvalContext, RawConf};
+use crate::engine::{Content, Exchange, LogSink, RunOutcome, Runner};
+use crate::image::layer::Relocation;
+use crate::image::run_spec;
 use crate::profile::Recipe;
 
 use super::inputs::{Sibling, CONTAINER_SOURCES, CONTAINER_TREE};
@@ -19,8 +22,8 @@ const CKMS_DIR: &str = ".ckms";
 /// The most a build may send back (modules and make.log).
 const MAX_OUTPUT: u64 = 2 << 30;
 
-/// What to build, where.
-pub struct Job<'a> {
+/// What one sandboxed build runs: the recipe and image, the source and its conf, the limits.
+pub struct BuildSpec<'a> {
     pub recipe: &'a Recipe,
     pub image: &'a str,
     /// The module's source on the host (`<source_tree>/<m>-<v>`).
@@ -46,7 +49,7 @@ pub struct Job<'a> {
     pub memory_bytes: i64,
     pub pids: i64,
     /// Streams make's output as it runs (`--verbose`).
-    pub follow: Option<crate::engine::LogSink>,
+    pub follow: Option<LogSink>,
 }
 
 /// Decides, on the host while the container waits, what to build from the evaluated conf:
@@ -100,7 +103,7 @@ pub struct Built {
 /// driver then runs what was decided. Results are unpacked into `dest` (a fresh host dir).
 pub async fn run_build(
     engine: &dyn Runner,
-    job: &Job<'_>,
+    job: &BuildSpec<'_>,
     resolve: &Resolver<'_>,
     dest: &Path,
 ) -> Result<Ran, BuildError> {
@@ -111,7 +114,7 @@ pub async fn run_build(
     let mut input = tar::Builder::new(Vec::new());
     let mut files: Vec<(String, &[u8])> = vec![
         ("driver.sh".into(), super::DRIVER.as_bytes()),
-        ("eval.sh".into(), crate::conf::eval_script().as_bytes()),
+        ("eval.sh".into(), conf::eval_script().as_bytes()),
         ("dkms.conf".into(), job.conf),
     ];
     files.extend(job.overrides.iter().map(|(n, b)| (format!("overrides/{n}"), b.as_slice())));
@@ -120,7 +123,7 @@ pub async fn run_build(
     let input = input.into_inner().map_err(BuildError::Input)?;
 
     let cmd = vec!["bash".into(), format!("{ckms_dir}/driver.sh")];
-    let mut spec = crate::image::run_spec(job.recipe, job.image, cmd, Some(input.into()), job.timeout);
+    let mut spec = run_spec(job.recipe, job.image, cmd, Some(input.into()), job.timeout);
     spec.input.extend(tree);
     spec.volumes = vec![sources];
     spec.scratch = CONTAINER_TREE.to_string();
@@ -134,7 +137,7 @@ pub async fn run_build(
         override_dir: (!job.overrides.is_empty()).then(|| format!("{ckms_dir}/overrides")),
         ..job.vars.clone()
     };
-    spec.env.extend(crate::conf::eval_env(&vars));
+    spec.env.extend(conf::eval_env(&vars));
     for (name, value) in [
         ("ckms_dir", ckms_dir.clone()),
         ("ckms_build_dir", build_dir.clone()),
@@ -145,7 +148,7 @@ pub async fn run_build(
             "ckms_image_sources_link",
             job.image_sources
                 .map(|to| {
-                    let r = crate::image::layer::Relocation::new(CONTAINER_SOURCES, to);
+                    let r = Relocation::new(CONTAINER_SOURCES, to);
                     r.link_target("").trim_end_matches('/').to_string()
                 })
                 .unwrap_or_default(),
@@ -160,7 +163,7 @@ pub async fn run_build(
     // The host's half of the exchange: the conf's directives in, the plan (or "abort") out.
     let decided: Mutex<Option<Option<Box<BuildPlan>>>> = Mutex::new(None);
     let answer = |json: &[u8]| -> Vec<(String, Vec<u8>)> {
-        let plan = resolve(crate::conf::from_output(0, json, b"", job.origin));
+        let plan = resolve(conf::from_output(0, json, b"", job.origin));
         let reply = match &plan {
             Some(plan) => plan_files(plan, job),
             None => vec![("abort".to_string(), Vec::new())],
@@ -175,7 +178,7 @@ pub async fn run_build(
     let mut written = Vec::new();
     let mut refused = Vec::new();
     for (_, tar) in &outcome.outputs {
-        let unpacked = crate::artifact::unpack_lenient(&tar[..], dest, 0, MAX_OUTPUT)?;
+        let unpacked = artifact::unpack_lenient(&tar[..], dest, 0, MAX_OUTPUT)?;
         written.extend(unpacked.written);
         refused.extend(unpacked.refused);
     }
@@ -188,7 +191,7 @@ pub async fn run_build(
             let stderr = std::fs::read(dest.join("eval.err")).unwrap_or_default();
             let status = if outcome.timed_out { 124 } else { i32::try_from(outcome.exit_code).unwrap_or(1) };
             let status = if status == 0 { 1 } else { status };
-            return Err(crate::conf::from_output(status, b"", &[stderr, outcome.log.clone()].concat(), job.origin)
+            return Err(conf::from_output(status, b"", &[stderr, outcome.log.clone()].concat(), job.origin)
                 .err()
                 .map_or(BuildError::Input(std::io::Error::other("the build container stopped early")), Into::into));
         }
@@ -218,7 +221,7 @@ pub async fn run_build(
 
 /// The plan as files for the driver, one value per file (no quoting to get wrong); `ready`
 /// comes last because the driver waits for it.
-fn plan_files(plan: &BuildPlan, job: &Job<'_>) -> Vec<(String, Vec<u8>)> {
+fn plan_files(plan: &BuildPlan, job: &BuildSpec<'_>) -> Vec<(String, Vec<u8>)> {
     let modules: String = plan
         .modules
         .iter()
@@ -260,15 +263,15 @@ pub async fn run_script(
     source: &Path,
     vars: Vec<(String, String)>,
     script: &str,
-) -> Result<crate::engine::RunOutcome, BuildError> {
+) -> Result<RunOutcome, BuildError> {
     let scratch = recipe.config.workdir.trim_end_matches('/').to_string();
-    let input = crate::engine::Content::dir(source, "source");
+    let input = Content::dir(source, "source");
     let body = format!(
         "run={scratch}/source/$1; if [[ -x ${{run%% *}} ]]; then cd {scratch}/source && exec $run; \
          else echo \"Warning: the script is not executable: $1\" >&2; fi"
     );
     let cmd = vec!["bash".into(), "-c".into(), body, "ckms-script".into(), script.to_string()];
-    let mut spec = crate::image::run_spec(recipe, image, cmd, Some(input), SCRIPT_TIMEOUT);
+    let mut spec = run_spec(recipe, image, cmd, Some(input), SCRIPT_TIMEOUT);
     spec.outputs = vec![];
     spec.env.extend(vars.into_iter().map(|(k, v)| format!("{k}={v}")));
     Ok(engine.run(&spec).await?)
@@ -278,8 +281,12 @@ pub async fn run_script(
 mod tests {
     use super::*;
     use crate::conf::{DestPolicy, KernelFacts, Resolved};
+    use crate::diagnose::{code, Diagnose};
     use crate::engine::fake::{Call, FakeEngine};
-    use crate::engine::RunOutcome;
+    use crate::engine::Owner;
+    use crate::profile::Catalog;
+    use crate::sign::{keys, Locations};
+    use crate::testutil::{input_entries, tar_of};
 
     fn vars() -> EvalContext {
         EvalContext {
@@ -301,18 +308,18 @@ mod tests {
 
     fn resolver(raw: Result<RawConf, ConfError>) -> Option<Box<BuildPlan>> {
         let facts = KernelFacts { release: "6.1.0-56-amd64".into(), arch: "x86_64".into(), config: None };
-        match crate::conf::resolve(&raw.ok()?, &facts, &DestPolicy::Override("/updates/dkms".into())).ok()? {
+        match conf::resolve(&raw.ok()?, &facts, &DestPolicy::Override("/updates/dkms".into())).ok()? {
             Resolved::Build(plan) => Some(plan),
             Resolved::Skipped { .. } => None,
         }
     }
 
     async fn run(engine: &FakeEngine, resolve: &Resolver<'_>) -> (Result<Ran, BuildError>, tempfile::TempDir) {
-        let recipe = crate::profile::Catalog::load(&[]).unwrap().recipe("builder").unwrap().clone();
+        let recipe = Catalog::load(&[]).unwrap().recipe("builder").unwrap().clone();
         let src = tempfile::tempdir().unwrap();
         std::fs::write(src.path().join("hello.c"), "int x;").unwrap();
         let v = vars();
-        let job = Job {
+        let job = BuildSpec {
             recipe: &recipe,
             image: "img",
             source: src.path(),
@@ -337,11 +344,7 @@ mod tests {
     async fn one_container_evaluates_asks_the_host_and_builds() {
         let engine = FakeEngine::new();
         engine.push_request(CONF_JSON);
-        let out = crate::testutil::tar_of(&[
-            ("make.log", b"ok\n"),
-            ("modules/hello.ko", b"\x7fELF"),
-            ("modules/extra.ko", b"x"),
-        ]);
+        let out = tar_of(&[("make.log", b"ok\n"), ("modules/hello.ko", b"\x7fELF"), ("modules/extra.ko", b"x")]);
         engine.push_run(Ok(RunOutcome {
             exit_code: 0,
             timed_out: false,
@@ -375,11 +378,11 @@ mod tests {
         // The source goes in once, to /usr/src, as the build user's; the driver copies it to build/.
         assert_eq!(spec.volumes.len(), 1);
         assert_eq!(spec.volumes[0].path, "/usr/src");
-        let sources = crate::testutil::input_entries(&spec.volumes[0].input);
-        assert_eq!(sources[1], ("hello-1/hello.c".to_string(), crate::engine::Owner::User, None));
-        let tree = crate::testutil::input_entries(&spec.input);
+        let sources = input_entries(&spec.volumes[0].input);
+        assert_eq!(sources[1], ("hello-1/hello.c".to_string(), Owner::User, None));
+        let tree = input_entries(&spec.input);
         assert!(tree.iter().all(|(p, _, _)| !p.ends_with("hello.c")), "{tree:?}");
-        assert!(tree.contains(&("hello/1/source".into(), crate::engine::Owner::User, Some("/usr/src/hello-1".into()))));
+        assert!(tree.contains(&("hello/1/source".into(), Owner::User, Some("/usr/src/hello-1".into()))));
     }
 
     /// Signing happens on the host after the build: the key pair next to the tree (where
@@ -387,13 +390,13 @@ mod tests {
     #[tokio::test]
     async fn the_signing_key_never_enters_the_container() {
         let host = tempfile::tempdir().unwrap();
-        let loc = crate::sign::Locations {
+        let loc = Locations {
             conf_dir: host.path().join("etc/dkms"),
             dkms_dir: host.path().join("var/lib/dkms"),
             own_dir: host.path().join("var/lib/ckms"),
         };
         let paths = loc.resolve(None, None);
-        let signer = crate::sign::keys::generate(&paths, false).unwrap();
+        let signer = keys::generate(&paths, false).unwrap();
         let source = host.path().join("var/lib/ckms/hello/1/source");
         std::fs::create_dir_all(&source).unwrap();
         std::fs::write(source.join("hello.c"), "int x;").unwrap();
@@ -401,16 +404,16 @@ mod tests {
 
         let engine = FakeEngine::new();
         engine.push_request(CONF_JSON);
-        let out = crate::testutil::tar_of(&[("make.log", b"ok\n"), ("modules/hello.ko", b"\x7fELF")]);
+        let out = tar_of(&[("make.log", b"ok\n"), ("modules/hello.ko", b"\x7fELF")]);
         engine.push_run(Ok(RunOutcome {
             exit_code: 0,
             timed_out: false,
             log: vec![],
             outputs: vec![("/var/lib/dkms/.ckms/out".into(), out)],
         }));
-        let recipe = crate::profile::Catalog::load(&[]).unwrap().recipe("builder").unwrap().clone();
+        let recipe = Catalog::load(&[]).unwrap().recipe("builder").unwrap().clone();
         let v = vars();
-        let job = Job {
+        let job = BuildSpec {
             recipe: &recipe,
             image: "img",
             source: &source,
@@ -477,7 +480,7 @@ mod tests {
     #[tokio::test]
     async fn a_conf_bash_cannot_evaluate_is_a_conf_error() {
         let engine = FakeEngine::new();
-        let out = crate::testutil::tar_of(&[("eval.err", b"dkms.conf: line 2: syntax error near `fi'\n")]);
+        let out = tar_of(&[("eval.err", b"dkms.conf: line 2: syntax error near `fi'\n")]);
         engine.push_run(Ok(RunOutcome {
             exit_code: 8,
             timed_out: false,
@@ -486,7 +489,7 @@ mod tests {
         }));
         let (ran, _dest) = run(&engine, &resolver).await;
         let err = ran.unwrap_err();
-        assert_eq!(crate::diagnose::Diagnose::exit_code(&err), crate::diagnose::code::BAD_CONF);
+        assert_eq!(Diagnose::exit_code(&err), code::BAD_CONF);
         assert!(err.to_string().contains("syntax error"), "{err}");
     }
 }

@@ -7,9 +7,9 @@ use ckms::context::Context;
 use ckms::error::Error;
 use ckms::farm::evaluate::{cells, evaluate, in_list, Evaluated};
 use ckms::farm::exec::{Checked, Farm, OnEngine};
-use ckms::farm::plan::{Plan, Work};
+use ckms::farm::plan::{FarmPlan, Work};
 use ckms::farm::report::{self, Counts};
-use ckms::farm::schedule::{self, Capacity, Job, Outcome, Progress};
+use ckms::farm::schedule::{self, Capacity, Outcome, Progress, Task};
 use ckms::farm::signing::signing;
 use ckms::farm::store::Store;
 use ckms::farm::verdict::{self, BuildRun, Findings};
@@ -299,7 +299,7 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
 }
 
 /// Prints `--check`'s findings; returns the run's exit code.
-fn print_check(out: &Output, plan: &Plan, stored: &[usize], outcomes: &[Outcome], checked: &[Checked]) -> i32 {
+fn print_check(out: &Output, plan: &FarmPlan, stored: &[usize], outcomes: &[Outcome], checked: &[Checked]) -> i32 {
     let findings = Findings::of(plan, stored, outcomes, checked);
     let Findings { differing, not_rebuilt, files, identical } = &findings;
     let doc = serde_json::json!({ "pairs": stored.len(), "identical": identical, "files": files,
@@ -327,7 +327,7 @@ fn print_check(out: &Output, plan: &Plan, stored: &[usize], outcomes: &[Outcome]
 const MATRIX_HINT: &str = "a matrix file holds sources = [\"./mymodule\", \"deb:v4l2loopback-dkms\"] and \
                            kernels = [\"@debian-bookworm:latest\"]";
 
-fn print_plan(ctx: &Context, out: &Output, plan: &Plan, todo: &[usize]) {
+fn print_plan(ctx: &Context, out: &Output, plan: &FarmPlan, todo: &[usize]) {
     let images: std::collections::BTreeSet<usize> = todo.iter().map(|&i| plan.pairs[i].image).collect();
     let to_build = in_list(plan.pairs.len(), todo);
     let bytes = plan.download_bytes(ctx);
@@ -365,7 +365,7 @@ async fn run_pairs(
     out: &Output,
     store: &Store,
     work: &Work,
-    plan: &Plan,
+    plan: &FarmPlan,
     todo: &[usize],
     args: &BuildArgs,
 ) -> Result<(Vec<Outcome>, Vec<Checked>), Error> {
@@ -379,11 +379,11 @@ async fn run_pairs(
     if args.check {
         farm = farm.checking();
     }
-    // The schedule's jobs are the pairs to build; a dependency already stored is no wait.
+    // The schedule's tasks are the pairs to build; a dependency already stored is no wait.
     let position = |pair: usize| todo.iter().position(|&t| t == pair);
     // Last durations, read once: every record of the store.
     let records = store.records();
-    let jobs_list: Vec<Job> = todo
+    let tasks: Vec<Task> = todo
         .iter()
         .map(|&i| {
             let p = &plan.pairs[i];
@@ -391,7 +391,7 @@ async fn run_pairs(
                 let s = &plan.sources[p.source];
                 r.module == s.mv.module && r.kernel == plan.kernels[p.kernel].release
             });
-            Job {
+            Task {
                 label: plan.label(i),
                 image: p.image,
                 after: p.after.iter().filter_map(|&a| position(a)).collect(),
@@ -401,9 +401,9 @@ async fn run_pairs(
         })
         .collect();
     let executor = OnEngine { farm: &farm, conn, todo };
-    let live = super::farm_progress::Live::new(out.json, &jobs_list);
+    let live = super::farm_progress::Live::new(out.json, &tasks);
     let progress = |p: Progress| live.event(&p);
-    let outcomes = schedule::run(&jobs_list, &executor, Capacity::of_machine(args.jobs), &progress).await;
+    let outcomes = schedule::run(&tasks, &executor, Capacity::of_machine(args.jobs), &progress).await;
     live.finish();
     Ok((outcomes, farm.checked()))
 }

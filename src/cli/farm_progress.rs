@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ckms::farm::schedule::{Job, Progress};
+use ckms::farm::schedule::{Progress, Task};
 use ckms::farm::store::Status;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
@@ -33,10 +33,10 @@ struct Tally {
 }
 
 impl Live {
-    pub fn new(json: bool, jobs: &[Job]) -> Live {
+    pub fn new(json: bool, tasks: &[Task]) -> Live {
         let bars = (!json && std::io::stderr().is_terminal()).then(|| {
             let multi = MultiProgress::new();
-            let total = multi.add(ProgressBar::new(jobs.len() as u64));
+            let total = multi.add(ProgressBar::new(tasks.len() as u64));
             total.set_style(
                 ProgressStyle::with_template("{bar:30} {pos}/{len} pairs  {msg}  [{elapsed}]")
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -44,7 +44,12 @@ impl Live {
             total.enable_steady_tick(Duration::from_millis(500));
             Bars { multi, total, running: Mutex::new(HashMap::new()) }
         });
-        Live { json, labels: jobs.iter().map(|j| j.label.clone()).collect(), bars, tally: Mutex::new(Tally::default()) }
+        Live {
+            json,
+            labels: tasks.iter().map(|t| t.label.clone()).collect(),
+            bars,
+            tally: Mutex::new(Tally::default()),
+        }
     }
 
     pub fn event(&self, p: &Progress) {

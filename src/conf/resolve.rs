@@ -5,6 +5,7 @@ use regex::Regex;
 use std::cmp::Ordering;
 
 use super::{invalid, version, ConfError, RawConf};
+use crate::tree::valid_name;
 
 /// What resolution needs to know about the target kernel.
 #[derive(Debug, Clone)]
@@ -201,7 +202,7 @@ pub fn resolve(raw: &RawConf, kernel: &KernelFacts, dest: &DestPolicy) -> Result
     let package_version = required("PACKAGE_VERSION")?;
     // Names become path components on the host: none may climb out of its directory.
     for (directive, value) in [("PACKAGE_NAME", &package_name), ("PACKAGE_VERSION", &package_version)] {
-        if !crate::tree::valid_name(value) {
+        if !valid_name(value) {
             return Err(not_a_name(origin, directive, value));
         }
     }
@@ -223,7 +224,7 @@ pub fn resolve(raw: &RawConf, kernel: &KernelFacts, dest: &DestPolicy) -> Result
     }
     for directive in ["BUILT_MODULE_NAME", "DEST_MODULE_NAME"] {
         for (i, name) in raw.array(directive) {
-            if !name.is_empty() && !crate::tree::valid_name(name) {
+            if !name.is_empty() && !valid_name(name) {
                 return Err(not_a_name(origin, &format!("{directive}[{i}]"), name));
             }
             if name.ends_with(".ko") {

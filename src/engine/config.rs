@@ -6,6 +6,8 @@ use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, Reso
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::artifact::walk_dir;
+
 /// What an engine enforces, decided once from its info.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineCaps {
@@ -210,7 +212,7 @@ pub fn input_tar<W: std::io::Write>(
                 }
             }
             super::Content::Dir { path: dir, prefix } => {
-                crate::artifact::walk_dir(dir, prefix, &mut put).map_err(std::io::Error::other)?;
+                walk_dir(dir, prefix, &mut put).map_err(std::io::Error::other)?;
             }
         }
     }
@@ -307,7 +309,7 @@ fn escaping_link(at: &str, path: &Path, target: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Limits;
+    use crate::engine::{Input, Limits, Volume};
 
     fn names(tar: &[u8]) -> Vec<String> {
         let mut a = tar::Archive::new(tar);
@@ -377,7 +379,7 @@ mod tests {
         assert_eq!(c.working_dir.as_deref(), Some("/build/src"));
         assert_eq!(c.volumes, Some(vec!["/build".to_string()]));
         let mut s = spec();
-        s.volumes.push(crate::engine::Volume { path: "/usr/src".into(), input: vec![] });
+        s.volumes.push(Volume { path: "/usr/src".into(), input: vec![] });
         assert_eq!(container_config(&s, &FULL).volumes, Some(vec!["/build".to_string(), "/usr/src".to_string()]));
         let tmpfs = h.tmpfs.unwrap();
         let tmp = &tmpfs["/tmp"];
@@ -462,7 +464,7 @@ mod tests {
         b.append_data(&mut h, "./src/a.c", &b"z"[..]).unwrap();
         let theirs = b.into_inner().unwrap();
 
-        let inputs = [crate::engine::Input::user(input), crate::engine::Input::root(theirs)];
+        let inputs = [Input::user(input), Input::root(theirs)];
         let out = input_tar(&inputs, "/usr/src", 1000, 1001, Vec::new()).unwrap();
         let mut a = tar::Archive::new(&out[..]);
         let entries: Vec<_> = a

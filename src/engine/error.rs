@@ -101,6 +101,7 @@ impl EngineError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Usage;
 
     #[test]
     fn explicit_host_hint_says_no_fallback() {
@@ -130,7 +131,7 @@ mod tests {
 
     #[test]
     fn a_runners_error_keeps_its_message_code_and_hint() {
-        let e = EngineError::Runner(Box::new(crate::error::Usage {
+        let e = EngineError::Runner(Box::new(Usage {
             message: "the result does not replay".into(),
             hint: Some("render again".into()),
         }));

@@ -28,6 +28,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::artifact::pack_dir;
+
 /// An engine's image store: what ckms asks about builder images.
 #[async_trait::async_trait]
 pub trait Images: Send + Sync {
@@ -188,7 +190,7 @@ impl Input {
         match &self.content {
             Content::Tar(t) => Ok(std::borrow::Cow::Borrowed(t)),
             Content::Dir { path, prefix } => {
-                crate::artifact::pack_dir(path, prefix).map(std::borrow::Cow::Owned).map_err(std::io::Error::other)
+                pack_dir(path, prefix).map(std::borrow::Cow::Owned).map_err(std::io::Error::other)
             }
         }
     }

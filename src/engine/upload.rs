@@ -76,7 +76,7 @@ impl io::Write for ChunkSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{Content, Input};
+    use crate::engine::{input_tar, Content, Input};
     use futures_util::StreamExt;
 
     async fn collect(inputs: Vec<Input>) -> (Vec<u8>, io::Result<()>) {
@@ -101,7 +101,7 @@ mod tests {
         let inputs = vec![Input::user(Content::dir(dir.path(), "m-1"))];
         let (streamed, done) = collect(inputs.clone()).await;
         done.unwrap();
-        let whole = crate::engine::input_tar(&inputs, "/usr/src", 1000, 1000, Vec::new()).unwrap();
+        let whole = input_tar(&inputs, "/usr/src", 1000, 1000, Vec::new()).unwrap();
         assert_eq!(streamed, whole);
     }
 

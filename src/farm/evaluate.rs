@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::plan::{self, Plan, Work};
+use super::plan::{self, FarmPlan, Work};
 use super::report::Cell;
 use super::select::Selector;
 use super::store::{Lookup, Status, Store};
@@ -15,7 +15,7 @@ use crate::error::Error;
 pub struct Evaluated {
     pub store: Store,
     pub work: Work,
-    pub plan: Plan,
+    pub plan: FarmPlan,
     /// Pairs to build.
     pub todo: Vec<usize>,
     /// Pairs stored as built.
@@ -61,7 +61,7 @@ pub async fn evaluate(
 }
 
 /// The matrix of a run that built `todo`: every pair of `plan`, the others from the store.
-pub fn cells(plan: &Plan, todo: &[usize]) -> Vec<Cell> {
+pub fn cells(plan: &FarmPlan, todo: &[usize]) -> Vec<Cell> {
     let to_build = in_list(plan.pairs.len(), todo);
     plan.pairs.iter().enumerate().map(|(i, p)| Cell { key: p.key.clone(), cached: !to_build[i] }).collect()
 }

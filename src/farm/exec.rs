@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::plan::{Plan, Work};
-use super::schedule::{Executor, Job};
+use super::plan::{FarmPlan, Work};
+use super::schedule::{Executor, Task};
 use super::store::{self, stored_file, Lookup, Record, SourceInfo, Status, Store, StoredModule};
 use super::FarmError;
 use crate::build::{BuiltView, Sibling};
@@ -18,9 +18,11 @@ use crate::diagnose::{code, Diagnose};
 use crate::engine::{Connection, Images, Runner};
 use crate::error::Error;
 use crate::pair::inputs::{self, KeyedPair};
+use crate::pair::manifest::FILE as MANIFEST;
 use crate::pair::realise::{self, Depends, Key, Limits, Realise, Realised, SignWith, Staged, UNSIGNED};
 use crate::pair::PairError;
-use crate::sign::Signer;
+use crate::sign::{self, Signer};
+use crate::verify::modinfo;
 
 /// Who signs: the key pair, loaded once for every pair, and what the records say of it.
 #[derive(Clone)]
@@ -32,7 +34,7 @@ pub struct Signing {
 
 pub struct Farm<'a> {
     pub ctx: &'a Context,
-    pub plan: &'a Plan,
+    pub plan: &'a FarmPlan,
     pub store: &'a Store,
     pub work: &'a Work,
     pub signing: Option<Signing>,
@@ -57,7 +59,7 @@ pub struct Checked {
 impl<'a> Farm<'a> {
     pub fn new(
         ctx: &'a Context,
-        plan: &'a Plan,
+        plan: &'a FarmPlan,
         store: &'a Store,
         work: &'a Work,
         signing: Option<Signing>,
@@ -108,7 +110,7 @@ impl<'a> Farm<'a> {
         let dir = roots.source_tree.join(format!("{}-{}", source.mv.module, source.mv.version));
         let siblings = self.siblings(pair, &roots.source_tree);
         let overrides = inputs::overrides(&ctx.config.conf_dir(), &source.mv, &kernel.release, &pair.arch);
-        let hash = kconfig.as_deref().and_then(crate::sign::kernel_hash);
+        let hash = kconfig.as_deref().and_then(sign::kernel_hash);
         let signing = match (&self.signing, hash) {
             (Some(s), Some(hash)) => Some(SignWith { hash, key: Key::Loaded(&s.signer) }),
             _ => None,
@@ -273,7 +275,7 @@ impl<'a> Farm<'a> {
                 signed: Some(stored_file(entry, &signed)?),
             });
         }
-        copy(&staged.dir.join(crate::pair::manifest::FILE), &entry.join("ckms.json"))?;
+        copy(&staged.dir.join(MANIFEST), &entry.join("ckms.json"))?;
         let log = staged.dir.join("log/make.log");
         if log.is_file() {
             copy(&log, &entry.join("make.log"))?;
@@ -281,7 +283,7 @@ impl<'a> Farm<'a> {
         }
         record.make_seconds = manifest.make_seconds;
         if let (Some(s), Some(hash), Some(_)) = (&self.signing, &manifest.sig_hash, &manifest.signed_by) {
-            record.signer = Some(store::Signer {
+            record.signer = Some(store::SignedBy {
                 fingerprint: s.fingerprint.clone(),
                 subject: s.subject.clone(),
                 hash: hash.clone(),
@@ -349,7 +351,7 @@ impl Record {
 }
 
 /// The farm on one engine: images provisioned there, every pair built there. The schedule
-/// numbers its jobs 0..n; `todo` maps them to the plan's pairs.
+/// numbers its tasks 0..n; `todo` maps them to the plan's pairs.
 pub struct OnEngine<'a> {
     pub farm: &'a Farm<'a>,
     pub conn: Arc<Connection>,
@@ -362,7 +364,7 @@ impl Executor for OnEngine<'_> {
         self.farm.provision(self.conn.engine.as_ref(), image).await
     }
 
-    async fn build(&self, index: usize, _job: &Job, jobs: u32) -> Result<Status, Error> {
+    async fn build(&self, index: usize, _task: &Task, jobs: u32) -> Result<Status, Error> {
         let engine = format!("{:?} {}", self.conn.info.kind, self.conn.info.version);
         self.farm.realise(self.todo[index], self.conn.engine.as_ref(), &engine, jobs).await
     }
@@ -373,7 +375,7 @@ impl Executor for OnEngine<'_> {
 fn first_difference(a: &Path, b: &Path) -> String {
     let (Ok(x), Ok(y)) = (std::fs::read(a), std::fs::read(b)) else { return "unreadable".into() };
     let at = x.iter().zip(&y).position(|(p, q)| p != q).unwrap_or(x.len().min(y.len()));
-    let section = crate::verify::modinfo::section_at(&x, at).map(|s| format!(" (section {s})")).unwrap_or_default();
+    let section = modinfo::section_at(&x, at).map(|s| format!(" (section {s})")).unwrap_or_default();
     format!(
         "{} vs {} bytes, first difference at byte {at}{section}; compare with: diffoscope {} {}",
         x.len(),

@@ -11,22 +11,25 @@ use std::path::{Path, PathBuf};
 
 use super::select::Selector;
 use super::FarmError;
+use crate::cache::sha256_hex;
 use crate::context::Context;
 use crate::error::Error;
-use crate::kernel::Kernel;
+use crate::kernel::{self, Kernel};
 use crate::lifecycle::{AddSource, Lifecycle, ModuleVersion, Options};
 use crate::pair::inputs::{self, Evaluation, ImageSpec, KernelAt, KeyedPair, Source};
+use crate::profile::Profile;
 use crate::tree::Roots;
 
+/// The evaluated farm: sources × kernels → keyed pairs, and the builder images they need.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub struct FarmPlan {
     pub sources: Vec<Source>,
     pub kernels: Vec<Kernel>,
     pub images: Vec<ImageSpec>,
     pub pairs: Vec<KeyedPair>,
 }
 
-impl Plan {
+impl FarmPlan {
     pub fn label(&self, pair: usize) -> String {
         let p = &self.pairs[pair];
         format!("{} on {}", self.sources[p.source].mv, self.kernels[p.kernel].release)
@@ -53,7 +56,7 @@ pub struct Work {
 
 impl Work {
     pub fn for_store(ctx: &Context, store: &Path) -> Work {
-        let id = crate::cache::sha256_hex(store.to_string_lossy().as_bytes());
+        let id = sha256_hex(store.to_string_lossy().as_bytes());
         Work { root: ctx.config.cache_root().join("farm").join(&id[..16]) }
     }
 
@@ -77,7 +80,7 @@ pub async fn kernels(ctx: &Context, selectors: &[Selector], profile: Option<&str
     let mut offered = Vec::new();
     let profiles = ctx.profiles(profile)?;
     // Only the indexes a selector can pick from: loading one takes a while.
-    let wanted = |p: &crate::profile::Profile| {
+    let wanted = |p: &Profile| {
         selectors.iter().any(|s| match s {
             Selector::Release(r) => p.may_offer(r),
             other => other.profile().is_none_or(|n| n == p.name),
@@ -85,7 +88,7 @@ pub async fn kernels(ctx: &Context, selectors: &[Selector], profile: Option<&str
     };
     for p in profiles.iter().filter(|p| wanted(p)) {
         let index = ctx.index(p).await?;
-        offered.extend(crate::kernel::list(p, &index));
+        offered.extend(kernel::list(p, &index));
     }
     let names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
     Ok(super::select::select(selectors, &offered, &names)?)
@@ -146,7 +149,7 @@ async fn add(lc: &Lifecycle<'_>, given: &str) -> Result<ModuleVersion, Error> {
 
 /// The pairs of `sources` × `kernels` (each source with its own profile's kernels), their
 /// images and keys.
-pub async fn pairs(ctx: &Context, sources: Vec<Source>, kernels: Vec<Kernel>) -> Result<Plan, Error> {
+pub async fn pairs(ctx: &Context, sources: Vec<Source>, kernels: Vec<Kernel>) -> Result<FarmPlan, Error> {
     let recipe = inputs::recipe_digest(ctx)?;
     let mut evaluation = Evaluation::default();
     for (number, kernel) in kernels.iter().enumerate() {
@@ -155,5 +158,5 @@ pub async fn pairs(ctx: &Context, sources: Vec<Source>, kernels: Vec<Kernel>) ->
         let at = KernelAt { profile, index: &index, kernel, number };
         inputs::kernel_pairs(ctx, &at, &sources, &recipe, &mut evaluation)?;
     }
-    Ok(Plan { sources, kernels, images: evaluation.images, pairs: evaluation.pairs })
+    Ok(FarmPlan { sources, kernels, images: evaluation.images, pairs: evaluation.pairs })
 }

@@ -2,12 +2,13 @@
 //! in-tree modules they depend on), rather than one boot per pair. Each pair's record gets
 //! its modules' outcome; `<store>/verify/<kernel>.json` keeps the whole run.
 
-use super::plan::Plan;
+use super::plan::FarmPlan;
 use super::store::{Lookup, Proof, Status, Store};
 use crate::context::Context;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::verify::modinfo::canonical;
+use crate::verify::{self, Subject};
 
 /// What one kernel's boot found: pairs whose modules all loaded, and those that did not.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -19,7 +20,7 @@ pub struct Booted {
 }
 
 /// Boots each kernel of `plan` that has built pairs in `store` once and loads their modules.
-pub async fn verify(ctx: &Context, engine: &dyn Engine, plan: &Plan, store: &Store) -> Result<Vec<Booted>, Error> {
+pub async fn verify(ctx: &Context, engine: &dyn Engine, plan: &FarmPlan, store: &Store) -> Result<Vec<Booted>, Error> {
     let mut out = Vec::new();
     for (ki, kernel) in plan.kernels.iter().enumerate() {
         // The built pairs of this kernel, and their signed modules; one file per module name
@@ -46,14 +47,7 @@ pub async fn verify(ctx: &Context, engine: &dyn Engine, plan: &Plan, store: &Sto
         if files.is_empty() {
             continue;
         }
-        let v = crate::verify::verify(
-            ctx,
-            engine,
-            &kernel.release,
-            Some(&kernel.profile),
-            crate::verify::Subject::Files(&files),
-        )
-        .await?;
+        let v = verify::verify(ctx, engine, &kernel.release, Some(&kernel.profile), Subject::Files(&files)).await?;
         let text = serde_json::to_string_pretty(&v).unwrap_or_default();
         store.write_file(&format!("verify/{}.json", kernel.release), format!("{text}\n").as_bytes())?;
         let mut booted = Booted { kernel: kernel.release.clone(), seconds: v.seconds, ..Booted::default() };

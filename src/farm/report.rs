@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::store::{Lookup, Record, Status, Store};
 use super::FarmError;
+use crate::repo::version;
+use crate::report::table;
 
 const MATRIX: &str = "matrix.json";
 
@@ -156,7 +158,7 @@ pub fn text(cells: &[(Record, bool)]) -> String {
             ]
         })
         .collect();
-    let mut out = crate::report::table(&["MODULE", "KERNEL", "STATUS", "SECONDS", "MODULES"], &rows);
+    let mut out = table(&["MODULE", "KERNEL", "STATUS", "SECONDS", "MODULES"], &rows);
     out.push_str(&format!("{}\n", Counts::of(cells.iter().map(|(r, c)| (r, *c)))));
     out
 }
@@ -166,7 +168,7 @@ const TEMPLATE: &str = include_str!("report.html.j2");
 /// The HTML report: modules as rows, kernels as columns.
 pub fn html(store: &Store, cells: &[(Record, bool)]) -> Result<String, FarmError> {
     let mut kernels: Vec<&str> = cells.iter().map(|(r, _)| r.kernel.as_str()).collect();
-    kernels.sort_by(|a, b| crate::repo::version::compare(a, b));
+    kernels.sort_by(|a, b| version::compare(a, b));
     kernels.dedup();
     let mut modules: Vec<String> = cells.iter().map(|(r, _)| format!("{}/{}", r.module, r.version)).collect();
     modules.dedup();
@@ -228,7 +230,7 @@ fn tail(text: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::farm::store::tests::stage;
+    use crate::farm::store::{stored_file, tests::stage};
 
     /// A store with three pairs: two kernels of one module (one failed with a log), one of another.
     fn store() -> (tempfile::TempDir, Store) {
@@ -243,7 +245,7 @@ mod tests {
             (r.module, r.kernel, r.status) = (module.into(), kernel.into(), status);
             if status == Status::Failed {
                 std::fs::write(staged.path().join("make.log"), "hello.c:1: error: <oops>\n").unwrap();
-                r.make_log = Some(crate::farm::store::stored_file(staged.path(), "make.log").unwrap());
+                r.make_log = Some(stored_file(staged.path(), "make.log").unwrap());
             }
             store.commit(staged, &r).unwrap();
         }

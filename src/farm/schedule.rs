@@ -15,14 +15,14 @@ use std::pin::Pin;
 use super::store::Status;
 use crate::error::Error;
 
-/// One pair to build.
+/// One pair to build, as the schedule sees it.
 #[derive(Debug, Clone)]
-pub struct Job {
+pub struct Task {
     /// For messages: `module/version on kernel`.
     pub label: String,
     /// Index of the builder image it needs (see [`Executor::provision`]).
     pub image: usize,
-    /// Jobs (indexes into the list) that must have been built first.
+    /// Tasks (indexes into the list) that must have been built first.
     pub after: Vec<usize>,
     /// Seconds it took last time, when known.
     pub estimate: Option<f64>,
@@ -35,8 +35,8 @@ pub struct Job {
 pub trait Executor: Send + Sync {
     /// Makes the builder image `image` ready; called once per image, before its first build.
     async fn provision(&self, image: usize) -> Result<(), Error>;
-    /// Builds job `index` with `make -j<jobs>` and stores the result; its status.
-    async fn build(&self, index: usize, job: &Job, jobs: u32) -> Result<Status, Error>;
+    /// Builds task `index` with `make -j<jobs>` and stores the result; its status.
+    async fn build(&self, index: usize, task: &Task, jobs: u32) -> Result<Status, Error>;
 }
 
 /// How much the machine gives.
@@ -69,7 +69,7 @@ fn available_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// What happened to one job.
+/// What happened to one task.
 #[derive(Debug)]
 pub enum Outcome {
     Done(Status),
@@ -89,25 +89,25 @@ pub enum Progress {
 
 type Running<'a, T> = FuturesUnordered<Pin<Box<dyn Future<Output = T> + Send + 'a>>>;
 
-/// Runs every job; the outcome of each, in the jobs' order.
+/// Runs every task; the outcome of each, in the tasks' order.
 pub async fn run(
-    jobs: &[Job],
+    tasks: &[Task],
     exec: &dyn Executor,
     capacity: Capacity,
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Vec<Outcome> {
-    let n_images = jobs.iter().map(|j| j.image + 1).max().unwrap_or(0);
-    // Images in the order their first job comes up.
-    let order = priority_order(jobs);
+    let n_images = tasks.iter().map(|j| j.image + 1).max().unwrap_or(0);
+    // Images in the order their first task comes up.
+    let order = priority_order(tasks);
     let mut image_order: Vec<usize> = Vec::new();
     for &i in &order {
-        if !image_order.contains(&jobs[i].image) {
-            image_order.push(jobs[i].image);
+        if !image_order.contains(&tasks[i].image) {
+            image_order.push(tasks[i].image);
         }
     }
     let mut images: Vec<Option<Result<(), String>>> = vec![None; n_images];
-    let mut outcomes: Vec<Option<Outcome>> = (0..jobs.len()).map(|_| None).collect();
-    let mut started = vec![false; jobs.len()];
+    let mut outcomes: Vec<Option<Outcome>> = (0..tasks.len()).map(|_| None).collect();
+    let mut started = vec![false; tasks.len()];
     let mut next_image = 0;
     let mut tokens = capacity.cores.max(1);
     let mut provisioning: Running<'_, (usize, Result<(), Error>)> = FuturesUnordered::new();
@@ -120,16 +120,16 @@ pub async fn run(
             progress(Progress::Provisioning { image });
             provisioning.push(Box::pin(async move { (image, exec.provision(image).await) }));
         }
-        // Jobs that can no longer be built: their image failed, or a job they need did not build.
-        for i in 0..jobs.len() {
+        // Tasks that can no longer be built: their image failed, or a task they need did not build.
+        for i in 0..tasks.len() {
             if started[i] {
                 continue;
             }
-            let why = match &images[jobs[i].image] {
+            let why = match &images[tasks[i].image] {
                 Some(Err(e)) => Some(format!("its builder image could not be made: {e}")),
-                _ => jobs[i].after.iter().find_map(|&d| match &outcomes[d] {
+                _ => tasks[i].after.iter().find_map(|&d| match &outcomes[d] {
                     Some(Outcome::Done(Status::Built)) | None => None,
-                    Some(_) => Some(format!("{} did not build", jobs[d].label)),
+                    Some(_) => Some(format!("{} did not build", tasks[d].label)),
                 }),
             };
             if let Some(why) = why {
@@ -143,13 +143,13 @@ pub async fn run(
             .copied()
             .filter(|&i| {
                 !started[i]
-                    && matches!(images[jobs[i].image], Some(Ok(())))
-                    && jobs[i].after.iter().all(|&d| matches!(outcomes[d], Some(Outcome::Done(Status::Built))))
+                    && matches!(images[tasks[i].image], Some(Ok(())))
+                    && tasks[i].after.iter().all(|&d| matches!(outcomes[d], Some(Outcome::Done(Status::Built))))
             })
             .collect();
         let mut ready = ready.into_iter();
-        // Jobs still to start, whether they can now or wait for their image or a dependency:
-        // a job that starts alone must leave tokens for those coming soon (a serial build
+        // Tasks still to start, whether they can now or wait for their image or a dependency:
+        // a task that starts alone must leave tokens for those coming soon (a serial build
         // holding both cores of two while other images are provisioned idles one of them).
         let mut pending = started.iter().filter(|s| !**s).count();
         while building.len() < capacity.slots.max(1) && tokens > 0 {
@@ -160,10 +160,10 @@ pub async fn run(
             tokens -= jobs_now;
             started[i] = true;
             progress(Progress::Started { index: i, jobs: jobs_now });
-            let job = &jobs[i];
+            let task = &tasks[i];
             building.push(Box::pin(async move {
                 let t = std::time::Instant::now();
-                let r = exec.build(i, job, jobs_now).await;
+                let r = exec.build(i, task, jobs_now).await;
                 (i, jobs_now, t.elapsed().as_secs_f64(), r)
             }));
         }
@@ -195,21 +195,21 @@ pub async fn run(
         .collect()
 }
 
-/// Job indexes, longest first: by last duration where known, else by source size converted
-/// with the seconds-per-byte of the jobs that have both (or by size alone).
-fn priority_order(jobs: &[Job]) -> Vec<usize> {
+/// Task indexes, longest first: by last duration where known, else by source size converted
+/// with the seconds-per-byte of the tasks that have both (or by size alone).
+fn priority_order(tasks: &[Task]) -> Vec<usize> {
     let mut rates: Vec<f64> =
-        jobs.iter().filter_map(|j| j.estimate.filter(|_| j.size > 0).map(|e| e / j.size as f64)).collect();
+        tasks.iter().filter_map(|t| t.estimate.filter(|_| t.size > 0).map(|e| e / t.size as f64)).collect();
     rates.sort_by(f64::total_cmp);
     let rate = rates.get(rates.len() / 2).copied();
-    let guess = |j: &Job| match (j.estimate, rate) {
+    let guess = |t: &Task| match (t.estimate, rate) {
         (Some(e), _) => e,
-        (None, Some(r)) => r * j.size as f64,
+        (None, Some(r)) => r * t.size as f64,
         // Nothing known: sizes compare among themselves; they all rank after known ones.
-        (None, None) => j.size as f64 * 1e-9,
+        (None, None) => t.size as f64 * 1e-9,
     };
-    let mut order: Vec<usize> = (0..jobs.len()).collect();
-    order.sort_by(|&a, &b| guess(&jobs[b]).total_cmp(&guess(&jobs[a])).then(a.cmp(&b)));
+    let mut order: Vec<usize> = (0..tasks.len()).collect();
+    order.sort_by(|&a, &b| guess(&tasks[b]).total_cmp(&guess(&tasks[a])).then(a.cmp(&b)));
     order
 }
 
@@ -219,7 +219,7 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
-    /// Sleeps `ms[i]` per job, fails the ones listed; records what ran with how many jobs.
+    /// Sleeps `ms[i]` per task, fails the ones listed; records what ran with how many jobs.
     struct Fake {
         ms: Vec<u64>,
         fail: Vec<usize>,
@@ -238,7 +238,7 @@ mod tests {
             }
             Ok(())
         }
-        async fn build(&self, index: usize, _job: &Job, jobs: u32) -> Result<Status, Error> {
+        async fn build(&self, index: usize, _task: &Task, jobs: u32) -> Result<Status, Error> {
             {
                 let mut r = self.running.lock().unwrap();
                 r.0 += jobs;
@@ -251,8 +251,8 @@ mod tests {
         }
     }
 
-    fn job(image: usize, after: &[usize], estimate: Option<f64>) -> Job {
-        Job { label: format!("job on image {image}"), image, after: after.to_vec(), estimate, size: 1 }
+    fn task(image: usize, after: &[usize], estimate: Option<f64>) -> Task {
+        Task { label: format!("job on image {image}"), image, after: after.to_vec(), estimate, size: 1 }
     }
 
     fn fake(ms: &[u64]) -> Fake {
@@ -263,9 +263,9 @@ mod tests {
 
     #[tokio::test]
     async fn longest_first_never_more_jobs_than_cores_and_the_last_one_gets_them_all() {
-        let jobs = vec![job(0, &[], Some(1.0)), job(0, &[], Some(9.0)), job(0, &[], Some(5.0))];
+        let tasks = vec![task(0, &[], Some(1.0)), task(0, &[], Some(9.0)), task(0, &[], Some(5.0))];
         let f = fake(&[30, 60, 10]);
-        let out = run(&jobs, &f, CAP, &|_| {}).await;
+        let out = run(&tasks, &f, CAP, &|_| {}).await;
         assert!(out.iter().all(|o| matches!(o, Outcome::Done(Status::Built))));
         let log = f.log.lock().unwrap().clone();
         assert_eq!(log[0], "image 0");
@@ -274,16 +274,16 @@ mod tests {
         assert!(f.running.lock().unwrap().1 <= 2, "never more than 2 make jobs at once");
 
         let single = fake(&[5]);
-        run(&[job(0, &[], None)], &single, CAP, &|_| {}).await;
+        run(&[task(0, &[], None)], &single, CAP, &|_| {}).await;
         assert_eq!(single.log.lock().unwrap()[1], "build 0 -j2", "alone, a build gets every core");
     }
 
     #[tokio::test]
     async fn a_build_ready_before_the_others_images_leaves_them_their_share() {
-        // Job 0's image comes first; job 1's is still being made when job 0 starts.
-        let jobs = vec![job(0, &[], Some(9.0)), job(1, &[], Some(1.0))];
+        // Task 0's image comes first; task 1's is still being made when task 0 starts.
+        let tasks = vec![task(0, &[], Some(9.0)), task(1, &[], Some(1.0))];
         let f = fake(&[40, 5]);
-        run(&jobs, &f, CAP, &|_| {}).await;
+        run(&tasks, &f, CAP, &|_| {}).await;
         let log = f.log.lock().unwrap().clone();
         let pos = |s: &str| log.iter().position(|l| l == s).unwrap_or_else(|| panic!("no {s}: {log:?}"));
         assert!(pos("build 0 -j1") < pos("image 1") || pos("build 0 -j1") < pos("build 1 -j1"), "{log:?}");
@@ -292,21 +292,21 @@ mod tests {
 
     #[tokio::test]
     async fn a_failure_stops_only_what_depends_on_it() {
-        let jobs = vec![job(0, &[], None), job(0, &[0], None), job(0, &[], None)];
+        let tasks = vec![task(0, &[], None), task(0, &[0], None), task(0, &[], None)];
         let mut f = fake(&[5, 5, 5]);
         f.fail = vec![0];
-        let out = run(&jobs, &f, CAP, &|_| {}).await;
+        let out = run(&tasks, &f, CAP, &|_| {}).await;
         assert!(matches!(out[0], Outcome::Done(Status::Failed)));
         assert!(matches!(&out[1], Outcome::NotBuilt(why) if why.contains("did not build")));
         assert!(matches!(out[2], Outcome::Done(Status::Built)));
     }
 
     #[tokio::test]
-    async fn dependencies_build_first_and_a_bad_image_fails_only_its_jobs() {
-        let jobs = vec![job(0, &[1], Some(9.0)), job(0, &[], Some(1.0)), job(1, &[], None)];
+    async fn dependencies_build_first_and_a_bad_image_fails_only_its_tasks() {
+        let tasks = vec![task(0, &[1], Some(9.0)), task(0, &[], Some(1.0)), task(1, &[], None)];
         let mut f = fake(&[5, 5, 5]);
         f.bad_image = Some(1);
-        let out = run(&jobs, &f, CAP, &|_| {}).await;
+        let out = run(&tasks, &f, CAP, &|_| {}).await;
         let log = f.log.lock().unwrap().clone();
         let pos = |s: &str| log.iter().position(|l| l.starts_with(s)).unwrap();
         assert!(pos("build 1") < pos("build 0"), "{log:?}");
@@ -316,11 +316,11 @@ mod tests {
 
     #[test]
     fn sizes_stand_in_for_unknown_durations() {
-        let mut a = job(0, &[], None);
+        let mut a = task(0, &[], None);
         a.size = 100;
-        let mut b = job(0, &[], Some(2.0));
+        let mut b = task(0, &[], Some(2.0));
         b.size = 10;
-        let mut c = job(0, &[], None);
+        let mut c = task(0, &[], None);
         c.size = 1000;
         // 0.2 s per byte: a ~ 20 s, c ~ 200 s, b = 2 s.
         assert_eq!(priority_order(&[a, b, c]), [2, 0, 1]);

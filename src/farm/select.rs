@@ -10,7 +10,8 @@ use regex::Regex;
 use std::collections::BTreeMap;
 
 use super::FarmError;
-use crate::kernel::Kernel;
+use crate::kernel::{self, Kernel};
+use crate::repo::version;
 
 /// One parsed selector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,7 +109,7 @@ pub fn select(selectors: &[Selector], offered: &[Kernel], profiles: &[&str]) -> 
                 Selector::Profile { profile, .. } => format!("@{profile}"),
             };
             let releases: Vec<String> = offered.iter().map(|k| k.release.clone()).collect();
-            let closest = crate::kernel::closest(&shown, &releases, 3);
+            let closest = kernel::closest(&shown, &releases, 3);
             return Err(FarmError::NoKernel { selector: shown, closest });
         }
         for k in picked {
@@ -128,7 +129,7 @@ fn newest_per_series<'a>(kernels: impl Iterator<Item = &'a Kernel>, n: usize) ->
     }
     let mut out: Vec<&Kernel> = Vec::new();
     for (_, mut ks) in groups {
-        ks.sort_by(|a, b| crate::repo::version::compare(&a.version, &b.version));
+        ks.sort_by(|a, b| version::compare(&a.version, &b.version));
         let skip = ks.len().saturating_sub(n);
         out.extend(ks.into_iter().skip(skip));
     }

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 use super::FarmError;
+use crate::cache::hash_reader;
 
 /// The layout's version, written to `ckms-store.json`.
 pub const FORMAT: u32 = 1;
@@ -84,9 +85,10 @@ pub struct SourceInfo {
     pub digest: String,
 }
 
-/// The signer of an entry's signed modules.
+/// Who signed an entry's modules, as its record says (the key pair that signs is
+/// `sign::Signer`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Signer {
+pub struct SignedBy {
     /// SHA-256 of the certificate (DER).
     pub fingerprint: String,
     pub subject: String,
@@ -123,7 +125,7 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub make_log: Option<StoredFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signer: Option<Signer>,
+    pub signer: Option<SignedBy>,
     /// The builder image, and the digest of its lock (every package by SHA-256).
     pub image: String,
     pub image_lock: String,
@@ -324,7 +326,7 @@ impl Store {
 pub fn stored_file(dir: &Path, rel: &str) -> Result<StoredFile, FarmError> {
     let path = dir.join(rel);
     let file = std::fs::File::open(&path).map_err(FarmError::io(&path))?;
-    let (sha256, size) = crate::cache::hash_reader(file).map_err(FarmError::io(&path))?;
+    let (sha256, size) = hash_reader(file).map_err(FarmError::io(&path))?;
     Ok(StoredFile { file: rel.to_string(), sha256, size })
 }
 
@@ -336,7 +338,7 @@ fn check_file(dir: &Path, f: &StoredFile) -> Result<(), String> {
     }
     let path = dir.join(rel);
     let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let (sha256, size) = crate::cache::hash_reader(file).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (sha256, size) = hash_reader(file).map_err(|e| format!("{}: {e}", path.display()))?;
     if sha256 != f.sha256 || size != f.size {
         return Err(format!("{} has SHA-256 {sha256} ({size} bytes), its record says {}", path.display(), f.sha256));
     }

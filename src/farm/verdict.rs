@@ -2,7 +2,7 @@
 //! for the same outcome (docs/exit-codes.md), so that scripts written for dkms read it.
 
 use super::exec::Checked;
-use super::plan::Plan;
+use super::plan::FarmPlan;
 use super::schedule::Outcome;
 use crate::diagnose::code;
 
@@ -65,7 +65,7 @@ impl BuildRun {
 
 /// The pairs of `list` (whose outcomes are `outcomes`, in order) the schedule did not build,
 /// each as "<pair>: <why>".
-pub fn not_built(plan: &Plan, list: &[usize], outcomes: &[Outcome]) -> Vec<String> {
+pub fn not_built(plan: &FarmPlan, list: &[usize], outcomes: &[Outcome]) -> Vec<String> {
     list.iter()
         .zip(outcomes)
         .filter_map(|(&i, o)| match o {
@@ -90,7 +90,7 @@ pub struct Findings<'c> {
 
 impl<'c> Findings<'c> {
     /// The findings of rebuilding the pairs `stored` of `plan`.
-    pub fn of(plan: &Plan, stored: &[usize], outcomes: &[Outcome], checked: &'c [Checked]) -> Findings<'c> {
+    pub fn of(plan: &FarmPlan, stored: &[usize], outcomes: &[Outcome], checked: &'c [Checked]) -> Findings<'c> {
         let differing: Vec<&Checked> = checked.iter().filter(|c| !c.differs.is_empty() || c.status.is_some()).collect();
         let not_rebuilt = not_built(plan, stored, outcomes);
         let files: usize = checked.iter().map(|c| c.compared).sum();

@@ -10,7 +10,8 @@ use std::io::BufWriter;
 use super::archive::{self, ArchiveLayer, ImageMeta};
 use super::layer::{FsRules, LayerDigest, LayerWriter};
 use super::{label, ImageError, Plan, PlannedLayer};
-use crate::cache::Cache;
+use crate::cache::{io_err, sha256_hex, Cache};
+use crate::deb::data_tar;
 use crate::engine::Images;
 use crate::profile::{Profile, Recipe};
 use crate::repo::{self, FetchStats};
@@ -72,11 +73,11 @@ pub async fn build(
     let config_layer = config_layer.clone();
     let Assembled { id, tags, layers: archive_layers, config, known, fetch, layers_built, .. } =
         layers(cache, plan, prepared, report).await?;
-    let tmp = tempfile::NamedTempFile::new_in(cache.dir("tmp")?).map_err(|e| crate::cache::io_err(cache.root())(e))?;
+    let tmp = tempfile::NamedTempFile::new_in(cache.dir("tmp")?).map_err(|e| io_err(cache.root())(e))?;
     {
         let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file());
         archive::write_archive(&mut out, &archive_layers, &config, &tags)?;
-        std::io::Write::flush(&mut out).map_err(|e| crate::cache::io_err(tmp.path())(e))?;
+        std::io::Write::flush(&mut out).map_err(|e| io_err(tmp.path())(e))?;
     }
     report.info(format!("loading {} into the engine", tags[1]));
     engine.load_image(tmp.path()).await?;
@@ -250,7 +251,7 @@ fn hex_of(diff_id: &str) -> &str {
 }
 
 fn image_meta(recipe: &Recipe, plan: &Plan, lock: &super::Lock) -> ImageMeta {
-    let lock_digest = crate::cache::sha256_hex(&serde_json::to_vec(lock).unwrap_or_default());
+    let lock_digest = sha256_hex(&serde_json::to_vec(lock).unwrap_or_default());
     let mut labels = BTreeMap::from([
         (label::RECIPE.to_string(), recipe.name.clone()),
         (label::PROFILE.to_string(), plan.profile.clone()),
@@ -310,7 +311,7 @@ fn save_record(cache: &Cache, id: &str, record: &Record) -> Result<()> {
 
 fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    let io = |e| ImageError::Cache(crate::cache::io_err(path)(e));
+    let io = |e| ImageError::Cache(io_err(path)(e));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
     std::io::Write::write_all(&mut tmp, bytes).map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
@@ -326,13 +327,12 @@ fn write_layer(cache: &Cache, layer: &PlannedLayer, rules: FsRules) -> Result<La
         write_skeleton(&mut w, &usr_merge)?;
     }
     for p in &layer.packages {
-        let deb =
-            File::open(cache.blob_path(&p.sha256)).map_err(|e| crate::cache::io_err(&cache.blob_path(&p.sha256))(e))?;
-        let data = crate::deb::data_tar(std::io::BufReader::with_capacity(1 << 20, deb), &p.name)?;
+        let deb = File::open(cache.blob_path(&p.sha256)).map_err(|e| io_err(&cache.blob_path(&p.sha256))(e))?;
+        let data = data_tar(std::io::BufReader::with_capacity(1 << 20, deb), &p.name)?;
         w.add_data_tar(data, &p.name)?;
     }
     let (out, digest) = w.finish()?;
-    let blob = out.into_inner().map_err(|e| crate::cache::io_err(cache.root())(e.into_error()))?;
+    let blob = out.into_inner().map_err(|e| io_err(cache.root())(e.into_error()))?;
     let (hex, _) = blob.commit(Some(hex_of(&digest.diff_id)))?;
     debug_assert_eq!(hex, hex_of(&digest.diff_id));
     Ok(digest)

@@ -350,7 +350,9 @@ fn unsafe_path(origin: &str, path: &[u8], why: &'static str) -> LayerError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::sha256_hex;
     use crate::deb::tests::{make_deb, make_tar, Comp, TEntry};
+    use crate::deb::{data_tar, data_tar_threaded};
 
     fn merged() -> FsRules {
         FsRules {
@@ -396,7 +398,7 @@ mod tests {
         let mut w = LayerWriter::new(Vec::new(), merged());
         for (i, deb) in debs.iter().enumerate() {
             let name = format!("pkg{i}.deb");
-            let data = crate::deb::data_tar(io::Cursor::new(deb.clone()), &name).unwrap();
+            let data = data_tar(io::Cursor::new(deb.clone()), &name).unwrap();
             w.add_data_tar(data, &name).unwrap();
         }
         let dups = w.duplicates().to_vec();
@@ -432,7 +434,7 @@ mod tests {
         assert!(got[8].2.as_deref().unwrap().starts_with("../../usr/share/a-rather"));
         assert_eq!(got[7].3, b"long");
         assert_eq!(digest.size, out.len() as u64);
-        assert_eq!(digest.diff_id, format!("sha256:{}", crate::cache::sha256_hex(&out)));
+        assert_eq!(digest.diff_id, format!("sha256:{}", sha256_hex(&out)));
     }
 
     #[test]
@@ -586,9 +588,9 @@ mod tests {
         let open = |path: &str| -> Box<dyn Read> {
             let f = std::fs::File::open(path).unwrap();
             if threaded {
-                crate::deb::data_tar_threaded(f, path, 64 << 20).unwrap()
+                data_tar_threaded(f, path, 64 << 20).unwrap()
             } else {
-                crate::deb::data_tar(f, path).unwrap()
+                data_tar(f, path).unwrap()
             }
         };
         let paths: Vec<&str> = debs.split_whitespace().collect();

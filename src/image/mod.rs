@@ -15,7 +15,12 @@ pub use plan::{plan, Lock, LockedLayer, LockedPackage, Plan, PlannedLayer};
 
 use thiserror::Error;
 
+use crate::cache::CacheError;
+use crate::deb::DebError;
 use crate::diagnose::{code, Diagnose};
+use crate::engine::{Content, EngineError, Input, Limits, RunSpec};
+use crate::profile::Recipe;
+use crate::repo::RepoError;
 
 /// Image labels ckms sets; `image ls` and `prune` find ckms's images by them.
 pub mod label {
@@ -31,23 +36,23 @@ pub mod label {
 #[derive(Debug, Error)]
 pub enum ImageError {
     #[error("kernel {kernel}: {source}")]
-    Resolve { kernel: String, source: crate::repo::RepoError },
+    Resolve { kernel: String, source: RepoError },
     #[error("kernel {kernel}: no compiler matching the profile {profile}'s [kernel].compiler among its headers' dependencies")]
     NoCompiler { kernel: String, profile: String },
     #[error("image recipe '{recipe}' names an unknown layer '{layer}' (known: base, toolchain, tools, kernel, extra, packages)")]
     UnknownLayer { recipe: String, layer: String },
     #[error(transparent)]
-    Repo(#[from] crate::repo::RepoError),
+    Repo(#[from] RepoError),
     #[error(transparent)]
-    Cache(#[from] crate::cache::CacheError),
+    Cache(#[from] CacheError),
     #[error(transparent)]
-    Deb(#[from] crate::deb::DebError),
+    Deb(#[from] DebError),
     #[error(transparent)]
     Layer(#[from] layer::LayerError),
     #[error(transparent)]
     Archive(#[from] archive::ArchiveError),
     #[error(transparent)]
-    Engine(#[from] crate::engine::EngineError),
+    Engine(#[from] EngineError),
     #[error("the engine reports image {reference} as {actual}, expected {expected}")]
     Mismatch { reference: String, expected: String, actual: String },
     #[error("no ckms image matches '{0}'")]
@@ -95,24 +100,24 @@ pub const DEFAULT_MEMORY_BYTES: i64 = 4 << 30;
 /// A sandboxed run in a builder image: the recipe's non-root user, its workdir as the one
 /// writable volume (sources in, results out), no network, bounded resources and time.
 pub fn run_spec(
-    recipe: &crate::profile::Recipe,
+    recipe: &Recipe,
     image: &str,
     cmd: Vec<String>,
-    input: Option<crate::engine::Content>,
+    input: Option<Content>,
     timeout: std::time::Duration,
-) -> crate::engine::RunSpec {
+) -> RunSpec {
     let dir = recipe.config.workdir.clone();
-    crate::engine::RunSpec {
+    RunSpec {
         image: image.to_string(),
         cmd,
         env: recipe.config.env.clone(),
         user: format!("{}:{}", recipe.user.uid, recipe.user.gid),
         workdir: dir.clone(),
         scratch: dir.clone(),
-        input: input.map(crate::engine::Input::user).into_iter().collect(),
+        input: input.map(Input::user).into_iter().collect(),
         volumes: vec![],
         outputs: vec![dir],
-        limits: crate::engine::Limits {
+        limits: Limits {
             memory_bytes: Some(DEFAULT_MEMORY_BYTES),
             pids: Some(DEFAULT_PIDS),
             nano_cpus: None,

@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+use crate::profile::Profile;
+
 /// How the image's file system is laid out.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FsRules {
@@ -42,7 +44,7 @@ impl Relocation {
 }
 
 impl FsRules {
-    pub fn from_profile(profile: &crate::profile::Profile) -> FsRules {
+    pub fn from_profile(profile: &Profile) -> FsRules {
         FsRules {
             usr_merge: profile.filesystem.usr_merge.clone(),
             relocate: profile.filesystem.relocate.iter().map(|r| Relocation::new(&r.from, &r.to)).collect(),
@@ -138,6 +140,7 @@ pub(super) fn map_path(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::layer::LayerWriter;
 
     fn rules() -> FsRules {
         FsRules { usr_merge: vec!["lib".into()], relocate: vec![Relocation::new("/usr/src", "/usr/ckms-src")] }
@@ -195,7 +198,7 @@ mod tests {
             TEntry::Dir("./lib/modules/6.1.0-56-amd64/"),
             TEntry::Symlink("./lib/modules/6.1.0-56-amd64/build", "/usr/src/linux-headers-6.1.0-56-amd64"),
         ]);
-        let mut w = crate::image::layer::LayerWriter::new(Vec::new(), rules());
+        let mut w = LayerWriter::new(Vec::new(), rules());
         w.add_data_tar(tar.as_slice(), "headers.deb").unwrap();
         let (out, _) = w.finish().unwrap();
         let mut a = tar::Archive::new(out.as_slice());

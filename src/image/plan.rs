@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use super::layer::FsRules;
 use super::ImageError;
+use crate::cache::sha256_hex;
 use crate::kernel::Kernel;
 use crate::profile::{Profile, Recipe};
 use crate::repo::{Index, Package, SuiteInfo};
@@ -190,7 +191,7 @@ impl PlannedLayer {
             "fs": fs,
             "packages": packages,
         });
-        crate::cache::sha256_hex(ident.to_string().as_bytes())
+        sha256_hex(ident.to_string().as_bytes())
     }
 }
 
@@ -216,7 +217,7 @@ mod tests {
         let dep = if depends.is_empty() { String::new() } else { format!("Depends: {depends}\n") };
         format!(
             "Package: {name}\nVersion: 1\nArchitecture: amd64\n{dep}Filename: pool/{name}.deb\nSize: 1\nSHA256: {}\n\n",
-            crate::cache::sha256_hex(name.as_bytes())
+            sha256_hex(name.as_bytes())
         )
     }
 

@@ -17,7 +17,7 @@ use crate::context::Context;
 use crate::engine::{EngineError, ImageSummary, Images};
 use crate::error::Error;
 use crate::farm::exec::{Farm, Signing};
-use crate::farm::plan::{Plan, Work};
+use crate::farm::plan::{FarmPlan, Work};
 use crate::farm::store::{Status, Store};
 
 /// What `collect` did, pair by pair.
@@ -33,7 +33,7 @@ pub struct Collected {
 
 pub async fn collect(
     ctx: &Context,
-    plan: &Plan,
+    plan: &FarmPlan,
     work: &Work,
     store: &Store,
     kube: &KubePlan,

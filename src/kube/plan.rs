@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::KubeError;
+use crate::cache::sha256_hex;
 use crate::k8s;
 
 pub const FORMAT: u32 = 1;
@@ -113,7 +114,7 @@ impl JobPlan {
 
 /// A Job's name: `ckms-<kernel>-<12 hex of its pairs' keys>`, an RFC 1123 label.
 pub fn job_name(kernel: &str, keys: &[&str]) -> String {
-    let digest = crate::cache::sha256_hex(keys.join("\n").as_bytes());
+    let digest = sha256_hex(keys.join("\n").as_bytes());
     let kernel = k8s::name(kernel);
     let kernel: String = kernel.chars().take(63 - "ckms--".len() - 12).collect();
     format!("ckms-{}-{}", kernel.trim_end_matches('-'), &digest[..12])

@@ -11,8 +11,8 @@ use std::time::Duration;
 use super::plan::{Claim, JobPlan, PodPair, IN_IMAGE, RESULT};
 use super::process::ProcessRunner;
 use super::KubeError;
-use crate::build::{Job, Ran, Sibling};
-use crate::conf::{BuildPlan, ConfError, DestPolicy, KernelFacts, RawConf, Resolved};
+use crate::build::{self, run_build, BuildError, BuildSpec, Ran, Sibling};
+use crate::conf::{self, BuildPlan, ConfError, DestPolicy, KernelFacts, RawConf, Resolved};
 use crate::profile::Recipe;
 
 /// What the pod did, for its log.
@@ -85,9 +85,9 @@ async fn build(recipe: &Recipe, j: &JobPlan, pair: &PodPair, results: &Path) -> 
         .iter()
         .map(|(m, v)| Sibling { module: m.clone(), version: v.clone(), source: source_dir(m, v), built: None })
         .collect();
-    let vars = crate::build::vars(&pair.module, &pair.version, &j.kernel, &pair.arch);
+    let vars = build::vars(&pair.module, &pair.version, &j.kernel, &pair.arch);
     let origin = conf_path.display().to_string();
-    let job = Job {
+    let job = BuildSpec {
         recipe,
         image: &j.image,
         source: &source,
@@ -108,7 +108,7 @@ async fn build(recipe: &Recipe, j: &JobPlan, pair: &PodPair, results: &Path) -> 
     let policy = DestPolicy::Override(j.module_location.clone());
     let stopped = std::sync::Mutex::new(None);
     let resolve = |raw: Result<RawConf, ConfError>| -> Option<Box<BuildPlan>> {
-        let why = match raw.and_then(|raw| crate::conf::resolve(&raw, &facts, &policy)) {
+        let why = match raw.and_then(|raw| conf::resolve(&raw, &facts, &policy)) {
             Ok(Resolved::Build(plan)) if plan.build_depends.is_empty() => return Some(plan),
             Ok(Resolved::Build(_)) => "BUILD_DEPENDS: built by `ckms farm build`, not in pods".to_string(),
             Ok(Resolved::Skipped { reason }) => reason,
@@ -121,7 +121,7 @@ async fn build(recipe: &Recipe, j: &JobPlan, pair: &PodPair, results: &Path) -> 
     };
     let runner = ProcessRunner::new(results, &recipe.config.env);
     let scratch = tempfile::tempdir().map_err(KubeError::io(Path::new("/tmp")))?;
-    let ran = crate::build::run_build(&runner, &job, &resolve, scratch.path()).await;
+    let ran = run_build(&runner, &job, &resolve, scratch.path()).await;
     Ok(match ran {
         Ok(Ran::Built { built, .. }) if built.status == 0 && !built.timed_out => {
             PodOutcome::Built { modules: built.modules.len() }
@@ -129,7 +129,7 @@ async fn build(recipe: &Recipe, j: &JobPlan, pair: &PodPair, results: &Path) -> 
         Ok(Ran::Built { built, .. }) => PodOutcome::NotBuilt { exit_code: built.status },
         Ok(Ran::Stopped) => PodOutcome::Stopped { reason: stopped.into_inner().ok().flatten().unwrap_or_default() },
         // The conf could not be evaluated: the transcript says so, collect stores the failure.
-        Err(crate::build::BuildError::Conf(e)) => PodOutcome::Stopped { reason: e.to_string() },
+        Err(BuildError::Conf(e)) => PodOutcome::Stopped { reason: e.to_string() },
         Err(e) => {
             return Err(KubeError::Result {
                 dir: results.to_path_buf(),

@@ -12,7 +12,8 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 use super::transcript::{self, Transcript};
-use crate::engine::{Answer, EngineError, Exchange, Input, Owner, RunOutcome, RunSpec, Runner};
+use crate::artifact::pack_dir;
+use crate::engine::{self, Answer, EngineError, Exchange, Input, LogSink, Owner, RunOutcome, RunSpec, Runner};
 
 /// The most of a run's output kept (the rest is dropped: a log flood must not fill the volume).
 const LOG_MAX: usize = 16 << 20;
@@ -37,7 +38,7 @@ impl ProcessRunner {
     }
 
     async fn go(&self, spec: &RunSpec, exchange: Option<(&Exchange, &Answer<'_>)>) -> Result<RunOutcome, EngineError> {
-        let (uid, gid) = crate::engine::parse_user(&spec.user)?;
+        let (uid, gid) = engine::parse_user(&spec.user)?;
         // Started as root (never in a pod, whose security context forbids it): the run gets the
         // spec's user, as an engine would give it.
         let as_root = rustix::process::geteuid().is_root();
@@ -200,7 +201,7 @@ fn chown(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
 async fn collect(
     mut from: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
     log: Arc<Mutex<Vec<u8>>>,
-    follow: Option<crate::engine::LogSink>,
+    follow: Option<LogSink>,
 ) {
     let mut buf = vec![0u8; 64 << 10];
     while let Ok(n) = from.read(&mut buf).await {
@@ -226,7 +227,7 @@ fn output_tar(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
         Err(e) => return Err(e),
     };
     if meta.is_dir() {
-        return crate::artifact::pack_dir(path, "").map(Some).map_err(std::io::Error::other);
+        return pack_dir(path, "").map(Some).map_err(std::io::Error::other);
     }
     let mut b = tar::Builder::new(Vec::new());
     let name = path.file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("output"));
@@ -256,6 +257,7 @@ impl Runner for ProcessRunner {
 mod tests {
     use super::*;
     use crate::engine::{Limits, Volume};
+    use crate::testutil::tar_of;
 
     fn spec(root: &Path, script: &str) -> RunSpec {
         let scratch = root.join("scratch").display().to_string();
@@ -266,10 +268,7 @@ mod tests {
             user: "1000:1000".into(),
             workdir: scratch.clone(),
             scratch: scratch.clone(),
-            input: vec![
-                Input::user(crate::testutil::tar_of(&[("in/a.txt", b"a\n")])),
-                Input::root(crate::testutil::tar_of(&[("ro/b.txt", b"b\n")])),
-            ],
+            input: vec![Input::user(tar_of(&[("in/a.txt", b"a\n")])), Input::root(tar_of(&[("ro/b.txt", b"b\n")]))],
             volumes: vec![Volume { path: root.join("vol").display().to_string(), input: vec![] }],
             outputs: vec![format!("{scratch}/out"), format!("{scratch}/missing")],
             limits: Limits { timeout: Duration::from_secs(20), ..Limits::default() },
@@ -310,7 +309,7 @@ mod tests {
         assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.log));
         assert!(!out.timed_out);
         assert_eq!(out.outputs.len(), 1, "a missing output is left out");
-        let said = crate::engine::first_file(&out.outputs[0].1).unwrap();
+        let said = engine::first_file(&out.outputs[0].1).unwrap();
         assert_eq!(said, b"hello a\nmake -j2\n");
 
         let t = Transcript::read(&results).unwrap();

@@ -12,13 +12,17 @@ use std::path::{Path, PathBuf};
 use super::manifest::{self, BuildJob};
 use super::plan::{self, JobPlan, KubePlan, PodPair, CKMS_DIR, IN_IMAGE};
 use super::KubeError;
+use crate::artifact::pack_dir;
+use crate::build::{CONTAINER_SOURCES, CONTAINER_TREE};
 use crate::context::Context;
 use crate::error::Error;
-use crate::farm::plan::{Plan, Work};
+use crate::farm::plan::{FarmPlan, Work};
 use crate::image::archive::{self, ArchiveLayer};
+use crate::image::{assemble, DEFAULT_PIDS};
 use crate::oci::layer::layer;
 use crate::oci::registry::{push, Registry};
 use crate::oci::{tag_of, OciError};
+use crate::pair::inputs;
 
 /// Where the dynamic loader is in every image ckms assembles (x86-64, merged /usr).
 const LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
@@ -57,7 +61,13 @@ pub struct Rendered {
 }
 
 /// Renders the pairs `todo` of `plan` into `req.out`.
-pub async fn render(ctx: &Context, plan: &Plan, work: &Work, todo: &[usize], req: &Request) -> Result<Rendered, Error> {
+pub async fn render(
+    ctx: &Context,
+    plan: &FarmPlan,
+    work: &Work,
+    todo: &[usize],
+    req: &Request,
+) -> Result<Rendered, Error> {
     let out = &req.out;
     clear_previous(out)?;
     let scratch = tempfile::tempdir_in(ctx.cache.dir("tmp")?).map_err(KubeError::io(out))?;
@@ -86,7 +96,7 @@ pub async fn render(ctx: &Context, plan: &Plan, work: &Work, todo: &[usize], req
         let kernel = &plan.kernels[spec.kernel];
         let profile = ctx.catalog.profile(&spec.profile)?;
         let recipe = ctx.catalog.recipe("builder")?;
-        let assembled = crate::image::assemble(&ctx.cache, profile, recipe, &spec.plan, ctx.reporter()).await?;
+        let assembled = assemble(&ctx.cache, profile, recipe, &spec.plan, ctx.reporter()).await?;
         let index = ctx.index(profile).await?;
         let kernel_config = crate::kernel::config(&ctx.cache, &index, kernel, ctx.reporter()).await?;
         let keys: Vec<&str> = pairs.iter().map(|&i| plan.pairs[i].key.as_str()).collect();
@@ -103,7 +113,7 @@ pub async fn render(ctx: &Context, plan: &Plan, work: &Work, todo: &[usize], req
                     version: mv.version.clone(),
                     arch: p.arch.clone(),
                     visible: p.visible.iter().map(|v| (v.module.clone(), v.version.clone())).collect(),
-                    overrides: crate::pair::inputs::overrides(&conf_dir, mv, &kernel.release, &p.arch)
+                    overrides: inputs::overrides(&conf_dir, mv, &kernel.release, &p.arch)
                         .into_iter()
                         .map(|(n, b)| (n, String::from_utf8_lossy(&b).into_owned()))
                         .collect(),
@@ -121,10 +131,10 @@ pub async fn render(ctx: &Context, plan: &Plan, work: &Work, todo: &[usize], req
             timeout_secs: ctx.config.build_timeout().as_secs(),
             space_bytes: limits.space_mib.unwrap_or(4096) << 20,
             memory_bytes: limits.memory_mib.unwrap_or(4096) << 20,
-            pids: limits.pids.unwrap_or(crate::image::DEFAULT_PIDS),
+            pids: limits.pids.unwrap_or(DEFAULT_PIDS),
             kernel_config,
             module_location: profile.install.module_location.clone(),
-            image_sources: profile.relocated(crate::build::CONTAINER_SOURCES).map(str::to_string),
+            image_sources: profile.relocated(CONTAINER_SOURCES).map(str::to_string),
             pairs: pod_pairs,
         };
         let sources = work.sources(&kernel.profile).source_tree;
@@ -165,7 +175,7 @@ pub async fn render(ctx: &Context, plan: &Plan, work: &Work, todo: &[usize], req
             memory_bytes: job.memory_bytes,
             storage_bytes: job.space_bytes,
             tmp_bytes: 256 << 20,
-            scratch: vec![crate::build::CONTAINER_TREE.to_string(), crate::build::CONTAINER_SOURCES.to_string()],
+            scratch: vec![CONTAINER_TREE.to_string(), CONTAINER_SOURCES.to_string()],
             results_mount: RESULTS.to_string(),
         };
         objects.push((format!("job-{name}.yaml"), manifest::value(&manifest::job(&build, &req.claim))?));
@@ -291,7 +301,7 @@ fn inputs_layer(dir: &Path, job: &JobPlan, sources: &Path) -> Result<ArchiveLaye
         let root = sources.join(&name);
         // The source tree holds links to the sources as added: the layer holds their content.
         let root = std::fs::canonicalize(&root).map_err(KubeError::io(&root))?;
-        tars.push((crate::artifact::pack_dir(&root, &format!("{top}/src/{name}"))?, name));
+        tars.push((pack_dir(&root, &format!("{top}/src/{name}"))?, name));
     }
     let job_json = serde_json::to_vec_pretty(job).unwrap_or_default();
     Ok(layer(dir.join("inputs.tar"), |w| {

@@ -75,6 +75,7 @@ impl Runner for ReplayRunner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diagnose::{code, Diagnose};
 
     fn spec() -> RunSpec {
         RunSpec {
@@ -134,6 +135,6 @@ mod tests {
         std::fs::write(dir.path().join("output-0.tar"), b"other").unwrap();
         let err = e.run_exchange(&spec(), &ex, &ours).await.unwrap_err();
         assert!(err.to_string().contains("changed after its pod wrote it"), "{err}");
-        assert_eq!(crate::diagnose::Diagnose::exit_code(&err), crate::diagnose::code::CHECKSUM_MISMATCH);
+        assert_eq!(Diagnose::exit_code(&err), code::CHECKSUM_MISMATCH);
     }
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::KubeError;
+use crate::cache::sha256_hex;
 
 pub const FILE: &str = "transcript.json";
 /// The exchange's request, as the run wrote it.
@@ -45,7 +46,7 @@ impl Transcript {
             std::fs::create_dir_all(parent).map_err(KubeError::io(parent))?;
         }
         std::fs::write(&path, bytes).map_err(KubeError::io(&path))?;
-        self.sha256.insert(name.to_string(), crate::cache::sha256_hex(bytes));
+        self.sha256.insert(name.to_string(), sha256_hex(bytes));
         Ok(())
     }
 
@@ -72,7 +73,7 @@ impl Transcript {
         let expected = self.sha256.get(name).ok_or_else(|| tampered("not listed in the transcript".into()))?;
         let path = dir.join(name);
         let bytes = std::fs::read(&path).map_err(KubeError::io(&path))?;
-        let actual = crate::cache::sha256_hex(&bytes);
+        let actual = sha256_hex(&bytes);
         if &actual != expected {
             return Err(tampered(format!("sha256 {actual}, the transcript says {expected}")));
         }

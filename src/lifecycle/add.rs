@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use super::{Lifecycle, LifecycleError, ModuleVersion};
 use crate::error::Error;
+use crate::source::{self, from_deb, Origin};
+use crate::tree;
 
 /// What `add` was given.
 #[derive(Debug, Clone)]
@@ -34,7 +36,7 @@ impl Lifecycle<'_> {
             AddSource::Tree(mv) => mv.clone(),
             AddSource::Deb { file, learned_from } => {
                 let tmp = self.scratch_dir(file)?;
-                let unpacked = crate::source::from_deb(file, tmp.path(), learned_from.clone())?;
+                let unpacked = from_deb(file, tmp.path(), learned_from.clone())?;
                 let mv = match names {
                     Some(mv) => mv.clone(),
                     None => names_of(&unpacked.dir, &unpacked.name)?,
@@ -63,10 +65,10 @@ impl Lifecycle<'_> {
             Some(name) => self.ctx.catalog.profile(name)?,
             None => {
                 let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
-                crate::source::host_profile(&self.ctx.catalog, &os_release)?
+                source::host_profile(&self.ctx.catalog, &os_release)?
             }
         };
-        let (file, learned_from) = crate::source::fetch(self.ctx, profile, package).await?;
+        let (file, learned_from) = source::fetch(self.ctx, profile, package).await?;
         self.add(&AddSource::Deb { file, learned_from: Some(learned_from) }, names)
     }
 
@@ -75,7 +77,7 @@ impl Lifecycle<'_> {
     /// A package dpkg does not know is a warning: the build falls back to asking dpkg then.
     pub fn record_installed(&self, mv: &ModuleVersion, package: &str) -> Result<(), Error> {
         let name = format!("{}-{}", mv.module, mv.version);
-        match crate::source::installed(&self.roots.source_tree, &name, Some(package)) {
+        match source::installed(&self.roots.source_tree, &name, Some(package)) {
             Some(origin) => self.record_origin(mv, &origin),
             None => {
                 self.report().warn(format!("{mv}: the dpkg database has no installed package {package}"));
@@ -84,9 +86,9 @@ impl Lifecycle<'_> {
         }
     }
 
-    fn record_origin(&self, mv: &ModuleVersion, origin: &crate::source::Origin) -> Result<(), Error> {
+    fn record_origin(&self, mv: &ModuleVersion, origin: &Origin) -> Result<(), Error> {
         let dir = self.roots.module_dir(&mv.module, &mv.version);
-        origin.write(&dir).map_err(LifecycleError::io(dir.join(crate::source::origin::FILE)))?;
+        origin.write(&dir).map_err(LifecycleError::io(dir.join(source::origin::FILE)))?;
         self.report().info(format!("{mv} comes from the package {} {}", origin.package, origin.version));
         Ok(())
     }
@@ -138,7 +140,7 @@ impl Lifecycle<'_> {
             }
         }
         std::fs::create_dir_all(&dir).map_err(LifecycleError::io(&dir))?;
-        crate::tree::replace_symlink(&src, &link).map_err(LifecycleError::io(&link))?;
+        tree::replace_symlink(&src, &link).map_err(LifecycleError::io(&link))?;
         self.report().info(format!("Creating symlink {} -> {}", link.display(), src.display()));
         Ok(())
     }
@@ -161,7 +163,7 @@ impl Lifecycle<'_> {
                 let mv = ModuleVersion { module: get("PACKAGE_NAME")?, version: get("PACKAGE_VERSION")? };
                 // The names make the path the source is copied to: none may climb out.
                 for (directive, value) in [("PACKAGE_NAME", &mv.module), ("PACKAGE_VERSION", &mv.version)] {
-                    if !crate::tree::valid_name(value) {
+                    if !tree::valid_name(value) {
                         return Err(crate::conf::invalid(
                             &conf.display().to_string(),
                             directive,

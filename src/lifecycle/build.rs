@@ -5,10 +5,12 @@ use std::path::Path;
 
 use super::{KernelTarget, Lifecycle, LifecycleError, ModuleVersion};
 use crate::conf::{BuildPlan, KernelFacts};
+use crate::engine::LogSink;
 use crate::error::Error;
+use crate::pair::inputs;
 use crate::pair::realise::{self, Depends, Key, Limits, Realise, Realised, SignWith, UNSIGNED};
 use crate::pair::PairError;
-use crate::sign::{KeyPaths, Signer};
+use crate::sign::{self, KeyPaths, Signer};
 
 /// What `build` did for one (module, kernel).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -76,7 +78,7 @@ impl Lifecycle<'_> {
             .prefix(".ckms-build-")
             .tempdir_in(&module_dir)
             .map_err(LifecycleError::io(&module_dir))?;
-        let overrides = crate::pair::inputs::overrides(&self.ctx.config.conf_dir(), mv, &target.release, &arch);
+        let overrides = inputs::overrides(&self.ctx.config.conf_dir(), mv, &target.release, &arch);
         let source = self.source_dir(mv);
         let pair = Realise {
             mv,
@@ -91,9 +93,7 @@ impl Lifecycle<'_> {
             limits: Limits::of(&self.ctx.config),
             follow: self.opts.verbose.then(|| {
                 let report = self.ctx.report.clone();
-                crate::engine::LogSink(std::sync::Arc::new(move |b: &[u8]| {
-                    report.output(String::from_utf8_lossy(b).into_owned())
-                }))
+                LogSink(std::sync::Arc::new(move |b: &[u8]| report.output(String::from_utf8_lossy(b).into_owned())))
             }),
             signing: signing.as_ref().map(|(hash, key)| SignWith { hash: hash.clone(), key: key.as_key() }),
             report: self.report(),
@@ -143,7 +143,7 @@ impl Lifecycle<'_> {
     /// CONFIG_MODULE_SIG_HASH or signing is turned off, each said in one line. An existing
     /// pair is loaded (and checked) now; ckms's own, when missing, is made after the build.
     fn signing(&self, kconfig: Option<&str>) -> Result<Option<(String, TreeKey)>, Error> {
-        let Some(hash) = kconfig.and_then(crate::sign::kernel_hash) else {
+        let Some(hash) = kconfig.and_then(sign::kernel_hash) else {
             self.report().info("The kernel is built without module signing facility, modules won't be signed");
             return Ok(None);
         };
@@ -152,10 +152,10 @@ impl Lifecycle<'_> {
             return Ok(None);
         }
         let paths = self.ctx.config.key_locations(&self.roots.dkms_tree).resolve(None, None);
-        let key = if crate::sign::needs_generating(&paths) {
+        let key = if sign::needs_generating(&paths) {
             TreeKey::Made(paths)
         } else {
-            TreeKey::Loaded(Box::new(Signer::load(&paths, crate::sign::pin().as_deref())?))
+            TreeKey::Loaded(Box::new(Signer::load(&paths, sign::pin().as_deref())?))
         };
         let shown = key.paths();
         self.report().info(format!(

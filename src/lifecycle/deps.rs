@@ -3,19 +3,20 @@
 //! image) and the other modules of the tree (dkms shows them under /usr/src and in its tree).
 
 use super::{Lifecycle, ModuleVersion};
-use crate::build::{BuiltView, Sibling};
+use crate::build::{BuiltView, Sibling, CONTAINER_SOURCES};
+use crate::image::Plan;
 use crate::pair::inputs::{extra_packages, Extra};
 use crate::profile::Profile;
-use crate::repo::Index;
-use crate::source::Origin;
+use crate::repo::relation::parse_relation;
+use crate::repo::{Index, Package};
+use crate::source::{self, Origin};
 
 impl Lifecycle<'_> {
     /// The Debian package `mv` came from: the record made at `add`, else the installed package
     /// owning its dkms.conf in the dpkg database beside the source tree.
     pub fn origin(&self, mv: &ModuleVersion) -> Option<Origin> {
-        Origin::read(&self.roots.module_dir(&mv.module, &mv.version)).or_else(|| {
-            crate::source::installed(&self.roots.source_tree, &format!("{}-{}", mv.module, mv.version), None)
-        })
+        Origin::read(&self.roots.module_dir(&mv.module, &mv.version))
+            .or_else(|| source::installed(&self.roots.source_tree, &format!("{}-{}", mv.module, mv.version), None))
     }
 
     /// The extra packages for building `mv` on `profile`'s kernels.
@@ -26,13 +27,7 @@ impl Lifecycle<'_> {
 
     /// Says which packages `plan` adds to the builder image for `mv` and why, and where the
     /// module sources its package depends on are (or that they are missing).
-    pub(super) fn report_extra(
-        &self,
-        mv: &ModuleVersion,
-        extra: &Extra,
-        plan: &crate::image::Plan,
-        siblings: &[Sibling],
-    ) {
+    pub(super) fn report_extra(&self, mv: &ModuleVersion, extra: &Extra, plan: &Plan, siblings: &[Sibling]) {
         let added: Vec<&str> = plan
             .layers
             .iter()
@@ -41,8 +36,8 @@ impl Lifecycle<'_> {
             .map(|p| p.name.as_str())
             .collect();
         let in_layer = |root: &String| {
-            let name = crate::repo::relation::parse_relation(root).map(|r| r.name).unwrap_or_else(|_| root.clone());
-            let named = |p: &&crate::repo::Package| p.name == name || p.provides.iter().any(|r| r.name == name);
+            let name = parse_relation(root).map(|r| r.name).unwrap_or_else(|_| root.clone());
+            let named = |p: &&Package| p.name == name || p.provides.iter().any(|r| r.name == name);
             plan.layers.iter().filter(|l| l.name == "extra").flat_map(|l| &l.packages).any(|p| named(&p))
         };
         let mut why = Vec::new();
@@ -69,12 +64,9 @@ impl Lifecycle<'_> {
                     || Origin::read(&self.roots.module_dir(&s.module, &s.version)).is_some_and(|o| o.package == *source)
             });
             said.push(match found {
-                Some(s) => format!(
-                    "{source} is a module source (visible at {}/{}-{})",
-                    crate::build::CONTAINER_SOURCES,
-                    s.module,
-                    s.version
-                ),
+                Some(s) => {
+                    format!("{source} is a module source (visible at {}/{}-{})", CONTAINER_SOURCES, s.module, s.version)
+                }
                 None => format!("{source} is a module source, but not in the tree: the build will not see it"),
             });
         }

@@ -3,9 +3,11 @@
 //! PRE_INSTALL, POST_INSTALL and POST_REMOVE scripts run in the sandbox, never on the host.
 
 use super::{KernelTarget, Lifecycle, LifecycleError, Manifest, ManifestModule, ModuleVersion};
+use crate::build::run_script;
 use crate::error::Error;
-use crate::install::{Depmod, HostDepmod, ModuleFile, Target};
+use crate::install::{self, Depmod, HostDepmod, ModuleFile, Target};
 use crate::pair::substitute::{SourceDir, Substitute, Want};
+use crate::sign::{self, SignError};
 
 /// What `install` or `uninstall` did for one (module, kernel).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -75,7 +77,7 @@ impl Lifecycle<'_> {
         {
             let _lock = self.lock()?;
             let t = self.target(mv, &kernel, &arch);
-            crate::install::install(&t, &files, self.depmod().as_ref().map(|d| d as &dyn Depmod))?;
+            install::install(&t, &files, self.depmod().as_ref().map(|d| d as &dyn Depmod))?;
         }
         let listed: Vec<String> = files
             .iter()
@@ -106,7 +108,7 @@ impl Lifecycle<'_> {
         {
             let _lock = self.lock()?;
             let t = self.target(mv, &kernel, &arch);
-            crate::install::uninstall(&t, &files, self.depmod().as_ref().map(|d| d as &dyn Depmod))?;
+            install::uninstall(&t, &files, self.depmod().as_ref().map(|d| d as &dyn Depmod))?;
         }
         self.report().info(format!("Module {mv} for kernel {kernel} ({arch}) uninstalled"));
         if let Some(script) = &manifest.post_remove {
@@ -186,10 +188,10 @@ impl Lifecycle<'_> {
         let required = manifest.sig_hash.is_some() && self.ctx.config.sign_enabled();
         let mut cert = None;
         for f in files {
-            let (module, _) = crate::sign::read_module(&f.file)?;
-            if !module.ends_with(crate::sign::format::MAGIC) {
+            let (module, _) = sign::read_module(&f.file)?;
+            if !module.ends_with(sign::format::MAGIC) {
                 if required {
-                    return Err(crate::sign::SignError::NotSigned { path: f.file.clone() }.into());
+                    return Err(SignError::NotSigned { path: f.file.clone() }.into());
                 }
                 continue;
             }
@@ -197,17 +199,17 @@ impl Lifecycle<'_> {
                 Some(c) => c,
                 None => {
                     let paths = self.ctx.config.key_locations(&self.roots.dkms_tree).resolve(None, None);
-                    let loaded = crate::sign::keys::load_cert(&paths.cert).map_err(|e| match e {
+                    let loaded = sign::keys::load_cert(&paths.cert).map_err(|e| match e {
                         // Built elsewhere (ldtarball): the certificate of the key that signed them.
-                        crate::sign::SignError::CertMissing { path } => {
-                            crate::sign::SignError::NoCertToVerify { path, signed_by: manifest.signed_by.clone() }
+                        SignError::CertMissing { path } => {
+                            SignError::NoCertToVerify { path, signed_by: manifest.signed_by.clone() }
                         }
                         other => other,
                     })?;
                     cert.insert((loaded, paths.cert))
                 }
             };
-            let v = crate::sign::verify(&module, cert, &f.file, cert_path)?;
+            let v = sign::verify(&module, cert, &f.file, cert_path)?;
             self.report()
                 .info(format!("Signature of {}.ko verified ({}, {})", f.dest_name, v.signer.signer, v.signer.hash));
         }
@@ -247,8 +249,7 @@ impl Lifecycle<'_> {
         let conn = self.engine().await?;
         let recipe = self.ctx.catalog.recipe("builder")?;
         let outcome =
-            crate::build::run_script(conn.engine.as_ref(), recipe, &manifest.image, &source, mv_vars(manifest), script)
-                .await?;
+            run_script(conn.engine.as_ref(), recipe, &manifest.image, &source, mv_vars(manifest), script).await?;
         let log = String::from_utf8_lossy(&outcome.log);
         if !log.trim().is_empty() {
             self.report().info(log.trim_end().to_string());
@@ -288,6 +289,7 @@ mod tests {
     use crate::diagnose::code;
     use crate::pair::substitute::SubstitutedModule;
     use crate::sign::{keys, Locations, Signer};
+    use crate::tree::Roots;
     use std::path::Path;
 
     /// ckms's own pair in the tree of `root`.
@@ -296,7 +298,7 @@ mod tests {
         keys::generate(&loc.resolve(None, None), false).unwrap()
     }
 
-    async fn install(root: &Path, roots: crate::tree::Roots) -> Result<InstallOutcome, Error> {
+    async fn install(root: &Path, roots: Roots) -> Result<InstallOutcome, Error> {
         let ctx = context(root);
         let opts = super::super::Options { depmod: false, ..Default::default() };
         let lc = Lifecycle::new(&ctx, roots, opts);
@@ -321,12 +323,12 @@ mod tests {
         assert!(unsigned.to_string().contains("is not signed"), "{unsigned}");
         assert!(!installed(root), "an unsigned module was installed");
 
-        let foreign = crate::sign::sign(b"\x7fELF", &theirs, "sha256", p).unwrap();
+        let foreign = sign::sign(b"\x7fELF", &theirs, "sha256", p).unwrap();
         let err = install(root, built(root, &foreign, true)).await.unwrap_err();
         assert_eq!(err.exit_code(), code::BAD_MODULE_SIGNATURE, "{err}");
         assert!(!installed(root), "a module signed by another key was installed");
 
-        let good = crate::sign::sign(b"\x7fELF", &ours, "sha256", p).unwrap();
+        let good = sign::sign(b"\x7fELF", &ours, "sha256", p).unwrap();
         install(root, built(root, &good, true)).await.unwrap();
         assert!(installed(root));
     }
@@ -334,7 +336,7 @@ mod tests {
     /// m/1 from a cache's entry, placed as the built dir of kernel k; then installed.
     async fn install_prebuilt(root: &Path, signed: Option<(String, String)>) -> Result<InstallOutcome, Error> {
         let ctx = context(root);
-        let roots = crate::tree::Roots::under(root, "/var/lib/ckms");
+        let roots = Roots::under(root, "/var/lib/ckms");
         let src = roots.source_tree.join("m-1");
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("dkms.conf"), "PACKAGE_NAME=m\nPACKAGE_VERSION=1\nAUTOINSTALL=yes\n").unwrap();

@@ -22,10 +22,14 @@ use std::path::{Path, PathBuf};
 use tokio::sync::OnceCell;
 
 use crate::context::Context;
+use crate::diagnose::code::SKIPPED;
 use crate::engine::Connection;
 use crate::error::Error;
+use crate::install::TreeLock;
 use crate::pair::substitute::Substituter;
-use crate::tree::Roots;
+use crate::repo::version;
+use crate::report::Reporter;
+use crate::tree::{self, Roots};
 
 /// A kernel as dkms's `-k kver/arch` names it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -79,7 +83,7 @@ impl<'a> Lifecycle<'a> {
         Ok(conn)
     }
 
-    fn report(&self) -> &dyn crate::report::Reporter {
+    fn report(&self) -> &dyn Reporter {
         self.ctx.reporter()
     }
 
@@ -90,15 +94,14 @@ impl<'a> Lifecycle<'a> {
 
     /// The versions of `module` in the tree, oldest first.
     pub fn versions(&self, module: &str) -> Vec<String> {
-        let mut v: Vec<String> =
-            crate::tree::status(&self.roots, Some(module)).into_iter().map(|s| s.version).collect();
+        let mut v: Vec<String> = tree::status(&self.roots, Some(module)).into_iter().map(|s| s.version).collect();
         v.dedup();
         v
     }
 
     /// Every module/version in the tree.
     pub fn all(&self) -> Vec<ModuleVersion> {
-        let mut all: Vec<ModuleVersion> = crate::tree::status(&self.roots, None)
+        let mut all: Vec<ModuleVersion> = tree::status(&self.roots, None)
             .into_iter()
             .map(|s| ModuleVersion { module: s.module, version: s.version })
             .collect();
@@ -129,7 +132,7 @@ impl<'a> Lifecycle<'a> {
 /// would climb out of their directory.
 fn check_names<'n>(names: impl IntoIterator<Item = &'n str>) -> Result<(), Error> {
     for name in names {
-        if !crate::tree::valid_name(name) {
+        if !tree::valid_name(name) {
             return Err(Error::usage(
                 format!("{name:?} is not a module name or version"),
                 Some("names are single path components: no '/', blanks, or leading '.'".into()),
@@ -151,15 +154,15 @@ fn source_versions(source_tree: &Path, module: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default();
-    out.sort_by(|a, b| crate::repo::version::compare(a, b));
+    out.sort_by(|a, b| version::compare(a, b));
     out
 }
 
 impl Lifecycle<'_> {
     /// The tree's lock, held while the tree or the install tree changes (not while building).
-    fn lock(&self) -> Result<crate::install::TreeLock, Error> {
+    fn lock(&self) -> Result<TreeLock, Error> {
         let report = self.report();
-        Ok(crate::install::TreeLock::acquire(&self.roots.dkms_tree, |msg| report.info(msg.to_string()))?)
+        Ok(TreeLock::acquire(&self.roots.dkms_tree, |msg| report.info(msg.to_string()))?)
     }
 
     /// `autoinstall -k K`: build and install, for K, the newest version of every module in the
@@ -184,7 +187,7 @@ impl Lifecycle<'_> {
                 Err(e) => {
                     let code = e.exit_code();
                     // Skipped by BUILD_EXCLUSIVE is not a failure, as in dkms.
-                    AutoResult { module: mv, ok: code == crate::diagnose::code::SKIPPED, code, message: e.to_string() }
+                    AutoResult { module: mv, ok: code == SKIPPED, code, message: e.to_string() }
                 }
             };
             results.push(outcome);

@@ -3,6 +3,7 @@
 
 use super::{KernelTarget, Lifecycle, LifecycleError, ModuleVersion};
 use crate::error::Error;
+use crate::tree;
 
 impl Lifecycle<'_> {
     /// Uninstalls (if installed) and deletes the build of `mv` for `target`.
@@ -51,7 +52,7 @@ impl Lifecycle<'_> {
 
     /// The (kernel, arch) pairs `mv` is built for.
     pub fn built_kernels(&self, mv: &ModuleVersion) -> Vec<KernelTarget> {
-        crate::tree::status(&self.roots, Some(&mv.module))
+        tree::status(&self.roots, Some(&mv.module))
             .into_iter()
             .filter(|s| s.version == mv.version)
             .filter_map(|s| Some(KernelTarget { release: s.kernel?, arch: s.arch }))

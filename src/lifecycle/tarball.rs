@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{add, KernelTarget, Lifecycle, LifecycleError, Manifest, ModuleVersion};
+use crate::artifact;
 use crate::error::Error;
 
 /// Which parts `mktarball` writes.
@@ -119,7 +120,7 @@ impl Lifecycle<'_> {
     pub(super) fn unpack(&self, file: &Path) -> Result<tempfile::TempDir, Error> {
         let tmp = self.scratch_dir(file)?;
         let bytes = std::fs::File::open(file).map_err(LifecycleError::io(file))?;
-        crate::artifact::unpack(flate2::read::MultiGzDecoder::new(bytes), tmp.path(), 0, 4 << 30)?;
+        artifact::unpack(flate2::read::MultiGzDecoder::new(bytes), tmp.path(), 0, 4 << 30)?;
         Ok(tmp)
     }
 
@@ -250,6 +251,8 @@ mod tests {
     use super::super::{AddSource, InstallOutcome, Options};
     use super::*;
     use crate::diagnose::code;
+    use crate::testutil::tar_entries;
+    use crate::tree::{self, Roots};
 
     const CONF: &str =
         "PACKAGE_NAME=m\nPACKAGE_VERSION=1\nBUILT_MODULE_NAME[0]=m\nDEST_MODULE_LOCATION[0]=/updates/dkms\n";
@@ -263,7 +266,7 @@ mod tests {
     }
 
     /// m/1 added from its source and built for k, in a tree under `root`.
-    fn farm(root: &Path) -> crate::tree::Roots {
+    fn farm(root: &Path) -> Roots {
         let roots = built(root, b"\x7fELF", false);
         let src = roots.source_tree.join("m-1");
         std::fs::create_dir_all(&src).unwrap();
@@ -273,7 +276,7 @@ mod tests {
     }
 
     fn lines(lc: &Lifecycle<'_>) -> Vec<String> {
-        crate::tree::status(&lc.roots, None).iter().map(ToString::to_string).collect()
+        tree::status(&lc.roots, None).iter().map(ToString::to_string).collect()
     }
 
     #[tokio::test]
@@ -289,7 +292,7 @@ mod tests {
 
         // dkms's layout: the names and the dkms.conf, the build with its record; no source.
         let gz = flate2::read::GzDecoder::new(std::fs::File::open(&file).unwrap());
-        let entries = crate::testutil::tar_entries(gz);
+        let entries = tar_entries(gz);
         let get = |name: &str| entries.iter().find(|(n, _)| n.trim_end_matches('/') == name).map(|(_, c)| c.clone());
         assert_eq!(get("dkms_binaries_only/PACKAGE_NAME").as_deref(), Some(&b"m\n"[..]));
         assert_eq!(get("dkms_binaries_only/PACKAGE_VERSION").as_deref(), Some(&b"1\n"[..]));
@@ -300,7 +303,7 @@ mod tests {
 
         // Another machine: the dkms.conf alone stands for the source, as with dkms.
         let host_ctx = context(&host_root);
-        let roots = crate::tree::Roots::under(&host_root, "/var/lib/ckms");
+        let roots = Roots::under(&host_root, "/var/lib/ckms");
         let host = Lifecycle::new(&host_ctx, roots, Options { depmod: false, ..Options::default() });
         assert_eq!(host.ldtarball(&file).unwrap(), mv());
         assert!(host.is_binaries_only(&mv()));
@@ -357,7 +360,7 @@ mod tests {
         tar.append_data(&mut file_header(1), "dkms_main_tree/k/x86_64/module/m.ko", &b"x"[..]).unwrap();
         tar.into_inner().unwrap().finish().unwrap();
         let ctx = context(dir.path());
-        let lc = Lifecycle::new(&ctx, crate::tree::Roots::under(dir.path(), "/var/lib/ckms"), Options::default());
+        let lc = Lifecycle::new(&ctx, Roots::under(dir.path(), "/var/lib/ckms"), Options::default());
         let err = lc.ldtarball(&file).unwrap_err();
         assert!(err.to_string().contains("is not a valid DKMS tarball"), "{err}");
         assert_eq!(lines(&lc), Vec::<String>::new());

@@ -3,7 +3,7 @@
 use super::Manifest;
 use super::{KernelTarget, Lifecycle, LifecycleError, ModuleVersion};
 use crate::error::Error;
-use crate::verify::Verification;
+use crate::verify::{self, Subject, Verification};
 
 impl Lifecycle<'_> {
     /// Boots `target` in a VM and loads `mv`'s built modules (with their in-tree dependencies).
@@ -21,18 +21,14 @@ impl Lifecycle<'_> {
         }
         // The build record names the modules, as install reads them.
         let files: Vec<_> = Manifest::read(&built_dir)?.modules.iter().map(|m| built_dir.join(&m.file)).collect();
-        self.verify_subject(&target.release, crate::verify::Subject::Files(&files)).await
+        self.verify_subject(&target.release, Subject::Files(&files)).await
     }
 
     /// Boots kernel `release` in a VM and loads `subject` into it.
-    pub async fn verify_subject(
-        &self,
-        release: &str,
-        subject: crate::verify::Subject<'_>,
-    ) -> Result<Verification, Error> {
+    pub async fn verify_subject(&self, release: &str, subject: Subject<'_>) -> Result<Verification, Error> {
         let engine = self.engine().await?;
-        let v = crate::verify::verify(self.ctx, engine.engine.as_ref(), release, self.opts.profile.as_deref(), subject)
-            .await?;
+        let v =
+            verify::verify(self.ctx, engine.engine.as_ref(), release, self.opts.profile.as_deref(), subject).await?;
         for m in v.dependencies.iter().chain(&v.modules) {
             let status = match m.reason() {
                 None => "loaded".to_string(),

@@ -10,14 +10,18 @@ use std::path::Path;
 
 use super::key::{tree_digest, Inputs, SiblingInput};
 use super::{ModuleVersion, PairError};
+use crate::build::DRIVER;
+use crate::cache::sha256_hex;
+use crate::conf::eval_script;
 use crate::config::Config;
 use crate::context::Context;
 use crate::error::Error;
+use crate::image::Plan;
 use crate::kernel::Kernel;
 use crate::profile::Profile;
 use crate::repo::Index;
 use crate::report::Reporter;
-use crate::source::Origin;
+use crate::source::{build_deps, Origin};
 
 /// One module source, as put into one profile's source tree.
 #[derive(Debug, Clone)]
@@ -115,7 +119,7 @@ pub fn extra_packages(
             return extra;
         }
     };
-    let deps = crate::source::build_deps(&groups, profile, index);
+    let deps = build_deps(&groups, profile, index);
     for missing in &deps.unavailable {
         report.warn(format!(
             "{mv}: {missing} (from {}'s Depends) is not in {}'s repository: left out of the builder image",
@@ -154,7 +158,7 @@ pub struct ImageSpec {
     pub profile: String,
     pub kernel: usize,
     pub extra: Vec<String>,
-    pub plan: crate::image::Plan,
+    pub plan: Plan,
     /// Digest of the packages in its layers (name, version, SHA-256): its identity in keys.
     pub lock: String,
 }
@@ -241,7 +245,7 @@ pub fn kernel_pairs(
             source: src.digest.clone(),
             overrides: overrides(&conf_dir, &src.mv, &kernel.release, &arch)
                 .into_iter()
-                .map(|(name, bytes)| (name, crate::cache::sha256_hex(&bytes)))
+                .map(|(name, bytes)| (name, sha256_hex(&bytes)))
                 .collect(),
             image_lock: images[image].lock.clone(),
             kernel: kernel.release.clone(),
@@ -288,20 +292,20 @@ fn order(sources: &[Source], here: &[usize]) -> Vec<usize> {
 
 /// What the image holds, package by package, and how the profile lays it out: the suites'
 /// dates are left out, so that a fresh index with the same packages keeps the keys.
-fn lock_digest(plan: &crate::image::Plan, profile: &Profile) -> String {
+fn lock_digest(plan: &Plan, profile: &Profile) -> String {
     let lock = plan.lock();
     // The profile's file system settings (links its maintainer scripts would have made) shape
     // the image as much as its packages do.
     let filesystem = format!("{:?}", profile.filesystem);
     let doc = serde_json::json!({ "recipe": lock.recipe, "kernel": lock.kernel, "layers": lock.layers, "filesystem": filesystem });
-    crate::cache::sha256_hex(doc.to_string().as_bytes())
+    sha256_hex(doc.to_string().as_bytes())
 }
 
 /// The build's own scripts and the builder recipe: the first of a key's inputs.
 pub fn recipe_digest(ctx: &Context) -> Result<String, Error> {
     let recipe = ctx.catalog.recipe("builder")?;
-    let text = format!("{}\n{}\n{recipe:?}", crate::build::DRIVER, crate::conf::eval_script());
-    Ok(crate::cache::sha256_hex(text.as_bytes()))
+    let text = format!("{}\n{}\n{recipe:?}", DRIVER, eval_script());
+    Ok(sha256_hex(text.as_bytes()))
 }
 
 #[cfg(test)]

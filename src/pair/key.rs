@@ -12,6 +12,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
+use crate::cache::{hash_reader, sha256_hex};
+
 /// Bumped whenever the meaning of a key's inputs changes.
 pub const FORMAT: u32 = 1;
 
@@ -52,7 +54,7 @@ impl Inputs {
         canon.siblings.sort_by(|a, b| (&a.module, &a.version).cmp(&(&b.module, &b.version)));
         canon.depends.sort();
         let doc = serde_json::json!({ "format": FORMAT, "inputs": canon });
-        crate::cache::sha256_hex(doc.to_string().as_bytes())
+        sha256_hex(doc.to_string().as_bytes())
     }
 }
 
@@ -89,7 +91,7 @@ fn collect(root: &Path, rel: &Path, out: &mut Vec<(String, String)>, total: &mut
             out.push((shown, format!("d {mode:o}")));
             collect(root, &rel, out, total)?;
         } else if meta.is_file() {
-            let (sha, size) = crate::cache::hash_reader(std::fs::File::open(root.join(&rel))?)?;
+            let (sha, size) = hash_reader(std::fs::File::open(root.join(&rel))?)?;
             out.push((shown, format!("f {mode:o} {size} {sha}")));
             *total += size;
         } else {

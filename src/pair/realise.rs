@@ -9,15 +9,16 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{Manifest, ManifestModule, ModuleVersion, PairError};
-use crate::build::{status, Built, Job, Ran, Sibling};
-use crate::conf::{BuildPlan, ConfError, DestPolicy, KernelFacts, RawConf, Resolved};
+use crate::build::{self, run_build, status, BuildError, BuildSpec, Built, Failure, Ran, Sibling, CONTAINER_SOURCES};
+use crate::conf::{self, BuildPlan, ConfError, DestPolicy, KernelFacts, RawConf, Resolved};
 use crate::config::Config;
 use crate::diagnose::code;
 use crate::engine::{LogSink, Runner};
+use crate::image::DEFAULT_PIDS;
 use crate::install::compress::Compression;
 use crate::profile::{Profile, Recipe};
 use crate::report::Reporter;
-use crate::sign::{KeyPaths, Signer};
+use crate::sign::{self, KeyPaths, Signer};
 
 /// Where a staged result keeps each module as the build made it (stripped, unsigned), beside
 /// the signed and compressed one in `module/`.
@@ -43,7 +44,7 @@ impl Limits {
             timeout: config.build_timeout(),
             space_bytes: b.space_mib.unwrap_or(DEFAULT_SPACE_MIB) << 20,
             memory_bytes: b.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB) << 20,
-            pids: b.pids.unwrap_or(crate::image::DEFAULT_PIDS),
+            pids: b.pids.unwrap_or(DEFAULT_PIDS),
         }
     }
 }
@@ -138,8 +139,8 @@ pub struct Failed {
 
 impl Failed {
     /// The failure as the build's error, with make.log kept at `log`.
-    pub fn into_error(self, mv: &ModuleVersion, kernel: &str, arch: &str, log: PathBuf) -> crate::build::BuildError {
-        crate::build::BuildError::Failed(Box::new(crate::build::Failure {
+    pub fn into_error(self, mv: &ModuleVersion, kernel: &str, arch: &str, log: PathBuf) -> BuildError {
+        BuildError::Failed(Box::new(Failure {
             what: self.what,
             module: mv.module.clone(),
             version: mv.version.clone(),
@@ -163,13 +164,13 @@ pub async fn realise(
     let conf_path = r.source.join("dkms.conf");
     let conf = std::fs::read(&conf_path).map_err(|_| PairError::NoConf(conf_path.clone()))?;
     let origin = conf_path.display().to_string();
-    let vars = crate::build::vars(&mv.module, &mv.version, release, arch);
-    let job = Job {
+    let vars = build::vars(&mv.module, &mv.version, release, arch);
+    let job = BuildSpec {
         recipe: r.recipe,
         image: r.image,
         source: r.source,
         siblings: r.siblings,
-        image_sources: r.profile.relocated(crate::build::CONTAINER_SOURCES),
+        image_sources: r.profile.relocated(CONTAINER_SOURCES),
         conf: &conf,
         overrides: r.overrides,
         origin: &origin,
@@ -191,7 +192,7 @@ pub async fn realise(
         None
     };
     let resolve = |raw: Result<RawConf, ConfError>| {
-        let resolved = match raw.and_then(|raw| crate::conf::resolve(&raw, &r.kernel, &dest)) {
+        let resolved = match raw.and_then(|raw| conf::resolve(&raw, &r.kernel, &dest)) {
             Ok(resolved) => resolved,
             Err(e) => return stopped(Realised::Refused(e.into())),
         };
@@ -223,17 +224,16 @@ pub async fn realise(
     };
     r.report.info(format!("Building module {mv} for kernel {release} ({arch}) in {}", r.image));
     let out = work.join("out");
-    let ran = match crate::build::run_build(runner, &job, &resolve, &out).await {
+    let ran = match run_build(runner, &job, &resolve, &out).await {
         Ok(ran) => ran,
-        Err(crate::build::BuildError::Conf(e)) => return Ok(Realised::Refused(e.into())),
+        Err(BuildError::Conf(e)) => return Ok(Realised::Refused(e.into())),
         Err(e) => return Err(e.into()),
     };
     let (plan, built) = match ran {
         Ran::Built { plan, built } => (plan, built),
         Ran::Stopped => {
             let why = stop.into_inner().ok().flatten();
-            return why
-                .ok_or_else(|| crate::build::BuildError::Input(std::io::Error::other("the build stopped")).into());
+            return why.ok_or_else(|| BuildError::Input(std::io::Error::other("the build stopped")).into());
         }
     };
     if built.timed_out || built.space_exceeded || built.status != 0 {
@@ -244,7 +244,7 @@ pub async fn realise(
     }
     // A module the driver copied but that came back as something else (a link planted
     // after the copy) was refused by the unpacker: missing here.
-    let wanted = |m: &crate::conf::Module| out.join("modules").join(format!("{}.ko", m.built_name));
+    let wanted = |m: &conf::Module| out.join("modules").join(format!("{}.ko", m.built_name));
     let lost: Vec<String> = plan
         .modules
         .iter()
@@ -265,7 +265,7 @@ fn stage(r: &Realise<'_>, plan: &BuildPlan, built: &Built, out: &Path, dir: &Pat
     let signing = match &r.signing {
         Some(SignWith { hash, key: Key::Loaded(signer) }) => Some((*signer, hash)),
         Some(SignWith { hash, key: Key::Made(paths) }) => {
-            made = crate::sign::signer(paths, crate::sign::pin().as_deref(), r.report)?;
+            made = sign::signer(paths, sign::pin().as_deref(), r.report)?;
             Some((&made, hash))
         }
         None => None,
@@ -284,7 +284,7 @@ fn stage(r: &Realise<'_>, plan: &BuildPlan, built: &Built, out: &Path, dir: &Pat
         // dkms's order: strip (done in the sandbox), sign, compress.
         if let Some((signer, hash)) = &signing {
             r.report.info(format!("Signing module {}.ko ({hash})", m.built_name));
-            bytes = crate::sign::sign(&bytes, signer, hash, &from)?;
+            bytes = sign::sign(&bytes, signer, hash, &from)?;
         }
         let file = PathBuf::from("module").join(format!("{}.ko{}", m.built_name, compression.suffix()));
         let packed = compression.compress(&bytes).map_err(PairError::io(&from))?;
@@ -311,7 +311,7 @@ fn stage(r: &Realise<'_>, plan: &BuildPlan, built: &Built, out: &Path, dir: &Pat
         pre_install: plan.hooks.pre_install.clone(),
         post_install: plan.hooks.post_install.clone(),
         post_remove: plan.hooks.post_remove.clone(),
-        sig_hash: kconfig.and_then(crate::sign::kernel_hash),
+        sig_hash: kconfig.and_then(sign::kernel_hash),
         signed_by: signing.as_ref().map(|(signer, _)| signer.fingerprint()),
         make_seconds: built.make_seconds,
     };

@@ -23,6 +23,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+use crate::cache::sha256_hex;
 use crate::context::Context;
 use crate::diagnose::{code, Diagnose};
 use crate::error::Error;
@@ -311,7 +312,7 @@ pub(crate) async fn lookup(
         if bytes.len() as u64 != file.size {
             return Err(tampered(format!("{} bytes, the index says {}", bytes.len(), file.size)));
         }
-        let sha = crate::cache::sha256_hex(&bytes);
+        let sha = sha256_hex(&bytes);
         if sha != file.sha256 {
             return Err(tampered(format!("SHA-256 {sha}, the index says {}", file.sha256)));
         }

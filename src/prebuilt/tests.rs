@@ -17,7 +17,7 @@ fn published(dir: &Path) -> (HashMap<String, Vec<u8>>, Keyring) {
         pair(dir, "other", KERNEL, "other.ko", b"signed other"),
     ];
     let out = dir.join("cache");
-    crate::publish::cache::write(&out, &pairs, &key).unwrap();
+    format::write(&out, &pairs, &key).unwrap();
     let mut files = HashMap::new();
     let mut stack = vec![out.clone()];
     while let Some(d) = stack.pop() {

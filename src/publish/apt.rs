@@ -20,15 +20,16 @@ use std::io::Write;
 use std::path::Path;
 
 use super::deb::{self, Entry};
-use super::openpgp::Signer;
-use super::pairs::Pair;
+use super::openpgp::RepoSigner;
+use super::pairs::BuiltPair;
 use super::{write_file, PublishError};
+use crate::cache::sha256_hex;
 
 pub const KEYRING: &str = "ckms-archive-keyring.gpg";
 const COMPONENT: &str = "main";
 
 /// Writes the repository of `pairs` into `out` (empty); what a host adds to its sources.
-pub fn write(out: &Path, pairs: &[Pair], signer: &dyn Signer) -> Result<Vec<String>, PublishError> {
+pub fn write(out: &Path, pairs: &[BuiltPair], signer: &dyn RepoSigner) -> Result<Vec<String>, PublishError> {
     let maintainer = signer.user_id().unwrap_or_else(|| "ckms farm <root@localhost>".into());
     // (suite, arch) -> Packages stanzas, in package order.
     let mut indexes: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
@@ -52,11 +53,7 @@ pub fn write(out: &Path, pairs: &[Pair], signer: &dyn Signer) -> Result<Vec<Stri
         let first = name.chars().next().unwrap_or('_');
         let filename = format!("pool/{COMPONENT}/{first}/{name}/{name}_{version}_{arch}.deb");
         write_file(out, &filename, &bytes)?;
-        let stanza = format!(
-            "{text}Filename: {filename}\nSize: {}\nSHA256: {}\n",
-            bytes.len(),
-            crate::cache::sha256_hex(&bytes)
-        );
+        let stanza = format!("{text}Filename: {filename}\nSize: {}\nSHA256: {}\n", bytes.len(), sha256_hex(&bytes));
         indexes.entry((pair.target.suite.clone(), arch.clone())).or_default().push(stanza);
         let e = epochs.entry(pair.target.suite.clone()).or_default();
         *e = (*e).max(pair.epoch);
@@ -73,7 +70,7 @@ pub fn write(out: &Path, pairs: &[Pair], signer: &dyn Signer) -> Result<Vec<Stri
                 [("Packages", packages.as_bytes().to_vec()), ("Packages.gz", gzip(packages.as_bytes())?)]
             {
                 write_file(out, &format!("dists/{suite}/{dir}/{name}"), &bytes)?;
-                sums.push(format!(" {} {:>8} {dir}/{name}", crate::cache::sha256_hex(&bytes), bytes.len()));
+                sums.push(format!(" {} {:>8} {dir}/{name}", sha256_hex(&bytes), bytes.len()));
             }
         }
         let release = format!(
@@ -101,7 +98,7 @@ pub fn write(out: &Path, pairs: &[Pair], signer: &dyn Signer) -> Result<Vec<Stri
 /// The control fields (Package, Version, Architecture first) and maintainer scripts of a pair's package.
 #[allow(clippy::type_complexity)]
 fn control(
-    pair: &Pair,
+    pair: &BuiltPair,
     maintainer: &str,
 ) -> Result<(Vec<(&'static str, String)>, Vec<(&'static str, String)>), PublishError> {
     let mut sizes = 0u64;
@@ -203,8 +200,11 @@ fn release_date(epoch: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deb::{control_fields, data_tar};
     use crate::publish::openpgp::{tests::key_file, Key};
     use crate::publish::pairs::tests::pair;
+    use crate::repo::release::{parse_keys, verify_inrelease, Keyring};
+    use crate::testutil::tar_entries;
 
     #[test]
     fn names_and_versions_are_debians() {
@@ -246,13 +246,11 @@ mod tests {
             );
         }
         let bytes = std::fs::read(a.join(deb)).unwrap();
-        let fields: BTreeMap<String, String> =
-            crate::deb::control_fields(bytes.as_slice(), deb).unwrap().into_iter().collect();
+        let fields: BTreeMap<String, String> = control_fields(bytes.as_slice(), deb).unwrap().into_iter().collect();
         assert_eq!(fields["Depends"], "linux-image-6.1.0-56-amd64");
         assert_eq!(fields["Conflicts"], "hello-dkms");
         assert_eq!(fields["Maintainer"], "ckms farm <farm@example.invalid>");
-        let data =
-            crate::testutil::tar_entries(crate::deb::data_tar(std::io::Cursor::new(bytes.clone()), deb).unwrap());
+        let data = tar_entries(data_tar(std::io::Cursor::new(bytes.clone()), deb).unwrap());
         assert!(
             data.contains(&("./lib/modules/6.1.0-56-amd64/updates/dkms/hello.ko".into(), b"\x7fELF hello".to_vec())),
             "{data:?}"
@@ -260,16 +258,13 @@ mod tests {
 
         let packages = std::fs::read_to_string(a.join("dists/bookworm/main/binary-amd64/Packages")).unwrap();
         assert!(packages.contains(&format!("Filename: {deb}\n")));
-        assert!(packages.contains(&format!("SHA256: {}\n", crate::cache::sha256_hex(&bytes))));
+        assert!(packages.contains(&format!("SHA256: {}\n", sha256_hex(&bytes))));
         assert_eq!(packages.matches("Package: ").count(), 2);
 
-        let public =
-            crate::repo::release::parse_keys(&std::fs::read(a.join(KEYRING)).unwrap(), Path::new("k")).unwrap();
+        let public = parse_keys(&std::fs::read(a.join(KEYRING)).unwrap(), Path::new("k")).unwrap();
         let inrelease = std::fs::read_to_string(a.join("dists/bookworm/InRelease")).unwrap();
-        let text =
-            crate::repo::release::verify_inrelease(&inrelease, &crate::repo::release::Keyring::from_keys(public), "t")
-                .unwrap();
+        let text = verify_inrelease(&inrelease, &Keyring::from_keys(public), "t").unwrap();
         assert_eq!(text, std::fs::read_to_string(a.join("dists/bookworm/Release")).unwrap());
-        assert!(text.contains(&crate::cache::sha256_hex(packages.as_bytes())));
+        assert!(text.contains(&sha256_hex(packages.as_bytes())));
     }
 }

@@ -19,10 +19,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::openpgp::Signer;
-use super::pairs::Pair;
+use super::openpgp::RepoSigner;
+use super::pairs::BuiltPair;
 use super::{write_file, PublishError};
-use crate::farm::store::Signer as ModuleSigner;
+use crate::cache::sha256_hex;
+use crate::farm::store::SignedBy;
 
 pub const INDEX: &str = "index.json";
 pub const SIGNATURE: &str = "index.json.asc";
@@ -53,7 +54,7 @@ pub struct Entry {
     pub built_at: u64,
     /// The certificate that signed the modules (none: unsigned, the kernel does not sign).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signer: Option<ModuleSigner>,
+    pub signer: Option<SignedBy>,
     pub files: Vec<File>,
 }
 
@@ -71,7 +72,7 @@ pub struct File {
 }
 
 /// Writes the cache of `pairs` into `out`, its index signed with `signer`.
-pub fn write(out: &Path, pairs: &[Pair], signer: &dyn Signer) -> Result<Vec<String>, PublishError> {
+pub fn write(out: &Path, pairs: &[BuiltPair], signer: &dyn RepoSigner) -> Result<Vec<String>, PublishError> {
     let mut entries = BTreeMap::new();
     for p in pairs {
         let mut files = Vec::new();
@@ -83,7 +84,7 @@ pub fn write(out: &Path, pairs: &[Pair], signer: &dyn Signer) -> Result<Vec<Stri
                 name: f.name.clone(),
                 dest: f.dest.clone(),
                 path,
-                sha256: crate::cache::sha256_hex(&bytes),
+                sha256: sha256_hex(&bytes),
                 size: bytes.len() as u64,
             });
         }
@@ -121,6 +122,7 @@ mod tests {
     use super::super::openpgp::{tests::key_file, Key};
     use super::super::pairs::tests::pair;
     use super::*;
+    use crate::repo::RepoError;
 
     #[test]
     fn the_index_names_every_file_by_digest_and_verifies() {
@@ -142,7 +144,7 @@ mod tests {
         assert_eq!((f.name.as_str(), f.dest.as_str()), ("hello", "/updates/dkms"));
         let shipped = std::fs::read(out.join(&f.path)).unwrap();
         assert_eq!(shipped, b"signed hello");
-        assert_eq!((f.sha256.clone(), f.size), (crate::cache::sha256_hex(&shipped), shipped.len() as u64));
+        assert_eq!((f.sha256.clone(), f.size), (sha256_hex(&shipped), shipped.len() as u64));
         assert_eq!(e.signer.as_ref().unwrap().subject, "ckms farm");
 
         let signature = std::fs::read_to_string(out.join(SIGNATURE)).unwrap();
@@ -153,7 +155,7 @@ mod tests {
         let mut tampered = text.clone();
         tampered[10] ^= 1;
         let err = verify_detached(&tampered, &signature, &keyring, "index.json").unwrap_err();
-        assert!(matches!(err, crate::repo::RepoError::Tampered { .. }), "{err}");
+        assert!(matches!(err, RepoError::Tampered { .. }), "{err}");
 
         // Twice: the same bytes.
         let again = dir.path().join("again");

@@ -101,6 +101,7 @@ fn xz(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deb::{control_fields, data_tar};
 
     fn sample(epoch: u64) -> Vec<u8> {
         let control = "Package: hello-modules-6.1.0-56-amd64\nVersion: 1.0\nArchitecture: amd64\n";
@@ -117,9 +118,9 @@ mod tests {
         assert_eq!(deb, sample(1_700_000_000), "same input, same bytes");
         assert_ne!(deb, sample(1_700_000_001));
         // Read back with ckms's own .deb reader.
-        let fields = crate::deb::control_fields(deb.as_slice(), "t.deb").unwrap();
+        let fields = control_fields(deb.as_slice(), "t.deb").unwrap();
         assert!(fields.contains(&("Package".into(), "hello-modules-6.1.0-56-amd64".into())));
-        let data = crate::deb::data_tar(std::io::Cursor::new(deb.clone()), "t.deb").unwrap();
+        let data = data_tar(std::io::Cursor::new(deb.clone()), "t.deb").unwrap();
         let mut archive = tar::Archive::new(data);
         let mut seen = Vec::new();
         for e in archive.entries().unwrap() {

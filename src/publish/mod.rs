@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::diagnose::{code, Diagnose};
+use crate::farm::store::Store;
+use crate::farm::FarmError;
 use crate::oci::registry::Registry;
 use crate::oci::OciError;
 use crate::profile::Catalog;
@@ -79,7 +81,7 @@ pub enum PublishError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
-    Farm(#[from] crate::farm::FarmError),
+    Farm(#[from] FarmError),
     /// Writing an image's layers, pushing it.
     #[error(transparent)]
     Oci(#[from] OciError),
@@ -260,11 +262,11 @@ pub fn publish(req: &Request, catalog: &Catalog) -> Result<Published, PublishErr
 }
 
 /// The store's selected pairs and where their output goes.
-pub(crate) fn open(req: &Request, catalog: &Catalog) -> Result<(Vec<pairs::Pair>, PathBuf), PublishError> {
+pub(crate) fn open(req: &Request, catalog: &Catalog) -> Result<(Vec<pairs::BuiltPair>, PathBuf), PublishError> {
     if !req.store.join("ckms-store.json").is_file() {
         return Err(PublishError::NoStore(req.store.clone()));
     }
-    let store = crate::farm::store::Store::open(&req.store)?;
+    let store = Store::open(&req.store)?;
     let pairs = pairs::read(&store, catalog, &req.modules, &req.kernels)?;
     let out = req.out.clone().unwrap_or_else(|| store.root().join("publish").join(req.format.name()));
     Ok((pairs, out))

@@ -16,8 +16,9 @@ use pgp::types::{KeyDetails, KeyVersion, Password, Timestamp};
 
 use super::PublishError;
 
-/// What signs a repository: the seam between the formats and the OpenPGP library.
-pub trait Signer {
+/// What signs a published repository (apt's Release, the binary cache's index) with OpenPGP:
+/// the seam between the formats and the OpenPGP library.
+pub trait RepoSigner {
     /// `text` as an OpenPGP cleartext-signed message (InRelease).
     fn clearsign(&self, text: &str, at: u64) -> Result<String, PublishError>;
     /// An armored detached signature of `data` (Release.gpg).
@@ -82,7 +83,7 @@ impl Key {
     }
 }
 
-impl Signer for Key {
+impl RepoSigner for Key {
     fn clearsign(&self, text: &str, at: u64) -> Result<String, PublishError> {
         let config = self.config(SignatureType::Text, at).map_err(self.sign_err())?;
         CleartextSignedMessage::new(text, config, &self.key.primary_key, &Password::empty())
@@ -117,7 +118,7 @@ impl Signer for Key {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::repo::release::{tests::gen_key, verify_inrelease, Keyring};
+    use crate::repo::release::{parse_keys, tests::gen_key, verify_inrelease, Keyring};
 
     /// A fresh key, written armored to `dir/farm.asc`.
     pub(crate) fn key_file(dir: &Path) -> PathBuf {
@@ -134,7 +135,7 @@ pub(crate) mod tests {
         assert_eq!(key.user_id().as_deref(), Some("ckms farm <farm@example.invalid>"));
         let text = "Suite: bookworm\nSHA256:\n abc 1 main/binary-amd64/Packages\n";
         let signed = key.clearsign(text, 1_764_892_800).unwrap();
-        let public = crate::repo::release::parse_keys(&key.public_key().unwrap(), Path::new("k.gpg")).unwrap();
+        let public = parse_keys(&key.public_key().unwrap(), Path::new("k.gpg")).unwrap();
         let got = verify_inrelease(&signed, &Keyring::from_keys(public), "InRelease").unwrap();
         assert_eq!(got, text);
         assert_eq!(signed, key.clearsign(text, 1_764_892_800).unwrap(), "the same time gives the same bytes");

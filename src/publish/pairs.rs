@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use crate::farm::store::{Lookup, Record, Signer, Status, Store};
+use crate::farm::report::lookups;
+use crate::farm::store::{Lookup, Record, SignedBy, Status, Store};
 use crate::profile::{Catalog, Os};
 
 use super::PublishError;
@@ -48,9 +49,10 @@ impl From<&Os> for OsRelease {
     }
 }
 
-/// A built (module, kernel) pair of the store.
+/// A built (module, kernel) pair of the store, as publishing reads it (before the build it is
+/// a `pair::inputs::KeyedPair`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pair {
+pub struct BuiltPair {
     /// The store key.
     pub key: String,
     /// dkms's PACKAGE_NAME and PACKAGE_VERSION.
@@ -66,7 +68,7 @@ pub struct Pair {
     /// The Debian package the source came from, when it came from one.
     pub source_package: Option<String>,
     /// The module signer's certificate, when signed.
-    pub signer: Option<Signer>,
+    pub signer: Option<SignedBy>,
     pub files: Vec<ModuleFile>,
     pub target: Target,
 }
@@ -78,9 +80,9 @@ pub fn read(
     catalog: &Catalog,
     modules: &[String],
     kernels: &[String],
-) -> Result<Vec<Pair>, PublishError> {
+) -> Result<Vec<BuiltPair>, PublishError> {
     let mut records: Vec<Record> = Vec::new();
-    for (lookup, _) in crate::farm::report::lookups(store, true) {
+    for (lookup, _) in lookups(store, true) {
         match lookup {
             Lookup::Found(r) if r.status == Status::Built && !r.modules.is_empty() => records.push(*r),
             Lookup::Damaged(why) => return Err(PublishError::Damaged { store: store.root().into(), why }),
@@ -136,7 +138,7 @@ pub fn read(
 }
 
 /// One record as a pair; its files are the ones a host installs.
-fn pair(store: &Store, r: &Record, target: Target) -> Result<Pair, PublishError> {
+fn pair(store: &Store, r: &Record, target: Target) -> Result<BuiltPair, PublishError> {
     let entry_err = |message: String| PublishError::Entry {
         key: r.key.clone(),
         module: r.module.clone(),
@@ -158,7 +160,7 @@ fn pair(store: &Store, r: &Record, target: Target) -> Result<Pair, PublishError>
         .collect::<Result<Vec<_>, PublishError>>()?;
     let epoch =
         epoch_of(&r.built_at).ok_or_else(|| entry_err(format!("built_at {:?} is no RFC 3339 time", r.built_at)))?;
-    Ok(Pair {
+    Ok(BuiltPair {
         key: r.key.clone(),
         module: r.module.clone(),
         version: r.version.clone(),
@@ -182,14 +184,14 @@ pub fn epoch_of(rfc3339: &str) -> Option<u64> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::farm::store::{stored_file, StoredModule};
+    use crate::farm::store::{stored_file, tests::record, StoredModule};
 
     /// A pair as the formats see it, with one module file of `bytes` written under `dir`.
-    pub(crate) fn pair(dir: &std::path::Path, module: &str, kernel: &str, file: &str, bytes: &[u8]) -> Pair {
+    pub(crate) fn pair(dir: &std::path::Path, module: &str, kernel: &str, file: &str, bytes: &[u8]) -> BuiltPair {
         let path = dir.join(format!("{module}-{kernel}")).join(file);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, bytes).unwrap();
-        Pair {
+        BuiltPair {
             key: format!("key-{module}-{kernel}"),
             module: module.into(),
             version: "1.0".into(),
@@ -198,7 +200,7 @@ pub(crate) mod tests {
             profile: "debian-bookworm".into(),
             epoch: 1_764_892_800,
             source_package: Some(format!("{module}-dkms")),
-            signer: Some(Signer { fingerprint: "ab".repeat(32), subject: "ckms farm".into(), hash: "sha256".into() }),
+            signer: Some(SignedBy { fingerprint: "ab".repeat(32), subject: "ckms farm".into(), hash: "sha256".into() }),
             files: vec![ModuleFile {
                 name: file.split(".ko").next().unwrap_or(file).into(),
                 dest: "/updates/dkms".into(),
@@ -230,7 +232,7 @@ pub(crate) mod tests {
             std::fs::create_dir_all(staged.path().join("unsigned")).unwrap();
             std::fs::write(staged.path().join("modules/hello.ko.xz"), b"signed").unwrap();
             std::fs::write(staged.path().join("unsigned/hello.ko"), b"unsigned").unwrap();
-            let mut rec = crate::farm::store::tests::record(key, vec![]);
+            let mut rec = record(key, vec![]);
             rec.kernel = kernel.into();
             rec.status = status;
             rec.modules = vec![StoredModule {

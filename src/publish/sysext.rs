@@ -23,8 +23,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::pairs::{OsRelease, Pair};
+use super::pairs::{BuiltPair, OsRelease};
 use super::{set_mode, write_file, OsOverride, PublishError};
+use crate::cache::sha256_hex;
 
 /// The image's file system.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -105,8 +106,8 @@ WantedBy=sysinit.target
 
 /// The images for `pairs`: with `set`, one per kernel named `<set>-<kver>` holding every
 /// pair; without, one per pair named `<module>-<kver>`.
-pub fn plan(pairs: &[Pair], set: Option<&str>, os: &OsOverride) -> Result<Vec<Image>, PublishError> {
-    let mut groups: std::collections::BTreeMap<String, Vec<&Pair>> = Default::default();
+pub fn plan(pairs: &[BuiltPair], set: Option<&str>, os: &OsOverride) -> Result<Vec<Image>, PublishError> {
+    let mut groups: std::collections::BTreeMap<String, Vec<&BuiltPair>> = Default::default();
     for p in pairs {
         let name = format!("{}-{}", set.unwrap_or(&p.module), p.kernel);
         groups.entry(name).or_default().push(p);
@@ -137,7 +138,7 @@ pub fn plan(pairs: &[Pair], set: Option<&str>, os: &OsOverride) -> Result<Vec<Im
 }
 
 /// The extension-release text: the flags' values, else the kernel's profile's.
-fn release(name: &str, pair: &Pair, o: &OsOverride) -> Result<String, PublishError> {
+fn release(name: &str, pair: &BuiltPair, o: &OsOverride) -> Result<String, PublishError> {
     let profile = pair.target.os.as_ref();
     let missing = |what: &'static str| PublishError::NoOs {
         kernel: pair.kernel.clone(),
@@ -243,7 +244,7 @@ fn fix_modes(dir: &Path) -> Result<(), PublishError> {
 
 /// A UUID from the image's name: fixed for reproducibility, different between images.
 fn uuid(name: &str) -> String {
-    let h = crate::cache::sha256_hex(name.as_bytes());
+    let h = sha256_hex(name.as_bytes());
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 

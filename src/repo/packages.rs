@@ -366,6 +366,7 @@ fn finish<'a>(p: Para<'a>, part: &mut Part, mirror: &str, suite: &str) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::sha256_hex;
 
     /// A reader that hands out a few bytes at a time, to cut chunks in awkward places.
     struct Trickle<'a>(&'a [u8], usize);
@@ -396,7 +397,7 @@ mod tests {
         let one = parse_chunk(&text, 1, "m", "s").unwrap();
         for threads in [1, 3] {
             let got = parse_stream(Trickle(text.as_bytes(), 100_000), "m", "s", threads).unwrap();
-            assert_eq!(got.sha256, crate::cache::sha256_hex(text.as_bytes()));
+            assert_eq!(got.sha256, sha256_hex(text.as_bytes()));
             let parts = got.parts.unwrap();
             assert!(parts.len() > 2);
             assert_eq!(names(&parts), names(std::slice::from_ref(&one)));
@@ -415,7 +416,7 @@ mod tests {
         text.push_str("Package: b\nVersion 2\n\n");
         text.push_str(&good.repeat(CHUNK / good.len()));
         let got = parse_stream(text.as_bytes(), "http://m.invalid", "s", 2).unwrap();
-        assert_eq!(got.sha256, crate::cache::sha256_hex(text.as_bytes()));
+        assert_eq!(got.sha256, sha256_hex(text.as_bytes()));
         let err = got.parts.unwrap_err().to_string();
         assert!(err.contains(&format!("line {}: not a field", line + 1)), "{err}");
         assert!(err.contains("http://m.invalid/dists/s Packages"), "{err}");

@@ -17,6 +17,7 @@ use thiserror::Error;
 
 use crate::diagnose::{code, Diagnose};
 use crate::install::Compression;
+use crate::report::Reporter;
 pub use keys::{KeyPaths, Locations, Origin, Signer};
 
 /// The environment variable sign-file reads a key's passphrase from.
@@ -209,7 +210,7 @@ pub fn needs_generating(paths: &KeyPaths) -> bool {
 
 /// The key pair for signing: loaded, or (only ckms's own, and only when neither file exists)
 /// generated first, which `report` says along with the enrolment step that must follow.
-pub fn signer(paths: &KeyPaths, pin: Option<&str>, report: &dyn crate::report::Reporter) -> Result<Signer, SignError> {
+pub fn signer(paths: &KeyPaths, pin: Option<&str>, report: &dyn Reporter) -> Result<Signer, SignError> {
     if needs_generating(paths) {
         let made = keys::generate(paths, false)?;
         report.info(format!(

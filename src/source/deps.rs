@@ -55,6 +55,9 @@ pub fn build_deps(groups: &[Vec<Relation>], profile: &Profile, index: &Index) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::sha256_hex;
+    use crate::profile::Catalog;
+    use crate::repo::relation::parse_relations;
 
     fn index() -> Index {
         let mut text = String::new();
@@ -70,16 +73,16 @@ mod tests {
             let provides = if provides.is_empty() { String::new() } else { format!("Provides: {provides}\n") };
             text += &format!(
                 "Package: {name}\nVersion: {version}\nArchitecture: amd64\n{provides}Filename: pool/{name}.deb\nSize: 1\nSHA256: {}\n\n",
-                crate::cache::sha256_hex(name.as_bytes())
+                sha256_hex(name.as_bytes())
             );
         }
         Index::parse(&text, "http://mirror.test/debian", "bookworm").unwrap()
     }
 
     fn deps(field: &str) -> BuildDeps {
-        let catalog = crate::profile::Catalog::load(&[]).unwrap();
+        let catalog = Catalog::load(&[]).unwrap();
         let profile = catalog.profile("debian-bookworm").unwrap();
-        let groups = crate::repo::relation::parse_relations(field).unwrap();
+        let groups = parse_relations(field).unwrap();
         build_deps(&groups, profile, &index())
     }
 

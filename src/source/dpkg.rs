@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use crate::deb::parse_fields;
+
 /// The installed package that owns `path` (as dpkg records it, e.g.
 /// `/usr/src/m-1/dkms.conf`), from `<db>/info/<package>[:<arch>].list`; None when no package
 /// does or there is no database.
@@ -28,7 +30,7 @@ pub fn owner(db: &Path, path: &str) -> Option<String> {
 /// remembered (`not-installed`, `config-files`: its files are gone).
 pub fn installed_fields(db: &Path, package: &str) -> Option<Vec<(String, String)>> {
     let text = std::fs::read_to_string(db.join("status")).ok()?;
-    text.split("\n\n").map(crate::deb::parse_fields).find(|fields| {
+    text.split("\n\n").map(parse_fields).find(|fields| {
         let get = |k: &str| fields.iter().find(|(f, _)| f.eq_ignore_ascii_case(k)).map(|(_, v)| v.as_str());
         get("Package") == Some(package)
             && get("Status").is_some_and(|s| !s.ends_with("not-installed") && !s.ends_with("config-files"))

@@ -20,15 +20,19 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::context::Context;
+use crate::deb::{control_fields, DebError};
 use crate::diagnose::{code, Diagnose};
+use crate::error;
 use crate::profile::{Catalog, Profile};
+use crate::repo;
 
 #[derive(Debug, Error)]
 pub enum SourceError {
     #[error("{}: {what}", deb.display())]
     BadPackage { deb: PathBuf, what: String },
     #[error(transparent)]
-    Deb(#[from] crate::deb::DebError),
+    Deb(#[from] DebError),
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     #[error("no package {package} in {profile}'s repository")]
@@ -76,7 +80,7 @@ pub struct Unpacked {
 /// and reads the package's control fields; `learned_from` says where the package came from.
 pub fn from_deb(deb: &Path, dest: &Path, learned_from: Option<String>) -> Result<Unpacked, SourceError> {
     let file = std::fs::File::open(deb).map_err(|source| SourceError::Io { path: deb.to_path_buf(), source })?;
-    let fields = crate::deb::control_fields(std::io::BufReader::new(file), &deb.display().to_string())?;
+    let fields = control_fields(std::io::BufReader::new(file), &deb.display().to_string())?;
     let learned = learned_from.unwrap_or_else(|| deb.display().to_string());
     let origin = Origin::from_fields(&fields, learned).ok_or_else(|| SourceError::BadPackage {
         deb: deb.to_path_buf(),
@@ -89,16 +93,12 @@ pub fn from_deb(deb: &Path, dest: &Path, learned_from: Option<String>) -> Result
 /// Downloads `package` (its newest version) from `profile`'s signed repository into the cache
 /// (checked against the index's SHA-256, like image packages) and returns the cached file and
 /// a description for the origin record.
-pub async fn fetch(
-    ctx: &crate::context::Context,
-    profile: &Profile,
-    package: &str,
-) -> Result<(PathBuf, String), crate::error::Error> {
+pub async fn fetch(ctx: &Context, profile: &Profile, package: &str) -> Result<(PathBuf, String), error::Error> {
     let index = ctx.index(profile).await?;
     let Some(p) = index.candidate(package).map(|p| p.to_package()) else {
         return Err(SourceError::NoPackage { package: package.into(), profile: profile.name.clone() }.into());
     };
-    crate::repo::fetch_packages(&ctx.cache, std::slice::from_ref(&p), ctx.reporter()).await?;
+    repo::fetch_packages(&ctx.cache, std::slice::from_ref(&p), ctx.reporter()).await?;
     let learned = format!("{} {} from {}'s repository ({})", p.name, p.version, profile.name, p.suite);
     Ok((ctx.cache.blob_path(&p.sha256), learned))
 }

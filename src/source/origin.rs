@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::repo::relation::parse_relations;
 use crate::repo::Relation;
 
 /// The file in `<dkms_tree>/<m>/<v>/`.
@@ -61,7 +62,7 @@ impl Origin {
             if field.trim().is_empty() {
                 continue;
             }
-            let parsed = crate::repo::relation::parse_relations(&field.replace('\n', " "))
+            let parsed = parse_relations(&field.replace('\n', " "))
                 .map_err(|e| format!("{}'s {name} ({field:?}): {e}", self.package))?;
             out.extend(parsed);
         }

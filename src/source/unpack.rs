@@ -6,6 +6,7 @@ use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
 use super::SourceError;
+use crate::deb::data_tar;
 
 /// The most a package's source may unpack to.
 const MAX_BYTES: u64 = 4 << 30;
@@ -15,7 +16,7 @@ const MAX_BYTES: u64 = 4 << 30;
 pub fn usr_src(deb: &Path, dest: &Path) -> Result<(PathBuf, String), SourceError> {
     let origin = deb.display().to_string();
     let file = std::fs::File::open(deb).map_err(|source| SourceError::Io { path: deb.to_path_buf(), source })?;
-    let data = crate::deb::data_tar(std::io::BufReader::new(file), &origin)?;
+    let data = data_tar(std::io::BufReader::new(file), &origin)?;
     let bad = |what: String| SourceError::BadPackage { deb: deb.to_path_buf(), what };
     let mut archive = tar::Archive::new(data);
     let mut total = 0u64;

@@ -8,6 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::modinfo;
+use crate::deb::{data_tar_threaded, read_data_file};
 
 /// One kernel package's boot files in the cache: `vmlinuz`, `modules/<file name>`, and
 /// `paths`: each module's path under `lib/modules/<release>/` in the package, a line each.
@@ -80,7 +81,7 @@ pub fn extract(deb: &Path, origin: &str, release: &str, dir: &Path) -> Result<Bo
     let tmp = tempfile::Builder::new().prefix(".extract-").tempdir_in(parent).map_err(|e| e.to_string())?;
     fs::create_dir(tmp.path().join("modules")).map_err(|e| e.to_string())?;
     let file = fs::File::open(deb).map_err(|e| format!("{}: {e}", deb.display()))?;
-    let data = crate::deb::data_tar_threaded(file, origin, 16 << 20).map_err(|e| e.to_string())?;
+    let data = data_tar_threaded(file, origin, 16 << 20).map_err(|e| e.to_string())?;
     let (kernel_file, modules_dir) = (format!("boot/vmlinuz-{release}"), format!("lib/modules/{release}/"));
     let mut archive = tar::Archive::new(data);
     let mut found_kernel = false;
@@ -131,7 +132,7 @@ pub fn extract(deb: &Path, origin: &str, release: &str, dir: &Path) -> Result<Bo
 /// The file at `wanted` (a path suffix such as `bin/busybox`) in a package.
 pub fn read_file(deb: &Path, origin: &str, wanted: &str) -> Result<Vec<u8>, String> {
     let file = fs::File::open(deb).map_err(|e| format!("{}: {e}", deb.display()))?;
-    crate::deb::read_data_file(file, origin, wanted)
+    read_data_file(file, origin, wanted)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{origin} holds no {wanted}"))
 }

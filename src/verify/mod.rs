@@ -23,10 +23,15 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::build;
 use crate::context::Context;
 use crate::diagnose::{code, Diagnose};
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError};
+use crate::error;
+use crate::image::{self, run_spec, ImageError};
 use crate::install::compress::Compression;
+use crate::profile::Profile;
+use crate::repo::{self, Index, Package, RepoError};
 use console::Loaded;
 
 /// Memory of the VM; Debian's kernels boot in much less, modules get the rest.
@@ -51,13 +56,13 @@ pub enum VerifyError {
     #[error("kernel {kernel}: {} of {total} module(s) failed verification: {}", failed.len(), failed.join("; "))]
     NotLoaded { kernel: String, total: usize, failed: Vec<String> },
     #[error(transparent)]
-    Context(#[from] Box<crate::error::Error>),
+    Context(#[from] Box<error::Error>),
     #[error(transparent)]
-    Image(#[from] crate::image::ImageError),
+    Image(#[from] ImageError),
     #[error(transparent)]
-    Engine(#[from] crate::engine::EngineError),
+    Engine(#[from] EngineError),
     #[error(transparent)]
-    Repo(#[from] crate::repo::RepoError),
+    Repo(#[from] RepoError),
 }
 
 impl Diagnose for VerifyError {
@@ -98,8 +103,8 @@ impl Diagnose for VerifyError {
     }
 }
 
-impl From<crate::error::Error> for VerifyError {
-    fn from(e: crate::error::Error) -> Self {
+impl From<error::Error> for VerifyError {
+    fn from(e: error::Error) -> Self {
         VerifyError::Context(Box::new(e))
     }
 }
@@ -200,7 +205,7 @@ pub async fn verify(
     };
     let candidates = files.iter().map(|f| read_module(f)).collect::<Result<Vec<_>, _>>()?;
     let (p, index, kernel) = ctx.find_kernel(release, profile).await?;
-    let recipe = ctx.catalog.recipe("verifier").map_err(crate::error::Error::from)?;
+    let recipe = ctx.catalog.recipe("verifier").map_err(error::Error::from)?;
     let report = ctx.reporter();
     report.info(match subject {
         Subject::Files(_) => format!("Verifying {} module(s) in a VM running {release}", candidates.len()),
@@ -217,8 +222,8 @@ pub async fn verify(
     });
 
     let image = async {
-        let plan = crate::image::plan(p, recipe, &index, &kernel, &[])?;
-        Ok::<_, VerifyError>(crate::image::build(&ctx.cache, engine, p, recipe, &plan, false, report).await?)
+        let plan = image::plan(p, recipe, &index, &kernel, &[])?;
+        Ok::<_, VerifyError>(image::build(&ctx.cache, engine, p, recipe, &plan, false, report).await?)
     };
     let kernel_files = kernel_package(ctx, &index, p, release);
     let busybox = async {
@@ -247,7 +252,7 @@ pub async fn verify(
         .map_err(|e| package_err(release, "initramfs", e.to_string()))?;
     let dir = format!("{}/{BOOT_DIR}", recipe.config.workdir);
     let argv = qemu_argv(&p.machine, &format!("{dir}/vmlinuz"), &format!("{dir}/initrd"), VM_MEMORY_MIB);
-    let mut spec = crate::image::run_spec(recipe, &image.reference, argv, Some(input.into()), VM_TIMEOUT);
+    let mut spec = run_spec(recipe, &image.reference, argv, Some(input.into()), VM_TIMEOUT);
     spec.outputs.clear();
     let vm_started = Instant::now();
     let outcome = engine.run(&spec).await?;
@@ -315,8 +320,8 @@ pub fn in_tree_dependencies(
 /// in-tree modules.
 pub async fn kernel_package(
     ctx: &Context,
-    index: &crate::repo::Index,
-    p: &crate::profile::Profile,
+    index: &Index,
+    p: &Profile,
     release: &str,
 ) -> Result<boot::BootKernel, VerifyError> {
     let package = p.kernel.image.replace("{kver}", release);
@@ -340,13 +345,8 @@ fn package_err(kernel: &str, package: &str, message: String) -> VerifyError {
 }
 
 /// The index's package named `package`.
-fn candidate(
-    index: &crate::repo::Index,
-    release: &str,
-    profile: &crate::profile::Profile,
-    package: &str,
-) -> Result<crate::repo::Package, VerifyError> {
-    index.candidate(package).map(crate::repo::Package::from).ok_or_else(|| VerifyError::NoPackage {
+fn candidate(index: &Index, release: &str, profile: &Profile, package: &str) -> Result<Package, VerifyError> {
+    index.candidate(package).map(Package::from).ok_or_else(|| VerifyError::NoPackage {
         kernel: release.to_string(),
         profile: profile.name.clone(),
         package: package.to_string(),
@@ -354,8 +354,8 @@ fn candidate(
 }
 
 /// A package's cached file, fetched if missing.
-async fn fetch(ctx: &Context, pkg: &crate::repo::Package) -> Result<PathBuf, VerifyError> {
-    crate::repo::fetch_packages(&ctx.cache, std::slice::from_ref(pkg), ctx.reporter()).await?;
+async fn fetch(ctx: &Context, pkg: &Package) -> Result<PathBuf, VerifyError> {
+    repo::fetch_packages(&ctx.cache, std::slice::from_ref(pkg), ctx.reporter()).await?;
     Ok(ctx.cache.blob_path(&pkg.sha256))
 }
 
@@ -394,7 +394,7 @@ fn load_plan(
 
 fn input_tar(files: &[(String, &[u8])]) -> std::io::Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
-    crate::build::append_files(&mut b, BOOT_DIR, &[], files)?;
+    build::append_files(&mut b, BOOT_DIR, &[], files)?;
     b.into_inner()
 }
 

@@ -9,6 +9,7 @@ use super::initramfs::{Extra, Node};
 use super::{package_err, parse_module, sysext, tree, userland, Subject, VerifyError};
 use crate::context::Context;
 use crate::profile::Recipe;
+use crate::repo::{self, Index};
 
 /// Where the tools' binaries are in the VM (their wrappers are in [`userland::BIN`]).
 const LIB: &str = "/ckms/lib";
@@ -16,7 +17,7 @@ const LIB: &str = "/ckms/lib";
 /// The additions for `subject`; records the vermagic of the modules it names in `built_for`.
 pub(super) async fn extra(
     ctx: &Context,
-    index: &crate::repo::Index,
+    index: &Index,
     recipe: &Recipe,
     release: &str,
     subject: Subject<'_>,
@@ -64,7 +65,7 @@ pub(super) async fn extra(
 /// `[initramfs]` names them).
 async fn tools(
     ctx: &Context,
-    index: &crate::repo::Index,
+    index: &Index,
     recipe: &Recipe,
     release: &str,
     with_sysext: bool,
@@ -87,7 +88,7 @@ async fn tools(
     }
     let roots: Vec<String> = tools.iter().map(|(t, ..)| t.package.clone()).collect();
     let packages = index.resolve(&roots, &[]).map_err(|e| package_err(release, &roots.join(", "), e.to_string()))?;
-    crate::repo::fetch_packages(&ctx.cache, &packages, ctx.reporter()).await?;
+    repo::fetch_packages(&ctx.cache, &packages, ctx.reporter()).await?;
     let debs: Vec<(String, PathBuf)> =
         packages.iter().map(|pkg| (pkg.name.clone(), ctx.cache.blob_path(&pkg.sha256))).collect();
     let release_owned = release.to_string();

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use regex::Regex;
 
 use super::initramfs::Node;
+use crate::deb::data_tar;
 
 /// Where the tools' wrappers are in the VM; init puts it first in PATH.
 pub const BIN: &str = "/ckms/bin";
@@ -40,7 +41,7 @@ pub fn nodes(wants: &[Want], debs: &[(String, PathBuf)]) -> Result<BTreeMap<Stri
     let mut found = vec![false; wants.len()];
     for (name, deb) in debs {
         let file = std::fs::File::open(deb).map_err(|e| format!("{}: {e}", deb.display()))?;
-        let data = crate::deb::data_tar(file, name).map_err(|e| e.to_string())?;
+        let data = data_tar(file, name).map_err(|e| e.to_string())?;
         let mut archive = tar::Archive::new(data);
         for entry in archive.entries().map_err(|e| format!("{name}: {e}"))? {
             let mut entry = entry.map_err(|e| format!("{name}: {e}"))?;

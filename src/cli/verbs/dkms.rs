@@ -100,6 +100,7 @@ fn accepted(cli: &clap::Command, sub: &clap::Command) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::Cli;
     use clap::CommandFactory;
 
     fn argv(s: &str) -> Vec<String> {
@@ -107,7 +108,7 @@ mod tests {
     }
 
     fn rewrite(s: &str) -> Vec<String> {
-        dkms_argv(argv(s), &crate::cli::Cli::command())
+        dkms_argv(argv(s), &Cli::command())
     }
 
     #[test]

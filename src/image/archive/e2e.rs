@@ -2,6 +2,7 @@
 //! `CKMS_E2E_DEB=/tmp/debs/busybox-static_*.deb CKMS_E2E_OUT=/tmp/img.tar cargo test --lib e2e_archive -- --ignored --nocapture`
 
 use super::*;
+use crate::deb::data_tar;
 use crate::image::layer::{FsRules, LayerWriter};
 
 #[test]
@@ -33,7 +34,7 @@ fn e2e_archive() {
     let pkgs = dir.path().join("pkgs.tar");
     let mut w = LayerWriter::new(File::create(&pkgs).unwrap(), rules);
     for deb in debs.split_whitespace() {
-        let data = crate::deb::data_tar(File::open(deb).unwrap(), deb).unwrap();
+        let data = data_tar(File::open(deb).unwrap(), deb).unwrap();
         w.add_data_tar(data, deb).unwrap();
     }
     let (_, pkgs_digest) = w.finish().unwrap();

@@ -1,5 +1,6 @@
 use super::*;
 use crate::image::layer::{FsRules, LayerWriter};
+use crate::testutil::tar_entries;
 use std::collections::HashMap as Map;
 
 fn meta() -> ImageMeta {
@@ -23,7 +24,7 @@ fn make_layer(dir: &std::path::Path, name: &str, file: &str, contents: &[u8]) ->
 }
 
 fn read_tar(bytes: &[u8]) -> Map<String, Vec<u8>> {
-    crate::testutil::tar_entries(bytes).into_iter().collect()
+    tar_entries(bytes).into_iter().collect()
 }
 
 fn blob<'a>(files: &'a Map<String, Vec<u8>>, digest: &str) -> &'a [u8] {

@@ -6,10 +6,11 @@ use super::*;
 use crate::build::{BuiltView, CONTAINER_TREE};
 use crate::diagnose::Diagnose;
 use crate::engine::fake::{Call, FakeEngine};
-use crate::engine::RunOutcome;
+use crate::engine::{RunOutcome, RunSpec};
 use crate::profile::Catalog;
 use crate::report::Recorder;
-use crate::testutil::tar_of;
+use crate::sign::{keys, Locations};
+use crate::testutil::{input_entries, tar_of};
 
 const KERNEL: &str = "6.1.0-56-amd64";
 const OUT: &str = "/var/lib/dkms/.ckms/out";
@@ -37,12 +38,12 @@ struct Host {
 impl Host {
     fn new() -> Host {
         let dir = tempfile::tempdir().unwrap();
-        let loc = crate::sign::Locations {
+        let loc = Locations {
             conf_dir: dir.path().join("etc/dkms"),
             dkms_dir: dir.path().join("var/lib/dkms"),
             own_dir: dir.path().join("var/lib/ckms"),
         };
-        let signer = crate::sign::keys::generate(&loc.resolve(None, None), false).unwrap();
+        let signer = keys::generate(&loc.resolve(None, None), false).unwrap();
         for m in ["hello", "base"] {
             let src = dir.path().join(format!("src/{m}-1"));
             std::fs::create_dir_all(&src).unwrap();
@@ -126,7 +127,7 @@ async fn a_built_pair_is_staged_signed_compressed_and_unsigned_beside() {
     assert_eq!(std::fs::read(staged.dir.join("unsigned/hello.ko")).unwrap(), b"\x7fELF", "as the build made it");
     let packed = std::fs::read(staged.dir.join("module/hello.ko.xz")).unwrap();
     let signed = Compression::Xz.decompress(&packed).unwrap();
-    crate::sign::verify(&signed, &host.signer.cert, Path::new("hello.ko"), Path::new("mok.pub")).unwrap();
+    sign::verify(&signed, &host.signer.cert, Path::new("hello.ko"), Path::new("mok.pub")).unwrap();
     assert_eq!(std::fs::read(staged.dir.join("log/make.log")).unwrap(), b"cc hello.c\n");
     assert_eq!(Manifest::read(&staged.dir).unwrap(), *m);
     assert_eq!(
@@ -238,9 +239,9 @@ async fn a_dependency_is_built_first_and_then_seen_by_the_dependant() {
     assert!(matches!(second.unwrap(), Realised::Built(_)));
     drop(base_work);
     assert_eq!(replies(&engine).iter().map(|r| r[0].as_str()).collect::<Vec<_>>(), ["abort", "make", "make"]);
-    let runs: Vec<Box<crate::engine::RunSpec>> =
+    let runs: Vec<Box<RunSpec>> =
         engine.calls().into_iter().filter_map(|c| if let Call::Run(s) = c { Some(s) } else { None }).collect();
-    let last = crate::testutil::input_entries(&runs[2].input);
+    let last = input_entries(&runs[2].input);
     let shown = format!("base/1/{KERNEL}/x86_64/module/base.ko.xz");
     assert!(last.iter().any(|(p, _, _)| *p == shown), "{last:?}");
     assert!(runs[2].scratch == CONTAINER_TREE);

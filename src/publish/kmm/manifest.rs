@@ -7,13 +7,13 @@
 
 use serde_json::{json, Value};
 
-use super::Plan;
+use super::KmmImages;
 use crate::k8s;
 
 pub const API_VERSION: &str = "kmm.sigs.x-k8s.io/v1beta1";
 
 /// The `Module` named after the plan loading its module from the plan's per-kernel images.
-pub fn module(plan: &Plan) -> Value {
+pub fn module(plan: &KmmImages) -> Value {
     let repository = &plan.repository;
     let mappings: Vec<Value> = plan
         .images

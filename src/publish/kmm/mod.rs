@@ -25,11 +25,13 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use crate::image::archive::{self, ArchiveLayer, ImageMeta};
+use crate::image::label;
 use crate::k8s;
 use crate::oci::layer::layer;
 use crate::oci::tag_of;
+use crate::verify::modinfo;
 
-use super::pairs::Pair;
+use super::pairs::BuiltPair;
 use super::PublishError;
 
 /// The package giving the image its `cp`, and where its binary is in it (the verifier's
@@ -65,9 +67,10 @@ pub struct Image {
     pub archive: String,
 }
 
-/// What a `kmm` run makes: the images and the `Module`'s names.
+/// What a `kmm` run makes: one image per kernel and the names of the `Module` mapping
+/// kernels to them.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub struct KmmImages {
     pub name: String,
     pub repository: String,
     /// What modprobe loads (the first module's own name).
@@ -79,7 +82,7 @@ pub struct Plan {
 
 /// One image per kernel holding every selected pair of that kernel. `name` defaults to the
 /// module when there is one, `ckms-modules` otherwise; `repository` to `localhost/ckms/<name>`.
-pub fn plan(pairs: &[Pair], name: Option<&str>, repository: Option<&str>) -> Result<Plan, PublishError> {
+pub fn plan(pairs: &[BuiltPair], name: Option<&str>, repository: Option<&str>) -> Result<KmmImages, PublishError> {
     let mut modules: Vec<&str> = pairs.iter().map(|p| p.module.as_str()).collect();
     modules.sort();
     modules.dedup();
@@ -90,7 +93,7 @@ pub fn plan(pairs: &[Pair], name: Option<&str>, repository: Option<&str>) -> Res
     };
     let repository =
         repository.map(str::to_string).unwrap_or_else(|| format!("localhost/ckms/{}", name.to_ascii_lowercase()));
-    let mut groups: BTreeMap<&str, Vec<&Pair>> = BTreeMap::new();
+    let mut groups: BTreeMap<&str, Vec<&BuiltPair>> = BTreeMap::new();
     for p in pairs {
         groups.entry(p.kernel.as_str()).or_default().push(p);
     }
@@ -120,18 +123,18 @@ pub fn plan(pairs: &[Pair], name: Option<&str>, repository: Option<&str>) -> Res
         });
     }
     let module_name = module_name(pairs, modules.first().copied().unwrap_or_default());
-    Ok(Plan { name, repository, module_name, images, insecure_registry: false })
+    Ok(KmmImages { name, repository, module_name, images, insecure_registry: false })
 }
 
 /// The kernel's name of the module `module` ships: the file named like the dkms package
 /// (`tp_smapi` ships thinkpad_ec.ko, hdaps.ko and tp_smapi.ko), else its first file.
-fn module_name(pairs: &[Pair], module: &str) -> String {
-    let wanted = crate::verify::modinfo::canonical(module);
+fn module_name(pairs: &[BuiltPair], module: &str) -> String {
+    let wanted = modinfo::canonical(module);
     let names: Vec<String> = pairs
         .iter()
         .filter(|p| p.module == module)
         .flat_map(|p| p.files.iter())
-        .filter_map(|f| crate::verify::modinfo::name_of_file(&f.file_name))
+        .filter_map(|f| modinfo::name_of_file(&f.file_name))
         .collect();
     if names.contains(&wanted) {
         wanted
@@ -207,7 +210,7 @@ pub struct Written {
 /// binary per profile.
 pub fn write(
     dir: &Path,
-    plan: &Plan,
+    plan: &KmmImages,
     busybox: &BTreeMap<String, Vec<u8>>,
     depmod: &dyn Depmod,
 ) -> Result<Vec<Written>, PublishError> {
@@ -227,8 +230,8 @@ pub fn write(
             workdir: String::new(),
             cmd: vec!["/bin/sh".into()],
             labels: BTreeMap::from([
-                (crate::image::label::KERNEL.to_string(), image.kernel.clone()),
-                (crate::image::label::PROFILE.to_string(), image.profile.clone()),
+                (label::KERNEL.to_string(), image.kernel.clone()),
+                (label::PROFILE.to_string(), image.profile.clone()),
             ]),
             created: rfc3339(image.epoch),
         };

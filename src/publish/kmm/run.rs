@@ -5,9 +5,12 @@ use std::collections::BTreeMap;
 
 use super::{plan, write, HostDepmod, USERLAND_BINARY, USERLAND_PACKAGE};
 use crate::context::Context;
+use crate::deb::read_data_file;
 use crate::engine::Images;
 use crate::oci::registry::push;
 use crate::publish::{list_files, open, Format, PublishError, Published, Request, Staging};
+use crate::repo::{self, Package};
+use crate::verify;
 
 /// Publishes the store's pairs as KMM images under `--out`, loading them into `engine` when
 /// one is given.
@@ -71,10 +74,9 @@ async fn in_tree(ctx: &Context, image: &super::Image) -> Result<Vec<(String, std
     let failed = |message: String| PublishError::Image { tag: image.tag.clone(), message };
     let (p, index, _) =
         ctx.find_kernel(&image.kernel, Some(&image.profile)).await.map_err(|e| failed(e.to_string()))?;
-    let kernel =
-        crate::verify::kernel_package(ctx, &index, p, &image.kernel).await.map_err(|e| failed(e.to_string()))?;
+    let kernel = verify::kernel_package(ctx, &index, p, &image.kernel).await.map_err(|e| failed(e.to_string()))?;
     let files: Vec<_> = image.files.iter().map(|(_, f)| f.clone()).collect();
-    crate::verify::in_tree_dependencies(&kernel, &image.kernel, &files).map_err(|e| failed(e.to_string()))
+    verify::in_tree_dependencies(&kernel, &image.kernel, &files).map_err(|e| failed(e.to_string()))
 }
 
 /// The userland binary from the profile's index.
@@ -91,14 +93,14 @@ async fn userland(ctx: &Context, kernel: &str, profile: &str) -> Result<Vec<u8>,
     let index = ctx.index(p).await.map_err(|e| failed(e.to_string()))?;
     let pkg = index
         .candidate(USERLAND_PACKAGE)
-        .map(crate::repo::Package::from)
+        .map(Package::from)
         .ok_or_else(|| failed(format!("the profile {profile}'s index has no such package")))?;
-    crate::repo::fetch_packages(&ctx.cache, std::slice::from_ref(&pkg), ctx.reporter())
+    repo::fetch_packages(&ctx.cache, std::slice::from_ref(&pkg), ctx.reporter())
         .await
         .map_err(|e| failed(e.to_string()))?;
     let deb = ctx.cache.blob_path(&pkg.sha256);
     let file = std::fs::File::open(&deb).map_err(PublishError::io(&deb))?;
-    crate::deb::read_data_file(file, USERLAND_PACKAGE, USERLAND_BINARY)
+    read_data_file(file, USERLAND_PACKAGE, USERLAND_BINARY)
         .map_err(|e| failed(e.to_string()))?
         .ok_or_else(|| failed(format!("it holds no {USERLAND_BINARY}")))
 }

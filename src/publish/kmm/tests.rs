@@ -32,7 +32,7 @@ impl Depmod for FakeDepmod {
     }
 }
 
-fn pairs(dir: &Path) -> Vec<Pair> {
+fn pairs(dir: &Path) -> Vec<BuiltPair> {
     vec![
         pair(dir, "v4l2loopback", K1, "v4l2loopback.ko.xz", b"MODULE-1"),
         pair(dir, "v4l2loopback", K2, "v4l2loopback.ko.xz", b"MODULE-2"),
@@ -222,7 +222,7 @@ fn the_module_maps_each_kernel_to_its_tag() {
              moduleName: \"v4l2loopback\"\n  selector:\n    \"kubernetes.io/os\": \"linux\"\n"
         )
     );
-    let insecure = Plan { insecure_registry: true, ..plan };
+    let insecure = KmmImages { insecure_registry: true, ..plan };
     assert_eq!(manifest::module(&insecure)["spec"]["moduleLoader"]["container"]["registryTLS"]["insecure"], true);
 }
 
