@@ -18,7 +18,8 @@
 #   -S STORE    the store (default /var/tmp/ckms-matrix/store)
 #   -o DIR      results (default /var/tmp/ckms-matrix/<time>): summary.md, the runs' JSON events,
 #               report.html, report.png, check.json
-# Run as root after ci/setup-engines.sh. Env: CKMS_TEST_CACHE (ckms's cache).
+# Run as root after ci/setup-engines.sh. Env: CKMS_TEST_CACHE (ckms's cache), CKMS_BENCH_BIN (a ckms
+# binary to run instead of this checkout's release build, e.g. an older one to fill a store with).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bench=$PWD/ci/bench
@@ -47,8 +48,12 @@ engine=$(endpoint "$engine")
 export CKMS_TEST_CACHE=${CKMS_TEST_CACHE:-$PWD/target/ckms-test-cache}
 export CKMS_DATA_DIR=$PWD
 [[ -x /usr/bin/time ]] || apt-get install -y -q time >/dev/null
-cargo build --quiet --release
-ckms_bin=$PWD/target/release/ckms
+if [[ -n ${CKMS_BENCH_BIN:-} ]]; then
+  ckms_bin=$CKMS_BENCH_BIN
+else
+  cargo build --quiet --release
+  ckms_bin=$PWD/target/release/ckms
+fi
 out=${out:-/var/tmp/ckms-matrix/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$out" "$store"
 
