@@ -8,6 +8,8 @@ use thiserror::Error;
 use crate::build::BuildError;
 use crate::conf::ConfError;
 use crate::diagnose::{code, Diagnose};
+use crate::image::ImageError;
+use crate::profile::ProfileError;
 use crate::sign::SignError;
 
 #[derive(Debug, Error)]
@@ -28,6 +30,11 @@ pub enum PairError {
     Build(#[from] BuildError),
     #[error(transparent)]
     Sign(#[from] SignError),
+    /// The builder image could not be planned (a package the kernel needs is not offered).
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
 }
 
 impl PairError {
@@ -45,7 +52,11 @@ impl PairError {
             | PairError::DependencyCycle { .. }
             | PairError::Conf(_) => true,
             PairError::Build(b) => matches!(b, BuildError::Failed(_) | BuildError::Conf(_)),
-            PairError::Io { .. } | PairError::Manifest { .. } | PairError::Sign(_) => false,
+            PairError::Io { .. }
+            | PairError::Manifest { .. }
+            | PairError::Sign(_)
+            | PairError::Image(_)
+            | PairError::Profile(_) => false,
         }
     }
 }
@@ -60,6 +71,8 @@ impl Diagnose for PairError {
             PairError::Conf(e) => e.exit_code(),
             PairError::Build(e) => e.exit_code(),
             PairError::Sign(e) => e.exit_code(),
+            PairError::Image(e) => e.exit_code(),
+            PairError::Profile(e) => e.exit_code(),
         }
     }
 
@@ -76,6 +89,8 @@ impl Diagnose for PairError {
             PairError::Conf(e) => e.hint(),
             PairError::Build(e) => e.hint(),
             PairError::Sign(e) => e.hint(),
+            PairError::Image(e) => e.hint(),
+            PairError::Profile(e) => e.hint(),
         }
     }
 }

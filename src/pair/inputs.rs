@@ -15,8 +15,7 @@ use crate::cache::sha256_hex;
 use crate::conf::eval_script;
 use crate::config::Config;
 use crate::context::Context;
-use crate::error::Error;
-use crate::image::Plan;
+use crate::image::{self, Plan};
 use crate::kernel::Kernel;
 use crate::profile::Profile;
 use crate::repo::Index;
@@ -201,7 +200,7 @@ pub fn kernel_pairs(
     sources: &[Source],
     recipe: &str,
     out: &mut Evaluation,
-) -> Result<(), Error> {
+) -> Result<(), PairError> {
     let (images, pairs) = (&mut out.images, &mut out.pairs);
     let (profile, index, kernel, ki) = (at.profile, at.index, at.kernel, at.number);
     let arch = profile.machine.clone();
@@ -214,7 +213,8 @@ pub fn kernel_pairs(
         let image = match images.iter().position(|i| i.kernel == ki && i.extra == extra.packages) {
             Some(i) => i,
             None => {
-                let plan = ctx.plan_image(profile, index, kernel, &extra.packages)?;
+                let recipe = ctx.catalog.recipe("builder")?;
+                let plan = image::plan(profile, recipe, index, kernel, &extra.packages)?;
                 let lock = lock_digest(&plan, profile);
                 images.push(ImageSpec {
                     profile: profile.name.clone(),
@@ -302,7 +302,7 @@ fn lock_digest(plan: &Plan, profile: &Profile) -> String {
 }
 
 /// The build's own scripts and the builder recipe: the first of a key's inputs.
-pub fn recipe_digest(ctx: &Context) -> Result<String, Error> {
+pub fn recipe_digest(ctx: &Context) -> Result<String, PairError> {
     let recipe = ctx.catalog.recipe("builder")?;
     let text = format!("{}\n{}\n{recipe:?}", DRIVER, eval_script());
     Ok(sha256_hex(text.as_bytes()))
