@@ -10,8 +10,9 @@ fn embed(dir: &str, out: &mut String) {
     out.push_str(&format!("pub const {}: &[(&str, &str)] = &[\n", dir.to_uppercase()));
     for p in names {
         let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-        let abs = fs::canonicalize(&p).unwrap_or(p.clone());
-        out.push_str(&format!("    ({stem:?}, include_str!({:?})),\n", abs.display().to_string()));
+        // Relative to the crate, not this script's checkout: worktrees may share a target dir.
+        let rel = format!("/{dir}/{stem}.toml");
+        out.push_str(&format!("    ({stem:?}, include_str!(concat!(env!(\"CARGO_MANIFEST_DIR\"), {rel:?}))),\n"));
     }
     out.push_str("];\n");
     println!("cargo:rerun-if-changed={dir}");

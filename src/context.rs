@@ -4,14 +4,59 @@
 use std::sync::Arc;
 
 use crate::cache::Cache;
+use crate::cache::CacheError;
 use crate::config::Config;
+use crate::config::ConfigError;
+use crate::diagnose::Diagnose;
+use crate::engine::EngineError;
 use crate::engine::{self, Connection, Images};
-use crate::error::Error;
-use crate::image;
+use crate::image::{self, ImageError};
 use crate::kernel::{self, Kernel, KernelError};
-use crate::profile::{self, Catalog, Profile};
-use crate::repo::{self, Index};
+use crate::profile::{self, Catalog, Profile, ProfileError};
+use crate::repo::{self, Index, RepoError};
 use crate::report::Reporter;
+
+/// What stops a step every command shares: one module's error, kept typed.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+}
+
+impl ContextError {
+    fn inner(&self) -> &dyn Diagnose {
+        match self {
+            ContextError::Profile(e) => e,
+            ContextError::Config(e) => e,
+            ContextError::Cache(e) => e,
+            ContextError::Repo(e) => e,
+            ContextError::Kernel(e) => e,
+            ContextError::Engine(e) => e,
+            ContextError::Image(e) => e,
+        }
+    }
+}
+
+impl Diagnose for ContextError {
+    fn exit_code(&self) -> i32 {
+        self.inner().exit_code()
+    }
+    fn hint(&self) -> Option<String> {
+        self.inner().hint()
+    }
+}
 
 pub struct Context {
     pub config: Config,
@@ -26,7 +71,7 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(config: Config, report: Arc<dyn Reporter>, refresh: bool) -> Result<Context, Error> {
+    pub fn new(config: Config, report: Arc<dyn Reporter>, refresh: bool) -> Result<Context, ContextError> {
         let catalog = Catalog::load(&profile::data_dirs())?;
         let cache = Cache::open(config.cache_root())?;
         Ok(Context::of(config, catalog, cache, report, refresh))
@@ -54,14 +99,14 @@ impl Context {
     }
 
     /// The profiles to consider: the named one, or all.
-    pub fn profiles(&self, name: Option<&str>) -> Result<Vec<&Profile>, Error> {
+    pub fn profiles(&self, name: Option<&str>) -> Result<Vec<&Profile>, ContextError> {
         Ok(match name {
             Some(n) => vec![self.catalog.profile(n)?],
             None => self.catalog.profiles.iter().collect(),
         })
     }
 
-    pub async fn index(&self, profile: &Profile) -> Result<Arc<Index>, Error> {
+    pub async fn index(&self, profile: &Profile) -> Result<Arc<Index>, ContextError> {
         // Held while loading, so that concurrent callers wait for one load.
         let mut loaded = self.indexes.lock().await;
         if let Some(index) = loaded.get(&profile.name) {
@@ -79,7 +124,7 @@ impl Context {
         &self,
         release: &str,
         profile: Option<&str>,
-    ) -> Result<(&Profile, Arc<Index>, Kernel), Error> {
+    ) -> Result<(&Profile, Arc<Index>, Kernel), ContextError> {
         let mut offered = Vec::new();
         let mut candidates = self.profiles(profile)?;
         // Read only the indexes of profiles whose naming fits; all of them if none does, so
@@ -102,7 +147,7 @@ impl Context {
         .into())
     }
 
-    pub async fn engine(&self) -> Result<Connection, Error> {
+    pub async fn engine(&self) -> Result<Connection, ContextError> {
         Ok(engine::connect(&self.config.engine_settings(), self.reporter()).await?)
     }
 }
@@ -125,7 +170,7 @@ impl Context {
         profile: Option<&str>,
         extra: &[String],
         force: bool,
-    ) -> Result<Builder<'_>, Error> {
+    ) -> Result<Builder<'_>, ContextError> {
         let (p, index, kernel) = self.find_kernel(release, profile).await?;
         let image = self.image_for(engine, p, &index, &kernel, extra, force).await?;
         Ok(Builder { image, profile: p, index, kernel })
@@ -140,7 +185,7 @@ impl Context {
         kernel: &Kernel,
         extra: &[String],
         force: bool,
-    ) -> Result<image::Built, Error> {
+    ) -> Result<image::Built, ContextError> {
         let plan = self.plan_image(profile, index, kernel, extra)?;
         self.image_of(engine, profile, &plan, force).await
     }
@@ -152,7 +197,7 @@ impl Context {
         index: &Index,
         kernel: &Kernel,
         extra: &[String],
-    ) -> Result<image::Plan, Error> {
+    ) -> Result<image::Plan, ContextError> {
         Ok(image::plan(profile, self.catalog.recipe("builder")?, index, kernel, extra)?)
     }
 
@@ -163,7 +208,7 @@ impl Context {
         profile: &Profile,
         plan: &image::Plan,
         force: bool,
-    ) -> Result<image::Built, Error> {
+    ) -> Result<image::Built, ContextError> {
         let recipe = self.catalog.recipe("builder")?;
         Ok(image::build(&self.cache, engine, profile, recipe, plan, force, self.reporter()).await?)
     }
@@ -175,7 +220,7 @@ impl Context {
         release: &str,
         profile: Option<&str>,
         force: bool,
-    ) -> Result<image::Built, Error> {
+    ) -> Result<image::Built, ContextError> {
         Ok(self.builder(engine, release, profile, &[], force).await?.image)
     }
 }

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::error::Error;
 use ckms::context::Context;
-use ckms::error::Error;
 use ckms::farm::evaluate::{cells, evaluate, in_list, Evaluated};
 use ckms::farm::exec::{Checked, Farm, OnEngine};
 use ckms::farm::plan::{FarmPlan, Work};

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
+use super::error::Error;
 use ckms::context::Context;
-use ckms::error::Error;
 use ckms::farm::evaluate::{evaluate, Evaluated};
 use ckms::farm::report::Cell;
 use ckms::farm::signing::signing;

@@ -1,5 +1,5 @@
+use super::error::Error;
 use ckms::context::Context;
-use ckms::error::Error;
 use ckms::image;
 
 use super::Output;

@@ -1,6 +1,7 @@
 //! Command-line interface: clap definitions, dispatch, and how results and errors are printed.
 //! Everything that does work lives in the library; this only translates.
 
+mod error;
 mod farm;
 mod farm_kube;
 mod farm_progress;
@@ -17,8 +18,8 @@ use std::sync::Arc;
 
 use ckms::config::Config;
 use ckms::context::Context;
-use ckms::error::Error;
 use ckms::report::{Human, JsonLines, Reporter};
+use error::Error;
 
 /// Where every command's --help lists the options all commands take.
 const GLOBAL: &str = "Global options";

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use ckms::error::Error;
+use super::error::Error;
 use ckms::oci::registry::Registry;
 
 /// How to reach a registry (kmm images, the farm's images for Kubernetes).

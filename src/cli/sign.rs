@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::error::Error;
 use ckms::context::Context;
-use ckms::error::Error;
 use ckms::sign::{self, KeyPaths, Origin};
 
 use super::Output;

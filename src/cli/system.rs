@@ -1,6 +1,6 @@
+use super::error::Error;
 use ckms::context::Context;
 use ckms::engine;
-use ckms::error::Error;
 
 use super::Output;
 use ckms::report::table;

@@ -8,8 +8,8 @@ use super::plan::{self, FarmPlan, Work};
 use super::report::Cell;
 use super::select::Selector;
 use super::store::{Lookup, Status, Store};
+use super::FarmError;
 use crate::context::Context;
-use crate::error::Error;
 
 /// A farm plan and what its store holds.
 pub struct Evaluated {
@@ -30,7 +30,7 @@ pub async fn evaluate(
     sources: &[String],
     profile: Option<&str>,
     retry_failed: bool,
-) -> Result<Evaluated, Error> {
+) -> Result<Evaluated, FarmError> {
     let store = Store::open(store)?;
     store.clean_tmp();
     let selectors = kernels.iter().map(|s| Selector::parse(s)).collect::<Result<Vec<_>, _>>()?;

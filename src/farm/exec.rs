@@ -16,7 +16,6 @@ use crate::conf::{BuildPlan, KernelFacts};
 use crate::context::Context;
 use crate::diagnose::{code, Diagnose};
 use crate::engine::{Connection, Images, Runner};
-use crate::error::Error;
 use crate::pair::inputs::{self, KeyedPair};
 use crate::pair::manifest::FILE as MANIFEST;
 use crate::pair::realise::{self, Depends, Key, Limits, Realise, Realised, SignWith, Staged, UNSIGNED};
@@ -81,7 +80,7 @@ impl<'a> Farm<'a> {
     }
 
     /// Makes the builder image `image` ready on `engine` (up to date: no I/O).
-    pub async fn provision(&self, engine: &dyn Images, image: usize) -> Result<(), Error> {
+    pub async fn provision(&self, engine: &dyn Images, image: usize) -> Result<(), FarmError> {
         let spec = &self.plan.images[image];
         let profile = self.ctx.catalog.profile(&spec.profile)?;
         let built = self.ctx.image_of(engine, profile, &spec.plan, false).await?;
@@ -98,7 +97,13 @@ impl<'a> Farm<'a> {
 
     /// Realises pair `index` on `runner` (whose engine the record names) with `make -j<jobs>`,
     /// and stores how it ended (or, with `--check`, compares it with the stored entry).
-    pub async fn realise(&self, index: usize, runner: &dyn Runner, engine: &str, jobs: u32) -> Result<Status, Error> {
+    pub async fn realise(
+        &self,
+        index: usize,
+        runner: &dyn Runner,
+        engine: &str,
+        jobs: u32,
+    ) -> Result<Status, FarmError> {
         let started = Instant::now();
         let (ctx, pair) = (self.ctx, &self.plan.pairs[index]);
         let (source, kernel) = (&self.plan.sources[pair.source], &self.plan.kernels[pair.kernel]);
@@ -260,7 +265,7 @@ impl<'a> Farm<'a> {
 
     /// Copies a staged result's files into the entry `entry` and describes them in `record`:
     /// `modules/` (signed, compressed), `unsigned/`, `make.log`, `ckms.json`.
-    fn take(&self, record: &mut Record, staged: &Staged, entry: &Path) -> Result<(), Error> {
+    fn take(&self, record: &mut Record, staged: &Staged, entry: &Path) -> Result<(), FarmError> {
         let manifest = &staged.manifest;
         for m in &manifest.modules {
             let name = m.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -294,7 +299,7 @@ impl<'a> Farm<'a> {
 
     /// Compares a rebuilt entry with the stored one; a differing one is kept in
     /// `<store>/check/<key>/` to be looked at.
-    fn compare(&self, index: usize, rebuilt: &Record, staged: tempfile::TempDir) -> Result<(), Error> {
+    fn compare(&self, index: usize, rebuilt: &Record, staged: tempfile::TempDir) -> Result<(), FarmError> {
         let key = &self.plan.pairs[index].key;
         let mut c = Checked { pair: index, differs: Vec::new(), compared: 0, status: None };
         let stored = match self.store.get(key) {
@@ -360,11 +365,11 @@ pub struct OnEngine<'a> {
 
 #[async_trait::async_trait]
 impl Executor for OnEngine<'_> {
-    async fn provision(&self, image: usize) -> Result<(), Error> {
+    async fn provision(&self, image: usize) -> Result<(), FarmError> {
         self.farm.provision(self.conn.engine.as_ref(), image).await
     }
 
-    async fn build(&self, index: usize, _task: &Task, jobs: u32) -> Result<Status, Error> {
+    async fn build(&self, index: usize, _task: &Task, jobs: u32) -> Result<Status, FarmError> {
         let engine = format!("{:?} {}", self.conn.info.kind, self.conn.info.version);
         self.farm.realise(self.todo[index], self.conn.engine.as_ref(), &engine, jobs).await
     }

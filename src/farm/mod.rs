@@ -22,7 +22,15 @@ pub mod verdict;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+use crate::context::ContextError;
 use crate::diagnose::{code, Diagnose};
+use crate::error::Usage;
+use crate::kernel::KernelError;
+use crate::lifecycle::LifecycleError;
+use crate::pair::PairError;
+use crate::profile::ProfileError;
+use crate::sign::SignError;
+use crate::verify::VerifyError;
 
 #[derive(Debug, Error)]
 pub enum FarmError {
@@ -38,6 +46,23 @@ pub enum FarmError {
     Selector { selector: String, message: String },
     #[error("kernel selector {selector:?} matches no kernel the profiles offer")]
     NoKernel { selector: String, closest: Vec<String> },
+    #[error(transparent)]
+    Usage(#[from] Usage),
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Pair(#[from] PairError),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error(transparent)]
+    /// Boxed: the composing verbs' errors are large, and rare.
+    Lifecycle(Box<LifecycleError>),
+    #[error(transparent)]
+    Sign(#[from] SignError),
 }
 
 impl FarmError {
@@ -49,6 +74,14 @@ impl FarmError {
 impl Diagnose for FarmError {
     fn exit_code(&self) -> i32 {
         match self {
+            FarmError::Sign(e) => e.exit_code(),
+            FarmError::Usage(e) => e.exit_code(),
+            FarmError::Context(e) => e.exit_code(),
+            FarmError::Profile(e) => e.exit_code(),
+            FarmError::Kernel(e) => e.exit_code(),
+            FarmError::Pair(e) => e.exit_code(),
+            FarmError::Verify(e) => e.exit_code(),
+            FarmError::Lifecycle(e) => e.exit_code(),
             FarmError::Io { .. } | FarmError::Store { .. } => code::IO,
             FarmError::NotAStore(_) | FarmError::StoreFormat { .. } | FarmError::Selector { .. } => code::USAGE,
             FarmError::NoKernel { .. } => code::UNKNOWN_KERNEL,
@@ -57,6 +90,14 @@ impl Diagnose for FarmError {
 
     fn hint(&self) -> Option<String> {
         match self {
+            FarmError::Sign(e) => e.hint(),
+            FarmError::Usage(e) => e.hint(),
+            FarmError::Context(e) => e.hint(),
+            FarmError::Profile(e) => e.hint(),
+            FarmError::Kernel(e) => e.hint(),
+            FarmError::Pair(e) => e.hint(),
+            FarmError::Verify(e) => e.hint(),
+            FarmError::Lifecycle(e) => e.hint(),
             FarmError::Io { source, .. } if source.raw_os_error() == Some(28) => Some(
                 "the disk holding the store is full: free space and run the same command again; finished pairs \
                  are kept, the interrupted one is rebuilt"
@@ -80,5 +121,11 @@ impl Diagnose for FarmError {
             }
             FarmError::NoKernel { .. } => Some("`ckms kernels` lists what the profiles offer".into()),
         }
+    }
+}
+
+impl From<LifecycleError> for FarmError {
+    fn from(e: LifecycleError) -> Self {
+        FarmError::Lifecycle(Box::new(e))
     }
 }

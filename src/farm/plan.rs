@@ -13,7 +13,7 @@ use super::select::Selector;
 use super::FarmError;
 use crate::cache::sha256_hex;
 use crate::context::Context;
-use crate::error::Error;
+use crate::error::Usage;
 use crate::kernel::{self, Kernel};
 use crate::lifecycle::{AddSource, Lifecycle, ModuleVersion, Options};
 use crate::pair::inputs::{self, Evaluation, ImageSpec, KernelAt, KeyedPair, Source};
@@ -76,7 +76,7 @@ impl Work {
 }
 
 /// The kernels `selectors` name, among what every profile offers (or `profile`'s).
-pub async fn kernels(ctx: &Context, selectors: &[Selector], profile: Option<&str>) -> Result<Vec<Kernel>, Error> {
+pub async fn kernels(ctx: &Context, selectors: &[Selector], profile: Option<&str>) -> Result<Vec<Kernel>, FarmError> {
     let mut offered = Vec::new();
     let profiles = ctx.profiles(profile)?;
     // Only the indexes a selector can pick from: loading one takes a while.
@@ -91,11 +91,16 @@ pub async fn kernels(ctx: &Context, selectors: &[Selector], profile: Option<&str
         offered.extend(kernel::list(p, &index));
     }
     let names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
-    Ok(super::select::select(selectors, &offered, &names)?)
+    super::select::select(selectors, &offered, &names)
 }
 
 /// Puts every source into the source tree of every profile among `kernels`.
-pub async fn sources(ctx: &Context, work: &Work, given: &[String], kernels: &[Kernel]) -> Result<Vec<Source>, Error> {
+pub async fn sources(
+    ctx: &Context,
+    work: &Work,
+    given: &[String],
+    kernels: &[Kernel],
+) -> Result<Vec<Source>, FarmError> {
     let mut profiles: Vec<&str> = kernels.iter().map(|k| k.profile.as_str()).collect();
     profiles.sort();
     profiles.dedup();
@@ -121,9 +126,9 @@ pub async fn sources(ctx: &Context, work: &Work, given: &[String], kernels: &[Ke
 
 /// Adds one source as given: `deb:PACKAGE`, a directory, a tarball or `.deb`, or `M/V` from
 /// the host's source tree.
-async fn add(lc: &Lifecycle<'_>, given: &str) -> Result<ModuleVersion, Error> {
+async fn add(lc: &Lifecycle<'_>, given: &str) -> Result<ModuleVersion, FarmError> {
     if let Some(package) = given.strip_prefix("deb:") {
-        return lc.add_package(package, None).await;
+        return Ok(lc.add_package(package, None).await?);
     }
     let path = PathBuf::from(given);
     let source = if path.is_dir() {
@@ -135,21 +140,22 @@ async fn add(lc: &Lifecycle<'_>, given: &str) -> Result<ModuleVersion, Error> {
     } else if let Some((m, v)) = given.split_once('/').filter(|(m, v)| !m.is_empty() && !v.is_empty()) {
         AddSource::Dir(Roots::system().source_tree.join(format!("{m}-{v}")))
     } else {
-        return Err(Error::usage(
-            format!("{given}: not a directory, a tarball, a .deb, M/V or deb:PACKAGE"),
-            Some(
+        return Err(Usage {
+            message: format!("{given}: not a directory, a tarball, a .deb, M/V or deb:PACKAGE"),
+            hint: Some(
                 "a farm source is a directory with a dkms.conf, a dkms tarball, a *-dkms .deb, MODULE/VERSION \
              from /usr/src, or deb:PACKAGE from the kernels' repository"
                     .into(),
             ),
-        ));
+        }
+        .into());
     };
-    lc.add(&source, None)
+    Ok(lc.add(&source, None)?)
 }
 
 /// The pairs of `sources` × `kernels` (each source with its own profile's kernels), their
 /// images and keys.
-pub async fn pairs(ctx: &Context, sources: Vec<Source>, kernels: Vec<Kernel>) -> Result<FarmPlan, Error> {
+pub async fn pairs(ctx: &Context, sources: Vec<Source>, kernels: Vec<Kernel>) -> Result<FarmPlan, FarmError> {
     let recipe = inputs::recipe_digest(ctx)?;
     let mut evaluation = Evaluation::default();
     for (number, kernel) in kernels.iter().enumerate() {

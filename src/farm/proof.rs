@@ -4,9 +4,9 @@
 
 use super::plan::FarmPlan;
 use super::store::{Lookup, Proof, Status, Store};
+use super::FarmError;
 use crate::context::Context;
 use crate::engine::Engine;
-use crate::error::Error;
 use crate::verify::modinfo::canonical;
 use crate::verify::{self, Subject};
 
@@ -20,7 +20,12 @@ pub struct Booted {
 }
 
 /// Boots each kernel of `plan` that has built pairs in `store` once and loads their modules.
-pub async fn verify(ctx: &Context, engine: &dyn Engine, plan: &FarmPlan, store: &Store) -> Result<Vec<Booted>, Error> {
+pub async fn verify(
+    ctx: &Context,
+    engine: &dyn Engine,
+    plan: &FarmPlan,
+    store: &Store,
+) -> Result<Vec<Booted>, FarmError> {
     let mut out = Vec::new();
     for (ki, kernel) in plan.kernels.iter().enumerate() {
         // The built pairs of this kernel, and their signed modules; one file per module name

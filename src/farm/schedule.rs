@@ -13,7 +13,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use super::store::Status;
-use crate::error::Error;
+use super::FarmError;
+use crate::diagnose::Diagnose;
 
 /// One pair to build, as the schedule sees it.
 #[derive(Debug, Clone)]
@@ -34,9 +35,9 @@ pub struct Task {
 #[async_trait::async_trait]
 pub trait Executor: Send + Sync {
     /// Makes the builder image `image` ready; called once per image, before its first build.
-    async fn provision(&self, image: usize) -> Result<(), Error>;
+    async fn provision(&self, image: usize) -> Result<(), FarmError>;
     /// Builds task `index` with `make -j<jobs>` and stores the result; its status.
-    async fn build(&self, index: usize, task: &Task, jobs: u32) -> Result<Status, Error>;
+    async fn build(&self, index: usize, task: &Task, jobs: u32) -> Result<Status, FarmError>;
 }
 
 /// How much the machine gives.
@@ -110,8 +111,8 @@ pub async fn run(
     let mut started = vec![false; tasks.len()];
     let mut next_image = 0;
     let mut tokens = capacity.cores.max(1);
-    let mut provisioning: Running<'_, (usize, Result<(), Error>)> = FuturesUnordered::new();
-    let mut building: Running<'_, (usize, u32, f64, Result<Status, Error>)> = FuturesUnordered::new();
+    let mut provisioning: Running<'_, (usize, Result<(), FarmError>)> = FuturesUnordered::new();
+    let mut building: Running<'_, (usize, u32, f64, Result<Status, FarmError>)> = FuturesUnordered::new();
 
     loop {
         while provisioning.len() < capacity.provisioners.max(1) && next_image < image_order.len() {
@@ -230,15 +231,15 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Executor for Fake {
-        async fn provision(&self, image: usize) -> Result<(), Error> {
+        async fn provision(&self, image: usize) -> Result<(), FarmError> {
             self.log.lock().unwrap().push(format!("image {image}"));
             tokio::time::sleep(Duration::from_millis(5)).await;
             if self.bad_image == Some(image) {
-                return Err(Error::usage("no such kernel", None));
+                return Err(FarmError::NoKernel { selector: "no such kernel".into(), closest: vec![] });
             }
             Ok(())
         }
-        async fn build(&self, index: usize, _task: &Task, jobs: u32) -> Result<Status, Error> {
+        async fn build(&self, index: usize, _task: &Task, jobs: u32) -> Result<Status, FarmError> {
             {
                 let mut r = self.running.lock().unwrap();
                 r.0 += jobs;

@@ -5,14 +5,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::exec::Signing;
+use super::FarmError;
 use crate::context::Context;
-use crate::error::Error;
 use crate::sign;
 use crate::tree::Roots;
 
 /// The key pair the farm signs with (as `build` would on this host), made now if it is
 /// ckms's own and missing, so that parallel builds never race to make it.
-pub fn signing(ctx: &Context, given: Option<(&Path, &Path)>) -> Result<Option<Signing>, Error> {
+pub fn signing(ctx: &Context, given: Option<(&Path, &Path)>) -> Result<Option<Signing>, FarmError> {
     if !ctx.config.sign_enabled() {
         return Ok(None);
     }

@@ -15,7 +15,6 @@ use super::replay::ReplayRunner;
 use super::KubeError;
 use crate::context::Context;
 use crate::engine::{EngineError, ImageSummary, Images};
-use crate::error::Error;
 use crate::farm::exec::{Farm, Signing};
 use crate::farm::plan::{FarmPlan, Work};
 use crate::farm::store::{Status, Store};
@@ -39,7 +38,7 @@ pub async fn collect(
     kube: &KubePlan,
     from: &Path,
     signing: Option<Signing>,
-) -> Result<Collected, Error> {
+) -> Result<Collected, KubeError> {
     let mut done = Collected::default();
     let images = kube.images();
     let farm = Farm::new(ctx, plan, store, work, signing);

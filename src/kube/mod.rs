@@ -20,7 +20,15 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::artifact::ArtifactError;
+use crate::cache::CacheError;
+use crate::context::ContextError;
 use crate::diagnose::{code, Diagnose};
+use crate::farm::FarmError;
+use crate::image::ImageError;
+use crate::kernel::KernelError;
+use crate::oci::OciError;
+use crate::profile::ProfileError;
 
 #[derive(Debug, Error)]
 pub enum KubeError {
@@ -42,6 +50,23 @@ pub enum KubeError {
     BadFileName(String),
     #[error("cannot render a Kubernetes object as JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Oci(#[from] OciError),
+    #[error(transparent)]
+    /// Boxed: the composing verbs' errors are large, and rare.
+    Farm(Box<FarmError>),
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
 }
 
 impl KubeError {
@@ -53,6 +78,14 @@ impl KubeError {
 impl Diagnose for KubeError {
     fn exit_code(&self) -> i32 {
         match self {
+            KubeError::Artifact(e) => e.exit_code(),
+            KubeError::Context(e) => e.exit_code(),
+            KubeError::Cache(e) => e.exit_code(),
+            KubeError::Profile(e) => e.exit_code(),
+            KubeError::Kernel(e) => e.exit_code(),
+            KubeError::Image(e) => e.exit_code(),
+            KubeError::Oci(e) => e.exit_code(),
+            KubeError::Farm(e) => e.exit_code(),
             KubeError::Io { .. } => code::IO,
             KubeError::Result { .. } | KubeError::WrongPair { .. } | KubeError::Replay { .. } => code::REFUSED,
             KubeError::Tampered { .. } => code::CHECKSUM_MISMATCH,
@@ -62,6 +95,14 @@ impl Diagnose for KubeError {
 
     fn hint(&self) -> Option<String> {
         match self {
+            KubeError::Artifact(e) => e.hint(),
+            KubeError::Context(e) => e.hint(),
+            KubeError::Cache(e) => e.hint(),
+            KubeError::Profile(e) => e.hint(),
+            KubeError::Kernel(e) => e.hint(),
+            KubeError::Image(e) => e.hint(),
+            KubeError::Oci(e) => e.hint(),
+            KubeError::Farm(e) => e.hint(),
             KubeError::Io { .. } => Some("check that the directory is readable, writable and its disk not full".into()),
             KubeError::BadFileName(_) | KubeError::Json(_) => None,
             KubeError::Result { .. }
@@ -73,5 +114,11 @@ impl Diagnose for KubeError {
                     .into(),
             ),
         }
+    }
+}
+
+impl From<FarmError> for KubeError {
+    fn from(e: FarmError) -> Self {
+        KubeError::Farm(Box::new(e))
     }
 }

@@ -15,7 +15,6 @@ use super::KubeError;
 use crate::artifact::pack_dir;
 use crate::build::{CONTAINER_SOURCES, CONTAINER_TREE};
 use crate::context::Context;
-use crate::error::Error;
 use crate::farm::plan::{FarmPlan, Work};
 use crate::image::archive::{self, ArchiveLayer};
 use crate::image::{assemble, DEFAULT_PIDS};
@@ -67,7 +66,7 @@ pub async fn render(
     work: &Work,
     todo: &[usize],
     req: &Request,
-) -> Result<Rendered, Error> {
+) -> Result<Rendered, KubeError> {
     let out = &req.out;
     clear_previous(out)?;
     let scratch = tempfile::tempdir_in(ctx.cache.dir("tmp")?).map_err(KubeError::io(out))?;
@@ -250,7 +249,7 @@ fn image_err(name: &str) -> impl Fn(archive::ArchiveError) -> OciError + '_ {
 
 /// The ckms binary and the shared libraries it uses beyond glibc's (the image has those), as
 /// this process has them mapped: a layer that is a function of the binary and its libraries.
-fn ckms_layer(dir: &Path, binary: &Path) -> Result<ArchiveLayer, Error> {
+fn ckms_layer(dir: &Path, binary: &Path) -> Result<ArchiveLayer, KubeError> {
     let bin = std::fs::read(binary).map_err(KubeError::io(binary))?;
     let mut libs: Vec<PathBuf> = std::fs::read_to_string("/proc/self/maps")
         .unwrap_or_default()
@@ -286,7 +285,7 @@ fn is_glibc(name: &str) -> bool {
 }
 
 /// The Job's plan and every module source its pairs build or see, read-only for the pods.
-fn inputs_layer(dir: &Path, job: &JobPlan, sources: &Path) -> Result<ArchiveLayer, Error> {
+fn inputs_layer(dir: &Path, job: &JobPlan, sources: &Path) -> Result<ArchiveLayer, KubeError> {
     let mut trees: Vec<(String, String)> = Vec::new();
     for p in &job.pairs {
         trees.push((p.module.clone(), p.version.clone()));

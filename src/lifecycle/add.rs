@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use super::{Lifecycle, LifecycleError, ModuleVersion};
-use crate::error::Error;
 use crate::source::{self, from_deb, Origin};
 use crate::tree;
 
@@ -25,7 +24,7 @@ pub enum AddSource {
 
 impl Lifecycle<'_> {
     /// Adds a module version to the tree; adding what is already there is a no-op.
-    pub fn add(&self, source: &AddSource, names: Option<&ModuleVersion>) -> Result<ModuleVersion, Error> {
+    pub fn add(&self, source: &AddSource, names: Option<&ModuleVersion>) -> Result<ModuleVersion, LifecycleError> {
         let given = names.into_iter().chain(match source {
             AddSource::Tree(mv) => Some(mv),
             _ => None,
@@ -60,7 +59,11 @@ impl Lifecycle<'_> {
 
     /// `add deb:PACKAGE`: the package's newest version from the profile's signed repository
     /// (`--profile`, else the one of this host's distribution), added as its .deb.
-    pub async fn add_package(&self, package: &str, names: Option<&ModuleVersion>) -> Result<ModuleVersion, Error> {
+    pub async fn add_package(
+        &self,
+        package: &str,
+        names: Option<&ModuleVersion>,
+    ) -> Result<ModuleVersion, LifecycleError> {
         let profile = match &self.opts.profile {
             Some(name) => self.ctx.catalog.profile(name)?,
             None => {
@@ -75,7 +78,7 @@ impl Lifecycle<'_> {
     /// `add -m M -v V --package P` (common.postinst, with dpkg's DPKG_MAINTSCRIPT_PACKAGE):
     /// records the installed package's fields from the dpkg database beside the source tree.
     /// A package dpkg does not know is a warning: the build falls back to asking dpkg then.
-    pub fn record_installed(&self, mv: &ModuleVersion, package: &str) -> Result<(), Error> {
+    pub fn record_installed(&self, mv: &ModuleVersion, package: &str) -> Result<(), LifecycleError> {
         let name = format!("{}-{}", mv.module, mv.version);
         match source::installed(&self.roots.source_tree, &name, Some(package)) {
             Some(origin) => self.record_origin(mv, &origin),
@@ -86,7 +89,7 @@ impl Lifecycle<'_> {
         }
     }
 
-    fn record_origin(&self, mv: &ModuleVersion, origin: &Origin) -> Result<(), Error> {
+    fn record_origin(&self, mv: &ModuleVersion, origin: &Origin) -> Result<(), LifecycleError> {
         let dir = self.roots.module_dir(&mv.module, &mv.version);
         origin.write(&dir).map_err(LifecycleError::io(dir.join(source::origin::FILE)))?;
         self.report().info(format!("{mv} comes from the package {} {}", origin.package, origin.version));
@@ -95,29 +98,29 @@ impl Lifecycle<'_> {
 
     /// A temporary directory beside the source tree (same file system: the copy is a rename
     /// away), else in /tmp.
-    pub(super) fn scratch_dir(&self, file: &Path) -> Result<tempfile::TempDir, Error> {
-        Ok(tempfile::Builder::new()
+    pub(super) fn scratch_dir(&self, file: &Path) -> Result<tempfile::TempDir, LifecycleError> {
+        tempfile::Builder::new()
             .prefix(".ckms-add-")
             .tempdir_in(self.roots.source_tree.parent().unwrap_or(Path::new("/tmp")))
             .or_else(|_| tempfile::tempdir())
-            .map_err(LifecycleError::io(file))?)
+            .map_err(LifecycleError::io(file))
     }
 
     /// Makes sure `mv` is in the tree (build and install imply add).
-    pub(super) fn ensure_added(&self, mv: &ModuleVersion) -> Result<(), Error> {
+    pub(super) fn ensure_added(&self, mv: &ModuleVersion) -> Result<(), LifecycleError> {
         if self.roots.module_dir(&mv.module, &mv.version).join("source").exists() {
             return Ok(());
         }
         self.link_source(mv)
     }
 
-    pub(super) fn link_source(&self, mv: &ModuleVersion) -> Result<(), Error> {
+    pub(super) fn link_source(&self, mv: &ModuleVersion) -> Result<(), LifecycleError> {
         let src = self.source_dir(mv);
         if !src.is_dir() {
-            return Err(LifecycleError::NoSource(src).into());
+            return Err(LifecycleError::NoSource(src));
         }
         if !src.join("dkms.conf").is_file() {
-            return Err(LifecycleError::NoConf(src.join("dkms.conf")).into());
+            return Err(LifecycleError::NoConf(src.join("dkms.conf")));
         }
         let dir = self.roots.module_dir(&mv.module, &mv.version);
         let link = dir.join("source");
@@ -135,8 +138,7 @@ impl Lifecycle<'_> {
                     module: mv.module.clone(),
                     version: mv.version.clone(),
                     existing,
-                }
-                .into());
+                });
             }
         }
         std::fs::create_dir_all(&dir).map_err(LifecycleError::io(&dir))?;
@@ -146,7 +148,11 @@ impl Lifecycle<'_> {
     }
 
     /// Copies `dir` to `<source_tree>/<m>-<v>` unless it is that directory already.
-    pub(super) fn import_dir(&self, dir: &Path, names: Option<&ModuleVersion>) -> Result<ModuleVersion, Error> {
+    pub(super) fn import_dir(
+        &self,
+        dir: &Path,
+        names: Option<&ModuleVersion>,
+    ) -> Result<ModuleVersion, LifecycleError> {
         let conf = dir.join("dkms.conf");
         let mv = match names {
             Some(mv) => mv.clone(),
@@ -189,8 +195,7 @@ impl Lifecycle<'_> {
                     module: mv.module.clone(),
                     version: mv.version.clone(),
                     existing: target,
-                }
-                .into());
+                });
             }
         }
         copy_tree(dir, &target).map_err(LifecycleError::io(&target))?;
@@ -200,7 +205,7 @@ impl Lifecycle<'_> {
 
 /// A package's source directory `<m>-<v>` split into module and version: at the literal
 /// PACKAGE_NAME of its dkms.conf, else at its literal PACKAGE_VERSION.
-fn names_of(dir: &Path, name: &str) -> Result<ModuleVersion, Error> {
+fn names_of(dir: &Path, name: &str) -> Result<ModuleVersion, LifecycleError> {
     let conf = dir.join("dkms.conf");
     let text = std::fs::read_to_string(&conf).map_err(|_| LifecycleError::NoConf(conf.clone()))?;
     let split = literal(&text, "PACKAGE_NAME")

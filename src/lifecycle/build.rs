@@ -6,7 +6,6 @@ use std::path::Path;
 use super::{KernelTarget, Lifecycle, LifecycleError, ModuleVersion};
 use crate::conf::{BuildPlan, KernelFacts};
 use crate::engine::LogSink;
-use crate::error::Error;
 use crate::pair::inputs;
 use crate::pair::realise::{self, Depends, Key, Limits, Realise, Realised, SignWith, UNSIGNED};
 use crate::pair::PairError;
@@ -33,7 +32,7 @@ pub enum BuildOutcome {
 
 impl Lifecycle<'_> {
     /// Builds `mv` for `target` (adding it first if needed; BUILD_DEPENDS first).
-    pub async fn build(&self, mv: &ModuleVersion, target: &KernelTarget) -> Result<BuildOutcome, Error> {
+    pub async fn build(&self, mv: &ModuleVersion, target: &KernelTarget) -> Result<BuildOutcome, LifecycleError> {
         self.build_with_deps(mv, target, &mut Vec::new()).await
     }
 
@@ -42,7 +41,7 @@ impl Lifecycle<'_> {
         mv: &ModuleVersion,
         target: &KernelTarget,
         chain: &mut Vec<String>,
-    ) -> Result<BuildOutcome, Error> {
+    ) -> Result<BuildOutcome, LifecycleError> {
         self.ensure_added(mv)?;
         let arch = self.arch(target)?;
         let built_dir = self.roots.built_dir(&mv.module, &mv.version, &target.release, &arch);
@@ -109,7 +108,7 @@ impl Lifecycle<'_> {
             }
             Realised::Skipped { reason } => {
                 let (module, version, kernel) = (mv.module.clone(), mv.version.clone(), target.release.clone());
-                return Err(LifecycleError::Skipped { module, version, kernel, reason }.into());
+                return Err(LifecycleError::Skipped { module, version, kernel, reason });
             }
             Realised::Refused(e) => return Err(e.into()),
             Realised::Failed(failed) => {
@@ -142,7 +141,7 @@ impl Lifecycle<'_> {
     /// The hash and key to sign this kernel's modules with: `None` when the kernel has no
     /// CONFIG_MODULE_SIG_HASH or signing is turned off, each said in one line. An existing
     /// pair is loaded (and checked) now; ckms's own, when missing, is made after the build.
-    fn signing(&self, kconfig: Option<&str>) -> Result<Option<(String, TreeKey)>, Error> {
+    fn signing(&self, kconfig: Option<&str>) -> Result<Option<(String, TreeKey)>, LifecycleError> {
         let Some(hash) = kconfig.and_then(sign::kernel_hash) else {
             self.report().info("The kernel is built without module signing facility, modules won't be signed");
             return Ok(None);
@@ -196,7 +195,7 @@ impl Lifecycle<'_> {
         deps: &[String],
         target: &KernelTarget,
         chain: &mut Vec<String>,
-    ) -> Result<(), Error> {
+    ) -> Result<(), LifecycleError> {
         chain.push(mv.module.clone());
         for dep in deps {
             let Some(version) = self.versions(dep).pop() else { continue };
@@ -208,7 +207,7 @@ impl Lifecycle<'_> {
     }
 
     /// The kernel's arch: given with `-k kver/arch` or `-a`, else the profile's machine.
-    pub(super) fn arch(&self, target: &KernelTarget) -> Result<String, Error> {
+    pub(super) fn arch(&self, target: &KernelTarget) -> Result<String, LifecycleError> {
         if let Some(a) = &target.arch {
             return Ok(a.clone());
         }

@@ -1,7 +1,20 @@
 use std::path::PathBuf;
 use thiserror::Error;
 
+use crate::artifact::ArtifactError;
+use crate::build::BuildError;
+use crate::conf::ConfError;
+use crate::context::ContextError;
 use crate::diagnose::{code, Diagnose};
+use crate::error::Usage;
+use crate::install::InstallError;
+use crate::kernel::KernelError;
+use crate::pair::substitute::SubstituteError;
+use crate::pair::PairError;
+use crate::profile::ProfileError;
+use crate::sign::SignError;
+use crate::source::SourceError;
+use crate::verify::VerifyError;
 
 #[derive(Debug, Error)]
 pub enum LifecycleError {
@@ -38,6 +51,32 @@ pub enum LifecycleError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("autoinstall for kernel {kernel}: {failed} of {total} module(s) failed: {}", names.join(", "))]
     Autoinstall { kernel: String, failed: usize, total: usize, names: Vec<String> },
+    #[error(transparent)]
+    Usage(#[from] Usage),
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Conf(#[from] ConfError),
+    #[error(transparent)]
+    Pair(#[from] PairError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Sign(#[from] SignError),
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    #[error(transparent)]
+    Substitute(#[from] SubstituteError),
+    #[error(transparent)]
+    Install(#[from] InstallError),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
 }
 
 impl LifecycleError {
@@ -67,11 +106,37 @@ impl Diagnose for LifecycleError {
             }
             LifecycleError::Io { .. } => code::IO,
             LifecycleError::Autoinstall { .. } => code::AUTOINSTALL_FAILED,
+            LifecycleError::Usage(e) => e.exit_code(),
+            LifecycleError::Context(e) => e.exit_code(),
+            LifecycleError::Profile(e) => e.exit_code(),
+            LifecycleError::Kernel(e) => e.exit_code(),
+            LifecycleError::Source(e) => e.exit_code(),
+            LifecycleError::Conf(e) => e.exit_code(),
+            LifecycleError::Pair(e) => e.exit_code(),
+            LifecycleError::Build(e) => e.exit_code(),
+            LifecycleError::Sign(e) => e.exit_code(),
+            LifecycleError::Artifact(e) => e.exit_code(),
+            LifecycleError::Substitute(e) => e.exit_code(),
+            LifecycleError::Install(e) => e.exit_code(),
+            LifecycleError::Verify(e) => e.exit_code(),
         }
     }
 
     fn hint(&self) -> Option<String> {
         Some(match self {
+            LifecycleError::Usage(e) => return e.hint(),
+            LifecycleError::Context(e) => return e.hint(),
+            LifecycleError::Profile(e) => return e.hint(),
+            LifecycleError::Kernel(e) => return e.hint(),
+            LifecycleError::Source(e) => return e.hint(),
+            LifecycleError::Conf(e) => return e.hint(),
+            LifecycleError::Pair(e) => return e.hint(),
+            LifecycleError::Build(e) => return e.hint(),
+            LifecycleError::Sign(e) => return e.hint(),
+            LifecycleError::Artifact(e) => return e.hint(),
+            LifecycleError::Substitute(e) => return e.hint(),
+            LifecycleError::Install(e) => return e.hint(),
+            LifecycleError::Verify(e) => return e.hint(),
             LifecycleError::NoSource(p) => {
                 format!("put the module's source (with its dkms.conf) in {}, or `ckms add <dir>`", p.display())
             }

@@ -4,7 +4,6 @@
 
 use super::{KernelTarget, Lifecycle, LifecycleError, Manifest, ManifestModule, ModuleVersion};
 use crate::build::run_script;
-use crate::error::Error;
 use crate::install::{self, Depmod, HostDepmod, ModuleFile, Target};
 use crate::pair::substitute::{SourceDir, Substitute, Want};
 use crate::sign::{self, SignError};
@@ -21,7 +20,7 @@ pub enum InstallOutcome {
 
 impl Lifecycle<'_> {
     /// Installs `mv` for `target`, building it first if needed.
-    pub async fn install(&self, mv: &ModuleVersion, target: &KernelTarget) -> Result<InstallOutcome, Error> {
+    pub async fn install(&self, mv: &ModuleVersion, target: &KernelTarget) -> Result<InstallOutcome, LifecycleError> {
         let arch = self.arch(target)?;
         let kernel = target.release.clone();
         let installed = self.installed_version(&mv.module, &kernel, &arch);
@@ -39,8 +38,7 @@ impl Lifecycle<'_> {
                     other,
                     kernel,
                     arch,
-                }
-                .into());
+                });
             }
             self.uninstall(&ModuleVersion { module: mv.module.clone(), version: other }, target).await?;
         }
@@ -68,8 +66,7 @@ impl Lifecycle<'_> {
                     version: mv.version.clone(),
                     kernel,
                     status,
-                }
-                .into());
+                });
             }
         }
         let files = module_files(&manifest, &built_dir);
@@ -95,7 +92,7 @@ impl Lifecycle<'_> {
     }
 
     /// Uninstalls `mv` from `target` and puts back what it replaced.
-    pub async fn uninstall(&self, mv: &ModuleVersion, target: &KernelTarget) -> Result<InstallOutcome, Error> {
+    pub async fn uninstall(&self, mv: &ModuleVersion, target: &KernelTarget) -> Result<InstallOutcome, LifecycleError> {
         let arch = self.arch(target)?;
         let kernel = target.release.clone();
         if self.installed_version(&mv.module, &kernel, &arch).as_deref() != Some(mv.version.as_str()) {
@@ -132,7 +129,13 @@ impl Lifecycle<'_> {
 
     /// Makes a substitute the built dir of (mv, kernel, arch), as a build would have left it;
     /// installing it then checks the module signatures as for a local build.
-    fn place_substitute(&self, mv: &ModuleVersion, kernel: &str, arch: &str, found: &Substitute) -> Result<(), Error> {
+    fn place_substitute(
+        &self,
+        mv: &ModuleVersion,
+        kernel: &str,
+        arch: &str,
+        found: &Substitute,
+    ) -> Result<(), LifecycleError> {
         let module_dir = self.roots.module_dir(&mv.module, &mv.version);
         let staged = tempfile::Builder::new()
             .prefix(".ckms-prebuilt-")
@@ -184,7 +187,7 @@ impl Lifecycle<'_> {
     /// Before anything is written: every signed module must verify against the certificate
     /// in use, and when the kernel wants signatures (and signing is on) every module must
     /// have one, so nothing unsigned or wrongly signed is installed.
-    fn check_signatures(&self, manifest: &Manifest, files: &[ModuleFile]) -> Result<(), Error> {
+    fn check_signatures(&self, manifest: &Manifest, files: &[ModuleFile]) -> Result<(), LifecycleError> {
         let required = manifest.sig_hash.is_some() && self.ctx.config.sign_enabled();
         let mut cert = None;
         for f in files {
@@ -236,7 +239,13 @@ impl Lifecycle<'_> {
     /// the module's source, not the host. Returns its exit status.
     /// A script that is not in the source (a binaries-only module has only its dkms.conf) is
     /// not run, with dkms's warning, and needs no engine.
-    async fn run_hook(&self, mv: &ModuleVersion, manifest: &Manifest, what: &str, script: &str) -> Result<i64, Error> {
+    async fn run_hook(
+        &self,
+        mv: &ModuleVersion,
+        manifest: &Manifest,
+        what: &str,
+        script: &str,
+    ) -> Result<i64, LifecycleError> {
         let source = self.roots.module_dir(&mv.module, &mv.version).join("source");
         let program = script.split_whitespace().next().unwrap_or_default();
         if !source.join(program).is_file() {
@@ -286,7 +295,7 @@ fn module_files(manifest: &Manifest, built_dir: &std::path::Path) -> Vec<ModuleF
 mod tests {
     use super::super::testing::{built, context};
     use super::*;
-    use crate::diagnose::code;
+    use crate::diagnose::{code, Diagnose};
     use crate::pair::substitute::SubstitutedModule;
     use crate::sign::{keys, Locations, Signer};
     use crate::tree::Roots;
@@ -298,7 +307,7 @@ mod tests {
         keys::generate(&loc.resolve(None, None), false).unwrap()
     }
 
-    async fn install(root: &Path, roots: Roots) -> Result<InstallOutcome, Error> {
+    async fn install(root: &Path, roots: Roots) -> Result<InstallOutcome, LifecycleError> {
         let ctx = context(root);
         let opts = super::super::Options { depmod: false, ..Default::default() };
         let lc = Lifecycle::new(&ctx, roots, opts);
@@ -334,7 +343,7 @@ mod tests {
     }
 
     /// m/1 from a cache's entry, placed as the built dir of kernel k; then installed.
-    async fn install_prebuilt(root: &Path, signed: Option<(String, String)>) -> Result<InstallOutcome, Error> {
+    async fn install_prebuilt(root: &Path, signed: Option<(String, String)>) -> Result<InstallOutcome, LifecycleError> {
         let ctx = context(root);
         let roots = Roots::under(root, "/var/lib/ckms");
         let src = roots.source_tree.join("m-1");

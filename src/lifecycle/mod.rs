@@ -23,8 +23,9 @@ use tokio::sync::OnceCell;
 
 use crate::context::Context;
 use crate::diagnose::code::SKIPPED;
+use crate::diagnose::Diagnose;
 use crate::engine::Connection;
-use crate::error::Error;
+use crate::error::Usage;
 use crate::install::TreeLock;
 use crate::pair::substitute::Substituter;
 use crate::repo::version;
@@ -78,7 +79,7 @@ impl<'a> Lifecycle<'a> {
     }
 
     /// The engine, connected on first use: `status` and `remove` never need one.
-    async fn engine(&self) -> Result<&Connection, Error> {
+    async fn engine(&self) -> Result<&Connection, LifecycleError> {
         let conn = self.engine.get_or_try_init(|| self.ctx.engine()).await?;
         Ok(conn)
     }
@@ -111,7 +112,7 @@ impl<'a> Lifecycle<'a> {
 
     /// Fills in a missing version the way dkms does: the only version in the tree (or the
     /// only `<m>-*` source directory).
-    pub fn complete(&self, module: &str, version: Option<&str>) -> Result<ModuleVersion, Error> {
+    pub fn complete(&self, module: &str, version: Option<&str>) -> Result<ModuleVersion, LifecycleError> {
         check_names(std::iter::once(module).chain(version))?;
         if let Some(v) = version {
             return Ok(ModuleVersion { module: module.into(), version: v.into() });
@@ -122,21 +123,22 @@ impl<'a> Lifecycle<'a> {
         }
         match versions.as_slice() {
             [one] => Ok(ModuleVersion { module: module.into(), version: one.clone() }),
-            [] => Err(LifecycleError::NotInTree { module: module.into(), version: None }.into()),
-            many => Err(LifecycleError::WhichVersion { module: module.into(), versions: many.to_vec() }.into()),
+            [] => Err(LifecycleError::NotInTree { module: module.into(), version: None }),
+            many => Err(LifecycleError::WhichVersion { module: module.into(), versions: many.to_vec() }),
         }
     }
 }
 
 /// Module names and versions from the command line become path components: refuse any that
 /// would climb out of their directory.
-fn check_names<'n>(names: impl IntoIterator<Item = &'n str>) -> Result<(), Error> {
+fn check_names<'n>(names: impl IntoIterator<Item = &'n str>) -> Result<(), LifecycleError> {
     for name in names {
         if !tree::valid_name(name) {
-            return Err(Error::usage(
-                format!("{name:?} is not a module name or version"),
-                Some("names are single path components: no '/', blanks, or leading '.'".into()),
-            ));
+            return Err(Usage {
+                message: format!("{name:?} is not a module name or version"),
+                hint: Some("names are single path components: no '/', blanks, or leading '.'".into()),
+            }
+            .into());
         }
     }
     Ok(())
@@ -160,7 +162,7 @@ fn source_versions(source_tree: &Path, module: &str) -> Vec<String> {
 
 impl Lifecycle<'_> {
     /// The tree's lock, held while the tree or the install tree changes (not while building).
-    fn lock(&self) -> Result<TreeLock, Error> {
+    fn lock(&self) -> Result<TreeLock, LifecycleError> {
         let report = self.report();
         Ok(TreeLock::acquire(&self.roots.dkms_tree, |msg| report.info(msg.to_string()))?)
     }
@@ -168,7 +170,7 @@ impl Lifecycle<'_> {
     /// `autoinstall -k K`: build and install, for K, the newest version of every module in the
     /// tree whose dkms.conf sets AUTOINSTALL. A failing module does not stop the others;
     /// the summary names each result.
-    pub async fn autoinstall(&self, target: &KernelTarget) -> Result<Vec<AutoResult>, Error> {
+    pub async fn autoinstall(&self, target: &KernelTarget) -> Result<Vec<AutoResult>, LifecycleError> {
         let mut newest: std::collections::BTreeMap<String, String> = Default::default();
         for mv in self.all() {
             newest.insert(mv.module, mv.version); // `all` is sorted oldest first
@@ -201,7 +203,7 @@ impl Lifecycle<'_> {
         mv: &ModuleVersion,
         target: &KernelTarget,
         declared: Option<bool>,
-    ) -> Result<Option<String>, Error> {
+    ) -> Result<Option<String>, LifecycleError> {
         if declared.is_none() {
             // AUTOINSTALL is computed by the conf: build, then ask the build record.
             self.build(mv, target).await?;

@@ -2,12 +2,11 @@
 //! The source in `<source_tree>` stays, as with dkms.
 
 use super::{KernelTarget, Lifecycle, LifecycleError, ModuleVersion};
-use crate::error::Error;
 use crate::tree;
 
 impl Lifecycle<'_> {
     /// Uninstalls (if installed) and deletes the build of `mv` for `target`.
-    pub async fn unbuild(&self, mv: &ModuleVersion, target: &KernelTarget) -> Result<bool, Error> {
+    pub async fn unbuild(&self, mv: &ModuleVersion, target: &KernelTarget) -> Result<bool, LifecycleError> {
         let arch = self.arch(target)?;
         self.uninstall(mv, target).await?;
         let dir = self.roots.built_dir(&mv.module, &mv.version, &target.release, &arch);
@@ -27,12 +26,10 @@ impl Lifecycle<'_> {
 
     /// Unbuilds `mv` for `targets` (every built kernel with `all`), then deletes the version
     /// from the tree once no kernel is left.
-    pub async fn remove(&self, mv: &ModuleVersion, targets: &[KernelTarget], all: bool) -> Result<(), Error> {
+    pub async fn remove(&self, mv: &ModuleVersion, targets: &[KernelTarget], all: bool) -> Result<(), LifecycleError> {
         let module_dir = self.roots.module_dir(&mv.module, &mv.version);
         if !module_dir.exists() {
-            return Err(
-                LifecycleError::NotInTree { module: mv.module.clone(), version: Some(mv.version.clone()) }.into()
-            );
+            return Err(LifecycleError::NotInTree { module: mv.module.clone(), version: Some(mv.version.clone()) });
         }
         let targets: Vec<KernelTarget> = if all { self.built_kernels(mv) } else { targets.to_vec() };
         for t in &targets {

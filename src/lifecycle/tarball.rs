@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use super::{add, KernelTarget, Lifecycle, LifecycleError, Manifest, ModuleVersion};
 use crate::artifact;
-use crate::error::Error;
 
 /// Which parts `mktarball` writes.
 #[derive(Debug, Clone, Copy)]
@@ -34,19 +33,17 @@ impl Lifecycle<'_> {
         kernels: &[KernelTarget],
         parts: TarballParts,
         dest: Option<&Path>,
-    ) -> Result<PathBuf, Error> {
+    ) -> Result<PathBuf, LifecycleError> {
         let module_dir = self.roots.module_dir(&mv.module, &mv.version);
         if !module_dir.exists() {
-            return Err(
-                LifecycleError::NotInTree { module: mv.module.clone(), version: Some(mv.version.clone()) }.into()
-            );
+            return Err(LifecycleError::NotInTree { module: mv.module.clone(), version: Some(mv.version.clone()) });
         }
         let conf = module_dir.join("source/dkms.conf");
         if parts.source && self.is_binaries_only(mv) {
             return Err(self.binaries_only_error(mv));
         }
         if !conf.is_file() {
-            return Err(LifecycleError::NoConf(conf).into());
+            return Err(LifecycleError::NoConf(conf));
         }
         let mut builds = Vec::new();
         if parts.binaries {
@@ -59,8 +56,7 @@ impl Lifecycle<'_> {
                         version: mv.version.clone(),
                         kernel: k.release.clone(),
                         arch,
-                    }
-                    .into());
+                    });
                 }
                 builds.push((k.release.clone(), arch, dir));
             }
@@ -110,14 +106,14 @@ impl Lifecycle<'_> {
 
     /// Loads a tarball: from `mktarball`, its source (or, binaries only, its dkms.conf) and
     /// every build in it; any other tarball with a dkms.conf as `add` loads a source.
-    pub fn ldtarball(&self, file: &Path) -> Result<ModuleVersion, Error> {
+    pub fn ldtarball(&self, file: &Path) -> Result<ModuleVersion, LifecycleError> {
         let tmp = self.unpack(file)?;
         self.load_unpacked(tmp.path(), file, None)
     }
 
     /// Unpacks `file` next to the source tree (so that its source is renamed into place, not
     /// copied), or in the temporary directory when that is not writable.
-    pub(super) fn unpack(&self, file: &Path) -> Result<tempfile::TempDir, Error> {
+    pub(super) fn unpack(&self, file: &Path) -> Result<tempfile::TempDir, LifecycleError> {
         let tmp = self.scratch_dir(file)?;
         let bytes = std::fs::File::open(file).map_err(LifecycleError::io(file))?;
         artifact::unpack(flate2::read::MultiGzDecoder::new(bytes), tmp.path(), 0, 4 << 30)?;
@@ -130,7 +126,7 @@ impl Lifecycle<'_> {
         top: &Path,
         file: &Path,
         names: Option<&ModuleVersion>,
-    ) -> Result<ModuleVersion, Error> {
+    ) -> Result<ModuleVersion, LifecycleError> {
         let main = top.join(MAIN_TREE);
         if !main.is_dir() {
             // Not from mktarball: a source tarball, wherever its dkms.conf is (as dkms).
@@ -162,7 +158,7 @@ impl Lifecycle<'_> {
             self.add_binaries_only(&mv, &binaries.join("dkms.conf"))?;
             mv
         } else {
-            return Err(LifecycleError::NotDkmsTarball(file.to_path_buf()).into());
+            return Err(LifecycleError::NotDkmsTarball(file.to_path_buf()));
         };
         self.report().info(format!("Loading tarball for {mv}"));
         let _lock = self.lock()?;
@@ -187,7 +183,7 @@ impl Lifecycle<'_> {
 
     /// Puts a binaries-only module in the tree as dkms does: when its source is not on this
     /// system, `<dkms_tree>/<m>/<v>/source/` is a directory holding only its dkms.conf.
-    fn add_binaries_only(&self, mv: &ModuleVersion, conf: &Path) -> Result<(), Error> {
+    fn add_binaries_only(&self, mv: &ModuleVersion, conf: &Path) -> Result<(), LifecycleError> {
         super::check_names([mv.module.as_str(), mv.version.as_str()])?;
         let stub = self.roots.module_dir(&mv.module, &mv.version).join("source");
         if self.source_dir(mv).is_dir() || stub.is_symlink() {
@@ -207,9 +203,9 @@ impl Lifecycle<'_> {
         source.join("dkms.conf").is_file() && std::fs::read_dir(&source).is_ok_and(|entries| entries.count() < 2)
     }
 
-    pub(super) fn binaries_only_error(&self, mv: &ModuleVersion) -> Error {
+    pub(super) fn binaries_only_error(&self, mv: &ModuleVersion) -> LifecycleError {
         let dir = self.roots.module_dir(&mv.module, &mv.version).join("source");
-        LifecycleError::BinariesOnly { module: mv.module.clone(), version: mv.version.clone(), dir }.into()
+        LifecycleError::BinariesOnly { module: mv.module.clone(), version: mv.version.clone(), dir }
     }
 }
 
@@ -250,7 +246,7 @@ mod tests {
     use super::super::testing::{built, context};
     use super::super::{AddSource, InstallOutcome, Options};
     use super::*;
-    use crate::diagnose::code;
+    use crate::diagnose::{code, Diagnose};
     use crate::testutil::tar_entries;
     use crate::tree::{self, Roots};
 

@@ -2,12 +2,11 @@
 
 use super::Manifest;
 use super::{KernelTarget, Lifecycle, LifecycleError, ModuleVersion};
-use crate::error::Error;
 use crate::verify::{self, Subject, Verification};
 
 impl Lifecycle<'_> {
     /// Boots `target` in a VM and loads `mv`'s built modules (with their in-tree dependencies).
-    pub async fn verify(&self, mv: &ModuleVersion, target: &KernelTarget) -> Result<Verification, Error> {
+    pub async fn verify(&self, mv: &ModuleVersion, target: &KernelTarget) -> Result<Verification, LifecycleError> {
         let arch = self.arch(target)?;
         let built_dir = self.roots.built_dir(&mv.module, &mv.version, &target.release, &arch);
         if !built_dir.join("module").is_dir() {
@@ -16,8 +15,7 @@ impl Lifecycle<'_> {
                 version: mv.version.clone(),
                 kernel: target.release.clone(),
                 arch,
-            }
-            .into());
+            });
         }
         // The build record names the modules, as install reads them.
         let files: Vec<_> = Manifest::read(&built_dir)?.modules.iter().map(|m| built_dir.join(&m.file)).collect();
@@ -25,7 +23,7 @@ impl Lifecycle<'_> {
     }
 
     /// Boots kernel `release` in a VM and loads `subject` into it.
-    pub async fn verify_subject(&self, release: &str, subject: Subject<'_>) -> Result<Verification, Error> {
+    pub async fn verify_subject(&self, release: &str, subject: Subject<'_>) -> Result<Verification, LifecycleError> {
         let engine = self.engine().await?;
         let v =
             verify::verify(self.ctx, engine.engine.as_ref(), release, self.opts.profile.as_deref(), subject).await?;

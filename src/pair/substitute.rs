@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use super::ModuleVersion;
-use crate::error::Error;
+use crate::diagnose::Diagnose;
 use crate::source::Origin;
 
 /// A module source as a tree holds it.
@@ -60,5 +60,20 @@ pub struct SubstitutedModule {
 pub trait Substituter: Send + Sync {
     /// The pair `want`, checked; `None` when this substituter does not have it (the caller
     /// builds it), an error when it must not be built here instead (or what it has is bad).
-    async fn substitute(&self, want: &Want) -> Result<Option<Substitute>, Error>;
+    async fn substitute(&self, want: &Want) -> Result<Option<Substitute>, SubstituteError>;
+}
+
+/// Why a substituter refused: its own error (a cache's), with its exit code and hint. Boxed
+/// because substituters live above this seam, which names none of them.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SubstituteError(pub Box<dyn Diagnose + Send + Sync>);
+
+impl Diagnose for SubstituteError {
+    fn exit_code(&self) -> i32 {
+        self.0.exit_code()
+    }
+    fn hint(&self) -> Option<String> {
+        self.0.hint()
+    }
 }

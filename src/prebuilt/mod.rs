@@ -24,11 +24,11 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::cache::sha256_hex;
-use crate::context::Context;
+use crate::context::{Context, ContextError};
 use crate::diagnose::{code, Diagnose};
-use crate::error::Error;
 use crate::pair::inputs::{self, Evaluation, KernelAt, Source};
-use crate::pair::substitute::{SourceDir, Substitute, SubstitutedModule, Substituter, Want};
+use crate::pair::substitute::{SourceDir, Substitute, SubstituteError, SubstitutedModule, Substituter, Want};
+use crate::pair::PairError;
 use crate::publish::cache::{self as format, Entry, File, Index};
 use crate::repo::release::{self, Keyring};
 use crate::repo::RepoError;
@@ -60,6 +60,11 @@ pub enum PrebuiltError {
     Scripts { module: String, script: &'static str },
     #[error("no cache has {module} for {kernel} (key {key}); --prebuilt-only forbids building it here")]
     NoEntry { module: String, kernel: String, key: String, urls: Vec<String> },
+    /// The pair's key could not be computed (its kernel, its source).
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error(transparent)]
+    Pair(#[from] PairError),
 }
 
 impl Diagnose for PrebuiltError {
@@ -74,11 +79,15 @@ impl Diagnose for PrebuiltError {
                 code::MIRROR_UNREACHABLE
             }
             PrebuiltError::NoEntry { .. } | PrebuiltError::Scripts { .. } => code::MODULE_MISSING,
+            PrebuiltError::Context(e) => e.exit_code(),
+            PrebuiltError::Pair(e) => e.exit_code(),
         }
     }
 
     fn hint(&self) -> Option<String> {
         Some(match self {
+            PrebuiltError::Context(e) => return e.hint(),
+            PrebuiltError::Pair(e) => return e.hint(),
             PrebuiltError::NotConfigured => {
                 "add [prebuilt] urls = [\"https://farm.example/cache/\"] and keys = [\"/etc/ckms/farm.pub.asc\"]".into()
             }
@@ -137,8 +146,9 @@ impl<'a> Cache<'a> {
 
 #[async_trait::async_trait]
 impl Substituter for Cache<'_> {
-    async fn substitute(&self, want: &Want) -> Result<Option<Substitute>, Error> {
-        let Some(found) = find(self.ctx, want, self.only).await? else { return Ok(None) };
+    async fn substitute(&self, want: &Want) -> Result<Option<Substitute>, SubstituteError> {
+        let found = find(self.ctx, want, self.only).await.map_err(|e| SubstituteError(Box::new(e)))?;
+        let Some(found) = found else { return Ok(None) };
         let modules = found
             .files
             .into_iter()
@@ -160,17 +170,17 @@ impl Substituter for Cache<'_> {
 
 /// Looks for the pair `want` in the configured caches. `None`: no cache has it (or none
 /// answers) and the caller may build; with `only`, that is an error instead.
-async fn find(ctx: &Context, want: &Want, only: bool) -> Result<Option<Found>, Error> {
+async fn find(ctx: &Context, want: &Want, only: bool) -> Result<Option<Found>, PrebuiltError> {
     let (mv, release) = (&want.module.mv, want.kernel.as_str());
     let cfg = &ctx.config.prebuilt;
     if cfg.urls.is_empty() {
-        return if only { Err(PrebuiltError::NotConfigured.into()) } else { Ok(None) };
+        return if only { Err(PrebuiltError::NotConfigured) } else { Ok(None) };
     }
     let report = ctx.reporter();
     let conf = std::fs::read_to_string(want.module.dir.join("dkms.conf")).unwrap_or_default();
     if let Some(script) = install_script(&conf) {
         if only {
-            return Err(PrebuiltError::Scripts { module: mv.to_string(), script }.into());
+            return Err(PrebuiltError::Scripts { module: mv.to_string(), script });
         }
         report.info(format!("{mv} has a {script} script: built here, where its dkms.conf is evaluated"));
         return Ok(None);
@@ -195,15 +205,15 @@ async fn find(ctx: &Context, want: &Want, only: bool) -> Result<Option<Found>, E
                     report.warn(e.to_string());
                 }
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
     if only {
         if let Some(e) = silent {
-            return Err(e.into());
+            return Err(e);
         }
         let (module, kernel, urls) = (mv.to_string(), release.to_string(), cfg.urls.clone());
-        return Err(PrebuiltError::NoEntry { module, kernel, key, urls }.into());
+        return Err(PrebuiltError::NoEntry { module, kernel, key, urls });
     }
     report.info(format!("{mv} for {release}: in no cache (key {key}); building it here"));
     Ok(None)
@@ -234,7 +244,7 @@ fn keyring(paths: &[PathBuf]) -> Result<Keyring, PrebuiltError> {
 
 /// The key the farm gives the pair `want` when its inputs are this host's: the module's source,
 /// and the siblings it declares among the tree's other modules.
-pub async fn key_of(ctx: &Context, want: &Want) -> Result<String, Error> {
+pub async fn key_of(ctx: &Context, want: &Want) -> Result<String, PrebuiltError> {
     let (profile, index, kernel) = ctx.find_kernel(&want.kernel, want.profile.as_deref()).await?;
     let source = |s: &SourceDir| Source::of(&s.dir, &s.mv.to_string(), &profile.name, s.mv.clone(), s.origin.clone());
     let mut sources = vec![source(&want.module)?];

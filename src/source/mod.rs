@@ -20,12 +20,11 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::context::Context;
+use crate::context::{Context, ContextError};
 use crate::deb::{control_fields, DebError};
 use crate::diagnose::{code, Diagnose};
-use crate::error;
 use crate::profile::{Catalog, Profile};
-use crate::repo;
+use crate::repo::{self, RepoError};
 
 #[derive(Debug, Error)]
 pub enum SourceError {
@@ -39,6 +38,10 @@ pub enum SourceError {
     NoPackage { package: String, profile: String },
     #[error("which distribution's package? this host's /etc/os-release names none of ckms's profiles ({known})")]
     NoProfile { known: String },
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
 }
 
 impl Diagnose for SourceError {
@@ -49,6 +52,8 @@ impl Diagnose for SourceError {
             SourceError::Io { .. } => code::IO,
             SourceError::NoPackage { .. } => code::UNRESOLVABLE,
             SourceError::NoProfile { .. } => code::USAGE,
+            SourceError::Context(e) => e.exit_code(),
+            SourceError::Repo(e) => e.exit_code(),
         }
     }
     fn hint(&self) -> Option<String> {
@@ -57,6 +62,8 @@ impl Diagnose for SourceError {
                 "a module package holds one /usr/src/<module>-<version> with a dkms.conf; add its source directory instead".into()
             }
             SourceError::Deb(e) => return e.hint(),
+            SourceError::Context(e) => return e.hint(),
+            SourceError::Repo(e) => return e.hint(),
             SourceError::Io { .. } => "check the path's permissions and free space".into(),
             SourceError::NoPackage { .. } => {
                 "check the name (`apt-cache search -- -dkms` lists module packages) and the profile (--profile)".into()
@@ -93,10 +100,10 @@ pub fn from_deb(deb: &Path, dest: &Path, learned_from: Option<String>) -> Result
 /// Downloads `package` (its newest version) from `profile`'s signed repository into the cache
 /// (checked against the index's SHA-256, like image packages) and returns the cached file and
 /// a description for the origin record.
-pub async fn fetch(ctx: &Context, profile: &Profile, package: &str) -> Result<(PathBuf, String), error::Error> {
+pub async fn fetch(ctx: &Context, profile: &Profile, package: &str) -> Result<(PathBuf, String), SourceError> {
     let index = ctx.index(profile).await?;
     let Some(p) = index.candidate(package).map(|p| p.to_package()) else {
-        return Err(SourceError::NoPackage { package: package.into(), profile: profile.name.clone() }.into());
+        return Err(SourceError::NoPackage { package: package.into(), profile: profile.name.clone() });
     };
     repo::fetch_packages(&ctx.cache, std::slice::from_ref(&p), ctx.reporter()).await?;
     let learned = format!("{} {} from {}'s repository ({})", p.name, p.version, profile.name, p.suite);

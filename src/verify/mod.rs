@@ -24,10 +24,9 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::build;
-use crate::context::Context;
+use crate::context::{Context, ContextError};
 use crate::diagnose::{code, Diagnose};
 use crate::engine::{Engine, EngineError};
-use crate::error;
 use crate::image::{self, run_spec, ImageError};
 use crate::install::compress::Compression;
 use crate::profile::Profile;
@@ -56,7 +55,7 @@ pub enum VerifyError {
     #[error("kernel {kernel}: {} of {total} module(s) failed verification: {}", failed.len(), failed.join("; "))]
     NotLoaded { kernel: String, total: usize, failed: Vec<String> },
     #[error(transparent)]
-    Context(#[from] Box<error::Error>),
+    Context(#[from] ContextError),
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
@@ -100,12 +99,6 @@ impl Diagnose for VerifyError {
             VerifyError::Engine(e) => e.hint(),
             VerifyError::Repo(e) => e.hint(),
         }
-    }
-}
-
-impl From<error::Error> for VerifyError {
-    fn from(e: error::Error) -> Self {
-        VerifyError::Context(Box::new(e))
     }
 }
 
@@ -205,7 +198,7 @@ pub async fn verify(
     };
     let candidates = files.iter().map(|f| read_module(f)).collect::<Result<Vec<_>, _>>()?;
     let (p, index, kernel) = ctx.find_kernel(release, profile).await?;
-    let recipe = ctx.catalog.recipe("verifier").map_err(error::Error::from)?;
+    let recipe = ctx.catalog.recipe("verifier").map_err(ContextError::from)?;
     let report = ctx.reporter();
     report.info(match subject {
         Subject::Files(_) => format!("Verifying {} module(s) in a VM running {release}", candidates.len()),

@@ -6,9 +6,9 @@ mod dkms;
 
 use std::path::PathBuf;
 
+use crate::cli::error::Error;
 use ckms::context::Context;
 use ckms::diagnose::code;
-use ckms::error::Error;
 use ckms::lifecycle::{AddSource, KernelTarget, Lifecycle, ModuleVersion, Options, TarballParts};
 use ckms::tree::Roots;
 use ckms::verify::Subject;
@@ -438,7 +438,7 @@ fn select(lc: &Lifecycle<'_>, what: Option<&str>, s: &Select) -> Result<ModuleVe
     let name = s.module.as_deref().or(what);
     let name = name.ok_or_else(|| usage("name the module: -m MODULE -v VERSION, or MODULE/VERSION"))?;
     let (module, version) = split(name, s.version.as_deref());
-    lc.complete(&module, version.as_deref())
+    Ok(lc.complete(&module, version.as_deref())?)
 }
 
 #[cfg(test)]
