@@ -14,6 +14,8 @@
 //! - [`engine`]: container engines (Docker, Podman) behind small traits (`Images`, `Runner`, `Engine`);
 //! - [`artifact`]: what comes back from a container, untrusted: unpacked as regular files only, inside
 //!   the destination, size-limited;
+//! - [`confine`]: files named from across a trust boundary (a pod's result, a store's record) read
+//!   only as plain relative paths inside their directory, regular files only, bounded;
 //! - [`conf`]: dkms.conf semantics: evaluated by bash in the sandbox, resolved per kernel here;
 //! - [`build`]: sandboxed runs in builder images: dkms.conf evaluation, the build, module scripts;
 //! - [`pair`]: one (module, kernel, arch) pair, the core the features share: its inputs and key, its
@@ -35,13 +37,14 @@
 //! - [`report`]: progress and events for people or machines;
 //! - [`diagnose`]: what every error tells besides its message: the exit code and a hint (imports
 //!   nothing: the bottom of the graph);
-//! - [`error`]: any ckms failure, carrying one module's error without importing the modules.
+//! - [`error`]: `Usage`, a bad command line or setting (every module's own errors are its enum).
 
 pub mod artifact;
 pub mod build;
 pub mod cache;
 pub mod conf;
 pub mod config;
+pub mod confine;
 pub mod context;
 pub mod deb;
 pub mod diagnose;
