@@ -125,7 +125,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink("/etc/passwd", d.path().join("link")).unwrap();
         std::os::unix::fs::symlink("/etc", d.path().join("dirlink")).unwrap();
-        rustix::fs::mknodat(CWD, &d.path().join("fifo"), rustix::fs::FileType::Fifo, Mode::from(0o600), 0).unwrap();
+        rustix::fs::mknodat(CWD, d.path().join("fifo"), rustix::fs::FileType::Fifo, Mode::from(0o600), 0).unwrap();
         std::os::unix::fs::symlink("/dev/zero", d.path().join("zero")).unwrap();
         for bad in ["link", "dirlink/passwd", "fifo", "zero"] {
             assert!(refused(read_inside(d.path(), bad, 10)), "{bad}");
