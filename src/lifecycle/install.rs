@@ -5,6 +5,7 @@
 use super::{KernelTarget, Lifecycle, LifecycleError, Manifest, ManifestModule, ModuleVersion};
 use crate::build::run_script;
 use crate::install::{self, Depmod, HostDepmod, ModuleFile, Target};
+use crate::kernel;
 use crate::pair::substitute::{SourceDir, Substitute, Want};
 use crate::sign::{self, SignError};
 
@@ -51,7 +52,10 @@ impl Lifecycle<'_> {
                 None => None,
             };
             match found {
-                Some(found) => self.place_substitute(mv, &kernel, &arch, &found)?,
+                Some(found) => {
+                    let sig_hash = self.kernel_sig_hash(&kernel).await?;
+                    self.place_substitute(mv, &kernel, &arch, &found, sig_hash)?
+                }
                 None => {
                     self.build(mv, target).await?;
                 }
@@ -127,14 +131,25 @@ impl Lifecycle<'_> {
         Want { module: dir(mv.clone()), kernel: kernel.to_string(), profile: self.opts.profile.clone(), siblings }
     }
 
+    /// The kernel's CONFIG_MODULE_SIG_HASH, read from its headers package in the profile's
+    /// signed repository as for a local build: whether a substitute must be signed is this
+    /// host's decision, never the cache's.
+    async fn kernel_sig_hash(&self, release: &str) -> Result<Option<String>, LifecycleError> {
+        let (_, index, kernel) = self.ctx.find_kernel(release, self.opts.profile.as_deref()).await?;
+        let kconfig = kernel::config(&self.ctx.cache, &index, &kernel, self.report()).await?;
+        Ok(kconfig.as_deref().and_then(sign::kernel_hash))
+    }
+
     /// Makes a substitute the built dir of (mv, kernel, arch), as a build would have left it;
-    /// installing it then checks the module signatures as for a local build.
+    /// installing it then checks the module signatures as for a local build: required when
+    /// `sig_hash` (the kernel's, see [`Self::kernel_sig_hash`]) says the kernel signs modules.
     fn place_substitute(
         &self,
         mv: &ModuleVersion,
         kernel: &str,
         arch: &str,
         found: &Substitute,
+        sig_hash: Option<String>,
     ) -> Result<(), LifecycleError> {
         let module_dir = self.roots.module_dir(&mv.module, &mv.version);
         let staged = tempfile::Builder::new()
@@ -167,9 +182,9 @@ impl Lifecycle<'_> {
             pre_install: None,
             post_install: None,
             post_remove: None,
-            // Signed in the farm: then the kernel signs modules, and an unsigned one is refused.
-            sig_hash: found.signed.as_ref().map(|(hash, _)| hash.clone()),
-            signed_by: found.signed.as_ref().map(|(_, fingerprint)| fingerprint.clone()),
+            // The host's kernel decides: what the cache says of its signing is not trusted.
+            sig_hash,
+            signed_by: found.signed_by.clone(),
             make_seconds: None,
         };
         manifest.write(staged.path())?;
@@ -342,8 +357,13 @@ mod tests {
         assert!(installed(root));
     }
 
-    /// m/1 from a cache's entry, placed as the built dir of kernel k; then installed.
-    async fn install_prebuilt(root: &Path, signed: Option<(String, String)>) -> Result<InstallOutcome, LifecycleError> {
+    /// m/1 (unsigned) from a cache's entry that says it was signed by `signed_by`, placed as the
+    /// built dir of kernel k, whose config says `sig_hash`; then installed.
+    async fn install_prebuilt(
+        root: &Path,
+        signed_by: Option<&str>,
+        sig_hash: Option<&str>,
+    ) -> Result<InstallOutcome, LifecycleError> {
         let ctx = context(root);
         let roots = Roots::under(root, "/var/lib/ckms");
         let src = roots.source_tree.join("m-1");
@@ -361,9 +381,9 @@ mod tests {
                 file_name: "m.ko".into(),
                 bytes: b"\x7fELF".to_vec(),
             }],
-            signed,
+            signed_by: signed_by.map(str::to_string),
         };
-        lc.place_substitute(&mv, "k", "x86_64", &found).unwrap();
+        lc.place_substitute(&mv, "k", "x86_64", &found, sig_hash.map(str::to_string)).unwrap();
         let manifest = Manifest::read(&roots.built_dir("m", "1", "k", "x86_64")).unwrap();
         assert!(manifest.autoinstall && manifest.image.contains("k1"), "{manifest:?}");
         assert_eq!(manifest.modules[0].file, Path::new("module/m.ko"));
@@ -373,13 +393,19 @@ mod tests {
     #[tokio::test]
     async fn a_prebuilt_entry_installs_as_a_build_and_its_signature_is_checked() {
         let dir = tempfile::tempdir().unwrap();
-        install_prebuilt(dir.path(), None).await.unwrap();
+        install_prebuilt(dir.path(), None, None).await.unwrap();
         assert!(installed(dir.path()));
-        // Signed in the farm says the kernel signs modules: an unsigned file is refused.
+        // The host's kernel signs modules: an unsigned file is refused, whatever the index says.
+        for signed_by in [Some("f"), None] {
+            let dir = tempfile::tempdir().unwrap();
+            let err = install_prebuilt(dir.path(), signed_by, Some("sha256")).await.unwrap_err();
+            assert_eq!(err.exit_code(), code::BAD_MODULE_SIGNATURE, "{err}");
+            assert!(!installed(dir.path()), "installed with an index signer {signed_by:?}");
+        }
+        // An index claiming a signer does not make an unsigning kernel require one.
         let dir = tempfile::tempdir().unwrap();
-        let err = install_prebuilt(dir.path(), Some(("sha256".into(), "f".into()))).await.unwrap_err();
-        assert_eq!(err.exit_code(), code::BAD_MODULE_SIGNATURE, "{err}");
-        assert!(!installed(dir.path()));
+        install_prebuilt(dir.path(), Some("f"), None).await.unwrap();
+        assert!(installed(dir.path()));
     }
 
     #[tokio::test]

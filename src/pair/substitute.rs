@@ -39,9 +39,10 @@ pub struct Substitute {
     /// The profile the pair was built for.
     pub profile: String,
     pub modules: Vec<SubstitutedModule>,
-    /// When the modules were signed: the kernel's CONFIG_MODULE_SIG_HASH and the SHA-256 of
-    /// the signer's certificate.
-    pub signed: Option<(String, String)>,
+    /// The SHA-256 of the certificate the modules were signed with, as the source says (to
+    /// name it when this host cannot verify them); whether they must be signed is the host's
+    /// kernel's decision.
+    pub signed_by: Option<String>,
 }
 
 #[derive(Debug, Clone)]

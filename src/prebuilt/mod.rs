@@ -163,7 +163,7 @@ impl Substituter for Cache<'_> {
             from: format!("prebuilt {} {}", found.url, found.key),
             profile: found.entry.profile,
             modules,
-            signed: found.entry.signer.map(|s| (s.hash, s.fingerprint)),
+            signed_by: found.entry.signer.map(|s| s.fingerprint),
         }))
     }
 }
