@@ -134,6 +134,9 @@ pub struct PrebuiltConfig {
     /// OpenPGP public keys (armored or binary) whose signatures of a cache's index are trusted.
     #[serde(default)]
     pub keys: Vec<PathBuf>,
+    /// Whether plain http:// caches are allowed (https, file and directories always are).
+    #[serde(default)]
+    pub allow_http: bool,
 }
 
 const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -187,9 +190,11 @@ impl Config {
         self.sign.enabled = o.sign.enabled.or(self.sign.enabled);
         self.sign.dkms_mok_dir = o.sign.dkms_mok_dir.or(self.sign.dkms_mok_dir.take());
         self.modules.extend(o.modules);
-        // A later file naming caches replaces the list: caches are tried in order.
+        // A later file naming caches replaces the list (and whether it may use http): caches
+        // are tried in order.
         if !o.prebuilt.urls.is_empty() {
             self.prebuilt.urls = o.prebuilt.urls;
+            self.prebuilt.allow_http = o.prebuilt.allow_http;
         }
         if !o.prebuilt.keys.is_empty() {
             self.prebuilt.keys = o.prebuilt.keys;

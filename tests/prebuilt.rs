@@ -203,7 +203,7 @@ fn a_host_without_engine_or_compiler_installs_the_prebuilt_module() {
     let want = support::sha256_file(&stored.join(signed));
     let config = |name: &str, url: &str| {
         let text = format!(
-            "cache_dir = \"/work/cache\"\n[prebuilt]\nurls = [\"{url}\"]\nkeys = [\"/etc/ckms/farm.pub.asc\"]\n"
+            "cache_dir = \"/work/cache\"\n[prebuilt]\nurls = [\"{url}\"]\nkeys = [\"/etc/ckms/farm.pub.asc\"]\nallow_http = true\n"
         );
         std::fs::write(work.join(format!("{name}.toml")), text).unwrap();
     };

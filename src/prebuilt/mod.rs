@@ -24,6 +24,8 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::cache::sha256_hex;
+use crate::config::PrebuiltConfig;
+use crate::confine;
 use crate::context::{Context, ContextError};
 use crate::diagnose::{code, Diagnose};
 use crate::pair::inputs::{self, Evaluation, KernelAt, Source};
@@ -44,6 +46,10 @@ pub enum PrebuiltError {
     Key { path: PathBuf, message: String },
     #[error("the cache {url} does not answer: {detail}")]
     Unreachable { url: String, detail: String },
+    #[error("{url} sent more than {limit} bytes: refused")]
+    TooLarge { url: String, limit: u64 },
+    #[error("the cache {url} is plain http://, which [prebuilt] does not allow")]
+    PlainHttp { url: String },
     #[error("the cache {url} has no index.json")]
     NoIndex { url: String },
     #[error("the index of the cache {url} is not signed by a trusted key: {detail}")]
@@ -70,7 +76,8 @@ pub enum PrebuiltError {
 impl Diagnose for PrebuiltError {
     fn exit_code(&self) -> i32 {
         match self {
-            PrebuiltError::NotConfigured | PrebuiltError::NoKeys => code::USAGE,
+            PrebuiltError::NotConfigured | PrebuiltError::NoKeys | PrebuiltError::PlainHttp { .. } => code::USAGE,
+            PrebuiltError::TooLarge { .. } => code::CHECKSUM_MISMATCH,
             PrebuiltError::Key { .. } | PrebuiltError::Untrusted { .. } | PrebuiltError::TamperedIndex { .. } => {
                 code::BAD_SIGNATURE
             }
@@ -95,6 +102,12 @@ impl Diagnose for PrebuiltError {
                 "add keys = [\"/etc/ckms/farm.pub.asc\"] under [prebuilt]: the farm's public key, farm.pub.asc in the cache"
                     .into()
             }
+            PrebuiltError::PlainHttp { .. } => "use https://; a cache on a network you trust may be allowed with \
+                 allow_http = true under [prebuilt] (the index's signature still protects what is installed)"
+                .into(),
+            PrebuiltError::TooLarge { .. } => "the cache, a proxy or the network sent more than the signed index \
+                 allows (or an index larger than any farm writes); nothing was installed"
+                .into(),
             PrebuiltError::Key { .. } => "a key file is an OpenPGP public key, armored or binary (gpg --export)".into(),
             PrebuiltError::Unreachable { .. } | PrebuiltError::NoIndex { .. } => {
                 "check the URL under [prebuilt] and that the server is up; without --prebuilt-only the module is built here"
@@ -185,6 +198,7 @@ async fn find(ctx: &Context, want: &Want, only: bool) -> Result<Option<Found>, P
         report.info(format!("{mv} has a {script} script: built here, where its dkms.conf is evaluated"));
         return Ok(None);
     }
+    plain_http_allowed(cfg)?;
     let keyring = keyring(&cfg.keys)?;
     let key = key_of(ctx, want).await?;
     let fetcher = Fetcher::new().map_err(|m| not_answering("(HTTP client)", m))?;
@@ -228,6 +242,14 @@ fn install_script(conf: &str) -> Option<&'static str> {
         .find(|w| conf.lines().any(|l| l.trim_start().strip_prefix(w).is_some_and(|r| r.starts_with('='))))
 }
 
+/// Refuses a plain http:// cache unless `allow_http` says so.
+fn plain_http_allowed(cfg: &PrebuiltConfig) -> Result<(), PrebuiltError> {
+    match cfg.urls.iter().find(|u| u.starts_with("http://")) {
+        Some(url) if !cfg.allow_http => Err(PrebuiltError::PlainHttp { url: url.clone() }),
+        _ => Ok(()),
+    }
+}
+
 /// The trusted keys, every file of `paths`.
 fn keyring(paths: &[PathBuf]) -> Result<Keyring, PrebuiltError> {
     if paths.is_empty() {
@@ -259,10 +281,17 @@ pub async fn key_of(ctx: &Context, want: &Want) -> Result<String, PrebuiltError>
     Ok(pair.map(|p| p.key.clone()).unwrap_or_default())
 }
 
+/// The most an index.json may hold: far beyond any farm's (about 1 KiB a pair), far below
+/// what would exhaust a host. Read before its signature is checked, so it is bounded first.
+const INDEX_LIMIT: u64 = 64 << 20;
+/// The most an index.json.asc may hold (a detached signature is a few hundred bytes).
+const SIGNATURE_LIMIT: u64 = 64 << 10;
+
 fn not_answering(url: &str, miss: Miss) -> PrebuiltError {
     let detail = match miss {
         Miss::NotFound => "not found".into(),
         Miss::Unreachable(d) => d,
+        Miss::TooLarge(limit) => return PrebuiltError::TooLarge { url: url.to_string(), limit },
     };
     PrebuiltError::Unreachable { url: url.to_string(), detail }
 }
@@ -275,12 +304,12 @@ pub(crate) async fn lookup(
     key: &str,
 ) -> Result<Option<Found>, PrebuiltError> {
     let index_url = join(url, format::INDEX);
-    let text = match f.get(&index_url).await {
+    let text = match f.get(&index_url, INDEX_LIMIT).await {
         Ok(t) => t,
         Err(Miss::NotFound) => return Err(PrebuiltError::NoIndex { url: url.to_string() }),
         Err(m) => return Err(not_answering(url, m)),
     };
-    let signature = f.get(&join(url, format::SIGNATURE)).await.map_err(|m| match m {
+    let signature = f.get(&join(url, format::SIGNATURE), SIGNATURE_LIMIT).await.map_err(|m| match m {
         Miss::NotFound => PrebuiltError::Untrusted { url: url.to_string(), detail: "index.json.asc is missing".into() },
         m => not_answering(url, m),
     })?;
@@ -299,9 +328,7 @@ pub(crate) async fn lookup(
     let Some(entry) = index.entries.get(key) else { return Ok(None) };
     let mut files = Vec::new();
     for file in &entry.files {
-        let rel = std::path::Path::new(&file.path);
-        let plain = rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
-        if !plain || file.name.is_empty() {
+        if confine::plain_relative(&file.path).is_none() || file.name.is_empty() {
             return Err(bad(format!("entry {key} names the file {:?}", file.path)));
         }
         let file_url = join(url, &file.path);
@@ -311,7 +338,8 @@ pub(crate) async fn lookup(
             kernel: entry.kernel.clone(),
             what,
         };
-        let bytes = f.get(&file_url).await.map_err(|m| match m {
+        // No more than the signed index says: a larger answer is refused while it arrives.
+        let bytes = f.get(&file_url, file.size).await.map_err(|m| match m {
             Miss::NotFound => PrebuiltError::MissingFile {
                 url: file_url.clone(),
                 module: entry.module.clone(),

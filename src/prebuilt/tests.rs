@@ -123,3 +123,31 @@ fn install_scripts_are_seen_and_keys_are_required() {
     let err = super::keyring(&[bad]).err().unwrap();
     assert!(err.to_string().contains("k.asc"), "{err}");
 }
+
+#[tokio::test]
+async fn oversized_answers_are_refused_while_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, keyring) = published(dir.path());
+    let mut huge = files.clone();
+    huge.insert(join(BASE, format::INDEX), vec![b' '; (INDEX_LIMIT + 1) as usize]);
+    let err = look(huge, &keyring, HELLO).await.unwrap_err();
+    assert!(matches!(err, PrebuiltError::TooLarge { limit: INDEX_LIMIT, .. }), "{err}");
+    assert_eq!(err.exit_code(), code::CHECKSUM_MISMATCH);
+    let mut signature = files;
+    signature.insert(join(BASE, format::SIGNATURE), vec![b'-'; (SIGNATURE_LIMIT + 1) as usize]);
+    assert!(matches!(look(signature, &keyring, HELLO).await.unwrap_err(), PrebuiltError::TooLarge { .. }));
+}
+
+#[test]
+fn plain_http_only_when_allowed() {
+    let cfg = |urls: &[&str], allow_http| PrebuiltConfig {
+        urls: urls.iter().map(|u| u.to_string()).collect(),
+        keys: vec![],
+        allow_http,
+    };
+    let err = plain_http_allowed(&cfg(&["https://a/", "http://b/"], false)).unwrap_err();
+    assert!(matches!(&err, PrebuiltError::PlainHttp { url } if url == "http://b/"), "{err}");
+    assert_eq!(err.exit_code(), code::USAGE);
+    assert!(plain_http_allowed(&cfg(&["http://b/"], true)).is_ok());
+    assert!(plain_http_allowed(&cfg(&["https://a/", "/srv/cache", "file:///srv/c"], false)).is_ok());
+}
