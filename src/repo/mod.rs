@@ -30,6 +30,7 @@ pub mod resolve;
 pub mod sources;
 #[cfg(test)]
 mod testserver;
+mod validity;
 pub mod version;
 
 pub use fetch::{fetch_packages, FetchStats};

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use pgp::composed::{CleartextSignedMessage, Deserializable, SignedPublicKey};
 use pgp::types::KeyDetails;
 
+use super::validity;
 use super::RepoError;
 
 /// The trusted public keys (primary keys and their subkeys).
@@ -106,8 +107,10 @@ pub fn verify_detached(data: &[u8], signature: &str, keyring: &Keyring, url: &st
     check_signatures(std::slice::from_ref(&sig.signature), data, keyring, url)
 }
 
-/// Accepts `data` when any of `signatures` verifies with any trusted key or subkey; else says
-/// whether a trusted key signed something else (tampered) or no trusted key signed at all.
+/// Accepts `data` when any of `signatures` verifies with a trusted key or subkey that may vouch
+/// for it now (not revoked, not expired, allowed to sign: [`validity`]); else says which key
+/// signed but may not, or whether a trusted key signed something else (tampered), or no
+/// trusted key signed at all.
 fn check_signatures(
     signatures: &[pgp::packet::Signature],
     data: &[u8],
@@ -115,15 +118,28 @@ fn check_signatures(
     url: &str,
 ) -> Result<(), RepoError> {
     let bad = |detail: String| RepoError::BadSignature { url: url.to_string(), detail };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut unusable = None;
     for sig in signatures {
         for key in &keyring.keys {
             // Signature::verify checks the issuer id first, so trying each key is cheap.
-            if sig.verify(&key.primary_key, data).is_ok()
-                || key.public_subkeys.iter().any(|sk| sig.verify(&sk.key, data).is_ok())
-            {
-                return Ok(());
+            let by_primary = sig
+                .verify(&key.primary_key, data)
+                .is_ok()
+                .then(|| (format!("{:X}", key.primary_key.fingerprint()), validity::primary(key, now)));
+            let by_subkey = || {
+                let sk = key.public_subkeys.iter().find(|sk| sig.verify(&sk.key, data).is_ok())?;
+                Some((format!("{:X}", sk.key.fingerprint()), validity::subkey(key, sk, now)))
+            };
+            match by_primary.or_else(by_subkey) {
+                Some((_, Ok(()))) => return Ok(()),
+                Some((fingerprint, Err(why))) => unusable = Some((fingerprint, why)),
+                None => {}
             }
         }
+    }
+    if let Some((fingerprint, why)) = unusable {
+        return Err(bad(format!("signed by the trusted key {fingerprint}, but {why}")));
     }
     let issuers: Vec<String> = signatures
         .iter()
