@@ -161,6 +161,12 @@ pub fn status(roots: &Roots, module: Option<&str>) -> Vec<Status> {
     out
 }
 
+/// Whether `given` reads as `MODULE/VERSION` (two valid names), not as a path such as
+/// `./mymodul` or `/usr/src/x`.
+pub fn module_version_like(given: &str) -> bool {
+    given.split_once('/').is_some_and(|(m, v)| valid_name(m) && valid_name(v))
+}
+
 /// Whether `name` may be a module name, version or module file name: it becomes one path
 /// component under the trees (`<source_tree>/<m>-<v>`, `<dkms_tree>/<m>/<v>`), so no `/`,
 /// not `.` or `..`, no leading dot (status skips those), no blanks or control characters.

@@ -18,7 +18,7 @@ use crate::kernel::{self, Kernel};
 use crate::lifecycle::{AddSource, Lifecycle, ModuleVersion, Options};
 use crate::pair::inputs::{self, Evaluation, ImageSpec, KernelAt, KeyedPair, Source};
 use crate::profile::Profile;
-use crate::tree::Roots;
+use crate::tree::{self, Roots};
 
 /// The evaluated farm: sources × kernels → keyed pairs, and the builder images they need.
 #[derive(Debug, Clone)]
@@ -137,7 +137,7 @@ async fn add(lc: &Lifecycle<'_>, given: &str) -> Result<ModuleVersion, FarmError
         AddSource::Deb { file: path, learned_from: None }
     } else if path.is_file() {
         AddSource::Tarball(path)
-    } else if let Some((m, v)) = given.split_once('/').filter(|(m, v)| !m.is_empty() && !v.is_empty()) {
+    } else if let Some((m, v)) = given.split_once('/').filter(|_| tree::module_version_like(given)) {
         AddSource::Dir(Roots::system().source_tree.join(format!("{m}-{v}")))
     } else {
         return Err(Usage {

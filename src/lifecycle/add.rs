@@ -157,7 +157,7 @@ impl Lifecycle<'_> {
         let mv = match names {
             Some(mv) => mv.clone(),
             None => {
-                let text = std::fs::read_to_string(&conf).map_err(|_| LifecycleError::NoConf(conf.clone()))?;
+                let text = read_conf(&conf)?;
                 let get = |name| {
                     literal(&text, name).ok_or_else(|| LifecycleError::BadSource {
                         path: conf.clone(),
@@ -207,7 +207,7 @@ impl Lifecycle<'_> {
 /// PACKAGE_NAME of its dkms.conf, else at its literal PACKAGE_VERSION.
 fn names_of(dir: &Path, name: &str) -> Result<ModuleVersion, LifecycleError> {
     let conf = dir.join("dkms.conf");
-    let text = std::fs::read_to_string(&conf).map_err(|_| LifecycleError::NoConf(conf.clone()))?;
+    let text = read_conf(&conf)?;
     let split = literal(&text, "PACKAGE_NAME")
         .and_then(|m| Some((name.strip_prefix(&format!("{m}-"))?.to_string(), m)))
         .map(|(v, m)| (m, v))
@@ -327,6 +327,15 @@ pub(super) fn autoinstall_setting(conf: &str) -> Option<bool> {
         return Some(false);
     }
     literal(conf, "AUTOINSTALL").map(|v| v.starts_with(['y', 'Y']))
+}
+
+/// A dkms.conf's text: missing is [`LifecycleError::NoConf`], unreadable (permissions, not
+/// text) an I/O error that names it.
+fn read_conf(conf: &Path) -> Result<String, LifecycleError> {
+    std::fs::read_to_string(conf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => LifecycleError::NoConf(conf.to_path_buf()),
+        _ => LifecycleError::Io { path: conf.to_path_buf(), source: e },
+    })
 }
 
 #[cfg(test)]

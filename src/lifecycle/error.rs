@@ -45,6 +45,8 @@ pub enum LifecycleError {
          binaries-only tarball). Build halted."
     )]
     BinariesOnly { module: String, version: String, dir: PathBuf },
+    #[error("{path} is not a tarball ckms can read: {detail}")]
+    BadTarball { path: PathBuf, detail: String },
     #[error("no valid dkms.conf in dkms_source_tree or dkms_binaries_only: {0} is not a valid DKMS tarball")]
     NotDkmsTarball(PathBuf),
     #[error("{path}: {source}")]
@@ -90,9 +92,10 @@ impl Diagnose for LifecycleError {
     fn exit_code(&self) -> i32 {
         match self {
             LifecycleError::NoSource(_) | LifecycleError::WhichVersion { .. } => code::USAGE,
-            LifecycleError::NoConf(_) | LifecycleError::BadSource { .. } | LifecycleError::NotDkmsTarball(_) => {
-                code::NO_CONF
-            }
+            LifecycleError::NoConf(_)
+            | LifecycleError::BadSource { .. }
+            | LifecycleError::NotDkmsTarball(_)
+            | LifecycleError::BadTarball { .. } => code::NO_CONF,
             LifecycleError::BinariesOnly { .. } => code::BAD_CONF,
             LifecycleError::NotInTree { .. }
             | LifecycleError::AlreadyAdded { .. }
@@ -165,6 +168,11 @@ impl Diagnose for LifecycleError {
             LifecycleError::BinariesOnly { .. } => {
                 "it installs for the kernels its tarball holds builds for (`ckms status`); for another kernel, load \
                  a tarball with its source (mktarball without --binaries-only)"
+                    .into()
+            }
+            LifecycleError::BadTarball { .. } => {
+                "a source tarball is a .tar or .tar.gz of regular files and directories \
+                 (the module's directory with its dkms.conf); `ckms mktarball` makes one"
                     .into()
             }
             LifecycleError::NotDkmsTarball(_) => {

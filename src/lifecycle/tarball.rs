@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{add, KernelTarget, Lifecycle, LifecycleError, Manifest, ModuleVersion};
-use crate::artifact;
+use crate::artifact::{self, ArtifactError};
 
 /// Which parts `mktarball` writes.
 #[derive(Debug, Clone, Copy)]
@@ -116,7 +116,18 @@ impl Lifecycle<'_> {
     pub(super) fn unpack(&self, file: &Path) -> Result<tempfile::TempDir, LifecycleError> {
         let tmp = self.scratch_dir(file)?;
         let bytes = std::fs::File::open(file).map_err(LifecycleError::io(file))?;
-        artifact::unpack(flate2::read::MultiGzDecoder::new(bytes), tmp.path(), 0, 4 << 30)?;
+        artifact::unpack(flate2::read::MultiGzDecoder::new(bytes), tmp.path(), 0, 4 << 30).map_err(|e| match e {
+            // The file's own fault, not an engine's: say so in its words.
+            ArtifactError::Tar(e) => LifecycleError::BadTarball { path: file.to_path_buf(), detail: e.to_string() },
+            ArtifactError::Refused { path, why } => {
+                LifecycleError::BadTarball { path: file.to_path_buf(), detail: format!("refused {path:?}: {why}") }
+            }
+            ArtifactError::TooLarge { limit } => LifecycleError::BadTarball {
+                path: file.to_path_buf(),
+                detail: format!("unpacks to more than {limit} bytes"),
+            },
+            other => other.into(),
+        })?;
         Ok(tmp)
     }
 

@@ -162,7 +162,10 @@ pub async fn realise(
 ) -> Result<Realised, PairError> {
     let (mv, release, arch) = (r.mv, &r.kernel.release, &r.kernel.arch);
     let conf_path = r.source.join("dkms.conf");
-    let conf = std::fs::read(&conf_path).map_err(|_| PairError::NoConf(conf_path.clone()))?;
+    let conf = std::fs::read(&conf_path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => PairError::NoConf(conf_path.clone()),
+        _ => PairError::Io { path: conf_path.clone(), source: e },
+    })?;
     let origin = conf_path.display().to_string();
     let vars = build::vars(&mv.module, &mv.version, release, arch);
     let job = BuildSpec {

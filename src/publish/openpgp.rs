@@ -43,7 +43,8 @@ pub struct Key {
 impl Key {
     pub fn load(path: &Path) -> Result<Key, PublishError> {
         let bad = |message: String| PublishError::Key { path: path.to_path_buf(), message };
-        let bytes = std::fs::read(path).map_err(PublishError::io(path))?;
+        // Io's hint is about the output directory: a key that cannot be read is the key's error.
+        let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot be read: {e}")))?;
         let key = match SignedSecretKey::from_armor_single(Cursor::new(&bytes)) {
             Ok((key, _)) => key,
             Err(armored) => SignedSecretKey::from_bytes(Cursor::new(&bytes))
@@ -118,6 +119,7 @@ impl RepoSigner for Key {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::diagnose::{code, Diagnose};
     use crate::repo::release::{parse_keys, tests::gen_key, verify_inrelease, Keyring};
 
     /// A fresh key, written armored to `dir/farm.asc`.
@@ -154,5 +156,10 @@ pub(crate) mod tests {
         assert!(err.to_string().contains("pub.asc"), "{err}");
         std::fs::write(&public, "garbage").unwrap();
         assert!(matches!(Key::load(&public), Err(PublishError::Key { .. })));
+        // A missing key is the key's error (exit 50, a hint about --key), not the output's.
+        let err = Key::load(&dir.path().join("missing.asc")).err().unwrap();
+        assert!(matches!(err, PublishError::Key { .. }), "{err}");
+        assert_eq!(err.exit_code(), code::SIGNING_FAILED);
+        assert!(err.hint().unwrap().contains("--key"), "{err}");
     }
 }

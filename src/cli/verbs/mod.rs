@@ -10,7 +10,7 @@ use crate::cli::error::Error;
 use ckms::context::Context;
 use ckms::diagnose::code;
 use ckms::lifecycle::{AddSource, KernelTarget, Lifecycle, ModuleVersion, Options, TarballParts};
-use ckms::tree::Roots;
+use ckms::tree::{self, Roots};
 use ckms::verify::Subject;
 
 use super::Output;
@@ -154,8 +154,11 @@ async fn add(ctx: &Context, out: &Output, a: AddArgs) -> Result<i32, Error> {
         Some(path) if path.is_file() => AddSource::Tarball(path),
         Some(_) | None => {
             let what = a.what.as_deref();
-            if a.select.module.is_none() && what.is_some_and(|w| !w.contains('/')) {
-                return Err(usage(&format!("{} is neither a directory nor a tarball", what.unwrap_or_default())));
+            if a.select.module.is_none() && what.is_some_and(|w| !tree::module_version_like(w)) {
+                return Err(usage(&format!(
+                    "{}: no such directory or file (and not MODULE/VERSION)",
+                    what.unwrap_or_default()
+                )));
             }
             AddSource::Tree(select(&lc, what, &a.select)?)
         }
