@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use bookworm::{bookworm_image, docker, farm_key, need, run, KERNEL};
+use ckms::diagnose::code;
 use support::{ckms, engine_host, shared_cache, HttpServer};
 
 #[path = "support/bookworm.rs"]
@@ -153,16 +154,26 @@ fn a_host_without_engine_or_compiler_installs_the_prebuilt_module() {
     let key = farm_key(dir.path());
     let out = dir.path().join("cache");
     let (store_s, out_s, key_s) = (store.to_string_lossy(), out.to_string_lossy(), key.to_string_lossy());
-    let published =
-        ckms(["farm", "publish", "--store", &store_s, "--format", "cache", "--out", &out_s, "--key", &key_s]).run();
-    published.expect_code(0);
+    let cert_s = module_cert.to_string_lossy();
+    let publish = |out: &str, key: &str| {
+        ckms([
+            "farm", "publish", "--store", &store_s, "--format", "cache", "--out", out, "--key", key, "--cert", &cert_s,
+        ])
+        .run()
+    };
+    publish(&out_s, &key_s).expect_code(0);
+    // Without --cert the farm's certificate is this host's default one (another, or none): its
+    // pairs are signed by another, so nothing is published.
+    let elsewhere = dir.path().join("x").to_string_lossy().into_owned();
+    let refused =
+        ckms(["farm", "publish", "--store", &store_s, "--format", "cache", "--out", &elsewhere, "--key", &key_s]).run();
+    refused.expect_code(code::BAD_MODULE_SIGNATURE);
+    assert!(refused.error_message().contains("not by the one the farm signs with now"), "{refused}");
 
     // Published twice: the same bytes.
     let again = dir.path().join("again");
     let again_s = again.to_string_lossy();
-    ckms(["farm", "publish", "--store", &store_s, "--format", "cache", "--out", &again_s, "--key", &key_s])
-        .run()
-        .expect_code(0);
+    publish(&again_s, &key_s).expect_code(0);
     for f in ["index.json", "index.json.asc"] {
         assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(again.join(f)).unwrap(), "{f} differs");
     }
@@ -183,9 +194,7 @@ fn a_host_without_engine_or_compiler_installs_the_prebuilt_module() {
     let other_out = other.path().join("cache");
     let other_s = other_out.to_string_lossy();
     let other_key_s = other_key.to_string_lossy();
-    ckms(["farm", "publish", "--store", &store_s, "--format", "cache", "--out", &other_s, "--key", &other_key_s])
-        .run()
-        .expect_code(0);
+    publish(&other_s, &other_key_s).expect_code(0);
     served(&other_out, "/other", &mut files);
     let server = HttpServer::start(files);
     let base = server.base();
@@ -197,7 +206,6 @@ fn a_host_without_engine_or_compiler_installs_the_prebuilt_module() {
     let version = record["source"]["package_version"].as_str().unwrap();
     std::fs::copy(source_deb(package, version), work.join("source.deb")).unwrap();
     std::fs::copy(out.join("farm.pub.asc"), work.join("farm.pub.asc")).unwrap();
-    std::fs::copy(&module_cert, work.join("farm-mok.der")).unwrap();
     let stored = store.join("pairs").join(record["key"].as_str().unwrap());
     let signed = record["modules"][0]["signed"]["file"].as_str().unwrap();
     let want = support::sha256_file(&stored.join(signed));
@@ -220,9 +228,9 @@ M=/lib/modules/$K/updates/dkms/v4l2loopback.ko
 for tool in gcc cc make docker podman; do command -v $tool >/dev/null && echo "HAS-$tool"; done
 ls -d /usr/src/linux-headers-* 2>/dev/null && echo HAS-HEADERS
 dpkg --unpack --force-depends /work/source.deb >/dev/null 2>&1 || echo UNPACK-FAILED
-mkdir -p /etc/ckms /etc/dkms
-cp /work/farm.pub.asc /work/farm-mok.der /etc/ckms/
-echo 'mok_certificate="/etc/ckms/farm-mok.der"' >/etc/dkms/framework.conf
+# The farm's OpenPGP key only: the module certificate comes with the cache, covered by it.
+mkdir -p /etc/ckms
+cp /work/farm.pub.asc /etc/ckms/
 MV=$(ls /usr/src | sed -n 's/^v4l2loopback-/v4l2loopback\//p')
 for case in silent index file other; do
     echo "=== $case"

@@ -13,7 +13,7 @@ use ckms::farm::schedule::{self, Capacity, Outcome, Progress, Task};
 use ckms::farm::signing::signing;
 use ckms::farm::store::Store;
 use ckms::farm::verdict::{self, BuildRun, Findings};
-use ckms::publish::{sysext::Filesystem, Format};
+use ckms::publish::{signer::ModuleCert, sysext::Filesystem, Format};
 
 use super::registry::RegistryArgs;
 use super::Output;
@@ -108,6 +108,10 @@ pub struct PublishArgs {
     /// The farm's OpenPGP secret key (armored, no passphrase): signs the apt repository or the cache's index.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
+    /// The certificate modules are signed with now (default: the one `farm build` signs with on
+    /// this host): no module signed by another is published; cache: published for hosts.
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
     /// kmm: push the images to this registry (host[:port]) over the OCI distribution API.
     #[arg(long, value_name = "HOST")]
     registry: Option<String>,
@@ -189,7 +193,9 @@ pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error
 
 async fn publish(ctx: &Context, out: &Output, args: PublishArgs) -> Result<i32, Error> {
     let registry = args.registry.map(|host| args.registry_access.registry(host)).transpose()?;
+    let module_cert = ModuleCert::configured(ctx, args.cert.as_deref())?;
     let req = ckms::publish::Request {
+        module_cert,
         store: args.store,
         format: args.format,
         out: args.out,

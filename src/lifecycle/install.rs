@@ -2,12 +2,19 @@
 //! dkms's backup of replaced modules and depmod (see [`crate::install`]). The module's own
 //! PRE_INSTALL, POST_INSTALL and POST_REMOVE scripts run in the sandbox, never on the host.
 
+use std::path::{Path, PathBuf};
+
+use openssl::x509::X509;
+
 use super::{KernelTarget, Lifecycle, LifecycleError, Manifest, ManifestModule, ModuleVersion};
 use crate::build::run_script;
 use crate::install::{self, Depmod, HostDepmod, ModuleFile, Target};
 use crate::kernel;
 use crate::pair::substitute::{SourceDir, Substitute, Want};
 use crate::sign::{self, SignError};
+
+/// Beside a build record placed from a cache: the module certificate the cache published.
+const SIGNER_CERT: &str = "signer.der";
 
 /// What `install` or `uninstall` did for one (module, kernel).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -74,7 +81,7 @@ impl Lifecycle<'_> {
             }
         }
         let files = module_files(&manifest, &built_dir);
-        self.check_signatures(&manifest, &files)?;
+        self.check_signatures(&manifest, &built_dir, &files)?;
         {
             let _lock = self.lock()?;
             let t = self.target(mv, &kernel, &arch);
@@ -188,6 +195,10 @@ impl Lifecycle<'_> {
             make_seconds: None,
         };
         manifest.write(staged.path())?;
+        if let Some(der) = &found.certificate {
+            let path = staged.path().join(SIGNER_CERT);
+            std::fs::write(&path, der).map_err(LifecycleError::io(&path))?;
+        }
         let built_dir = self.roots.built_dir(&mv.module, &mv.version, kernel, arch);
         super::build::commit_dir(&staged.keep(), &built_dir).map_err(LifecycleError::io(&built_dir))?;
         Ok(())
@@ -199,12 +210,18 @@ impl Lifecycle<'_> {
         link.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned())
     }
 
-    /// Before anything is written: every signed module must verify against the certificate
-    /// in use, and when the kernel wants signatures (and signing is on) every module must
-    /// have one, so nothing unsigned or wrongly signed is installed.
-    fn check_signatures(&self, manifest: &Manifest, files: &[ModuleFile]) -> Result<(), LifecycleError> {
+    /// Before anything is written: every signed module must verify against a certificate this
+    /// host trusts (its own, or the one a trusted cache published with the modules), and when
+    /// the kernel wants signatures (and signing is on) every module must have one, so nothing
+    /// unsigned or wrongly signed is installed.
+    fn check_signatures(
+        &self,
+        manifest: &Manifest,
+        built_dir: &Path,
+        files: &[ModuleFile],
+    ) -> Result<(), LifecycleError> {
         let required = manifest.sig_hash.is_some() && self.ctx.config.sign_enabled();
-        let mut cert = None;
+        let mut certs = None;
         for f in files {
             let (module, _) = sign::read_module(&f.file)?;
             if !module.ends_with(sign::format::MAGIC) {
@@ -213,25 +230,41 @@ impl Lifecycle<'_> {
                 }
                 continue;
             }
-            let (cert, cert_path) = match &cert {
+            let certs = match &certs {
                 Some(c) => c,
-                None => {
-                    let paths = self.ctx.config.key_locations(&self.roots.dkms_tree).resolve(None, None);
-                    let loaded = sign::keys::load_cert(&paths.cert).map_err(|e| match e {
-                        // Built elsewhere (ldtarball): the certificate of the key that signed them.
-                        SignError::CertMissing { path } => {
-                            SignError::NoCertToVerify { path, signed_by: manifest.signed_by.clone() }
-                        }
-                        other => other,
-                    })?;
-                    cert.insert((loaded, paths.cert))
-                }
+                None => certs.insert(self.verifying_certs(manifest, built_dir)?),
             };
-            let v = sign::verify(&module, cert, &f.file, cert_path)?;
+            // The first that verifies; else the first one's error (the host's own when it has one).
+            let tried = certs.iter().map(|(cert, path)| sign::verify(&module, cert, &f.file, path));
+            let v = tried.reduce(|first, next| first.or_else(|e| next.map_err(|_| e))).ok_or_else(|| {
+                SignError::NoCertToVerify { path: f.file.clone(), signed_by: manifest.signed_by.clone() }
+            })??;
             self.report()
                 .info(format!("Signature of {}.ko verified ({}, {})", f.dest_name, v.signer.signer, v.signer.hash));
         }
         Ok(())
+    }
+
+    /// The certificates a module may verify with: this host's (as `build` signs with) and the
+    /// one its cache published with it (kept beside the build record); at least one.
+    fn verifying_certs(&self, manifest: &Manifest, built_dir: &Path) -> Result<Vec<(X509, PathBuf)>, LifecycleError> {
+        let own = self.ctx.config.key_locations(&self.roots.dkms_tree).resolve(None, None).cert;
+        let mut certs = Vec::new();
+        let mut missing = None;
+        for path in [own, built_dir.join(SIGNER_CERT)] {
+            match sign::keys::load_cert(&path) {
+                Ok(cert) => certs.push((cert, path)),
+                Err(SignError::CertMissing { path }) => missing = missing.or(Some(path)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match missing {
+            // Built elsewhere (ldtarball): the certificate of the key that signed them.
+            Some(path) if certs.is_empty() => {
+                Err(SignError::NoCertToVerify { path, signed_by: manifest.signed_by.clone() }.into())
+            }
+            _ => Ok(certs),
+        }
     }
 
     fn target<'t>(&'t self, mv: &'t ModuleVersion, kernel: &'t str, arch: &'t str) -> Target<'t> {
@@ -357,11 +390,13 @@ mod tests {
         assert!(installed(root));
     }
 
-    /// m/1 (unsigned) from a cache's entry that says it was signed by `signed_by`, placed as the
-    /// built dir of kernel k, whose config says `sig_hash`; then installed.
+    /// m/1 (`module`'s bytes) from a cache's entry that says it was signed by `signed_by` and
+    /// publishes `certificate`, placed as the built dir of kernel k, whose config says
+    /// `sig_hash`; then installed.
     async fn install_prebuilt(
         root: &Path,
-        signed_by: Option<&str>,
+        module: &[u8],
+        (signed_by, certificate): (Option<&str>, Option<Vec<u8>>),
         sig_hash: Option<&str>,
     ) -> Result<InstallOutcome, LifecycleError> {
         let ctx = context(root);
@@ -379,9 +414,10 @@ mod tests {
                 name: "m".into(),
                 dest: "/updates/dkms".into(),
                 file_name: "m.ko".into(),
-                bytes: b"\x7fELF".to_vec(),
+                bytes: module.to_vec(),
             }],
             signed_by: signed_by.map(str::to_string),
+            certificate,
         };
         lc.place_substitute(&mv, "k", "x86_64", &found, sig_hash.map(str::to_string)).unwrap();
         let manifest = Manifest::read(&roots.built_dir("m", "1", "k", "x86_64")).unwrap();
@@ -393,19 +429,49 @@ mod tests {
     #[tokio::test]
     async fn a_prebuilt_entry_installs_as_a_build_and_its_signature_is_checked() {
         let dir = tempfile::tempdir().unwrap();
-        install_prebuilt(dir.path(), None, None).await.unwrap();
+        install_prebuilt(dir.path(), ELF, (None, None), None).await.unwrap();
         assert!(installed(dir.path()));
         // The host's kernel signs modules: an unsigned file is refused, whatever the index says.
         for signed_by in [Some("f"), None] {
             let dir = tempfile::tempdir().unwrap();
-            let err = install_prebuilt(dir.path(), signed_by, Some("sha256")).await.unwrap_err();
+            let err = install_prebuilt(dir.path(), ELF, (signed_by, None), Some("sha256")).await.unwrap_err();
             assert_eq!(err.exit_code(), code::BAD_MODULE_SIGNATURE, "{err}");
             assert!(!installed(dir.path()), "installed with an index signer {signed_by:?}");
         }
         // An index claiming a signer does not make an unsigning kernel require one.
         let dir = tempfile::tempdir().unwrap();
-        install_prebuilt(dir.path(), Some("f"), None).await.unwrap();
+        install_prebuilt(dir.path(), ELF, (Some("f"), None), None).await.unwrap();
         assert!(installed(dir.path()));
+    }
+
+    const ELF: &[u8] = b"\x7fELF";
+
+    #[tokio::test]
+    async fn a_farm_signed_module_verifies_with_the_certificate_its_cache_published() {
+        let farm = tempfile::tempdir().unwrap();
+        let signer = own_pair(farm.path());
+        let der = std::fs::read(farm.path().join("var/lib/ckms/mok.pub")).unwrap();
+        let module = sign::sign(ELF, &signer, "sha256", Path::new("m.ko")).unwrap();
+        let fp = signer.fingerprint();
+        let published = |der: &[u8]| (Some(fp.as_str()), Some(der.to_vec()));
+
+        // A host with no certificate of its own: the cache's verifies the farm's signature.
+        let dir = tempfile::tempdir().unwrap();
+        install_prebuilt(dir.path(), &module, published(&der), Some("sha256")).await.unwrap();
+        assert!(installed(dir.path()));
+        assert_eq!(std::fs::read(dir.path().join("var/lib/ckms/m/1/k/x86_64").join(SIGNER_CERT)).unwrap(), der);
+        // Without it, nothing verifies the module: refused, nothing installed.
+        let dir = tempfile::tempdir().unwrap();
+        let err = install_prebuilt(dir.path(), &module, (Some(fp.as_str()), None), Some("sha256")).await.unwrap_err();
+        assert!(err.to_string().contains("certificate"), "{err}");
+        assert!(!installed(dir.path()));
+        // Another certificate (the host's own, published in its place) does not verify it.
+        let dir = tempfile::tempdir().unwrap();
+        own_pair(dir.path());
+        let other = std::fs::read(dir.path().join("var/lib/ckms/mok.pub")).unwrap();
+        let err = install_prebuilt(dir.path(), &module, published(&other), Some("sha256")).await.unwrap_err();
+        assert_eq!(err.exit_code(), code::BAD_MODULE_SIGNATURE, "{err}");
+        assert!(!installed(dir.path()));
     }
 
     #[tokio::test]

@@ -43,6 +43,9 @@ pub struct Substitute {
     /// name it when this host cannot verify them); whether they must be signed is the host's
     /// kernel's decision.
     pub signed_by: Option<String>,
+    /// The certificate (DER) that source publishes for `signed_by`, vouched for as the modules
+    /// are: a host verifies the modules with it or with its own.
+    pub certificate: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]

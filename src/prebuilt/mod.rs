@@ -142,6 +142,8 @@ pub struct Found {
     pub entry: Entry,
     /// Each file as the index lists it, with its bytes.
     pub files: Vec<(File, Vec<u8>)>,
+    /// The module certificate the entry is signed with (DER), as the cache publishes it.
+    pub certificate: Option<Vec<u8>>,
 }
 
 /// The binary caches `[prebuilt]` names, as a dkms tree's substituter.
@@ -177,6 +179,7 @@ impl Substituter for Cache<'_> {
             profile: found.entry.profile,
             modules,
             signed_by: found.entry.signer.map(|s| s.fingerprint),
+            certificate: found.certificate,
         }))
     }
 }
@@ -356,7 +359,37 @@ pub(crate) async fn lookup(
         }
         files.push((file.clone(), bytes));
     }
-    Ok(Some(Found { url: url.to_string(), key: key.to_string(), entry: entry.clone(), files }))
+    let certificate = match (&entry.signer, &index.certificate) {
+        (Some(signer), Some(published)) if *published == signer.fingerprint => {
+            Some(certificate(f, url, published).await?)
+        }
+        // Older caches publish none: the host's own certificate must verify the modules.
+        _ => None,
+    };
+    Ok(Some(Found { url: url.to_string(), key: key.to_string(), entry: entry.clone(), files, certificate }))
+}
+
+/// The most a module certificate may hold (a MOK certificate is about 1 KiB).
+const CERT_LIMIT: u64 = 64 << 10;
+
+/// The certificate of SHA-256 `fingerprint` (named in the signed index), checked against it.
+async fn certificate(f: &impl Fetch, url: &str, fingerprint: &str) -> Result<Vec<u8>, PrebuiltError> {
+    let cert_url = join(url, &format::cert_path(fingerprint));
+    let der = f.get(&cert_url, CERT_LIMIT).await.map_err(|m| match m {
+        Miss::NotFound => PrebuiltError::BadIndex { url: url.to_string(), message: format!("{cert_url} is missing") },
+        m => not_answering(url, m),
+    })?;
+    let sha = sha256_hex(&der);
+    if sha != fingerprint {
+        let what = format!("SHA-256 {sha}, the index says {fingerprint}");
+        return Err(PrebuiltError::TamperedFile {
+            url: cert_url,
+            module: "the module certificate".into(),
+            kernel: "every kernel".into(),
+            what,
+        });
+    }
+    Ok(der)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ fn published(dir: &Path) -> (HashMap<String, Vec<u8>>, Keyring) {
         pair(dir, "other", KERNEL, "other.ko", b"signed other"),
     ];
     let out = dir.join("cache");
-    format::write(&out, &pairs, &key).unwrap();
+    format::write(&out, &pairs, &key, Some(&crate::publish::signer::tests::cert())).unwrap();
     let mut files = HashMap::new();
     let mut stack = vec![out.clone()];
     while let Some(d) = stack.pop() {
@@ -150,4 +150,17 @@ fn plain_http_only_when_allowed() {
     assert_eq!(err.exit_code(), code::USAGE);
     assert!(plain_http_allowed(&cfg(&["http://b/"], true)).is_ok());
     assert!(plain_http_allowed(&cfg(&["https://a/", "/srv/cache", "file:///srv/c"], false)).is_ok());
+}
+
+#[tokio::test]
+async fn the_module_certificate_comes_with_the_entry_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, keyring) = published(dir.path());
+    let cert = crate::publish::signer::tests::cert();
+    let found = look(files.clone(), &keyring, HELLO).await.unwrap().unwrap();
+    assert_eq!(found.certificate.as_deref(), Some(cert.der.as_slice()));
+    let mut swapped = files;
+    swapped.insert(join(BASE, &format::cert_path(&cert.fingerprint)), b"another certificate".to_vec());
+    let err = look(swapped, &keyring, HELLO).await.unwrap_err();
+    assert!(matches!(err, PrebuiltError::TamperedFile { .. }), "{err}");
 }

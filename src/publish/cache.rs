@@ -7,6 +7,9 @@
 //! <out>/index.json.asc                a detached OpenPGP signature of index.json (the farm's key)
 //! <out>/farm.pub.asc                  the farm's public key, for hosts to copy into their config
 //! <out>/pairs/<key>/<module file>     as the store holds it (signed, compressed)
+//! <out>/certs/<sha256>.der            the module certificate the pairs are signed with, named in
+//!                                     index.json (so covered by its signature), for hosts to
+//!                                     verify the modules with and to enroll
 //! ```
 //!
 //! A host ([`crate::prebuilt`]) computes the key of the pair it wants from its own source and
@@ -21,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::openpgp::RepoSigner;
 use super::pairs::BuiltPair;
+use super::signer::ModuleCert;
 use super::{write_file, PublishError};
 use crate::cache::sha256_hex;
 use crate::farm::store::SignedBy;
@@ -41,6 +45,15 @@ pub struct Index {
     pub signed_by: String,
     /// By pair key ([`crate::farm::key`]).
     pub entries: BTreeMap<String, Entry>,
+    /// The SHA-256 of the module certificate the entries are signed with, published as
+    /// [`cert_path`]; none when no entry is signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+}
+
+/// Where a cache holds the module certificate of SHA-256 `fingerprint`.
+pub fn cert_path(fingerprint: &str) -> String {
+    format!("certs/{fingerprint}.der")
 }
 
 /// One built pair.
@@ -71,8 +84,14 @@ pub struct File {
     pub size: u64,
 }
 
-/// Writes the cache of `pairs` into `out`, its index signed with `signer`.
-pub fn write(out: &Path, pairs: &[BuiltPair], signer: &dyn RepoSigner) -> Result<Vec<String>, PublishError> {
+/// Writes the cache of `pairs` into `out`, its index signed with `signer`, with `cert` (which
+/// signed every signed pair: [`super::signer::check`]).
+pub fn write(
+    out: &Path,
+    pairs: &[BuiltPair],
+    signer: &dyn RepoSigner,
+    cert: Option<&ModuleCert>,
+) -> Result<Vec<String>, PublishError> {
     let mut entries = BTreeMap::new();
     for p in pairs {
         let mut files = Vec::new();
@@ -101,7 +120,12 @@ pub fn write(out: &Path, pairs: &[BuiltPair], signer: &dyn RepoSigner) -> Result
         entries.insert(p.key.clone(), entry);
     }
     let built_at = pairs.iter().map(|p| p.epoch).max().unwrap_or(0);
-    let index = Index { format: FORMAT, built_at, signed_by: signer.fingerprint(), entries };
+    let cert = cert.filter(|_| pairs.iter().any(|p| p.signer.is_some()));
+    if let Some(c) = cert {
+        write_file(out, &cert_path(&c.fingerprint), &c.der)?;
+    }
+    let certificate = cert.map(|c| c.fingerprint.clone());
+    let index = Index { format: FORMAT, built_at, signed_by: signer.fingerprint(), entries, certificate };
     let text = serde_json::to_string_pretty(&index).map_err(|e| PublishError::Sign {
         fingerprint: signer.fingerprint(),
         message: format!("the index cannot be written: {e}"),
@@ -133,7 +157,8 @@ mod tests {
             pair(dir.path(), "other", "6.1.0-56-amd64", "other.ko", b"signed other"),
         ];
         let out = dir.path().join("cache");
-        write(&out, &pairs, &key).unwrap();
+        let cert = crate::publish::signer::tests::cert();
+        write(&out, &pairs, &key, Some(&cert)).unwrap();
         let text = std::fs::read(out.join(INDEX)).unwrap();
         let index: Index = serde_json::from_slice(&text).unwrap();
         assert_eq!(index.entries.len(), 2);
@@ -146,6 +171,9 @@ mod tests {
         assert_eq!(shipped, b"signed hello");
         assert_eq!((f.sha256.clone(), f.size), (sha256_hex(&shipped), shipped.len() as u64));
         assert_eq!(e.signer.as_ref().unwrap().subject, "ckms farm");
+        // The certificate, named in the signed index.
+        assert_eq!(index.certificate.as_deref(), Some(cert.fingerprint.as_str()));
+        assert_eq!(std::fs::read(out.join(cert_path(&cert.fingerprint))).unwrap(), cert.der);
 
         let signature = std::fs::read_to_string(out.join(SIGNATURE)).unwrap();
         let public = std::fs::read(out.join(PUBLIC_KEY)).unwrap();
@@ -159,7 +187,7 @@ mod tests {
 
         // Twice: the same bytes.
         let again = dir.path().join("again");
-        write(&again, &pairs, &key).unwrap();
+        write(&again, &pairs, &key, Some(&cert)).unwrap();
         for f in [INDEX, SIGNATURE, "pairs/key-other-6.1.0-56-amd64/other.ko"] {
             assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(again.join(f)).unwrap(), "{f} differs");
         }

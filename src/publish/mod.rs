@@ -18,6 +18,7 @@ pub mod deb;
 pub mod kmm;
 pub mod openpgp;
 pub mod pairs;
+pub mod signer;
 pub mod sysext;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ use crate::farm::FarmError;
 use crate::oci::registry::Registry;
 use crate::oci::OciError;
 use crate::profile::Catalog;
+use crate::sign::SignError;
 
 /// What `farm publish --format` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +119,10 @@ pub enum PublishError {
     NeedsContext(Format),
     #[error("{tool} failed for {path}: {message}")]
     Tool { tool: &'static str, path: PathBuf, message: String },
+    #[error("{module} for {kernel} is signed by the certificate {signer}, not by the one the farm signs with now ({})", configured.as_deref().unwrap_or("none found"))]
+    OtherSigner { module: String, kernel: String, signer: String, configured: Option<String> },
+    #[error(transparent)]
+    ModuleCert(#[from] SignError),
 }
 
 impl PublishError {
@@ -128,10 +134,12 @@ impl PublishError {
 impl Diagnose for PublishError {
     fn exit_code(&self) -> i32 {
         match self {
+            PublishError::ModuleCert(e) => e.exit_code(),
             PublishError::Farm(e) => e.exit_code(),
             PublishError::Oci(e) => e.exit_code(),
             PublishError::Io { .. } | PublishError::Tool { .. } => code::IO,
             PublishError::Key { .. } | PublishError::Sign { .. } => code::SIGNING_FAILED,
+            PublishError::OtherSigner { .. } => code::BAD_MODULE_SIGNATURE,
             PublishError::Profile { .. } => code::BAD_PROFILE,
             PublishError::Entry { .. } | PublishError::Damaged { .. } => code::IO,
             _ => code::USAGE,
@@ -140,10 +148,14 @@ impl Diagnose for PublishError {
 
     fn hint(&self) -> Option<String> {
         Some(match self {
+            PublishError::ModuleCert(e) => return e.hint(),
             PublishError::Farm(e) => return e.hint(),
             PublishError::Oci(e) => return e.hint(),
             PublishError::Io { .. } => "check that the output directory is writable and its disk not full".into(),
             PublishError::NoStore(_) => "name the directory `ckms farm build --store` wrote".into(),
+            PublishError::OtherSigner { .. } => "after a key change, `ckms farm build` with the new key re-signs the \
+                 stored pairs (no container); or name the certificate they were signed with: --cert FILE"
+                .into(),
             PublishError::NothingBuilt { .. } => {
                 "`ckms farm status --store DIR` shows the pairs; build some with `ckms farm build`".into()
             }
@@ -219,6 +231,9 @@ pub struct Request {
     pub name: Option<String>,
     pub filesystem: sysext::Filesystem,
     pub os: OsOverride,
+    /// The certificate the farm signs modules with now: no pair signed by another is
+    /// published, and `cache` publishes it for hosts.
+    pub module_cert: Option<signer::ModuleCert>,
 }
 
 /// What a run wrote.
@@ -247,7 +262,7 @@ pub fn publish(req: &Request, catalog: &Catalog) -> Result<Published, PublishErr
             if req.format == Format::Apt {
                 apt::write(staging.path(), &pairs, &key)?
             } else {
-                cache::write(staging.path(), &pairs, &key)?
+                cache::write(staging.path(), &pairs, &key, req.module_cert.as_ref())?
             }
         }
         Format::Sysext => {
@@ -268,6 +283,7 @@ pub(crate) fn open(req: &Request, catalog: &Catalog) -> Result<(Vec<pairs::Built
     }
     let store = Store::open(&req.store)?;
     let pairs = pairs::read(&store, catalog, &req.modules, &req.kernels)?;
+    signer::check(&pairs, req.module_cert.as_ref())?;
     let out = req.out.clone().unwrap_or_else(|| store.root().join("publish").join(req.format.name()));
     Ok((pairs, out))
 }

@@ -200,7 +200,11 @@ pub(crate) mod tests {
             profile: "debian-bookworm".into(),
             epoch: 1_764_892_800,
             source_package: Some(format!("{module}-dkms")),
-            signer: Some(SignedBy { fingerprint: "ab".repeat(32), subject: "ckms farm".into(), hash: "sha256".into() }),
+            signer: Some(SignedBy {
+                fingerprint: crate::publish::signer::tests::cert().fingerprint,
+                subject: "ckms farm".into(),
+                hash: "sha256".into(),
+            }),
             files: vec![ModuleFile {
                 name: file.split(".ko").next().unwrap_or(file).into(),
                 dest: "/updates/dkms".into(),
