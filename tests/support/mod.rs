@@ -14,6 +14,13 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+/// Whether this host runs the unified cgroup hierarchy (v2, Debian's default since 11): then
+/// rootless containers get memory, pids and CPU limits; on v1 rootless Podman gets none, and
+/// ckms says so instead. Tests assert what must happen on the host they run on.
+pub fn cgroup_v2() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
 /// The endpoint of the engine under test, from `var`. Unset is a failure, never a skip.
 pub fn engine_host(var: &str) -> String {
     match std::env::var(var) {
