@@ -90,8 +90,25 @@ run_script() {
     fi
 }
 
+# Module BTF the same on every run: kernels pass pahole -j (6.12: -j$(JOBS)), and pahole
+# before 1.26 (bookworm has 1.24) orders types differently from run to run when it encodes in
+# parallel: 4 of 210 module files of a 60-pair 6.12 run differed in .BTF. The kernel's Makefile
+# runs `pahole` by PATH; a shim ahead of it drops the job options, one thread giving the same
+# bytes every time.
+serial_pahole() {
+    local real
+    real=$(command -v pahole) || return 0
+    mkdir -p /tmp/ckms-bin
+    printf '%s\n' '#!/bin/bash' 'args=()' \
+        'for a in "$@"; do case $a in -j | -j[0-9]* | --jobs | --jobs=*) ;; *) args+=("$a") ;; esac; done' \
+        "exec $real \"\${args[@]}\"" >/tmp/ckms-bin/pahole
+    chmod 755 /tmp/ckms-bin/pahole
+    PATH=/tmp/ckms-bin:$PATH
+}
+
 # Everything the module's own code runs. Runs in a child process (see the top).
 build() {
+    serial_pahole
     # The watchdog's timer is not the build's business.
     exec {tick_fd}>&-
     # The volume is on the host's disk: no single file may grow past the limit.

@@ -317,9 +317,8 @@ impl<'a> Farm<'a> {
             c.status = Some(format!("stored {}, rebuilt {}", stored.status, rebuilt.status));
         }
         let dir = self.store.entry_dir(key);
-        let theirs: Vec<&store::StoredFile> =
-            stored.modules.iter().flat_map(|m| std::iter::once(&m.unsigned).chain(&m.signed)).collect();
-        for f in rebuilt.modules.iter().flat_map(|m| std::iter::once(&m.unsigned).chain(&m.signed)) {
+        let theirs: Vec<&store::StoredFile> = module_files(&stored).collect();
+        for f in module_files(rebuilt) {
             c.compared += 1;
             match theirs.iter().find(|t| t.file == f.file) {
                 Some(t) if t.sha256 == f.sha256 => {}
@@ -330,6 +329,12 @@ impl<'a> Farm<'a> {
                 )),
                 None => c.differs.push(format!("{}: not in the stored entry", f.file)),
             }
+        }
+        // And what the rebuild did not make at all.
+        let ours: Vec<&String> = module_files(rebuilt).map(|f| &f.file).collect();
+        for t in theirs.iter().filter(|t| !ours.contains(&&t.file)) {
+            c.compared += 1;
+            c.differs.push(format!("{}: stored, but not made by the rebuild", t.file));
         }
         if !c.differs.is_empty() || c.status.is_some() {
             let keep = self.store.root().join("check").join(key);
@@ -353,6 +358,11 @@ impl Record {
     fn ended(&mut self, status: Status, exit_code: i32, reason: String) {
         (self.status, self.exit_code, self.reason) = (status, exit_code, Some(reason));
     }
+}
+
+/// Every module file of an entry, unsigned and signed.
+fn module_files(r: &Record) -> impl Iterator<Item = &store::StoredFile> {
+    r.modules.iter().flat_map(|m| std::iter::once(&m.unsigned).chain(&m.signed))
 }
 
 /// The farm on one engine: images provisioned there, every pair built there. The schedule
