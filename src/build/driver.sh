@@ -91,19 +91,19 @@ run_script() {
 }
 
 # Module BTF the same on every run: kernels pass pahole -j (6.12: -j$(JOBS)), and pahole
-# before 1.26 (bookworm has 1.24) orders types differently from run to run when it encodes in
+# before 1.27 (bookworm has 1.24) orders types differently from run to run when it encodes in
 # parallel: 4 of 210 module files of a 60-pair 6.12 run differed in .BTF. The kernel's Makefile
 # runs `pahole` by PATH; a shim ahead of it drops the job options, one thread giving the same
-# bytes every time.
+# bytes every time. It lives in ckms's directory of the volume: the engines mount /tmp noexec.
 serial_pahole() {
-    local real
+    local real bin=$ckms_dir/bin
     real=$(command -v pahole) || return 0
-    mkdir -p /tmp/ckms-bin
+    mkdir -p "$bin"
     printf '%s\n' '#!/bin/bash' 'args=()' \
         'for a in "$@"; do case $a in -j | -j[0-9]* | --jobs | --jobs=*) ;; *) args+=("$a") ;; esac; done' \
-        "exec $real \"\${args[@]}\"" >/tmp/ckms-bin/pahole
-    chmod 755 /tmp/ckms-bin/pahole
-    PATH=/tmp/ckms-bin:$PATH
+        "exec $real \"\${args[@]}\"" >"$bin/pahole"
+    chmod 755 "$bin/pahole"
+    PATH=$bin:$PATH
 }
 
 # Everything the module's own code runs. Runs in a child process (see the top).
