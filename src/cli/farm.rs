@@ -1,6 +1,6 @@
 //! `ckms farm build|status|report|publish`: the prebuild farm over a store directory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::Error;
@@ -259,14 +259,15 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
         print_plan(ctx, out, &plan, &todo);
         return Ok(0);
     }
+    let how = HowToRun { key: args.key.as_deref().zip(args.cert.as_deref()), jobs: args.jobs, check: args.check };
     if args.check {
-        let (outcomes, checked) = run_pairs(ctx, out, &store, &work, &plan, &built, &args).await?;
+        let (outcomes, checked) = run_pairs(ctx, out, &store, &work, &plan, &built, &how).await?;
         return Ok(print_check(out, &plan, &built, &outcomes, &checked));
     }
     let (outcomes, _) = if todo.is_empty() {
         Default::default()
     } else {
-        run_pairs(ctx, out, &store, &work, &plan, &todo, &args).await?
+        run_pairs(ctx, out, &store, &work, &plan, &todo, &how).await?
     };
 
     report::save_matrix(&store, &cells(&plan, &todo))?;
@@ -312,22 +313,28 @@ fn print_check(out: &Output, plan: &FarmPlan, stored: &[usize], outcomes: &[Outc
         "differing": differing.iter().map(|c| serde_json::json!({ "pair": plan.label(c.pair), "differs": c.differs,
         "status": c.status })).collect::<Vec<_>>(), "not_rebuilt": not_rebuilt });
     out.result(&doc, || {
-        let mut text = String::new();
-        for c in differing {
-            text += &format!("differs: {}\n", plan.label(c.pair));
-            for d in c.status.iter().chain(&c.differs) {
-                text += &format!("  {d}\n");
-            }
-        }
-        for n in not_rebuilt {
-            text += &format!("not rebuilt: {n}\n");
-        }
-        text + &format!(
-            "{identical} of {} stored pair(s) rebuilt identical ({files} module files, unsigned and signed)\n",
-            stored.len()
-        )
+        findings_text(plan, &findings)
+            + &format!(
+                "{identical} of {} stored pair(s) rebuilt identical ({files} module files, unsigned and signed)\n",
+                stored.len()
+            )
     });
     findings.verdict().exit_code()
+}
+
+/// `--check`'s differences, a line per pair and one per file.
+pub(super) fn findings_text(plan: &FarmPlan, findings: &Findings) -> String {
+    let mut text = String::new();
+    for c in &findings.differing {
+        text += &format!("differs: {}\n", plan.label(c.pair));
+        for d in c.status.iter().chain(&c.differs) {
+            text += &format!("  {d}\n");
+        }
+    }
+    for n in &findings.not_rebuilt {
+        text += &format!("not rebuilt: {n}\n");
+    }
+    text
 }
 
 const MATRIX_HINT: &str = "a matrix file holds sources = [\"./mymodule\", \"deb:v4l2loopback-dkms\"] and \
@@ -365,24 +372,33 @@ fn print_plan(ctx: &Context, out: &Output, plan: &FarmPlan, todo: &[usize]) {
     });
 }
 
+/// How [`run_pairs`] builds.
+pub(super) struct HowToRun<'a> {
+    /// --key and --cert.
+    pub key: Option<(&'a Path, &'a Path)>,
+    pub jobs: Option<u32>,
+    /// Compare with the stored entries instead of storing.
+    pub check: bool,
+}
+
 /// Builds the pairs `todo` of `plan`, with live progress on a terminal (or JSON events).
-async fn run_pairs(
+pub(super) async fn run_pairs(
     ctx: &Context,
     out: &Output,
     store: &Store,
     work: &Work,
     plan: &FarmPlan,
     todo: &[usize],
-    args: &BuildArgs,
+    how: &HowToRun<'_>,
 ) -> Result<(Vec<Outcome>, Vec<Checked>), Error> {
-    let signing = signing(ctx, args.key.as_deref().zip(args.cert.as_deref()))?;
+    let signing = signing(ctx, how.key)?;
     let conn = Arc::new(ctx.engine().await?);
     if !out.json {
         let i = &conn.info;
         eprintln!("building {} pair(s) with {:?} {} at {}", todo.len(), i.kind, i.version, i.endpoint);
     }
     let mut farm = Farm::new(ctx, plan, store, work, signing);
-    if args.check {
+    if how.check {
         farm = farm.checking();
     }
     // The schedule's tasks are the pairs to build; a dependency already stored is no wait.
@@ -409,7 +425,7 @@ async fn run_pairs(
     let executor = OnEngine { farm: &farm, conn, todo };
     let live = super::farm_progress::Live::new(out.json, &tasks);
     let progress = |p: Progress| live.event(&p);
-    let outcomes = schedule::run(&tasks, &executor, Capacity::of_machine(args.jobs), &progress).await;
+    let outcomes = schedule::run(&tasks, &executor, Capacity::of_machine(how.jobs), &progress).await;
     live.finish();
     Ok((outcomes, farm.checked()))
 }
