@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::error::Error;
-use super::farm::{findings_text, run_pairs, HowToRun};
+use super::farm_run::{findings_text, run_pairs, HowToRun};
 use ckms::context::Context;
 use ckms::farm::evaluate::{evaluate, Evaluated};
 use ckms::farm::plan::Work;
