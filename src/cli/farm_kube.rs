@@ -337,7 +337,8 @@ impl Side {
             let kept = self.dir.keep();
             for (label, _) in all.stored.drain(..) {
                 all.refused.push(format!(
-                    "{label}: not stored: a pair this collect rebuilt here differs from its pod's result"
+                    "{label}: not stored: a pair this collect rebuilt here differs from its pod's result or could \
+                     not be rebuilt"
                 ));
             }
             summary.text +=
