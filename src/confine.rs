@@ -9,7 +9,7 @@ use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{openat, Mode, OFlags, CWD};
+use rustix::fs::{openat, statat, AtFlags, FileType, Mode, OFlags, CWD};
 use thiserror::Error;
 
 use crate::diagnose::{code, Diagnose};
@@ -59,14 +59,22 @@ pub fn open_inside(dir: &Path, name: &str) -> Result<(File, u64), ConfineError> 
     let parts: Vec<_> = path.components().map(|c| c.as_os_str().to_owned()).collect();
     let (last, steps) = parts.split_last().ok_or_else(|| refused("empty name"))?;
     let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let mut at: OwnedFd = openat(CWD, dir, dir_flags, Mode::empty()).map_err(|e| io(e.into()))?;
+    // `dir` itself too: a result directory swapped for a link to another one is refused.
+    let step_error = |e: rustix::io::Errno| match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => refused("a step of the path is a link or no directory"),
+        e => io(e.into()),
+    };
+    let mut at: OwnedFd = openat(CWD, dir, dir_flags, Mode::empty()).map_err(step_error)?;
     for step in steps {
-        at = openat(&at, step.as_os_str(), dir_flags, Mode::empty()).map_err(|e| match e {
-            rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
-                refused("a step of the path is a link or no directory")
-            }
-            e => io(e.into()),
-        })?;
+        at = openat(&at, step.as_os_str(), dir_flags, Mode::empty()).map_err(step_error)?;
+    }
+    // Looked at before it is opened: opening a device can act (a tape rewinds, a watchdog
+    // arms). The check after the open below is the one a swap cannot get past.
+    let before = statat(&at, last.as_os_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| io(e.into()))?;
+    match FileType::from_raw_mode(before.st_mode) {
+        FileType::RegularFile => {}
+        FileType::Symlink => return Err(refused("a symbolic link")),
+        _ => return Err(refused("not a regular file (a directory, device, FIFO or socket)")),
     }
     let file_flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
     let fd = openat(&at, last.as_os_str(), file_flags, Mode::empty()).map_err(|e| match e {
@@ -134,5 +142,21 @@ mod tests {
         let f = File::create(d.path().join("big")).unwrap();
         f.set_len(10 << 30).unwrap();
         assert!(matches!(read_inside(d.path(), "big", 1 << 20), Err(ConfineError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn refuses_a_directory_that_is_a_link_and_device_nodes() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("real")).unwrap();
+        std::fs::write(d.path().join("real/f"), b"ok").unwrap();
+        std::os::unix::fs::symlink("real", d.path().join("alias")).unwrap();
+        assert!(refused(read_inside(&d.path().join("alias"), "f", 10)));
+        // Only root can make a device node: the link to /dev/zero above covers the rest.
+        let dev = rustix::fs::makedev(1, 5);
+        if rustix::fs::mknodat(CWD, d.path().join("real/zero"), FileType::CharacterDevice, Mode::from(0o600), dev)
+            .is_ok()
+        {
+            assert!(refused(read_inside(&d.path().join("real"), "zero", 10)));
+        }
     }
 }

@@ -299,15 +299,15 @@ fn scenario(var: &str, faults: bool) {
             .collect();
         run(None, &args.iter().map(String::as_str).collect::<Vec<_>>()).expect_code(0);
         assert_eq!(images(&out2), first, "the same plan, the same image digests");
-        refusals(p.dir.path(), &p.store, &p.results);
+        refusals(p.dir.path(), &p.store, &p.results, &engine);
     }
 }
 
 /// Results changed after the pods wrote them, on fresh copies of the store's plans.
-fn refusals(dir: &Path, store: &Path, results: &Path) {
+fn refusals(dir: &Path, store: &Path, results: &Path, engine: &str) {
     let job = std::fs::read_dir(results).unwrap().map(|e| e.unwrap().file_name()).min().unwrap();
     let job = job.to_str().unwrap();
-    let case = |name: &str, change: &dyn Fn(&Path)| -> (Outcome, PathBuf) {
+    let case_with = |name: &str, engine: Option<&str>, extra: &[&str], change: &dyn Fn(&Path)| -> (Outcome, PathBuf) {
         let copy = dir.join(format!("results-{name}"));
         copy_tree(results, &copy);
         change(&copy.join(job));
@@ -315,12 +315,12 @@ fn refusals(dir: &Path, store: &Path, results: &Path) {
         std::fs::create_dir_all(&fresh).unwrap();
         std::fs::copy(store.join("ckms-store.json"), fresh.join("ckms-store.json")).unwrap();
         copy_tree(&store.join("kube"), &fresh.join("kube"));
-        let out = run(
-            None,
-            &["farm", "kube", "collect", "--store", fresh.to_str().unwrap(), "--from", copy.to_str().unwrap()],
-        );
-        (out, fresh)
+        let mut args =
+            vec!["farm", "kube", "collect", "--store", fresh.to_str().unwrap(), "--from", copy.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        (run(engine, &args), fresh)
     };
+    let case = |name: &str, change: &dyn Fn(&Path)| case_with(name, None, &[], change);
     let module_in = |d: &Path| -> PathBuf { d.join("output-0.tar") };
 
     let (out, _) = case("tampered", &|j| {
@@ -354,6 +354,51 @@ fn refusals(dir: &Path, store: &Path, results: &Path) {
     let (out, fresh) = case("missing", &|j| std::fs::remove_dir_all(j.join("2")).unwrap());
     assert!(out.stdout.contains("no result") && out.stdout.contains("1 without a result"), "{out}");
     assert_eq!(statuses(&fresh).len(), 5, "the missing index is not stored");
+
+    // A pod that forges its own module, transcript and all: collect cannot tell (it is stored),
+    // a local rebuild can: with --check nothing of the collect is stored.
+    let (out, fresh) = case("forged-module", &forge_module);
+    assert!(out.stdout.contains("0 refused"), "{out}");
+    assert_eq!(statuses(&fresh).len(), 6, "{out}");
+    let (out, fresh) = case_with("forged-checked", Some(engine), &["--check", "99"], &forge_module);
+    out.expect_code(11);
+    assert!(out.stdout.contains("differs: ") && out.stdout.contains("nothing of this collect was stored"), "{out}");
+    assert!(out.stdout.contains("0 stored, 6 refused"), "{out}");
+    assert!(statuses(&fresh).is_empty(), "{out}");
+}
+
+/// Appends bytes to the first module an index of the Job returned, and records the new
+/// output's digest in its transcript, as a hostile pod would.
+fn forge_module(job: &Path) {
+    for index in 0.. {
+        let d = job.join(index.to_string());
+        let tar_path = d.join("output-0.tar");
+        let mut a = tar::Archive::new(std::fs::File::open(&tar_path).unwrap());
+        let mut b = tar::Builder::new(Vec::new());
+        let mut forged = false;
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut bytes).unwrap();
+            let mut h = e.header().clone();
+            if !forged && e.path().unwrap().extension().is_some_and(|x| x == "ko") {
+                bytes.extend_from_slice(b"forged");
+                forged = true;
+            }
+            h.set_size(bytes.len() as u64);
+            h.set_cksum();
+            b.append(&h, &bytes[..]).unwrap();
+        }
+        if !forged {
+            continue;
+        }
+        std::fs::write(&tar_path, b.into_inner().unwrap()).unwrap();
+        let mut t: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join("transcript.json")).unwrap()).unwrap();
+        t["sha256"]["output-0.tar"] = support::sha256_file(&tar_path).into();
+        std::fs::write(d.join("transcript.json"), serde_json::to_vec(&t).unwrap()).unwrap();
+        return;
+    }
 }
 
 #[test]

@@ -19,8 +19,6 @@ use super::inputs::{Sibling, CONTAINER_SOURCES, CONTAINER_TREE};
 
 /// ckms's files in the tree's volume (the driver, the results).
 const CKMS_DIR: &str = ".ckms";
-/// The most a build may send back (modules and make.log).
-const MAX_OUTPUT: u64 = 2 << 30;
 
 /// What one sandboxed build runs: the recipe and image, the source and its conf, the limits.
 pub struct BuildSpec<'a> {
@@ -178,7 +176,7 @@ pub async fn run_build(
     let mut written = Vec::new();
     let mut refused = Vec::new();
     for (_, tar) in &outcome.outputs {
-        let unpacked = artifact::unpack_lenient(&tar[..], dest, 0, MAX_OUTPUT)?;
+        let unpacked = artifact::unpack_lenient(&tar[..], dest, 0, crate::engine::MAX_OUTPUT)?;
         written.extend(unpacked.written);
         refused.extend(unpacked.refused);
     }

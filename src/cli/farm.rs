@@ -6,15 +6,15 @@ use std::sync::Arc;
 use super::error::Error;
 use ckms::context::Context;
 use ckms::farm::evaluate::{cells, evaluate, in_list, Evaluated};
-use ckms::farm::exec::{Checked, Farm, OnEngine};
-use ckms::farm::plan::{FarmPlan, Work};
+use ckms::farm::exec::Checked;
+use ckms::farm::plan::FarmPlan;
 use ckms::farm::report::{self, Counts};
-use ckms::farm::schedule::{self, Capacity, Outcome, Progress, Task};
-use ckms::farm::signing::signing;
+use ckms::farm::schedule::Outcome;
 use ckms::farm::store::Store;
 use ckms::farm::verdict::{self, BuildRun, Findings};
 use ckms::publish::{signer::ModuleCert, sysext::Filesystem, Format};
 
+use super::farm_run::{findings_text, run_pairs, HowToRun};
 use super::registry::RegistryArgs;
 use super::Output;
 
@@ -259,14 +259,15 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
         print_plan(ctx, out, &plan, &todo);
         return Ok(0);
     }
+    let how = HowToRun { key: args.key.as_deref().zip(args.cert.as_deref()), jobs: args.jobs, check: args.check };
     if args.check {
-        let (outcomes, checked) = run_pairs(ctx, out, &store, &work, &plan, &built, &args).await?;
+        let (outcomes, checked) = run_pairs(ctx, out, &store, &work, &plan, &built, &how).await?;
         return Ok(print_check(out, &plan, &built, &outcomes, &checked));
     }
     let (outcomes, _) = if todo.is_empty() {
         Default::default()
     } else {
-        run_pairs(ctx, out, &store, &work, &plan, &todo, &args).await?
+        run_pairs(ctx, out, &store, &work, &plan, &todo, &how).await?
     };
 
     report::save_matrix(&store, &cells(&plan, &todo))?;
@@ -312,20 +313,11 @@ fn print_check(out: &Output, plan: &FarmPlan, stored: &[usize], outcomes: &[Outc
         "differing": differing.iter().map(|c| serde_json::json!({ "pair": plan.label(c.pair), "differs": c.differs,
         "status": c.status })).collect::<Vec<_>>(), "not_rebuilt": not_rebuilt });
     out.result(&doc, || {
-        let mut text = String::new();
-        for c in differing {
-            text += &format!("differs: {}\n", plan.label(c.pair));
-            for d in c.status.iter().chain(&c.differs) {
-                text += &format!("  {d}\n");
-            }
-        }
-        for n in not_rebuilt {
-            text += &format!("not rebuilt: {n}\n");
-        }
-        text + &format!(
-            "{identical} of {} stored pair(s) rebuilt identical ({files} module files, unsigned and signed)\n",
-            stored.len()
-        )
+        findings_text(plan, &findings)
+            + &format!(
+                "{identical} of {} stored pair(s) rebuilt identical ({files} module files, unsigned and signed)\n",
+                stored.len()
+            )
     });
     findings.verdict().exit_code()
 }
@@ -363,53 +355,4 @@ fn print_plan(ctx: &Context, out: &Output, plan: &FarmPlan, todo: &[usize]) {
             bytes as f64 / 1e6
         )
     });
-}
-
-/// Builds the pairs `todo` of `plan`, with live progress on a terminal (or JSON events).
-async fn run_pairs(
-    ctx: &Context,
-    out: &Output,
-    store: &Store,
-    work: &Work,
-    plan: &FarmPlan,
-    todo: &[usize],
-    args: &BuildArgs,
-) -> Result<(Vec<Outcome>, Vec<Checked>), Error> {
-    let signing = signing(ctx, args.key.as_deref().zip(args.cert.as_deref()))?;
-    let conn = Arc::new(ctx.engine().await?);
-    if !out.json {
-        let i = &conn.info;
-        eprintln!("building {} pair(s) with {:?} {} at {}", todo.len(), i.kind, i.version, i.endpoint);
-    }
-    let mut farm = Farm::new(ctx, plan, store, work, signing);
-    if args.check {
-        farm = farm.checking();
-    }
-    // The schedule's tasks are the pairs to build; a dependency already stored is no wait.
-    let position = |pair: usize| todo.iter().position(|&t| t == pair);
-    // Last durations, read once: every record of the store.
-    let records = store.records();
-    let tasks: Vec<Task> = todo
-        .iter()
-        .map(|&i| {
-            let p = &plan.pairs[i];
-            let last = records.iter().find(|r| {
-                let s = &plan.sources[p.source];
-                r.module == s.mv.module && r.kernel == plan.kernels[p.kernel].release
-            });
-            Task {
-                label: plan.label(i),
-                image: p.image,
-                after: p.after.iter().filter_map(|&a| position(a)).collect(),
-                estimate: last.map(|r| r.seconds),
-                size: plan.sources[p.source].size,
-            }
-        })
-        .collect();
-    let executor = OnEngine { farm: &farm, conn, todo };
-    let live = super::farm_progress::Live::new(out.json, &tasks);
-    let progress = |p: Progress| live.event(&p);
-    let outcomes = schedule::run(&tasks, &executor, Capacity::of_machine(args.jobs), &progress).await;
-    live.finish();
-    Ok((outcomes, farm.checked()))
 }

@@ -1,14 +1,17 @@
 //! `ckms farm kube render|collect|pod`: the farm's pairs built by Kubernetes Indexed Jobs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::error::Error;
+use super::farm_run::{findings_text, run_pairs, HowToRun};
 use ckms::context::Context;
 use ckms::farm::evaluate::{evaluate, Evaluated};
+use ckms::farm::plan::Work;
 use ckms::farm::report::Cell;
 use ckms::farm::signing::signing;
-use ckms::farm::store::Status;
-use ckms::farm::verdict::CollectRun;
+use ckms::farm::store::{Lookup, Status, Store};
+use ckms::farm::verdict::{CollectRun, Findings, Verdict};
+use ckms::kube::collect::{choose, transfer, Collected};
 use ckms::kube::plan::KubePlan;
 
 use super::registry::RegistryArgs;
@@ -82,6 +85,11 @@ pub struct CollectArgs {
     /// The certificate of --key.
     #[arg(long, value_name = "FILE", requires = "key")]
     cert: Option<PathBuf>,
+    /// Then rebuild N of the collected pairs, chosen at random, on this machine's engine (as
+    /// `farm build --check`): if one differs or cannot be rebuilt, nothing of this collect is
+    /// stored (the collected entries are kept aside, and said where).
+    #[arg(long, value_name = "N")]
+    check: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -168,35 +176,55 @@ async fn render(ctx: &Context, out: &Output, args: RenderArgs) -> Result<i32, Er
 }
 
 async fn collect(ctx: &Context, out: &Output, args: CollectArgs) -> Result<i32, Error> {
-    let signing = signing(ctx, args.key.as_deref().zip(args.cert.as_deref()))?;
+    let key = args.key.as_deref().zip(args.cert.as_deref());
+    let signing = signing(ctx, key)?;
     let plans = rendered_plans(&args.store)?;
-    let mut all = ckms::kube::collect::Collected::default();
-    let mut seen = 0;
+    let mut all = Collected::default();
+    // Each plan evaluated, and the matrix `farm status`, `report` and `publish` read, as
+    // `farm build` leaves it (saved once the entries are in the store).
+    let mut evaluated: Vec<(Evaluated, &KubePlan, Vec<Cell>)> = Vec::new();
+    // --check: collected into a side store, which the store takes only once the rebuilds agree.
+    let side = match args.check {
+        Some(_) => Some(Side::new(ctx, &args.store)?),
+        None => None,
+    };
     for kube in &plans {
         if !kube.jobs.iter().any(|j| args.from.join(&j.name).is_dir()) {
             continue;
         }
-        seen += 1;
-        let Evaluated { store, work, plan, .. } =
-            evaluate(ctx, &args.store, &kube.kernels, &kube.sources, kube.profile.as_deref(), false).await?;
-        let done = ckms::kube::collect::collect(ctx, &plan, &work, &store, kube, &args.from, signing.clone()).await?;
-        // The matrix `farm status`, `report` and `publish` read, as `farm build` leaves it.
+        let ev = evaluate(ctx, &args.store, &kube.kernels, &kube.sources, kube.profile.as_deref(), false).await?;
+        let into = side.as_ref().map_or(&ev.store, |s| &s.store);
+        let done =
+            ckms::kube::collect::collect(ctx, &ev.plan, &ev.work, into, kube, &args.from, signing.clone()).await?;
         let now: std::collections::HashSet<&str> =
             kube.jobs.iter().flat_map(|j| j.pairs.iter().map(|p| p.key.as_str())).collect();
         let cells: Vec<Cell> =
-            plan.pairs.iter().map(|p| Cell { key: p.key.clone(), cached: !now.contains(p.key.as_str()) }).collect();
-        ckms::farm::report::save_matrix(&store, &cells)?;
+            ev.plan.pairs.iter().map(|p| Cell { key: p.key.clone(), cached: !now.contains(p.key.as_str()) }).collect();
         all.stored.extend(done.stored);
         all.refused.extend(done.refused);
         all.missing.extend(done.missing);
+        evaluated.push((ev, kube, cells));
     }
-    if seen == 0 {
+    if evaluated.is_empty() {
         return Err(Error::usage(
             format!("{} holds no results of a Job rendered for the store {}", args.from.display(), args.store.display()),
             Some("name the results volume's directory (it holds <job>/<index>/ per pod) and the store `farm kube render` was given".into()),
         ));
     }
-    out.result(&all, || {
+    let check = match (side, args.check) {
+        (Some(side), Some(n)) => Some(side.check(ctx, out, key, n, &evaluated, &mut all).await?),
+        _ => None,
+    };
+    if check.as_ref().is_none_or(|c| c.passed) {
+        for (ev, _, cells) in &evaluated {
+            ckms::farm::report::save_matrix(&ev.store, cells)?;
+        }
+    }
+    let mut doc = serde_json::to_value(&all).unwrap_or_default();
+    if let (Some(c), Some(map)) = (&check, doc.as_object_mut()) {
+        map.insert("check".into(), serde_json::to_value(c).unwrap_or_default());
+    }
+    out.result(&doc, || {
         let mut text = String::new();
         for (label, status) in &all.stored {
             text += &format!("stored {status:<8} {label}\n");
@@ -206,6 +234,9 @@ async fn collect(ctx: &Context, out: &Output, args: CollectArgs) -> Result<i32, 
         }
         for m in &all.missing {
             text += &format!("no result: {m}\n");
+        }
+        if let Some(c) = &check {
+            text += &c.text;
         }
         text + &format!(
             "{} stored, {} refused, {} without a result\n",
@@ -217,6 +248,105 @@ async fn collect(ctx: &Context, out: &Output, args: CollectArgs) -> Result<i32, 
     let failed = all.stored.iter().filter(|(_, s)| *s == Status::Failed).count();
     let run = CollectRun { refused: all.refused.len(), missing: all.missing.len(), failed };
     Ok(run.verdict().exit_code())
+}
+
+/// Where `collect --check` collects: a store of its own in the farm's work area.
+struct Side {
+    dir: tempfile::TempDir,
+    store: Store,
+}
+
+/// What `collect --check` found.
+#[derive(serde::Serialize)]
+struct CheckSummary {
+    /// Pairs rebuilt, and rebuilt identical.
+    rebuilt: usize,
+    identical: usize,
+    /// Every rebuild agreed: the collected entries are in the store.
+    passed: bool,
+    /// Where the collected entries are kept when they are not stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kept: Option<PathBuf>,
+    #[serde(skip)]
+    text: String,
+}
+
+impl Side {
+    fn new(ctx: &Context, store: &Path) -> Result<Side, Error> {
+        let store = std::path::absolute(store).map_err(|e| Error::usage(format!("{}: {e}", store.display()), None))?;
+        let dir = Work::for_store(ctx, &store).scratch()?;
+        let store = Store::open(&dir.path().join("store"))?;
+        Ok(Side { dir, store })
+    }
+
+    /// Rebuilds `n` collected pairs, chosen at random, and compares them with what the pods
+    /// gave. All agree: every collected entry goes into the store. Else none does (a pod that
+    /// forged one result may have forged others the sample missed): they are counted as
+    /// refused and kept aside.
+    async fn check(
+        self,
+        ctx: &Context,
+        out: &Output,
+        key: Option<(&Path, &Path)>,
+        n: usize,
+        evaluated: &[(Evaluated, &KubePlan, Vec<Cell>)],
+        all: &mut Collected,
+    ) -> Result<CheckSummary, Error> {
+        let collected: Vec<(usize, usize)> = evaluated
+            .iter()
+            .enumerate()
+            .flat_map(|(e, (ev, kube, _))| {
+                let keys: Vec<&str> = kube.jobs.iter().flat_map(|j| j.pairs.iter().map(|p| p.key.as_str())).collect();
+                ev.plan
+                    .pairs
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, p)| keys.contains(&p.key.as_str()))
+                    .filter(|(_, p)| matches!(self.store.get(&p.key), Lookup::Found(_)))
+                    .map(move |(i, _)| (e, i))
+            })
+            .collect();
+        let chosen = choose(n, &collected);
+        let mut summary =
+            CheckSummary { rebuilt: chosen.len(), identical: 0, passed: true, kept: None, text: String::new() };
+        for (e, (ev, _, _)) in evaluated.iter().enumerate() {
+            let mut mine: Vec<usize> = chosen.iter().filter(|(x, _)| *x == e).map(|(_, i)| *i).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            mine.sort_unstable();
+            let how = HowToRun { key, jobs: None, check: true };
+            let (outcomes, checked) = run_pairs(ctx, out, &self.store, &ev.work, &ev.plan, &mine, &how).await?;
+            let findings = Findings::of(&ev.plan, &mine, &outcomes, &checked);
+            summary.identical += findings.identical;
+            summary.passed &= findings.verdict() == Verdict::Done;
+            summary.text += &findings_text(&ev.plan, &findings);
+        }
+        summary.text += &format!(
+            "--check: {} of {} rebuilt pair(s) identical to the pods' ({} collected)\n",
+            summary.identical,
+            chosen.len(),
+            collected.len()
+        );
+        if summary.passed {
+            for &(e, i) in &collected {
+                let ev = &evaluated[e].0;
+                transfer(&self.store, &ev.store, &ev.plan.pairs[i].key)?;
+            }
+        } else {
+            let kept = self.dir.keep();
+            for (label, _) in all.stored.drain(..) {
+                all.refused.push(format!(
+                    "{label}: not stored: a pair this collect rebuilt here differs from its pod's result or could \
+                     not be rebuilt"
+                ));
+            }
+            summary.text +=
+                &format!("nothing of this collect was stored; its entries are kept in {}\n", kept.display());
+            summary.kept = Some(kept);
+        }
+        Ok(summary)
+    }
 }
 
 /// Every plan `render` kept in the store.

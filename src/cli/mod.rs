@@ -5,6 +5,7 @@ mod error;
 mod farm;
 mod farm_kube;
 mod farm_progress;
+mod farm_run;
 mod image;
 mod kernels;
 mod packages;

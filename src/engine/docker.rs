@@ -24,8 +24,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// The most ckms copies out of one container path (a tar of the build's results).
-const MAX_DOWNLOAD: u64 = 2 << 30;
 /// Time for ordinary API calls (create, start, inspect, remove).
 const API_TIMEOUT: Duration = Duration::from_secs(120);
 /// Time for loading one image archive (hundreds of MB; Podman's vfs driver copies every layer).
@@ -300,11 +298,11 @@ impl DockerApi {
         let mut res = Ok(());
         while let Some(chunk) = stream.next().await {
             match chunk {
-                Ok(b) if (bytes.len() + b.len()) as u64 > MAX_DOWNLOAD => {
+                Ok(b) if (bytes.len() + b.len()) as u64 > super::MAX_OUTPUT => {
                     return Err(EngineError::api(
                         self.endpoint(),
                         format!("copy {path} out of container {id}"),
-                        format!("it holds more than {} MiB", MAX_DOWNLOAD >> 20),
+                        format!("it holds more than {} MiB", super::MAX_OUTPUT >> 20),
                     ));
                 }
                 Ok(b) => bytes.extend_from_slice(&b),

@@ -30,6 +30,10 @@ use std::time::Duration;
 
 use crate::artifact::pack_dir;
 
+/// The most ckms takes back from one output path of a run (a tar of the build's results),
+/// whoever ran it: an engine's container, or a pod whose transcript `farm kube collect` reads.
+pub const MAX_OUTPUT: u64 = 2 << 30;
+
 /// An engine's image store: what ckms asks about builder images.
 #[async_trait::async_trait]
 pub trait Images: Send + Sync {

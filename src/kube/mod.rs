@@ -22,6 +22,7 @@ use thiserror::Error;
 
 use crate::artifact::ArtifactError;
 use crate::cache::CacheError;
+use crate::confine::ConfineError;
 use crate::context::ContextError;
 use crate::diagnose::{code, Diagnose};
 use crate::farm::FarmError;
@@ -43,6 +44,10 @@ pub enum KubeError {
     /// A result that is not the pair its index was given.
     #[error("the result in {dir} is for {found}, but that index builds {expected}: refused")]
     WrongPair { dir: PathBuf, expected: String, found: String },
+    /// A file of a pod's result collect does not read: named outside its directory, a link, a
+    /// device, a FIFO, or larger than such a file may be.
+    #[error("the result names a file collect will not read: {0}")]
+    Confined(#[from] ConfineError),
     /// The run in the pod did not do what the collecting machine decides for the pair.
     #[error("the result in {dir} does not replay: {message}")]
     Replay { dir: PathBuf, message: String },
@@ -86,6 +91,7 @@ impl Diagnose for KubeError {
             KubeError::Image(e) => e.exit_code(),
             KubeError::Oci(e) => e.exit_code(),
             KubeError::Farm(e) => e.exit_code(),
+            KubeError::Confined(e) => e.exit_code(),
             KubeError::Io { .. } => code::IO,
             KubeError::Result { .. } | KubeError::WrongPair { .. } | KubeError::Replay { .. } => code::REFUSED,
             KubeError::Tampered { .. } => code::CHECKSUM_MISMATCH,
@@ -106,6 +112,7 @@ impl Diagnose for KubeError {
             KubeError::Io { .. } => Some("check that the directory is readable, writable and its disk not full".into()),
             KubeError::BadFileName(_) | KubeError::Json(_) => None,
             KubeError::Result { .. }
+            | KubeError::Confined(_)
             | KubeError::Tampered { .. }
             | KubeError::WrongPair { .. }
             | KubeError::Replay { .. } => Some(

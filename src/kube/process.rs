@@ -15,8 +15,9 @@ use super::transcript::{self, Transcript};
 use crate::artifact::pack_dir;
 use crate::engine::{self, Answer, EngineError, Exchange, Input, LogSink, Owner, RunOutcome, RunSpec, Runner};
 
-/// The most of a run's output kept (the rest is dropped: a log flood must not fill the volume).
-const LOG_MAX: usize = 16 << 20;
+/// The most of a run's output kept (the rest is dropped: a log flood must not fill the volume),
+/// which is what collect reads at most.
+const LOG_MAX: usize = transcript::MAX_LOG as usize;
 /// How often the exchange's request is looked for.
 const POLL: Duration = Duration::from_millis(50);
 

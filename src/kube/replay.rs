@@ -12,11 +12,13 @@ use crate::engine::{Answer, EngineError, Exchange, RunOutcome, RunSpec, Runner};
 pub struct ReplayRunner {
     /// The pair's result directory.
     dir: PathBuf,
+    /// Its transcript, as read (and checked) before the replay.
+    transcript: Transcript,
 }
 
 impl ReplayRunner {
-    pub fn new(dir: &Path) -> ReplayRunner {
-        ReplayRunner { dir: dir.to_path_buf() }
+    pub fn new(dir: &Path, transcript: Transcript) -> ReplayRunner {
+        ReplayRunner { dir: dir.to_path_buf(), transcript }
     }
 
     fn refuse(&self, message: String) -> EngineError {
@@ -25,7 +27,7 @@ impl ReplayRunner {
 
     fn replay(&self, spec: &RunSpec, answer: Option<&Answer<'_>>) -> Result<RunOutcome, EngineError> {
         let wrap = |e: KubeError| EngineError::Runner(Box::new(e));
-        let t = Transcript::read(&self.dir).map_err(wrap)?;
+        let t = &self.transcript;
         if t.asked {
             let request = t.get(&self.dir, transcript::REQUEST).map_err(wrap)?;
             let answer = answer.ok_or_else(|| self.refuse("the pod asked a question no one asks here".into()))?;
@@ -45,10 +47,14 @@ impl ReplayRunner {
                 }
             }
         }
-        let mut outputs = Vec::new();
+        let mut outputs: Vec<(String, Vec<u8>)> = Vec::new();
         for (path, file) in &t.outputs {
             if !spec.outputs.contains(path) {
                 return Err(self.refuse(format!("{path} is not an output of this build")));
+            }
+            // Each output once: a container has one tar per path, which bounds what is read.
+            if outputs.iter().any(|(p, _)| p == path) {
+                return Err(self.refuse(format!("{path} is listed twice")));
             }
             outputs.push((path.clone(), t.get(&self.dir, file).map_err(wrap)?));
         }
@@ -114,8 +120,7 @@ mod tests {
     #[tokio::test]
     async fn the_same_answer_replays_the_outputs() {
         let dir = tempfile::tempdir().unwrap();
-        recorded(dir.path(), b"make -j2");
-        let e = ReplayRunner::new(dir.path());
+        let e = ReplayRunner::new(dir.path(), recorded(dir.path(), b"make -j2"));
         let ex = Exchange { request: String::new(), reply_dir: String::new() };
         let out = e.run_exchange(&spec(), &ex, &ours).await.unwrap();
         assert_eq!(out.outputs, vec![("/w/out".to_string(), b"tar".to_vec())]);
@@ -125,13 +130,12 @@ mod tests {
     #[tokio::test]
     async fn another_answer_or_a_changed_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        recorded(dir.path(), b"make -j2; curl evil");
-        let e = ReplayRunner::new(dir.path());
+        let e = ReplayRunner::new(dir.path(), recorded(dir.path(), b"make -j2; curl evil"));
         let ex = Exchange { request: String::new(), reply_dir: String::new() };
         let err = e.run_exchange(&spec(), &ex, &ours).await.unwrap_err();
         assert!(err.to_string().contains("another make"), "{err}");
 
-        recorded(dir.path(), b"make -j2");
+        let e = ReplayRunner::new(dir.path(), recorded(dir.path(), b"make -j2"));
         std::fs::write(dir.path().join("output-0.tar"), b"other").unwrap();
         let err = e.run_exchange(&spec(), &ex, &ours).await.unwrap_err();
         assert!(err.to_string().contains("changed after its pod wrote it"), "{err}");

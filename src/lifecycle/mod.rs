@@ -11,7 +11,7 @@ mod install;
 mod remove;
 mod tarball;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod verify;
 
 pub use crate::pair::manifest::FILE as MANIFEST;

@@ -6,18 +6,27 @@
 //! one-pair build, so it passes the checks a local build passes (the conf resolved here must
 //! give the plan the pod ran, outputs unpacked as untrusted, the planned modules present)
 //! and is signed here, never in the cluster, and stored under its key.
+//!
+//! A pod writes its directory as it likes: every name its result gives is a plain relative
+//! path inside that directory, and only regular files within their limits are read
+//! ([`crate::confine`]), all checked before anything of the result is used. `--check` (the
+//! CLI) collects into a side store, rebuilds a random sample here and [`transfer`]s the
+//! entries only when every rebuild agrees.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::plan::{Claim, KubePlan, RESULT};
 use super::replay::ReplayRunner;
+use super::transcript::Transcript;
 use super::KubeError;
+use crate::confine;
 use crate::context::Context;
 use crate::engine::{EngineError, ImageSummary, Images};
 use crate::farm::exec::{Farm, Signing};
 use crate::farm::plan::{FarmPlan, Work};
-use crate::farm::store::{Status, Store};
+use crate::farm::store::{Lookup, Status, Store};
+use crate::pair::manifest::FILE as MANIFEST;
 
 /// What `collect` did, pair by pair.
 #[derive(Debug, Default, serde::Serialize)]
@@ -54,7 +63,8 @@ pub async fn collect(
                 continue;
             };
             let dir = from.join(&job.name).join(index.to_string());
-            if !dir.join(RESULT).is_file() {
+            // Whatever is there is read as a result (and refused if it is a link or no file).
+            if dir.join(RESULT).symlink_metadata().is_err() {
                 done.missing.push(format!(
                     "{label}: no result in {}: the pod failed before writing one (kubectl logs -l \
                      job-name={},batch.kubernetes.io/job-completion-index={index})",
@@ -63,22 +73,26 @@ pub async fn collect(
                 ));
                 continue;
             }
-            if let Err(e) = claimed(&dir, &job.name, index, pp) {
-                done.refused.push(format!("{label}: {e}"));
-                continue;
-            }
+            // Every file the result names is checked before anything of it is used.
+            let checked = claimed(&dir, &job.name, index, pp).and_then(|()| Transcript::read(&dir));
+            let transcript = match checked.and_then(|t| t.verify(&dir).map(|()| t)) {
+                Ok(t) => t,
+                Err(e) => {
+                    done.refused.push(format!("{label}: {e}"));
+                    continue;
+                }
+            };
+            // The build's time is the pod's, not the replay's (a statistic: kept sane).
+            let seconds = if transcript.seconds.is_finite() { transcript.seconds.max(0.0) } else { 0.0 };
             // The image this machine plans must be the one the pods ran in.
             let rendered = Rendered { dir: dir.clone(), images: images.clone() };
             let result = match farm.provision(&rendered, plan.pairs[i].image).await {
-                Ok(()) => farm.realise(i, &ReplayRunner::new(&dir), ENGINE, job.make_jobs).await,
+                Ok(()) => farm.realise(i, &ReplayRunner::new(&dir, transcript), ENGINE, job.make_jobs).await,
                 Err(e) => Err(e),
             };
             match result {
                 Ok(status) => {
-                    // The build's time is the pod's, not the replay's.
-                    if let Ok(t) = super::transcript::Transcript::read(&dir) {
-                        store.amend(&pp.key, |r| r.seconds = t.seconds)?;
-                    }
+                    store.amend(&pp.key, |r| r.seconds = seconds)?;
                     done.stored.push((label, status))
                 }
                 Err(e) => done.refused.push(format!("{label}: {e}")),
@@ -90,6 +104,8 @@ pub async fn collect(
 
 /// What the records of collected pairs name as their engine.
 const ENGINE: &str = "Kubernetes pod";
+/// The most `result.json` (a job name, an index, a key, a module, a version) may hold.
+const MAX_CLAIM: u64 = 64 << 10;
 
 /// The builder images the pods ran in, known by tag as rendered: never loaded, listed or
 /// removed here.
@@ -132,8 +148,7 @@ impl Images for Rendered {
 
 /// The pod's claim must be the pair its index was given.
 fn claimed(dir: &Path, job: &str, index: usize, pp: &super::plan::PodPair) -> Result<(), KubeError> {
-    let path = dir.join(RESULT);
-    let bytes = std::fs::read(&path).map_err(KubeError::io(&path))?;
+    let bytes = confine::read_inside(dir, RESULT, MAX_CLAIM)?;
     let claim: Claim = serde_json::from_slice(&bytes)
         .map_err(|e| KubeError::Result { dir: dir.to_path_buf(), message: format!("{RESULT}: {e}") })?;
     let given = (job, index, pp.key.as_str(), pp.module.as_str(), pp.version.as_str());
@@ -151,6 +166,43 @@ fn claimed(dir: &Path, job: &str, index: usize, pp: &super::plan::PodPair) -> Re
             ),
         });
     }
+    Ok(())
+}
+
+/// `n` of `among`, chosen at random: which pairs `collect --check` rebuilds, which no pod can
+/// know beforehand.
+pub fn choose<T: std::hash::Hash + Clone>(n: usize, among: &[T]) -> Vec<T> {
+    use std::hash::BuildHasher;
+    let seed = std::collections::hash_map::RandomState::new();
+    let mut all = among.to_vec();
+    all.sort_by_cached_key(|x| seed.hash_one(x));
+    all.truncate(n);
+    all
+}
+
+/// Copies the entry `key` of `from` (where `collect --check` collected) into `to`: checked
+/// against its record when read, and again when committed.
+pub fn transfer(from: &Store, to: &Store, key: &str) -> Result<(), KubeError> {
+    let dir = from.entry_dir(key);
+    let record = match from.get(key) {
+        Lookup::Found(r) => r,
+        Lookup::Damaged(message) => return Err(KubeError::Result { dir, message }),
+        Lookup::Missing => return Err(KubeError::Result { dir, message: "not collected".into() }),
+    };
+    let staged = to.staging(key)?;
+    let names = record.files().map(|f| f.file.clone()).chain([MANIFEST.to_string()]);
+    for name in names {
+        let (from, to) = (dir.join(&name), staged.path().join(&name));
+        // A failed pair has no build record.
+        if !from.is_file() {
+            continue;
+        }
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(KubeError::io(parent))?;
+        }
+        std::fs::copy(&from, &to).map_err(KubeError::io(&to))?;
+    }
+    to.commit(staged, &record)?;
     Ok(())
 }
 
@@ -174,6 +226,8 @@ fn unexpected(from: &Path, job: &str, indexes: usize, refused: &mut Vec<String>)
     Ok(())
 }
 
+#[cfg(test)]
+mod hostile;
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +268,18 @@ mod tests {
         assert!(matches!(e, KubeError::WrongPair { .. }), "{e}");
         std::fs::write(dir.path().join(RESULT), b"{").unwrap();
         assert!(matches!(claimed(dir.path(), "j", 0, &pair("aaaa")), Err(KubeError::Result { .. })));
+    }
+
+    #[test]
+    fn choose_takes_n_distinct_of_the_list_in_no_fixed_order() {
+        let all: Vec<u32> = (0..64).collect();
+        let some = choose(5, &all);
+        assert_eq!(some.len(), 5);
+        assert!(some.iter().all(|x| all.contains(x)));
+        assert_eq!(some.iter().collect::<std::collections::BTreeSet<_>>().len(), 5);
+        assert_eq!(choose(100, &all[..3]).len(), 3);
+        // Drawn again, another sample (64 choose 5 samples: equal ten times is a broken draw).
+        assert!((0..10).any(|_| choose(5, &all) != some));
     }
 
     #[test]
