@@ -179,6 +179,8 @@ async fn collect(ctx: &Context, out: &Output, args: CollectArgs) -> Result<i32, 
         seen += 1;
         let Evaluated { store, work, plan, .. } =
             evaluate(ctx, &args.store, &kube.kernels, &kube.sources, kube.profile.as_deref(), false).await?;
+        // A writer: what writers that are gone left staged goes.
+        store.clean_staging();
         let done = ckms::kube::collect::collect(ctx, &plan, &work, &store, kube, &args.from, signing.clone()).await?;
         // The matrix `farm status`, `report` and `publish` read, as `farm build` leaves it.
         let now: std::collections::HashSet<&str> =
