@@ -18,6 +18,8 @@ pub mod deb;
 pub mod kmm;
 pub mod openpgp;
 pub mod pairs;
+#[cfg(test)]
+mod race;
 pub mod sysext;
 
 use std::path::{Path, PathBuf};

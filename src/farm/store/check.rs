@@ -12,6 +12,9 @@ use super::{Record, Store, StoredFile, RESULT};
 use crate::cache::hash_reader;
 use crate::confine;
 
+/// Reads of an entry that a writer keeps replacing before what was read is reported.
+const READS: usize = 10;
+
 /// The most a record may hold (records are a few KiB).
 const RECORD_LIMIT: u64 = 16 << 20;
 
@@ -45,7 +48,9 @@ impl std::fmt::Display for Damage {
 impl Store {
     /// The entry `key`, checked file by file against its record. An entry replaced while it
     /// is read (a writer swapping in a new one) is read again, so that a file of one entry is
-    /// never checked against the record of the other.
+    /// never taken for damage of the other; an entry replaced on every one of `READS` reads
+    /// is reported as its last read found it (replacing takes a build: no writer of this store
+    /// replaces that often).
     pub fn get(&self, key: &str) -> Lookup {
         if !is_key(key) {
             let why = "not a store key (a key is one plain file name)".to_string();
@@ -53,7 +58,7 @@ impl Store {
         }
         let dir = self.entry_dir(key);
         let mut found = Lookup::Missing;
-        for _ in 0..3 {
+        for _ in 0..READS {
             let Some(before) = identity(&dir) else { return Lookup::Missing };
             found = read_entry(&dir, key);
             if identity(&dir) == Some(before) {
@@ -69,9 +74,20 @@ pub(super) fn is_key(key: &str) -> bool {
     confine::plain_relative(key).is_some_and(|p| p.components().count() == 1)
 }
 
-/// Which file `path` is (device, inode), without following a link.
-pub(super) fn identity(path: &Path) -> Option<(u64, u64)> {
-    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+/// Which file `path` is, without following a link: its device and inode, and its change
+/// time, which tells a new directory that got a removed one's inode number from it.
+pub(super) fn identity(path: &Path) -> Option<Identity> {
+    std::fs::symlink_metadata(path).ok().as_ref().map(Identity::of)
+}
+
+/// See [`identity`].
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Identity(u64, u64, i64, i64);
+
+impl Identity {
+    pub(super) fn of(m: &std::fs::Metadata) -> Identity {
+        Identity(m.dev(), m.ino(), m.ctime(), m.ctime_nsec())
+    }
 }
 
 fn read_entry(dir: &Path, key: &str) -> Lookup {

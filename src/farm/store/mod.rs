@@ -28,8 +28,6 @@ use super::FarmError;
 
 mod check;
 #[cfg(test)]
-mod race;
-#[cfg(test)]
 pub(crate) mod tests;
 mod write;
 

@@ -17,9 +17,8 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{flock, openat, renameat_with, FlockOperation, Mode, OFlags, RenameFlags, CWD};
 use rustix::io::Errno;
 
-use super::check::{check_file, identity, is_key, read_record, Lookup};
+use super::check::{check_file, identity, is_key, read_record, Identity, Lookup};
 use super::{sync_dir, write_atomic, write_synced, FarmError, Record, Status, Store, RESULT};
-use std::os::unix::fs::MetadataExt;
 
 /// The lock of one pair: one writer at a time. Let go when dropped (or its process dies).
 #[derive(Debug)]
@@ -204,7 +203,7 @@ impl Store {
 
 /// Whether `path` (not followed) is the file `file` holds open.
 fn same_file(path: &Path, file: &File) -> bool {
-    let open = file.metadata().ok().map(|m| (m.dev(), m.ino()));
+    let open = file.metadata().ok().as_ref().map(Identity::of);
     open.is_some() && identity(path) == open
 }
 

@@ -1,19 +1,21 @@
-//! Two overlapping farm runs and a stream of readers on one new store, with a fake build (no
-//! engine) behind the real schedule and the real store protocol ([`super::once`]): both runs
-//! finish, every pair is built once, and no reader sees a damaged or half-written entry.
+//! Two overlapping farm runs and a stream of readers (status, dry run, publish) on one new
+//! store, with a fake build (no engine) behind the real schedule and the real store protocol
+//! ([`crate::farm::store::once`]): both runs finish, every pair is built once, and no reader
+//! sees a damaged or half-written entry. Here rather than in `farm`: publishing reads the farm.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::tests::record;
-use super::{once, stored_file, Lookup, Staging, Status, Store};
 use crate::farm::report;
 use crate::farm::schedule::{self, Capacity, Executor, Outcome, Task};
+use crate::farm::store::tests::record;
+use crate::farm::store::{once, stored_file, Lookup, Record, Staging, Status, Store};
 use crate::farm::FarmError;
 use crate::profile::Catalog;
-use crate::publish::{pairs, PublishError};
+
+use super::{pairs, PublishError};
 
 const PAIRS: usize = 18;
 
@@ -37,7 +39,7 @@ impl Executor for FakeRun<'_> {
 }
 
 impl FakeRun<'_> {
-    async fn fake_build(&self, key: &str) -> Result<(Staging, super::Record), FarmError> {
+    async fn fake_build(&self, key: &str) -> Result<(Staging, Record), FarmError> {
         *self.builds.lock().unwrap().entry(key.to_string()).or_default() += 1;
         let staged = self.store.staging(key)?;
         std::fs::create_dir_all(staged.path().join("modules")).unwrap();
