@@ -45,6 +45,9 @@ pub mod code {
     pub const UNRESOLVABLE: i32 = 33;
     /// The local cache or an output file could not be read or written (disk full, permissions).
     pub const IO: i32 = 34;
+    /// The farm's store holds damaged entries (a record that does not read, a file whose
+    /// digest is not its record's, a name leaving its entry): `farm status|report|publish`.
+    pub const DAMAGED_STORE: i32 = 35;
     /// No container engine answered and none could be started.
     pub const NO_ENGINE: i32 = 40;
     /// The container engine answered but refused or failed an operation.

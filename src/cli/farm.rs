@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use super::error::Error;
 use ckms::context::Context;
+use ckms::diagnose::code;
 use ckms::farm::evaluate::{cells, evaluate, in_list, Evaluated};
 use ckms::farm::exec::Checked;
 use ckms::farm::plan::FarmPlan;
-use ckms::farm::report::{self, Counts};
+use ckms::farm::report::{self, Counts, Matrix};
 use ckms::farm::schedule::Outcome;
-use ckms::farm::store::Store;
+use ckms::farm::store::{Damage, Store};
 use ckms::farm::verdict::{self, BuildRun, Findings};
 use ckms::publish::{signer::ModuleCert, sysext::Filesystem, Format};
 
@@ -129,6 +130,10 @@ pub struct PublishArgs {
     /// Only this kernel release (repeatable; default: every kernel).
     #[arg(short = 'k', long = "kernel", value_name = "KVER")]
     kernels: Vec<String>,
+    /// Publish the other pairs when entries are damaged, leaving those out (each is named);
+    /// without it a damaged entry stops publishing (exit 35).
+    #[arg(long)]
+    skip_damaged: bool,
     /// sysext: one image per kernel, NAME-<kernel>.raw, holding every selected module
     /// (default: one image per module and kernel). kmm: the images' and the Module's name.
     #[arg(long, value_name = "NAME")]
@@ -165,7 +170,7 @@ pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error
         Command::Build(args) => build(ctx, out, args).await,
         Command::Status(args) => {
             let store = Store::open(&args.store)?;
-            let cells = report::matrix(&store);
+            let Matrix { cells, damaged } = report::matrix(&store);
             if out.json {
                 for (r, cached) in &cells {
                     println!("{}", serde_json::to_string(&report::line(r, *cached)).unwrap_or_default());
@@ -173,21 +178,38 @@ pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error
             } else {
                 print!("{}", report::text(&cells));
             }
-            Ok(0)
+            Ok(name_damaged(ctx, &damaged))
         }
         Command::Report(args) => {
             let store = Store::open(&args.store.store)?;
-            let cells = report::matrix(&store);
+            let Matrix { cells, damaged } = report::matrix(&store);
             let html = report::html(&store, &cells)?;
             std::fs::write(&args.output, html)
                 .map_err(|e| Error::usage(format!("{}: {e}", args.output.display()), None))?;
             out.result(&args.output, || {
                 format!("{}: {}\n", args.output.display(), Counts::of(cells.iter().map(|(r, c)| (r, *c))))
             });
-            Ok(0)
+            Ok(name_damaged(ctx, &damaged))
         }
         Command::Publish(args) => publish(ctx, out, *args).await,
         Command::Kube(cmd) => super::farm_kube::run(ctx, out, cmd).await,
+    }
+}
+
+/// Names each damaged entry (left out of what was shown); the exit code that says so.
+fn name_damaged(ctx: &Context, damaged: &[Damage]) -> i32 {
+    for d in damaged {
+        ctx.reporter().warn(format!("damaged store entry {d}"));
+    }
+    if damaged.is_empty() {
+        0
+    } else {
+        ctx.reporter().warn(format!(
+            "{} damaged entr{} left out: `ckms farm build` with the same sources builds them again",
+            damaged.len(),
+            if damaged.len() == 1 { "y" } else { "ies" }
+        ));
+        code::DAMAGED_STORE
     }
 }
 
@@ -203,6 +225,7 @@ async fn publish(ctx: &Context, out: &Output, args: PublishArgs) -> Result<i32, 
         registry,
         repository: args.repository,
         load: args.load,
+        skip_damaged: args.skip_damaged,
         modules: args.modules,
         kernels: args.kernels,
         name: args.name,
@@ -259,7 +282,14 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
         print_plan(ctx, out, &plan, &todo);
         return Ok(0);
     }
-    let how = HowToRun { key: args.key.as_deref().zip(args.cert.as_deref()), jobs: args.jobs, check: args.check };
+    let how = HowToRun {
+        key: args.key.as_deref().zip(args.cert.as_deref()),
+        jobs: args.jobs,
+        check: args.check,
+        retry_failed: args.retry_failed,
+    };
+    // A writer from here on: what writers that are gone left staged goes.
+    store.clean_staging();
     if args.check {
         let (outcomes, checked) = run_pairs(ctx, out, &store, &work, &plan, &built, &how).await?;
         return Ok(print_check(out, &plan, &built, &outcomes, &checked));
@@ -271,7 +301,11 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
     };
 
     report::save_matrix(&store, &cells(&plan, &todo))?;
-    let matrix = report::matrix(&store);
+    let Matrix { cells: matrix, damaged } = report::matrix(&store);
+    // Damaged since this run read the store (each was built again if it was damaged before).
+    for d in &damaged {
+        ctx.reporter().warn(format!("damaged store entry {d}"));
+    }
     let counts = Counts::of(matrix.iter().map(|(r, c)| (r, *c)));
     let not_built = verdict::not_built(&plan, &todo, &outcomes);
     for line in &not_built {

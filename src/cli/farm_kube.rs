@@ -193,6 +193,8 @@ async fn collect(ctx: &Context, out: &Output, args: CollectArgs) -> Result<i32, 
             continue;
         }
         let ev = evaluate(ctx, &args.store, &kube.kernels, &kube.sources, kube.profile.as_deref(), false).await?;
+        // A writer: what writers that are gone left staged goes.
+        ev.store.clean_staging();
         let into = side.as_ref().map_or(&ev.store, |s| &s.store);
         let done =
             ckms::kube::collect::collect(ctx, &ev.plan, &ev.work, into, kube, &args.from, signing.clone()).await?;
@@ -315,7 +317,7 @@ impl Side {
                 continue;
             }
             mine.sort_unstable();
-            let how = HowToRun { key, jobs: None, check: true };
+            let how = HowToRun { key, jobs: None, check: true, retry_failed: false };
             let (outcomes, checked) = run_pairs(ctx, out, &self.store, &ev.work, &ev.plan, &mine, &how).await?;
             let findings = Findings::of(&ev.plan, &mine, &outcomes, &checked);
             summary.identical += findings.identical;

@@ -21,6 +21,8 @@ pub struct HowToRun<'a> {
     pub jobs: Option<u32>,
     /// Compare with the stored entries instead of storing.
     pub check: bool,
+    /// Build failed pairs again.
+    pub retry_failed: bool,
 }
 
 /// Builds the pairs `todo` of `plan`, with live progress on a terminal (or JSON events).
@@ -42,6 +44,9 @@ pub async fn run_pairs(
     let mut farm = Farm::new(ctx, plan, store, work, signing);
     if how.check {
         farm = farm.checking();
+    }
+    if how.retry_failed {
+        farm = farm.retrying_failed();
     }
     // The schedule's tasks are the pairs to build; a dependency already stored is no wait.
     let position = |pair: usize| todo.iter().position(|&t| t == pair);

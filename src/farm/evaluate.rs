@@ -31,8 +31,8 @@ pub async fn evaluate(
     profile: Option<&str>,
     retry_failed: bool,
 ) -> Result<Evaluated, FarmError> {
+    // Read only: a plan (a dry run, a render) deletes nothing; writers clean up after the dead.
     let store = Store::open(store)?;
-    store.clean_tmp();
     let selectors = kernels.iter().map(|s| Selector::parse(s)).collect::<Result<Vec<_>, _>>()?;
     // Unknown kernels fail here, before any source is fetched or anything built.
     let kernels = plan::kernels(ctx, &selectors, profile).await?;
@@ -50,8 +50,13 @@ pub async fn evaluate(
                     built.push(i);
                 }
             }
-            Lookup::Damaged(why) => {
-                ctx.reporter().warn(format!("{}: damaged store entry, built again: {why}", plan.label(i)));
+            Lookup::Damaged(d) => {
+                ctx.reporter().warn(format!(
+                    "{}: damaged store entry {}, built again: {}",
+                    plan.label(i),
+                    d.key,
+                    d.why
+                ));
                 todo.push(i);
             }
             _ => todo.push(i),

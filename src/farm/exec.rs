@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::plan::{FarmPlan, Work};
 use super::schedule::{Executor, Task};
-use super::store::{self, stored_file, Lookup, Record, SourceInfo, Status, Store, StoredModule};
+use super::store::{self, stored_file, Lookup, Record, SourceInfo, Staging, Status, Store, StoredModule};
 use super::FarmError;
 use crate::build::{BuiltView, Sibling};
 use crate::conf::{BuildPlan, KernelFacts};
@@ -41,6 +41,8 @@ pub struct Farm<'a> {
     images: Mutex<Vec<Option<String>>>,
     /// `--check`: rebuilt pairs are compared with their stored entry instead of stored.
     check: Option<Mutex<Vec<Checked>>>,
+    /// `--retry-failed`: an entry stored as failed is built again, not taken.
+    retry_failed: bool,
 }
 
 /// What `--check` found for one pair.
@@ -64,12 +66,18 @@ impl<'a> Farm<'a> {
         signing: Option<Signing>,
     ) -> Farm<'a> {
         let images = Mutex::new(vec![None; plan.images.len()]);
-        Farm { ctx, plan, store, work, signing, images, check: None }
+        Farm { ctx, plan, store, work, signing, images, check: None, retry_failed: false }
     }
 
     /// Rebuilds compare instead of store ([`Farm::checked`] tells what they found).
     pub fn checking(mut self) -> Self {
         self.check = Some(Mutex::new(Vec::new()));
+        self
+    }
+
+    /// Entries stored as failed are built again (`--retry-failed`).
+    pub fn retrying_failed(mut self) -> Self {
+        self.retry_failed = true;
         self
     }
 
@@ -96,7 +104,8 @@ impl<'a> Farm<'a> {
     }
 
     /// Realises pair `index` on `runner` (whose engine the record names) with `make -j<jobs>`,
-    /// and stores how it ended (or, with `--check`, compares it with the stored entry).
+    /// and stores how it ended (or, with `--check`, compares it with the stored entry). Stored
+    /// under the pair's lock: when another run stored the pair meanwhile, its entry is taken.
     pub async fn realise(
         &self,
         index: usize,
@@ -104,6 +113,23 @@ impl<'a> Farm<'a> {
         engine: &str,
         jobs: u32,
     ) -> Result<Status, FarmError> {
+        if self.check.is_some() {
+            let (entry, record) = self.stage(index, runner, engine, jobs).await?;
+            self.compare(index, &record, entry)?;
+            return Ok(record.status);
+        }
+        let reuse = |r: &Record| !(self.retry_failed && r.status == Status::Failed);
+        store::once(self.store, &self.plan.pairs[index].key, reuse, || self.stage(index, runner, engine, jobs)).await
+    }
+
+    /// Realises pair `index` into a staged entry and its record.
+    async fn stage(
+        &self,
+        index: usize,
+        runner: &dyn Runner,
+        engine: &str,
+        jobs: u32,
+    ) -> Result<(Staging, Record), FarmError> {
         let started = Instant::now();
         let (ctx, pair) = (self.ctx, &self.plan.pairs[index]);
         let (source, kernel) = (&self.plan.sources[pair.source], &self.plan.kernels[pair.kernel]);
@@ -165,12 +191,7 @@ impl<'a> Farm<'a> {
             Err(e) => return Err(e.into()),
         }
         drop(work);
-        if self.check.is_some() {
-            self.compare(index, &record, entry)?;
-        } else {
-            self.store.commit(entry, &record)?;
-        }
-        Ok(record.status)
+        Ok((entry, record))
     }
 
     fn image(&self, pair: &KeyedPair) -> Result<String, FarmError> {
@@ -299,13 +320,13 @@ impl<'a> Farm<'a> {
 
     /// Compares a rebuilt entry with the stored one; a differing one is kept in
     /// `<store>/check/<key>/` to be looked at.
-    fn compare(&self, index: usize, rebuilt: &Record, staged: tempfile::TempDir) -> Result<(), FarmError> {
+    fn compare(&self, index: usize, rebuilt: &Record, staged: Staging) -> Result<(), FarmError> {
         let key = &self.plan.pairs[index].key;
         let mut c = Checked { pair: index, differs: Vec::new(), compared: 0, status: None };
         let stored = match self.store.get(key) {
             Lookup::Found(r) => r,
-            Lookup::Damaged(why) => {
-                c.status = Some(format!("the stored entry is damaged: {why}"));
+            Lookup::Damaged(d) => {
+                c.status = Some(format!("the stored entry is damaged: {}", d.why));
                 Box::new(rebuilt.clone())
             }
             Lookup::Missing => {
@@ -342,7 +363,7 @@ impl<'a> Farm<'a> {
             if let Some(parent) = keep.parent() {
                 std::fs::create_dir_all(parent).map_err(FarmError::io(parent))?;
             }
-            std::fs::rename(staged.keep(), &keep).map_err(FarmError::io(&keep))?;
+            staged.keep_at(&keep)?;
         }
         if let Some(list) = &self.check {
             if let Ok(mut v) = list.lock() {

@@ -6,8 +6,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::store::{Lookup, Record, Status, Store};
+use std::io::{Read, Seek};
+
+use super::store::{Damage, Lookup, Record, Status, Store};
 use super::FarmError;
+use crate::confine;
 use crate::repo::version;
 use crate::report::table;
 
@@ -27,30 +30,33 @@ pub fn save_matrix(store: &Store, cells: &[Cell]) -> Result<(), FarmError> {
     store.write_file(MATRIX, format!("{text}\n").as_bytes())
 }
 
-/// The matrix's records, with whether each was cached; pairs whose entry is missing or
-/// damaged are left out.
-pub fn matrix(store: &Store) -> Vec<(Record, bool)> {
-    let mut out: Vec<(Record, bool)> = lookups(store, false)
-        .into_iter()
-        .filter_map(|(lookup, cached)| match lookup {
-            Lookup::Found(r) => Some((*r, cached)),
-            _ => None,
-        })
-        .collect();
-    out.sort_by(|(a, _), (b, _)| (&a.module, &a.version, &a.kernel).cmp(&(&b.module, &b.version, &b.kernel)));
-    out
+/// The matrix as its entries were found: the records, with whether each was cached, and the
+/// damaged entries, each named (pairs whose entry is missing are left out: not built).
+#[derive(Debug, Default)]
+pub struct Matrix {
+    pub cells: Vec<(Record, bool)>,
+    pub damaged: Vec<Damage>,
+}
+
+pub fn matrix(store: &Store) -> Matrix {
+    let mut m = Matrix::default();
+    for (lookup, cached) in lookups(store) {
+        match lookup {
+            Lookup::Found(r) => m.cells.push((*r, cached)),
+            Lookup::Damaged(d) => m.damaged.push(d),
+            Lookup::Missing => {}
+        }
+    }
+    m.cells.sort_by(|(a, _), (b, _)| (&a.module, &a.version, &a.kernel).cmp(&(&b.module, &b.version, &b.kernel)));
+    m
 }
 
 /// Every pair of the matrix as its entry was found (checked file by file), with whether it
-/// was cached; without a matrix, every readable record: taken as found (status, report), or
-/// checked too with `check_all` (publishing, which must not pass over a damaged entry).
-pub fn lookups(store: &Store, check_all: bool) -> Vec<(Lookup, bool)> {
+/// was cached; without a matrix, every entry of the store.
+pub fn lookups(store: &Store) -> Vec<(Lookup, bool)> {
     let cells: Option<Vec<Cell>> = store.read_file(MATRIX).and_then(|b| serde_json::from_slice(&b).ok());
-    match cells {
-        Some(cells) => cells.into_iter().map(|c| (store.get(&c.key), c.cached)).collect(),
-        None if check_all => store.records().into_iter().map(|r| (store.get(&r.key), false)).collect(),
-        None => store.records().into_iter().map(|r| (Lookup::Found(Box::new(r)), false)).collect(),
-    }
+    let cells = cells.unwrap_or_else(|| store.keys().into_iter().map(|key| Cell { key, cached: false }).collect());
+    cells.into_iter().map(|c| (store.get(&c.key), c.cached)).collect()
 }
 
 /// `farm status --json`: one object per pair.
@@ -183,10 +189,7 @@ pub fn html(store: &Store, cells: &[(Record, bool)]) -> Result<String, FarmError
                 .map(|k| {
                     match by_place.get(&(m.clone(), *k)) {
                         Some((r, cached)) => {
-                            let log = r.make_log.as_ref().and_then(|f| {
-                                let bytes = std::fs::read(store.entry_dir(&r.key).join(&f.file)).ok()?;
-                                Some(tail(&String::from_utf8_lossy(&bytes), 200))
-                            });
+                            let log = r.make_log.as_ref().and_then(|f| log_tail(&store.entry_dir(&r.key), &f.file));
                             serde_json::json!({
                                 "status": r.status,
                                 "cached": cached,
@@ -219,6 +222,18 @@ pub fn html(store: &Store, cells: &[(Record, bool)]) -> Result<String, FarmError
         version => env!("CARGO_PKG_VERSION"),
     };
     env.get_template("report").and_then(|t| t.render(ctx)).map_err(fail)
+}
+
+/// How much of the end of a make.log the report reads for its last lines.
+const LOG_TAIL_BYTES: u64 = 256 << 10;
+
+/// The last 200 lines of the make.log `name` of the entry `dir`, read inside the entry only.
+fn log_tail(dir: &std::path::Path, name: &str) -> Option<String> {
+    let (mut file, size) = confine::open_inside(dir, name).ok()?;
+    file.seek(std::io::SeekFrom::Start(size.saturating_sub(LOG_TAIL_BYTES))).ok()?;
+    let mut bytes = Vec::new();
+    file.take(LOG_TAIL_BYTES).read_to_end(&mut bytes).ok()?;
+    Some(tail(&String::from_utf8_lossy(&bytes), 200))
 }
 
 /// The last `n` lines of `text`.
@@ -264,7 +279,7 @@ mod tests {
     #[test]
     fn the_matrix_is_the_last_run_with_what_came_from_the_store() {
         let (_dir, store) = store();
-        let cells = matrix(&store);
+        let cells = matrix(&store).cells;
         assert_eq!(cells.len(), 3);
         let counts = Counts::of(cells.iter().map(|(r, c)| (r, *c)));
         assert_eq!(counts, Counts { built: 1, failed: 1, skipped: 1, cached: 1 });
@@ -278,7 +293,7 @@ mod tests {
     #[test]
     fn the_html_has_a_cell_per_pair_a_column_per_kernel_and_escapes_what_modules_name() {
         let (_dir, store) = store();
-        let html = html(&store, &matrix(&store)).unwrap();
+        let html = html(&store, &matrix(&store).cells).unwrap();
         assert_eq!(html.matches("<td class=\"cell ").count(), 4, "3 pairs and one empty cell"); // 2 rows x 2 kernels
         assert_eq!(html.matches("<th>6.").count(), 2);
         assert!(
@@ -286,5 +301,23 @@ mod tests {
             "module names are escaped"
         );
         assert!(html.contains("error: &lt;oops&gt;"), "make.log folded in, escaped");
+    }
+
+    #[test]
+    fn damaged_entries_are_named_and_a_log_outside_its_entry_is_not_read() {
+        let (_dir, store) = store();
+        std::fs::write(store.entry_dir("k1").join("modules/hello.ko"), b"flipped").unwrap();
+        std::fs::write(store.entry_dir("k3").join("result.json"), b"{").unwrap();
+        let m = matrix(&store);
+        assert_eq!(m.cells.len(), 1);
+        let keys: Vec<&str> = m.damaged.iter().map(|d| d.key.as_str()).collect();
+        assert_eq!(keys, ["k1", "k3"]);
+        // A record naming a make.log outside its entry: not read into the report.
+        std::fs::write(store.root().join("secret"), "SECRET").unwrap();
+        let (mut r, cached) = m.cells[0].clone();
+        r.make_log =
+            Some(crate::farm::store::StoredFile { file: "../../secret".into(), sha256: String::new(), size: 6 });
+        let html = html(&store, &[(r, cached)]).unwrap();
+        assert!(!html.contains("SECRET"), "{html}");
     }
 }

@@ -18,6 +18,8 @@ pub mod deb;
 pub mod kmm;
 pub mod openpgp;
 pub mod pairs;
+#[cfg(test)]
+mod race;
 pub mod signer;
 pub mod sysext;
 
@@ -26,7 +28,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::diagnose::{code, Diagnose};
-use crate::farm::store::Store;
+use crate::farm::store::{Damage, Store};
 use crate::farm::FarmError;
 use crate::oci::registry::Registry;
 use crate::oci::OciError;
@@ -99,8 +101,8 @@ pub enum PublishError {
     Key { path: PathBuf, message: String },
     #[error("signing with the OpenPGP key {fingerprint}: {message}")]
     Sign { fingerprint: String, message: String },
-    #[error("a damaged entry in the store {store}: {why}")]
-    Damaged { store: PathBuf, why: String },
+    #[error("damaged entries in the store {store}: {}", each(.damaged))]
+    Damaged { store: PathBuf, damaged: Vec<Damage> },
     #[error("store entry {key} ({module} for {kernel}): {message}")]
     Entry { key: String, module: String, kernel: String, message: String },
     #[error("kernel {kernel}: profile {profile} is unknown")]
@@ -141,7 +143,8 @@ impl Diagnose for PublishError {
             PublishError::Key { .. } | PublishError::Sign { .. } => code::SIGNING_FAILED,
             PublishError::OtherSigner { .. } => code::BAD_MODULE_SIGNATURE,
             PublishError::Profile { .. } => code::BAD_PROFILE,
-            PublishError::Entry { .. } | PublishError::Damaged { .. } => code::IO,
+            PublishError::Entry { .. } => code::IO,
+            PublishError::Damaged { .. } => code::DAMAGED_STORE,
             _ => code::USAGE,
         }
     }
@@ -168,9 +171,12 @@ impl Diagnose for PublishError {
                  (gpg --armor --export-secret-keys); its primary key must be able to sign"
                 .into(),
             PublishError::Sign { .. } => "the key's primary key must be able to sign (gpg --edit-key: usage S)".into(),
-            PublishError::Entry { .. } | PublishError::Damaged { .. } => {
+            PublishError::Entry { .. } => {
                 "nothing was published: `ckms farm build` with the same sources builds the entry again".into()
             }
+            PublishError::Damaged { .. } => "nothing was published: `ckms farm build` with the same sources builds \
+                 damaged entries again; --skip-damaged publishes the others and leaves these out"
+                .into(),
             PublishError::Profile { .. } => "the store was built with profiles this ckms does not have".into(),
             PublishError::NoOs { .. } => "give --os-id and --os-version-id (or --sysext-level) and --os-architecture, \
                  as the target's /etc/os-release names them"
@@ -186,6 +192,11 @@ impl Diagnose for PublishError {
             PublishError::Image { .. } => "check that the output directory and TMPDIR are writable".into(),
         })
     }
+}
+
+/// Damaged entries, each named, for one message.
+fn each(damaged: &[Damage]) -> String {
+    damaged.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 /// The Debian package that provides an external tool publishing runs.
@@ -223,6 +234,8 @@ pub struct Request {
     pub repository: Option<String>,
     /// `kmm`: load the images into the engine too.
     pub load: bool,
+    /// Leave damaged entries out (each said in the notes) instead of refusing the store.
+    pub skip_damaged: bool,
     /// Only these modules / kernels (empty: all).
     pub modules: Vec<String>,
     pub kernels: Vec<String>,
@@ -253,9 +266,9 @@ pub fn publish(req: &Request, catalog: &Catalog) -> Result<Published, PublishErr
         Format::Kmm => return Err(PublishError::NeedsContext(req.format)),
         Format::Apt | Format::Sysext | Format::Cache => {}
     }
-    let (pairs, out) = open(req, catalog)?;
+    let (pairs, out, left_out) = open(req, catalog)?;
     let staging = Staging::new(&out)?;
-    let notes = match req.format {
+    let mut notes = match req.format {
         Format::Apt | Format::Cache => {
             let path = req.key.as_deref().ok_or(PublishError::KeyRequired(req.format))?;
             let key = openpgp::Key::load(path)?;
@@ -273,19 +286,25 @@ pub fn publish(req: &Request, catalog: &Catalog) -> Result<Published, PublishErr
     };
     let files = list_files(staging.path())?;
     staging.commit()?;
+    notes.extend(left_out);
     Ok(Published { format: req.format.name().into(), out, files, notes })
 }
 
-/// The store's selected pairs and where their output goes.
-pub(crate) fn open(req: &Request, catalog: &Catalog) -> Result<(Vec<pairs::BuiltPair>, PathBuf), PublishError> {
+/// The store's selected pairs, where their output goes, and a note for each damaged entry
+/// left out (`--skip-damaged`).
+pub(crate) fn open(
+    req: &Request,
+    catalog: &Catalog,
+) -> Result<(Vec<pairs::BuiltPair>, PathBuf, Vec<String>), PublishError> {
     if !req.store.join("ckms-store.json").is_file() {
         return Err(PublishError::NoStore(req.store.clone()));
     }
     let store = Store::open(&req.store)?;
-    let pairs = pairs::read(&store, catalog, &req.modules, &req.kernels)?;
+    let (pairs, damaged) = pairs::read(&store, catalog, &req.modules, &req.kernels, req.skip_damaged)?;
     signer::check(&pairs, req.module_cert.as_ref())?;
     let out = req.out.clone().unwrap_or_else(|| store.root().join("publish").join(req.format.name()));
-    Ok((pairs, out))
+    let left_out = damaged.iter().map(|d| format!("left out, damaged: {d}")).collect();
+    Ok((pairs, out, left_out))
 }
 
 /// A directory written beside its final place and renamed into it: readers see the old tree

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use crate::farm::report::lookups;
-use crate::farm::store::{Lookup, Record, SignedBy, Status, Store};
+use crate::farm::store::{Damage, Lookup, Record, SignedBy, Status, Store};
 use crate::profile::{Catalog, Os};
 
 use super::PublishError;
@@ -73,21 +73,26 @@ pub struct BuiltPair {
     pub target: Target,
 }
 
-/// The built pairs of the store's last build (every other record when it has no matrix),
-/// checked file by file, restricted to `modules` and `kernels` when they are not empty.
+/// The built pairs of the store's last build (every entry when it has no matrix), checked
+/// file by file, restricted to `modules` and `kernels` when they are not empty. A damaged
+/// entry stops publishing, unless `skip_damaged`: then it is left out, and returned to be said.
 pub fn read(
     store: &Store,
     catalog: &Catalog,
     modules: &[String],
     kernels: &[String],
-) -> Result<Vec<BuiltPair>, PublishError> {
-    let mut records: Vec<Record> = Vec::new();
-    for (lookup, _) in lookups(store, true) {
+    skip_damaged: bool,
+) -> Result<(Vec<BuiltPair>, Vec<Damage>), PublishError> {
+    let (mut records, mut damaged): (Vec<Record>, Vec<Damage>) = (Vec::new(), Vec::new());
+    for (lookup, _) in lookups(store) {
         match lookup {
             Lookup::Found(r) if r.status == Status::Built && !r.modules.is_empty() => records.push(*r),
-            Lookup::Damaged(why) => return Err(PublishError::Damaged { store: store.root().into(), why }),
+            Lookup::Damaged(d) => damaged.push(d),
             _ => {}
         }
+    }
+    if !damaged.is_empty() && !skip_damaged {
+        return Err(PublishError::Damaged { store: store.root().into(), damaged });
     }
     let known = |f: fn(&Record) -> &String| {
         let mut v: Vec<String> = records.iter().map(|r| f(r).clone()).collect();
@@ -134,7 +139,7 @@ pub fn read(
         }
         same
     });
-    Ok(pairs)
+    Ok((pairs, damaged))
 }
 
 /// One record as a pair; its files are the ones a host installs.
@@ -184,6 +189,7 @@ pub fn epoch_of(rfc3339: &str) -> Option<u64> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::diagnose::Diagnose;
     use crate::farm::store::{stored_file, tests::record, StoredModule};
 
     /// A pair as the formats see it, with one module file of `bytes` written under `dir`.
@@ -247,7 +253,7 @@ pub(crate) mod tests {
             }];
             store.commit(staged, &rec).unwrap();
         }
-        let pairs = read(&store, &catalog, &[], &[]).unwrap();
+        let (pairs, _) = read(&store, &catalog, &[], &[], false).unwrap();
         assert_eq!(pairs.len(), 1, "the failed pair is not published");
         let p = &pairs[0];
         assert_eq!((p.module.as_str(), p.kernel.as_str()), ("hello", "6.1.0-56-amd64"));
@@ -258,15 +264,20 @@ pub(crate) mod tests {
         assert_eq!(p.target.image_package, "linux-image-6.1.0-56-amd64");
         assert_eq!(p.target.os.as_ref().unwrap().version_id.as_deref(), Some("12"));
 
-        let err = read(&store, &catalog, &["nope".into()], &[]).unwrap_err();
+        let err = read(&store, &catalog, &["nope".into()], &[], false).unwrap_err();
         assert!(matches!(&err, PublishError::NotInStore { known, .. } if known == &["hello".to_string()]), "{err}");
-        let err = read(&store, &catalog, &[], &["6.1.0-55-amd64".into()]).unwrap_err();
+        let err = read(&store, &catalog, &[], &["6.1.0-55-amd64".into()], false).unwrap_err();
         assert!(err.to_string().contains("6.1.0-55-amd64"), "{err}");
 
-        // A damaged entry stops publishing rather than being passed over.
+        // A damaged entry stops publishing rather than being passed over; told to, publishing
+        // leaves it out and says so.
         std::fs::write(store.entry_dir("k1").join("modules/hello.ko.xz"), b"tampered").unwrap();
-        let err = read(&store, &catalog, &[], &[]).unwrap_err();
-        assert!(matches!(err, PublishError::Damaged { .. }), "{err}");
+        let err = read(&store, &catalog, &[], &[], false).unwrap_err();
+        assert!(matches!(&err, PublishError::Damaged { damaged, .. } if damaged[0].key == "k1"), "{err}");
+        assert_eq!(err.exit_code(), crate::diagnose::code::DAMAGED_STORE);
+        assert!(err.to_string().contains("k1 (hello/1.0 for 6.1.0-56-amd64)"), "{err}");
+        let err = read(&store, &catalog, &[], &[], true).unwrap_err();
+        assert!(matches!(err, PublishError::NothingBuilt { .. }), "the only built pair was left out: {err}");
     }
 
     #[test]

@@ -186,7 +186,7 @@ pub fn transfer(from: &Store, to: &Store, key: &str) -> Result<(), KubeError> {
     let dir = from.entry_dir(key);
     let record = match from.get(key) {
         Lookup::Found(r) => r,
-        Lookup::Damaged(message) => return Err(KubeError::Result { dir, message }),
+        Lookup::Damaged(damage) => return Err(KubeError::Result { dir, message: damage.to_string() }),
         Lookup::Missing => return Err(KubeError::Result { dir, message: "not collected".into() }),
     };
     let staged = to.staging(key)?;

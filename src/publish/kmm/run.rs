@@ -15,7 +15,7 @@ use crate::verify;
 /// Publishes the store's pairs as KMM images under `--out`, loading them into `engine` when
 /// one is given.
 pub async fn publish(req: &Request, ctx: &Context, engine: Option<&dyn Images>) -> Result<Published, PublishError> {
-    let (pairs, out) = open(req, &ctx.catalog)?;
+    let (pairs, out, left_out) = open(req, &ctx.catalog)?;
     // Pushed images are named after their registry unless --repository says otherwise.
     let default_repository = req.registry.as_ref().map(|r| {
         let name = req.name.clone().unwrap_or_else(|| pairs.first().map(|p| p.module.clone()).unwrap_or_default());
@@ -36,6 +36,7 @@ pub async fn publish(req: &Request, ctx: &Context, engine: Option<&dyn Images>) 
     let files = list_files(staging.path())?;
     staging.commit()?;
     let mut notes: Vec<String> = written.iter().map(|w| format!("image {} ({})", w.tag, w.id)).collect();
+    notes.extend(left_out);
     if let Some(engine) = engine {
         for w in &written {
             let failed = |message: String| PublishError::Image { tag: w.tag.clone(), message };
