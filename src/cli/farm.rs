@@ -10,7 +10,9 @@ use ckms::farm::evaluate::{cells, evaluate, in_list, Evaluated};
 use ckms::farm::exec::Checked;
 use ckms::farm::plan::FarmPlan;
 use ckms::farm::report::{self, Counts, Matrix};
+use ckms::farm::resign;
 use ckms::farm::schedule::Outcome;
+use ckms::farm::signing::signing;
 use ckms::farm::store::{Damage, Store};
 use ckms::farm::verdict::{self, BuildRun, Findings};
 use ckms::publish::{signer::ModuleCert, sysext::Filesystem, Format};
@@ -290,6 +292,22 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
     };
     // A writer from here on: what writers that are gone left staged goes.
     store.clean_staging();
+    // Stored pairs signed by another key than the farm's now: signed again, no container.
+    let signer = if args.check || built.is_empty() { None } else { signing(ctx, how.key)? };
+    let resigned = match signer {
+        Some(s) => {
+            let done = resign::stored(&store, &plan, &built, &s)?;
+            if !done.is_empty() && !out.json {
+                eprintln!(
+                    "re-signed {} stored pair(s) with the certificate {} (no container)",
+                    done.len(),
+                    s.fingerprint
+                );
+            }
+            done
+        }
+        _ => Vec::new(),
+    };
     if args.check {
         let (outcomes, checked) = run_pairs(ctx, out, &store, &work, &plan, &built, &how).await?;
         return Ok(print_check(out, &plan, &built, &outcomes, &checked));
@@ -320,7 +338,7 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
     let not_loaded: usize = booted.iter().map(|b| b.failed.len()).sum();
     let overhead = report::overhead(&matrix);
     let summary = serde_json::json!({ "pairs": plan.pairs.len(), "built_now": todo.len() - not_built.len(),
-        "not_built": not_built.len(), "counts": counts, "store": store.root(), "verified": booted,
+        "not_built": not_built.len(), "resigned": resigned.len(), "counts": counts, "store": store.root(), "verified": booted,
         "overhead_median_seconds": overhead });
     out.result(&summary, || {
         let mut text = String::new();
@@ -335,7 +353,8 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
         }
         text + &format!("{} pair(s): {counts}; {} not built\n", plan.pairs.len(), not_built.len())
     });
-    let run = BuildRun { failed: counts.failed, not_built: not_built.len(), not_loaded, to_build: todo.len() };
+    let to_build = todo.len() + resigned.len();
+    let run = BuildRun { failed: counts.failed, not_built: not_built.len(), not_loaded, to_build };
     Ok(run.verdict().exit_code())
 }
 

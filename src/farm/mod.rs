@@ -13,6 +13,7 @@ pub mod exec;
 pub mod plan;
 pub mod proof;
 pub mod report;
+pub mod resign;
 pub mod schedule;
 pub mod select;
 pub mod signing;
