@@ -355,6 +355,15 @@ fn refusals(dir: &Path, store: &Path, results: &Path, engine: &str) {
     assert!(out.stdout.contains("no result") && out.stdout.contains("1 without a result"), "{out}");
     assert_eq!(statuses(&fresh).len(), 5, "the missing index is not stored");
 
+    // Untouched results with --check: the sample rebuilt here agrees, every entry is stored
+    // (through the side store) and checks out.
+    let (out, fresh) = case_with("checked", Some(engine), &["--check", "2"], &|_| {});
+    out.expect_code(11);
+    assert!(out.stdout.contains("--check: 2 of 2 rebuilt pair(s) identical"), "{out}");
+    assert!(out.stdout.contains("6 stored, 0 refused"), "{out}");
+    assert_eq!(statuses(&fresh), statuses(store), "{out}");
+    assert_eq!(module_files(&fresh), module_files(store), "the same entries as collect without --check");
+
     // A pod that forges its own module, transcript and all: collect cannot tell (it is stored),
     // a local rebuild can: with --check nothing of the collect is stored.
     let (out, fresh) = case("forged-module", &forge_module);
