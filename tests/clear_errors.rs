@@ -63,3 +63,14 @@ fn an_unreadable_dkms_conf_is_not_called_missing() {
     run.expect_code(code::IO);
     assert!(tree_is_empty(root.path()));
 }
+
+#[test]
+fn a_dkms_conf_path_adds_its_directory_as_dkms_3_2_does() {
+    let root = tempfile::tempdir().unwrap();
+    let src = root.path().join("m-1.0");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("dkms.conf"), "PACKAGE_NAME=m\nPACKAGE_VERSION=1.0\nBUILT_MODULE_NAME[0]=m\n").unwrap();
+    let run = add(root.path(), &[src.join("dkms.conf").to_str().unwrap()]);
+    run.expect_code(0);
+    assert!(root.path().join("usr/src/m-1.0/dkms.conf").is_file(), "{run}");
+}

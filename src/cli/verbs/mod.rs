@@ -148,6 +148,11 @@ async fn add(ctx: &Context, out: &Output, a: AddArgs) -> Result<i32, Error> {
     }
     let source = match a.what.as_deref().map(PathBuf::from) {
         Some(path) if path.is_dir() => AddSource::Dir(path),
+        // dkms 3.2 adds by a dkms.conf's path: the module is the directory holding it.
+        Some(path) if path.is_file() && path.file_name().is_some_and(|n| n == "dkms.conf") => {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            AddSource::Dir(dir.to_path_buf())
+        }
         Some(path) if path.is_file() && path.extension().is_some_and(|e| e == "deb") => {
             AddSource::Deb { file: path, learned_from: None }
         }
