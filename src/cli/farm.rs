@@ -284,19 +284,16 @@ async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> Result<i32, 
         print_plan(ctx, out, &plan, &todo);
         return Ok(0);
     }
-    let how = HowToRun {
-        key: args.key.as_deref().zip(args.cert.as_deref()),
-        jobs: args.jobs,
-        check: args.check,
-        retry_failed: args.retry_failed,
-    };
+    // Loaded once, when there is something to sign (to build, to check or to sign again).
+    let key = args.key.as_deref().zip(args.cert.as_deref());
+    let signing = if todo.is_empty() && built.is_empty() { None } else { signing(ctx, key)? };
+    let how = HowToRun { signing, jobs: args.jobs, check: args.check, retry_failed: args.retry_failed };
     // A writer from here on: what writers that are gone left staged goes.
     store.clean_staging();
     // Stored pairs signed by another key than the farm's now: signed again, no container.
-    let signer = if args.check || built.is_empty() { None } else { signing(ctx, how.key)? };
-    let resigned = match signer {
-        Some(s) => {
-            let done = resign::stored(&store, &plan, &built, &s)?;
+    let resigned = match &how.signing {
+        Some(s) if !args.check && !built.is_empty() => {
+            let done = resign::stored(&store, &plan, &built, s)?;
             if !done.is_empty() && !out.json {
                 eprintln!(
                     "re-signed {} stored pair(s) with the certificate {} (no container)",

@@ -6,6 +6,7 @@ use super::error::Error;
 use super::farm_run::{findings_text, run_pairs, HowToRun};
 use ckms::context::Context;
 use ckms::farm::evaluate::{evaluate, Evaluated};
+use ckms::farm::exec::Signing;
 use ckms::farm::plan::Work;
 use ckms::farm::report::Cell;
 use ckms::farm::signing::signing;
@@ -214,7 +215,7 @@ async fn collect(ctx: &Context, out: &Output, args: CollectArgs) -> Result<i32, 
         ));
     }
     let check = match (side, args.check) {
-        (Some(side), Some(n)) => Some(side.check(ctx, out, key, n, &evaluated, &mut all).await?),
+        (Some(side), Some(n)) => Some(side.check(ctx, out, signing, n, &evaluated, &mut all).await?),
         _ => None,
     };
     if check.as_ref().is_none_or(|c| c.passed) {
@@ -289,7 +290,7 @@ impl Side {
         self,
         ctx: &Context,
         out: &Output,
-        key: Option<(&Path, &Path)>,
+        signing: Option<Signing>,
         n: usize,
         evaluated: &[(Evaluated, &KubePlan, Vec<Cell>)],
         all: &mut Collected,
@@ -317,7 +318,7 @@ impl Side {
                 continue;
             }
             mine.sort_unstable();
-            let how = HowToRun { key, jobs: None, check: true, retry_failed: false };
+            let how = HowToRun { signing: signing.clone(), jobs: None, check: true, retry_failed: false };
             let (outcomes, checked) = run_pairs(ctx, out, &self.store, &ev.work, &ev.plan, &mine, &how).await?;
             let findings = Findings::of(&ev.plan, &mine, &outcomes, &checked);
             summary.identical += findings.identical;

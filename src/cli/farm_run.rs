@@ -1,23 +1,21 @@
 //! The farm's pairs built on this machine's engine, with live progress: `farm build` (and
 //! its `--check`) and `farm kube collect --check` run them the same way.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use super::error::Error;
 use super::Output;
 use ckms::context::Context;
-use ckms::farm::exec::{Checked, Farm, OnEngine};
+use ckms::farm::exec::{Checked, Farm, OnEngine, Signing};
 use ckms::farm::plan::{FarmPlan, Work};
 use ckms::farm::schedule::{self, Capacity, Outcome, Progress, Task};
-use ckms::farm::signing::signing;
 use ckms::farm::store::Store;
 use ckms::farm::verdict::Findings;
 
 /// How [`run_pairs`] builds.
-pub struct HowToRun<'a> {
-    /// --key and --cert.
-    pub key: Option<(&'a Path, &'a Path)>,
+pub struct HowToRun {
+    /// The key pair the farm signs with, loaded once by the command.
+    pub signing: Option<Signing>,
     pub jobs: Option<u32>,
     /// Compare with the stored entries instead of storing.
     pub check: bool,
@@ -33,15 +31,14 @@ pub async fn run_pairs(
     work: &Work,
     plan: &FarmPlan,
     todo: &[usize],
-    how: &HowToRun<'_>,
+    how: &HowToRun,
 ) -> Result<(Vec<Outcome>, Vec<Checked>), Error> {
-    let signing = signing(ctx, how.key)?;
     let conn = Arc::new(ctx.engine().await?);
     if !out.json {
         let i = &conn.info;
         eprintln!("building {} pair(s) with {:?} {} at {}", todo.len(), i.kind, i.version, i.endpoint);
     }
-    let mut farm = Farm::new(ctx, plan, store, work, signing);
+    let mut farm = Farm::new(ctx, plan, store, work, how.signing.clone());
     if how.check {
         farm = farm.checking();
     }
