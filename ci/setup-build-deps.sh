@@ -5,7 +5,8 @@
 # chromium, which tests/farm.rs renders the farm's HTML report in; busybox-static; what
 # tests/publish.rs needs; kubernetes-validate (PyPI), which tests/kube_manifests.rs checks the
 # Kubernetes manifests with; python3's jsonschema and yaml, which tests/kmm_crd.rs checks the
-# KMM Module with. Idempotent.
+# KMM Module with; SoftHSM2, OpenSC's pkcs11-tool and OpenSSL's pkcs11 provider, which the token
+# signing tests (tests/sign_file.rs, tests/farm_token.rs) use. Idempotent.
 set -euo pipefail
 need=()
 pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
@@ -32,6 +33,25 @@ python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 # farm publish --format kmm (tests/kmm_crd.rs): module.yaml against KMM's CRD schema.
 python3 -c 'import jsonschema' 2>/dev/null || need+=(python3-jsonschema)
 python3 -c 'import yaml' 2>/dev/null || need+=(python3-yaml)
+# PKCS#11 signing: a software token, the tool that makes a key in it, and the provider through
+# which sign-file and ckms reach it.
+command -v softhsm2-util >/dev/null || need+=(softhsm2)
+command -v pkcs11-tool >/dev/null || need+=(opensc)
+provider="$(openssl version -m 2>/dev/null | sed -n 's/^MODULESDIR: "\(.*\)"$/\1/p')/pkcs11.so"
+[ -f "$provider" ] || need+=(pkcs11-provider)
+if [[ " ${need[*]} " == *" pkcs11-provider "* ]] && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq
+  if ! apt-cache show pkcs11-provider >/dev/null 2>&1; then
+    # Not in bookworm itself, in bookworm-backports: from the mirror this host already uses.
+    . /etc/os-release
+    mirror=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 'Identifier: Packages' |
+      awk -v suite="$VERSION_CODENAME" '$2 == suite { print $1; exit }')
+    [ -n "$mirror" ] || { echo "setup-build-deps: no apt source for $VERSION_CODENAME to find its backports" >&2; exit 1; }
+    echo "[setup-build-deps] adding $VERSION_CODENAME-backports from $mirror for pkcs11-provider"
+    printf 'Types: deb\nURIs: %s\nSuites: %s-backports\nComponents: main\n' "$mirror" "$VERSION_CODENAME" \
+      >/etc/apt/sources.list.d/ckms-backports.sources
+  fi
+fi
 if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { echo "setup-build-deps: run as root to install ${need[*]}" >&2; exit 1; }
   echo "[setup-build-deps] installing ${need[*]}"

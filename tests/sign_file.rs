@@ -8,6 +8,9 @@
 //! from Debian's linux-image package, which Debian signed: ckms replaces that signature.
 mod support;
 
+#[path = "support/token.rs"]
+mod token;
+
 #[path = "support/dkms_packages.rs"]
 mod dkms_packages;
 
@@ -88,6 +91,9 @@ impl Host {
         self.dir.path().join(rel)
     }
     fn ckms<const N: usize>(&self, args: [&str; N]) -> Ckms {
+        self.ckms_args(&args)
+    }
+    fn ckms_args(&self, args: &[&str]) -> Ckms {
         ckms(args)
             .env("CKMS_CACHE_DIR", self.path("cache"))
             .env("CKMS_DKMS_TREE", self.path("tree"))
@@ -363,4 +369,78 @@ fn generate_mok_refuses_to_overwrite_without_force() {
     let tree_cert = host.path("tree/mok.pub").display().to_string();
     assert!(enroll.stdout.contains(&format!("mokutil --import {tree_cert}")), "{enroll}");
     assert!(enroll.stdout.contains("Enroll MOK") && enroll.stdout.contains("--test-key"), "{enroll}");
+}
+
+/// A key held in a PKCS#11 token (SoftHSM2), named by a `pkcs11:` URI as dkms's
+/// mok_signing_key names one: ckms's signature is byte for byte sign-file's with the same URI,
+/// whether the key comes from --key or framework.conf and the PIN from KBUILD_SIGN_PIN or the
+/// URI; no PIN or a wrong one fails without a prompt and leaves the module alone; and the key is
+/// one the token never lets out.
+#[tokio::test]
+async fn a_token_key_signs_exactly_as_sign_file_does() {
+    let host = Host::new();
+    let tool = debian_sign_file(host.dir.path()).await;
+    let token = token::Token::new();
+    let with_pin = format!("{}?pin-value={}", token::URI, token::PIN);
+    let cert = token.cert.display().to_string();
+
+    // Debian's sign-file (OpenSSL 3: the pkcs11 provider) takes the PIN from the URI.
+    let reference = host.module("ref.ko");
+    let out = Command::new(&tool)
+        .args(["sha256", &with_pin, &cert, &reference.display().to_string()])
+        .envs(token.openssl_env())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running sign-file");
+    assert!(out.status.success(), "sign-file with the token failed: {}", String::from_utf8_lossy(&out.stderr));
+    let expected = std::fs::read(&reference).unwrap();
+    assert!(expected.len() > module_bytes().len(), "sign-file appended nothing");
+
+    let sign = |module: &Path, key: Option<&str>, pin: Option<&str>| {
+        let m = module.display().to_string();
+        let mut args = vec!["sign", m.as_str()];
+        if let Some(key) = key {
+            args.extend(["--key", key, "--cert", &cert]);
+        }
+        let mut run = host.ckms_args(&args);
+        for (k, v) in token.env() {
+            run = run.env(k, v);
+        }
+        if let Some(pin) = pin {
+            run = run.env("KBUILD_SIGN_PIN", pin);
+        }
+        run.run()
+    };
+    // --key with the PIN in KBUILD_SIGN_PIN, then with the PIN in the URI.
+    for (n, (key, pin)) in [(token::URI, Some(token::PIN)), (with_pin.as_str(), None)].into_iter().enumerate() {
+        let ours = host.module(&format!("ours-{n}.ko"));
+        let run = sign(&ours, Some(key), pin);
+        run.expect_code(0);
+        assert!(std::fs::read(&ours).unwrap() == expected, "ckms's token signature differs from sign-file's{run}");
+        assert!(!run.stdout.contains(token::PIN) && !run.stderr.contains(token::PIN), "the PIN is shown{run}");
+    }
+    // framework.conf names the token, as for dkms.
+    let conf_dir = host.path("etc-dkms");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    std::fs::write(
+        conf_dir.join("framework.conf"),
+        format!("mok_signing_key=\"{}\"\nmok_certificate=\"{cert}\"\n", token::URI),
+    )
+    .unwrap();
+    let ours = host.module("ours-conf.ko");
+    let run = sign(&ours, None, Some(token::PIN));
+    run.expect_code(0);
+    assert!(std::fs::read(&ours).unwrap() == expected, "signed through framework.conf, it differs{run}");
+
+    // No PIN, a wrong PIN: refused, nothing prompted, the module untouched.
+    for pin in [None, Some("9999")] {
+        let module = host.module("refused.ko");
+        let run = sign(&module, Some(token::URI), pin);
+        run.expect_code(code::SIGNING_FAILED);
+        assert!(run.stderr.contains("KBUILD_SIGN_PIN") && !run.stderr.contains("Enter PIN"), "{run}");
+        assert!(std::fs::read(&module).unwrap() == module_bytes(), "a refused signing changed the module{run}");
+    }
+    // The key was made in the token and can never leave it.
+    let objects = token.objects();
+    assert!(objects.contains("never extractable"), "the token key is extractable:\n{objects}");
 }

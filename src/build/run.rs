@@ -432,7 +432,7 @@ mod tests {
         assert!(matches!(run_build(&engine, &job, &resolver, &dest).await.unwrap(), Ran::Built { .. }));
 
         let pem = std::fs::read(&paths.key).unwrap();
-        let der = signer.key.private_key_to_der().unwrap();
+        let der = signer.key.pkey().private_key_to_der().unwrap();
         // A line of the PEM's base64 is enough to recognise the key inside any encoding.
         let line = pem.split(|b| *b == b'\n').nth(3).unwrap().to_vec();
         let key_path = paths.key.display().to_string().into_bytes();

@@ -73,14 +73,14 @@ pub fn sign(ctx: &Context, out: &Output, args: SignArgs) -> Result<i32, Error> {
     struct Signed<'a> {
         file: &'a Path,
         hash: &'a str,
-        key: &'a Path,
+        key: String,
         cert: &'a Path,
         cert_sha256: String,
     }
     let done = Signed {
         file: &args.file,
         hash: &args.hash,
-        key: &paths.key,
+        key: paths.key_shown(),
         cert: &paths.cert,
         cert_sha256: signer.fingerprint(),
     };
@@ -89,7 +89,7 @@ pub fn sign(ctx: &Context, out: &Output, args: SignArgs) -> Result<i32, Error> {
             "Signed {} ({}, key {}, certificate {})\n",
             done.file.display(),
             done.hash,
-            done.key.display(),
+            done.key,
             done.cert.display()
         )
     });

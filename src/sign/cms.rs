@@ -1,18 +1,30 @@
 //! The CMS SignedData the kernel wants, made and checked with OpenSSL exactly as
 //! scripts/sign-file does (its OpenSSL 3 path), so that both give the same bytes.
 
-use foreign_types::ForeignType;
+use foreign_types::{ForeignType, ForeignTypeRef};
 use openssl::cms::{CMSOptions, CmsContentInfo};
 use openssl::error::ErrorStack;
 use openssl::hash::MessageDigest;
+use openssl::lib_ctx::LibCtxRef;
 use openssl::pkey::{PKey, Private};
 use openssl::stack::Stack;
 use openssl::x509::{X509Name, X509};
 use std::os::raw::{c_int, c_uint, c_void};
 
-// openssl-sys binds CMS_sign but not the two calls sign-file makes to choose the digest and
-// leave out signed attributes; libcrypto (linked by openssl-sys) has them.
+// openssl-sys binds CMS_sign but not the calls sign-file makes to choose the digest and leave
+// out signed attributes, nor the one that signs in a library context (a token's key lives in
+// its own); libcrypto (linked by openssl-sys) has them.
 extern "C" {
+    /// CMS_sign in `libctx` (NULL: the process-wide one).
+    fn CMS_sign_ex(
+        signcert: *mut openssl_sys::X509,
+        pkey: *mut openssl_sys::EVP_PKEY,
+        certs: *mut c_void,
+        data: *mut openssl_sys::BIO,
+        flags: c_uint,
+        libctx: *mut openssl_sys::OSSL_LIB_CTX,
+        propq: *const std::os::raw::c_char,
+    ) -> *mut openssl_sys::CMS_ContentInfo;
     /// Adds a signer; returns a `CMS_SignerInfo *` owned by `cms`, NULL on error.
     fn CMS_add1_signer(
         cms: *mut openssl_sys::CMS_ContentInfo,
@@ -53,11 +65,30 @@ impl Drop for MemBio<'_> {
 }
 
 /// The DER CMS SignedData over `module`: detached, no certificates, no signed attributes,
-/// the signer named by issuer and serial, `md` as the digest.
-pub fn sign(module: &[u8], key: &PKey<Private>, cert: &X509, md: MessageDigest) -> Result<Vec<u8>, ErrorStack> {
+/// the signer named by issuer and serial, `md` as the digest; computed in `ctx` (a token key's
+/// library context) or the process-wide one.
+pub fn sign(
+    module: &[u8],
+    key: &PKey<Private>,
+    ctx: Option<&LibCtxRef>,
+    cert: &X509,
+    md: MessageDigest,
+) -> Result<Vec<u8>, ErrorStack> {
     let flags =
         CMSOptions::CMS_NOCERTS | CMSOptions::PARTIAL | CMSOptions::BINARY | CMSOptions::DETACHED | CMSOptions::STREAM;
-    let cms = CmsContentInfo::sign::<Private>(None, None, None, None, flags)?;
+    let libctx = ctx.map_or(std::ptr::null_mut(), |c| c.as_ptr());
+    // SAFETY: a PARTIAL CMS with no signer, data or certificates; the result is owned below.
+    let cms = unsafe {
+        {
+            use std::ptr::{null, null_mut};
+            CMS_sign_ex(null_mut(), null_mut(), null_mut(), null_mut(), flags.bits(), libctx, null())
+        }
+    };
+    if cms.is_null() {
+        return Err(ErrorStack::get());
+    }
+    // SAFETY: freshly made and owned by nothing else.
+    let cms = unsafe { CmsContentInfo::from_ptr(cms) };
     let signer_flags = CMSOptions::CMS_NOCERTS | CMSOptions::BINARY | CMSOptions::NOSMIMECAP | CMSOptions::NOATTR;
     // SAFETY: every pointer comes from a live owned object; the SignerInfo returned belongs to `cms`.
     let signer =

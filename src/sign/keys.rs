@@ -4,6 +4,7 @@
 use openssl::asn1::{Asn1Integer, Asn1Time};
 use openssl::bn::{BigNum, MsbOption};
 use openssl::hash::MessageDigest;
+use openssl::lib_ctx::LibCtxRef;
 use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
 use openssl::x509::extension::{
@@ -13,7 +14,8 @@ use openssl::x509::{X509Name, X509};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::SignError;
+use super::token::{self, TokenKey};
+use super::{first_reason, SignError};
 
 /// RSA modulus size of a generated key: dkms's (the kernel and shim take larger ones too).
 pub const KEY_BITS: u32 = 2048;
@@ -54,6 +56,16 @@ pub struct KeyPaths {
     pub key: PathBuf,
     pub cert: PathBuf,
     pub origin: Origin,
+}
+
+impl KeyPaths {
+    /// The key's name for messages: its path, or its token URI without a PIN.
+    pub fn key_shown(&self) -> String {
+        match token::uri(&self.key) {
+            Some(uri) => token::shown(uri),
+            None => self.key.display().to_string(),
+        }
+    }
 }
 
 impl Locations {
@@ -121,29 +133,50 @@ fn parse_settings(text: &str, out: &mut Configured) {
     }
 }
 
+/// A private key: read from a file, or held in a PKCS#11 token.
+pub enum PrivateKey {
+    File(PKey<Private>),
+    Token(TokenKey),
+}
+
+impl PrivateKey {
+    pub fn pkey(&self) -> &PKey<Private> {
+        match self {
+            PrivateKey::File(key) => key,
+            PrivateKey::Token(token) => &token.pkey,
+        }
+    }
+
+    /// The library context signing must use: the token provider's, or the process-wide one.
+    pub fn ctx(&self) -> Option<&LibCtxRef> {
+        match self {
+            PrivateKey::File(_) => None,
+            PrivateKey::Token(token) => Some(token.ctx()),
+        }
+    }
+}
+
 /// A loaded key pair, checked to belong together.
 pub struct Signer {
-    pub key: PKey<Private>,
+    pub key: PrivateKey,
     pub cert: X509,
     pub paths: KeyPaths,
 }
 
 impl Signer {
-    /// Loads `paths`; `pin` unlocks a passphrase-protected key (KBUILD_SIGN_PIN).
+    /// Loads `paths`; `pin` unlocks a passphrase-protected key or logs in to the key's token
+    /// (KBUILD_SIGN_PIN, as for sign-file).
     pub fn load(paths: &KeyPaths, pin: Option<&str>) -> Result<Signer, SignError> {
         let cert = load_cert(&paths.cert)?;
-        let pem = read(&paths.key, SignError::KeyMissing { path: paths.key.clone() })?;
-        let encrypted = pem.windows(9).any(|w| w == b"ENCRYPTED");
-        let key = match (encrypted, pin) {
-            (true, None) => return Err(SignError::NeedsPassphrase { path: paths.key.clone() }),
-            (true, Some(pin)) => PKey::private_key_from_pem_passphrase(&pem, pin.as_bytes())
-                .map_err(|_| SignError::WrongPassphrase { path: paths.key.clone() })?,
-            (false, _) => PKey::private_key_from_pem(&pem)
-                .map_err(|e| SignError::BadKey { path: paths.key.clone(), detail: first_reason(&e) })?,
+        let key = match token::uri(&paths.key) {
+            Some(uri) => PrivateKey::Token(
+                TokenKey::open(uri, pin).map_err(|detail| SignError::Token { uri: token::shown(uri), detail })?,
+            ),
+            None => PrivateKey::File(load_key_file(&paths.key, pin)?),
         };
-        let matches = cert.public_key().is_ok_and(|public| public.public_eq(&key));
+        let matches = cert.public_key().is_ok_and(|public| public.public_eq(key.pkey()));
         if !matches {
-            return Err(SignError::Mismatch { key: paths.key.clone(), cert: paths.cert.clone() });
+            return Err(SignError::Mismatch { key: paths.key_shown(), cert: paths.cert.clone() });
         }
         Ok(Signer { key, cert, paths: paths.clone() })
     }
@@ -151,6 +184,22 @@ impl Signer {
     /// SHA-256 of the certificate's DER, as `openssl x509 -fingerprint -sha256` shows it.
     pub fn fingerprint(&self) -> String {
         fingerprint(&self.cert)
+    }
+}
+
+/// A PEM private key file; `pin` unlocks it when it is encrypted.
+fn load_key_file(path: &Path, pin: Option<&str>) -> Result<PKey<Private>, SignError> {
+    let pem = read(path, SignError::KeyMissing { path: path.to_path_buf() })?;
+    let encrypted = pem.windows(9).any(|w| w == b"ENCRYPTED");
+    let path = path.to_path_buf();
+    match (encrypted, pin) {
+        (true, None) => Err(SignError::NeedsPassphrase { path }),
+        (true, Some(pin)) => {
+            PKey::private_key_from_pem_passphrase(&pem, pin.as_bytes()).map_err(|_| SignError::WrongPassphrase { path })
+        }
+        (false, _) => {
+            PKey::private_key_from_pem(&pem).map_err(|e| SignError::BadKey { path, detail: first_reason(&e) })
+        }
     }
 }
 
@@ -180,11 +229,6 @@ fn read(path: &Path, missing: SignError) -> Result<Vec<u8>, SignError> {
     }
 }
 
-/// OpenSSL's first reason, enough to tell "not PEM" from "bad ASN.1".
-pub(super) fn first_reason(e: &openssl::error::ErrorStack) -> String {
-    e.errors().first().and_then(|e| e.reason().map(str::to_string)).unwrap_or_else(|| e.to_string())
-}
-
 /// Makes a new pair at `paths` (refused when either file exists unless `force`): RSA
 /// [`KEY_BITS`], a self-signed code-signing certificate (DER) and the key (PEM, mode 0600).
 pub fn generate(paths: &KeyPaths, force: bool) -> Result<Signer, SignError> {
@@ -201,7 +245,7 @@ pub fn generate(paths: &KeyPaths, force: bool) -> Result<Signer, SignError> {
     // The key first: a certificate without its key is useless, a key alone is regenerated.
     write_atomic(&paths.key, &pem, 0o600)?;
     write_atomic(&paths.cert, &der, 0o644)?;
-    Ok(Signer { key, cert, paths: paths.clone() })
+    Ok(Signer { key: PrivateKey::File(key), cert, paths: paths.clone() })
 }
 
 fn certificate(key: &PKey<Private>) -> Result<X509, openssl::error::ErrorStack> {
@@ -366,8 +410,11 @@ mod tests {
         let err = Signer::load(&paths, None).err().unwrap();
         assert!(matches!(err, SignError::Mismatch { .. }), "{err}");
 
-        let locked =
-            made.key.private_key_to_pem_pkcs8_passphrase(openssl::symm::Cipher::aes_256_cbc(), b"secret").unwrap();
+        let locked = made
+            .key
+            .pkey()
+            .private_key_to_pem_pkcs8_passphrase(openssl::symm::Cipher::aes_256_cbc(), b"secret")
+            .unwrap();
         std::fs::write(&paths.key, locked).unwrap();
         assert!(matches!(Signer::load(&paths, None), Err(SignError::NeedsPassphrase { .. })));
         assert!(matches!(Signer::load(&paths, Some("nope")), Err(SignError::WrongPassphrase { .. })));

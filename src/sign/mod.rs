@@ -4,11 +4,13 @@
 //!
 //! - [`format`]: the trailer (`struct module_signature`, magic), strip and append;
 //! - [`cms`]: the CMS SignedData, made and verified with OpenSSL as sign-file does;
-//! - [`keys`]: where the key pair is, generating one, loading it, enrolling it as a MOK.
+//! - [`keys`]: where the key pair is, generating one, loading it, enrolling it as a MOK;
+//! - [`token`]: keys held in a PKCS#11 token, named by a `pkcs11:` URI.
 
 pub mod cms;
 pub mod format;
 pub mod keys;
+pub mod token;
 
 use openssl::hash::MessageDigest;
 use openssl::x509::X509;
@@ -39,8 +41,8 @@ pub enum SignError {
     NeedsPassphrase { path: PathBuf },
     #[error("the passphrase in {PIN_ENV} does not unlock the signing key {path}")]
     WrongPassphrase { path: PathBuf },
-    #[error("the signing key {key} does not belong to the certificate {cert}")]
-    Mismatch { key: PathBuf, cert: PathBuf },
+    #[error("the signing key {key} does not belong to the certificate {}", cert.display())]
+    Mismatch { key: String, cert: PathBuf },
     #[error("{path} exists already")]
     Exists { path: PathBuf },
     #[error("cannot generate a signing key: {detail}")]
@@ -61,6 +63,8 @@ pub enum SignError {
     Malformed { path: PathBuf, what: String },
     #[error("{path}: the signature does not verify against {cert}: {detail}")]
     Invalid { path: PathBuf, cert: PathBuf, detail: String },
+    #[error("the signing key {uri} in a PKCS#11 token: {detail}")]
+    Token { uri: String, detail: String },
     #[error("enrolling the certificate failed: {detail}")]
     Enroll { detail: String },
 }
@@ -115,9 +119,20 @@ impl Diagnose for SignError {
                  certificate"
                     .into()
             }
+            SignError::Token { .. } => format!(
+                "ckms reaches tokens as the kernel's sign-file does, through OpenSSL's pkcs11 provider (Debian's \
+                 pkcs11-provider; bookworm has it in bookworm-backports), which loads the PKCS#11 module named by \
+                 PKCS11_PROVIDER_MODULE or else p11-kit's; check the URI with `p11tool --list-all` or \
+                 `pkcs11-tool --list-objects`, and give the PIN in {PIN_ENV}"
+            ),
             SignError::Enroll { .. } => "install mokutil (apt-get install mokutil) and run as root".into(),
         })
     }
+}
+
+/// OpenSSL's first reason, enough to tell "not PEM" from "bad ASN.1".
+fn first_reason(e: &openssl::error::ErrorStack) -> String {
+    e.errors().first().and_then(|e| e.reason().map(str::to_string)).unwrap_or_else(|| e.to_string())
 }
 
 /// The hash the kernel signs its modules with (`CONFIG_MODULE_SIG_HASH`), from its config
@@ -146,8 +161,8 @@ pub fn sign(module: &[u8], signer: &Signer, hash: &str, path: &Path) -> Result<V
     let md = digest(hash)?;
     let unsigned =
         format::strip(module).map_err(|m| SignError::Malformed { path: path.to_path_buf(), what: m.to_string() })?;
-    let cms = cms::sign(unsigned, &signer.key, &signer.cert, md)
-        .map_err(|e| SignError::Sign { path: path.to_path_buf(), detail: keys::first_reason(&e) })?;
+    let cms = cms::sign(unsigned, signer.key.pkey(), signer.key.ctx(), &signer.cert, md)
+        .map_err(|e| SignError::Sign { path: path.to_path_buf(), detail: first_reason(&e) })?;
     Ok(format::append(unsigned, &cms))
 }
 
@@ -174,7 +189,7 @@ pub fn verify(module: &[u8], cert: &X509, path: &Path, cert_path: &Path) -> Resu
     cms::verify(signed.module, signed.cms, cert).map_err(|e| SignError::Invalid {
         path: path.to_path_buf(),
         cert: cert_path.to_path_buf(),
-        detail: format!("{} (signed by {signer})", keys::first_reason(&e)),
+        detail: format!("{} (signed by {signer})", first_reason(&e)),
     })?;
     Ok(Verified { signer, cert_sha256: keys::fingerprint(cert) })
 }
