@@ -9,8 +9,12 @@ use std::sync::Mutex;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    /// Something the user may want to know (one line).
+    /// Something the user may want to know (one line): what dkms would say in its place.
     Info { message: String },
+    /// ckms's own account beyond what dkms says (the engine, the image, the index, the
+    /// sandbox): shown by `ckms`, and by `dkms` only with --verbose, since dkms's callers parse
+    /// dkms's lines and the container is not theirs to know about.
+    Detail { message: String },
     /// Something went wrong but work goes on (a corrupt cache entry fetched again, ...).
     Warn { message: String },
     /// A long task advanced. `task` is a stable key; `total` is known up front when possible.
@@ -37,6 +41,9 @@ pub trait Reporter: Send + Sync {
 impl dyn Reporter + '_ {
     pub fn info(&self, message: impl Into<String>) {
         self.emit(Event::Info { message: message.into() });
+    }
+    pub fn detail(&self, message: impl Into<String>) {
+        self.emit(Event::Detail { message: message.into() });
     }
     pub fn warn(&self, message: impl Into<String>) {
         self.emit(Event::Warn { message: message.into() });
@@ -92,17 +99,29 @@ impl Reporter for JsonLines {
 }
 
 /// For people: indicatif bars on a terminal, otherwise plain lines (progress only at the end).
+/// Whose lines a person sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Voice {
+    /// ckms's: dkms's lines and ckms's details, progress on stderr.
+    Ckms,
+    /// dkms's, for callers of `dkms`: its lines on stdout, as dkms prints them; ckms's details
+    /// and progress only when `verbose` (on stderr).
+    Dkms { verbose: bool },
+}
+
 pub struct Human {
     bars: Option<indicatif::MultiProgress>,
     active: Mutex<HashMap<String, indicatif::ProgressBar>>,
     quiet: bool,
+    voice: Voice,
 }
 
 impl Human {
-    pub fn new(quiet: bool) -> Self {
+    pub fn new(quiet: bool, voice: Voice) -> Self {
         use std::io::IsTerminal;
-        let bars = std::io::stderr().is_terminal().then(indicatif::MultiProgress::new);
-        Human { bars, active: Mutex::new(HashMap::new()), quiet }
+        let bars = (voice != Voice::Dkms { verbose: false } && std::io::stderr().is_terminal())
+            .then(indicatif::MultiProgress::new);
+        Human { bars, active: Mutex::new(HashMap::new()), quiet, voice }
     }
 
     fn line(&self, text: &str) {
@@ -138,9 +157,13 @@ impl Human {
 
 impl Reporter for Human {
     fn emit(&self, event: Event) {
+        let details = self.voice != Voice::Dkms { verbose: false };
         match event {
-            Event::Info { message } if !self.quiet => self.line(&message),
-            Event::Info { .. } => {}
+            Event::Info { .. } if self.quiet => {}
+            Event::Info { message } if matches!(self.voice, Voice::Dkms { .. }) => println!("{message}"),
+            Event::Info { message } => self.line(&message),
+            Event::Detail { message } if details && !self.quiet => self.line(&message),
+            Event::Detail { .. } => {}
             Event::Warn { message } => self.line(&format!("Warning: {message}")),
             Event::Output { text } => match &self.bars {
                 Some(mp) => mp.suspend(|| eprint!("{text}")),
@@ -155,7 +178,7 @@ impl Reporter for Human {
                 if let Some(bar) = self.active.lock().ok().and_then(|mut a| a.remove(&task)) {
                     bar.finish_and_clear();
                 }
-                if !self.quiet {
+                if details && !self.quiet {
                     self.line(&format!("{task}: {message}"));
                 }
             }

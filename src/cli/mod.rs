@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use ckms::config::Config;
 use ckms::context::Context;
-use ckms::report::{Human, JsonLines, Reporter};
+use ckms::report::{Human, JsonLines, Reporter, Voice};
 use error::Error;
 
 /// Where every command's --help lists the options all commands take.
@@ -85,8 +85,12 @@ pub fn main() -> i32 {
     let args: Vec<String> = std::env::args().collect();
     // Installed as `dkms` too (a symlink): then the command line is dkms's.
     let as_dkms = args.first().and_then(|a| std::path::Path::new(a).file_name()).is_some_and(|n| n == "dkms");
+    let voice = match as_dkms {
+        true => Voice::Dkms { verbose: args.iter().any(|a| a == "--verbose") },
+        false => Voice::Ckms,
+    };
     let cli = Cli::parse_from(if as_dkms { verbs::dkms_argv(args, &Cli::command()) } else { args });
-    let report: Arc<dyn Reporter> = if cli.json { Arc::new(JsonLines) } else { Arc::new(Human::new(cli.quiet)) };
+    let report: Arc<dyn Reporter> = if cli.json { Arc::new(JsonLines) } else { Arc::new(Human::new(cli.quiet, voice)) };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -97,6 +101,10 @@ pub fn main() -> i32 {
     match runtime.block_on(run(cli, report)) {
         Ok(code) => code,
         Err(e) => {
+            if as_dkms {
+                // dkms sets every error off with an empty line.
+                eprintln!();
+            }
             eprintln!("Error! {e}");
             if let Some(hint) = e.hint() {
                 eprintln!("{hint}");

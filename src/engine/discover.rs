@@ -202,7 +202,7 @@ pub async fn start_private(settings: &EngineSettings, report: &dyn Reporter) -> 
     } else {
         None
     };
-    report.info(format!(
+    report.detail(format!(
         "no container engine answered; starting a private rootless podman service{}",
         run_as.as_ref().map(|u| format!(" as {}", u.name)).unwrap_or_default()
     ));
@@ -212,7 +212,7 @@ pub async fn start_private(settings: &EngineSettings, report: &dyn Reporter) -> 
 
 fn connected(engine: DockerApi, service: Option<PrivateService>, report: &dyn Reporter) -> Connection {
     let info = engine.info_cached();
-    report.info(format!(
+    report.detail(format!(
         "using {} {} ({}) at {}",
         info.kind,
         info.version,
@@ -220,8 +220,8 @@ fn connected(engine: DockerApi, service: Option<PrivateService>, report: &dyn Re
         info.endpoint
     ));
     if !engine.caps().cgroup_limits {
-        report.warn(format!(
-            "{} {} cannot enforce memory, pids or CPU limits (rootless on cgroup v1): builds run \
+        report.detail(format!(
+            "Warning: {} {} cannot enforce memory, pids or CPU limits (rootless on cgroup v1): builds run \
              without them, with only a process-count rlimit against fork bombs",
             info.kind, info.endpoint
         ));

@@ -79,7 +79,7 @@ pub async fn build(
         archive::write_archive(&mut out, &archive_layers, &config, &tags)?;
         std::io::Write::flush(&mut out).map_err(|e| io_err(tmp.path())(e))?;
     }
-    report.info(format!("loading {} into the engine", tags[1]));
+    report.detail(format!("loading {} into the engine", tags[1]));
     engine.load_image(tmp.path()).await?;
     match engine.image_id(&tags[1]).await? {
         Some(actual) if actual == id => {}

@@ -23,7 +23,7 @@ pub enum AddSource {
 }
 
 impl Lifecycle<'_> {
-    /// Adds a module version to the tree; adding what is already there is a no-op.
+    /// Adds a module version to the tree; adding what is already there is refused, as by dkms.
     pub fn add(&self, source: &AddSource, names: Option<&ModuleVersion>) -> Result<ModuleVersion, LifecycleError> {
         let given = names.into_iter().chain(match source {
             AddSource::Tree(mv) => Some(mv),
@@ -130,8 +130,8 @@ impl Lifecycle<'_> {
         }
         if let Ok(existing) = std::fs::read_link(&link) {
             if existing == src {
-                self.report().info(format!("Module {mv} is already added"));
-                return Ok(());
+                // As dkms: adding what is already added is an error (exit 3).
+                return Err(LifecycleError::InTree { module: mv.module.clone(), version: mv.version.clone() });
             }
             if !self.opts.force {
                 return Err(LifecycleError::AlreadyAdded {

@@ -128,7 +128,7 @@ impl Lifecycle<'_> {
         // dkms cleans the build area after a good build; a failed one's make.log goes too.
         let _ = std::fs::remove_dir_all(module_dir.join("build"));
         let names: Vec<String> = staged.manifest.modules.iter().map(|m| m.file.display().to_string()).collect();
-        self.report().info(format!("Built {mv} for kernel {} ({arch}): {}", target.release, names.join(" ")));
+        self.report().detail(format!("Built {mv} for kernel {} ({arch}): {}", target.release, names.join(" ")));
         Ok(BuildOutcome::Built {
             module: mv.clone(),
             kernel: target.release.clone(),
@@ -157,7 +157,7 @@ impl Lifecycle<'_> {
             TreeKey::Loaded(Box::new(Signer::load(&paths, sign::pin().as_deref())?))
         };
         let shown = key.paths();
-        self.report().info(format!(
+        self.report().detail(format!(
             "Modules will be signed ({hash}) with the key {} and certificate {}",
             shown.key.display(),
             shown.cert.display()

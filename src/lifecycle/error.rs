@@ -26,6 +26,8 @@ pub enum LifecycleError {
     NotInTree { module: String, version: Option<String> },
     #[error("{module} has several versions ({}): say which", versions.join(", "))]
     WhichVersion { module: String, versions: Vec<String> },
+    #[error("DKMS tree already contains: {module}/{version}")]
+    InTree { module: String, version: String },
     #[error("the tree already contains {module}/{version} from another source ({existing})")]
     AlreadyAdded { module: String, version: String, existing: PathBuf },
     #[error("{existing} already holds another source of {module}/{version}")]
@@ -99,6 +101,7 @@ impl Diagnose for LifecycleError {
             LifecycleError::BinariesOnly { .. } => code::BAD_CONF,
             LifecycleError::NotInTree { .. }
             | LifecycleError::AlreadyAdded { .. }
+            | LifecycleError::InTree { .. }
             | LifecycleError::SourceDiffers { .. } => code::NOT_IN_TREE,
             LifecycleError::NotBuilt { .. } => code::NOT_IN_TREE,
             LifecycleError::OtherVersionInstalled { .. } => code::REFUSED,
@@ -148,6 +151,7 @@ impl Diagnose for LifecycleError {
             LifecycleError::WhichVersion { module, versions } => {
                 format!("e.g. `-m {module} -v {}` or `{module}/{}`", versions[0], versions[0])
             }
+            LifecycleError::InTree { .. } => "You cannot add the same module/version combo more than once.".into(),
             LifecycleError::AlreadyAdded { module, version, .. } => {
                 format!("`ckms remove -m {module} -v {version} --all` first")
             }

@@ -222,10 +222,10 @@ pub async fn realise(
         for (name, reason) in &plan.excluded_modules {
             r.report.info(format!("{name} is not built for {release}: {reason}"));
         }
-        r.report.info(plan.make_command(r.jobs));
+        r.report.detail(plan.make_command(r.jobs));
         Some(plan)
     };
-    r.report.info(format!("Building module {mv} for kernel {release} ({arch}) in {}", r.image));
+    r.report.detail(format!("Building module {mv} for kernel {release} ({arch}) in {}", r.image));
     let out = work.join("out");
     let ran = match run_build(runner, &job, &resolve, &out).await {
         Ok(ran) => ran,
@@ -286,7 +286,7 @@ fn stage(r: &Realise<'_>, plan: &BuildPlan, built: &Built, out: &Path, dir: &Pat
         std::fs::write(&unsigned, &bytes).map_err(PairError::io(&unsigned))?;
         // dkms's order: strip (done in the sandbox), sign, compress.
         if let Some((signer, hash)) = &signing {
-            r.report.info(format!("Signing module {}.ko ({hash})", m.built_name));
+            r.report.detail(format!("Signing module {}.ko ({hash})", m.built_name));
             bytes = sign::sign(&bytes, signer, hash, &from)?;
         }
         let file = PathBuf::from("module").join(format!("{}.ko{}", m.built_name, compression.suffix()));

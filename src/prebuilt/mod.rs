@@ -210,7 +210,7 @@ async fn find(ctx: &Context, want: &Want, only: bool) -> Result<Option<Found>, P
     for url in &cfg.urls {
         match lookup(&fetcher, url, &keyring, &key).await {
             Ok(Some(found)) => {
-                report.info(format!("{mv} for {release}: prebuilt in {url} (key {key})"));
+                report.detail(format!("{mv} for {release}: prebuilt in {url} (key {key})"));
                 return Ok(Some(found));
             }
             Ok(None) => {}
@@ -232,7 +232,7 @@ async fn find(ctx: &Context, want: &Want, only: bool) -> Result<Option<Found>, P
         let (module, kernel, urls) = (mv.to_string(), release.to_string(), cfg.urls.clone());
         return Err(PrebuiltError::NoEntry { module, kernel, key, urls });
     }
-    report.info(format!("{mv} for {release}: in no cache (key {key}); building it here"));
+    report.detail(format!("{mv} for {release}: in no cache (key {key}); building it here"));
     Ok(None)
 }
 

@@ -180,7 +180,7 @@ async fn packages(
     let dir = file.rel_path.rsplit_once('/').map_or("", |(d, _)| d);
     let by_hash = format!("{}/{dir}/by-hash/SHA256/{sha}", file.base);
     let url = format!("{}/{name}", file.base);
-    report.info(format!("fetching {url}"));
+    report.detail(format!("fetching {url}"));
 
     // A mirror caught mid-sync can serve a file that does not match its InRelease: one retry.
     let mut tries = 0;

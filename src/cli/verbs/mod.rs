@@ -177,7 +177,8 @@ fn added(lc: &Lifecycle<'_>, out: &Output, mv: &ModuleVersion, package: Option<&
     if let Some(package) = package {
         lc.record_installed(mv, package)?;
     }
-    out.result(mv, || format!("Module {mv} added\n"));
+    lc.ctx.reporter().detail(format!("Module {mv} added"));
+    out.result(mv, String::new);
     Ok(0)
 }
 
