@@ -240,7 +240,7 @@ impl Lifecycle<'_> {
                 SignError::NoCertToVerify { path: f.file.clone(), signed_by: manifest.signed_by.clone() }
             })??;
             self.report()
-                .info(format!("Signature of {}.ko verified ({}, {})", f.dest_name, v.signer.signer, v.signer.hash));
+                .detail(format!("Signature of {}.ko verified ({}, {})", f.dest_name, v.signer.signer, v.signer.hash));
         }
         Ok(())
     }
