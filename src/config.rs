@@ -247,6 +247,11 @@ impl Config {
         self.env.get(key).map(String::as_str).filter(|v| !v.is_empty())
     }
 
+    /// The dkms release whose lines ckms prints as `dkms` (CKMS_DKMS_RELEASE), when set.
+    pub fn dkms_release(&self) -> Option<&str> {
+        self.env("CKMS_DKMS_RELEASE")
+    }
+
     pub fn cache_root(&self) -> PathBuf {
         self.env("CKMS_CACHE_DIR")
             .map(PathBuf::from)

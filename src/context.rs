@@ -8,6 +8,7 @@ use crate::cache::CacheError;
 use crate::config::Config;
 use crate::config::ConfigError;
 use crate::diagnose::Diagnose;
+use crate::dialect::{self, Dialect};
 use crate::engine::EngineError;
 use crate::engine::{self, Connection, Images};
 use crate::image::{self, ImageError};
@@ -80,6 +81,13 @@ impl Context {
     /// A context of parts already loaded (tests, other profile directories).
     pub fn of(config: Config, catalog: Catalog, cache: Cache, report: Arc<dyn Reporter>, refresh: bool) -> Context {
         Context { config, catalog, cache, report, refresh, indexes: Arc::default() }
+    }
+
+    /// What dkms prints, in the release this host's distribution ships (or CKMS_DKMS_RELEASE).
+    pub fn dialect(&self) -> &Dialect {
+        let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+        let host = self.catalog.of_os_release(&os_release).and_then(|p| p.dkms.as_deref());
+        dialect::choose(&self.catalog.dialects, self.config.dkms_release(), host)
     }
 
     /// The same context, telling `report` instead.

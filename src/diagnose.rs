@@ -73,4 +73,16 @@ pub trait Diagnose: std::error::Error + std::any::Any {
     fn hint(&self) -> Option<String> {
         None
     }
+    /// The same failure in dkms's words, for callers of `dkms` (see [`crate::dialect`]); `None`
+    /// where dkms has no such failure or says it as ckms does.
+    fn dkms(&self) -> Option<Said> {
+        None
+    }
+}
+
+/// A line of dkms's, by its key in a dialect file, with the values its template names.
+#[derive(Debug, Clone)]
+pub struct Said {
+    pub key: &'static str,
+    pub values: serde_json::Value,
 }

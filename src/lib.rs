@@ -48,6 +48,7 @@ pub mod confine;
 pub mod context;
 pub mod deb;
 pub mod diagnose;
+pub mod dialect;
 pub mod engine;
 pub mod error;
 pub mod farm;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::diagnose::{code, Diagnose};
+use crate::dialect::Dialect;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
@@ -67,6 +68,10 @@ pub struct Profile {
     /// writes into system extensions); absent: the flags must say it.
     #[serde(default)]
     pub os: Option<Os>,
+    /// The dkms release the distribution ships: whose lines ckms prints as `dkms` on such a
+    /// host (profiles/dkms/<release>.toml).
+    #[serde(default)]
+    pub dkms: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -292,6 +297,8 @@ pub struct ImageConfig {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     pub profiles: Vec<Profile>,
+    /// What each dkms release prints (profiles/dkms/<release>.toml), by release.
+    pub dialects: BTreeMap<String, Dialect>,
     pub mirrors: BTreeMap<String, MirrorRole>,
     pub recipes: BTreeMap<String, Recipe>,
 }
@@ -337,7 +344,18 @@ impl Catalog {
             let r: Recipe = parse(&origin, &text)?;
             recipes.insert(stem, r);
         }
-        Ok(Catalog { profiles, mirrors, recipes })
+        let mut dialects = BTreeMap::new();
+        for (stem, (origin, text)) in collect(dirs, "profiles/dkms", embedded::DIALECTS)? {
+            let d: Dialect = parse(&origin, &text)?;
+            if d.release != stem {
+                return Err(invalid(&origin, format!("release '{}' differs from the file name", d.release)));
+            }
+            dialects.insert(stem, d);
+        }
+        if let Some(p) = profiles.iter().find(|p| p.dkms.as_ref().is_some_and(|r| !dialects.contains_key(r))) {
+            return Err(invalid(&format!("profile {}", p.name), format!("no profiles/dkms/{:?}.toml", p.dkms)));
+        }
+        Ok(Catalog { profiles, mirrors, recipes, dialects })
     }
 
     pub fn profile(&self, name: &str) -> Result<&Profile> {
@@ -345,6 +363,13 @@ impl Catalog {
             name: name.to_string(),
             known: self.profiles.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
         })
+    }
+
+    /// The profile of the system an os-release describes (its VERSION_CODENAME is a suite).
+    pub fn of_os_release(&self, os_release: &str) -> Option<&Profile> {
+        let codename =
+            os_release.lines().find_map(|l| l.strip_prefix("VERSION_CODENAME=")).map(|v| v.trim_matches('"'))?;
+        self.profiles.iter().find(|p| p.suites.iter().any(|s| s.suite == codename))
     }
 
     pub fn recipe(&self, name: &str) -> Result<&Recipe> {
@@ -510,5 +535,65 @@ mod tests {
     fn unknown_profile_lists_known_ones() {
         let err = builtin().profile("fedora").unwrap_err();
         assert!(err.to_string().contains("debian-bookworm"));
+    }
+}
+
+#[cfg(test)]
+mod dialect_tests {
+    use super::Catalog;
+    use crate::diagnose::Said;
+    use crate::dialect::{choose, Dialect, KEYS};
+    use std::collections::BTreeMap;
+
+    fn dialects() -> BTreeMap<String, Dialect> {
+        Catalog::load(&[]).unwrap().dialects
+    }
+
+    #[test]
+    fn every_dialect_has_every_line_and_each_renders() {
+        let all = dialects();
+        assert!(all.contains_key("3.0.10") && all.contains_key("3.2.2"), "{:?}", all.keys());
+        for d in all.values() {
+            for key in KEYS {
+                assert!(d.lines.contains_key(*key), "{} has no {key}", d.release);
+            }
+            for (key, template) in &d.lines {
+                assert!(KEYS.contains(&key.as_str()), "{}: {key} is printed by nothing", d.release);
+                minijinja::Environment::new().template_from_str(template).unwrap_or_else(|e| panic!("{key}: {e}"));
+            }
+        }
+    }
+
+    #[test]
+    fn lines_are_dkms_s_own() {
+        let all = dialects();
+        let mv = serde_json::json!({ "module": "m", "version": "1.0", "kernel": "6.1.0-56-amd64", "arch": "x86_64" });
+        assert_eq!(
+            all["3.2.2"].line("not_built", &mv),
+            "Module m/1.0 is not built for kernel 6.1.0-56-amd64 (x86_64). Skipping..."
+        );
+        assert_eq!(
+            all["3.0.10"].line("not_built", &mv),
+            "Module m 1.0 is not built for kernel 6.1.0-56-amd64 (x86_64). Skipping..."
+        );
+        let said = Said { key: "in_tree", values: mv };
+        assert_eq!(
+            all["3.2.2"].error(Some(&said), "", None),
+            "\nError! DKMS tree already contains: m/1.0\nYou cannot add the same module/version combo more than once."
+        );
+        assert_eq!(all["3.0.10"].error(None, "boom", Some("fix it")), "Error! boom\nfix it");
+        let sign = serde_json::json!({ "sign": { "command": "c", "key": "k", "cert": "p" }, "make": "make" });
+        assert_eq!(
+            all["3.2.2"].line("build_begin", &sign),
+            "Sign command: c\nSigning key: k\nPublic certificate (MOK): p\n"
+        );
+    }
+
+    #[test]
+    fn the_release_is_asked_for_else_the_host_s_else_the_newest() {
+        let all = dialects();
+        assert_eq!(choose(&all, Some("3.0.10"), Some("3.2.2")).release, "3.0.10");
+        assert_eq!(choose(&all, Some("9.9"), Some("3.0.10")).release, "3.0.10");
+        assert_eq!(choose(&all, None, None).release, "3.2.2");
     }
 }

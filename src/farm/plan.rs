@@ -128,7 +128,7 @@ pub async fn sources(
 /// the host's source tree.
 async fn add(lc: &Lifecycle<'_>, given: &str) -> Result<ModuleVersion, FarmError> {
     if let Some(package) = given.strip_prefix("deb:") {
-        return Ok(lc.add_package(package, None).await?);
+        return Ok(lc.add_package(package, None).await?.mv);
     }
     let path = PathBuf::from(given);
     let source = if path.is_dir() {
@@ -150,7 +150,7 @@ async fn add(lc: &Lifecycle<'_>, given: &str) -> Result<ModuleVersion, FarmError
         }
         .into());
     };
-    Ok(lc.add(&source, None)?)
+    Ok(lc.add(&source, None)?.mv)
 }
 
 /// The pairs of `sources` × `kernels` (each source with its own profile's kernels), their

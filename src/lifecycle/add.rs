@@ -22,9 +22,17 @@ pub enum AddSource {
     Deb { file: PathBuf, learned_from: Option<String> },
 }
 
+/// What `add` did: `already` when the tree held that source for that version before (dkms's
+/// `add` refuses that, exit 3; the farm and the implicit adds of build and install take it).
+#[derive(Debug, Clone)]
+pub struct Added {
+    pub mv: ModuleVersion,
+    pub already: bool,
+}
+
 impl Lifecycle<'_> {
-    /// Adds a module version to the tree; adding what is already there is refused, as by dkms.
-    pub fn add(&self, source: &AddSource, names: Option<&ModuleVersion>) -> Result<ModuleVersion, LifecycleError> {
+    /// Adds a module version to the tree.
+    pub fn add(&self, source: &AddSource, names: Option<&ModuleVersion>) -> Result<Added, LifecycleError> {
         let given = names.into_iter().chain(match source {
             AddSource::Tree(mv) => Some(mv),
             _ => None,
@@ -47,23 +55,19 @@ impl Lifecycle<'_> {
             AddSource::Tarball(file) => {
                 // As dkms: `add TARBALL` is `ldtarball TARBALL`.
                 let tmp = self.unpack(file)?;
-                return self.load_unpacked(tmp.path(), file, names);
+                return Ok(Added { mv: self.load_unpacked(tmp.path(), file, names)?, already: false });
             }
         };
-        self.link_source(&mv)?;
+        let already = self.link_source(&mv)?;
         if let Some(origin) = origin {
             self.record_origin(&mv, &origin)?;
         }
-        Ok(mv)
+        Ok(Added { mv, already })
     }
 
     /// `add deb:PACKAGE`: the package's newest version from the profile's signed repository
     /// (`--profile`, else the one of this host's distribution), added as its .deb.
-    pub async fn add_package(
-        &self,
-        package: &str,
-        names: Option<&ModuleVersion>,
-    ) -> Result<ModuleVersion, LifecycleError> {
+    pub async fn add_package(&self, package: &str, names: Option<&ModuleVersion>) -> Result<Added, LifecycleError> {
         let profile = match &self.opts.profile {
             Some(name) => self.ctx.catalog.profile(name)?,
             None => {
@@ -111,10 +115,11 @@ impl Lifecycle<'_> {
         if self.roots.module_dir(&mv.module, &mv.version).join("source").exists() {
             return Ok(());
         }
-        self.link_source(mv)
+        self.link_source(mv).map(drop)
     }
 
-    pub(super) fn link_source(&self, mv: &ModuleVersion) -> Result<(), LifecycleError> {
+    /// Links the version's source into the tree; `true` when it was linked there already.
+    pub(super) fn link_source(&self, mv: &ModuleVersion) -> Result<bool, LifecycleError> {
         let src = self.source_dir(mv);
         if !src.is_dir() {
             return Err(LifecycleError::NoSource(src));
@@ -130,8 +135,7 @@ impl Lifecycle<'_> {
         }
         if let Ok(existing) = std::fs::read_link(&link) {
             if existing == src {
-                // As dkms: adding what is already added is an error (exit 3).
-                return Err(LifecycleError::InTree { module: mv.module.clone(), version: mv.version.clone() });
+                return Ok(true);
             }
             if !self.opts.force {
                 return Err(LifecycleError::AlreadyAdded {
@@ -144,7 +148,7 @@ impl Lifecycle<'_> {
         std::fs::create_dir_all(&dir).map_err(LifecycleError::io(&dir))?;
         tree::replace_symlink(&src, &link).map_err(LifecycleError::io(&link))?;
         self.report().info(format!("Creating symlink {} -> {}", link.display(), src.display()));
-        Ok(())
+        Ok(false)
     }
 
     /// Copies `dir` to `<source_tree>/<m>-<v>` unless it is that directory already.

@@ -229,7 +229,7 @@ pub struct AutoResult {
     pub message: String,
 }
 
-pub use add::AddSource;
+pub use add::{AddSource, Added};
 pub use build::BuildOutcome;
 pub use install::InstallOutcome;
 pub use tarball::TarballParts;

@@ -160,7 +160,7 @@ impl Lifecycle<'_> {
         let names = names.cloned().or(from_build);
         let (source, binaries) = (top.join(SOURCE_TREE), top.join(BINARIES_ONLY));
         let mv = if source.join("dkms.conf").is_file() {
-            self.add(&add::AddSource::Dir(source), names.as_ref())?
+            self.add(&add::AddSource::Dir(source), names.as_ref())?.mv
         } else if binaries.join("dkms.conf").is_file() {
             let mv = match package_names(&binaries) {
                 Some(mv) => mv,

@@ -113,11 +113,8 @@ pub async fn fetch(ctx: &Context, profile: &Profile, package: &str) -> Result<(P
 /// The profile for this host's distribution: the one with a suite named like /etc/os-release's
 /// VERSION_CODENAME.
 pub fn host_profile<'c>(catalog: &'c Catalog, os_release: &str) -> Result<&'c Profile, SourceError> {
-    let codename = os_release.lines().find_map(|l| l.strip_prefix("VERSION_CODENAME=")).map(|v| v.trim_matches('"'));
-    codename.and_then(|c| catalog.profiles.iter().find(|p| p.suites.iter().any(|s| s.suite == c))).ok_or_else(|| {
-        SourceError::NoProfile {
-            known: catalog.profiles.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
-        }
+    catalog.of_os_release(os_release).ok_or_else(|| SourceError::NoProfile {
+        known: catalog.profiles.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
     })
 }
 

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use crate::cli::error::Error;
 use ckms::context::Context;
 use ckms::diagnose::code;
-use ckms::lifecycle::{AddSource, KernelTarget, Lifecycle, ModuleVersion, Options, TarballParts};
+use ckms::lifecycle::{
+    AddSource, Added, KernelTarget, Lifecycle, LifecycleError, ModuleVersion, Options, TarballParts,
+};
 use ckms::tree::{self, Roots};
 use ckms::verify::Subject;
 
@@ -143,8 +145,8 @@ async fn add(ctx: &Context, out: &Output, a: AddArgs) -> Result<i32, Error> {
         _ => None,
     };
     if let Some(package) = a.what.as_deref().and_then(|w| w.strip_prefix("deb:")) {
-        let mv = lc.add_package(package, names.as_ref()).await?;
-        return added(&lc, out, &mv, a.package.as_deref());
+        let done = lc.add_package(package, names.as_ref()).await?;
+        return added(&lc, out, done, a.package.as_deref());
     }
     let source = match a.what.as_deref().map(PathBuf::from) {
         Some(path) if path.is_dir() => AddSource::Dir(path),
@@ -168,12 +170,17 @@ async fn add(ctx: &Context, out: &Output, a: AddArgs) -> Result<i32, Error> {
             AddSource::Tree(select(&lc, what, &a.select)?)
         }
     };
-    let mv = lc.add(&source, names.as_ref())?;
-    added(&lc, out, &mv, a.package.as_deref())
+    let done = lc.add(&source, names.as_ref())?;
+    added(&lc, out, done, a.package.as_deref())
 }
 
-/// The end of `add`: the package the source came from, when common.postinst says it.
-fn added(lc: &Lifecycle<'_>, out: &Output, mv: &ModuleVersion, package: Option<&str>) -> Result<i32, Error> {
+/// The end of `add`: refused when it was added already (as dkms: exit 3), else the package
+/// the source came from, when common.postinst says it.
+fn added(lc: &Lifecycle<'_>, out: &Output, done: Added, package: Option<&str>) -> Result<i32, Error> {
+    let mv = &done.mv;
+    if done.already {
+        return Err(LifecycleError::InTree { module: mv.module.clone(), version: mv.version.clone() }.into());
+    }
     if let Some(package) = package {
         lc.record_installed(mv, package)?;
     }

@@ -1,0 +1,78 @@
+//! What dkms prints, release by release: the lines of `profiles/dkms/<release>.toml`
+//! (minijinja templates), printed where dkms prints them so that callers of `dkms` that parse
+//! its output read the same text from ckms. Which release: `CKMS_DKMS_RELEASE`, else the one
+//! the host's distribution ships (its profile's `dkms`), else the newest known.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::diagnose::Said;
+
+/// Every key the code prints by; each dialect file has them all (a unit test checks).
+pub const KEYS: &[&str] = &[
+    "error",
+    "added",
+    "in_tree",
+    "in_tree_more",
+    "no_source",
+    "no_source_more",
+    "build_begin",
+    "build_done",
+    "already_built",
+    "installed",
+    "already_installed",
+    "uninstalled",
+    "not_installed",
+    "not_built",
+    "removed",
+    "depmod",
+];
+
+/// One dkms release's lines.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dialect {
+    pub release: String,
+    pub(crate) lines: BTreeMap<String, String>,
+}
+
+impl Dialect {
+    /// The line `key` says with `values`; empty when its template renders nothing.
+    pub fn line(&self, key: &str, values: impl Serialize) -> String {
+        let Some(template) = self.lines.get(key) else { return String::new() };
+        let env = minijinja::Environment::new();
+        // A template that does not render is a data bug the dialect tests catch; the caller
+        // then prints nothing rather than failing the command it reports on.
+        env.render_str(template, values).unwrap_or_default()
+    }
+
+    /// A failure as dkms shows it: `said` in this release's words, else `message` and `hint`.
+    pub fn error(&self, said: Option<&Said>, message: &str, hint: Option<&str>) -> String {
+        let (message, more) = match said {
+            Some(said) => {
+                let more = self.line(&format!("{}_more", said.key), &said.values);
+                (self.line(said.key, &said.values), more)
+            }
+            None => (message.to_string(), hint.unwrap_or_default().to_string()),
+        };
+        self.line("error", serde_json::json!({ "message": message, "more": more }))
+    }
+}
+
+/// The dialect to speak: `wanted` (CKMS_DKMS_RELEASE), else `host`'s (the host profile's
+/// `dkms`), else the newest release known.
+pub fn choose<'d>(dialects: &'d BTreeMap<String, Dialect>, wanted: Option<&str>, host: Option<&str>) -> &'d Dialect {
+    let newest = || dialects.values().max_by(|a, b| release_order(&a.release, &b.release));
+    wanted
+        .and_then(|w| dialects.get(w))
+        .or_else(|| host.and_then(|h| dialects.get(h)))
+        .or_else(newest)
+        .unwrap_or(&FALLBACK)
+}
+
+static FALLBACK: Dialect = Dialect { release: String::new(), lines: BTreeMap::new() };
+
+fn release_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let parts = |v: &str| v.split('.').map(|p| p.parse::<u32>().unwrap_or(0)).collect::<Vec<_>>();
+    parts(a).cmp(&parts(b))
+}
