@@ -202,43 +202,6 @@ fn faults(var: &str) {
     assert_eq!(rerun.json_result()["built_now"], 4 - stored, "{rerun}");
     assert!(support::entries(&store.join("tmp")).is_empty(), "{rerun}");
 
-    // Key rotation: another key signs the stored pairs again from their unsigned modules, with
-    // no engine at all (a dead endpoint), and publish ships only the new key's signatures.
-    let (key_b, cert_b) = (farm.dir.path().join("b.key"), farm.dir.path().join("b.pub"));
-    let (key_b, cert_b) = (key_b.to_str().unwrap(), cert_b.to_str().unwrap());
-    farm.run(&["generate-mok", "--key", key_b, "--cert", cert_b]).expect_code(0);
-    let mut rotate = vec!["--engine", "unix:///nonexistent/ckms-rotation.sock", "--cache-dir", cache.to_str().unwrap()];
-    rotate.extend([
-        "farm",
-        "build",
-        "--store",
-        store.to_str().unwrap(),
-        "-k",
-        KERNEL,
-        "--key",
-        key_b,
-        "--cert",
-        cert_b,
-    ]);
-    rotate.extend(sources.iter().map(|s| s.to_str().unwrap()));
-    let started = std::time::Instant::now();
-    let rotated = ckms(&rotate).run();
-    println!("key rotation: 4 pairs signed again in {:.2} s, no engine", started.elapsed().as_secs_f64());
-    rotated.expect_code(0);
-    assert!(rotated.stderr.contains("re-signed 4 stored pair(s)"), "{rotated}");
-    ckms(&rotate).run().expect_code(77);
-    for entry in support::entries(&store.join("pairs")) {
-        for m in support::entries(&store.join("pairs").join(&entry).join("modules")) {
-            let m = store.join("pairs").join(&entry).join("modules").join(m);
-            farm.run(&["verify-signature", m.to_str().unwrap(), "--cert", cert_b]).expect_code(0);
-        }
-    }
-    let published = farm.dir.path().join("published");
-    let mut publish = vec!["farm", "publish", "--store", store.to_str().unwrap(), "--format", "sysext"];
-    publish.extend(["--out", published.to_str().unwrap(), "--cert"]);
-    farm.run(&[publish.as_slice(), &[cert_b]].concat()).expect_code(0);
-    farm.run(&[publish.as_slice(), &[cert.to_str().unwrap()]].concat()).expect_code(51);
-
     // A store on a full disk: a clear error, nothing half-stored; with space, the same command builds.
     let small = support::Tmpfs::mount("12k");
     let full = Farm { engine: farm.engine.clone(), dir: tempfile::tempdir().unwrap() };
