@@ -3,7 +3,7 @@
 # and pkg-config (the openssl crate links the system libcrypto, which signs modules), and the
 # openssl command that tests/sign_file.rs checks signatures with; kmod (depmod); Debian's
 # chromium, which tests/farm.rs renders the farm's HTML report in; busybox-static; what
-# tests/publish.rs needs; kubernetes-validate (PyPI), which tests/kube_manifests.rs checks the
+# tests/publish.rs needs (and tests/farm_rotation.rs: gpg); curl (tests/farm_overlap.rs); kubernetes-validate (PyPI), which tests/kube_manifests.rs checks the
 # Kubernetes manifests with; python3's jsonschema and yaml, which tests/kmm_crd.rs checks the
 # KMM Module with; SoftHSM2, OpenSC's pkcs11-tool and OpenSSL's pkcs11 provider, which the token
 # signing tests (tests/sign_file.rs, tests/farm_token.rs) use. Idempotent.
@@ -25,6 +25,8 @@ command -v gpgv >/dev/null || need+=(gpgv)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v mkfs.erofs >/dev/null || need+=(erofs-utils)
 command -v mksquashfs >/dev/null || need+=(squashfs-tools)
+# tests/farm_overlap.rs counts the containers the builds created in the engine's event log.
+command -v curl >/dev/null || need+=(curl)
 # farm publish --format kmm --registry (tests/publish.rs): a real registry on loopback.
 command -v docker-registry >/dev/null || need+=(docker-registry)
 # farm kube render (tests/kube_manifests.rs): pip, for kubernetes-validate below.

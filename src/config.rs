@@ -137,6 +137,10 @@ pub struct PrebuiltConfig {
     /// Whether plain http:// caches are allowed (https, file and directories always are).
     #[serde(default)]
     pub allow_http: bool,
+    /// Module certificates (DER or PEM) a cache's modules must be signed by; empty: the one the
+    /// cache publishes, vouched for by its index's signature.
+    #[serde(default)]
+    pub module_certs: Vec<PathBuf>,
 }
 
 const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -198,6 +202,9 @@ impl Config {
         }
         if !o.prebuilt.keys.is_empty() {
             self.prebuilt.keys = o.prebuilt.keys;
+        }
+        if !o.prebuilt.module_certs.is_empty() {
+            self.prebuilt.module_certs = o.prebuilt.module_certs;
         }
     }
 
@@ -438,10 +445,13 @@ mod tests {
         std::fs::write(&b, "[prebuilt]\nurls = ['/srv/cache']\n").unwrap();
         let cfg = Config::load_from(std::slice::from_ref(&a), BTreeMap::new()).unwrap();
         assert_eq!(cfg.prebuilt.urls, ["https://one/", "https://two/"]);
-        let cfg = Config::load_from(&[a, b], BTreeMap::new()).unwrap();
+        let cfg = Config::load_from(&[a.clone(), b.clone()], BTreeMap::new()).unwrap();
         assert_eq!(cfg.prebuilt.urls, ["/srv/cache"], "a later file's caches replace the order, not extend it");
         assert_eq!(cfg.prebuilt.keys, [PathBuf::from("/etc/ckms/farm.pub.asc")], "keys kept when not named");
         assert!(Config::default().prebuilt.urls.is_empty(), "no cache unless configured");
+        std::fs::write(&b, "[prebuilt]\nmodule_certs = ['/etc/ckms/farm-b.der']\n").unwrap();
+        let cfg = Config::load_from(&[a, b], BTreeMap::new()).unwrap();
+        assert_eq!(cfg.prebuilt.module_certs, [PathBuf::from("/etc/ckms/farm-b.der")]);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! matrix of four module sources (one builds, one builds and another builds against it, one
 //! fails in make, one is excluded by BUILD_EXCLUSIVE_KERNEL) × one kernel. Then: a re-run
 //! starts no build; `--verify` loads the built modules in one VM; `--check` rebuilds the stored pairs to the same bytes; one changed source file rebuilds exactly that module's pair; the stored
-//! modules are signed with the given key and their unsigned twins are kept; `status --json`;
+//! modules are signed with the given key and their unsigned twins are kept; `status --json`
+//! and the table, each built pair with its signer;
 //! the HTML report rendered by Debian's chromium (headless), its cells counted in the page;
 //! an unknown kernel fails before anything is built. And the faults: kill -9 mid-matrix, a
 //! full disk under the store, a hostile module in the matrix.
@@ -11,82 +12,14 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{ckms, engine_host, shared_cache, Outcome};
+use farm::{by_module, copy_dir, fixture, module, signers, Farm, C, KERNEL};
+use support::{ckms, shared_cache};
 
-const KERNEL: &str = "6.1.0-56-amd64";
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
-
-/// A module source written for the test: `conf` lines after the names, and a Kbuild.
-fn module(dir: &Path, name: &str, conf: &str, kbuild: &str, c: &str) -> PathBuf {
-    let d = dir.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    let head = format!("PACKAGE_NAME=\"{name}\"\nPACKAGE_VERSION=\"1.0\"\nBUILT_MODULE_NAME[0]=\"{name}\"\n");
-    std::fs::write(d.join("dkms.conf"), format!("{head}DEST_MODULE_LOCATION[0]=\"/updates/dkms\"\n{conf}")).unwrap();
-    std::fs::write(d.join("Kbuild"), kbuild).unwrap();
-    std::fs::write(d.join(format!("{name}.c")), c).unwrap();
-    d
-}
-
-const C: &str =
-    "#include <linux/module.h>\nstatic int __init i(void) { return 0; }\nmodule_init(i);\nMODULE_LICENSE(\"GPL\");\n";
-
-struct Farm {
-    engine: String,
-    dir: tempfile::TempDir,
-}
-
-impl Farm {
-    fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-
-    fn run(&self, args: &[&str]) -> Outcome {
-        let cache = shared_cache();
-        let mut all = vec!["--engine", &self.engine, "--cache-dir", cache.to_str().unwrap()];
-        all.extend_from_slice(args);
-        ckms(all).run()
-    }
-
-    fn build(&self, json: bool, sources: &[&Path]) -> Outcome {
-        self.build_with(json, sources, &[])
-    }
-
-    fn build_with(&self, json: bool, sources: &[&Path], extra: &[&str]) -> Outcome {
-        let store = self.store();
-        let key = self.dir.path().join("mok.key");
-        let cert = self.dir.path().join("mok.pub");
-        let mut args: Vec<&str> = if json { vec!["--json"] } else { vec![] };
-        args.extend(["farm", "build", "--store", store.to_str().unwrap(), "-k", KERNEL, "--jobs", "2"]);
-        args.extend(["--key", key.to_str().unwrap(), "--cert", cert.to_str().unwrap()]);
-        args.extend_from_slice(extra);
-        args.extend(sources.iter().map(|s| s.to_str().unwrap()));
-        self.run(&args)
-    }
-
-    fn status(&self) -> Vec<serde_json::Value> {
-        let run = self.run(&["--json", "farm", "status", "--store", self.store().to_str().unwrap()]);
-        run.expect_code(0);
-        run.stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}{run}"))).collect()
-    }
-}
-
-fn by_module<'a>(status: &'a [serde_json::Value], module: &str) -> &'a serde_json::Value {
-    status.iter().find(|l| l["module"] == module).unwrap_or_else(|| panic!("no {module} in {status:?}"))
-}
+#[path = "support/farm.rs"]
+mod farm;
 
 fn scenario(var: &str) {
-    let farm = Farm { engine: engine_host(var), dir: tempfile::tempdir().unwrap() };
+    let farm = Farm::new(var);
     let src = farm.dir.path().join("src");
     let hello = src.join("hello");
     copy_dir(&fixture("hello-dkms"), &hello);
@@ -107,9 +40,7 @@ fn scenario(var: &str) {
     );
     let broken = module(&src, "fbroken", "", "obj-m := fbroken.o\n", "this is not C;\n");
     let excluded = module(&src, "fexcluded", "BUILD_EXCLUSIVE_KERNEL=\"^5\\.\"\n", "obj-m := fexcluded.o\n", C);
-    let key = farm.dir.path().join("mok.key");
-    let cert = farm.dir.path().join("mok.pub");
-    farm.run(&["generate-mok", "--key", key.to_str().unwrap(), "--cert", cert.to_str().unwrap()]).expect_code(0);
+    let (_, cert) = farm.key_pair("mok");
     let sources: Vec<&Path> = vec![&hello, &base, &top, &broken, &excluded];
 
     // An unknown kernel: refused before anything is built or stored.
@@ -141,6 +72,18 @@ fn scenario(var: &str) {
         assert_eq!(by_module(&status, m)["cached"], false);
     }
     assert_eq!(by_module(&status, "hello")["modules"], serde_json::json!(["hello.ko"]));
+    // The signer of each built pair: the certificate's SHA-256 in the JSON, its first 16 hex
+    // digits in the table; the failed and skipped pairs have none.
+    let fingerprint = support::sha256_file(&cert);
+    let mut want = vec![Some(fingerprint.clone()); 3];
+    want.extend([None, None]);
+    let mut got = signers(&status);
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "{status:?}");
+    let table = farm.status_text();
+    assert!(table.lines().next().unwrap_or_default().contains("SIGNER"), "{table}");
+    assert_eq!(table.matches(&format!(" {} ", &fingerprint[..16])).count(), 3, "{table}");
     // The stored pair: the signed module verifies with the given certificate; the unsigned
     // one is the same module without the signature.
     let hello_key = by_module(&status, "hello")["key"].as_str().unwrap().to_string();
@@ -230,13 +173,10 @@ fn chromium(html: &Path, dir: &Path) -> (String, PathBuf) {
 /// Faults: `kill -9` in the middle of a matrix, a store on a full disk, a hostile module
 /// beside the others.
 fn faults(var: &str) {
-    let farm = Farm { engine: engine_host(var), dir: tempfile::tempdir().unwrap() };
+    let farm = Farm::new(var);
     let src = farm.dir.path().join("src");
-    let mods: Vec<PathBuf> =
-        (1..=4).map(|i| module(&src, &format!("fk{i}"), "", &format!("obj-m := fk{i}.o\n"), C)).collect();
-    let key = farm.dir.path().join("mok.key");
-    let cert = farm.dir.path().join("mok.pub");
-    farm.run(&["generate-mok", "--key", key.to_str().unwrap(), "--cert", cert.to_str().unwrap()]).expect_code(0);
+    let mods = farm::modules(&src, "fk", 4);
+    let (key, cert) = farm.key_pair("mok");
     let sources: Vec<&Path> = mods.iter().map(PathBuf::as_path).collect();
 
     // kill -9 once the first pair is stored: the next run rebuilds only the others.
@@ -261,43 +201,6 @@ fn faults(var: &str) {
     assert!(!rerun.stderr.contains("damaged"), "{rerun}");
     assert_eq!(rerun.json_result()["built_now"], 4 - stored, "{rerun}");
     assert!(support::entries(&store.join("tmp")).is_empty(), "{rerun}");
-
-    // Key rotation: another key signs the stored pairs again from their unsigned modules, with
-    // no engine at all (a dead endpoint), and publish ships only the new key's signatures.
-    let (key_b, cert_b) = (farm.dir.path().join("b.key"), farm.dir.path().join("b.pub"));
-    let (key_b, cert_b) = (key_b.to_str().unwrap(), cert_b.to_str().unwrap());
-    farm.run(&["generate-mok", "--key", key_b, "--cert", cert_b]).expect_code(0);
-    let mut rotate = vec!["--engine", "unix:///nonexistent/ckms-rotation.sock", "--cache-dir", cache.to_str().unwrap()];
-    rotate.extend([
-        "farm",
-        "build",
-        "--store",
-        store.to_str().unwrap(),
-        "-k",
-        KERNEL,
-        "--key",
-        key_b,
-        "--cert",
-        cert_b,
-    ]);
-    rotate.extend(sources.iter().map(|s| s.to_str().unwrap()));
-    let started = std::time::Instant::now();
-    let rotated = ckms(&rotate).run();
-    println!("key rotation: 4 pairs signed again in {:.2} s, no engine", started.elapsed().as_secs_f64());
-    rotated.expect_code(0);
-    assert!(rotated.stderr.contains("re-signed 4 stored pair(s)"), "{rotated}");
-    ckms(&rotate).run().expect_code(77);
-    for entry in support::entries(&store.join("pairs")) {
-        for m in support::entries(&store.join("pairs").join(&entry).join("modules")) {
-            let m = store.join("pairs").join(&entry).join("modules").join(m);
-            farm.run(&["verify-signature", m.to_str().unwrap(), "--cert", cert_b]).expect_code(0);
-        }
-    }
-    let published = farm.dir.path().join("published");
-    let mut publish = vec!["farm", "publish", "--store", store.to_str().unwrap(), "--format", "sysext"];
-    publish.extend(["--out", published.to_str().unwrap(), "--cert"]);
-    farm.run(&[publish.as_slice(), &[cert_b]].concat()).expect_code(0);
-    farm.run(&[publish.as_slice(), &[cert.to_str().unwrap()]].concat()).expect_code(51);
 
     // A store on a full disk: a clear error, nothing half-stored; with space, the same command builds.
     let small = support::Tmpfs::mount("12k");

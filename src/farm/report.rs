@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use std::io::{Read, Seek};
 
-use super::store::{Damage, Lookup, Record, Status, Store};
+use super::store::{Damage, Lookup, Record, SignedBy, Status, Store};
 use super::FarmError;
 use crate::confine;
 use crate::repo::version;
@@ -79,6 +79,9 @@ pub struct Line<'r> {
     /// From `--verify`: whether its modules loaded in a VM running the kernel.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loaded: Option<bool>,
+    /// Who signed its modules (certificate SHA-256, subject, hash); absent when unsigned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signer: Option<&'r SignedBy>,
 }
 
 pub fn line(r: &Record, cached: bool) -> Line<'_> {
@@ -100,7 +103,16 @@ pub fn line(r: &Record, cached: bool) -> Line<'_> {
         key: &r.key,
         reason: r.reason.as_deref(),
         loaded: r.proof.as_ref().map(|p| p.loaded),
+        signer: r.signer.as_ref(),
     }
+}
+
+/// How many hex digits of a certificate's SHA-256 the table and the report show.
+const SHORT_FINGERPRINT: usize = 16;
+
+/// The first digits of the signer's certificate SHA-256 (`sha256sum` of the DER file).
+pub fn short_fingerprint(s: &SignedBy) -> &str {
+    s.fingerprint.get(..SHORT_FINGERPRINT).unwrap_or(&s.fingerprint)
 }
 
 fn file_name(path: &str) -> &str {
@@ -160,11 +172,12 @@ pub fn text(cells: &[(Record, bool)]) -> String {
                 r.kernel.clone(),
                 if *cached { format!("{} (cached)", r.status) } else { r.status.to_string() },
                 format!("{:.1}", r.seconds),
+                r.signer.as_ref().map_or("-", short_fingerprint).to_string(),
                 if l.modules.is_empty() { r.reason.clone().unwrap_or_default() } else { l.modules.join(" ") },
             ]
         })
         .collect();
-    let mut out = table(&["MODULE", "KERNEL", "STATUS", "SECONDS", "MODULES"], &rows);
+    let mut out = table(&["MODULE", "KERNEL", "STATUS", "SECONDS", "SIGNER", "MODULES"], &rows);
     out.push_str(&format!("{}\n", Counts::of(cells.iter().map(|(r, c)| (r, *c)))));
     out
 }
@@ -195,7 +208,7 @@ pub fn html(store: &Store, cells: &[(Record, bool)]) -> Result<String, FarmError
                                 "cached": cached,
                                 "seconds": format!("{:.1}", r.seconds),
                                 "modules": line(r, *cached).modules,
-                                "signer": r.signer.as_ref().map(|s| format!("{} ({}, {})", s.subject, &s.fingerprint[..16.min(s.fingerprint.len())], s.hash)),
+                                "signer": r.signer.as_ref().map(|s| format!("{} ({}, {})", s.subject, short_fingerprint(s), s.hash)),
                                 "reason": r.reason,
                                 "log": log,
                                 "key": r.key,
@@ -258,6 +271,13 @@ mod tests {
         ] {
             let (staged, mut r) = stage(&store, key, b"\x7fELF");
             (r.module, r.kernel, r.status) = (module.into(), kernel.into(), status);
+            if status == Status::Built {
+                r.signer = Some(SignedBy {
+                    fingerprint: "0123456789abcdef".repeat(4),
+                    subject: "CN=farm key B".into(),
+                    hash: "sha256".into(),
+                });
+            }
             if status == Status::Failed {
                 std::fs::write(staged.path().join("make.log"), "hello.c:1: error: <oops>\n").unwrap();
                 r.make_log = Some(stored_file(staged.path(), "make.log").unwrap());
@@ -288,6 +308,20 @@ mod tests {
             text.contains("built (cached)") && text.contains("1 built, 1 failed, 1 skipped (1 from the store)"),
             "{text}"
         );
+        // The signer: its certificate's short SHA-256 in the table, all of it in the JSON line.
+        let rows: Vec<&str> = text.lines().collect();
+        assert!(rows[0].contains("SIGNER"), "{text}");
+        let signed = rows.iter().find(|l| l.contains("built (cached)")).unwrap();
+        assert!(signed.contains(" 0123456789abcdef ") && !signed.contains("0123456789abcdef0"), "{text}");
+        let unsigned = rows.iter().find(|l| l.contains("failed")).unwrap();
+        assert!(unsigned.contains(" - "), "{text}");
+        let (built, _) = cells.iter().find(|(r, _)| r.status == Status::Built).unwrap();
+        let json = serde_json::to_value(line(built, true)).unwrap();
+        assert_eq!(json["signer"]["fingerprint"], "0123456789abcdef".repeat(4));
+        assert_eq!(json["signer"]["subject"], "CN=farm key B");
+        assert_eq!(json["signer"]["hash"], "sha256");
+        let (failed, _) = cells.iter().find(|(r, _)| r.status == Status::Failed).unwrap();
+        assert!(serde_json::to_value(line(failed, false)).unwrap().get("signer").is_none());
     }
 
     #[test]

@@ -32,8 +32,10 @@ use crate::pair::inputs::{self, Evaluation, KernelAt, Source};
 use crate::pair::substitute::{SourceDir, Substitute, SubstituteError, SubstitutedModule, Substituter, Want};
 use crate::pair::PairError;
 use crate::publish::cache::{self as format, Entry, File, Index};
+use crate::publish::signer::ModuleCert;
 use crate::repo::release::{self, Keyring};
 use crate::repo::RepoError;
+use crate::sign::SignError;
 use fetch::{join, Fetch, Fetcher, Miss};
 
 #[derive(Debug, Error)]
@@ -66,6 +68,11 @@ pub enum PrebuiltError {
     Scripts { module: String, script: &'static str },
     #[error("no cache has {module} for {kernel} (key {key}); --prebuilt-only forbids building it here")]
     NoEntry { module: String, kernel: String, key: String, urls: Vec<String> },
+    #[error("{module} for {kernel} in the cache {url} is signed by the module certificate {signer}, which [prebuilt] module_certs does not name (it names {trusted})")]
+    UntrustedSigner { url: String, module: String, kernel: String, signer: String, trusted: String },
+    /// A certificate of `[prebuilt] module_certs` that cannot be read.
+    #[error(transparent)]
+    Sign(#[from] SignError),
     /// The pair's key could not be computed (its kernel, its source).
     #[error(transparent)]
     Context(#[from] ContextError),
@@ -82,6 +89,8 @@ impl Diagnose for PrebuiltError {
                 code::BAD_SIGNATURE
             }
             PrebuiltError::TamperedFile { .. } | PrebuiltError::BadIndex { .. } => code::CHECKSUM_MISMATCH,
+            PrebuiltError::UntrustedSigner { .. } => code::BAD_MODULE_SIGNATURE,
+            PrebuiltError::Sign(e) => e.exit_code(),
             PrebuiltError::Unreachable { .. } | PrebuiltError::NoIndex { .. } | PrebuiltError::MissingFile { .. } => {
                 code::MIRROR_UNREACHABLE
             }
@@ -95,6 +104,11 @@ impl Diagnose for PrebuiltError {
         Some(match self {
             PrebuiltError::Context(e) => return e.hint(),
             PrebuiltError::Pair(e) => return e.hint(),
+            PrebuiltError::Sign(e) => return e.hint(),
+            PrebuiltError::UntrustedSigner { .. } => "the farm signs with another module key than this host trusts \
+                 (a key rotation?): once the new certificate is enrolled (ckms mok enroll --cert FILE), add it to \
+                 [prebuilt] module_certs; nothing was installed"
+                .into(),
             PrebuiltError::NotConfigured => {
                 "add [prebuilt] urls = [\"https://farm.example/cache/\"] and keys = [\"/etc/ckms/farm.pub.asc\"]".into()
             }
@@ -210,6 +224,7 @@ async fn find(ctx: &Context, want: &Want, only: bool) -> Result<Option<Found>, P
     for url in &cfg.urls {
         match lookup(&fetcher, url, &keyring, &key).await {
             Ok(Some(found)) => {
+                let found = pinned(&cfg.module_certs, found)?;
                 report.detail(format!("{mv} for {release}: prebuilt in {url} (key {key})"));
                 return Ok(Some(found));
             }
@@ -265,6 +280,30 @@ fn keyring(paths: &[PathBuf]) -> Result<Keyring, PrebuiltError> {
         keys.extend(release::parse_keys(&bytes, path).map_err(|e| bad(e.to_string()))?);
     }
     Ok(Keyring::from_keys(keys))
+}
+
+/// `[prebuilt] module_certs`: when the host names the module certificates it trusts, an entry
+/// signed by another (by its certificate's SHA-256, as the signed index gives it) is refused,
+/// and the modules are verified with the host's copy of the certificate, not the cache's. An
+/// unsigned entry passes: whether that may be installed is the host's kernel's decision.
+pub(crate) fn pinned(certs: &[PathBuf], mut found: Found) -> Result<Found, PrebuiltError> {
+    let Some(signer) = found.entry.signer.as_ref().filter(|_| !certs.is_empty()) else { return Ok(found) };
+    let mut trusted = Vec::new();
+    for path in certs {
+        let cert = ModuleCert::load(path)?;
+        if cert.fingerprint == signer.fingerprint {
+            found.certificate = Some(cert.der);
+            return Ok(found);
+        }
+        trusted.push(format!("{} ({})", path.display(), cert.fingerprint));
+    }
+    Err(PrebuiltError::UntrustedSigner {
+        url: found.url,
+        module: format!("{}/{}", found.entry.module, found.entry.version),
+        kernel: found.entry.kernel,
+        signer: format!("{} ({})", signer.fingerprint, signer.subject),
+        trusted: trusted.join(", "),
+    })
 }
 
 /// The key the farm gives the pair `want` when its inputs are this host's: the module's source,

@@ -144,6 +144,7 @@ fn plain_http_only_when_allowed() {
         urls: urls.iter().map(|u| u.to_string()).collect(),
         keys: vec![],
         allow_http,
+        module_certs: vec![],
     };
     let err = plain_http_allowed(&cfg(&["https://a/", "http://b/"], false)).unwrap_err();
     assert!(matches!(&err, PrebuiltError::PlainHttp { url } if url == "http://b/"), "{err}");
@@ -163,4 +164,44 @@ async fn the_module_certificate_comes_with_the_entry_checked() {
     swapped.insert(join(BASE, &format::cert_path(&cert.fingerprint)), b"another certificate".to_vec());
     let err = look(swapped, &keyring, HELLO).await.unwrap_err();
     assert!(matches!(err, PrebuiltError::TamperedFile { .. }), "{err}");
+}
+
+/// A module key pair made here: (certificate path, its SHA-256).
+fn module_cert(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
+    let paths = crate::sign::keys::KeyPaths {
+        key: dir.join(format!("{name}.key")),
+        cert: dir.join(format!("{name}.der")),
+        origin: crate::sign::keys::Origin::Configured,
+    };
+    let signer = crate::sign::keys::generate(&paths, false).unwrap();
+    (paths.cert, signer.fingerprint())
+}
+
+#[tokio::test]
+async fn a_host_naming_its_module_certificates_takes_only_entries_they_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, keyring) = published(dir.path());
+    let (a, a_fpr) = module_cert(dir.path(), "a");
+    let (b, b_fpr) = module_cert(dir.path(), "b");
+    let mut found = look(files, &keyring, HELLO).await.unwrap().unwrap();
+    found.entry.signer.as_mut().unwrap().fingerprint = b_fpr;
+    // Nothing named: the certificate the cache published, as before.
+    let cache_cert = found.certificate.clone();
+    assert_eq!(pinned(&[], found.clone()).unwrap().certificate, cache_cert);
+    // Signed by B, B trusted: verified with the host's copy of B, not the cache's file.
+    let taken = pinned(&[a.clone(), b.clone()], found.clone()).unwrap();
+    assert_eq!(taken.certificate.as_deref(), Some(std::fs::read(&b).unwrap().as_slice()));
+    // Signed by B, only A trusted: refused, both certificates named.
+    let err = pinned(std::slice::from_ref(&a), found.clone()).unwrap_err();
+    assert!(matches!(err, PrebuiltError::UntrustedSigner { .. }), "{err}");
+    assert_eq!(err.exit_code(), code::BAD_MODULE_SIGNATURE);
+    let text = err.to_string();
+    assert!(text.contains(&found.entry.signer.as_ref().unwrap().fingerprint) && text.contains(&a_fpr), "{text}");
+    // An unsigned entry passes: the host's kernel decides whether it may be installed.
+    let mut unsigned = found.clone();
+    unsigned.entry.signer = None;
+    assert!(pinned(std::slice::from_ref(&a), unsigned).is_ok());
+    // A named certificate that cannot be read is an error, not "trusts nothing".
+    let err = pinned(&[dir.path().join("missing.der")], found).unwrap_err();
+    assert!(err.to_string().contains("missing.der"), "{err}");
 }

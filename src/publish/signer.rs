@@ -28,15 +28,18 @@ impl ModuleCert {
             return Ok(None);
         }
         let path = ctx.config.key_locations(&Roots::system().dkms_tree).resolve(None, given).cert;
-        match sign::keys::load_cert(&path) {
-            Ok(cert) => {
-                let der =
-                    cert.to_der().map_err(|e| SignError::BadCert { path: path.clone(), detail: e.to_string() })?;
-                Ok(Some(ModuleCert { fingerprint: sign::keys::fingerprint(&cert), path, der }))
-            }
+        match ModuleCert::load(&path) {
+            Ok(cert) => Ok(Some(cert)),
             Err(SignError::CertMissing { .. }) if given.is_none() => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The certificate at `path` (DER or PEM).
+    pub fn load(path: &Path) -> Result<ModuleCert, SignError> {
+        let cert = sign::keys::load_cert(path)?;
+        let der = cert.to_der().map_err(|e| SignError::BadCert { path: path.to_path_buf(), detail: e.to_string() })?;
+        Ok(ModuleCert { fingerprint: sign::keys::fingerprint(&cert), path: path.to_path_buf(), der })
     }
 }
 

@@ -141,9 +141,34 @@ impl Ckms {
         self.cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", self.shown.join(" ")))
     }
 
-    pub fn run(mut self) -> Outcome {
+    pub fn run(self) -> Outcome {
+        self.start().wait()
+    }
+
+    /// Starts it with its output captured and no stdin, as `run` does, without waiting.
+    pub fn start(mut self) -> Running {
         let command = self.envs.iter().chain(&self.shown).cloned().collect::<Vec<_>>().join(" ");
-        let out = self.cmd.output().unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
+        use std::process::Stdio;
+        self.cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = self.cmd.spawn().unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
+        Running { child, command }
+    }
+}
+
+/// A ckms started by [`Ckms::start`].
+pub struct Running {
+    child: std::process::Child,
+    command: String,
+}
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn wait(self) -> Outcome {
+        let command = self.command;
+        let out = self.child.wait_with_output().unwrap_or_else(|e| panic!("waiting for {command}: {e}"));
         let code = out.status.code().unwrap_or_else(|| panic!("{command} was killed: {:?}", out.status));
         Outcome {
             command,
