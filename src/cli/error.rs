@@ -3,7 +3,7 @@
 //! and hint. Outcomes a caller must tell apart are values (e.g.
 //! [`ckms::pair::realise::Realised`]), never found by downcasting this.
 
-use ckms::diagnose::Diagnose;
+use ckms::diagnose::{Diagnose, Said};
 use ckms::error::Usage;
 
 /// One module's error, with its exit code and hint.
@@ -29,6 +29,11 @@ impl Error {
     /// What the user can do about it.
     pub fn hint(&self) -> Option<String> {
         self.0.hint()
+    }
+
+    /// The failure in dkms's words, where dkms has it.
+    pub fn dkms(&self) -> Option<Said> {
+        self.0.dkms()
     }
 }
 

@@ -98,7 +98,7 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    match runtime.block_on(run(cli, report)) {
+    match runtime.block_on(run(cli, report, voice)) {
         Ok(code) => code,
         Err(e) => {
             if as_dkms {
@@ -114,7 +114,7 @@ pub fn main() -> i32 {
     }
 }
 
-async fn run(cli: Cli, report: Arc<dyn Reporter>) -> Result<i32, Error> {
+async fn run(cli: Cli, report: Arc<dyn Reporter>, voice: Voice) -> Result<i32, Error> {
     let mut config = Config::load()?;
     if let Some(dir) = cli.cache_dir {
         config.cache_dir = Some(dir);
@@ -124,7 +124,7 @@ async fn run(cli: Cli, report: Arc<dyn Reporter>) -> Result<i32, Error> {
     }
     let ctx = Context::new(config, report, cli.refresh)?;
     let out = Output { json: cli.json };
-    match cli.command {
+    let done = match cli.command {
         Command::Kernels(args) => kernels::run(&ctx, &out, args).await,
         Command::Packages(args) => packages::run(&ctx, &out, args).await,
         Command::Image(cmd) => image::run(&ctx, &out, cmd).await,
@@ -136,6 +136,14 @@ async fn run(cli: Cli, report: Arc<dyn Reporter>) -> Result<i32, Error> {
         Command::GenerateMok(args) => sign::generate_mok(&ctx, &out, args),
         Command::Mok(cmd) => sign::mok(&ctx, &out, cmd),
         Command::Verb(verb) => verbs::run(&ctx, &out, *verb).await,
+    };
+    match done {
+        // As dkms, a failure is said in the words of the host's dkms release.
+        Err(e) if voice != Voice::Ckms && !cli.json => {
+            eprintln!("{}", ctx.dialect().error(e.dkms().as_ref(), &e.to_string(), e.hint().as_deref()));
+            Ok(e.exit_code())
+        }
+        done => done,
     }
 }
 

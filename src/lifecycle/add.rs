@@ -147,7 +147,7 @@ impl Lifecycle<'_> {
         }
         std::fs::create_dir_all(&dir).map_err(LifecycleError::io(&dir))?;
         tree::replace_symlink(&src, &link).map_err(LifecycleError::io(&link))?;
-        self.report().info(format!("Creating symlink {} -> {}", link.display(), src.display()));
+        self.say("added", serde_json::json!({ "link": link, "source": src }));
         Ok(false)
     }
 

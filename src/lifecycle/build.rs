@@ -1,13 +1,13 @@
 //! `build`: the pair realised in its builder image ([`crate::pair::realise`]), then committed
 //! into `<dkms_tree>/<m>/<v>/<kver>/<arch>/` (a failed build's make.log where dkms leaves it).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{KernelTarget, Lifecycle, LifecycleError, ModuleVersion};
 use crate::conf::{BuildPlan, KernelFacts};
 use crate::engine::LogSink;
 use crate::pair::inputs;
-use crate::pair::realise::{self, Depends, Key, Limits, Realise, Realised, SignWith, UNSIGNED};
+use crate::pair::realise::{self, Depends, Key, Limits, Realise, Realised, SignWith, Staged, UNSIGNED};
 use crate::pair::PairError;
 use crate::sign::{self, KeyPaths, Signer};
 
@@ -30,6 +30,15 @@ pub enum BuildOutcome {
     },
 }
 
+/// What dkms's "Sign command:" line names: ckms signs in-process, byte for byte as the
+/// kernel's scripts/sign-file (docs/signing.md); there is no command to name.
+const SIGN_COMMAND: &str = "ckms (in-process, as scripts/sign-file)";
+
+/// The values dkms's lines about one (module, kernel) name.
+pub(super) fn values(mv: &ModuleVersion, kernel: &str, arch: &str) -> serde_json::Value {
+    serde_json::json!({ "module": mv.module, "version": mv.version, "kernel": kernel, "arch": arch })
+}
+
 impl Lifecycle<'_> {
     /// Builds `mv` for `target` (adding it first if needed; BUILD_DEPENDS first).
     pub async fn build(&self, mv: &ModuleVersion, target: &KernelTarget) -> Result<BuildOutcome, LifecycleError> {
@@ -46,10 +55,7 @@ impl Lifecycle<'_> {
         let arch = self.arch(target)?;
         let built_dir = self.roots.built_dir(&mv.module, &mv.version, &target.release, &arch);
         if built_dir.join("module").is_dir() && !self.opts.force {
-            self.report().info(format!(
-                "Module {mv} already built for kernel {} ({arch}), skip. You may override by specifying --force.",
-                target.release
-            ));
+            self.say("already_built", values(mv, &target.release, &arch));
             return Ok(BuildOutcome::AlreadyBuilt { module: mv.clone(), kernel: target.release.clone(), arch });
         }
         if self.is_binaries_only(mv) {
@@ -99,7 +105,10 @@ impl Lifecycle<'_> {
         };
         let depends = |plan: &BuildPlan| self.depends(mv, &target.release, &arch, plan, chain);
         let staged = match realise::realise(conn.engine.as_ref(), &pair, &depends, work.path()).await? {
-            Realised::Built(staged) => staged,
+            Realised::Built(staged) => {
+                self.said_built(mv, &staged, signing.as_ref().map(|(_, key)| key.paths()));
+                staged
+            }
             Realised::NeedsDependencies(deps) => {
                 // BUILD_DEPENDS first, then this module again (its conf is evaluated anew).
                 drop(work);
@@ -143,11 +152,10 @@ impl Lifecycle<'_> {
     /// pair is loaded (and checked) now; ckms's own, when missing, is made after the build.
     fn signing(&self, kconfig: Option<&str>) -> Result<Option<(String, TreeKey)>, LifecycleError> {
         let Some(hash) = kconfig.and_then(sign::kernel_hash) else {
-            self.report().info("The kernel is built without module signing facility, modules won't be signed");
             return Ok(None);
         };
         if !self.ctx.config.sign_enabled() {
-            self.report().info("Module signing is turned off ([sign] enabled = false): modules won't be signed");
+            self.report().detail("Module signing is turned off ([sign] enabled = false): modules won't be signed");
             return Ok(None);
         }
         let paths = self.ctx.config.key_locations(&self.roots.dkms_tree).resolve(None, None);
@@ -163,6 +171,19 @@ impl Lifecycle<'_> {
             shown.cert.display()
         ));
         Ok(Some((hash, key)))
+    }
+
+    /// dkms's lines for a build that made its modules: how they were signed, "done", and each
+    /// module signed (named where dkms's build directory has it).
+    fn said_built(&self, mv: &ModuleVersion, staged: &Staged, keys: Option<&KeyPaths>) {
+        let build_dir = self.roots.module_dir(&mv.module, &mv.version).join("build");
+        let sign = keys.map(|k| serde_json::json!({ "command": SIGN_COMMAND, "key": k.key_shown(), "cert": k.cert }));
+        self.say("build_begin", serde_json::json!({ "sign": sign, "make": staged.make }));
+        let signed: Vec<PathBuf> = match staged.manifest.signed_by {
+            Some(_) => staged.manifest.modules.iter().map(|m| build_dir.join(format!("{}.ko", m.built_name))).collect(),
+            None => Vec::new(),
+        };
+        self.say("build_done", serde_json::json!({ "signed": signed }));
     }
 
     /// The tree's answer on a plan's BUILD_DEPENDS: each must be in the tree (newest version)

@@ -5,7 +5,7 @@ use crate::artifact::ArtifactError;
 use crate::build::BuildError;
 use crate::conf::ConfError;
 use crate::context::ContextError;
-use crate::diagnose::{code, Diagnose};
+use crate::diagnose::{code, Diagnose, Said};
 use crate::error::Usage;
 use crate::install::InstallError;
 use crate::kernel::KernelError;
@@ -91,6 +91,16 @@ impl LifecycleError {
 }
 
 impl Diagnose for LifecycleError {
+    fn dkms(&self) -> Option<Said> {
+        match self {
+            LifecycleError::NoSource(dir) => Some(Said { key: "no_source", values: serde_json::json!({ "dir": dir }) }),
+            LifecycleError::InTree { module, version } => {
+                Some(Said { key: "in_tree", values: serde_json::json!({ "module": module, "version": version }) })
+            }
+            _ => None,
+        }
+    }
+
     fn exit_code(&self) -> i32 {
         match self {
             LifecycleError::NoSource(_) | LifecycleError::WhichVersion { .. } => code::USAGE,

@@ -16,6 +16,14 @@ use crate::sign::{self, SignError};
 /// Beside a build record placed from a cache: the module certificate the cache published.
 const SIGNER_CERT: &str = "signer.der";
 
+/// A module file in the install tree: its path, directory and file name.
+#[derive(serde::Serialize)]
+struct Placed {
+    path: String,
+    dir: String,
+    name: String,
+}
+
 /// What `install` or `uninstall` did for one (module, kernel).
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -32,12 +40,16 @@ impl Lifecycle<'_> {
         let arch = self.arch(target)?;
         let kernel = target.release.clone();
         let installed = self.installed_version(&mv.module, &kernel, &arch);
-        if installed.as_deref() == Some(mv.version.as_str()) && !self.opts.force {
-            self.report().info(format!(
-                "Module {mv} already installed on kernel {kernel} ({arch}), skip. You may override by specifying --force."
-            ));
+        let same = installed.as_deref() == Some(mv.version.as_str());
+        if same && !self.opts.force {
+            self.say("already_installed", super::build::values(mv, &kernel, &arch));
             return Ok(InstallOutcome::AlreadyInstalled { module: mv.clone(), kernel, arch });
         }
+        if same {
+            // --force: taken out first, as dkms does (and says).
+            self.uninstall(mv, target).await?;
+        }
+        let replaced = installed.is_some() && !same;
         if let Some(other) = installed.filter(|v| *v != mv.version) {
             if !self.opts.force {
                 return Err(LifecycleError::OtherVersionInstalled {
@@ -87,15 +99,14 @@ impl Lifecycle<'_> {
             let t = self.target(mv, &kernel, &arch);
             install::install(&t, &files, self.depmod().as_ref().map(|d| d as &dyn Depmod))?;
         }
-        let listed: Vec<String> = files
-            .iter()
-            .map(|f| {
-                let name = f.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                let suffix = name.find(".ko").map(|i| name[i + 3..].to_string()).unwrap_or_default();
-                format!("{}/{kernel}{}/{}.ko{suffix}", self.roots.install_tree.display(), f.dest_location, f.dest_name)
-            })
-            .collect();
-        self.report().info(format!("Installing {}", listed.join(" ")));
+        let placed = self.placed(&files, &kernel);
+        let listed: Vec<String> = placed.iter().map(|p| p.path.clone()).collect();
+        self.say(
+            "installed",
+            serde_json::json!({
+                "files": listed, "modules": placed, "depmod": self.depmod_line(), "replaced": same || replaced,
+            }),
+        );
         if let Some(script) = &manifest.post_install {
             self.run_after(mv, &manifest, "post_install", script).await;
         }
@@ -107,7 +118,7 @@ impl Lifecycle<'_> {
         let arch = self.arch(target)?;
         let kernel = target.release.clone();
         if self.installed_version(&mv.module, &kernel, &arch).as_deref() != Some(mv.version.as_str()) {
-            self.report().info(format!("Module {mv} is not installed for kernel {kernel} ({arch}). Skipping..."));
+            self.say("not_installed", super::build::values(mv, &kernel, &arch));
             return Ok(InstallOutcome::NotInstalled { module: mv.clone(), kernel, arch });
         }
         let built_dir = self.roots.built_dir(&mv.module, &mv.version, &kernel, &arch);
@@ -118,11 +129,30 @@ impl Lifecycle<'_> {
             let t = self.target(mv, &kernel, &arch);
             install::uninstall(&t, &files, self.depmod().as_ref().map(|d| d as &dyn Depmod))?;
         }
-        self.report().info(format!("Module {mv} for kernel {kernel} ({arch}) uninstalled"));
+        let placed = self.placed(&files, &kernel);
+        let mut said = super::build::values(mv, &kernel, &arch);
+        said["files"] = placed.iter().map(|p| p.path.clone()).collect();
+        said["modules"] = serde_json::json!(placed);
+        said["depmod"] = self.depmod_line().into();
+        self.say("uninstalled", said);
         if let Some(script) = &manifest.post_remove {
             self.run_after(mv, &manifest, "post_remove", script).await;
         }
         Ok(InstallOutcome::Uninstalled { module: mv.clone(), kernel, arch })
+    }
+
+    /// Where each of `files` goes under the install tree, as dkms's lines name it.
+    fn placed(&self, files: &[ModuleFile], kernel: &str) -> Vec<Placed> {
+        files
+            .iter()
+            .map(|f| {
+                let name = f.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let suffix = name.find(".ko").map(|i| name[i + 3..].to_string()).unwrap_or_default();
+                let dir = format!("{}/{kernel}{}", self.roots.install_tree.display(), f.dest_location);
+                let name = format!("{}.ko{suffix}", f.dest_name);
+                Placed { path: format!("{dir}/{name}"), dir, name }
+            })
+            .collect()
     }
 
     /// What a substituter needs to find (mv, kernel): the module's source, and the tree's

@@ -88,6 +88,22 @@ impl<'a> Lifecycle<'a> {
         self.ctx.reporter()
     }
 
+    /// Prints dkms's line `key` (see [`crate::dialect`]), when it says anything.
+    fn say(&self, key: &str, values: serde_json::Value) {
+        let line = self.ctx.dialect().line(key, values);
+        if !line.is_empty() {
+            self.report().info(line);
+        }
+    }
+
+    /// dkms's depmod line, or nothing when depmod does not run (--no-depmod).
+    fn depmod_line(&self) -> String {
+        match self.opts.depmod {
+            true => self.ctx.dialect().line("depmod", serde_json::Value::Null),
+            false => String::new(),
+        }
+    }
+
     /// `<source_tree>/<m>-<v>`.
     pub fn source_dir(&self, mv: &ModuleVersion) -> PathBuf {
         self.roots.source_tree.join(format!("{}-{}", mv.module, mv.version))

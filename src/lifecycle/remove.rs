@@ -11,7 +11,7 @@ impl Lifecycle<'_> {
         self.uninstall(mv, target).await?;
         let dir = self.roots.built_dir(&mv.module, &mv.version, &target.release, &arch);
         if !dir.exists() {
-            self.report().info(format!("Module {mv} is not built for kernel {} ({arch}).", target.release));
+            self.say("not_built", super::build::values(mv, &target.release, &arch));
             return Ok(false);
         }
         let _lock = self.lock()?;
@@ -20,7 +20,7 @@ impl Lifecycle<'_> {
             // Only if empty: other arches of the same kernel stay.
             let _ = std::fs::remove_dir(kernel_dir);
         }
-        self.report().info(format!("Module {mv} for kernel {} ({arch}) unbuilt", target.release));
+        self.report().detail(format!("Module {mv} for kernel {} ({arch}) unbuilt", target.release));
         Ok(true)
     }
 
@@ -43,7 +43,9 @@ impl Lifecycle<'_> {
         let top = self.roots.dkms_tree.join(&mv.module);
         // The module's directory goes when nothing else is in it (no other version, no backups).
         let _ = std::fs::remove_dir(&top);
-        self.report().info(format!("Deleting module {mv} completely from the DKMS tree."));
+        let said =
+            serde_json::json!({ "module": mv.module, "version": mv.version, "after_kernels": !targets.is_empty() });
+        self.say("removed", said);
         Ok(())
     }
 

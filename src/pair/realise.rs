@@ -123,6 +123,8 @@ pub enum Realised {
 pub struct Staged {
     pub dir: PathBuf,
     pub manifest: Manifest,
+    /// The make command, as dkms shows it.
+    pub make: String,
 }
 
 /// A build that ran and failed.
@@ -319,7 +321,7 @@ fn stage(r: &Realise<'_>, plan: &BuildPlan, built: &Built, out: &Path, dir: &Pat
         make_seconds: built.make_seconds,
     };
     manifest.write(dir)?;
-    Ok(Staged { dir: dir.to_path_buf(), manifest })
+    Ok(Staged { dir: dir.to_path_buf(), manifest, make: plan.make_command(r.jobs) })
 }
 
 const LINK_ADVICE: &str = "A module must be a regular file the build made: ckms never follows a link out of \

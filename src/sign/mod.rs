@@ -228,7 +228,9 @@ pub fn needs_generating(paths: &KeyPaths) -> bool {
 pub fn signer(paths: &KeyPaths, pin: Option<&str>, report: &dyn Reporter) -> Result<Signer, SignError> {
     if needs_generating(paths) {
         let made = keys::generate(paths, false)?;
-        report.info(format!(
+        // dkms's line (both releases), then ckms's account of it.
+        report.info("Certificate or key are missing, generating self signed certificate for MOK...");
+        report.detail(format!(
             "Created the module signing key {} and certificate {} (SHA-256 {}). Modules signed with it load \
              with Secure Boot once it is enrolled: run `ckms mok enroll`",
             paths.key.display(),
