@@ -123,7 +123,7 @@ async fn run(cli: Cli, report: Arc<dyn Reporter>, voice: Voice) -> Result<i32, E
         config.engine.host = Some(host);
     }
     let ctx = Context::new(config, report, cli.refresh)?;
-    let out = Output { json: cli.json };
+    let out = Output { json: cli.json, dkms: voice != Voice::Ckms };
     let done = match cli.command {
         Command::Kernels(args) => kernels::run(&ctx, &out, args).await,
         Command::Packages(args) => packages::run(&ctx, &out, args).await,
@@ -150,6 +150,8 @@ async fn run(cli: Cli, report: Arc<dyn Reporter>, voice: Voice) -> Result<i32, E
 /// How results reach stdout: a table for people, one JSON object for machines.
 pub struct Output {
     json: bool,
+    /// Called as `dkms`: outcomes dkms treats as failures are failures (a re-add).
+    dkms: bool,
 }
 
 impl Output {

@@ -174,12 +174,18 @@ async fn add(ctx: &Context, out: &Output, a: AddArgs) -> Result<i32, Error> {
     added(&lc, out, done, a.package.as_deref())
 }
 
-/// The end of `add`: refused when it was added already (as dkms: exit 3), else the package
+/// The end of `add`: as dkms, refused when it was added already (exit 3); then the package
 /// the source came from, when common.postinst says it.
 fn added(lc: &Lifecycle<'_>, out: &Output, done: Added, package: Option<&str>) -> Result<i32, Error> {
     let mv = &done.mv;
-    if done.already {
-        return Err(LifecycleError::InTree { module: mv.module.clone(), version: mv.version.clone() }.into());
+    match (done.already, out.dkms) {
+        // As dkms: adding what is added is refused (exit 3); as ckms it is a no-op, so that
+        // scripts and fleets may add again (e.g. the .deb a source came from).
+        (true, true) => {
+            return Err(LifecycleError::InTree { module: mv.module.clone(), version: mv.version.clone() }.into())
+        }
+        (true, false) => lc.ctx.reporter().detail(format!("Module {mv} is already added")),
+        (false, _) => {}
     }
     if let Some(package) = package {
         lc.record_installed(mv, package)?;
