@@ -69,6 +69,8 @@ pub struct Context {
     /// Indexes loaded so far, by profile: one invocation reads each once however many builds
     /// ask (the farm's pairs; a build and its BUILD_DEPENDS).
     indexes: Arc<tokio::sync::Mutex<std::collections::HashMap<String, Arc<Index>>>>,
+    /// The dkms release of the host's distribution, read from /etc/os-release once.
+    host_dkms: Arc<std::sync::OnceLock<Option<String>>>,
 }
 
 impl Context {
@@ -80,14 +82,16 @@ impl Context {
 
     /// A context of parts already loaded (tests, other profile directories).
     pub fn of(config: Config, catalog: Catalog, cache: Cache, report: Arc<dyn Reporter>, refresh: bool) -> Context {
-        Context { config, catalog, cache, report, refresh, indexes: Arc::default() }
+        Context { config, catalog, cache, report, refresh, indexes: Arc::default(), host_dkms: Arc::default() }
     }
 
     /// What dkms prints, in the release this host's distribution ships (or CKMS_DKMS_RELEASE).
     pub fn dialect(&self) -> &Dialect {
-        let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
-        let host = self.catalog.of_os_release(&os_release).and_then(|p| p.dkms.as_deref());
-        dialect::choose(&self.catalog.dialects, self.config.dkms_release(), host)
+        let host = self.host_dkms.get_or_init(|| {
+            let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+            self.catalog.of_os_release(&os_release).and_then(|p| p.dkms.clone())
+        });
+        dialect::choose(&self.catalog.dialects, self.config.dkms_release(), host.as_deref())
     }
 
     /// The same context, telling `report` instead.
@@ -99,6 +103,7 @@ impl Context {
             report,
             refresh: self.refresh,
             indexes: self.indexes.clone(),
+            host_dkms: self.host_dkms.clone(),
         }
     }
 
