@@ -1,15 +1,15 @@
 //! Two overlapping `farm build`s on one new store, on each engine (fails when it is missing),
 //! with a stream of readers during them: `farm build --dry-run`, `farm status` and `farm
 //! publish --format sysext`, each over and over on its own thread until both builds are done. Both builds exit
-//! 0; the engine's own events show one container created per pair (4 pairs, 3 + 3 in the two
+//! 0; the engine's live event stream shows one container created per pair (4 pairs, 3 + 3 in the two
 //! matrices, 2 shared); no reader fails, none reports a damaged entry, nothing stays staged; a
 //! third run has nothing to do and publish ships every pair.
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use farm::{module, Farm, C};
 
@@ -35,7 +35,7 @@ fn overlap(var: &str) {
         .collect();
     let all: Vec<&Path> = mods.iter().map(PathBuf::as_path).collect();
     farm.key_pair("mok");
-    let since = unix_now() - 1;
+    let watch = Creations::watch(&farm.engine, farm.dir.path());
     let started = Instant::now();
     let start = |sources: &[&Path]| {
         let args = farm.build_args(true, sources, &[]);
@@ -56,7 +56,7 @@ fn overlap(var: &str) {
         assert!(!run.stderr.contains("damaged"), "{run}");
         assert_eq!(run.json_result()["pairs"], 3, "{run}");
     }
-    let created = containers_created(&farm.engine, since, unix_now() + 1);
+    let created = watch.stop();
     let by_run: Vec<usize> =
         pids.iter().map(|pid| created.iter().filter(|n| n.starts_with(&format!("ckms-run-{pid}-"))).count()).collect();
     println!("overlapping builds ({var}): {seconds:.1} s; containers created by run: {by_run:?}; reads during them: {reads:?}");
@@ -137,24 +137,44 @@ fn publish(farm: &Farm, out: &Path) -> support::Outcome {
     farm.run(&args)
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+/// The engine's live event stream of container creations, from `watch` to `stop`. Live, since
+/// past events are bounded on both engines: Docker replays only the last 256 events of every
+/// kind, and Podman 4.3's file reader gives up at `until` wherever it is in a long log.
+struct Creations {
+    curl: Child,
+    out: PathBuf,
 }
 
-/// The names of the containers the engine at `engine` (unix://...) created between `since`
-/// and `until`, from its event log (the same API on Docker and Podman).
-fn containers_created(engine: &str, since: u64, until: u64) -> Vec<String> {
-    let socket = engine.strip_prefix("unix://").unwrap_or(engine);
-    let out = Command::new("curl")
-        .args(["-sf", "--max-time", "60", "--unix-socket", socket, "-G", "http://d/events"])
-        .args(["--data-urlencode", &format!("since={since}"), "--data-urlencode", &format!("until={until}")])
-        .args(["--data-urlencode", r#"filters={"type":["container"],"event":["create"]}"#])
-        .output()
-        .expect("curl is needed by this test: apt-get install curl");
-    assert!(out.status.success(), "the engine's events: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
-    let events = serde_json::Deserializer::from_str(&text).into_iter::<serde_json::Value>();
-    events.map(|e| e.unwrap()["Actor"]["Attributes"]["name"].as_str().unwrap_or_default().to_string()).collect()
+impl Creations {
+    fn watch(engine: &str, dir: &Path) -> Self {
+        let socket = engine.strip_prefix("unix://").unwrap_or(engine);
+        let (out, headers) = (dir.join("events.json"), dir.join("events.headers"));
+        let curl = Command::new("curl")
+            .args(["-sfN", "--unix-socket", socket, "-D", headers.to_str().unwrap(), "-o", out.to_str().unwrap()])
+            .args(["-G", "http://d/events", "--data-urlencode", r#"filters={"type":["container"],"event":["create"]}"#])
+            .spawn()
+            .expect("curl is needed by this test: apt-get install curl");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::metadata(&headers).map(|m| m.len()).unwrap_or(0) == 0 {
+            assert!(Instant::now() < deadline, "the engine at {engine} did not open its event stream in 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The engine subscribes just around answering; give it a moment before anything happens.
+        std::thread::sleep(Duration::from_secs(1));
+        Creations { curl, out }
+    }
+
+    /// The names of the containers created while watching.
+    fn stop(mut self) -> Vec<String> {
+        // Podman polls its event file (every 250 ms): let the last creations reach the stream.
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(self.curl.try_wait().unwrap().is_none(), "the engine's event stream ended early");
+        self.curl.kill().unwrap();
+        self.curl.wait().unwrap();
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let events = serde_json::Deserializer::from_str(&text).into_iter::<serde_json::Value>();
+        events.map(|e| e.unwrap()["Actor"]["Attributes"]["name"].as_str().unwrap_or_default().to_string()).collect()
+    }
 }
 
 #[test]
