@@ -220,7 +220,7 @@ impl Config {
             .map(PathBuf::from)
             .or_else(|| self.sign.dkms_mok_dir.clone())
             .unwrap_or_else(|| PathBuf::from("/var/lib/dkms"));
-        Locations { conf_dir: self.conf_dir(), dkms_dir, own_dir: dkms_tree.to_path_buf() }
+        Locations { conf_dir: self.conf_dir(), dkms_dir, own_dir: dkms_tree.to_path_buf(), kernel: None }
     }
 
     /// The dkms tree: CKMS_DKMS_TREE, else the config's, else /var/lib/ckms.

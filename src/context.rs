@@ -7,7 +7,7 @@ use crate::cache::Cache;
 use crate::cache::CacheError;
 use crate::config::Config;
 use crate::config::ConfigError;
-use crate::diagnose::Diagnose;
+use crate::diagnose::{Diagnose, Said};
 use crate::dialect::{self, Dialect};
 use crate::engine::EngineError;
 use crate::engine::{self, Connection, Images};
@@ -54,6 +54,9 @@ impl Diagnose for ContextError {
     fn exit_code(&self) -> i32 {
         self.inner().exit_code()
     }
+    fn dkms(&self) -> Option<Said> {
+        self.inner().dkms()
+    }
     fn hint(&self) -> Option<String> {
         self.inner().hint()
     }
@@ -71,6 +74,8 @@ pub struct Context {
     indexes: Arc<tokio::sync::Mutex<std::collections::HashMap<String, Arc<Index>>>>,
     /// The dkms release of the host's distribution, read from /etc/os-release once.
     host_dkms: Arc<std::sync::OnceLock<Option<String>>>,
+    /// Called as `dkms`: where dkms and ckms differ on purpose, do as dkms does.
+    pub as_dkms: bool,
 }
 
 impl Context {
@@ -82,7 +87,16 @@ impl Context {
 
     /// A context of parts already loaded (tests, other profile directories).
     pub fn of(config: Config, catalog: Catalog, cache: Cache, report: Arc<dyn Reporter>, refresh: bool) -> Context {
-        Context { config, catalog, cache, report, refresh, indexes: Arc::default(), host_dkms: Arc::default() }
+        Context {
+            config,
+            catalog,
+            cache,
+            report,
+            refresh,
+            indexes: Arc::default(),
+            host_dkms: Arc::default(),
+            as_dkms: false,
+        }
     }
 
     /// What dkms prints, in the release this host's distribution ships (or CKMS_DKMS_RELEASE).
@@ -104,6 +118,7 @@ impl Context {
             refresh: self.refresh,
             indexes: self.indexes.clone(),
             host_dkms: self.host_dkms.clone(),
+            as_dkms: self.as_dkms,
         }
     }
 

@@ -16,8 +16,29 @@ pub const KEYS: &[&str] = &[
     "in_tree_more",
     "no_source",
     "no_source_more",
+    "sign_prologue",
+    "default_sign_file",
     "build_begin",
     "build_done",
+    "sign_failed",
+    "build_failing",
+    "build_failed",
+    "build_failed_more",
+    "no_headers",
+    "no_headers_more",
+    "make_log_header",
+    "autoinstall_disabled",
+    "autoinstall_module",
+    "autoinstall_summary",
+    "autoinstall_failed",
+    "autoinstall_failed_more",
+    "removing",
+    "removing_end",
+    "missing_depends",
+    "missing_depends_more",
+    "depends_forced",
+    "post_transaction",
+    "implicitly_added",
     "already_built",
     "installed",
     "already_installed",
@@ -44,6 +65,18 @@ impl Dialect {
         // A template that does not render is a data bug the dialect tests catch; the caller
         // then prints nothing rather than failing the command it reports on.
         env.render_str(template, values).unwrap_or_default()
+    }
+
+    /// The line `key` says as printed (one newline is added): None when the template renders
+    /// nothing; one final newline of the rendering is dropped, so that a template rendering
+    /// `{{ "\n" }}` prints an empty line and one ending in two newlines is followed by one.
+    pub fn said(&self, key: &str, values: impl Serialize) -> Option<String> {
+        let line = self.line(key, values);
+        match line.strip_suffix('\n') {
+            _ if line.is_empty() => None,
+            Some(shorter) => Some(shorter.to_string()),
+            None => Some(line),
+        }
     }
 
     /// A failure as dkms shows it: `said` in this release's words, else `message` and `hint`.

@@ -20,3 +20,55 @@ impl Diagnose for Usage {
         self.hint.clone()
     }
 }
+
+/// What dkms refuses a verb with a code of its own: several kernels where it takes one (4),
+/// `--all` where it has no meaning (5).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Refused {
+    pub message: String,
+    pub code: i32,
+}
+
+impl Refused {
+    /// dkms's `have_one_kernel` for `action`, given `kernels` on the command line.
+    pub fn one_kernel(action: &str, kernels: usize, all: bool) -> Result<(), Refused> {
+        if all {
+            return Err(Refused {
+                message: format!("The action {action} does not support the --all parameter."),
+                code: 5,
+            });
+        }
+        if kernels == 1 || (kernels == 0 && !action.starts_with("kernel_")) {
+            return Ok(());
+        }
+        let message = match action.starts_with("kernel_") {
+            true => format!("The action {action} requires exactly one kernel version parameter on the command line."),
+            false => {
+                format!("The action {action} does not support multiple kernel version parameters on the command line.")
+            }
+        };
+        Err(Refused { message, code: 4 })
+    }
+}
+
+impl Diagnose for Refused {
+    fn exit_code(&self) -> i32 {
+        self.code
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_kernel_as_dkms_says_it() {
+        assert!(Refused::one_kernel("autoinstall", 0, false).is_ok());
+        assert!(Refused::one_kernel("kernel_prerm", 1, false).is_ok());
+        let e = Refused::one_kernel("kernel_prerm", 0, false).unwrap_err();
+        assert_eq!((e.code, e.message.contains("requires exactly one")), (4, true));
+        assert_eq!(Refused::one_kernel("autoinstall", 2, false).unwrap_err().code, 4);
+        assert_eq!(Refused::one_kernel("autoinstall", 1, true).unwrap_err().code, 5);
+    }
+}

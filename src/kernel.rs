@@ -6,7 +6,7 @@ use thiserror::Error;
 
 use crate::cache::Cache;
 use crate::deb::read_data_file;
-use crate::diagnose::{code, Diagnose};
+use crate::diagnose::{code, Diagnose, Said};
 use crate::profile::Profile;
 use crate::repo::{self, version, Index, PackageRef, RepoError};
 use crate::report::Reporter;
@@ -22,6 +22,16 @@ pub enum KernelError {
 }
 
 impl Diagnose for KernelError {
+    fn dkms(&self) -> Option<Said> {
+        match self {
+            // dkms looks for the headers on the host; ckms, in its profiles: for its callers
+            // both mean "no headers for that kernel".
+            KernelError::Unknown { release, .. } => {
+                Some(Said { key: "no_headers", values: serde_json::json!({ "kernel": release }) })
+            }
+            _ => None,
+        }
+    }
     fn exit_code(&self) -> i32 {
         match self {
             KernelError::Unknown { .. } => code::UNKNOWN_KERNEL,

@@ -52,6 +52,7 @@ pub mod dialect;
 pub mod engine;
 pub mod error;
 pub mod farm;
+pub mod framework;
 pub mod image;
 pub mod install;
 pub mod k8s;

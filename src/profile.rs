@@ -582,10 +582,28 @@ mod dialect_tests {
             "\nError! DKMS tree already contains: m/1.0\nYou cannot add the same module/version combo more than once."
         );
         assert_eq!(all["3.0.10"].error(None, "boom", Some("fix it")), "Error! boom\nfix it");
-        let sign = serde_json::json!({ "sign": { "command": "c", "key": "k", "cert": "p" }, "make": "make" });
+        let sign = |binary: bool, missing: Option<&str>| serde_json::json!({ "facility": true, "command": "c", "binary": binary, "key": "k", "cert": "p", "missing": missing });
         assert_eq!(
-            all["3.2.2"].line("build_begin", &sign),
+            all["3.2.2"].said("sign_prologue", sign(true, None)).unwrap(),
             "Sign command: c\nSigning key: k\nPublic certificate (MOK): p\n"
+        );
+        assert_eq!(
+            all["3.2.2"].said("sign_prologue", sign(false, None)).unwrap(),
+            "Sign command: c\nBinary c not found, modules won't be signed\n"
+        );
+        assert_eq!(
+            all["3.2.2"].said("sign_prologue", sign(true, Some("cert"))).unwrap(),
+            "Sign command: c\nSigning key: k\nPublic certificate (MOK): p\n\
+             Certificate file p not found and can't be generated, modules won't be signed\n"
+        );
+        assert_eq!(
+            all["3.2.2"].said("sign_prologue", serde_json::json!({ "facility": false })).unwrap(),
+            "The kernel is built without module signing facility, modules won't be signed\n"
+        );
+        assert_eq!(
+            all["3.0.10"].said("sign_prologue", sign(true, Some("key"))).unwrap(),
+            "Sign command: c\nSigning key: k\nPublic certificate (MOK): p\n\
+             Key file k not found and can't be generated, modules won't be signed"
         );
     }
 

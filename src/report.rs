@@ -17,6 +17,9 @@ pub enum Event {
     Detail { message: String },
     /// Something went wrong but work goes on (a corrupt cache entry fetched again, ...).
     Warn { message: String },
+    /// A line for stderr as it is, as dkms prints some: an error in a run that goes on (one
+    /// module of autoinstall), or a note (kernel_prerm's "removing module").
+    Notice { message: String },
     /// A long task advanced. `task` is a stable key; `total` is known up front when possible.
     Progress { task: String, done: u64, total: Option<u64>, unit: Unit },
     /// A task finished; `message` summarises it.
@@ -48,6 +51,9 @@ impl dyn Reporter + '_ {
     pub fn warn(&self, message: impl Into<String>) {
         self.emit(Event::Warn { message: message.into() });
     }
+    pub fn notice(&self, message: impl Into<String>) {
+        self.emit(Event::Notice { message: message.into() });
+    }
     pub fn progress(&self, task: &str, done: u64, total: Option<u64>, unit: Unit) {
         self.emit(Event::Progress { task: task.to_string(), done, total, unit });
     }
@@ -70,7 +76,7 @@ impl Reporter for Silent {
 pub struct Warnings(pub std::sync::Arc<dyn Reporter>);
 impl Reporter for Warnings {
     fn emit(&self, event: Event) {
-        if matches!(event, Event::Warn { .. }) {
+        if matches!(event, Event::Warn { .. } | Event::Notice { .. }) {
             self.0.emit(event);
         }
     }
@@ -165,6 +171,7 @@ impl Reporter for Human {
             Event::Detail { message } if details && !self.quiet => self.line(&message),
             Event::Detail { .. } => {}
             Event::Warn { message } => self.line(&format!("Warning: {message}")),
+            Event::Notice { message } => self.line(&message),
             Event::Output { text } => match &self.bars {
                 Some(mp) => mp.suspend(|| eprint!("{text}")),
                 None => eprint!("{text}"),

@@ -69,7 +69,27 @@ done
 
 # Phase 2.
 log=$ckms_out/make.log
-printf '%s\n%s\n\n' "$ckms_header" "$(date)" >"$log"
+printf '%s\n%s\n' "$ckms_header" "$(date)" >"$log"
+
+# dkms's invoke_command with a log file: the step's description, the command, its output, its
+# exit code and time, then a rule. Runs the command with eval (so `;`, `&&` and subshells in
+# MAKE work); with --verbose its output also goes to the container's output, which the host
+# streams.
+logged() { # description, command
+    local status started=$SECONDS
+    printf '\n%s\n# command: %s\n' "$1" "$2" >>"$log"
+    if [[ -n ${ckms_verbose-} ]]; then
+        (eval "$2") 2>&1 </dev/null | tee -a "$log"
+        status=${PIPESTATUS[0]}
+    else
+        (eval "$2") >>"$log" 2>&1 </dev/null
+        status=$?
+    fi
+    printf '\n# exit code: %d\n# elapsed time: %s\n%s\n' "$status" \
+        "$(date -u -d "@$((SECONDS - started))" +%T)" \
+        ---------------------------------------------------------------- >>"$log"
+    return "$status"
+}
 
 cd "$ckms_build_dir" || fail 10 "cannot enter $ckms_build_dir"
 
@@ -81,9 +101,7 @@ run_script() {
     [[ -n $script ]] || return 0
     local run="$ckms_build_dir/$script"
     if [[ -x ${run%% *} ]]; then
-        printf '\nRunning the %s script:\n' "$what" >>"$log"
-        # shellcheck disable=SC2086
-        (cd "$ckms_build_dir" && exec $run) >>"$log" 2>&1 </dev/null ||
+        logged "Running the $what script" "cd $ckms_build_dir/ && $run" ||
             fail 10 "the $what script ($script) failed with status $?"
     else
         printf 'Warning: the %s script is not executable: %s\n' "$what" "$script" >&2
@@ -118,29 +136,18 @@ build() {
 
     while IFS= read -r patch; do
         [[ -n $patch ]] || continue
-        printf 'Applying patch %s\n' "$patch" >>"$log"
-        patch -p1 <"patches/$patch" >>"$log" 2>&1 || fail 6 "applying patch $patch failed (see make.log)"
+        logged "Applying patch $patch" "patch -p1 < ./patches/$patch" || fail 6 "applying patch $patch failed (see make.log)"
     done <<<"${ckms_patches-}"
 
     run_script pre_build "${ckms_pre_build-}"
 
     printf 'Building module(s): %s\n' "$ckms_make"
-    # dkms evals the command (so `;`, `&&` and subshells in MAKE work) with output to make.log;
-    # with --verbose it also goes to the container's output, which the host streams.
     local status started=${EPOCHREALTIME//[!0-9]/}
-    if [[ -n ${ckms_verbose-} ]]; then
-        (eval "$ckms_make") 2>&1 </dev/null | tee -a "$log"
-        status=${PIPESTATUS[0]}
-    else
-        (eval "$ckms_make") >>"$log" 2>&1 </dev/null
-        status=$?
-    fi
+    logged "Building module(s)" "$ckms_make"
+    status=$?
     # How long make itself ran, in microseconds: the farm reports the rest as its overhead.
     echo $((${EPOCHREALTIME//[!0-9]/} - started)) >"$ckms_out/make.us"
-    if ((status != 0)); then
-        printf 'ckms: make returned %d\n' "$status" >>"$log"
-        fail 10 "make returned $status"
-    fi
+    ((status == 0)) || fail 10 "make returned $status"
 
     local missing=0 linked=0 ko strip
     while IFS=$'\t' read -r ko strip; do

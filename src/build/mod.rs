@@ -25,7 +25,7 @@ use thiserror::Error;
 
 use crate::artifact::ArtifactError;
 use crate::conf::{ConfError, EvalContext};
-use crate::diagnose::{code, Diagnose};
+use crate::diagnose::{code, Diagnose, Said};
 use crate::engine::EngineError;
 
 #[derive(Debug, Error)]
@@ -60,6 +60,15 @@ pub struct Failure {
 }
 
 impl Diagnose for BuildError {
+    fn dkms(&self) -> Option<Said> {
+        match self {
+            BuildError::Failed(f) if f.code == code::BUILD_FAILED => Some(Said {
+                key: "build_failed",
+                values: serde_json::json!({ "kernel": f.kernel, "arch": f.arch, "log": f.log }),
+            }),
+            _ => None,
+        }
+    }
     fn exit_code(&self) -> i32 {
         match self {
             BuildError::Engine(e) => e.exit_code(),

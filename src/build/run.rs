@@ -392,6 +392,7 @@ mod tests {
             conf_dir: host.path().join("etc/dkms"),
             dkms_dir: host.path().join("var/lib/dkms"),
             own_dir: host.path().join("var/lib/ckms"),
+            kernel: None,
         };
         let paths = loc.resolve(None, None);
         let signer = keys::generate(&paths, false).unwrap();

@@ -122,7 +122,8 @@ async fn run(cli: Cli, report: Arc<dyn Reporter>, voice: Voice) -> Result<i32, E
     if let Some(host) = cli.engine {
         config.engine.host = Some(host);
     }
-    let ctx = Context::new(config, report, cli.refresh)?;
+    let mut ctx = Context::new(config, report, cli.refresh)?;
+    ctx.as_dkms = voice != Voice::Ckms;
     let out = Output { json: cli.json, dkms: voice != Voice::Ckms };
     let done = match cli.command {
         Command::Kernels(args) => kernels::run(&ctx, &out, args).await,

@@ -115,7 +115,15 @@ impl Lifecycle<'_> {
         if self.roots.module_dir(&mv.module, &mv.version).join("source").exists() {
             return Ok(());
         }
-        self.link_source(mv).map(drop)
+        self.link_source(mv)?;
+        self.say("implicitly_added", serde_json::Value::Null);
+        Ok(())
+    }
+
+    /// A module source directory named to a verb (dkms 3.2: `build DIR`, `install
+    /// DIR/dkms.conf`): copied into the source tree, as `add` does, but not yet added.
+    pub fn import(&self, dir: &Path) -> Result<ModuleVersion, LifecycleError> {
+        self.import_dir(dir, None)
     }
 
     /// Links the version's source into the tree; `true` when it was linked there already.
@@ -326,11 +334,35 @@ fn copy_into(from: &Path, to: &Path) -> std::io::Result<()> {
 /// AUTOINSTALL as written: Some(true/false) when a literal (unset = false), None when bash
 /// would compute it.
 pub(super) fn autoinstall_setting(conf: &str) -> Option<bool> {
-    let assigned = conf.lines().any(|l| l.trim_start().starts_with("AUTOINSTALL="));
-    if !assigned {
-        return Some(false);
+    let values: Vec<&str> =
+        conf.lines().filter_map(|l| l.trim().trim_end_matches('\r').strip_prefix("AUTOINSTALL=")).collect();
+    match values.last() {
+        None => Some(false),
+        // dkms: an empty AUTOINSTALL is off.
+        Some(&("" | "\"\"" | "''")) => Some(false),
+        Some(_) => literal(conf, "AUTOINSTALL").map(|v| v.starts_with(['y', 'Y'])),
     }
-    literal(conf, "AUTOINSTALL").map(|v| v.starts_with(['y', 'Y']))
+}
+
+/// The BUILD_DEPENDS a dkms.conf's text assigns literally (`BUILD_DEPENDS="a"`,
+/// `BUILD_DEPENDS[0]=a`, `BUILD_DEPENDS=(a "b")`): the order autoinstall takes modules in.
+/// A conf that computes them is still built in a right order: its build asks for them.
+pub(super) fn build_depends(conf: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in conf.lines().map(str::trim) {
+        let Some(rest) = line.strip_prefix("BUILD_DEPENDS") else { continue };
+        let rest = rest.strip_prefix('[').and_then(|r| r.split_once(']')).map_or(rest, |(_, after)| after);
+        let Some(value) = rest.strip_prefix('=') else { continue };
+        let value = value.trim();
+        let items = value.strip_prefix('(').and_then(|v| v.split_once(')')).map_or(value, |(inside, _)| inside);
+        for item in items.split_whitespace() {
+            let item = item.trim_matches(['"', '\'']);
+            if !item.is_empty() && !out.iter().any(|o| o == item) {
+                out.push(item.to_string());
+            }
+        }
+    }
+    out
 }
 
 /// A dkms.conf's text: missing is [`LifecycleError::NoConf`], unreadable (permissions, not
@@ -345,6 +377,13 @@ fn read_conf(conf: &Path) -> Result<String, LifecycleError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_depends_as_written() {
+        let conf = "BUILD_DEPENDS=\"a\"\nBUILD_DEPENDS[1]=b\nBUILD_DEPENDS_REBUILD=yes\nBUILD_DEPENDS=( 'c' \"a\" )\n";
+        assert_eq!(build_depends(conf), ["a", "b", "c"]);
+        assert!(build_depends("MAKE=make\n").is_empty());
+    }
 
     #[test]
     fn literal_values_only() {
@@ -362,6 +401,7 @@ mod tests {
         assert_eq!(autoinstall_setting("AUTOINSTALL=\"yes\"\n"), Some(true));
         assert_eq!(autoinstall_setting("MAKE=x\n"), Some(false));
         assert_eq!(autoinstall_setting("AUTOINSTALL=$(f)\n"), None);
+        assert_eq!(autoinstall_setting("AUTOINSTALL=\"\"\n"), Some(false), "empty is off, as in dkms");
     }
 
     #[test]

@@ -3,13 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
+use super::signing::{Signing, TreeKey};
 use super::{KernelTarget, Lifecycle, LifecycleError, ModuleVersion};
 use crate::conf::{BuildPlan, KernelFacts};
 use crate::engine::LogSink;
+use crate::kernel::Kernel;
 use crate::pair::inputs;
-use crate::pair::realise::{self, Depends, Key, Limits, Realise, Realised, SignWith, Staged, UNSIGNED};
+use crate::pair::realise::{self, Depends, Limits, Realise, Realised, SignWith, Staged, UNSIGNED};
 use crate::pair::PairError;
-use crate::sign::{self, KeyPaths, Signer};
+use crate::repo::Index;
 
 /// What `build` did for one (module, kernel).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -29,10 +31,6 @@ pub enum BuildOutcome {
         arch: String,
     },
 }
-
-/// What dkms's "Sign command:" line names: ckms signs in-process, byte for byte as the
-/// kernel's scripts/sign-file (docs/signing.md); there is no command to name.
-const SIGN_COMMAND: &str = "ckms (in-process, as scripts/sign-file)";
 
 /// The values dkms's lines about one (module, kernel) name.
 pub(super) fn values(mv: &ModuleVersion, kernel: &str, arch: &str) -> serde_json::Value {
@@ -73,11 +71,11 @@ impl Lifecycle<'_> {
         self.report_extra(mv, &extra, &plan, &siblings);
         let (image, kconfig) = tokio::join!(
             self.ctx.image_of(conn.engine.as_ref(), profile, &plan, false),
-            crate::kernel::config(&self.ctx.cache, &index, &kernel, self.report())
+            self.kernel_config(&index, &kernel)
         );
         let (image, kconfig) = (image?, kconfig?);
         // The key is loaded before the build: a build that could not be signed is not started.
-        let signing = self.signing(kconfig.as_deref())?;
+        let signing = self.signing(&target.release, kconfig.as_deref())?;
         let module_dir = self.roots.module_dir(&mv.module, &mv.version);
         let work = tempfile::Builder::new()
             .prefix(".ckms-build-")
@@ -100,13 +98,13 @@ impl Lifecycle<'_> {
                 let report = self.ctx.report.clone();
                 LogSink(std::sync::Arc::new(move |b: &[u8]| report.output(String::from_utf8_lossy(b).into_owned())))
             }),
-            signing: signing.as_ref().map(|(hash, key)| SignWith { hash: hash.clone(), key: key.as_key() }),
+            signing: signing.as_ref().map(|s| SignWith { hash: s.hash.clone(), key: s.key.as_key() }),
             report: self.report(),
         };
         let depends = |plan: &BuildPlan| self.depends(mv, &target.release, &arch, plan, chain);
         let staged = match realise::realise(conn.engine.as_ref(), &pair, &depends, work.path()).await? {
             Realised::Built(staged) => {
-                self.said_built(mv, &staged, signing.as_ref().map(|(_, key)| key.paths()));
+                self.said_built(mv, &staged, signing.as_ref());
                 staged
             }
             Realised::NeedsDependencies(deps) => {
@@ -121,14 +119,23 @@ impl Lifecycle<'_> {
             }
             Realised::Refused(e) => return Err(e.into()),
             Realised::Failed(failed) => {
+                if let Some(status) = failed.make_status {
+                    self.say("build_failing", serde_json::json!({ "make": failed.make, "status": status }));
+                }
                 // make.log goes where dkms leaves it: <m>/<v>/build/make.log.
                 let build_dir = module_dir.join("build");
                 std::fs::create_dir_all(&build_dir).map_err(LifecycleError::io(&build_dir))?;
                 let log = build_dir.join("make.log");
-                std::fs::write(&log, &failed.log).map_err(LifecycleError::io(&log))?;
+                let text = self.dkms_make_log(mv, &target.release, &arch, &failed.log);
+                std::fs::write(&log, text).map_err(LifecycleError::io(&log))?;
                 return Err(failed.into_error(mv, &target.release, &arch, log).into());
             }
         };
+        let log = staged.dir.join("log/make.log");
+        if let Ok(body) = std::fs::read(&log) {
+            let text = self.dkms_make_log(mv, &target.release, &arch, &body);
+            std::fs::write(&log, text).map_err(LifecycleError::io(&log))?;
+        }
         // A dkms tree keeps only what installs.
         let unsigned = staged.dir.join(UNSIGNED);
         std::fs::remove_dir_all(&unsigned).map_err(LifecycleError::io(&unsigned))?;
@@ -147,48 +154,49 @@ impl Lifecycle<'_> {
         })
     }
 
-    /// The hash and key to sign this kernel's modules with: `None` when the kernel has no
-    /// CONFIG_MODULE_SIG_HASH or signing is turned off, each said in one line. An existing
-    /// pair is loaded (and checked) now; ckms's own, when missing, is made after the build.
-    fn signing(&self, kconfig: Option<&str>) -> Result<Option<(String, TreeKey)>, LifecycleError> {
-        let Some(hash) = kconfig.and_then(sign::kernel_hash) else {
-            return Ok(None);
-        };
-        if !self.ctx.config.sign_enabled() {
-            self.report().detail("Module signing is turned off ([sign] enabled = false): modules won't be signed");
-            return Ok(None);
-        }
-        let paths = self.ctx.config.key_locations(&self.roots.dkms_tree).resolve(None, None);
-        let key = if sign::needs_generating(&paths) {
-            TreeKey::Made(paths)
-        } else {
-            TreeKey::Loaded(Box::new(Signer::load(&paths, sign::pin().as_deref())?))
-        };
-        let shown = key.paths();
-        self.report().detail(format!(
-            "Modules will be signed ({hash}) with the key {} and certificate {}",
-            shown.key.display(),
-            shown.cert.display()
-        ));
-        Ok(Some((hash, key)))
-    }
-
-    /// dkms's lines for a build that made its modules: how they were signed, "done", and each
-    /// module signed (named where dkms's build directory has it).
-    fn said_built(&self, mv: &ModuleVersion, staged: &Staged, keys: Option<&KeyPaths>) {
+    /// dkms's lines for a build that made its modules: "done", and each module signed (named
+    /// where dkms's build directory has it), with a warning for each the program failed on.
+    fn said_built(&self, mv: &ModuleVersion, staged: &Staged, signing: Option<&Signing>) {
         let build_dir = self.roots.module_dir(&mv.module, &mv.version).join("build");
-        let sign = keys.map(|k| serde_json::json!({ "command": SIGN_COMMAND, "key": k.key_shown(), "cert": k.cert }));
-        self.say("build_begin", serde_json::json!({ "sign": sign, "make": staged.make }));
-        let signed: Vec<PathBuf> = match staged.manifest.signed_by {
-            Some(_) => staged.manifest.modules.iter().map(|m| build_dir.join(format!("{}.ko", m.built_name))).collect(),
-            None => Vec::new(),
+        self.say("build_begin", serde_json::json!({ "make": staged.make }));
+        let failures = signing.map(|s| s.key.failures()).unwrap_or_default();
+        let signed: Vec<PathBuf> = match (signing, &staged.manifest.signed_by) {
+            (Some(_), Some(_)) | (Some(Signing { key: TreeKey::External(_), .. }), None) => {
+                staged.manifest.modules.iter().map(|m| build_dir.join(format!("{}.ko", m.built_name))).collect()
+            }
+            _ => Vec::new(),
         };
         self.say("build_done", serde_json::json!({ "signed": signed }));
+        for (name, said) in failures {
+            let module = build_dir.join(format!("{name}.ko"));
+            self.report()
+                .warn(self.ctx.dialect().line("sign_failed", serde_json::json!({ "module": module, "said": said })));
+        }
+    }
+
+    /// The kernel's .config: dkms's --config file when given, else the one in its headers
+    /// package.
+    pub(super) async fn kernel_config(&self, index: &Index, kernel: &Kernel) -> Result<Option<String>, LifecycleError> {
+        match &self.opts.kernel_config {
+            Some(file) => Ok(Some(read_kernel_config(file)?)),
+            None => Ok(crate::kernel::config(&self.ctx.cache, index, kernel, self.report()).await?),
+        }
+    }
+
+    /// make.log as the host's dkms release writes it: its first line (the build's own header)
+    /// in that release's words.
+    fn dkms_make_log(&self, mv: &ModuleVersion, kernel: &str, arch: &str, log: &[u8]) -> Vec<u8> {
+        let header = self.ctx.dialect().line("make_log_header", values(mv, kernel, arch));
+        let body = log.iter().position(|b| *b == b'\n').map_or(log, |end| &log[end..]);
+        [header.as_bytes(), body].concat()
     }
 
     /// The tree's answer on a plan's BUILD_DEPENDS: each must be in the tree (newest version)
     /// and built for the kernel, else built first; a cycle or a missing one is refused.
     fn depends(&self, mv: &ModuleVersion, kernel: &str, arch: &str, plan: &BuildPlan, chain: &[String]) -> Depends {
+        if self.ctx.as_dkms {
+            return self.dkms_depends(mv, kernel, arch, plan);
+        }
         let mut unbuilt = Vec::new();
         for dep in &plan.build_depends {
             let (module, version, dependency) = (mv.module.clone(), mv.version.clone(), dep.clone());
@@ -207,6 +215,28 @@ impl Lifecycle<'_> {
         } else {
             Depends::Unbuilt(unbuilt)
         }
+    }
+
+    /// dkms's answer on BUILD_DEPENDS: each must be installed for the kernel (any version);
+    /// with --force the build goes on without the missing ones, with a warning.
+    fn dkms_depends(&self, mv: &ModuleVersion, kernel: &str, arch: &str, plan: &BuildPlan) -> Depends {
+        let missing: Vec<String> = plan
+            .build_depends
+            .iter()
+            .filter(|dep| self.installed_version(dep, kernel, arch).is_none())
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Depends::Met;
+        }
+        let mut said = values(mv, kernel, arch);
+        said["depends"] = missing.clone().into();
+        if self.opts.force {
+            self.report().warn(self.ctx.dialect().line("depends_forced", said));
+            return Depends::Met;
+        }
+        let (module, version, kernel, arch) = (mv.module.clone(), mv.version.clone(), kernel.into(), arch.into());
+        Depends::Refused(PairError::DependsNotInstalled { module, version, kernel, arch, depends: missing })
     }
 
     /// Builds the BUILD_DEPENDS modules `deps` (newest version in the tree) for `target`.
@@ -239,28 +269,6 @@ impl Lifecycle<'_> {
     }
 }
 
-/// The tree's signing key: loaded, or ckms's own to be made on first use.
-enum TreeKey {
-    Loaded(Box<Signer>),
-    Made(KeyPaths),
-}
-
-impl TreeKey {
-    fn as_key(&self) -> Key<'_> {
-        match self {
-            TreeKey::Loaded(signer) => Key::Loaded(signer),
-            TreeKey::Made(paths) => Key::Made(paths),
-        }
-    }
-
-    fn paths(&self) -> &KeyPaths {
-        match self {
-            TreeKey::Loaded(signer) => &signer.paths,
-            TreeKey::Made(paths) => paths,
-        }
-    }
-}
-
 /// errno of a rename across file systems.
 const EXDEV: i32 = 18;
 
@@ -286,4 +294,17 @@ pub(super) fn commit_dir(from: &Path, to: &Path) -> std::io::Result<()> {
         std::fs::remove_dir_all(&old)?;
     }
     Ok(())
+}
+
+/// The most of a --config file read: a kernel's .config is a few hundred KiB.
+const MAX_KERNEL_CONFIG: u64 = 16 << 20;
+
+/// dkms's --config FILE, read (bounded) on the host.
+fn read_kernel_config(file: &Path) -> Result<String, LifecycleError> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_KERNEL_CONFIG).read_to_string(&mut text))
+        .map_err(LifecycleError::io(file))?;
+    Ok(text)
 }

@@ -55,6 +55,8 @@ pub enum LifecycleError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("autoinstall for kernel {kernel}: {failed} of {total} module(s) failed: {}", names.join(", "))]
     Autoinstall { kernel: String, failed: usize, total: usize, names: Vec<String> },
+    #[error("dkms kernel_prerm for kernel {kernel} failed for module(s) {}", modules.join(" "))]
+    KernelPrerm { kernel: String, modules: Vec<String> },
     #[error(transparent)]
     Usage(#[from] Usage),
     #[error(transparent)]
@@ -97,6 +99,13 @@ impl Diagnose for LifecycleError {
             LifecycleError::InTree { module, version } => {
                 Some(Said { key: "in_tree", values: serde_json::json!({ "module": module, "version": version }) })
             }
+            LifecycleError::Autoinstall { .. } => {
+                Some(Said { key: "autoinstall_failed", values: serde_json::Value::Null })
+            }
+            LifecycleError::Context(e) => e.dkms(),
+            LifecycleError::Kernel(e) => e.dkms(),
+            LifecycleError::Pair(e) => e.dkms(),
+            LifecycleError::Build(e) => e.dkms(),
             _ => None,
         }
     }
@@ -122,6 +131,7 @@ impl Diagnose for LifecycleError {
             }
             LifecycleError::Io { .. } => code::IO,
             LifecycleError::Autoinstall { .. } => code::AUTOINSTALL_FAILED,
+            LifecycleError::KernelPrerm { .. } => code::HOOK_FAILED,
             LifecycleError::Usage(e) => e.exit_code(),
             LifecycleError::Context(e) => e.exit_code(),
             LifecycleError::Profile(e) => e.exit_code(),
@@ -198,6 +208,9 @@ impl Diagnose for LifecycleError {
             LifecycleError::Io { .. } => "check free space and permissions".into(),
             LifecycleError::Autoinstall { .. } => {
                 "each failure is reported above; the other modules were installed".into()
+            }
+            LifecycleError::KernelPrerm { .. } => {
+                "each failure is reported above; the other modules were removed".into()
             }
         })
     }

@@ -381,7 +381,12 @@ mod tests {
 
     /// ckms's own pair in the tree of `root`.
     fn own_pair(root: &Path) -> Signer {
-        let loc = Locations { conf_dir: root.join("x"), dkms_dir: root.join("y"), own_dir: root.join("var/lib/ckms") };
+        let loc = Locations {
+            conf_dir: root.join("x"),
+            dkms_dir: root.join("y"),
+            own_dir: root.join("var/lib/ckms"),
+            kernel: None,
+        };
         keys::generate(&loc.resolve(None, None), false).unwrap()
     }
 

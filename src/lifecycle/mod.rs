@@ -4,11 +4,13 @@
 //! forced) and its exit codes; what differs is where the build runs ([`crate::build`]).
 
 mod add;
+mod auto;
 mod build;
 mod deps;
 mod error;
 mod install;
 mod remove;
+mod signing;
 mod tarball;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -22,8 +24,6 @@ use std::path::{Path, PathBuf};
 use tokio::sync::OnceCell;
 
 use crate::context::Context;
-use crate::diagnose::code::SKIPPED;
-use crate::diagnose::Diagnose;
 use crate::engine::Connection;
 use crate::error::Usage;
 use crate::install::TreeLock;
@@ -49,12 +49,15 @@ pub struct Options {
     pub depmod: bool,
     /// Look for kernels only in this profile.
     pub profile: Option<String>,
+    /// dkms's --config: the kernel's .config to decide signing (and BUILD_EXCLUSIVE_CONFIG)
+    /// by, instead of the one in its headers package.
+    pub kernel_config: Option<PathBuf>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         let jobs = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-        Options { jobs, force: false, verbose: false, depmod: true, profile: None }
+        Options { jobs, force: false, verbose: false, depmod: true, profile: None, kernel_config: None }
     }
 }
 
@@ -66,11 +69,13 @@ pub struct Lifecycle<'a> {
     engine: OnceCell<Connection>,
     /// Where `install` looks for a finished pair before building it (a farm's binary cache).
     substituter: Option<Box<dyn Substituter + 'a>>,
+    /// The kernel whose signing dkms's lines were said for last (dkms says them once).
+    prepared: std::sync::Mutex<Option<String>>,
 }
 
 impl<'a> Lifecycle<'a> {
     pub fn new(ctx: &'a Context, roots: Roots, opts: Options) -> Self {
-        Lifecycle { ctx, roots, opts, engine: OnceCell::new(), substituter: None }
+        Lifecycle { ctx, roots, opts, engine: OnceCell::new(), substituter: None, prepared: Default::default() }
     }
 
     /// The same, asking `substituter` for a pair before `install` builds it.
@@ -90,10 +95,46 @@ impl<'a> Lifecycle<'a> {
 
     /// Prints dkms's line `key` (see [`crate::dialect`]), when it says anything.
     fn say(&self, key: &str, values: serde_json::Value) {
-        let line = self.ctx.dialect().line(key, values);
-        if !line.is_empty() {
+        if let Some(line) = self.ctx.dialect().said(key, values) {
             self.report().info(line);
         }
+    }
+
+    /// framework.conf's `post_transaction`, after a verb changed what is installed (dkms 3.2:
+    /// install, uninstall, unbuild, remove, and autoinstall when anything is installed): run
+    /// with bash on the host, as the host's own configuration, its account in
+    /// `<dkms_tree>/post_transaction.log` as dkms writes it.
+    pub fn post_transaction(&self, kernel: &str) -> Result<(), LifecycleError> {
+        let framework = crate::framework::Framework::read(&self.ctx.config.conf_dir());
+        let Some(command) = framework.expanded("post_transaction", Some(kernel)) else { return Ok(()) };
+        let dialect = self.ctx.dialect();
+        if dialect.line("post_transaction", serde_json::json!({ "status": 0, "command": command })).is_empty() {
+            return Ok(()); // a release without post_transaction
+        }
+        let log = self.roots.dkms_tree.join("post_transaction.log");
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(&command)
+            .env("kernelver", kernel)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(LifecycleError::io("bash"))?;
+        let status = out.status.code().unwrap_or(1);
+        let elapsed = started.elapsed().as_secs();
+        let text = format!(
+            "\nExecuting post-transaction command\n# command: {command}\n{}{}\n# exit code: {status}\n\
+             # elapsed time: {:02}:{:02}:{:02}\n{}\n",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            elapsed / 3600,
+            elapsed / 60 % 60,
+            elapsed % 60,
+            "-".repeat(64)
+        );
+        std::fs::write(&log, text).map_err(LifecycleError::io(&log))?;
+        self.say("post_transaction", serde_json::json!({ "status": status, "command": command }));
+        Ok(())
     }
 
     /// dkms's depmod line, or nothing when depmod does not run (--no-depmod).
@@ -182,70 +223,10 @@ impl Lifecycle<'_> {
         let report = self.report();
         Ok(TreeLock::acquire(&self.roots.dkms_tree, |msg| report.info(msg.to_string()))?)
     }
-
-    /// `autoinstall -k K`: build and install, for K, the newest version of every module in the
-    /// tree whose dkms.conf sets AUTOINSTALL. A failing module does not stop the others;
-    /// the summary names each result.
-    pub async fn autoinstall(&self, target: &KernelTarget) -> Result<Vec<AutoResult>, LifecycleError> {
-        let mut newest: std::collections::BTreeMap<String, String> = Default::default();
-        for mv in self.all() {
-            newest.insert(mv.module, mv.version); // `all` is sorted oldest first
-        }
-        let mut results = Vec::new();
-        for (module, version) in newest {
-            let mv = ModuleVersion { module, version };
-            let conf = self.source_dir(&mv).join("dkms.conf");
-            let declared = std::fs::read_to_string(&conf).ok().map(|t| add::autoinstall_setting(&t));
-            if declared == Some(Some(false)) {
-                continue;
-            }
-            let outcome = match self.autoinstall_one(&mv, target, declared.flatten()).await {
-                Ok(None) => continue,
-                Ok(Some(done)) => AutoResult { module: mv, ok: true, code: 0, message: done },
-                Err(e) => {
-                    let code = e.exit_code();
-                    // Skipped by BUILD_EXCLUSIVE is not a failure, as in dkms.
-                    AutoResult { module: mv, ok: code == SKIPPED, code, message: e.to_string() }
-                }
-            };
-            results.push(outcome);
-        }
-        Ok(results)
-    }
-
-    /// Installs one module for autoinstall; None when its conf (evaluated) does not ask for it.
-    async fn autoinstall_one(
-        &self,
-        mv: &ModuleVersion,
-        target: &KernelTarget,
-        declared: Option<bool>,
-    ) -> Result<Option<String>, LifecycleError> {
-        if declared.is_none() {
-            // AUTOINSTALL is computed by the conf: build, then ask the build record.
-            self.build(mv, target).await?;
-            let arch = self.arch(target)?;
-            let dir = self.roots.built_dir(&mv.module, &mv.version, &target.release, &arch);
-            if !Manifest::read(&dir)?.autoinstall {
-                return Ok(None);
-            }
-        }
-        Ok(Some(match self.install(mv, target).await? {
-            install::InstallOutcome::AlreadyInstalled { .. } => "already installed".into(),
-            _ => "installed".into(),
-        }))
-    }
-}
-
-/// One module's result in `autoinstall`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AutoResult {
-    pub module: ModuleVersion,
-    pub ok: bool,
-    pub code: i32,
-    pub message: String,
 }
 
 pub use add::{AddSource, Added};
+pub use auto::{AutoResult, Autoinstalled, Waiting};
 pub use build::BuildOutcome;
 pub use install::InstallOutcome;
 pub use tarball::TarballParts;

@@ -7,7 +7,7 @@ use thiserror::Error;
 
 use crate::build::BuildError;
 use crate::conf::ConfError;
-use crate::diagnose::{code, Diagnose};
+use crate::diagnose::{code, Diagnose, Said};
 use crate::image::ImageError;
 use crate::profile::ProfileError;
 use crate::sign::SignError;
@@ -24,6 +24,8 @@ pub enum PairError {
     MissingDepends { module: String, version: String, dependency: String },
     #[error("{module}/{version}: BUILD_DEPENDS form a cycle through {dependency}")]
     DependencyCycle { module: String, version: String, dependency: String },
+    #[error("{module}/{version} for kernel {kernel} ({arch}) needs its BUILD_DEPENDS installed first: {}", depends.join(" "))]
+    DependsNotInstalled { module: String, version: String, kernel: String, arch: String, depends: Vec<String> },
     #[error(transparent)]
     Conf(#[from] ConfError),
     #[error(transparent)]
@@ -50,6 +52,7 @@ impl PairError {
             PairError::NoConf(_)
             | PairError::MissingDepends { .. }
             | PairError::DependencyCycle { .. }
+            | PairError::DependsNotInstalled { .. }
             | PairError::Conf(_) => true,
             PairError::Build(b) => matches!(b, BuildError::Failed(_) | BuildError::Conf(_)),
             PairError::Io { .. }
@@ -62,12 +65,26 @@ impl PairError {
 }
 
 impl Diagnose for PairError {
+    fn dkms(&self) -> Option<Said> {
+        match self {
+            PairError::Build(e) => e.dkms(),
+            PairError::DependsNotInstalled { module, version, kernel, arch, depends } => Some(Said {
+                key: "missing_depends",
+                values: serde_json::json!({
+                    "module": module, "version": version, "kernel": kernel, "arch": arch, "depends": depends
+                }),
+            }),
+            _ => None,
+        }
+    }
     fn exit_code(&self) -> i32 {
         match self {
             PairError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => code::NO_ACCESS,
             PairError::Io { .. } => code::IO,
             PairError::NoConf(_) | PairError::Manifest { .. } => code::NO_CONF,
-            PairError::MissingDepends { .. } | PairError::DependencyCycle { .. } => code::MISSING_DEPENDS,
+            PairError::MissingDepends { .. }
+            | PairError::DependencyCycle { .. }
+            | PairError::DependsNotInstalled { .. } => code::MISSING_DEPENDS,
             PairError::Conf(e) => e.exit_code(),
             PairError::Build(e) => e.exit_code(),
             PairError::Sign(e) => e.exit_code(),
@@ -86,6 +103,9 @@ impl Diagnose for PairError {
             PairError::Manifest { .. } => Some("build it again with --force".into()),
             PairError::MissingDepends { dependency, .. } => Some(format!("add {dependency} first (`ckms add`)")),
             PairError::DependencyCycle { .. } => Some("fix BUILD_DEPENDS in the dkms.conf files".into()),
+            PairError::DependsNotInstalled { .. } => {
+                Some("install them for this kernel first, or pass --force to build without them".into())
+            }
             PairError::Conf(e) => e.hint(),
             PairError::Build(e) => e.hint(),
             PairError::Sign(e) => e.hint(),

@@ -57,6 +57,16 @@ pub enum Key<'a> {
     /// ckms's own pair, made on first use: only after a good build, so that a failed one
     /// leaves no key behind.
     Made(&'a KeyPaths),
+    /// A program the host's dkms configuration names (framework.conf's `sign_file`).
+    External(&'a dyn ExternalSign),
+}
+
+/// Signs a module file in place with a program of the host's; `false` when it failed (the
+/// module then stays unsigned, as with dkms, which warns and goes on).
+pub trait ExternalSign: Sync {
+    fn sign(&self, module: &Path, built_name: &str, hash: &str) -> bool;
+    /// The certificate's SHA-256, recorded as the pair's signer.
+    fn fingerprint(&self) -> Option<String>;
 }
 
 /// How a pair's modules are signed: the kernel's CONFIG_MODULE_SIG_HASH and the key.
@@ -137,6 +147,10 @@ pub struct Failed {
     pub advice: Option<String>,
     /// make.log, then the driver's own output and what ckms refused of the build's output.
     pub log: Vec<u8>,
+    /// The make command line, and its exit status when make was what failed (as the build
+    /// reported it: for messages only).
+    pub make: String,
+    pub make_status: Option<i64>,
 }
 
 impl Failed {
@@ -242,7 +256,7 @@ pub async fn realise(
         }
     };
     if built.timed_out || built.space_exceeded || built.status != 0 {
-        return Ok(Realised::Failed(failed(&plan, &built, &r.limits, None)));
+        return Ok(Realised::Failed(failed(&plan, &built, r, None)));
     }
     for (path, why) in &built.refused {
         r.report.warn(format!("{mv}: ignored {path:?} returned by the build: {why}"));
@@ -258,7 +272,7 @@ pub async fn realise(
         .collect();
     if !lost.is_empty() {
         let what = format!("{} did not come back from the build as a regular file", lost.join(", "));
-        return Ok(Realised::Failed(failed(&plan, &built, &r.limits, Some(what))));
+        return Ok(Realised::Failed(failed(&plan, &built, r, Some(what))));
     }
     let staged = stage(r, &plan, &built, &out, &work.join("staged"))?;
     Ok(Realised::Built(Box::new(staged)))
@@ -267,20 +281,22 @@ pub async fn realise(
 /// Signs and compresses the built modules into `dir`, with make.log and the manifest.
 fn stage(r: &Realise<'_>, plan: &BuildPlan, built: &Built, out: &Path, dir: &Path) -> Result<Staged, PairError> {
     let made;
-    let signing = match &r.signing {
-        Some(SignWith { hash, key: Key::Loaded(signer) }) => Some((*signer, hash)),
+    let (mut signing, mut external) = (None, None);
+    match &r.signing {
+        Some(SignWith { hash, key: Key::Loaded(signer) }) => signing = Some((*signer, hash)),
         Some(SignWith { hash, key: Key::Made(paths) }) => {
             made = sign::signer(paths, sign::pin().as_deref(), r.report)?;
-            Some((&made, hash))
+            signing = Some((&made, hash));
         }
-        None => None,
-    };
+        Some(SignWith { hash, key: Key::External(program) }) => external = Some((*program, hash)),
+        None => {}
+    }
     let kconfig = r.kernel.config.as_deref();
     let compression = kconfig.map(Compression::from_kernel_config).unwrap_or(Compression::None);
     for sub in ["module", "log", UNSIGNED] {
         std::fs::create_dir_all(dir.join(sub)).map_err(PairError::io(dir))?;
     }
-    let mut modules = Vec::new();
+    let (mut modules, mut external_failed) = (Vec::new(), false);
     for m in &plan.modules {
         let from = out.join("modules").join(format!("{}.ko", m.built_name));
         let mut bytes = std::fs::read(&from).map_err(PairError::io(&from))?;
@@ -290,6 +306,16 @@ fn stage(r: &Realise<'_>, plan: &BuildPlan, built: &Built, out: &Path, dir: &Pat
         if let Some((signer, hash)) = &signing {
             r.report.detail(format!("Signing module {}.ko ({hash})", m.built_name));
             bytes = sign::sign(&bytes, signer, hash, &from)?;
+        }
+        if let Some((program, hash)) = &external {
+            let file = dir.join(format!("{}.ko", m.built_name));
+            std::fs::write(&file, &bytes).map_err(PairError::io(&file))?;
+            if program.sign(&file, &m.built_name, hash) {
+                bytes = std::fs::read(&file).map_err(PairError::io(&file))?;
+            } else {
+                external_failed = true;
+            }
+            std::fs::remove_file(&file).map_err(PairError::io(&file))?;
         }
         let file = PathBuf::from("module").join(format!("{}.ko{}", m.built_name, compression.suffix()));
         let packed = compression.compress(&bytes).map_err(PairError::io(&from))?;
@@ -317,7 +343,11 @@ fn stage(r: &Realise<'_>, plan: &BuildPlan, built: &Built, out: &Path, dir: &Pat
         post_install: plan.hooks.post_install.clone(),
         post_remove: plan.hooks.post_remove.clone(),
         sig_hash: kconfig.and_then(sign::kernel_hash),
-        signed_by: signing.as_ref().map(|(signer, _)| signer.fingerprint()),
+        signed_by: match (&signing, &external) {
+            (Some((signer, _)), _) => Some(signer.fingerprint()),
+            (None, Some((program, _))) if !external_failed => program.fingerprint(),
+            _ => None,
+        },
         make_seconds: built.make_seconds,
     };
     manifest.write(dir)?;
@@ -329,7 +359,8 @@ const LINK_ADVICE: &str = "A module must be a regular file the build made: ckms 
 
 /// A failed build's description, code and log. `what` overrides the description (the build
 /// ran, but its result was refused).
-fn failed(plan: &BuildPlan, built: &Built, limits: &Limits, what: Option<String>) -> Failed {
+fn failed(plan: &BuildPlan, built: &Built, r: &Realise<'_>, what: Option<String>) -> Failed {
+    let limits = &r.limits;
     let mut log = built.make_log.as_ref().and_then(|p| std::fs::read(p).ok()).unwrap_or_default();
     // The driver's own messages (patch, PRE_BUILD) are not in make.log; keep them too.
     if !built.log.is_empty() {
@@ -387,7 +418,15 @@ fn failed(plan: &BuildPlan, built: &Built, limits: &Limits, what: Option<String>
         }
         _ => ("Bad return status for module build".to_string(), code::BUILD_FAILED, sandbox_advice(&log, limits.pids)),
     };
-    Failed { what, code, advice, log }
+    let make_status = (code == code::BUILD_FAILED).then(|| make_status(&built.log)).flatten();
+    Failed { what, code, advice, log, make: plan.make_command(r.jobs), make_status }
+}
+
+/// make's exit status, from the driver's "make returned N".
+fn make_status(driver_log: &[u8]) -> Option<i64> {
+    let text = String::from_utf8_lossy(driver_log);
+    let (_, after) = text.rsplit_once("ckms: make returned ")?;
+    after.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 /// What the sandbox refused, as make.log shows it, and what to do about it: a build that

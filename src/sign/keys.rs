@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use super::token::{self, TokenKey};
 use super::{first_reason, SignError};
+use crate::framework::Framework;
 
 /// RSA modulus size of a generated key: dkms's (the kernel and shim take larger ones too).
 pub const KEY_BITS: u32 = 2048;
@@ -36,6 +37,8 @@ pub struct Locations {
     pub dkms_dir: PathBuf,
     /// ckms's own pair (`<dkms_tree>`), made on first use.
     pub own_dir: PathBuf,
+    /// The kernel the modules are for, for framework.conf's `$kernelver`.
+    pub kernel: Option<String>,
 }
 
 /// Where the key and certificate came from.
@@ -73,9 +76,10 @@ impl Locations {
     /// settings (each on its own, as dkms reads them), then dkms's pair if both files
     /// exist, else ckms's own pair (which may not exist yet).
     pub fn resolve(&self, key: Option<&Path>, cert: Option<&Path>) -> KeyPaths {
-        let conf = framework_settings(&self.conf_dir);
-        let key = key.map(Path::to_path_buf).or(conf.key);
-        let cert = cert.map(Path::to_path_buf).or(conf.cert);
+        let conf = Framework::read(&self.conf_dir);
+        let kernel = self.kernel.as_deref();
+        let key = key.map(Path::to_path_buf).or_else(|| conf.path("mok_signing_key", kernel));
+        let cert = cert.map(Path::to_path_buf).or_else(|| conf.path("mok_certificate", kernel));
         let dkms = (self.dkms_dir.join(KEY_FILE), self.dkms_dir.join(CERT_FILE));
         let (default, origin) = if dkms.0.is_file() && dkms.1.is_file() {
             (dkms, Origin::Dkms)
@@ -84,52 +88,6 @@ impl Locations {
         };
         let origin = if key.is_some() || cert.is_some() { Origin::Configured } else { origin };
         KeyPaths { key: key.unwrap_or(default.0), cert: cert.unwrap_or(default.1), origin }
-    }
-}
-
-/// framework.conf's `mok_signing_key` and `mok_certificate`.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Configured {
-    key: Option<PathBuf>,
-    cert: Option<PathBuf>,
-}
-
-/// Reads `framework.conf` then `framework.conf.d/*.conf` (sorted; later ones win) the way
-/// dkms sources them, but without running them: `KEY=value` lines, quotes removed.
-fn framework_settings(conf_dir: &Path) -> Configured {
-    let mut files = vec![conf_dir.join("framework.conf")];
-    if let Ok(dir) = std::fs::read_dir(conf_dir.join("framework.conf.d")) {
-        let mut more: Vec<PathBuf> = dir
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "conf"))
-            .collect();
-        more.sort();
-        files.extend(more);
-    }
-    let mut out = Configured::default();
-    for file in files {
-        if let Ok(text) = std::fs::read_to_string(&file) {
-            parse_settings(&text, &mut out);
-        }
-    }
-    out
-}
-
-fn parse_settings(text: &str, out: &mut Configured) {
-    for line in text.lines() {
-        let line = line.trim();
-        let Some((name, value)) = line.split_once('=') else { continue };
-        let value = value.trim();
-        let value =
-            ['"', '\''].iter().find_map(|q| value.strip_prefix(*q).and_then(|v| v.strip_suffix(*q))).unwrap_or(value);
-        if value.is_empty() {
-            continue;
-        }
-        match name.trim() {
-            "mok_signing_key" => out.key = Some(PathBuf::from(value)),
-            "mok_certificate" => out.cert = Some(PathBuf::from(value)),
-            _ => {}
-        }
     }
 }
 
@@ -329,18 +287,7 @@ mod tests {
     use super::*;
 
     fn locations(dir: &Path) -> Locations {
-        Locations { conf_dir: dir.join("etc"), dkms_dir: dir.join("dkms"), own_dir: dir.join("ckms") }
-    }
-
-    #[test]
-    fn settings_are_read_not_run() {
-        let mut c = Configured::default();
-        parse_settings(
-            "# comment\nmok_signing_key=\"/k/my key.pem\"\nmok_certificate='/k/c.der'\n$(touch /tmp/x)\nsign_file=/x\n",
-            &mut c,
-        );
-        assert_eq!(c.key, Some(PathBuf::from("/k/my key.pem")));
-        assert_eq!(c.cert, Some(PathBuf::from("/k/c.der")));
+        Locations { conf_dir: dir.join("etc"), dkms_dir: dir.join("dkms"), own_dir: dir.join("ckms"), kernel: None }
     }
 
     #[test]

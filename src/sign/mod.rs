@@ -258,7 +258,8 @@ mod tests {
     }
 
     fn pair(dir: &Path) -> Signer {
-        let loc = Locations { conf_dir: dir.join("etc"), dkms_dir: dir.join("dkms"), own_dir: dir.join("own") };
+        let loc =
+            Locations { conf_dir: dir.join("etc"), dkms_dir: dir.join("dkms"), own_dir: dir.join("own"), kernel: None };
         keys::generate(&loc.resolve(None, None), false).unwrap()
     }
 

@@ -75,7 +75,8 @@ pub struct DkmsCompat {
     /// dkms: the kernel's headers. ckms takes them from the kernel's builder image.
     #[arg(long, value_name = "DIR", hide = true)]
     pub kernelsourcedir: Option<PathBuf>,
-    /// dkms: the kernel's .config. ckms reads it from the kernel's headers package.
+    /// The kernel's .config to decide signing and BUILD_EXCLUSIVE_CONFIG by (default: the
+    /// one in the kernel's headers package).
     #[arg(long = "config", value_name = "FILE", hide = true)]
     pub kernel_config: Option<PathBuf>,
     /// dkms: extra dkms.conf directives from the command line. Not supported.
@@ -120,7 +121,6 @@ impl DkmsCompat {
                 "--kernelsourcedir",
                 "the kernel's headers come from its builder image",
             ),
-            note(self.kernel_config.is_some(), "--config", "the kernel's .config comes from its headers package"),
             note(!self.directive.is_empty(), "--directive", "put the directive in /etc/dkms/<module>.conf"),
             note(self.modprobe_on_install, "--modprobe-on-install", "ckms does not load modules; run modprobe"),
             note(self.symlink_modules, "--symlink-modules", "ckms installs copies of the built modules"),
@@ -244,6 +244,9 @@ pub struct StatusArgs {
 pub struct AutoinstallArgs {
     #[command(flatten)]
     pub kernels: Kernels,
+    /// Refused, as by dkms (it takes one kernel).
+    #[arg(long, hide = true)]
+    pub all: bool,
     #[command(flatten)]
     pub trees: Trees,
     #[command(flatten)]
@@ -344,6 +347,9 @@ pub struct VerifyArgs {
 pub struct KernelPrermArgs {
     #[command(flatten)]
     pub kernels: Kernels,
+    /// Refused, as by dkms (it takes one kernel).
+    #[arg(long, hide = true)]
+    pub all: bool,
     #[command(flatten)]
     pub trees: Trees,
     #[command(flatten)]

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use crate::cli::error::Error;
 use ckms::context::Context;
 use ckms::diagnose::code;
+use ckms::error::Refused;
 use ckms::lifecycle::{
     AddSource, Added, KernelTarget, Lifecycle, LifecycleError, ModuleVersion, Options, TarballParts,
 };
@@ -94,6 +95,7 @@ pub async fn run(ctx: &Context, out: &Output, verb: Verb) -> Result<i32, Error> 
             for k in &kernels {
                 results.push(lc.install(&mv, k).await?);
             }
+            lc.post_transaction(&first_kernel(&kernels))?;
             out.result(&results, String::new);
             verify_after(&lc, a.verify, &mv, &kernels, out).await
         }
@@ -101,7 +103,8 @@ pub async fn run(ctx: &Context, out: &Output, verb: Verb) -> Result<i32, Error> 
         Verb::Unbuild(a) => remove(ctx, out, Removal::Unbuild, a).await,
         Verb::Remove(a) => remove(ctx, out, Removal::Remove, a).await,
         Verb::Status(a) => status(ctx, out, a),
-        Verb::Autoinstall(a) | Verb::KernelPostinst(a) => autoinstall(ctx, out, a).await,
+        Verb::Autoinstall(a) => autoinstall(ctx, out, "autoinstall", a).await,
+        Verb::KernelPostinst(a) => autoinstall(ctx, out, "kernel_postinst", a).await,
         Verb::Match(a) => run_match(ctx, a).await,
         Verb::Mktarball(a) => {
             let lc = lifecycle(ctx, &a.target.trees, &a.target.compat, Options::default())?;
@@ -121,13 +124,14 @@ pub async fn run(ctx: &Context, out: &Output, verb: Verb) -> Result<i32, Error> 
         }
         Verb::Verify(a) => verify(ctx, out, a).await,
         Verb::KernelPrerm(a) => {
+            Refused::one_kernel("kernel_prerm", a.kernels.kernels.len(), a.all)?;
             let opts = options(false, None, Some(&a.depmod));
             let lc = lifecycle(ctx, &a.trees, &a.compat, opts)?;
             for k in &targets(&a.kernels)? {
-                for mv in lc.all() {
-                    if lc.built_kernels(&mv).iter().any(|b| b.release == k.release) {
-                        lc.unbuild(&mv, k).await?;
-                    }
+                let failed = lc.kernel_prerm(k).await?;
+                if !failed.is_empty() {
+                    let modules = failed.iter().map(|f| format!("{}({})", f.module, f.code)).collect();
+                    return Err(LifecycleError::KernelPrerm { kernel: k.release.clone(), modules }.into());
                 }
             }
             Ok(0)
@@ -152,8 +156,7 @@ async fn add(ctx: &Context, out: &Output, a: AddArgs) -> Result<i32, Error> {
         Some(path) if path.is_dir() => AddSource::Dir(path),
         // dkms 3.2 adds by a dkms.conf's path: the module is the directory holding it.
         Some(path) if path.is_file() && path.file_name().is_some_and(|n| n == "dkms.conf") => {
-            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-            AddSource::Dir(dir.to_path_buf())
+            AddSource::Dir(source_dir(&path.to_string_lossy()).unwrap_or(path))
         }
         Some(path) if path.is_file() && path.extension().is_some_and(|e| e == "deb") => {
             AddSource::Deb { file: path, learned_from: None }
@@ -209,6 +212,7 @@ async fn remove(ctx: &Context, out: &Output, which: Removal, a: RemoveArgs) -> R
     match which {
         Removal::Remove => {
             lc.remove(&mv, &kernels, a.all).await?;
+            lc.post_transaction(&first_kernel(&kernels))?;
             out.result(&mv, String::new);
             return Ok(0);
         }
@@ -223,8 +227,14 @@ async fn remove(ctx: &Context, out: &Output, which: Removal, a: RemoveArgs) -> R
             }
         }
     }
+    lc.post_transaction(&first_kernel(&kernels))?;
     out.result(&kernels, String::new);
     Ok(0)
+}
+
+/// What dkms's `$kernelver` is when framework.conf is read: the first kernel named.
+fn first_kernel(kernels: &[KernelTarget]) -> String {
+    kernels.first().map(|k| k.release.clone()).unwrap_or_default()
 }
 
 fn status(ctx: &Context, out: &Output, a: StatusArgs) -> Result<i32, Error> {
@@ -257,31 +267,30 @@ fn status(ctx: &Context, out: &Output, a: StatusArgs) -> Result<i32, Error> {
     Ok(0)
 }
 
-async fn autoinstall(ctx: &Context, out: &Output, a: AutoinstallArgs) -> Result<i32, Error> {
+async fn autoinstall(ctx: &Context, out: &Output, action: &str, a: AutoinstallArgs) -> Result<i32, Error> {
+    Refused::one_kernel(action, a.kernels.kernels.len(), a.all)?;
     let lc = lifecycle(ctx, &a.trees, &a.compat, options(false, Some(&a.flags), Some(&a.depmod)))?;
-    let mut failed = 0;
     let mut all = Vec::new();
     for k in &targets(&a.kernels)? {
-        let results = lc.autoinstall(k).await?;
-        for r in &results {
-            if !r.ok {
-                failed += 1;
-                eprintln!("Error! {}: {}", r.module, r.message);
-            }
+        let done = lc.autoinstall(k).await?;
+        ctx.reporter().detail(done.summary());
+        if done.ok() && !(done.installed.is_empty() && done.already.is_empty()) {
+            lc.post_transaction(&k.release)?;
         }
-        let summary: Vec<String> = results.iter().map(|r| format!("{}: {}", r.module, r.message)).collect();
-        ctx.reporter().info(format!(
-            "Autoinstall on {}: {} module(s), {} failed{}{}",
-            k.release,
-            results.len(),
-            results.iter().filter(|r| !r.ok).count(),
-            if summary.is_empty() { "" } else { "\n  " },
-            summary.join("\n  ")
-        ));
-        all.extend(results);
+        all.push(done);
     }
     out.result(&all, String::new);
-    Ok(if failed > 0 { code::AUTOINSTALL_FAILED } else { 0 })
+    let (failed, total) = all.iter().fold((Vec::new(), 0), |(mut failed, total), done| {
+        failed.extend(done.failed.iter().map(|f| f.module.to_string()));
+        failed.extend(done.waiting.iter().map(|w| w.module.to_string()));
+        let tried = done.installed.len() + done.skipped.len() + done.failed.len() + done.waiting.len();
+        (failed, total + done.already.len() + tried)
+    });
+    if failed.is_empty() {
+        return Ok(0);
+    }
+    let kernel = all.iter().map(|d| d.kernel.clone()).collect::<Vec<_>>().join(", ");
+    Err(LifecycleError::Autoinstall { kernel, failed: failed.len(), total, names: failed }.into())
 }
 
 /// `match --templatekernel K1 -k K2 [MODULE[/VERSION]]`: install for K2 what is installed for K1.
@@ -387,6 +396,10 @@ fn lifecycle<'a>(ctx: &'a Context, trees: &Trees, compat: &DkmsCompat, opts: Opt
     for note in compat.notes() {
         ctx.reporter().warn(note);
     }
+    let mut opts = Options { kernel_config: compat.kernel_config.clone(), ..opts };
+    if opts.jobs == 0 {
+        opts.jobs = parallel_jobs(ctx).unwrap_or_else(|| Options::default().jobs);
+    }
     // A farm's binary cache, when one is configured, before any build `install` would make.
     let cache = ckms::prebuilt::Cache::new(ctx, false);
     Ok(Lifecycle::new(ctx, roots(ctx, trees)?, opts).substituting(Box::new(cache)))
@@ -412,8 +425,9 @@ fn roots(ctx: &Context, t: &Trees) -> Result<Roots, Error> {
     r.absolute().map_err(|e| usage(&format!("cannot make the tree paths absolute: {e}")))
 }
 
+/// The verbs' options; `jobs` 0 when `-j` is not given ([`lifecycle`] then asks the host).
 fn options(force: bool, flags: Option<&BuildFlags>, depmod: Option<&Depmod>) -> Options {
-    let mut o = Options { force, depmod: !depmod.is_some_and(|d| d.no_depmod), ..Options::default() };
+    let mut o = Options { force, depmod: !depmod.is_some_and(|d| d.no_depmod), jobs: 0, ..Options::default() };
     if let Some(f) = flags {
         o.verbose = f.verbose;
         o.profile = f.profile.clone();
@@ -422,6 +436,15 @@ fn options(force: bool, flags: Option<&BuildFlags>, depmod: Option<&Depmod>) -> 
         }
     }
     o
+}
+
+/// dkms's `parallel_jobs` when `-j` is not given: the environment's, else framework.conf's
+/// (dkms's default, the CPU count, is [`Options::default`]'s).
+fn parallel_jobs(ctx: &Context) -> Option<u32> {
+    let framework =
+        || ckms::framework::Framework::read(&ctx.config.conf_dir()).get("parallel_jobs").map(str::to_string);
+    let jobs = std::env::var("parallel_jobs").ok().filter(|j| !j.is_empty()).or_else(framework)?;
+    jobs.trim().parse::<u32>().ok().filter(|j| *j > 0)
 }
 
 /// `-k kver[/arch]` (repeatable), default the running kernel; `-a` applies to all.
@@ -450,9 +473,27 @@ fn split(name: &str, version: Option<&str>) -> (String, Option<String>) {
     }
 }
 
-/// The module version a [`Target`] names.
+/// The module version a [`Target`] names; a module source directory (or its dkms.conf), as
+/// dkms 3.2 takes one, is copied into the source tree first.
 fn selected(lc: &Lifecycle<'_>, t: &Target) -> Result<ModuleVersion, Error> {
+    if let (None, Some(dir)) = (&t.select.module, t.what.as_deref().and_then(source_dir)) {
+        return Ok(lc.import(&dir)?);
+    }
     select(lc, t.what.as_deref(), &t.select)
+}
+
+/// `what` as a module source directory: one holding a dkms.conf, or a dkms.conf's directory.
+fn source_dir(what: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(what);
+    if path.is_dir() && path.join("dkms.conf").is_file() {
+        return Some(path);
+    }
+    if path.is_file() && path.file_name().is_some_and(|n| n == "dkms.conf") {
+        return Some(
+            path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")).to_path_buf(),
+        );
+    }
+    None
 }
 
 /// The module version named by `-m M -v V`, `-m M/V` or `M/V` (or `M` with one version).

@@ -42,6 +42,7 @@ impl Host {
             conf_dir: dir.path().join("etc/dkms"),
             dkms_dir: dir.path().join("var/lib/dkms"),
             own_dir: dir.path().join("var/lib/ckms"),
+            kernel: None,
         };
         let signer = keys::generate(&loc.resolve(None, None), false).unwrap();
         for m in ["hello", "base"] {
