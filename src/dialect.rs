@@ -39,6 +39,14 @@ pub const KEYS: &[&str] = &[
     "depends_forced",
     "post_transaction",
     "implicitly_added",
+    "build_end",
+    "build_exclusive_full",
+    "broken",
+    "broken_more",
+    "status_broken_full",
+    "bad_conf_full",
+    "not_newer",
+    "not_newer_more",
     "already_built",
     "installed",
     "already_installed",
@@ -79,8 +87,13 @@ impl Dialect {
         }
     }
 
-    /// A failure as dkms shows it: `said` in this release's words, else `message` and `hint`.
+    /// A failure as dkms shows it: `said` in this release's words (its `<key>_full` line when
+    /// the dialect has one: the whole text, as for dkms's warnings that exit), else `message`
+    /// and `hint`.
     pub fn error(&self, said: Option<&Said>, message: &str, hint: Option<&str>) -> String {
+        if let Some(whole) = said.map(|s| self.line(&format!("{}_full", s.key), &s.values)).filter(|w| !w.is_empty()) {
+            return whole;
+        }
         let (message, more) = match said {
             Some(said) => {
                 let more = self.line(&format!("{}_more", said.key), &said.values);

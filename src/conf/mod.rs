@@ -7,12 +7,14 @@
 //! (MAKE_MATCH, PATCH_MATCH, BUILD_EXCLUSIVE_*, defaults, validation) and gives either a
 //! [`BuildPlan`] or [`Resolved::Skipped`].
 
+mod literal;
 mod resolve;
 mod version;
 
 #[cfg(test)]
 mod tests;
 
+pub use literal::{Findings, Literal};
 pub use resolve::{resolve, BuildPlan, DestPolicy, Hooks, KernelFacts, Module, Resolved};
 pub use version::compare as version_compare;
 

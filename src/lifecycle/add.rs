@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{Lifecycle, LifecycleError, ModuleVersion};
+use crate::conf::Literal;
 use crate::source::{self, from_deb, Origin};
 use crate::tree;
 
@@ -115,9 +116,37 @@ impl Lifecycle<'_> {
         if self.roots.module_dir(&mv.module, &mv.version).join("source").exists() {
             return Ok(());
         }
+        self.check_not_broken(mv)?;
         self.link_source(mv)?;
         self.say("implicitly_added", serde_json::Value::Null);
         Ok(())
+    }
+
+    /// dkms's checks of the dkms.conf at `conf` (`strict`: as it is added), when it is plain
+    /// assignments ([`Literal`]): warnings said, errors refuse it (exit 8), in dkms's words.
+    fn check_conf(&self, conf: &Path, strict: bool) -> Result<(), LifecycleError> {
+        let Some(literal) = std::fs::read_to_string(conf).ok().as_deref().and_then(Literal::parse) else {
+            return Ok(());
+        };
+        let found = literal.check(strict);
+        if !found.errors.is_empty() {
+            let file = std::path::absolute(conf).unwrap_or_else(|_| conf.to_path_buf());
+            return Err(LifecycleError::BadConf { file, findings: found.errors });
+        }
+        for warning in found.warnings {
+            self.report().notice(warning);
+        }
+        Ok(())
+    }
+
+    /// dkms's "is broken!": the version is in the tree, but its source (or the link to it) is
+    /// not. Only `add` mends it.
+    pub(super) fn check_not_broken(&self, mv: &ModuleVersion) -> Result<(), LifecycleError> {
+        let dir = self.roots.module_dir(&mv.module, &mv.version);
+        match dir.is_dir() && !dir.join("source").exists() {
+            true => Err(LifecycleError::Broken { module: mv.module.clone(), version: mv.version.clone() }),
+            false => Ok(()),
+        }
     }
 
     /// A module source directory named to a verb (dkms 3.2: `build DIR`, `install
@@ -135,6 +164,7 @@ impl Lifecycle<'_> {
         if !src.join("dkms.conf").is_file() {
             return Err(LifecycleError::NoConf(src.join("dkms.conf")));
         }
+        self.check_conf(&src.join("dkms.conf"), true)?;
         let dir = self.roots.module_dir(&mv.module, &mv.version);
         let link = dir.join("source");
         if link.is_dir() && !link.is_symlink() {
@@ -170,6 +200,7 @@ impl Lifecycle<'_> {
             Some(mv) => mv.clone(),
             None => {
                 let text = read_conf(&conf)?;
+                self.check_conf(&conf, false)?;
                 let get = |name| {
                     literal(&text, name).ok_or_else(|| LifecycleError::BadSource {
                         path: conf.clone(),

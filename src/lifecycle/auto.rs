@@ -134,14 +134,15 @@ impl Lifecycle<'_> {
                         progress = true;
                     }
                     Ok(false) => {}
-                    Err(e) if e.exit_code() == SKIPPED => {
-                        done.skipped.push(c.mv);
-                        progress = true;
-                    }
                     Err(e) => {
                         let dialect = self.ctx.dialect();
                         self.report().notice(dialect.error(e.dkms().as_ref(), &e.to_string(), e.hint().as_deref()));
-                        done.failed.push(AutoResult { module: c.mv, code: e.exit_code(), message: e.to_string() });
+                        if e.exit_code() == SKIPPED {
+                            done.skipped.push(c.mv);
+                            progress = true;
+                        } else {
+                            done.failed.push(AutoResult { module: c.mv, code: e.exit_code(), message: e.to_string() });
+                        }
                     }
                 }
             }
@@ -227,7 +228,8 @@ impl Lifecycle<'_> {
         }
         let (_, index, kernel) = self.ctx.find_kernel(&target.release, self.opts.profile.as_deref()).await?;
         let kconfig = self.kernel_config(&index, &kernel).await?;
-        self.signing(&target.release, kconfig.as_deref())?;
+        let (_, prologue) = self.signing(&target.release, kconfig.as_deref())?;
+        self.say_signing(&target.release, prologue);
         Ok(())
     }
 }

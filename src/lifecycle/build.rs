@@ -75,7 +75,7 @@ impl Lifecycle<'_> {
         );
         let (image, kconfig) = (image?, kconfig?);
         // The key is loaded before the build: a build that could not be signed is not started.
-        let signing = self.signing(&target.release, kconfig.as_deref())?;
+        let (signing, prologue) = self.signing(&target.release, kconfig.as_deref())?;
         let module_dir = self.roots.module_dir(&mv.module, &mv.version);
         let work = tempfile::Builder::new()
             .prefix(".ckms-build-")
@@ -101,7 +101,11 @@ impl Lifecycle<'_> {
             signing: signing.as_ref().map(|s| SignWith { hash: s.hash.clone(), key: s.key.as_key() }),
             report: self.report(),
         };
-        let depends = |plan: &BuildPlan| self.depends(mv, &target.release, &arch, plan, chain);
+        // The conf is read and not excluded: dkms says how it signs here, before BUILD_DEPENDS.
+        let depends = |plan: &BuildPlan| {
+            self.say_signing(&target.release, prologue.clone());
+            self.depends(mv, &target.release, &arch, plan, chain)
+        };
         let staged = match realise::realise(conn.engine.as_ref(), &pair, &depends, work.path()).await? {
             Realised::Built(staged) => {
                 self.said_built(mv, &staged, signing.as_ref());
@@ -115,7 +119,8 @@ impl Lifecycle<'_> {
             }
             Realised::Skipped { reason } => {
                 let (module, version, kernel) = (mv.module.clone(), mv.version.clone(), target.release.clone());
-                return Err(LifecycleError::Skipped { module, version, kernel, reason });
+                let dir = self.roots.built_dir(&mv.module, &mv.version, &kernel, &arch);
+                return Err(LifecycleError::Skipped { module, version, kernel, reason, dir });
             }
             Realised::Refused(e) => return Err(e.into()),
             Realised::Failed(failed) => {
@@ -158,7 +163,11 @@ impl Lifecycle<'_> {
     /// where dkms's build directory has it), with a warning for each the program failed on.
     fn said_built(&self, mv: &ModuleVersion, staged: &Staged, signing: Option<&Signing>) {
         let build_dir = self.roots.module_dir(&mv.module, &mv.version).join("build");
-        self.say("build_begin", serde_json::json!({ "make": staged.make }));
+        let steps = &staged.steps;
+        self.say(
+            "build_begin",
+            serde_json::json!({ "make": staged.make, "patches": steps.patches, "pre_build": steps.pre_build }),
+        );
         let failures = signing.map(|s| s.key.failures()).unwrap_or_default();
         let signed: Vec<PathBuf> = match (signing, &staged.manifest.signed_by) {
             (Some(_), Some(_)) | (Some(Signing { key: TreeKey::External(_), .. }), None) => {

@@ -26,6 +26,12 @@ pub enum LifecycleError {
     NotInTree { module: String, version: Option<String> },
     #[error("{module} has several versions ({}): say which", versions.join(", "))]
     WhichVersion { module: String, versions: Vec<String> },
+    #[error("{file} is not a valid dkms.conf: {}", findings.join("; "))]
+    BadConf { file: PathBuf, findings: Vec<String> },
+    #[error("{module}/{version} is not newer than {module}/{other}, installed for kernel {kernel}")]
+    NotNewer { module: String, version: String, other: String, kernel: String, file: String },
+    #[error("{module}/{version} is broken: its source directory, or the link to it in the tree, is missing")]
+    Broken { module: String, version: String },
     #[error("DKMS tree already contains: {module}/{version}")]
     InTree { module: String, version: String },
     #[error("the tree already contains {module}/{version} from another source ({existing})")]
@@ -39,7 +45,7 @@ pub enum LifecycleError {
     #[error("{module}/{other} is installed for kernel {kernel} ({arch}), not {version}")]
     OtherVersionInstalled { module: String, version: String, other: String, kernel: String, arch: String },
     #[error("{module}/{version} on kernel {kernel}: BUILD_EXCLUSIVE directives exclude it ({reason})")]
-    Skipped { module: String, version: String, kernel: String, reason: String },
+    Skipped { module: String, version: String, kernel: String, reason: String, dir: PathBuf },
     #[error("the PRE_INSTALL script of {module}/{version} failed for kernel {kernel} (status {status})")]
     PreInstall { module: String, version: String, kernel: String, status: i64 },
     #[error(
@@ -102,6 +108,20 @@ impl Diagnose for LifecycleError {
             LifecycleError::Autoinstall { .. } => {
                 Some(Said { key: "autoinstall_failed", values: serde_json::Value::Null })
             }
+            LifecycleError::Skipped { module, version, dir, .. } => Some(Said {
+                key: "build_exclusive",
+                values: serde_json::json!({ "module": module, "version": version, "dir": dir }),
+            }),
+            LifecycleError::Broken { module, version } => {
+                Some(Said { key: "broken", values: serde_json::json!({ "module": module, "version": version }) })
+            }
+            LifecycleError::BadConf { file, findings } => {
+                Some(Said { key: "bad_conf", values: serde_json::json!({ "file": file, "findings": findings }) })
+            }
+            LifecycleError::NotNewer { version, other, kernel, file, .. } => Some(Said {
+                key: "not_newer",
+                values: serde_json::json!({ "version": version, "other": other, "kernel": kernel, "file": file }),
+            }),
             LifecycleError::Context(e) => e.dkms(),
             LifecycleError::Kernel(e) => e.dkms(),
             LifecycleError::Pair(e) => e.dkms(),
@@ -114,16 +134,18 @@ impl Diagnose for LifecycleError {
         match self {
             LifecycleError::NoSource(_) | LifecycleError::WhichVersion { .. } => code::USAGE,
             LifecycleError::NoConf(_)
+            | LifecycleError::Broken { .. }
             | LifecycleError::BadSource { .. }
             | LifecycleError::NotDkmsTarball(_)
             | LifecycleError::BadTarball { .. } => code::NO_CONF,
-            LifecycleError::BinariesOnly { .. } => code::BAD_CONF,
+            LifecycleError::BinariesOnly { .. } | LifecycleError::BadConf { .. } => code::BAD_CONF,
             LifecycleError::NotInTree { .. }
             | LifecycleError::AlreadyAdded { .. }
             | LifecycleError::InTree { .. }
             | LifecycleError::SourceDiffers { .. } => code::NOT_IN_TREE,
             LifecycleError::NotBuilt { .. } => code::NOT_IN_TREE,
             LifecycleError::OtherVersionInstalled { .. } => code::REFUSED,
+            LifecycleError::NotNewer { .. } => code::INSTALL_FAILED,
             LifecycleError::Skipped { .. } => code::SKIPPED,
             LifecycleError::PreInstall { .. } => code::PRE_INSTALL_FAILED,
             LifecycleError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
@@ -167,6 +189,14 @@ impl Diagnose for LifecycleError {
                 format!("put the module's source (with its dkms.conf) in {}, or `ckms add <dir>`", p.display())
             }
             LifecycleError::NoConf(_) => "every dkms module source has a dkms.conf at its top".into(),
+            LifecycleError::NotNewer { .. } => "You may override by specifying --force.".into(),
+            LifecycleError::BadConf { .. } => {
+                "fix the dkms.conf (docs/dkms-compat.md lists what dkms requires of it)".into()
+            }
+            LifecycleError::Broken { module, version } => format!(
+                "put its source back in /usr/src/{module}-{version} and `ckms add {module}/{version}`, or drop it from \
+                 the tree (its directory under the dkms tree)"
+            ),
             LifecycleError::NotInTree { .. } => "`ckms status` lists the tree; `ckms add` puts a module in it".into(),
             LifecycleError::WhichVersion { module, versions } => {
                 format!("e.g. `-m {module} -v {}` or `{module}/{}`", versions[0], versions[0])

@@ -51,7 +51,28 @@ impl Lifecycle<'_> {
         }
         let replaced = installed.is_some() && !same;
         if let Some(other) = installed.filter(|v| *v != mv.version) {
-            if !self.opts.force {
+            if self.ctx.as_dkms && !self.opts.force {
+                // dkms's version check: a newer version takes the older one's place quietly; an
+                // older one is refused (6).
+                let other_mv = ModuleVersion { module: mv.module.clone(), version: other.clone() };
+                if crate::repo::version::compare(&mv.version, &other) != std::cmp::Ordering::Greater {
+                    let dir = self.roots.built_dir(&mv.module, &other, &kernel, &arch);
+                    let file = Manifest::read(&dir)
+                        .ok()
+                        .and_then(|m| {
+                            m.modules.first().and_then(|f| f.file.file_name().map(|n| n.to_string_lossy().into_owned()))
+                        })
+                        .unwrap_or_else(|| format!("{}.ko", mv.module));
+                    return Err(LifecycleError::NotNewer {
+                        module: mv.module.clone(),
+                        version: mv.version.clone(),
+                        other,
+                        kernel,
+                        file,
+                    });
+                }
+                self.uninstall_saying(&other_mv, target, false).await?;
+            } else if !self.opts.force {
                 return Err(LifecycleError::OtherVersionInstalled {
                     module: mv.module.clone(),
                     version: mv.version.clone(),
@@ -59,8 +80,9 @@ impl Lifecycle<'_> {
                     kernel,
                     arch,
                 });
+            } else {
+                self.uninstall(&ModuleVersion { module: mv.module.clone(), version: other }, target).await?;
             }
-            self.uninstall(&ModuleVersion { module: mv.module.clone(), version: other }, target).await?;
         }
         let built_dir = self.roots.built_dir(&mv.module, &mv.version, &kernel, &arch);
         if !built_dir.join("module").is_dir() {
@@ -94,17 +116,18 @@ impl Lifecycle<'_> {
         }
         let files = module_files(&manifest, &built_dir);
         self.check_signatures(&manifest, &built_dir, &files)?;
-        {
+        let done = {
             let _lock = self.lock()?;
             let t = self.target(mv, &kernel, &arch);
-            install::install(&t, &files, self.depmod().as_ref().map(|d| d as &dyn Depmod))?;
-        }
+            install::install(&t, &files, self.depmod().as_ref().map(|d| d as &dyn Depmod))?
+        };
         let placed = self.placed(&files, &kernel);
         let listed: Vec<String> = placed.iter().map(|p| p.path.clone()).collect();
         self.say(
             "installed",
             serde_json::json!({
                 "files": listed, "modules": placed, "depmod": self.depmod_line(), "replaced": same || replaced,
+                "archived": done.originals,
             }),
         );
         if let Some(script) = &manifest.post_install {
@@ -115,6 +138,18 @@ impl Lifecycle<'_> {
 
     /// Uninstalls `mv` from `target` and puts back what it replaced.
     pub async fn uninstall(&self, mv: &ModuleVersion, target: &KernelTarget) -> Result<InstallOutcome, LifecycleError> {
+        self.uninstall_saying(mv, target, true).await
+    }
+
+    /// [`Lifecycle::uninstall`], saying dkms's lines about it or not (a newer version taking
+    /// its place, which dkms does without a word).
+    async fn uninstall_saying(
+        &self,
+        mv: &ModuleVersion,
+        target: &KernelTarget,
+        saying: bool,
+    ) -> Result<InstallOutcome, LifecycleError> {
+        self.check_not_broken(mv)?;
         let arch = self.arch(target)?;
         let kernel = target.release.clone();
         if self.installed_version(&mv.module, &kernel, &arch).as_deref() != Some(mv.version.as_str()) {
@@ -124,17 +159,20 @@ impl Lifecycle<'_> {
         let built_dir = self.roots.built_dir(&mv.module, &mv.version, &kernel, &arch);
         let manifest = Manifest::read(&built_dir)?;
         let files = module_files(&manifest, &built_dir);
-        {
+        let done = {
             let _lock = self.lock()?;
             let t = self.target(mv, &kernel, &arch);
-            install::uninstall(&t, &files, self.depmod().as_ref().map(|d| d as &dyn Depmod))?;
-        }
+            install::uninstall(&t, &files, self.depmod().as_ref().map(|d| d as &dyn Depmod))?
+        };
         let placed = self.placed(&files, &kernel);
         let mut said = super::build::values(mv, &kernel, &arch);
         said["files"] = placed.iter().map(|p| p.path.clone()).collect();
         said["modules"] = serde_json::json!(placed);
         said["depmod"] = self.depmod_line().into();
-        self.say("uninstalled", said);
+        said["restored"] = serde_json::json!(done.restored);
+        if saying {
+            self.say("uninstalled", said);
+        }
         if let Some(script) = &manifest.post_remove {
             self.run_after(mv, &manifest, "post_remove", script).await;
         }

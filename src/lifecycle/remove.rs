@@ -7,6 +7,7 @@ use crate::tree;
 impl Lifecycle<'_> {
     /// Uninstalls (if installed) and deletes the build of `mv` for `target`.
     pub async fn unbuild(&self, mv: &ModuleVersion, target: &KernelTarget) -> Result<bool, LifecycleError> {
+        self.check_not_broken(mv)?;
         let arch = self.arch(target)?;
         self.uninstall(mv, target).await?;
         let dir = self.roots.built_dir(&mv.module, &mv.version, &target.release, &arch);
@@ -31,6 +32,7 @@ impl Lifecycle<'_> {
         if !module_dir.exists() {
             return Err(LifecycleError::NotInTree { module: mv.module.clone(), version: Some(mv.version.clone()) });
         }
+        self.check_not_broken(mv)?;
         let targets: Vec<KernelTarget> = if all { self.built_kernels(mv) } else { targets.to_vec() };
         for t in &targets {
             self.unbuild(mv, t).await?;

@@ -108,14 +108,15 @@ struct Prologue {
 }
 
 impl Lifecycle<'_> {
-    /// How `kernel`'s modules are signed (None: they are not), saying dkms's lines about it
-    /// once per kernel, as dkms does.
-    pub(super) fn signing(&self, kernel: &str, kconfig: Option<&str>) -> Result<Option<Signing>, LifecycleError> {
+    /// How `kernel`'s modules are signed (None: they are not), with what dkms says about it,
+    /// to be said by [`Lifecycle::say_signing`] when dkms would (not for a module that
+    /// BUILD_EXCLUSIVE excludes: dkms stops before).
+    pub(super) fn signing(
+        &self,
+        kernel: &str,
+        kconfig: Option<&str>,
+    ) -> Result<(Option<Signing>, serde_json::Value), LifecycleError> {
         let (prologue, signing) = self.sign_plan(kernel, kconfig)?;
-        let first = self.prepared.lock().map(|mut p| p.replace(kernel.to_string()).as_deref() != Some(kernel));
-        if first.unwrap_or(true) {
-            self.say("sign_prologue", serde_json::to_value(&prologue).unwrap_or_default());
-        }
         if let Some(s) = &signing {
             let shown = s.key.paths();
             self.report().detail(format!(
@@ -125,7 +126,15 @@ impl Lifecycle<'_> {
                 shown.cert.display()
             ));
         }
-        Ok(signing)
+        Ok((signing, serde_json::to_value(&prologue).unwrap_or_default()))
+    }
+
+    /// Says the signing prologue for `kernel`, once per kernel, as dkms does.
+    pub(super) fn say_signing(&self, kernel: &str, prologue: serde_json::Value) {
+        let first = self.prepared.lock().map(|mut p| p.replace(kernel.to_string()).as_deref() != Some(kernel));
+        if first.unwrap_or(true) {
+            self.say("sign_prologue", prologue);
+        }
     }
 
     fn sign_plan(&self, kernel: &str, kconfig: Option<&str>) -> Result<(Prologue, Option<Signing>), LifecycleError> {

@@ -135,6 +135,16 @@ pub struct Staged {
     pub manifest: Manifest,
     /// The make command, as dkms shows it.
     pub make: String,
+    /// The build's other steps, which dkms names as it runs them.
+    pub steps: Steps,
+}
+
+/// What a build ran besides make: the patches applied and the build scripts.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Steps {
+    pub patches: Vec<String>,
+    pub pre_build: bool,
+    pub post_build: bool,
 }
 
 /// A build that ran and failed.
@@ -351,7 +361,12 @@ fn stage(r: &Realise<'_>, plan: &BuildPlan, built: &Built, out: &Path, dir: &Pat
         make_seconds: built.make_seconds,
     };
     manifest.write(dir)?;
-    Ok(Staged { dir: dir.to_path_buf(), manifest, make: plan.make_command(r.jobs) })
+    let steps = Steps {
+        patches: plan.patches.clone(),
+        pre_build: plan.hooks.pre_build.is_some(),
+        post_build: plan.hooks.post_build.is_some(),
+    };
+    Ok(Staged { dir: dir.to_path_buf(), manifest, make: plan.make_command(r.jobs), steps })
 }
 
 const LINK_ADVICE: &str = "A module must be a regular file the build made: ckms never follows a link out of \

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use crate::cli::error::Error;
 use ckms::context::Context;
-use ckms::diagnose::code;
+use ckms::diagnose::{code, Said};
 use ckms::error::Refused;
 use ckms::lifecycle::{
     AddSource, Added, KernelTarget, Lifecycle, LifecycleError, ModuleVersion, Options, TarballParts,
@@ -257,13 +257,24 @@ fn status(ctx: &Context, out: &Output, a: StatusArgs) -> Result<i32, Error> {
     if let Some(arch) = &a.arch {
         lines.retain(|s| s.arch.as_ref().is_none_or(|x| x == arch));
     }
-    for broken in lines.iter().filter(|s| s.state == ckms::tree::State::Broken) {
-        eprintln!(
-            "Error! The source of {}/{} is missing: `ckms remove -m {} -v {} --all` drops it from the tree",
-            broken.module, broken.version, broken.module, broken.version
-        );
+    if out.json {
+        out.result(&lines, String::new);
+        return Ok(0);
     }
-    out.result(&lines, || lines.iter().map(|l| format!("{l}\n")).collect());
+    // dkms says what is wrong with a broken entry right after its line, on stderr.
+    for line in &lines {
+        println!("{line}");
+        if line.state == ckms::tree::State::Broken {
+            let said = Said {
+                key: "status_broken",
+                values: serde_json::json!({ "module": line.module, "version": line.version }),
+            };
+            let text = ctx.dialect().error(Some(&said), "", None);
+            if !text.trim().is_empty() {
+                eprintln!("{text}");
+            }
+        }
+    }
     Ok(0)
 }
 
