@@ -29,9 +29,10 @@ fn suites() -> PathBuf {
     dir
 }
 
-/// The checks of one run that did not pass, with the run's temporary names made fixed.
-fn differences(results: &str) -> Vec<String> {
-    fixed_tmp_names(results)
+/// The checks of one run that did not pass, with the run's own paths (its `work` directory,
+/// the suite's mktemp names) made fixed.
+fn differences(results: &str, work: &Path) -> Vec<String> {
+    fixed_tmp_names(&results.replace(&work.display().to_string(), "<work>"))
         .lines()
         .filter(|l| !l.starts_with("PASS: ") && !l.trim().is_empty())
         .map(str::to_string)
@@ -77,7 +78,7 @@ fn run(release: &str, out: &Path) -> Vec<String> {
     assert!(status.success(), "ci/dkms-suite for {release} failed to run ({status}); see {}", out.display());
     let results = std::fs::read_to_string(out.join("results.txt")).expect("the suite's results");
     let passed = results.lines().filter(|l| l.starts_with("PASS: ")).count();
-    let differ = differences(&results);
+    let differ = differences(&results, &out.join("work"));
     println!(
         "dkms {release} suite: {} checks, {passed} as dkms, {} other ({:.0} s)",
         passed + differ.len(),

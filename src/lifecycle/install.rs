@@ -49,7 +49,8 @@ impl Lifecycle<'_> {
             // --force: taken out first, as dkms does (and says).
             self.uninstall(mv, target).await?;
         }
-        let replaced = installed.is_some() && !same;
+        // An older install taken out with dkms's lines (dkms then leaves an empty line).
+        let mut replaced = installed.is_some() && !same;
         if let Some(other) = installed.filter(|v| *v != mv.version) {
             if self.ctx.as_dkms && !self.opts.force {
                 // dkms's version check: a newer version takes the older one's place quietly; an
@@ -72,6 +73,7 @@ impl Lifecycle<'_> {
                     });
                 }
                 self.uninstall_saying(&other_mv, target, false).await?;
+                replaced = false;
             } else if !self.opts.force {
                 return Err(LifecycleError::OtherVersionInstalled {
                     module: mv.module.clone(),
