@@ -69,8 +69,25 @@ fn a_dkms_conf_path_adds_its_directory_as_dkms_3_2_does() {
     let root = tempfile::tempdir().unwrap();
     let src = root.path().join("m-1.0");
     std::fs::create_dir(&src).unwrap();
-    std::fs::write(src.join("dkms.conf"), "PACKAGE_NAME=m\nPACKAGE_VERSION=1.0\nBUILT_MODULE_NAME[0]=m\n").unwrap();
+    let conf = "PACKAGE_NAME=m\nPACKAGE_VERSION=1.0\nBUILT_MODULE_NAME[0]=m\nDEST_MODULE_LOCATION[0]=/updates\n";
+    std::fs::write(src.join("dkms.conf"), conf).unwrap();
     let run = add(root.path(), &[src.join("dkms.conf").to_str().unwrap()]);
     run.expect_code(0);
     assert!(root.path().join("usr/src/m-1.0/dkms.conf").is_file(), "{run}");
+}
+
+/// As dkms 3.2 checks a dkms.conf when it is added: refused with what is wrong (exit 8), and
+/// not added, though its source was copied (as dkms leaves it).
+#[test]
+fn a_dkms_conf_dkms_refuses_is_not_added() {
+    let root = tempfile::tempdir().unwrap();
+    let src = root.path().join("m-1.0");
+    std::fs::create_dir(&src).unwrap();
+    let conf = "PACKAGE_NAME=m\nPACKAGE_VERSION=1.0\nBUILT_MODULE_NAME[0]=m\nBUILT_MODULE_NAME[1]=m\n\
+                DEST_MODULE_LOCATION[0]=/updates\nDEST_MODULE_LOCATION[1]=/updates\n";
+    std::fs::write(src.join("dkms.conf"), conf).unwrap();
+    let run = add(root.path(), &[src.to_str().unwrap()]);
+    run.expect_code(8);
+    assert!(run.error_message().contains("Duplicate module 'm' in 'BUILT_MODULE_NAME[1]'"), "{run}");
+    assert!(tree_is_empty(root.path()), "{run}");
 }
