@@ -62,6 +62,11 @@ impl Diagnose for ContextError {
     }
 }
 
+/// The host's os-release, where os-release(5) says to look: /etc, else /usr/lib.
+pub fn os_release() -> Option<String> {
+    ["/etc/os-release", "/usr/lib/os-release"].iter().find_map(|f| std::fs::read_to_string(f).ok())
+}
+
 pub struct Context {
     pub config: Config,
     pub catalog: Catalog,
@@ -102,7 +107,7 @@ impl Context {
     /// What dkms prints, in the release this host's distribution ships (or CKMS_DKMS_RELEASE).
     pub fn dialect(&self) -> &Dialect {
         let host = self.host_dkms.get_or_init(|| {
-            let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+            let os_release = os_release().unwrap_or_default();
             self.catalog.of_os_release(&os_release).and_then(|p| p.dkms.clone())
         });
         dialect::choose(&self.catalog.dialects, self.config.dkms_release(), host.as_deref())

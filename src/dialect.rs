@@ -28,6 +28,7 @@ pub const KEYS: &[&str] = &[
     "no_headers_more",
     "make_log_header",
     "autoinstall_disabled",
+    "autoinstall_broken",
     "autoinstall_module",
     "autoinstall_summary",
     "autoinstall_failed",
@@ -52,6 +53,9 @@ pub const KEYS: &[&str] = &[
     "uninstalled",
     "not_installed",
     "not_built",
+    "missing_built",
+    "bad_patch",
+    "deprecated",
     "removed",
     "depmod",
 ];
@@ -61,6 +65,9 @@ pub const KEYS: &[&str] = &[
 #[serde(deny_unknown_fields)]
 pub struct Dialect {
     pub release: String,
+    /// Whether this release refuses every command (4) on a host without os-release.
+    #[serde(default)]
+    pub os_release_required: bool,
     pub(crate) lines: BTreeMap<String, String>,
 }
 
@@ -115,7 +122,7 @@ pub fn choose<'d>(dialects: &'d BTreeMap<String, Dialect>, wanted: Option<&str>,
         .unwrap_or(&FALLBACK)
 }
 
-static FALLBACK: Dialect = Dialect { release: String::new(), lines: BTreeMap::new() };
+static FALLBACK: Dialect = Dialect { release: String::new(), os_release_required: false, lines: BTreeMap::new() };
 
 fn release_order(a: &str, b: &str) -> std::cmp::Ordering {
     let parts = |v: &str| v.split('.').map(|p| p.parse::<u32>().unwrap_or(0)).collect::<Vec<_>>();

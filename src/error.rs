@@ -50,6 +50,23 @@ impl Refused {
         };
         Err(Refused { message, code: 4 })
     }
+
+    /// dkms's check_module_args for `action`: no module and version were named (1).
+    pub fn module_args(action: &str) -> Refused {
+        let message = format!(
+            "Arguments <module> and <module-version> are not specified.\nUsage: {action} <module>/<module-version> or\n       \
+             {action} -m <module>/<module-version> or\n       {action} -m <module> -v <module-version>"
+        );
+        Refused { message, code: 1 }
+    }
+
+    /// dkms 3.2's first step, whatever the verb: the distribution from os-release, or 4.
+    pub fn without_os_release(required: bool, os_release: Option<&str>) -> Result<(), Refused> {
+        match required && os_release.is_none() {
+            true => Err(Refused { message: "System is missing os-release file.".into(), code: 4 }),
+            false => Ok(()),
+        }
+    }
 }
 
 impl Diagnose for Refused {
@@ -70,5 +87,8 @@ mod tests {
         assert_eq!((e.code, e.message.contains("requires exactly one")), (4, true));
         assert_eq!(Refused::one_kernel("autoinstall", 2, false).unwrap_err().code, 4);
         assert_eq!(Refused::one_kernel("autoinstall", 1, true).unwrap_err().code, 5);
+        assert_eq!(Refused::without_os_release(true, None).unwrap_err().code, 4);
+        assert!(Refused::without_os_release(true, Some("ID=debian")).is_ok());
+        assert!(Refused::without_os_release(false, None).is_ok());
     }
 }

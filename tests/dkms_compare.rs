@@ -4,7 +4,8 @@
 //! The reference side runs Debian's own `dkms` in the kernel's builder image (plus a layer with
 //! `dkms`), on the source of the real `*-dkms` package of the suite that ships the kernel
 //! (tests/support/dkms_reference.rs). Its results are pinned in [`EXPECTED`] and in
-//! docs/dkms-comparison.md. The ckms side ([`ckms_build`]) runs `ckms build` on the same source
+//! docs/dkms-comparison.md. The ckms side ([`ckms_build`]) runs `dkms add` and `dkms build` with ckms
+//! as `dkms` (as a package's maintainer script does) on the same source
 //! for the same kernel and is compared with dkms's result: same exit (built or failed), the
 //! same module files, and for a failure dkms's reason in ckms's make.log.
 //!
@@ -27,48 +28,48 @@ use dkms_packages::DkmsSource;
 use dkms_reference::{is_module_file, RefResult};
 
 // ---------------------------------------------------------------------------------------------
-// ckms's side: to be wired in by `ckms build` (issue 3).
+// ckms's side: ckms as `dkms`.
 // ---------------------------------------------------------------------------------------------
 
-/// What `ckms build` did for one pair.
+/// What ckms as `dkms` did for one pair.
 #[derive(Debug)]
 struct CkmsResult {
     exit_code: i32,
     /// Module files under `<dkmstree>/<m>/<v>/<kernel>/x86_64/module/`.
     kos: BTreeSet<String>,
     make_log: String,
-    /// Wall time of the whole `ckms build` command.
+    /// Wall time of `dkms add` and `dkms build`.
     secs: f64,
     /// The run, for messages.
     shown: String,
 }
 
-/// ckms's side of one pair: `ckms build` of the same source for the same kernel, with its own
-/// tree in `dkmstree`.
-fn ckms_build(engine_host: &str, kernel: &str, source: &DkmsSource, dkmstree: &Path) -> CkmsResult {
+/// ckms's side of one pair, through the dkms verbs a package's maintainer script runs: ckms
+/// called as `dkms` (speaking `release`, the dkms of the kernel's distribution) adds the
+/// unpacked source and builds it for the kernel, with its own tree in `dkmstree`.
+fn ckms_build(engine_host: &str, kernel: &str, release: &str, source: &DkmsSource, dkmstree: &Path) -> CkmsResult {
     let sourcetree = source.dir.parent().expect("sources are unpacked as <sourcetree>/<module>-<version>");
-    let cache = support::shared_cache();
+    let trees = [
+        "--sourcetree".to_string(),
+        sourcetree.display().to_string(),
+        "--dkmstree".into(),
+        dkmstree.display().to_string(),
+    ];
+    let bin = tempfile::tempdir().expect("a directory for the dkms link");
+    let dkms = |verb: &[&str]| {
+        support::dkms(bin.path(), verb.iter().copied().chain(trees.iter().map(String::as_str)))
+            .env("CKMS_ENGINE_HOST", engine_host)
+            .env("CKMS_CACHE_DIR", support::shared_cache())
+            .env("CKMS_DKMS_RELEASE", release)
+            .run()
+    };
     let started = Instant::now();
-    let run = support::ckms([
-        "--engine",
-        engine_host,
-        "--cache-dir",
-        &cache.display().to_string(),
-        "build",
-        "-m",
-        &source.module,
-        "-v",
-        &source.version,
-        "-k",
-        kernel,
-        "--sourcetree",
-        &sourcetree.display().to_string(),
-        "--dkmstree",
-        &dkmstree.display().to_string(),
-    ])
-    // This checkout's profiles, whatever an installed ckms left in /etc or /usr/share/ckms.
-    .env("CKMS_DATA_DIR", env!("CARGO_MANIFEST_DIR"))
-    .run();
+    let added = dkms(&["add", "-m", &source.module, "-v", &source.version]);
+    let run = if added.code == 0 {
+        dkms(&["build", "-m", &source.module, "-v", &source.version, "-k", kernel])
+    } else {
+        added
+    };
     let secs = started.elapsed().as_secs_f64();
     let pair = dkmstree.join(&source.module).join(&source.version);
     let built = pair.join(kernel).join("x86_64");
@@ -106,6 +107,16 @@ struct Expected {
 enum Kernel {
     Bookworm,
     Trixie,
+}
+
+impl Kernel {
+    /// The dkms release the kernel's distribution ships.
+    fn dkms_release(self) -> &'static str {
+        match self {
+            Kernel::Bookworm => "3.0.10",
+            Kernel::Trixie => "3.2.2",
+        }
+    }
 }
 
 const fn built(package: &'static str, kernel: Kernel, modules: &'static [&'static str]) -> Expected {
@@ -365,7 +376,7 @@ async fn compare(var: &str, reference_for: impl Fn(&Expected) -> bool, ckms_for:
         };
 
         let tree = work.path().join(format!("ckms-tree-{i}"));
-        let ckms = ckms_for(e).then(|| ckms_build(&host, &kernel, &source, &tree));
+        let ckms = ckms_for(e).then(|| ckms_build(&host, &kernel, e.kernel.dkms_release(), &source, &tree));
         if let Some(c) = &ckms {
             let want_kos = match &reference {
                 Some(r) => r.kos.clone(),

@@ -5,6 +5,15 @@
 
 use std::collections::BTreeMap;
 
+/// Directives dkms no longer acts on.
+const DEPRECATED: [&str; 5] = [
+    "REMAKE_INITRD",
+    "MODULES_CONF",
+    "MODULES_CONF_OBSOLETES",
+    "MODULES_CONF_ALIAS_TYPE",
+    "MODULES_CONF_OBSOLETE_ONLY",
+];
+
 /// A dkms.conf of plain assignments: each name's values by index (`NAME=v` is index 0).
 #[derive(Debug, Default)]
 pub struct Literal {
@@ -48,6 +57,11 @@ impl Literal {
             }
         }
         Some(lit)
+    }
+
+    /// The deprecated directives the conf sets (dkms 3.2 names them when it reads it strictly).
+    pub fn deprecated(&self) -> Vec<&'static str> {
+        DEPRECATED.into_iter().filter(|d| self.values.contains_key(*d)).collect()
     }
 
     fn get(&self, name: &str, index: usize) -> &str {
@@ -186,6 +200,12 @@ mod tests {
         );
         let one = "PACKAGE_NAME=m\nPACKAGE_VERSION=1\nDEST_MODULE_LOCATION=/updates\nMAKE=(\"make\" 'all')\n";
         assert_eq!(findings(one), Findings::default(), "one module may leave BUILT_MODULE_NAME out");
+    }
+
+    #[test]
+    fn deprecated_directives_are_named() {
+        let conf = "PACKAGE_NAME=d\nPACKAGE_VERSION=1\nREMAKE_INITRD=yes\nCLEAN=true\nMODULES_CONF[0]=x\n";
+        assert_eq!(Literal::parse(conf).expect("literal").deprecated(), ["REMAKE_INITRD", "MODULES_CONF"]);
     }
 
     #[test]

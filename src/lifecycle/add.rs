@@ -124,10 +124,19 @@ impl Lifecycle<'_> {
 
     /// dkms's checks of the dkms.conf at `conf` (`strict`: as it is added), when it is plain
     /// assignments ([`Literal`]): warnings said, errors refuse it (exit 8), in dkms's words.
-    fn check_conf(&self, conf: &Path, strict: bool) -> Result<(), LifecycleError> {
+    pub(super) fn check_conf(&self, conf: &Path, strict: bool) -> Result<(), LifecycleError> {
         let Some(literal) = std::fs::read_to_string(conf).ok().as_deref().and_then(Literal::parse) else {
             return Ok(());
         };
+        if strict {
+            for name in literal.deprecated() {
+                if let Some(line) =
+                    self.ctx.dialect().said("deprecated", serde_json::json!({ "name": name, "conf": conf }))
+                {
+                    self.report().notice(line);
+                }
+            }
+        }
         let found = literal.check(strict);
         if !found.errors.is_empty() {
             let file = std::path::absolute(conf).unwrap_or_else(|_| conf.to_path_buf());

@@ -86,6 +86,13 @@ impl Lifecycle<'_> {
         let arch = self.arch(target)?;
         let mut newest: BTreeMap<String, String> = BTreeMap::new();
         for mv in self.all() {
+            // As dkms 3.2: a broken entry is said and left out (it is not the newest either).
+            if self.check_not_broken(&mv).is_err() {
+                if let Some(line) = self.ctx.dialect().said("autoinstall_broken", values(&mv, &target.release, "")) {
+                    self.report().notice(line);
+                }
+                continue;
+            }
             newest.insert(mv.module, mv.version); // `all` is sorted oldest first
         }
         let mut queue = Vec::new();

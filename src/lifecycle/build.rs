@@ -59,6 +59,10 @@ impl Lifecycle<'_> {
         if self.is_binaries_only(mv) {
             return Err(self.binaries_only_error(mv));
         }
+        if self.ctx.as_dkms {
+            // dkms reads the conf strictly before it builds, from the tree's source link.
+            self.check_conf(&self.roots.module_dir(&mv.module, &mv.version).join("source/dkms.conf"), true)?;
+        }
         let started = std::time::Instant::now();
         // Independent steps overlap: connecting to the engine, reading the index, and then
         // checking the image while the kernel's config is read from its headers package.
@@ -121,6 +125,11 @@ impl Lifecycle<'_> {
                 let (module, version, kernel) = (mv.module.clone(), mv.version.clone(), target.release.clone());
                 let dir = self.roots.built_dir(&mv.module, &mv.version, &kernel, &arch);
                 return Err(LifecycleError::Skipped { module, version, kernel, reason, dir });
+            }
+            // dkms names the patch where its copy of the source has it.
+            Realised::Refused(PairError::BadPatch { module, version, patch, dotdot, .. }) => {
+                let dir = module_dir.join("build/patches");
+                return Err(PairError::BadPatch { module, version, patch, dotdot, dir }.into());
             }
             Realised::Refused(e) => return Err(e.into()),
             Realised::Failed(failed) => {

@@ -40,6 +40,8 @@ pub enum LifecycleError {
     SourceDiffers { module: String, version: String, existing: PathBuf },
     #[error("{path}: {message}")]
     BadSource { path: PathBuf, message: String },
+    #[error("Missing module {name} in {}", dir.display())]
+    MissingBuilt { name: String, dir: PathBuf },
     #[error("{module}/{version} is not built for kernel {kernel} ({arch})")]
     NotBuilt { module: String, version: String, kernel: String, arch: String },
     #[error("{module}/{other} is installed for kernel {kernel} ({arch}), not {version}")]
@@ -122,6 +124,9 @@ impl Diagnose for LifecycleError {
                 key: "not_newer",
                 values: serde_json::json!({ "version": version, "other": other, "kernel": kernel, "file": file }),
             }),
+            LifecycleError::MissingBuilt { name, dir } => {
+                Some(Said { key: "missing_built", values: serde_json::json!({ "name": name, "dir": dir }) })
+            }
             LifecycleError::Context(e) => e.dkms(),
             LifecycleError::Kernel(e) => e.dkms(),
             LifecycleError::Pair(e) => e.dkms(),
@@ -145,7 +150,7 @@ impl Diagnose for LifecycleError {
             | LifecycleError::SourceDiffers { .. } => code::NOT_IN_TREE,
             LifecycleError::NotBuilt { .. } => code::NOT_IN_TREE,
             LifecycleError::OtherVersionInstalled { .. } => code::REFUSED,
-            LifecycleError::NotNewer { .. } => code::INSTALL_FAILED,
+            LifecycleError::NotNewer { .. } | LifecycleError::MissingBuilt { .. } => code::INSTALL_FAILED,
             LifecycleError::Skipped { .. } => code::SKIPPED,
             LifecycleError::PreInstall { .. } => code::PRE_INSTALL_FAILED,
             LifecycleError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
@@ -209,6 +214,9 @@ impl Diagnose for LifecycleError {
                 format!("pass --force to replace {}, or move it away first", existing.display())
             }
             LifecycleError::BadSource { .. } => "fix the module source".into(),
+            LifecycleError::MissingBuilt { .. } => {
+                "its build is incomplete: `ckms unbuild` it and build it again (or install with --force)".into()
+            }
             LifecycleError::NotBuilt { module, version, kernel, .. } => {
                 format!("`ckms build -m {module} -v {version} -k {kernel}` first")
             }

@@ -22,6 +22,8 @@ struct Placed {
     path: String,
     dir: String,
     name: String,
+    /// Whether the file is there (dkms says so of each it uninstalls).
+    found: bool,
 }
 
 /// What `install` or `uninstall` did for one (module, kernel).
@@ -117,6 +119,14 @@ impl Lifecycle<'_> {
             }
         }
         let files = module_files(&manifest, &built_dir);
+        // As dkms: a build whose module file went missing is not installed (6).
+        if let Some(gone) = files.iter().find(|f| !f.file.is_file()) {
+            let name = gone.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            return Err(LifecycleError::MissingBuilt {
+                name: name.split(".ko").next().unwrap_or_default().to_string(),
+                dir: gone.file.parent().unwrap_or(&built_dir).to_path_buf(),
+            });
+        }
         self.check_signatures(&manifest, &built_dir, &files)?;
         let done = {
             let _lock = self.lock()?;
@@ -161,13 +171,14 @@ impl Lifecycle<'_> {
         let built_dir = self.roots.built_dir(&mv.module, &mv.version, &kernel, &arch);
         let manifest = Manifest::read(&built_dir)?;
         let files = module_files(&manifest, &built_dir);
+        let placed = self.placed(&files, &kernel);
         let done = {
             let _lock = self.lock()?;
             let t = self.target(mv, &kernel, &arch);
             install::uninstall(&t, &files, self.depmod().as_ref().map(|d| d as &dyn Depmod))?
         };
-        let placed = self.placed(&files, &kernel);
         let mut said = super::build::values(mv, &kernel, &arch);
+        said["kernel_dir"] = self.roots.install_tree.join(&kernel).display().to_string().into();
         said["files"] = placed.iter().map(|p| p.path.clone()).collect();
         said["modules"] = serde_json::json!(placed);
         said["depmod"] = self.depmod_line().into();
@@ -190,7 +201,8 @@ impl Lifecycle<'_> {
                 let suffix = name.find(".ko").map(|i| name[i + 3..].to_string()).unwrap_or_default();
                 let dir = format!("{}/{kernel}{}", self.roots.install_tree.display(), f.dest_location);
                 let name = format!("{}.ko{suffix}", f.dest_name);
-                Placed { path: format!("{dir}/{name}"), dir, name }
+                let path = format!("{dir}/{name}");
+                Placed { found: Path::new(&path).is_file(), path, dir, name }
             })
             .collect()
     }

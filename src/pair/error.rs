@@ -26,6 +26,8 @@ pub enum PairError {
     DependencyCycle { module: String, version: String, dependency: String },
     #[error("{module}/{version} for kernel {kernel} ({arch}) needs its BUILD_DEPENDS installed first: {}", depends.join(" "))]
     DependsNotInstalled { module: String, version: String, kernel: String, arch: String, depends: Vec<String> },
+    #[error("{module}/{version}: PATCH {patch} {}", if *dotdot { "has a '..' path component".to_string() } else { format!("is not in {}", dir.display()) })]
+    BadPatch { module: String, version: String, patch: String, dotdot: bool, dir: PathBuf },
     #[error(transparent)]
     Conf(#[from] ConfError),
     #[error(transparent)]
@@ -53,6 +55,7 @@ impl PairError {
             | PairError::MissingDepends { .. }
             | PairError::DependencyCycle { .. }
             | PairError::DependsNotInstalled { .. }
+            | PairError::BadPatch { .. }
             | PairError::Conf(_) => true,
             PairError::Build(b) => matches!(b, BuildError::Failed(_) | BuildError::Conf(_)),
             PairError::Io { .. }
@@ -74,6 +77,10 @@ impl Diagnose for PairError {
                     "module": module, "version": version, "kernel": kernel, "arch": arch, "depends": depends
                 }),
             }),
+            PairError::BadPatch { patch, dotdot, dir, .. } => Some(Said {
+                key: "bad_patch",
+                values: serde_json::json!({ "patch": patch, "dotdot": dotdot, "dir": dir }),
+            }),
             _ => None,
         }
     }
@@ -85,6 +92,7 @@ impl Diagnose for PairError {
             PairError::MissingDepends { .. }
             | PairError::DependencyCycle { .. }
             | PairError::DependsNotInstalled { .. } => code::MISSING_DEPENDS,
+            PairError::BadPatch { .. } => code::REFUSED,
             PairError::Conf(e) => e.exit_code(),
             PairError::Build(e) => e.exit_code(),
             PairError::Sign(e) => e.exit_code(),
@@ -105,6 +113,9 @@ impl Diagnose for PairError {
             PairError::DependencyCycle { .. } => Some("fix BUILD_DEPENDS in the dkms.conf files".into()),
             PairError::DependsNotInstalled { .. } => {
                 Some("install them for this kernel first, or pass --force to build without them".into())
+            }
+            PairError::BadPatch { .. } => {
+                Some("a PATCH names a file in the module's patches/ directory, by a plain relative path".into())
             }
             PairError::Conf(e) => e.hint(),
             PairError::Build(e) => e.hint(),

@@ -179,6 +179,24 @@ impl Failed {
     }
 }
 
+/// As dkms checks before it builds: each patch a plain path to a file under `patches/`.
+fn bad_patch(mv: &ModuleVersion, source: &Path, patches: &[String]) -> Option<PairError> {
+    let dir = source.join("patches");
+    let bad = |p: &&String| {
+        let path = Path::new(p.as_str());
+        path.components().any(|c| c == std::path::Component::ParentDir) || !dir.join(path).is_file()
+    };
+    let patch = patches.iter().find(bad)?;
+    let dotdot = Path::new(patch).components().any(|c| c == std::path::Component::ParentDir);
+    Some(PairError::BadPatch {
+        module: mv.module.clone(),
+        version: mv.version.clone(),
+        patch: patch.clone(),
+        dotdot,
+        dir,
+    })
+}
+
 /// Builds `r` on `runner`, in the fresh directory `work` (the result is staged under it).
 pub async fn realise(
     runner: &dyn Runner,
@@ -241,6 +259,9 @@ pub async fn realise(
             Depends::Met => {}
             Depends::Unbuilt(deps) => return stopped(Realised::NeedsDependencies(deps)),
             Depends::Refused(e) => return stopped(Realised::Refused(e)),
+        }
+        if let Some(e) = bad_patch(mv, r.source, &plan.patches) {
+            return stopped(Realised::Refused(e));
         }
         for note in &plan.notes {
             r.report.info(format!("{origin}: {note}"));

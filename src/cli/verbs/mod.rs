@@ -74,6 +74,9 @@ pub enum Verb {
 }
 
 pub async fn run(ctx: &Context, out: &Output, verb: Verb) -> Result<i32, Error> {
+    if ctx.as_dkms {
+        Refused::without_os_release(ctx.dialect().os_release_required, ckms::context::os_release().as_deref())?;
+    }
     match verb {
         Verb::Add(a) => add(ctx, out, a).await,
         Verb::Build(a) => {
@@ -153,6 +156,10 @@ async fn add(ctx: &Context, out: &Output, a: AddArgs) -> Result<i32, Error> {
         return added(&lc, out, done, a.package.as_deref());
     }
     let source = match a.what.as_deref().map(PathBuf::from) {
+        // dkms takes a directory without a dkms.conf for no module at all.
+        Some(path) if out.dkms && path.is_dir() && !path.join("dkms.conf").exists() && a.select.module.is_none() => {
+            return Err(Refused::module_args("add").into())
+        }
         Some(path) if path.is_dir() => AddSource::Dir(path),
         // dkms 3.2 adds by a dkms.conf's path: the module is the directory holding it.
         Some(path) if path.is_file() && path.file_name().is_some_and(|n| n == "dkms.conf") => {

@@ -276,3 +276,20 @@ fn the_advice_names_what_the_sandbox_stopped() {
     assert!(bomb.contains("limit of 256 processes"), "{bomb}");
     assert_eq!(sandbox_advice(b"hello.c:3: error: expected ';'\n", 4096), None);
 }
+
+#[test]
+fn a_patch_must_be_a_plain_path_to_a_file_under_patches() {
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(src.path().join("patches/sub")).unwrap();
+    std::fs::write(src.path().join("patches/sub/fix.patch"), "").unwrap();
+    let mv = ModuleVersion { module: "m".into(), version: "1".into() };
+    assert!(bad_patch(&mv, src.path(), &["sub/fix.patch".into()]).is_none());
+    for (patch, dotdot) in [("missing.patch", false), ("../fix.patch", true), ("sub/../sub/fix.patch", true)] {
+        match bad_patch(&mv, src.path(), &["sub/fix.patch".into(), patch.into()]) {
+            Some(PairError::BadPatch { patch: p, dotdot: d, .. }) => assert_eq!((p.as_str(), d), (patch, dotdot)),
+            other => panic!("{patch}: {other:?}"),
+        }
+    }
+    let e = bad_patch(&mv, src.path(), &["missing.patch".into()]).unwrap();
+    assert_eq!(e.exit_code(), code::REFUSED);
+}
