@@ -56,6 +56,7 @@ pub const KEYS: &[&str] = &[
     "missing_built",
     "bad_patch",
     "deprecated",
+    "rebuilding",
     "removed",
     "depmod",
 ];

@@ -155,6 +155,7 @@ impl Lifecycle<'_> {
         std::fs::remove_dir_all(&unsigned).map_err(LifecycleError::io(&unsigned))?;
         let _lock = self.lock()?;
         commit_dir(&staged.dir, &built_dir).map_err(LifecycleError::io(&built_dir))?;
+        self.record_dependencies(&built_dir, &staged.manifest)?;
         // dkms cleans the build area after a good build; a failed one's make.log goes too.
         let _ = std::fs::remove_dir_all(module_dir.join("build"));
         let names: Vec<String> = staged.manifest.modules.iter().map(|m| m.file.display().to_string()).collect();

@@ -145,6 +145,7 @@ impl Lifecycle<'_> {
         if let Some(script) = &manifest.post_install {
             self.run_after(mv, &manifest, "post_install", script).await;
         }
+        self.rebuild_dependents(target, &arch).await?;
         Ok(InstallOutcome::Installed { module: mv.clone(), kernel, arch, files: listed })
     }
 
@@ -275,6 +276,7 @@ impl Lifecycle<'_> {
             sig_hash,
             signed_by: found.signed_by.clone(),
             make_seconds: None,
+            rebuild_with: Vec::new(),
         };
         manifest.write(staged.path())?;
         if let Some(der) = &found.certificate {

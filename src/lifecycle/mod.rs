@@ -9,6 +9,7 @@ mod build;
 mod deps;
 mod error;
 mod install;
+mod rebuild;
 mod remove;
 mod signing;
 mod tarball;

@@ -37,6 +37,7 @@ pub fn built(root: &Path, module: &[u8], sig_hash: bool) -> Roots {
         sig_hash: sig_hash.then(|| "sha256".into()),
         signed_by: None,
         make_seconds: None,
+        rebuild_with: Vec::new(),
     }
     .write(&dir)
     .unwrap();

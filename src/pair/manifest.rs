@@ -32,6 +32,10 @@ pub struct Manifest {
     /// How long make ran in the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub make_seconds: Option<f64>,
+    /// Its BUILD_DEPENDS when BUILD_DEPENDS_REBUILD is set: it is built again when one of them
+    /// is installed in another version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rebuild_with: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -380,6 +380,7 @@ fn stage(r: &Realise<'_>, plan: &BuildPlan, built: &Built, out: &Path, dir: &Pat
             _ => None,
         },
         make_seconds: built.make_seconds,
+        rebuild_with: if plan.build_depends_rebuild { plan.build_depends.clone() } else { Vec::new() },
     };
     manifest.write(dir)?;
     let steps = Steps {
