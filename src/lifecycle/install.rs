@@ -43,6 +43,7 @@ impl Lifecycle<'_> {
         let kernel = target.release.clone();
         let installed = self.installed_version(&mv.module, &kernel, &arch);
         let same = installed.as_deref() == Some(mv.version.as_str());
+        let had_install = installed.is_some();
         if same && !self.opts.force {
             self.say("already_installed", super::build::values(mv, &kernel, &arch));
             return Ok(InstallOutcome::AlreadyInstalled { module: mv.clone(), kernel, arch });
@@ -139,7 +140,7 @@ impl Lifecycle<'_> {
             "installed",
             serde_json::json!({
                 "files": listed, "modules": placed, "depmod": self.depmod_line(), "replaced": same || replaced,
-                "archived": done.originals,
+                "archived": done.originals, "had_install": had_install,
             }),
         );
         if let Some(script) = &manifest.post_install {
