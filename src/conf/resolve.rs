@@ -210,8 +210,10 @@ pub fn resolve(raw: &RawConf, kernel: &KernelFacts, dest: &DestPolicy) -> Result
     // Validation comes before BUILD_EXCLUSIVE: a broken conf is an error on every kernel, not
     // only on the kernels it happens to be built for.
     // As dkms: a package of one module may leave BUILT_MODULE_NAME[0] out; it is PACKAGE_NAME.
+    // A conf that names no module record at all builds none (dkms: "Zero modules specified").
     let mut names = raw.array("BUILT_MODULE_NAME").clone();
-    if names.values().all(String::is_empty) {
+    let records = ["BUILT_MODULE_NAME", "BUILT_MODULE_LOCATION", "DEST_MODULE_NAME", "DEST_MODULE_LOCATION"];
+    if records.iter().any(|a| !raw.array(a).is_empty()) && names.values().all(String::is_empty) {
         if names.keys().any(|&i| i != 0) {
             return Err(invalid(
                 origin,
@@ -345,7 +347,7 @@ pub fn resolve(raw: &RawConf, kernel: &KernelFacts, dest: &DestPolicy) -> Result
             strip: raw.at("STRIP", i).map_or(strip_default, |v| !v.starts_with(['n', 'N'])),
         });
     }
-    if modules.is_empty() {
+    if modules.is_empty() && !excluded_modules.is_empty() {
         let reasons: Vec<String> = excluded_modules.iter().map(|(m, r)| format!("{m}: {r}")).collect();
         return Ok(Resolved::Skipped { reason: format!("every module is excluded ({})", reasons.join("; ")) });
     }

@@ -382,3 +382,10 @@ fn names_that_would_leave_their_directory_are_refused() {
     r.directives.get_mut("PACKAGE_NAME").unwrap().insert(0, "../../tmp/x".into());
     assert!(error(&r).contains("PACKAGE_NAME"));
 }
+
+#[test]
+fn a_conf_without_module_records_builds_none_and_one_record_defaults_to_the_package() {
+    assert!(plan(&raw(&[])).modules.is_empty(), "dkms: Zero modules specified");
+    let one = plan(&raw(&[("DEST_MODULE_LOCATION", 0, "/updates")]));
+    assert_eq!(one.modules.iter().map(|m| m.built_name.as_str()).collect::<Vec<_>>(), ["m"]);
+}
