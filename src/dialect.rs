@@ -54,6 +54,8 @@ pub const KEYS: &[&str] = &[
     "not_installed",
     "not_built",
     "missing_built",
+    "no_module_source",
+    "no_module_source_more",
     "bad_patch",
     "deprecated",
     "rebuilding",

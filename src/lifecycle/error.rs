@@ -124,6 +124,9 @@ impl Diagnose for LifecycleError {
                 key: "not_newer",
                 values: serde_json::json!({ "version": version, "other": other, "kernel": kernel, "file": file }),
             }),
+            LifecycleError::BinariesOnly { dir, .. } => {
+                Some(Said { key: "no_module_source", values: serde_json::json!({ "dir": dir }) })
+            }
             LifecycleError::MissingBuilt { name, dir } => {
                 Some(Said { key: "missing_built", values: serde_json::json!({ "name": name, "dir": dir }) })
             }
