@@ -47,8 +47,15 @@ async fn reference_chroot(kernel: &str, root: &Path) -> String {
 cid=$(docker -H "$1" create "$2" true)
 trap 'docker -H "$1" rm "$cid" >/dev/null' EXIT
 docker -H "$1" export "$cid" | tar -x -C "$3"
-mkdir -p "$3/tmp" "$3/srv/vendor" "$3/proc" "$3/dev""#,
-        &[&host, &image.reference, &root.display().to_string()],
+mkdir -p "$3/tmp" "$3/srv/vendor" "$3/proc" "$3/dev" "$3/lib/modules/$4/kernel"
+# dkms 3.2 compresses as the installed kernel's modules are: one empty module of the kernel
+# with the suffix its CONFIG_MODULE_COMPRESS_* gives stands for linux-image-<kernel>.
+for c in GZIP:gz XZ:xz ZSTD:zst; do
+    if grep -q "^CONFIG_MODULE_COMPRESS_${c%%:*}=y" "$3/lib/modules/$4/build/.config"; then
+        : >"$3/lib/modules/$4/kernel/ckms-vendor-marker.ko.${c#*:}"
+    fi
+done"#,
+        &[&host, &image.reference, &root.display().to_string(), kernel],
     );
     assert!(out.status.success(), "exporting {} into {}: {}", image.reference, root.display(), text(&out));
     for f in ["vendor-installer.sh", "hello-dkms", "broken-build-dkms"] {
@@ -93,11 +100,15 @@ fn with_ckms(kernel: &str, release: &str) -> String {
         .env("CKMS_CACHE_DIR", support::shared_cache())
         .output()
         .expect("sh runs the installer");
-    // The module directories the installs made, when they are left empty (as dkms's suite run).
-    for (dir, existed) in ["/updates/dkms", "/updates", ""].iter().zip(existed.iter().rev()) {
+    // The module directories the installs made, when they are left empty (as dkms's suite
+    // run); a kernel's directory the run made holds only what depmod wrote there.
+    for (dir, existed) in ["/updates/dkms", "/updates"].iter().zip(existed.iter().rev()) {
         if !existed {
             let _ = std::fs::remove_dir(format!("{modules}{dir}"));
         }
+    }
+    if !existed[0] {
+        let _ = std::fs::remove_dir_all(&modules);
     }
     assert!(out.status.success(), "the installer with ckms did not run to its end: {}", text(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -119,8 +130,11 @@ async fn compare(kernel: &str) {
     assert_eq!(ours, real, "ckms as dkms {release} and real dkms {dkms_version} differ for the installer");
 }
 
-/// bookworm's kernel, dkms 3.0.10.
+/// bookworm's kernel with bookworm's dkms (3.0.10), then the newest trixie kernel with
+/// trixie's (3.2.2): one after the other, as both install into the same trees.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_vendor_installer_sees_real_dkms_and_ckms_alike_on_bookworm() {
+async fn a_vendor_installer_sees_real_dkms_and_ckms_alike() {
     compare(dkms_reference::BOOKWORM_KERNEL).await;
+    let trixie = dkms_reference::trixie_kernel(&dkms_packages::context()).await;
+    compare(&trixie).await;
 }

@@ -15,6 +15,9 @@
 #   ckms, -m build: `ckms add deb:P` into one source tree per run, then `ckms build -m M -v V
 #         -k K` per module, alternating with dkms per package, so that the machine's load hits
 #         both alike.
+#   ckms, -m dkms: as -m build, through the dkms verbs a package's maintainer script runs: ckms
+#         called as `dkms` (speaking the dkms release of the kernel's distribution) adds each
+#         package's source from its .deb (`dkms add deb:P`), then `dkms build -m M -v V -k K`.
 #
 # usage: ci/bench/corpus.sh [-k KERNEL] [-e ENGINE] [-p PACKAGE]... [-o DIR] [-s SIDES] [-m MODE]
 #   -k KERNEL   a release (6.1.0-56-amd64), or one of the issue's four: bookworm (6.1.0-56-amd64),
@@ -26,7 +29,7 @@
 #   -o DIR      where results go (default /var/tmp/ckms-corpus/<kernel>-<time>): results.jsonl,
 #               table.md, and per side and package the exit code, module files, make.log, time.
 #   -s SIDES    dkms,ckms (default), or one of them (the other's results are then left out).
-#   -m MODE     farm (default) or build: how the ckms side builds (above).
+#   -m MODE     farm (default), build or dkms: how the ckms side builds (above).
 #   -S STORE    the farm's store (default: a new one in DIR): a store shared by several runs,
 #               to build a matrix of kernels into one (each run is still cold for its kernel).
 # Run as root after ci/setup-engines.sh. Env: CKMS_TEST_CACHE (ckms's cache, default
@@ -62,7 +65,7 @@ export CKMS_DATA_DIR=$PWD
 command -v mmdebstrap >/dev/null || apt-get install -y -q mmdebstrap >/dev/null
 [[ -x /usr/bin/time ]] || apt-get install -y -q time >/dev/null
 cargo build --quiet --release
-ckms_bin=$PWD/target/release/ckms
+ckms_bin=${CARGO_TARGET_DIR:-$PWD/target}/release/ckms
 ckms() { "$ckms_bin" --engine "$engine" --cache-dir "$CKMS_TEST_CACHE" "$@"; }
 # The `result` of a `ckms --json` command.
 ckms_result() { ckms --json "$@" | python3 -c 'import json,sys
@@ -86,9 +89,15 @@ fi
 profile=$(ckms_result kernels | python3 -c 'import json,sys
 print(next((k["profile"] for k in json.load(sys.stdin) if k["release"] == sys.argv[1]), ""))' "$kernel")
 [[ -n $profile ]] || die "no profile offers kernel $kernel (ckms kernels lists them)"
+dkms_release=$(sed -n 's/^dkms = "\(.*\)"$/\1/p' "profiles/$profile.toml")
 
 out=${out:-/var/tmp/ckms-corpus/$kernel-$(date -u +%Y%m%dT%H%M%SZ)}
-mkdir -p "$out/ref" "$out/ckms"
+mkdir -p "$out/ref" "$out/ckms/bin"
+ln -sf "$ckms_bin" "$out/ckms/bin/dkms"
+# ckms called as `dkms` (-m dkms): its engine and cache from the environment, speaking the dkms
+# release of the kernel's distribution.
+dkms_as=(env "CKMS_ENGINE_HOST=$engine" "CKMS_CACHE_DIR=$CKMS_TEST_CACHE" "CKMS_DKMS_RELEASE=$dkms_release"
+  "$out/ckms/bin/dkms")
 # Every module source package of the profile's suites, as its signed index lists it.
 ckms_result packages --profile "$profile" --dkms -- '-dkms$' >"$out/corpus.json"
 mapfile -t corpus < <(python3 -c 'import json,sys
@@ -149,7 +158,15 @@ src=$out/ckms/src tree=$out/ckms/tree store=${store:-$out/ckms/store}
 ckms_add() {
   local p=$1 d=$out/ckms/pkgs/$1 added
   mkdir -p "$d"
-  if added=$(ckms_result add "deb:$p" --profile "$profile" --sourcetree "$src" --dkmstree "$tree" 2>"$d/add.log"); then
+  if [[ $mode == dkms ]]; then
+    # dkms's own line names what was added: "Creating symlink <tree>/<m>/<v>/source -> ...".
+    if "${dkms_as[@]}" add "deb:$p" --profile "$profile" --sourcetree "$src" --dkmstree "$tree" >"$d/add.log" 2>&1; then
+      sed -n 's|^Creating symlink .*/\([^/]*\)/\([^/]*\)/source -> .*|\1 \2|p' "$d/add.log" >"$d/modules"
+      echo ok >"$d/install"
+    else
+      { echo "not added"; tail -n 3 "$d/add.log"; } >"$d/install"
+    fi
+  elif added=$(ckms_result add "deb:$p" --profile "$profile" --sourcetree "$src" --dkmstree "$tree" 2>"$d/add.log"); then
     python3 -c 'import json,sys; r = json.loads(sys.argv[1]); print(r["module"], r["version"])' "$added" >"$d/modules"
     echo ok >"$d/install"
   else
@@ -159,7 +176,7 @@ ckms_add() {
 ckms_setup() {
   local t0 p
   t0=$(now)
-  if [[ $mode == build ]]; then
+  if [[ $mode == build || $mode == dkms ]]; then
     for p in "${corpus[@]}"; do ckms_add "$p"; done
   fi
   ckms -q image build -k "$kernel" >/dev/null
@@ -172,8 +189,13 @@ ckms_build() {
     mkdir -p "$md"
     t0=$(now)
     rc=0
-    timeout "${CORPUS_BUILD_TIMEOUT:-3600}" "$ckms_bin" --engine "$engine" --cache-dir "$CKMS_TEST_CACHE" \
-      build -m "$m" -v "$v" -k "$kernel" --sourcetree "$src" --dkmstree "$tree" </dev/null >"$md/out" 2>&1 || rc=$?
+    if [[ $mode == dkms ]]; then
+      timeout "${CORPUS_BUILD_TIMEOUT:-3600}" "${dkms_as[@]}" build -m "$m" -v "$v" -k "$kernel" \
+        --sourcetree "$src" --dkmstree "$tree" </dev/null >"$md/out" 2>&1 || rc=$?
+    else
+      timeout "${CORPUS_BUILD_TIMEOUT:-3600}" "$ckms_bin" --engine "$engine" --cache-dir "$CKMS_TEST_CACHE" \
+        build -m "$m" -v "$v" -k "$kernel" --sourcetree "$src" --dkmstree "$tree" </dev/null >"$md/out" 2>&1 || rc=$?
+    fi
     elapsed "$t0" >"$md/secs"
     echo "$rc" >"$md/exit"
     pair=$tree/$m/$v
@@ -192,7 +214,7 @@ if want_side ckms; then ckms_setup; fi
 for p in "${corpus[@]}"; do
   echo "corpus: $p" >&2
   if want_side dkms && [[ $(head -n1 "$out/ref/pkgs/$p/install") =~ ^(ok|later)$ ]]; then ref_build "$p"; fi
-  if want_side ckms && [[ $mode == build ]]; then ckms_build "$p"; fi
+  if want_side ckms && [[ $mode != farm ]]; then ckms_build "$p"; fi
 done
 if want_side ckms && [[ $mode == farm ]]; then
   # Cold (empty store), then warm (nothing changed); then the store read back per package.

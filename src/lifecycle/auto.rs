@@ -11,6 +11,19 @@ use crate::diagnose::code::SKIPPED;
 use crate::diagnose::Diagnose;
 use crate::install::{Depmod, HostDepmod};
 
+/// Deletes the empty directories under `dir` (and `dir` itself when it ends up empty), as
+/// dkms's `find DIR -type d -empty -delete`.
+fn remove_empty_dirs(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_dirs(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
 /// What `autoinstall` did for one kernel.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Autoinstalled {
@@ -197,14 +210,17 @@ impl Lifecycle<'_> {
     }
 
     /// `kernel_prerm -k K`: unbuilds every module built for K, saying each as dkms does, and
-    /// runs depmod once at the end. Returns the modules that failed.
-    pub async fn kernel_prerm(&self, target: &KernelTarget) -> Result<Vec<AutoResult>, LifecycleError> {
+    /// runs depmod once at the end. Returns the modules that failed. `preinst` (dkms's
+    /// kernel_preinst, before a kernel is upgraded): the AUTOINSTALL modules only, which the
+    /// kernel's postinst builds again, and the kernel's empty directories go too.
+    pub async fn kernel_prerm(&self, target: &KernelTarget, preinst: bool) -> Result<Vec<AutoResult>, LifecycleError> {
         let arch = self.arch(target)?;
         let quiet_depmod =
             Lifecycle::new(self.ctx, self.roots.clone(), super::Options { depmod: false, ..self.opts.clone() });
         let (mut failed, mut uninstalled) = (Vec::new(), false);
         for mv in self.all() {
-            if !self.roots.built_dir(&mv.module, &mv.version, &target.release, &arch).exists() {
+            let dir = self.roots.built_dir(&mv.module, &mv.version, &target.release, &arch);
+            if !dir.exists() || (preinst && !Manifest::read(&dir).is_ok_and(|m| m.autoinstall)) {
                 continue;
             }
             if let Some(line) = self.ctx.dialect().said("removing", values(&mv, &target.release, &arch)) {
@@ -215,7 +231,9 @@ impl Lifecycle<'_> {
             if let Err(e) = quiet_depmod.unbuild(&mv, target).await {
                 failed.push(AutoResult { module: mv, code: e.exit_code(), message: e.to_string() });
             }
-            self.say("removing_end", serde_json::Value::Null);
+            if !preinst {
+                self.say("removing_end", serde_json::Value::Null);
+            }
         }
         if uninstalled && self.opts.depmod {
             HostDepmod.run(&self.roots.install_tree, &target.release).map_err(|stderr| {
@@ -223,6 +241,9 @@ impl Lifecycle<'_> {
                 LifecycleError::Install(crate::install::InstallError::DepmodAfterUninstall { module, kernel, stderr })
             })?;
             self.say("depmod", serde_json::Value::Null);
+        }
+        if preinst {
+            remove_empty_dirs(&self.roots.install_tree.join(&target.release));
         }
         Ok(failed)
     }
@@ -238,5 +259,36 @@ impl Lifecycle<'_> {
         let (_, prologue) = self.signing(&target.release, kconfig.as_deref())?;
         self.say_signing(&target.release, prologue);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{built, context};
+    use super::super::Options;
+    use super::*;
+
+    #[tokio::test]
+    async fn kernel_preinst_unbuilds_only_the_autoinstall_modules() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let roots = built(root, b"\x7fELF", false); // m/1 for kernel k, AUTOINSTALL not set
+        std::fs::create_dir_all(roots.module_dir("m", "1").join("source")).unwrap();
+        let ctx = context(root);
+        let lc = Lifecycle::new(&ctx, roots.clone(), Options { depmod: false, ..Default::default() });
+        let k = KernelTarget { release: "k".into(), arch: Some("x86_64".into()) };
+        let m = roots.built_dir("m", "1", "k", "x86_64");
+        let empty = roots.install_tree.join("k/updates/dkms");
+        std::fs::create_dir_all(&empty).unwrap();
+
+        assert!(lc.kernel_prerm(&k, true).await.unwrap().is_empty());
+        assert!(m.is_dir(), "kernel_preinst leaves a module without AUTOINSTALL");
+        assert!(!roots.install_tree.join("k").exists(), "its empty directories go");
+
+        let mut manifest = Manifest::read(&m).unwrap();
+        manifest.autoinstall = true;
+        manifest.write(&m).unwrap();
+        assert!(lc.kernel_prerm(&k, true).await.unwrap().is_empty());
+        assert!(!m.exists(), "kernel_preinst unbuilds an AUTOINSTALL module");
     }
 }

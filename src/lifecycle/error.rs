@@ -63,8 +63,8 @@ pub enum LifecycleError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("autoinstall for kernel {kernel}: {failed} of {total} module(s) failed: {}", names.join(", "))]
     Autoinstall { kernel: String, failed: usize, total: usize, names: Vec<String> },
-    #[error("dkms kernel_prerm for kernel {kernel} failed for module(s) {}", modules.join(" "))]
-    KernelPrerm { kernel: String, modules: Vec<String> },
+    #[error("dkms {hook} for kernel {kernel} failed for module(s) {}", modules.join(" "))]
+    KernelPrerm { hook: &'static str, kernel: String, modules: Vec<String> },
     #[error(transparent)]
     Usage(#[from] Usage),
     #[error(transparent)]

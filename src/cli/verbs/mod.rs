@@ -71,6 +71,9 @@ pub enum Verb {
     /// What the kernel's prerm hook runs: unbuild every module for the kernel.
     #[command(name = "kernel_prerm", hide = true)]
     KernelPrerm(KernelPrermArgs),
+    /// What a kernel's preinst runs before an upgrade: unbuild its AUTOINSTALL modules.
+    #[command(name = "kernel_preinst", hide = true)]
+    KernelPreinst(KernelPrermArgs),
 }
 
 pub async fn run(ctx: &Context, out: &Output, verb: Verb) -> Result<i32, Error> {
@@ -126,20 +129,25 @@ pub async fn run(ctx: &Context, out: &Output, verb: Verb) -> Result<i32, Error> 
             Ok(0)
         }
         Verb::Verify(a) => verify(ctx, out, a).await,
-        Verb::KernelPrerm(a) => {
-            Refused::one_kernel("kernel_prerm", a.kernels.kernels.len(), a.all)?;
-            let opts = options(false, None, Some(&a.depmod));
-            let lc = lifecycle(ctx, &a.trees, &a.compat, opts)?;
-            for k in &targets(&a.kernels)? {
-                let failed = lc.kernel_prerm(k).await?;
-                if !failed.is_empty() {
-                    let modules = failed.iter().map(|f| format!("{}({})", f.module, f.code)).collect();
-                    return Err(LifecycleError::KernelPrerm { kernel: k.release.clone(), modules }.into());
-                }
-            }
-            Ok(0)
+        Verb::KernelPrerm(a) => kernel_prerm(ctx, a, "kernel_prerm").await,
+        Verb::KernelPreinst(a) => kernel_prerm(ctx, a, "kernel_preinst").await,
+    }
+}
+
+/// kernel_prerm, or kernel_preinst (its AUTOINSTALL modules only).
+async fn kernel_prerm(ctx: &Context, a: KernelPrermArgs, hook: &'static str) -> Result<i32, Error> {
+    // dkms 3.2 checks kernel_preinst's kernels under kernel_prerm's name.
+    Refused::one_kernel("kernel_prerm", a.kernels.kernels.len(), a.all)?;
+    let opts = options(false, None, Some(&a.depmod));
+    let lc = lifecycle(ctx, &a.trees, &a.compat, opts)?;
+    for k in &targets(&a.kernels)? {
+        let failed = lc.kernel_prerm(k, hook == "kernel_preinst").await?;
+        if !failed.is_empty() {
+            let modules = failed.iter().map(|f| format!("{}({})", f.module, f.code)).collect();
+            return Err(LifecycleError::KernelPrerm { hook, kernel: k.release.clone(), modules }.into());
         }
     }
+    Ok(0)
 }
 
 async fn add(ctx: &Context, out: &Output, a: AddArgs) -> Result<i32, Error> {
