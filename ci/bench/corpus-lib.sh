@@ -30,6 +30,7 @@ module_versions() {
 
 # The module files (.ko, .ko.gz/.xz/.zst) directly in directory $1, one name a line, sorted.
 list_module_files() {
+  [[ -d $1 ]] || return 0 # a failed build has none
   find "$1" -maxdepth 1 -type f \( -name '*.ko' -o -name '*.ko.gz' -o -name '*.ko.xz' -o -name '*.ko.zst' \) \
     -printf '%f\n' 2>/dev/null | sort
 }

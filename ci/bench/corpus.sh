@@ -95,9 +95,11 @@ out=${out:-/var/tmp/ckms-corpus/$kernel-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$out/ref" "$out/ckms/bin"
 ln -sf "$ckms_bin" "$out/ckms/bin/dkms"
 # ckms called as `dkms` (-m dkms): its engine and cache from the environment, speaking the dkms
-# release of the kernel's distribution.
+# release of the kernel's distribution; /etc/dkms and dkms's signing key as on a new system
+# (empty directories of the run), whatever this machine's are.
+mkdir -p "$out/ckms/etc-dkms" "$out/ckms/mok"
 dkms_as=(env "CKMS_ENGINE_HOST=$engine" "CKMS_CACHE_DIR=$CKMS_TEST_CACHE" "CKMS_DKMS_RELEASE=$dkms_release"
-  "$out/ckms/bin/dkms")
+  "CKMS_CONF_DIR=$out/ckms/etc-dkms" "CKMS_DKMS_MOK_DIR=$out/ckms/mok" "$out/ckms/bin/dkms")
 # Every module source package of the profile's suites, as its signed index lists it.
 ckms_result packages --profile "$profile" --dkms -- '-dkms$' >"$out/corpus.json"
 mapfile -t corpus < <(python3 -c 'import json,sys

@@ -304,9 +304,6 @@ fn prepare(t: &Target, files: &[ModuleFile]) -> Result<Vec<Prepared>, InstallErr
             return Err(bad(format!("{what} {s:?} is not a plain name")));
         }
     }
-    if files.is_empty() {
-        return Err(bad("no module files to install".into()));
-    }
     let mut out: Vec<Prepared> = Vec::new();
     for f in files {
         if !plain(&f.dest_name) || Compression::split_file_name(&f.dest_name).is_some() {

@@ -124,11 +124,13 @@ impl Lifecycle<'_> {
 
     /// dkms's checks of the dkms.conf at `conf` (`strict`: as it is added), when it is plain
     /// assignments ([`Literal`]): warnings said, errors refuse it (exit 8), in dkms's words.
-    pub(super) fn check_conf(&self, conf: &Path, strict: bool) -> Result<(), LifecycleError> {
+    /// `sourced`: dkms sources the conf anew (not when this invocation has read it already),
+    /// and names its deprecated directives as it does.
+    pub(super) fn check_conf(&self, conf: &Path, strict: bool, sourced: bool) -> Result<(), LifecycleError> {
         let Some(literal) = std::fs::read_to_string(conf).ok().as_deref().and_then(Literal::parse) else {
             return Ok(());
         };
-        if strict {
+        if strict && sourced {
             for name in literal.deprecated() {
                 if let Some(line) =
                     self.ctx.dialect().said("deprecated", serde_json::json!({ "name": name, "conf": conf }))
@@ -173,7 +175,7 @@ impl Lifecycle<'_> {
         if !src.join("dkms.conf").is_file() {
             return Err(LifecycleError::NoConf(src.join("dkms.conf")));
         }
-        self.check_conf(&src.join("dkms.conf"), true)?;
+        self.check_conf(&src.join("dkms.conf"), true, true)?;
         let dir = self.roots.module_dir(&mv.module, &mv.version);
         let link = dir.join("source");
         if link.is_dir() && !link.is_symlink() {
@@ -209,7 +211,7 @@ impl Lifecycle<'_> {
             Some(mv) => mv.clone(),
             None => {
                 let text = read_conf(&conf)?;
-                self.check_conf(&conf, false)?;
+                self.check_conf(&conf, false, true)?;
                 let get = |name| {
                     literal(&text, name).ok_or_else(|| LifecycleError::BadSource {
                         path: conf.clone(),

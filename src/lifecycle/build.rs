@@ -61,7 +61,7 @@ impl Lifecycle<'_> {
         }
         if self.ctx.as_dkms {
             // dkms reads the conf strictly before it builds, from the tree's source link.
-            self.check_conf(&self.roots.module_dir(&mv.module, &mv.version).join("source/dkms.conf"), true)?;
+            self.check_conf(&self.roots.module_dir(&mv.module, &mv.version).join("source/dkms.conf"), true, true)?;
         }
         let started = std::time::Instant::now();
         // Independent steps overlap: connecting to the engine, reading the index, and then

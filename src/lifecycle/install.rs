@@ -43,7 +43,9 @@ impl Lifecycle<'_> {
         let kernel = target.release.clone();
         let installed = self.installed_version(&mv.module, &kernel, &arch);
         let same = installed.as_deref() == Some(mv.version.as_str());
-        let had_install = installed.is_some();
+        // Another version stays installed until this one takes its place (--force takes the
+        // same version out first): dkms 3.0's sanity check says so.
+        let had_install = installed.is_some() && !same;
         if same && !self.opts.force {
             self.say("already_installed", super::build::values(mv, &kernel, &arch));
             return Ok(InstallOutcome::AlreadyInstalled { module: mv.clone(), kernel, arch });
@@ -90,7 +92,8 @@ impl Lifecycle<'_> {
             }
         }
         let built_dir = self.roots.built_dir(&mv.module, &mv.version, &kernel, &arch);
-        if !built_dir.join("module").is_dir() {
+        let built_now = !built_dir.join("module").is_dir();
+        if built_now {
             // A farm's cache first, when one is configured: no engine, no headers, no compiler.
             self.ensure_added(mv)?;
             let found = match &self.substituter {
@@ -106,6 +109,11 @@ impl Lifecycle<'_> {
                     self.build(mv, target).await?;
                 }
             }
+        }
+        if self.ctx.as_dkms {
+            // dkms reads the conf strictly again before it installs.
+            let conf = self.roots.module_dir(&mv.module, &mv.version).join("source/dkms.conf");
+            self.check_conf(&conf, true, !built_now)?;
         }
         let manifest = Manifest::read(&built_dir)?;
         if let Some(script) = &manifest.pre_install {

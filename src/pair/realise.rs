@@ -264,7 +264,7 @@ pub async fn realise(
             return stopped(Realised::Refused(e));
         }
         for note in &plan.notes {
-            r.report.info(format!("{origin}: {note}"));
+            r.report.detail(format!("{origin}: {note}"));
         }
         for (name, reason) in &plan.excluded_modules {
             r.report.info(format!("{name} is not built for {release}: {reason}"));
