@@ -6,7 +6,8 @@
 # tests/publish.rs needs (and tests/farm_rotation.rs: gpg); curl (tests/farm_overlap.rs); kubernetes-validate (PyPI), which tests/kube_manifests.rs checks the
 # Kubernetes manifests with; python3's jsonschema and yaml, which tests/kmm_crd.rs checks the
 # KMM Module with; SoftHSM2, OpenSC's pkcs11-tool and OpenSSL's pkcs11 provider, which the token
-# signing tests (tests/sign_file.rs, tests/farm_token.rs) use. Idempotent.
+# signing tests (tests/sign_file.rs, tests/farm_token.rs) use; shellcheck, which ci/test runs
+# over the shell scripts. Idempotent.
 set -euo pipefail
 need=()
 pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
@@ -25,6 +26,8 @@ command -v gpgv >/dev/null || need+=(gpgv)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v mkfs.erofs >/dev/null || need+=(erofs-utils)
 command -v mksquashfs >/dev/null || need+=(squashfs-tools)
+# ci/test checks the shell the Debian package ships and the scripts that build and try it.
+command -v shellcheck >/dev/null || need+=(shellcheck)
 # tests/farm_overlap.rs counts the containers the builds created in the engine's event log.
 command -v curl >/dev/null || need+=(curl)
 # farm publish --format kmm --registry (tests/publish.rs): a real registry on loopback.
@@ -45,7 +48,9 @@ if [[ " ${need[*]} " == *" pkcs11-provider "* ]] && [ "$(id -u)" = 0 ]; then
   apt-get update -qq
   if ! apt-cache show pkcs11-provider >/dev/null 2>&1; then
     # Not in bookworm itself, in bookworm-backports: from the mirror this host already uses.
+    # shellcheck source=/dev/null
     . /etc/os-release
+    # shellcheck disable=SC2016 # apt's own placeholders, not the shell's
     mirror=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 'Identifier: Packages' |
       awk -v suite="$VERSION_CODENAME" '$2 == suite { print $1; exit }')
     [ -n "$mirror" ] || { echo "setup-build-deps: no apt source for $VERSION_CODENAME to find its backports" >&2; exit 1; }
