@@ -130,9 +130,8 @@ impl Lifecycle<'_> {
         let files = module_files(&manifest, &built_dir);
         // As dkms: a build whose module file went missing is not installed (6).
         if let Some(gone) = files.iter().find(|f| !f.file.is_file()) {
-            let name = gone.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             return Err(LifecycleError::MissingBuilt {
-                name: name.split(".ko").next().unwrap_or_default().to_string(),
+                name: gone.dest_name.clone(),
                 dir: gone.file.parent().unwrap_or(&built_dir).to_path_buf(),
             });
         }

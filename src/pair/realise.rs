@@ -182,12 +182,10 @@ impl Failed {
 /// As dkms checks before it builds: each patch a plain path to a file under `patches/`.
 fn bad_patch(mv: &ModuleVersion, source: &Path, patches: &[String]) -> Option<PairError> {
     let dir = source.join("patches");
-    let bad = |p: &&String| {
-        let path = Path::new(p.as_str());
-        path.components().any(|c| c == std::path::Component::ParentDir) || !dir.join(path).is_file()
-    };
-    let patch = patches.iter().find(bad)?;
-    let dotdot = Path::new(patch).components().any(|c| c == std::path::Component::ParentDir);
+    let (patch, dotdot) = patches.iter().find_map(|p| {
+        let dotdot = Path::new(p).components().any(|c| c == std::path::Component::ParentDir);
+        (dotdot || !dir.join(p).is_file()).then_some((p, dotdot))
+    })?;
     Some(PairError::BadPatch {
         module: mv.module.clone(),
         version: mv.version.clone(),

@@ -129,19 +129,20 @@ pub async fn run(ctx: &Context, out: &Output, verb: Verb) -> Result<i32, Error> 
             Ok(0)
         }
         Verb::Verify(a) => verify(ctx, out, a).await,
-        Verb::KernelPrerm(a) => kernel_prerm(ctx, a, "kernel_prerm").await,
-        Verb::KernelPreinst(a) => kernel_prerm(ctx, a, "kernel_preinst").await,
+        Verb::KernelPrerm(a) => kernel_prerm(ctx, a, false).await,
+        Verb::KernelPreinst(a) => kernel_prerm(ctx, a, true).await,
     }
 }
 
 /// kernel_prerm, or kernel_preinst (its AUTOINSTALL modules only).
-async fn kernel_prerm(ctx: &Context, a: KernelPrermArgs, hook: &'static str) -> Result<i32, Error> {
+async fn kernel_prerm(ctx: &Context, a: KernelPrermArgs, preinst: bool) -> Result<i32, Error> {
+    let hook = if preinst { "kernel_preinst" } else { "kernel_prerm" };
     // dkms 3.2 checks kernel_preinst's kernels under kernel_prerm's name.
     Refused::one_kernel("kernel_prerm", a.kernels.kernels.len(), a.all)?;
     let opts = options(false, None, Some(&a.depmod));
     let lc = lifecycle(ctx, &a.trees, &a.compat, opts)?;
     for k in &targets(&a.kernels)? {
-        let failed = lc.kernel_prerm(k, hook == "kernel_preinst").await?;
+        let failed = lc.kernel_prerm(k, preinst).await?;
         if !failed.is_empty() {
             let modules = failed.iter().map(|f| format!("{}({})", f.module, f.code)).collect();
             return Err(LifecycleError::KernelPrerm { hook, kernel: k.release.clone(), modules }.into());
