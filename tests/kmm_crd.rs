@@ -121,6 +121,7 @@ fn pair(dir: &Path, module: &str, kernel: &str, files: &[&str]) -> BuiltPair {
         epoch: 1_764_892_800,
         source_package: Some(format!("{module}-dkms")),
         signer: None,
+        loaded: None,
         files: files
             .iter()
             .map(|file| {

@@ -9,6 +9,7 @@ use ckms::diagnose::code;
 use ckms::farm::evaluate::{cells, evaluate, in_list, Evaluated};
 use ckms::farm::exec::Checked;
 use ckms::farm::plan::FarmPlan;
+use ckms::farm::ready;
 use ckms::farm::report::{self, Counts, Matrix};
 use ckms::farm::resign;
 use ckms::farm::schedule::Outcome;
@@ -27,7 +28,7 @@ pub enum Command {
     /// already in the store (same inputs) are not built again.
     Build(BuildArgs),
     /// The matrix of the last build: one line per pair (--json: one JSON object per line).
-    Status(StoreArg),
+    Status(StatusArgs),
     /// Write the matrix as one self-contained HTML file.
     Report(ReportArgs),
     /// Publish the store's built modules: a signed apt repository (apt), system extension
@@ -43,6 +44,16 @@ pub struct StoreArg {
     /// The store directory (created if missing).
     #[arg(long, value_name = "DIR")]
     store: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// Per kernel instead: ready when every module is built, signed and proven to load, else
+    /// which modules are not and why.
+    #[arg(long)]
+    kernels: bool,
 }
 
 #[derive(clap::Args)]
@@ -170,8 +181,20 @@ struct MatrixFile {
 pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error> {
     match cmd {
         Command::Build(args) => build(ctx, out, args).await,
+        Command::Status(args) if args.kernels => {
+            let store = Store::open(&args.store.store)?;
+            let kernels = ready::of_store(&store);
+            if out.json {
+                for k in &kernels {
+                    println!("{}", serde_json::to_string(k).unwrap_or_default());
+                }
+            } else {
+                print!("{}", ready::text(&kernels));
+            }
+            Ok(0)
+        }
         Command::Status(args) => {
-            let store = Store::open(&args.store)?;
+            let store = Store::open(&args.store.store)?;
             let Matrix { cells, damaged } = report::matrix(&store);
             if out.json {
                 for (r, cached) in &cells {

@@ -202,7 +202,7 @@ async fn collect(ctx: &Context, out: &Output, args: CollectArgs) -> Result<i32, 
         let now: std::collections::HashSet<&str> =
             kube.jobs.iter().flat_map(|j| j.pairs.iter().map(|p| p.key.as_str())).collect();
         let cells: Vec<Cell> =
-            ev.plan.pairs.iter().map(|p| Cell { key: p.key.clone(), cached: !now.contains(p.key.as_str()) }).collect();
+            ev.plan.pairs.iter().enumerate().map(|(i, p)| ev.plan.cell(i, !now.contains(p.key.as_str()))).collect();
         all.stored.extend(done.stored);
         all.refused.extend(done.refused);
         all.missing.extend(done.missing);

@@ -68,7 +68,7 @@ pub async fn evaluate(
 /// The matrix of a run that built `todo`: every pair of `plan`, the others from the store.
 pub fn cells(plan: &FarmPlan, todo: &[usize]) -> Vec<Cell> {
     let to_build = in_list(plan.pairs.len(), todo);
-    plan.pairs.iter().enumerate().map(|(i, p)| Cell { key: p.key.clone(), cached: !to_build[i] }).collect()
+    (0..plan.pairs.len()).map(|i| plan.cell(i, !to_build[i])).collect()
 }
 
 /// For each of `n` pairs, whether `list` holds it.

@@ -12,6 +12,7 @@ pub mod evaluate;
 pub mod exec;
 pub mod plan;
 pub mod proof;
+pub mod ready;
 pub mod report;
 pub mod resign;
 pub mod schedule;

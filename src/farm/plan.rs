@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::report::Cell;
 use super::select::Selector;
 use super::FarmError;
 use crate::cache::sha256_hex;
@@ -30,6 +31,14 @@ pub struct FarmPlan {
 }
 
 impl FarmPlan {
+    /// The matrix's record of pair `pair`.
+    pub fn cell(&self, pair: usize, cached: bool) -> Cell {
+        let p = &self.pairs[pair];
+        let mv = &self.sources[p.source].mv;
+        let (module, version) = (mv.module.clone(), mv.version.clone());
+        Cell { key: p.key.clone(), cached, module, version, kernel: self.kernels[p.kernel].release.clone() }
+    }
+
     pub fn label(&self, pair: usize) -> String {
         let p = &self.pairs[pair];
         format!("{} on {}", self.sources[p.source].mv, self.kernels[p.kernel].release)

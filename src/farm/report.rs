@@ -16,11 +16,18 @@ use crate::report::table;
 
 const MATRIX: &str = "matrix.json";
 
-/// One pair of the last run: its key, and whether it came from the store.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One pair of the last run: its key, whether it came from the store, and which pair it is
+/// (so that a pair with no entry is still named: not built yet, or lost).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Cell {
     pub key: String,
     pub cached: bool,
+    #[serde(default)]
+    pub module: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub kernel: String,
 }
 
 /// Remembers the last run's pairs.
@@ -40,7 +47,8 @@ pub struct Matrix {
 
 pub fn matrix(store: &Store) -> Matrix {
     let mut m = Matrix::default();
-    for (lookup, cached) in lookups(store) {
+    for (cell, lookup) in lookups(store) {
+        let cached = cell.cached;
         match lookup {
             Lookup::Found(r) => m.cells.push((*r, cached)),
             Lookup::Damaged(d) => m.damaged.push(d),
@@ -53,10 +61,16 @@ pub fn matrix(store: &Store) -> Matrix {
 
 /// Every pair of the matrix as its entry was found (checked file by file), with whether it
 /// was cached; without a matrix, every entry of the store.
-pub fn lookups(store: &Store) -> Vec<(Lookup, bool)> {
+pub fn lookups(store: &Store) -> Vec<(Cell, Lookup)> {
     let cells: Option<Vec<Cell>> = store.read_file(MATRIX).and_then(|b| serde_json::from_slice(&b).ok());
-    let cells = cells.unwrap_or_else(|| store.keys().into_iter().map(|key| Cell { key, cached: false }).collect());
-    cells.into_iter().map(|c| (store.get(&c.key), c.cached)).collect()
+    let cells = cells.unwrap_or_else(|| store.keys().into_iter().map(|key| Cell { key, ..Cell::default() }).collect());
+    cells
+        .into_iter()
+        .map(|c| {
+            let lookup = store.get(&c.key);
+            (c, lookup)
+        })
+        .collect()
 }
 
 /// `farm status --json`: one object per pair.
@@ -287,9 +301,9 @@ mod tests {
         save_matrix(
             &store,
             &[
-                Cell { key: "k1".into(), cached: true },
-                Cell { key: "k2".into(), cached: false },
-                Cell { key: "k3".into(), cached: false },
+                Cell { key: "k1".into(), cached: true, ..Cell::default() },
+                Cell { key: "k2".into(), ..Cell::default() },
+                Cell { key: "k3".into(), ..Cell::default() },
             ],
         )
         .unwrap();

@@ -17,7 +17,7 @@ fn published(dir: &Path) -> (HashMap<String, Vec<u8>>, Keyring) {
         pair(dir, "other", KERNEL, "other.ko", b"signed other"),
     ];
     let out = dir.join("cache");
-    format::write(&out, &pairs, &key, Some(&crate::publish::signer::tests::cert())).unwrap();
+    format::write(&out, &pairs, &[], &key, Some(&crate::publish::signer::tests::cert())).unwrap();
     let mut files = HashMap::new();
     let mut stack = vec![out.clone()];
     while let Some(d) = stack.pop() {

@@ -27,6 +27,7 @@ use super::pairs::BuiltPair;
 use super::signer::ModuleCert;
 use super::{write_file, PublishError};
 use crate::cache::sha256_hex;
+use crate::farm::ready::KernelReadiness;
 use crate::farm::store::SignedBy;
 
 pub const INDEX: &str = "index.json";
@@ -49,6 +50,10 @@ pub struct Index {
     /// [`cert_path`]; none when no entry is signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<String>,
+    /// Per kernel: whether every module of the farm's matrix is built, signed and proven to
+    /// load for it, or which are not and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernels: Vec<KernelReadiness>,
 }
 
 /// Where a cache holds the module certificate of SHA-256 `fingerprint`.
@@ -68,6 +73,9 @@ pub struct Entry {
     /// The certificate that signed the modules (none: unsigned, the kernel does not sign).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signer: Option<SignedBy>,
+    /// Whether the modules loaded in a VM running the kernel (none: not proven).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loaded: Option<bool>,
     pub files: Vec<File>,
 }
 
@@ -89,6 +97,7 @@ pub struct File {
 pub fn write(
     out: &Path,
     pairs: &[BuiltPair],
+    kernels: &[KernelReadiness],
     signer: &dyn RepoSigner,
     cert: Option<&ModuleCert>,
 ) -> Result<Vec<String>, PublishError> {
@@ -115,6 +124,7 @@ pub fn write(
             profile: p.profile.clone(),
             built_at: p.epoch,
             signer: p.signer.clone(),
+            loaded: p.loaded,
             files,
         };
         entries.insert(p.key.clone(), entry);
@@ -125,7 +135,8 @@ pub fn write(
         write_file(out, &cert_path(&c.fingerprint), &c.der)?;
     }
     let certificate = cert.map(|c| c.fingerprint.clone());
-    let index = Index { format: FORMAT, built_at, signed_by: signer.fingerprint(), entries, certificate };
+    let (signed_by, kernels) = (signer.fingerprint(), kernels.to_vec());
+    let index = Index { format: FORMAT, built_at, signed_by, entries, certificate, kernels };
     let text = serde_json::to_string_pretty(&index).map_err(|e| PublishError::Sign {
         fingerprint: signer.fingerprint(),
         message: format!("the index cannot be written: {e}"),
@@ -158,7 +169,7 @@ mod tests {
         ];
         let out = dir.path().join("cache");
         let cert = crate::publish::signer::tests::cert();
-        write(&out, &pairs, &key, Some(&cert)).unwrap();
+        write(&out, &pairs, &[], &key, Some(&cert)).unwrap();
         let text = std::fs::read(out.join(INDEX)).unwrap();
         let index: Index = serde_json::from_slice(&text).unwrap();
         assert_eq!(index.entries.len(), 2);
@@ -187,7 +198,7 @@ mod tests {
 
         // Twice: the same bytes.
         let again = dir.path().join("again");
-        write(&again, &pairs, &key, Some(&cert)).unwrap();
+        write(&again, &pairs, &[], &key, Some(&cert)).unwrap();
         for f in [INDEX, SIGNATURE, "pairs/key-other-6.1.0-56-amd64/other.ko"] {
             assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(again.join(f)).unwrap(), "{f} differs");
         }

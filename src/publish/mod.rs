@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::diagnose::{code, Diagnose};
+use crate::farm::ready::{self, KernelReadiness};
 use crate::farm::store::{Damage, Store};
 use crate::farm::FarmError;
 use crate::oci::registry::Registry;
@@ -266,7 +267,7 @@ pub fn publish(req: &Request, catalog: &Catalog) -> Result<Published, PublishErr
         Format::Kmm => return Err(PublishError::NeedsContext(req.format)),
         Format::Apt | Format::Sysext | Format::Cache => {}
     }
-    let (pairs, out, left_out) = open(req, catalog)?;
+    let Opened { pairs, out, left_out, kernels } = open(req, catalog)?;
     let staging = Staging::new(&out)?;
     let mut notes = match req.format {
         Format::Apt | Format::Cache => {
@@ -275,7 +276,7 @@ pub fn publish(req: &Request, catalog: &Catalog) -> Result<Published, PublishErr
             if req.format == Format::Apt {
                 apt::write(staging.path(), &pairs, &key)?
             } else {
-                cache::write(staging.path(), &pairs, &key, req.module_cert.as_ref())?
+                cache::write(staging.path(), &pairs, &kernels, &key, req.module_cert.as_ref())?
             }
         }
         Format::Sysext => {
@@ -284,18 +285,26 @@ pub fn publish(req: &Request, catalog: &Catalog) -> Result<Published, PublishErr
         }
         Format::Kmm => return Err(PublishError::NeedsContext(req.format)),
     };
+    write_readiness(staging.path(), &kernels)?;
     let files = list_files(staging.path())?;
     staging.commit()?;
     notes.extend(left_out);
     Ok(Published { format: req.format.name().into(), out, files, notes })
 }
 
-/// The store's selected pairs, where their output goes, and a note for each damaged entry
-/// left out (`--skip-damaged`).
-pub(crate) fn open(
-    req: &Request,
-    catalog: &Catalog,
-) -> Result<(Vec<pairs::BuiltPair>, PathBuf, Vec<String>), PublishError> {
+/// What a publication is made of.
+pub(crate) struct Opened {
+    pub pairs: Vec<pairs::BuiltPair>,
+    /// Where the output goes.
+    pub out: PathBuf,
+    /// A note for each damaged entry left out (`--skip-damaged`).
+    pub left_out: Vec<String>,
+    /// The readiness of each kernel published, over every module of the farm's matrix.
+    pub kernels: Vec<KernelReadiness>,
+}
+
+/// The store's selected pairs and what goes with them.
+pub(crate) fn open(req: &Request, catalog: &Catalog) -> Result<Opened, PublishError> {
     if !req.store.join("ckms-store.json").is_file() {
         return Err(PublishError::NoStore(req.store.clone()));
     }
@@ -304,7 +313,18 @@ pub(crate) fn open(
     signer::check(&pairs, req.module_cert.as_ref())?;
     let out = req.out.clone().unwrap_or_else(|| store.root().join("publish").join(req.format.name()));
     let left_out = damaged.iter().map(|d| format!("left out, damaged: {d}")).collect();
-    Ok((pairs, out, left_out))
+    let mut kernels = ready::of_store(&store);
+    kernels.retain(|k| pairs.iter().any(|p| p.kernel == k.kernel));
+    Ok(Opened { pairs, out, left_out, kernels })
+}
+
+/// Where every format says which of its kernels are ready (the cache's signed index too).
+pub const READINESS: &str = "readiness.json";
+
+/// Writes [`READINESS`] into `dir`.
+pub(crate) fn write_readiness(dir: &Path, kernels: &[KernelReadiness]) -> Result<(), PublishError> {
+    let text = serde_json::to_string_pretty(kernels).unwrap_or_default() + "\n";
+    write_file(dir, READINESS, text.as_bytes())
 }
 
 /// A directory written beside its final place and renamed into it: readers see the old tree

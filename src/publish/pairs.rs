@@ -69,6 +69,8 @@ pub struct BuiltPair {
     pub source_package: Option<String>,
     /// The module signer's certificate, when signed.
     pub signer: Option<SignedBy>,
+    /// Whether its modules loaded in a VM running the kernel (none: not proven).
+    pub loaded: Option<bool>,
     pub files: Vec<ModuleFile>,
     pub target: Target,
 }
@@ -84,7 +86,7 @@ pub fn read(
     skip_damaged: bool,
 ) -> Result<(Vec<BuiltPair>, Vec<Damage>), PublishError> {
     let (mut records, mut damaged): (Vec<Record>, Vec<Damage>) = (Vec::new(), Vec::new());
-    for (lookup, _) in lookups(store) {
+    for (_, lookup) in lookups(store) {
         match lookup {
             Lookup::Found(r) if r.status == Status::Built && !r.modules.is_empty() => records.push(*r),
             Lookup::Damaged(d) => damaged.push(d),
@@ -175,6 +177,7 @@ fn pair(store: &Store, r: &Record, target: Target) -> Result<BuiltPair, PublishE
         epoch,
         source_package: r.source.package.clone(),
         signer: r.signer.clone(),
+        loaded: r.proof.as_ref().map(|p| p.loaded),
         files,
         target,
     })
@@ -211,6 +214,7 @@ pub(crate) mod tests {
                 subject: "ckms farm".into(),
                 hash: "sha256".into(),
             }),
+            loaded: Some(true),
             files: vec![ModuleFile {
                 name: file.split(".ko").next().unwrap_or(file).into(),
                 dest: "/updates/dkms".into(),

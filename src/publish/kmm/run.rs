@@ -8,14 +8,14 @@ use crate::context::Context;
 use crate::deb::read_data_file;
 use crate::engine::Images;
 use crate::oci::registry::push;
-use crate::publish::{list_files, open, Format, PublishError, Published, Request, Staging};
+use crate::publish::{list_files, open, write_readiness, Format, Opened, PublishError, Published, Request, Staging};
 use crate::repo::{self, Package};
 use crate::verify;
 
 /// Publishes the store's pairs as KMM images under `--out`, loading them into `engine` when
 /// one is given.
 pub async fn publish(req: &Request, ctx: &Context, engine: Option<&dyn Images>) -> Result<Published, PublishError> {
-    let (pairs, out, left_out) = open(req, &ctx.catalog)?;
+    let Opened { pairs, out, left_out, kernels } = open(req, &ctx.catalog)?;
     // Pushed images are named after their registry unless --repository says otherwise.
     let default_repository = req.registry.as_ref().map(|r| {
         let name = req.name.clone().unwrap_or_else(|| pairs.first().map(|p| p.module.clone()).unwrap_or_default());
@@ -33,6 +33,7 @@ pub async fn publish(req: &Request, ctx: &Context, engine: Option<&dyn Images>) 
     }
     let staging = Staging::new(&out)?;
     let written = write(staging.path(), &plan, &busybox, &HostDepmod)?;
+    write_readiness(staging.path(), &kernels)?;
     let files = list_files(staging.path())?;
     staging.commit()?;
     let mut notes: Vec<String> = written.iter().map(|w| format!("image {} ({})", w.tag, w.id)).collect();
