@@ -74,6 +74,9 @@ pub struct Config {
     /// A farm's binary caches, looked in before building (docs/publish.md, "cache").
     #[serde(default)]
     pub prebuilt: PrebuiltConfig,
+    /// What happens when a kernel is installed that the host's modules are not ready for.
+    #[serde(default)]
+    pub gate: GateConfig,
     /// Environment overrides, captured at load time (kept out of serde).
     #[serde(skip)]
     env: BTreeMap<String, String>,
@@ -141,6 +144,42 @@ pub struct PrebuiltConfig {
     /// cache publishes, vouched for by its index's signature.
     #[serde(default)]
     pub module_certs: Vec<PathBuf>,
+}
+
+/// `[gate]`: the kernel hooks' policy (docs/gate.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateConfig {
+    /// What a kernel whose modules are not ready gets: refuse, keep-default (the default) or warn.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// Prove the modules load by booting the kernel in a VM before it counts as ready.
+    #[serde(default)]
+    pub verify: bool,
+    /// Take the modules only from the [prebuilt] caches: never build on this host.
+    #[serde(default)]
+    pub prebuilt_only: bool,
+    /// Where each kernel's last readiness is kept (default /var/lib/ckms/gate).
+    pub state_dir: Option<PathBuf>,
+}
+
+/// `[gate] on_failure`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailure {
+    /// The kernel's installation fails; the installed kernels and modules stay as they were.
+    Refuse,
+    /// The kernel is installed; the boot loader's default stays on the newest ready kernel.
+    #[default]
+    KeepDefault,
+    /// The kernel is installed and becomes the default, as with dkms; a warning says what failed.
+    Warn,
+}
+
+impl GateConfig {
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| PathBuf::from("/var/lib/ckms/gate"))
+    }
 }
 
 const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);

@@ -53,6 +53,7 @@ pub mod engine;
 pub mod error;
 pub mod farm;
 pub mod framework;
+pub mod gate;
 pub mod image;
 pub mod install;
 pub mod k8s;

@@ -6,6 +6,7 @@ mod farm;
 mod farm_kube;
 mod farm_progress;
 mod farm_run;
+mod gate;
 mod image;
 mod kernels;
 mod packages;
@@ -60,6 +61,12 @@ enum Command {
     /// The prebuild farm: a module × kernel matrix built in parallel into a store keyed by inputs.
     #[command(subcommand)]
     Farm(farm::Command),
+    /// The kernel hooks' gate: no kernel becomes the default before its modules are ready.
+    #[command(subcommand)]
+    Gate(gate::Command),
+    /// Whether the configured caches hold this host's modules for a kernel, signed and proven
+    /// to load (exit 0), or not (exit 1); nothing is built or installed.
+    Ready(gate::ReadyArgs),
     /// Builder images: build, list, remove, prune.
     #[command(subcommand)]
     Image(image::Command),
@@ -129,6 +136,8 @@ async fn run(cli: Cli, report: Arc<dyn Reporter>, voice: Voice) -> Result<i32, E
         Command::Kernels(args) => kernels::run(&ctx, &out, args).await,
         Command::Packages(args) => packages::run(&ctx, &out, args).await,
         Command::Image(cmd) => image::run(&ctx, &out, cmd).await,
+        Command::Gate(cmd) => gate::run(&ctx, &out, cmd).await,
+        Command::Ready(args) => gate::ready(&ctx, &out, args).await,
         Command::Farm(cmd) => farm::run(&ctx, &out, cmd).await,
         Command::Profiles => system::profiles(&ctx, &out),
         Command::Doctor => system::doctor(&ctx, &out).await,

@@ -100,12 +100,7 @@ pub fn of(cells: Vec<(Cell, Lookup)>) -> Vec<KernelReadiness> {
 }
 
 fn named(cell: &Cell, state: State, why: &str) -> ModuleReadiness {
-    ModuleReadiness {
-        module: cell.module.clone(),
-        version: cell.version.clone(),
-        state,
-        why: Some(why.to_string()),
-    }
+    ModuleReadiness { module: cell.module.clone(), version: cell.version.clone(), state, why: Some(why.to_string()) }
 }
 
 /// Where the pair of `r` stands.
@@ -153,7 +148,13 @@ mod tests {
     }
 
     fn cell(module: &str, kernel: &str) -> Cell {
-        Cell { key: format!("{module}-{kernel}"), module: module.into(), version: "1".into(), kernel: kernel.into(), ..Cell::default() }
+        Cell {
+            key: format!("{module}-{kernel}"),
+            module: module.into(),
+            version: "1".into(),
+            kernel: kernel.into(),
+            ..Cell::default()
+        }
     }
 
     #[test]

@@ -87,6 +87,35 @@ struct Candidate {
 }
 
 impl Lifecycle<'_> {
+    /// The newest version of each module that is not broken; with `kernel`, a broken entry
+    /// is said as dkms 3.2's autoinstall says it.
+    fn newest(&self, kernel: Option<&str>) -> Vec<ModuleVersion> {
+        let mut newest: BTreeMap<String, String> = BTreeMap::new();
+        for mv in self.all() {
+            if self.check_not_broken(&mv).is_err() {
+                let line = kernel.and_then(|k| self.ctx.dialect().said("autoinstall_broken", values(&mv, k, "")));
+                if let Some(line) = line {
+                    self.report().notice(line);
+                }
+                continue;
+            }
+            newest.insert(mv.module, mv.version); // `all` is sorted oldest first
+        }
+        newest.into_iter().map(|(module, version)| ModuleVersion { module, version }).collect()
+    }
+
+    /// The modules `autoinstall` installs for a kernel: the newest version of each whose
+    /// dkms.conf does not say AUTOINSTALL="no" (one that computes it counts).
+    pub fn autoinstall_modules(&self) -> Vec<ModuleVersion> {
+        self.newest(None)
+            .into_iter()
+            .filter(|mv| {
+                let text = std::fs::read_to_string(self.source_dir(mv).join("dkms.conf")).unwrap_or_default();
+                add::autoinstall_setting(&text) != Some(false)
+            })
+            .collect()
+    }
+
     /// `autoinstall -k K`, dkms 3.2's way: what is installed counts as done; the rest is built
     /// and installed in rounds, each module once its BUILD_DEPENDS are installed.
     pub async fn autoinstall(&self, target: &KernelTarget) -> Result<Autoinstalled, LifecycleError> {
@@ -97,20 +126,8 @@ impl Lifecycle<'_> {
             return Ok(done);
         }
         let arch = self.arch(target)?;
-        let mut newest: BTreeMap<String, String> = BTreeMap::new();
-        for mv in self.all() {
-            // As dkms 3.2: a broken entry is said and left out (it is not the newest either).
-            if self.check_not_broken(&mv).is_err() {
-                if let Some(line) = self.ctx.dialect().said("autoinstall_broken", values(&mv, &target.release, "")) {
-                    self.report().notice(line);
-                }
-                continue;
-            }
-            newest.insert(mv.module, mv.version); // `all` is sorted oldest first
-        }
         let mut queue = Vec::new();
-        for (module, version) in newest {
-            let mv = ModuleVersion { module, version };
+        for mv in self.newest(Some(&target.release)) {
             if self.installed_version(&mv.module, &target.release, &arch).as_deref() == Some(mv.version.as_str()) {
                 done.already.push(mv);
                 continue;

@@ -277,7 +277,7 @@ impl Lifecycle<'_> {
     }
 
     /// The kernel's arch: given with `-k kver/arch` or `-a`, else the profile's machine.
-    pub(super) fn arch(&self, target: &KernelTarget) -> Result<String, LifecycleError> {
+    pub fn arch(&self, target: &KernelTarget) -> Result<String, LifecycleError> {
         if let Some(a) = &target.arch {
             return Ok(a.clone());
         }

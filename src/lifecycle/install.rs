@@ -218,7 +218,7 @@ impl Lifecycle<'_> {
 
     /// What a substituter needs to find (mv, kernel): the module's source, and the tree's
     /// other modules (the newest version of each) that its build would see.
-    fn want(&self, mv: &ModuleVersion, kernel: &str) -> Want {
+    pub fn want(&self, mv: &ModuleVersion, kernel: &str) -> Want {
         let dir = |mv: ModuleVersion| SourceDir { dir: self.source_dir(&mv), origin: self.origin(&mv), mv };
         let mut newest: std::collections::BTreeMap<String, ModuleVersion> = Default::default();
         for other in self.all().into_iter().filter(|o| o.module != mv.module) {

@@ -338,13 +338,44 @@ fn not_answering(url: &str, miss: Miss) -> PrebuiltError {
     PrebuiltError::Unreachable { url: url.to_string(), detail }
 }
 
-/// One cache: its signed index, and the entry `key` with its files checked.
-pub(crate) async fn lookup(
-    f: &impl Fetch,
-    url: &str,
-    keyring: &Keyring,
-    key: &str,
-) -> Result<Option<Found>, PrebuiltError> {
+/// A cache's entry as its signed index lists it, its files not fetched: what `ckms ready`
+/// answers from.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub url: String,
+    pub key: String,
+    pub entry: Entry,
+}
+
+/// The first configured cache whose signed index lists the pair `want`. `None`: none does (a
+/// cache that does not answer is warned about and passed over).
+pub async fn listed(ctx: &Context, want: &Want) -> Result<Option<Listed>, PrebuiltError> {
+    let cfg = &ctx.config.prebuilt;
+    if cfg.urls.is_empty() {
+        return Err(PrebuiltError::NotConfigured);
+    }
+    plain_http_allowed(cfg)?;
+    let keyring = keyring(&cfg.keys)?;
+    let key = key_of(ctx, want).await?;
+    let fetcher = Fetcher::new().map_err(|m| not_answering("(HTTP client)", m))?;
+    for url in &cfg.urls {
+        match signed_index(&fetcher, url, &keyring).await {
+            Ok(index) => {
+                if let Some(entry) = index.entries.get(&key) {
+                    return Ok(Some(Listed { url: url.clone(), key, entry: entry.clone() }));
+                }
+            }
+            Err(e @ (PrebuiltError::Unreachable { .. } | PrebuiltError::NoIndex { .. })) => {
+                ctx.reporter().warn(e.to_string())
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// A cache's index, read only once its signature by a trusted key is checked.
+async fn signed_index(f: &impl Fetch, url: &str, keyring: &Keyring) -> Result<Index, PrebuiltError> {
     let index_url = join(url, format::INDEX);
     let text = match f.get(&index_url, INDEX_LIMIT).await {
         Ok(t) => t,
@@ -367,6 +398,18 @@ pub(crate) async fn lookup(
     if index.format != format::FORMAT {
         return Err(bad(format!("format {} (this ckms reads {})", index.format, format::FORMAT)));
     }
+    Ok(index)
+}
+
+/// One cache: its signed index, and the entry `key` with its files checked.
+pub(crate) async fn lookup(
+    f: &impl Fetch,
+    url: &str,
+    keyring: &Keyring,
+    key: &str,
+) -> Result<Option<Found>, PrebuiltError> {
+    let index = signed_index(f, url, keyring).await?;
+    let bad = |message: String| PrebuiltError::BadIndex { url: url.to_string(), message };
     let Some(entry) = index.entries.get(key) else { return Ok(None) };
     let mut files = Vec::new();
     for file in &entry.files {

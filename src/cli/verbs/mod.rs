@@ -18,6 +18,7 @@ use ckms::verify::Subject;
 
 use super::Output;
 use args::*;
+pub(super) use args::{Kernels, Trees};
 pub use dkms::dkms_argv;
 
 /// The verbs dkms knows, as ckms names its subcommands.
@@ -434,7 +435,7 @@ fn lifecycle<'a>(ctx: &'a Context, trees: &Trees, compat: &DkmsCompat, opts: Opt
 
 /// The trees: --root, then --sourcetree/--dkmstree/--installtree; relative ones from the
 /// current directory, so that the links ckms makes point where the user meant.
-fn roots(ctx: &Context, t: &Trees) -> Result<Roots, Error> {
+pub(super) fn roots(ctx: &Context, t: &Trees) -> Result<Roots, Error> {
     let tree = ctx.config.dkms_tree();
     let mut r = match &t.root {
         Some(root) => Roots::under(root, &tree.to_string_lossy()),
@@ -467,7 +468,7 @@ fn options(force: bool, flags: Option<&BuildFlags>, depmod: Option<&Depmod>) -> 
 
 /// dkms's `parallel_jobs` when `-j` is not given: the environment's, else framework.conf's
 /// (dkms's default, the CPU count, is [`Options::default`]'s).
-fn parallel_jobs(ctx: &Context) -> Option<u32> {
+pub(super) fn parallel_jobs(ctx: &Context) -> Option<u32> {
     let framework =
         || ckms::framework::Framework::read(&ctx.config.conf_dir()).get("parallel_jobs").map(str::to_string);
     let jobs = std::env::var("parallel_jobs").ok().filter(|j| !j.is_empty()).or_else(framework)?;
@@ -475,7 +476,7 @@ fn parallel_jobs(ctx: &Context) -> Option<u32> {
 }
 
 /// `-k kver[/arch]` (repeatable), default the running kernel; `-a` applies to all.
-fn targets(k: &Kernels) -> Result<Vec<KernelTarget>, Error> {
+pub(super) fn targets(k: &Kernels) -> Result<Vec<KernelTarget>, Error> {
     let given = if k.kernels.is_empty() { vec![running_kernel()?] } else { k.kernels.clone() };
     Ok(given
         .into_iter()
