@@ -7,7 +7,8 @@
 # Kubernetes manifests with; python3's jsonschema and yaml, which tests/kmm_crd.rs checks the
 # KMM Module with; SoftHSM2, OpenSC's pkcs11-tool and OpenSSL's pkcs11 provider, which the token
 # signing tests (tests/sign_file.rs, tests/farm_token.rs) use; shellcheck, which ci/test runs
-# over the shell scripts. Idempotent.
+# over the shell scripts; grub-editenv, which tests/gate.rs reads GRUB's saved default with.
+# Idempotent.
 set -euo pipefail
 need=()
 pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
@@ -30,6 +31,8 @@ command -v mksquashfs >/dev/null || need+=(squashfs-tools)
 command -v shellcheck >/dev/null || need+=(shellcheck)
 # tests/farm_overlap.rs counts the containers the builds created in the engine's event log.
 command -v curl >/dev/null || need+=(curl)
+# [gate] keep-default sets GRUB's saved default with grub-editenv (tests/gate.rs).
+command -v grub-editenv >/dev/null || need+=(grub-common)
 # farm publish --format kmm --registry (tests/publish.rs): a real registry on loopback.
 command -v docker-registry >/dev/null || need+=(docker-registry)
 # farm kube render (tests/kube_manifests.rs): pip, for kubernetes-validate below.

@@ -151,14 +151,11 @@ pub struct PrebuiltConfig {
 #[serde(deny_unknown_fields)]
 pub struct GateConfig {
     /// What a kernel whose modules are not ready gets: refuse, keep-default (the default) or warn.
-    #[serde(default)]
-    pub on_failure: OnFailure,
+    pub on_failure: Option<OnFailure>,
     /// Prove the modules load by booting the kernel in a VM before it counts as ready.
-    #[serde(default)]
-    pub verify: bool,
+    pub verify: Option<bool>,
     /// Take the modules only from the [prebuilt] caches: never build on this host.
-    #[serde(default)]
-    pub prebuilt_only: bool,
+    pub prebuilt_only: Option<bool>,
     /// Where each kernel's last readiness is kept (default /var/lib/ckms/gate).
     pub state_dir: Option<PathBuf>,
 }
@@ -177,6 +174,18 @@ pub enum OnFailure {
 }
 
 impl GateConfig {
+    pub fn on_failure(&self) -> OnFailure {
+        self.on_failure.unwrap_or_default()
+    }
+
+    pub fn verify(&self) -> bool {
+        self.verify.unwrap_or(false)
+    }
+
+    pub fn prebuilt_only(&self) -> bool {
+        self.prebuilt_only.unwrap_or(false)
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.state_dir.clone().unwrap_or_else(|| PathBuf::from("/var/lib/ckms/gate"))
     }
@@ -245,6 +254,11 @@ impl Config {
         if !o.prebuilt.module_certs.is_empty() {
             self.prebuilt.module_certs = o.prebuilt.module_certs;
         }
+        let (g, n) = (&mut self.gate, o.gate);
+        g.on_failure = n.on_failure.or(g.on_failure);
+        g.verify = n.verify.or(g.verify);
+        g.prebuilt_only = n.prebuilt_only.or(g.prebuilt_only);
+        g.state_dir = n.state_dir.or(g.state_dir.take());
     }
 
     /// Whether builds sign modules (for kernels with a CONFIG_MODULE_SIG_HASH).

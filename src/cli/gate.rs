@@ -46,7 +46,7 @@ pub struct ReadyArgs {
 
 fn lifecycle<'a>(ctx: &'a Context, trees: &Trees) -> Result<Lifecycle<'a>, Error> {
     let jobs = parallel_jobs(ctx).unwrap_or_else(|| Options::default().jobs);
-    let cache = Cache::new(ctx, ctx.config.gate.prebuilt_only);
+    let cache = Cache::new(ctx, ctx.config.gate.prebuilt_only());
     Ok(Lifecycle::new(ctx, roots(ctx, trees)?, Options { jobs, ..Options::default() }).substituting(Box::new(cache)))
 }
 
@@ -87,10 +87,10 @@ pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error
                 }
                 let r = gate.installed(k, &done).await?;
                 let decision = gate.decide(&r)?;
-                if cfg.on_failure == OnFailure::KeepDefault {
-                    keep_default(ctx, &gate);
+                if cfg.on_failure() == OnFailure::KeepDefault {
+                    keep_default(ctx, &gate, a.trees.root.as_deref().unwrap_or(std::path::Path::new("/")));
                 }
-                if !done.ok() && cfg.on_failure == OnFailure::Warn {
+                if !done.ok() && cfg.on_failure() == OnFailure::Warn {
                     // As dkms: the kernel's hook fails with autoinstall.
                     let names: Vec<String> = r.blocking().map(|m| format!("{}/{}", m.module, m.version)).collect();
                     let total = r.modules.len();
@@ -138,19 +138,20 @@ fn warn(ctx: &Context, decision: Decision) {
     }
 }
 
-/// keep-default: GRUB's saved default on the newest ready kernel; said when it cannot be.
-fn keep_default(ctx: &Context, gate: &Gate) {
+/// keep-default: GRUB's saved default (of the system at `root`) on the newest ready kernel;
+/// said when it cannot be.
+fn keep_default(ctx: &Context, gate: &Gate, root: &std::path::Path) {
     let Some(kernel) = gate.newest_ready() else {
         ctx.reporter().warn("no installed kernel is ready: GRUB's default is left as it is");
         return;
     };
-    match Grub::new(std::path::Path::new("/")).point_at(&kernel) {
+    match Grub::new(root).point_at(&kernel) {
         Pointed::Set(entry) => ctx.reporter().info(format!("GRUB's default: {entry} (the newest ready kernel)")),
         Pointed::NotSaved(d) => ctx.reporter().warn(format!(
             "[gate] keep-default: GRUB_DEFAULT is {d}, not saved, so GRUB boots the newest kernel whatever ckms \
              saves; set GRUB_DEFAULT=saved in /etc/default/grub and run update-grub"
         )),
-        Pointed::NoGrub => ctx.reporter().warn("[gate] keep-default: no grub-set-default on this host"),
-        Pointed::Failed(m) => ctx.reporter().warn(format!("[gate] keep-default: grub-set-default failed: {m}")),
+        Pointed::NoGrub => ctx.reporter().warn("[gate] keep-default: no grub-editenv on this host"),
+        Pointed::Failed(m) => ctx.reporter().warn(format!("[gate] keep-default: grub-editenv failed: {m}")),
     }
 }

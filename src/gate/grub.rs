@@ -1,5 +1,6 @@
 //! `[gate] on_failure = "keep-default"`: GRUB's saved default pointed at the newest ready
-//! kernel, with `grub-set-default` (grubenv's `saved_entry`). GRUB boots the saved entry only
+//! kernel: grubenv's `saved_entry`, set with `grub-editenv` as `grub-set-default` sets it
+//! (grub-editenv is in grub-common, which every GRUB system has). GRUB boots the saved entry only
 //! when GRUB_DEFAULT=saved; ckms does not change the boot loader's configuration itself, and
 //! says so when it is not set (docs/gate.md).
 
@@ -12,7 +13,7 @@ pub enum Pointed {
     Set(String),
     /// GRUB_DEFAULT is not `saved`: the saved entry would not count.
     NotSaved(String),
-    /// No `grub-set-default` on this host (another boot loader).
+    /// No `grub-editenv` on this host (another boot loader).
     NoGrub,
     Failed(String),
 }
@@ -35,9 +36,10 @@ impl Grub {
         }
         let cfg = std::fs::read_to_string(self.root.join("boot/grub/grub.cfg")).unwrap_or_default();
         let entry = entry_id(&cfg, kernel).unwrap_or_else(|| self.entry_title(kernel));
-        let run = std::process::Command::new("grub-set-default")
-            .arg(format!("--boot-directory={}", self.root.join("boot").display()))
-            .arg(&entry)
+        let run = std::process::Command::new("grub-editenv")
+            .arg(self.root.join("boot/grub/grubenv"))
+            .arg("set")
+            .arg(format!("saved_entry={entry}"))
             .output();
         match run {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Pointed::NoGrub,

@@ -147,7 +147,7 @@ impl<'a> Gate<'a> {
                 )
             })
             .collect();
-        match self.cfg.on_failure {
+        match self.cfg.on_failure() {
             OnFailure::Refuse => Err(GateError::NotReady { kernel: k.kernel.clone(), modules: blocking.join("; ") }),
             OnFailure::KeepDefault | OnFailure::Warn => {
                 let mut lines = vec![format!("kernel {} is not ready for this host's modules:", k.kernel)];
@@ -194,18 +194,18 @@ impl<'a> Gate<'a> {
         if !self.lc.ctx.config.prebuilt.urls.is_empty() {
             match prebuilt::listed(self.lc.ctx, &self.lc.want(mv, &target.release)).await {
                 // The farm's proof counts as this host's: the pair is the same by its key.
-                Ok(Some(l)) if !self.cfg.verify || l.entry.loaded == Some(true) => return (State::Ready, None),
+                Ok(Some(l)) if !self.cfg.verify() || l.entry.loaded == Some(true) => return (State::Ready, None),
                 Ok(Some(l)) => {
                     return (State::Unproven, Some(format!("{} (key {}) is not proven to load", l.url, l.key)))
                 }
-                Ok(None) if self.cfg.prebuilt_only => {
+                Ok(None) if self.cfg.prebuilt_only() => {
                     return (State::Missing, Some("no [prebuilt] cache has it, and [gate] prebuilt_only".into()))
                 }
-                Err(e) if self.cfg.prebuilt_only => return (State::Missing, Some(e.to_string())),
+                Err(e) if self.cfg.prebuilt_only() => return (State::Missing, Some(e.to_string())),
                 Ok(None) => {}
                 Err(e) => self.lc.ctx.reporter().warn(format!("{mv} for {}: {e}", target.release)),
             }
-        } else if self.cfg.prebuilt_only {
+        } else if self.cfg.prebuilt_only() {
             return (State::Missing, Some("[gate] prebuilt_only, and no [prebuilt] urls".into()));
         }
         match self.lc.build(mv, target).await {
@@ -235,7 +235,7 @@ impl<'a> Gate<'a> {
                     record.and_then(|r| r.modules.iter().find(|m| m.module == mv.module && m.version == mv.version));
                 let installed = self.lc.installed_version(&mv.module, kernel, &arch).as_deref() == Some(&mv.version);
                 let (state, why) = match before {
-                    _ if installed && !self.cfg.verify => (State::Ready, None),
+                    _ if installed && !self.cfg.verify() => (State::Ready, None),
                     Some(b) if installed && matches!(b.state, State::Ready | State::NotLoaded) => {
                         (b.state, b.why.clone())
                     }
@@ -252,7 +252,7 @@ impl<'a> Gate<'a> {
     /// With `[gate] verify`: boots the kernel once and loads every built module that is not
     /// proven yet; each gets its outcome.
     async fn prove(&self, target: &KernelTarget, k: &mut KernelReadiness) -> Result<(), GateError> {
-        if !self.cfg.verify {
+        if !self.cfg.verify() {
             for m in k.modules.iter_mut().filter(|m| m.state == State::Unproven && m.why.is_none()) {
                 m.state = State::Ready;
             }

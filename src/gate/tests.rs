@@ -65,7 +65,7 @@ async fn a_failure_kept_by_postinst_is_refused_or_warned_by_policy() {
 
     let Ok(Decision::Warn(lines)) = Gate::new(&lc, &cfg).decide(&k) else { panic!("keep-default warns") };
     assert_eq!(lines[1], "  m/1 (failed: Bad return status for module build)");
-    cfg.on_failure = OnFailure::Refuse;
+    cfg.on_failure = Some(OnFailure::Refuse);
     let e = Gate::new(&lc, &cfg).decide(&k).unwrap_err();
     assert_eq!(e.exit_code(), code::HOOK_FAILED);
     assert!(e.to_string().contains("kernel k is not ready: m/1 (failed"), "{e}");
