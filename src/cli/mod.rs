@@ -3,8 +3,11 @@
 
 mod error;
 mod farm;
+mod farm_build;
+mod farm_follow;
 mod farm_kube;
 mod farm_progress;
+mod farm_publish;
 mod farm_run;
 mod gate;
 mod image;

@@ -10,6 +10,7 @@
 
 pub mod evaluate;
 pub mod exec;
+pub mod follow;
 pub mod plan;
 pub mod proof;
 pub mod ready;
@@ -46,6 +47,8 @@ pub enum FarmError {
     Store { path: PathBuf, message: String },
     #[error("kernel selector {selector:?}: {message}")]
     Selector { selector: String, message: String },
+    #[error("{path}: {message}")]
+    Follow { path: PathBuf, message: String },
     #[error("kernel selector {selector:?} matches no kernel the profiles offer")]
     NoKernel { selector: String, closest: Vec<String> },
     #[error(transparent)]
@@ -85,7 +88,10 @@ impl Diagnose for FarmError {
             FarmError::Verify(e) => e.exit_code(),
             FarmError::Lifecycle(e) => e.exit_code(),
             FarmError::Io { .. } | FarmError::Store { .. } => code::IO,
-            FarmError::NotAStore(_) | FarmError::StoreFormat { .. } | FarmError::Selector { .. } => code::USAGE,
+            FarmError::NotAStore(_)
+            | FarmError::StoreFormat { .. }
+            | FarmError::Selector { .. }
+            | FarmError::Follow { .. } => code::USAGE,
             FarmError::NoKernel { .. } => code::UNKNOWN_KERNEL,
         }
     }
@@ -106,6 +112,11 @@ impl Diagnose for FarmError {
                     .into(),
             ),
             FarmError::Io { .. } => Some("check that the store directory is writable".into()),
+            FarmError::Follow { .. } => Some(
+                "docs/farm.md, \"Following the archive\": store, interval_secs, status_file, metrics, [build] with \
+                 the options of farm build, [[publish]] with those of farm publish"
+                    .into(),
+            ),
             FarmError::NotAStore(_) => {
                 Some("name an empty or new directory, or an existing store, with --store".into())
             }

@@ -21,7 +21,10 @@ pub mod pairs;
 #[cfg(test)]
 mod race;
 pub mod signer;
+mod staging;
 pub mod sysext;
+
+pub use staging::Staging;
 
 use std::path::{Path, PathBuf};
 
@@ -327,47 +330,6 @@ pub(crate) fn write_readiness(dir: &Path, kernels: &[KernelReadiness]) -> Result
     write_file(dir, READINESS, text.as_bytes())
 }
 
-/// A directory written beside its final place and renamed into it: readers see the old tree
-/// or the new one.
-pub struct Staging {
-    dir: tempfile::TempDir,
-    out: PathBuf,
-}
-
-impl Staging {
-    pub fn new(out: &Path) -> Result<Staging, PublishError> {
-        let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).map_err(PublishError::io(parent))?;
-        let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "publish".into());
-        let dir = tempfile::Builder::new()
-            .prefix(&format!(".{name}.tmp"))
-            .tempdir_in(parent)
-            .map_err(PublishError::io(parent))?;
-        Ok(Staging { dir, out: out.to_path_buf() })
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Moves the staged tree to `out`, replacing what was there.
-    pub fn commit(self) -> Result<(), PublishError> {
-        let staged = self.dir.keep();
-        let out = &self.out;
-        // tempdir makes 0700; what is published is meant to be served.
-        set_mode(&staged, 0o755)?;
-        if out.exists() {
-            let old = staged.with_extension("old");
-            std::fs::rename(out, &old).map_err(PublishError::io(out))?;
-            std::fs::rename(&staged, out).map_err(PublishError::io(out))?;
-            std::fs::remove_dir_all(&old).map_err(PublishError::io(&old))?;
-        } else {
-            std::fs::rename(&staged, out).map_err(PublishError::io(out))?;
-        }
-        Ok(())
-    }
-}
-
 pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<(), PublishError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(PublishError::io(path))
@@ -411,20 +373,5 @@ mod tests {
             assert_eq!(name.parse::<Format>().unwrap().name(), name);
         }
         assert!("rpm".parse::<Format>().unwrap_err().contains("apt"));
-    }
-
-    #[test]
-    fn staging_replaces_the_output_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("publish/apt");
-        for content in ["one", "two"] {
-            let s = Staging::new(&out).unwrap();
-            write_file(s.path(), "a/file", content.as_bytes()).unwrap();
-            s.commit().unwrap();
-            assert_eq!(std::fs::read_to_string(out.join("a/file")).unwrap(), content);
-        }
-        let left: Vec<_> = std::fs::read_dir(dir.path().join("publish")).unwrap().collect();
-        assert_eq!(left.len(), 1, "no temporary or old tree left beside the output");
-        assert_eq!(list_files(&out).unwrap(), vec!["a/file".to_string()]);
     }
 }

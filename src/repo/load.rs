@@ -21,7 +21,7 @@ use crate::report::Reporter;
 
 /// Where the InRelease of (mirror, suite) is cached: a readable suite name plus a digest of
 /// the mirror URL, so that two mirrors of the same suite never share an entry.
-fn inrelease_path(dir: &Path, spec: &SuiteSpec) -> PathBuf {
+pub(super) fn inrelease_path(dir: &Path, spec: &SuiteSpec) -> PathBuf {
     let key = sha256_hex(format!("{}\n{}", spec.mirror.trim_end_matches('/'), spec.suite).as_bytes());
     let suite: String =
         spec.suite.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
@@ -29,7 +29,7 @@ fn inrelease_path(dir: &Path, spec: &SuiteSpec) -> PathBuf {
 }
 
 /// Writes through a temporary file and a rename, so a reader never sees half a file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RepoError> {
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RepoError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
     tmp.write_all(bytes).map_err(io(path))?;
@@ -84,20 +84,7 @@ async fn load_suite(
     let (raw, fetched) =
         if fresh { (std::fs::read(&path).map_err(io(&path))?, false) } else { (get_bytes(client, &url).await?, true) };
 
-    // Signature checks and Release parsing are CPU work; off the async threads.
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let check_vu = opts.check_valid_until;
-    let (url2, suite2) = (url.clone(), spec.suite.clone());
-    let release = tokio::task::spawn_blocking(move || -> Result<Release, RepoError> {
-        let signed = verify_inrelease(&text, &keyring, &url2)?;
-        let release = parse_release(&signed, &url2)?;
-        if check_vu {
-            check_valid_until(&release, SystemTime::now(), &url2, &suite2)?;
-        }
-        Ok(release)
-    })
-    .await
-    .map_err(|e| RepoError::Malformed { url: url.clone(), detail: format!("verification failed: {e}") })??;
+    let release = verified(&raw, keyring, &url, &spec.suite, opts.check_valid_until).await?;
     // Only a verified InRelease enters the cache.
     if fetched {
         write_atomic(&path, &raw)?;
@@ -120,6 +107,29 @@ async fn load_suite(
         parts.extend(packages(cache, client, &file, &release, report).await?);
     }
     Ok((parts, info))
+}
+
+/// The Release an InRelease `raw` (fetched from `url`) signs, once its signature by `keyring`
+/// (and, with `check_vu`, its Valid-Until) checked out. CPU work: off the async threads.
+pub(super) async fn verified(
+    raw: &[u8],
+    keyring: Arc<Keyring>,
+    url: &str,
+    suite: &str,
+    check_vu: bool,
+) -> Result<Release, RepoError> {
+    let text = String::from_utf8_lossy(raw).into_owned();
+    let (url2, suite2) = (url.to_string(), suite.to_string());
+    tokio::task::spawn_blocking(move || -> Result<Release, RepoError> {
+        let signed = verify_inrelease(&text, &keyring, &url2)?;
+        let release = parse_release(&signed, &url2)?;
+        if check_vu {
+            check_valid_until(&release, SystemTime::now(), &url2, &suite2)?;
+        }
+        Ok(release)
+    })
+    .await
+    .map_err(|e| RepoError::Malformed { url: url.to_string(), detail: format!("verification failed: {e}") })?
 }
 
 /// One Packages file of a suite: `<base>/<rel_path>`.
@@ -332,6 +342,38 @@ mod tests {
             components: vec!["main".into()],
             arch: "amd64".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_poll_downloads_nothing_until_the_suite_changes() {
+        use pgp::ser::Serialize;
+        let key = gen_key("Archive <a@example.invalid>");
+        let files: Files = Default::default();
+        publish(&files, "s", &key, "", false);
+        let (base, _) = serve(files.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let keyring = dir.path().join("k.gpg");
+        std::fs::write(&keyring, key.to_public_key().to_bytes().unwrap()).unwrap();
+        let cache = Cache::open(dir.path().join("cache")).unwrap();
+        let opts = RepoOptions {
+            keyrings: vec![keyring],
+            check_valid_until: true,
+            max_age: Duration::from_secs(3600),
+            refresh: false,
+        };
+        let suites = [spec(&base, "s")];
+        let first = super::super::poll::poll(&cache, &suites, &opts).await.unwrap();
+        assert!(first[0].changed && first[0].bytes > 0, "{first:?}");
+        let again = super::super::poll::poll(&cache, &suites, &opts).await.unwrap();
+        assert_eq!((again[0].changed, again[0].bytes), (false, 0), "a 304: nothing downloaded");
+        // The archive gains a package: a new InRelease, verified and cached for the next load.
+        publish(&files, "s", &key, "Description: more\n", false);
+        let changed = super::super::poll::poll(&cache, &suites, &opts).await.unwrap();
+        assert!(changed[0].changed, "{changed:?}");
+        // Signed by another key: refused, the cached one stays.
+        publish(&files, "s", &gen_key("Mallory <m@example.invalid>"), "Description: forged\n", false);
+        let err = super::super::poll::poll(&cache, &suites, &opts).await.unwrap_err();
+        assert_eq!(err.exit_code(), code::BAD_SIGNATURE);
     }
 
     #[tokio::test]

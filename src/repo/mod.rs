@@ -24,6 +24,7 @@ pub mod index;
 pub mod listing;
 pub mod load;
 mod packages;
+pub mod poll;
 pub mod relation;
 pub mod release;
 pub mod resolve;

@@ -8,7 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub type Files = Arc<Mutex<HashMap<String, Vec<u8>>>>;
 
-/// A minimal HTTP/1.1 server on localhost: serves `files` by path, counts requests.
+/// A minimal HTTP/1.1 server on localhost: serves `files` by path, counts requests; each
+/// answer has an ETag (the body's SHA-256), and an If-None-Match naming it gets a 304.
 pub async fn serve(files: Files) -> (String, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -30,11 +31,23 @@ pub async fn serve(files: Files) -> (String, Arc<AtomicUsize>) {
                 let line = String::from_utf8_lossy(&req).lines().next().unwrap_or("").to_string();
                 let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
                 let body = files.lock().unwrap().get(&path).cloned();
+                let etag = body.as_ref().map(|b| format!("\"{}\"", crate::cache::sha256_hex(b)));
+                let text = String::from_utf8_lossy(&req).to_ascii_lowercase();
+                let asked = text.lines().find_map(|l| l.strip_prefix("if-none-match:")).map(str::trim);
                 let resp = match body {
+                    Some(_)
+                        if asked.is_some()
+                            && asked.map(str::to_string) == etag.as_ref().map(|e| e.to_ascii_lowercase()) =>
+                    {
+                        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+                    }
                     Some(b) => {
-                        let mut r =
-                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", b.len())
-                                .into_bytes();
+                        let etag = etag.unwrap_or_default();
+                        let mut r = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: {etag}\r\nConnection: close\r\n\r\n",
+                            b.len()
+                        )
+                        .into_bytes();
                         r.extend(b);
                         r
                     }
