@@ -15,7 +15,7 @@ use crate::image::{self, ImageError};
 use crate::kernel::{self, Kernel, KernelError};
 use crate::profile::{self, Catalog, Profile, ProfileError};
 use crate::repo::{self, Index, RepoError};
-use crate::report::Reporter;
+use crate::report::{Event, Reporter};
 
 /// What stops a step every command shares: one module's error, kept typed.
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +180,19 @@ impl Context {
         .into())
     }
 
+    /// The engine, for a command that runs containers (builds, scripts, VMs): what its
+    /// builds go without is said, once per process (a ckms detail: dkms's callers see it only
+    /// with --verbose).
     pub async fn engine(&self) -> Result<Connection, ContextError> {
+        let conn = self.image_engine().await?;
+        if let Some(warning) = conn.limits_warning() {
+            self.reporter().once(Event::Detail { message: format!("Warning: {warning}") });
+        }
+        Ok(conn)
+    }
+
+    /// The engine, for a command that only keeps images (loads, lists, removes them).
+    pub async fn image_engine(&self) -> Result<Connection, ContextError> {
         Ok(engine::connect(&self.config.engine_settings(), self.reporter()).await?)
     }
 }

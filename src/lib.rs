@@ -22,6 +22,7 @@
 //!   build in the sandbox (realisation), and its substitution by key;
 //! - [`tree`]: dkms's on-disk layout (sources, built and installed modules) and `status`;
 //! - [`lifecycle`]: dkms's verbs (add, build, install, ...) over the tree, the builds and the installs;
+//! - [`makelog`]: a failed build's make.log read for its first compiler or linker error;
 //! - [`install`]: putting built modules into the host's /lib/modules and taking them out again;
 //! - [`sign`]: module signatures for Secure Boot, made on the host in the kernel's format;
 //! - [`verify`]: proof of load: the target kernel booted in a sandboxed VM, the built modules loaded;
@@ -60,6 +61,7 @@ pub mod k8s;
 pub mod kernel;
 pub mod kube;
 pub mod lifecycle;
+pub mod makelog;
 pub mod oci;
 pub mod pair;
 pub mod prebuilt;

@@ -2,7 +2,7 @@
 //! progress bars on a terminal, plain lines otherwise, or JSON lines with `--json`.
 
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::sync::Mutex;
 
@@ -63,6 +63,26 @@ impl dyn Reporter + '_ {
     pub fn done(&self, task: &str, message: impl Into<String>) {
         self.emit(Event::Done { task: task.to_string(), message: message.into() });
     }
+    /// Emits `event` unless this process emitted the same one already: what holds for the
+    /// whole command (the engine's limits, a package the repository lacks) is said once,
+    /// however often the steps that find it run (a farm connects twice, plans every kernel).
+    pub fn once(&self, event: Event) {
+        if first_time(&event) {
+            self.emit(event);
+        }
+    }
+    pub fn warn_once(&self, message: impl Into<String>) {
+        self.once(Event::Warn { message: message.into() });
+    }
+}
+
+/// Whether this process meets `event` for the first time. Process-wide rather than per
+/// reporter: the library's steps hand reporters around (wrapped, as [`Warnings`]), and a
+/// command is one process.
+fn first_time(event: &Event) -> bool {
+    static SEEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let Ok(key) = serde_json::to_string(event) else { return true };
+    SEEN.lock().map(|mut seen| seen.insert(key)).unwrap_or(true)
 }
 
 /// Drops everything (library callers that do not care).
@@ -223,6 +243,27 @@ mod tests {
             serde_json::to_string(&e).unwrap(),
             r#"{"event":"progress","task":"download","done":3,"total":9,"unit":"bytes"}"#
         );
+    }
+
+    #[test]
+    fn a_warning_said_once_is_said_once_per_process() {
+        let (first, second) = (Recorder::default(), Recorder::default());
+        for _ in 0..3 {
+            (&first as &dyn Reporter).warn_once("once-guard test: the engine cannot enforce limits");
+        }
+        let d: &dyn Reporter = &second;
+        // Another reporter of the same process: already said.
+        d.warn_once("once-guard test: the engine cannot enforce limits");
+        // Another text, or the same text as another kind of event: new.
+        d.warn_once("once-guard test: another warning");
+        d.once(Event::Detail { message: "once-guard test: the engine cannot enforce limits".into() });
+        d.once(Event::Detail { message: "once-guard test: the engine cannot enforce limits".into() });
+        // Plain warnings are never held back.
+        d.warn("once-guard test: another warning");
+        assert_eq!(first.0.lock().unwrap().len(), 1);
+        let kinds: Vec<String> =
+            second.0.lock().unwrap().iter().map(|e| serde_json::to_value(e).unwrap()["event"].to_string()).collect();
+        assert_eq!(kinds, [r#""warn""#, r#""detail""#, r#""warn""#]);
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::artifact::ArtifactError;
 use crate::conf::{ConfError, EvalContext};
 use crate::diagnose::{code, Diagnose, Said};
 use crate::engine::EngineError;
+use crate::makelog::FirstError;
 
 #[derive(Debug, Error)]
 pub enum BuildError {
@@ -57,6 +58,9 @@ pub struct Failure {
     /// What to do about it, when ckms can tell (e.g. "the sandbox has no network: ..."),
     /// shown before dkms's "Consult <make.log>".
     pub advice: Option<String>,
+    /// make.log's first compiler or linker error, when make failed: ckms's hint quotes it
+    /// (dkms says the failure in its own words, which have none).
+    pub first_error: Option<FirstError>,
 }
 
 impl Diagnose for BuildError {
@@ -85,7 +89,8 @@ impl Diagnose for BuildError {
             BuildError::Artifact(e) => e.hint(),
             BuildError::Input(_) => None,
             BuildError::Failed(f) => Some(format!(
-                "{}Consult {} for more information.",
+                "{}{}Consult {} for more information.",
+                f.first_error.as_ref().map(|e| format!("First error: {e}\n")).unwrap_or_default(),
                 f.advice.as_ref().map(|a| format!("{a}. ")).unwrap_or_default(),
                 f.log.display()
             )),

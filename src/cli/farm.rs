@@ -72,10 +72,10 @@ pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error
             let Matrix { cells, damaged } = report::matrix(&store);
             if out.json {
                 for (r, cached) in &cells {
-                    println!("{}", serde_json::to_string(&report::line(r, *cached)).unwrap_or_default());
+                    println!("{}", serde_json::to_string(&report::line(&store, r, *cached)).unwrap_or_default());
                 }
             } else {
-                print!("{}", report::text(&cells));
+                print!("{}", report::text(&store, &cells));
             }
             Ok(name_damaged(ctx, &damaged))
         }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ckms::farm::schedule::{Progress, Task};
 use ckms::farm::store::Status;
+use ckms::makelog::FirstError;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 pub struct Live {
@@ -52,7 +53,8 @@ impl Live {
         }
     }
 
-    pub fn event(&self, p: &Progress) {
+    /// Shows `p`; `first_error` is a failed pair's first compiler or linker error.
+    pub fn event(&self, p: &Progress, first_error: Option<&FirstError>) {
         if self.json {
             let doc = match p {
                 Progress::Provisioning { image } => serde_json::json!({ "event": "provisioning", "image": image }),
@@ -62,8 +64,14 @@ impl Live {
                 Progress::Started { index, jobs } => {
                     serde_json::json!({ "event": "started", "pair": self.labels[*index], "jobs": jobs })
                 }
-                Progress::Finished { index, status, seconds } => serde_json::json!({ "event": "finished",
-                    "pair": self.labels[*index], "status": status, "seconds": seconds }),
+                Progress::Finished { index, status, seconds } => {
+                    let mut doc = serde_json::json!({ "event": "finished",
+                        "pair": self.labels[*index], "status": status, "seconds": seconds });
+                    if let Some(e) = first_error {
+                        doc["first_error"] = serde_json::json!(e);
+                    }
+                    doc
+                }
             };
             println!("{doc}");
             return;
@@ -75,6 +83,9 @@ impl Live {
             Progress::Finished { index, status, seconds } => {
                 let shown = status.map_or("not built".to_string(), |s| s.to_string());
                 self.say(format!("{shown:<9} {} ({seconds:.1} s)", self.labels[*index]));
+                if let Some(e) = first_error {
+                    self.say(format!("{:<9} first error: {e}", ""));
+                }
             }
         }
         if let Progress::Finished { status, .. } = p {

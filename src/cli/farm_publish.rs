@@ -113,7 +113,7 @@ pub(super) async fn publish(ctx: &Context, out: &Output, args: PublishArgs) -> R
     };
     let published = match req.format {
         Format::Kmm if req.load => {
-            let conn = ctx.engine().await?;
+            let conn = ctx.image_engine().await?;
             ckms::publish::kmm::publish(&req, ctx, Some(conn.engine.as_ref())).await?
         }
         Format::Kmm => ckms::publish::kmm::publish(&req, ctx, None).await?,

@@ -8,8 +8,9 @@ use super::Output;
 use ckms::context::Context;
 use ckms::farm::exec::{Checked, Farm, OnEngine, Signing};
 use ckms::farm::plan::{FarmPlan, Work};
+use ckms::farm::report;
 use ckms::farm::schedule::{self, Capacity, Outcome, Progress, Task};
-use ckms::farm::store::Store;
+use ckms::farm::store::{Lookup, Status, Store};
 use ckms::farm::verdict::Findings;
 
 /// How [`run_pairs`] builds.
@@ -68,7 +69,18 @@ pub async fn run_pairs(
         .collect();
     let executor = OnEngine { farm: &farm, conn, todo };
     let live = super::farm_progress::Live::new(out.json, &tasks);
-    let progress = |p: Progress| live.event(&p);
+    let progress = |p: Progress| {
+        let first_error = match p {
+            Progress::Finished { index, status: Some(Status::Failed), .. } => {
+                match store.get(&plan.pairs[todo[index]].key) {
+                    Lookup::Found(r) => report::first_error(store, &r),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        live.event(&p, first_error.as_ref());
+    };
     let outcomes = schedule::run(&tasks, &executor, Capacity::of_machine(how.jobs), &progress).await;
     live.finish();
     Ok((outcomes, farm.checked()))

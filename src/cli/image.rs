@@ -60,13 +60,13 @@ pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error
             run_in(ctx, out, &kernel, profile.as_deref(), src.as_deref(), &dest, timeout, command).await
         }
         Command::Ls => {
-            let conn = ctx.engine().await?;
+            let conn = ctx.image_engine().await?;
             let rows = image::list(conn.engine.as_ref()).await?;
             out.result(&rows, || listing(&rows));
             Ok(0)
         }
         Command::Rm { what } => {
-            let conn = ctx.engine().await?;
+            let conn = ctx.image_engine().await?;
             let mut removed = Vec::new();
             for w in &what {
                 removed.extend(image::remove(conn.engine.as_ref(), w).await?);
@@ -75,7 +75,7 @@ pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error
             Ok(0)
         }
         Command::Prune { all } => {
-            let conn = ctx.engine().await?;
+            let conn = ctx.image_engine().await?;
             let (removed, freed) = image::prune(conn.engine.as_ref(), &ctx.cache, all).await?;
             let result = serde_json::json!({ "removed": removed, "cache_blobs_freed": freed });
             out.result(&result, || format!("Removed {} image(s); freed {} cached file(s)\n", removed.len(), freed));
@@ -128,7 +128,7 @@ async fn build(
     profile: Option<&str>,
     force: bool,
 ) -> Result<i32, Error> {
-    let conn = ctx.engine().await?;
+    let conn = ctx.image_engine().await?;
     let mut results = Vec::new();
     for release in kernels {
         results.push(ctx.builder_image(conn.engine.as_ref(), release, profile, force).await?);

@@ -3,7 +3,7 @@
 //! [`Connection`].
 
 use super::{DockerApi, EngineError, EngineInfo};
-use crate::report::Reporter;
+use crate::report::{Event, Reporter};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -155,6 +155,19 @@ impl Connection {
         self.docker.as_ref()
     }
 
+    /// What a build on this engine goes without: memory, pids and CPU limits on rootless
+    /// Podman with cgroup v1 (said by the commands that run containers, once).
+    pub fn limits_warning(&self) -> Option<String> {
+        let docker = self.docker.as_ref()?;
+        (!docker.caps().cgroup_limits).then(|| {
+            format!(
+                "{} {} cannot enforce memory, pids or CPU limits (rootless on cgroup v1): builds run without \
+                 them, with only a process-count rlimit against fork bombs",
+                self.info.kind, self.info.endpoint
+            )
+        })
+    }
+
     /// Whether ckms started the engine itself (it stops when this is dropped).
     pub fn is_private(&self) -> bool {
         self.service.is_some()
@@ -212,20 +225,16 @@ pub async fn start_private(settings: &EngineSettings, report: &dyn Reporter) -> 
 
 fn connected(engine: DockerApi, service: Option<PrivateService>, report: &dyn Reporter) -> Connection {
     let info = engine.info_cached();
-    report.detail(format!(
-        "using {} {} ({}) at {}",
-        info.kind,
-        info.version,
-        if info.rootless { "rootless" } else { "rootful" },
-        info.endpoint
-    ));
-    if !engine.caps().cgroup_limits {
-        report.detail(format!(
-            "Warning: {} {} cannot enforce memory, pids or CPU limits (rootless on cgroup v1): builds run \
-             without them, with only a process-count rlimit against fork bombs",
-            info.kind, info.endpoint
-        ));
-    }
+    // Once: a command may connect more than once (the farm's plan, then its builds).
+    report.once(Event::Detail {
+        message: format!(
+            "using {} {} ({}) at {}",
+            info.kind,
+            info.version,
+            if info.rootless { "rootless" } else { "rootful" },
+            info.endpoint
+        ),
+    });
     Connection { engine: std::sync::Arc::new(engine.clone()), info, docker: Some(engine), service }
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::report::{lookups, Cell};
+use super::report::{first_error, lookups, Cell};
 use super::store::{Lookup, Record, Status, Store};
 
 /// Where one module stands for one kernel.
@@ -71,9 +71,22 @@ impl KernelReadiness {
     }
 }
 
-/// The readiness of every kernel of the store's matrix, by kernel release.
+/// The readiness of every kernel of the store's matrix, by kernel release; a failed build
+/// says its make.log's first compiler or linker error.
 pub fn of_store(store: &Store) -> Vec<KernelReadiness> {
-    of(lookups(store))
+    let cells = lookups(store)
+        .into_iter()
+        .map(|(cell, lookup)| match lookup {
+            Lookup::Found(mut r) if r.status == Status::Failed => {
+                if let Some(e) = first_error(store, &r) {
+                    r.reason = Some(format!("{}: {e}", r.reason.as_deref().unwrap_or("the build failed")));
+                }
+                (cell, Lookup::Found(r))
+            }
+            other => (cell, other),
+        })
+        .collect();
+    of(cells)
 }
 
 /// The readiness of every kernel the cells name, from what their lookups found.

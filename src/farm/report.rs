@@ -11,6 +11,8 @@ use std::io::{Read, Seek};
 use super::store::{Damage, Lookup, Record, SignedBy, Status, Store};
 use super::FarmError;
 use crate::confine;
+use crate::diagnose::code;
+use crate::makelog::{self, FirstError};
 use crate::repo::version;
 use crate::report::table;
 
@@ -96,9 +98,13 @@ pub struct Line<'r> {
     /// Who signed its modules (certificate SHA-256, subject, hash); absent when unsigned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signer: Option<&'r SignedBy>,
+    /// When make failed: its log's first compiler or linker error (see [`first_error`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<FirstError>,
 }
 
-pub fn line(r: &Record, cached: bool) -> Line<'_> {
+/// The pair `r` of `store` as `farm status --json` shows it.
+pub fn line<'r>(store: &Store, r: &'r Record, cached: bool) -> Line<'r> {
     Line {
         module: &r.module,
         version: &r.version,
@@ -118,7 +124,19 @@ pub fn line(r: &Record, cached: bool) -> Line<'_> {
         reason: r.reason.as_deref(),
         loaded: r.proof.as_ref().map(|p| p.loaded),
         signer: r.signer.as_ref(),
+        first_error: first_error(store, r),
     }
+}
+
+/// The first compiler or linker error of the pair `r` of `store` when make failed, from its
+/// make.log: read inside the entry only, at most [`makelog::WINDOW`] bytes of each end.
+pub fn first_error(store: &Store, r: &Record) -> Option<FirstError> {
+    if r.status != Status::Failed || r.exit_code != code::BUILD_FAILED {
+        return None;
+    }
+    let log = r.make_log.as_ref()?;
+    let (file, size) = confine::open_inside(&store.entry_dir(&r.key), &log.file).ok()?;
+    makelog::first_error_in(file, size)
 }
 
 /// How many hex digits of a certificate's SHA-256 the table and the report show.
@@ -175,12 +193,16 @@ pub fn overhead(cells: &[(Record, bool)]) -> Option<f64> {
     (!o.is_empty()).then(|| o[o.len() / 2])
 }
 
-/// The text table of `farm status`.
-pub fn text(cells: &[(Record, bool)]) -> String {
+/// The text table of `farm status`, then the first error of each pair whose make failed.
+pub fn text(store: &Store, cells: &[(Record, bool)]) -> String {
+    let mut errors = String::new();
     let rows: Vec<Vec<String>> = cells
         .iter()
         .map(|(r, cached)| {
-            let l = line(r, *cached);
+            let l = line(store, r, *cached);
+            if let Some(e) = &l.first_error {
+                errors += &format!("first error of {}: {e}\n", r.label());
+            }
             vec![
                 format!("{}/{}", r.module, r.version),
                 r.kernel.clone(),
@@ -192,6 +214,7 @@ pub fn text(cells: &[(Record, bool)]) -> String {
         })
         .collect();
     let mut out = table(&["MODULE", "KERNEL", "STATUS", "SECONDS", "SIGNER", "MODULES"], &rows);
+    out.push_str(&errors);
     out.push_str(&format!("{}\n", Counts::of(cells.iter().map(|(r, c)| (r, *c)))));
     out
 }
@@ -217,11 +240,13 @@ pub fn html(store: &Store, cells: &[(Record, bool)]) -> Result<String, FarmError
                     match by_place.get(&(m.clone(), *k)) {
                         Some((r, cached)) => {
                             let log = r.make_log.as_ref().and_then(|f| log_tail(&store.entry_dir(&r.key), &f.file));
+                            let l = line(store, r, *cached);
                             serde_json::json!({
                                 "status": r.status,
                                 "cached": cached,
                                 "seconds": format!("{:.1}", r.seconds),
-                                "modules": line(r, *cached).modules,
+                                "modules": l.modules,
+                                "first_error": l.first_error.as_ref().map(ToString::to_string),
                                 "signer": r.signer.as_ref().map(|s| format!("{} ({}, {})", s.subject, short_fingerprint(s), s.hash)),
                                 "reason": r.reason,
                                 "log": log,
@@ -293,7 +318,9 @@ mod tests {
                 });
             }
             if status == Status::Failed {
-                std::fs::write(staged.path().join("make.log"), "hello.c:1: error: <oops>\n").unwrap();
+                r.exit_code = code::BUILD_FAILED;
+                let log = "  CC [M]  /var/lib/dkms/hello/1/build/hello.o\n/var/lib/dkms/hello/1/build/hello.c:1:7: error: <oops>\n";
+                std::fs::write(staged.path().join("make.log"), log).unwrap();
                 r.make_log = Some(stored_file(staged.path(), "make.log").unwrap());
             }
             store.commit(staged, &r).unwrap();
@@ -317,7 +344,7 @@ mod tests {
         assert_eq!(cells.len(), 3);
         let counts = Counts::of(cells.iter().map(|(r, c)| (r, *c)));
         assert_eq!(counts, Counts { built: 1, failed: 1, skipped: 1, cached: 1 });
-        let text = text(&cells);
+        let text = text(&store, &cells);
         assert!(
             text.contains("built (cached)") && text.contains("1 built, 1 failed, 1 skipped (1 from the store)"),
             "{text}"
@@ -330,12 +357,20 @@ mod tests {
         let unsigned = rows.iter().find(|l| l.contains("failed")).unwrap();
         assert!(unsigned.contains(" - "), "{text}");
         let (built, _) = cells.iter().find(|(r, _)| r.status == Status::Built).unwrap();
-        let json = serde_json::to_value(line(built, true)).unwrap();
+        let json = serde_json::to_value(line(&store, built, true)).unwrap();
         assert_eq!(json["signer"]["fingerprint"], "0123456789abcdef".repeat(4));
         assert_eq!(json["signer"]["subject"], "CN=farm key B");
         assert_eq!(json["signer"]["hash"], "sha256");
         let (failed, _) = cells.iter().find(|(r, _)| r.status == Status::Failed).unwrap();
-        assert!(serde_json::to_value(line(failed, false)).unwrap().get("signer").is_none());
+        let json = serde_json::to_value(line(&store, failed, false)).unwrap();
+        assert!(json.get("signer").is_none());
+        // make's first error, with its file relative to the build directory.
+        assert_eq!(
+            json["first_error"],
+            serde_json::json!({ "file": "hello.c", "line": 1, "column": 7, "message": "<oops>" })
+        );
+        assert!(text.contains("first error of hello/1.0 for 6.12.118+deb13-amd64: hello.c:1:7: <oops>\n"), "{text}");
+        assert!(serde_json::to_value(line(&store, built, true)).unwrap().get("first_error").is_none());
     }
 
     #[test]
@@ -349,6 +384,7 @@ mod tests {
             "module names are escaped"
         );
         assert!(html.contains("error: &lt;oops&gt;"), "make.log folded in, escaped");
+        assert!(html.contains("first error: hello.c:1:7: &lt;oops&gt;"), "and its first error above it");
     }
 
     #[test]

@@ -104,7 +104,7 @@ impl<'a> Gate<'a> {
             record.modules.push(m);
         };
         for f in &done.failed {
-            note(&f.module, State::Failed, f.message.clone());
+            note(&f.module, State::Failed, self.with_first_error(&f.module, &f.message));
         }
         for w in &done.waiting {
             note(&w.module, State::Failed, format!("waits for {}", w.depends.join(" ")));
@@ -213,7 +213,21 @@ impl<'a> Gate<'a> {
             Err(e) if e.exit_code() == code::SKIPPED => {
                 (State::Skipped, Some("BUILD_EXCLUSIVE excludes this kernel".into()))
             }
-            Err(e) => (State::Failed, Some(e.to_string())),
+            Err(e) => (State::Failed, Some(self.with_first_error(mv, &e.to_string()))),
+        }
+    }
+
+    /// `message`, and the first compiler or linker error of the make.log dkms leaves in
+    /// `<tree>/<m>/<v>/build/` when the build failed.
+    fn with_first_error(&self, mv: &ModuleVersion, message: &str) -> String {
+        let log = self.lc.roots.module_dir(&mv.module, &mv.version).join("build/make.log");
+        let first = std::fs::File::open(&log)
+            .and_then(|f| Ok((f.metadata()?.len(), f)))
+            .ok()
+            .and_then(|(size, f)| crate::makelog::first_error_in(f, size));
+        match first {
+            Some(e) => format!("{message}: {e}"),
+            None => message.to_string(),
         }
     }
 

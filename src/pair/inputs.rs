@@ -114,13 +114,14 @@ pub fn extra_packages(
     let groups = match origin.relations() {
         Ok(groups) => groups,
         Err(e) => {
-            report.warn(format!("{mv}: {e}: its dependencies are left out of the builder image"));
+            report.warn_once(format!("{mv}: {e}: its dependencies are left out of the builder image"));
             return extra;
         }
     };
     let deps = build_deps(&groups, profile, index);
     for missing in &deps.unavailable {
-        report.warn(format!(
+        // Once: the farm asks for every kernel of the profile.
+        report.warn_once(format!(
             "{mv}: {missing} (from {}'s Depends) is not in {}'s repository: left out of the builder image",
             origin.package, profile.name
         ));

@@ -16,6 +16,7 @@ use crate::diagnose::code;
 use crate::engine::{LogSink, Runner};
 use crate::image::DEFAULT_PIDS;
 use crate::install::compress::Compression;
+use crate::makelog::{self, FirstError};
 use crate::profile::{Profile, Recipe};
 use crate::report::Reporter;
 use crate::sign::{self, KeyPaths, Signer};
@@ -161,6 +162,8 @@ pub struct Failed {
     /// reported it: for messages only).
     pub make: String,
     pub make_status: Option<i64>,
+    /// The log's first compiler or linker error, when make was what failed.
+    pub first_error: Option<FirstError>,
 }
 
 impl Failed {
@@ -175,6 +178,7 @@ impl Failed {
             code: self.code,
             log,
             advice: self.advice,
+            first_error: self.first_error,
         }))
     }
 }
@@ -453,8 +457,10 @@ fn failed(plan: &BuildPlan, built: &Built, r: &Realise<'_>, what: Option<String>
         }
         _ => ("Bad return status for module build".to_string(), code::BUILD_FAILED, sandbox_advice(&log, limits.pids)),
     };
-    let make_status = (code == code::BUILD_FAILED).then(|| make_status(&built.log)).flatten();
-    Failed { what, code, advice, log, make: plan.make_command(r.jobs), make_status }
+    let make_failed = code == code::BUILD_FAILED;
+    let make_status = make_failed.then(|| make_status(&built.log)).flatten();
+    let first_error = make_failed.then(|| makelog::first_error_of(&log)).flatten();
+    Failed { what, code, advice, log, make: plan.make_command(r.jobs), make_status, first_error }
 }
 
 /// make's exit status, from the driver's "make returned N".

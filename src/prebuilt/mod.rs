@@ -234,7 +234,8 @@ async fn find(ctx: &Context, want: &Want, only: bool) -> Result<Option<Found>, P
                 if only && silent.is_none() {
                     silent = Some(e);
                 } else {
-                    report.warn(e.to_string());
+                    // Once: autoinstall asks the same cache for every module.
+                    report.warn_once(e.to_string());
                 }
             }
             Err(e) => return Err(e),

@@ -148,10 +148,16 @@ async fn a_make_failure_is_a_value_with_dkms_code_and_the_whole_log() {
     assert_eq!((failed.what.as_str(), failed.code), ("Bad return status for module build", code::BUILD_FAILED));
     let log = String::from_utf8_lossy(&failed.log);
     assert!(log.starts_with("hello.c:1: error") && log.contains("driver says hi"), "{log}");
+    assert_eq!(failed.first_error.as_ref().map(ToString::to_string).as_deref(), Some("hello.c:1: expected ';'"));
     let mv = ModuleVersion { module: "hello".into(), version: "1".into() };
     let err = failed.into_error(&mv, KERNEL, "x86_64", "/x/make.log".into());
     assert_eq!(err.exit_code(), code::BUILD_FAILED);
-    assert!(err.hint().unwrap().contains("Consult /x/make.log"), "{:?}", err.hint());
+    // ckms's hint quotes it; dkms's words (the dialect's build_failed) stay its own.
+    assert_eq!(
+        err.hint().as_deref(),
+        Some("First error: hello.c:1: expected ';'\nConsult /x/make.log for more information.")
+    );
+    assert_eq!(err.dkms().map(|s| s.key), Some("build_failed"));
 }
 
 #[tokio::test]
