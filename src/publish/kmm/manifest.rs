@@ -43,3 +43,26 @@ pub fn module(plan: &KmmImages) -> Value {
         },
     })
 }
+
+/// A KMM `PreflightValidation` for `kernel`: KMM checks that every Module has an image for
+/// it (a cluster upgrade to the kernel waits for its `verified` status). ckms writes one only
+/// for a kernel the store says is ready: built, signed and proven to load.
+pub fn preflight(kernel: &str) -> Value {
+    json!({
+        "apiVersion": API_VERSION,
+        "kind": "PreflightValidation",
+        "metadata": {"name": k8s::name(&format!("ckms-{kernel}"))},
+        "spec": {"kernelVersion": kernel, "pushBuiltImage": false},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_preflight_validation_per_ready_kernel() {
+        let p = super::preflight("6.12.57+deb12-amd64");
+        assert_eq!(p["kind"], "PreflightValidation");
+        assert_eq!(p["spec"]["kernelVersion"], "6.12.57+deb12-amd64");
+        assert_eq!(p["metadata"]["name"], "ckms-6-12-57-deb12-amd64");
+    }
+}

@@ -3,12 +3,15 @@
 
 use std::collections::BTreeMap;
 
+use super::manifest;
 use super::{plan, write, HostDepmod, USERLAND_BINARY, USERLAND_PACKAGE};
 use crate::context::Context;
 use crate::deb::read_data_file;
 use crate::engine::Images;
 use crate::oci::registry::push;
-use crate::publish::{list_files, open, write_readiness, Format, Opened, PublishError, Published, Request, Staging};
+use crate::publish::{
+    list_files, open, write_file, write_readiness, Format, Opened, PublishError, Published, Request, Staging,
+};
 use crate::repo::{self, Package};
 use crate::verify;
 
@@ -34,9 +37,21 @@ pub async fn publish(req: &Request, ctx: &Context, engine: Option<&dyn Images>) 
     let staging = Staging::new(&out)?;
     let written = write(staging.path(), &plan, &busybox, &HostDepmod)?;
     write_readiness(staging.path(), &kernels)?;
+    // What a cluster upgrade waits on: a PreflightValidation per ready kernel only.
+    let mut notes = Vec::new();
+    for k in &kernels {
+        if k.ready {
+            let file = format!("preflight-{}.yaml", crate::k8s::name(&k.kernel));
+            write_file(staging.path(), &file, crate::k8s::to_yaml(&manifest::preflight(&k.kernel)).as_bytes())?;
+        } else {
+            let blocking: Vec<String> =
+                k.blocking().map(|m| format!("{}/{} {}", m.module, m.version, m.state)).collect();
+            notes.push(format!("no PreflightValidation for {}: not ready ({})", k.kernel, blocking.join(", ")));
+        }
+    }
     let files = list_files(staging.path())?;
     staging.commit()?;
-    let mut notes: Vec<String> = written.iter().map(|w| format!("image {} ({})", w.tag, w.id)).collect();
+    notes.extend(written.iter().map(|w| format!("image {} ({})", w.tag, w.id)));
     notes.extend(left_out);
     if let Some(engine) = engine {
         for w in &written {
