@@ -18,7 +18,7 @@ use ckms::verify::Subject;
 
 use super::Output;
 use args::*;
-pub use dkms::dkms_argv;
+pub use dkms::{dkms_argv, dkms_command};
 
 /// The verbs dkms knows, as ckms names its subcommands.
 pub const VERBS: &[&str] = &[
