@@ -7,7 +7,8 @@
 # Kubernetes manifests with; python3's jsonschema and yaml, which tests/kmm_crd.rs checks the
 # KMM Module with; SoftHSM2, OpenSC's pkcs11-tool and OpenSSL's pkcs11 provider, which the token
 # signing tests (tests/sign_file.rs, tests/farm_token.rs) use; shellcheck, which ci/test runs
-# over the shell scripts; grub-editenv, which tests/gate.rs reads GRUB's saved default with.
+# over the shell scripts; grub-editenv, which tests/gate.rs reads GRUB's saved default with;
+# man, zsh and fish, which tests/docs.rs checks the package's man pages and completions with.
 # Idempotent.
 set -euo pipefail
 need=()
@@ -29,6 +30,10 @@ command -v mkfs.erofs >/dev/null || need+=(erofs-utils)
 command -v mksquashfs >/dev/null || need+=(squashfs-tools)
 # ci/test checks the shell the Debian package ships and the scripts that build and try it.
 command -v shellcheck >/dev/null || need+=(shellcheck)
+# tests/docs.rs reads the package's man pages with man and parses its completions with each shell.
+command -v man >/dev/null || need+=(man-db)
+command -v zsh >/dev/null || need+=(zsh)
+command -v fish >/dev/null || need+=(fish)
 # tests/farm_overlap.rs counts the containers the builds created in the engine's event log.
 command -v curl >/dev/null || need+=(curl)
 # [gate] keep-default sets GRUB's saved default with grub-editenv (tests/gate.rs).

@@ -1,6 +1,7 @@
 //! Command-line interface: clap definitions, dispatch, and how results and errors are printed.
 //! Everything that does work lives in the library; this only translates.
 
+mod docs;
 mod error;
 mod farm;
 mod farm_build;
@@ -89,6 +90,10 @@ enum Command {
     Mok(sign::MokCommand),
     #[command(flatten)]
     Verb(Box<verbs::Verb>),
+    /// Write the man pages and shell completions of ckms and dkms under DIR, laid out as
+    /// /usr/share (for packaging).
+    #[command(hide = true)]
+    GenerateDocs { dir: std::path::PathBuf },
 }
 
 pub fn main() -> i32 {
@@ -125,6 +130,10 @@ pub fn main() -> i32 {
 }
 
 async fn run(cli: Cli, report: Arc<dyn Reporter>, voice: Voice) -> Result<i32, Error> {
+    // Packaging time: no settings read, no cache made.
+    if let Command::GenerateDocs { dir } = &cli.command {
+        return docs::generate(&Output { json: cli.json, dkms: false }, dir);
+    }
     let mut config = Config::load()?;
     if let Some(dir) = cli.cache_dir {
         config.cache_dir = Some(dir);
@@ -149,6 +158,7 @@ async fn run(cli: Cli, report: Arc<dyn Reporter>, voice: Voice) -> Result<i32, E
         Command::GenerateMok(args) => sign::generate_mok(&ctx, &out, args),
         Command::Mok(cmd) => sign::mok(&ctx, &out, cmd),
         Command::Verb(verb) => verbs::run(&ctx, &out, *verb).await,
+        Command::GenerateDocs { dir } => docs::generate(&out, &dir),
     };
     match done {
         // As dkms, a failure is said in the words of the host's dkms release.

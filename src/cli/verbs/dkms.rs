@@ -87,6 +87,34 @@ fn takes_value(option: &str) -> bool {
     DKMS_OPTIONS.iter().any(|(o, with_value)| *o == option && *with_value)
 }
 
+/// dkms's command line for its man page and completions: the verbs of `ckms` (`cli`) under
+/// the names dkms gives them, and the options every command takes.
+pub fn dkms_command(cli: &clap::Command) -> clap::Command {
+    let dkms = clap::Command::new("dkms")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Dynamic Kernel Module Support, as ckms provides it")
+        .long_about(
+            "dkms's verbs and options (which may come before the verb), each build in a rootless, \
+             sandboxed container whose image holds the kernel's headers and compiler; see ckms(8)",
+        )
+        .args(cli.get_arguments().filter(|a| a.is_global_set()).cloned());
+    cli.get_subcommands().fold(dkms, |dkms, sub| {
+        let names: Vec<&str> = std::iter::once(sub.get_name()).chain(sub.get_all_aliases()).collect();
+        match VERBS.iter().find(|v| names.contains(v)) {
+            Some(&name) if name == sub.get_name() => dkms.subcommand(sub.clone()),
+            // ckms names it otherwise (generate-mok, alias generate_mok): the same arguments
+            // under dkms's name alone.
+            Some(&name) => dkms.subcommand(
+                clap::Command::new(name)
+                    .about(sub.get_about().cloned().unwrap_or_default())
+                    .args(sub.get_arguments().cloned())
+                    .groups(sub.get_groups().cloned()),
+            ),
+            None => dkms,
+        }
+    })
+}
+
 /// `-x` and `--xyz` names `sub` takes, its aliases and the global options of `cli`.
 fn accepted(cli: &clap::Command, sub: &clap::Command) -> Vec<String> {
     let mut names = Vec::new();
@@ -109,6 +137,17 @@ mod tests {
 
     fn rewrite(s: &str) -> Vec<String> {
         dkms_argv(argv(s), &Cli::command())
+    }
+
+    #[test]
+    fn dkms_command_line_is_the_verbs_under_dkms_names() {
+        let dkms = dkms_command(&Cli::command());
+        let names: Vec<&str> = dkms.get_subcommands().map(|s| s.get_name()).collect();
+        assert!(names.contains(&"build") && names.contains(&"generate_mok"), "{names:?}");
+        assert!(!names.contains(&"farm") && !names.contains(&"generate-mok"), "{names:?}");
+        assert_eq!(names.len(), VERBS.len(), "every verb dkms knows: {names:?}");
+        assert!(dkms.get_arguments().any(|a| a.get_long() == Some("json")), "ckms's global options");
+        dkms.debug_assert();
     }
 
     #[test]

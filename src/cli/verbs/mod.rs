@@ -19,7 +19,7 @@ use ckms::verify::Subject;
 use super::Output;
 use args::*;
 pub(super) use args::{Kernels, Trees};
-pub use dkms::dkms_argv;
+pub use dkms::{dkms_argv, dkms_command};
 
 /// The verbs dkms knows, as ckms names its subcommands.
 pub const VERBS: &[&str] = &[
