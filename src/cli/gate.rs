@@ -58,8 +58,7 @@ pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error
             show(out, &Gate::new(&lc, cfg).status());
             Ok(0)
         }
-        Command::Preinst(a) | Command::Postinst(a) if ctx.config.conf_dir().join("no-autoinstall").exists() => {
-            let _ = a;
+        Command::Preinst(_) | Command::Postinst(_) if ctx.config.conf_dir().join("no-autoinstall").exists() => {
             ctx.reporter().info("ckms: autoinstall for dkms modules has been disabled");
             Ok(0)
         }

@@ -184,7 +184,7 @@ impl<'a> Gate<'a> {
     /// One module for preinst: in the tree already, in a cache, or built now.
     async fn make_ready(&self, mv: &ModuleVersion, target: &KernelTarget) -> ModuleReadiness {
         let (state, why) = match self.built(mv, target) {
-            true => (State::Unproven, None),
+            true => (self.built_state(), None),
             false => self.fetch_or_build(mv, target).await,
         };
         ModuleReadiness { module: mv.module.clone(), version: mv.version.clone(), state, why }
@@ -209,7 +209,7 @@ impl<'a> Gate<'a> {
             return (State::Missing, Some("[gate] prebuilt_only, and no [prebuilt] urls".into()));
         }
         match self.lc.build(mv, target).await {
-            Ok(_) => (State::Unproven, None),
+            Ok(_) => (self.built_state(), None),
             Err(e) if e.exit_code() == code::SKIPPED => {
                 (State::Skipped, Some("BUILD_EXCLUSIVE excludes this kernel".into()))
             }
@@ -228,6 +228,15 @@ impl<'a> Gate<'a> {
         match first {
             Some(e) => format!("{message}: {e}"),
             None => message.to_string(),
+        }
+    }
+
+    /// A module built here: ready, or with `[gate] verify` ready once [`Gate::prove`] loaded it.
+    fn built_state(&self) -> State {
+        if self.cfg.verify() {
+            State::Unproven
+        } else {
+            State::Ready
         }
     }
 
@@ -267,10 +276,6 @@ impl<'a> Gate<'a> {
     /// proven yet; each gets its outcome.
     async fn prove(&self, target: &KernelTarget, k: &mut KernelReadiness) -> Result<(), GateError> {
         if !self.cfg.verify() {
-            for m in k.modules.iter_mut().filter(|m| m.state == State::Unproven && m.why.is_none()) {
-                m.state = State::Ready;
-            }
-            k.ready = k.modules.iter().all(|m| m.state.ok());
             return Ok(());
         }
         let arch = self.lc.arch(target).unwrap_or_default();
