@@ -141,6 +141,13 @@ impl Ckms {
         self.cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", self.shown.join(" ")))
     }
 
+    /// Starts it with its stdout and stderr going to `log`.
+    pub fn spawn_logged(mut self, log: &Path) -> std::process::Child {
+        let file = std::fs::File::create(log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+        self.cmd.stdout(file.try_clone().unwrap()).stderr(file);
+        self.cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", self.shown.join(" ")))
+    }
+
     pub fn run(self) -> Outcome {
         self.start().wait()
     }
@@ -164,6 +171,11 @@ pub struct Running {
 impl Running {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Its exit code, or None when a signal ended it.
+    pub fn wait_status(mut self) -> Option<i32> {
+        self.child.wait().unwrap_or_else(|e| panic!("waiting for {}: {e}", self.command)).code()
     }
 
     pub fn wait(self) -> Outcome {
@@ -301,33 +313,64 @@ pub fn corrupt(path: &Path, len: usize) {
     f.sync_all().unwrap();
 }
 
-/// A minimal HTTP/1.1 server on 127.0.0.1 (ephemeral port) serving `files` by path and 404
-/// for anything else, one connection at a time. It stops (and its thread is joined) on drop.
+/// A request as [`HttpServer`] hands it to its handler: the path and the headers (names in
+/// lower case).
+pub struct Request {
+    pub path: String,
+    pub headers: HashMap<String, String>,
+}
+
+/// What a handler answers: the status line's code and reason, extra headers, the body.
+pub struct Response {
+    pub status: &'static str,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn ok(body: Vec<u8>) -> Response {
+        Response { status: "200 OK", headers: Vec::new(), body }
+    }
+
+    pub fn not_found() -> Response {
+        Response { status: "404 Not Found", headers: Vec::new(), body: Vec::new() }
+    }
+}
+
+/// A minimal HTTP/1.1 server on 127.0.0.1 (ephemeral port), one connection at a time: `files`
+/// by path and 404 for anything else ([`HttpServer::start`]), or whatever a handler answers
+/// ([`HttpServer::serve`]). It stops (and its thread is joined) on drop.
 pub struct HttpServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     requests: Arc<Mutex<Vec<String>>>,
+    sent: Arc<std::sync::atomic::AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl HttpServer {
     pub fn start(files: HashMap<String, Vec<u8>>) -> HttpServer {
+        HttpServer::serve(move |req| files.get(&req.path).map_or_else(Response::not_found, |b| Response::ok(b.clone())))
+    }
+
+    pub fn serve(handler: impl Fn(&Request) -> Response + Send + 'static) -> HttpServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding a local HTTP server");
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let (stop2, requests2) = (stop.clone(), requests.clone());
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (stop2, requests2, sent2) = (stop.clone(), requests.clone(), sent.clone());
         let thread = std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if stop2.load(Ordering::SeqCst) {
                     break;
                 }
                 if let Ok(sock) = conn {
-                    serve_one(sock, &files, &requests2);
+                    serve_one(sock, &handler, &requests2, &sent2);
                 }
             }
         });
-        HttpServer { addr, stop, requests, thread: Some(thread) }
+        HttpServer { addr, stop, requests, sent, thread: Some(thread) }
     }
 
     /// `http://127.0.0.1:<port>`
@@ -339,9 +382,19 @@ impl HttpServer {
     pub fn requests(&self) -> Vec<String> {
         self.requests.lock().unwrap().clone()
     }
+
+    /// The bytes sent so far (status lines, headers and bodies).
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
+    }
 }
 
-fn serve_one(mut sock: TcpStream, files: &HashMap<String, Vec<u8>>, requests: &Mutex<Vec<String>>) {
+fn serve_one(
+    mut sock: TcpStream,
+    handler: &dyn Fn(&Request) -> Response,
+    requests: &Mutex<Vec<String>>,
+    sent: &std::sync::atomic::AtomicU64,
+) {
     // Bounded: a client that never finishes its request cannot hold the server.
     let _ = sock.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = sock.set_write_timeout(Some(Duration::from_secs(10)));
@@ -353,21 +406,23 @@ fn serve_one(mut sock: TcpStream, files: &HashMap<String, Vec<u8>>, requests: &M
             Ok(n) => req.extend_from_slice(&buf[..n]),
         }
     }
-    let line = String::from_utf8_lossy(&req).lines().next().unwrap_or_default().to_string();
-    let path = line.split_whitespace().nth(1).unwrap_or_default().to_string();
+    let text = String::from_utf8_lossy(&req).into_owned();
+    let mut lines = text.lines();
+    let path = lines.next().unwrap_or_default().split_whitespace().nth(1).unwrap_or_default().to_string();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
     requests.lock().unwrap().push(path.clone());
-    let resp = match files.get(&path) {
-        Some(body) => {
-            let mut r = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            )
-            .into_bytes();
-            r.extend_from_slice(body);
-            r
-        }
-        None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
-    };
+    let answer = handler(&Request { path, headers });
+    let mut head = format!("HTTP/1.1 {}\r\nContent-Type: application/octet-stream\r\n", answer.status);
+    for (k, v) in &answer.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", answer.body.len()));
+    let mut resp = head.into_bytes();
+    resp.extend_from_slice(&answer.body);
+    sent.fetch_add(resp.len() as u64, Ordering::SeqCst);
     let _ = sock.write_all(&resp);
     let _ = sock.flush();
 }
