@@ -118,6 +118,13 @@ fn scenario(var: &str) {
     for m in ["hello", "fbase", "ftop"] {
         assert_eq!(by_module(&status, m)["loaded"], true, "{m}: {status:?}");
     }
+    // Proven already: the same bytes on the same kernel are not booted again.
+    let proven = farm.build_with(false, &sources, &["--verify"]);
+    proven.expect_code(11);
+    assert!(
+        proven.stdout.contains(&format!("{KERNEL}: 3 pair(s) loaded in one VM (an earlier run; no VM now)")),
+        "{proven}"
+    );
 
     // Nothing changed: no build at all, everything from the store; the failure stays reported.
     let again = farm.build(false, &sources);

@@ -178,7 +178,10 @@ pub(super) async fn build(ctx: &Context, out: &Output, mut args: BuildArgs) -> R
     out.result(&summary, || {
         let mut text = String::new();
         for b in &booted {
-            text += &format!("{}: {} pair(s) loaded in one VM ({:.1} s)\n", b.kernel, b.loaded, b.seconds);
+            text += &match b.earlier {
+                true => format!("{}: {} pair(s) loaded in one VM (an earlier run; no VM now)\n", b.kernel, b.loaded),
+                false => format!("{}: {} pair(s) loaded in one VM ({:.1} s)\n", b.kernel, b.loaded, b.seconds),
+            };
             for f in &b.failed {
                 text += &format!("  NOT loaded: {f}\n");
             }
