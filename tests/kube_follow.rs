@@ -4,7 +4,8 @@
 //! their image to a loopback registry, creates the Jobs through the API, waits for them,
 //! collects (a module that builds is stored built and signed, one that fails stored failed),
 //! publishes, deletes the Jobs and their results; a second cycle with nothing changed creates
-//! no Job. Podman, docker-registry, gpg and the archive must be there: a missing one fails.
+//! no Job. And the image `farm kube follow-render` pushes runs ckms as the Deployment starts it.
+//! Podman, docker-registry, gpg and the archive must be there: a missing one fails.
 mod support;
 
 #[path = "support/registry.rs"]
@@ -112,4 +113,69 @@ fn follow_builds_through_jobs_it_creates_through_the_api() {
     second.expect_code(0);
     let again = api.calls().iter().filter(|c| c.starts_with("POST")).count();
     assert_eq!(again, 1, "{second}");
+}
+
+/// The image follow-render pushes (the builder image's userland and render's ckms layer) runs
+/// ckms as the Deployment's command starts it, as the pod's user, read-only, without network.
+#[test]
+fn follow_render_pushes_an_image_whose_ckms_runs_as_the_pod_starts_it() {
+    let engine = engine_host("CKMS_TEST_PODMAN_HOST");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let registry = registry::LocalRegistry::start();
+    let binary = kube_pods::pod_binary(d);
+    let cfg = d.join("follow.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "store = \"/var/lib/ckms/store\"\n[build]\nkernel = [\"{KERNEL}\"]\nsources = [\"deb:v4l2loopback-dkms\"]\n\
+             [kube]\nregistry = \"{}/ckms/build\"\n",
+            registry.host
+        ),
+    )
+    .unwrap();
+    let cache = shared_cache();
+    let out = d.join("out");
+    let rendered = ckms([
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "farm",
+        "kube",
+        "follow-render",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--registry",
+        &format!("{}/ckms/follow", registry.host),
+        "--insecure",
+        "--ckms-binary",
+        binary.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .run();
+    rendered.expect_code(0);
+    let text = std::fs::read_to_string(out.join("16-follow-deployment.yaml")).unwrap();
+    let deployment: serde_json::Value = serde_norway::from_str(&text).unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    let image = pod["containers"][0]["image"].as_str().unwrap().to_string();
+    assert!(image.starts_with(&format!("{}/ckms/follow@sha256:", registry.host)), "{image}");
+    let command: Vec<String> =
+        pod["containers"][0]["command"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let user = format!("{}:{}", pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]);
+
+    let podman = |args: &[&str]| {
+        let out = std::process::Command::new("podman").args(["--remote", "--url", &engine]).args(args).output();
+        out.unwrap_or_else(|e| panic!("podman is needed by this test: {e}"))
+    };
+    let pulled = podman(&["pull", "--tls-verify=false", &image]);
+    assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
+    // The command up to ckms's own options (loader, --library-path, its libraries, ckms).
+    let mut run = vec!["run", "--rm", "--read-only", "--network", "none", "--cap-drop", "ALL"];
+    run.extend(["--security-opt", "no-new-privileges", "--user", &user, &image]);
+    run.extend(command[..4].iter().map(String::as_str));
+    run.push("--version");
+    let ran = podman(&run);
+    let _ = podman(&["rmi", &image]);
+    let said = String::from_utf8_lossy(&ran.stdout);
+    assert!(ran.status.success() && said.starts_with("ckms "), "{said}{}", String::from_utf8_lossy(&ran.stderr));
 }

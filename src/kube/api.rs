@@ -307,6 +307,60 @@ mod tests {
         assert_eq!(gone, [("gone".to_string(), Ended::Failed)]);
     }
 
+    /// One answer on loopback; the request's head, as received.
+    async fn answer_once(status: &str, body: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        let task = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            // The whole request (head and body), before answering: an unread body would reset.
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let n = sock.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                        .unwrap_or(0);
+                    if n == 0 || got.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            sock.write_all(head.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&got).into_owned()
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn in_a_pod_each_request_carries_the_accounts_current_token() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("namespace"), "ckms-farm\n").unwrap();
+        std::fs::write(dir.path().join("token"), "first\n").unwrap();
+        let (url, seen) = answer_once("200 OK", r#"{"metadata": {"name": "j"}}"#).await;
+        let api = InCluster::new(&url, dir.path()).unwrap();
+        // Rotated by the kubelet after the client was made: the new one is sent.
+        std::fs::write(dir.path().join("token"), "second\n").unwrap();
+        let job = api.get("j").await.unwrap().unwrap();
+        assert_eq!(job.metadata.name.as_deref(), Some("j"));
+        let head = seen.await.unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("get /apis/batch/v1/namespaces/ckms-farm/jobs/j "), "{head}");
+        assert!(head.contains("authorization: bearer second\r\n"), "{head}");
+
+        let (url, seen) =
+            answer_once("403 Forbidden", r#"{"kind": "Status", "message": "jobs.batch is forbidden"}"#).await;
+        let api = InCluster::new(&url, dir.path()).unwrap();
+        let err = api.create(&job).await.unwrap_err();
+        assert!(err.to_string().contains("403 Forbidden: jobs.batch is forbidden"), "{err}");
+        assert!(seen.await.unwrap().starts_with("POST /apis/batch/v1/namespaces/ckms-farm/jobs "));
+    }
+
     #[test]
     fn a_failed_condition_ends_the_job() {
         use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
