@@ -62,19 +62,6 @@ fn run(engine: Option<&str>, args: &[&str]) -> Outcome {
     ckms(all).run()
 }
 
-/// The debug binary without its debug sections: what the pods run (a tenth of the size).
-fn pod_binary(dir: &Path) -> PathBuf {
-    bookworm::need("objcopy", "binutils");
-    let out = dir.join("ckms");
-    let status = std::process::Command::new("objcopy")
-        .args(["--strip-debug", env!("CARGO_BIN_EXE_ckms")])
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success(), "objcopy --strip-debug failed");
-    out
-}
-
 /// Every module file of a store, by its path in the store (pairs/<key>/...): unsigned and signed.
 fn module_files(store: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
@@ -161,7 +148,7 @@ fn pipeline(engine: &str, kernels: &[String], sources: &[String], parallelism: &
     let dir = tempfile::tempdir().unwrap();
     let registry = registry::LocalRegistry::start();
     let [store, out, results, local] = ["store", "manifests", "results", "local"].map(|d| dir.path().join(d));
-    let binary = pod_binary(dir.path());
+    let binary = kube_pods::pod_binary(dir.path());
     let reference = format!("{}/ckms/build", registry.host);
     let mut render: Vec<String> = ["farm", "kube", "render", "--store"].map(String::from).into();
     render.push(store.display().to_string());

@@ -1,10 +1,13 @@
 //! The manifests `ckms farm kube render` writes (a build Job, the deny-all NetworkPolicy, the
 //! results claim), made by the library and written as YAML, are valid Kubernetes objects:
 //! kubernetes-validate in strict mode accepts them for Kubernetes 1.35 and the newest version
-//! it ships, and refuses an object with an unknown field (so it really validates).
+//! it ships, and refuses an object with an unknown field (so it really validates). So are
+//! those of `farm kube follow-render` (the follow Deployment, its account, Role, claims,
+//! ConfigMap, Service), whose pod passes PodSecurity "restricted" too.
 
 use std::path::PathBuf;
 
+use ckms::kube::follow::{self, FollowDeployment};
 use ckms::kube::manifest::{job, network_policy, results_claim, value, write, BuildJob};
 use ckms::kube::podsecurity::{ckms_rules, restricted};
 use serde_json::json;
@@ -80,4 +83,114 @@ fn the_validator_refuses_a_wrong_type_in_the_job() {
     let err =
         kube_validate::check(&files, kube_validate::KUBERNETES).expect_err("a string completions must be refused");
     assert!(err.contains("four"), "{err}");
+}
+
+fn follow_sample() -> FollowDeployment {
+    FollowDeployment {
+        namespace: "ckms-farm".into(),
+        image: format!("127.0.0.1:5000/ckms/follow@sha256:{}", "cd".repeat(32)),
+        command: ckms::kube::render::ckms_command(
+            "/var/lib/ckms/cache",
+            &["farm", "follow", "--config", "/etc/ckms/follow/follow.toml", "--metrics", "0.0.0.0:9464"],
+        ),
+        config: "store = \"/var/lib/ckms/store\"\n[build]\nkernel = [\"@debian-bookworm:latest\"]\n".into(),
+        uid: 1000,
+        gid: 1000,
+        cpu_millis: 1000,
+        memory_bytes: 2 << 30,
+        store_bytes: 50 << 30,
+        results_claim: "ckms-results".into(),
+        results_mount: "/results".into(),
+        secrets: vec![
+            ("ckms-signing".into(), "/etc/ckms/keys".into()),
+            ("ckms-registry".into(), "/etc/ckms/registry".into()),
+        ],
+        metrics_port: 9464,
+    }
+}
+
+#[test]
+fn follow_render_writes_valid_kubernetes_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = follow::objects(&follow_sample(), 10 << 30).unwrap();
+    let files = write(dir.path(), &objects).unwrap();
+    assert_eq!(files.len(), 11);
+    let kinds: Vec<String> = objects.iter().map(|(_, v)| v["kind"].as_str().unwrap().to_string()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "PersistentVolumeClaim",
+            "NetworkPolicy",
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+            "PersistentVolumeClaim",
+            "ConfigMap",
+            "NetworkPolicy",
+            "Deployment",
+            "Service"
+        ]
+    );
+    kube_validate::validate(&files);
+}
+
+#[test]
+fn the_follow_pod_passes_podsecurity_restricted() {
+    let pod = follow::pod(&follow_sample());
+    assert_eq!(restricted(&pod), Vec::<String>::new());
+    // ckms's build rules but one: the follow pod needs its token (it creates Jobs), and runs
+    // without a deadline (it is a service).
+    assert_eq!(
+        ckms_rules(&pod),
+        ["pod: spec.automountServiceAccountToken must be false", "pod: spec.activeDeadlineSeconds must be set"]
+    );
+}
+
+fn follow_render(dir: &std::path::Path, config: &str) -> std::process::Output {
+    let cfg = dir.join("follow.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let image = format!("127.0.0.1:5000/ckms/follow@sha256:{}", "ef".repeat(32));
+    std::process::Command::new(env!("CARGO_BIN_EXE_ckms"))
+        .args(["--cache-dir", dir.join("cache").to_str().unwrap(), "farm", "kube", "follow-render", "--config"])
+        .arg(&cfg)
+        .args(["--image", &image, "--uid", "1000", "--secret", "ckms-signing=/etc/ckms/keys", "-o"])
+        .arg(dir.join("out"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn follow_render_with_an_image_writes_what_it_validates_and_refuses_paths_the_pod_has_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = "store = \"/var/lib/ckms/store\"\n[build]\nkernel = [\"6.1.0-56-amd64\"]\nsources = [\"deb:v4l2loopback-dkms\"]\n\
+                key = \"/etc/ckms/keys/mok.key\"\ncert = \"/etc/ckms/keys/mok.crt\"\n\
+                [kube]\nregistry = \"registry.example:5000/ckms/build\"\n\
+                [[publish]]\nformat = \"cache\"\nout = \"/var/lib/ckms/www/cache\"\nkey = \"/etc/ckms/keys/farm.asc\"\n";
+    let out = follow_render(dir.path(), good);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir.path().join("out")).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert_eq!(files.len(), 11);
+    kube_validate::validate(&files);
+    let config = std::fs::read_to_string(dir.path().join("out/14-follow-config.yaml")).unwrap();
+    assert!(config.contains("[kube]"), "the configuration as given: {config}");
+    let deployment = std::fs::read_to_string(dir.path().join("out/16-follow-deployment.yaml")).unwrap();
+    assert!(deployment.contains("\"0.0.0.0:9464\""), "{deployment}");
+
+    let cases = [
+        (good.replace("/var/lib/ckms/store", "/srv/store"), "store = \"/srv/store\""),
+        (good.replace("/etc/ckms/keys/mok.key", "/root/mok.key"), "[build] key = \"/root/mok.key\""),
+        (good.replace("[kube]\nregistry = \"registry.example:5000/ckms/build\"\n", ""), "no [kube] table"),
+        (good.replace("[build]\n", "[build]\nverify = true\n"), "verify = true"),
+    ];
+    for (config, said) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let out = follow_render(dir.path(), &config);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{config}\n{stderr}");
+        assert!(stderr.contains(said), "{said}: {stderr}");
+        assert!(!dir.path().join("out").exists(), "nothing written: {config}");
+    }
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::error::Error;
-use super::farm_build::{build, parse_build};
+use super::farm_build::{build, parse_build, BuildDone};
+use super::farm_follow_kube::KubeBuild;
 use super::farm_publish::{parse_publish, publish};
 use super::Output;
 use ckms::context::Context;
@@ -27,6 +28,10 @@ pub struct FollowArgs {
     /// One cycle (poll, and build and publish when needed), then exit.
     #[arg(long)]
     once: bool,
+    /// Serve the metrics at ADDR instead of the configuration's `metrics`, any address: in a
+    /// pod (`farm kube follow-render`), whose NetworkPolicy decides who reaches it.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 pub async fn run(ctx: &Context, out: &Output, args: FollowArgs) -> Result<i32, Error> {
@@ -44,10 +49,20 @@ pub async fn run(ctx: &Context, out: &Output, args: FollowArgs) -> Result<i32, E
         }
         publishes.push(a);
     }
+    // In a cluster the builds are Jobs: the API client is made once, its failures said early.
+    let kube = match &cfg.kube {
+        Some(table) => {
+            let k = KubeBuild::new(&cfg, table).map_err(|e| bad(e.to_string()))?;
+            let client = k.client()?;
+            Some((k, client))
+        }
+        None => None,
+    };
+    let builder = Builder { argv: &build_argv, kube: kube.as_ref().map(|(k, c)| (k, c.as_ref())) };
     let store = Store::open(&cfg.store)?;
     let mut state = State::load(&store);
     let metrics = Arc::new(Mutex::new(state.metrics()));
-    if let Some(addr) = &cfg.metrics {
+    if let Some(addr) = args.metrics.as_ref().or(cfg.metrics.as_ref()) {
         serve_metrics(addr, metrics.clone()).await.map_err(|e| bad(format!("metrics = {addr:?}: {e}")))?;
         ctx.reporter().info(format!("metrics at http://{addr}/metrics"));
     }
@@ -78,7 +93,7 @@ pub async fn run(ctx: &Context, out: &Output, args: FollowArgs) -> Result<i32, E
                 }
                 if state.pending_since.is_some() {
                     state.config = Some(digest.clone());
-                    if let Err(e) = run_cycle(&cycle, out, &build_argv, &publishes, &store, &mut state).await {
+                    if let Err(e) = run_cycle(&cycle, out, &builder, &publishes, &store, &mut state).await {
                         code = e.exit_code();
                         ctx.reporter().warn(format!("this cycle did not finish, the next one tries again: {e}"));
                         state.last_error = Some(e.to_string());
@@ -108,18 +123,33 @@ pub async fn run(ctx: &Context, out: &Output, args: FollowArgs) -> Result<i32, E
     }
 }
 
+/// How a cycle builds: `farm build` here, or Jobs in a cluster.
+struct Builder<'a> {
+    argv: &'a [String],
+    kube: Option<(&'a KubeBuild, &'a dyn ckms::kube::api::Jobs)>,
+}
+
+impl Builder<'_> {
+    async fn build(&self, ctx: &Context, out: &Output) -> Result<BuildDone, Error> {
+        if let Some((kube, jobs)) = self.kube {
+            return kube.build(ctx, out, jobs).await;
+        }
+        let args = parse_build(self.argv).map_err(|e| Error::usage(e.to_string(), None))?;
+        build(ctx, out, args).await
+    }
+}
+
 /// Builds, then publishes every output; on success the pending change is published.
 async fn run_cycle(
     ctx: &Context,
     out: &Output,
-    build_argv: &[String],
+    builder: &Builder<'_>,
     publishes: &[Vec<String>],
     store: &Store,
     state: &mut State,
 ) -> Result<(), Error> {
     let started = Instant::now();
-    let args = parse_build(build_argv).map_err(|e| Error::usage(e.to_string(), None))?;
-    let done = build(ctx, out, args).await?;
+    let done = builder.build(ctx, out).await?;
     state.pairs_built += done.built_now as u64;
     state.pairs_failed = done.failed as u64;
     for a in publishes {

@@ -28,6 +28,10 @@ pub enum Command {
     /// What a build pod runs (the pod's image has ckms and the Job's plan): builds index
     /// $JOB_COMPLETION_INDEX into the results volume.
     Pod(PodArgs),
+    /// `farm follow` as a Deployment: write the namespace, the follow pod's account, Role,
+    /// claims, ConfigMap, Deployment and Service (`kubectl apply -f DIR`); its cycles build
+    /// through Jobs it creates.
+    FollowRender(Box<super::farm_kube_follow::FollowRenderArgs>),
 }
 
 #[derive(clap::Args)]
@@ -113,6 +117,7 @@ pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error
     match cmd {
         Command::Render(args) => render(ctx, out, *args).await,
         Command::Collect(args) => collect(ctx, out, args).await,
+        Command::FollowRender(args) => super::farm_kube_follow::run(ctx, out, *args).await,
         Command::Pod(args) => {
             let recipe = ctx.catalog.recipe("builder")?;
             let plan = args.plan.unwrap_or_else(ckms::kube::pod::job_file);
@@ -124,6 +129,35 @@ pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error
 }
 
 async fn render(ctx: &Context, out: &Output, args: RenderArgs) -> Result<i32, Error> {
+    let dir = args.out.clone();
+    let done = render_jobs(ctx, args).await?;
+    let rendered = &done.rendered;
+    out.result(rendered, || {
+        let mut text: String = rendered.files.iter().map(|f| format!("{}\n", f.display())).collect();
+        for l in &rendered.left_out {
+            text += &format!("left out: {l}\n");
+        }
+        let pairs: usize = rendered.plan.jobs.iter().map(|j| j.pairs.len()).sum();
+        text + &format!(
+            "{} Job(s), {pairs} pair(s) to build ({} already stored); apply with: kubectl apply -f {}\n",
+            rendered.plan.jobs.len(),
+            done.keys.len() - done.todo,
+            dir.display()
+        )
+    });
+    Ok(0)
+}
+
+/// What [`render_jobs`] did.
+pub(super) struct RenderDone {
+    pub rendered: ckms::kube::render::Rendered,
+    /// The key of every pair of the matrix, and how many of them the Jobs build.
+    pub keys: Vec<String>,
+    pub todo: usize,
+}
+
+/// `farm kube render` without its output: the Jobs written and their plan kept in the store.
+pub(super) async fn render_jobs(ctx: &Context, args: RenderArgs) -> Result<RenderDone, Error> {
     if args.kernels.is_empty() || args.sources.is_empty() {
         return Err(Error::usage(
             "farm kube render needs at least one kernel selector (-k) and one source",
@@ -160,23 +194,35 @@ async fn render(ctx: &Context, out: &Output, args: RenderArgs) -> Result<i32, Er
     std::fs::create_dir_all(store.root().join(PLANS))
         .map_err(|e| Error::usage(format!("{}: {e}", store.root().display()), None))?;
     store.write_file(&name, &json)?;
-    out.result(&rendered, || {
-        let mut text: String = rendered.files.iter().map(|f| format!("{}\n", f.display())).collect();
-        for l in &rendered.left_out {
-            text += &format!("left out: {l}\n");
-        }
-        let pairs: usize = rendered.plan.jobs.iter().map(|j| j.pairs.len()).sum();
-        text + &format!(
-            "{} Job(s), {pairs} pair(s) to build ({} already stored); apply with: kubectl apply -f {}\n",
-            rendered.plan.jobs.len(),
-            plan.pairs.len() - todo.len(),
-            req.out.display()
-        )
-    });
-    Ok(0)
+    let keys = plan.pairs.iter().map(|p| p.key.clone()).collect();
+    Ok(RenderDone { rendered, keys, todo: todo.len() })
 }
 
-async fn collect(ctx: &Context, out: &Output, args: CollectArgs) -> Result<i32, Error> {
+/// A `farm kube render` command line, from follow's `[kube]` table.
+#[derive(clap::Parser)]
+#[command(name = "farm kube render", no_binary_name = true)]
+struct RenderLine {
+    #[command(flatten)]
+    args: RenderArgs,
+}
+
+pub(super) fn parse_render(argv: &[String]) -> Result<RenderArgs, clap::Error> {
+    <RenderLine as clap::Parser>::try_parse_from(argv).map(|l| l.args)
+}
+
+/// A `farm kube collect` command line, as a follow cycle collects.
+#[derive(clap::Parser)]
+#[command(name = "farm kube collect", no_binary_name = true)]
+struct CollectLine {
+    #[command(flatten)]
+    args: CollectArgs,
+}
+
+pub(super) fn parse_collect(argv: &[String]) -> Result<CollectArgs, clap::Error> {
+    <CollectLine as clap::Parser>::try_parse_from(argv).map(|l| l.args)
+}
+
+pub(super) async fn collect(ctx: &Context, out: &Output, args: CollectArgs) -> Result<i32, Error> {
     let key = args.key.as_deref().zip(args.cert.as_deref());
     let signing = signing(ctx, key)?;
     let plans = rendered_plans(&args.store)?;

@@ -33,6 +33,9 @@ pub struct FollowConfig {
     /// Each output: the options of `ckms farm publish` (`format`, `out`, `key`, ...).
     #[serde(default)]
     pub publish: Vec<toml::Table>,
+    /// Build through Kubernetes Jobs (the follow pod of `farm kube follow-render`): the
+    /// options of `ckms farm kube render`, and `results`, where this pod sees the results claim.
+    pub kube: Option<toml::Table>,
 }
 
 fn default_interval() -> u64 {
@@ -53,6 +56,29 @@ impl FollowConfig {
             }
         }
         Ok(cfg)
+    }
+
+    /// Every absolute path the configuration names (the store, the status file, any option's
+    /// value), by where it is named: a pod has only the directories its volumes mount.
+    pub fn paths(&self) -> Vec<(String, String)> {
+        let mut out = vec![("store".to_string(), self.store.display().to_string())];
+        if let Some(f) = &self.status_file {
+            out.push(("status_file".into(), f.display().to_string()));
+        }
+        let tables = [("build".to_string(), &self.build)].into_iter();
+        let publish = self.publish.iter().enumerate().map(|(i, t)| (format!("publish #{}", i + 1), t));
+        for (name, table) in tables.chain(publish).chain(self.kube.iter().map(|t| ("kube".to_string(), t))) {
+            for (key, value) in table {
+                let values = match value {
+                    toml::Value::Array(a) => a.clone(),
+                    v => vec![v.clone()],
+                };
+                for v in values.iter().filter_map(|v| v.as_str()).filter(|v| v.starts_with('/')) {
+                    out.push((format!("[{name}] {key}"), v.to_string()));
+                }
+            }
+        }
+        out
     }
 
     pub fn status_file(&self) -> PathBuf {
@@ -284,6 +310,24 @@ mod tests {
         assert_eq!(s.wait(interval), Duration::from_secs(60));
         s.consecutive_errors = 9;
         assert_eq!(s.wait(interval), interval);
+    }
+
+    #[test]
+    fn paths_are_every_absolute_one_the_config_names() {
+        let cfg = config(
+            "store = '/var/lib/ckms/store'\n[build]\nkey = '/keys/mok.key'\nsources = ['deb:a', '/src/b']\n[[publish]]\nout = '/srv/out'\n[kube]\nresults = '/results'\n",
+        );
+        let paths: Vec<String> = cfg.paths().into_iter().map(|(w, p)| format!("{w}={p}")).collect();
+        assert_eq!(
+            paths,
+            [
+                "store=/var/lib/ckms/store",
+                "[build] key=/keys/mok.key",
+                "[build] sources=/src/b",
+                "[publish #1] out=/srv/out",
+                "[kube] results=/results"
+            ]
+        );
     }
 
     #[test]

@@ -114,7 +114,8 @@ impl Diagnose for FarmError {
             FarmError::Io { .. } => Some("check that the store directory is writable".into()),
             FarmError::Follow { .. } => Some(
                 "docs/farm.md, \"Following the archive\": store, interval_secs, status_file, metrics, [build] with \
-                 the options of farm build, [[publish]] with those of farm publish"
+                 the options of farm build, [[publish]] with those of farm publish, [kube] (docs/kubernetes.md) with \
+                 those of farm kube render"
                     .into(),
             ),
             FarmError::NotAStore(_) => {

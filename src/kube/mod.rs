@@ -1,12 +1,15 @@
 //! The farm on Kubernetes: the same plan as `farm build`, built by Indexed Jobs.
 //!
 //! - [`manifest`]: the Jobs, the NetworkPolicy and the results claim, as typed Kubernetes objects;
+//! - [`follow`]: `farm follow` as a Deployment, and [`api`]: the Jobs it creates through the API;
 //! - [`podsecurity`]: PodSecurity "restricted", checked on every pod spec ckms writes;
 //! - [`process`]: the runner of the in-pod command: a run as child processes of the pod;
 //! - [`transcript`]: what such a run leaves in the results volume;
 //! - [`replay`]: the runner of `collect`: a transcript played back to the same build code.
 
+pub mod api;
 pub mod collect;
+pub mod follow;
 pub mod manifest;
 pub mod plan;
 pub mod pod;
@@ -51,6 +54,9 @@ pub enum KubeError {
     /// The run in the pod did not do what the collecting machine decides for the pair.
     #[error("the result in {dir} does not replay: {message}")]
     Replay { dir: PathBuf, message: String },
+    /// The API server refused a request, or did not answer.
+    #[error("the Kubernetes API: {message}")]
+    Api { message: String },
     #[error("manifest file name {0:?} is not a plain file name")]
     BadFileName(String),
     #[error("cannot render a Kubernetes object as JSON: {0}")]
@@ -96,6 +102,7 @@ impl Diagnose for KubeError {
             KubeError::Result { .. } | KubeError::WrongPair { .. } | KubeError::Replay { .. } => code::REFUSED,
             KubeError::Tampered { .. } => code::CHECKSUM_MISMATCH,
             KubeError::BadFileName(_) | KubeError::Json(_) => code::USAGE,
+            KubeError::Api { .. } => code::IO,
         }
     }
 
@@ -111,6 +118,11 @@ impl Diagnose for KubeError {
             KubeError::Farm(e) => e.hint(),
             KubeError::Io { .. } => Some("check that the directory is readable, writable and its disk not full".into()),
             KubeError::BadFileName(_) | KubeError::Json(_) => None,
+            KubeError::Api { .. } => Some(
+                "the follow pod's account may create, get, list, watch and delete Jobs in its namespace \
+                 (the Role follow-render writes); the cycle is tried again"
+                    .into(),
+            ),
             KubeError::Result { .. }
             | KubeError::Confined(_)
             | KubeError::Tampered { .. }

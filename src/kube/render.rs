@@ -16,7 +16,7 @@ use crate::artifact::pack_dir;
 use crate::build::{CONTAINER_SOURCES, CONTAINER_TREE};
 use crate::context::Context;
 use crate::farm::plan::{FarmPlan, Work};
-use crate::image::archive::{self, ArchiveLayer};
+use crate::image::archive::{self, ArchiveLayer, ImageMeta};
 use crate::image::{assemble, DEFAULT_PIDS};
 use crate::oci::layer::layer;
 use crate::oci::registry::{push, Registry};
@@ -57,6 +57,9 @@ pub struct Rendered {
     pub files: Vec<PathBuf>,
     /// Pairs left to `farm build` (BUILD_DEPENDS), with why.
     pub left_out: Vec<String>,
+    /// The Jobs, as written (a follow pod creates them through the API server).
+    #[serde(skip)]
+    pub jobs: Vec<k8s_openapi::api::batch::v1::Job>,
 }
 
 /// Renders the pairs `todo` of `plan` into `req.out`.
@@ -86,6 +89,7 @@ pub async fn render(
     }
 
     let mut jobs = Vec::new();
+    let mut typed_jobs = Vec::new();
     let mut objects = vec![
         ("00-results-claim.yaml".to_string(), manifest::value(&manifest::results_claim(&req.claim, req.claim_bytes))?),
         ("01-network-policy.yaml".to_string(), manifest::value(&manifest::network_policy())?),
@@ -143,18 +147,7 @@ pub async fn render(
         layers.push(inputs);
         let mut meta = assembled.meta.clone();
         meta.labels.insert("io.ckms.kube.job".into(), name.clone());
-        let config = archive::image_config(&layers, &meta).map_err(image_err(&name))?;
-        let archive_path = scratch.path().join(format!("{name}.tar"));
-        {
-            let file = std::fs::File::create(&archive_path).map_err(KubeError::io(&archive_path))?;
-            let mut w = std::io::BufWriter::new(file);
-            archive::write_archive(&mut w, &layers, &config, &[]).map_err(image_err(&name))?;
-            std::io::Write::flush(&mut w).map_err(KubeError::io(&archive_path))?;
-        }
-        let path = req.registry.path_of(&req.repository).to_string();
-        let digest = push(&req.registry, &archive_path, &path, &name).await?;
-        let _ = std::fs::remove_file(&archive_path);
-        job.image = format!("{}/{path}@{digest}", req.registry.host);
+        job.image = push_image(&req.registry, &req.repository, &name, &layers, &meta, scratch.path()).await?;
         ctx.reporter().info(format!("pushed {} ({} pair(s))", job.image, job.pairs.len()));
 
         let build = BuildJob {
@@ -177,7 +170,9 @@ pub async fn render(
             scratch: vec![CONTAINER_TREE.to_string(), CONTAINER_SOURCES.to_string()],
             results_mount: RESULTS.to_string(),
         };
-        objects.push((format!("job-{name}.yaml"), manifest::value(&manifest::job(&build, &req.claim))?));
+        let typed = manifest::job(&build, &req.claim);
+        objects.push((format!("job-{name}.yaml"), manifest::value(&typed)?));
+        typed_jobs.push(typed);
         jobs.push(job);
     }
     let kube_plan = KubePlan {
@@ -193,7 +188,56 @@ pub async fn render(
     std::fs::create_dir_all(out.join("ckms")).map_err(KubeError::io(out))?;
     std::fs::write(&plan_path, kube_plan.to_json()).map_err(KubeError::io(&plan_path))?;
     files.push(plan_path);
-    Ok(Rendered { plan: kube_plan, files, left_out })
+    Ok(Rendered { plan: kube_plan, files, left_out, jobs: typed_jobs })
+}
+
+/// The image the follow pod runs: the builder image of `kernel` (a Debian userland with
+/// what publishing calls: bash, dpkg-deb, depmod) with [`ckms_layer`] on top, pushed to
+/// `repository`. The reference by digest, and the build user's uid and gid.
+pub async fn follow_image(
+    ctx: &Context,
+    kernel: &crate::kernel::Kernel,
+    binary: &Path,
+    registry: &Registry,
+    repository: &str,
+) -> Result<(String, i64, i64), KubeError> {
+    let scratch = tempfile::tempdir_in(ctx.cache.dir("tmp")?).map_err(KubeError::io(binary))?;
+    let profile = ctx.catalog.profile(&kernel.profile)?;
+    let recipe = ctx.catalog.recipe("builder")?;
+    let index = ctx.index(profile).await?;
+    let image_plan = ctx.plan_image(profile, &index, kernel, &[])?;
+    let assembled = assemble(&ctx.cache, profile, recipe, &image_plan, ctx.reporter()).await?;
+    let mut layers = assembled.layers.clone();
+    layers.push(ckms_layer(scratch.path(), binary)?);
+    let mut meta = assembled.meta.clone();
+    meta.labels.insert("io.ckms.kube.follow".into(), kernel.release.clone());
+    let tag = format!("follow-{}", tag_of(&kernel.release));
+    let image = push_image(registry, repository, &tag, &layers, &meta, scratch.path()).await?;
+    Ok((image, i64::from(recipe.user.uid), i64::from(recipe.user.gid)))
+}
+
+/// Writes `layers` as an image archive in `scratch`, pushes it as `repository:tag` and
+/// names it by digest (`HOST/PATH@sha256:...`): the same layers give the same reference.
+pub async fn push_image(
+    registry: &Registry,
+    repository: &str,
+    tag: &str,
+    layers: &[ArchiveLayer],
+    meta: &ImageMeta,
+    scratch: &Path,
+) -> Result<String, KubeError> {
+    let config = archive::image_config(layers, meta).map_err(image_err(tag))?;
+    let archive_path = scratch.join(format!("{tag}.tar"));
+    {
+        let file = std::fs::File::create(&archive_path).map_err(KubeError::io(&archive_path))?;
+        let mut w = std::io::BufWriter::new(file);
+        archive::write_archive(&mut w, layers, &config, &[]).map_err(image_err(tag))?;
+        std::io::Write::flush(&mut w).map_err(KubeError::io(&archive_path))?;
+    }
+    let path = registry.path_of(repository).to_string();
+    let digest = push(registry, &archive_path, &path, tag).await?;
+    let _ = std::fs::remove_file(&archive_path);
+    Ok(format!("{}/{path}@{digest}", registry.host))
 }
 
 /// Makes `out` ready: new, empty, or a previous render's, whose objects are removed
@@ -225,22 +269,14 @@ fn clear_previous(out: &Path) -> Result<(), KubeError> {
 
 /// What a build pod runs: this ckms, with the libraries it brought.
 pub fn pod_command() -> Vec<String> {
-    [
-        LOADER,
-        "--library-path",
-        &format!("{CKMS_DIR}/lib"),
-        &format!("{CKMS_DIR}/bin/ckms"),
-        "--cache-dir",
-        POD_CACHE,
-        "farm",
-        "kube",
-        "pod",
-        "--results",
-        RESULTS,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ckms_command(POD_CACHE, &["farm", "kube", "pod", "--results", RESULTS])
+}
+
+/// The ckms of an image with [`ckms_layer`] on top, started through the image's own loader
+/// with the libraries it brought, with its cache in `cache` and `args`.
+pub fn ckms_command(cache: &str, args: &[&str]) -> Vec<String> {
+    let (lib, bin) = (format!("{CKMS_DIR}/lib"), format!("{CKMS_DIR}/bin/ckms"));
+    [LOADER, "--library-path", &lib, &bin, "--cache-dir", cache].iter().chain(args).map(|s| s.to_string()).collect()
 }
 
 fn image_err(name: &str) -> impl Fn(archive::ArchiveError) -> OciError + '_ {
@@ -249,7 +285,7 @@ fn image_err(name: &str) -> impl Fn(archive::ArchiveError) -> OciError + '_ {
 
 /// The ckms binary and the shared libraries it uses beyond glibc's (the image has those), as
 /// this process has them mapped: a layer that is a function of the binary and its libraries.
-fn ckms_layer(dir: &Path, binary: &Path) -> Result<ArchiveLayer, KubeError> {
+pub fn ckms_layer(dir: &Path, binary: &Path) -> Result<ArchiveLayer, KubeError> {
     let bin = std::fs::read(binary).map_err(KubeError::io(binary))?;
     let mut libs: Vec<PathBuf> = std::fs::read_to_string("/proc/self/maps")
         .unwrap_or_default()

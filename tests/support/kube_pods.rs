@@ -64,6 +64,18 @@ pub fn run_rendered(dir: &Path, cli: &Cli, claims: &HashMap<String, PathBuf>) ->
     run_jobs(&engine, &jobs)
 }
 
+/// The debug binary without its debug sections: what the pods run (a tenth of the size).
+pub fn pod_binary(dir: &Path) -> PathBuf {
+    let out = dir.join("ckms");
+    let status = Command::new("objcopy")
+        .args(["--strip-debug", env!("CARGO_BIN_EXE_ckms")])
+        .arg(&out)
+        .status()
+        .unwrap_or_else(|e| panic!("objcopy is needed by this test (apt-get install binutils): {e}"));
+    assert!(status.success(), "objcopy --strip-debug failed");
+    out
+}
+
 // ---------------------------------------------------------------------------------------
 // Running
 
