@@ -23,29 +23,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bookworm::{bookworm_image, docker, farm_key, need, run, KERNEL};
+use bookworm::{bookworm_image, docker, farm_key, module_key, need, run, served, KERNEL};
 use ckms::diagnose::code;
 use support::{ckms, engine_host, shared_cache, HttpServer};
 
 #[path = "support/bookworm.rs"]
 mod bookworm;
-
-/// The farm's module signing pair (made once, kept beside the store: the store's entries are
-/// signed with it).
-fn module_key(dir: &Path) -> (PathBuf, PathBuf) {
-    let (key, cert) = (dir.join("farm-mok.key"), dir.join("farm-mok.der"));
-    if !cert.is_file() {
-        need("openssl", "openssl");
-        std::fs::create_dir_all(dir).unwrap();
-        run(Command::new("openssl")
-            .args(["req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "36500"])
-            .args(["-subj", "/CN=ckms farm test module key/", "-outform", "DER", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert));
-    }
-    (key, cert)
-}
 
 /// The store (kept between runs: a re-run builds nothing) and the module certificate.
 fn store(host: &str) -> (PathBuf, PathBuf) {
@@ -123,22 +106,6 @@ fn index_cache(into: &Path) {
             let blob = shared.join("blobs/sha256").join(sha);
             if blob.is_file() {
                 std::fs::copy(&blob, into.join("blobs/sha256").join(sha)).unwrap();
-            }
-        }
-    }
-}
-
-/// Every file of the published cache, served under `prefix`.
-fn served(out: &Path, prefix: &str, files: &mut HashMap<String, Vec<u8>>) {
-    let mut stack = vec![out.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let path = e.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let rel = path.strip_prefix(out).unwrap().to_string_lossy().into_owned();
-                files.insert(format!("{prefix}/{rel}"), std::fs::read(&path).unwrap());
             }
         }
     }

@@ -1,8 +1,10 @@
 //! What the tests of published output share: running tools that must be there, the farm's
-//! OpenPGP key made with gpg, and a clean bookworm with the kernel's image package (made with
-//! mmdebstrap from the host's Debian sources, no registry), as a Docker image.
+//! OpenPGP key made with gpg and module signing pair made with openssl, serving a published
+//! cache, and a clean bookworm with the kernel's image package (made with mmdebstrap from the
+//! host's Debian sources, no registry), as a Docker image.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -102,4 +104,37 @@ pub fn bookworm_image(host: &str) -> String {
     }
     run(docker(host).arg("import").arg(&tar).arg(&tag));
     tag
+}
+
+/// The farm's module signing pair (made once, kept beside the store: the store's entries are
+/// signed with it).
+pub fn module_key(dir: &Path) -> (PathBuf, PathBuf) {
+    let (key, cert) = (dir.join("farm-mok.key"), dir.join("farm-mok.der"));
+    if !cert.is_file() {
+        need("openssl", "openssl");
+        std::fs::create_dir_all(dir).unwrap();
+        run(Command::new("openssl")
+            .args(["req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "36500"])
+            .args(["-subj", "/CN=ckms farm test module key/", "-outform", "DER", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert));
+    }
+    (key, cert)
+}
+
+/// Every file of the published cache, served under `prefix`.
+pub fn served(out: &Path, prefix: &str, files: &mut HashMap<String, Vec<u8>>) {
+    let mut stack = vec![out.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(out).unwrap().to_string_lossy().into_owned();
+                files.insert(format!("{prefix}/{rel}"), std::fs::read(&path).unwrap());
+            }
+        }
+    }
 }

@@ -95,8 +95,9 @@ pub async fn run(ctx: &Context, out: &Output, verb: Verb) -> Result<i32, Error> 
         }
         Verb::Install(a) => {
             let opts = options(a.force, Some(&a.flags), Some(&a.depmod));
-            let lc = lifecycle(ctx, &a.target.trees, &a.target.compat, opts)?
-                .substituting(Box::new(ckms::prebuilt::Cache::new(ctx, a.prebuilt_only)));
+            let lc = lifecycle(ctx, &a.target.trees, &a.target.compat, opts)?.substituting(Box::new(
+                ckms::prebuilt::Cache::new(ctx, prebuilt_only(&ctx.config.gate, a.prebuilt_only)),
+            ));
             let (mv, kernels) = (selected(&lc, &a.target)?, targets(&a.target.kernels)?);
             let mut results = Vec::new();
             for k in &kernels {
@@ -250,6 +251,12 @@ async fn remove(ctx: &Context, out: &Output, which: Removal, a: RemoveArgs) -> R
 }
 
 /// What dkms's `$kernelver` is when framework.conf is read: the first kernel named.
+/// `install --prebuilt-only`, or a host whose `[gate] prebuilt_only` says it never builds: the
+/// `*-dkms` packages' postinst installs through here, and such a host has no engine to build in.
+fn prebuilt_only(gate: &ckms::config::GateConfig, flag: bool) -> bool {
+    flag || gate.prebuilt_only()
+}
+
 fn first_kernel(kernels: &[KernelTarget]) -> String {
     kernels.first().map(|k| k.release.clone()).unwrap_or_default()
 }

@@ -169,3 +169,12 @@ fn module_and_version_in_one_word() {
     assert_eq!(split("hello/1.0", None), ("hello".to_string(), Some("1.0".to_string())));
     assert_eq!(split("hello", Some("2")), ("hello".to_string(), Some("2".to_string())));
 }
+
+#[test]
+fn a_host_that_never_builds_installs_from_caches_only() {
+    let never = ckms::config::GateConfig { prebuilt_only: Some(true), ..Default::default() };
+    let default = ckms::config::GateConfig::default();
+    assert!(prebuilt_only(&never, false), "[gate] prebuilt_only holds without the flag");
+    assert!(prebuilt_only(&default, true));
+    assert!(!prebuilt_only(&default, false));
+}
