@@ -252,10 +252,7 @@ fn consumers(s: &Setup, kernel: &str) {
     // A ckms host: no engine, no compiler; its gate's question, then the kernel and the modules.
     let cache_dir = s.dir().join("www/cache");
     let mut files = std::collections::HashMap::new();
-    for path in walk(&cache_dir) {
-        let rel = path.strip_prefix(&cache_dir).unwrap().to_string_lossy().into_owned();
-        files.insert(format!("/cache/{rel}"), std::fs::read(&path).unwrap());
-    }
+    bookworm::served(&cache_dir, "/cache", &mut files);
     let server = HttpServer::start(files);
     let work = s.dir().join("host");
     std::fs::create_dir_all(&work).unwrap();
@@ -318,22 +315,6 @@ fn consumers(s: &Setup, kernel: &str) {
     eprintln!("KMM image {reference}:\n{listed}");
     assert!(listed.lines().count() >= s.modules.len(), "{listed}");
     let _ = podman().args(["rmi", &reference]).output();
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// Publications killed with SIGKILL at points spread over a cycle, while a reader checks the

@@ -12,10 +12,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    HTTPGetAction, Namespace, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, Namespace,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SecretVolumeSource, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec};
@@ -282,19 +281,8 @@ pub fn pod(f: &FollowDeployment) -> PodSpec {
         // The metrics are served from the start, before the first cycle, which may take hours.
         readiness_probe: Some(probe(10, 3)),
         liveness_probe: Some(probe(30, 5)),
-        resources: Some(ResourceRequirements {
-            requests: Some(resources.clone()),
-            limits: Some(resources),
-            claims: None,
-        }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
-            run_as_non_root: Some(true),
-            seccomp_profile: runtime_default(),
-            ..Default::default()
-        }),
+        resources: Some(manifest::guaranteed(resources)),
+        security_context: Some(manifest::locked_down()),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         volume_mounts: Some(mounts),
         working_dir: Some("/tmp".into()),
@@ -312,17 +300,13 @@ pub fn pod(f: &FollowDeployment) -> PodSpec {
             run_as_user: Some(f.uid),
             run_as_group: Some(f.gid),
             fs_group: Some(f.gid),
-            seccomp_profile: runtime_default(),
+            seccomp_profile: manifest::runtime_default(),
             ..Default::default()
         }),
         containers: vec![container],
         volumes: Some(volumes),
         ..Default::default()
     }
-}
-
-fn runtime_default() -> Option<SeccompProfile> {
-    Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() })
 }
 
 /// One replica, replaced by Recreate: never two followers on one store.

@@ -75,8 +75,25 @@ fn quantity(n: i64) -> Quantity {
     Quantity(n.to_string())
 }
 
-fn runtime_default() -> Option<SeccompProfile> {
+pub(crate) fn runtime_default() -> Option<SeccompProfile> {
     Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() })
+}
+
+/// A container's security context for PodSecurity "restricted", and a read-only root.
+pub(crate) fn locked_down() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+        run_as_non_root: Some(true),
+        seccomp_profile: runtime_default(),
+        ..Default::default()
+    }
+}
+
+/// Requests equal to limits: the Guaranteed QoS class, never evicted for another's use.
+pub(crate) fn guaranteed(resources: BTreeMap<String, Quantity>) -> ResourceRequirements {
+    ResourceRequirements { requests: Some(resources.clone()), limits: Some(resources), claims: None }
 }
 
 /// The Indexed Job building `j`'s pairs, its results going to the claim named `claim`.
@@ -149,19 +166,8 @@ pub fn job(j: &BuildJob, claim: &str) -> Job {
         command: Some(j.command.clone()),
         env: Some(env),
         working_dir: Some("/".into()),
-        resources: Some(ResourceRequirements {
-            requests: Some(resources.clone()),
-            limits: Some(resources),
-            claims: None,
-        }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
-            run_as_non_root: Some(true),
-            seccomp_profile: runtime_default(),
-            ..Default::default()
-        }),
+        resources: Some(guaranteed(resources)),
+        security_context: Some(locked_down()),
         // A failed build's last log lines show in `kubectl describe` without its logs.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         volume_mounts: Some(mounts),
