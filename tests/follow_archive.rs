@@ -222,13 +222,15 @@ fn follow_publishes_a_new_kernels_modules_before_hosts_upgrade_and_survives_kill
     let of_old = index["entries"].as_object().unwrap().values().filter(|e| e["kernel"] == old.as_str()).count();
     assert_eq!(of_old, s.modules.len(), "{old}'s modules stay published: {index}");
 
-    consumers(&s, &new);
+    let names: Vec<String> = of_new.iter().map(|e| e["module"].as_str().unwrap().to_string()).collect();
+    consumers(&s, &new, &names);
     kill_9_during_publications(&s);
 }
 
 /// apt-get in a clean container, a ckms host asking `ready` and installing from the cache,
 /// and the KMM image pulled by Podman: each gets the new kernel's modules.
-fn consumers(s: &Setup, kernel: &str) {
+/// `names`: the modules' dkms names (an apt package is `<name>-modules-<kernel>`).
+fn consumers(s: &Setup, kernel: &str, names: &[String]) {
     let docker_host = support::engine_host("CKMS_TEST_DOCKER_HOST");
     let image = bookworm_image(&docker_host);
     // The kernel's image package is downloaded once per run; no initramfs (INITRD=No: the
@@ -236,7 +238,6 @@ fn consumers(s: &Setup, kernel: &str) {
     let archives = shared_cache().join("apt-archives");
     std::fs::create_dir_all(archives.join("partial")).unwrap();
     let cache = format!("{}:/var/cache/apt/archives", archives.display());
-    let names: Vec<String> = s.modules.iter().map(|m| m.trim_end_matches("-dkms").to_string()).collect();
 
     // apt: the repository next to the host's own Debian sources, which bring the kernel.
     let packages: Vec<String> = names.iter().map(|n| format!("{n}-modules-{kernel}")).collect();

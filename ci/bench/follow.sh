@@ -14,7 +14,7 @@ uid=$(id -u "${CKMS_USER:-ckms}")
 export CKMS_TEST_PODMAN_HOST="unix:///run/user/$uid/podman/podman.sock"
 export CKMS_TEST_DOCKER_HOST="unix:///var/run/docker.sock"
 export CKMS_TEST_CACHE="${CKMS_TEST_CACHE:-$PWD/target/ckms-test-cache}"
-export CKMS_FOLLOW_MODULES="v4l2loopback-dkms digimend-dkms acpi-call-dkms adv-17v35x-dkms openrazer-driver-dkms"
+export CKMS_FOLLOW_MODULES="v4l2loopback-dkms digimend-dkms acpi-call-dkms adv-17v35x-dkms openvpn-dco-dkms"
 log=$(mktemp /tmp/ckms-bench-follow.XXXXXX)
 echo "follow bench: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); log $log"
 if ! cargo test --quiet --test follow_archive -- --nocapture >"$log" 2>&1; then
