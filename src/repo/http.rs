@@ -43,29 +43,43 @@ pub(super) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(500 * (1 << attempt.min(4)))
 }
 
+/// One attempt's failure: worth another try (network errors, 5xx) or final.
+pub(super) enum Failure {
+    Retry(RepoError),
+    Final(RepoError),
+}
+
+/// Runs `attempt` up to [`TRIES`] times with a back-off while it fails with [`Failure::Retry`].
+pub(super) async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, RepoError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Failure>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(Failure::Final(e)) => return Err(e),
+            Err(Failure::Retry(e)) if tries >= TRIES => return Err(e),
+            Err(Failure::Retry(_)) => tokio::time::sleep(backoff(tries)).await,
+        }
+    }
+}
+
 /// GET `url` into memory (indexes are at most a few MB compressed), retrying network errors
 /// and 5xx answers.
 pub(super) async fn get_bytes(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, RepoError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let err = match client.get(url).send().await {
-            Ok(resp) if resp.status().is_success() => match resp.bytes().await {
-                Ok(b) => return Ok(b.to_vec()),
-                Err(e) => RepoError::Unreachable { url: url.to_string(), detail: chain(&e) },
-            },
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                if status < 500 {
-                    return Err(RepoError::Http { url: url.to_string(), status });
-                }
-                RepoError::Http { url: url.to_string(), status }
-            }
-            Err(e) => RepoError::Unreachable { url: url.to_string(), detail: chain(&e) },
-        };
-        if attempt >= TRIES {
-            return Err(err);
+    let unreachable =
+        |e: reqwest::Error| Failure::Retry(RepoError::Unreachable { url: url.to_string(), detail: chain(&e) });
+    retrying(|| async {
+        let resp = client.get(url).send().await.map_err(unreachable)?;
+        let status = resp.status().as_u16();
+        match status {
+            _ if resp.status().is_success() => resp.bytes().await.map(|b| b.to_vec()).map_err(unreachable),
+            ..500 => Err(Failure::Final(RepoError::Http { url: url.to_string(), status })),
+            _ => Err(Failure::Retry(RepoError::Http { url: url.to_string(), status })),
         }
-        tokio::time::sleep(backoff(attempt)).await;
-    }
+    })
+    .await
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::http::{backoff, chain, client, io, TRIES};
+use super::http::{chain, client, io, retrying, Failure};
 use super::load::{inrelease_path, verified, write_atomic};
 use super::release::Keyring;
 use super::{RepoError, RepoOptions, SuiteSpec};
@@ -77,20 +77,18 @@ pub async fn poll(cache: &Cache, suites: &[SuiteSpec], opts: &RepoOptions) -> Re
 
 /// Sends `req`, retrying network errors and 5xx answers.
 async fn send(req: reqwest::RequestBuilder, url: &str) -> Result<reqwest::Response, RepoError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
+    retrying(|| async {
         let Some(try_req) = req.try_clone() else {
-            return Err(RepoError::Unreachable { url: url.into(), detail: "request cannot be sent again".into() });
+            return Err(Failure::Final(RepoError::Unreachable {
+                url: url.into(),
+                detail: "request cannot be sent again".into(),
+            }));
         };
-        let err = match try_req.send().await {
-            Ok(r) if !r.status().is_server_error() => return Ok(r),
-            Ok(r) => RepoError::Http { url: url.to_string(), status: r.status().as_u16() },
-            Err(e) => RepoError::Unreachable { url: url.to_string(), detail: chain(&e) },
-        };
-        if attempt >= TRIES {
-            return Err(err);
+        match try_req.send().await {
+            Ok(r) if !r.status().is_server_error() => Ok(r),
+            Ok(r) => Err(Failure::Retry(RepoError::Http { url: url.to_string(), status: r.status().as_u16() })),
+            Err(e) => Err(Failure::Retry(RepoError::Unreachable { url: url.to_string(), detail: chain(&e) })),
         }
-        tokio::time::sleep(backoff(attempt)).await;
-    }
+    })
+    .await
 }
