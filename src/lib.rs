@@ -61,6 +61,7 @@ pub mod k8s;
 pub mod kernel;
 pub mod kube;
 pub mod lifecycle;
+pub mod lockfile;
 pub mod makelog;
 pub mod oci;
 pub mod pair;

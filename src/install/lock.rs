@@ -34,14 +34,7 @@ impl TreeLock {
             Ok(()) => {}
             Err(rustix::io::Errno::WOULDBLOCK) => {
                 on_wait(&format!("waiting for another ckms on {}", dkms_tree.display()));
-                // A signal (a terminal resize, say) interrupts the wait; keep waiting.
-                loop {
-                    match flock(&file, FlockOperation::LockExclusive) {
-                        Err(rustix::io::Errno::INTR) => continue,
-                        other => other.map_err(|e| InstallError::fs(&path, e.into()))?,
-                    }
-                    break;
-                }
+                crate::lockfile::wait(&file).map_err(|e| InstallError::fs(&path, e))?;
             }
             Err(e) => return Err(InstallError::fs(&path, e.into())),
         }

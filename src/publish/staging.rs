@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{flock, renameat_with, FlockOperation, RenameFlags, CWD};
+use rustix::fs::{renameat_with, RenameFlags, CWD};
 
 use super::{set_mode, PublishError};
 
@@ -26,13 +26,7 @@ impl Staging {
         std::fs::create_dir_all(parent).map_err(PublishError::io(parent))?;
         let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "publish".into());
         let lock_path = parent.join(format!(".{name}.lock"));
-        let lock = std::fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(PublishError::io(&lock_path))?;
-        flock(&lock, FlockOperation::LockExclusive).map_err(|e| PublishError::io(&lock_path)(e.into()))?;
+        let lock = crate::lockfile::exclusive(&lock_path).map_err(PublishError::io(&lock_path))?;
         let prefix = format!(".{name}.tmp");
         // Left by a publisher killed before it finished (every publisher holds the lock).
         for entry in std::fs::read_dir(parent).map_err(PublishError::io(parent))?.flatten() {

@@ -92,13 +92,7 @@ impl Store {
         let dir = self.root.join("locks");
         // Made when first needed: a reader of a store it cannot write never needs it.
         std::fs::create_dir_all(&dir).map_err(FarmError::io(&dir))?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(FarmError::io(&path))?;
-        flock(&file, FlockOperation::LockExclusive).map_err(|e| FarmError::io(&path)(e.into()))?;
+        let file = crate::lockfile::exclusive(&path).map_err(FarmError::io(&path))?;
         Ok(PairLock { _file: file })
     }
 
@@ -125,7 +119,7 @@ impl Store {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(FarmError::io(&dir)(e)),
             };
-            flock(&held, FlockOperation::LockExclusive).map_err(|e| FarmError::io(&dir)(e.into()))?;
+            crate::lockfile::wait(&held).map_err(FarmError::io(&dir))?;
             // A cleaner may have taken it for a dead writer's before it was locked: then it
             // is gone, and another is made.
             if same_file(&dir, &held) {
