@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use bookworm::{bookworm_image, docker, farm_key, module_key, need, run, served, KERNEL};
+use bookworm::{bookworm_image, docker, farm_key, kept_store, need, run, served, KERNEL};
 use support::{ckms, engine_host, shared_cache, HttpServer};
 
 #[path = "support/bookworm.rs"]
@@ -258,33 +258,8 @@ fn apt_installs_a_kernel_only_when_its_modules_are_ready_building_them() {
 /// A farm's store (kept between runs: a re-run builds nothing) with both modules for both
 /// kernels, adv-17v35x failing for the newer one; its module certificate.
 fn store(engine: &str) -> (PathBuf, PathBuf) {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let dir = tmp.join("gate-apt-store");
-    let (key, cert) = module_key(&tmp.join("gate-apt-keys"));
-    let cache = shared_cache();
-    let (cache, store) = (cache.to_string_lossy(), dir.to_string_lossy());
-    let (key_s, cert_s) = (key.to_string_lossy(), cert.to_string_lossy());
-    let out = ckms([
-        "--engine",
-        engine,
-        "--cache-dir",
-        &cache,
-        "farm",
-        "build",
-        "--store",
-        &store,
-        "-k",
-        KERNEL,
-        "-k",
-        newer(),
-        "--key",
-        &key_s,
-        "--cert",
-        &cert_s,
-        &format!("deb:{FAILS}-dkms"),
-        &format!("deb:{BUILDS}-dkms"),
-    ])
-    .run();
+    let (fails, builds) = (format!("deb:{FAILS}-dkms"), format!("deb:{BUILDS}-dkms"));
+    let (dir, cert, out) = kept_store("gate-apt", engine, &["-k", KERNEL, "-k", newer(), &fails, &builds]);
     println!("farm build:{out}");
     (dir, cert)
 }

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bookworm::{bookworm_image, docker, farm_key, module_key, need, run, served, KERNEL};
+use bookworm::{bookworm_image, docker, farm_key, kept_store, need, run, served, KERNEL};
 use ckms::diagnose::code;
 use support::{ckms, engine_host, shared_cache, HttpServer};
 
@@ -32,29 +32,7 @@ mod bookworm;
 
 /// The store (kept between runs: a re-run builds nothing) and the module certificate.
 fn store(host: &str) -> (PathBuf, PathBuf) {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("prebuilt-store");
-    let (key, cert) = module_key(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("prebuilt-keys"));
-    let cache = shared_cache();
-    let (cache, store) = (cache.to_string_lossy(), dir.to_string_lossy());
-    let (key_s, cert_s) = (key.to_string_lossy(), cert.to_string_lossy());
-    let out = ckms([
-        "--engine",
-        host,
-        "--cache-dir",
-        &cache,
-        "farm",
-        "build",
-        "--store",
-        &store,
-        "-k",
-        KERNEL,
-        "--key",
-        &key_s,
-        "--cert",
-        &cert_s,
-        "deb:v4l2loopback-dkms",
-    ])
-    .run();
+    let (dir, cert, out) = kept_store("prebuilt", host, &["-k", KERNEL, "deb:v4l2loopback-dkms"]);
     // 77: nothing to do, every pair is in the store already.
     assert!(out.code == 0 || out.code == 77, "the store could not be built{out}");
     (dir, cert)

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::support::shared_cache;
+use crate::support::{ckms, shared_cache, Outcome};
 
 pub const KERNEL: &str = "6.1.0-56-amd64";
 const IMAGE: &str = "ckms-test/publish-bookworm";
@@ -121,6 +121,22 @@ pub fn module_key(dir: &Path) -> (PathBuf, PathBuf) {
             .arg(&cert));
     }
     (key, cert)
+}
+
+/// A farm's store kept between runs (`<target tmp>/<name>-store`: a re-run builds nothing),
+/// signed with a module pair kept beside it: `farm build` on `engine` with `args` (kernels,
+/// sources). The store, the module certificate and the run.
+pub fn kept_store(name: &str, engine: &str, args: &[&str]) -> (PathBuf, PathBuf, Outcome) {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tmp.join(format!("{name}-store"));
+    let (key, cert) = module_key(&tmp.join(format!("{name}-keys")));
+    let (cache, store) = (shared_cache().to_string_lossy().into_owned(), dir.to_string_lossy().into_owned());
+    let (key_s, cert_s) = (key.to_string_lossy(), cert.to_string_lossy());
+    let mut all = vec!["--engine", engine, "--cache-dir", &cache, "farm", "build", "--store", &store];
+    all.extend(["--key", &key_s, "--cert", &cert_s]);
+    all.extend_from_slice(args);
+    let out = ckms(all).run();
+    (dir, cert, out)
 }
 
 /// Every file of the published cache, served under `prefix`.
