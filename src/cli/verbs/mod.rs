@@ -250,13 +250,13 @@ async fn remove(ctx: &Context, out: &Output, which: Removal, a: RemoveArgs) -> R
     Ok(0)
 }
 
-/// What dkms's `$kernelver` is when framework.conf is read: the first kernel named.
 /// `install --prebuilt-only`, or a host whose `[gate] prebuilt_only` says it never builds: the
 /// `*-dkms` packages' postinst installs through here, and such a host has no engine to build in.
 fn prebuilt_only(gate: &ckms::config::GateConfig, flag: bool) -> bool {
     flag || gate.prebuilt_only()
 }
 
+/// What dkms's `$kernelver` is when framework.conf is read: the first kernel named.
 fn first_kernel(kernels: &[KernelTarget]) -> String {
     kernels.first().map(|k| k.release.clone()).unwrap_or_default()
 }
