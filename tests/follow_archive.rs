@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use archive::Archive;
 use bookworm::{bookworm_image, docker, farm_key, need, run};
+use ckms::cache::sha256_hex;
 use farm::Farm;
 use support::{shared_cache, HttpServer};
 
@@ -384,7 +385,7 @@ fn check_cache(dir: &Path) {
         for f in entry["files"].as_array().unwrap() {
             let path = root.join(f["path"].as_str().unwrap());
             match std::fs::read(&path) {
-                Ok(b) => assert_eq!(support_sha(&b), f["sha256"].as_str().unwrap(), "{} torn", path.display()),
+                Ok(b) => assert_eq!(sha256_hex(&b), f["sha256"].as_str().unwrap(), "{} torn", path.display()),
                 Err(_) if replaced() => return,
                 Err(e) => panic!("the cache's index names {} and it is missing: {e}", path.display()),
             }
@@ -401,12 +402,12 @@ fn check_apt(dir: &Path) {
     let line = release.lines().find(|l| l.ends_with(" main/binary-amd64/Packages")).expect("InRelease lists Packages");
     let want = line.split_whitespace().next().unwrap();
     let Ok(packages) = std::fs::read(root.join("dists/bookworm/main/binary-amd64/Packages")) else { return };
-    assert_eq!(support_sha(&packages), want, "Packages does not match its InRelease");
+    assert_eq!(sha256_hex(&packages), want, "Packages does not match its InRelease");
     let text = String::from_utf8(packages).unwrap();
     for stanza in text.split("\n\n").filter(|s| !s.trim().is_empty()) {
         let field = |n: &str| stanza.lines().find_map(|l| l.strip_prefix(n)).unwrap().to_string();
         match std::fs::read(root.join(field("Filename: "))) {
-            Ok(b) => assert_eq!(support_sha(&b), field("SHA256: "), "a torn package"),
+            Ok(b) => assert_eq!(sha256_hex(&b), field("SHA256: "), "a torn package"),
             Err(_) if replaced() => return,
             Err(e) => panic!("Packages names {} and it is missing: {e}", field("Filename: ")),
         }
@@ -418,9 +419,4 @@ fn check_apt(dir: &Path) {
 fn replaced(dir: &Path, opened: &std::fs::File) -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(dir).map(|m| m.ino()).ok() != opened.metadata().map(|m| m.ino()).ok()
-}
-
-fn support_sha(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }

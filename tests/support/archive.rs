@@ -18,7 +18,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use sha2::{Digest, Sha256};
+use ckms::cache::sha256_hex;
 
 use crate::bookworm::{need, run};
 use crate::support::{HttpServer, Response};
@@ -116,10 +116,6 @@ impl Archive {
         self.server.bytes_sent()
     }
 
-    pub fn requests(&self) -> Vec<String> {
-        self.server.requests()
-    }
-
     /// Serves `packages` as the suite's Packages.xz under a new InRelease listing it. The
     /// InRelease goes in last, so that a client never sees it before what it lists.
     fn publish(&self, role: &str, suite: &str, packages: Vec<u8>) {
@@ -127,7 +123,7 @@ impl Archive {
         let release = format!(
             "Origin: ckms-test\nLabel: ckms-test\nSuite: {suite}\nCodename: {suite}\nDate: {date}\n\
              Architectures: amd64\nComponents: main\nSHA256:\n {} {} {PACKAGES}\n",
-            hex(&packages),
+            sha256_hex(&packages),
             packages.len()
         );
         let plain = self.dir.join(format!("{suite}.Release"));
@@ -154,7 +150,7 @@ fn gpg(home: &Path) -> Command {
 /// mirror by redirection.
 fn answer(files: &Files, upstream: &HashMap<&'static str, String>, path: &str, etag_seen: Option<&String>) -> Response {
     if let Some(body) = files.lock().unwrap().get(path) {
-        let etag = format!("\"{}\"", &hex(body)[..16]);
+        let etag = format!("\"{}\"", &sha256_hex(body)[..16]);
         if etag_seen == Some(&etag) {
             return Response { status: "304 Not Modified", headers: vec![("ETag".into(), etag)], body: Vec::new() };
         }
@@ -225,10 +221,6 @@ fn hold_back_newest(packages: &[u8]) -> (String, String, Vec<u8>) {
     let mut out = kept.join("\n\n").into_bytes();
     out.extend_from_slice(b"\n\n");
     (format!("6.1.0-{old}-amd64"), format!("6.1.0-{new}-amd64"), out)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unxz(bytes: &[u8]) -> Vec<u8> {
