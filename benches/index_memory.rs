@@ -56,7 +56,7 @@ async fn main() {
             .iter()
             .find_map(|(p, ix)| Some((*p, ix, ckms::kernel::find(p, ix, release)?)))
             .unwrap_or_else(|| panic!("no profile named offers kernel {release}"));
-        let plan = ckms::image::plan(profile, recipe, index, &kernel, &[])
+        let plan = ckms::image::plan(ckms::image::Sources::native(profile, index), recipe, &kernel, &[])
             .unwrap_or_else(|e| panic!("planning {release}: {e}"));
         println!("kernel {release} ({}): {} packages planned", profile.name, plan.packages().count());
     }

@@ -197,6 +197,20 @@ impl Context {
     }
 }
 
+/// The build machine's side of a cross build (see [`Context::build_machine`]).
+pub struct BuildMachine<'c> {
+    pub profile: &'c Profile,
+    pub index: Arc<Index>,
+    /// make's `ARCH=` for the kernel's architecture.
+    pub kernel_arch: &'c str,
+}
+
+impl BuildMachine<'_> {
+    pub fn cross(&self) -> image::Cross<'_> {
+        image::Cross { build: self.profile, index: &self.index, kernel_arch: self.kernel_arch }
+    }
+}
+
 /// A kernel's builder image, and what it was made from.
 pub struct Builder<'a> {
     pub image: image::Built,
@@ -221,6 +235,14 @@ impl Context {
         Ok(Builder { image, profile: p, index, kernel })
     }
 
+    /// For a profile of another architecture than this machine's: the same release on this
+    /// machine's architecture and its index, which a cross build's image is made from.
+    pub async fn build_machine(&self, profile: &Profile) -> Result<Option<BuildMachine<'_>>, ContextError> {
+        let Some(build) = self.catalog.build_machine(profile)? else { return Ok(None) };
+        let kernel_arch = &self.catalog.architecture(profile)?.kernel;
+        Ok(Some(BuildMachine { profile: build, index: self.index(build).await?, kernel_arch }))
+    }
+
     /// The builder image for a kernel already found (see [`Context::find_kernel`]).
     pub async fn image_for(
         &self,
@@ -231,19 +253,21 @@ impl Context {
         extra: &[String],
         force: bool,
     ) -> Result<image::Built, ContextError> {
-        let plan = self.plan_image(profile, index, kernel, extra)?;
+        let plan = self.plan_image(profile, index, kernel, extra).await?;
         self.image_of(engine, profile, &plan, force).await
     }
 
     /// What the builder image for a kernel already found holds, layer by layer.
-    pub fn plan_image(
+    pub async fn plan_image(
         &self,
         profile: &Profile,
         index: &Index,
         kernel: &Kernel,
         extra: &[String],
     ) -> Result<image::Plan, ContextError> {
-        Ok(image::plan(profile, self.catalog.recipe("builder")?, index, kernel, extra)?)
+        let build = self.build_machine(profile).await?;
+        let sources = image::Sources { profile, index, cross: build.as_ref().map(BuildMachine::cross) };
+        Ok(image::plan(sources, self.catalog.recipe("builder")?, kernel, extra)?)
     }
 
     /// The builder image of `plan`, assembled and loaded unless the engine has it.

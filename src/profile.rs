@@ -23,6 +23,10 @@ pub enum ProfileError {
     Invalid { file: String, message: String },
     #[error("no profile named '{name}' (known: {known})")]
     Unknown { name: String, known: String },
+    #[error("profile {profile}: the build machine ({machine}) is none of its architectures, and cross builds run on one of them")]
+    NoBuildMachine { profile: String, machine: String },
+    #[error("profile {profile}: architecture '{arch}' is not in profiles/architectures.toml")]
+    UnknownArchitecture { profile: String, arch: String },
     #[error("no image recipe named '{0}'")]
     UnknownRecipe(String),
     #[error("cannot read {path}: {source}")]
@@ -40,6 +44,10 @@ impl Diagnose for ProfileError {
         Some(match self {
             ProfileError::Invalid { .. } => "fix the file, or remove it to fall back to the built-in copy".into(),
             ProfileError::Unknown { .. } => "`ckms profiles` lists the profiles".into(),
+            ProfileError::NoBuildMachine { .. } => {
+                "build on a machine of one of the profile's architectures, or add this one to its `architectures`".into()
+            }
+            ProfileError::UnknownArchitecture { .. } => "describe it in profiles/architectures.toml".into(),
             ProfileError::UnknownRecipe(_) => "image recipes live in images/*.toml".into(),
             ProfileError::Io { .. } => "check the file's permissions".into(),
         })
@@ -52,8 +60,12 @@ type Result<T> = std::result::Result<T, ProfileError>;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
+    /// The file's name for the build machine's architecture, `<file>-<arch>` for the others.
     pub name: String,
+    /// The file's name (the distro release), shared by its architectures.
+    pub family: String,
     pub description: String,
+    /// Debian's name for the architecture ("amd64", "arm64").
     pub arch: String,
     /// The architecture as `uname -m` prints it (dkms's `arch`), e.g. "x86_64".
     pub machine: String,
@@ -108,6 +120,13 @@ pub struct KernelRules {
     pub releases: Regex,
     #[serde(with = "regexes")]
     pub kernel_packages: Vec<Regex>,
+    /// Kernel packages whose programs run on the build machine (kbuild): a cross build takes
+    /// them from the build machine's architecture.
+    #[serde(default, with = "regexes")]
+    pub build_machine_packages: Vec<Regex>,
+    /// The cross compiler's package (`{gcc}`, `{triplet}` filled in).
+    #[serde(default)]
+    pub cross_compiler: Option<String>,
     #[serde(with = "regex_one")]
     pub compiler: Regex,
     /// The package holding a release's vmlinuz and in-tree modules (`{kver}`: the release),
@@ -163,6 +182,11 @@ pub struct Os {
 }
 
 impl Profile {
+    /// Whether the profile's architecture is the build machine's: its builds need no cross compiler.
+    pub fn is_native(&self) -> bool {
+        self.machine == std::env::consts::ARCH
+    }
+
     /// The kernel release named by a headers package, if it is one.
     pub fn kernel_of_headers<'a>(&self, package: &'a str) -> Option<&'a str> {
         self.kernel.headers.captures(package)?.name("kver").map(|m| m.as_str())
@@ -173,13 +197,24 @@ impl Profile {
         self.kernel.compiler.captures(package)?.name("version").map(|m| m.as_str())
     }
 
-    /// Whether this profile can offer `release` at all (by name, without reading its index).
+    /// Whether this profile can offer `release` at all (by name, without reading its index):
+    /// its series and its architecture's flavours.
     pub fn may_offer(&self, release: &str) -> bool {
-        self.kernel.releases.is_match(release)
+        self.kernel.releases.is_match(release) && self.kernel_of_headers(&format!("linux-headers-{release}")).is_some()
     }
 
     pub fn is_kernel_package(&self, package: &str) -> bool {
         self.kernel.kernel_packages.iter().any(|r| r.is_match(package))
+    }
+
+    /// Whether a cross build takes `package` from the build machine's architecture.
+    pub fn is_build_machine_package(&self, package: &str) -> bool {
+        self.kernel.build_machine_packages.iter().any(|r| r.is_match(package))
+    }
+
+    /// The package of the cross compiler for this architecture's kernels built with gcc-`gcc`.
+    pub fn cross_compiler(&self, gcc: &str) -> Option<String> {
+        Some(self.kernel.cross_compiler.as_ref()?.replace("{gcc}", gcc).replace("{triplet}", &self.triplet))
     }
 
     /// The first keyring that exists on this host, else all of them (so the error names them).
@@ -209,6 +244,36 @@ impl Profile {
             })
             .collect()
     }
+}
+
+/// What ckms knows of an architecture (profiles/architectures.toml).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Architecture {
+    /// `uname -m` on such a kernel (dkms's `$arch`).
+    pub machine: String,
+    /// The GNU type, the cross compiler's prefix.
+    pub triplet: String,
+    /// The kernel's name for it (make's `ARCH=`).
+    pub kernel: String,
+    /// os-release `ARCHITECTURE=`.
+    pub systemd: String,
+    /// The OCI image config's `architecture`.
+    pub oci: String,
+    pub qemu: Qemu,
+}
+
+/// How `ckms verify` boots a kernel of an architecture.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Qemu {
+    /// The Debian package holding the emulator (of the build machine's architecture).
+    pub package: String,
+    pub binary: String,
+    /// Machine and CPU arguments.
+    pub args: Vec<String>,
+    /// The serial console the kernel writes to.
+    pub console: String,
 }
 
 /// How a host or configuration source provides a mirror role's URL.
@@ -297,6 +362,8 @@ pub struct ImageConfig {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     pub profiles: Vec<Profile>,
+    /// By Debian's name.
+    pub architectures: BTreeMap<String, Architecture>,
     /// What each dkms release prints (profiles/dkms/<release>.toml), by release.
     pub dialects: BTreeMap<String, Dialect>,
     pub mirrors: BTreeMap<String, MirrorRole>,
@@ -316,19 +383,18 @@ pub fn data_dirs() -> Vec<PathBuf> {
 
 impl Catalog {
     pub fn load(dirs: &[PathBuf]) -> Result<Catalog> {
-        let profile_files = collect(dirs, "profiles", embedded::PROFILES)?;
+        let mut profile_files = collect(dirs, "profiles", embedded::PROFILES)?;
+        let mirrors = match profile_files.remove("mirrors") {
+            Some((origin, text)) => parse(&origin, &text)?,
+            None => BTreeMap::new(),
+        };
+        let architectures: BTreeMap<String, Architecture> = match profile_files.remove("architectures") {
+            Some((origin, text)) => parse(&origin, &text)?,
+            None => BTreeMap::new(),
+        };
         let mut profiles = Vec::new();
-        let mut mirrors = BTreeMap::new();
         for (stem, (origin, text)) in &profile_files {
-            if stem == "mirrors" {
-                mirrors = parse(origin, text)?;
-            } else {
-                let p: Profile = parse(origin, text)?;
-                if &p.name != stem {
-                    return Err(invalid(origin, format!("name '{}' differs from the file name", p.name)));
-                }
-                profiles.push(p);
-            }
+            profiles.extend(expand(stem, origin, text, &architectures)?);
         }
         for p in &profiles {
             check_relocations(p)?;
@@ -355,26 +421,92 @@ impl Catalog {
         if let Some(p) = profiles.iter().find(|p| p.dkms.as_ref().is_some_and(|r| !dialects.contains_key(r))) {
             return Err(invalid(&format!("profile {}", p.name), format!("no profiles/dkms/{:?}.toml", p.dkms)));
         }
-        Ok(Catalog { profiles, mirrors, recipes, dialects })
+        Ok(Catalog { profiles, architectures, mirrors, recipes, dialects })
     }
 
+    /// A profile by name; `<file>-<arch>` also names the build machine's own.
     pub fn profile(&self, name: &str) -> Result<&Profile> {
-        self.profiles.iter().find(|p| p.name == name).ok_or_else(|| ProfileError::Unknown {
-            name: name.to_string(),
-            known: self.profiles.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+        let found = self.profiles.iter().find(|p| p.name == name);
+        found.or_else(|| self.profiles.iter().find(|p| format!("{}-{}", p.family, p.arch) == name)).ok_or_else(|| {
+            ProfileError::Unknown {
+                name: name.to_string(),
+                known: self.profiles.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+            }
         })
     }
 
-    /// The profile of the system an os-release describes (its VERSION_CODENAME is a suite).
+    /// The profile of the system an os-release describes (its VERSION_CODENAME is a suite), on
+    /// this machine's architecture.
     pub fn of_os_release(&self, os_release: &str) -> Option<&Profile> {
         let codename =
             os_release.lines().find_map(|l| l.strip_prefix("VERSION_CODENAME=")).map(|v| v.trim_matches('"'))?;
-        self.profiles.iter().find(|p| p.suites.iter().any(|s| s.suite == codename))
+        self.profiles.iter().filter(|p| p.suites.iter().any(|s| s.suite == codename)).min_by_key(|p| !p.is_native())
+    }
+
+    /// For a profile of another architecture than the build machine's: the same release on the
+    /// build machine's, whose compilers and tools a cross build runs. None for a native profile.
+    pub fn build_machine(&self, profile: &Profile) -> Result<Option<&Profile>> {
+        if profile.is_native() {
+            return Ok(None);
+        }
+        let native = self.profiles.iter().find(|p| p.family == profile.family && p.is_native());
+        native.map(Some).ok_or_else(|| ProfileError::NoBuildMachine {
+            profile: profile.name.clone(),
+            machine: std::env::consts::ARCH.to_string(),
+        })
+    }
+
+    /// What ckms knows of a profile's architecture.
+    pub fn architecture(&self, profile: &Profile) -> Result<&Architecture> {
+        self.architectures.get(&profile.arch).ok_or_else(|| ProfileError::UnknownArchitecture {
+            profile: profile.name.clone(),
+            arch: profile.arch.clone(),
+        })
     }
 
     pub fn recipe(&self, name: &str) -> Result<&Recipe> {
         self.recipes.get(name).ok_or_else(|| ProfileError::UnknownRecipe(name.to_string()))
     }
+}
+
+/// A profile file as profiles, one per architecture it lists (`architectures = [...]`): the
+/// architecture's facts filled in, `{arch}` in the headers pattern replaced. A file without
+/// `architectures` names its one architecture itself (`arch`, `machine`, `triplet`).
+fn expand(stem: &str, origin: &str, text: &str, known: &BTreeMap<String, Architecture>) -> Result<Vec<Profile>> {
+    let mut table: toml::Table = parse(origin, text)?;
+    if table.get("name").and_then(|n| n.as_str()) != Some(stem) {
+        return Err(invalid(origin, format!("name {:?} differs from the file name", table.get("name"))));
+    }
+    table.insert("family".into(), stem.into());
+    let Some(list) = table.remove("architectures") else {
+        return Ok(vec![Profile::deserialize(table).map_err(|e| invalid(origin, e.to_string()))?]);
+    };
+    let arches: Vec<String> = list.try_into().map_err(|e: toml::de::Error| invalid(origin, e.to_string()))?;
+    let native = arches.iter().find(|a| known.get(*a).is_some_and(|k| k.machine == std::env::consts::ARCH));
+    let mut out = Vec::new();
+    for arch in &arches {
+        let facts = known.get(arch).ok_or_else(|| {
+            invalid(origin, format!("architecture '{arch}' is not in profiles/architectures.toml"))
+        })?;
+        let mut t = table.clone();
+        if Some(arch) != native {
+            t.insert("name".into(), format!("{stem}-{arch}").into());
+        }
+        if let Some(toml::Value::String(d)) = t.get_mut("description") {
+            *d = format!("{d}, {arch}");
+        }
+        t.insert("arch".into(), arch.as_str().into());
+        t.insert("machine".into(), facts.machine.as_str().into());
+        t.insert("triplet".into(), facts.triplet.as_str().into());
+        if let Some(toml::Value::String(h)) = t.get_mut("kernel").and_then(|k| k.get_mut("headers")) {
+            *h = h.replace("{arch}", &regex::escape(arch));
+        }
+        if let Some(toml::Value::Table(os)) = t.get_mut("os") {
+            os.entry("architecture").or_insert_with(|| facts.systemd.as_str().into());
+        }
+        out.push(Profile::deserialize(t).map_err(|e| invalid(origin, e.to_string()))?);
+    }
+    Ok(out)
 }
 
 /// stem -> (where it came from, text); the first directory that has a file wins.
@@ -466,8 +598,50 @@ mod tests {
     fn builtin_profiles_load() {
         let c = builtin();
         let names: Vec<_> = c.profiles.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["debian-bookworm", "debian-sid", "debian-trixie"]);
+        assert_eq!(
+            names,
+            [
+                "debian-bookworm",
+                "debian-bookworm-arm64",
+                "debian-sid",
+                "debian-sid-arm64",
+                "debian-trixie",
+                "debian-trixie-arm64"
+            ]
+        );
         assert!(c.recipe("builder").is_ok());
+    }
+
+    #[test]
+    fn a_file_is_one_profile_per_architecture() {
+        let c = builtin();
+        let arm = c.profile("debian-bookworm-arm64").unwrap();
+        assert_eq!((arm.family.as_str(), arm.arch.as_str(), arm.machine.as_str()), ("debian-bookworm", "arm64", "aarch64"));
+        assert_eq!(arm.description, "Debian 12 (bookworm), arm64");
+        assert_eq!(arm.os.as_ref().unwrap().architecture, "arm64");
+        assert_eq!(arm.kernel_of_headers("linux-headers-6.1.0-56-arm64"), Some("6.1.0-56-arm64"));
+        assert_eq!(arm.kernel_of_headers("linux-headers-6.1.0-56-amd64"), None);
+        assert_eq!(arm.cross_compiler("12").as_deref(), Some("gcc-12-aarch64-linux-gnu"));
+        assert!(arm.is_build_machine_package("linux-kbuild-6.1") && !arm.is_build_machine_package("linux-headers-6.1.0-56-common"));
+        // The build machine's architecture keeps the file's name, and answers to the long one.
+        let native = c.profile("debian-bookworm").unwrap();
+        assert!(native.is_native() && !arm.is_native());
+        assert_eq!(c.profile("debian-bookworm-amd64").unwrap().name, "debian-bookworm");
+        assert_eq!(c.build_machine(arm).unwrap().unwrap().name, "debian-bookworm");
+        assert!(c.build_machine(native).unwrap().is_none());
+        assert_eq!(c.architecture(arm).unwrap().qemu.binary, "qemu-system-aarch64");
+        let os_release = "ID=debian\nVERSION_CODENAME=bookworm\n";
+        assert_eq!(c.of_os_release(os_release).unwrap().name, "debian-bookworm", "the host's own architecture");
+    }
+
+    #[test]
+    fn an_architecture_nobody_describes_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("profiles")).unwrap();
+        let shipped = include_str!("../profiles/debian-sid.toml").replace("\"arm64\"]", "\"riscv64\"]");
+        std::fs::write(dir.path().join("profiles/debian-sid.toml"), shipped).unwrap();
+        let err = Catalog::load(&[dir.path().to_path_buf()]).unwrap_err();
+        assert!(err.to_string().contains("architecture 'riscv64' is not in profiles/architectures.toml"), "{err}");
     }
 
     #[test]
@@ -498,6 +672,8 @@ mod tests {
         let offering =
             |k: &str| -> Vec<&str> { c.profiles.iter().filter(|p| p.may_offer(k)).map(|p| p.name.as_str()).collect() };
         assert_eq!(offering("6.1.0-56-amd64"), ["debian-bookworm"]);
+        assert_eq!(offering("6.1.0-56-arm64"), ["debian-bookworm-arm64"]);
+        assert_eq!(offering("6.12.117+deb13-rt-arm64"), ["debian-trixie-arm64"]);
         assert_eq!(offering("6.12.117+deb12-rt-amd64"), ["debian-bookworm"]);
         assert_eq!(offering("6.12.115+deb13.1-amd64"), ["debian-trixie"]);
         assert_eq!(offering("7.2.13+deb14-cloud-amd64"), ["debian-sid"]);

@@ -178,7 +178,8 @@ build() {
         local out=$ckms_out/modules/${ko##*/}
         cp --remove-destination -- "$ko" "$out" || fail 10 "cannot copy $ko"
         if [[ $strip == yes ]]; then
-            strip -g "$out" || fail 10 "strip -g $ko failed"
+            # A cross build's modules need the target's binutils (the image sets CROSS_COMPILE).
+            "${CROSS_COMPILE:-}strip" -g "$out" || fail 10 "${CROSS_COMPILE:-}strip -g $ko failed"
         fi
     done <<<"$ckms_modules"
     exit 0

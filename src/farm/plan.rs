@@ -170,7 +170,8 @@ pub async fn pairs(ctx: &Context, sources: Vec<Source>, kernels: Vec<Kernel>) ->
     for (number, kernel) in kernels.iter().enumerate() {
         let profile = ctx.catalog.profile(&kernel.profile)?;
         let index = ctx.index(profile).await?;
-        let at = KernelAt { profile, index: &index, kernel, number };
+        let build = ctx.build_machine(profile).await?;
+        let at = KernelAt { profile, index: &index, cross: build.as_ref().map(|b| b.cross()), kernel, number };
         inputs::kernel_pairs(ctx, &at, &sources, &recipe, &mut evaluation)?;
     }
     Ok(FarmPlan { sources, kernels, images: evaluation.images, pairs: evaluation.pairs })

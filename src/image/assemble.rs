@@ -265,7 +265,7 @@ fn image_meta(recipe: &Recipe, plan: &Plan, lock: &super::Lock) -> ImageMeta {
     }
     ImageMeta {
         user: format!("{}:{}", recipe.user.uid, recipe.user.gid),
-        env: recipe.config.env.clone(),
+        env: recipe.config.env.iter().chain(&plan.env).cloned().collect(),
         workdir: recipe.config.workdir.clone(),
         cmd: recipe.config.cmd.clone(),
         labels,

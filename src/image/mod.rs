@@ -11,7 +11,7 @@ mod paths;
 mod plan;
 
 pub use assemble::{assemble, build, list, prune, remove, Assembled, Built, ImageRow};
-pub use plan::{plan, Lock, LockedLayer, LockedPackage, Plan, PlannedLayer};
+pub use plan::{plan, Cross, Lock, LockedLayer, LockedPackage, Plan, PlannedLayer, Sources};
 
 use thiserror::Error;
 
@@ -39,6 +39,8 @@ pub enum ImageError {
     Resolve { kernel: String, source: RepoError },
     #[error("kernel {kernel}: no compiler matching the profile {profile}'s [kernel].compiler among its headers' dependencies")]
     NoCompiler { kernel: String, profile: String },
+    #[error("kernel {kernel}: its {package} is version {wanted}, the build machine's ({build_arch}) {}", found.as_deref().map_or("has none".to_string(), |v| format!("is {v}")))]
+    CrossMismatch { kernel: String, package: String, wanted: String, build_arch: String, found: Option<String> },
     #[error("image recipe '{recipe}' names an unknown layer '{layer}' (known: base, toolchain, tools, kernel, extra, packages)")]
     UnknownLayer { recipe: String, layer: String },
     #[error(transparent)]
@@ -66,6 +68,7 @@ impl Diagnose for ImageError {
         match self {
             ImageError::Resolve { source, .. } | ImageError::Repo(source) => source.exit_code(),
             ImageError::NoCompiler { .. } | ImageError::UnknownLayer { .. } => code::BAD_PROFILE,
+            ImageError::CrossMismatch { .. } => code::UNRESOLVABLE,
             ImageError::Cache(e) => e.exit_code(),
             ImageError::Deb(e) => e.exit_code(),
             ImageError::Layer(e) => e.exit_code(),
@@ -80,6 +83,9 @@ impl Diagnose for ImageError {
             ImageError::Resolve { source, .. } | ImageError::Repo(source) => source.hint(),
             ImageError::NoCompiler { .. } => Some("check the profile's [kernel].compiler pattern".into()),
             ImageError::UnknownLayer { .. } => Some("fix `layers` in the recipe under images/".into()),
+            ImageError::CrossMismatch { .. } => Some(
+                "the architectures' indexes disagree (a mirror mid-update?): try again later with --refresh".into(),
+            ),
             ImageError::Cache(e) => e.hint(),
             ImageError::Deb(e) => e.hint(),
             ImageError::Layer(e) => e.hint(),

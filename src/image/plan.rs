@@ -16,6 +16,31 @@ use crate::repo::{Index, Package, SuiteInfo};
 /// Bumped whenever the way layers are written changes, so that cached layers are rebuilt.
 const LAYER_FORMAT: u32 = 2;
 
+/// Where an image's packages come from: the kernel's profile and index and, for a kernel of
+/// another architecture than the build machine's, the build machine's.
+#[derive(Clone, Copy)]
+pub struct Sources<'a> {
+    pub profile: &'a Profile,
+    pub index: &'a Index,
+    pub cross: Option<Cross<'a>>,
+}
+
+/// A cross build: the image runs the build machine's programs (base, kbuild, a cross compiler)
+/// on the kernel's headers.
+#[derive(Clone, Copy)]
+pub struct Cross<'a> {
+    pub build: &'a Profile,
+    pub index: &'a Index,
+    /// make's `ARCH=` for the kernel's architecture.
+    pub kernel_arch: &'a str,
+}
+
+impl<'a> Sources<'a> {
+    pub fn native(profile: &'a Profile, index: &'a Index) -> Sources<'a> {
+        Sources { profile, index, cross: None }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub recipe: String,
@@ -23,6 +48,8 @@ pub struct Plan {
     pub kernel: Kernel,
     /// The compiler version, e.g. "12".
     pub gcc: String,
+    /// The image's environment beyond the recipe's: `ARCH` and `CROSS_COMPILE` of a cross build.
+    pub env: Vec<String>,
     /// Non-empty layers, bottom first.
     pub layers: Vec<PlannedLayer>,
     pub suites: Vec<SuiteInfo>,
@@ -72,41 +99,96 @@ pub struct LockedPackage {
     pub sha256: String,
 }
 
+/// What the kernel brings into an image: the packages to resolve with the build machine's and
+/// those of the kernel's own architecture, taken as they are (a cross build's headers).
+struct KernelSide {
+    roots: Vec<String>,
+    own: Vec<Package>,
+    /// A cross build's compiler package and version.
+    cross: Option<(String, String)>,
+}
+
+/// A cross build's kernel side: the headers from the kernel's architecture; kbuild (whose
+/// programs run here) and the cross compiler of the kernel's gcc version from the build machine's.
+fn cross_side(sources: &Sources, cross: &Cross, kernel: &Kernel) -> Result<KernelSide, ImageError> {
+    let target = sources.profile;
+    let closure = sources
+        .index
+        .resolve(std::slice::from_ref(&kernel.headers_package), &target.packages.exclude)
+        .map_err(|source| ImageError::Resolve { kernel: kernel.release.clone(), source })?;
+    let no_compiler = || ImageError::NoCompiler { kernel: kernel.release.clone(), profile: target.name.clone() };
+    let gcc = closure.iter().find_map(|p| target.compiler_of(&p.name)).ok_or_else(no_compiler)?.to_string();
+    let compiler = target.cross_compiler(&gcc).ok_or_else(no_compiler)?;
+    let mut roots = vec![compiler.clone()];
+    let mut own = Vec::new();
+    for p in closure.into_iter().filter(|p| target.is_kernel_package(&p.name)) {
+        if !target.is_build_machine_package(&p.name) {
+            own.push(p);
+            continue;
+        }
+        // Same source, same version on both architectures, or the tools do not fit the headers.
+        let here = cross.index.candidate(&p.name).map(|c| c.version().to_string());
+        if here.as_deref() != Some(p.version.as_str()) {
+            return Err(ImageError::CrossMismatch {
+                kernel: kernel.release.clone(),
+                package: p.name.clone(),
+                wanted: p.version.clone(),
+                build_arch: cross.build.arch.clone(),
+                found: here,
+            });
+        }
+        roots.push(p.name);
+    }
+    Ok(KernelSide { roots, own, cross: Some((compiler, gcc)) })
+}
+
 pub fn plan(
-    profile: &Profile,
+    sources: Sources,
     recipe: &Recipe,
-    index: &Index,
     kernel: &Kernel,
     extra: &[String],
 ) -> Result<Plan, ImageError> {
-    let exclude = &profile.packages.exclude;
+    let profile = sources.profile;
+    let (host, index) = sources.cross.map_or((profile, sources.index), |c| (c.build, c.index));
+    let exclude = &host.packages.exclude;
     let resolve = |roots: &[String]| {
         index.resolve(roots, exclude).map_err(|source| ImageError::Resolve { kernel: kernel.release.clone(), source })
     };
-    let base = resolve(&profile.packages.base)?;
-    let mut roots = profile.packages.base.clone();
-    roots.push(kernel.headers_package.clone());
-    let with_kernel = resolve(&roots)?;
+    let side = match &sources.cross {
+        None => KernelSide { roots: vec![kernel.headers_package.clone()], own: Vec::new(), cross: None },
+        Some(cross) => cross_side(&sources, cross, kernel)?,
+    };
+    let base = resolve(&host.packages.base)?;
+    let mut roots = host.packages.base.clone();
+    roots.extend(side.roots.iter().cloned());
+    let mut with_kernel = resolve(&roots)?;
     roots.extend(extra.iter().cloned());
     roots.extend(recipe.packages.iter().cloned());
-    let full = if extra.is_empty() && recipe.packages.is_empty() { with_kernel.clone() } else { resolve(&roots)? };
+    let mut full = if extra.is_empty() && recipe.packages.is_empty() { with_kernel.clone() } else { resolve(&roots)? };
+    with_kernel.extend(side.own.iter().cloned());
+    full.extend(side.own.iter().cloned());
+    full.sort_by(|a, b| a.name.cmp(&b.name));
     // The recipe's own packages on top of base (the verifier's qemu): resolved without the
     // kernel's, so that the layer holds everything they need beyond base.
     let in_recipe: BTreeSet<String> = if recipe.packages.is_empty() {
         BTreeSet::new()
     } else {
-        let mut r = profile.packages.base.clone();
+        let mut r = host.packages.base.clone();
         r.extend(recipe.packages.iter().cloned());
         resolve(&r)?.into_iter().map(|p| p.name).collect()
     };
 
-    let (compiler, gcc) = with_kernel
-        .iter()
-        .find_map(|p| Some((p.name.clone(), profile.compiler_of(&p.name)?.to_string())))
+    let native_compiler = || {
+        with_kernel.iter().find_map(|p| Some((p.name.clone(), profile.compiler_of(&p.name)?.to_string())))
+    };
+    let (compiler, gcc) = side
+        .cross
+        .clone()
+        .or_else(native_compiler)
         .ok_or_else(|| ImageError::NoCompiler { kernel: kernel.release.clone(), profile: profile.name.clone() })?;
     // The compiler's own closure, apart from what else the kernel's packages need (pahole,
     // libelf...): kernels built with the same compiler share it even when their tools differ.
-    let mut compiler_roots = profile.packages.base.clone();
+    let mut compiler_roots = host.packages.base.clone();
     compiler_roots.push(compiler);
     let with_compiler = resolve(&compiler_roots)?;
 
@@ -137,11 +219,16 @@ pub fn plan(
             layers.push(PlannedLayer { name: name.clone(), packages });
         }
     }
+    let env = match sources.cross {
+        None => Vec::new(),
+        Some(c) => vec![format!("ARCH={}", c.kernel_arch), format!("CROSS_COMPILE={}-", profile.triplet)],
+    };
     Ok(Plan {
         recipe: recipe.name.clone(),
         profile: profile.name.clone(),
         kernel: kernel.clone(),
         gcc,
+        env,
         layers,
         suites: index.suites().to_vec(),
         fs: FsRules::from_profile(profile),
@@ -273,7 +360,7 @@ mod tests {
     fn packages_split_into_base_toolchain_kernel() {
         let (p, r, idx, k) =
             fixture("linux-headers-6.1.0-56-common, linux-compiler-gcc-12-x86, linux-image-6.1.0-56-amd64");
-        let plan = plan(&p, &r, &idx, &k, &[]).unwrap();
+        let plan = plan(Sources::native(&p, &idx), &r, &k, &[]).unwrap();
         assert_eq!(plan.gcc, "12");
         assert!(layer_names(&plan, "base").contains(&"libc6".to_string()));
         assert_eq!(layer_names(&plan, "toolchain"), ["cpp-12", "gcc-12"]);
@@ -288,8 +375,8 @@ mod tests {
     #[test]
     fn extra_packages_get_their_own_layer_and_leave_others_alone() {
         let (p, r, idx, k) = fixture("linux-compiler-gcc-12-x86");
-        let plain = plan(&p, &r, &idx, &k, &[]).unwrap();
-        let extra = plan(&p, &r, &idx, &k, &["pkg-config".to_string()]).unwrap();
+        let plain = plan(Sources::native(&p, &idx), &r, &k, &[]).unwrap();
+        let extra = plan(Sources::native(&p, &idx), &r, &k, &["pkg-config".to_string()]).unwrap();
         assert_eq!(layer_names(&extra, "extra"), ["pkg-config"]);
         for (a, b) in plain.layers.iter().zip(&extra.layers) {
             assert_eq!(a.key(&plain.fs), b.key(&extra.fs), "layer {} unchanged", a.name);
@@ -299,6 +386,6 @@ mod tests {
     #[test]
     fn no_compiler_is_an_error() {
         let (p, r, idx, k) = fixture("");
-        assert!(matches!(plan(&p, &r, &idx, &k, &[]), Err(ImageError::NoCompiler { .. })));
+        assert!(matches!(plan(Sources::native(&p, &idx), &r, &k, &[]), Err(ImageError::NoCompiler { .. })));
     }
 }

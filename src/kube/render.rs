@@ -205,7 +205,7 @@ pub async fn follow_image(
     let profile = ctx.catalog.profile(&kernel.profile)?;
     let recipe = ctx.catalog.recipe("builder")?;
     let index = ctx.index(profile).await?;
-    let image_plan = ctx.plan_image(profile, &index, kernel, &[])?;
+    let image_plan = ctx.plan_image(profile, &index, kernel, &[]).await?;
     let assembled = assemble(&ctx.cache, profile, recipe, &image_plan, ctx.reporter()).await?;
     let mut layers = assembled.layers.clone();
     layers.push(ckms_layer(scratch.path(), binary)?);

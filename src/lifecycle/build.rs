@@ -70,7 +70,7 @@ impl Lifecycle<'_> {
             tokio::join!(self.engine(), self.ctx.find_kernel(&target.release, self.opts.profile.as_deref()));
         let (conn, (profile, index, kernel)) = (conn?, found?);
         let extra = self.extra_packages(mv, profile, &index);
-        let plan = self.ctx.plan_image(profile, &index, &kernel, &extra.packages)?;
+        let plan = self.ctx.plan_image(profile, &index, &kernel, &extra.packages).await?;
         let siblings = self.siblings(mv, &target.release, &arch);
         self.report_extra(mv, &extra, &plan, &siblings);
         let (image, kconfig) = tokio::join!(

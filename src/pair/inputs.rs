@@ -181,6 +181,8 @@ pub struct KeyedPair {
 pub struct KernelAt<'k> {
     pub profile: &'k Profile,
     pub index: &'k Index,
+    /// A kernel of another architecture: the build machine's side.
+    pub cross: Option<image::Cross<'k>>,
     pub kernel: &'k Kernel,
     /// Its position in the plan's kernels.
     pub number: usize,
@@ -215,7 +217,8 @@ pub fn kernel_pairs(
             Some(i) => i,
             None => {
                 let recipe = ctx.catalog.recipe("builder")?;
-                let plan = image::plan(profile, recipe, index, kernel, &extra.packages)?;
+                let sources = image::Sources { profile, index, cross: at.cross };
+                let plan = image::plan(sources, recipe, kernel, &extra.packages)?;
                 let lock = lock_digest(&plan, profile);
                 images.push(ImageSpec {
                     profile: profile.name.clone(),

@@ -29,7 +29,7 @@ use crate::diagnose::{code, Diagnose};
 use crate::engine::{Engine, EngineError};
 use crate::image::{self, run_spec, ImageError};
 use crate::install::compress::Compression;
-use crate::profile::Profile;
+use crate::profile::{Profile, Qemu};
 use crate::repo::{self, Index, Package, RepoError};
 use console::Loaded;
 
@@ -214,8 +214,15 @@ pub async fn verify(
         ),
     });
 
+    // The VM runs on this machine: qemu for the kernel's architecture, from this machine's.
+    let arch = ctx.catalog.architecture(p).map_err(ContextError::from)?;
+    let mut recipe = recipe.clone();
+    recipe.packages = recipe.packages.iter().map(|name| name.replace("{qemu}", &arch.qemu.package)).collect();
+    let recipe = &recipe;
+    let build = ctx.build_machine(p).await?;
     let image = async {
-        let plan = image::plan(p, recipe, &index, &kernel, &[])?;
+        let sources = image::Sources { profile: p, index: &index, cross: build.as_ref().map(|b| b.cross()) };
+        let plan = image::plan(sources, recipe, &kernel, &[])?;
         Ok::<_, VerifyError>(image::build(&ctx.cache, engine, p, recipe, &plan, false, report).await?)
     };
     let kernel_files = kernel_package(ctx, &index, p, release);
@@ -244,7 +251,7 @@ pub async fn verify(
     let input = input_tar(&[("vmlinuz".into(), &vmlinuz), ("initrd".into(), &initrd)])
         .map_err(|e| package_err(release, "initramfs", e.to_string()))?;
     let dir = format!("{}/{BOOT_DIR}", recipe.config.workdir);
-    let argv = qemu_argv(&p.machine, &format!("{dir}/vmlinuz"), &format!("{dir}/initrd"), VM_MEMORY_MIB);
+    let argv = qemu_argv(&arch.qemu, &format!("{dir}/vmlinuz"), &format!("{dir}/initrd"), VM_MEMORY_MIB);
     let mut spec = run_spec(recipe, &image.reference, argv, Some(input.into()), VM_TIMEOUT);
     spec.outputs.clear();
     let vm_started = Instant::now();
@@ -393,10 +400,12 @@ fn input_tar(files: &[(String, &[u8])]) -> std::io::Result<Vec<u8>> {
 
 /// The qemu command line: no devices but a serial console, the kernel and initramfs given
 /// directly (no firmware boot loader, no disk), power-off or panic ends qemu.
-pub fn qemu_argv(machine: &str, vmlinuz: &str, initrd: &str, memory_mib: u32) -> Vec<String> {
-    let cmdline = "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init";
-    [
-        &format!("qemu-system-{machine}"),
+pub fn qemu_argv(qemu: &Qemu, vmlinuz: &str, initrd: &str, memory_mib: u32) -> Vec<String> {
+    let cmdline = format!("console={} quiet loglevel=1 panic=-1 rdinit=/init", qemu.console);
+    let machine = qemu.args.iter().map(String::as_str);
+    std::iter::once(qemu.binary.as_str())
+        .chain(machine)
+        .chain([
         "-nodefaults",
         "-no-user-config",
         "-display",
@@ -413,10 +422,9 @@ pub fn qemu_argv(machine: &str, vmlinuz: &str, initrd: &str, memory_mib: u32) ->
         "-initrd",
         initrd,
         "-append",
-        cmdline,
-    ]
-    .iter()
-    .map(|s| s.to_string())
+        &cmdline,
+    ])
+    .map(str::to_string)
     .collect()
 }
 
@@ -426,7 +434,8 @@ mod tests {
 
     #[test]
     fn qemu_boots_the_kernel_directly_with_a_serial_console_only() {
-        let a = qemu_argv("x86_64", "/vm/boot/vmlinuz", "/vm/boot/initrd", 512);
+        let catalog = crate::profile::Catalog::load(&[]).unwrap();
+        let a = qemu_argv(&catalog.architectures["amd64"].qemu, "/vm/boot/vmlinuz", "/vm/boot/initrd", 512);
         assert_eq!(a[0], "qemu-system-x86_64");
         let after = |flag: &str| a.iter().position(|x| x == flag).map(|i| a[i + 1].as_str());
         assert_eq!(after("-kernel"), Some("/vm/boot/vmlinuz"));

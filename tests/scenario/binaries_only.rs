@@ -116,7 +116,7 @@ async fn other_machine(engine: &str, tarball: &Path, cert: &Path) -> (BTreeMap<S
     );
     let (profile, index, kernel) = ctx.find_kernel(KERNEL, None).await.unwrap_or_else(|e| panic!("{e}"));
     let recipe = ctx.catalog.recipe("host").unwrap();
-    let plan = ckms::image::plan(profile, recipe, &index, &kernel, &[]).unwrap();
+    let plan = ckms::image::plan(ckms::image::Sources::native(profile, &index), recipe, &kernel, &[]).unwrap();
     let names: Vec<&str> = plan.packages().map(|p| p.name.as_str()).collect();
     assert!(names.contains(&"kmod") && names.contains(&"libssl3"), "{names:?}");
     let compiler_or_headers = regex::Regex::new(r"^(gcc|cpp|clang)(-\d+)?$|^linux-headers-").unwrap();

@@ -85,7 +85,7 @@ pub async fn reference_image(
     let mut recipe = ctx.catalog.recipe("builder").expect("the builder recipe").clone();
     recipe.repository = REFERENCE_REPOSITORY.to_string();
     recipe.name = "dkms-reference".to_string();
-    let plan = ckms::image::plan(profile, &recipe, &index, &k, packages)
+    let plan = ckms::image::plan(ckms::image::Sources::native(profile, &index), &recipe, &k, packages)
         .unwrap_or_else(|e| panic!("planning the reference image for {kernel}: {e}"));
     let extra: Vec<&ckms::repo::Package> =
         plan.layers.iter().filter(|l| l.name == "extra").flat_map(|l| l.packages.iter()).collect();
