@@ -45,7 +45,8 @@ impl Diagnose for ProfileError {
             ProfileError::Invalid { .. } => "fix the file, or remove it to fall back to the built-in copy".into(),
             ProfileError::Unknown { .. } => "`ckms profiles` lists the profiles".into(),
             ProfileError::NoBuildMachine { .. } => {
-                "build on a machine of one of the profile's architectures, or add this one to its `architectures`".into()
+                "build on a machine of one of the profile's architectures, or add this one to its `architectures`"
+                    .into()
             }
             ProfileError::UnknownArchitecture { .. } => "describe it in profiles/architectures.toml".into(),
             ProfileError::UnknownRecipe(_) => "image recipes live in images/*.toml".into(),
@@ -485,9 +486,9 @@ fn expand(stem: &str, origin: &str, text: &str, known: &BTreeMap<String, Archite
     let native = arches.iter().find(|a| known.get(*a).is_some_and(|k| k.machine == std::env::consts::ARCH));
     let mut out = Vec::new();
     for arch in &arches {
-        let facts = known.get(arch).ok_or_else(|| {
-            invalid(origin, format!("architecture '{arch}' is not in profiles/architectures.toml"))
-        })?;
+        let facts = known
+            .get(arch)
+            .ok_or_else(|| invalid(origin, format!("architecture '{arch}' is not in profiles/architectures.toml")))?;
         let mut t = table.clone();
         if Some(arch) != native {
             t.insert("name".into(), format!("{stem}-{arch}").into());
@@ -616,13 +617,19 @@ mod tests {
     fn a_file_is_one_profile_per_architecture() {
         let c = builtin();
         let arm = c.profile("debian-bookworm-arm64").unwrap();
-        assert_eq!((arm.family.as_str(), arm.arch.as_str(), arm.machine.as_str()), ("debian-bookworm", "arm64", "aarch64"));
+        assert_eq!(
+            (arm.family.as_str(), arm.arch.as_str(), arm.machine.as_str()),
+            ("debian-bookworm", "arm64", "aarch64")
+        );
         assert_eq!(arm.description, "Debian 12 (bookworm), arm64");
         assert_eq!(arm.os.as_ref().unwrap().architecture, "arm64");
         assert_eq!(arm.kernel_of_headers("linux-headers-6.1.0-56-arm64"), Some("6.1.0-56-arm64"));
         assert_eq!(arm.kernel_of_headers("linux-headers-6.1.0-56-amd64"), None);
         assert_eq!(arm.cross_compiler("12").as_deref(), Some("gcc-12-aarch64-linux-gnu"));
-        assert!(arm.is_build_machine_package("linux-kbuild-6.1") && !arm.is_build_machine_package("linux-headers-6.1.0-56-common"));
+        assert!(
+            arm.is_build_machine_package("linux-kbuild-6.1")
+                && !arm.is_build_machine_package("linux-headers-6.1.0-56-common")
+        );
         // The build machine's architecture keeps the file's name, and answers to the long one.
         let native = c.profile("debian-bookworm").unwrap();
         assert!(native.is_native() && !arm.is_native());

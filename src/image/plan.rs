@@ -142,12 +142,7 @@ fn cross_side(sources: &Sources, cross: &Cross, kernel: &Kernel) -> Result<Kerne
     Ok(KernelSide { roots, own, cross: Some((compiler, gcc)) })
 }
 
-pub fn plan(
-    sources: Sources,
-    recipe: &Recipe,
-    kernel: &Kernel,
-    extra: &[String],
-) -> Result<Plan, ImageError> {
+pub fn plan(sources: Sources, recipe: &Recipe, kernel: &Kernel, extra: &[String]) -> Result<Plan, ImageError> {
     let profile = sources.profile;
     let (host, index) = sources.cross.map_or((profile, sources.index), |c| (c.build, c.index));
     let exclude = &host.packages.exclude;
@@ -178,9 +173,8 @@ pub fn plan(
         resolve(&r)?.into_iter().map(|p| p.name).collect()
     };
 
-    let native_compiler = || {
-        with_kernel.iter().find_map(|p| Some((p.name.clone(), profile.compiler_of(&p.name)?.to_string())))
-    };
+    let native_compiler =
+        || with_kernel.iter().find_map(|p| Some((p.name.clone(), profile.compiler_of(&p.name)?.to_string())));
     let (compiler, gcc) = side
         .cross
         .clone()

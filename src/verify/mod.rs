@@ -406,26 +406,26 @@ pub fn qemu_argv(qemu: &Qemu, vmlinuz: &str, initrd: &str, memory_mib: u32) -> V
     std::iter::once(qemu.binary.as_str())
         .chain(machine)
         .chain([
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-        "-accel",
-        "tcg",
-        "-m",
-        &memory_mib.to_string(),
-        "-kernel",
-        vmlinuz,
-        "-initrd",
-        initrd,
-        "-append",
-        &cmdline,
-    ])
-    .map(str::to_string)
-    .collect()
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-accel",
+            "tcg",
+            "-m",
+            &memory_mib.to_string(),
+            "-kernel",
+            vmlinuz,
+            "-initrd",
+            initrd,
+            "-append",
+            &cmdline,
+        ])
+        .map(str::to_string)
+        .collect()
 }
 
 #[cfg(test)]
