@@ -113,13 +113,23 @@ impl Reporter for Recorder {
     }
 }
 
+/// Writes `text` to stdout. A reader that went away (`ckms status | head`) is no error: what
+/// it no longer reads is dropped, where `print!` would panic.
+pub fn out(text: impl std::fmt::Display) {
+    let _ = write!(std::io::stdout().lock(), "{text}");
+}
+
+/// [`out`] with a newline.
+pub fn outln(text: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+}
+
 /// One JSON object per line on stdout.
 pub struct JsonLines;
 impl Reporter for JsonLines {
     fn emit(&self, event: Event) {
         if let Ok(line) = serde_json::to_string(&event) {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{line}");
+            outln(line);
         }
     }
 }
@@ -186,7 +196,7 @@ impl Reporter for Human {
         let details = self.voice != Voice::Dkms { verbose: false };
         match event {
             Event::Info { .. } if self.quiet => {}
-            Event::Info { message } if matches!(self.voice, Voice::Dkms { .. }) => println!("{message}"),
+            Event::Info { message } if matches!(self.voice, Voice::Dkms { .. }) => outln(message),
             Event::Info { message } => self.line(&message),
             Event::Detail { message } if details && !self.quiet => self.line(&message),
             Event::Detail { .. } => {}

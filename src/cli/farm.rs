@@ -60,10 +60,10 @@ pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error
             let kernels = ready::of_store(&store);
             if out.json {
                 for k in &kernels {
-                    println!("{}", serde_json::to_string(k).unwrap_or_default());
+                    ckms::report::outln(serde_json::to_string(k).unwrap_or_default());
                 }
             } else {
-                print!("{}", ready::text(&kernels));
+                ckms::report::out(ready::text(&kernels));
             }
             Ok(0)
         }
@@ -72,10 +72,10 @@ pub async fn run(ctx: &Context, out: &Output, cmd: Command) -> Result<i32, Error
             let Matrix { cells, damaged } = report::matrix(&store);
             if out.json {
                 for (r, cached) in &cells {
-                    println!("{}", serde_json::to_string(&report::line(&store, r, *cached)).unwrap_or_default());
+                    ckms::report::outln(serde_json::to_string(&report::line(&store, r, *cached)).unwrap_or_default());
                 }
             } else {
-                print!("{}", report::text(&store, &cells));
+                ckms::report::out(report::text(&store, &cells));
             }
             Ok(name_damaged(ctx, &damaged))
         }

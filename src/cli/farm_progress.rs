@@ -73,7 +73,7 @@ impl Live {
                     doc
                 }
             };
-            println!("{doc}");
+            ckms::report::outln(doc);
             return;
         }
         match p {

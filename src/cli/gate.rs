@@ -124,10 +124,10 @@ pub async fn ready(ctx: &Context, out: &Output, a: ReadyArgs) -> Result<i32, Err
 fn show(out: &Output, kernels: &[KernelReadiness]) {
     if out.json {
         for k in kernels {
-            println!("{}", serde_json::to_string(k).unwrap_or_default());
+            ckms::report::outln(serde_json::to_string(k).unwrap_or_default());
         }
     } else {
-        print!("{}", ready::text(kernels));
+        ckms::report::out(ready::text(kernels));
     }
 }
 

@@ -184,11 +184,11 @@ impl Output {
     pub fn result<T: serde::Serialize>(&self, value: &T, human: impl FnOnce() -> String) {
         if self.json {
             let doc = serde_json::json!({ "event": "result", "result": value });
-            println!("{doc}");
+            ckms::report::outln(doc);
         } else {
             let text = human();
             if !text.is_empty() {
-                println!("{}", text.trim_end());
+                ckms::report::outln(text.trim_end());
             }
         }
     }

@@ -39,8 +39,9 @@ pub enum ImageError {
     Resolve { kernel: String, source: RepoError },
     #[error("kernel {kernel}: no compiler matching the profile {profile}'s [kernel].compiler among its headers' dependencies")]
     NoCompiler { kernel: String, profile: String },
-    #[error("kernel {kernel}: its {package} is version {wanted}, the build machine's ({build_arch}) {}", found.as_deref().map_or("has none".to_string(), |v| format!("is {v}")))]
-    CrossMismatch { kernel: String, package: String, wanted: String, build_arch: String, found: Option<String> },
+    /// A cross build's kernel package of the build machine's architecture differs.
+    #[error("kernel {kernel}: its {package} {detail}")]
+    CrossMismatch { kernel: String, package: String, detail: String },
     #[error("image recipe '{recipe}' names an unknown layer '{layer}' (known: base, toolchain, tools, kernel, extra, packages)")]
     UnknownLayer { recipe: String, layer: String },
     #[error(transparent)]

@@ -129,12 +129,11 @@ fn cross_side(sources: &Sources, cross: &Cross, kernel: &Kernel) -> Result<Kerne
         // Same source, same version on both architectures, or the tools do not fit the headers.
         let here = cross.index.candidate(&p.name).map(|c| c.version().to_string());
         if here.as_deref() != Some(p.version.as_str()) {
+            let found = here.map_or("has none".to_string(), |v| format!("is {v}"));
             return Err(ImageError::CrossMismatch {
                 kernel: kernel.release.clone(),
                 package: p.name.clone(),
-                wanted: p.version.clone(),
-                build_arch: cross.build.arch.clone(),
-                found: here,
+                detail: format!("is version {}, the build machine's ({}) {found}", p.version, cross.build.arch),
             });
         }
         roots.push(p.name);
@@ -375,6 +374,71 @@ mod tests {
         for (a, b) in plain.layers.iter().zip(&extra.layers) {
             assert_eq!(a.key(&plain.fs), b.key(&extra.fs), "layer {} unchanged", a.name);
         }
+    }
+
+    /// bookworm on arm64, seen from an amd64 build machine: (profile, its index, the build
+    /// machine's profile and index with `kbuild_version` of linux-kbuild-6.1).
+    fn cross_fixture(kbuild_version: &str) -> (Profile, Index, Profile, Index) {
+        let arm = |name: &str, depends: &str| pkg(name, depends).replace("Architecture: amd64", "Architecture: arm64");
+        let mut text = arm("linux-headers-6.1.0-56-arm64", "linux-headers-6.1.0-56-common, linux-kbuild-6.1, gcc-12");
+        text += &pkg("linux-headers-6.1.0-56-common", "");
+        text += &arm("linux-kbuild-6.1", "libelf1");
+        text += &arm("libelf1", "libc6");
+        text += &arm("gcc-12", "cpp-12, libc6");
+        text += &arm("cpp-12", "");
+        text += &arm("libc6", "");
+        let target_index = Index::parse(&text, "http://mirror.test/debian", "bookworm").unwrap();
+        let mut host = String::new();
+        for name in ["bash", "coreutils", "dash", "diffutils", "dpkg-dev", "findutils", "grep", "gzip", "kmod", "make"]
+        {
+            host += &pkg(name, "libc6");
+        }
+        for name in ["mawk", "patch", "sed", "tar", "xz-utils", "libc6-dev"] {
+            host += &pkg(name, "libc6");
+        }
+        host += &pkg("libc6", "");
+        host += &pkg("libelf1", "libc6");
+        host += &pkg("gcc-12-aarch64-linux-gnu", "binutils-aarch64-linux-gnu, libc6");
+        host += &pkg("binutils-aarch64-linux-gnu", "libc6");
+        host += &pkg("linux-kbuild-6.1", "libelf1").replace("Version: 1\n", &format!("Version: {kbuild_version}\n"));
+        let build_index = Index::parse(&host, "http://mirror.test/debian", "bookworm").unwrap();
+        let catalog = Catalog::load(&[]).unwrap();
+        let target = catalog.profile("debian-bookworm-arm64").unwrap().clone();
+        (target, target_index, catalog.profile("debian-bookworm").unwrap().clone(), build_index)
+    }
+
+    #[test]
+    fn a_cross_image_runs_the_build_machine_s_tools_on_the_kernel_s_headers() {
+        let (target, target_index, build, build_index) = cross_fixture("1");
+        let recipe = Catalog::load(&[]).unwrap().recipe("builder").unwrap().clone();
+        let kernel = crate::kernel::find(&target, &target_index, "6.1.0-56-arm64").unwrap();
+        let cross = Cross { build: &build, index: &build_index, kernel_arch: "arm64" };
+        let sources = Sources { profile: &target, index: &target_index, cross: Some(cross) };
+        let plan = plan(sources, &recipe, &kernel, &[]).unwrap();
+        assert_eq!(plan.gcc, "12");
+        assert_eq!(plan.env, ["ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-"]);
+        assert_eq!(layer_names(&plan, "toolchain"), ["binutils-aarch64-linux-gnu", "gcc-12-aarch64-linux-gnu"]);
+        let arch = |name: &str| plan.packages().find(|p| p.name == name).map(|p| p.architecture.clone());
+        assert_eq!(
+            layer_names(&plan, "kernel"),
+            ["linux-headers-6.1.0-56-arm64", "linux-headers-6.1.0-56-common", "linux-kbuild-6.1"]
+        );
+        assert_eq!(arch("linux-headers-6.1.0-56-arm64").as_deref(), Some("arm64"));
+        assert_eq!(arch("linux-kbuild-6.1").as_deref(), Some("amd64"), "kbuild's programs run here");
+        assert!(plan.packages().all(|p| p.name != "gcc-12" && p.name != "cpp-12"), "no arm64 compiler");
+        assert!(plan.packages().filter(|p| p.architecture == "arm64").all(|p| p.name.starts_with("linux-headers-")));
+    }
+
+    #[test]
+    fn a_cross_image_refuses_kbuild_of_another_version() {
+        let (target, target_index, build, build_index) = cross_fixture("2");
+        let recipe = Catalog::load(&[]).unwrap().recipe("builder").unwrap().clone();
+        let kernel = crate::kernel::find(&target, &target_index, "6.1.0-56-arm64").unwrap();
+        let cross = Cross { build: &build, index: &build_index, kernel_arch: "arm64" };
+        let sources = Sources { profile: &target, index: &target_index, cross: Some(cross) };
+        let err = plan(sources, &recipe, &kernel, &[]).unwrap_err();
+        assert!(matches!(&err, ImageError::CrossMismatch { package, .. } if package == "linux-kbuild-6.1"), "{err}");
+        assert!(err.to_string().contains("is version 1, the build machine's (amd64) is 2"), "{err}");
     }
 
     #[test]

@@ -186,7 +186,7 @@ fn write_profile(dir: &Path, keyring: &Path) {
     let shipped =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/debian-bookworm.toml")).unwrap();
     let keyrings = "keyrings = [\"/usr/share/keyrings/debian-archive-keyring.gpg\", \"/usr/share/keyrings/debian-archive-keyring.pgp\"]";
-    let headers = r"headers = '^linux-headers-(?P<kver>\d+\.\d+\.\d+\S*-(?:amd64|cloud-amd64|rt-amd64))$'";
+    let headers = r"headers = '^linux-headers-(?P<kver>\d+\.\d+\.\d+\S*-(?:{arch}|cloud-{arch}|rt-{arch}))$'";
     assert!(shipped.contains(keyrings) && shipped.contains(headers), "profiles/debian-bookworm.toml changed");
     let text = shipped
         .replace(keyrings, &format!("keyrings = [{:?}]", keyring.display().to_string()))

@@ -478,11 +478,16 @@ impl Drop for Tmpfs {
 
 /// The newest trixie kernel of the flavour amd64 that `ckms kernels` offers.
 pub fn newest_trixie(engine: &str) -> String {
+    newest_trixie_of(engine, "debian-trixie", "amd64")
+}
+
+/// The newest trixie kernel of the flavour `arch` that `profile` offers.
+pub fn newest_trixie_of(engine: &str, profile: &str, arch: &str) -> String {
     let cache = shared_cache();
     let args = ["--json", "--engine", engine, "--cache-dir", cache.to_str().unwrap(), "kernels", "--profile"];
-    let run = ckms(args.iter().chain(&["debian-trixie"])).run();
+    let run = ckms(args.iter().chain(&[profile])).run();
     run.expect_code(0);
-    let re = regex::Regex::new(r"^6\.12\.\d+\+deb13-amd64$").unwrap();
+    let re = regex::Regex::new(&format!(r"^6\.12\.\d+\+deb13-{arch}$")).unwrap();
     let mut releases: Vec<String> = run
         .json_result()
         .as_array()

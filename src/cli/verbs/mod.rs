@@ -287,7 +287,7 @@ fn status(ctx: &Context, out: &Output, a: StatusArgs) -> Result<i32, Error> {
     }
     // dkms says what is wrong with a broken entry right after its line, on stderr.
     for line in &lines {
-        println!("{line}");
+        ckms::report::outln(line);
         if line.state == ckms::tree::State::Broken {
             let said = Said {
                 key: "status_broken",
