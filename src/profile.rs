@@ -457,6 +457,11 @@ impl Catalog {
         })
     }
 
+    /// The build machine's architecture, if profiles/architectures.toml describes it.
+    pub fn native(&self) -> Option<&Architecture> {
+        self.architectures.values().find(|a| a.machine == std::env::consts::ARCH)
+    }
+
     /// What ckms knows of a profile's architecture.
     pub fn architecture(&self, profile: &Profile) -> Result<&Architecture> {
         self.architectures.get(&profile.arch).ok_or_else(|| ProfileError::UnknownArchitecture {

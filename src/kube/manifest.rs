@@ -32,6 +32,9 @@ pub struct BuildJob {
     pub labels: BTreeMap<String, String>,
     /// A digest-pinned reference, e.g. `127.0.0.1:5000/ckms/build@sha256:...`.
     pub image: String,
+    /// The image's architecture (OCI's name): its pods go to nodes of it. A cross build's
+    /// image is the build machine's, so any such node builds for any kernel architecture.
+    pub node_arch: String,
     pub command: Vec<String>,
     pub env: Vec<(String, String)>,
     pub completions: i32,
@@ -189,6 +192,10 @@ pub fn job(j: &BuildJob, claim: &str) -> Job {
         }),
         containers: vec![container],
         volumes: Some(volumes),
+        node_selector: Some(BTreeMap::from([
+            ("kubernetes.io/os".to_string(), "linux".to_string()),
+            ("kubernetes.io/arch".to_string(), j.node_arch.clone()),
+        ])),
         ..Default::default()
     };
 
@@ -281,6 +288,7 @@ pub(crate) fn sample() -> BuildJob {
         name: "ckms-6-1-0-56-amd64".into(),
         labels: [("ckms.io/kernel".to_string(), "6.1.0-56-amd64".to_string())].into(),
         image: format!("127.0.0.1:5000/ckms/build@sha256:{}", "0".repeat(64)),
+        node_arch: "amd64".into(),
         command: vec!["/ckms-build".into(), "--pairs".into(), "/etc/ckms/pairs.json".into()],
         env: vec![("KERNEL".into(), "6.1.0-56-amd64".into())],
         completions: 3,
@@ -330,6 +338,8 @@ mod tests {
         assert_eq!(pod["automountServiceAccountToken"], false);
         assert_eq!(pod["enableServiceLinks"], false);
         assert_eq!(pod["activeDeadlineSeconds"], 3600);
+        // The image's architecture picks the nodes, whatever the kernel's (a cross build).
+        assert_eq!(pod["nodeSelector"], json!({ "kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux" }));
         assert_eq!(
             pod["securityContext"],
             json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,

@@ -154,6 +154,7 @@ pub async fn render(
             name: name.clone(),
             labels: BTreeMap::from([("ckms.io/kernel".to_string(), tag_of(&kernel.release))]),
             image: job.image.clone(),
+            node_arch: ctx.catalog.native().map_or(std::env::consts::ARCH, |a| a.oci.as_str()).to_string(),
             command: pod_command(),
             env: vec![],
             completions: job.pairs.len() as i32,
