@@ -20,6 +20,7 @@ fn sample() -> BuildJob {
         name: "ckms-6-1-0-56-amd64".into(),
         labels: [("ckms.io/kernel".to_string(), "6.1.0-56-amd64".to_string())].into(),
         image: format!("127.0.0.1:5000/ckms/build@sha256:{}", "ab".repeat(32)),
+        node_arch: "amd64".into(),
         command: vec!["/ckms-build".into(), "--index".into(), "$(JOB_COMPLETION_INDEX)".into()],
         env: vec![("KERNEL".into(), "6.1.0-56-amd64".into()), ("MAKEFLAGS".into(), "-j2".into())],
         completions: 4,
