@@ -144,6 +144,11 @@ pub struct PrebuiltConfig {
     /// cache publishes, vouched for by its index's signature.
     #[serde(default)]
     pub module_certs: Vec<PathBuf>,
+    /// The architecture (Debian's name) of the machines the caches' farm builds on, when it is
+    /// not this host's: an arm64 host of an amd64 farm keys its pairs as that farm's cross
+    /// builds (docs/arm64.md).
+    #[serde(default)]
+    pub built_on: Option<String>,
 }
 
 /// `[gate]`: the kernel hooks' policy (docs/gate.md).
@@ -254,6 +259,7 @@ impl Config {
         if !o.prebuilt.module_certs.is_empty() {
             self.prebuilt.module_certs = o.prebuilt.module_certs;
         }
+        self.prebuilt.built_on = o.prebuilt.built_on.or(self.prebuilt.built_on.take());
         let (g, n) = (&mut self.gate, o.gate);
         g.on_failure = n.on_failure.or(g.on_failure);
         g.verify = n.verify.or(g.verify);

@@ -238,7 +238,16 @@ impl Context {
     /// For a profile of another architecture than this machine's: the same release on this
     /// machine's architecture and its index, which a cross build's image is made from.
     pub async fn build_machine(&self, profile: &Profile) -> Result<Option<BuildMachine<'_>>, ContextError> {
-        let Some(build) = self.catalog.build_machine(profile)? else { return Ok(None) };
+        self.build_machine_on(profile, None).await
+    }
+
+    /// [`Context::build_machine`] on a build machine of the architecture `on` (this one's when None).
+    pub async fn build_machine_on(
+        &self,
+        profile: &Profile,
+        on: Option<&str>,
+    ) -> Result<Option<BuildMachine<'_>>, ContextError> {
+        let Some(build) = self.catalog.build_machine_on(profile, on)? else { return Ok(None) };
         let kernel_arch = &self.catalog.architecture(profile)?.kernel;
         Ok(Some(BuildMachine { profile: build, index: self.index(build).await?, kernel_arch }))
     }

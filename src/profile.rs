@@ -447,13 +447,20 @@ impl Catalog {
     /// For a profile of another architecture than the build machine's: the same release on the
     /// build machine's, whose compilers and tools a cross build runs. None for a native profile.
     pub fn build_machine(&self, profile: &Profile) -> Result<Option<&Profile>> {
-        if profile.is_native() {
+        self.build_machine_on(profile, None)
+    }
+
+    /// [`Catalog::build_machine`] for a build machine of the architecture `on` (Debian's name;
+    /// this machine's when None): how a farm of another architecture keys its pairs.
+    pub fn build_machine_on(&self, profile: &Profile, on: Option<&str>) -> Result<Option<&Profile>> {
+        let builds = |p: &Profile| on.map_or(p.is_native(), |arch| p.arch == arch);
+        if builds(profile) {
             return Ok(None);
         }
-        let native = self.profiles.iter().find(|p| p.family == profile.family && p.is_native());
-        native.map(Some).ok_or_else(|| ProfileError::NoBuildMachine {
+        let found = self.profiles.iter().find(|p| p.family == profile.family && builds(p));
+        found.map(Some).ok_or_else(|| ProfileError::NoBuildMachine {
             profile: profile.name.clone(),
-            machine: std::env::consts::ARCH.to_string(),
+            machine: on.unwrap_or(std::env::consts::ARCH).to_string(),
         })
     }
 
@@ -641,6 +648,11 @@ mod tests {
         assert_eq!(c.profile("debian-bookworm-amd64").unwrap().name, "debian-bookworm");
         assert_eq!(c.build_machine(arm).unwrap().unwrap().name, "debian-bookworm");
         assert!(c.build_machine(native).unwrap().is_none());
+        // An arm64 host keying pairs as an amd64 farm cross-builds them, and the reverse.
+        assert_eq!(c.build_machine_on(arm, Some("amd64")).unwrap().unwrap().name, "debian-bookworm");
+        assert_eq!(c.build_machine_on(native, Some("arm64")).unwrap().unwrap().name, "debian-bookworm-arm64");
+        assert!(c.build_machine_on(arm, Some("arm64")).unwrap().is_none());
+        assert!(c.build_machine_on(arm, Some("riscv64")).is_err());
         assert_eq!(c.architecture(arm).unwrap().qemu.binary, "qemu-system-aarch64");
         let os_release = "ID=debian\nVERSION_CODENAME=bookworm\n";
         assert_eq!(c.of_os_release(os_release).unwrap().name, "debian-bookworm", "the host's own architecture");

@@ -317,7 +317,8 @@ pub async fn key_of(ctx: &Context, want: &Want) -> Result<String, PrebuiltError>
         sources.push(source(sibling)?);
     }
     let recipe = inputs::recipe_digest(ctx)?;
-    let build = ctx.build_machine(profile).await?;
+    // The farm's build machine, not necessarily this one: its cross builds have their own keys.
+    let build = ctx.build_machine_on(profile, ctx.config.prebuilt.built_on.as_deref()).await?;
     let at = KernelAt { profile, index: &index, cross: build.as_ref().map(|b| b.cross()), kernel: &kernel, number: 0 };
     let mut evaluation = Evaluation::default();
     inputs::kernel_pairs(ctx, &at, &sources, &recipe, &mut evaluation)?;

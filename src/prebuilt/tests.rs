@@ -144,7 +144,7 @@ fn plain_http_only_when_allowed() {
         urls: urls.iter().map(|u| u.to_string()).collect(),
         keys: vec![],
         allow_http,
-        module_certs: vec![],
+        ..Default::default()
     };
     let err = plain_http_allowed(&cfg(&["https://a/", "http://b/"], false)).unwrap_err();
     assert!(matches!(&err, PrebuiltError::PlainHttp { url } if url == "http://b/"), "{err}");
