@@ -213,9 +213,11 @@ impl Profile {
         self.kernel.build_machine_packages.iter().any(|r| r.is_match(package))
     }
 
-    /// The package of the cross compiler for this architecture's kernels built with gcc-`gcc`.
+    /// The package of the cross compiler for this architecture's kernels built with gcc-`gcc`
+    /// (package names have '-' for the triplet's '_': gcc-12-x86-64-linux-gnu).
     pub fn cross_compiler(&self, gcc: &str) -> Option<String> {
-        Some(self.kernel.cross_compiler.as_ref()?.replace("{gcc}", gcc).replace("{triplet}", &self.triplet))
+        let triplet = self.triplet.replace('_', "-");
+        Some(self.kernel.cross_compiler.as_ref()?.replace("{gcc}", gcc).replace("{triplet}", &triplet))
     }
 
     /// The first keyring that exists on this host, else all of them (so the error names them).
@@ -638,6 +640,8 @@ mod tests {
         assert_eq!(arm.kernel_of_headers("linux-headers-6.1.0-56-arm64"), Some("6.1.0-56-arm64"));
         assert_eq!(arm.kernel_of_headers("linux-headers-6.1.0-56-amd64"), None);
         assert_eq!(arm.cross_compiler("12").as_deref(), Some("gcc-12-aarch64-linux-gnu"));
+        let amd = c.profile("debian-bookworm").unwrap();
+        assert_eq!(amd.cross_compiler("12").as_deref(), Some("gcc-12-x86-64-linux-gnu"));
         assert!(
             arm.is_build_machine_package("linux-kbuild-6.1")
                 && !arm.is_build_machine_package("linux-headers-6.1.0-56-common")
