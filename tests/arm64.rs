@@ -3,7 +3,8 @@
 //!   trixie's newest 6.12 arm64 kernel cross-builds aarch64 modules carrying each kernel's
 //!   vermagic, signed, and loads them in an arm64 VM (qemu-system-aarch64, TCG);
 //! - the drop-in, on Docker: `add`, `build`, `install --root`, `status` of v4l2loopback for
-//!   6.1.0-56-arm64 gives dkms's lines with `aarch64` and an aarch64 module in the root;
+//!   6.1.0-56-arm64 gives dkms's lines with `aarch64` and an aarch64 module in the root; `-a`
+//!   naming another architecture than the kernel's is refused;
 //! - an amd64 module offered to the arm64 kernel is refused with the kernel's own reason.
 mod support;
 
@@ -103,6 +104,11 @@ fn the_drop_in_builds_and_installs_an_arm64_module_into_a_root() {
     farm.run(&["add", "deb:v4l2loopback-dkms", "--root", r]).expect_code(0);
     let mv = support::entries(&root.join("var/lib/ckms/v4l2loopback")).into_iter().next().unwrap();
     let mv = format!("v4l2loopback/{mv}");
+    // dkms's -a naming another architecture than the kernel's is refused, nothing built.
+    let wrong = farm.run(&["build", &mv, "-k", BOOKWORM, "-a", "x86_64", "--root", r]);
+    wrong.expect_code(2);
+    assert!(wrong.stderr.contains("is an aarch64 kernel"), "{wrong}");
+    assert!(!root.join(format!("var/lib/ckms/{mv}/{BOOKWORM}")).exists(), "{wrong}");
     let built = farm.run(&["build", &mv, "-k", BOOKWORM, "--root", r]);
     built.expect_code(0);
     let said = format!("{}{}", built.stdout, built.stderr);

@@ -7,6 +7,7 @@ use super::signing::{Signing, TreeKey};
 use super::{KernelTarget, Lifecycle, LifecycleError, ModuleVersion};
 use crate::conf::{BuildPlan, KernelFacts};
 use crate::engine::LogSink;
+use crate::error::Usage;
 use crate::kernel::Kernel;
 use crate::pair::inputs;
 use crate::pair::realise::{self, Depends, Limits, Realise, Realised, SignWith, Staged, UNSIGNED};
@@ -69,6 +70,18 @@ impl Lifecycle<'_> {
         let (conn, found) =
             tokio::join!(self.engine(), self.ctx.find_kernel(&target.release, self.opts.profile.as_deref()));
         let (conn, (profile, index, kernel)) = (conn?, found?);
+        if arch != profile.machine {
+            // dkms would run make with that ARCH against these headers; ckms builds for the
+            // kernel's own architecture, so the tree would file the modules under the wrong one.
+            return Err(Usage {
+                message: format!(
+                    "kernel {} is an {} kernel ({}), not {arch}",
+                    kernel.release, profile.machine, profile.name
+                ),
+                hint: Some(format!("leave out -a/--arch: the kernel's architecture ({}) is used", profile.machine)),
+            }
+            .into());
+        }
         let extra = self.extra_packages(mv, profile, &index);
         let plan = self.ctx.plan_image(profile, &index, &kernel, &extra.packages).await?;
         let siblings = self.siblings(mv, &target.release, &arch);
