@@ -407,14 +407,18 @@ mod tests {
         (target, target_index, catalog.profile("debian-bookworm").unwrap().clone(), build_index)
     }
 
-    #[test]
-    fn a_cross_image_runs_the_build_machine_s_tools_on_the_kernel_s_headers() {
-        let (target, target_index, build, build_index) = cross_fixture("1");
+    /// The builder plan of 6.1.0-56-arm64 from [`cross_fixture`].
+    fn cross_plan(kbuild_version: &str) -> Result<Plan, ImageError> {
+        let (target, target_index, build, build_index) = cross_fixture(kbuild_version);
         let recipe = Catalog::load(&[]).unwrap().recipe("builder").unwrap().clone();
         let kernel = crate::kernel::find(&target, &target_index, "6.1.0-56-arm64").unwrap();
         let cross = Cross { build: &build, index: &build_index, kernel_arch: "arm64" };
-        let sources = Sources { profile: &target, index: &target_index, cross: Some(cross) };
-        let plan = plan(sources, &recipe, &kernel, &[]).unwrap();
+        plan(Sources { profile: &target, index: &target_index, cross: Some(cross) }, &recipe, &kernel, &[])
+    }
+
+    #[test]
+    fn a_cross_image_runs_the_build_machine_s_tools_on_the_kernel_s_headers() {
+        let plan = cross_plan("1").unwrap();
         assert_eq!(plan.gcc, "12");
         assert_eq!(plan.env, ["ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-"]);
         assert_eq!(layer_names(&plan, "toolchain"), ["binutils-aarch64-linux-gnu", "gcc-12-aarch64-linux-gnu"]);
@@ -431,12 +435,7 @@ mod tests {
 
     #[test]
     fn a_cross_image_refuses_kbuild_of_another_version() {
-        let (target, target_index, build, build_index) = cross_fixture("2");
-        let recipe = Catalog::load(&[]).unwrap().recipe("builder").unwrap().clone();
-        let kernel = crate::kernel::find(&target, &target_index, "6.1.0-56-arm64").unwrap();
-        let cross = Cross { build: &build, index: &build_index, kernel_arch: "arm64" };
-        let sources = Sources { profile: &target, index: &target_index, cross: Some(cross) };
-        let err = plan(sources, &recipe, &kernel, &[]).unwrap_err();
+        let err = cross_plan("2").unwrap_err();
         assert!(matches!(&err, ImageError::CrossMismatch { package, .. } if package == "linux-kbuild-6.1"), "{err}");
         assert!(err.to_string().contains("is version 1, the build machine's (amd64) is 2"), "{err}");
     }
