@@ -39,8 +39,9 @@ pub enum ImageError {
     Resolve { kernel: String, source: RepoError },
     #[error("kernel {kernel}: no compiler matching the profile {profile}'s [kernel].compiler among its headers' dependencies")]
     NoCompiler { kernel: String, profile: String },
-    #[error("kernel {kernel}: its {package} is version {wanted}, the build machine's ({build_arch}) {}", found.as_deref().map_or("has none".to_string(), |v| format!("is {v}")))]
-    CrossMismatch { kernel: String, package: String, wanted: String, build_arch: String, found: Option<String> },
+    /// Boxed: inline, it made this the largest error of every caller's (clippy's result_large_err).
+    #[error("kernel {}: its {} is version {}, the build machine's ({}) {}", .0.kernel, .0.package, .0.wanted, .0.build_arch, .0.found.as_deref().map_or("has none".to_string(), |v| format!("is {v}")))]
+    CrossMismatch(Box<CrossMismatch>),
     #[error("image recipe '{recipe}' names an unknown layer '{layer}' (known: base, toolchain, tools, kernel, extra, packages)")]
     UnknownLayer { recipe: String, layer: String },
     #[error(transparent)]
@@ -63,12 +64,24 @@ pub enum ImageError {
     Task(String),
 }
 
+/// A cross build's package of the build machine's architecture (its kbuild) that is not the
+/// version the kernel's headers need.
+#[derive(Debug)]
+pub struct CrossMismatch {
+    pub kernel: String,
+    pub package: String,
+    pub wanted: String,
+    pub build_arch: String,
+    /// The build machine's version, if its index has the package at all.
+    pub found: Option<String>,
+}
+
 impl Diagnose for ImageError {
     fn exit_code(&self) -> i32 {
         match self {
             ImageError::Resolve { source, .. } | ImageError::Repo(source) => source.exit_code(),
             ImageError::NoCompiler { .. } | ImageError::UnknownLayer { .. } => code::BAD_PROFILE,
-            ImageError::CrossMismatch { .. } => code::UNRESOLVABLE,
+            ImageError::CrossMismatch(_) => code::UNRESOLVABLE,
             ImageError::Cache(e) => e.exit_code(),
             ImageError::Deb(e) => e.exit_code(),
             ImageError::Layer(e) => e.exit_code(),
@@ -83,7 +96,7 @@ impl Diagnose for ImageError {
             ImageError::Resolve { source, .. } | ImageError::Repo(source) => source.hint(),
             ImageError::NoCompiler { .. } => Some("check the profile's [kernel].compiler pattern".into()),
             ImageError::UnknownLayer { .. } => Some("fix `layers` in the recipe under images/".into()),
-            ImageError::CrossMismatch { .. } => Some(
+            ImageError::CrossMismatch(_) => Some(
                 "the architectures' indexes disagree (a mirror mid-update?): try again later with --refresh".into(),
             ),
             ImageError::Cache(e) => e.hint(),

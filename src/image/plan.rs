@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
 use super::layer::FsRules;
-use super::ImageError;
+use super::{CrossMismatch, ImageError};
 use crate::cache::sha256_hex;
 use crate::kernel::Kernel;
 use crate::profile::{Profile, Recipe};
@@ -129,13 +129,13 @@ fn cross_side(sources: &Sources, cross: &Cross, kernel: &Kernel) -> Result<Kerne
         // Same source, same version on both architectures, or the tools do not fit the headers.
         let here = cross.index.candidate(&p.name).map(|c| c.version().to_string());
         if here.as_deref() != Some(p.version.as_str()) {
-            return Err(ImageError::CrossMismatch {
+            return Err(ImageError::CrossMismatch(Box::new(CrossMismatch {
                 kernel: kernel.release.clone(),
                 package: p.name.clone(),
                 wanted: p.version.clone(),
                 build_arch: cross.build.arch.clone(),
                 found: here,
-            });
+            })));
         }
         roots.push(p.name);
     }
