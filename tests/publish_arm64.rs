@@ -151,7 +151,7 @@ apt-get update -q
 ls /var/lib/apt/lists | grep _Packages | sed 's/^/LIST /'
 apt-get install -s v4l2loopback-modules-{AMD} >/dev/null 2>&1 || echo "NO-AMD64-PACKAGE"
 apt-get install -y -q v4l2loopback-modules-$K acpi-call-modules-$K
-dpkg-query -W -f '${{Package}} ${{Architecture}} ${{Status}}\n' '*-modules-*' | sed 's/^/DPKG /'
+dpkg-query -W -f '${{Package}} ${{Architecture}} ${{Status}}\n' v4l2loopback-modules-$K acpi-call-modules-$K | sed 's/^/DPKG /'
 echo "SHA $(sha256sum /lib/modules/$K/updates/dkms/v4l2loopback.ko)"
 echo "SHA $(sha256sum /lib/modules/$K/updates/dkms/acpi_call.ko)"
 grep '^updates/dkms/' /lib/modules/$K/modules.dep | sed 's/^/DEP /'
@@ -277,6 +277,7 @@ fn kmm_arm64_image_is_pulled_for_arm64_by_podman_and_its_worker_step_runs_under_
     let (amd, said, arch) = pull(AMD);
     assert_eq!(arch, "amd64");
     assert!(said.contains(mismatch), "an amd64 image pulled for arm64 is warned about:\n{said}");
+    eprintln!("podman pull --arch arm64 {amd}: {}", said.lines().last().unwrap_or_default());
 
     // KMM's worker on an arm64 node: the image's own (arm64) busybox copies the tree out.
     let script = format!(
