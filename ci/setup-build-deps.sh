@@ -3,7 +3,8 @@
 # and pkg-config (the openssl crate links the system libcrypto, which signs modules), and the
 # openssl command that tests/sign_file.rs checks signatures with; kmod (depmod); Debian's
 # chromium, which tests/farm.rs renders the farm's HTML report in; busybox-static; what
-# tests/publish.rs needs (and tests/farm_rotation.rs: gpg); curl (tests/farm_overlap.rs); kubernetes-validate (PyPI), which tests/kube_manifests.rs checks the
+# tests/publish.rs needs (and tests/farm_rotation.rs: gpg); qemu-user-static and arch-test
+# (tests/publish_arm64.rs); curl (tests/farm_overlap.rs); kubernetes-validate (PyPI), which tests/kube_manifests.rs checks the
 # Kubernetes manifests with; python3's jsonschema and yaml, which tests/kmm_crd.rs checks the
 # KMM Module with; SoftHSM2, OpenSC's pkcs11-tool and OpenSSL's pkcs11 provider, which the token
 # signing tests (tests/sign_file.rs, tests/farm_token.rs) use; shellcheck, which ci/test runs
@@ -28,6 +29,11 @@ command -v gpgv >/dev/null || need+=(gpgv)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v mkfs.erofs >/dev/null || need+=(erofs-utils)
 command -v mksquashfs >/dev/null || need+=(squashfs-tools)
+# farm publish of arm64 pairs (tests/publish_arm64.rs): apt installs them in an arm64 Debian that
+# mmdebstrap makes (arch-test: it checks that the architecture runs here) and that runs under
+# qemu-user; Podman runs the arm64 KMM image under it too.
+command -v arch-test >/dev/null || need+=(arch-test)
+command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
 # ci/test checks the shell the Debian package ships and the scripts that build and try it.
 command -v shellcheck >/dev/null || need+=(shellcheck)
 # tests/docs.rs reads the package's man pages with man and parses its completions with each shell.
@@ -73,6 +79,14 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# qemu-user-static registers its interpreters through binfmt-support or systemd-binfmt; where
+# neither ran (a VM or container without systemd), the arm64 one is registered here, with its
+# flags (F: the interpreter is opened now, so it also runs in chroots and containers).
+if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] && [ "$(id -u)" = 0 ]; then
+  mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  echo "[setup-build-deps] registering qemu-aarch64 with binfmt_misc"
+  grep -v '^#' /usr/lib/binfmt.d/qemu-aarch64.conf >/proc/sys/fs/binfmt_misc/register
 fi
 # kubernetes-validate, the API's schemas, is on PyPI only. Debian's python3 is externally
 # managed (PEP 668): pip installs beside apt's packages, into /usr/local, only when told.

@@ -139,6 +139,7 @@ fn pair(dir: &Path, module: &str, kernel: &str, files: &[&str]) -> BuiltPair {
         target: Target {
             suite: "bookworm".into(),
             deb_arch: deb_arch.into(),
+            oci_arch: deb_arch.into(),
             image_package: format!("linux-image-{kernel}"),
             os: Some(OsRelease { id: "debian".into(), version_id: Some("12".into()), architecture: "x86-64".into() }),
         },

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bookworm::{bookworm_image, docker, farm_key, kept_store, need, run, served, KERNEL};
+use bookworm::{bookworm_image, docker, farm_key, kept_store, need, run, served, source_deb, KERNEL};
 use ckms::diagnose::code;
 use support::{ckms, engine_host, shared_cache, HttpServer};
 
@@ -50,20 +50,6 @@ fn record(store: &Path) -> serde_json::Value {
         }
     }
     panic!("no v4l2loopback entry in {}", store.display());
-}
-
-/// The module's Debian package, the version the farm built (from the host's apt sources,
-/// kept in the test cache).
-fn source_deb(package: &str, version: &str) -> PathBuf {
-    need("apt-get", "apt");
-    let dir = shared_cache().join("publish");
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join(format!("{package}_{}_all.deb", version.replace(':', "%3a")));
-    if !file.is_file() {
-        run(Command::new("apt-get").current_dir(&dir).arg("download").arg(format!("{package}={version}")));
-    }
-    assert!(file.is_file(), "apt-get download left no {}", file.display());
-    file
 }
 
 /// A ckms cache for the container holding the bookworm suites' signed indexes: their InRelease

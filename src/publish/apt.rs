@@ -202,7 +202,7 @@ mod tests {
     use super::*;
     use crate::deb::{control_fields, data_tar};
     use crate::publish::openpgp::{tests::key_file, Key};
-    use crate::publish::pairs::tests::pair;
+    use crate::publish::pairs::tests::{arm64, pair};
     use crate::repo::release::{parse_keys, verify_inrelease, Keyring};
     use crate::testutil::tar_entries;
 
@@ -266,5 +266,35 @@ mod tests {
         let text = verify_inrelease(&inrelease, &Keyring::from_keys(public), "t").unwrap();
         assert_eq!(text, std::fs::read_to_string(a.join("dists/bookworm/Release")).unwrap());
         assert!(text.contains(&sha256_hex(packages.as_bytes())));
+    }
+
+    #[test]
+    fn each_architecture_has_its_own_index_in_the_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Key::load(&key_file(dir.path())).unwrap();
+        let pairs = vec![
+            pair(dir.path(), "hello", "6.1.0-56-amd64", "hello.ko", b"\x7fELF amd64"),
+            arm64(pair(dir.path(), "hello", "6.1.0-56-arm64", "hello.ko", b"\x7fELF arm64")),
+        ];
+        let out = dir.path().join("out");
+        write(&out, &pairs, &key).unwrap();
+        for (arch, kernel) in [("amd64", "6.1.0-56-amd64"), ("arm64", "6.1.0-56-arm64")] {
+            let packages =
+                std::fs::read_to_string(out.join(format!("dists/bookworm/main/binary-{arch}/Packages"))).unwrap();
+            assert_eq!(packages.matches("Package: ").count(), 1, "{packages}");
+            assert!(packages.contains(&format!("Package: hello-modules-{kernel}\n")), "{packages}");
+            assert!(packages.contains(&format!("Architecture: {arch}\n")), "{packages}");
+            let deb =
+                format!("pool/main/h/hello-modules-{kernel}/hello-modules-{kernel}_1.0-ckms1764892800_{arch}.deb");
+            assert!(packages.contains(&format!("Filename: {deb}\n")), "{packages}");
+            let bytes = std::fs::read(out.join(&deb)).unwrap();
+            let fields: BTreeMap<String, String> =
+                control_fields(bytes.as_slice(), &deb).unwrap().into_iter().collect();
+            assert_eq!(fields["Architecture"], arch);
+            assert_eq!(fields["Depends"], format!("linux-image-{kernel}"));
+        }
+        let release = std::fs::read_to_string(out.join("dists/bookworm/Release")).unwrap();
+        assert!(release.contains("Architectures: amd64 arm64\n"), "{release}");
+        assert!(release.contains(" main/binary-arm64/Packages.gz\n"), "{release}");
     }
 }

@@ -113,6 +113,8 @@ pub enum PublishError {
     Profile { kernel: String, profile: String },
     #[error("kernel {kernel}: profile {profile} names no target system (no [os]) and {missing} was not given")]
     NoOs { kernel: String, profile: String, missing: &'static str },
+    #[error("--os-architecture {given} would name the architecture of every extension, but the kernels published are of {}", architectures.join(", "))]
+    OneArchitectureForMany { given: String, architectures: Vec<String> },
     #[error("{0} was not found")]
     ToolMissing(&'static str),
     #[error("image name {0:?} is not <lowercase repository>:<tag>")]
@@ -184,6 +186,9 @@ impl Diagnose for PublishError {
             PublishError::Profile { .. } => "the store was built with profiles this ckms does not have".into(),
             PublishError::NoOs { .. } => "give --os-id and --os-version-id (or --sysext-level) and --os-architecture, \
                  as the target's /etc/os-release names them"
+                .into(),
+            PublishError::OneArchitectureForMany { .. } => "leave --os-architecture out (each kernel's profile names \
+                 its own: profiles/architectures.toml), or publish one architecture's kernels at a time (-k KVER)"
                 .into(),
             PublishError::ToolMissing(tool) => format!("install it: apt-get install {}", package_of(tool)),
             PublishError::Tool { .. } | PublishError::NeedsContext(_) => return None,

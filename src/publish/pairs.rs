@@ -30,6 +30,8 @@ pub struct Target {
     pub suite: String,
     /// Debian's architecture name (e.g. "amd64").
     pub deb_arch: String,
+    /// The OCI image config's name for it (profiles/architectures.toml, e.g. "arm64").
+    pub oci_arch: String,
     /// The kernel's image package (e.g. "linux-image-6.1.0-56-amd64").
     pub image_package: String,
     pub os: Option<OsRelease>,
@@ -114,12 +116,13 @@ pub fn read(
         {
             continue;
         }
-        let profile = catalog
-            .profile(&r.profile)
-            .map_err(|_| PublishError::Profile { kernel: r.kernel.clone(), profile: r.profile.clone() })?;
+        let unknown = || PublishError::Profile { kernel: r.kernel.clone(), profile: r.profile.clone() };
+        let profile = catalog.profile(&r.profile).map_err(|_| unknown())?;
+        let architecture = catalog.architecture(profile).map_err(|_| unknown())?;
         let target = Target {
             suite: profile.suites.first().map(|s| s.suite.clone()).unwrap_or_else(|| profile.name.clone()),
             deb_arch: profile.arch.clone(),
+            oci_arch: architecture.oci.clone(),
             image_package: profile.kernel.image.replace("{kver}", &r.kernel),
             os: profile.os.as_ref().map(OsRelease::from),
         };
@@ -224,6 +227,7 @@ pub(crate) mod tests {
             target: Target {
                 suite: "bookworm".into(),
                 deb_arch: "amd64".into(),
+                oci_arch: "amd64".into(),
                 image_package: format!("linux-image-{kernel}"),
                 os: Some(OsRelease {
                     id: "debian".into(),
@@ -232,6 +236,18 @@ pub(crate) mod tests {
                 }),
             },
         }
+    }
+
+    /// `p` as the pair of an arm64 kernel (its profile debian-bookworm-arm64).
+    pub(crate) fn arm64(mut p: BuiltPair) -> BuiltPair {
+        p.arch = "aarch64".into();
+        p.profile = "debian-bookworm-arm64".into();
+        p.target.deb_arch = "arm64".into();
+        p.target.oci_arch = "arm64".into();
+        if let Some(os) = p.target.os.as_mut() {
+            os.architecture = "arm64".into();
+        }
+        p
     }
 
     #[test]

@@ -107,6 +107,16 @@ WantedBy=sysinit.target
 /// The images for `pairs`: with `set`, one per kernel named `<set>-<kver>` holding every
 /// pair; without, one per pair named `<module>-<kver>`.
 pub fn plan(pairs: &[BuiltPair], set: Option<&str>, os: &OsOverride) -> Result<Vec<Image>, PublishError> {
+    if let Some(given) = &os.architecture {
+        // One name for the extensions of several architectures would be wrong for all but one.
+        let mut archs: Vec<&str> = pairs.iter().map(|p| p.target.deb_arch.as_str()).collect();
+        archs.sort();
+        archs.dedup();
+        if archs.len() > 1 {
+            let architectures = archs.into_iter().map(str::to_string).collect();
+            return Err(PublishError::OneArchitectureForMany { given: given.clone(), architectures });
+        }
+    }
     let mut groups: std::collections::BTreeMap<String, Vec<&BuiltPair>> = Default::default();
     for p in pairs {
         let name = format!("{}-{}", set.unwrap_or(&p.module), p.kernel);
@@ -251,7 +261,7 @@ fn uuid(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::publish::pairs::tests::pair;
+    use crate::publish::pairs::tests::{arm64, pair};
 
     /// Records the tree it was given (path, mode, contents) instead of making an image.
     struct Listing;
@@ -343,6 +353,33 @@ mod tests {
         bare.target.os = None;
         let err = plan(&[bare], None, &OsOverride::default()).unwrap_err();
         assert!(err.to_string().contains("--os-id"), "{err}");
+    }
+
+    #[test]
+    fn an_arm64_kernels_extension_names_its_architecture() {
+        let dir = tempfile::tempdir().unwrap();
+        let pairs = vec![
+            pair(dir.path(), "hello", "6.1.0-56-amd64", "hello.ko", b"H"),
+            arm64(pair(dir.path(), "hello", "6.1.0-56-arm64", "hello.ko", b"A")),
+        ];
+        let images = plan(&pairs, None, &OsOverride::default()).unwrap();
+        let releases: Vec<&str> = images.iter().map(|i| i.release.as_str()).collect();
+        assert_eq!(
+            releases,
+            [
+                "# ckms: hello-6.1.0-56-amd64\nID=debian\nVERSION_ID=12\nARCHITECTURE=x86-64\n",
+                "# ckms: hello-6.1.0-56-arm64\nID=debian\nVERSION_ID=12\nARCHITECTURE=arm64\n",
+            ]
+        );
+        // One --os-architecture for kernels of two architectures would mislabel one of them.
+        let os = OsOverride { architecture: Some("arm64".into()), ..Default::default() };
+        let err = plan(&pairs, None, &os).unwrap_err();
+        assert!(
+            matches!(&err, PublishError::OneArchitectureForMany { architectures, .. } if architectures == &["amd64", "arm64"]),
+            "{err}"
+        );
+        let images = plan(&pairs[1..], None, &os).unwrap();
+        assert!(images[0].release.ends_with("ARCHITECTURE=arm64\n"));
     }
 
     #[test]

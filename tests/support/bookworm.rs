@@ -71,39 +71,106 @@ pub fn bookworm_image(host: &str) -> String {
     if docker(host).args(["image", "inspect", &tag]).output().is_ok_and(|o| o.status.success()) {
         return tag;
     }
-    need("mmdebstrap", "mmdebstrap");
+    run(docker(host).arg("import").arg(bookworm_root("amd64", KERNEL)).arg(&tag));
+    tag
+}
+
+/// A clean bookworm of the Debian architecture `arch` with `kernel`'s image package, as an
+/// image of that architecture in the Podman at `host` (Podman's import records the
+/// architecture it is given, Docker 20.10's ignores it), for `podman run --arch`: another
+/// architecture than this machine's runs under qemu-user ([`need_emulation`]).
+pub fn bookworm_image_in_podman(host: &str, arch: &str, kernel: &str) -> String {
+    let tag = format!("{IMAGE}:{kernel}");
+    if podman(host).args(["image", "exists", &tag]).output().is_ok_and(|o| o.status.success()) {
+        return tag;
+    }
+    run(podman(host).arg("import").arg(format!("--arch={arch}")).arg(bookworm_root(arch, kernel)).arg(&tag));
+    tag
+}
+
+/// The Podman CLI talking to the service at `host`.
+pub fn podman(host: &str) -> Command {
+    let mut c = Command::new("podman");
+    c.arg("--remote").arg("--url").arg(host);
+    c
+}
+
+/// A bookworm root of the Debian architecture `arch` holding `kernel`'s image package and kmod,
+/// as a tarball in the test cache (made once, with mmdebstrap from the host's apt sources).
+/// Another architecture than this machine's is made and run under qemu-user
+/// ([`need_emulation`]); its kernel's postinst does not make an initramfs there (INITRD=No:
+/// nothing boots it, and under emulation it would take minutes).
+pub fn bookworm_root(arch: &str, kernel: &str) -> PathBuf {
     let dir = shared_cache().join("publish");
     std::fs::create_dir_all(&dir).unwrap();
-    let tar = dir.join(format!("bookworm-{KERNEL}.tar"));
-    if !tar.is_file() {
-        let targets = run(Command::new("apt-get").args(["indextargets", "--format", "$(REPO_URI) $(RELEASE)"]));
-        let mut sources: Vec<String> = targets
-            .lines()
-            .filter_map(|l| l.split_once(' '))
-            .filter(|(_, suite)| suite.starts_with("bookworm"))
-            .map(|(uri, suite)| format!("deb {uri} {suite} main"))
-            .collect();
-        sources.sort();
-        sources.dedup();
-        assert!(!sources.is_empty(), "the host's apt sources name no bookworm suite:\n{targets}");
-        // The host's settings on index freshness (a snapshot mirror needs Check-Valid-Until off).
-        let aptopts: Vec<String> = run(Command::new("apt-config").arg("dump"))
-            .lines()
-            .filter(|l| l.starts_with("Acquire::Check-Valid-Until ") || l.starts_with("Acquire::Check-Date "))
-            .map(|l| format!("--aptopt={l}"))
-            .collect();
-        let partial = tar.with_extension("partial");
-        run(Command::new("nice")
-            .args(["-n", "19", "mmdebstrap", "--quiet", "--variant=apt", "--format=tar", "--components=main"])
-            .arg(format!("--include=linux-image-{KERNEL},kmod"))
-            .args(&aptopts)
-            .arg("bookworm")
-            .arg(&partial)
-            .args(&sources));
-        std::fs::rename(&partial, &tar).unwrap();
+    let tar = dir.join(format!("bookworm-{kernel}.tar"));
+    if tar.is_file() {
+        return tar;
     }
-    run(docker(host).arg("import").arg(&tar).arg(&tag));
-    tag
+    need("mmdebstrap", "mmdebstrap");
+    let foreign = arch != "amd64";
+    if foreign {
+        need("arch-test", "arch-test");
+    }
+    let targets = run(Command::new("apt-get").args(["indextargets", "--format", "$(REPO_URI) $(RELEASE)"]));
+    let mut sources: Vec<String> = targets
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, suite)| suite.starts_with("bookworm"))
+        .map(|(uri, suite)| format!("deb {uri} {suite} main"))
+        .collect();
+    sources.sort();
+    sources.dedup();
+    assert!(!sources.is_empty(), "the host's apt sources name no bookworm suite:\n{targets}");
+    // The host's settings on index freshness (a snapshot mirror needs Check-Valid-Until off).
+    let aptopts: Vec<String> = run(Command::new("apt-config").arg("dump"))
+        .lines()
+        .filter(|l| l.starts_with("Acquire::Check-Valid-Until ") || l.starts_with("Acquire::Check-Date "))
+        .map(|l| format!("--aptopt={l}"))
+        .collect();
+    let partial = tar.with_extension("partial");
+    let mut cmd = Command::new("nice");
+    cmd.args(["-n", "19", "mmdebstrap", "--quiet", "--variant=apt", "--format=tar", "--components=main"]);
+    if foreign {
+        cmd.arg(format!("--arch={arch}")).env("INITRD", "No");
+    }
+    run(cmd
+        .arg(format!("--include=linux-image-{kernel},kmod"))
+        .args(&aptopts)
+        .arg("bookworm")
+        .arg(&partial)
+        .args(&sources));
+    std::fs::rename(&partial, &tar).unwrap();
+    tar
+}
+
+/// Programs of the machine `machine` (`uname -m`, e.g. aarch64) run here under qemu-user:
+/// its interpreter registered with binfmt_misc with the F flag (opened at registration, so it
+/// also runs in chroots and containers). Missing, the test fails.
+pub fn need_emulation(machine: &str) {
+    let entry = Path::new("/proc/sys/fs/binfmt_misc").join(format!("qemu-{machine}"));
+    let text = std::fs::read_to_string(&entry).unwrap_or_default();
+    let fixed = text.lines().any(|l| l.strip_prefix("flags:").is_some_and(|f| f.contains('F')));
+    assert!(
+        text.starts_with("enabled") && fixed,
+        "{machine} programs must run here under qemu-user, registered with binfmt_misc with the F flag \
+         ({} reads {text:?}): apt-get install qemu-user-static, then register it (ci/setup-build-deps.sh does both)",
+        entry.display()
+    );
+}
+
+/// A module's Debian package, the version the farm built (from the host's apt sources, kept
+/// in the test cache).
+pub fn source_deb(package: &str, version: &str) -> PathBuf {
+    need("apt-get", "apt");
+    let dir = shared_cache().join("publish");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("{package}_{}_all.deb", version.replace(':', "%3a")));
+    if !file.is_file() {
+        run(Command::new("apt-get").current_dir(&dir).arg("download").arg(format!("{package}={version}")));
+    }
+    assert!(file.is_file(), "apt-get download left no {}", file.display());
+    file
 }
 
 /// The farm's module signing pair (made once, kept beside the store: the store's entries are

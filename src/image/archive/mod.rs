@@ -31,7 +31,7 @@ use std::path::PathBuf;
 
 use oci_spec::image::{
     Arch, ConfigBuilder, Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder,
-    ImageIndexBuilder, ImageManifestBuilder, MediaType, Os, RootFsBuilder,
+    ImageIndexBuilder, ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder,
 };
 use thiserror::Error;
 
@@ -295,18 +295,30 @@ pub fn write_archive(
     let manifest_bytes = canonical_json(&manifest, "manifest")?;
     let manifest_hex = sha256_hex(&manifest_bytes);
 
+    // The index names the image's platform, as a multi-platform index does: a reader of the
+    // layout (skopeo, containerd) picks or refuses it by architecture without its config.
+    let platform = PlatformBuilder::default()
+        .architecture(config.architecture().clone())
+        .os(config.os().clone())
+        .build()
+        .map_err(spec("platform"))?;
+    let manifest_entry = || -> Result<Descriptor, ArchiveError> {
+        let mut d = descriptor(MediaType::ImageManifest, manifest_bytes.len() as u64, &manifest_hex)?;
+        d.set_platform(Some(platform.clone()));
+        Ok(d)
+    };
     let mut entries = Vec::new();
     for tag in tags {
         let annotations = HashMap::from([
             (ANNOTATION_IMAGE_NAME.to_string(), tag.clone()),
             (ANNOTATION_REF_NAME.to_string(), tag_part(tag).to_string()),
         ]);
-        let mut d = descriptor(MediaType::ImageManifest, manifest_bytes.len() as u64, &manifest_hex)?;
+        let mut d = manifest_entry()?;
         d.set_annotations(Some(annotations));
         entries.push(d);
     }
     if entries.is_empty() {
-        entries.push(descriptor(MediaType::ImageManifest, manifest_bytes.len() as u64, &manifest_hex)?);
+        entries.push(manifest_entry()?);
     }
     let index = ImageIndexBuilder::default()
         .schema_version(2u32)

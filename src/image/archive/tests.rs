@@ -74,6 +74,9 @@ fn archive_is_oci_layout_and_docker_archive() {
     assert_eq!(ms[0]["annotations"]["io.containerd.image.name"], "ckms/builder:debian-12");
     assert_eq!(ms[0]["annotations"]["org.opencontainers.image.ref.name"], "debian-12");
     assert_eq!(ms[1]["annotations"]["org.opencontainers.image.ref.name"], "t1");
+    for m in ms {
+        assert_eq!(m["platform"], serde_json::json!({ "architecture": host_arch(), "os": "linux" }), "{m}");
+    }
     let m: serde_json::Value = serde_json::from_slice(blob(&files, ms[0]["digest"].as_str().unwrap())).unwrap();
     assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
     assert_eq!(m["config"]["mediaType"], "application/vnd.oci.image.config.v1+json");

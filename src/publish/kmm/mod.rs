@@ -54,7 +54,8 @@ pub struct Image {
     pub profile: String,
     /// `<repository>:<kver>`.
     pub tag: String,
-    /// OCI architecture name.
+    /// The OCI architecture name of its kernel's (profiles/architectures.toml `oci`): the
+    /// image config's `architecture`, which `podman pull --arch` and KMM's nodes match.
     pub arch: String,
     /// The newest build time of its pairs.
     pub epoch: u64,
@@ -114,7 +115,7 @@ pub fn plan(pairs: &[BuiltPair], name: Option<&str>, repository: Option<&str>) -
         images.push(Image {
             kernel: kernel.to_string(),
             profile: members[0].profile.clone(),
-            arch: oci_arch(&members[0].target.deb_arch).to_string(),
+            arch: members[0].target.oci_arch.clone(),
             epoch: members.iter().map(|p| p.epoch).max().unwrap_or(0),
             archive: format!("{}_{kernel}.oci.tar", k8s::name(&name)),
             files,
@@ -155,17 +156,6 @@ fn check_tag(tag: &str) -> Result<(), PublishError> {
         Ok(())
     } else {
         Err(PublishError::BadImageName(tag.to_string()))
-    }
-}
-
-/// Debian's architecture names as OCI's.
-fn oci_arch(deb: &str) -> &str {
-    match deb {
-        "i386" => "386",
-        "armhf" | "armel" => "arm",
-        "ppc64el" => "ppc64le",
-        "mips64el" => "mips64le",
-        other => other,
     }
 }
 

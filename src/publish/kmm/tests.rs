@@ -2,7 +2,7 @@ use std::io::Read;
 
 use super::*;
 use crate::diagnose::Diagnose;
-use crate::publish::pairs::tests::pair;
+use crate::publish::pairs::tests::{arm64, pair};
 
 const K1: &str = "6.1.0-56-amd64";
 const K2: &str = "6.12.48+deb13-amd64";
@@ -165,6 +165,34 @@ fn images_hold_busybox_cp_the_modules_and_their_index_under_opt() {
     let config: serde_json::Value = serde_json::from_slice(&blobs[&format!("blobs/sha256/{config_hex}")]).unwrap();
     assert_eq!(config["created"], "2025-12-05T00:00:00Z");
     assert_eq!(config["config"]["Labels"]["io.ckms.kernel"], K1);
+}
+
+#[test]
+fn an_arm64_kernels_image_is_an_arm64_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let arm = "6.1.0-56-arm64";
+    let pairs = [pairs(dir.path()).remove(0), arm64(pair(dir.path(), "v4l2loopback", arm, "v4l2loopback.ko", b"A"))];
+    let plan = plan(&pairs, None, None).unwrap();
+    let archs: Vec<(&str, &str)> = plan.images.iter().map(|i| (i.kernel.as_str(), i.arch.as_str())).collect();
+    assert_eq!(archs, [(K1, "amd64"), (arm, "arm64")]);
+    let userland = BTreeMap::from([
+        ("debian-bookworm".to_string(), b"amd64 busybox".to_vec()),
+        ("debian-bookworm-arm64".to_string(), b"arm64 busybox".to_vec()),
+    ]);
+    let written = write(&out, &plan, &userland, &FakeDepmod).unwrap();
+    for (w, arch) in written.iter().zip(["amd64", "arm64"]) {
+        let blobs = members(&out.join(&w.archive));
+        let config_hex = w.id.trim_start_matches("sha256:");
+        let config: serde_json::Value = serde_json::from_slice(&blobs[&format!("blobs/sha256/{config_hex}")]).unwrap();
+        assert_eq!((&config["architecture"], &config["os"]), (&arch.into(), &"linux".into()), "{}", w.tag);
+        let index: serde_json::Value = serde_json::from_slice(&blobs["index.json"]).unwrap();
+        assert_eq!(index["manifests"][0]["platform"], serde_json::json!({ "architecture": arch, "os": "linux" }));
+        // The profile's own userland: the arm64 kernel's image runs the arm64 busybox.
+        let layers = layer_entries(&blobs, &blobs["index.json"]);
+        assert!(layers[0][1].contains(&format!("{arch} busybox")), "{:?}", layers[0]);
+    }
 }
 
 #[test]
