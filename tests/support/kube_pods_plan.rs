@@ -313,6 +313,7 @@ pub fn plan_pod(
             "restartPolicy",
             "automountServiceAccountToken",
             "enableServiceLinks",
+            "nodeSelector",
             "securityContext",
             "activeDeadlineSeconds",
             "terminationGracePeriodSeconds",
@@ -335,6 +336,19 @@ pub fn plan_pod(
              variables (KUBERNETES_SERVICE_HOST...), which this run does not set"
                 .to_string(),
         );
+    }
+    // The scheduler's part: this machine is the one node, so the pod must fit it.
+    if let Some(selector) = spec.get("nodeSelector") {
+        let labels = keys(selector, &format!("{what}.nodeSelector"), &["kubernetes.io/arch", "kubernetes.io/os"]);
+        let node = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        };
+        for (label, want) in [("kubernetes.io/arch", node), ("kubernetes.io/os", "linux")] {
+            let got = labels.get(label).map(|v| str_of(v, what));
+            assert!(got.as_deref().is_none_or(|g| g == want), "{what}.nodeSelector {label}={got:?}: no such node here");
+        }
     }
     let deadline = spec.get("activeDeadlineSeconds").map(|v| Duration::from_secs(u64_of(v, what)));
     let grace = spec.get("terminationGracePeriodSeconds").map(|v| u64_of(v, what)).unwrap_or(30);
