@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The reference side of ci/bench/corpus.sh, run INSIDE a container of the kernel's suite (made by
-# mmdebstrap from Debian's own packages), as root, with the network: a user's machine where
+# mmdebstrap from Debian's own packages; for a kernel of another architecture, a chroot of that
+# architecture under qemu-user), as root, with the network: a user's machine where
 # `apt-get install dkms linux-headers-K linux-image-K <every *-dkms package>` ran, then each
 # module is built with `dkms build -m M -v V -k K`, timed.
 # usage (in the container, ci/bench mounted at /corpus, the run's directory at OUT):
@@ -84,6 +85,9 @@ build() {
   while read -r m v; do
     md=$d/$m
     mkdir -p "$md"
+    # A kept machine (ci/bench/corpus.sh's chroot of another architecture) holds the last run's
+    # build, which `dkms build` would refuse to redo: back to "added".
+    rm -rf "/var/lib/dkms/$m/$v/$kernel" "/var/lib/dkms/$m/$v/build"
     t0=$(now)
     rc=0
     timeout "${CORPUS_BUILD_TIMEOUT:-3600}" dkms build -m "$m" -v "$v" -k "$kernel" </dev/null >"$md/out" 2>&1 || rc=$?

@@ -8,6 +8,10 @@
 #         installs dkms, linux-headers-K, linux-image-K and all the packages (their Depends too),
 #         then `dkms build -m M -v V -k K` per module (ci/bench/corpus-reference.sh). Always Docker:
 #         rootless Podman's networking does not reach the mirror here.
+#         A kernel of another architecture (6.1.0-56-arm64 on this amd64 machine): the same in a
+#         chroot of that architecture (`mmdebstrap --arch`) under qemu-user-static (binfmt_misc),
+#         made and set up once, then kept ($CORPUS_CHROOT_CACHE, default /var/tmp/ckms-corpus-chroot);
+#         dkms and gcc then run emulated: the times are not comparable with ckms's, the results are.
 #   ckms, -m farm (default): once dkms has built every package one after another, one
 #         `ckms farm build --store S -k K deb:P1 deb:P2 ...` (the packages through the profile's
 #         signed index, their Depends in the images), cold (empty store), timed as a whole;
@@ -20,7 +24,7 @@
 #         package's source from its .deb (`dkms add deb:P`), then `dkms build -m M -v V -k K`.
 #
 # usage: ci/bench/corpus.sh [-k KERNEL] [-e ENGINE] [-p PACKAGE]... [-o DIR] [-s SIDES] [-m MODE]
-#   -k KERNEL   a release (6.1.0-56-amd64), or one of the issue's four: bookworm (6.1.0-56-amd64),
+#   -k KERNEL   a release (6.1.0-56-amd64, 6.1.0-56-arm64), or one of the issue's four: bookworm (6.1.0-56-amd64),
 #               bookworm-6.12, trixie, sid (the newest 6.12.*+deb12, 6.12.*+deb13, 7.*+deb14).
 #               Default: bookworm.
 #   -e ENGINE   ckms's engine: podman (default, user ${CKMS_USER:-ckms}'s rootless socket),
@@ -28,12 +32,14 @@
 #   -p PACKAGE  only these packages (repeatable; default: the whole corpus).
 #   -o DIR      where results go (default /var/tmp/ckms-corpus/<kernel>-<time>): results.jsonl,
 #               table.md, and per side and package the exit code, module files, make.log, time.
+#               The directory of an interrupted run: dkms's side goes on where it stopped.
 #   -s SIDES    dkms,ckms (default), or one of them (the other's results are then left out).
 #   -m MODE     farm (default), build or dkms: how the ckms side builds (above).
 #   -S STORE    the farm's store (default: a new one in DIR): a store shared by several runs,
 #               to build a matrix of kernels into one (each run is still cold for its kernel).
 # Run as root after ci/setup-engines.sh. Env: CKMS_TEST_CACHE (ckms's cache, default
-# target/ckms-test-cache), CORPUS_BUILD_TIMEOUT (seconds per build, default 3600).
+# target/ckms-test-cache), CORPUS_BUILD_TIMEOUT (seconds per build, default 3600; emulated
+# dkms: 14400), CORPUS_CHROOT_CACHE (above).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bench=$PWD/ci/bench
@@ -89,7 +95,13 @@ fi
 profile=$(ckms_result kernels | python3 -c 'import json,sys
 print(next((k["profile"] for k in json.load(sys.stdin) if k["release"] == sys.argv[1]), ""))' "$kernel")
 [[ -n $profile ]] || die "no profile offers kernel $kernel (ckms kernels lists them)"
-dkms_release=$(sed -n 's/^dkms = "\(.*\)"$/\1/p' "profiles/$profile.toml")
+# A profile of another architecture than this machine's is its file's name plus "-<arch>"
+# (profiles/architectures.toml); `machine` is that architecture's `uname -m` (dkms's $arch).
+host_arch=$(dpkg --print-architecture) arch=$host_arch profile_file=profiles/$profile.toml
+if [[ ! -f $profile_file ]]; then arch=${profile##*-} profile_file=profiles/${profile%-*}.toml; fi
+machine=$(python3 -c 'import sys,tomllib; print(tomllib.load(open(sys.argv[1], "rb"))[sys.argv[2]]["machine"])' \
+  profiles/architectures.toml "$arch") || die "profiles/architectures.toml does not know $arch"
+dkms_release=$(sed -n 's/^dkms = "\(.*\)"$/\1/p' "$profile_file")
 
 out=${out:-/var/tmp/ckms-corpus/$kernel-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$out/ref" "$out/ckms/bin"
@@ -111,6 +123,7 @@ suite=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["suites"
 cat >"$out/run.env" <<EOF
 kernel=$kernel
 profile=$profile
+arch=$arch
 suite=$suite
 engine=$engine
 mode=$mode
@@ -122,20 +135,24 @@ EOF
 echo "corpus: $kernel ($profile): ${#corpus[@]} packages; results in $out" >&2
 want_side() { [[ ,$sides, == *,$1,* ]]; }
 
-# ---- the reference machine (Docker) --------------------------------------------------------
+# ---- the reference machine ---------------------------------------------------------------
+# Made by mmdebstrap from the profile's suites with the mirrors ckms resolved (the host's apt
+# sources, or ckms's config), and the host's apt settings on index freshness (a mirror that is a
+# frozen snapshot needs Check-Valid-Until off), as ckms itself follows them; they stay in the
+# machine's apt config.
+base_args() {
+  mapfile -t sources < <(python3 -c 'import json,sys
+for s in json.load(open(sys.argv[1]))["suites"]: print("deb %s %s main" % (s["mirror"], s["suite"]))' "$out/corpus.json")
+  mapfile -t aptopts < <(apt-config dump | grep -E '^Acquire::Check-(Valid-Until|Date) ' | sed 's/^/--aptopt=/')
+}
+
+# This machine's architecture: a Docker container.
 ref_container=ckms-corpus-$$
-ref_setup() {
-  local image tar
+ref_setup_docker() {
+  local image tar sources aptopts
   image=ckms-corpus/$suite:$(date -u +%Y%m%d)
   if ! docker image inspect "$image" >/dev/null 2>&1; then
-    # The profile's suites with the mirrors ckms resolved (the host's apt sources, or ckms's config).
-    local -a sources
-    mapfile -t sources < <(python3 -c 'import json,sys
-for s in json.load(open(sys.argv[1]))["suites"]: print("deb %s %s main" % (s["mirror"], s["suite"]))' "$out/corpus.json")
-    # The host's apt settings on index freshness (a mirror that is a frozen snapshot needs
-    # Check-Valid-Until off), as ckms itself follows them; they stay in the image's apt config.
-    local -a aptopts
-    mapfile -t aptopts < <(apt-config dump | grep -E '^Acquire::Check-(Valid-Until|Date) ' | sed 's/^/--aptopt=/')
+    base_args
     tar=$(mktemp /var/tmp/ckms-corpus-base.XXXXXX.tar)
     echo "corpus: making $image with mmdebstrap" >&2
     mmdebstrap --quiet --variant=apt --components=main "${aptopts[@]}" "$suite" "$tar" "${sources[@]}" ||
@@ -151,7 +168,106 @@ for s in json.load(open(sys.argv[1]))["suites"]: print("deb %s %s main" % (s["mi
     die "the reference machine could not be set up: see $out/ref/install.log"
   echo "setup_secs=$(elapsed "$t0")" >>"$out/ref/env"
 }
-ref_build() { docker exec "$ref_container" bash /corpus/corpus-reference.sh build "$kernel" /out "$1"; }
+
+# Another architecture (an arm64 kernel on this amd64 machine): this machine has no KVM, and
+# Docker runs no image of another architecture without more set-up, so the reference is a chroot
+# made by `mmdebstrap --arch=ARCH` whose programs run under qemu-user-static through binfmt_misc
+# (registered with the F flag: the interpreter is opened at registration, so it runs inside the
+# chroot with no copy there). Made once and kept, with everything apt installed, in
+# $CORPUS_CHROOT_CACHE (default /var/tmp/ckms-corpus-chroot)/<suite>-<arch>-<kernel>: root/ the
+# chroot, setup/ what the setup wrote (copied into each run's ref/; its setup_secs are those of
+# the run that installed the packages) and the packages it installed. Delete the directory to
+# start again from mmdebstrap.
+emu_dir=${CORPUS_CHROOT_CACHE:-/var/tmp/ckms-corpus-chroot}/$suite-$arch-$kernel
+emu_root=$emu_dir/root
+emu_mounted=()
+emu_binfmt() {
+  local fmt=/proc/sys/fs/binfmt_misc
+  [[ -e $fmt/register ]] || mount -t binfmt_misc binfmt_misc "$fmt" || die "cannot mount binfmt_misc on $fmt"
+  [[ -x /usr/bin/qemu-$machine-static ]] || apt-get install -y -q qemu-user-static >/dev/null
+  [[ -e $fmt/qemu-$machine ]] || cat "/usr/lib/binfmt.d/qemu-$machine.conf" >"$fmt/register" ||
+    die "cannot register qemu-$machine-static with binfmt_misc"
+  grep -qx enabled "$fmt/qemu-$machine" || die "binfmt_misc's qemu-$machine is disabled"
+  grep -q '^flags: .*F' "$fmt/qemu-$machine" ||
+    die "binfmt_misc's qemu-$machine lacks the F flag (a chroot cannot reach its interpreter)"
+}
+# Mounts into the chroot: emu_mount PATH MOUNT-ARGUMENT...; emu_umount undoes them all.
+emu_mount() {
+  local at=$emu_root$1
+  shift
+  mkdir -p "$at"
+  mount "$@" "$at" || die "cannot mount $at"
+  emu_mounted=("$at" "${emu_mounted[@]}")
+}
+emu_umount() {
+  local at
+  for at in "${emu_mounted[@]}"; do umount "$at" 2>/dev/null || umount -l "$at"; done
+  emu_mounted=()
+}
+emu_chroot() {
+  env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 \
+    CORPUS_BUILD_TIMEOUT="${CORPUS_BUILD_TIMEOUT:-14400}" chroot "$emu_root" "$@"
+}
+emu_run() { emu_chroot bash /corpus/corpus-reference.sh "$@"; }
+ref_setup_emulated() {
+  local sources aptopts t0 p missing
+  emu_binfmt
+  if [[ ! -e $emu_dir/base.done ]]; then
+    base_args
+    rm -rf "$emu_root"
+    mkdir -p "$emu_dir"
+    echo "corpus: making an $arch $suite chroot in $emu_root with mmdebstrap" >&2
+    mmdebstrap --quiet --arch="$arch" --variant=apt --components=main "${aptopts[@]}" "$suite" "$emu_root" "${sources[@]}" ||
+      die "mmdebstrap --arch=$arch $suite failed"
+    date -u +%FT%TZ >"$emu_dir/base.done"
+  fi
+  # apt in the chroot reaches the mirror through this machine's network and resolver.
+  cp -L /etc/resolv.conf "$emu_root/etc/resolv.conf"
+  emu_mount /proc -t proc proc
+  emu_mount /corpus --bind -o ro "$bench"
+  emu_mount /out --bind "$out/ref"
+  # The initramfs has no part in a module build, and update-initramfs takes 20-25 minutes under
+  # emulation here (the kernel's postinst runs it, and every trigger of initramfs-tools): a no-op
+  # in the chroot, diverted (the package's own goes beside it, .distrib).
+  if [[ $(emu_chroot dpkg-divert --listpackage /usr/sbin/update-initramfs) != LOCAL ]]; then
+    emu_chroot dpkg-divert --quiet --local --rename --divert /usr/sbin/update-initramfs.distrib \
+      --add /usr/sbin/update-initramfs
+    printf '#!/bin/sh\n# ci/bench/corpus.sh: no initramfs in the reference chroot\nexit 0\n' >"$emu_root/usr/sbin/update-initramfs"
+    chmod 755 "$emu_root/usr/sbin/update-initramfs"
+  fi
+  mkdir -p "$out/ref/pkgs"
+  missing=$(comm -13 <(sort -u "$emu_dir/setup/packages" 2>/dev/null) <(printf '%s\n' "${corpus[@]}" | sort -u))
+  if [[ -z $missing ]]; then
+    echo "corpus: the $arch chroot has every package already (set up $(cat "$emu_dir/setup/date"))" >&2
+    cp "$emu_dir/setup/env" "$emu_dir/setup/install.log" "$out/ref/"
+    for p in "${corpus[@]}"; do cp -a "$emu_dir/setup/pkgs/$p" "$out/ref/pkgs/"; done
+  else
+    t0=$(now)
+    emu_run setup "$kernel" /out "${corpus[@]}" ||
+      die "the reference chroot could not be set up: see $out/ref/install.log"
+    { echo "emulation $(qemu-"$machine"-static --version | head -n1)"; echo "setup_secs=$(elapsed "$t0")"; } >>"$out/ref/env"
+    mkdir -p "$emu_dir/setup"
+    cp -a "$out/ref/." "$emu_dir/setup/"
+    { cat "$emu_dir/setup/packages" 2>/dev/null || true; printf '%s\n' "${corpus[@]}"; } | sort -u >"$emu_dir/setup/packages.new"
+    mv "$emu_dir/setup/packages.new" "$emu_dir/setup/packages"
+    date -u +%FT%TZ >"$emu_dir/setup/date"
+  fi
+}
+
+ref_setup() { if [[ $arch == "$host_arch" ]]; then ref_setup_docker; else ref_setup_emulated; fi; }
+ref_build() {
+  if [[ $arch == "$host_arch" ]]; then
+    docker exec "$ref_container" bash /corpus/corpus-reference.sh build "$kernel" /out "$1"
+  else
+    emu_run build "$kernel" /out "$1"
+  fi
+}
+# Every module of package $1 has a reference result already (an -o DIR of an interrupted run).
+ref_done() {
+  local m v
+  [[ -s $out/ref/pkgs/$1/modules ]] || return 1
+  while read -r m v; do [[ -f $out/ref/pkgs/$1/$m/exit ]] || return 1; done <"$out/ref/pkgs/$1/modules"
+}
 
 # ---- ckms ----------------------------------------------------------------------------------
 src=$out/ckms/src tree=$out/ckms/tree store=${store:-$out/ckms/store}
@@ -201,21 +317,26 @@ ckms_build() {
     elapsed "$t0" >"$md/secs"
     echo "$rc" >"$md/exit"
     pair=$tree/$m/$v
-    list_module_files "$pair/$kernel/x86_64/module" >"$md/files"
-    for f in "$pair/$kernel/x86_64/log/make.log" "$pair/build/make.log"; do
+    list_module_files "$pair/$kernel/$machine/module" >"$md/files"
+    for f in "$pair/$kernel/$machine/log/make.log" "$pair/build/make.log"; do
       [[ -f $f ]] && { cp "$f" "$md/make.log"; break; }
     done
   done <"$out/ckms/pkgs/$p/modules"
 }
 
-cleanup() { docker rm -f "$ref_container" >/dev/null 2>&1 || true; }
+cleanup() {
+  docker rm -f "$ref_container" >/dev/null 2>&1 || true
+  emu_umount
+}
 trap cleanup EXIT
 t_all=$(now)
 if want_side dkms; then ref_setup; fi
 if want_side ckms; then ckms_setup; fi
 for p in "${corpus[@]}"; do
   echo "corpus: $p" >&2
-  if want_side dkms && [[ $(head -n1 "$out/ref/pkgs/$p/install") =~ ^(ok|later)$ ]]; then ref_build "$p"; fi
+  if want_side dkms && [[ $(head -n1 "$out/ref/pkgs/$p/install") =~ ^(ok|later)$ ]] && ! ref_done "$p"; then
+    ref_build "$p"
+  fi
   if want_side ckms && [[ $mode != farm ]]; then ckms_build "$p"; fi
 done
 if want_side ckms && [[ $mode == farm ]]; then
