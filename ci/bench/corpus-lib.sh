@@ -58,3 +58,21 @@ resolve_kernel() {
 found = [k["release"] for k in json.load(sys.stdin) if re.search(sys.argv[1], k["release"])]
 print(found[-1] if found else "")' "$series"
 }
+
+# The endpoint of an engine named podman (user ${CKMS_USER:-ckms}'s rootless socket) or docker;
+# anything else as given.
+engine_url() {
+  case $1 in
+    podman) echo "unix:///run/user/$(id -u "${CKMS_USER:-ckms}")/podman/podman.sock" ;;
+    docker) echo unix:///var/run/docker.sock ;;
+    *) echo "$1" ;;
+  esac
+}
+
+# ckms's download cache (CKMS_TEST_CACHE, made if missing) and this checkout's profiles and
+# recipes, whatever an installed ckms left in /etc or /usr/share/ckms.
+bench_env() {
+  export CKMS_TEST_CACHE=${CKMS_TEST_CACHE:-$PWD/target/ckms-test-cache}
+  mkdir -p "$CKMS_TEST_CACHE"
+  export CKMS_DATA_DIR=$PWD
+}

@@ -60,14 +60,8 @@ while getopts k:e:p:o:s:m:S:h opt; do
     *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
   esac
 done
-case $engine in
-  podman) engine=unix:///run/user/$(id -u "${CKMS_USER:-ckms}")/podman/podman.sock ;;
-  docker) engine=unix:///var/run/docker.sock ;;
-esac
-export CKMS_TEST_CACHE=${CKMS_TEST_CACHE:-$PWD/target/ckms-test-cache}
-mkdir -p "$CKMS_TEST_CACHE"
-# This checkout's profiles and recipes, whatever an installed ckms left in /etc or /usr/share/ckms.
-export CKMS_DATA_DIR=$PWD
+engine=$(engine_url "$engine")
+bench_env
 command -v mmdebstrap >/dev/null || apt-get install -y -q mmdebstrap >/dev/null
 [[ -x /usr/bin/time ]] || apt-get install -y -q time >/dev/null
 cargo build --quiet --release

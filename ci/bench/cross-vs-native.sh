@@ -49,14 +49,8 @@ done
 shift $((OPTIND - 1))
 packages=("$@")
 ((${#packages[@]})) || packages=(v4l2loopback-dkms digimend-dkms acpi-call-dkms gost-crypto-dkms apfs-dkms xtables-addons-dkms)
-case $engine in
-  podman) engine=unix:///run/user/$(id -u "${CKMS_USER:-ckms}")/podman/podman.sock ;;
-  docker) engine=unix:///var/run/docker.sock ;;
-esac
-export CKMS_TEST_CACHE=${CKMS_TEST_CACHE:-$PWD/target/ckms-test-cache}
-mkdir -p "$CKMS_TEST_CACHE"
-# This checkout's profiles and recipes, whatever an installed ckms left in /etc or /usr/share/ckms.
-export CKMS_DATA_DIR=$PWD
+engine=$(engine_url "$engine")
+bench_env
 if [[ -n ${CKMS_BENCH_BIN:-} ]]; then
   ckms_bin=$CKMS_BENCH_BIN
 else
