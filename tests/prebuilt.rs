@@ -13,7 +13,8 @@
 //!   `ckms install --prebuilt-only` with their own error, and nothing is installed;
 //! - `ckms install` installs the store's signed module, depmod indexes it, `status` says
 //!   installed; its wall time is printed (CKMS_TEST_HOST_BINARY=target/release/ckms measures
-//!   a release build's).
+//!   a release build's);
+//! - unbuilt, `ckms autoinstall` installs it again from the cache (the host has no engine).
 //!
 //! Every tool it needs (docker, gpg, openssl, apt-get, mmdebstrap) must be there: a missing
 //! one fails the test, it never skips.
@@ -186,6 +187,13 @@ echo "WALL-MS $(( ($(date +%s%N) - start) / 1000000 ))"
 echo "SHA $(sha256sum $M)"
 grep -q '^updates/dkms/v4l2loopback.ko:' /lib/modules/$K/modules.dep && echo INDEXED
 CKMS_CONFIG=/work/good.toml ckms status 2>&1
+# autoinstall (dkms.service at boot, or a user) takes the module from the cache too.
+echo "=== autoinstall"
+CKMS_CONFIG=/work/good.toml ckms unbuild "$MV" -k $K >/dev/null 2>&1
+[ -e $M ] || echo UNBUILT
+CKMS_CONFIG=/work/good.toml ckms autoinstall -k $K 2>&1
+echo "EXIT-autoinstall $?"
+echo "SHA-autoinstall $(sha256sum $M)"
 "#
     );
     let work_mount = format!("{}:/work", work.display());
@@ -232,6 +240,8 @@ CKMS_CONFIG=/work/good.toml ckms status 2>&1
     assert!(shown.contains("INDEXED"), "{shown}");
     assert!(shown.contains("Signature of v4l2loopback.ko verified"), "{shown}");
     assert!(shown.contains(&format!("{KERNEL}, x86_64: installed")), "status says installed:\n{shown}");
+    assert!(shown.contains("UNBUILT") && shown.contains("EXIT-autoinstall 0"), "{shown}");
+    assert!(shown.contains(&format!("SHA-autoinstall {want}")), "autoinstall installed the store's module:\n{shown}");
     let wall = shown.lines().find_map(|l| l.strip_prefix("WALL-MS ")).unwrap();
     let cpu = shown.lines().find_map(|l| l.strip_prefix("CPU-S ")).unwrap_or("?");
     println!("host-side install from the cache: {wall} ms wall ({cpu} s of CPU)");

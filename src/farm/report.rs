@@ -206,6 +206,7 @@ pub fn text(store: &Store, cells: &[(Record, bool)]) -> String {
             vec![
                 format!("{}/{}", r.module, r.version),
                 r.kernel.clone(),
+                r.arch.clone(),
                 if *cached { format!("{} (cached)", r.status) } else { r.status.to_string() },
                 format!("{:.1}", r.seconds),
                 r.signer.as_ref().map_or("-", short_fingerprint).to_string(),
@@ -213,7 +214,7 @@ pub fn text(store: &Store, cells: &[(Record, bool)]) -> String {
             ]
         })
         .collect();
-    let mut out = table(&["MODULE", "KERNEL", "STATUS", "SECONDS", "SIGNER", "MODULES"], &rows);
+    let mut out = table(&["MODULE", "KERNEL", "ARCH", "STATUS", "SECONDS", "SIGNER", "MODULES"], &rows);
     out.push_str(&errors);
     out.push_str(&format!("{}\n", Counts::of(cells.iter().map(|(r, c)| (r, *c)))));
     out
@@ -351,7 +352,7 @@ mod tests {
         );
         // The signer: its certificate's short SHA-256 in the table, all of it in the JSON line.
         let rows: Vec<&str> = text.lines().collect();
-        assert!(rows[0].contains("SIGNER"), "{text}");
+        assert!(rows[0].contains("SIGNER") && rows[0].contains(" ARCH "), "{text}");
         let signed = rows.iter().find(|l| l.contains("built (cached)")).unwrap();
         assert!(signed.contains(" 0123456789abcdef ") && !signed.contains("0123456789abcdef0"), "{text}");
         let unsigned = rows.iter().find(|l| l.contains("failed")).unwrap();

@@ -304,7 +304,9 @@ fn status(ctx: &Context, out: &Output, a: StatusArgs) -> Result<i32, Error> {
 
 async fn autoinstall(ctx: &Context, out: &Output, action: &str, a: AutoinstallArgs) -> Result<i32, Error> {
     Refused::one_kernel(action, a.kernels.kernels.len(), a.all)?;
-    let lc = lifecycle(ctx, &a.trees, &a.compat, options(false, Some(&a.flags), Some(&a.depmod)))?;
+    // As `install`: a farm's cache first, and never a build here under `[gate] prebuilt_only`.
+    let lc = lifecycle(ctx, &a.trees, &a.compat, options(false, Some(&a.flags), Some(&a.depmod)))?
+        .substituting(Box::new(ckms::prebuilt::Cache::new(ctx, prebuilt_only(&ctx.config.gate, false))));
     let mut all = Vec::new();
     for k in &targets(&a.kernels)? {
         let done = lc.autoinstall(k).await?;
