@@ -17,6 +17,8 @@ pub struct BootKernel {
 }
 
 const PATHS: &str = "paths";
+/// `alias module` lines: the kernel's plain aliases (see [`BootKernel::add_softdeps`]).
+const ALIASES: &str = "aliases";
 
 impl BootKernel {
     /// The boot files extracted into `dir` earlier, if they are there (an extraction of an
@@ -57,11 +59,69 @@ impl BootKernel {
                 continue;
             }
             let Some(path) = in_tree.get(&name) else { continue };
-            let m = super::read_module(path)?;
+            let mut m = super::read_module(path)?;
+            self.add_softdeps(release, &mut m)?;
             queue.extend(m.depends.iter().cloned());
             found.insert(name, m);
         }
         Ok(found)
+    }
+
+    /// Adds to a module's dependencies the in-tree modules its `softdep=` pre names stand for
+    /// (a module's name, else every module with that alias, as modprobe resolves it); names
+    /// the kernel does not have are left out, as modprobe leaves them.
+    pub(crate) fn add_softdeps(&self, release: &str, m: &mut super::Candidate) -> Result<(), super::VerifyError> {
+        if m.soft.is_empty() {
+            return Ok(());
+        }
+        let err = |e: io::Error| super::package_err(release, "modules", e.to_string());
+        let in_tree = self.modules().map_err(err)?;
+        let mut aliases = None;
+        for name in std::mem::take(&mut m.soft) {
+            let direct = modinfo::canonical(&name);
+            let found = if in_tree.contains_key(&direct) {
+                vec![direct]
+            } else {
+                if aliases.is_none() {
+                    aliases = Some(self.aliases(&in_tree).map_err(err)?);
+                }
+                aliases.as_ref().and_then(|a| a.get(&name)).cloned().unwrap_or_default()
+            };
+            for f in found {
+                if f != m.name && !m.depends.contains(&f) {
+                    m.depends.push(f);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Plain alias → in-tree modules, read from every module's `.modinfo` the first time a
+    /// softdep needs it (a few seconds) and kept beside the modules.
+    fn aliases(&self, in_tree: &BTreeMap<String, PathBuf>) -> io::Result<BTreeMap<String, Vec<String>>> {
+        let file = self.dir.join(ALIASES);
+        let text = match fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(_) => {
+                let mut text = String::new();
+                for (name, path) in in_tree {
+                    // A module that does not parse names no alias; its load says why, if needed.
+                    let Ok((_, info)) = super::decompressed(path, &fs::read(path)?) else { continue };
+                    for alias in info.plain_aliases() {
+                        text.push_str(&format!("{alias} {name}\n"));
+                    }
+                }
+                let tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+                fs::write(tmp.path(), &text)?;
+                tmp.persist(&file).map_err(|e| e.error)?;
+                text
+            }
+        };
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (alias, name) in text.lines().filter_map(|l| l.split_once(' ')) {
+            out.entry(alias.to_string()).or_default().push(name.to_string());
+        }
+        Ok(out)
     }
 
     /// Every in-tree module's path under `lib/modules/<release>/` (`kernel/drivers/...`),

@@ -145,6 +145,9 @@ pub(crate) struct Candidate {
     name: String,
     bytes: Vec<u8>,
     depends: Vec<String>,
+    /// Its `softdep=` pre names (modules or aliases), which modprobe loads first when the
+    /// kernel has them.
+    soft: Vec<String>,
     /// The release its vermagic names.
     built_for: Option<String>,
 }
@@ -156,18 +159,25 @@ fn read_module(path: &Path) -> Result<Candidate, VerifyError> {
 }
 
 fn parse_module(path: &Path, raw: &[u8]) -> Result<Candidate, VerifyError> {
+    let (bytes, info) = decompressed(path, raw)?;
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = match info.get("name") {
+        Some(n) => modinfo::canonical(n),
+        None => modinfo::name_of_file(file_name).unwrap_or_default(),
+    };
+    let built_for = info.get("vermagic").and_then(|v| v.split_whitespace().next()).map(str::to_string);
+    Ok(Candidate { name, depends: info.depends(), soft: info.soft_pre(), built_for, bytes })
+}
+
+/// A module file's ELF (decompressed as its name says) and its `.modinfo`.
+fn decompressed(path: &Path, raw: &[u8]) -> Result<(Vec<u8>, modinfo::ModInfo), VerifyError> {
     let err = |message: String| VerifyError::Module { path: path.to_path_buf(), message };
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let (_, compression) = Compression::split_file_name(file_name)
         .ok_or_else(|| err("not a kernel module file name (.ko, .ko.xz, .ko.zst, .ko.gz)".into()))?;
     let bytes = compression.decompress(raw).map_err(|e| err(format!("cannot decompress: {e}")))?;
     let info = modinfo::parse(&bytes).map_err(err)?;
-    let name = match info.get("name") {
-        Some(n) => modinfo::canonical(n),
-        None => modinfo::name_of_file(file_name).unwrap_or_default(),
-    };
-    let built_for = info.get("vermagic").and_then(|v| v.split_whitespace().next()).map(str::to_string);
-    Ok(Candidate { name, depends: info.depends(), built_for, bytes })
+    Ok((bytes, info))
 }
 
 /// What to load in the VM.
@@ -301,8 +311,11 @@ pub fn in_tree_dependencies(
     release: &str,
     files: &[PathBuf],
 ) -> Result<Vec<(String, PathBuf)>, VerifyError> {
-    let ours = files.iter().map(|f| read_module(f)).collect::<Result<Vec<_>, _>>()?;
+    let mut ours = files.iter().map(|f| read_module(f)).collect::<Result<Vec<_>, _>>()?;
     let names: Vec<String> = ours.iter().map(|c| c.name.clone()).collect();
+    for c in &mut ours {
+        kernel.add_softdeps(release, c)?;
+    }
     let found = kernel.dependencies(release, ours.into_iter().flat_map(|c| c.depends), &names)?;
     let files = kernel.modules().map_err(|e| package_err(release, "modules", e.to_string()))?;
     let paths = kernel.module_paths().map_err(|e| package_err(release, "modules", e.to_string()))?;
@@ -362,10 +375,13 @@ async fn fetch(ctx: &Context, pkg: &Package) -> Result<PathBuf, VerifyError> {
 /// What the VM loads, in order: each candidate after the modules it depends on; in-tree
 /// modules come from the kernel's package. Also the names no one provides.
 fn load_plan(
-    candidates: Vec<Candidate>,
+    mut candidates: Vec<Candidate>,
     kernel: &boot::BootKernel,
     release: &str,
 ) -> Result<(Vec<initramfs::Load>, Vec<String>), VerifyError> {
+    for c in &mut candidates {
+        kernel.add_softdeps(release, c)?;
+    }
     let roots: Vec<String> = candidates.iter().map(|c| c.name.clone()).collect();
     let mut depends: BTreeMap<String, Vec<String>> =
         candidates.iter().map(|c| (c.name.clone(), c.depends.clone())).collect();
@@ -444,5 +460,37 @@ mod tests {
         assert!(after("-append").unwrap().contains("console=ttyS0"));
         assert!(after("-append").unwrap().contains("panic=-1"));
         assert!(a.contains(&"-nodefaults".to_string()) && a.contains(&"-no-reboot".to_string()));
+    }
+
+    #[test]
+    fn softdeps_load_first_by_name_or_alias_and_missing_ones_are_left_out() {
+        use modinfo::tests::tiny_module;
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
+        std::fs::create_dir_all(dir.join("modules")).unwrap();
+        std::fs::write(dir.join("vmlinuz"), b"k").unwrap();
+        std::fs::write(dir.join("paths"), "").unwrap();
+        let module =
+            |file: &str, info: &[u8]| std::fs::write(dir.join("modules").join(file), tiny_module(info)).unwrap();
+        module("libcrc32c.ko", b"name=libcrc32c\0softdep=pre: crc32c\0depends=\0");
+        module("crc32c_generic.ko", b"name=crc32c_generic\0alias=crypto-crc32c\0alias=crc32c\0");
+        module("crc32c-intel.ko", b"name=crc32c_intel\0alias=crc32c\0alias=cpu:type:x86*\0");
+        module("unrelated.ko", b"name=unrelated\0");
+        let kernel = boot::BootKernel::existing(dir).unwrap();
+        let ours = parse_module(
+            Path::new("dm-writeboost.ko"),
+            &tiny_module(b"name=dm_writeboost\0depends=libcrc32c\0softdep=pre: ghost\0"),
+        )
+        .unwrap();
+        let (loads, missing) = load_plan(vec![ours], &kernel, "6.1.0-56-amd64").unwrap();
+        let order: Vec<_> = loads.iter().map(|l| (l.role, l.name.as_str())).collect();
+        assert_eq!(
+            order,
+            [("dep", "crc32c_generic"), ("dep", "crc32c_intel"), ("dep", "libcrc32c"), ("module", "dm_writeboost")]
+        );
+        assert!(missing.is_empty(), "{missing:?}");
+        // The alias index is kept for the next run.
+        let kept = std::fs::read_to_string(dir.join("aliases")).unwrap();
+        assert!(kept.contains("crc32c crc32c_intel\n") && !kept.contains("cpu:"), "{kept}");
     }
 }

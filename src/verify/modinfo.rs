@@ -16,6 +16,33 @@ impl ModInfo {
     pub fn depends(&self) -> Vec<String> {
         self.get("depends").map(|d| d.split(',').filter(|s| !s.is_empty()).map(canonical).collect()).unwrap_or_default()
     }
+
+    /// The names a `softdep=` line asks modprobe to load first (`pre: a b post: c`): module
+    /// names or aliases (`crc32c`), as written.
+    pub fn soft_pre(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (_, line) in self.0.iter().filter(|(k, _)| k == "softdep") {
+            let mut pre = false;
+            for word in line.split_whitespace() {
+                match word {
+                    "pre:" => pre = true,
+                    "post:" => pre = false,
+                    name if pre => out.push(name.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+
+    /// The aliases that name the module outright (`crc32c`, `crypto-crc32c`): not the device
+    /// patterns (`pci:v...*`), which no softdep names.
+    pub fn plain_aliases(&self) -> impl Iterator<Item = &str> {
+        self.0
+            .iter()
+            .filter(|(k, v)| k == "alias" && !v.contains(['*', '?', '[', ':']))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// Module names treat `-` and `_` alike; the kernel reports them with `_`.
@@ -130,7 +157,7 @@ pub fn load_order(roots: &[String], depends: &BTreeMap<String, Vec<String>>) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A minimal ELF64 with a .shstrtab and a .modinfo section.
@@ -169,6 +196,17 @@ mod tests {
         assert_eq!(info.depends(), vec!["videodev", "v4l2_common"]);
         assert_eq!(info.get("vermagic"), Some("6.1.0-56-amd64 SMP"));
         assert!(parse(&tiny_module(b"depends=\0")).unwrap().depends().is_empty());
+    }
+
+    #[test]
+    fn reads_pre_softdeps_and_plain_aliases() {
+        let elf = tiny_module(
+            b"softdep=pre: crc32c post: ghost\0softdep=pre: a b\0alias=crypto-crc32c\0alias=pci:v*d*\0alias=crc32c\0",
+        );
+        let info = parse(&elf).unwrap();
+        assert_eq!(info.soft_pre(), ["crc32c", "a", "b"]);
+        assert_eq!(info.plain_aliases().collect::<Vec<_>>(), ["crypto-crc32c", "crc32c"]);
+        assert!(parse(&tiny_module(b"license=GPL\0")).unwrap().soft_pre().is_empty());
     }
 
     #[test]
