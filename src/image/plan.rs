@@ -141,6 +141,28 @@ fn cross_side(sources: &Sources, cross: &Cross, kernel: &Kernel) -> Result<Kerne
     Ok(KernelSide { roots, own, cross: Some((compiler, gcc)) })
 }
 
+/// A cross build's packages of the kernel's architecture beyond its headers, which the cross
+/// compiler builds userland programs with as the kernel's own machine would: the profile's
+/// `cross_target` (shared by the profile's cross images) and, apart, the libraries and headers
+/// among the module's `extra` packages; of each closure only what is Multi-Arch: same (what
+/// runs stays the build machine's). An extra package the architecture lacks is left out.
+fn target_side(sources: &Sources, kernel: &Kernel, extra: &[String]) -> Result<[Vec<Package>; 2], ImageError> {
+    let (target, index) = (sources.profile, sources.index);
+    let co_installable = |roots: &[String]| -> Result<Vec<Package>, ImageError> {
+        let closure = index
+            .resolve(roots, &target.packages.exclude)
+            .map_err(|source| ImageError::Resolve { kernel: kernel.release.clone(), source })?;
+        Ok(closure.into_iter().filter(|p| p.multi_arch_same).collect())
+    };
+    let shared = co_installable(&target.packages.cross_target)?;
+    let mut roots = target.packages.cross_target.clone();
+    roots.extend(extra.iter().filter(|e| index.candidate(e).is_some()).cloned());
+    let more = if roots.len() == target.packages.cross_target.len() { Vec::new() } else { co_installable(&roots)? };
+    let in_shared: BTreeSet<&str> = shared.iter().map(|p| p.name.as_str()).collect();
+    let more = more.into_iter().filter(|p| !in_shared.contains(p.name.as_str())).collect();
+    Ok([shared, more])
+}
+
 pub fn plan(sources: Sources, recipe: &Recipe, kernel: &Kernel, extra: &[String]) -> Result<Plan, ImageError> {
     let profile = sources.profile;
     let (host, index) = sources.cross.map_or((profile, sources.index), |c| (c.build, c.index));
@@ -161,15 +183,20 @@ pub fn plan(sources: Sources, recipe: &Recipe, kernel: &Kernel, extra: &[String]
     let mut full = if extra.is_empty() && recipe.packages.is_empty() { with_kernel.clone() } else { resolve(&roots)? };
     with_kernel.extend(side.own.iter().cloned());
     full.extend(side.own.iter().cloned());
+    let [target, target_extra] = match sources.cross {
+        Some(_) => target_side(&sources, kernel, extra)?,
+        None => Default::default(),
+    };
+    full.extend(target.iter().chain(&target_extra).cloned());
     full.sort_by(|a, b| a.name.cmp(&b.name));
     // The recipe's own packages on top of base (the verifier's qemu): resolved without the
     // kernel's, so that the layer holds everything they need beyond base.
-    let in_recipe: BTreeSet<String> = if recipe.packages.is_empty() {
+    let in_recipe: BTreeSet<(String, String)> = if recipe.packages.is_empty() {
         BTreeSet::new()
     } else {
         let mut r = host.packages.base.clone();
         r.extend(recipe.packages.iter().cloned());
-        resolve(&r)?.into_iter().map(|p| p.name).collect()
+        resolve(&r)?.into_iter().map(|p| (p.name, p.architecture)).collect()
     };
 
     let native_compiler =
@@ -185,22 +212,28 @@ pub fn plan(sources: Sources, recipe: &Recipe, kernel: &Kernel, extra: &[String]
     compiler_roots.push(compiler);
     let with_compiler = resolve(&compiler_roots)?;
 
-    let names = |ps: &[Package]| ps.iter().map(|p| p.name.clone()).collect::<BTreeSet<_>>();
-    let (in_base, in_compiler, in_with_kernel) = (names(&base), names(&with_compiler), names(&with_kernel));
+    // Packages by name and architecture: a cross image holds some names of both.
+    let key = |p: &Package| (p.name.clone(), p.architecture.clone());
+    let keys = |ps: &[Package]| ps.iter().map(key).collect::<BTreeSet<_>>();
+    let (in_base, in_compiler, in_with_kernel) = (keys(&base), keys(&with_compiler), keys(&with_kernel));
+    let in_target = keys(&target);
     let select = |name: &str| -> Result<Vec<Package>, ImageError> {
         let pick: Box<dyn Fn(&Package) -> bool> = match name {
-            "base" => Box::new(|p| in_base.contains(&p.name)),
-            "toolchain" => Box::new(|p| in_compiler.contains(&p.name) && !in_base.contains(&p.name)),
+            "base" => Box::new(|p| in_base.contains(&key(p))),
+            "toolchain" => Box::new(|p| in_compiler.contains(&key(p)) && !in_base.contains(&key(p))),
             "tools" => Box::new(|p| {
-                in_with_kernel.contains(&p.name)
-                    && !in_compiler.contains(&p.name)
+                in_with_kernel.contains(&key(p))
+                    && !in_compiler.contains(&key(p))
                     && !profile.is_kernel_package(&p.name)
             }),
             "kernel" => Box::new(|p| {
-                in_with_kernel.contains(&p.name) && !in_compiler.contains(&p.name) && profile.is_kernel_package(&p.name)
+                in_with_kernel.contains(&key(p)) && !in_compiler.contains(&key(p)) && profile.is_kernel_package(&p.name)
             }),
-            "extra" => Box::new(|p| !in_with_kernel.contains(&p.name) && !in_recipe.contains(&p.name)),
-            "packages" => Box::new(|p| in_recipe.contains(&p.name) && !in_base.contains(&p.name)),
+            "target" => Box::new(|p| in_target.contains(&key(p))),
+            "extra" => Box::new(|p| {
+                !in_with_kernel.contains(&key(p)) && !in_target.contains(&key(p)) && !in_recipe.contains(&key(p))
+            }),
+            "packages" => Box::new(|p| in_recipe.contains(&key(p)) && !in_base.contains(&key(p))),
             other => return Err(ImageError::UnknownLayer { recipe: recipe.name.clone(), layer: other.to_string() }),
         };
         Ok(full.iter().filter(|p| pick(p)).cloned().collect())
@@ -374,12 +407,23 @@ mod tests {
         text += &arm("libelf1", "libc6");
         text += &arm("gcc-12", "cpp-12, libc6");
         text += &arm("cpp-12", "");
-        text += &arm("libc6", "");
+        // What a cross compiler links userland programs with, and a module's library.
+        let same = |t: String| t.replacen("Architecture:", "Multi-Arch: same\nArchitecture:", 1);
+        text += &same(arm("libc6", ""));
+        text += &same(arm("libc6-dev", "libc6, linux-libc-dev, rpcsvc-proto"));
+        text += &same(arm("linux-libc-dev", ""));
+        text += &arm("rpcsvc-proto", "libc6");
+        text += &same(arm("libxtables-dev", "libxtables12"));
+        text += &same(arm("libxtables12", "libc6"));
+        text += &arm("pkg-config", "libc6");
         let target_index = Index::parse(&text, "http://mirror.test/debian", "bookworm").unwrap();
         let mut host = base_text();
         host += &pkg("libelf1", "libc6");
         host += &pkg("gcc-12-aarch64-linux-gnu", "binutils-aarch64-linux-gnu, libc6");
         host += &pkg("binutils-aarch64-linux-gnu", "libc6");
+        host += &pkg("libxtables-dev", "libxtables12");
+        host += &pkg("libxtables12", "libc6");
+        host += &pkg("pkg-config", "libc6");
         host += &pkg("linux-kbuild-6.1", "libelf1").replace("Version: 1\n", &format!("Version: {kbuild_version}\n"));
         let build_index = Index::parse(&host, "http://mirror.test/debian", "bookworm").unwrap();
         let catalog = Catalog::load(&[]).unwrap();
@@ -388,17 +432,18 @@ mod tests {
     }
 
     /// The builder plan of 6.1.0-56-arm64 from [`cross_fixture`].
-    fn cross_plan(kbuild_version: &str) -> Result<Plan, ImageError> {
+    fn cross_plan(kbuild_version: &str, extra: &[&str]) -> Result<Plan, ImageError> {
         let (target, target_index, build, build_index) = cross_fixture(kbuild_version);
         let recipe = Catalog::load(&[]).unwrap().recipe("builder").unwrap().clone();
         let kernel = crate::kernel::find(&target, &target_index, "6.1.0-56-arm64").unwrap();
         let cross = Cross { build: &build, index: &build_index, kernel_arch: "arm64" };
-        plan(Sources { profile: &target, index: &target_index, cross: Some(cross) }, &recipe, &kernel, &[])
+        let extra: Vec<String> = extra.iter().map(|e| e.to_string()).collect();
+        plan(Sources { profile: &target, index: &target_index, cross: Some(cross) }, &recipe, &kernel, &extra)
     }
 
     #[test]
     fn a_cross_image_runs_the_build_machine_s_tools_on_the_kernel_s_headers() {
-        let plan = cross_plan("1").unwrap();
+        let plan = cross_plan("1", &[]).unwrap();
         assert_eq!(plan.gcc, "12");
         assert_eq!(plan.env, ["ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-"]);
         assert_eq!(layer_names(&plan, "toolchain"), ["binutils-aarch64-linux-gnu", "gcc-12-aarch64-linux-gnu"]);
@@ -410,12 +455,56 @@ mod tests {
         assert_eq!(arch("linux-headers-6.1.0-56-arm64").as_deref(), Some("arm64"));
         assert_eq!(arch("linux-kbuild-6.1").as_deref(), Some("amd64"), "kbuild's programs run here");
         assert!(plan.packages().all(|p| p.name != "gcc-12" && p.name != "cpp-12"), "no arm64 compiler");
-        assert!(plan.packages().filter(|p| p.architecture == "arm64").all(|p| p.name.starts_with("linux-headers-")));
+        // The kernel's C library, for userland programs: its libraries and headers only.
+        assert_eq!(layer_names(&plan, "target"), ["libc6", "libc6-dev", "linux-libc-dev"]);
+        assert!(plan
+            .layers
+            .iter()
+            .find(|l| l.name == "target")
+            .unwrap()
+            .packages
+            .iter()
+            .all(|p| p.architecture == "arm64"));
+        let arm64: Vec<_> = plan.packages().filter(|p| p.architecture == "arm64").map(|p| p.name.as_str()).collect();
+        assert!(arm64
+            .iter()
+            .all(|n| n.starts_with("linux-headers-") || ["libc6", "libc6-dev", "linux-libc-dev"].contains(n)));
+    }
+
+    #[test]
+    fn a_cross_image_takes_a_module_s_libraries_of_the_kernel_s_architecture_and_tools_of_its_own() {
+        let plan = cross_plan("1", &["libxtables-dev", "pkg-config", "ghost-tool"]);
+        let plan = plan.unwrap_err();
+        assert!(plan.to_string().contains("ghost-tool"), "{plan}");
+        let plan = cross_plan("1", &["libxtables-dev", "pkg-config"]).unwrap();
+        let extra: Vec<_> = plan
+            .layers
+            .iter()
+            .find(|l| l.name == "extra")
+            .unwrap()
+            .packages
+            .iter()
+            .map(|p| format!("{}:{}", p.name, p.architecture))
+            .collect();
+        assert_eq!(
+            extra,
+            [
+                "libxtables-dev:amd64",
+                "libxtables-dev:arm64",
+                "libxtables12:amd64",
+                "libxtables12:arm64",
+                "pkg-config:amd64"
+            ]
+        );
+        // The shared target layer is the same whatever the module needs.
+        let plain = cross_plan("1", &[]).unwrap();
+        let target = |p: &Plan| p.layers.iter().find(|l| l.name == "target").map(|l| l.key(&p.fs));
+        assert_eq!(target(&plan), target(&plain));
     }
 
     #[test]
     fn a_cross_image_refuses_kbuild_of_another_version() {
-        let err = cross_plan("2").unwrap_err();
+        let err = cross_plan("2", &[]).unwrap_err();
         assert!(matches!(&err, ImageError::CrossMismatch { package, .. } if package == "linux-kbuild-6.1"), "{err}");
         assert!(err.to_string().contains("is version 1, the build machine's (amd64) is 2"), "{err}");
     }

@@ -118,6 +118,11 @@ pub struct Packages {
     /// when they are in the tree, never installed into an image.
     #[serde(default, with = "regexes")]
     pub module_sources: Vec<Regex>,
+    /// What a cross image also takes from the kernel's architecture, with its Multi-Arch: same
+    /// dependencies: the C library's development files, which the cross compiler links
+    /// userland programs against (configure scripts test the compiler with one).
+    #[serde(default)]
+    pub cross_target: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -205,6 +205,7 @@ mod tests {
             sha256: sha256_hex(body),
             source: None,
             essential: false,
+            multi_arch_same: false,
             mirror: format!("{base}/debian"),
             suite: "s".into(),
         }

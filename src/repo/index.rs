@@ -260,6 +260,10 @@ impl<'a> PackageRef<'a> {
         self.entry().essential
     }
 
+    pub fn multi_arch_same(&self) -> bool {
+        self.entry().multi_arch_same
+    }
+
     pub fn mirror(&self) -> &'a str {
         &self.origin().0
     }
@@ -298,6 +302,7 @@ impl<'a> PackageRef<'a> {
             sha256: self.sha256(),
             source: self.source().map(str::to_string),
             essential: self.essential(),
+            multi_arch_same: self.multi_arch_same(),
             mirror: self.mirror().to_string(),
             suite: self.suite().to_string(),
         }

@@ -196,6 +196,9 @@ pub struct Package {
     pub sha256: String,
     pub source: Option<String>,
     pub essential: bool,
+    /// `Multi-Arch: same` (a library or its headers): a cross image takes it from the kernel's
+    /// architecture.
+    pub multi_arch_same: bool,
     /// Where it came from.
     pub mirror: String,
     pub suite: String,

@@ -43,6 +43,8 @@ pub(crate) struct Entry {
     /// The part whose text holds the fields, within an [`super::Index`].
     pub part: u32,
     pub essential: bool,
+    /// `Multi-Arch: same`: co-installable with its other architectures' builds.
+    pub multi_arch_same: bool,
     pub has_source: bool,
 }
 
@@ -212,6 +214,7 @@ struct Para<'a> {
     sha256: Option<&'a str>,
     source: Option<&'a str>,
     essential: bool,
+    multi_arch_same: bool,
     line: usize,
 }
 
@@ -302,6 +305,7 @@ pub(crate) fn parse_chunk(text: &str, first_line: usize, mirror: &str, suite: &s
             (6, b'S') if field == "SHA256" => para.sha256 = Some(value),
             (6, b'S') if field == "Source" => para.source = Some(value),
             (9, b'E') if field == "Essential" => para.essential = value.eq_ignore_ascii_case("yes"),
+            (10, b'M') if field == "Multi-Arch" => para.multi_arch_same = value == "same",
             _ => {}
         }
     }
@@ -358,6 +362,7 @@ fn finish<'a>(p: Para<'a>, part: &mut Part, mirror: &str, suite: &str) -> Result
         ends,
         part: 0,
         essential: p.essential,
+        multi_arch_same: p.multi_arch_same,
         has_source: source.is_some(),
     });
     Ok(())

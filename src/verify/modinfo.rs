@@ -38,10 +38,7 @@ impl ModInfo {
     /// The aliases that name the module outright (`crc32c`, `crypto-crc32c`): not the device
     /// patterns (`pci:v...*`), which no softdep names.
     pub fn plain_aliases(&self) -> impl Iterator<Item = &str> {
-        self.0
-            .iter()
-            .filter(|(k, v)| k == "alias" && !v.contains(['*', '?', '[', ':']))
-            .map(|(_, v)| v.as_str())
+        self.0.iter().filter(|(k, v)| k == "alias" && !v.contains(['*', '?', '[', ':'])).map(|(_, v)| v.as_str())
     }
 }
 
