@@ -5,7 +5,9 @@
 //! - the drop-in, on Docker: `add`, `build`, `install --root`, `status` of v4l2loopback for
 //!   6.1.0-56-arm64 gives dkms's lines with `aarch64` and an aarch64 module in the root; `-a`
 //!   naming another architecture than the kernel's is refused;
-//! - an amd64 module offered to the arm64 kernel is refused with the kernel's own reason.
+//! - an amd64 module offered to the arm64 kernel is refused with the kernel's own reason;
+//! - a module's PRE_BUILD script (what a configure step does) sees `uname -m` say aarch64 and
+//!   links an aarch64 userland program with `gcc`, as on an arm64 machine.
 mod support;
 
 #[path = "support/farm.rs"]
@@ -121,4 +123,25 @@ fn the_drop_in_builds_and_installs_an_arm64_module_into_a_root() {
     assert_eq!(elf_machine(&ko), EM_AARCH64);
     assert!(vermagic(&ko).starts_with(&format!("{BOOKWORM} ")));
     assert!(root.join(format!("lib/modules/{BOOKWORM}/modules.dep")).exists(), "depmod ran for the arm64 kernel");
+
+    // What a configure script sees: the kernel's machine, and its C library to link with.
+    let src = root.join("usr/src/hello-1.0");
+    farm::copy_dir(&farm::fixture("hello-dkms"), &src);
+    let conf = std::fs::read_to_string(src.join("dkms.conf")).unwrap();
+    std::fs::write(src.join("dkms.conf"), format!("{conf}PRE_BUILD=\"probe.sh\"\n")).unwrap();
+    let probe = src.join("probe.sh");
+    std::fs::write(
+        &probe,
+        "#!/bin/sh\necho \"probe: machine=$(uname -m) arch=$(arch)\"\n\
+         printf 'int main(void) { return 0; }\\n' >probe.c && gcc probe.c -o probe &&\n\
+         echo \"probe: linked e_machine=$(od -An -j18 -N2 -tu2 probe | tr -d ' ')\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&probe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    farm.run(&["add", "hello/1.0", "--root", r]).expect_code(0);
+    farm.run(&["build", "hello/1.0", "-k", BOOKWORM, "--root", r]).expect_code(0);
+    let log =
+        std::fs::read_to_string(root.join(format!("var/lib/ckms/hello/1.0/{BOOKWORM}/aarch64/log/make.log"))).unwrap();
+    assert!(log.contains("probe: machine=aarch64 arch=aarch64"), "{log}");
+    assert!(log.contains(&format!("probe: linked e_machine={EM_AARCH64}")), "{log}");
 }

@@ -55,6 +55,25 @@ fi
 cp -a "$ckms_source/." "$ckms_build_dir/" || fail 10 "cannot copy $ckms_source into $ckms_build_dir"
 read -ra volumes <<<"$ckms_volumes"
 
+# A cross build (dkms's $arch is not this machine's): `uname -m` and `arch` answer the kernel's
+# machine, as they would on the machine the module is for; config.guess (openafs's configure
+# picks its sysname so) and Makefiles that choose flags by `uname -m` read it. The rest of uname
+# stays this machine's, as on a dkms host, whose kernel is not the target's either. Shims in
+# ckms's directory of the volume (the engines mount /tmp noexec), ahead on PATH for the conf's
+# evaluation and the build.
+target_machine() {
+    local real here bin=$ckms_dir/bin
+    real=$(command -v uname) || return 0
+    here=$("$real" -m)
+    [[ -n ${arch-} && $arch != "$here" ]] || return 0
+    mkdir -p "$bin" || fail 10 "cannot create $bin"
+    printf '%s\n' '#!/bin/bash' 'set -o pipefail' "$real \"\$@\" | sed 's/\\<$here\\>/$arch/g'" >"$bin/uname"
+    printf '%s\n' '#!/bin/sh' 'exec uname -m' >"$bin/arch"
+    chmod 755 "$bin/uname" "$bin/arch"
+    export PATH=$bin:$PATH
+}
+target_machine
+
 # Phase 1. The conf is the module author's bash: it runs in its own process, bounded like the
 # build (no file past the space limit; the container's timeout).
 if ! (ulimit -f "$ckms_space_kib" && exec bash "$ckms_dir/eval.sh") >"$ckms_dir/conf.tmp" 2>"$ckms_out/eval.err"; then
