@@ -155,9 +155,8 @@ fn target_side(sources: &Sources, kernel: &Kernel, extra: &[String]) -> Result<[
         Ok(closure.into_iter().filter(|p| p.multi_arch_same).collect())
     };
     let shared = co_installable(&target.packages.cross_target)?;
-    let mut roots = target.packages.cross_target.clone();
-    roots.extend(extra.iter().filter(|e| index.candidate(e).is_some()).cloned());
-    let more = if roots.len() == target.packages.cross_target.len() { Vec::new() } else { co_installable(&roots)? };
+    let roots: Vec<String> = extra.iter().filter(|e| index.candidate(e).is_some()).cloned().collect();
+    let more = if roots.is_empty() { Vec::new() } else { co_installable(&roots)? };
     let in_shared: BTreeSet<&str> = shared.iter().map(|p| p.name.as_str()).collect();
     let more = more.into_iter().filter(|p| !in_shared.contains(p.name.as_str())).collect();
     Ok([shared, more])
@@ -191,12 +190,12 @@ pub fn plan(sources: Sources, recipe: &Recipe, kernel: &Kernel, extra: &[String]
     full.sort_by(|a, b| a.name.cmp(&b.name));
     // The recipe's own packages on top of base (the verifier's qemu): resolved without the
     // kernel's, so that the layer holds everything they need beyond base.
-    let in_recipe: BTreeSet<(String, String)> = if recipe.packages.is_empty() {
-        BTreeSet::new()
+    let recipe_closure = if recipe.packages.is_empty() {
+        Vec::new()
     } else {
         let mut r = host.packages.base.clone();
         r.extend(recipe.packages.iter().cloned());
-        resolve(&r)?.into_iter().map(|p| (p.name, p.architecture)).collect()
+        resolve(&r)?
     };
 
     let native_compiler =
@@ -213,10 +212,14 @@ pub fn plan(sources: Sources, recipe: &Recipe, kernel: &Kernel, extra: &[String]
     let with_compiler = resolve(&compiler_roots)?;
 
     // Packages by name and architecture: a cross image holds some names of both.
-    let key = |p: &Package| (p.name.clone(), p.architecture.clone());
-    let keys = |ps: &[Package]| ps.iter().map(key).collect::<BTreeSet<_>>();
+    fn key(p: &Package) -> (&str, &str) {
+        (&p.name, &p.architecture)
+    }
+    fn keys(ps: &[Package]) -> BTreeSet<(&str, &str)> {
+        ps.iter().map(key).collect()
+    }
     let (in_base, in_compiler, in_with_kernel) = (keys(&base), keys(&with_compiler), keys(&with_kernel));
-    let in_target = keys(&target);
+    let (in_target, in_recipe) = (keys(&target), keys(&recipe_closure));
     let select = |name: &str| -> Result<Vec<Package>, ImageError> {
         let pick: Box<dyn Fn(&Package) -> bool> = match name {
             "base" => Box::new(|p| in_base.contains(&key(p))),
